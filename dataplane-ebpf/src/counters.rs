@@ -1,0 +1,37 @@
+//! Per-CPU packet and byte counters, one slot per path and drop reason.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use dataplane_common::Counter;
+
+use crate::maps::COUNTERS;
+
+#[inline(always)]
+fn count(ctx: &TcContext, counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*value).packets += 1;
+            (*value).bytes += u64::from(ctx.len());
+        }
+    }
+}
+
+/// Counts under `counter` and returns the TC action `action`.
+#[inline(always)]
+pub fn verdict(ctx: &TcContext, counter: Counter, action: i32) -> i32 {
+    count(ctx, counter);
+    action
+}
+
+#[inline(always)]
+pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
+    verdict(ctx, reason, TC_ACT_SHOT as i32)
+}
+
+#[inline(always)]
+pub fn pass_to_host(ctx: &TcContext) -> i32 {
+    verdict(ctx, Counter::PassedToHost, TC_ACT_OK as i32)
+}

@@ -1,0 +1,28 @@
+//! eBPF programs of the pod dataplane: one module per hook, one per concern.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod counters;
+mod from_pod;
+mod local;
+mod maps;
+mod packet;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// TC ingress on the host side of every pod veth: everything a pod sends.
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    from_pod::handle(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,100 @@
+//! The agent's local API: newline-delimited JSON over a Unix socket, used by
+//! the CLI and the CNI plugin.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::Ipv4Addr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use macaddr::MacAddr6;
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
+
+use crate::config::EndpointSpec;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    AddEndpoint { endpoint: EndpointSpec },
+    RemoveEndpoint { ip: Ipv4Addr },
+    ListEndpoints,
+    Counters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// The request was applied; `changed` is false when there was nothing to do.
+    Done { changed: bool },
+    Endpoints { endpoints: Vec<EndpointEntry> },
+    Counters { counters: Vec<CounterEntry> },
+    Error { message: String },
+}
+
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointEntry {
+    pub ip: Ipv4Addr,
+    pub host_ifindex: u32,
+    /// Name of the host veth; `None` if it no longer exists.
+    pub interface: Option<String>,
+    #[serde_as(as = "DisplayFromStr")]
+    pub pod_mac: MacAddr6,
+    #[serde_as(as = "DisplayFromStr")]
+    pub host_mac: MacAddr6,
+    /// Whether the from-pod program is attached to the host veth.
+    pub attached: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterEntry {
+    pub name: String,
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Sends one request to the agent listening on `socket` and waits for its answer.
+pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Response> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the dataplane agent at {} (is `dataplane agent` running?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream)
+        .write_all(line.as_bytes())
+        .context("sending the request to the agent")?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("reading the agent's answer")?;
+    serde_json::from_str(&answer).with_context(|| format!("malformed answer from the agent: {answer:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let request = Request::AddEndpoint {
+            endpoint: EndpointSpec {
+                ip: Ipv4Addr::new(10, 244, 0, 2),
+                interface: "veth0".into(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+            },
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        assert!(json.contains(r#""request":"add_endpoint""#), "{json}");
+        assert!(json.contains(r#""mac":"02:00:00:00:00:01""#), "{json}");
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), request);
+    }
+}

@@ -1,0 +1,271 @@
+//! The agent's configuration file (TOML).
+//!
+//! ```toml
+//! [agent]
+//! api_socket = "/run/dataplane/agent.sock"   # local API used by the CLI and CNI plugin
+//! bpf_root = "/sys/fs/bpf/dataplane"         # maps are pinned under <bpf_root>/v<layout>
+//!
+//! [node]
+//! pod_cidr = "10.244.1.0/24"                 # this node's pod CIDR
+//!
+//! [[endpoints]]                              # pods known at start-up (optional)
+//! ip = "10.244.1.2"
+//! interface = "veth1a2b3c"                   # host side of the pod's veth
+//! mac = "02:00:0a:f4:01:02"                  # the pod's own interface MAC
+//! ```
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnetwork::Ipv4Network;
+use macaddr::MacAddr6;
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
+
+pub const DEFAULT_API_SOCKET: &str = "/run/dataplane/agent.sock";
+pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/dataplane";
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentSettings,
+    #[serde(default)]
+    pub node: NodeSettings,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    #[serde(default = "default_bpf_root")]
+    pub bpf_root: PathBuf,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            api_socket: default_api_socket(),
+            bpf_root: default_bpf_root(),
+        }
+    }
+}
+
+fn default_api_socket() -> PathBuf {
+    DEFAULT_API_SOCKET.into()
+}
+
+fn default_bpf_root() -> PathBuf {
+    DEFAULT_BPF_ROOT.into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Pod CIDR of this node. Addresses in it without an endpoint are dropped.
+    pub pod_cidr: Option<Ipv4Network>,
+}
+
+/// A pod attached to this node: what the CNI plugin or the config file says.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The pod's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Name of the host side of the pod's veth, in the node's namespace.
+    pub interface: String,
+    /// MAC address of the pod's own interface.
+    #[serde_as(as = "DisplayFromStr")]
+    pub mac: MacAddr6,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: field `{field}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |field: String, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            problem,
+        };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|error| invalid("(document)".into(), error.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let field = error.path().to_string();
+            invalid(field, error.into_inner().message().trim().to_string())
+        })?;
+        config
+            .validate()
+            .map_err(|(field, problem)| invalid(field, problem))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let field = |name: &str| format!("endpoints[{index}].{name}");
+            validate_endpoint(endpoint, self.node.pod_cidr)
+                .map_err(|(name, problem)| (field(name), problem))?;
+            if let Some(first) = seen.insert(endpoint.ip, index) {
+                return Err((
+                    field("ip"),
+                    format!("{} is already used by endpoints[{first}]", endpoint.ip),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one endpoint on its own; returns the offending field and the problem.
+pub fn validate_endpoint(
+    endpoint: &EndpointSpec,
+    pod_cidr: Option<Ipv4Network>,
+) -> Result<(), (&'static str, String)> {
+    if let Some(cidr) = pod_cidr
+        && !cidr.contains(endpoint.ip)
+    {
+        return Err((
+            "ip",
+            format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
+        ));
+    }
+    if endpoint.interface.is_empty() || endpoint.interface.len() > 15 {
+        return Err((
+            "interface",
+            format!(
+                "{:?} is not a valid interface name (1 to 15 characters)",
+                endpoint.interface
+            ),
+        ));
+    }
+    let mac = endpoint.mac.as_bytes();
+    if mac[0] & 1 == 1 || mac.iter().all(|byte| *byte == 0) {
+        return Err((
+            "mac",
+            format!("{} is not a unicast MAC address", endpoint.mac),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/dataplane/node.toml"))
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = parse(
+            r#"
+            [agent]
+            api_socket = "/tmp/a.sock"
+            [node]
+            pod_cidr = "10.244.1.0/24"
+            [[endpoints]]
+            ip = "10.244.1.2"
+            interface = "veth0"
+            mac = "02:00:00:00:00:01"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.agent.api_socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(config.agent.bpf_root, PathBuf::from(DEFAULT_BPF_ROOT));
+        assert_eq!(config.endpoints[0].mac.as_bytes(), &[2, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn empty_config_uses_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_field_and_problem() {
+        let error = error_of("[[endpoints]]\nip = \"10.244.1.300\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"");
+        assert!(error.contains("/etc/dataplane/node.toml"), "{error}");
+        assert!(error.contains("endpoints[0].ip"), "{error}");
+        assert!(error.contains("invalid"), "{error}");
+
+        let error = error_of("[node]\npod_cidr = \"10.244.1.0/33\"");
+        assert!(error.contains("node.pod_cidr"), "{error}");
+
+        let error = error_of("[agent]\nsocket = \"/x\"");
+        assert!(error.contains("unknown field `socket`"), "{error}");
+
+        let error = error_of("[[endpoints]]\nip = \"10.244.1.2\"\ninterface = \"v\"\nmac = \"zz\"");
+        assert!(error.contains("endpoints[0].mac"), "{error}");
+
+        let error = error_of("[[endpoints]]\nip = \"10.244.1.2\"\ninterface = \"v\"");
+        assert!(error.contains("missing field `mac`"), "{error}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let endpoint = |ip: &str, interface: &str, mac: &str| {
+            format!("[[endpoints]]\nip = \"{ip}\"\ninterface = \"{interface}\"\nmac = \"{mac}\"\n")
+        };
+        let cidr = "[node]\npod_cidr = \"10.244.1.0/24\"\n";
+        let mac = "02:00:00:00:00:01";
+
+        let error = error_of(&format!("{cidr}{}", endpoint("10.244.2.2", "v", mac)));
+        assert!(error.contains("endpoints[0].ip") && error.contains("outside"), "{error}");
+
+        let error = error_of(&endpoint("10.244.1.2", "a-name-that-is-too-long", mac));
+        assert!(error.contains("endpoints[0].interface"), "{error}");
+
+        let error = error_of(&endpoint("10.244.1.2", "v", "01:00:5e:00:00:01"));
+        assert!(error.contains("endpoints[0].mac") && error.contains("unicast"), "{error}");
+
+        let twice = format!("{}{}", endpoint("10.244.1.2", "a", mac), endpoint("10.244.1.2", "b", mac));
+        let error = error_of(&twice);
+        assert!(error.contains("endpoints[1].ip") && error.contains("endpoints[0]"), "{error}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let error = error_of("[agent\n");
+        assert!(error.contains("/etc/dataplane/node.toml"), "{error}");
+    }
+
+    #[test]
+    fn missing_file_is_reported_with_its_path() {
+        let error = Config::load(Path::new("/nonexistent/dataplane.toml")).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/dataplane.toml"));
+    }
+}

@@ -1,0 +1,13 @@
+//! Userspace side of the dataplane: loader, typed maps, agent, local API.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod dataplane;
+pub mod interfaces;
+pub mod loader;
+pub mod maps;
+
+/// The compiled eBPF object with every program of the dataplane.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));

@@ -1,0 +1,160 @@
+//! Loading the eBPF object: bpffs, the versioned pin directory, and checks
+//! that pinned maps from an earlier run still have the layout we expect.
+
+use std::{
+    io,
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
+use dataplane_common::{
+    Counter, CounterValue, Endpoint, Ipv4Octets, MAP_LAYOUT_VERSION, MAX_ENDPOINTS, NodeConfig,
+    names,
+};
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+};
+
+use crate::EBPF_OBJECT;
+
+const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot mount bpffs at {BPFFS_MOUNT_POINT}: {0}")]
+    MountBpffs(nix::Error),
+    #[error("cannot create pin directory {path}: {source}")]
+    PinDirectory { path: PathBuf, source: io::Error },
+    #[error("{0} is not on a bpf filesystem (mount -t bpf bpf <dir>, or pick a bpf_root under {BPFFS_MOUNT_POINT})")]
+    NotBpffs(PathBuf),
+    #[error(
+        "pinned map {path} has {what} {found}, expected {expected}: its layout changed without a \
+         MAP_LAYOUT_VERSION bump; remove {path} (or run `dataplane uninstall`)"
+    )]
+    IncompatiblePin {
+        path: PathBuf,
+        what: &'static str,
+        found: u32,
+        expected: u32,
+    },
+    #[error("cannot inspect pinned map {path}: {source}")]
+    InspectPin {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("cannot load program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// Where this build's maps live: `<bpf_root>/v<MAP_LAYOUT_VERSION>`.
+pub fn pin_directory(bpf_root: &Path) -> PathBuf {
+    bpf_root.join(format!("v{MAP_LAYOUT_VERSION}"))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet.
+pub fn ensure_bpffs_mounted() -> Result<(), LoadError> {
+    if is_bpffs(Path::new(BPFFS_MOUNT_POINT)) {
+        return Ok(());
+    }
+    mount(
+        Some("bpf"),
+        BPFFS_MOUNT_POINT,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(LoadError::MountBpffs)
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// Expected (key size, value size, max entries) of every pinned map.
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 3] {
+    let size = |bytes: usize| bytes as u32;
+    [
+        (
+            names::ENDPOINTS_MAP,
+            size(size_of::<Ipv4Octets>()),
+            size(size_of::<Endpoint>()),
+            MAX_ENDPOINTS,
+        ),
+        (
+            names::NODE_CONFIG_MAP,
+            size(size_of::<u32>()),
+            size(size_of::<NodeConfig>()),
+            1,
+        ),
+        (
+            names::COUNTERS_MAP,
+            size(size_of::<u32>()),
+            size(size_of::<CounterValue>()),
+            Counter::COUNT,
+        ),
+    ]
+}
+
+fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
+    for (name, key_size, value_size, max_entries) in expected_layouts() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| LoadError::InspectPin {
+            path: path.clone(),
+            source,
+        })?;
+        for (what, found, expected) in [
+            ("key size", info.key_size(), key_size),
+            ("value size", info.value_size(), value_size),
+            ("max entries", info.max_entries(), max_entries),
+        ] {
+            if found != expected {
+                return Err(LoadError::IncompatiblePin {
+                    path,
+                    what,
+                    found,
+                    expected,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the programs into the kernel, reusing maps pinned under `pin_dir`
+/// (creating and pinning them on first start).
+pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
+    std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDirectory {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    if !is_bpffs(pin_dir) {
+        return Err(LoadError::NotBpffs(pin_dir.to_owned()));
+    }
+    check_pinned_layouts(pin_dir)?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)?;
+    let program = from_pod_program(&mut ebpf);
+    program.load().map_err(|source| LoadError::Program {
+        name: names::FROM_POD_PROGRAM,
+        source,
+    })?;
+    Ok(ebpf)
+}
+
+/// The from-pod classifier of a loaded object.
+pub fn from_pod_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(names::FROM_POD_PROGRAM)
+        .and_then(|program| program.try_into().ok())
+        .expect("the eBPF object built with this agent has a from_pod classifier")
+}

@@ -1,0 +1,136 @@
+//! `dataplane`: the node agent and its command-line client.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use dataplane_user::{
+    agent,
+    api::{self, Request, Response},
+    config::{DEFAULT_API_SOCKET, EndpointSpec},
+};
+use macaddr::MacAddr6;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "eBPF pod-network dataplane: node agent and CLI")]
+struct Cli {
+    /// The agent's API socket (clients only).
+    #[arg(long, global = true, env = "DATAPLANE_SOCKET", default_value = DEFAULT_API_SOCKET)]
+    socket: PathBuf,
+    /// Output format (clients only).
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: load the programs, program the maps, serve the API.
+    Agent {
+        /// Path of the agent's TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Register, remove or list pods on this node.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Per-path and per-drop-reason packet counters.
+    Counters,
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Register a pod: its IP, the host side of its veth, and its own MAC.
+    Add {
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// Host-side veth name in the node's network namespace.
+        #[arg(long)]
+        interface: String,
+        /// MAC address of the pod's interface.
+        #[arg(long)]
+        mac: MacAddr6,
+    },
+    /// Remove a pod (succeeds if it is not registered).
+    Del {
+        #[arg(long)]
+        ip: Ipv4Addr,
+    },
+    /// List registered pods as the endpoints map holds them.
+    List,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("DATAPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let request = match cli.command {
+        Command::Agent { config } => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(agent::run(&config));
+        }
+        Command::Endpoint(EndpointCommand::Add { ip, interface, mac }) => Request::AddEndpoint {
+            endpoint: EndpointSpec { ip, interface, mac },
+        },
+        Command::Endpoint(EndpointCommand::Del { ip }) => Request::RemoveEndpoint { ip },
+        Command::Endpoint(EndpointCommand::List) => Request::ListEndpoints,
+        Command::Counters => Request::Counters,
+    };
+    let response = api::call(&cli.socket, &request)?;
+    if let Response::Error { message } = &response {
+        bail!("the agent refused the request: {message}");
+    }
+    match cli.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&response)?),
+        Output::Text => print_text(&response),
+    }
+    Ok(())
+}
+
+fn print_text(response: &Response) {
+    match response {
+        Response::Done { changed: true } => println!("done"),
+        Response::Done { changed: false } => println!("nothing to do"),
+        Response::Endpoints { endpoints } => {
+            println!(
+                "{:<16} {:<16} {:>7} {:<18} {:<18} ATTACHED",
+                "IP", "INTERFACE", "IFINDEX", "POD MAC", "HOST MAC"
+            );
+            for endpoint in endpoints {
+                println!(
+                    "{:<16} {:<16} {:>7} {:<18} {:<18} {}",
+                    endpoint.ip,
+                    endpoint.interface.as_deref().unwrap_or("(gone)"),
+                    endpoint.host_ifindex,
+                    endpoint.pod_mac,
+                    endpoint.host_mac,
+                    if endpoint.attached { "yes" } else { "no" },
+                );
+            }
+        }
+        Response::Counters { counters } => {
+            println!("{:<24} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
+            for counter in counters {
+                println!(
+                    "{:<24} {:>14} {:>16}",
+                    counter.name, counter.packets, counter.bytes
+                );
+            }
+        }
+        Response::Error { message } => println!("error: {message}"),
+    }
+}
