@@ -82,6 +82,11 @@ impl Maps {
         match self.endpoints.remove(&ip.octets()) {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
+            {
+                Ok(false)
+            }
             Err(source) => Err(access(names::ENDPOINTS_MAP)(source)),
         }
     }

@@ -1,0 +1,13 @@
+//! Test harness: whole clusters built out of network namespaces, with the
+//! dataplane agent running in every node, plus the kernel designs it replaces.
+//!
+//! Nothing here touches the root namespace's addresses, routes or firewall:
+//! every link is created inside namespaces this harness made, and everything
+//! is removed on drop (also when a test panics).
+
+pub mod cluster;
+pub mod netns;
+pub mod traffic;
+
+pub use cluster::{Cluster, ClusterSpec, Forwarding, Node, Pod};
+pub use netns::Netns;

@@ -1,0 +1,448 @@
+//! A cluster in network namespaces.
+//!
+//! ```text
+//!  external (203.0.113.10) ── gateway (203.0.113.1 | 192.0.2.1) ──┐
+//!                                                     underlay bridge (192.0.2.0/24)
+//!  node i (192.0.2.(10+i), pod CIDR 10.244.i.0/24) ────────────────┘
+//!    └─ vp<j> ══ eth0 of pod j (10.244.i.(j+2)/32, default via 169.254.1.1)
+//! ```
+//! Pods are wired the way a ptp-style main CNI plugin does it. The nodes
+//! either run the dataplane agent or the kernel design it replaces.
+
+use std::{
+    collections::BTreeMap,
+    fs::OpenOptions,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use ipnetwork::Ipv4Network;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::netns::{Netns, reap_stale_namespaces, require_root, run, unique_prefix};
+
+pub const GATEWAY_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const GATEWAY_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const EXTERNAL_HOST_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The pods' default gateway: nothing owns it, the from-pod program answers its ARP.
+pub const POD_GATEWAY_IP: &str = "169.254.1.1";
+
+/// How nodes forward pod traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// The dataplane agent and its BPF programs; the node has no routes to pods,
+    /// proxy_arp off and ip_forward 0.
+    Dataplane,
+    /// The kernel design it replaces: /32 route per pod, proxy_arp on the host
+    /// veth, ip_forward 1 (Calico-style).
+    KernelRoutes,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub forwarding: Forwarding,
+}
+
+/// The `dataplane` binary under test: `$DATAPLANE_BIN`, else the workspace's debug build.
+pub fn dataplane_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("DATAPLANE_BIN").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/dataplane")),
+        PathBuf::from,
+    );
+    if !path.exists() {
+        bail!(
+            "dataplane binary not found at {} (run the tests with `cargo xtask test`, or set DATAPLANE_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub struct Pod {
+    pub netns: Netns,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    /// Host side of the pod's veth, in the node's namespace.
+    pub host_interface: String,
+}
+
+impl Pod {
+    /// Pings `destination` `count` times; an error unless every reply came back.
+    pub fn ping(&self, destination: Ipv4Addr, count: u32) -> anyhow::Result<()> {
+        self.netns
+            .exec(&[
+                "ping",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+                "-q",
+                &destination.to_string(),
+            ])
+            .map(drop)
+            .with_context(|| format!("ping {} -> {destination}", self.ip))
+    }
+
+    /// Whether a single ping to `destination` is answered (within one second).
+    pub fn reaches(&self, destination: Ipv4Addr) -> bool {
+        self.ping(destination, 1).is_ok()
+    }
+}
+
+struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    fn stop(mut self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub struct Node {
+    // Field order is drop order: pods, then the agent, then the namespace.
+    pub pods: Vec<Pod>,
+    agent: Option<AgentProcess>,
+    pub netns: Netns,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Network,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts the agent in the node's network namespace and waits until its
+    /// API answers. `nsenter --net` keeps the host's mounts, so the agent sees
+    /// the real /sys/fs/bpf (`ip netns exec` would remount /sys over it).
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        if self.agent.is_some() {
+            bail!("the agent of {} is already running", self.netns.name());
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.path()))
+            .arg("--")
+            .arg(dataplane_binary()?)
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("DATAPLANE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning the agent with nsenter")?;
+        self.agent = Some(AgentProcess { child });
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.cli(&["endpoint", "list"]).is_ok() {
+                return Ok(());
+            }
+            let exited = self
+                .agent
+                .as_mut()
+                .and_then(|agent| agent.child.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                self.agent = None;
+                bail!(
+                    "the agent of {} did not come up ({exited:?}); its log:\n{}",
+                    self.netns.name(),
+                    self.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with SIGTERM (graceful) or SIGKILL (crash).
+    pub fn stop_agent(&mut self, signal: Signal) {
+        if let Some(agent) = self.agent.take() {
+            agent.stop(signal);
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `dataplane` CLI against this node's agent.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let binary = dataplane_binary()?;
+        let socket = self.socket.display().to_string();
+        let mut full = vec!["--socket", socket.as_str()];
+        full.extend_from_slice(args);
+        run(&binary.display().to_string(), &full)
+    }
+
+    pub fn register(&self, pod: &Pod) -> anyhow::Result<()> {
+        self.cli(&[
+            "endpoint",
+            "add",
+            "--ip",
+            &pod.ip.to_string(),
+            "--interface",
+            &pod.host_interface,
+            "--mac",
+            &pod.mac,
+        ])
+        .map(drop)
+    }
+
+    pub fn unregister(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
+        self.cli(&["endpoint", "del", "--ip", &ip.to_string()])
+            .map(drop)
+    }
+
+    /// Packet counts by counter name, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let json = self.cli(&["--output", "json", "counters"])?;
+        let response: serde_json::Value = serde_json::from_str(&json)?;
+        let counters = response["counters"]
+            .as_array()
+            .context("counters response without counters")?;
+        Ok(counters
+            .iter()
+            .filter_map(|counter| {
+                Some((
+                    counter["name"].as_str()?.to_string(),
+                    counter["packets"].as_u64()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Packets counted under `name`.
+    pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        self.counters()?
+            .get(name)
+            .copied()
+            .with_context(|| format!("no counter named {name}"))
+    }
+
+    /// Adds a pod wired like a ptp main plugin would: veth pair, pod IP /32,
+    /// default route via 169.254.1.1. Does not register it with any dataplane.
+    pub fn add_pod(&mut self, name: String, ip: Ipv4Addr) -> anyhow::Result<&Pod> {
+        let netns = create_ipv4_only_netns(name)?;
+        let host_interface = format!("vp{}", self.pods.len());
+        self.netns.ip(&[
+            "link",
+            "add",
+            &host_interface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ])?;
+        self.netns.ip(&["link", "set", &host_interface, "up"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        netns.ip(&[
+            "route",
+            "add",
+            POD_GATEWAY_IP,
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        netns.ip(&["route", "add", "default", "via", POD_GATEWAY_IP, "dev", "eth0"])?;
+        let mac = netns.mac_of("eth0")?;
+        self.pods.push(Pod {
+            netns,
+            ip,
+            mac,
+            host_interface,
+        });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// The kernel path for one pod: /32 route and proxy_arp on its host veth.
+    fn route_pod_in_kernel(&self, pod: &Pod) -> anyhow::Result<()> {
+        self.netns.sysctl(
+            &format!("net.ipv4.conf.{}.proxy_arp", pod.host_interface),
+            "1",
+        )?;
+        self.netns.ip(&[
+            "route",
+            "add",
+            &format!("{}/32", pod.ip),
+            "dev",
+            &pod.host_interface,
+        ])?;
+        Ok(())
+    }
+}
+
+/// A namespace with IPv6 off, so neighbour discovery and MLD chatter never
+/// shows up in packet counts of IPv4 tests.
+fn create_ipv4_only_netns(name: String) -> anyhow::Result<Netns> {
+    let netns = Netns::create(name)?;
+    netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+    Ok(netns)
+}
+
+pub struct Cluster {
+    // Field order is drop order: nodes (agents, pods) first.
+    pub nodes: Vec<Node>,
+    pub gateway: Netns,
+    pub external: Netns,
+    underlay: Netns,
+    bpf_root: PathBuf,
+    workdir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn new(spec: ClusterSpec) -> anyhow::Result<Self> {
+        require_root()?;
+        reap_stale_namespaces();
+        let prefix = unique_prefix();
+        let workdir = tempfile::Builder::new().prefix(&prefix).tempdir()?;
+        let underlay = create_ipv4_only_netns(format!("{prefix}-ul"))?;
+        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
+        underlay.ip(&["link", "set", "br0", "up"])?;
+
+        let gateway = create_ipv4_only_netns(format!("{prefix}-gw"))?;
+        let external = create_ipv4_only_netns(format!("{prefix}-ext"))?;
+        plug_into_underlay(&underlay, &gateway, "gw", GATEWAY_UNDERLAY_IP)?;
+        gateway.sysctl("net.ipv4.ip_forward", "1")?;
+        gateway.ip(&[
+            "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns",
+            external.name(),
+        ])?;
+        gateway.ip(&["addr", "add", &format!("{GATEWAY_EXTERNAL_IP}/24"), "dev", "ext0"])?;
+        gateway.ip(&["link", "set", "ext0", "up"])?;
+        external.ip(&["addr", "add", &format!("{EXTERNAL_HOST_IP}/24"), "dev", "eth0"])?;
+        external.ip(&["link", "set", "eth0", "up"])?;
+        external.ip(&["route", "add", "default", "via", &GATEWAY_EXTERNAL_IP.to_string()])?;
+
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            gateway,
+            external,
+            underlay,
+            bpf_root: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
+            workdir,
+        };
+        for index in 0..spec.nodes {
+            cluster.add_node(&prefix, index, spec)?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_node(&mut self, prefix: &str, index: usize, spec: ClusterSpec) -> anyhow::Result<()> {
+        let octet = u8::try_from(index).context("too many nodes")?;
+        let netns = create_ipv4_only_netns(format!("{prefix}-n{index}"))?;
+        let ip = Ipv4Addr::new(192, 0, 2, 10 + octet);
+        plug_into_underlay(&self.underlay, &netns, &format!("n{index}"), ip)?;
+        netns.ip(&["route", "add", "default", "via", &GATEWAY_UNDERLAY_IP.to_string()])?;
+        let pod_cidr = Ipv4Network::new(Ipv4Addr::new(10, 244, octet, 0), 24)?;
+
+        let socket = self.workdir.path().join(format!("n{index}.sock"));
+        let config = self.workdir.path().join(format!("n{index}.toml"));
+        let bpf_root = self.bpf_root.join(format!("n{index}"));
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\napi_socket = \"{}\"\nbpf_root = \"{}\"\n\n[node]\npod_cidr = \"{pod_cidr}\"\n",
+                socket.display(),
+                bpf_root.display()
+            ),
+        )?;
+        let mut node = Node {
+            pods: Vec::new(),
+            agent: None,
+            netns,
+            ip,
+            pod_cidr,
+            socket,
+            config,
+            log: self.workdir.path().join(format!("n{index}.log")),
+        };
+        for pod in 0..spec.pods_per_node {
+            let pod_ip = Ipv4Addr::new(10, 244, octet, 2 + u8::try_from(pod)?);
+            node.add_pod(format!("{prefix}-n{index}p{pod}"), pod_ip)?;
+        }
+        match spec.forwarding {
+            Forwarding::Dataplane => {
+                node.start_agent()?;
+                for pod in &node.pods {
+                    node.register(pod)?;
+                }
+            }
+            Forwarding::KernelRoutes => {
+                node.netns.sysctl("net.ipv4.ip_forward", "1")?;
+                for pod in &node.pods {
+                    node.route_pod_in_kernel(pod)?;
+                }
+            }
+        }
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    pub fn workdir(&self) -> &Path {
+        self.workdir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop_agent(Signal::SIGTERM);
+        }
+        // Pinned maps outlive the agents by design; these are the test's own.
+        let _ = std::fs::remove_dir_all(&self.bpf_root);
+    }
+}
+
+/// Connects `netns` to the underlay bridge with `eth0` holding `ip`/24.
+fn plug_into_underlay(
+    underlay: &Netns,
+    netns: &Netns,
+    port: &str,
+    ip: Ipv4Addr,
+) -> anyhow::Result<()> {
+    underlay.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns.name(),
+    ])?;
+    underlay.ip(&["link", "set", port, "master", "br0", "up"])?;
+    netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    netns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Same-node pod-to-pod forwarding by the from-pod TC program, end to end:
+//! real namespaces, veths, agent process and traffic.
+
+use std::net::Ipv4Addr;
+
+use dataplane_tests::{Cluster, ClusterSpec, Forwarding, traffic::iperf3_tcp};
+
+fn one_node(pods: usize) -> Cluster {
+    Cluster::new(ClusterSpec {
+        nodes: 1,
+        pods_per_node: pods,
+        forwarding: Forwarding::Dataplane,
+    })
+    .expect("building the netns cluster")
+}
+
+#[test]
+fn pods_exchange_ping_and_tcp_with_bpf_as_the_only_forwarder() -> anyhow::Result<()> {
+    let cluster = one_node(2);
+    let node = &cluster.nodes[0];
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+
+    // The kernel cannot be what forwards: no routes to pods, no proxy ARP, no forwarding.
+    let routes = node.netns.ip(&["route", "show", "table", "all"])?;
+    assert!(!routes.contains("10.244."), "node has pod routes:\n{routes}");
+    assert_eq!(node.netns.read_sysctl("net.ipv4.ip_forward")?, "0");
+    for pod in &node.pods {
+        let key = format!("net.ipv4.conf.{}.proxy_arp", pod.host_interface);
+        assert_eq!(node.netns.read_sysctl(&key)?, "0");
+    }
+
+    a.ping(b.ip, 3)?;
+    b.ping(a.ip, 3)?;
+    let rate = iperf3_tcp(&b.netns, b.ip, &a.netns, 2)?;
+    assert!(rate > 0.0, "iperf3 moved no data");
+
+    let counters = node.counters()?;
+    assert!(counters["arp_replied"] >= 2, "{counters:?}");
+    assert!(counters["forwarded_local"] >= 12, "{counters:?}");
+    // The pods' gateway MAC is the host veth's, learned from the BPF ARP reply.
+    let neighbours = a.netns.ip(&["neigh", "show", "169.254.1.1"])?;
+    let host_mac = node.netns.mac_of(&a.host_interface)?;
+    assert!(neighbours.contains(&host_mac), "{neighbours} vs {host_mac}");
+    Ok(())
+}
+
+#[test]
+fn spoofed_source_is_dropped_and_counted() -> anyhow::Result<()> {
+    let cluster = one_node(3);
+    let node = &cluster.nodes[0];
+    let (attacker, victim, impersonated) = (&node.pods[0], &node.pods[1], &node.pods[2]);
+    // The attacker owns the addresses it spoofs and has its gateway resolved
+    // for good, so its packets really leave: ARP from a spoofed sender is ignored.
+    let gateway_mac = node.netns.mac_of(&attacker.host_interface)?;
+    attacker.netns.ip(&[
+        "neigh", "replace", "169.254.1.1", "lladdr", &gateway_mac, "dev", "eth0", "nud", "permanent",
+    ])?;
+
+    // Another pod's address, then an address in the pod CIDR that nobody owns.
+    for spoofed in [impersonated.ip, Ipv4Addr::new(10, 244, 0, 99)] {
+        attacker.netns.ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])?;
+        let before = node.counter("drop_spoofed_source")?;
+        let received_before = victim.netns.rx_packets("eth0")?;
+        let sent = attacker.netns.exec(&[
+            "ping", "-c", "5", "-i", "0.05", "-W", "1", "-I", &spoofed.to_string(),
+            &victim.ip.to_string(),
+        ]);
+        assert!(sent.is_err(), "spoofed ping from {spoofed} was answered");
+        let dropped = node.counter("drop_spoofed_source")? - before;
+        assert!(dropped >= 5, "only {dropped} spoofed packets counted");
+        assert_eq!(
+            victim.netns.rx_packets("eth0")?,
+            received_before,
+            "spoofed packets reached {}",
+            victim.ip
+        );
+    }
+    // The attacker's own address still works.
+    attacker.ping(victim.ip, 1)?;
+    Ok(())
+}
+
+#[test]
+fn unknown_pod_address_is_dropped_not_leaked() -> anyhow::Result<()> {
+    let cluster = one_node(3);
+    let node = &cluster.nodes[0];
+    let unknown = Ipv4Addr::new(10, 244, 0, 200);
+    let before = node.counter("drop_unknown_endpoint")?;
+    let received_before: Vec<u64> = node.pods[1..]
+        .iter()
+        .map(|pod| pod.netns.rx_packets("eth0"))
+        .collect::<Result<_, _>>()?;
+
+    assert!(node.pods[0].ping(unknown, 5).is_err());
+
+    assert!(node.counter("drop_unknown_endpoint")? >= before + 5);
+    for (pod, before) in node.pods[1..].iter().zip(received_before) {
+        assert_eq!(pod.netns.rx_packets("eth0")?, before, "{} received leaked packets", pod.ip);
+    }
+    Ok(())
+}
+
+#[test]
+fn removing_an_endpoint_stops_delivery_and_readding_restores_it() -> anyhow::Result<()> {
+    let cluster = one_node(2);
+    let node = &cluster.nodes[0];
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    a.ping(b.ip, 2)?;
+
+    node.unregister(b.ip)?;
+    let listed = node.cli(&["endpoint", "list"])?;
+    assert!(!listed.contains(&b.ip.to_string()), "{listed}");
+    assert!(!a.reaches(b.ip), "{} still reachable after removal", b.ip);
+    // Removing again is not an error (CNI DEL must be idempotent).
+    node.unregister(b.ip)?;
+
+    node.register(b)?;
+    a.ping(b.ip, 2)?;
+    b.ping(a.ip, 2)?;
+    Ok(())
+}
+
+#[test]
+fn bad_endpoint_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    let cluster = one_node(1);
+    let node = &cluster.nodes[0];
+    let before = node.cli(&["--output", "json", "endpoint", "list"])?;
+
+    let add = |ip: &str, interface: &str, mac: &str| {
+        node.cli(&["endpoint", "add", "--ip", ip, "--interface", interface, "--mac", mac])
+    };
+    let unknown_interface = add("10.244.0.50", "nosuchveth", "02:00:00:00:00:01").unwrap_err();
+    assert!(unknown_interface.to_string().contains("nosuchveth does not exist"), "{unknown_interface:#}");
+    let outside = add("10.99.0.5", "vp0", "02:00:00:00:00:01").unwrap_err();
+    assert!(outside.to_string().contains("outside the node's pod CIDR"), "{outside:#}");
+    let multicast = add("10.244.0.51", "vp0", "01:00:5e:00:00:01").unwrap_err();
+    assert!(multicast.to_string().contains("unicast"), "{multicast:#}");
+
+    assert_eq!(node.cli(&["--output", "json", "endpoint", "list"])?, before);
+    Ok(())
+}
