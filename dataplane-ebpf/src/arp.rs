@@ -17,10 +17,8 @@ const ARP_OP_REQUEST: u16 = 1;
 const ARP_OP_REPLY: u16 = 2;
 
 pub fn answer_request(ctx: &TcContext) -> i32 {
-    let (Some(eth), Some(arp)) = (
-        header::<EthHdr>(ctx, 0),
-        header::<ArpHdr>(ctx, EthHdr::LEN),
-    ) else {
+    let (Some(eth), Some(arp)) = (header::<EthHdr>(ctx, 0), header::<ArpHdr>(ctx, EthHdr::LEN))
+    else {
         return drop(ctx, Counter::DropMalformed);
     };
     // SAFETY: both headers are bounds checked above.
@@ -57,7 +55,7 @@ pub fn answer_request(ctx: &TcContext) -> i32 {
 
     // SAFETY: plain helper call; the reply leaves through the veth it came in on.
     let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if action == TC_ACT_REDIRECT as i32 {
+    if action == TC_ACT_REDIRECT {
         verdict(ctx, Counter::ArpReplied, action)
     } else {
         drop(ctx, Counter::DropStaleEndpoint)

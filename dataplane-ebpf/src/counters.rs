@@ -28,10 +28,10 @@ pub fn verdict(ctx: &TcContext, counter: Counter, action: i32) -> i32 {
 
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
-    verdict(ctx, reason, TC_ACT_SHOT as i32)
+    verdict(ctx, reason, TC_ACT_SHOT)
 }
 
 #[inline(always)]
 pub fn pass_to_host(ctx: &TcContext) -> i32 {
-    verdict(ctx, Counter::PassedToHost, TC_ACT_OK as i32)
+    verdict(ctx, Counter::PassedToHost, TC_ACT_OK)
 }

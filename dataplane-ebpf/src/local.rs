@@ -29,7 +29,7 @@ pub fn deliver(ctx: &TcContext, destination: &Endpoint) -> i32 {
 
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect_peer(destination.host_ifindex, 0) } as i32;
-    if action == TC_ACT_REDIRECT as i32 {
+    if action == TC_ACT_REDIRECT {
         verdict(ctx, Counter::ForwardedLocal, action)
     } else {
         drop(ctx, Counter::DropStaleEndpoint)

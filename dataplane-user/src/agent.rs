@@ -61,7 +61,9 @@ impl Agent {
     fn dataplane(&self) -> MutexGuard<'_, Dataplane> {
         // A panic while holding the lock leaves the maps consistent (each
         // operation is a single syscall or rolls back), so poisoning is moot.
-        self.dataplane.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.dataplane
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Re-attaches to endpoints left in the pinned map by a previous agent;

@@ -29,10 +29,18 @@ pub enum Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     /// The request was applied; `changed` is false when there was nothing to do.
-    Done { changed: bool },
-    Endpoints { endpoints: Vec<EndpointEntry> },
-    Counters { counters: Vec<CounterEntry> },
-    Error { message: String },
+    Done {
+        changed: bool,
+    },
+    Endpoints {
+        endpoints: Vec<EndpointEntry>,
+    },
+    Counters {
+        counters: Vec<CounterEntry>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[serde_as]
@@ -76,7 +84,8 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     BufReader::new(&stream)
         .read_line(&mut answer)
         .context("reading the agent's answer")?;
-    serde_json::from_str(&answer).with_context(|| format!("malformed answer from the agent: {answer:?}"))
+    serde_json::from_str(&answer)
+        .with_context(|| format!("malformed answer from the agent: {answer:?}"))
 }
 
 #[cfg(test)]

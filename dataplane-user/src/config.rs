@@ -217,7 +217,9 @@ mod tests {
 
     #[test]
     fn errors_name_file_field_and_problem() {
-        let error = error_of("[[endpoints]]\nip = \"10.244.1.300\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"");
+        let error = error_of(
+            "[[endpoints]]\nip = \"10.244.1.300\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"",
+        );
         assert!(error.contains("/etc/dataplane/node.toml"), "{error}");
         assert!(error.contains("endpoints[0].ip"), "{error}");
         assert!(error.contains("invalid"), "{error}");
@@ -244,17 +246,30 @@ mod tests {
         let mac = "02:00:00:00:00:01";
 
         let error = error_of(&format!("{cidr}{}", endpoint("10.244.2.2", "v", mac)));
-        assert!(error.contains("endpoints[0].ip") && error.contains("outside"), "{error}");
+        assert!(
+            error.contains("endpoints[0].ip") && error.contains("outside"),
+            "{error}"
+        );
 
         let error = error_of(&endpoint("10.244.1.2", "a-name-that-is-too-long", mac));
         assert!(error.contains("endpoints[0].interface"), "{error}");
 
         let error = error_of(&endpoint("10.244.1.2", "v", "01:00:5e:00:00:01"));
-        assert!(error.contains("endpoints[0].mac") && error.contains("unicast"), "{error}");
+        assert!(
+            error.contains("endpoints[0].mac") && error.contains("unicast"),
+            "{error}"
+        );
 
-        let twice = format!("{}{}", endpoint("10.244.1.2", "a", mac), endpoint("10.244.1.2", "b", mac));
+        let twice = format!(
+            "{}{}",
+            endpoint("10.244.1.2", "a", mac),
+            endpoint("10.244.1.2", "b", mac)
+        );
         let error = error_of(&twice);
-        assert!(error.contains("endpoints[1].ip") && error.contains("endpoints[0]"), "{error}");
+        assert!(
+            error.contains("endpoints[1].ip") && error.contains("endpoints[0]"),
+            "{error}"
+        );
     }
 
     #[test]

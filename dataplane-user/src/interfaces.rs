@@ -29,19 +29,26 @@ pub struct Interfaces {
 impl Interfaces {
     /// Opens a netlink connection; must be called inside a tokio runtime.
     pub fn connect() -> Result<Self, InterfaceError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(InterfaceError::Connect)?;
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(InterfaceError::Connect)?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
 
     pub async fn by_name(&self, name: &str) -> Result<Option<Interface>, InterfaceError> {
-        self.query(name.to_string(), self.handle.link().get().match_name(name.to_string()))
-            .await
+        self.query(
+            name.to_string(),
+            self.handle.link().get().match_name(name.to_string()),
+        )
+        .await
     }
 
     pub async fn by_index(&self, index: u32) -> Result<Option<Interface>, InterfaceError> {
-        self.query(format!("#{index}"), self.handle.link().get().match_index(index))
-            .await
+        self.query(
+            format!("#{index}"),
+            self.handle.link().get().match_index(index),
+        )
+        .await
     }
 
     async fn query(

@@ -27,7 +27,9 @@ pub enum LoadError {
     MountBpffs(nix::Error),
     #[error("cannot create pin directory {path}: {source}")]
     PinDirectory { path: PathBuf, source: io::Error },
-    #[error("{0} is not on a bpf filesystem (mount -t bpf bpf <dir>, or pick a bpf_root under {BPFFS_MOUNT_POINT})")]
+    #[error(
+        "{0} is not on a bpf filesystem (mount -t bpf bpf <dir>, or pick a bpf_root under {BPFFS_MOUNT_POINT})"
+    )]
     NotBpffs(PathBuf),
     #[error(
         "pinned map {path} has {what} {found}, expected {expected}: its layout changed without a \

@@ -6,7 +6,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
-use dataplane_common::{Counter, CounterValue, Endpoint, Ipv4Octets, MAX_ENDPOINTS, NodeConfig, names};
+use dataplane_common::{
+    Counter, CounterValue, Endpoint, Ipv4Octets, MAX_ENDPOINTS, NodeConfig, names,
+};
 use ipnetwork::Ipv4Network;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +109,12 @@ impl Maps {
                     .counters
                     .get(&(counter as u32), 0)
                     .map_err(access(names::COUNTERS_MAP))?;
-                let value = per_cpu.iter().fold(CounterValue::default(), |sum, cpu| {
-                    CounterValue {
+                let value = per_cpu
+                    .iter()
+                    .fold(CounterValue::default(), |sum, cpu| CounterValue {
                         packets: sum.packets + cpu.packets,
                         bytes: sum.bytes + cpu.bytes,
-                    }
-                });
+                    });
                 Ok(CounterTotal { counter, value })
             })
             .collect()

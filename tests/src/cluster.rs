@@ -54,7 +54,12 @@ pub struct ClusterSpec {
 /// The `dataplane` binary under test: `$DATAPLANE_BIN`, else the workspace's debug build.
 pub fn dataplane_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("DATAPLANE_BIN").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/dataplane")),
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/debug/dataplane"
+            ))
+        },
         PathBuf::from,
     );
     if !path.exists() {
@@ -280,7 +285,15 @@ impl Node {
             "scope",
             "link",
         ])?;
-        netns.ip(&["route", "add", "default", "via", POD_GATEWAY_IP, "dev", "eth0"])?;
+        netns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            POD_GATEWAY_IP,
+            "dev",
+            "eth0",
+        ])?;
         let mac = netns.mac_of("eth0")?;
         self.pods.push(Pod {
             netns,
@@ -342,14 +355,40 @@ impl Cluster {
         plug_into_underlay(&underlay, &gateway, "gw", GATEWAY_UNDERLAY_IP)?;
         gateway.sysctl("net.ipv4.ip_forward", "1")?;
         gateway.ip(&[
-            "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            "ext0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             external.name(),
         ])?;
-        gateway.ip(&["addr", "add", &format!("{GATEWAY_EXTERNAL_IP}/24"), "dev", "ext0"])?;
+        gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{GATEWAY_EXTERNAL_IP}/24"),
+            "dev",
+            "ext0",
+        ])?;
         gateway.ip(&["link", "set", "ext0", "up"])?;
-        external.ip(&["addr", "add", &format!("{EXTERNAL_HOST_IP}/24"), "dev", "eth0"])?;
+        external.ip(&[
+            "addr",
+            "add",
+            &format!("{EXTERNAL_HOST_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
         external.ip(&["link", "set", "eth0", "up"])?;
-        external.ip(&["route", "add", "default", "via", &GATEWAY_EXTERNAL_IP.to_string()])?;
+        external.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_EXTERNAL_IP.to_string(),
+        ])?;
 
         let mut cluster = Self {
             nodes: Vec::new(),
@@ -370,7 +409,13 @@ impl Cluster {
         let netns = create_ipv4_only_netns(format!("{prefix}-n{index}"))?;
         let ip = Ipv4Addr::new(192, 0, 2, 10 + octet);
         plug_into_underlay(&self.underlay, &netns, &format!("n{index}"), ip)?;
-        netns.ip(&["route", "add", "default", "via", &GATEWAY_UNDERLAY_IP.to_string()])?;
+        netns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_UNDERLAY_IP.to_string(),
+        ])?;
         let pod_cidr = Ipv4Network::new(Ipv4Addr::new(10, 244, octet, 0), 24)?;
 
         let socket = self.workdir.path().join(format!("n{index}.sock"));
@@ -439,7 +484,16 @@ fn plug_into_underlay(
     ip: Ipv4Addr,
 ) -> anyhow::Result<()> {
     underlay.ip(&[
-        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns.name(),
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        netns.name(),
     ])?;
     underlay.ip(&["link", "set", port, "master", "br0", "up"])?;
     netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;

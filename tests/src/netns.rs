@@ -52,7 +52,10 @@ pub fn reap_stale_namespaces() {
     let Ok(list) = run("ip", &["netns", "list"]) else {
         return;
     };
-    for name in list.lines().filter_map(|line| line.split_whitespace().next()) {
+    for name in list
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+    {
         let Some(pid) = name
             .strip_prefix(PREFIX)
             .and_then(|rest| rest.split('x').next())

@@ -16,14 +16,22 @@ pub fn iperf3_tcp(
     client: &Netns,
     seconds: u32,
 ) -> anyhow::Result<f64> {
-    let mut server_process = server.spawn(&["iperf3", "--server", "--one-off", "--port", IPERF3_PORT])?;
+    let mut server_process =
+        server.spawn(&["iperf3", "--server", "--one-off", "--port", IPERF3_PORT])?;
     let target = server_ip.to_string();
     let duration = seconds.to_string();
     let mut last_error = None;
     // The server needs a moment to listen; retry the connection a bounded number of times.
     for _ in 0..50 {
         match client.exec(&[
-            "iperf3", "--client", &target, "--port", IPERF3_PORT, "--time", &duration, "--json",
+            "iperf3",
+            "--client",
+            &target,
+            "--port",
+            IPERF3_PORT,
+            "--time",
+            &duration,
+            "--json",
         ]) {
             Ok(json) => {
                 let _ = server_process.wait();

@@ -45,8 +45,10 @@ impl Fixture {
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}-unit", unique_prefix()));
         let mut ebpf = loader::load(&loader::pin_directory(&pin_root)).unwrap();
         let mut maps = Maps::take_from(&mut ebpf).unwrap();
-        maps.set_pod_cidr(Some(Ipv4Network::new(Ipv4Addr::new(10, 244, 0, 0), 24).unwrap()))
-            .unwrap();
+        maps.set_pod_cidr(Some(
+            Ipv4Network::new(Ipv4Addr::new(10, 244, 0, 0), 24).unwrap(),
+        ))
+        .unwrap();
         maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))
             .unwrap();
         maps.insert_endpoint(POD_B_IP, endpoint(4242, POD_B_MAC, HOST_B_MAC))
@@ -152,7 +154,10 @@ fn arp_request_for_the_gateway_is_answered_with_the_host_veth_mac() {
     expected_arp.extend_from_slice(&GATEWAY_IP.octets());
     expected_arp.extend_from_slice(&POD_A_MAC);
     expected_arp.extend_from_slice(&POD_A_IP.octets());
-    assert_eq!(reply, ethernet(POD_A_MAC, HOST_A_MAC, 0x0806, &expected_arp));
+    assert_eq!(
+        reply,
+        ethernet(POD_A_MAC, HOST_A_MAC, 0x0806, &expected_arp)
+    );
     assert_eq!(fixture.counter("arp_replied"), 1);
 }
 
@@ -192,7 +197,11 @@ fn local_delivery_rewrites_macs_and_decrements_ttl_with_a_valid_checksum() {
         assert_eq!(&out[0..6], &POD_B_MAC, "destination MAC is pod B's");
         assert_eq!(&out[6..12], &HOST_B_MAC, "source MAC is B's gateway");
         assert_eq!(out[14 + 8], ttl - 1);
-        assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum must verify");
+        assert_eq!(
+            checksum(&out[14..34]),
+            0,
+            "IPv4 header checksum must verify"
+        );
         assert_eq!(&out[34..], &packet[34..], "payload untouched");
     }
     assert_eq!(fixture.counter("forwarded_local"), 4);
@@ -201,8 +210,14 @@ fn local_delivery_rewrites_macs_and_decrements_ttl_with_a_valid_checksum() {
 #[test]
 fn expiring_ttl_is_dropped_and_counted() {
     let mut fixture = Fixture::new();
-    assert_eq!(fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 1, 7)).0, TC_ACT_SHOT);
-    assert_eq!(fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 0, 7)).0, TC_ACT_SHOT);
+    assert_eq!(
+        fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 1, 7)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 0, 7)).0,
+        TC_ACT_SHOT
+    );
     assert_eq!(fixture.counter("drop_ttl_exceeded"), 2);
 }
 
@@ -210,8 +225,15 @@ fn expiring_ttl_is_dropped_and_counted() {
 fn spoofed_sources_are_dropped() {
     let mut fixture = Fixture::new();
     // B's address arriving on A's device, and an address nobody owns.
-    for source in [POD_B_IP, Ipv4Addr::new(10, 244, 0, 66), Ipv4Addr::new(192, 0, 2, 1)] {
-        assert_eq!(fixture.run(&ipv4_frame(source, POD_B_IP, 64, 1)).0, TC_ACT_SHOT);
+    for source in [
+        POD_B_IP,
+        Ipv4Addr::new(10, 244, 0, 66),
+        Ipv4Addr::new(192, 0, 2, 1),
+    ] {
+        assert_eq!(
+            fixture.run(&ipv4_frame(source, POD_B_IP, 64, 1)).0,
+            TC_ACT_SHOT
+        );
     }
     assert_eq!(fixture.counter("drop_spoofed_source"), 3);
     assert_eq!(fixture.counter("forwarded_local"), 0);
@@ -221,7 +243,10 @@ fn spoofed_sources_are_dropped() {
 fn unknown_local_pods_are_dropped_and_other_destinations_go_to_the_host() {
     let mut fixture = Fixture::new();
     let unknown_pod = Ipv4Addr::new(10, 244, 0, 99);
-    assert_eq!(fixture.run(&ipv4_frame(POD_A_IP, unknown_pod, 64, 1)).0, TC_ACT_SHOT);
+    assert_eq!(
+        fixture.run(&ipv4_frame(POD_A_IP, unknown_pod, 64, 1)).0,
+        TC_ACT_SHOT
+    );
     assert_eq!(fixture.counter("drop_unknown_endpoint"), 1);
 
     let outside = Ipv4Addr::new(203, 0, 113, 10);

@@ -22,7 +22,10 @@ fn pods_exchange_ping_and_tcp_with_bpf_as_the_only_forwarder() -> anyhow::Result
 
     // The kernel cannot be what forwards: no routes to pods, no proxy ARP, no forwarding.
     let routes = node.netns.ip(&["route", "show", "table", "all"])?;
-    assert!(!routes.contains("10.244."), "node has pod routes:\n{routes}");
+    assert!(
+        !routes.contains("10.244."),
+        "node has pod routes:\n{routes}"
+    );
     assert_eq!(node.netns.read_sysctl("net.ipv4.ip_forward")?, "0");
     for pod in &node.pods {
         let key = format!("net.ipv4.conf.{}.proxy_arp", pod.host_interface);
@@ -53,16 +56,34 @@ fn spoofed_source_is_dropped_and_counted() -> anyhow::Result<()> {
     // for good, so its packets really leave: ARP from a spoofed sender is ignored.
     let gateway_mac = node.netns.mac_of(&attacker.host_interface)?;
     attacker.netns.ip(&[
-        "neigh", "replace", "169.254.1.1", "lladdr", &gateway_mac, "dev", "eth0", "nud", "permanent",
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        &gateway_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
     ])?;
 
     // Another pod's address, then an address in the pod CIDR that nobody owns.
     for spoofed in [impersonated.ip, Ipv4Addr::new(10, 244, 0, 99)] {
-        attacker.netns.ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])?;
+        attacker
+            .netns
+            .ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])?;
         let before = node.counter("drop_spoofed_source")?;
         let received_before = victim.netns.rx_packets("eth0")?;
         let sent = attacker.netns.exec(&[
-            "ping", "-c", "5", "-i", "0.05", "-W", "1", "-I", &spoofed.to_string(),
+            "ping",
+            "-c",
+            "5",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-I",
+            &spoofed.to_string(),
             &victim.ip.to_string(),
         ]);
         assert!(sent.is_err(), "spoofed ping from {spoofed} was answered");
@@ -95,7 +116,12 @@ fn unknown_pod_address_is_dropped_not_leaked() -> anyhow::Result<()> {
 
     assert!(node.counter("drop_unknown_endpoint")? >= before + 5);
     for (pod, before) in node.pods[1..].iter().zip(received_before) {
-        assert_eq!(pod.netns.rx_packets("eth0")?, before, "{} received leaked packets", pod.ip);
+        assert_eq!(
+            pod.netns.rx_packets("eth0")?,
+            before,
+            "{} received leaked packets",
+            pod.ip
+        );
     }
     Ok(())
 }
@@ -127,12 +153,29 @@ fn bad_endpoint_requests_are_refused_and_change_nothing() -> anyhow::Result<()> 
     let before = node.cli(&["--output", "json", "endpoint", "list"])?;
 
     let add = |ip: &str, interface: &str, mac: &str| {
-        node.cli(&["endpoint", "add", "--ip", ip, "--interface", interface, "--mac", mac])
+        node.cli(&[
+            "endpoint",
+            "add",
+            "--ip",
+            ip,
+            "--interface",
+            interface,
+            "--mac",
+            mac,
+        ])
     };
     let unknown_interface = add("10.244.0.50", "nosuchveth", "02:00:00:00:00:01").unwrap_err();
-    assert!(unknown_interface.to_string().contains("nosuchveth does not exist"), "{unknown_interface:#}");
+    assert!(
+        unknown_interface
+            .to_string()
+            .contains("nosuchveth does not exist"),
+        "{unknown_interface:#}"
+    );
     let outside = add("10.99.0.5", "vp0", "02:00:00:00:00:01").unwrap_err();
-    assert!(outside.to_string().contains("outside the node's pod CIDR"), "{outside:#}");
+    assert!(
+        outside.to_string().contains("outside the node's pod CIDR"),
+        "{outside:#}"
+    );
     let multicast = add("10.244.0.51", "vp0", "01:00:5e:00:00:01").unwrap_err();
     assert!(multicast.to_string().contains("unicast"), "{multicast:#}");
 

@@ -1,1 +1,74 @@
-fn main() {}
+//! Build, run, test and benchmark orchestration: `cargo xtask <command>`.
+
+mod bench;
+mod build;
+mod demo;
+mod setup;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set up, build, run, test and benchmark the dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: nightly rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Build the agent/CLI and the eBPF programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Without arguments: a local demo cluster in network namespaces.
+    /// With --config: the agent on this node.
+    Run {
+        /// The agent's config file (runs the real node agent).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Format and lint checks, unit tests and end-to-end tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Throughput of this dataplane against the kernel paths it replaces.
+    Bench {
+        /// One short repetition per scenario (CI smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build { release } => {
+            setup::run()?;
+            build::dataplane(build::profile(release)).map(drop)
+        }
+        Command::Run { config } => {
+            setup::run()?;
+            let binary = build::dataplane(build::Profile::Debug)?;
+            match config {
+                Some(config) => build::exec_agent(&binary, &config),
+                None => demo::run(&binary),
+            }
+        }
+        Command::Test { cargo_test_args } => {
+            setup::run()?;
+            build::test(&cargo_test_args)
+        }
+        Command::Bench { quick } => {
+            setup::run()?;
+            let binary = build::dataplane(build::Profile::Release)?;
+            bench::run(&binary, quick)
+        }
+    }
+}
