@@ -1,6 +1,10 @@
 //! Traffic generators: iperf3 streams between namespaces.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    process::Child,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -18,34 +22,54 @@ pub fn iperf3_tcp(
 ) -> anyhow::Result<f64> {
     let mut server_process =
         server.spawn(&["iperf3", "--server", "--one-off", "--port", IPERF3_PORT])?;
-    let target = server_ip.to_string();
-    let duration = seconds.to_string();
-    let mut last_error = None;
-    // The server needs a moment to listen; retry the connection a bounded number of times.
-    for _ in 0..50 {
-        match client.exec(&[
+    let result = wait_until_listening(server, IPERF3_PORT).and_then(|()| {
+        client.exec(&[
             "iperf3",
             "--client",
-            &target,
+            &server_ip.to_string(),
             "--port",
             IPERF3_PORT,
             "--time",
-            &duration,
+            &seconds.to_string(),
+            "--connect-timeout",
+            "3000",
             "--json",
-        ]) {
-            Ok(json) => {
-                let _ = server_process.wait();
-                return received_bits_per_second(&json);
-            }
-            Err(error) => {
-                last_error = Some(error);
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        ])
+    });
+    reap(&mut server_process, Duration::from_secs(5));
+    received_bits_per_second(&result.context("iperf3 client")?)
+}
+
+/// Polls `ss` until something listens on TCP `port` in `netns` (bounded).
+fn wait_until_listening(netns: &Netns, port: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let filter = format!("sport = :{port}");
+    while Instant::now() < deadline {
+        if netns
+            .exec(&["ss", "-Hltn", &filter])
+            .is_ok_and(|listening| !listening.trim().is_empty())
+        {
+            return Ok(());
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = server_process.kill();
-    let _ = server_process.wait();
-    Err(last_error.expect("at least one attempt")).context("iperf3 never completed")
+    bail!(
+        "nothing listens on port {port} in {} after 10 s",
+        netns.name()
+    )
+}
+
+/// Waits up to `grace` for `process` to exit on its own, then kills it.
+fn reap(process: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = process.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = process.kill();
+    let _ = process.wait();
 }
 
 fn received_bits_per_second(json: &str) -> anyhow::Result<f64> {

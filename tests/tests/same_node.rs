@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use dataplane_tests::{Cluster, ClusterSpec, Forwarding, traffic::iperf3_tcp};
+use nix::sys::signal::Signal;
 
 fn one_node(pods: usize) -> Cluster {
     Cluster::new(ClusterSpec {
@@ -180,5 +181,56 @@ fn bad_endpoint_requests_are_refused_and_change_nothing() -> anyhow::Result<()> 
     assert!(multicast.to_string().contains("unicast"), "{multicast:#}");
 
     assert_eq!(node.cli(&["--output", "json", "endpoint", "list"])?, before);
+    Ok(())
+}
+
+#[test]
+fn endpoints_from_the_config_file_are_programmed_at_start() -> anyhow::Result<()> {
+    let mut cluster = one_node(2);
+    let node = &mut cluster.nodes[0];
+    let (a_ip, b_ip) = (node.pods[0].ip, node.pods[1].ip);
+    node.unregister(a_ip)?;
+    node.unregister(b_ip)?;
+    node.stop_agent(Signal::SIGTERM);
+
+    let mut config = std::fs::read_to_string(&node.config)?;
+    for pod in &node.pods {
+        config.push_str(&format!(
+            "\n[[endpoints]]\nip = \"{}\"\ninterface = \"{}\"\nmac = \"{}\"\n",
+            pod.ip, pod.host_interface, pod.mac
+        ));
+    }
+    std::fs::write(&node.config, config)?;
+    node.start_agent()?;
+
+    node.pods[0].ping(b_ip, 2)?;
+    node.pods[1].ping(a_ip, 2)?;
+    Ok(())
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_endpoints() -> anyhow::Result<()> {
+    let mut cluster = one_node(3);
+    let node = &mut cluster.nodes[0];
+    node.pods[0].ping(node.pods[1].ip, 1)?;
+
+    // A pod deleted while the agent is down must not be adopted.
+    node.stop_agent(Signal::SIGKILL);
+    let gone = node.pods.pop().expect("three pods");
+    let gone_ip = gone.ip;
+    drop(gone);
+    node.start_agent()?;
+
+    let listed = node.cli(&["endpoint", "list"])?;
+    assert!(!listed.contains(&gone_ip.to_string()), "{listed}");
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    assert!(
+        listed.contains(&a.ip.to_string()) && listed.contains(&b.ip.to_string()),
+        "{listed}"
+    );
+    a.ping(b.ip, 2)?;
+    b.ping(a.ip, 2)?;
+    let log = node.agent_log();
+    assert!(log.contains("adopted pinned endpoint"), "{log}");
     Ok(())
 }

@@ -1,0 +1,59 @@
+//! The `dataplane` binary's own error handling, without a cluster.
+
+use std::process::Command;
+
+use dataplane_tests::cluster::dataplane_binary;
+
+fn dataplane(args: &[&str]) -> (bool, String) {
+    let output = Command::new(dataplane_binary().unwrap())
+        .args(args)
+        .output()
+        .expect("running dataplane");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn agent_refuses_a_malformed_config_naming_file_and_field() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("node.toml");
+    std::fs::write(&path, "[node]\npod_cidr = \"10.244.0.0/40\"\n").unwrap();
+    let (ok, stderr) = dataplane(&["agent", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("node.pod_cidr"), "{stderr}");
+}
+
+#[test]
+fn agent_refuses_a_missing_config() {
+    let (ok, stderr) = dataplane(&["agent", "--config", "/nonexistent/node.toml"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/node.toml"), "{stderr}");
+}
+
+#[test]
+fn cli_without_an_agent_says_so() {
+    let directory = tempfile::tempdir().unwrap();
+    let socket = directory.path().join("none.sock");
+    let (ok, stderr) = dataplane(&["--socket", socket.to_str().unwrap(), "endpoint", "list"]);
+    assert!(!ok);
+    assert!(stderr.contains("is `dataplane agent` running?"), "{stderr}");
+}
+
+#[test]
+fn cli_rejects_malformed_arguments() {
+    let (ok, stderr) = dataplane(&[
+        "endpoint",
+        "add",
+        "--ip",
+        "10.244.0.300",
+        "--interface",
+        "v",
+        "--mac",
+        "02:00:00:00:00:01",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--ip"), "{stderr}");
+}
