@@ -261,18 +261,7 @@ impl Node {
     pub fn add_pod(&mut self, name: String, ip: Ipv4Addr) -> anyhow::Result<&Pod> {
         let netns = create_ipv4_only_netns(name)?;
         let host_interface = format!("vp{}", self.pods.len());
-        self.netns.ip(&[
-            "link",
-            "add",
-            &host_interface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ])?;
+        self.netns.add_veth(&host_interface, &netns, "eth0")?;
         self.netns.ip(&["link", "set", &host_interface, "up"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
@@ -354,18 +343,7 @@ impl Cluster {
         let external = create_ipv4_only_netns(format!("{prefix}-ext"))?;
         plug_into_underlay(&underlay, &gateway, "gw", GATEWAY_UNDERLAY_IP)?;
         gateway.sysctl("net.ipv4.ip_forward", "1")?;
-        gateway.ip(&[
-            "link",
-            "add",
-            "ext0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            external.name(),
-        ])?;
+        gateway.add_veth("ext0", &external, "eth0")?;
         gateway.ip(&[
             "addr",
             "add",
@@ -483,18 +461,7 @@ fn plug_into_underlay(
     port: &str,
     ip: Ipv4Addr,
 ) -> anyhow::Result<()> {
-    underlay.ip(&[
-        "link",
-        "add",
-        port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        netns.name(),
-    ])?;
+    underlay.add_veth(port, netns, "eth0")?;
     underlay.ip(&["link", "set", port, "master", "br0", "up"])?;
     netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
     netns.ip(&["link", "set", "eth0", "up"])?;

@@ -120,6 +120,23 @@ impl Netns {
         full
     }
 
+    /// Creates a veth pair: `local` here, `remote` inside `peer`.
+    pub fn add_veth(&self, local: &str, peer: &Netns, remote: &str) -> anyhow::Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            local,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            remote,
+            "netns",
+            peer.name(),
+        ])
+        .map(drop)
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
             .map(drop)

@@ -5,7 +5,8 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use dataplane_tests::netns::run as output;
 
 use crate::build::status;
 
@@ -20,21 +21,6 @@ pub fn run() -> anyhow::Result<()> {
     ensure_bpf_linker()?;
     ensure_debian_packages()?;
     ensure_bpffs()
-}
-
-fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {
