@@ -7,18 +7,29 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
     pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
     pub const NODE_CONFIG_MAP: &str = "NODE_CONFIG";
+    pub const TUNNEL_ROUTES_MAP: &str = "TUNNEL_ROUTES";
+    pub const REMOTE_NODES_MAP: &str = "REMOTE_NODES";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const FROM_POD_PROGRAM: &str = "from_pod";
+    pub const FROM_TUNNEL_PROGRAM: &str = "from_tunnel";
+    pub const FROM_HOST_PROGRAM: &str = "from_host";
 }
 
 /// Capacity of the endpoints map (pods on one node, with ample headroom).
 pub const MAX_ENDPOINTS: u32 = 65_536;
+
+/// Capacity of the remote node maps (nodes in one cluster).
+pub const MAX_REMOTE_NODES: u32 = 16_384;
+
+/// Bytes VXLAN over IPv4 adds to every packet: outer IPv4 (20) + UDP (8) +
+/// VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// An IPv4 address as it appears on the wire (network byte order).
 pub type Ipv4Octets = [u8; 4];
@@ -36,6 +47,40 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
+/// An IPv4 prefix; `prefix_len` 0 with `is_set` 0 means "not configured".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Octets,
+    pub prefix_len: u8,
+    pub is_set: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Ipv4Cidr {
+    pub const fn new(addr: Ipv4Octets, prefix_len: u8) -> Self {
+        Self {
+            addr,
+            prefix_len,
+            is_set: 1,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether `addr` lies inside this prefix (never, when not configured).
+    #[inline(always)]
+    pub fn contains(&self, addr: Ipv4Octets) -> bool {
+        if self.is_set == 0 || self.prefix_len > 32 {
+            return false;
+        }
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        (u32::from_be_bytes(addr) ^ u32::from_be_bytes(self.addr)) & mask == 0
+    }
+}
+
 /// Settings of the local node, stored at index 0 of the node config array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -43,23 +88,37 @@ pub struct Endpoint {
 pub struct NodeConfig {
     /// This node's pod CIDR; addresses inside it that are not endpoints are
     /// dropped instead of handed to the host stack.
-    pub pod_cidr: Ipv4Octets,
-    /// Prefix length of `pod_cidr`; 0 means no pod CIDR is configured.
-    pub pod_cidr_prefix_len: u8,
-    pub _pad: [u8; 3],
+    pub pod_cidr: Ipv4Cidr,
+    /// All pod CIDRs of the cluster; an address inside it that no node owns
+    /// is dropped (never sent to the host stack or out to the world).
+    pub cluster_cidr: Ipv4Cidr,
+    /// This node's IP on the underlay (inner destination of host-bound tunnel traffic).
+    pub node_ip: Ipv4Octets,
+    /// VXLAN network identifier of the cluster.
+    pub vni: u32,
+    /// ifindex of the collect_md VXLAN device; 0 when tunnelling is off.
+    pub tunnel_ifindex: u32,
+    /// Largest IPv4 packet the tunnel carries (uplink MTU - VXLAN_OVERHEAD);
+    /// also the MTU pods must use.
+    pub tunnel_mtu: u32,
 }
 
-impl NodeConfig {
-    /// Whether `addr` lies in this node's pod CIDR.
-    #[inline(always)]
-    pub fn in_pod_cidr(&self, addr: Ipv4Octets) -> bool {
-        let len = self.pod_cidr_prefix_len;
-        if len == 0 || len > 32 {
-            return false;
-        }
-        let mask = u32::MAX << (32 - u32::from(len));
-        (u32::from_be_bytes(addr) ^ u32::from_be_bytes(self.pod_cidr)) & mask == 0
-    }
+/// Where a remote pod CIDR lives: the value of the tunnel routes LPM trie,
+/// keyed by `{prefix_len, pod CIDR address}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TunnelRoute {
+    pub node_ip: Ipv4Octets,
+}
+
+/// A remote node, keyed by its underlay IP. Tunnel traffic is accepted only
+/// from these addresses; the agent also rebuilds its state from it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RemoteNode {
+    pub pod_cidr: Ipv4Cidr,
 }
 
 /// Packets and bytes seen by one counter on one CPU.
@@ -94,10 +153,28 @@ pub enum Counter {
     DropArpIgnored = 7,
     /// The endpoint's veth no longer exists (pod deleted, map not yet updated).
     DropStaleEndpoint = 8,
+    /// Sent into the VXLAN tunnel toward a remote node.
+    Encapsulated = 9,
+    /// Arrived through the tunnel and delivered into a local pod.
+    DecapsulatedToPod = 10,
+    /// Arrived through the tunnel for this node's own IP.
+    DecapsulatedToHost = 11,
+    /// From the node's own stack into a local pod.
+    HostToPod = 12,
+    /// Tunnel packet whose outer source is not a known node.
+    DropUnknownTunnelSource = 13,
+    /// Tunnel packet with another VXLAN network identifier.
+    DropWrongVni = 14,
+    /// In the cluster CIDR, but no node owns the address (e.g. a removed node).
+    DropUnknownNode = 15,
+    /// The tunnel metadata could not be set or read.
+    DropTunnelError = 16,
+    /// Too big for the tunnel with DF set: answered with ICMP fragmentation-needed.
+    DropFragNeeded = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 18;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::ArpReplied,
@@ -109,6 +186,15 @@ impl Counter {
         Counter::DropMalformed,
         Counter::DropArpIgnored,
         Counter::DropStaleEndpoint,
+        Counter::Encapsulated,
+        Counter::DecapsulatedToPod,
+        Counter::DecapsulatedToHost,
+        Counter::HostToPod,
+        Counter::DropUnknownTunnelSource,
+        Counter::DropWrongVni,
+        Counter::DropUnknownNode,
+        Counter::DropTunnelError,
+        Counter::DropFragNeeded,
     ];
 
     /// Stable name used by the CLI, logs and metrics.
@@ -123,6 +209,15 @@ impl Counter {
             Counter::DropMalformed => "drop_malformed",
             Counter::DropArpIgnored => "drop_arp_ignored",
             Counter::DropStaleEndpoint => "drop_stale_endpoint",
+            Counter::Encapsulated => "encapsulated",
+            Counter::DecapsulatedToPod => "decapsulated_to_pod",
+            Counter::DecapsulatedToHost => "decapsulated_to_host",
+            Counter::HostToPod => "host_to_pod",
+            Counter::DropUnknownTunnelSource => "drop_unknown_tunnel_source",
+            Counter::DropWrongVni => "drop_wrong_vni",
+            Counter::DropUnknownNode => "drop_unknown_node",
+            Counter::DropTunnelError => "drop_tunnel_error",
+            Counter::DropFragNeeded => "drop_frag_needed",
         }
     }
 
@@ -135,16 +230,23 @@ impl Counter {
                 | Counter::DropMalformed
                 | Counter::DropArpIgnored
                 | Counter::DropStaleEndpoint
+                | Counter::DropUnknownTunnelSource
+                | Counter::DropWrongVni
+                | Counter::DropUnknownNode
+                | Counter::DropTunnelError
+                | Counter::DropFragNeeded
         )
     }
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all three are #[repr(C)] structs of integers and byte arrays with
+    // SAFETY: all are #[repr(C)] structs of integers and byte arrays with
     // no implicit padding (bytemuck::Pod derive checks this at compile time).
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::TunnelRoute {}
+    unsafe impl aya::Pod for super::RemoteNode {}
     unsafe impl aya::Pod for super::CounterValue {}
 }
 
@@ -160,27 +262,24 @@ mod tests {
     }
 
     #[test]
-    fn pod_cidr_membership() {
-        let node = NodeConfig {
-            pod_cidr: [10, 244, 1, 0],
-            pod_cidr_prefix_len: 24,
-            _pad: [0; 3],
-        };
-        assert!(node.in_pod_cidr([10, 244, 1, 7]));
-        assert!(!node.in_pod_cidr([10, 244, 2, 7]));
-        let whole = NodeConfig {
-            pod_cidr_prefix_len: 32,
-            ..node
-        };
-        assert!(whole.in_pod_cidr([10, 244, 1, 0]));
-        assert!(!whole.in_pod_cidr([10, 244, 1, 1]));
-        assert!(!NodeConfig::default().in_pod_cidr([10, 244, 1, 7]));
+    fn cidr_membership() {
+        let cidr = Ipv4Cidr::new([10, 244, 1, 0], 24);
+        assert!(cidr.contains([10, 244, 1, 7]));
+        assert!(!cidr.contains([10, 244, 2, 7]));
+        let host = Ipv4Cidr::new([10, 244, 1, 0], 32);
+        assert!(host.contains([10, 244, 1, 0]));
+        assert!(!host.contains([10, 244, 1, 1]));
+        assert!(Ipv4Cidr::new([0; 4], 0).contains([203, 0, 113, 1]));
+        assert!(!Ipv4Cidr::default().contains([10, 244, 1, 7]));
     }
 
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 16);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 8);
+        assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 32);
+        assert_eq!(core::mem::size_of::<TunnelRoute>(), 4);
+        assert_eq!(core::mem::size_of::<RemoteNode>(), 8);
         assert_eq!(core::mem::size_of::<CounterValue>(), 16);
     }
 }

@@ -1,18 +1,19 @@
 //! from-pod: TC ingress on the host side of a pod veth.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::Counter;
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
-};
+use dataplane_common::{Counter, NodeConfig};
+use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     arp,
     counters::{drop, pass_to_host},
-    local,
-    maps::{endpoint, node_config},
+    icmp,
+    ipv4::{addresses, forward_hop},
+    local::{Redirect, deliver},
+    maps::{endpoint, node_config, remote_node},
     packet::{header, ingress_ifindex, linearize_headers},
+    route::{Destination, lookup},
+    tunnel,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -32,14 +33,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
 }
 
 fn ipv4(ctx: &TcContext) -> i32 {
-    let Some(ip) = header::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+    let Some((src, dst)) = addresses(ctx) else {
         return drop(ctx, Counter::DropMalformed);
     };
-    // SAFETY: bounds checked by `header`.
-    let (vihl, src, dst) = unsafe { ((*ip).vihl, (*ip).src_addr, (*ip).dst_addr) };
-    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
-        return drop(ctx, Counter::DropMalformed);
-    }
 
     // A pod may only send from its own address, and only through its own veth.
     match endpoint(&src) {
@@ -47,12 +43,35 @@ fn ipv4(ctx: &TcContext) -> i32 {
         _ => return drop(ctx, Counter::DropSpoofedSource),
     }
 
-    if let Some(destination) = endpoint(&dst) {
-        return local::deliver(ctx, &destination);
+    let config = node_config();
+    let (destination, counter) = match lookup(dst, &config) {
+        Destination::LocalPod(destination) => (Some(destination), Counter::ForwardedLocal),
+        Destination::RemotePod(node_ip) => return tunnel_to(ctx, &config, node_ip),
+        // Never let the host stack guess where an unknown pod address goes.
+        Destination::UnknownLocalPod => return drop(ctx, Counter::DropUnknownEndpoint),
+        Destination::UnknownNode => return drop(ctx, Counter::DropUnknownNode),
+        // Pod to another node's own IP goes through the tunnel too, so the
+        // remote node sees the pod's address and answers through its tunnel.
+        Destination::Outside if config.tunnel_ifindex != 0 && remote_node(&dst).is_some() => {
+            return tunnel_to(ctx, &config, dst);
+        }
+        Destination::Outside => return pass_to_host(ctx),
+    };
+    match destination {
+        Some(destination) if forward_hop(ctx) => {
+            deliver(ctx, &destination, Redirect::Peer, counter)
+        }
+        _ => drop(ctx, Counter::DropTtlExceeded),
     }
-    if node_config().in_pod_cidr(dst) {
-        // Never let the host stack guess where an unknown local pod address goes.
-        return drop(ctx, Counter::DropUnknownEndpoint);
+}
+
+fn tunnel_to(ctx: &TcContext, config: &NodeConfig, node_ip: [u8; 4]) -> i32 {
+    // Checked before the TTL changes: the ICMP error quotes the header as sent.
+    if icmp::exceeds_mtu(ctx, config.tunnel_mtu) {
+        return icmp::frag_needed(ctx, config, config.tunnel_mtu);
     }
-    pass_to_host(ctx)
+    if !forward_hop(ctx) {
+        return drop(ctx, Counter::DropTtlExceeded);
+    }
+    tunnel::encapsulate(ctx, config, node_ip)
 }

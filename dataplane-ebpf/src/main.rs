@@ -4,10 +4,16 @@
 
 mod arp;
 mod counters;
+mod from_host;
 mod from_pod;
+mod from_tunnel;
+mod icmp;
+mod ipv4;
 mod local;
 mod maps;
 mod packet;
+mod route;
+mod tunnel;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
@@ -15,6 +21,18 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     from_pod::handle(&ctx)
+}
+
+/// TC ingress on the collect_md VXLAN device: packets from remote nodes.
+#[classifier]
+pub fn from_tunnel(ctx: TcContext) -> i32 {
+    from_tunnel::handle(&ctx)
+}
+
+/// TC egress on the uplink: the node's own packets for pod addresses.
+#[classifier]
+pub fn from_host(ctx: TcContext) -> i32 {
+    from_host::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,15 +3,26 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
-use dataplane_common::{Counter, CounterValue, Endpoint, Ipv4Octets, MAX_ENDPOINTS, NodeConfig};
+use dataplane_common::{
+    Counter, CounterValue, Endpoint, Ipv4Octets, MAX_ENDPOINTS, MAX_REMOTE_NODES, NodeConfig,
+    RemoteNode, TunnelRoute,
+};
 
 #[map(name = "ENDPOINTS")]
 pub static ENDPOINTS: HashMap<Ipv4Octets, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 #[map(name = "NODE_CONFIG")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// Remote pod CIDR -> node IP. LPM tries require BPF_F_NO_PREALLOC.
+#[map(name = "TUNNEL_ROUTES")]
+pub static TUNNEL_ROUTES: LpmTrie<Ipv4Octets, TunnelRoute> =
+    LpmTrie::pinned(MAX_REMOTE_NODES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+#[map(name = "REMOTE_NODES")]
+pub static REMOTE_NODES: HashMap<Ipv4Octets, RemoteNode> = HashMap::pinned(MAX_REMOTE_NODES, 0);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);
@@ -25,4 +36,16 @@ pub fn endpoint(addr: &Ipv4Octets) -> Option<Endpoint> {
 #[inline(always)]
 pub fn node_config() -> NodeConfig {
     NODE_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The node whose pod CIDR holds `addr`, by longest prefix.
+#[inline(always)]
+pub fn tunnel_route(addr: Ipv4Octets) -> Option<TunnelRoute> {
+    TUNNEL_ROUTES.get(Key::new(32, addr)).copied()
+}
+
+#[inline(always)]
+pub fn remote_node(addr: &Ipv4Octets) -> Option<RemoteNode> {
+    // SAFETY: as for `endpoint`.
+    unsafe { REMOTE_NODES.get(addr).copied() }
 }

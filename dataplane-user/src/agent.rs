@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ipnetwork::Ipv4Network;
+use dataplane_common::{NodeConfig, VXLAN_OVERHEAD};
 use macaddr::MacAddr6;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -19,22 +19,31 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{CounterEntry, EndpointEntry, Request, Response},
-    config::{Config, EndpointSpec, validate_endpoint},
+    api::{CounterEntry, EndpointEntry, Request, Response, Status},
+    config::{
+        Config, EndpointSpec, NodeSettings, NodeSpec, validate_endpoint, validate_remote_node,
+    },
     dataplane::Dataplane,
-    interfaces::Interfaces,
+    interfaces::{Interfaces, VxlanSettings},
     loader,
+    maps::ipv4_cidr,
 };
+
+/// Name of the collect_md VXLAN device the agent creates.
+pub const VXLAN_DEVICE: &str = "dp-vxlan";
 
 pub struct Agent {
     dataplane: Mutex<Dataplane>,
     interfaces: Interfaces,
-    pod_cidr: Option<Ipv4Network>,
+    /// The node settings with `node_ip` resolved.
+    node: NodeSettings,
+    /// MTU pods must use so their packets fit the tunnel; `None` without one.
+    pod_mtu: Option<u32>,
 }
 
 impl Agent {
-    /// Loads the programs, adopts endpoints pinned by an earlier run and
-    /// applies the endpoints of the config file.
+    /// Loads the programs, sets up the tunnel, adopts endpoints pinned by an
+    /// earlier run and applies the endpoints and nodes of the config file.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         loader::ensure_bpffs_mounted()?;
         let pin_dir = loader::pin_directory(&config.agent.bpf_root);
@@ -42,11 +51,59 @@ impl Agent {
         info!(pin_dir = %pin_dir.display(), "eBPF programs loaded");
 
         let mut dataplane = Dataplane::new(ebpf)?;
-        dataplane.set_pod_cidr(config.node.pod_cidr)?;
+        let interfaces = Interfaces::connect()?;
+        let mut node = config.node.clone();
+        let mut node_config = NodeConfig {
+            pod_cidr: node.pod_cidr.map(ipv4_cidr).unwrap_or_default(),
+            cluster_cidr: node.cluster_cidr.map(ipv4_cidr).unwrap_or_default(),
+            vni: node.vni,
+            ..NodeConfig::default()
+        };
+        let mut pod_mtu = None;
+        if let Some(uplink_name) = &node.uplink {
+            let Some(uplink) = interfaces.by_name(uplink_name).await? else {
+                bail!("node.uplink: interface {uplink_name} does not exist");
+            };
+            let node_ip = match node.node_ip {
+                Some(node_ip) => node_ip,
+                None => *interfaces
+                    .ipv4_addresses(uplink.index)
+                    .await?
+                    .first()
+                    .with_context(|| {
+                        format!("uplink {uplink_name} has no IPv4 address; set node.node_ip")
+                    })?,
+            };
+            let mtu = uplink
+                .mtu
+                .checked_sub(VXLAN_OVERHEAD)
+                .filter(|mtu| *mtu >= MIN_IPV4_MTU)
+                .with_context(|| format!("uplink MTU {} is too small for VXLAN", uplink.mtu))?;
+            let vxlan = interfaces
+                .recreate_vxlan(
+                    VXLAN_DEVICE,
+                    VxlanSettings {
+                        port: node.vxlan_port,
+                        mtu,
+                    },
+                )
+                .await?;
+            allow_asymmetric_routes(VXLAN_DEVICE)?;
+            dataplane.attach_tunnel(&vxlan, &uplink)?;
+            node.node_ip = Some(node_ip);
+            node_config.node_ip = node_ip.octets();
+            node_config.tunnel_ifindex = vxlan.index;
+            node_config.tunnel_mtu = mtu;
+            pod_mtu = Some(mtu);
+            info!(%node_ip, uplink = %uplink_name, vni = node.vni, port = node.vxlan_port, pod_mtu = mtu, "VXLAN tunnel ready");
+        }
+        dataplane.set_node_config(node_config)?;
+
         let agent = Self {
             dataplane: Mutex::new(dataplane),
-            interfaces: Interfaces::connect()?,
-            pod_cidr: config.node.pod_cidr,
+            interfaces,
+            node,
+            pod_mtu,
         };
         agent.adopt_pinned_endpoints().await?;
         for endpoint in &config.endpoints {
@@ -54,6 +111,11 @@ impl Agent {
                 .add_endpoint(endpoint)
                 .await
                 .with_context(|| format!("endpoint {} from the config file", endpoint.ip))?;
+        }
+        for node in &config.nodes {
+            agent
+                .add_node(node)
+                .with_context(|| format!("node {} from the config file", node.ip))?;
         }
         Ok(agent)
     }
@@ -87,7 +149,7 @@ impl Agent {
     }
 
     pub async fn add_endpoint(&self, spec: &EndpointSpec) -> anyhow::Result<()> {
-        if let Err((field, problem)) = validate_endpoint(spec, self.pod_cidr) {
+        if let Err((field, problem)) = validate_endpoint(spec, self.node.pod_cidr) {
             bail!("endpoint field `{field}`: {problem}");
         }
         let Some(interface) = self.interfaces.by_name(&spec.interface).await? else {
@@ -106,6 +168,55 @@ impl Agent {
         let removed = self.dataplane().remove_endpoint(ip)?;
         info!(%ip, removed, "endpoint removed");
         Ok(removed)
+    }
+
+    pub fn add_node(&self, node: &NodeSpec) -> anyhow::Result<()> {
+        if self.node.uplink.is_none() {
+            bail!("remote nodes are reached through the VXLAN tunnel: set node.uplink");
+        }
+        let mut dataplane = self.dataplane();
+        let others: Vec<NodeSpec> = dataplane
+            .remote_nodes()?
+            .into_iter()
+            .map(|(ip, pod_cidr)| NodeSpec { ip, pod_cidr })
+            .collect();
+        if let Err((field, problem)) = validate_remote_node(node, &self.node, &others) {
+            bail!("node field `{field}`: {problem}");
+        }
+        dataplane.add_remote_node(node.ip, node.pod_cidr)?;
+        info!(ip = %node.ip, pod_cidr = %node.pod_cidr, "node added");
+        Ok(())
+    }
+
+    pub fn remove_node(&self, ip: Ipv4Addr) -> anyhow::Result<bool> {
+        let removed = self.dataplane().remove_remote_node(ip)?;
+        info!(%ip, removed, "node removed");
+        Ok(removed)
+    }
+
+    fn list_nodes(&self) -> anyhow::Result<Vec<NodeSpec>> {
+        Ok(self
+            .dataplane()
+            .remote_nodes()?
+            .into_iter()
+            .map(|(ip, pod_cidr)| NodeSpec { ip, pod_cidr })
+            .collect())
+    }
+
+    fn status(&self) -> anyhow::Result<Status> {
+        let dataplane = self.dataplane();
+        Ok(Status {
+            node_ip: self.node.node_ip,
+            pod_cidr: self.node.pod_cidr,
+            cluster_cidr: self.node.cluster_cidr,
+            uplink: self.node.uplink.clone(),
+            tunnel_interface: self.node.uplink.as_ref().map(|_| VXLAN_DEVICE.to_string()),
+            vni: self.node.vni,
+            vxlan_port: self.node.vxlan_port,
+            pod_mtu: self.pod_mtu,
+            endpoints: dataplane.endpoints()?.len(),
+            remote_nodes: dataplane.remote_nodes()?.len(),
+        })
     }
 
     async fn list_endpoints(&self) -> anyhow::Result<Vec<EndpointEntry>> {
@@ -156,11 +267,39 @@ impl Agent {
             Request::Counters => self
                 .counters()
                 .map(|counters| Response::Counters { counters }),
+            Request::AddNode { node } => self
+                .add_node(&node)
+                .map(|()| Response::Done { changed: true }),
+            Request::RemoveNode { ip } => self
+                .remove_node(ip)
+                .map(|changed| Response::Done { changed }),
+            Request::ListNodes => self.list_nodes().map(|nodes| Response::Nodes { nodes }),
+            Request::Status => self.status().map(|status| Response::Status { status }),
         };
         result.unwrap_or_else(|error| Response::Error {
             message: format!("{error:#}"),
         })
     }
+}
+
+/// The smallest MTU IPv4 allows (RFC 791).
+const MIN_IPV4_MTU: u32 = 68;
+
+/// Decapsulated packets arrive on the tunnel device from pod addresses the
+/// node routes elsewhere (by its default route); strict reverse-path
+/// filtering would drop them.
+fn allow_asymmetric_routes(interface: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/rp_filter");
+    std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter")
+        .context("reading net.ipv4.conf.all.rp_filter")?;
+    if all.trim() == "1" {
+        warn!(
+            "net.ipv4.conf.all.rp_filter is 1 (strict): pod traffic to this node's own IP from \
+             remote pods will be dropped; set it to 0 or 2"
+        );
+    }
+    Ok(())
 }
 
 /// Runs the agent with the config file at `config_path` until SIGINT/SIGTERM.

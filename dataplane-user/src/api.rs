@@ -10,11 +10,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
 use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 
-use crate::config::EndpointSpec;
+use crate::config::{EndpointSpec, NodeSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -23,6 +24,10 @@ pub enum Request {
     RemoveEndpoint { ip: Ipv4Addr },
     ListEndpoints,
     Counters,
+    AddNode { node: NodeSpec },
+    RemoveNode { ip: Ipv4Addr },
+    ListNodes,
+    Status,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,9 +43,31 @@ pub enum Response {
     Counters {
         counters: Vec<CounterEntry>,
     },
+    Nodes {
+        nodes: Vec<NodeSpec>,
+    },
+    Status {
+        status: Status,
+    },
     Error {
         message: String,
     },
+}
+
+/// The node's settings as the agent applied them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub node_ip: Option<Ipv4Addr>,
+    pub pod_cidr: Option<Ipv4Network>,
+    pub cluster_cidr: Option<Ipv4Network>,
+    pub uplink: Option<String>,
+    pub tunnel_interface: Option<String>,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    /// MTU pods must use so their packets fit the tunnel (uplink MTU - 50).
+    pub pod_mtu: Option<u32>,
+    pub endpoints: usize,
+    pub remote_nodes: usize,
 }
 
 #[serde_as]

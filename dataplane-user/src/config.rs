@@ -7,6 +7,15 @@
 //!
 //! [node]
 //! pod_cidr = "10.244.1.0/24"                 # this node's pod CIDR
+//! cluster_cidr = "10.244.0.0/16"             # all pod CIDRs of the cluster
+//! uplink = "eth0"                            # enables the VXLAN tunnel to other nodes
+//! node_ip = "192.0.2.10"                     # default: the uplink's first IPv4 address
+//! vni = 1                                    # VXLAN network identifier
+//! vxlan_port = 4789                          # VXLAN UDP port
+//!
+//! [[nodes]]                                  # remote nodes known at start-up
+//! ip = "192.0.2.11"
+//! pod_cidr = "10.244.2.0/24"
 //!
 //! [[endpoints]]                              # pods known at start-up (optional)
 //! ip = "10.244.1.2"
@@ -37,6 +46,8 @@ pub struct Config {
     pub node: NodeSettings,
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -65,11 +76,57 @@ fn default_bpf_root() -> PathBuf {
     DEFAULT_BPF_ROOT.into()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub const DEFAULT_VNI: u32 = 1;
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+const MAX_VNI: u32 = (1 << 24) - 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSettings {
     /// Pod CIDR of this node. Addresses in it without an endpoint are dropped.
     pub pod_cidr: Option<Ipv4Network>,
+    /// All pod addresses of the cluster. Addresses in it that no node owns
+    /// are dropped.
+    pub cluster_cidr: Option<Ipv4Network>,
+    /// Interface toward the other nodes. Setting it enables the VXLAN tunnel.
+    pub uplink: Option<String>,
+    /// This node's underlay IP; by default the uplink's first IPv4 address.
+    pub node_ip: Option<Ipv4Addr>,
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            pod_cidr: None,
+            cluster_cidr: None,
+            uplink: None,
+            node_ip: None,
+            vni: DEFAULT_VNI,
+            vxlan_port: DEFAULT_VXLAN_PORT,
+        }
+    }
+}
+
+fn default_vni() -> u32 {
+    DEFAULT_VNI
+}
+
+fn default_vxlan_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+
+/// Another node of the cluster: where its pods are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node's underlay IP (outer destination of the tunnel).
+    pub ip: Ipv4Addr,
+    /// The node's pod CIDR (`Node.spec.podCIDR`).
+    pub pod_cidr: Ipv4Network,
 }
 
 /// A pod attached to this node: what the CNI plugin or the config file says.
@@ -130,6 +187,27 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        self.node
+            .validate()
+            .map_err(|(name, problem)| (format!("node.{name}"), problem))?;
+        if !self.nodes.is_empty() && self.node.uplink.is_none() {
+            return Err((
+                "nodes".into(),
+                "remote nodes are reached through the VXLAN tunnel: set node.uplink".into(),
+            ));
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            let field = |name: &str| format!("nodes[{index}].{name}");
+            let earlier = &self.nodes[..index];
+            if let Some(first) = earlier.iter().position(|other| other.ip == node.ip) {
+                return Err((
+                    field("ip"),
+                    format!("{} is already nodes[{first}]", node.ip),
+                ));
+            }
+            validate_remote_node(node, &self.node, earlier)
+                .map_err(|(name, problem)| (field(name), problem))?;
+        }
         let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let field = |name: &str| format!("endpoints[{index}].{name}");
@@ -144,6 +222,70 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl NodeSettings {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=MAX_VNI).contains(&self.vni) {
+            return Err(("vni", format!("{} is not in 1..={MAX_VNI}", self.vni)));
+        }
+        if self.vxlan_port == 0 {
+            return Err(("vxlan_port", "0 is not a usable UDP port".into()));
+        }
+        if let (Some(pod_cidr), Some(cluster_cidr)) = (self.pod_cidr, self.cluster_cidr)
+            && !pod_cidr.is_subnet_of(cluster_cidr)
+        {
+            return Err((
+                "pod_cidr",
+                format!("{pod_cidr} is not inside cluster_cidr {cluster_cidr}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a remote node against the local node and the other known nodes (an
+/// entry with the same IP is the node itself, being updated); returns the
+/// offending field and the problem.
+pub fn validate_remote_node(
+    node: &NodeSpec,
+    local: &NodeSettings,
+    others: &[NodeSpec],
+) -> Result<(), (&'static str, String)> {
+    if local.node_ip == Some(node.ip) {
+        return Err(("ip", format!("{} is this node's own IP", node.ip)));
+    }
+    if let Some(cluster_cidr) = local.cluster_cidr
+        && !node.pod_cidr.is_subnet_of(cluster_cidr)
+    {
+        return Err((
+            "pod_cidr",
+            format!(
+                "{} is not inside cluster_cidr {cluster_cidr}",
+                node.pod_cidr
+            ),
+        ));
+    }
+    if let Some(pod_cidr) = local.pod_cidr
+        && node.pod_cidr.overlaps(pod_cidr)
+    {
+        return Err((
+            "pod_cidr",
+            format!("{} overlaps this node's pod CIDR {pod_cidr}", node.pod_cidr),
+        ));
+    }
+    for other in others.iter().filter(|other| other.ip != node.ip) {
+        if node.pod_cidr.overlaps(other.pod_cidr) {
+            return Err((
+                "pod_cidr",
+                format!(
+                    "{} overlaps {} of node {}",
+                    node.pod_cidr, other.pod_cidr, other.ip
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one endpoint on its own; returns the offending field and the problem.
@@ -270,6 +412,71 @@ mod tests {
             error.contains("endpoints[1].ip") && error.contains("endpoints[0]"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn remote_nodes_and_tunnel_settings() {
+        let base = "[node]\nuplink = \"eth0\"\npod_cidr = \"10.244.0.0/24\"\ncluster_cidr = \"10.244.0.0/16\"\n";
+        let node =
+            |ip: &str, cidr: &str| format!("[[nodes]]\nip = \"{ip}\"\npod_cidr = \"{cidr}\"\n");
+        let config = parse(&format!("{base}{}", node("192.0.2.11", "10.244.1.0/24"))).unwrap();
+        assert_eq!(config.node.vni, DEFAULT_VNI);
+        assert_eq!(config.node.vxlan_port, DEFAULT_VXLAN_PORT);
+        assert_eq!(config.nodes[0].ip, Ipv4Addr::new(192, 0, 2, 11));
+
+        let cases = [
+            (
+                format!("{base}{}", node("192.0.2.11", "10.244.0.128/25")),
+                "nodes[0].pod_cidr",
+                "overlaps this node",
+            ),
+            (
+                format!("{base}{}", node("192.0.2.11", "10.99.0.0/24")),
+                "nodes[0].pod_cidr",
+                "not inside cluster_cidr",
+            ),
+            (
+                format!(
+                    "{base}{}{}",
+                    node("192.0.2.11", "10.244.1.0/24"),
+                    node("192.0.2.12", "10.244.1.0/25")
+                ),
+                "nodes[1].pod_cidr",
+                "overlaps 10.244.1.0/24",
+            ),
+            (
+                format!(
+                    "{base}{}{}",
+                    node("192.0.2.11", "10.244.1.0/24"),
+                    node("192.0.2.11", "10.244.2.0/24")
+                ),
+                "nodes[1].ip",
+                "already nodes[0]",
+            ),
+            (
+                node("192.0.2.11", "10.244.1.0/24"),
+                "nodes",
+                "set node.uplink",
+            ),
+            (format!("{base}vni = 16777216\n"), "node.vni", "not in 1..="),
+            (
+                format!("{base}vxlan_port = 0\n"),
+                "node.vxlan_port",
+                "not a usable UDP port",
+            ),
+            (
+                "[node]\npod_cidr = \"10.1.0.0/24\"\ncluster_cidr = \"10.244.0.0/16\"".to_string(),
+                "node.pod_cidr",
+                "not inside",
+            ),
+        ];
+        for (text, field, problem) in cases {
+            let error = error_of(&text);
+            assert!(
+                error.contains(field) && error.contains(problem),
+                "{text}\n=> {error}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The loaded dataplane: programs, maps, and where the from-pod program is
-//! attached. Keeps an in-memory mirror of the endpoints map so attach and
-//! detach decisions need no map scans.
+//! The loaded dataplane: programs, maps, and where the programs are attached.
+//! Keeps in-memory mirrors of the endpoint and node maps so attach, detach
+//! and update decisions need no map scans.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,20 +11,21 @@ use aya::{
     Ebpf,
     programs::{TcAttachType, tc::SchedClassifierLinkId},
 };
-use dataplane_common::Endpoint;
+use dataplane_common::{Endpoint, NodeConfig, names};
 use ipnetwork::Ipv4Network;
 use tracing::debug;
 
 use crate::{
     interfaces::Interface,
-    loader::from_pod_program,
+    loader::classifier,
     maps::{CounterTotal, Maps, MapsError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("cannot attach the from-pod program to {interface}: {source}")]
+    #[error("cannot attach {program} to {interface}: {source}")]
     Attach {
+        program: &'static str,
         interface: String,
         source: aya::programs::ProgramError,
     },
@@ -32,30 +33,41 @@ pub enum DataplaneError {
     Maps(#[from] MapsError),
 }
 
+/// A program attached to an interface in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Attachment {
+    program: &'static str,
+    ifindex: u32,
+    egress: bool,
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
-    /// tcx links of the from-pod program, by host veth ifindex.
-    attachments: HashMap<u32, SchedClassifierLinkId>,
+    links: HashMap<Attachment, SchedClassifierLinkId>,
     endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    remote_nodes: BTreeMap<Ipv4Addr, Ipv4Network>,
 }
 
 impl Dataplane {
-    /// Wraps a loaded object. Endpoints already in the (pinned) map are kept
-    /// in the mirror but not attached: the caller decides to adopt or drop them.
+    /// Wraps a loaded object. Endpoints and nodes already in the (pinned) maps
+    /// are kept in the mirrors but not attached: the caller decides to adopt
+    /// or drop them.
     pub fn new(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
         let maps = Maps::take_from(&mut ebpf)?;
         let endpoints = maps.endpoints()?.into_iter().collect();
+        let remote_nodes = maps.remote_nodes()?.into_iter().collect();
         Ok(Self {
             ebpf,
             maps,
-            attachments: HashMap::new(),
+            links: HashMap::new(),
             endpoints,
+            remote_nodes,
         })
     }
 
-    pub fn set_pod_cidr(&mut self, pod_cidr: Option<Ipv4Network>) -> Result<(), DataplaneError> {
-        Ok(self.maps.set_pod_cidr(pod_cidr)?)
+    pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), DataplaneError> {
+        Ok(self.maps.set_node_config(config)?)
     }
 
     /// Endpoints as the map holds them now.
@@ -63,12 +75,17 @@ impl Dataplane {
         Ok(self.maps.endpoints()?)
     }
 
+    /// Remote nodes as the map holds them now.
+    pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, Ipv4Network)>, DataplaneError> {
+        Ok(self.maps.remote_nodes()?)
+    }
+
     pub fn counters(&self) -> Result<Vec<CounterTotal>, DataplaneError> {
         Ok(self.maps.counters()?)
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.attachments.contains_key(&ifindex)
+        self.links.contains_key(&from_pod_on(ifindex))
     }
 
     /// Registers (or replaces) the endpoint `ip` behind host veth `interface`.
@@ -84,17 +101,17 @@ impl Dataplane {
             pod_mac,
             host_mac: interface.mac,
         };
-        let newly_attached = self.attach(interface)?;
+        let newly_attached = self.attach(names::FROM_POD_PROGRAM, interface, false)?;
         if let Err(error) = self.maps.insert_endpoint(ip, endpoint) {
             if newly_attached {
-                self.detach_if_unused(interface.index);
+                self.detach_from_pod_if_unused(interface.index);
             }
             return Err(error.into());
         }
         if let Some(previous) = self.endpoints.insert(ip, endpoint)
             && previous.host_ifindex != interface.index
         {
-            self.detach_if_unused(previous.host_ifindex);
+            self.detach_from_pod_if_unused(previous.host_ifindex);
         }
         Ok(())
     }
@@ -103,27 +120,81 @@ impl Dataplane {
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, DataplaneError> {
         let removed = self.maps.remove_endpoint(ip)?;
         if let Some(previous) = self.endpoints.remove(&ip) {
-            self.detach_if_unused(previous.host_ifindex);
+            self.detach_from_pod_if_unused(previous.host_ifindex);
         }
         Ok(removed)
     }
 
-    /// Attaches the from-pod program to `interface`; `Ok(true)` if it was not yet.
-    fn attach(&mut self, interface: &Interface) -> Result<bool, DataplaneError> {
-        if self.attachments.contains_key(&interface.index) {
+    /// Makes the pods of node `ip` reachable through the tunnel, replacing
+    /// what was known of that node before.
+    pub fn add_remote_node(
+        &mut self,
+        ip: Ipv4Addr,
+        pod_cidr: Ipv4Network,
+    ) -> Result<(), DataplaneError> {
+        if let Some(previous) = self.remote_nodes.get(&ip).copied()
+            && previous != pod_cidr
+        {
+            self.maps.remove_remote_node(ip, previous)?;
+            self.remote_nodes.remove(&ip);
+        }
+        self.maps.insert_remote_node(ip, pod_cidr)?;
+        self.remote_nodes.insert(ip, pod_cidr);
+        Ok(())
+    }
+
+    /// Forgets node `ip`; `Ok(false)` when it was not known.
+    pub fn remove_remote_node(&mut self, ip: Ipv4Addr) -> Result<bool, DataplaneError> {
+        let Some(pod_cidr) = self.remote_nodes.remove(&ip) else {
+            return Ok(false);
+        };
+        Ok(self.maps.remove_remote_node(ip, pod_cidr)?)
+    }
+
+    /// Attaches the tunnel programs: decapsulated traffic on the VXLAN
+    /// device, and the node's own pod-bound traffic on the uplink's egress.
+    pub fn attach_tunnel(
+        &mut self,
+        vxlan: &Interface,
+        uplink: &Interface,
+    ) -> Result<(), DataplaneError> {
+        self.attach(names::FROM_TUNNEL_PROGRAM, vxlan, false)?;
+        self.attach(names::FROM_HOST_PROGRAM, uplink, true)?;
+        Ok(())
+    }
+
+    /// Attaches `program` to `interface` unless it already is; `Ok(true)` if it was not.
+    fn attach(
+        &mut self,
+        program: &'static str,
+        interface: &Interface,
+        egress: bool,
+    ) -> Result<bool, DataplaneError> {
+        let attachment = Attachment {
+            program,
+            ifindex: interface.index,
+            egress,
+        };
+        if self.links.contains_key(&attachment) {
             return Ok(false);
         }
-        let link = from_pod_program(&mut self.ebpf)
-            .attach(&interface.name, TcAttachType::Ingress)
+        let direction = if egress {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
+        let link = classifier(&mut self.ebpf, program)
+            .attach(&interface.name, direction)
             .map_err(|source| DataplaneError::Attach {
+                program,
                 interface: interface.name.clone(),
                 source,
             })?;
-        self.attachments.insert(interface.index, link);
+        self.links.insert(attachment, link);
         Ok(true)
     }
 
-    fn detach_if_unused(&mut self, ifindex: u32) {
+    fn detach_from_pod_if_unused(&mut self, ifindex: u32) {
         if self
             .endpoints
             .values()
@@ -131,11 +202,19 @@ impl Dataplane {
         {
             return;
         }
-        if let Some(link) = self.attachments.remove(&ifindex)
-            && let Err(error) = from_pod_program(&mut self.ebpf).detach(link)
+        if let Some(link) = self.links.remove(&from_pod_on(ifindex))
+            && let Err(error) = classifier(&mut self.ebpf, names::FROM_POD_PROGRAM).detach(link)
         {
             // The veth is usually gone already (pod deleted), taking the link with it.
             debug!(ifindex, %error, "detaching from-pod program");
         }
+    }
+}
+
+fn from_pod_on(ifindex: u32) -> Attachment {
+    Attachment {
+        program: names::FROM_POD_PROGRAM,
+        ifindex,
+        egress: false,
     }
 }

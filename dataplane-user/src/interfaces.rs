@@ -1,24 +1,41 @@
 //! Network interfaces of the agent's namespace, through rtnetlink.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use futures::TryStreamExt as _;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkGetRequest};
+use rtnetlink::{
+    Handle, LinkGetRequest, LinkVxlan,
+    packet_route::{
+        address::AddressAttribute,
+        link::{LinkAttribute, LinkMessage},
+    },
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     pub index: u32,
     pub name: String,
     pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// What the collect_md VXLAN device is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanSettings {
+    pub port: u16,
+    pub mtu: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterfaceError {
     #[error("cannot open a netlink socket: {0}")]
     Connect(std::io::Error),
-    #[error("netlink query for interface {0} failed: {1}")]
-    Query(String, rtnetlink::Error),
-    #[error("interface {0} has no Ethernet MAC address (is it a veth?)")]
+    #[error("netlink request for interface {0} failed: {1}")]
+    Request(String, rtnetlink::Error),
+    #[error("interface {0} has no Ethernet MAC address")]
     NoMac(String),
+    #[error("interface {0} was created but cannot be found")]
+    Vanished(String),
 }
 
 #[derive(Clone)]
@@ -64,18 +81,79 @@ impl Interfaces {
             {
                 Ok(None)
             }
-            Err(error) => Err(InterfaceError::Query(label, error)),
+            Err(error) => Err(InterfaceError::Request(label, error)),
         }
+    }
+
+    /// IPv4 addresses of the interface `index`, in the kernel's order.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, InterfaceError> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| InterfaceError::Request(format!("#{index}"), error))?;
+        Ok(messages
+            .into_iter()
+            .flat_map(|message| message.attributes)
+            .filter_map(|attribute| match attribute {
+                AddressAttribute::Local(IpAddr::V4(address)) => Some(address),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// (Re)creates `name` as a collect_md VXLAN device: no VNI, remote or FDB
+    /// of its own; the BPF programs give every packet its tunnel key. ARP is
+    /// off, since nothing resolves neighbours through it.
+    pub async fn recreate_vxlan(
+        &self,
+        name: &str,
+        settings: VxlanSettings,
+    ) -> Result<Interface, InterfaceError> {
+        let request_error = |error| InterfaceError::Request(name.to_string(), error);
+        if let Some(existing) = self.by_name(name).await? {
+            self.handle
+                .link()
+                .del(existing.index)
+                .execute()
+                .await
+                .map_err(request_error)?;
+        }
+        // VNI 0: a flow-based socket maps every received packet to VNI 0 to
+        // find its device; the real VNI travels in the tunnel metadata.
+        let message = LinkVxlan::new(name, 0)
+            .port(settings.port)
+            .collect_metadata(true)
+            .learning(false)
+            .mtu(settings.mtu)
+            .arp(false)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(request_error)?;
+        self.by_name(name)
+            .await?
+            .ok_or_else(|| InterfaceError::Vanished(name.to_string()))
     }
 }
 
 fn interface_of(message: LinkMessage) -> Result<Interface, InterfaceError> {
     let mut name = String::new();
     let mut mac = None;
+    let mut mtu = 0;
     for attribute in message.attributes {
         match attribute {
             LinkAttribute::IfName(value) => name = value,
             LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Mtu(value) => mtu = value,
             _ => {}
         }
     }
@@ -84,5 +162,6 @@ fn interface_of(message: LinkMessage) -> Result<Interface, InterfaceError> {
         index: message.header.index,
         name,
         mac,
+        mtu,
     })
 }

@@ -9,8 +9,8 @@ use std::{
 
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, Ipv4Octets, MAP_LAYOUT_VERSION, MAX_ENDPOINTS, NodeConfig,
-    names,
+    Counter, CounterValue, Endpoint, Ipv4Octets, MAP_LAYOUT_VERSION, MAX_ENDPOINTS,
+    MAX_REMOTE_NODES, NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use nix::{
     mount::{MsFlags, mount},
@@ -80,7 +80,7 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Expected (key size, value size, max entries) of every pinned map.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 3] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 5] {
     let size = |bytes: usize| bytes as u32;
     [
         (
@@ -94,6 +94,19 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 3] {
             size(size_of::<u32>()),
             size(size_of::<NodeConfig>()),
             1,
+        ),
+        (
+            names::TUNNEL_ROUTES_MAP,
+            // LPM trie keys are {u32 prefix length, address}.
+            size(size_of::<u32>() + size_of::<Ipv4Octets>()),
+            size(size_of::<TunnelRoute>()),
+            MAX_REMOTE_NODES,
+        ),
+        (
+            names::REMOTE_NODES_MAP,
+            size(size_of::<Ipv4Octets>()),
+            size(size_of::<RemoteNode>()),
+            MAX_REMOTE_NODES,
         ),
         (
             names::COUNTERS_MAP,
@@ -146,17 +159,24 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(EBPF_OBJECT)?;
-    let program = from_pod_program(&mut ebpf);
-    program.load().map_err(|source| LoadError::Program {
-        name: names::FROM_POD_PROGRAM,
-        source,
-    })?;
+    for name in PROGRAMS {
+        classifier(&mut ebpf, name)
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
     Ok(ebpf)
 }
 
-/// The from-pod classifier of a loaded object.
-pub fn from_pod_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
-    ebpf.program_mut(names::FROM_POD_PROGRAM)
+/// Every program of the object; all are TC classifiers.
+pub const PROGRAMS: [&str; 3] = [
+    names::FROM_POD_PROGRAM,
+    names::FROM_TUNNEL_PROGRAM,
+    names::FROM_HOST_PROGRAM,
+];
+
+/// The classifier `name` of a loaded object.
+pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
         .and_then(|program| program.try_into().ok())
-        .expect("the eBPF object built with this agent has a from_pod classifier")
+        .unwrap_or_else(|| panic!("the eBPF object built with this agent has a {name} classifier"))
 }

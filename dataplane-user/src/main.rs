@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataplane_user::{
     agent,
     api::{self, Request, Response},
-    config::{DEFAULT_API_SOCKET, EndpointSpec},
+    config::{DEFAULT_API_SOCKET, EndpointSpec, NodeSpec},
 };
+use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
 use tracing_subscriber::EnvFilter;
 
@@ -42,8 +43,33 @@ enum Command {
     /// Register, remove or list pods on this node.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Add, remove or list the other nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Per-path and per-drop-reason packet counters.
     Counters,
+    /// The node's settings as the agent applied them (node IP, tunnel, pod MTU).
+    Status,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Make a node's pods reachable through the tunnel (replaces what was known of it).
+    Add {
+        /// The node's underlay IP.
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// The node's pod CIDR.
+        #[arg(long)]
+        pod_cidr: Ipv4Network,
+    },
+    /// Forget a node (succeeds if it is not known).
+    Del {
+        #[arg(long)]
+        ip: Ipv4Addr,
+    },
+    /// List the nodes the tunnel maps hold.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -88,7 +114,13 @@ fn main() -> anyhow::Result<()> {
         },
         Command::Endpoint(EndpointCommand::Del { ip }) => Request::RemoveEndpoint { ip },
         Command::Endpoint(EndpointCommand::List) => Request::ListEndpoints,
+        Command::Node(NodeCommand::Add { ip, pod_cidr }) => Request::AddNode {
+            node: NodeSpec { ip, pod_cidr },
+        },
+        Command::Node(NodeCommand::Del { ip }) => Request::RemoveNode { ip },
+        Command::Node(NodeCommand::List) => Request::ListNodes,
         Command::Counters => Request::Counters,
+        Command::Status => Request::Status,
     };
     let response = api::call(&cli.socket, &request)?;
     if let Response::Error { message } = &response {
@@ -130,6 +162,40 @@ fn print_text(response: &Response) {
                     counter.name, counter.packets, counter.bytes
                 );
             }
+        }
+        Response::Nodes { nodes } => {
+            println!("{:<16} POD CIDR", "NODE IP");
+            for node in nodes {
+                println!("{:<16} {}", node.ip, node.pod_cidr);
+            }
+        }
+        Response::Status { status } => {
+            let show = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+            println!(
+                "node IP:       {}",
+                show(status.node_ip.map(|ip| ip.to_string()))
+            );
+            println!(
+                "pod CIDR:      {}",
+                show(status.pod_cidr.map(|cidr| cidr.to_string()))
+            );
+            println!(
+                "cluster CIDR:  {}",
+                show(status.cluster_cidr.map(|cidr| cidr.to_string()))
+            );
+            println!("uplink:        {}", show(status.uplink.clone()));
+            println!(
+                "tunnel:        {} (VXLAN, VNI {}, UDP {})",
+                show(status.tunnel_interface.clone()),
+                status.vni,
+                status.vxlan_port
+            );
+            println!(
+                "pod MTU:       {}",
+                show(status.pod_mtu.map(|mtu| mtu.to_string()))
+            );
+            println!("endpoints:     {}", status.endpoints);
+            println!("remote nodes:  {}", status.remote_nodes);
         }
         Response::Error { message } => println!("error: {message}"),
     }

@@ -4,10 +4,11 @@ use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, Ipv4Octets, MAX_ENDPOINTS, NodeConfig, names,
+    Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS, MAX_REMOTE_NODES,
+    NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use ipnetwork::Ipv4Network;
 
@@ -22,6 +23,29 @@ pub enum MapsError {
     },
     #[error("the endpoints map is full ({MAX_ENDPOINTS} entries); remove stale endpoints first")]
     EndpointsFull,
+    #[error("the remote node maps are full ({MAX_REMOTE_NODES} entries); remove stale nodes first")]
+    NodesFull,
+    #[error("map {name} holds an entry no agent writes: {detail}")]
+    Corrupt { name: &'static str, detail: String },
+}
+
+fn is_errno(error: &MapError, errno: i32) -> bool {
+    matches!(error, MapError::SyscallError(error) if error.io_error.raw_os_error() == Some(errno))
+}
+
+/// `Ok(false)` for a key that was not there: removals are idempotent.
+fn removed(result: Result<(), MapError>, name: &'static str) -> Result<bool, MapsError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(error) if is_errno(&error, nix::libc::ENOENT) => Ok(false),
+        Err(source) => Err(access(name)(source)),
+    }
+}
+
+/// The prefix of `cidr` in the map layout.
+pub fn ipv4_cidr(cidr: Ipv4Network) -> Ipv4Cidr {
+    Ipv4Cidr::new(cidr.network().octets(), cidr.prefix())
 }
 
 fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -31,6 +55,8 @@ fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 pub struct Maps {
     endpoints: HashMap<MapData, Ipv4Octets, Endpoint>,
     node_config: Array<MapData, NodeConfig>,
+    tunnel_routes: LpmTrie<MapData, Ipv4Octets, TunnelRoute>,
+    remote_nodes: HashMap<MapData, Ipv4Octets, RemoteNode>,
     counters: PerCpuArray<MapData, CounterValue>,
 }
 
@@ -39,6 +65,10 @@ pub struct Maps {
 pub struct CounterTotal {
     pub counter: Counter,
     pub value: CounterValue,
+}
+
+fn route_key(pod_cidr: Ipv4Network) -> Key<Ipv4Octets> {
+    Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets())
 }
 
 impl Maps {
@@ -50,17 +80,16 @@ impl Maps {
                 .map_err(access(names::ENDPOINTS_MAP))?,
             node_config: Array::try_from(take(names::NODE_CONFIG_MAP)?)
                 .map_err(access(names::NODE_CONFIG_MAP))?,
+            tunnel_routes: LpmTrie::try_from(take(names::TUNNEL_ROUTES_MAP)?)
+                .map_err(access(names::TUNNEL_ROUTES_MAP))?,
+            remote_nodes: HashMap::try_from(take(names::REMOTE_NODES_MAP)?)
+                .map_err(access(names::REMOTE_NODES_MAP))?,
             counters: PerCpuArray::try_from(take(names::COUNTERS_MAP)?)
                 .map_err(access(names::COUNTERS_MAP))?,
         })
     }
 
-    pub fn set_pod_cidr(&mut self, pod_cidr: Option<Ipv4Network>) -> Result<(), MapsError> {
-        let config = NodeConfig {
-            pod_cidr: pod_cidr.map_or([0; 4], |cidr| cidr.network().octets()),
-            pod_cidr_prefix_len: pod_cidr.map_or(0, |cidr| cidr.prefix()),
-            _pad: [0; 3],
-        };
+    pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), MapsError> {
         self.node_config
             .set(0, config, 0)
             .map_err(access(names::NODE_CONFIG_MAP))
@@ -69,28 +98,90 @@ impl Maps {
     pub fn insert_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), MapsError> {
         self.endpoints
             .insert(ip.octets(), endpoint, 0)
-            .map_err(|source| match &source {
-                MapError::SyscallError(error)
-                    if error.io_error.raw_os_error() == Some(nix::libc::E2BIG) =>
-                {
+            .map_err(|source| {
+                if is_errno(&source, nix::libc::E2BIG) {
                     MapsError::EndpointsFull
+                } else {
+                    access(names::ENDPOINTS_MAP)(source)
                 }
-                _ => access(names::ENDPOINTS_MAP)(source),
             })
     }
 
     /// Removes an endpoint; `Ok(false)` when it was not there.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, MapsError> {
-        match self.endpoints.remove(&ip.octets()) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(error))
-                if error.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
-            {
-                Ok(false)
+        removed(self.endpoints.remove(&ip.octets()), names::ENDPOINTS_MAP)
+    }
+
+    /// Makes `pod_cidr` reachable through the tunnel to `node_ip`. The node
+    /// entry goes first: tunnel traffic from a node is accepted before any of
+    /// ours is sent to it. On failure nothing is left half-inserted.
+    pub fn insert_remote_node(
+        &mut self,
+        node_ip: Ipv4Addr,
+        pod_cidr: Ipv4Network,
+    ) -> Result<(), MapsError> {
+        let full = |name: &'static str| {
+            move |source: MapError| {
+                if is_errno(&source, nix::libc::E2BIG) || is_errno(&source, nix::libc::ENOSPC) {
+                    MapsError::NodesFull
+                } else {
+                    access(name)(source)
+                }
             }
-            Err(source) => Err(access(names::ENDPOINTS_MAP)(source)),
+        };
+        let node = RemoteNode {
+            pod_cidr: ipv4_cidr(pod_cidr),
+        };
+        self.remote_nodes
+            .insert(node_ip.octets(), node, 0)
+            .map_err(full(names::REMOTE_NODES_MAP))?;
+        let route = TunnelRoute {
+            node_ip: node_ip.octets(),
+        };
+        if let Err(error) = self
+            .tunnel_routes
+            .insert(&route_key(pod_cidr), route, 0)
+            .map_err(full(names::TUNNEL_ROUTES_MAP))
+        {
+            let _ = self.remote_nodes.remove(&node_ip.octets());
+            return Err(error);
         }
+        Ok(())
+    }
+
+    /// Removes a node's tunnel route, then the node itself (so replies still
+    /// in flight from it are accepted until the last moment).
+    pub fn remove_remote_node(
+        &mut self,
+        node_ip: Ipv4Addr,
+        pod_cidr: Ipv4Network,
+    ) -> Result<bool, MapsError> {
+        removed(
+            self.tunnel_routes.remove(&route_key(pod_cidr)),
+            names::TUNNEL_ROUTES_MAP,
+        )?;
+        removed(
+            self.remote_nodes.remove(&node_ip.octets()),
+            names::REMOTE_NODES_MAP,
+        )
+    }
+
+    pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, Ipv4Network)>, MapsError> {
+        self.remote_nodes
+            .iter()
+            .map(|entry| {
+                let (ip, node) = entry.map_err(access(names::REMOTE_NODES_MAP))?;
+                let cidr = Ipv4Network::new(node.pod_cidr.addr.into(), node.pod_cidr.prefix_len)
+                    .map_err(|_| MapsError::Corrupt {
+                        name: names::REMOTE_NODES_MAP,
+                        detail: format!(
+                            "prefix length {} for node {ip:?}",
+                            node.pod_cidr.prefix_len
+                        ),
+                    })?;
+                Ok((Ipv4Addr::from(ip), cidr))
+            })
+            .collect()
     }
 
     pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>, MapsError> {

@@ -28,6 +28,11 @@ use nix::{
 use crate::netns::{Netns, reap_stale_namespaces, require_root, run, unique_prefix};
 
 pub const GATEWAY_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// Every node's pod CIDR lies inside it.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The underlay's MTU, and what VXLAN over IPv4 leaves of it for pods.
+pub const UNDERLAY_MTU: u32 = 1500;
+pub const VXLAN_POD_MTU: u32 = UNDERLAY_MTU - 50;
 pub const GATEWAY_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const EXTERNAL_HOST_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The pods' default gateway: nothing owns it, the from-pod program answers its ARP.
@@ -40,7 +45,9 @@ pub enum Forwarding {
     /// proxy_arp off and ip_forward 0.
     Dataplane,
     /// The kernel design it replaces: /32 route per pod, proxy_arp on the host
-    /// veth, ip_forward 1 (Calico-style).
+    /// veth, ip_forward 1 (Calico-style); across nodes flannel's vxlan backend:
+    /// a `flannel.1` device plus a route, a permanent neighbour and an FDB
+    /// entry per remote node.
     KernelRoutes,
 }
 
@@ -230,6 +237,42 @@ impl Node {
             .map(drop)
     }
 
+    /// The agent's `status`, as JSON.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let json = self.cli(&["--output", "json", "status"])?;
+        let response: serde_json::Value = serde_json::from_str(&json)?;
+        Ok(response["status"].clone())
+    }
+
+    /// Tells this node's agent where `other`'s pods are.
+    pub fn add_remote_node(&self, other: &Node) -> anyhow::Result<()> {
+        self.cli(&[
+            "node",
+            "add",
+            "--ip",
+            &other.ip.to_string(),
+            "--pod-cidr",
+            &other.pod_cidr.to_string(),
+        ])
+        .map(drop)
+    }
+
+    pub fn remove_remote_node(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
+        self.cli(&["node", "del", "--ip", &ip.to_string()])
+            .map(drop)
+    }
+
+    /// Sets the MTU of every pod's interface and host veth, as a CNI plugin would.
+    fn set_pod_mtu(&self, mtu: u32) -> anyhow::Result<()> {
+        let mtu = mtu.to_string();
+        for pod in &self.pods {
+            pod.netns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+            self.netns
+                .ip(&["link", "set", &pod.host_interface, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     /// Packet counts by counter name, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let json = self.cli(&["--output", "json", "counters"])?;
@@ -310,6 +353,88 @@ impl Node {
     }
 }
 
+/// flannel's vxlan backend on every node: one `flannel.1` device, and per
+/// remote node a route, a permanent neighbour and an FDB entry.
+fn connect_nodes_like_flannel(nodes: &[Node]) -> anyhow::Result<()> {
+    let mut macs = Vec::new();
+    for node in nodes {
+        let ip = node.ip.to_string();
+        node.netns.ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &ip,
+            "dev",
+            "eth0",
+            "dstport",
+            "4789",
+            "nolearning",
+        ])?;
+        node.netns.ip(&[
+            "link",
+            "set",
+            "flannel.1",
+            "mtu",
+            &VXLAN_POD_MTU.to_string(),
+            "up",
+        ])?;
+        let gateway = format!("{}/32", node.pod_cidr.network());
+        node.netns
+            .ip(&["addr", "add", &gateway, "dev", "flannel.1"])?;
+        macs.push(node.netns.mac_of("flannel.1")?);
+    }
+    for node in nodes {
+        for (other, mac) in nodes
+            .iter()
+            .zip(&macs)
+            .filter(|(other, _)| other.ip != node.ip)
+        {
+            let gateway = other.pod_cidr.network().to_string();
+            node.netns.ip(&[
+                "route",
+                "add",
+                &other.pod_cidr.to_string(),
+                "via",
+                &gateway,
+                "dev",
+                "flannel.1",
+                "onlink",
+            ])?;
+            node.netns.ip(&[
+                "neigh",
+                "add",
+                &gateway,
+                "lladdr",
+                mac,
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ])?;
+            run(
+                "bridge",
+                &[
+                    "-n",
+                    node.netns.name(),
+                    "fdb",
+                    "append",
+                    mac,
+                    "dev",
+                    "flannel.1",
+                    "dst",
+                    &other.ip.to_string(),
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// A namespace with IPv6 off, so neighbour discovery and MLD chatter never
 /// shows up in packet counts of IPv4 tests.
 fn create_ipv4_only_netns(name: String) -> anyhow::Result<Netns> {
@@ -379,6 +504,19 @@ impl Cluster {
         for index in 0..spec.nodes {
             cluster.add_node(&prefix, index, spec)?;
         }
+        match spec.forwarding {
+            Forwarding::Dataplane => {
+                for node in &cluster.nodes {
+                    for other in cluster.nodes.iter().filter(|other| other.ip != node.ip) {
+                        node.add_remote_node(other)?;
+                    }
+                }
+            }
+            Forwarding::KernelRoutes if spec.nodes > 1 => {
+                connect_nodes_like_flannel(&cluster.nodes)?
+            }
+            Forwarding::KernelRoutes => {}
+        }
         Ok(cluster)
     }
 
@@ -402,7 +540,8 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "[agent]\napi_socket = \"{}\"\nbpf_root = \"{}\"\n\n[node]\npod_cidr = \"{pod_cidr}\"\n",
+                "[agent]\napi_socket = \"{}\"\nbpf_root = \"{}\"\n\n[node]\npod_cidr = \"{pod_cidr}\"\n\
+                 cluster_cidr = \"{CLUSTER_CIDR}\"\nuplink = \"eth0\"\n",
                 socket.display(),
                 bpf_root.display()
             ),
@@ -424,11 +563,16 @@ impl Cluster {
         match spec.forwarding {
             Forwarding::Dataplane => {
                 node.start_agent()?;
+                let pod_mtu = node.status()?["pod_mtu"]
+                    .as_u64()
+                    .context("the agent reports no pod MTU")?;
+                node.set_pod_mtu(u32::try_from(pod_mtu)?)?;
                 for pod in &node.pods {
                     node.register(pod)?;
                 }
             }
             Forwarding::KernelRoutes => {
+                node.set_pod_mtu(VXLAN_POD_MTU)?;
                 node.netns.sysctl("net.ipv4.ip_forward", "1")?;
                 for pod in &node.pods {
                     node.route_pod_in_kernel(pod)?;

@@ -7,13 +7,12 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
 };
-use dataplane_common::Endpoint;
+use dataplane_common::{Endpoint, Ipv4Cidr, NodeConfig, names};
 use dataplane_tests::netns::{require_root, unique_prefix};
 use dataplane_user::{
-    loader::{self, from_pod_program},
+    loader::{self, classifier},
     maps::Maps,
 };
-use ipnetwork::Ipv4Network;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -45,9 +44,10 @@ impl Fixture {
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}-unit", unique_prefix()));
         let mut ebpf = loader::load(&loader::pin_directory(&pin_root)).unwrap();
         let mut maps = Maps::take_from(&mut ebpf).unwrap();
-        maps.set_pod_cidr(Some(
-            Ipv4Network::new(Ipv4Addr::new(10, 244, 0, 0), 24).unwrap(),
-        ))
+        maps.set_node_config(NodeConfig {
+            pod_cidr: Ipv4Cidr::new([10, 244, 0, 0], 24),
+            ..NodeConfig::default()
+        })
         .unwrap();
         maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))
             .unwrap();
@@ -63,7 +63,7 @@ impl Fixture {
     /// Runs the program on `packet`; the verdict and the packet as it left.
     fn run(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; packet.len() + 256];
-        let result = from_pod_program(&mut self.ebpf)
+        let result = classifier(&mut self.ebpf, names::FROM_POD_PROGRAM)
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 data_out: Some(&mut out),

@@ -1,0 +1,37 @@
+//! from-host: TC egress on the node's uplink. The node has no route to any
+//! pod: its packets for pod addresses leave by the default route and are
+//! taken here, into a local pod or into the tunnel. Everything else passes.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use dataplane_common::Counter;
+use network_types::eth::{EthHdr, EtherType};
+
+use crate::{
+    counters::drop,
+    ipv4::addresses,
+    local::{Redirect, deliver},
+    maps::node_config,
+    packet::header,
+    route::{Destination, lookup},
+    tunnel,
+};
+
+pub fn handle(ctx: &TcContext) -> i32 {
+    let is_ipv4 = header::<EthHdr>(ctx, 0)
+        // SAFETY: bounds checked by `header`.
+        .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv4 as u16);
+    let Some((_, dst)) = addresses(ctx).filter(|_| is_ipv4) else {
+        return TC_ACT_OK;
+    };
+    let config = node_config();
+    match lookup(dst, &config) {
+        Destination::LocalPod(destination) => {
+            deliver(ctx, &destination, Redirect::Egress, Counter::HostToPod)
+        }
+        Destination::RemotePod(node_ip) => tunnel::encapsulate(ctx, &config, node_ip),
+        Destination::UnknownLocalPod => drop(ctx, Counter::DropUnknownEndpoint),
+        Destination::UnknownNode => drop(ctx, Counter::DropUnknownNode),
+        // The node's own traffic, including the tunnel's outer packets.
+        Destination::Outside => TC_ACT_OK,
+    }
+}

@@ -1,0 +1,233 @@
+//! Cross-node pod traffic through the VXLAN tunnel, driven only by the node
+//! maps, end to end in a netns cluster.
+
+use dataplane_tests::{
+    Cluster, ClusterSpec, Forwarding,
+    cluster::{GATEWAY_UNDERLAY_IP, VXLAN_POD_MTU},
+    traffic::tcp_round_trip,
+};
+
+/// Bytes per TCP round trip: many full-sized segments each way.
+const TCP_BYTES: usize = 256 * 1024;
+
+fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
+    Cluster::new(ClusterSpec {
+        nodes,
+        pods_per_node,
+        forwarding: Forwarding::Dataplane,
+    })
+    .expect("building the netns cluster")
+}
+
+/// No per-node kernel state: no pod routes, no static neighbours, no FDB.
+fn assert_no_per_node_kernel_state(cluster: &Cluster) -> anyhow::Result<()> {
+    for node in &cluster.nodes {
+        let routes = node.netns.ip(&["route", "show", "table", "all"])?;
+        assert!(
+            !routes.contains("10.244."),
+            "{} has pod routes:\n{routes}",
+            node.netns.name()
+        );
+        let neighbours = node.netns.ip(&["neigh", "show", "nud", "permanent"])?;
+        assert!(
+            neighbours.trim().is_empty(),
+            "static neighbours:\n{neighbours}"
+        );
+        let fdb = dataplane_tests::netns::run(
+            "bridge",
+            &["-n", node.netns.name(), "fdb", "show", "dev", "dp-vxlan"],
+        )?;
+        assert!(fdb.trim().is_empty(), "FDB entries on dp-vxlan:\n{fdb}");
+    }
+    Ok(())
+}
+
+#[test]
+fn every_pod_reaches_every_pod_across_three_nodes() -> anyhow::Result<()> {
+    let cluster = cluster(3, 2);
+    let pods: Vec<_> = cluster.nodes.iter().flat_map(|node| &node.pods).collect();
+    for from in &pods {
+        for to in pods.iter().filter(|to| to.ip != from.ip) {
+            from.ping(to.ip, 1)?;
+            tcp_round_trip(&to.netns, to.ip, &from.netns, TCP_BYTES)
+                .map_err(|error| error.context(format!("TCP {} -> {}", from.ip, to.ip)))?;
+        }
+    }
+    assert_no_per_node_kernel_state(&cluster)?;
+    for node in &cluster.nodes {
+        assert!(node.counter("encapsulated")? > 0);
+        assert!(node.counter("decapsulated_to_pod")? > 0);
+        assert_eq!(node.counter("drop_unknown_tunnel_source")?, 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn nodes_reach_every_pod_and_pods_reach_every_node() -> anyhow::Result<()> {
+    let cluster = cluster(3, 2);
+    for node in &cluster.nodes {
+        for pod in cluster.nodes.iter().flat_map(|node| &node.pods) {
+            node.netns
+                .exec(&["ping", "-c", "1", "-W", "1", "-q", &pod.ip.to_string()])
+                .map_err(|error| error.context(format!("{} -> {}", node.ip, pod.ip)))?;
+            tcp_round_trip(&pod.netns, pod.ip, &node.netns, TCP_BYTES)
+                .map_err(|error| error.context(format!("TCP {} -> {}", node.ip, pod.ip)))?;
+            pod.ping(node.ip, 1)?;
+            tcp_round_trip(&node.netns, node.ip, &pod.netns, TCP_BYTES)
+                .map_err(|error| error.context(format!("TCP {} -> {}", pod.ip, node.ip)))?;
+        }
+    }
+    assert_no_per_node_kernel_state(&cluster)?;
+    Ok(())
+}
+
+#[test]
+fn nodes_removed_and_added_at_runtime() -> anyhow::Result<()> {
+    let cluster = cluster(3, 1);
+    let (first, third) = (&cluster.nodes[0], &cluster.nodes[2]);
+    let (here, there) = (&first.pods[0], &third.pods[0]);
+    here.ping(there.ip, 1)?;
+
+    // The first node forgets the third: its pods become unreachable, and
+    // packets for them are dropped and counted, never sent anywhere else.
+    first.remove_remote_node(third.ip)?;
+    let listed = first.cli(&["node", "list"])?;
+    assert!(!listed.contains(&third.ip.to_string()), "{listed}");
+    let dropped = first.counter("drop_unknown_node")?;
+    assert!(here.ping(there.ip, 3).is_err());
+    assert!(first.counter("drop_unknown_node")? >= dropped + 3);
+    // The third node still sends to the first, which now refuses its tunnel traffic.
+    let refused = first.counter("drop_unknown_tunnel_source")?;
+    assert!(there.ping(here.ip, 3).is_err());
+    assert!(first.counter("drop_unknown_tunnel_source")? >= refused + 3);
+    // Removing again is not an error.
+    first.remove_remote_node(third.ip)?;
+
+    first.add_remote_node(third)?;
+    here.ping(there.ip, 2)?;
+    there.ping(here.ip, 2)?;
+    tcp_round_trip(&there.netns, there.ip, &here.netns, TCP_BYTES)?;
+    Ok(())
+}
+
+#[test]
+fn vxlan_from_an_address_that_is_not_a_node_is_dropped_and_counted() -> anyhow::Result<()> {
+    let cluster = cluster(1, 1);
+    let node = &cluster.nodes[0];
+    let pod = &node.pods[0];
+    // A host on the underlay (the gateway) speaks VXLAN to the node, on the
+    // right port and VNI, with a frame addressed to the pod.
+    let gateway = &cluster.gateway;
+    gateway.ip(&[
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "remote",
+        &node.ip.to_string(),
+        "local",
+        &GATEWAY_UNDERLAY_IP.to_string(),
+        "dstport",
+        "4789",
+        "dev",
+        "eth0",
+    ])?;
+    gateway.ip(&["link", "set", "vx0", "up"])?;
+    gateway.ip(&["addr", "add", "10.244.0.250/32", "dev", "vx0"])?;
+    gateway.ip(&["route", "add", &format!("{}/32", pod.ip), "dev", "vx0"])?;
+    gateway.ip(&[
+        "neigh",
+        "add",
+        &pod.ip.to_string(),
+        "lladdr",
+        &pod.mac,
+        "dev",
+        "vx0",
+        "nud",
+        "permanent",
+    ])?;
+
+    let before = node.counter("drop_unknown_tunnel_source")?;
+    let received = pod.netns.rx_packets("eth0")?;
+    assert!(
+        gateway
+            .exec(&[
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+                &pod.ip.to_string()
+            ])
+            .is_err()
+    );
+    assert!(node.counter("drop_unknown_tunnel_source")? >= before + 5);
+    assert_eq!(
+        pod.netns.rx_packets("eth0")?,
+        received,
+        "injected packets reached the pod"
+    );
+    Ok(())
+}
+
+#[test]
+fn pod_mtu_leaves_room_for_vxlan_and_oversized_packets_get_frag_needed() -> anyhow::Result<()> {
+    let cluster = cluster(2, 1);
+    let (node, other) = (&cluster.nodes[0], &cluster.nodes[1]);
+    assert_eq!(node.status()?["pod_mtu"], VXLAN_POD_MTU);
+    let (pod, remote) = (&node.pods[0], &other.pods[0]);
+    let mtu = pod.netns.ip(&["-j", "link", "show", "dev", "eth0"])?;
+    assert!(mtu.contains(&format!("\"mtu\":{VXLAN_POD_MTU}")), "{mtu}");
+
+    // The largest packet that fits goes through with DF set...
+    let largest = (VXLAN_POD_MTU - 28).to_string();
+    pod.netns.exec(&[
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        &largest,
+        &remote.ip.to_string(),
+    ])?;
+    // ...and a pod with a wrong MTU is told the path MTU instead of black-holed.
+    pod.netns.ip(&["link", "set", "eth0", "mtu", "1500"])?;
+    node.netns
+        .ip(&["link", "set", &pod.host_interface, "mtu", "1500"])?;
+    let too_big = pod.netns.exec(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        "1472",
+        &remote.ip.to_string(),
+    ]);
+    let message = format!(
+        "{:#}",
+        too_big.expect_err("a 1500-byte packet crossed a 1450 path")
+    );
+    assert!(
+        message.contains(&format!("mtu = {VXLAN_POD_MTU}"))
+            || message.contains(&format!("mtu={VXLAN_POD_MTU}")),
+        "{message}"
+    );
+    let cached = pod.netns.ip(&["route", "get", &remote.ip.to_string()])?;
+    assert!(cached.contains(&format!("mtu {VXLAN_POD_MTU}")), "{cached}");
+    // TCP adapts to the learned path MTU.
+    tcp_round_trip(&remote.netns, remote.ip, &pod.netns, TCP_BYTES)?;
+    Ok(())
+}
