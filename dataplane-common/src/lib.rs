@@ -19,6 +19,7 @@ pub mod names {
     pub const FROM_POD_PROGRAM: &str = "from_pod";
     pub const FROM_TUNNEL_PROGRAM: &str = "from_tunnel";
     pub const FROM_HOST_PROGRAM: &str = "from_host";
+    pub const FROM_UPLINK_PROGRAM: &str = "from_uplink";
 }
 
 /// Capacity of the endpoints map (pods on one node, with ample headroom).
@@ -96,11 +97,20 @@ pub struct NodeConfig {
     pub node_ip: Ipv4Octets,
     /// VXLAN network identifier of the cluster.
     pub vni: u32,
-    /// ifindex of the collect_md VXLAN device; 0 when tunnelling is off.
-    pub tunnel_ifindex: u32,
+    /// ifindex of the uplink that carries the tunnel; 0 when tunnelling is off.
+    pub uplink_ifindex: u32,
     /// Largest IPv4 packet the tunnel carries (uplink MTU - VXLAN_OVERHEAD);
     /// also the MTU pods must use.
     pub tunnel_mtu: u32,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    pub _pad: [u8; 2],
+}
+
+impl NodeConfig {
+    pub const fn tunnel_enabled(&self) -> bool {
+        self.uplink_ifindex != 0
+    }
 }
 
 /// Where a remote pod CIDR lives: the value of the tunnel routes LPM trie,
@@ -161,20 +171,23 @@ pub enum Counter {
     DecapsulatedToHost = 11,
     /// From the node's own stack into a local pod.
     HostToPod = 12,
-    /// Tunnel packet whose outer source is not a known node.
+    /// VXLAN packet whose outer source is not a known node.
     DropUnknownTunnelSource = 13,
-    /// Tunnel packet with another VXLAN network identifier.
+    /// VXLAN packet with another network identifier, or without the VNI flag.
     DropWrongVni = 14,
     /// In the cluster CIDR, but no node owns the address (e.g. a removed node).
     DropUnknownNode = 15,
-    /// The tunnel metadata could not be set or read.
+    /// Encapsulation or decapsulation failed (no room, no route to the node).
     DropTunnelError = 16,
     /// Too big for the tunnel with DF set: answered with ICMP fragmentation-needed.
     DropFragNeeded = 17,
+    /// VXLAN the uplink program did not take, decapsulated by the kernel's
+    /// device instead: never delivered.
+    DropTunnelBypass = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::ArpReplied,
@@ -195,6 +208,7 @@ impl Counter {
         Counter::DropUnknownNode,
         Counter::DropTunnelError,
         Counter::DropFragNeeded,
+        Counter::DropTunnelBypass,
     ];
 
     /// Stable name used by the CLI, logs and metrics.
@@ -218,6 +232,7 @@ impl Counter {
             Counter::DropUnknownNode => "drop_unknown_node",
             Counter::DropTunnelError => "drop_tunnel_error",
             Counter::DropFragNeeded => "drop_frag_needed",
+            Counter::DropTunnelBypass => "drop_tunnel_bypass",
         }
     }
 
@@ -235,6 +250,7 @@ impl Counter {
                 | Counter::DropUnknownNode
                 | Counter::DropTunnelError
                 | Counter::DropFragNeeded
+                | Counter::DropTunnelBypass
         )
     }
 }
@@ -277,7 +293,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 16);
         assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 32);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 36);
         assert_eq!(core::mem::size_of::<TunnelRoute>(), 4);
         assert_eq!(core::mem::size_of::<RemoteNode>(), 8);
         assert_eq!(core::mem::size_of::<CounterValue>(), 16);

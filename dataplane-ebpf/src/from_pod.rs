@@ -52,7 +52,7 @@ fn ipv4(ctx: &TcContext) -> i32 {
         Destination::UnknownNode => return drop(ctx, Counter::DropUnknownNode),
         // Pod to another node's own IP goes through the tunnel too, so the
         // remote node sees the pod's address and answers through its tunnel.
-        Destination::Outside if config.tunnel_ifindex != 0 && remote_node(&dst).is_some() => {
+        Destination::Outside if config.tunnel_enabled() && remote_node(&dst).is_some() => {
             return tunnel_to(ctx, &config, dst);
         }
         Destination::Outside => return pass_to_host(ctx),

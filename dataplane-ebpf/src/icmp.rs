@@ -12,6 +12,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     counters::{drop, verdict},
+    ipv4::checksum,
     packet::{header, ingress_ifindex},
 };
 
@@ -91,16 +92,4 @@ pub fn frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> i32 {
     } else {
         drop(ctx, Counter::DropFragNeeded)
     }
-}
-
-/// The Internet checksum (RFC 1071) of an even number of bytes.
-#[inline(always)]
-fn checksum(bytes: &[u8]) -> [u8; 2] {
-    let mut sum: u32 = 0;
-    for pair in bytes.chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
 }

@@ -36,3 +36,15 @@ pub fn forward_hop(ctx: &TcContext) -> bool {
     ip.ttl -= 1;
     true
 }
+
+/// The Internet checksum (RFC 1071) of an even number of bytes.
+#[inline(always)]
+pub fn checksum(bytes: &[u8]) -> [u8; 2] {
+    let mut sum: u32 = 0;
+    for pair in bytes.chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}

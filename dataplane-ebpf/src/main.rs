@@ -7,6 +7,7 @@ mod counters;
 mod from_host;
 mod from_pod;
 mod from_tunnel;
+mod from_uplink;
 mod icmp;
 mod ipv4;
 mod local;
@@ -23,10 +24,16 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     from_pod::handle(&ctx)
 }
 
-/// TC ingress on the collect_md VXLAN device: packets from remote nodes.
+/// TC ingress on the VXLAN device: only what the uplink program let pass.
 #[classifier]
 pub fn from_tunnel(ctx: TcContext) -> i32 {
     from_tunnel::handle(&ctx)
+}
+
+/// TC ingress on the uplink: VXLAN from other nodes, decapsulated in BPF.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    from_uplink::handle(&ctx)
 }
 
 /// TC egress on the uplink: the node's own packets for pod addresses.

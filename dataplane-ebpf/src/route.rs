@@ -25,7 +25,7 @@ pub fn lookup(dst: Ipv4Octets, config: &NodeConfig) -> Destination {
     if config.pod_cidr.contains(dst) {
         return Destination::UnknownLocalPod;
     }
-    if config.tunnel_ifindex != 0
+    if config.tunnel_enabled()
         && let Some(route) = tunnel_route(dst)
     {
         return Destination::RemotePod(route.node_ip);

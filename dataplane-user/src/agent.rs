@@ -83,17 +83,18 @@ impl Agent {
                 .recreate_vxlan(
                     VXLAN_DEVICE,
                     VxlanSettings {
+                        local: node_ip,
                         port: node.vxlan_port,
                         mtu,
                     },
                 )
                 .await?;
-            allow_asymmetric_routes(VXLAN_DEVICE)?;
             dataplane.attach_tunnel(&vxlan, &uplink)?;
             node.node_ip = Some(node_ip);
             node_config.node_ip = node_ip.octets();
-            node_config.tunnel_ifindex = vxlan.index;
+            node_config.uplink_ifindex = uplink.index;
             node_config.tunnel_mtu = mtu;
+            node_config.vxlan_port = node.vxlan_port;
             pod_mtu = Some(mtu);
             info!(%node_ip, uplink = %uplink_name, vni = node.vni, port = node.vxlan_port, pod_mtu = mtu, "VXLAN tunnel ready");
         }
@@ -284,23 +285,6 @@ impl Agent {
 
 /// The smallest MTU IPv4 allows (RFC 791).
 const MIN_IPV4_MTU: u32 = 68;
-
-/// Decapsulated packets arrive on the tunnel device from pod addresses the
-/// node routes elsewhere (by its default route); strict reverse-path
-/// filtering would drop them.
-fn allow_asymmetric_routes(interface: &str) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{interface}/rp_filter");
-    std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
-    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter")
-        .context("reading net.ipv4.conf.all.rp_filter")?;
-    if all.trim() == "1" {
-        warn!(
-            "net.ipv4.conf.all.rp_filter is 1 (strict): pod traffic to this node's own IP from \
-             remote pods will be dropped; set it to 0 or 2"
-        );
-    }
-    Ok(())
-}
 
 /// Runs the agent with the config file at `config_path` until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {

@@ -151,14 +151,16 @@ impl Dataplane {
         Ok(self.maps.remove_remote_node(ip, pod_cidr)?)
     }
 
-    /// Attaches the tunnel programs: decapsulated traffic on the VXLAN
-    /// device, and the node's own pod-bound traffic on the uplink's egress.
+    /// Attaches the tunnel programs: decapsulation on the uplink's ingress,
+    /// the node's own pod-bound traffic on its egress, and the guard on the
+    /// VXLAN device.
     pub fn attach_tunnel(
         &mut self,
         vxlan: &Interface,
         uplink: &Interface,
     ) -> Result<(), DataplaneError> {
         self.attach(names::FROM_TUNNEL_PROGRAM, vxlan, false)?;
+        self.attach(names::FROM_UPLINK_PROGRAM, uplink, false)?;
         self.attach(names::FROM_HOST_PROGRAM, uplink, true)?;
         Ok(())
     }

@@ -22,6 +22,8 @@ pub struct Interface {
 /// What the collect_md VXLAN device is created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VxlanSettings {
+    /// The node IP: the device's socket listens on it only.
+    pub local: Ipv4Addr,
     pub port: u16,
     pub mtu: u32,
 }
@@ -107,8 +109,10 @@ impl Interfaces {
     }
 
     /// (Re)creates `name` as a collect_md VXLAN device: no VNI, remote or FDB
-    /// of its own; the BPF programs give every packet its tunnel key. ARP is
-    /// off, since nothing resolves neighbours through it.
+    /// of its own. The BPF programs encapsulate and decapsulate; the device's
+    /// UDP socket is what makes the kernel's GRO aggregate received VXLAN
+    /// (udp4_gro_receive looks for a tunnel socket on the port). ARP is off,
+    /// since nothing resolves neighbours through it.
     pub async fn recreate_vxlan(
         &self,
         name: &str,
@@ -126,6 +130,7 @@ impl Interfaces {
         // VNI 0: a flow-based socket maps every received packet to VNI 0 to
         // find its device; the real VNI travels in the tunnel metadata.
         let message = LinkVxlan::new(name, 0)
+            .local(settings.local)
             .port(settings.port)
             .collect_metadata(true)
             .learning(false)

@@ -168,10 +168,11 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
 }
 
 /// Every program of the object; all are TC classifiers.
-pub const PROGRAMS: [&str; 3] = [
+pub const PROGRAMS: [&str; 4] = [
     names::FROM_POD_PROGRAM,
     names::FROM_TUNNEL_PROGRAM,
     names::FROM_HOST_PROGRAM,
+    names::FROM_UPLINK_PROGRAM,
 ];
 
 /// The classifier `name` of a loaded object.

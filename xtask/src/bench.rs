@@ -15,15 +15,54 @@ struct Scenario {
     kernel: Vec<f64>,
 }
 
+impl Scenario {
+    fn new(name: &'static str, baseline: &'static str) -> Self {
+        Self {
+            name,
+            baseline,
+            dataplane: Vec::new(),
+            kernel: Vec::new(),
+        }
+    }
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
 }
 
-fn same_node_rate(cluster: &Cluster, seconds: u32) -> anyhow::Result<f64> {
-    let pods = &cluster.nodes[0].pods;
-    iperf3_tcp(&pods[1].netns, pods[1].ip, &pods[0].netns, seconds)
+/// One iperf3 stream between two pods of `cluster`: `(node, pod)` to `(node, pod)`.
+fn pod_to_pod(
+    cluster: &Cluster,
+    from: (usize, usize),
+    to: (usize, usize),
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    let (client, server) = (
+        &cluster.nodes[from.0].pods[from.1],
+        &cluster.nodes[to.0].pods[to.1],
+    );
+    iperf3_tcp(&server.netns, server.ip, &client.netns, seconds)
+}
+
+/// One iperf3 stream between the host namespaces of the first two nodes.
+fn node_to_node(cluster: &Cluster, seconds: u32) -> anyhow::Result<f64> {
+    let (client, server) = (&cluster.nodes[0], &cluster.nodes[1]);
+    iperf3_tcp(&server.netns, server.ip, &client.netns, seconds)
+}
+
+fn measure(
+    label: &str,
+    sample: impl FnOnce() -> anyhow::Result<f64>,
+    into: &mut Vec<f64>,
+) -> anyhow::Result<()> {
+    print!(" {label} ");
+    std::io::stdout().flush()?;
+    let rate = sample()?;
+    print!("{:.2}", rate / 1e9);
+    into.push(rate);
+    Ok(())
 }
 
 pub fn run(binary: &Path, quick: bool) -> anyhow::Result<()> {
@@ -31,35 +70,61 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<()> {
     unsafe { std::env::set_var("DATAPLANE_BIN", binary) };
     let (repetitions, seconds) = if quick { (1, 1) } else { (3, 5) };
     let spec = |forwarding| ClusterSpec {
-        nodes: 1,
+        nodes: 2,
         pods_per_node: 2,
         forwarding,
     };
-    println!("==> building clusters: dataplane, and /32 routes + proxy_arp");
+    println!("==> building two 2-node clusters: this dataplane, and the kernel paths it replaces");
     let with_dataplane = Cluster::new(spec(Forwarding::Dataplane))?;
     let with_kernel = Cluster::new(spec(Forwarding::KernelRoutes))?;
 
-    let mut scenario = Scenario {
-        name: "same-node pod-to-pod, iperf3 TCP 1 stream",
-        baseline: "/32 routes + proxy_arp",
-        dataplane: Vec::new(),
-        kernel: Vec::new(),
-    };
+    let mut same_node = Scenario::new(
+        "same-node pod-to-pod, iperf3 TCP 1 stream",
+        "/32 routes + proxy_arp",
+    );
+    let mut cross_node = Scenario::new(
+        "cross-node pod-to-pod, iperf3 TCP 1 stream",
+        "kernel vxlan, flannel-style routes + neigh + fdb",
+    );
+    let mut cross_node_vs_underlay = Scenario::new(
+        "cross-node pod-to-pod, iperf3 TCP 1 stream",
+        "node-to-node without overlay (physical limit)",
+    );
     for repetition in 1..=repetitions {
-        print!("==> repetition {repetition}/{repetitions}: dataplane ");
-        std::io::stdout().flush()?;
-        scenario
-            .dataplane
-            .push(same_node_rate(&with_dataplane, seconds)?);
-        print!(
-            "{:.2} Gbit/s, kernel ",
-            scenario.dataplane.last().unwrap() / 1e9
-        );
-        std::io::stdout().flush()?;
-        scenario.kernel.push(same_node_rate(&with_kernel, seconds)?);
-        println!("{:.2} Gbit/s", scenario.kernel.last().unwrap() / 1e9);
+        print!("==> repetition {repetition}/{repetitions} (Gbit/s):");
+        measure(
+            "same-node dataplane",
+            || pod_to_pod(&with_dataplane, (0, 0), (0, 1), seconds),
+            &mut same_node.dataplane,
+        )?;
+        measure(
+            "kernel",
+            || pod_to_pod(&with_kernel, (0, 0), (0, 1), seconds),
+            &mut same_node.kernel,
+        )?;
+        measure(
+            "| cross-node dataplane",
+            || pod_to_pod(&with_dataplane, (0, 0), (1, 0), seconds),
+            &mut cross_node.dataplane,
+        )?;
+        measure(
+            "flannel",
+            || pod_to_pod(&with_kernel, (0, 0), (1, 0), seconds),
+            &mut cross_node.kernel,
+        )?;
+        measure(
+            "node-to-node",
+            || node_to_node(&with_dataplane, seconds),
+            &mut cross_node_vs_underlay.kernel,
+        )?;
+        println!();
     }
-    report(&[scenario], repetitions, seconds)
+    cross_node_vs_underlay.dataplane = cross_node.dataplane.clone();
+    report(
+        &[same_node, cross_node, cross_node_vs_underlay],
+        repetitions,
+        seconds,
+    )
 }
 
 fn report(scenarios: &[Scenario], repetitions: usize, seconds: u32) -> anyhow::Result<()> {
