@@ -1,0 +1,200 @@
+//! Shared by the BPF_PROG_TEST_RUN suites: a loaded object with its own pin
+//! directory, and hand-built packets.
+#![allow(dead_code)] // each suite uses its own part
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use dataplane_common::{Endpoint, Ipv4Cidr, NodeConfig, names};
+use dataplane_tests::netns::{require_root, unique_prefix};
+use dataplane_user::{
+    loader::{self, classifier},
+    maps::Maps,
+};
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Without a context, BPF_PROG_TEST_RUN runs skb programs on the loopback device.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+pub const POD_A_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+pub const POD_B_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
+pub const POD_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
+pub const POD_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
+pub const HOST_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xa];
+pub const HOST_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xb];
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+pub const REMOTE_POD_CIDR: &str = "10.244.1.0/24";
+pub const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+pub const VNI: u32 = 7;
+pub const VXLAN_PORT: u16 = 4789;
+pub const TUNNEL_MTU: u32 = 1450;
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 0x10];
+
+/// A freshly loaded object with its own pin directory, removed on drop.
+pub struct Fixture {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pin_root: PathBuf,
+}
+
+impl Fixture {
+    /// Pods A and B registered, A on the device test runs use and B
+    /// elsewhere; the tunnel on, with one remote node.
+    pub fn new() -> Self {
+        require_root().unwrap();
+        loader::ensure_bpffs_mounted().unwrap();
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}-unit", unique_prefix()));
+        let mut ebpf = loader::load(&loader::pin_directory(&pin_root)).unwrap();
+        let mut maps = Maps::take_from(&mut ebpf).unwrap();
+        maps.set_node_config(NodeConfig {
+            pod_cidr: Ipv4Cidr::new([10, 244, 0, 0], 24),
+            cluster_cidr: Ipv4Cidr::new([10, 244, 0, 0], 16),
+            node_ip: NODE_IP.octets(),
+            vni: VNI,
+            uplink_ifindex: LOOPBACK_IFINDEX,
+            tunnel_mtu: TUNNEL_MTU,
+            vxlan_port: VXLAN_PORT,
+            _pad: [0; 2],
+        })
+        .unwrap();
+        maps.insert_remote_node(REMOTE_NODE_IP, REMOTE_POD_CIDR.parse().unwrap())
+            .unwrap();
+        maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))
+            .unwrap();
+        maps.insert_endpoint(POD_B_IP, endpoint(4242, POD_B_MAC, HOST_B_MAC))
+            .unwrap();
+        Self {
+            ebpf,
+            maps,
+            pin_root,
+        }
+    }
+
+    /// Runs the from-pod program on `packet`; the verdict and the packet as it left.
+    pub fn run(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program(names::FROM_POD_PROGRAM, packet)
+    }
+
+    /// Runs `program` on `packet`; the verdict and the packet as it left.
+    pub fn run_program(&mut self, program: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = classifier(&mut self.ebpf, program)
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .unwrap();
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.maps
+            .counters()
+            .unwrap()
+            .into_iter()
+            .find(|total| total.counter.name() == name)
+            .map(|total| total.value.packets)
+            .unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+pub fn endpoint(host_ifindex: u32, pod_mac: [u8; 6], host_mac: [u8; 6]) -> Endpoint {
+    Endpoint {
+        host_ifindex,
+        pod_mac,
+        host_mac,
+    }
+}
+
+pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    arp.extend_from_slice(&sender_mac);
+    arp.extend_from_slice(&sender_ip.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target_ip.octets());
+    ethernet([0xff; 6], sender_mac, 0x0806, &arp)
+}
+
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 ICMP echo request in an Ethernet frame, with a valid header checksum.
+pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, id: u16) -> Vec<u8> {
+    ipv4_frame_sized(src, dst, ttl, id, 8)
+}
+
+/// As `ipv4_frame`, with DF set and `icmp_len` bytes of ICMP.
+pub fn ipv4_frame_sized(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    id: u16,
+    icmp_len: usize,
+) -> Vec<u8> {
+    let mut icmp = vec![0u8; icmp_len];
+    icmp[..8].copy_from_slice(&[8, 0, 0xf7, 0xfe, 0, 1, 0, 1]);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&id.to_be_bytes());
+    ip.extend_from_slice(&[0x40, 0, ttl, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(&icmp);
+    ethernet(HOST_A_MAC, POD_A_MAC, 0x0800, &ip)
+}
+
+/// `inner` (an Ethernet frame) in VXLAN from `outer_src` to this node.
+pub fn vxlan_frame(outer_src: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&50000u16.to_be_bytes());
+    udp.extend_from_slice(&VXLAN_PORT.to_be_bytes());
+    udp.extend_from_slice(&((8 + 8 + inner.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+    udp.extend_from_slice(&vni.to_be_bytes()[1..]);
+    udp.push(0);
+    udp.extend_from_slice(inner);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&outer_src.octets());
+    ip.extend_from_slice(&NODE_IP.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(&udp);
+    ethernet(UPLINK_MAC, [0x02, 0, 0, 0, 2, 0x11], 0x0800, &ip)
+}
