@@ -155,10 +155,10 @@ fn print_text(response: &Response) {
             }
         }
         Response::Counters { counters } => {
-            println!("{:<24} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
+            println!("{:<28} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
             for counter in counters {
                 println!(
-                    "{:<24} {:>14} {:>16}",
+                    "{:<28} {:>14} {:>16}",
                     counter.name, counter.packets, counter.bytes
                 );
             }
@@ -184,12 +184,13 @@ fn print_text(response: &Response) {
                 show(status.cluster_cidr.map(|cidr| cidr.to_string()))
             );
             println!("uplink:        {}", show(status.uplink.clone()));
-            println!(
-                "tunnel:        {} (VXLAN, VNI {}, UDP {})",
-                show(status.tunnel_interface.clone()),
-                status.vni,
-                status.vxlan_port
-            );
+            match &status.tunnel_interface {
+                Some(device) => println!(
+                    "tunnel:        VXLAN in BPF on the uplink, VNI {}, UDP {} (GRO device {device})",
+                    status.vni, status.vxlan_port
+                ),
+                None => println!("tunnel:        off (no node.uplink)"),
+            }
             println!(
                 "pod MTU:       {}",
                 show(status.pod_mtu.map(|mtu| mtu.to_string()))

@@ -231,3 +231,28 @@ fn pod_mtu_leaves_room_for_vxlan_and_oversized_packets_get_frag_needed() -> anyh
     tcp_round_trip(&remote.netns, remote.ip, &pod.netns, TCP_BYTES)?;
     Ok(())
 }
+
+#[test]
+fn nodes_from_the_config_file_are_programmed_at_start() -> anyhow::Result<()> {
+    let mut cluster = cluster(2, 1);
+    let (other_ip, other_cidr, remote_pod) = {
+        let other = &cluster.nodes[1];
+        (other.ip, other.pod_cidr, other.pods[0].ip)
+    };
+    let node = &mut cluster.nodes[0];
+    node.remove_remote_node(other_ip)?;
+    node.stop_agent(nix::sys::signal::Signal::SIGTERM);
+    let mut config = std::fs::read_to_string(&node.config)?;
+    config.push_str(&format!(
+        "\n[[nodes]]\nip = \"{other_ip}\"\npod_cidr = \"{other_cidr}\"\n"
+    ));
+    std::fs::write(&node.config, config)?;
+    node.start_agent()?;
+
+    assert!(
+        node.cli(&["node", "list"])?
+            .contains(&other_cidr.to_string())
+    );
+    node.pods[0].ping(remote_pod, 2)?;
+    Ok(())
+}

@@ -5,57 +5,72 @@ use std::{path::Path, sync::mpsc};
 use anyhow::Context as _;
 use dataplane_tests::{Cluster, ClusterSpec, Forwarding};
 
-const PODS: usize = 3;
+const NODES: usize = 2;
+const PODS_PER_NODE: usize = 2;
 
 pub fn run(binary: &Path) -> anyhow::Result<()> {
     // SAFETY: set before any other thread exists; the harness reads it.
     unsafe { std::env::set_var("DATAPLANE_BIN", binary) };
-    println!("==> building a demo cluster: 1 node, {PODS} pods, dataplane attached");
+    println!(
+        "==> building a demo cluster: {NODES} nodes, {PODS_PER_NODE} pods each, dataplane attached"
+    );
     let cluster = Cluster::new(ClusterSpec {
-        nodes: 1,
-        pods_per_node: PODS,
+        nodes: NODES,
+        pods_per_node: PODS_PER_NODE,
         forwarding: Forwarding::Dataplane,
     })?;
-    let node = &cluster.nodes[0];
 
-    println!(
-        "\nnode namespace {} (node IP {}, pod CIDR {})",
-        node.netns.name(),
-        node.ip,
-        node.pod_cidr
-    );
-    println!("  agent API: {}", node.socket.display());
-    println!(
-        "\n{:<14} {:<18} {:<8} NAMESPACE",
-        "POD IP", "POD MAC", "HOST IF"
-    );
-    for pod in &node.pods {
+    for node in &cluster.nodes {
         println!(
-            "{:<14} {:<18} {:<8} {}",
-            pod.ip,
-            pod.mac,
-            pod.host_interface,
-            pod.netns.name()
+            "\nnode {} (node IP {}, pod CIDR {}), agent API {}",
+            node.netns.name(),
+            node.ip,
+            node.pod_cidr,
+            node.socket.display()
         );
-    }
-
-    println!("\nreachability (ping, forwarded by the from-pod TC program):");
-    for from in &node.pods {
-        for to in node.pods.iter().filter(|to| to.ip != from.ip) {
-            let verdict = if from.reaches(to.ip) { "ok" } else { "FAILED" };
-            println!("  {} -> {}: {verdict}", from.ip, to.ip);
+        println!(
+            "  {:<14} {:<18} {:<8} NAMESPACE",
+            "POD IP", "POD MAC", "HOST IF"
+        );
+        for pod in &node.pods {
+            println!(
+                "  {:<14} {:<18} {:<8} {}",
+                pod.ip,
+                pod.mac,
+                pod.host_interface,
+                pod.netns.name()
+            );
         }
     }
-    println!("\n{}", node.cli(&["counters"])?);
+
+    println!("\nreachability (ping; same node by redirect, across nodes by VXLAN, all in BPF):");
+    let pods: Vec<_> = cluster.nodes.iter().flat_map(|node| &node.pods).collect();
+    for from in &pods {
+        let verdicts: Vec<String> = pods
+            .iter()
+            .filter(|to| to.ip != from.ip)
+            .map(|to| {
+                format!(
+                    "{} {}",
+                    to.ip,
+                    if from.reaches(to.ip) { "ok" } else { "FAILED" }
+                )
+            })
+            .collect();
+        println!("  {} -> {}", from.ip, verdicts.join(", "));
+    }
+    let first = &cluster.nodes[0];
+    println!("\n{}", first.cli(&["status"])?);
+    println!("{}", first.cli(&["counters"])?);
     println!(
         "try:  ip netns exec {} ping {}",
-        node.pods[0].netns.name(),
-        node.pods[1].ip
+        first.pods[0].netns.name(),
+        cluster.nodes[1].pods[0].ip
     );
     println!(
         "      {} --socket {} endpoint list",
         binary.display(),
-        node.socket.display()
+        first.socket.display()
     );
     println!("\nPress Ctrl-C to tear the demo down.");
 
