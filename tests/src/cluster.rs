@@ -90,18 +90,7 @@ impl Pod {
     /// Pings `destination` `count` times; an error unless every reply came back.
     pub fn ping(&self, destination: Ipv4Addr, count: u32) -> anyhow::Result<()> {
         self.netns
-            .exec(&[
-                "ping",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.05",
-                "-W",
-                "1",
-                "-q",
-                &destination.to_string(),
-            ])
-            .map(drop)
+            .ping(destination, count, &["-q"])
             .with_context(|| format!("ping {} -> {destination}", self.ip))
     }
 

@@ -146,6 +146,22 @@ impl Netns {
         Ok(self.exec(&["sysctl", "-n", key])?.trim().to_string())
     }
 
+    /// Pings `destination` `count` times (50 ms apart, 1 s wait) with `options`;
+    /// an error, carrying ping's output, unless every reply came back.
+    pub fn ping(
+        &self,
+        destination: std::net::Ipv4Addr,
+        count: u32,
+        options: &[&str],
+    ) -> anyhow::Result<()> {
+        let count = count.to_string();
+        let destination = destination.to_string();
+        let mut args = vec!["ping", "-c", &count, "-i", "0.05", "-W", "1"];
+        args.extend_from_slice(options);
+        args.push(&destination);
+        self.exec(&args).map(drop)
+    }
+
     /// MAC address of `interface` inside the namespace.
     pub fn mac_of(&self, interface: &str) -> anyhow::Result<String> {
         let json = self.ip(&["-j", "link", "show", "dev", interface])?;

@@ -68,7 +68,7 @@ fn nodes_reach_every_pod_and_pods_reach_every_node() -> anyhow::Result<()> {
     for node in &cluster.nodes {
         for pod in cluster.nodes.iter().flat_map(|node| &node.pods) {
             node.netns
-                .exec(&["ping", "-c", "1", "-W", "1", "-q", &pod.ip.to_string()])
+                .ping(pod.ip, 1, &["-q"])
                 .map_err(|error| error.context(format!("{} -> {}", node.ip, pod.ip)))?;
             tcp_round_trip(&pod.netns, pod.ip, &node.netns, TCP_BYTES)
                 .map_err(|error| error.context(format!("TCP {} -> {}", node.ip, pod.ip)))?;
@@ -152,20 +152,7 @@ fn vxlan_from_an_address_that_is_not_a_node_is_dropped_and_counted() -> anyhow::
 
     let before = node.counter("drop_unknown_tunnel_source")?;
     let received = pod.netns.rx_packets("eth0")?;
-    assert!(
-        gateway
-            .exec(&[
-                "ping",
-                "-c",
-                "5",
-                "-i",
-                "0.05",
-                "-W",
-                "1",
-                &pod.ip.to_string()
-            ])
-            .is_err()
-    );
+    assert!(gateway.ping(pod.ip, 5, &[]).is_err());
     assert!(node.counter("drop_unknown_tunnel_source")? >= before + 5);
     assert_eq!(
         pod.netns.rx_packets("eth0")?,
@@ -186,36 +173,13 @@ fn pod_mtu_leaves_room_for_vxlan_and_oversized_packets_get_frag_needed() -> anyh
 
     // The largest packet that fits goes through with DF set...
     let largest = (VXLAN_POD_MTU - 28).to_string();
-    pod.netns.exec(&[
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        &largest,
-        &remote.ip.to_string(),
-    ])?;
+    pod.netns
+        .ping(remote.ip, 1, &["-M", "do", "-s", &largest])?;
     // ...and a pod with a wrong MTU is told the path MTU instead of black-holed.
     pod.netns.ip(&["link", "set", "eth0", "mtu", "1500"])?;
     node.netns
         .ip(&["link", "set", &pod.host_interface, "mtu", "1500"])?;
-    let too_big = pod.netns.exec(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        "1472",
-        &remote.ip.to_string(),
-    ]);
+    let too_big = pod.netns.ping(remote.ip, 3, &["-M", "do", "-s", "1472"]);
     let message = format!(
         "{:#}",
         too_big.expect_err("a 1500-byte packet crossed a 1450 path")
