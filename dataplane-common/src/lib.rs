@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -15,6 +15,8 @@ pub mod names {
     pub const NODE_CONFIG_MAP: &str = "NODE_CONFIG";
     pub const TUNNEL_ROUTES_MAP: &str = "TUNNEL_ROUTES";
     pub const REMOTE_NODES_MAP: &str = "REMOTE_NODES";
+    pub const NAT_MAP: &str = "NAT";
+    pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const FROM_POD_PROGRAM: &str = "from_pod";
     pub const FROM_TUNNEL_PROGRAM: &str = "from_tunnel";
@@ -27,6 +29,12 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 
 /// Capacity of the remote node maps (nodes in one cluster).
 pub const MAX_REMOTE_NODES: u32 = 16_384;
+
+/// Capacity of the NAT table: two entries (egress + reply) per connection.
+pub const MAX_NAT_ENTRIES: u32 = 262_144;
+
+/// Capacity of the non-masquerade CIDR list.
+pub const MAX_NO_MASQUERADE: u32 = 1024;
 
 /// Bytes VXLAN over IPv4 adds to every packet: outer IPv4 (20) + UDP (8) +
 /// VXLAN (8) + inner Ethernet (14).
@@ -104,7 +112,12 @@ pub struct NodeConfig {
     pub tunnel_mtu: u32,
     /// VXLAN UDP port.
     pub vxlan_port: u16,
-    pub _pad: [u8; 2],
+    /// 1 when pod traffic leaving the cluster is masqueraded to `node_ip`.
+    pub masquerade: u8,
+    pub _pad: u8,
+    /// Source ports (or ICMP echo identifiers) SNAT may use, inclusive.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
 }
 
 impl NodeConfig {
@@ -129,6 +142,57 @@ pub struct TunnelRoute {
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RemoteNode {
     pub pod_cidr: Ipv4Cidr,
+}
+
+/// Which half of a connection a NAT entry translates.
+pub mod nat_direction {
+    /// Keyed by the pod's packet (pod -> world); translates the source to the node.
+    pub const EGRESS: u8 = 0;
+    /// Keyed by the reply (world -> node); translates the destination to the pod.
+    pub const REPLY: u8 = 1;
+}
+
+/// A connection as seen in one direction. Ports are in network byte order as
+/// on the wire; for ICMP echo the identifier is the source port of requests
+/// and the destination port of replies, the other port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    pub src: Ipv4Octets,
+    pub dst: Ipv4Octets,
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub protocol: u8,
+    /// `nat_direction::EGRESS` or `nat_direction::REPLY`.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Lifecycle of a connection, as far as timeouts care. Each half records what
+/// it saw; the connection is in the larger of its two states.
+pub mod conn_state {
+    /// Only the pod has spoken.
+    pub const NEW: u8 = 0;
+    /// The other side answered.
+    pub const ESTABLISHED: u8 = 1;
+    /// FIN or RST seen.
+    pub const CLOSING: u8 = 2;
+}
+
+/// One half of a NAT mapping. For an egress entry `addr:port` is the node's
+/// address and SNAT port; for a reply entry, the pod's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatEntry {
+    pub addr: Ipv4Octets,
+    pub port: [u8; 2],
+    /// A `conn_state` value.
+    pub state: u8,
+    pub _pad: u8,
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet of this half.
+    pub last_seen_ns: u64,
 }
 
 /// Packets and bytes seen by one counter on one CPU.
@@ -177,17 +241,33 @@ pub enum Counter {
     DropWrongVni = 14,
     /// In the cluster CIDR, but no node owns the address (e.g. a removed node).
     DropUnknownNode = 15,
-    /// Encapsulation or decapsulation failed (no room, no route to the node).
-    DropTunnelError = 16,
+    /// Encapsulation, decapsulation or the redirect out of the uplink failed.
+    DropUplinkError = 16,
     /// Too big for the tunnel with DF set: answered with ICMP fragmentation-needed.
     DropFragNeeded = 17,
     /// VXLAN the uplink program did not take, decapsulated by the kernel's
     /// device instead: never delivered.
     DropTunnelBypass = 18,
+    /// Pod traffic leaving the cluster, source translated to the node IP.
+    Masqueraded = 19,
+    /// A reply to a masqueraded connection, delivered into its pod.
+    NatReplyToPod = 20,
+    /// Pod traffic to a non-masquerade CIDR, routed out with the pod's address.
+    RoutedUnmasqueraded = 21,
+    /// No free SNAT port for this destination within the bounded search.
+    DropNatExhausted = 22,
+    /// Inbound to the SNAT port range without a mapping (unsolicited).
+    DropNatNoMapping = 23,
+    /// A protocol SNAT does not translate (not TCP, UDP or ICMP echo).
+    DropNatUnsupported = 24,
+    /// The NAT table is full: new connections cannot be tracked.
+    DropNatTableFull = 25,
+    /// From a non-masquerade CIDR (routed, not translated) into a local pod.
+    RoutedToPod = 26,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 27;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::ArpReplied,
@@ -206,9 +286,17 @@ impl Counter {
         Counter::DropUnknownTunnelSource,
         Counter::DropWrongVni,
         Counter::DropUnknownNode,
-        Counter::DropTunnelError,
+        Counter::DropUplinkError,
         Counter::DropFragNeeded,
         Counter::DropTunnelBypass,
+        Counter::Masqueraded,
+        Counter::NatReplyToPod,
+        Counter::RoutedUnmasqueraded,
+        Counter::DropNatExhausted,
+        Counter::DropNatNoMapping,
+        Counter::DropNatUnsupported,
+        Counter::DropNatTableFull,
+        Counter::RoutedToPod,
     ];
 
     /// Stable name used by the CLI, logs and metrics.
@@ -230,9 +318,17 @@ impl Counter {
             Counter::DropUnknownTunnelSource => "drop_unknown_tunnel_source",
             Counter::DropWrongVni => "drop_wrong_vni",
             Counter::DropUnknownNode => "drop_unknown_node",
-            Counter::DropTunnelError => "drop_tunnel_error",
+            Counter::DropUplinkError => "drop_uplink_error",
             Counter::DropFragNeeded => "drop_frag_needed",
             Counter::DropTunnelBypass => "drop_tunnel_bypass",
+            Counter::Masqueraded => "masqueraded",
+            Counter::NatReplyToPod => "nat_reply_to_pod",
+            Counter::RoutedUnmasqueraded => "routed_unmasqueraded",
+            Counter::DropNatExhausted => "drop_nat_exhausted",
+            Counter::DropNatNoMapping => "drop_nat_no_mapping",
+            Counter::DropNatUnsupported => "drop_nat_unsupported",
+            Counter::DropNatTableFull => "drop_nat_table_full",
+            Counter::RoutedToPod => "routed_to_pod",
         }
     }
 
@@ -248,9 +344,13 @@ impl Counter {
                 | Counter::DropUnknownTunnelSource
                 | Counter::DropWrongVni
                 | Counter::DropUnknownNode
-                | Counter::DropTunnelError
+                | Counter::DropUplinkError
                 | Counter::DropFragNeeded
                 | Counter::DropTunnelBypass
+                | Counter::DropNatExhausted
+                | Counter::DropNatNoMapping
+                | Counter::DropNatUnsupported
+                | Counter::DropNatTableFull
         )
     }
 }
@@ -264,6 +364,8 @@ mod user {
     unsafe impl aya::Pod for super::TunnelRoute {}
     unsafe impl aya::Pod for super::RemoteNode {}
     unsafe impl aya::Pod for super::CounterValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
 }
 
 #[cfg(test)]
@@ -293,7 +395,9 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 16);
         assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 36);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 40);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 16);
+        assert_eq!(core::mem::size_of::<NatEntry>(), 16);
         assert_eq!(core::mem::size_of::<TunnelRoute>(), 4);
         assert_eq!(core::mem::size_of::<RemoteNode>(), 8);
         assert_eq!(core::mem::size_of::<CounterValue>(), 16);

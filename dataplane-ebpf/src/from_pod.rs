@@ -10,10 +10,11 @@ use crate::{
     icmp,
     ipv4::{addresses, forward_hop},
     local::{Redirect, deliver},
-    maps::{endpoint, node_config, remote_node},
+    maps::{endpoint, is_unmasqueraded, node_config, remote_node},
+    nat,
     packet::{header, ingress_ifindex, linearize_headers},
     route::{Destination, lookup},
-    tunnel,
+    tunnel::{self, send_out_uplink},
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -50,12 +51,7 @@ fn ipv4(ctx: &TcContext) -> i32 {
         // Never let the host stack guess where an unknown pod address goes.
         Destination::UnknownLocalPod => return drop(ctx, Counter::DropUnknownEndpoint),
         Destination::UnknownNode => return drop(ctx, Counter::DropUnknownNode),
-        // Pod to another node's own IP goes through the tunnel too, so the
-        // remote node sees the pod's address and answers through its tunnel.
-        Destination::Outside if config.tunnel_enabled() && remote_node(&dst).is_some() => {
-            return tunnel_to(ctx, &config, dst);
-        }
-        Destination::Outside => return pass_to_host(ctx),
+        Destination::Outside => return outside(ctx, &config, src, dst),
     };
     match destination {
         Some(destination) if forward_hop(ctx) => {
@@ -63,6 +59,28 @@ fn ipv4(ctx: &TcContext) -> i32 {
         }
         _ => drop(ctx, Counter::DropTtlExceeded),
     }
+}
+
+/// Not a pod address: another node, this node, or the world.
+fn outside(ctx: &TcContext, config: &NodeConfig, src: [u8; 4], dst: [u8; 4]) -> i32 {
+    if !config.tunnel_enabled() || dst == config.node_ip {
+        return pass_to_host(ctx);
+    }
+    // Pod to another node's own IP goes through the tunnel, so the remote
+    // node sees the pod's address and answers through its tunnel.
+    if remote_node(&dst).is_some() {
+        return tunnel_to(ctx, config, dst);
+    }
+    if config.masquerade == 0 {
+        return pass_to_host(ctx);
+    }
+    if is_unmasqueraded(dst) {
+        if !forward_hop(ctx) {
+            return drop(ctx, Counter::DropTtlExceeded);
+        }
+        return send_out_uplink(ctx, config, Counter::RoutedUnmasqueraded);
+    }
+    nat::masquerade(ctx, config, src, dst)
 }
 
 fn tunnel_to(ctx: &TcContext, config: &NodeConfig, node_ip: [u8; 4]) -> i32 {

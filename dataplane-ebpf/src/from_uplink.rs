@@ -3,13 +3,14 @@
 //! nobody on the underlay can inject into pods. Everything else passes.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use dataplane_common::Counter;
+use dataplane_common::{Counter, NodeConfig};
 
 use crate::{
     counters::{drop, verdict},
     ipv4::forward_hop,
     local::{Redirect, deliver},
-    maps::{endpoint, node_config, remote_node},
+    maps::{endpoint, is_unmasqueraded, node_config, remote_node},
+    nat,
     tunnel::{self, INNER_IP_AT, UDP_AT, VXLAN_AT, VXLAN_FLAG_VNI},
 };
 
@@ -18,6 +19,28 @@ const HEADERS: usize = INNER_IP_AT + 20;
 
 fn octets(bytes: &[u8]) -> [u8; 4] {
     [bytes[0], bytes[1], bytes[2], bytes[3]]
+}
+
+/// Replies to masqueraded connections, and replies from non-masquerade
+/// destinations to pods; the node's own traffic passes untouched.
+fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, outer: &[u8]) -> i32 {
+    if outer[12..14] != [0x08, 0x00] {
+        return TC_ACT_OK;
+    }
+    let (source, destination) = (octets(&outer[26..30]), octets(&outer[30..34]));
+    if destination == config.node_ip && config.masquerade != 0 {
+        return nat::translate_reply(ctx, config, source).unwrap_or(TC_ACT_OK);
+    }
+    if config.pod_cidr.contains(destination) && is_unmasqueraded(source) {
+        return match endpoint(&destination) {
+            Some(pod) if forward_hop(ctx) => {
+                deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod)
+            }
+            Some(_) => drop(ctx, Counter::DropTtlExceeded),
+            None => drop(ctx, Counter::DropUnknownEndpoint),
+        };
+    }
+    TC_ACT_OK
 }
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -34,10 +57,16 @@ pub fn handle(ctx: &TcContext) -> i32 {
         && outer[30..34] == config.node_ip
         && outer[UDP_AT + 2..UDP_AT + 4] == config.vxlan_port.to_be_bytes();
     if !is_vxlan_to_us {
-        return TC_ACT_OK;
+        return not_tunnelled(ctx, &config, &outer);
     }
-    // From here on the packet is ours to deliver or to drop; VXLAN with IPv4
-    // options or a short frame is not something nodes send.
+    from_node(ctx, &config)
+}
+
+/// VXLAN to this node: ours to deliver or to drop. VXLAN with IPv4 options or
+/// a short frame is not something nodes send.
+// Out of line: its header buffer would otherwise weigh on every path's stack.
+#[inline(never)]
+fn from_node(ctx: &TcContext, config: &NodeConfig) -> i32 {
     let Ok(headers) = ctx.load::<[u8; HEADERS]>(0) else {
         return drop(ctx, Counter::DropMalformed);
     };
@@ -74,7 +103,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return drop(ctx, Counter::DropUnknownEndpoint);
     }
     if !tunnel::decapsulate(ctx) {
-        return drop(ctx, Counter::DropTunnelError);
+        return drop(ctx, Counter::DropUplinkError);
     }
     match destination {
         // For this node: up the stack, behind the outer Ethernet header that

@@ -46,6 +46,8 @@ pub fn exceeds_mtu(ctx: &TcContext, mtu: u32) -> bool {
 
 /// Turns the packet into an ICMP fragmentation-needed (next-hop MTU `mtu`)
 /// from this node to its sender, and sends it back out of the veth it came in.
+// Out of line: its buffers would otherwise sit in every caller's stack frame.
+#[inline(never)]
 pub fn frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> i32 {
     let (Ok(original_eth), Ok(quoted)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; QUOTED]>(IP_AT))
     else {

@@ -12,6 +12,7 @@ mod icmp;
 mod ipv4;
 mod local;
 mod maps;
+mod nat;
 mod packet;
 mod route;
 mod tunnel;

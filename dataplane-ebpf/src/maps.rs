@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, Ipv4Octets, MAX_ENDPOINTS, MAX_REMOTE_NODES, NodeConfig,
-    RemoteNode, TunnelRoute,
+    Counter, CounterValue, Endpoint, FlowKey, Ipv4Octets, MAX_ENDPOINTS, MAX_NAT_ENTRIES,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, NatEntry, NodeConfig, RemoteNode, TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -23,6 +23,15 @@ pub static TUNNEL_ROUTES: LpmTrie<Ipv4Octets, TunnelRoute> =
 
 #[map(name = "REMOTE_NODES")]
 pub static REMOTE_NODES: HashMap<Ipv4Octets, RemoteNode> = HashMap::pinned(MAX_REMOTE_NODES, 0);
+
+/// Both halves of every masqueraded connection (see nat.rs).
+#[map(name = "NAT")]
+pub static NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 0);
+
+/// Destinations outside the cluster that pods reach with their own address.
+#[map(name = "NO_MASQUERADE")]
+pub static NO_MASQUERADE: LpmTrie<Ipv4Octets, u8> =
+    LpmTrie::pinned(MAX_NO_MASQUERADE, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);
@@ -48,4 +57,9 @@ pub fn tunnel_route(addr: Ipv4Octets) -> Option<TunnelRoute> {
 pub fn remote_node(addr: &Ipv4Octets) -> Option<RemoteNode> {
     // SAFETY: as for `endpoint`.
     unsafe { REMOTE_NODES.get(addr).copied() }
+}
+
+#[inline(always)]
+pub fn is_unmasqueraded(addr: Ipv4Octets) -> bool {
+    NO_MASQUERADE.get(Key::new(32, addr)).is_some()
 }

@@ -34,6 +34,7 @@ const SOURCE_PORT_MIN: u32 = 49152;
 
 /// Encapsulates in BPF and sends the packet out of the uplink; the kernel
 /// fills in the outer MACs from its neighbour table.
+#[inline(never)]
 pub fn encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> i32 {
     let Ok(inner_eth) = ctx.load::<[u8; 14]>(0) else {
         return drop(ctx, Counter::DropMalformed);
@@ -50,7 +51,7 @@ pub fn encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) ->
         .adjust_room(VXLAN_HEADERS as i32, BPF_ADJ_ROOM_MAC, flags)
         .is_err()
     {
-        return drop(ctx, Counter::DropTunnelError);
+        return drop(ctx, Counter::DropUplinkError);
     }
     let outer_len = ctx.len() - EthHdr::LEN as u32;
     let mut headers = [0u8; VXLAN_HEADERS];
@@ -73,16 +74,21 @@ pub fn encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) ->
     headers[32..35].copy_from_slice(&config.vni.to_be_bytes()[1..4]);
     headers[36..50].copy_from_slice(&inner_eth);
     if ctx.store(EthHdr::LEN, &headers, 0).is_err() {
-        return drop(ctx, Counter::DropTunnelError);
+        return drop(ctx, Counter::DropUplinkError);
     }
+    send_out_uplink(ctx, config, Counter::Encapsulated)
+}
+
+/// Sends a routed packet out of the uplink, counted under `counter`.
+pub fn send_out_uplink(ctx: &TcContext, config: &NodeConfig, counter: Counter) -> i32 {
     // SAFETY: plain helper call. Without parameters the kernel routes the
-    // outer destination and fills in the MACs from its neighbour table.
+    // destination and fills in the MACs from its neighbour table.
     let action =
         unsafe { bpf_redirect_neigh(config.uplink_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     if action == TC_ACT_REDIRECT {
-        verdict(ctx, Counter::Encapsulated, action)
+        verdict(ctx, counter, action)
     } else {
-        drop(ctx, Counter::DropTunnelError)
+        drop(ctx, Counter::DropUplinkError)
     }
 }
 

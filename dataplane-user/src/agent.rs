@@ -6,27 +6,30 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use dataplane_common::{NodeConfig, VXLAN_OVERHEAD};
+use dataplane_common::{MAX_NAT_ENTRIES, NodeConfig, VXLAN_OVERHEAD};
 use macaddr::MacAddr6;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{CounterEntry, EndpointEntry, Request, Response, Status},
     config::{
-        Config, EndpointSpec, NodeSettings, NodeSpec, validate_endpoint, validate_remote_node,
+        Config, EndpointSpec, NatSettings, NodeSettings, NodeSpec, PortRange, validate_endpoint,
+        validate_remote_node,
     },
     dataplane::Dataplane,
     interfaces::{Interfaces, VxlanSettings},
     loader,
     maps::ipv4_cidr,
+    nat::{self, Timeouts},
 };
 
 /// Name of the collect_md VXLAN device the agent creates.
@@ -39,6 +42,18 @@ pub struct Agent {
     node: NodeSettings,
     /// MTU pods must use so their packets fit the tunnel; `None` without one.
     pod_mtu: Option<u32>,
+    /// Whether pod traffic leaving the cluster is masqueraded.
+    masquerading: bool,
+    nat: NatSettings,
+    last_gc: Mutex<GcReport>,
+}
+
+/// What the last NAT garbage collection found: the table's pressure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcReport {
+    pub entries: usize,
+    pub removed: usize,
+    pub removed_total: u64,
 }
 
 impl Agent {
@@ -98,6 +113,14 @@ impl Agent {
             pod_mtu = Some(mtu);
             info!(%node_ip, uplink = %uplink_name, vni = node.vni, port = node.vxlan_port, pod_mtu = mtu, "VXLAN tunnel ready");
         }
+        let masquerading = config.nat.masquerade && node.uplink.is_some();
+        if masquerading {
+            check_port_range(config.nat.port_range)?;
+            node_config.masquerade = 1;
+            node_config.nat_port_min = config.nat.port_range.min;
+            node_config.nat_port_max = config.nat.port_range.max;
+        }
+        dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
         dataplane.set_node_config(node_config)?;
 
         let agent = Self {
@@ -105,6 +128,9 @@ impl Agent {
             interfaces,
             node,
             pod_mtu,
+            masquerading,
+            nat: config.nat.clone(),
+            last_gc: Mutex::new(GcReport::default()),
         };
         agent.adopt_pinned_endpoints().await?;
         for endpoint in &config.endpoints {
@@ -204,7 +230,42 @@ impl Agent {
             .collect())
     }
 
+    /// Removes expired connections from the NAT table; returns the report.
+    pub fn collect_nat_garbage(&self) -> anyhow::Result<GcReport> {
+        let entries = self.dataplane().nat_entries()?;
+        let expired = nat::expired(
+            &entries,
+            nat::monotonic_now_ns(),
+            &Timeouts::from(&self.nat),
+        );
+        let mut removed = 0;
+        for key in &expired {
+            if self.dataplane().remove_nat_entry(key)? {
+                removed += 1;
+            }
+        }
+        let mut last = self
+            .last_gc
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        *last = GcReport {
+            entries: entries.len() - removed,
+            removed,
+            removed_total: last.removed_total + removed as u64,
+        };
+        Ok(*last)
+    }
+
+    fn nat_connections(&self) -> anyhow::Result<Vec<nat::Connection>> {
+        let entries = self.dataplane().nat_entries()?;
+        Ok(nat::connections(&entries, nat::monotonic_now_ns()))
+    }
+
     fn status(&self) -> anyhow::Result<Status> {
+        let gc = *self
+            .last_gc
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let dataplane = self.dataplane();
         Ok(Status {
             node_ip: self.node.node_ip,
@@ -217,6 +278,11 @@ impl Agent {
             pod_mtu: self.pod_mtu,
             endpoints: dataplane.endpoints()?.len(),
             remote_nodes: dataplane.remote_nodes()?.len(),
+            masquerade: self.masquerading,
+            nat_port_range: self.masquerading.then(|| self.nat.port_range.to_string()),
+            nat_entries: gc.entries,
+            nat_capacity: MAX_NAT_ENTRIES as usize,
+            nat_expired_total: gc.removed_total,
         })
     }
 
@@ -276,6 +342,9 @@ impl Agent {
                 .map(|changed| Response::Done { changed }),
             Request::ListNodes => self.list_nodes().map(|nodes| Response::Nodes { nodes }),
             Request::Status => self.status().map(|status| Response::Status { status }),
+            Request::ListNat => self
+                .nat_connections()
+                .map(|connections| Response::Nat { connections }),
         };
         result.unwrap_or_else(|error| Response::Error {
             message: format!("{error:#}"),
@@ -286,12 +355,37 @@ impl Agent {
 /// The smallest MTU IPv4 allows (RFC 791).
 const MIN_IPV4_MTU: u32 = 68;
 
+/// Refuses a SNAT port range that overlaps the node's own ephemeral ports:
+/// the host's connections from the node IP would collide with translated ones.
+fn check_port_range(range: PortRange) -> anyhow::Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(min)), Some(Ok(max))) = (ports.next(), ports.next()) else {
+        bail!("{path} holds {text:?}, not two port numbers");
+    };
+    let local = PortRange { min, max };
+    if range.overlaps(local) {
+        bail!(
+            "nat.port_range {range} overlaps net.ipv4.ip_local_port_range {local}: the node's own \
+             connections would collide with masqueraded ones; choose a range outside it"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the agent with the config file at `config_path` until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let agent = Arc::new(Agent::start(&config).await?);
     let listener = bind(&config.agent.api_socket)?;
     info!(socket = %config.agent.api_socket.display(), "agent ready");
+    if agent.masquerading {
+        tokio::spawn(collect_nat_garbage_forever(
+            Arc::clone(&agent),
+            Duration::from_secs(config.nat.gc_interval_seconds.max(1)),
+        ));
+    }
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -309,6 +403,31 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // The socket path is ours; a failure to remove it only leaves a stale file.
     let _ = std::fs::remove_file(&config.agent.api_socket);
     Ok(())
+}
+
+async fn collect_nat_garbage_forever(agent: Arc<Agent>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        match agent.collect_nat_garbage() {
+            Ok(report) if report.removed > 0 => {
+                debug!(
+                    entries = report.entries,
+                    removed = report.removed,
+                    "NAT garbage collected"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => warn!("NAT garbage collection: {error:#}"),
+        }
+        if agent
+            .last_gc
+            .lock()
+            .map_or(false, |gc| gc.entries * 10 > MAX_NAT_ENTRIES as usize * 9)
+        {
+            warn!("the NAT table is over 90% full; new connections will start failing");
+        }
+    }
 }
 
 fn bind(socket: &Path) -> anyhow::Result<UnixListener> {

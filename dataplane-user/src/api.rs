@@ -15,7 +15,10 @@ use macaddr::MacAddr6;
 use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 
-use crate::config::{EndpointSpec, NodeSpec};
+use crate::{
+    config::{EndpointSpec, NodeSpec},
+    nat::Connection,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -28,6 +31,7 @@ pub enum Request {
     RemoveNode { ip: Ipv4Addr },
     ListNodes,
     Status,
+    ListNat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +53,9 @@ pub enum Response {
     Status {
         status: Status,
     },
+    Nat {
+        connections: Vec<Connection>,
+    },
     Error {
         message: String,
     },
@@ -68,6 +75,13 @@ pub struct Status {
     pub pod_mtu: Option<u32>,
     pub endpoints: usize,
     pub remote_nodes: usize,
+    /// Whether pod traffic leaving the cluster is masqueraded to the node IP.
+    pub masquerade: bool,
+    pub nat_port_range: Option<String>,
+    /// NAT table entries (two per connection) at the last garbage collection.
+    pub nat_entries: usize,
+    pub nat_capacity: usize,
+    pub nat_expired_total: u64,
 }
 
 #[serde_as]

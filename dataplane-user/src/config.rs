@@ -13,6 +13,11 @@
 //! vni = 1                                    # VXLAN network identifier
 //! vxlan_port = 4789                          # VXLAN UDP port
 //!
+//! [nat]                                      # egress SNAT to the node IP (needs node.uplink)
+//! masquerade = true
+//! port_range = "61000-65535"                 # must not overlap ip_local_port_range
+//! no_masquerade_cidrs = ["192.168.0.0/16"]   # reached with the pod's own address
+//!
 //! [[nodes]]                                  # remote nodes known at start-up
 //! ip = "192.0.2.11"
 //! pod_cidr = "10.244.2.0/24"
@@ -48,6 +53,104 @@ pub struct Config {
     pub endpoints: Vec<EndpointSpec>,
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub nat: NatSettings,
+}
+
+/// Egress SNAT to the node IP for pod traffic leaving the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatSettings {
+    /// Masquerade pod traffic to destinations outside the cluster.
+    pub masquerade: bool,
+    /// Source ports (and ICMP echo identifiers) SNAT uses; must not overlap
+    /// the node's net.ipv4.ip_local_port_range.
+    pub port_range: PortRange,
+    /// Destinations reached with the pod's own address (like ip-masq-agent).
+    pub no_masquerade_cidrs: Vec<Ipv4Network>,
+    pub tcp_new_timeout_seconds: u64,
+    pub tcp_established_timeout_seconds: u64,
+    pub tcp_closing_timeout_seconds: u64,
+    pub udp_timeout_seconds: u64,
+    pub icmp_timeout_seconds: u64,
+    /// How often expired connections are removed from the NAT table.
+    pub gc_interval_seconds: u64,
+}
+
+impl Default for NatSettings {
+    fn default() -> Self {
+        Self {
+            masquerade: true,
+            port_range: PortRange {
+                min: 61000,
+                max: 65535,
+            },
+            no_masquerade_cidrs: Vec::new(),
+            tcp_new_timeout_seconds: 60,
+            tcp_established_timeout_seconds: 6 * 3600,
+            tcp_closing_timeout_seconds: 10,
+            udp_timeout_seconds: 60,
+            icmp_timeout_seconds: 30,
+            gc_interval_seconds: 10,
+        }
+    }
+}
+
+/// An inclusive port range, written `"min-max"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    pub fn overlaps(self, other: PortRange) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (min, max) = text
+            .split_once('-')
+            .ok_or_else(|| format!("{text:?} is not a range like \"61000-65535\""))?;
+        let port = |value: &str| {
+            value
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{value:?} is not a port number"))
+        };
+        let range = PortRange {
+            min: port(min)?,
+            max: port(max)?,
+        };
+        if range.min == 0 || range.min > range.max {
+            return Err(format!("{text:?} is empty or starts at port 0"));
+        }
+        Ok(range)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -190,6 +293,16 @@ impl Config {
         self.node
             .validate()
             .map_err(|(name, problem)| (format!("node.{name}"), problem))?;
+        if let Some(index) = self.nat.no_masquerade_cidrs.iter().position(|cidr| {
+            self.node
+                .cluster_cidr
+                .is_some_and(|cluster| cidr.overlaps(cluster))
+        }) {
+            return Err((
+                format!("nat.no_masquerade_cidrs[{index}]"),
+                "overlaps the cluster CIDR, which is never masqueraded anyway".into(),
+            ));
+        }
         if !self.nodes.is_empty() && self.node.uplink.is_none() {
             return Err((
                 "nodes".into(),

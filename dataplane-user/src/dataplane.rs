@@ -11,7 +11,7 @@ use aya::{
     Ebpf,
     programs::{TcAttachType, tc::SchedClassifierLinkId},
 };
-use dataplane_common::{Endpoint, NodeConfig, names};
+use dataplane_common::{Endpoint, FlowKey, NatEntry, NodeConfig, names};
 use ipnetwork::Ipv4Network;
 use tracing::debug;
 
@@ -78,6 +78,18 @@ impl Dataplane {
     /// Remote nodes as the map holds them now.
     pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, Ipv4Network)>, DataplaneError> {
         Ok(self.maps.remote_nodes()?)
+    }
+
+    pub fn set_no_masquerade(&mut self, cidrs: &[Ipv4Network]) -> Result<(), DataplaneError> {
+        Ok(self.maps.set_no_masquerade(cidrs)?)
+    }
+
+    pub fn nat_entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, DataplaneError> {
+        Ok(self.maps.nat_entries()?)
+    }
+
+    pub fn remove_nat_entry(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
+        Ok(self.maps.remove_nat_entry(key)?)
     }
 
     pub fn counters(&self) -> Result<Vec<CounterTotal>, DataplaneError> {

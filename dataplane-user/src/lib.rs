@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod interfaces;
 pub mod loader;
 pub mod maps;
+pub mod nat;
 
 /// The compiled eBPF object with every program of the dataplane.
 pub static EBPF_OBJECT: &[u8] =

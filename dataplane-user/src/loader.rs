@@ -9,8 +9,9 @@ use std::{
 
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, Ipv4Octets, MAP_LAYOUT_VERSION, MAX_ENDPOINTS,
-    MAX_REMOTE_NODES, NodeConfig, RemoteNode, TunnelRoute, names,
+    Counter, CounterValue, Endpoint, FlowKey, Ipv4Octets, MAP_LAYOUT_VERSION, MAX_ENDPOINTS,
+    MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, NatEntry, NodeConfig, RemoteNode,
+    TunnelRoute, names,
 };
 use nix::{
     mount::{MsFlags, mount},
@@ -80,7 +81,7 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Expected (key size, value size, max entries) of every pinned map.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 5] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 7] {
     let size = |bytes: usize| bytes as u32;
     [
         (
@@ -107,6 +108,18 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 5] {
             size(size_of::<Ipv4Octets>()),
             size(size_of::<RemoteNode>()),
             MAX_REMOTE_NODES,
+        ),
+        (
+            names::NAT_MAP,
+            size(size_of::<FlowKey>()),
+            size(size_of::<NatEntry>()),
+            MAX_NAT_ENTRIES,
+        ),
+        (
+            names::NO_MASQUERADE_MAP,
+            size(size_of::<u32>() + size_of::<Ipv4Octets>()),
+            size(size_of::<u8>()),
+            MAX_NO_MASQUERADE,
         ),
         (
             names::COUNTERS_MAP,

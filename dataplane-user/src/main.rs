@@ -46,10 +46,19 @@ enum Command {
     /// Add, remove or list the other nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Masqueraded connections.
+    #[command(subcommand)]
+    Nat(NatCommand),
     /// Per-path and per-drop-reason packet counters.
     Counters,
     /// The node's settings as the agent applied them (node IP, tunnel, pod MTU).
     Status,
+}
+
+#[derive(Subcommand)]
+enum NatCommand {
+    /// List tracked connections: pod, node address, remote, state, idle time.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         },
         Command::Node(NodeCommand::Del { ip }) => Request::RemoveNode { ip },
         Command::Node(NodeCommand::List) => Request::ListNodes,
+        Command::Nat(NatCommand::List) => Request::ListNat,
         Command::Counters => Request::Counters,
         Command::Status => Request::Status,
     };
@@ -197,6 +207,30 @@ fn print_text(response: &Response) {
             );
             println!("endpoints:     {}", status.endpoints);
             println!("remote nodes:  {}", status.remote_nodes);
+            match &status.nat_port_range {
+                Some(range) => println!(
+                    "masquerade:    to the node IP, ports {range}; {} of {} NAT entries, {} expired",
+                    status.nat_entries, status.nat_capacity, status.nat_expired_total
+                ),
+                None => println!("masquerade:    off"),
+            }
+        }
+        Response::Nat { connections } => {
+            println!(
+                "{:<5} {:<21} {:<21} {:<21} {:<12} IDLE",
+                "PROTO", "POD", "NODE", "REMOTE", "STATE"
+            );
+            for connection in connections {
+                println!(
+                    "{:<5} {:<21} {:<21} {:<21} {:<12} {}s",
+                    connection.protocol,
+                    connection.pod,
+                    connection.node,
+                    connection.remote,
+                    connection.state,
+                    connection.idle_seconds
+                );
+            }
         }
         Response::Error { message } => println!("error: {message}"),
     }

@@ -7,8 +7,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS, MAX_REMOTE_NODES,
-    NodeConfig, RemoteNode, TunnelRoute, names,
+    Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
+    MAX_REMOTE_NODES, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use ipnetwork::Ipv4Network;
 
@@ -57,6 +57,8 @@ pub struct Maps {
     node_config: Array<MapData, NodeConfig>,
     tunnel_routes: LpmTrie<MapData, Ipv4Octets, TunnelRoute>,
     remote_nodes: HashMap<MapData, Ipv4Octets, RemoteNode>,
+    nat: HashMap<MapData, FlowKey, NatEntry>,
+    no_masquerade: LpmTrie<MapData, Ipv4Octets, u8>,
     counters: PerCpuArray<MapData, CounterValue>,
 }
 
@@ -84,6 +86,9 @@ impl Maps {
                 .map_err(access(names::TUNNEL_ROUTES_MAP))?,
             remote_nodes: HashMap::try_from(take(names::REMOTE_NODES_MAP)?)
                 .map_err(access(names::REMOTE_NODES_MAP))?,
+            nat: HashMap::try_from(take(names::NAT_MAP)?).map_err(access(names::NAT_MAP))?,
+            no_masquerade: LpmTrie::try_from(take(names::NO_MASQUERADE_MAP)?)
+                .map_err(access(names::NO_MASQUERADE_MAP))?,
             counters: PerCpuArray::try_from(take(names::COUNTERS_MAP)?)
                 .map_err(access(names::COUNTERS_MAP))?,
         })
@@ -190,6 +195,38 @@ impl Maps {
             .map(|entry| entry.map(|(ip, endpoint)| (Ipv4Addr::from(ip), endpoint)))
             .collect::<Result<_, _>>()
             .map_err(access(names::ENDPOINTS_MAP))
+    }
+
+    /// Makes `cidrs` the complete list of non-masquerade destinations.
+    pub fn set_no_masquerade(&mut self, cidrs: &[Ipv4Network]) -> Result<(), MapsError> {
+        let name = names::NO_MASQUERADE_MAP;
+        let stale: Vec<Key<Ipv4Octets>> = self
+            .no_masquerade
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(access(name))?;
+        for key in stale {
+            removed(self.no_masquerade.remove(&key), name)?;
+        }
+        for cidr in cidrs {
+            self.no_masquerade
+                .insert(&route_key(*cidr), 1, 0)
+                .map_err(access(name))?;
+        }
+        Ok(())
+    }
+
+    /// Every half of every tracked connection.
+    pub fn nat_entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, MapsError> {
+        self.nat
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(access(names::NAT_MAP))
+    }
+
+    /// Removes one half; `Ok(false)` when it was gone already.
+    pub fn remove_nat_entry(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
+        removed(self.nat.remove(key), names::NAT_MAP)
     }
 
     pub fn counters(&self) -> Result<Vec<CounterTotal>, MapsError> {

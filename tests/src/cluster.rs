@@ -33,6 +33,9 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The underlay's MTU, and what VXLAN over IPv4 leaves of it for pods.
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const VXLAN_POD_MTU: u32 = UNDERLAY_MTU - 50;
+/// Nodes' own ephemeral ports, and the SNAT range beside them (never overlapping).
+pub const NODE_LOCAL_PORT_RANGE: &str = "32768 39999";
+pub const NAT_PORT_RANGE: &str = "40000-60999";
 pub const GATEWAY_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const EXTERNAL_HOST_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The pods' default gateway: nothing owns it, the from-pod program answers its ARP.
@@ -521,6 +524,7 @@ impl Cluster {
             "via",
             &GATEWAY_UNDERLAY_IP.to_string(),
         ])?;
+        netns.sysctl("net.ipv4.ip_local_port_range", NODE_LOCAL_PORT_RANGE)?;
         let pod_cidr = Ipv4Network::new(Ipv4Addr::new(10, 244, octet, 0), 24)?;
 
         let socket = self.workdir.path().join(format!("n{index}.sock"));
@@ -530,7 +534,8 @@ impl Cluster {
             &config,
             format!(
                 "[agent]\napi_socket = \"{}\"\nbpf_root = \"{}\"\n\n[node]\npod_cidr = \"{pod_cidr}\"\n\
-                 cluster_cidr = \"{CLUSTER_CIDR}\"\nuplink = \"eth0\"\n",
+                 cluster_cidr = \"{CLUSTER_CIDR}\"\nuplink = \"eth0\"\n\n\
+                 [nat]\nport_range = \"{NAT_PORT_RANGE}\"\ngc_interval_seconds = 1\n",
                 socket.display(),
                 bpf_root.display()
             ),
@@ -563,6 +568,20 @@ impl Cluster {
             Forwarding::KernelRoutes => {
                 node.set_pod_mtu(VXLAN_POD_MTU)?;
                 node.netns.sysctl("net.ipv4.ip_forward", "1")?;
+                node.netns.exec(&[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    CLUSTER_CIDR,
+                    "!",
+                    "-d",
+                    CLUSTER_CIDR,
+                    "-j",
+                    "MASQUERADE",
+                ])?;
                 for pod in &node.pods {
                     node.route_pod_in_kernel(pod)?;
                 }

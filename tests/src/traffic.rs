@@ -3,7 +3,7 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Child,
     sync::mpsc,
     thread,
@@ -24,26 +24,44 @@ fn enter_netns(path: &str) -> anyhow::Result<()> {
         .with_context(|| format!("entering {path}"))
 }
 
+/// Runs `work` on a new thread inside `netns`: sockets it opens live there.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Netns,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> thread::JoinHandle<anyhow::Result<T>> {
+    let path = netns.path();
+    thread::spawn(move || {
+        enter_netns(&path)?;
+        work()
+    })
+}
+
+/// Waits for a thread started by `in_netns`.
+pub fn joined<T>(handle: thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
+}
+
 /// Sends `bytes` over a fresh TCP connection from `client` to an echo server
 /// in `server` on `server_ip`, and checks every byte comes back. Large enough
-/// payloads exercise segmentation and MTU handling on the path.
+/// payloads exercise segmentation and MTU handling on the path. Returns the
+/// client's address as the server saw it.
 pub fn tcp_round_trip(
     server: &Netns,
     server_ip: Ipv4Addr,
     client: &Netns,
     bytes: usize,
-) -> anyhow::Result<()> {
-    let (server_path, client_path) = (server.path(), client.path());
+) -> anyhow::Result<SocketAddr> {
     let (port_sender, port_receiver) = mpsc::channel();
-    let echo = thread::spawn(move || -> anyhow::Result<()> {
-        enter_netns(&server_path)?;
+    let echo = in_netns(server, move || {
         let listener = TcpListener::bind((server_ip, 0))?;
         port_sender.send(listener.local_addr()?.port())?;
         listener.set_nonblocking(true)?;
         let deadline = Instant::now() + TCP_TIMEOUT;
-        let mut stream = loop {
+        let (mut stream, peer) = loop {
             match listener.accept() {
-                Ok((stream, _)) => break stream,
+                Ok(accepted) => break accepted,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
                         bail!("no connection to {server_ip} within {TCP_TIMEOUT:?}");
@@ -58,13 +76,12 @@ pub fn tcp_round_trip(
         let mut received = Vec::new();
         stream.read_to_end(&mut received)?;
         stream.write_all(&received)?;
-        Ok(())
+        Ok(peer)
     });
     let port = port_receiver
         .recv_timeout(TCP_TIMEOUT)
         .context("echo server did not start")?;
-    let exchange = thread::spawn(move || -> anyhow::Result<()> {
-        enter_netns(&client_path)?;
+    let exchange = in_netns(client, move || {
         let payload: Vec<u8> = (0..bytes).map(|index| (index % 251) as u8).collect();
         let address = SocketAddr::from((server_ip, port));
         let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
@@ -83,9 +100,66 @@ pub fn tcp_round_trip(
         }
         Ok(())
     });
-    let client_result = exchange.join().expect("client thread panicked");
-    let server_result = echo.join().expect("server thread panicked");
+    let client_result = joined(exchange);
+    let server_result = joined(echo);
     client_result.and(server_result)
+}
+
+/// A UDP echo server in `netns` on `ip:port` that answers every datagram
+/// until `datagrams` were echoed or `timeout` passed; yields the sources seen.
+pub fn udp_echo_server(
+    netns: &Netns,
+    ip: Ipv4Addr,
+    port: u16,
+    datagrams: usize,
+    timeout: Duration,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<Vec<SocketAddr>>>> {
+    let (ready, is_ready) = mpsc::channel();
+    let server = in_netns(netns, move || {
+        let socket = UdpSocket::bind((ip, port))?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        ready.send(())?;
+        let deadline = Instant::now() + timeout;
+        let mut sources = Vec::new();
+        let mut buffer = [0u8; 2048];
+        while sources.len() < datagrams && Instant::now() < deadline {
+            match socket.recv_from(&mut buffer) {
+                Ok((length, source)) => {
+                    socket.send_to(&buffer[..length], source)?;
+                    sources.push(source);
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(sources)
+    });
+    is_ready
+        .recv_timeout(TCP_TIMEOUT)
+        .context("UDP echo server did not start")?;
+    Ok(server)
+}
+
+/// Sends `payload` from `socket` to `destination` and waits for the echo.
+pub fn udp_exchange(
+    socket: &UdpSocket,
+    destination: SocketAddr,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    socket.send_to(payload, destination)?;
+    let mut buffer = [0u8; 2048];
+    let (length, source) = socket
+        .recv_from(&mut buffer)
+        .with_context(|| format!("no echo from {destination}"))?;
+    if source != destination || buffer[..length] != *payload {
+        bail!("wrong echo from {source}: {:?}", &buffer[..length]);
+    }
+    Ok(())
 }
 
 /// Runs an iperf3 TCP stream from `client` to a one-off server in `server`

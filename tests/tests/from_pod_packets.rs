@@ -104,7 +104,7 @@ fn spoofed_sources_are_dropped() {
 }
 
 #[test]
-fn unknown_local_pods_are_dropped_and_other_destinations_go_to_the_host() {
+fn unknown_local_pods_are_dropped_and_the_node_ip_goes_to_the_host() {
     let mut fixture = Fixture::new();
     let unknown_pod = Ipv4Addr::new(10, 244, 0, 99);
     assert_eq!(
@@ -113,8 +113,7 @@ fn unknown_local_pods_are_dropped_and_other_destinations_go_to_the_host() {
     );
     assert_eq!(fixture.counter("drop_unknown_endpoint"), 1);
 
-    let outside = Ipv4Addr::new(203, 0, 113, 10);
-    let packet = ipv4_frame(POD_A_IP, outside, 64, 1);
+    let packet = ipv4_frame(POD_A_IP, NODE_IP, 64, 1);
     let (verdict, out) = fixture.run(&packet);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, packet, "packets for the host are not modified");

@@ -14,7 +14,15 @@ use crate::build::status;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests, demo and benchmarks run.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "iperf3", "procps", "util-linux"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "procps",
+    "util-linux",
+    "iptables",
+    "nftables",
+];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_rust_src()?;

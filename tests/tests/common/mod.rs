@@ -36,6 +36,9 @@ pub const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 pub const VNI: u32 = 7;
 pub const VXLAN_PORT: u16 = 4789;
 pub const TUNNEL_MTU: u32 = 1450;
+pub const NAT_PORT_MIN: u16 = 40000;
+pub const NAT_PORT_MAX: u16 = 40003;
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 0x10];
 
 /// A freshly loaded object with its own pin directory, removed on drop.
@@ -62,7 +65,10 @@ impl Fixture {
             uplink_ifindex: LOOPBACK_IFINDEX,
             tunnel_mtu: TUNNEL_MTU,
             vxlan_port: VXLAN_PORT,
-            _pad: [0; 2],
+            masquerade: 1,
+            _pad: 0,
+            nat_port_min: NAT_PORT_MIN,
+            nat_port_max: NAT_PORT_MAX,
         })
         .unwrap();
         maps.insert_remote_node(REMOTE_NODE_IP, REMOTE_POD_CIDR.parse().unwrap())

@@ -1,0 +1,258 @@
+//! NAT table housekeeping: pairing the two halves of each connection, and
+//! deciding which connections have expired.
+
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use dataplane_common::{FlowKey, NatEntry, conn_state, nat_direction};
+use serde::{Deserialize, Serialize};
+
+use crate::config::NatSettings;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// How long a connection may stay idle, by protocol and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_new: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+}
+
+impl From<&NatSettings> for Timeouts {
+    fn from(settings: &NatSettings) -> Self {
+        Self {
+            tcp_new: Duration::from_secs(settings.tcp_new_timeout_seconds),
+            tcp_established: Duration::from_secs(settings.tcp_established_timeout_seconds),
+            tcp_closing: Duration::from_secs(settings.tcp_closing_timeout_seconds),
+            udp: Duration::from_secs(settings.udp_timeout_seconds),
+            icmp: Duration::from_secs(settings.icmp_timeout_seconds),
+        }
+    }
+}
+
+impl Timeouts {
+    fn of(&self, protocol: u8, state: u8) -> Duration {
+        match (protocol, state) {
+            (TCP, conn_state::NEW) => self.tcp_new,
+            (TCP, conn_state::ESTABLISHED) => self.tcp_established,
+            (TCP, _) => self.tcp_closing,
+            (UDP, _) => self.udp,
+            _ => self.icmp,
+        }
+    }
+}
+
+/// The key of the other half of the connection `key` belongs to.
+pub fn partner(key: &FlowKey, entry: &NatEntry) -> FlowKey {
+    if key.direction == nat_direction::EGRESS {
+        FlowKey {
+            src: key.dst,
+            dst: entry.addr,
+            src_port: key.dst_port,
+            dst_port: entry.port,
+            direction: nat_direction::REPLY,
+            ..*key
+        }
+    } else {
+        FlowKey {
+            src: entry.addr,
+            dst: key.src,
+            src_port: entry.port,
+            dst_port: key.src_port,
+            direction: nat_direction::EGRESS,
+            ..*key
+        }
+    }
+}
+
+/// Keys of every half whose connection has been idle longer than its timeout
+/// at `now_ns` (CLOCK_MONOTONIC). A connection is as recent as its most recent
+/// half and as advanced as its most advanced half; a half whose partner is
+/// gone is judged on its own.
+pub fn expired(entries: &[(FlowKey, NatEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
+    let by_key: HashMap<FlowKey, &NatEntry> =
+        entries.iter().map(|(key, entry)| (*key, entry)).collect();
+    entries
+        .iter()
+        .filter(|(key, entry)| {
+            let other = by_key.get(&partner(key, entry));
+            let last_seen = other.map_or(entry.last_seen_ns, |other| {
+                other.last_seen_ns.max(entry.last_seen_ns)
+            });
+            let state = other.map_or(entry.state, |other| other.state.max(entry.state));
+            let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
+            idle > timeouts.of(key.protocol, state)
+        })
+        .map(|(key, _)| *key)
+        .collect()
+}
+
+/// A tracked connection, for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub protocol: String,
+    pub pod: String,
+    pub node: String,
+    pub remote: String,
+    pub state: String,
+    pub idle_seconds: u64,
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        TCP => "tcp".into(),
+        UDP => "udp".into(),
+        1 => "icmp".into(),
+        other => other.to_string(),
+    }
+}
+
+fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
+    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+}
+
+/// One line per connection, from its egress half (and its partner's state).
+pub fn connections(entries: &[(FlowKey, NatEntry)], now_ns: u64) -> Vec<Connection> {
+    let by_key: HashMap<FlowKey, &NatEntry> =
+        entries.iter().map(|(key, entry)| (*key, entry)).collect();
+    let mut connections: Vec<Connection> = entries
+        .iter()
+        .filter(|(key, _)| key.direction == nat_direction::EGRESS)
+        .map(|(key, entry)| {
+            let reply = by_key.get(&partner(key, entry));
+            let state = reply.map_or(entry.state, |reply| reply.state.max(entry.state));
+            let last_seen = reply.map_or(entry.last_seen_ns, |reply| {
+                reply.last_seen_ns.max(entry.last_seen_ns)
+            });
+            Connection {
+                protocol: protocol_name(key.protocol),
+                pod: endpoint(key.src, key.src_port),
+                node: endpoint(entry.addr, entry.port),
+                remote: endpoint(key.dst, key.dst_port),
+                state: match state {
+                    conn_state::NEW => "new",
+                    conn_state::ESTABLISHED => "established",
+                    _ => "closing",
+                }
+                .into(),
+                idle_seconds: Duration::from_nanos(now_ns.saturating_sub(last_seen)).as_secs(),
+            }
+        })
+        .collect();
+    connections.sort_by(|a, b| (&a.pod, &a.remote).cmp(&(&b.pod, &b.remote)));
+    connections
+}
+
+/// Now on the clock the programs stamp entries with (bpf_ktime_get_ns).
+pub fn monotonic_now_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+    const POD: [u8; 4] = [10, 244, 0, 2];
+    const NODE: [u8; 4] = [192, 0, 2, 10];
+    const REMOTE: [u8; 4] = [203, 0, 113, 10];
+
+    fn connection(
+        protocol: u8,
+        egress_state: u8,
+        reply_state: u8,
+        egress_seen: u64,
+        reply_seen: u64,
+    ) -> Vec<(FlowKey, NatEntry)> {
+        let egress = FlowKey {
+            src: POD,
+            dst: REMOTE,
+            src_port: 40000u16.to_be_bytes(),
+            dst_port: 80u16.to_be_bytes(),
+            protocol,
+            direction: nat_direction::EGRESS,
+            _pad: [0; 2],
+        };
+        let to_node = NatEntry {
+            addr: NODE,
+            port: 61000u16.to_be_bytes(),
+            state: egress_state,
+            _pad: 0,
+            last_seen_ns: egress_seen,
+        };
+        let reply = partner(&egress, &to_node);
+        let to_pod = NatEntry {
+            addr: POD,
+            port: 40000u16.to_be_bytes(),
+            state: reply_state,
+            _pad: 0,
+            last_seen_ns: reply_seen,
+        };
+        assert_eq!(partner(&reply, &to_pod), egress, "partners are symmetric");
+        vec![(egress, to_node), (reply, to_pod)]
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts::from(&NatSettings::default())
+    }
+
+    #[test]
+    fn pairs_expire_together_on_the_most_recent_half() {
+        let entries = connection(
+            UDP,
+            conn_state::NEW,
+            conn_state::ESTABLISHED,
+            0,
+            50 * SECOND,
+        );
+        assert!(
+            expired(&entries, 100 * SECOND, &timeouts()).is_empty(),
+            "reply seen 50 s ago"
+        );
+        assert_eq!(expired(&entries, 111 * SECOND, &timeouts()).len(), 2);
+    }
+
+    #[test]
+    fn tcp_timeouts_follow_the_most_advanced_state() {
+        let new = connection(TCP, conn_state::NEW, conn_state::NEW, 0, 0);
+        assert_eq!(expired(&new, 61 * SECOND, &timeouts()).len(), 2);
+        let established = connection(TCP, conn_state::NEW, conn_state::ESTABLISHED, 0, 0);
+        assert!(expired(&established, 3600 * SECOND, &timeouts()).is_empty());
+        let closing = connection(TCP, conn_state::CLOSING, conn_state::ESTABLISHED, 0, 0);
+        assert_eq!(expired(&closing, 11 * SECOND, &timeouts()).len(), 2);
+    }
+
+    #[test]
+    fn an_orphaned_half_is_judged_alone() {
+        let mut entries = connection(UDP, conn_state::NEW, conn_state::NEW, 0, 0);
+        entries.remove(0);
+        assert_eq!(expired(&entries, 61 * SECOND, &timeouts()).len(), 1);
+    }
+
+    #[test]
+    fn connections_are_listed_readably() {
+        let entries = connection(
+            TCP,
+            conn_state::NEW,
+            conn_state::ESTABLISHED,
+            SECOND,
+            2 * SECOND,
+        );
+        let listed = connections(&entries, 5 * SECOND);
+        assert_eq!(listed.len(), 1);
+        let connection = &listed[0];
+        assert_eq!(connection.pod, "10.244.0.2:40000");
+        assert_eq!(connection.node, "192.0.2.10:61000");
+        assert_eq!(connection.remote, "203.0.113.10:80");
+        assert_eq!(
+            (connection.protocol.as_str(), connection.state.as_str()),
+            ("tcp", "established")
+        );
+        assert_eq!(connection.idle_seconds, 3);
+    }
+}

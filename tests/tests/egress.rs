@@ -1,0 +1,323 @@
+//! Egress SNAT to the node IP with connection tracking in BPF, end to end:
+//! pods reach the external host behind the gateway, which sees node IPs only.
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use dataplane_tests::{
+    Cluster, ClusterSpec, Forwarding, Node,
+    cluster::EXTERNAL_HOST_IP,
+    traffic::{in_netns, joined, tcp_round_trip, udp_echo_server, udp_exchange},
+};
+use nix::sys::signal::Signal;
+
+const ECHO_PORT: u16 = 7777;
+
+fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
+    Cluster::new(ClusterSpec {
+        nodes,
+        pods_per_node,
+        forwarding: Forwarding::Dataplane,
+    })
+    .expect("building the netns cluster")
+}
+
+/// Restarts the agent of `node` with `setting` (`key = value`) in its `[nat]`
+/// section, replacing the key's previous value.
+fn reconfigure_nat(node: &mut Node, setting: &str) -> anyhow::Result<()> {
+    node.stop_agent(Signal::SIGTERM);
+    let key = setting.split('=').next().unwrap_or_default().trim();
+    let config: String = std::fs::read_to_string(&node.config)?
+        .lines()
+        .filter(|line| line.split('=').next().unwrap_or_default().trim() != key)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(
+        &node.config,
+        config.replace("[nat]\n", &format!("[nat]\n{setting}\n")),
+    )?;
+    node.start_agent()
+}
+
+fn echo_address() -> SocketAddr {
+    SocketAddr::from((EXTERNAL_HOST_IP, ECHO_PORT))
+}
+
+#[test]
+fn pods_on_two_nodes_reach_the_outside_as_their_node() -> anyhow::Result<()> {
+    let cluster = cluster(2, 1);
+    let node_ips: HashSet<Ipv4Addr> = cluster.nodes.iter().map(|node| node.ip).collect();
+    let udp = udp_echo_server(
+        &cluster.external,
+        EXTERNAL_HOST_IP,
+        ECHO_PORT,
+        2,
+        Duration::from_secs(10),
+    )?;
+    for node in &cluster.nodes {
+        let pod = &node.pods[0];
+        pod.ping(EXTERNAL_HOST_IP, 3)?;
+        let seen = tcp_round_trip(&cluster.external, EXTERNAL_HOST_IP, &pod.netns, 256 * 1024)?;
+        assert_eq!(
+            seen.ip(),
+            std::net::IpAddr::V4(node.ip),
+            "TCP from {} seen as {seen}",
+            pod.ip
+        );
+        joined(in_netns(&pod.netns, move || {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            udp_exchange(&socket, echo_address(), b"hello from a pod")
+        }))?;
+        assert!(node.counter("masqueraded")? > 0);
+        assert!(node.counter("nat_reply_to_pod")? > 0);
+    }
+    for source in joined(udp)? {
+        let SocketAddr::V4(source) = source else {
+            unreachable!()
+        };
+        assert!(node_ips.contains(source.ip()), "UDP seen from {source}");
+    }
+    // Entirely in BPF: no iptables or nftables rule anywhere on the nodes.
+    for node in &cluster.nodes {
+        let rules = node.netns.exec(&["nft", "list", "ruleset"])?;
+        assert!(
+            rules.trim().is_empty(),
+            "nftables rules on {}:\n{rules}",
+            node.netns.name()
+        );
+        let saved = node.netns.exec(&["iptables-save"])?;
+        assert!(
+            !saved.contains("-A "),
+            "iptables rules on {}:\n{saved}",
+            node.netns.name()
+        );
+    }
+    let listed = cluster.nodes[0].cli(&["nat", "list"])?;
+    assert!(
+        listed.contains("tcp") && listed.contains("udp") && listed.contains("icmp"),
+        "{listed}"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_pods_with_the_same_source_port_to_the_same_destination_both_work() -> anyhow::Result<()> {
+    let cluster = cluster(1, 2);
+    let node = &cluster.nodes[0];
+    let server = udp_echo_server(
+        &cluster.external,
+        EXTERNAL_HOST_IP,
+        ECHO_PORT,
+        4,
+        Duration::from_secs(10),
+    )?;
+    // Both sockets stay open so the two connections exist at the same time.
+    let sockets: Vec<_> = node
+        .pods
+        .iter()
+        .map(|pod| {
+            joined(in_netns(&pod.netns, || {
+                Ok(UdpSocket::bind("0.0.0.0:45000")?)
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for round in 0..2 {
+        for (index, socket) in sockets.iter().enumerate() {
+            udp_exchange(
+                socket,
+                echo_address(),
+                format!("pod {index} round {round}").as_bytes(),
+            )?;
+        }
+    }
+    let sources: HashSet<SocketAddr> = joined(server)?.into_iter().collect();
+    assert_eq!(
+        sources.len(),
+        2,
+        "two distinct translated sources: {sources:?}"
+    );
+    assert!(
+        sources.contains(&SocketAddr::from((node.ip, 45000))),
+        "the first keeps its port: {sources:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn five_thousand_concurrent_flows_without_collision_or_lost_reply() -> anyhow::Result<()> {
+    const FLOWS_PER_POD: usize = 2500;
+    let cluster = cluster(1, 2);
+    let node = &cluster.nodes[0];
+    let total = FLOWS_PER_POD * node.pods.len();
+    let server = udp_echo_server(
+        &cluster.external,
+        EXTERNAL_HOST_IP,
+        ECHO_PORT,
+        2 * total,
+        Duration::from_secs(60),
+    )?;
+    // Every pod opens its sockets and keeps them: all flows are tracked at once.
+    let pods: Vec<_> = node
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(pod_index, pod)| {
+            in_netns(&pod.netns, move || {
+                let sockets: Vec<UdpSocket> = (0..FLOWS_PER_POD)
+                    .map(|_| UdpSocket::bind("0.0.0.0:0"))
+                    .collect::<Result<_, _>>()?;
+                for round in 0..2 {
+                    for (index, socket) in sockets.iter().enumerate() {
+                        let payload = format!("pod {pod_index} flow {index} round {round}");
+                        udp_exchange(socket, echo_address(), payload.as_bytes())?;
+                    }
+                }
+                Ok(sockets.len())
+            })
+        })
+        .collect();
+    let exchanged: usize = pods
+        .into_iter()
+        .map(joined)
+        .sum::<anyhow::Result<usize>>()?;
+    assert_eq!(exchanged, total);
+    let sources: HashSet<SocketAddr> = joined(server)?.into_iter().collect();
+    assert_eq!(
+        sources.len(),
+        total,
+        "every flow has its own translated source"
+    );
+    let status = node.status()?;
+    assert!(
+        status["nat_entries"].as_u64().unwrap_or(0) >= 2 * total as u64 || {
+            // The report is from the last collection; take a fresh one.
+            std::thread::sleep(Duration::from_millis(1500));
+            node.status()?["nat_entries"].as_u64().unwrap_or(0) >= 2 * total as u64
+        }
+    );
+    assert_eq!(node.counter("drop_nat_exhausted")?, 0);
+    assert_eq!(node.counter("drop_nat_no_mapping")?, 0);
+    Ok(())
+}
+
+#[test]
+fn connections_expire_after_their_timeout() -> anyhow::Result<()> {
+    let mut cluster = cluster(1, 1);
+    reconfigure_nat(&mut cluster.nodes[0], "udp_timeout_seconds = 2")?;
+    let node = &cluster.nodes[0];
+    let server = udp_echo_server(
+        &cluster.external,
+        EXTERNAL_HOST_IP,
+        ECHO_PORT,
+        1,
+        Duration::from_secs(10),
+    )?;
+    joined(in_netns(&node.pods[0].netns, || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        udp_exchange(&socket, echo_address(), b"short-lived")
+    }))?;
+    joined(server)?;
+    assert!(node.cli(&["nat", "list"])?.contains("udp"));
+    std::thread::sleep(Duration::from_secs(4));
+    let listed = node.cli(&["nat", "list"])?;
+    assert!(
+        !listed.contains("udp"),
+        "still tracked after its timeout:\n{listed}"
+    );
+    assert!(node.status()?["nat_expired_total"].as_u64().unwrap_or(0) >= 2);
+    Ok(())
+}
+
+#[test]
+fn a_tiny_port_range_shows_exhaustion_instead_of_misbehaving() -> anyhow::Result<()> {
+    let mut cluster = cluster(1, 1);
+    reconfigure_nat(&mut cluster.nodes[0], "port_range = \"40000-40001\"")?;
+    let node = &cluster.nodes[0];
+    let server = udp_echo_server(
+        &cluster.external,
+        EXTERNAL_HOST_IP,
+        ECHO_PORT,
+        4,
+        Duration::from_secs(10),
+    )?;
+    let outcomes = joined(in_netns(&node.pods[0].netns, || {
+        let sockets: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("0.0.0.0:0"))
+            .collect::<Result<_, _>>()?;
+        let outcomes: Vec<bool> = sockets
+            .iter()
+            .map(|socket| udp_exchange(socket, echo_address(), b"port please").is_ok())
+            .collect();
+        // The connections that got a port keep working.
+        udp_exchange(&sockets[0], echo_address(), b"still here")?;
+        Ok(outcomes)
+    }))?;
+    drop(server);
+    assert_eq!(outcomes, [true, true, false]);
+    assert!(node.counter("drop_nat_exhausted")? >= 1);
+    Ok(())
+}
+
+#[test]
+fn unsolicited_inbound_to_the_nat_range_reaches_no_pod() -> anyhow::Result<()> {
+    let cluster = cluster(1, 1);
+    let node = &cluster.nodes[0];
+    let pod = &node.pods[0];
+    let received = pod.netns.rx_packets("eth0")?;
+    let node_ip = node.ip;
+    joined(in_netns(&cluster.external, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        for port in [40000u16, 45000, 60999] {
+            socket.send_to(b"knock knock", (node_ip, port))?;
+        }
+        Ok(())
+    }))?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(node.counter("drop_nat_no_mapping")? >= 3);
+    assert_eq!(pod.netns.rx_packets("eth0")?, received);
+    Ok(())
+}
+
+#[test]
+fn icmp_fragmentation_needed_from_the_gateway_reaches_the_right_pod() -> anyhow::Result<()> {
+    let cluster = cluster(1, 2);
+    let node = &cluster.nodes[0];
+    // The path beyond the gateway carries at most 1400 bytes.
+    cluster
+        .gateway
+        .ip(&["link", "set", "ext0", "mtu", "1400"])?;
+    cluster
+        .external
+        .ip(&["link", "set", "eth0", "mtu", "1400"])?;
+    let (pod, other) = (&node.pods[0], &node.pods[1]);
+    other.ping(EXTERNAL_HOST_IP, 1)?;
+
+    let too_big = pod
+        .netns
+        .ping(EXTERNAL_HOST_IP, 3, &["-M", "do", "-s", "1422"]);
+    let message = format!(
+        "{:#}",
+        too_big.expect_err("a 1450-byte packet crossed a 1400 path")
+    );
+    assert!(
+        message.contains("mtu = 1400") || message.contains("mtu=1400"),
+        "{message}"
+    );
+    let cached = pod
+        .netns
+        .ip(&["route", "get", &EXTERNAL_HOST_IP.to_string()])?;
+    assert!(cached.contains("mtu 1400"), "{cached}");
+    let untouched = other
+        .netns
+        .ip(&["route", "get", &EXTERNAL_HOST_IP.to_string()])?;
+    assert!(
+        !untouched.contains("mtu 1400"),
+        "the other pod learned it too: {untouched}"
+    );
+    // TCP adapts to the learned path MTU.
+    tcp_round_trip(&cluster.external, EXTERNAL_HOST_IP, &pod.netns, 256 * 1024)?;
+    Ok(())
+}
