@@ -244,15 +244,15 @@ fn allocate(egress: &FlowKey, config: &NodeConfig, state: u8, now: u64) -> Alloc
             _pad: 0,
             last_seen_ns: now,
         };
-        match NAT.insert(&reply, &to_pod, u64::from(BPF_NOEXIST)) {
+        match NAT.insert(reply, to_pod, u64::from(BPF_NOEXIST)) {
             Ok(()) => {
                 let to_node = NatEntry {
                     addr: config.node_ip,
                     port,
                     ..to_pod
                 };
-                if NAT.insert(egress, &to_node, u64::from(BPF_ANY)).is_err() {
-                    let _ = NAT.remove(&reply);
+                if NAT.insert(egress, to_node, u64::from(BPF_ANY)).is_err() {
+                    let _ = NAT.remove(reply);
                     return Allocation::TableFull;
                 }
                 return Allocation::Port(port);
@@ -282,7 +282,7 @@ pub fn masquerade(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ip
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let port = match NAT.get_ptr_mut(&egress) {
+    let port = match NAT.get_ptr_mut(egress) {
         Some(entry) => {
             refresh(entry, transport.state, now);
             // SAFETY: as in `refresh`.
@@ -335,7 +335,7 @@ pub fn translate_reply(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets) ->
         direction: nat_direction::REPLY,
         _pad: [0; 2],
     };
-    let Some(entry) = NAT.get_ptr_mut(&reply) else {
+    let Some(entry) = NAT.get_ptr_mut(reply) else {
         return Some(drop(ctx, Counter::DropNatNoMapping));
     };
     // SAFETY: plain helper call.
@@ -390,7 +390,7 @@ fn translate_icmp_error(ctx: &TcContext, config: &NodeConfig) -> Option<i32> {
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once.
-    let Some(entry) = (unsafe { NAT.get(&reply) }).copied() else {
+    let Some(entry) = (unsafe { NAT.get(reply) }).copied() else {
         return Some(drop(ctx, Counter::DropNatNoMapping));
     };
     let pod = entry.addr;

@@ -423,7 +423,7 @@ async fn collect_nat_garbage_forever(agent: Arc<Agent>, interval: Duration) {
         if agent
             .last_gc
             .lock()
-            .map_or(false, |gc| gc.entries * 10 > MAX_NAT_ENTRIES as usize * 9)
+            .is_ok_and(|gc| gc.entries * 10 > MAX_NAT_ENTRIES as usize * 9)
         {
             warn!("the NAT table is over 90% full; new connections will start failing");
         }
