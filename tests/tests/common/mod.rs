@@ -204,3 +204,71 @@ pub fn vxlan_frame(outer_src: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
     ip.extend_from_slice(&udp);
     ethernet(UPLINK_MAC, [0x02, 0, 0, 0, 2, 0x11], 0x0800, &ip)
 }
+
+/// An IPv4 packet (no options, DF) in an Ethernet frame from pod A's veth.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, protocol, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(l4);
+    ethernet(HOST_A_MAC, POD_A_MAC, 0x0800, &ip)
+}
+
+/// Sum of the IPv4 pseudo-header and `l4`, as TCP and UDP checksums cover it.
+pub fn pseudo_header_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4: &[u8]) -> u16 {
+    let mut covered = Vec::new();
+    covered.extend_from_slice(&src.octets());
+    covered.extend_from_slice(&dst.octets());
+    covered.extend_from_slice(&[0, protocol]);
+    covered.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    covered.extend_from_slice(l4);
+    checksum(&covered)
+}
+
+/// A TCP segment with `flags` and a valid checksum.
+pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    let mut segment = Vec::new();
+    segment.extend_from_slice(&src.1.to_be_bytes());
+    segment.extend_from_slice(&dst.1.to_be_bytes());
+    segment.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    segment.extend_from_slice(b"payload!");
+    let sum = pseudo_header_checksum(src.0, dst.0, 6, &segment);
+    segment[16..18].copy_from_slice(&sum.to_be_bytes());
+    segment
+}
+
+/// A UDP datagram, with a valid checksum or with none (0).
+pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), with_checksum: bool) -> Vec<u8> {
+    let mut datagram = Vec::new();
+    datagram.extend_from_slice(&src.1.to_be_bytes());
+    datagram.extend_from_slice(&dst.1.to_be_bytes());
+    datagram.extend_from_slice(&16u16.to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(b"datagram");
+    if with_checksum {
+        let sum = pseudo_header_checksum(src.0, dst.0, 17, &datagram);
+        datagram[6..8].copy_from_slice(&sum.to_be_bytes());
+    }
+    datagram
+}
+
+/// An ICMP message of `kind` (code 0 unless given) with a valid checksum.
+pub fn icmp(kind: u8, code: u8, rest_of_header: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut message = vec![kind, code, 0, 0];
+    message.extend_from_slice(&rest_of_header);
+    message.extend_from_slice(body);
+    let sum = checksum(&message);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    message
+}
+
+/// The same frame as if it arrived on the uplink (other MACs).
+pub fn on_uplink(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&UPLINK_MAC);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 2, 0x01]);
+    frame
+}
