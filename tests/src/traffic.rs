@@ -162,6 +162,61 @@ pub fn udp_exchange(
     Ok(())
 }
 
+/// New TCP connections per second from `client` to `server_ip` in `server`
+/// over `duration`: connect, send 64 bytes, read 64 bytes back, close. The
+/// server closes first, so the client's ports are free again at once.
+pub fn connection_rate(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let (port_sender, port_receiver) = mpsc::channel();
+    let (done_sender, done) = mpsc::channel::<()>();
+    let responder = in_netns(server, move || {
+        let listener = TcpListener::bind((server_ip, 0))?;
+        port_sender.send(listener.local_addr()?.port())?;
+        listener.set_nonblocking(true)?;
+        let mut request = [0u8; 64];
+        while done.try_recv().is_err() {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+                    stream.read_exact(&mut request)?;
+                    stream.write_all(&request)?;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_micros(50));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    });
+    let port = port_receiver
+        .recv_timeout(TCP_TIMEOUT)
+        .context("connection-rate server did not start")?;
+    let clients = in_netns(client, move || {
+        let address = SocketAddr::from((server_ip, port));
+        let started = Instant::now();
+        let mut connections = 0u64;
+        let mut reply = [0u8; 64];
+        while started.elapsed() < duration {
+            let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
+                .with_context(|| format!("connection {connections} to {address}"))?;
+            stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+            stream.write_all(&[7u8; 64])?;
+            stream.read_exact(&mut reply)?;
+            connections += 1;
+        }
+        Ok(connections as f64 / started.elapsed().as_secs_f64())
+    });
+    let rate = joined(clients);
+    let _ = done_sender.send(());
+    joined(responder).and(rate)
+}
+
 /// Runs an iperf3 TCP stream from `client` to a one-off server in `server`
 /// listening on `server_ip`; returns the received rate in bit/s.
 pub fn iperf3_tcp(

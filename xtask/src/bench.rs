@@ -1,25 +1,46 @@
 //! `cargo xtask bench`: this dataplane against the kernel path it replaces,
 //! measured in the same run, interleaved, reported as medians and ratios.
 
-use std::{io::Write as _, path::Path};
+use std::{io::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
-use dataplane_tests::{Cluster, ClusterSpec, Forwarding, traffic::iperf3_tcp};
+use dataplane_tests::{
+    Cluster, ClusterSpec, Forwarding,
+    cluster::EXTERNAL_HOST_IP,
+    traffic::{connection_rate, iperf3_tcp},
+};
 
 use crate::build::workspace_root;
 
 struct Scenario {
     name: &'static str,
     baseline: &'static str,
+    unit: Unit,
     dataplane: Vec<f64>,
     kernel: Vec<f64>,
 }
 
+#[derive(Clone, Copy)]
+enum Unit {
+    BitsPerSecond,
+    ConnectionsPerSecond,
+}
+
+impl Unit {
+    fn show(self, value: f64) -> String {
+        match self {
+            Unit::BitsPerSecond => format!("{:.2} Gbit/s", value / 1e9),
+            Unit::ConnectionsPerSecond => format!("{value:.0} conn/s"),
+        }
+    }
+}
+
 impl Scenario {
-    fn new(name: &'static str, baseline: &'static str) -> Self {
+    fn new(name: &'static str, baseline: &'static str, unit: Unit) -> Self {
         Self {
             name,
             baseline,
+            unit,
             dataplane: Vec::new(),
             kernel: Vec::new(),
         }
@@ -52,16 +73,31 @@ fn node_to_node(cluster: &Cluster, seconds: u32) -> anyhow::Result<f64> {
     iperf3_tcp(&server.netns, server.ip, &client.netns, seconds)
 }
 
+/// Pod 0 of node 0 to the external host behind the gateway.
+fn pod_to_external(cluster: &Cluster, seconds: u32) -> anyhow::Result<f64> {
+    let pod = &cluster.nodes[0].pods[0];
+    iperf3_tcp(&cluster.external, EXTERNAL_HOST_IP, &pod.netns, seconds)
+}
+
+fn pod_to_external_connections(cluster: &Cluster, seconds: u32) -> anyhow::Result<f64> {
+    let pod = &cluster.nodes[0].pods[0];
+    // Short runs: every closed connection holds its SNAT port for the
+    // closing timeout, in the kernel's conntrack and in ours.
+    let duration = Duration::from_millis(u64::from(seconds) * 400);
+    connection_rate(&cluster.external, EXTERNAL_HOST_IP, &pod.netns, duration)
+}
+
 fn measure(
     label: &str,
+    unit: Unit,
     sample: impl FnOnce() -> anyhow::Result<f64>,
     into: &mut Vec<f64>,
 ) -> anyhow::Result<()> {
     print!(" {label} ");
     std::io::stdout().flush()?;
-    let rate = sample()?;
-    print!("{:.2}", rate / 1e9);
-    into.push(rate);
+    let value = sample()?;
+    print!("{}", unit.show(value));
+    into.push(value);
     Ok(())
 }
 
@@ -78,50 +114,104 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<()> {
     let with_dataplane = Cluster::new(spec(Forwarding::Dataplane))?;
     let with_kernel = Cluster::new(spec(Forwarding::KernelRoutes))?;
 
+    let bits = Unit::BitsPerSecond;
+    let connections = Unit::ConnectionsPerSecond;
+    let kernel_nat = "iptables MASQUERADE + kernel conntrack";
     let mut same_node = Scenario::new(
         "same-node pod-to-pod, iperf3 TCP 1 stream",
         "/32 routes + proxy_arp",
+        bits,
     );
     let mut cross_node = Scenario::new(
         "cross-node pod-to-pod, iperf3 TCP 1 stream",
         "kernel vxlan, flannel-style routes + neigh + fdb",
+        bits,
     );
     let mut cross_node_vs_underlay = Scenario::new(
         "cross-node pod-to-pod, iperf3 TCP 1 stream",
         "node-to-node without overlay (physical limit)",
+        bits,
+    );
+    let mut egress = Scenario::new(
+        "egress pod-to-external, iperf3 TCP 1 stream",
+        kernel_nat,
+        bits,
+    );
+    let mut egress_connections = Scenario::new(
+        "egress new connections/s (connect, 64 B each way, close)",
+        kernel_nat,
+        connections,
     );
     for repetition in 1..=repetitions {
-        print!("==> repetition {repetition}/{repetitions} (Gbit/s):");
+        print!("==> repetition {repetition}/{repetitions}:");
+        let (ours, theirs) = (&with_dataplane, &with_kernel);
+        let (local, remote) = ((0, 1), (1, 0));
         measure(
             "same-node dataplane",
-            || pod_to_pod(&with_dataplane, (0, 0), (0, 1), seconds),
+            bits,
+            || pod_to_pod(ours, (0, 0), local, seconds),
             &mut same_node.dataplane,
         )?;
         measure(
             "kernel",
-            || pod_to_pod(&with_kernel, (0, 0), (0, 1), seconds),
+            bits,
+            || pod_to_pod(theirs, (0, 0), local, seconds),
             &mut same_node.kernel,
         )?;
         measure(
             "| cross-node dataplane",
-            || pod_to_pod(&with_dataplane, (0, 0), (1, 0), seconds),
+            bits,
+            || pod_to_pod(ours, (0, 0), remote, seconds),
             &mut cross_node.dataplane,
         )?;
         measure(
             "flannel",
-            || pod_to_pod(&with_kernel, (0, 0), (1, 0), seconds),
+            bits,
+            || pod_to_pod(theirs, (0, 0), remote, seconds),
             &mut cross_node.kernel,
         )?;
         measure(
             "node-to-node",
-            || node_to_node(&with_dataplane, seconds),
+            bits,
+            || node_to_node(ours, seconds),
             &mut cross_node_vs_underlay.kernel,
+        )?;
+        measure(
+            "| egress dataplane",
+            bits,
+            || pod_to_external(ours, seconds),
+            &mut egress.dataplane,
+        )?;
+        measure(
+            "masquerade",
+            bits,
+            || pod_to_external(theirs, seconds),
+            &mut egress.kernel,
+        )?;
+        let rate = |cluster| pod_to_external_connections(cluster, seconds);
+        measure(
+            "| new connections dataplane",
+            connections,
+            || rate(ours),
+            &mut egress_connections.dataplane,
+        )?;
+        measure(
+            "masquerade",
+            connections,
+            || rate(theirs),
+            &mut egress_connections.kernel,
         )?;
         println!();
     }
     cross_node_vs_underlay.dataplane = cross_node.dataplane.clone();
     report(
-        &[same_node, cross_node, cross_node_vs_underlay],
+        &[
+            same_node,
+            cross_node,
+            cross_node_vs_underlay,
+            egress,
+            egress_connections,
+        ],
         repetitions,
         seconds,
     )
@@ -130,26 +220,30 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<()> {
 fn report(scenarios: &[Scenario], repetitions: usize, seconds: u32) -> anyhow::Result<()> {
     let mut markdown = format!(
         "Median of {repetitions} interleaved run(s) of {seconds} s each.\n\n\
-         | scenario | baseline | dataplane / baseline | dataplane Gbit/s | baseline Gbit/s |\n\
+         | scenario | baseline | dataplane / baseline | dataplane | baseline |\n\
          |---|---|---|---|---|\n"
     );
     let mut json = Vec::new();
     for scenario in scenarios {
         let (ours, theirs) = (median(&scenario.dataplane), median(&scenario.kernel));
         markdown.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.2} | {} | {} |\n",
             scenario.name,
             scenario.baseline,
             ours / theirs,
-            ours / 1e9,
-            theirs / 1e9
+            scenario.unit.show(ours),
+            scenario.unit.show(theirs)
         ));
         json.push(serde_json::json!({
             "scenario": scenario.name,
             "baseline": scenario.baseline,
             "ratio": ours / theirs,
-            "dataplane_bits_per_second": scenario.dataplane,
-            "baseline_bits_per_second": scenario.kernel,
+            "unit": match scenario.unit {
+                Unit::BitsPerSecond => "bit/s",
+                Unit::ConnectionsPerSecond => "connections/s",
+            },
+            "dataplane_runs": scenario.dataplane,
+            "baseline_runs": scenario.kernel,
         }));
     }
     let directory = workspace_root().join("target/bench");
