@@ -3,7 +3,7 @@
 use std::{path::Path, sync::mpsc};
 
 use anyhow::Context as _;
-use dataplane_tests::{Cluster, ClusterSpec, Forwarding};
+use dataplane_tests::{Cluster, ClusterSpec, Forwarding, cluster::EXTERNAL_HOST_IP};
 
 const NODES: usize = 2;
 const PODS_PER_NODE: usize = 2;
@@ -58,6 +58,17 @@ pub fn run(binary: &Path) -> anyhow::Result<()> {
             })
             .collect();
         println!("  {} -> {}", from.ip, verdicts.join(", "));
+    }
+    println!(
+        "\nto the external host {EXTERNAL_HOST_IP} behind the gateway (SNAT to the node IP in BPF):"
+    );
+    for pod in &pods {
+        let verdict = if pod.reaches(EXTERNAL_HOST_IP) {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        println!("  {} -> {EXTERNAL_HOST_IP} {verdict}", pod.ip);
     }
     let first = &cluster.nodes[0];
     println!("\n{}", first.cli(&["status"])?);
