@@ -4,6 +4,7 @@
 use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -42,6 +43,22 @@ fn reconfigure_nat(node: &mut Node, setting: &str) -> anyhow::Result<()> {
     node.start_agent()
 }
 
+/// A UDP echo server on the external host answering `datagrams` datagrams
+/// within `seconds`; yields the sources it saw.
+fn external_echo(
+    cluster: &Cluster,
+    datagrams: usize,
+    seconds: u64,
+) -> anyhow::Result<JoinHandle<anyhow::Result<Vec<SocketAddr>>>> {
+    udp_echo_server(
+        &cluster.external,
+        EXTERNAL_HOST_IP,
+        ECHO_PORT,
+        datagrams,
+        Duration::from_secs(seconds),
+    )
+}
+
 fn echo_address() -> SocketAddr {
     SocketAddr::from((EXTERNAL_HOST_IP, ECHO_PORT))
 }
@@ -50,13 +67,7 @@ fn echo_address() -> SocketAddr {
 fn pods_on_two_nodes_reach_the_outside_as_their_node() -> anyhow::Result<()> {
     let cluster = cluster(2, 1);
     let node_ips: HashSet<Ipv4Addr> = cluster.nodes.iter().map(|node| node.ip).collect();
-    let udp = udp_echo_server(
-        &cluster.external,
-        EXTERNAL_HOST_IP,
-        ECHO_PORT,
-        2,
-        Duration::from_secs(10),
-    )?;
+    let udp = external_echo(&cluster, 2, 10)?;
     for node in &cluster.nodes {
         let pod = &node.pods[0];
         pod.ping(EXTERNAL_HOST_IP, 3)?;
@@ -107,13 +118,7 @@ fn pods_on_two_nodes_reach_the_outside_as_their_node() -> anyhow::Result<()> {
 fn two_pods_with_the_same_source_port_to_the_same_destination_both_work() -> anyhow::Result<()> {
     let cluster = cluster(1, 2);
     let node = &cluster.nodes[0];
-    let server = udp_echo_server(
-        &cluster.external,
-        EXTERNAL_HOST_IP,
-        ECHO_PORT,
-        4,
-        Duration::from_secs(10),
-    )?;
+    let server = external_echo(&cluster, 4, 10)?;
     // Both sockets stay open so the two connections exist at the same time.
     let sockets: Vec<_> = node
         .pods
@@ -152,13 +157,7 @@ fn five_thousand_concurrent_flows_without_collision_or_lost_reply() -> anyhow::R
     let cluster = cluster(1, 2);
     let node = &cluster.nodes[0];
     let total = FLOWS_PER_POD * node.pods.len();
-    let server = udp_echo_server(
-        &cluster.external,
-        EXTERNAL_HOST_IP,
-        ECHO_PORT,
-        2 * total,
-        Duration::from_secs(60),
-    )?;
+    let server = external_echo(&cluster, 2 * total, 60)?;
     // Every pod opens its sockets and keeps them: all flows are tracked at once.
     let pods: Vec<_> = node
         .pods
@@ -208,13 +207,7 @@ fn connections_expire_after_their_timeout() -> anyhow::Result<()> {
     let mut cluster = cluster(1, 1);
     reconfigure_nat(&mut cluster.nodes[0], "udp_timeout_seconds = 2")?;
     let node = &cluster.nodes[0];
-    let server = udp_echo_server(
-        &cluster.external,
-        EXTERNAL_HOST_IP,
-        ECHO_PORT,
-        1,
-        Duration::from_secs(10),
-    )?;
+    let server = external_echo(&cluster, 1, 10)?;
     joined(in_netns(&node.pods[0].netns, || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         udp_exchange(&socket, echo_address(), b"short-lived")
@@ -236,13 +229,7 @@ fn a_tiny_port_range_shows_exhaustion_instead_of_misbehaving() -> anyhow::Result
     let mut cluster = cluster(1, 1);
     reconfigure_nat(&mut cluster.nodes[0], "port_range = \"40000-40001\"")?;
     let node = &cluster.nodes[0];
-    let server = udp_echo_server(
-        &cluster.external,
-        EXTERNAL_HOST_IP,
-        ECHO_PORT,
-        4,
-        Duration::from_secs(10),
-    )?;
+    let server = external_echo(&cluster, 4, 10)?;
     let outcomes = joined(in_netns(&node.pods[0].netns, || {
         let sockets: Vec<UdpSocket> = (0..3)
             .map(|_| UdpSocket::bind("0.0.0.0:0"))
