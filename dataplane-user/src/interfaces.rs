@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
-    Handle, LinkGetRequest, LinkVxlan,
+    Handle, LinkGetRequest, LinkUnspec, LinkVxlan,
     packet_route::{
         address::AddressAttribute,
         link::{LinkAttribute, LinkMessage},
@@ -17,6 +17,8 @@ pub struct Interface {
     pub name: String,
     pub mac: [u8; 6],
     pub mtu: u32,
+    /// For a veth: its peer's ifindex (in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 /// What the collect_md VXLAN device is created with.
@@ -108,6 +110,16 @@ impl Interfaces {
             .collect())
     }
 
+    pub async fn set_mtu(&self, interface: &Interface, mtu: u32) -> Result<(), InterfaceError> {
+        let message = LinkUnspec::new_with_index(interface.index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|error| InterfaceError::Request(interface.name.clone(), error))
+    }
+
     /// (Re)creates `name` as a collect_md VXLAN device: no VNI, remote or FDB
     /// of its own. The BPF programs encapsulate and decapsulate; the device's
     /// UDP socket is what makes the kernel's GRO aggregate received VXLAN
@@ -154,11 +166,13 @@ fn interface_of(message: LinkMessage) -> Result<Interface, InterfaceError> {
     let mut name = String::new();
     let mut mac = None;
     let mut mtu = 0;
+    let mut peer_index = None;
     for attribute in message.attributes {
         match attribute {
             LinkAttribute::IfName(value) => name = value,
             LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
             LinkAttribute::Mtu(value) => mtu = value,
+            LinkAttribute::Link(value) => peer_index = Some(value),
             _ => {}
         }
     }
@@ -168,5 +182,6 @@ fn interface_of(message: LinkMessage) -> Result<Interface, InterfaceError> {
         name,
         mac,
         mtu,
+        peer_index,
     })
 }

@@ -141,6 +141,8 @@ pub struct Node {
     pub socket: PathBuf,
     pub config: PathBuf,
     log: PathBuf,
+    /// Unique prefix for namespaces of pods created later (e.g. through CNI).
+    pub pod_prefix: String,
 }
 
 impl Node {
@@ -429,7 +431,7 @@ fn connect_nodes_like_flannel(nodes: &[Node]) -> anyhow::Result<()> {
 
 /// A namespace with IPv6 off, so neighbour discovery and MLD chatter never
 /// shows up in packet counts of IPv4 tests.
-fn create_ipv4_only_netns(name: String) -> anyhow::Result<Netns> {
+pub fn create_ipv4_only_netns(name: String) -> anyhow::Result<Netns> {
     let netns = Netns::create(name)?;
     netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
     netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
@@ -549,6 +551,7 @@ impl Cluster {
             socket,
             config,
             log: self.workdir.path().join(format!("n{index}.log")),
+            pod_prefix: format!("{prefix}-n{index}c"),
         };
         for pod in 0..spec.pods_per_node {
             let pod_ip = Ipv4Addr::new(10, 244, octet, 2 + u8::try_from(pod)?);

@@ -6,6 +6,7 @@
 //! is removed on drop (also when a test panics).
 
 pub mod cluster;
+pub mod cni;
 pub mod netns;
 pub mod traffic;
 

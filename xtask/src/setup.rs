@@ -22,6 +22,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iptables",
     "nftables",
+    "containernetworking-plugins",
 ];
 
 pub fn run() -> anyhow::Result<()> {
