@@ -8,6 +8,7 @@ use dataplane_user::{
     agent,
     api::{self, Request, Response},
     config::{DEFAULT_API_SOCKET, EndpointSpec, NodeSpec},
+    install,
 };
 use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
@@ -53,6 +54,17 @@ enum Command {
     Counters,
     /// The node's settings as the agent applied them (node IP, tunnel, pod MTU).
     Status,
+    /// Install the CNI plugin and chain it into the node's CNI configuration
+    /// (what the DaemonSet's init container runs).
+    InstallCni {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The node's pod CIDR, for writing a configuration when none exists.
+        #[arg(long)]
+        pod_cidr: Option<Ipv4Network>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +124,26 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let request = match cli.command {
+        Command::InstallCni {
+            bin_dir,
+            conf_dir,
+            pod_cidr,
+        } => {
+            let plugin = std::env::current_exe()?.with_file_name(install::PLUGIN_NAME);
+            let written = install::install(&install::InstallOptions {
+                plugin,
+                bin_dir,
+                conf_dir,
+                socket: cli.socket,
+                pod_cidr,
+            })?;
+            println!(
+                "installed {} and chained it in {}",
+                install::PLUGIN_NAME,
+                written.display()
+            );
+            return Ok(());
+        }
         Command::Agent { config } => {
             return tokio::runtime::Builder::new_current_thread()
                 .enable_all()

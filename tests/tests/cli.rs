@@ -57,3 +57,46 @@ fn cli_rejects_malformed_arguments() {
     assert!(!ok);
     assert!(stderr.contains("--ip"), "{stderr}");
 }
+
+#[test]
+fn install_cni_puts_a_working_plugin_and_a_conflist_in_place() {
+    let directory = tempfile::tempdir().unwrap();
+    let (bin_dir, conf_dir) = (directory.path().join("bin"), directory.path().join("net.d"));
+    let (ok, stderr) = dataplane(&[
+        "install-cni",
+        "--bin-dir",
+        bin_dir.to_str().unwrap(),
+        "--conf-dir",
+        conf_dir.to_str().unwrap(),
+        "--pod-cidr",
+        "10.244.7.0/24",
+    ]);
+    assert!(ok, "{stderr}");
+    let conflist = std::fs::read_to_string(conf_dir.join("10-dataplane.conflist")).unwrap();
+    assert!(
+        conflist.contains("dataplane-cni") && conflist.contains("10.244.7.0/24"),
+        "{conflist}"
+    );
+
+    let mut plugin = Command::new(bin_dir.join("dataplane-cni"))
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    plugin
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"cniVersion":"1.0.0"}"#)
+        .unwrap();
+    let output = plugin.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        version.contains("1.1.0") && version.contains("0.4.0"),
+        "{version}"
+    );
+}
