@@ -65,7 +65,7 @@ impl Agent {
         let ebpf = loader::load(&pin_dir)?;
         info!(pin_dir = %pin_dir.display(), "eBPF programs loaded");
 
-        let mut dataplane = Dataplane::new(ebpf)?;
+        let mut dataplane = Dataplane::new(ebpf, &pin_dir)?;
         let interfaces = Interfaces::connect()?;
         let mut node = config.node.clone();
         let mut node_config = NodeConfig {
@@ -143,6 +143,9 @@ impl Agent {
             agent
                 .add_node(node)
                 .with_context(|| format!("node {} from the config file", node.ip))?;
+        }
+        for stale in agent.dataplane().remove_stale_links() {
+            info!(pin = %stale.display(), "removed a pinned link nothing uses any more");
         }
         Ok(agent)
     }

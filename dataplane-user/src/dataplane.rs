@@ -1,15 +1,25 @@
 //! The loaded dataplane: programs, maps, and where the programs are attached.
 //! Keeps in-memory mirrors of the endpoint and node maps so attach, detach
 //! and update decisions need no map scans.
+//!
+//! Every attachment is a tcx link pinned in bpffs, so programs keep
+//! forwarding while the agent is down. A restarted agent finds the pinned
+//! link and swaps its own program in atomically (BPF_LINK_UPDATE): no moment
+//! without a program. Detaching is removing the pin.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashSet},
     net::Ipv4Addr,
+    path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf,
-    programs::{TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use dataplane_common::{Endpoint, FlowKey, NatEntry, NodeConfig, names};
 use ipnetwork::Ipv4Network;
@@ -29,6 +39,13 @@ pub enum DataplaneError {
         interface: String,
         source: aya::programs::ProgramError,
     },
+    #[error("cannot pin the link of {program} on {interface} at {path}: {detail}")]
+    Pin {
+        program: &'static str,
+        interface: String,
+        path: PathBuf,
+        detail: String,
+    },
     #[error(transparent)]
     Maps(#[from] MapsError),
 }
@@ -44,7 +61,9 @@ struct Attachment {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
-    links: HashMap<Attachment, SchedClassifierLinkId>,
+    /// Where the pinned links live.
+    links_dir: PathBuf,
+    attached: HashSet<Attachment>,
     endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     remote_nodes: BTreeMap<Ipv4Addr, Ipv4Network>,
 }
@@ -53,14 +72,22 @@ impl Dataplane {
     /// Wraps a loaded object. Endpoints and nodes already in the (pinned) maps
     /// are kept in the mirrors but not attached: the caller decides to adopt
     /// or drop them.
-    pub fn new(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
+    pub fn new(mut ebpf: Ebpf, pin_dir: &Path) -> Result<Self, DataplaneError> {
         let maps = Maps::take_from(&mut ebpf)?;
         let endpoints = maps.endpoints()?.into_iter().collect();
         let remote_nodes = maps.remote_nodes()?.into_iter().collect();
+        let links_dir = pin_dir.join("links");
+        std::fs::create_dir_all(&links_dir).map_err(|error| DataplaneError::Pin {
+            program: "(all)",
+            interface: String::new(),
+            path: links_dir.clone(),
+            detail: error.to_string(),
+        })?;
         Ok(Self {
             ebpf,
             maps,
-            links: HashMap::new(),
+            links_dir,
+            attached: HashSet::new(),
             endpoints,
             remote_nodes,
         })
@@ -97,7 +124,7 @@ impl Dataplane {
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.links.contains_key(&from_pod_on(ifindex))
+        self.attached.contains(&from_pod_on(ifindex))
     }
 
     /// Registers (or replaces) the endpoint `ip` behind host veth `interface`.
@@ -177,7 +204,21 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches `program` to `interface` unless it already is; `Ok(true)` if it was not.
+    fn pin_path(&self, attachment: &Attachment) -> PathBuf {
+        let direction = if attachment.egress {
+            "egress"
+        } else {
+            "ingress"
+        };
+        self.links_dir.join(format!(
+            "{}-{}-{direction}",
+            attachment.program, attachment.ifindex
+        ))
+    }
+
+    /// Attaches `program` to `interface` unless it already is; `Ok(true)` if it
+    /// was not. A link pinned by an earlier agent is adopted: this build's
+    /// program replaces the old one on it atomically.
     fn attach(
         &mut self,
         program: &'static str,
@@ -189,38 +230,88 @@ impl Dataplane {
             ifindex: interface.index,
             egress,
         };
-        if self.links.contains_key(&attachment) {
+        if self.attached.contains(&attachment) {
             return Ok(false);
         }
-        let direction = if egress {
-            TcAttachType::Egress
-        } else {
-            TcAttachType::Ingress
+        let pin = self.pin_path(&attachment);
+        let pin_error = |detail: String| DataplaneError::Pin {
+            program,
+            interface: interface.name.clone(),
+            path: pin.clone(),
+            detail,
         };
-        let link = classifier(&mut self.ebpf, program)
-            .attach(&interface.name, direction)
-            .map_err(|source| DataplaneError::Attach {
-                program,
-                interface: interface.name.clone(),
-                source,
-            })?;
-        self.links.insert(attachment, link);
+        let classifier = classifier(&mut self.ebpf, program);
+        let adopted = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok())
+            .and_then(|link| classifier.attach_to_link(link).ok());
+        let link = match adopted {
+            Some(link) => link,
+            None => {
+                // No pin, or one whose interface is gone: start afresh.
+                let _ = std::fs::remove_file(&pin);
+                let direction = if egress {
+                    TcAttachType::Egress
+                } else {
+                    TcAttachType::Ingress
+                };
+                classifier
+                    .attach(&interface.name, direction)
+                    .map_err(|source| DataplaneError::Attach {
+                        program,
+                        interface: interface.name.clone(),
+                        source,
+                    })?
+            }
+        };
+        let link: FdLink = classifier
+            .take_link(link)
+            .map_err(|error| pin_error(error.to_string()))?
+            .try_into()
+            .map_err(|error: aya::programs::links::LinkError| pin_error(error.to_string()))?;
+        if !pin.exists() {
+            link.pin(&pin)
+                .map_err(|error| pin_error(error.to_string()))?;
+        }
+        // The pin holds the link from here on, whatever happens to this process.
+        self.attached.insert(attachment);
         Ok(true)
     }
 
+    fn detach(&mut self, attachment: &Attachment) {
+        if self.attached.remove(attachment)
+            && let Err(error) = std::fs::remove_file(self.pin_path(attachment))
+        {
+            debug!(?attachment, %error, "unpinning link");
+        }
+    }
+
+    /// Removes pinned links this agent did not attach or adopt: left behind for
+    /// interfaces that are gone, or for endpoints removed while it was down.
+    pub fn remove_stale_links(&mut self) -> Vec<PathBuf> {
+        let current: HashSet<PathBuf> = self
+            .attached
+            .iter()
+            .map(|attachment| self.pin_path(attachment))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.links_dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| !current.contains(path))
+            .filter(|path| std::fs::remove_file(path).is_ok())
+            .collect()
+    }
+
     fn detach_from_pod_if_unused(&mut self, ifindex: u32) {
-        if self
+        if !self
             .endpoints
             .values()
             .any(|endpoint| endpoint.host_ifindex == ifindex)
         {
-            return;
-        }
-        if let Some(link) = self.links.remove(&from_pod_on(ifindex))
-            && let Err(error) = classifier(&mut self.ebpf, names::FROM_POD_PROGRAM).detach(link)
-        {
-            // The veth is usually gone already (pod deleted), taking the link with it.
-            debug!(ifindex, %error, "detaching from-pod program");
+            self.detach(&from_pod_on(ifindex));
         }
     }
 }

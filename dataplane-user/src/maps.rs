@@ -197,14 +197,22 @@ impl Maps {
             .map_err(access(names::ENDPOINTS_MAP))
     }
 
-    /// Makes `cidrs` the complete list of non-masquerade destinations.
+    /// Makes `cidrs` the complete list of non-masquerade destinations, without
+    /// a moment in which an entry that stays is missing.
     pub fn set_no_masquerade(&mut self, cidrs: &[Ipv4Network]) -> Result<(), MapsError> {
         let name = names::NO_MASQUERADE_MAP;
+        let wanted: Vec<(u32, Ipv4Octets)> = cidrs
+            .iter()
+            .map(|cidr| (u32::from(cidr.prefix()), cidr.network().octets()))
+            .collect();
         let stale: Vec<Key<Ipv4Octets>> = self
             .no_masquerade
             .keys()
-            .collect::<Result<_, _>>()
-            .map_err(access(name))?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(access(name))?
+            .into_iter()
+            .filter(|key| !wanted.contains(&(key.prefix_len(), key.data())))
+            .collect();
         for key in stale {
             removed(self.no_masquerade.remove(&key), name)?;
         }

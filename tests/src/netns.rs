@@ -114,6 +114,17 @@ impl Netns {
             .with_context(|| format!("spawning {args:?} in {}", self.name))
     }
 
+    /// Starts a program inside the namespace with its stdout captured.
+    pub fn spawn_captured(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new("ip")
+            .args(self.exec_args(args))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {args:?} in {}", self.name))
+    }
+
     fn exec_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut full = vec!["netns", "exec", self.name.as_str()];
         full.extend_from_slice(args);

@@ -246,7 +246,7 @@ pub fn iperf3_tcp(
 }
 
 /// Polls `ss` until something listens on TCP `port` in `netns` (bounded).
-fn wait_until_listening(netns: &Netns, port: &str) -> anyhow::Result<()> {
+pub fn wait_until_listening(netns: &Netns, port: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let filter = format!("sport = :{port}");
     while Instant::now() < deadline {
@@ -277,7 +277,8 @@ fn reap(process: &mut Child, grace: Duration) {
     let _ = process.wait();
 }
 
-fn received_bits_per_second(json: &str) -> anyhow::Result<f64> {
+/// The receiver's rate from `iperf3 --json` output, or its error.
+pub fn received_bits_per_second(json: &str) -> anyhow::Result<f64> {
     let report: serde_json::Value = serde_json::from_str(json).context("iperf3 --json output")?;
     if let Some(error) = report["error"].as_str() {
         bail!("iperf3: {error}");
