@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{CounterEntry, EndpointEntry, Request, Response, Status},
+    api::{self, CounterEntry, EndpointEntry, Request, Response, Status},
     config::{
         Config, EndpointSpec, NatSettings, NodeSettings, NodeSpec, PortRange, validate_endpoint,
         validate_remote_node,
@@ -374,6 +374,31 @@ fn check_port_range(range: PortRange) -> anyhow::Result<()> {
              connections would collide with masqueraded ones; choose a range outside it"
         );
     }
+    Ok(())
+}
+
+/// Removes what agents with this config created: the whole bpf_root (pinned
+/// links, which detaches the programs, and maps of every layout version),
+/// the VXLAN device and the API socket.
+pub async fn uninstall(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    if api::call(&config.agent.api_socket, &Request::Status).is_ok() {
+        bail!(
+            "an agent is running on {}: stop it first",
+            config.agent.api_socket.display()
+        );
+    }
+    let root = &config.agent.bpf_root;
+    match std::fs::remove_dir_all(root) {
+        Ok(()) => info!(path = %root.display(), "removed pinned links, programs and maps"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("removing {}", root.display())),
+    }
+    let interfaces = Interfaces::connect()?;
+    if interfaces.delete(VXLAN_DEVICE).await? {
+        info!(device = VXLAN_DEVICE, "removed the VXLAN device");
+    }
+    let _ = std::fs::remove_file(&config.agent.api_socket);
     Ok(())
 }
 

@@ -120,6 +120,20 @@ impl Interfaces {
             .map_err(|error| InterfaceError::Request(interface.name.clone(), error))
     }
 
+    /// Deletes the interface `name`; `Ok(false)` when there was none.
+    pub async fn delete(&self, name: &str) -> Result<bool, InterfaceError> {
+        let Some(interface) = self.by_name(name).await? else {
+            return Ok(false);
+        };
+        self.handle
+            .link()
+            .del(interface.index)
+            .execute()
+            .await
+            .map_err(|error| InterfaceError::Request(name.to_string(), error))?;
+        Ok(true)
+    }
+
     /// (Re)creates `name` as a collect_md VXLAN device: no VNI, remote or FDB
     /// of its own. The BPF programs encapsulate and decapsulate; the device's
     /// UDP socket is what makes the kernel's GRO aggregate received VXLAN
@@ -131,14 +145,7 @@ impl Interfaces {
         settings: VxlanSettings,
     ) -> Result<Interface, InterfaceError> {
         let request_error = |error| InterfaceError::Request(name.to_string(), error);
-        if let Some(existing) = self.by_name(name).await? {
-            self.handle
-                .link()
-                .del(existing.index)
-                .execute()
-                .await
-                .map_err(request_error)?;
-        }
+        self.delete(name).await?;
         // VNI 0: a flow-based socket maps every received packet to VNI 0 to
         // find its device; the real VNI travels in the tunnel metadata.
         let message = LinkVxlan::new(name, 0)

@@ -54,6 +54,13 @@ enum Command {
     Counters,
     /// The node's settings as the agent applied them (node IP, tunnel, pod MTU).
     Status,
+    /// Remove everything the agent created on this node: pinned programs,
+    /// links and maps, and the VXLAN device. The agent must be stopped.
+    Uninstall {
+        /// The agent's config file (for its bpf_root and socket).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Install the CNI plugin and chain it into the node's CNI configuration
     /// (what the DaemonSet's init container runs).
     InstallCni {
@@ -143,6 +150,12 @@ fn main() -> anyhow::Result<()> {
                 written.display()
             );
             return Ok(());
+        }
+        Command::Uninstall { config } => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(agent::uninstall(&config));
         }
         Command::Agent { config } => {
             return tokio::runtime::Builder::new_current_thread()

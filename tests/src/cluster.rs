@@ -203,6 +203,27 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Runs `dataplane uninstall` for this node's config, in its namespace.
+    pub fn uninstall(&self) -> anyhow::Result<String> {
+        let binary = dataplane_binary()?.display().to_string();
+        let netns = format!("--net={}", self.netns.path());
+        let config = self.config.display().to_string();
+        run(
+            "nsenter",
+            &[&netns, "--", &binary, "uninstall", "--config", &config],
+        )
+    }
+
+    /// The bpffs directory this node's agent pins under.
+    pub fn bpf_root(&self) -> anyhow::Result<PathBuf> {
+        let config = std::fs::read_to_string(&self.config)?;
+        let root = config
+            .lines()
+            .find_map(|line| line.strip_prefix("bpf_root = "))
+            .context("the node's config has a bpf_root")?;
+        Ok(PathBuf::from(root.trim_matches('"')))
+    }
+
     /// Runs the `dataplane` CLI against this node's agent.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let binary = dataplane_binary()?;

@@ -103,3 +103,33 @@ fn killing_and_restarting_every_agent_keeps_streams_and_connections_alive() -> a
     }
     Ok(())
 }
+
+#[test]
+fn a_stopped_agent_keeps_forwarding_until_uninstall_removes_everything() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(ClusterSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        forwarding: Forwarding::Dataplane,
+    })?;
+    let node = &mut cluster.nodes[0];
+    node.stop_agent(Signal::SIGTERM);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    a.ping(b.ip, 2)?;
+    a.ping(EXTERNAL_HOST_IP, 2)?;
+
+    node.uninstall()?;
+    assert!(!node.bpf_root()?.exists(), "pins left behind");
+    assert!(
+        node.netns.ip(&["link", "show", "dp-vxlan"]).is_err(),
+        "VXLAN device left behind"
+    );
+    assert!(!a.reaches(b.ip), "programs still attached after uninstall");
+    // Uninstalling twice is fine; with the agent running it is refused.
+    node.uninstall()?;
+    node.start_agent()?;
+    let refused = node
+        .uninstall()
+        .expect_err("uninstall while the agent runs");
+    assert!(refused.to_string().contains("stop it first"), "{refused:#}");
+    Ok(())
+}
