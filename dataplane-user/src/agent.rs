@@ -224,6 +224,39 @@ impl Agent {
         Ok(removed)
     }
 
+    /// Applies a changed config file. The file owns the nodes it lists: nodes
+    /// it listed before and no longer does are removed, the ones it lists are
+    /// added or updated; nodes from other sources (the API) are left alone.
+    /// Endpoints it lists are registered; other settings need a restart.
+    async fn apply_reloaded(&self, before: &Config, after: &Config) -> anyhow::Result<()> {
+        let mut removed = 0;
+        for node in before
+            .nodes
+            .iter()
+            .filter(|node| !after.nodes.iter().any(|kept| kept.ip == node.ip))
+        {
+            if self.remove_node(node.ip)? {
+                removed += 1;
+            }
+        }
+        for node in &after.nodes {
+            self.add_node(node)?;
+        }
+        for endpoint in &after.endpoints {
+            self.add_endpoint(endpoint).await?;
+        }
+        info!(
+            nodes = after.nodes.len(),
+            nodes_removed = removed,
+            endpoints = after.endpoints.len(),
+            "config file reloaded"
+        );
+        if after.node != before.node || after.nat != before.nat || after.agent != before.agent {
+            warn!("changes to [agent], [node] or [nat] take effect at the next agent start");
+        }
+        Ok(())
+    }
+
     fn list_nodes(&self) -> anyhow::Result<Vec<NodeSpec>> {
         Ok(self
             .dataplane()
@@ -408,6 +441,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let agent = Arc::new(Agent::start(&config).await?);
     let listener = bind(&config.agent.api_socket)?;
     info!(socket = %config.agent.api_socket.display(), "agent ready");
+    tokio::spawn(reload_config_on_change(
+        Arc::clone(&agent),
+        config_path.to_owned(),
+        config.clone(),
+    ));
     if agent.masquerading {
         tokio::spawn(collect_nat_garbage_forever(
             Arc::clone(&agent),
@@ -431,6 +469,33 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // The socket path is ours; a failure to remove it only leaves a stale file.
     let _ = std::fs::remove_file(&config.agent.api_socket);
     Ok(())
+}
+
+/// How often the config file is checked for changes.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches the config file; a valid new version is applied, an invalid one is
+/// reported and changes nothing.
+async fn reload_config_on_change(agent: Arc<Agent>, path: std::path::PathBuf, mut applied: Config) {
+    let mut ticks = tokio::time::interval(CONFIG_POLL_INTERVAL);
+    let mut seen = std::fs::read_to_string(&path).unwrap_or_default();
+    loop {
+        ticks.tick().await;
+        let Ok(text) = tokio::fs::read_to_string(&path).await else {
+            continue;
+        };
+        if text == seen {
+            continue;
+        }
+        seen = text;
+        match Config::parse(&seen, &path) {
+            Ok(config) => match agent.apply_reloaded(&applied, &config).await {
+                Ok(()) => applied = config,
+                Err(error) => warn!("applying the reloaded config: {error:#}"),
+            },
+            Err(error) => warn!("ignoring the changed config: {error}"),
+        }
+    }
 }
 
 async fn collect_nat_garbage_forever(agent: Arc<Agent>, interval: Duration) {

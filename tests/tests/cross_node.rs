@@ -220,3 +220,55 @@ fn nodes_from_the_config_file_are_programmed_at_start() -> anyhow::Result<()> {
     node.pods[0].ping(remote_pod, 2)?;
     Ok(())
 }
+
+/// Polls `check` for up to five seconds.
+fn eventually(mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<bool> {
+    for _ in 0..50 {
+        if check()? {
+            return Ok(true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(false)
+}
+
+#[test]
+fn editing_the_config_file_adds_and_removes_nodes_without_a_restart() -> anyhow::Result<()> {
+    let cluster = cluster(3, 1);
+    let (node, other, from_api) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    let (pod, remote_pod) = (&node.pods[0], &other.pods[0]);
+    node.remove_remote_node(other.ip)?;
+    assert!(!pod.reaches(remote_pod.ip));
+    let original = std::fs::read_to_string(&node.config)?;
+    let listed = || -> anyhow::Result<bool> {
+        Ok(node.cli(&["node", "list"])?.contains(&other.ip.to_string()))
+    };
+
+    let with_node = format!(
+        "{original}\n[[nodes]]\nip = \"{}\"\npod_cidr = \"{}\"\n",
+        other.ip, other.pod_cidr
+    );
+    std::fs::write(&node.config, &with_node)?;
+    assert!(
+        eventually(listed)?,
+        "the node from the edited file was not added"
+    );
+    pod.ping(remote_pod.ip, 2)?;
+
+    // A broken edit is reported and changes nothing.
+    std::fs::write(
+        &node.config,
+        format!("{with_node}\n[[nodes]]\nip = \"not an address\"\n"),
+    )?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(listed()?, "a broken config file removed a node");
+    assert!(node.agent_log().contains("ignoring the changed config"));
+
+    std::fs::write(&node.config, &original)?;
+    assert!(
+        eventually(|| Ok(!listed()?))?,
+        "the node removed from the file is still there"
+    );
+    assert!(!pod.reaches(remote_pod.ip));
+    Ok(())
+}
