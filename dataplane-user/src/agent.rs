@@ -147,6 +147,13 @@ impl Agent {
         for stale in agent.dataplane().remove_stale_links() {
             info!(pin = %stale.display(), "removed a pinned link nothing uses any more");
         }
+        for old in loader::remove_other_layout_versions(&config.agent.bpf_root) {
+            warn!(
+                pins = %old.display(),
+                "removed the programs and maps of another map layout version; \
+                 connections tracked there start afresh"
+            );
+        }
         Ok(agent)
     }
 

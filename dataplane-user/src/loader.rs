@@ -61,6 +61,29 @@ pub fn pin_directory(bpf_root: &Path) -> PathBuf {
     bpf_root.join(format!("v{MAP_LAYOUT_VERSION}"))
 }
 
+/// Removes pin directories of other map layout versions under `bpf_root`:
+/// their pinned links would keep programs of an older build attached beside
+/// ours, and their maps cannot be read by this build. Called once this
+/// build's programs are attached. Returns the directories removed.
+pub fn remove_other_layout_versions(bpf_root: &Path) -> Vec<PathBuf> {
+    let current = pin_directory(bpf_root);
+    let Ok(entries) = std::fs::read_dir(bpf_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| *path != current)
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_prefix('v'))
+                .is_some_and(|version| version.parse::<u32>().is_ok())
+        })
+        .filter(|path| std::fs::remove_dir_all(path).is_ok())
+        .collect()
+}
+
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet.
 pub fn ensure_bpffs_mounted() -> Result<(), LoadError> {
     if is_bpffs(Path::new(BPFFS_MOUNT_POINT)) {

@@ -133,3 +133,22 @@ fn a_stopped_agent_keeps_forwarding_until_uninstall_removes_everything() -> anyh
     assert!(refused.to_string().contains("stop it first"), "{refused:#}");
     Ok(())
 }
+
+#[test]
+fn pins_of_another_layout_version_are_removed_once_the_new_programs_run() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(ClusterSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        forwarding: Forwarding::Dataplane,
+    })?;
+    let node = &mut cluster.nodes[0];
+    node.stop_agent(Signal::SIGTERM);
+    // What an agent of an older layout would have left (bpffs takes directories only).
+    let old = node.bpf_root()?.join("v1");
+    std::fs::create_dir_all(old.join("links"))?;
+    node.start_agent()?;
+    assert!(!old.exists(), "pins of layout v1 left in place");
+    assert!(node.agent_log().contains("another map layout version"));
+    node.pods[0].ping(node.pods[1].ip, 1)?;
+    Ok(())
+}
