@@ -270,5 +270,11 @@ fn editing_the_config_file_adds_and_removes_nodes_without_a_restart() -> anyhow:
         "the node removed from the file is still there"
     );
     assert!(!pod.reaches(remote_pod.ip));
+    // The file owns only the nodes it listed: the one added through the API stays.
+    assert!(
+        node.cli(&["node", "list"])?
+            .contains(&from_api.ip.to_string())
+    );
+    pod.ping(from_api.pods[0].ip, 1)?;
     Ok(())
 }
