@@ -27,7 +27,7 @@ use crate::{
     },
     dataplane::Dataplane,
     interfaces::{Interfaces, VxlanSettings},
-    loader,
+    kubernetes, loader,
     maps::ipv4_cidr,
     nat::{self, Timeouts},
 };
@@ -40,6 +40,10 @@ pub struct Agent {
     interfaces: Interfaces,
     /// The node settings with `node_ip` resolved.
     node: NodeSettings,
+    /// This node's pod CIDR: from the config file, or learned from Kubernetes.
+    local_pod_cidr: Mutex<Option<ipnetwork::Ipv4Network>>,
+    /// What NODE_CONFIG holds.
+    node_config: Mutex<NodeConfig>,
     /// MTU pods must use so their packets fit the tunnel; `None` without one.
     pod_mtu: Option<u32>,
     /// Whether pod traffic leaving the cluster is masqueraded.
@@ -126,6 +130,8 @@ impl Agent {
         let agent = Self {
             dataplane: Mutex::new(dataplane),
             interfaces,
+            local_pod_cidr: Mutex::new(node.pod_cidr),
+            node_config: Mutex::new(node_config),
             node,
             pod_mtu,
             masquerading,
@@ -157,6 +163,32 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The node settings as they are now (the pod CIDR may come from Kubernetes).
+    fn node_settings(&self) -> NodeSettings {
+        NodeSettings {
+            pod_cidr: *lock(&self.local_pod_cidr),
+            ..self.node.clone()
+        }
+    }
+
+    /// Sets this node's pod CIDR (learned from its Node object).
+    pub fn set_local_pod_cidr(&self, pod_cidr: ipnetwork::Ipv4Network) -> anyhow::Result<()> {
+        let mut current = lock(&self.local_pod_cidr);
+        if *current == Some(pod_cidr) {
+            return Ok(());
+        }
+        let mut node_config = lock(&self.node_config);
+        node_config.pod_cidr = ipv4_cidr(pod_cidr);
+        self.dataplane().set_node_config(*node_config)?;
+        *current = Some(pod_cidr);
+        info!(%pod_cidr, "this node's pod CIDR");
+        Ok(())
+    }
+
+    pub fn node_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.node.node_ip
+    }
+
     fn dataplane(&self) -> MutexGuard<'_, Dataplane> {
         // A panic while holding the lock leaves the maps consistent (each
         // operation is a single syscall or rolls back), so poisoning is moot.
@@ -186,7 +218,7 @@ impl Agent {
     }
 
     pub async fn add_endpoint(&self, spec: &EndpointSpec) -> anyhow::Result<()> {
-        if let Err((field, problem)) = validate_endpoint(spec, self.node.pod_cidr) {
+        if let Err((field, problem)) = validate_endpoint(spec, self.node_settings().pod_cidr) {
             bail!("endpoint field `{field}`: {problem}");
         }
         let Some(interface) = self.interfaces.by_name(&spec.interface).await? else {
@@ -217,7 +249,7 @@ impl Agent {
             .into_iter()
             .map(|(ip, pod_cidr)| NodeSpec { ip, pod_cidr })
             .collect();
-        if let Err((field, problem)) = validate_remote_node(node, &self.node, &others) {
+        if let Err((field, problem)) = validate_remote_node(node, &self.node_settings(), &others) {
             bail!("node field `{field}`: {problem}");
         }
         dataplane.add_remote_node(node.ip, node.pod_cidr)?;
@@ -312,7 +344,7 @@ impl Agent {
         let dataplane = self.dataplane();
         Ok(Status {
             node_ip: self.node.node_ip,
-            pod_cidr: self.node.pod_cidr,
+            pod_cidr: self.node_settings().pod_cidr,
             cluster_cidr: self.node.cluster_cidr,
             uplink: self.node.uplink.clone(),
             tunnel_interface: self.node.uplink.as_ref().map(|_| VXLAN_DEVICE.to_string()),
@@ -398,6 +430,11 @@ impl Agent {
 /// The smallest MTU IPv4 allows (RFC 791).
 const MIN_IPV4_MTU: u32 = 68;
 
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 /// Refuses a SNAT port range that overlaps the node's own ephemeral ports:
 /// the host's connections from the node IP would collide with translated ones.
 fn check_port_range(range: PortRange) -> anyhow::Result<()> {
@@ -453,6 +490,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path.to_owned(),
         config.clone(),
     ));
+    if config.kubernetes.enabled {
+        let node_name = kubernetes::node_name(&config.kubernetes)?;
+        tokio::spawn(kubernetes::follow_nodes(Arc::clone(&agent), node_name));
+    }
     if agent.masquerading {
         tokio::spawn(collect_nat_garbage_forever(
             Arc::clone(&agent),

@@ -55,6 +55,18 @@ pub struct Config {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub nat: NatSettings,
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
+}
+
+/// Nodes and pod CIDRs from the Kubernetes API (`Node.spec.podCIDR(s)` and
+/// the InternalIP), through the usual in-cluster or KUBECONFIG credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSettings {
+    pub enabled: bool,
+    /// This node's name; by default $NODE_NAME (the downward API), else the hostname.
+    pub node_name: Option<String>,
 }
 
 /// Egress SNAT to the node IP for pod traffic leaving the cluster.
@@ -301,6 +313,13 @@ impl Config {
             return Err((
                 format!("nat.no_masquerade_cidrs[{index}]"),
                 "overlaps the cluster CIDR, which is never masqueraded anyway".into(),
+            ));
+        }
+        if self.kubernetes.enabled && self.node.uplink.is_none() {
+            return Err((
+                "kubernetes.enabled".into(),
+                "nodes from Kubernetes are reached through the VXLAN tunnel: set node.uplink"
+                    .into(),
             ));
         }
         if !self.nodes.is_empty() && self.node.uplink.is_none() {

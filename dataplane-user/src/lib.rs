@@ -7,6 +7,7 @@ pub mod config;
 pub mod dataplane;
 pub mod install;
 pub mod interfaces;
+pub mod kubernetes;
 pub mod loader;
 pub mod maps;
 pub mod nat;

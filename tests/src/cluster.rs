@@ -143,6 +143,8 @@ pub struct Node {
     log: PathBuf,
     /// Unique prefix for namespaces of pods created later (e.g. through CNI).
     pub pod_prefix: String,
+    /// Extra environment for the agent process (e.g. KUBECONFIG).
+    pub agent_environment: Vec<(String, String)>,
 }
 
 impl Node {
@@ -164,6 +166,11 @@ impl Node {
             .args(["agent", "--config"])
             .arg(&self.config)
             .env("DATAPLANE_LOG", "debug")
+            .envs(
+                self.agent_environment
+                    .iter()
+                    .map(|(key, value)| (key, value)),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -573,6 +580,7 @@ impl Cluster {
             config,
             log: self.workdir.path().join(format!("n{index}.log")),
             pod_prefix: format!("{prefix}-n{index}c"),
+            agent_environment: Vec::new(),
         };
         for pod in 0..spec.pods_per_node {
             let pod_ip = Ipv4Addr::new(10, 244, octet, 2 + u8::try_from(pod)?);

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod kube_api;
 pub mod netns;
 pub mod traffic;
 
