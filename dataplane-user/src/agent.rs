@@ -296,7 +296,7 @@ impl Agent {
         Ok(())
     }
 
-    fn list_nodes(&self) -> anyhow::Result<Vec<NodeSpec>> {
+    pub fn remote_nodes(&self) -> anyhow::Result<Vec<NodeSpec>> {
         Ok(self
             .dataplane()
             .remote_nodes()?
@@ -415,7 +415,7 @@ impl Agent {
             Request::RemoveNode { ip } => self
                 .remove_node(ip)
                 .map(|changed| Response::Done { changed }),
-            Request::ListNodes => self.list_nodes().map(|nodes| Response::Nodes { nodes }),
+            Request::ListNodes => self.remote_nodes().map(|nodes| Response::Nodes { nodes }),
             Request::Status => self.status().map(|status| Response::Status { status }),
             Request::ListNat => self
                 .nat_connections()
@@ -492,7 +492,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     ));
     if config.kubernetes.enabled {
         let node_name = kubernetes::node_name(&config.kubernetes)?;
-        tokio::spawn(kubernetes::follow_nodes(Arc::clone(&agent), node_name));
+        tokio::spawn(kubernetes::follow_nodes(
+            Arc::clone(&agent),
+            node_name,
+            config.nodes.clone(),
+        ));
     }
     if agent.masquerading {
         tokio::spawn(collect_nat_garbage_forever(

@@ -1,9 +1,16 @@
 //! Kubernetes as the source of nodes: every `Node` with an InternalIP and a
 //! pod CIDR becomes a remote node; this node's own `Node` gives its pod CIDR.
-//! The watcher relists after errors and dropped watches; each (re)list is a
-//! full reconciliation, so nodes deleted meanwhile are removed too.
+//! The watcher relists after errors and dropped watches, and every few
+//! minutes; each list is a full reconciliation against the node map as it
+//! is (pinned, so it includes what an earlier agent programmed): nodes
+//! Kubernetes no longer lists are removed, except those of the config file.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -51,20 +58,37 @@ pub fn node_spec(node: &Node) -> Option<NodeSpec> {
     Some(NodeSpec { ip, pod_cidr })
 }
 
-/// Follows the cluster's Nodes for as long as the agent runs.
-pub async fn follow_nodes(agent: Arc<Agent>, node_name: String) {
-    loop {
-        if let Err(error) = watch(&agent, &node_name).await {
-            warn!("Kubernetes node source: {error:#}");
+/// How often the Nodes are relisted and reconciled even without errors.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Follows the cluster's Nodes for as long as the agent runs. Nodes in
+/// `file_nodes` belong to the config file and are never removed here.
+pub async fn follow_nodes(agent: Arc<Agent>, node_name: String, file_nodes: Vec<NodeSpec>) {
+    // What the map holds now, by IP until names are known.
+    let mut owned: Owned = match agent.remote_nodes() {
+        Ok(nodes) => nodes
+            .into_iter()
+            .filter(|node| !file_nodes.iter().any(|file| file.ip == node.ip))
+            .map(|node| (node.ip.to_string(), node))
+            .collect(),
+        Err(error) => {
+            warn!("reading the node map: {error:#}");
+            Owned::new()
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    loop {
+        match tokio::time::timeout(RESYNC_INTERVAL, watch(&agent, &node_name, &mut owned)).await {
+            Ok(Err(error)) => warn!("Kubernetes node source: {error:#}"),
+            Ok(Ok(())) | Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// The nodes this source programmed, by Node name.
+/// The nodes this source is responsible for, by Node name.
 type Owned = BTreeMap<String, NodeSpec>;
 
-async fn watch(agent: &Agent, node_name: &str) -> anyhow::Result<()> {
+async fn watch(agent: &Agent, node_name: &str, owned: &mut Owned) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -72,7 +96,6 @@ async fn watch(agent: &Agent, node_name: &str) -> anyhow::Result<()> {
     let mut events = watcher(nodes, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut owned = Owned::new();
     let mut listing = Owned::new();
     while let Some(event) = events.next().await {
         match event {
@@ -83,13 +106,14 @@ async fn watch(agent: &Agent, node_name: &str) -> anyhow::Result<()> {
                 }
             }
             Ok(watcher::Event::InitDone) => {
-                for (name, spec) in &owned {
-                    if !listing.contains_key(name) {
+                let listed: HashSet<Ipv4Addr> = listing.values().map(|spec| spec.ip).collect();
+                for (name, spec) in owned.iter() {
+                    if !listed.contains(&spec.ip) {
                         forget(agent, name, spec);
                     }
                 }
-                owned = std::mem::take(&mut listing);
-                for (name, spec) in &owned {
+                *owned = std::mem::take(&mut listing);
+                for (name, spec) in owned.iter() {
                     program(agent, name, spec);
                 }
                 info!(nodes = owned.len(), "Kubernetes nodes listed");
