@@ -77,9 +77,11 @@ pub async fn follow_nodes(agent: Arc<Agent>, node_name: String, file_nodes: Vec<
         }
     };
     loop {
-        match tokio::time::timeout(RESYNC_INTERVAL, watch(&agent, &node_name, &mut owned)).await {
-            Ok(Err(error)) => warn!("Kubernetes node source: {error:#}"),
-            Ok(Ok(())) | Err(_) => {}
+        // Elapsing is the resync: the next watch starts with a fresh list.
+        if let Ok(Err(error)) =
+            tokio::time::timeout(RESYNC_INTERVAL, watch(&agent, &node_name, &mut owned)).await
+        {
+            warn!("Kubernetes node source: {error:#}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
