@@ -29,6 +29,7 @@ use crate::{
     interfaces::{Interfaces, VxlanSettings},
     kubernetes, loader,
     maps::ipv4_cidr,
+    metrics,
     nat::{self, Timeouts},
 };
 
@@ -336,7 +337,7 @@ impl Agent {
         Ok(nat::connections(&entries, nat::monotonic_now_ns()))
     }
 
-    fn status(&self) -> anyhow::Result<Status> {
+    pub fn status(&self) -> anyhow::Result<Status> {
         let gc = *self
             .last_gc
             .lock()
@@ -379,7 +380,7 @@ impl Agent {
         Ok(entries)
     }
 
-    fn counters(&self) -> anyhow::Result<Vec<CounterEntry>> {
+    pub fn counter_entries(&self) -> anyhow::Result<Vec<CounterEntry>> {
         Ok(self
             .dataplane()
             .counters()?
@@ -407,7 +408,7 @@ impl Agent {
                 .await
                 .map(|endpoints| Response::Endpoints { endpoints }),
             Request::Counters => self
-                .counters()
+                .counter_entries()
                 .map(|counters| Response::Counters { counters }),
             Request::AddNode { node } => self
                 .add_node(&node)
@@ -490,6 +491,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path.to_owned(),
         config.clone(),
     ));
+    if let Some(address) = config.agent.metrics_address {
+        let agent = Arc::clone(&agent);
+        tokio::spawn(async move {
+            if let Err(error) = metrics::serve(agent, address).await {
+                warn!("metrics: {error:#}");
+            }
+        });
+    }
     if config.kubernetes.enabled {
         let node_name = kubernetes::node_name(&config.kubernetes)?;
         tokio::spawn(kubernetes::follow_nodes(

@@ -4,6 +4,7 @@
 //! [agent]
 //! api_socket = "/run/dataplane/agent.sock"   # local API used by the CLI and CNI plugin
 //! bpf_root = "/sys/fs/bpf/dataplane"         # maps are pinned under <bpf_root>/v<layout>
+//! metrics_address = "127.0.0.1:9650"         # Prometheus metrics on /metrics (off by default)
 //!
 //! [node]
 //! pod_cidr = "10.244.1.0/24"                 # this node's pod CIDR
@@ -172,6 +173,9 @@ pub struct AgentSettings {
     pub api_socket: PathBuf,
     #[serde(default = "default_bpf_root")]
     pub bpf_root: PathBuf,
+    /// Where Prometheus metrics are served (`GET /metrics`); off when unset.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentSettings {
@@ -179,6 +183,7 @@ impl Default for AgentSettings {
         Self {
             api_socket: default_api_socket(),
             bpf_root: default_bpf_root(),
+            metrics_address: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod interfaces;
 pub mod kubernetes;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod nat;
 
 /// The compiled eBPF object with every program of the dataplane.
