@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -17,6 +17,9 @@ pub mod names {
     pub const REMOTE_NODES_MAP: &str = "REMOTE_NODES";
     pub const NAT_MAP: &str = "NAT";
     pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
+    pub const MONITOR_MAP: &str = "MONITOR";
+    pub const EVENTS_MAP: &str = "EVENTS";
+    pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const FROM_POD_PROGRAM: &str = "from_pod";
     pub const FROM_TUNNEL_PROGRAM: &str = "from_tunnel";
@@ -35,6 +38,47 @@ pub const MAX_NAT_ENTRIES: u32 = 262_144;
 
 /// Capacity of the non-masquerade CIDR list.
 pub const MAX_NO_MASQUERADE: u32 = 1024;
+
+/// Size of the drop event ring buffer in bytes (a power of two pages).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// Whether drops are reported, and how many per second per CPU at most, so
+/// the monitor never costs the datapath more than that.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct MonitorConfig {
+    /// Non-zero while someone watches.
+    pub enabled: u32,
+    pub events_per_second: u32,
+}
+
+/// Per-CPU state of the event budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    pub _pad: u32,
+}
+
+/// One dropped packet, as the monitor shows it. Addresses and ports are
+/// those of the outermost IPv4 header (zero when the packet has none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct DropEvent {
+    /// A `Counter` discriminant.
+    pub reason: u32,
+    pub ifindex: u32,
+    pub src: Ipv4Octets,
+    pub dst: Ipv4Octets,
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
 
 /// Bytes VXLAN over IPv4 adds to every packet: outer IPv4 (20) + UDP (8) +
 /// VXLAN (8) + inner Ethernet (14).
@@ -264,10 +308,17 @@ pub enum Counter {
     DropNatTableFull = 25,
     /// From a non-masquerade CIDR (routed, not translated) into a local pod.
     RoutedToPod = 26,
+    /// Drop events not reported because the per-second budget was spent.
+    MonitorSuppressed = 27,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 27;
+    /// The counter whose discriminant is `index`.
+    pub fn from_index(index: u32) -> Option<Counter> {
+        Self::ALL.get(index as usize).copied()
+    }
+
+    pub const COUNT: u32 = 28;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::ArpReplied,
@@ -297,6 +348,7 @@ impl Counter {
         Counter::DropNatUnsupported,
         Counter::DropNatTableFull,
         Counter::RoutedToPod,
+        Counter::MonitorSuppressed,
     ];
 
     /// Stable name used by the CLI, logs and metrics.
@@ -329,6 +381,7 @@ impl Counter {
             Counter::DropNatUnsupported => "drop_nat_unsupported",
             Counter::DropNatTableFull => "drop_nat_table_full",
             Counter::RoutedToPod => "routed_to_pod",
+            Counter::MonitorSuppressed => "monitor_suppressed",
         }
     }
 
@@ -366,6 +419,9 @@ mod user {
     unsafe impl aya::Pod for super::CounterValue {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::MonitorConfig {}
+    unsafe impl aya::Pod for super::EventBudget {}
+    unsafe impl aya::Pod for super::DropEvent {}
 }
 
 #[cfg(test)]
@@ -398,6 +454,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<NodeConfig>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<NatEntry>(), 16);
+        assert_eq!(core::mem::size_of::<DropEvent>(), 24);
         assert_eq!(core::mem::size_of::<TunnelRoute>(), 4);
         assert_eq!(core::mem::size_of::<RemoteNode>(), 8);
         assert_eq!(core::mem::size_of::<CounterValue>(), 16);

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use dataplane_common::Counter;
 
-use crate::maps::COUNTERS;
+use crate::{maps::COUNTERS, monitor};
 
 #[inline(always)]
 fn count(ctx: &TcContext, counter: Counter) {
@@ -28,6 +28,9 @@ pub fn verdict(ctx: &TcContext, counter: Counter, action: i32) -> i32 {
 
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
+    if monitor::report_drop(ctx, reason) {
+        count(ctx, Counter::MonitorSuppressed);
+    }
     verdict(ctx, reason, TC_ACT_SHOT)
 }
 

@@ -12,6 +12,7 @@ mod icmp;
 mod ipv4;
 mod local;
 mod maps;
+mod monitor;
 mod nat;
 mod packet;
 mod route;

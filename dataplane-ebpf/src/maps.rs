@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, FlowKey, Ipv4Octets, MAX_ENDPOINTS, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, NatEntry, NodeConfig, RemoteNode, TunnelRoute,
+    Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
+    MAX_ENDPOINTS, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MonitorConfig, NatEntry,
+    NodeConfig, RemoteNode, TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -32,6 +33,16 @@ pub static NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 0)
 #[map(name = "NO_MASQUERADE")]
 pub static NO_MASQUERADE: LpmTrie<Ipv4Octets, u8> =
     LpmTrie::pinned(MAX_NO_MASQUERADE, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Drop events for `dataplane monitor`; written only while it is enabled.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
+
+#[map(name = "MONITOR")]
+pub static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
+
+#[map(name = "EVENT_BUDGET")]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);

@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, CounterEntry, EndpointEntry, Request, Response, Status},
+    api::{self, CounterEntry, DropReport, EndpointEntry, Request, Response, Status},
     config::{
         Config, EndpointSpec, NatSettings, NodeSettings, NodeSpec, PortRange, validate_endpoint,
         validate_remote_node,
@@ -51,7 +51,14 @@ pub struct Agent {
     masquerading: bool,
     nat: NatSettings,
     last_gc: Mutex<GcReport>,
+    /// Drop events from the ring buffer, to every `monitor` client.
+    drop_events: tokio::sync::broadcast::Sender<DropReport>,
+    /// How many `monitor` clients are connected (events are on while > 0).
+    monitors: Mutex<usize>,
 }
+
+/// At most this many drop events per second and CPU reach the monitor.
+const MONITOR_EVENTS_PER_SECOND: u32 = 1000;
 
 /// What the last NAT garbage collection found: the table's pressure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -138,6 +145,8 @@ impl Agent {
             masquerading,
             nat: config.nat.clone(),
             last_gc: Mutex::new(GcReport::default()),
+            drop_events: tokio::sync::broadcast::channel(4096).0,
+            monitors: Mutex::new(0),
         };
         agent.adopt_pinned_endpoints().await?;
         for endpoint in &config.endpoints {
@@ -421,6 +430,7 @@ impl Agent {
             Request::ListNat => self
                 .nat_connections()
                 .map(|connections| Response::Nat { connections }),
+            Request::Monitor => Err(anyhow::anyhow!("monitor is a stream of its own")),
         };
         result.unwrap_or_else(|error| Response::Error {
             message: format!("{error:#}"),
@@ -430,6 +440,56 @@ impl Agent {
 
 /// The smallest MTU IPv4 allows (RFC 791).
 const MIN_IPV4_MTU: u32 = 68;
+
+impl Agent {
+    /// Subscribes to drop events, turning them on for the first subscriber.
+    fn watch_drops(&self) -> anyhow::Result<tokio::sync::broadcast::Receiver<DropReport>> {
+        let mut monitors = lock(&self.monitors);
+        if *monitors == 0 {
+            self.dataplane()
+                .set_monitor(true, MONITOR_EVENTS_PER_SECOND)?;
+        }
+        *monitors += 1;
+        Ok(self.drop_events.subscribe())
+    }
+
+    /// The last subscriber gone, drop events are off again.
+    fn unwatch_drops(&self) {
+        let mut monitors = lock(&self.monitors);
+        *monitors = monitors.saturating_sub(1);
+        if *monitors == 0
+            && let Err(error) = self
+                .dataplane()
+                .set_monitor(false, MONITOR_EVENTS_PER_SECOND)
+        {
+            warn!("turning drop events off: {error:#}");
+        }
+    }
+}
+
+/// Reads drop events from the ring buffer and hands them to the monitors.
+async fn relay_drop_events(agent: Arc<Agent>) -> anyhow::Result<()> {
+    let Some(ring) = agent.dataplane().take_events() else {
+        return Ok(());
+    };
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+    // for as long as it lives, which is as long as the AsyncFd.
+    let mut ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }
+        .map_err(|error| anyhow::anyhow!("watching the drop event ring: {error}"))?;
+    loop {
+        let mut ready = ring.readable_mut().await?;
+        while let Some(item) = ready.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<dataplane_common::DropEvent>() {
+                let event: dataplane_common::DropEvent = bytemuck::pod_read_unaligned(
+                    &item[..std::mem::size_of::<dataplane_common::DropEvent>()],
+                );
+                // No monitor listening is not an error.
+                let _ = agent.drop_events.send(DropReport::from_event(&event));
+            }
+        }
+        ready.clear_ready();
+    }
+}
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -491,6 +551,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path.to_owned(),
         config.clone(),
     ));
+    {
+        let agent = Arc::clone(&agent);
+        tokio::spawn(async move {
+            if let Err(error) = relay_drop_events(agent).await {
+                warn!("drop events: {error:#}");
+            }
+        });
+    }
     if let Some(address) = config.agent.metrics_address {
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
@@ -602,11 +670,50 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Writes drop events to a monitor client until it goes away.
+async fn stream_drops(writer: &mut tokio::net::unix::OwnedWriteHalf, agent: &Agent) {
+    let mut events = match agent.watch_drops() {
+        Ok(events) => events,
+        Err(error) => {
+            let refusal = Response::Error {
+                message: format!("{error:#}"),
+            };
+            let _ = writer
+                .write_all(
+                    format!("{}\n", serde_json::to_string(&refusal).expect("serializes"))
+                        .as_bytes(),
+                )
+                .await;
+            return;
+        }
+    };
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            // A slow reader misses events rather than holding up the relay.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        };
+        let line = format!(
+            "{}\n",
+            serde_json::to_string(&Response::Drop { event }).expect("serializes")
+        );
+        if writer.write_all(line.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    agent.unwatch_drops();
+}
+
 async fn serve_connection(stream: UnixStream, agent: Arc<Agent>) {
     let (reader, mut writer) = stream.into_split();
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Monitor) => {
+                stream_drops(&mut writer, &agent).await;
+                return;
+            }
             Ok(request) => agent.handle(request).await,
             Err(error) => Response::Error {
                 message: format!("malformed request: {error}"),

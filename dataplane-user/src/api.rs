@@ -23,15 +23,25 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    AddEndpoint { endpoint: EndpointSpec },
-    RemoveEndpoint { ip: Ipv4Addr },
+    AddEndpoint {
+        endpoint: EndpointSpec,
+    },
+    RemoveEndpoint {
+        ip: Ipv4Addr,
+    },
     ListEndpoints,
     Counters,
-    AddNode { node: NodeSpec },
-    RemoveNode { ip: Ipv4Addr },
+    AddNode {
+        node: NodeSpec,
+    },
+    RemoveNode {
+        ip: Ipv4Addr,
+    },
     ListNodes,
     Status,
     ListNat,
+    /// Streams drop events, one `Response::Drop` per line, until disconnected.
+    Monitor,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,9 +66,72 @@ pub enum Response {
     Nat {
         connections: Vec<Connection>,
     },
+    Drop {
+        event: DropReport,
+    },
     Error {
         message: String,
     },
+}
+
+/// A dropped packet, for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropReport {
+    pub reason: String,
+    pub ifindex: u32,
+    pub protocol: u8,
+    pub source: String,
+    pub destination: String,
+}
+
+impl DropReport {
+    pub fn from_event(event: &dataplane_common::DropEvent) -> Self {
+        let endpoint = |addr: [u8; 4], port: [u8; 2]| {
+            let port = u16::from_be_bytes(port);
+            if port == 0 {
+                Ipv4Addr::from(addr).to_string()
+            } else {
+                format!("{}:{port}", Ipv4Addr::from(addr))
+            }
+        };
+        Self {
+            reason: dataplane_common::Counter::from_index(event.reason).map_or_else(
+                || format!("reason {}", event.reason),
+                |counter| counter.name().to_string(),
+            ),
+            ifindex: event.ifindex,
+            protocol: event.protocol,
+            source: endpoint(event.src, event.src_port),
+            destination: endpoint(event.dst, event.dst_port),
+        }
+    }
+}
+
+/// Sends `request` and hands every answer line to `each` until the agent
+/// closes the connection or `each` returns false.
+pub fn stream(
+    socket: &Path,
+    request: &Request,
+    mut each: impl FnMut(Response) -> bool,
+) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the dataplane agent at {} (is `dataplane agent` running?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    for answer in BufReader::new(&stream).lines() {
+        let answer = answer.context("reading from the agent")?;
+        let response = serde_json::from_str(&answer)
+            .with_context(|| format!("malformed answer: {answer:?}"))?;
+        if !each(response) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The node's settings as the agent applied them.

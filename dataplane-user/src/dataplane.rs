@@ -107,6 +107,18 @@ impl Dataplane {
         Ok(self.maps.remote_nodes()?)
     }
 
+    pub fn set_monitor(
+        &mut self,
+        enabled: bool,
+        events_per_second: u32,
+    ) -> Result<(), DataplaneError> {
+        Ok(self.maps.set_monitor(enabled, events_per_second)?)
+    }
+
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.maps.take_events()
+    }
+
     pub fn set_no_masquerade(&mut self, cidrs: &[Ipv4Network]) -> Result<(), DataplaneError> {
         Ok(self.maps.set_no_masquerade(cidrs)?)
     }

@@ -9,9 +9,9 @@ use std::{
 
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, FlowKey, Ipv4Octets, MAP_LAYOUT_VERSION, MAX_ENDPOINTS,
-    MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, NatEntry, NodeConfig, RemoteNode,
-    TunnelRoute, names,
+    Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
+    MAP_LAYOUT_VERSION, MAX_ENDPOINTS, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES,
+    MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use nix::{
     mount::{MsFlags, mount},
@@ -104,7 +104,7 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Expected (key size, value size, max entries) of every pinned map.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 7] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 10] {
     let size = |bytes: usize| bytes as u32;
     [
         (
@@ -143,6 +143,19 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 7] {
             size(size_of::<u32>() + size_of::<Ipv4Octets>()),
             size(size_of::<u8>()),
             MAX_NO_MASQUERADE,
+        ),
+        (names::EVENTS_MAP, 0, 0, EVENTS_RING_BYTES),
+        (
+            names::MONITOR_MAP,
+            size(size_of::<u32>()),
+            size(size_of::<MonitorConfig>()),
+            1,
+        ),
+        (
+            names::EVENT_BUDGET_MAP,
+            size(size_of::<u32>()),
+            size(size_of::<EventBudget>()),
+            1,
         ),
         (
             names::COUNTERS_MAP,

@@ -50,6 +50,12 @@ enum Command {
     /// Masqueraded connections.
     #[command(subcommand)]
     Nat(NatCommand),
+    /// Live drop events (reason, addresses, ports, interface) until Ctrl-C.
+    Monitor {
+        /// Only these reasons (e.g. drop_spoofed_source); all when none given.
+        #[arg(long)]
+        reason: Vec<String>,
+    },
     /// Per-path and per-drop-reason packet counters.
     Counters,
     /// The node's settings as the agent applied them (node IP, tunnel, pod MTU).
@@ -156,6 +162,33 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(agent::uninstall(&config));
+        }
+        Command::Monitor { reason } => {
+            let json = matches!(cli.output, Output::Json);
+            return api::stream(&cli.socket, &Request::Monitor, |response| {
+                match &response {
+                    Response::Drop { event }
+                        if reason.is_empty() || reason.contains(&event.reason) =>
+                    {
+                        if json {
+                            println!("{}", serde_json::to_string(event).expect("serializes"));
+                        } else {
+                            println!(
+                                "{:<28} ifindex {:<5} proto {:<3} {} -> {}",
+                                event.reason,
+                                event.ifindex,
+                                event.protocol,
+                                event.source,
+                                event.destination
+                            );
+                        }
+                    }
+                    Response::Error { message } => eprintln!("error: {message}"),
+                    _ => {}
+                }
+                // Flushed line by line, so pipes see events as they happen.
+                std::io::Write::flush(&mut std::io::stdout()).is_ok()
+            });
         }
         Command::Agent { config } => {
             return tokio::runtime::Builder::new_current_thread()
@@ -276,6 +309,9 @@ fn print_text(response: &Response) {
                     connection.idle_seconds
                 );
             }
+        }
+        Response::Drop { event } => {
+            println!("{} {} -> {}", event.reason, event.source, event.destination)
         }
         Response::Error { message } => println!("error: {message}"),
     }

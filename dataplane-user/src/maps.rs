@@ -4,11 +4,11 @@ use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
     Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
-    MAX_REMOTE_NODES, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
+    MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use ipnetwork::Ipv4Network;
 
@@ -59,6 +59,9 @@ pub struct Maps {
     remote_nodes: HashMap<MapData, Ipv4Octets, RemoteNode>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
     no_masquerade: LpmTrie<MapData, Ipv4Octets, u8>,
+    monitor: Array<MapData, MonitorConfig>,
+    /// Drop events, until the agent's monitor task takes them.
+    events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, CounterValue>,
 }
 
@@ -89,6 +92,11 @@ impl Maps {
             nat: HashMap::try_from(take(names::NAT_MAP)?).map_err(access(names::NAT_MAP))?,
             no_masquerade: LpmTrie::try_from(take(names::NO_MASQUERADE_MAP)?)
                 .map_err(access(names::NO_MASQUERADE_MAP))?,
+            monitor: Array::try_from(take(names::MONITOR_MAP)?)
+                .map_err(access(names::MONITOR_MAP))?,
+            events: Some(
+                RingBuf::try_from(take(names::EVENTS_MAP)?).map_err(access(names::EVENTS_MAP))?,
+            ),
             counters: PerCpuArray::try_from(take(names::COUNTERS_MAP)?)
                 .map_err(access(names::COUNTERS_MAP))?,
         })
@@ -235,6 +243,22 @@ impl Maps {
     /// Removes one half; `Ok(false)` when it was gone already.
     pub fn remove_nat_entry(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
         removed(self.nat.remove(key), names::NAT_MAP)
+    }
+
+    /// Turns drop events on (at most `events_per_second` per CPU) or off.
+    pub fn set_monitor(&mut self, enabled: bool, events_per_second: u32) -> Result<(), MapsError> {
+        let config = MonitorConfig {
+            enabled: u32::from(enabled),
+            events_per_second,
+        };
+        self.monitor
+            .set(0, config, 0)
+            .map_err(access(names::MONITOR_MAP))
+    }
+
+    /// The drop event ring buffer; `None` once taken.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
     }
 
     pub fn counters(&self) -> Result<Vec<CounterTotal>, MapsError> {

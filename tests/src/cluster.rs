@@ -623,6 +623,45 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the gateway, a host on the underlay that is not a node, send its
+    /// traffic for `pod` as VXLAN to `node`, with the right port and VNI 1 and
+    /// frames addressed to the pod: what an attacker on the underlay would try.
+    pub fn speak_vxlan_from_gateway(&self, node: &Node, pod: &Pod) -> anyhow::Result<()> {
+        let gateway = &self.gateway;
+        gateway.ip(&[
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "remote",
+            &node.ip.to_string(),
+            "local",
+            &GATEWAY_UNDERLAY_IP.to_string(),
+            "dstport",
+            "4789",
+            "dev",
+            "eth0",
+        ])?;
+        gateway.ip(&["link", "set", "vx0", "up"])?;
+        gateway.ip(&["addr", "add", "10.244.0.250/32", "dev", "vx0"])?;
+        gateway.ip(&["route", "add", &format!("{}/32", pod.ip), "dev", "vx0"])?;
+        gateway.ip(&[
+            "neigh",
+            "add",
+            &pod.ip.to_string(),
+            "lladdr",
+            &pod.mac,
+            "dev",
+            "vx0",
+            "nud",
+            "permanent",
+        ])?;
+        Ok(())
+    }
+
     pub fn workdir(&self) -> &Path {
         self.workdir.path()
     }

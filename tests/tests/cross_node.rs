@@ -2,9 +2,7 @@
 //! maps, end to end in a netns cluster.
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, Forwarding,
-    cluster::{GATEWAY_UNDERLAY_IP, VXLAN_POD_MTU},
-    traffic::tcp_round_trip,
+    Cluster, ClusterSpec, Forwarding, cluster::VXLAN_POD_MTU, traffic::tcp_round_trip,
 };
 
 /// Bytes per TCP round trip: many full-sized segments each way.
@@ -115,40 +113,8 @@ fn vxlan_from_an_address_that_is_not_a_node_is_dropped_and_counted() -> anyhow::
     let cluster = cluster(1, 1);
     let node = &cluster.nodes[0];
     let pod = &node.pods[0];
-    // A host on the underlay (the gateway) speaks VXLAN to the node, on the
-    // right port and VNI, with a frame addressed to the pod.
     let gateway = &cluster.gateway;
-    gateway.ip(&[
-        "link",
-        "add",
-        "vx0",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "remote",
-        &node.ip.to_string(),
-        "local",
-        &GATEWAY_UNDERLAY_IP.to_string(),
-        "dstport",
-        "4789",
-        "dev",
-        "eth0",
-    ])?;
-    gateway.ip(&["link", "set", "vx0", "up"])?;
-    gateway.ip(&["addr", "add", "10.244.0.250/32", "dev", "vx0"])?;
-    gateway.ip(&["route", "add", &format!("{}/32", pod.ip), "dev", "vx0"])?;
-    gateway.ip(&[
-        "neigh",
-        "add",
-        &pod.ip.to_string(),
-        "lladdr",
-        &pod.mac,
-        "dev",
-        "vx0",
-        "nud",
-        "permanent",
-    ])?;
+    cluster.speak_vxlan_from_gateway(node, pod)?;
 
     let before = node.counter("drop_unknown_tunnel_source")?;
     let received = pod.netns.rx_packets("eth0")?;

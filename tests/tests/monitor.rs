@@ -1,0 +1,100 @@
+//! `dataplane monitor`: drops appear live with their reason and addresses.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use dataplane_tests::{Cluster, ClusterSpec, Forwarding, cluster::dataplane_binary};
+use serde_json::Value;
+
+#[test]
+fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        forwarding: Forwarding::Dataplane,
+    })?;
+    let node = &cluster.nodes[0];
+    let (attacker, victim) = (&node.pods[0], &node.pods[1]);
+    let mut monitor = Command::new(dataplane_binary()?)
+        .arg("--socket")
+        .arg(&node.socket)
+        .args(["--output", "json", "monitor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (events, received) = mpsc::channel::<Value>();
+    let output = monitor.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = events.send(event);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A spoofed source, an unknown pod, VXLAN from a host that is not a node.
+    let spoofed = Ipv4Addr::new(10, 244, 0, 99);
+    attacker
+        .netns
+        .ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])?;
+    let gateway_mac = node.netns.mac_of(&attacker.host_interface)?;
+    attacker.netns.ip(&[
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        &gateway_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    let spoofed_source = spoofed.to_string();
+    assert!(
+        attacker
+            .netns
+            .ping(victim.ip, 2, &["-I", &spoofed_source])
+            .is_err()
+    );
+    let unknown = Ipv4Addr::new(10, 244, 0, 200);
+    assert!(attacker.ping(unknown, 2).is_err());
+    cluster.speak_vxlan_from_gateway(node, victim)?;
+    assert!(cluster.gateway.ping(victim.ip, 2, &[]).is_err());
+
+    let wanted = [
+        ("drop_spoofed_source", "source", spoofed.to_string()),
+        ("drop_unknown_endpoint", "destination", unknown.to_string()),
+        (
+            "drop_unknown_tunnel_source",
+            "source",
+            "192.0.2.1".to_string(),
+        ),
+    ];
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !wanted.iter().all(|wanted| seen.contains(&wanted.0)) {
+        let Ok(event) = received.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        for (reason, field, address) in &wanted {
+            let address_field = event[*field].as_str().unwrap_or_default();
+            if event["reason"] == *reason
+                && address_field.split(':').next() == Some(address.as_str())
+            {
+                seen.push(*reason);
+            }
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    for (reason, _, _) in wanted {
+        assert!(seen.contains(&reason), "no {reason} event; saw {seen:?}");
+    }
+    Ok(())
+}
