@@ -341,6 +341,19 @@ impl Agent {
         Ok(*last)
     }
 
+    /// Removes every NAT entry; returns how many.
+    pub fn flush_nat(&self) -> anyhow::Result<usize> {
+        let entries = self.dataplane().nat_entries()?;
+        let mut removed = 0;
+        for (key, _) in &entries {
+            if self.dataplane().remove_nat_entry(key)? {
+                removed += 1;
+            }
+        }
+        info!(removed, "NAT table flushed");
+        Ok(removed)
+    }
+
     fn nat_connections(&self) -> anyhow::Result<Vec<nat::Connection>> {
         let entries = self.dataplane().nat_entries()?;
         Ok(nat::connections(&entries, nat::monotonic_now_ns()))
@@ -431,6 +444,9 @@ impl Agent {
                 .nat_connections()
                 .map(|connections| Response::Nat { connections }),
             Request::Monitor => Err(anyhow::anyhow!("monitor is a stream of its own")),
+            Request::FlushNat => self.flush_nat().map(|removed| Response::Done {
+                changed: removed > 0,
+            }),
         };
         result.unwrap_or_else(|error| Response::Error {
             message: format!("{error:#}"),

@@ -42,6 +42,8 @@ pub enum Request {
     ListNat,
     /// Streams drop events, one `Response::Drop` per line, until disconnected.
     Monitor,
+    /// Removes every tracked connection (they start afresh on their next packet).
+    FlushNat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

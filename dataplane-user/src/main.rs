@@ -50,6 +50,9 @@ enum Command {
     /// Masqueraded connections.
     #[command(subcommand)]
     Nat(NatCommand),
+    /// Inspect the dataplane's maps as the programs see them.
+    #[command(subcommand)]
+    Map(MapCommand),
     /// Live drop events (reason, addresses, ports, interface) until Ctrl-C.
     Monitor {
         /// Only these reasons (e.g. drop_spoofed_source); all when none given.
@@ -78,6 +81,23 @@ enum Command {
         #[arg(long)]
         pod_cidr: Option<Ipv4Network>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MapName {
+    Endpoints,
+    Nodes,
+    Nat,
+}
+
+#[derive(Subcommand)]
+enum MapCommand {
+    /// Every entry of a map.
+    List { map: MapName },
+    /// The entries of a map that involve an address (pod, node or remote IP).
+    Get { map: MapName, address: Ipv4Addr },
+    /// Empty a map; only the NAT table (connections start afresh).
+    Flush { map: MapName },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +156,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let address_filter = match &cli.command {
+        Command::Map(MapCommand::Get { address, .. }) => Some(address.to_string()),
+        _ => None,
+    };
     let request = match cli.command {
         Command::InstallCni {
             bin_dir,
@@ -207,10 +231,20 @@ fn main() -> anyhow::Result<()> {
         Command::Node(NodeCommand::Del { ip }) => Request::RemoveNode { ip },
         Command::Node(NodeCommand::List) => Request::ListNodes,
         Command::Nat(NatCommand::List) => Request::ListNat,
+        Command::Map(MapCommand::List { map } | MapCommand::Get { map, .. }) => list_request(map),
+        Command::Map(MapCommand::Flush { map: MapName::Nat }) => Request::FlushNat,
+        Command::Map(MapCommand::Flush { .. }) => {
+            bail!(
+                "only the NAT table can be flushed; endpoints and nodes have their own del commands"
+            )
+        }
         Command::Counters => Request::Counters,
         Command::Status => Request::Status,
     };
-    let response = api::call(&cli.socket, &request)?;
+    let mut response = api::call(&cli.socket, &request)?;
+    if let Some(address) = address_filter {
+        retain_address(&mut response, &address);
+    }
     if let Response::Error { message } = &response {
         bail!("the agent refused the request: {message}");
     }
@@ -219,6 +253,29 @@ fn main() -> anyhow::Result<()> {
         Output::Text => print_text(&response),
     }
     Ok(())
+}
+
+fn list_request(map: MapName) -> Request {
+    match map {
+        MapName::Endpoints => Request::ListEndpoints,
+        MapName::Nodes => Request::ListNodes,
+        MapName::Nat => Request::ListNat,
+    }
+}
+
+/// Keeps the entries of a listing that involve `address`.
+fn retain_address(response: &mut Response, address: &str) {
+    let involves = |field: &str| field == address || field.split(':').next() == Some(address);
+    match response {
+        Response::Endpoints { endpoints } => {
+            endpoints.retain(|entry| entry.ip.to_string() == address)
+        }
+        Response::Nodes { nodes } => nodes.retain(|node| node.ip.to_string() == address),
+        Response::Nat { connections } => connections.retain(|connection| {
+            involves(&connection.pod) || involves(&connection.node) || involves(&connection.remote)
+        }),
+        _ => {}
+    }
 }
 
 fn print_text(response: &Response) {

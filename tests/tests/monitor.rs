@@ -98,3 +98,66 @@ fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyho
     }
     Ok(())
 }
+
+#[test]
+fn map_list_shows_endpoints_nodes_and_connections_of_a_running_cluster() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        forwarding: Forwarding::Dataplane,
+    })?;
+    let (node, other) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let pod = &node.pods[0];
+    let external = dataplane_tests::cluster::EXTERNAL_HOST_IP;
+    pod.ping(external, 1)?;
+
+    let endpoints = node.cli(&["map", "list", "endpoints"])?;
+    assert!(
+        endpoints.contains(&pod.ip.to_string()) && endpoints.contains(&pod.host_interface),
+        "{endpoints}"
+    );
+    let nodes = node.cli(&["map", "list", "nodes"])?;
+    assert!(
+        nodes.contains(&other.ip.to_string()) && nodes.contains(&other.pod_cidr.to_string()),
+        "{nodes}"
+    );
+    let nat = node.cli(&["map", "list", "nat"])?;
+    assert!(
+        nat.contains("icmp")
+            && nat.contains(&pod.ip.to_string())
+            && nat.contains(&external.to_string()),
+        "{nat}"
+    );
+
+    let json: Value = serde_json::from_str(&node.cli(&[
+        "--output",
+        "json",
+        "map",
+        "get",
+        "nat",
+        &external.to_string(),
+    ])?)?;
+    assert_eq!(
+        json["connections"].as_array().map(Vec::len),
+        Some(1),
+        "{json}"
+    );
+    let none: Value = serde_json::from_str(&node.cli(&[
+        "--output",
+        "json",
+        "map",
+        "get",
+        "endpoints",
+        "10.244.0.250",
+    ])?)?;
+    assert_eq!(none["endpoints"].as_array().map(Vec::len), Some(0));
+
+    node.cli(&["map", "flush", "nat"])?;
+    assert!(!node.cli(&["map", "list", "nat"])?.contains("icmp"));
+    assert!(
+        node.cli(&["map", "flush", "endpoints"]).is_err(),
+        "only the NAT table is flushed"
+    );
+    pod.ping(external, 1)?;
+    Ok(())
+}
