@@ -4,10 +4,18 @@
 use std::{io::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
+use std::{
+    net::{Ipv4Addr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
 use dataplane_tests::{
     Cluster, ClusterSpec, Forwarding,
     cluster::EXTERNAL_HOST_IP,
-    traffic::{connection_rate, iperf3_tcp},
+    traffic::{connection_rate, in_netns, iperf3_tcp, joined},
 };
 
 use crate::build::workspace_root;
@@ -87,6 +95,52 @@ fn pod_to_external_connections(cluster: &Cluster, seconds: u32) -> anyhow::Resul
     connection_rate(&cluster.external, EXTERNAL_HOST_IP, &pod.netns, duration)
 }
 
+/// Same-node iperf3 while pod 1 of node 0 floods an unknown pod address
+/// (every packet a counted drop), with a `dataplane monitor` attached or not.
+fn under_drop_flood(
+    cluster: &Cluster,
+    binary: &Path,
+    seconds: u32,
+    monitor: bool,
+) -> anyhow::Result<f64> {
+    let node = &cluster.nodes[0];
+    let mut watcher = if monitor {
+        Some(
+            std::process::Command::new(binary)
+                .arg("--socket")
+                .arg(&node.socket)
+                .arg("monitor")
+                .stdout(std::process::Stdio::null())
+                .spawn()?,
+        )
+    } else {
+        None
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = Arc::clone(&stop);
+    let flooder = in_netns(&node.pods[1].netns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let unknown_pod = (Ipv4Addr::new(10, 244, 0, 200), 9);
+        let mut sent = 0u64;
+        while !flooding.load(Ordering::Relaxed) {
+            if socket.send_to(&[0u8; 64], unknown_pod).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    });
+    let rate = pod_to_pod(cluster, (0, 0), (0, 1), seconds);
+    stop.store(true, Ordering::Relaxed);
+    let flooded = joined(flooder);
+    if let Some(watcher) = &mut watcher {
+        let _ = watcher.kill();
+        let _ = watcher.wait();
+    }
+    flooded?;
+    rate
+}
+
 fn measure(
     label: &str,
     unit: Unit,
@@ -141,6 +195,11 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<()> {
         "egress new connections/s (connect, 64 B each way, close)",
         kernel_nat,
         connections,
+    );
+    let mut monitored_flood = Scenario::new(
+        "same-node iperf3 during a drop flood, dataplane monitor attached",
+        "the same without the monitor",
+        bits,
     );
     for repetition in 1..=repetitions {
         print!("==> repetition {repetition}/{repetitions}:");
@@ -201,6 +260,14 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<()> {
             || rate(theirs),
             &mut egress_connections.kernel,
         )?;
+        let flood = |monitor| under_drop_flood(ours, binary, seconds, monitor);
+        measure(
+            "| drop flood, monitor on",
+            bits,
+            || flood(true),
+            &mut monitored_flood.dataplane,
+        )?;
+        measure("off", bits, || flood(false), &mut monitored_flood.kernel)?;
         println!();
     }
     cross_node_vs_underlay.dataplane = cross_node.dataplane.clone();
@@ -211,6 +278,7 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<()> {
             cross_node_vs_underlay,
             egress,
             egress_connections,
+            monitored_flood,
         ],
         repetitions,
         seconds,
