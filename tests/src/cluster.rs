@@ -295,6 +295,27 @@ impl Node {
         Ok(())
     }
 
+    /// Lets `pod` send from `address` as an attacker would: the address on its
+    /// interface and its gateway's MAC pinned, since ARP from a spoofed sender
+    /// goes unanswered.
+    pub fn prepare_spoofing(&self, pod: &Pod, address: Ipv4Addr) -> anyhow::Result<()> {
+        let gateway_mac = self.netns.mac_of(&pod.host_interface)?;
+        pod.netns.ip(&[
+            "neigh",
+            "replace",
+            POD_GATEWAY_IP,
+            "lladdr",
+            &gateway_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        pod.netns
+            .ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"])
+            .map(drop)
+    }
+
     /// Packet counts by counter name, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let json = self.cli(&["--output", "json", "counters"])?;

@@ -40,21 +40,7 @@ fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyho
 
     // A spoofed source, an unknown pod, VXLAN from a host that is not a node.
     let spoofed = Ipv4Addr::new(10, 244, 0, 99);
-    attacker
-        .netns
-        .ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])?;
-    let gateway_mac = node.netns.mac_of(&attacker.host_interface)?;
-    attacker.netns.ip(&[
-        "neigh",
-        "replace",
-        "169.254.1.1",
-        "lladdr",
-        &gateway_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])?;
+    node.prepare_spoofing(attacker, spoofed)?;
     let spoofed_source = spoofed.to_string();
     assert!(
         attacker

@@ -53,26 +53,10 @@ fn spoofed_source_is_dropped_and_counted() -> anyhow::Result<()> {
     let cluster = one_node(3);
     let node = &cluster.nodes[0];
     let (attacker, victim, impersonated) = (&node.pods[0], &node.pods[1], &node.pods[2]);
-    // The attacker owns the addresses it spoofs and has its gateway resolved
-    // for good, so its packets really leave: ARP from a spoofed sender is ignored.
-    let gateway_mac = node.netns.mac_of(&attacker.host_interface)?;
-    attacker.netns.ip(&[
-        "neigh",
-        "replace",
-        "169.254.1.1",
-        "lladdr",
-        &gateway_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])?;
 
     // Another pod's address, then an address in the pod CIDR that nobody owns.
     for spoofed in [impersonated.ip, Ipv4Addr::new(10, 244, 0, 99)] {
-        attacker
-            .netns
-            .ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])?;
+        node.prepare_spoofing(attacker, spoofed)?;
         let before = node.counter("drop_spoofed_source")?;
         let received_before = victim.netns.rx_packets("eth0")?;
         let spoofed_source = spoofed.to_string();
