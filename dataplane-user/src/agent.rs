@@ -55,6 +55,17 @@ pub struct Agent {
     drop_events: tokio::sync::broadcast::Sender<DropReport>,
     /// How many `monitor` clients are connected (events are on while > 0).
     monitors: Mutex<usize>,
+    started: std::time::Instant,
+    /// When the node map was last reconciled with a source.
+    last_reconcile: Mutex<std::time::Instant>,
+    /// Where nodes and endpoints come from, for `status`.
+    sources: Vec<String>,
+}
+
+pub struct TableSizes {
+    pub endpoints: usize,
+    pub remote_nodes: usize,
+    pub nat: GcReport,
 }
 
 /// At most this many drop events per second and CPU reach the monitor.
@@ -147,6 +158,19 @@ impl Agent {
             last_gc: Mutex::new(GcReport::default()),
             drop_events: tokio::sync::broadcast::channel(4096).0,
             monitors: Mutex::new(0),
+            started: std::time::Instant::now(),
+            last_reconcile: Mutex::new(std::time::Instant::now()),
+            sources: [
+                Some("config file (watched)".to_string()),
+                Some("local API (CLI, CNI plugin)".to_string()),
+                config
+                    .kubernetes
+                    .enabled
+                    .then(|| "Kubernetes Nodes".to_string()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         };
         agent.adopt_pinned_endpoints().await?;
         for endpoint in &config.endpoints {
@@ -359,12 +383,53 @@ impl Agent {
         Ok(nat::connections(&entries, nat::monotonic_now_ns()))
     }
 
-    pub fn status(&self) -> anyhow::Result<Status> {
-        let gc = *self
-            .last_gc
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+    /// How full the tables are (NAT as of the last garbage collection).
+    pub fn table_sizes(&self) -> anyhow::Result<TableSizes> {
         let dataplane = self.dataplane();
+        Ok(TableSizes {
+            endpoints: dataplane.endpoints()?.len(),
+            remote_nodes: dataplane.remote_nodes()?.len(),
+            nat: *lock(&self.last_gc),
+        })
+    }
+
+    /// Records that the node map was just reconciled with a source.
+    pub fn reconciled(&self) {
+        *lock(&self.last_reconcile) = std::time::Instant::now();
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let attachments = self.dataplane().attachments();
+        let mut described = Vec::with_capacity(attachments.len());
+        for attachment in attachments {
+            let interface = self
+                .interfaces
+                .by_index(attachment.ifindex)
+                .await?
+                .map_or_else(
+                    || format!("#{}", attachment.ifindex),
+                    |interface| interface.name,
+                );
+            let direction = if attachment.egress {
+                "egress"
+            } else {
+                "ingress"
+            };
+            described.push(format!(
+                "{} on {interface} ({direction})",
+                attachment.program
+            ));
+        }
+        let TableSizes {
+            endpoints,
+            remote_nodes,
+            nat: gc,
+        } = self.table_sizes()?;
+        let fill = |name: &str, entries: usize, capacity: u32| crate::api::MapFill {
+            name: name.to_string(),
+            entries,
+            capacity: capacity as usize,
+        };
         Ok(Status {
             node_ip: self.node.node_ip,
             pod_cidr: self.node_settings().pod_cidr,
@@ -374,13 +439,31 @@ impl Agent {
             vni: self.node.vni,
             vxlan_port: self.node.vxlan_port,
             pod_mtu: self.pod_mtu,
-            endpoints: dataplane.endpoints()?.len(),
-            remote_nodes: dataplane.remote_nodes()?.len(),
+            endpoints,
+            remote_nodes,
             masquerade: self.masquerading,
             nat_port_range: self.masquerading.then(|| self.nat.port_range.to_string()),
             nat_entries: gc.entries,
             nat_capacity: MAX_NAT_ENTRIES as usize,
             nat_expired_total: gc.removed_total,
+            attachments: described,
+            maps: vec![
+                fill("ENDPOINTS", endpoints, dataplane_common::MAX_ENDPOINTS),
+                fill(
+                    "REMOTE_NODES",
+                    remote_nodes,
+                    dataplane_common::MAX_REMOTE_NODES,
+                ),
+                fill(
+                    "TUNNEL_ROUTES",
+                    remote_nodes,
+                    dataplane_common::MAX_REMOTE_NODES,
+                ),
+                fill("NAT", gc.entries, MAX_NAT_ENTRIES),
+            ],
+            sources: self.sources.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            last_reconcile_seconds_ago: lock(&self.last_reconcile).elapsed().as_secs(),
         })
     }
 
@@ -439,7 +522,10 @@ impl Agent {
                 .remove_node(ip)
                 .map(|changed| Response::Done { changed }),
             Request::ListNodes => self.remote_nodes().map(|nodes| Response::Nodes { nodes }),
-            Request::Status => self.status().map(|status| Response::Status { status }),
+            Request::Status => self
+                .status()
+                .await
+                .map(|status| Response::Status { status }),
             Request::ListNat => self
                 .nat_connections()
                 .map(|connections| Response::Nat { connections }),

@@ -157,6 +157,22 @@ pub struct Status {
     pub nat_entries: usize,
     pub nat_capacity: usize,
     pub nat_expired_total: u64,
+    /// `program on interface (direction)`, for every attachment.
+    pub attachments: Vec<String>,
+    /// Fill level of the maps that grow.
+    pub maps: Vec<MapFill>,
+    /// Where nodes and endpoints come from.
+    pub sources: Vec<String>,
+    pub uptime_seconds: u64,
+    /// Seconds since the node map was last reconciled with a source.
+    pub last_reconcile_seconds_ago: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: usize,
+    pub capacity: usize,
 }
 
 #[serde_as]

@@ -52,10 +52,10 @@ pub enum DataplaneError {
 
 /// A program attached to an interface in one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Attachment {
-    program: &'static str,
-    ifindex: u32,
-    egress: bool,
+pub struct Attachment {
+    pub program: &'static str,
+    pub ifindex: u32,
+    pub egress: bool,
 }
 
 pub struct Dataplane {
@@ -133,6 +133,13 @@ impl Dataplane {
 
     pub fn counters(&self) -> Result<Vec<CounterTotal>, DataplaneError> {
         Ok(self.maps.counters()?)
+    }
+
+    /// Where the programs are attached now.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        let mut attachments: Vec<Attachment> = self.attached.iter().copied().collect();
+        attachments.sort_by_key(|attachment| (attachment.program, attachment.ifindex));
+        attachments
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {

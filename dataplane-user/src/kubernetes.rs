@@ -118,6 +118,7 @@ async fn watch(agent: &Agent, node_name: &str, owned: &mut Owned) -> anyhow::Res
                 for (name, spec) in owned.iter() {
                     program(agent, name, spec);
                 }
+                agent.reconciled();
                 info!(nodes = owned.len(), "Kubernetes nodes listed");
             }
             Ok(watcher::Event::Apply(node)) => {

@@ -349,6 +349,22 @@ fn print_text(response: &Response) {
                 ),
                 None => println!("masquerade:    off"),
             }
+            println!("sources:       {}", status.sources.join(", "));
+            println!(
+                "agent:         up {} s, node map reconciled {} s ago",
+                status.uptime_seconds, status.last_reconcile_seconds_ago
+            );
+            println!("maps:");
+            for map in &status.maps {
+                println!(
+                    "  {:<14} {:>7} of {:>7}",
+                    map.name, map.entries, map.capacity
+                );
+            }
+            println!("attached:");
+            for attachment in &status.attachments {
+                println!("  {attachment}");
+            }
         }
         Response::Nat { connections } => {
             println!(

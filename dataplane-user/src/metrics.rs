@@ -64,7 +64,7 @@ fn gauge(
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (Ok(counters), Ok(status)) = (self.0.counter_entries(), self.0.status()) else {
+        let (Ok(counters), Ok(tables)) = (self.0.counter_entries(), self.0.table_sizes()) else {
             // The maps could not be read: expose nothing rather than wrong values.
             return Ok(());
         };
@@ -116,27 +116,27 @@ impl Collector for DataplaneCollector {
             &mut encoder,
             "dataplane_endpoints",
             "Pods registered on this node.",
-            count(status.endpoints),
+            count(tables.endpoints),
         )?;
         gauge(
             &mut encoder,
             "dataplane_remote_nodes",
             "Other nodes in the tunnel maps.",
-            count(status.remote_nodes),
+            count(tables.remote_nodes),
         )?;
         gauge(
             &mut encoder,
             "dataplane_nat_entries",
             "NAT table entries (two per connection) at the last collection.",
-            count(status.nat_entries),
+            count(tables.nat.entries),
         )?;
         gauge(
             &mut encoder,
             "dataplane_nat_capacity",
             "NAT table capacity.",
-            count(status.nat_capacity),
+            count(dataplane_common::MAX_NAT_ENTRIES as usize),
         )?;
-        let expired = ConstCounter::new(status.nat_expired_total);
+        let expired = ConstCounter::new(tables.nat.removed_total);
         expired.encode(encoder.encode_descriptor(
             "dataplane_nat_expired",
             "NAT entries removed by garbage collection.",

@@ -147,3 +147,56 @@ fn map_list_shows_endpoints_nodes_and_connections_of_a_running_cluster() -> anyh
     pod.ping(external, 1)?;
     Ok(())
 }
+
+#[test]
+fn status_shows_attachments_map_fill_and_sources() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        forwarding: Forwarding::Dataplane,
+    })?;
+    let node = &cluster.nodes[0];
+    let status = node.status()?;
+    let attachments: Vec<&str> = status["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let pod_veth = format!("from_pod on {} (ingress)", node.pods[0].host_interface);
+    for expected in [
+        pod_veth.as_str(),
+        "from_uplink on eth0 (ingress)",
+        "from_host on eth0 (egress)",
+        "from_tunnel on dp-vxlan (ingress)",
+    ] {
+        assert!(
+            attachments.contains(&expected),
+            "{expected} missing from {attachments:?}"
+        );
+    }
+    let maps = status["maps"].as_array().expect("maps");
+    let endpoints = maps
+        .iter()
+        .find(|map| map["name"] == "ENDPOINTS")
+        .expect("ENDPOINTS");
+    assert_eq!(
+        (
+            endpoints["entries"].as_u64(),
+            endpoints["capacity"].as_u64()
+        ),
+        (Some(1), Some(65_536))
+    );
+    let nodes = maps
+        .iter()
+        .find(|map| map["name"] == "REMOTE_NODES")
+        .expect("REMOTE_NODES");
+    assert_eq!(nodes["entries"].as_u64(), Some(1));
+    assert!(status["sources"].to_string().contains("config file"));
+    let text = node.cli(&["status"])?;
+    assert!(
+        text.contains("attached:") && text.contains("from_uplink on eth0"),
+        "{text}"
+    );
+    Ok(())
+}
