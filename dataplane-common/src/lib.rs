@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -42,15 +42,18 @@ pub const MAX_NO_MASQUERADE: u32 = 1024;
 /// Size of the drop event ring buffer in bytes (a power of two pages).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
-/// Whether drops are reported, and how many per second per CPU at most, so
-/// the monitor never costs the datapath more than that.
+/// Whether drops (and forwarded packets) are reported, and how many per
+/// second per CPU at most, so the monitor never costs the datapath more.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct MonitorConfig {
-    /// Non-zero while someone watches.
-    pub enabled: u32,
+    /// Non-zero while someone watches drops.
+    pub drops: u32,
+    /// Non-zero while someone watches forwarded packets too.
+    pub traces: u32,
     pub events_per_second: u32,
+    pub _pad: u32,
 }
 
 /// Per-CPU state of the event budget.
@@ -63,13 +66,14 @@ pub struct EventBudget {
     pub _pad: u32,
 }
 
-/// One dropped packet, as the monitor shows it. Addresses and ports are
-/// those of the outermost IPv4 header (zero when the packet has none).
+/// One dropped (or, when tracing, forwarded) packet, as the monitor shows it.
+/// Addresses and ports are those of the outermost IPv4 header (zero when the
+/// packet has none).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct DropEvent {
-    /// A `Counter` discriminant.
+pub struct PacketEvent {
+    /// A `Counter` discriminant: the drop reason or the path taken.
     pub reason: u32,
     pub ifindex: u32,
     pub src: Ipv4Octets,
@@ -308,7 +312,7 @@ pub enum Counter {
     DropNatTableFull = 25,
     /// From a non-masquerade CIDR (routed, not translated) into a local pod.
     RoutedToPod = 26,
-    /// Drop events not reported because the per-second budget was spent.
+    /// Monitor events not reported because the per-second budget was spent.
     MonitorSuppressed = 27,
 }
 
@@ -421,7 +425,7 @@ mod user {
     unsafe impl aya::Pod for super::NatEntry {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::EventBudget {}
-    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::PacketEvent {}
 }
 
 #[cfg(test)]
@@ -454,7 +458,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<NodeConfig>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<NatEntry>(), 16);
-        assert_eq!(core::mem::size_of::<DropEvent>(), 24);
+        assert_eq!(core::mem::size_of::<PacketEvent>(), 24);
         assert_eq!(core::mem::size_of::<TunnelRoute>(), 4);
         assert_eq!(core::mem::size_of::<RemoteNode>(), 8);
         assert_eq!(core::mem::size_of::<CounterValue>(), 16);

@@ -19,18 +19,19 @@ fn count(ctx: &TcContext, counter: Counter) {
     }
 }
 
-/// Counts under `counter` and returns the TC action `action`.
+/// Counts under `counter`, shows the packet to the monitor if it watches,
+/// and returns the TC action `action`.
 #[inline(always)]
 pub fn verdict(ctx: &TcContext, counter: Counter, action: i32) -> i32 {
+    if monitor::report(ctx, counter) {
+        count(ctx, Counter::MonitorSuppressed);
+    }
     count(ctx, counter);
     action
 }
 
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
-    if monitor::report_drop(ctx, reason) {
-        count(ctx, Counter::MonitorSuppressed);
-    }
     verdict(ctx, reason, TC_ACT_SHOT)
 }
 

@@ -1,9 +1,9 @@
-//! Drop events for `dataplane monitor`: reported only while someone watches,
-//! and at most a per-second budget per CPU, so a flood of drops costs the
-//! datapath no more than that.
+//! Events for `dataplane monitor`: drops, and forwarded packets when traces
+//! are asked for. Reported only while someone watches, and at most a
+//! per-second budget per CPU, so a flood costs the datapath no more than that.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
-use dataplane_common::{Counter, DropEvent};
+use dataplane_common::{Counter, PacketEvent};
 
 use crate::{
     maps::{EVENT_BUDGET, EVENTS, MONITOR},
@@ -35,24 +35,29 @@ fn within_budget(events_per_second: u32) -> bool {
     true
 }
 
-/// Reports a drop of the packet in `ctx` for `reason`, if the monitor is on.
-/// Returns whether the event was suppressed by the budget.
-// Out of line: only the drop path pays for it, and no caller's stack grows.
+/// Reports the packet in `ctx`, counted under `reason` (a drop reason or a
+/// path), if someone watches that kind. Returns whether the budget suppressed it.
+// Out of line: no caller's stack grows; when nobody watches it is one lookup.
 #[inline(never)]
-pub fn report_drop(ctx: &TcContext, reason: Counter) -> bool {
+pub fn report(ctx: &TcContext, reason: Counter) -> bool {
     let Some(config) = MONITOR.get(0) else {
         return false;
     };
-    if config.enabled == 0 {
+    let watched = if reason.is_drop() {
+        config.drops
+    } else {
+        config.traces
+    };
+    if watched == 0 {
         return false;
     }
     if !within_budget(config.events_per_second) {
         return true;
     }
-    let mut event = DropEvent {
+    let mut event = PacketEvent {
         reason: reason as u32,
         ifindex: ingress_ifindex(ctx),
-        ..DropEvent::default()
+        ..PacketEvent::default()
     };
     if let (Ok([0x08, 0x00]), Ok(ip)) = (ctx.load::<[u8; 2]>(12), ctx.load::<[u8; 20]>(14)) {
         event.src = [ip[12], ip[13], ip[14], ip[15]];

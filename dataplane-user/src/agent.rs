@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, CounterEntry, DropReport, EndpointEntry, Request, Response, Status},
+    api::{self, CounterEntry, EndpointEntry, PacketReport, Request, Response, Status},
     config::{
         Config, EndpointSpec, NatSettings, NodeSettings, NodeSpec, PortRange, validate_endpoint,
         validate_remote_node,
@@ -52,9 +52,9 @@ pub struct Agent {
     nat: NatSettings,
     last_gc: Mutex<GcReport>,
     /// Drop events from the ring buffer, to every `monitor` client.
-    drop_events: tokio::sync::broadcast::Sender<DropReport>,
+    packet_events: tokio::sync::broadcast::Sender<PacketReport>,
     /// How many `monitor` clients are connected (events are on while > 0).
-    monitors: Mutex<usize>,
+    monitors: Mutex<Watchers>,
     started: std::time::Instant,
     /// When the node map was last reconciled with a source.
     last_reconcile: Mutex<std::time::Instant>,
@@ -156,8 +156,8 @@ impl Agent {
             masquerading,
             nat: config.nat.clone(),
             last_gc: Mutex::new(GcReport::default()),
-            drop_events: tokio::sync::broadcast::channel(4096).0,
-            monitors: Mutex::new(0),
+            packet_events: tokio::sync::broadcast::channel(4096).0,
+            monitors: Mutex::new(Watchers::default()),
             started: std::time::Instant::now(),
             last_reconcile: Mutex::new(std::time::Instant::now()),
             sources: [
@@ -529,7 +529,7 @@ impl Agent {
             Request::ListNat => self
                 .nat_connections()
                 .map(|connections| Response::Nat { connections }),
-            Request::Monitor => Err(anyhow::anyhow!("monitor is a stream of its own")),
+            Request::Monitor { .. } => Err(anyhow::anyhow!("monitor is a stream of its own")),
             Request::FlushNat => self.flush_nat().map(|removed| Response::Done {
                 changed: removed > 0,
             }),
@@ -543,34 +543,52 @@ impl Agent {
 /// The smallest MTU IPv4 allows (RFC 791).
 const MIN_IPV4_MTU: u32 = 68;
 
+/// Connected `monitor` clients: all of them want drops, some also traces.
+#[derive(Debug, Default)]
+struct Watchers {
+    all: usize,
+    tracing: usize,
+}
+
 impl Agent {
-    /// Subscribes to drop events, turning them on for the first subscriber.
-    fn watch_drops(&self) -> anyhow::Result<tokio::sync::broadcast::Receiver<DropReport>> {
-        let mut monitors = lock(&self.monitors);
-        if *monitors == 0 {
+    /// Subscribes a monitor client, turning drop (and trace) events on as
+    /// the first client of each kind arrives.
+    fn watch_events(
+        &self,
+        traces: bool,
+    ) -> anyhow::Result<tokio::sync::broadcast::Receiver<PacketReport>> {
+        let mut watchers = lock(&self.monitors);
+        watchers.all += 1;
+        watchers.tracing += usize::from(traces);
+        let applied =
             self.dataplane()
-                .set_monitor(true, MONITOR_EVENTS_PER_SECOND)?;
+                .set_monitor(true, watchers.tracing > 0, MONITOR_EVENTS_PER_SECOND);
+        if let Err(error) = applied {
+            watchers.all -= 1;
+            watchers.tracing -= usize::from(traces);
+            return Err(error.into());
         }
-        *monitors += 1;
-        Ok(self.drop_events.subscribe())
+        Ok(self.packet_events.subscribe())
     }
 
-    /// The last subscriber gone, drop events are off again.
-    fn unwatch_drops(&self) {
-        let mut monitors = lock(&self.monitors);
-        *monitors = monitors.saturating_sub(1);
-        if *monitors == 0
-            && let Err(error) = self
-                .dataplane()
-                .set_monitor(false, MONITOR_EVENTS_PER_SECOND)
-        {
-            warn!("turning drop events off: {error:#}");
+    /// A monitor client left; events nobody watches any more are turned off.
+    fn unwatch_events(&self, traces: bool) {
+        let mut watchers = lock(&self.monitors);
+        watchers.all = watchers.all.saturating_sub(1);
+        watchers.tracing = watchers.tracing.saturating_sub(usize::from(traces));
+        let applied = self.dataplane().set_monitor(
+            watchers.all > 0,
+            watchers.tracing > 0,
+            MONITOR_EVENTS_PER_SECOND,
+        );
+        if let Err(error) = applied {
+            warn!("turning monitor events off: {error:#}");
         }
     }
 }
 
 /// Reads drop events from the ring buffer and hands them to the monitors.
-async fn relay_drop_events(agent: Arc<Agent>) -> anyhow::Result<()> {
+async fn relay_packet_events(agent: Arc<Agent>) -> anyhow::Result<()> {
     let Some(ring) = agent.dataplane().take_events() else {
         return Ok(());
     };
@@ -581,12 +599,12 @@ async fn relay_drop_events(agent: Arc<Agent>) -> anyhow::Result<()> {
     loop {
         let mut ready = ring.readable_mut().await?;
         while let Some(item) = ready.get_inner_mut().next() {
-            if item.len() >= std::mem::size_of::<dataplane_common::DropEvent>() {
-                let event: dataplane_common::DropEvent = bytemuck::pod_read_unaligned(
-                    &item[..std::mem::size_of::<dataplane_common::DropEvent>()],
+            if item.len() >= std::mem::size_of::<dataplane_common::PacketEvent>() {
+                let event: dataplane_common::PacketEvent = bytemuck::pod_read_unaligned(
+                    &item[..std::mem::size_of::<dataplane_common::PacketEvent>()],
                 );
                 // No monitor listening is not an error.
-                let _ = agent.drop_events.send(DropReport::from_event(&event));
+                let _ = agent.packet_events.send(PacketReport::from_event(&event));
             }
         }
         ready.clear_ready();
@@ -656,7 +674,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     {
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
-            if let Err(error) = relay_drop_events(agent).await {
+            if let Err(error) = relay_packet_events(agent).await {
                 warn!("drop events: {error:#}");
             }
         });
@@ -772,9 +790,10 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Writes drop events to a monitor client until it goes away.
-async fn stream_drops(writer: &mut tokio::net::unix::OwnedWriteHalf, agent: &Agent) {
-    let mut events = match agent.watch_drops() {
+/// Writes events to a monitor client until it goes away: drops, and
+/// forwarded packets too when it asked for `traces`.
+async fn stream_events(writer: &mut tokio::net::unix::OwnedWriteHalf, agent: &Agent, traces: bool) {
+    let mut events = match agent.watch_events(traces) {
         Ok(events) => events,
         Err(error) => {
             let refusal = Response::Error {
@@ -796,15 +815,19 @@ async fn stream_drops(writer: &mut tokio::net::unix::OwnedWriteHalf, agent: &Age
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
         };
+        // Another client's traces are not for this one.
+        if !event.drop && !traces {
+            continue;
+        }
         let line = format!(
             "{}\n",
-            serde_json::to_string(&Response::Drop { event }).expect("serializes")
+            serde_json::to_string(&Response::Event { event }).expect("serializes")
         );
         if writer.write_all(line.as_bytes()).await.is_err() {
             break;
         }
     }
-    agent.unwatch_drops();
+    agent.unwatch_events(traces);
 }
 
 async fn serve_connection(stream: UnixStream, agent: Arc<Agent>) {
@@ -812,8 +835,8 @@ async fn serve_connection(stream: UnixStream, agent: Arc<Agent>) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Monitor) => {
-                stream_drops(&mut writer, &agent).await;
+            Ok(Request::Monitor { traces }) => {
+                stream_events(&mut writer, &agent, traces).await;
                 return;
             }
             Ok(request) => agent.handle(request).await,

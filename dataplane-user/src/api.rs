@@ -40,8 +40,12 @@ pub enum Request {
     ListNodes,
     Status,
     ListNat,
-    /// Streams drop events, one `Response::Drop` per line, until disconnected.
-    Monitor,
+    /// Streams drop events (and forwarded packets with `traces`), one
+    /// `Response::Event` per line, until disconnected.
+    Monitor {
+        #[serde(default)]
+        traces: bool,
+    },
     /// Removes every tracked connection (they start afresh on their next packet).
     FlushNat,
 }
@@ -68,26 +72,28 @@ pub enum Response {
     Nat {
         connections: Vec<Connection>,
     },
-    Drop {
-        event: DropReport,
+    Event {
+        event: PacketReport,
     },
     Error {
         message: String,
     },
 }
 
-/// A dropped packet, for people.
+/// A dropped (or traced) packet, for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DropReport {
+pub struct PacketReport {
+    /// The drop reason, or the path a traced packet took.
     pub reason: String,
+    pub drop: bool,
     pub ifindex: u32,
     pub protocol: u8,
     pub source: String,
     pub destination: String,
 }
 
-impl DropReport {
-    pub fn from_event(event: &dataplane_common::DropEvent) -> Self {
+impl PacketReport {
+    pub fn from_event(event: &dataplane_common::PacketEvent) -> Self {
         let endpoint = |addr: [u8; 4], port: [u8; 2]| {
             let port = u16::from_be_bytes(port);
             if port == 0 {
@@ -96,11 +102,13 @@ impl DropReport {
                 format!("{}:{port}", Ipv4Addr::from(addr))
             }
         };
+        let counter = dataplane_common::Counter::from_index(event.reason);
         Self {
-            reason: dataplane_common::Counter::from_index(event.reason).map_or_else(
+            reason: counter.map_or_else(
                 || format!("reason {}", event.reason),
                 |counter| counter.name().to_string(),
             ),
+            drop: counter.is_none_or(|counter| counter.is_drop()),
             ifindex: event.ifindex,
             protocol: event.protocol,
             source: endpoint(event.src, event.src_port),

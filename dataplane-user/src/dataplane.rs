@@ -109,10 +109,11 @@ impl Dataplane {
 
     pub fn set_monitor(
         &mut self,
-        enabled: bool,
+        drops: bool,
+        traces: bool,
         events_per_second: u32,
     ) -> Result<(), DataplaneError> {
-        Ok(self.maps.set_monitor(enabled, events_per_second)?)
+        Ok(self.maps.set_monitor(drops, traces, events_per_second)?)
     }
 
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {

@@ -55,9 +55,12 @@ enum Command {
     Map(MapCommand),
     /// Live drop events (reason, addresses, ports, interface) until Ctrl-C.
     Monitor {
-        /// Only these reasons (e.g. drop_spoofed_source); all when none given.
+        /// Only these reasons or paths (e.g. drop_spoofed_source); all when none given.
         #[arg(long)]
         reason: Vec<String>,
+        /// Also show forwarded packets (traces), within the same per-CPU budget.
+        #[arg(long)]
+        traces: bool,
     },
     /// Per-path and per-drop-reason packet counters.
     Counters,
@@ -187,11 +190,11 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(agent::uninstall(&config));
         }
-        Command::Monitor { reason } => {
+        Command::Monitor { reason, traces } => {
             let json = matches!(cli.output, Output::Json);
-            return api::stream(&cli.socket, &Request::Monitor, |response| {
+            return api::stream(&cli.socket, &Request::Monitor { traces }, |response| {
                 match &response {
-                    Response::Drop { event }
+                    Response::Event { event }
                         if reason.is_empty() || reason.contains(&event.reason) =>
                     {
                         if json {
@@ -383,7 +386,7 @@ fn print_text(response: &Response) {
                 );
             }
         }
-        Response::Drop { event } => {
+        Response::Event { event } => {
             println!("{} {} -> {}", event.reason, event.source, event.destination)
         }
         Response::Error { message } => println!("error: {message}"),

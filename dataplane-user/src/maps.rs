@@ -245,11 +245,18 @@ impl Maps {
         removed(self.nat.remove(key), names::NAT_MAP)
     }
 
-    /// Turns drop events on (at most `events_per_second` per CPU) or off.
-    pub fn set_monitor(&mut self, enabled: bool, events_per_second: u32) -> Result<(), MapsError> {
+    /// Turns drop and trace events on or off (at most `events_per_second` per CPU).
+    pub fn set_monitor(
+        &mut self,
+        drops: bool,
+        traces: bool,
+        events_per_second: u32,
+    ) -> Result<(), MapsError> {
         let config = MonitorConfig {
-            enabled: u32::from(enabled),
+            drops: u32::from(drops),
+            traces: u32::from(traces),
             events_per_second,
+            _pad: 0,
         };
         self.monitor
             .set(0, config, 0)

@@ -200,3 +200,48 @@ fn status_shows_attachments_map_fill_and_sources() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn traces_show_forwarded_packets_when_asked() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        forwarding: Forwarding::Dataplane,
+    })?;
+    let node = &cluster.nodes[0];
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    let mut monitor = Command::new(dataplane_binary()?)
+        .arg("--socket")
+        .arg(&node.socket)
+        .args([
+            "--output",
+            "json",
+            "monitor",
+            "--traces",
+            "--reason",
+            "forwarded_local",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let output = monitor.stdout.take().expect("piped stdout");
+    let (events, received) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = events.send(event);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    a.ping(b.ip, 3)?;
+    let traced = received.recv_timeout(Duration::from_secs(5));
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let event = traced.map_err(|_| anyhow::anyhow!("no forwarded_local trace"))?;
+    assert_eq!(event["reason"], "forwarded_local");
+    assert_eq!(event["drop"], false);
+    let ends = [event["source"].as_str(), event["destination"].as_str()];
+    assert!(ends.contains(&Some(a.ip.to_string().as_str())), "{event}");
+    Ok(())
+}
