@@ -61,6 +61,9 @@ enum Command {
         /// Also show forwarded packets (traces), within the same per-CPU budget.
         #[arg(long)]
         traces: bool,
+        /// Only packets from or to these addresses; all when none given.
+        #[arg(long)]
+        address: Vec<Ipv4Addr>,
     },
     /// Per-path and per-drop-reason packet counters.
     Counters,
@@ -190,12 +193,25 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(agent::uninstall(&config));
         }
-        Command::Monitor { reason, traces } => {
+        Command::Monitor {
+            reason,
+            traces,
+            address,
+        } => {
             let json = matches!(cli.output, Output::Json);
+            let addresses: Vec<String> = address.iter().map(Ipv4Addr::to_string).collect();
+            let involves = |field: &str| {
+                addresses
+                    .iter()
+                    .any(|address| field.split(':').next() == Some(address.as_str()))
+            };
             return api::stream(&cli.socket, &Request::Monitor { traces }, |response| {
                 match &response {
                     Response::Event { event }
-                        if reason.is_empty() || reason.contains(&event.reason) =>
+                        if (reason.is_empty() || reason.contains(&event.reason))
+                            && (addresses.is_empty()
+                                || involves(&event.source)
+                                || involves(&event.destination)) =>
                     {
                         if json {
                             println!("{}", serde_json::to_string(event).expect("serializes"));
