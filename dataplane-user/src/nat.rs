@@ -68,6 +68,18 @@ pub fn partner(key: &FlowKey, entry: &NatEntry) -> FlowKey {
     }
 }
 
+/// A connection's state and last activity, from one half and its partner (if
+/// still there): as advanced as the most advanced half, as recent as the most
+/// recent one.
+fn merged(entry: &NatEntry, partner: Option<&&NatEntry>) -> (u8, u64) {
+    partner.map_or((entry.state, entry.last_seen_ns), |partner| {
+        (
+            partner.state.max(entry.state),
+            partner.last_seen_ns.max(entry.last_seen_ns),
+        )
+    })
+}
+
 /// Keys of every half whose connection has been idle longer than its timeout
 /// at `now_ns` (CLOCK_MONOTONIC). A connection is as recent as its most recent
 /// half and as advanced as its most advanced half; a half whose partner is
@@ -78,11 +90,7 @@ pub fn expired(entries: &[(FlowKey, NatEntry)], now_ns: u64, timeouts: &Timeouts
     entries
         .iter()
         .filter(|(key, entry)| {
-            let other = by_key.get(&partner(key, entry));
-            let last_seen = other.map_or(entry.last_seen_ns, |other| {
-                other.last_seen_ns.max(entry.last_seen_ns)
-            });
-            let state = other.map_or(entry.state, |other| other.state.max(entry.state));
+            let (state, last_seen) = merged(entry, by_key.get(&partner(key, entry)));
             let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
             idle > timeouts.of(key.protocol, state)
         })
@@ -122,11 +130,7 @@ pub fn connections(entries: &[(FlowKey, NatEntry)], now_ns: u64) -> Vec<Connecti
         .iter()
         .filter(|(key, _)| key.direction == nat_direction::EGRESS)
         .map(|(key, entry)| {
-            let reply = by_key.get(&partner(key, entry));
-            let state = reply.map_or(entry.state, |reply| reply.state.max(entry.state));
-            let last_seen = reply.map_or(entry.last_seen_ns, |reply| {
-                reply.last_seen_ns.max(entry.last_seen_ns)
-            });
+            let (state, last_seen) = merged(entry, by_key.get(&partner(key, entry)));
             Connection {
                 protocol: protocol_name(key.protocol),
                 pod: endpoint(key.src, key.src_port),

@@ -3,13 +3,40 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::Ipv4Addr,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use dataplane_tests::{Cluster, ClusterSpec, Forwarding, cluster::dataplane_binary};
 use serde_json::Value;
+
+/// Starts `dataplane monitor` against `node` with `args`; its JSON events
+/// arrive on the receiver once it has subscribed.
+fn watch(
+    node: &dataplane_tests::Node,
+    args: &[&str],
+) -> anyhow::Result<(Child, mpsc::Receiver<Value>)> {
+    let mut monitor = Command::new(dataplane_binary()?)
+        .arg("--socket")
+        .arg(&node.socket)
+        .args(["--output", "json", "monitor"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let output = monitor.stdout.take().expect("piped stdout");
+    let (events, received) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = events.send(event);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((monitor, received))
+}
 
 #[test]
 fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyhow::Result<()> {
@@ -20,23 +47,7 @@ fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyho
     })?;
     let node = &cluster.nodes[0];
     let (attacker, victim) = (&node.pods[0], &node.pods[1]);
-    let mut monitor = Command::new(dataplane_binary()?)
-        .arg("--socket")
-        .arg(&node.socket)
-        .args(["--output", "json", "monitor"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let (events, received) = mpsc::channel::<Value>();
-    let output = monitor.stdout.take().expect("piped stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str(&line) {
-                let _ = events.send(event);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let (mut monitor, received) = watch(node, &[])?;
 
     // A spoofed source, an unknown pod, VXLAN from a host that is not a node.
     let spoofed = Ipv4Addr::new(10, 244, 0, 99);
@@ -210,30 +221,17 @@ fn traces_show_forwarded_packets_when_asked() -> anyhow::Result<()> {
     })?;
     let node = &cluster.nodes[0];
     let (a, b) = (&node.pods[0], &node.pods[1]);
-    let mut monitor = Command::new(dataplane_binary()?)
-        .arg("--socket")
-        .arg(&node.socket)
-        .args([
-            "--output",
-            "json",
-            "monitor",
+    let address = a.ip.to_string();
+    let (mut monitor, received) = watch(
+        node,
+        &[
             "--traces",
             "--reason",
             "forwarded_local",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let output = monitor.stdout.take().expect("piped stdout");
-    let (events, received) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str(&line) {
-                let _ = events.send(event);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+            "--address",
+            &address,
+        ],
+    )?;
     a.ping(b.ip, 3)?;
     let traced = received.recv_timeout(Duration::from_secs(5));
     let _ = monitor.kill();
