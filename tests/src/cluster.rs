@@ -52,6 +52,18 @@ pub enum Forwarding {
     /// a `flannel.1` device plus a route, a permanent neighbour and an FDB
     /// entry per remote node.
     KernelRoutes,
+    /// The docker/flannel bridge: pods' veths on a `cni0` bridge that owns
+    /// the first address of the pod CIDR (pods in one L2 segment), across
+    /// nodes flannel's vxlan backend as above.
+    Bridge,
+}
+
+/// The bridge of `Forwarding::Bridge` nodes.
+const BRIDGE: &str = "cni0";
+
+/// The bridge's address: the first host address of the node's pod CIDR.
+fn bridge_gateway(pod_cidr: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -345,13 +357,8 @@ impl Node {
     /// Adds a pod wired like a ptp main plugin would: veth pair, pod IP /32,
     /// default route via 169.254.1.1. Does not register it with any dataplane.
     pub fn add_pod(&mut self, name: String, ip: Ipv4Addr) -> anyhow::Result<&Pod> {
-        let netns = create_ipv4_only_netns(name)?;
-        let host_interface = format!("vp{}", self.pods.len());
-        self.netns.add_veth(&host_interface, &netns, "eth0")?;
-        self.netns.ip(&["link", "set", &host_interface, "up"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
-        netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        netns.ip(&[
+        let pod = self.plug_pod(name, ip, 32)?;
+        pod.netns.ip(&[
             "route",
             "add",
             POD_GATEWAY_IP,
@@ -360,7 +367,7 @@ impl Node {
             "scope",
             "link",
         ])?;
-        netns.ip(&[
+        pod.netns.ip(&[
             "route",
             "add",
             "default",
@@ -369,14 +376,38 @@ impl Node {
             "dev",
             "eth0",
         ])?;
+        self.pods.push(pod);
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Adds a pod the docker/flannel bridge way: its veth enslaved to the
+    /// node's `cni0` bridge, the pod IP /24 with the bridge as default gateway.
+    fn add_bridged_pod(&mut self, name: String, ip: Ipv4Addr) -> anyhow::Result<()> {
+        let pod = self.plug_pod(name, ip, self.pod_cidr.prefix())?;
+        self.netns
+            .ip(&["link", "set", &pod.host_interface, "master", BRIDGE])?;
+        let gateway = bridge_gateway(self.pod_cidr).to_string();
+        pod.netns
+            .ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        self.pods.push(pod);
+        Ok(())
+    }
+
+    /// A pod namespace joined to this node by a veth pair, `ip`/`prefix` on its eth0.
+    fn plug_pod(&self, name: String, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<Pod> {
+        let netns = create_ipv4_only_netns(name)?;
+        let host_interface = format!("vp{}", self.pods.len());
+        self.netns.add_veth(&host_interface, &netns, "eth0")?;
+        self.netns.ip(&["link", "set", &host_interface, "up"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&["addr", "add", &format!("{ip}/{prefix}"), "dev", "eth0"])?;
         let mac = netns.mac_of("eth0")?;
-        self.pods.push(Pod {
+        Ok(Pod {
             netns,
             ip,
             mac,
             host_interface,
-        });
-        Ok(self.pods.last().expect("just pushed"))
+        })
     }
 
     /// The kernel path for one pod: /32 route and proxy_arp on its host veth.
@@ -555,10 +586,10 @@ impl Cluster {
                     }
                 }
             }
-            Forwarding::KernelRoutes if spec.nodes > 1 => {
+            Forwarding::KernelRoutes | Forwarding::Bridge if spec.nodes > 1 => {
                 connect_nodes_like_flannel(&cluster.nodes)?
             }
-            Forwarding::KernelRoutes => {}
+            Forwarding::KernelRoutes | Forwarding::Bridge => {}
         }
         Ok(cluster)
     }
@@ -603,9 +634,21 @@ impl Cluster {
             pod_prefix: format!("{prefix}-n{index}c"),
             agent_environment: Vec::new(),
         };
+        if spec.forwarding == Forwarding::Bridge {
+            let gateway = format!("{}/{}", bridge_gateway(pod_cidr), pod_cidr.prefix());
+            node.netns
+                .ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+            node.netns.ip(&["addr", "add", &gateway, "dev", BRIDGE])?;
+            node.netns.ip(&["link", "set", BRIDGE, "up"])?;
+        }
         for pod in 0..spec.pods_per_node {
             let pod_ip = Ipv4Addr::new(10, 244, octet, 2 + u8::try_from(pod)?);
-            node.add_pod(format!("{prefix}-n{index}p{pod}"), pod_ip)?;
+            let name = format!("{prefix}-n{index}p{pod}");
+            if spec.forwarding == Forwarding::Bridge {
+                node.add_bridged_pod(name, pod_ip)?;
+            } else {
+                node.add_pod(name, pod_ip)?;
+            }
         }
         match spec.forwarding {
             Forwarding::Dataplane => {
@@ -618,7 +661,7 @@ impl Cluster {
                     node.register(pod)?;
                 }
             }
-            Forwarding::KernelRoutes => {
+            Forwarding::KernelRoutes | Forwarding::Bridge => {
                 node.set_pod_mtu(VXLAN_POD_MTU)?;
                 node.netns.sysctl("net.ipv4.ip_forward", "1")?;
                 node.netns.exec(&[
@@ -635,8 +678,10 @@ impl Cluster {
                     "-j",
                     "MASQUERADE",
                 ])?;
-                for pod in &node.pods {
-                    node.route_pod_in_kernel(pod)?;
+                if spec.forwarding == Forwarding::KernelRoutes {
+                    for pod in &node.pods {
+                        node.route_pod_in_kernel(pod)?;
+                    }
                 }
             }
         }

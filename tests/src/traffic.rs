@@ -1,16 +1,25 @@
-//! Traffic generators: TCP round trips and iperf3 streams between namespaces.
+//! Traffic generators between namespaces: TCP round trips, iperf3 runs,
+//! connection rates and request/response latency.
 
 use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Child,
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use nix::sys::{
+    socket::{setsockopt, sockopt::ReceiveTimeout},
+    time::{TimeVal, TimeValLike as _},
+};
 
 use crate::netns::Netns;
 
@@ -162,87 +171,223 @@ pub fn udp_exchange(
     Ok(())
 }
 
-/// New TCP connections per second from `client` to `server_ip` in `server`
-/// over `duration`: connect, send 64 bytes, read 64 bytes back, close. The
-/// server closes first, so the client's ports are free again at once.
+/// New TCP connections per second from `clients` parallel clients in
+/// `client` to `server_ip` in `server` over `duration`: each connects, sends
+/// 64 bytes, reads 64 bytes back and closes, as fast as it can. The server
+/// (one worker per client) closes first, so the clients' ports are free
+/// again at once.
 pub fn connection_rate(
     server: &Netns,
     server_ip: Ipv4Addr,
     client: &Netns,
     duration: Duration,
+    clients: usize,
 ) -> anyhow::Result<f64> {
-    let (port_sender, port_receiver) = mpsc::channel();
-    let (done_sender, done) = mpsc::channel::<()>();
-    let responder = in_netns(server, move || {
-        let listener = TcpListener::bind((server_ip, 0))?;
-        port_sender.send(listener.local_addr()?.port())?;
-        listener.set_nonblocking(true)?;
-        let mut request = [0u8; 64];
-        while done.try_recv().is_err() {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(false)?;
+    // accept() gives up after 100 ms, so workers notice when to stop.
+    let listener = listener_in(server, server_ip, Duration::from_millis(100))?;
+    let address = SocketAddr::from((server_ip, listener.local_addr()?.port()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = (0..clients)
+        .map(|_| {
+            let listener = listener.try_clone()?;
+            let stop = Arc::clone(&stop);
+            Ok(thread::spawn(move || answer_until(&listener, &stop)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let connectors: Vec<_> = (0..clients)
+        .map(|_| {
+            in_netns(client, move || {
+                let mut connections = 0u64;
+                let mut reply = [0u8; 64];
+                while started.elapsed() < duration {
+                    let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
+                        .with_context(|| format!("connection {connections} to {address}"))?;
                     stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-                    stream.read_exact(&mut request)?;
-                    stream.write_all(&request)?;
+                    stream.write_all(&[7u8; 64])?;
+                    stream.read_exact(&mut reply)?;
+                    connections += 1;
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_micros(50));
-                }
-                Err(error) => return Err(error.into()),
+                Ok(connections)
+            })
+        })
+        .collect();
+    let connected: anyhow::Result<u64> = connectors.into_iter().map(joined).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().try_for_each(|worker| {
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("server worker panicked"))?
+    })?;
+    Ok(connected? as f64 / elapsed)
+}
+
+/// A TCP listener on an ephemeral port of `ip` in `netns` whose accept()
+/// gives up after `accept_timeout`.
+fn listener_in(
+    netns: &Netns,
+    ip: Ipv4Addr,
+    accept_timeout: Duration,
+) -> anyhow::Result<TcpListener> {
+    let timeout = TimeVal::microseconds(i64::try_from(accept_timeout.as_micros())?);
+    joined(in_netns(netns, move || {
+        let listener = TcpListener::bind((ip, 0))?;
+        setsockopt(&listener, ReceiveTimeout, &timeout)?;
+        Ok(listener)
+    }))
+}
+
+/// Answers connections on `listener` (64 bytes echoed, then closed) until `stop`.
+fn answer_until(listener: &TcpListener, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut request = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+                stream.read_exact(&mut request)?;
+                stream.write_all(&request)?;
             }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Round-trip times of 64-byte requests answered with 64 bytes over one
+/// TCP connection (no Nagle), back to back for `duration`.
+pub struct Latency {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub exchanges: usize,
+}
+
+/// Request/response latency from `client` to an echo server in `server`.
+pub fn request_response_latency(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    duration: Duration,
+) -> anyhow::Result<Latency> {
+    let listener = listener_in(server, server_ip, TCP_TIMEOUT)?;
+    let address = SocketAddr::from((server_ip, listener.local_addr()?.port()));
+    let echo = thread::spawn(move || -> anyhow::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+        let mut request = [0u8; 64];
+        while stream.read_exact(&mut request).is_ok() {
+            stream.write_all(&request)?;
         }
         Ok(())
     });
-    let port = port_receiver
-        .recv_timeout(TCP_TIMEOUT)
-        .context("connection-rate server did not start")?;
-    let clients = in_netns(client, move || {
-        let address = SocketAddr::from((server_ip, port));
+    let rtts = joined(in_netns(client, move || {
+        let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+        let (mut request, mut reply) = ([3u8; 64], [0u8; 64]);
         let started = Instant::now();
-        let mut connections = 0u64;
-        let mut reply = [0u8; 64];
+        let mut rtts = Vec::new();
         while started.elapsed() < duration {
-            let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
-                .with_context(|| format!("connection {connections} to {address}"))?;
-            stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-            stream.write_all(&[7u8; 64])?;
+            let sent = Instant::now();
+            stream.write_all(&request)?;
             stream.read_exact(&mut reply)?;
-            connections += 1;
+            rtts.push(sent.elapsed());
+            request[0] = request[0].wrapping_add(1);
         }
-        Ok(connections as f64 / started.elapsed().as_secs_f64())
-    });
-    let rate = joined(clients);
-    let _ = done_sender.send(());
-    joined(responder).and(rate)
+        Ok(rtts)
+    }));
+    let echoed = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo server panicked"))?;
+    let mut rtts = rtts?;
+    echoed?;
+    if rtts.is_empty() {
+        bail!("no request completed within {duration:?}");
+    }
+    rtts.sort_unstable();
+    let percentile = |share: f64| rtts[((rtts.len() - 1) as f64 * share).round() as usize];
+    Ok(Latency {
+        p50: percentile(0.50),
+        p99: percentile(0.99),
+        exchanges: rtts.len(),
+    })
 }
 
-/// Runs an iperf3 TCP stream from `client` to a one-off server in `server`
-/// listening on `server_ip`; returns the received rate in bit/s.
+/// What an iperf3 run sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Iperf3Load {
+    /// TCP, this many parallel streams.
+    Tcp { streams: u32 },
+    /// UDP datagrams of this payload size, as fast as the sender can.
+    Udp { payload_bytes: u32 },
+}
+
+/// What the receiver of an iperf3 run got.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf3Received {
+    pub bits_per_second: f64,
+    pub bytes: f64,
+    pub seconds: f64,
+}
+
+/// Runs iperf3 from `client` to a one-off server in `server` listening on
+/// `server_ip`; returns what the server received.
+pub fn iperf3(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    seconds: u32,
+    load: Iperf3Load,
+) -> anyhow::Result<Iperf3Received> {
+    let mut server_process =
+        server.spawn(&["iperf3", "--server", "--one-off", "--port", IPERF3_PORT])?;
+    let (seconds, server_ip) = (seconds.to_string(), server_ip.to_string());
+    let mut args = vec![
+        "iperf3",
+        "--client",
+        &server_ip,
+        "--port",
+        IPERF3_PORT,
+        "--time",
+        &seconds,
+        "--connect-timeout",
+        "3000",
+        "--json",
+    ];
+    let (streams, payload);
+    match load {
+        Iperf3Load::Tcp { streams: count } => {
+            streams = count.to_string();
+            args.extend(["--parallel", &streams]);
+        }
+        Iperf3Load::Udp { payload_bytes } => {
+            payload = payload_bytes.to_string();
+            args.extend(["--udp", "--bitrate", "0", "--length", &payload]);
+        }
+    }
+    let result = wait_until_listening(server, IPERF3_PORT).and_then(|()| client.exec(&args));
+    reap(&mut server_process, Duration::from_secs(5));
+    received(&result.context("iperf3 client")?)
+}
+
+/// Runs a single iperf3 TCP stream; the received rate in bit/s.
 pub fn iperf3_tcp(
     server: &Netns,
     server_ip: Ipv4Addr,
     client: &Netns,
     seconds: u32,
 ) -> anyhow::Result<f64> {
-    let mut server_process =
-        server.spawn(&["iperf3", "--server", "--one-off", "--port", IPERF3_PORT])?;
-    let result = wait_until_listening(server, IPERF3_PORT).and_then(|()| {
-        client.exec(&[
-            "iperf3",
-            "--client",
-            &server_ip.to_string(),
-            "--port",
-            IPERF3_PORT,
-            "--time",
-            &seconds.to_string(),
-            "--connect-timeout",
-            "3000",
-            "--json",
-        ])
-    });
-    reap(&mut server_process, Duration::from_secs(5));
-    received_bits_per_second(&result.context("iperf3 client")?)
+    iperf3(
+        server,
+        server_ip,
+        client,
+        seconds,
+        Iperf3Load::Tcp { streams: 1 },
+    )
+    .map(|received| received.bits_per_second)
 }
 
 /// Polls `ss` until something listens on TCP `port` in `netns` (bounded).
@@ -279,11 +424,24 @@ fn reap(process: &mut Child, grace: Duration) {
 
 /// The receiver's rate from `iperf3 --json` output, or its error.
 pub fn received_bits_per_second(json: &str) -> anyhow::Result<f64> {
+    received(json).map(|received| received.bits_per_second)
+}
+
+/// The receiver's side of `iperf3 --json` output, or its error.
+fn received(json: &str) -> anyhow::Result<Iperf3Received> {
     let report: serde_json::Value = serde_json::from_str(json).context("iperf3 --json output")?;
     if let Some(error) = report["error"].as_str() {
         bail!("iperf3: {error}");
     }
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 report without end.sum_received.bits_per_second")
+    let sum = &report["end"]["sum_received"];
+    let field = |name: &str| {
+        sum[name]
+            .as_f64()
+            .with_context(|| format!("iperf3 report without end.sum_received.{name}"))
+    };
+    Ok(Iperf3Received {
+        bits_per_second: field("bits_per_second")?,
+        bytes: field("bytes")?,
+        seconds: field("seconds")?,
+    })
 }

@@ -112,6 +112,20 @@ pub fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
     )
 }
 
+/// Builds and runs the benchmark (package dataplane-bench) against `binary`.
+pub fn bench(binary: &Path, quick: bool) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command
+        .args(["run", "--release", "--package", "dataplane-bench", "--"])
+        .arg("--output")
+        .arg(workspace_root().join("target/bench"))
+        .env("DATAPLANE_BIN", binary);
+    if quick {
+        command.arg("--quick");
+    }
+    status(command, "dataplane-bench (this dataplane vs the kernel paths)")
+}
+
 /// Replaces this process with the node agent.
 pub fn exec_agent(binary: &Path, config: &Path) -> anyhow::Result<()> {
     let error = Command::new(binary)

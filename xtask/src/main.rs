@@ -1,6 +1,5 @@
 //! Build, run, test and benchmark orchestration: `cargo xtask <command>`.
 
-mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -38,9 +37,10 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Throughput of this dataplane against the kernel paths it replaces.
+    /// This dataplane against the kernel paths it replaces (needs root):
+    /// Markdown, JSON and an SVG chart in target/bench.
     Bench {
-        /// One short repetition per scenario (CI smoke run).
+        /// One short repetition of everything (CI smoke run).
         #[arg(long)]
         quick: bool,
     },
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { quick } => {
             setup::run()?;
             let binary = build::dataplane(build::Profile::Release)?;
-            bench::run(&binary, quick)
+            build::bench(&binary, quick)
         }
     }
 }

@@ -1,0 +1,98 @@
+//! The ratios as a horizontal bar chart (SVG): one bar per table row.
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
+
+use crate::{measure::Comparison, report::BEHIND};
+
+/// Ratios above this are drawn to it (their number is still written).
+const AXIS_LIMIT: f64 = 4.0;
+const ROW_PIXELS: u32 = 24;
+const LABEL_PIXELS: u32 = 720;
+const WIDTH: u32 = 1400;
+
+pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
+    let rows = comparisons.len();
+    let height = 110 + ROW_PIXELS * u32::try_from(rows)?;
+    let root = SVGBackend::new(file, (WIDTH, height)).into_drawing_area();
+    let plot = |error| anyhow!("drawing {}: {error:?}", file.display());
+    root.fill(&WHITE).map_err(plot)?;
+    let ratios: Vec<f64> = comparisons.iter().map(Comparison::advantage).collect();
+    let axis_end = ratios
+        .iter()
+        .copied()
+        .filter(|ratio| ratio.is_finite())
+        .fold(1.5, f64::max)
+        .min(AXIS_LIMIT)
+        .ceil();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "this dataplane vs the kernel path it replaces (ratio, > 1 = dataplane better)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(LABEL_PIXELS)
+        .build_cartesian_2d(0f64..axis_end, 0f64..rows as f64)
+        .map_err(plot)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .disable_y_axis()
+        .x_desc("ratio")
+        .draw()
+        .map_err(plot)?;
+    let label_style = TextStyle::from(("sans-serif", 13)).pos(Pos::new(HPos::Right, VPos::Center));
+    let value_style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Left, VPos::Center));
+    for (index, (comparison, ratio)) in comparisons.iter().zip(&ratios).enumerate() {
+        // The first row at the top, as in the table.
+        let bottom = (rows - 1 - index) as f64;
+        let color = if *ratio < BEHIND {
+            RGBColor(200, 60, 50)
+        } else if *ratio < 2.0 - BEHIND {
+            RGBColor(150, 150, 150)
+        } else {
+            RGBColor(60, 150, 80)
+        };
+        let drawn = if ratio.is_finite() {
+            ratio.min(axis_end)
+        } else {
+            0.0
+        };
+        chart
+            .draw_series([Rectangle::new(
+                [(0.0, bottom + 0.15), (drawn, bottom + 0.85)],
+                color.filled(),
+            )])
+            .map_err(plot)?;
+        chart
+            .draw_series([Text::new(
+                format!("{ratio:.2}"),
+                (drawn + axis_end / 200.0, bottom + 0.5),
+                value_style.clone(),
+            )])
+            .map_err(plot)?;
+        let (x, y) = chart.backend_coord(&(0.0, bottom + 0.5));
+        let label = format!(
+            "{} · {} · vs {}",
+            comparison.scenario,
+            comparison.measure.name(),
+            comparison.baseline
+        );
+        root.draw(&Text::new(label, (x - 8, y), label_style.clone()))
+            .map_err(plot)?;
+    }
+    chart
+        .draw_series([PathElement::new(
+            vec![(1.0, 0.0), (1.0, rows as f64)],
+            BLACK.stroke_width(1),
+        )])
+        .map_err(plot)?;
+    root.present().map_err(plot)?;
+    Ok(())
+}

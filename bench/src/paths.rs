@@ -1,0 +1,326 @@
+//! Traffic on every path: pod to pod on one node, across nodes, to the
+//! outside; this dataplane and the kernel designs it replaces, interleaved.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, UdpSocket},
+    path::Path as FilePath,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use dataplane_tests::{
+    Cluster,
+    cluster::{EXTERNAL_HOST_IP, dataplane_binary},
+    netns::Netns,
+    traffic::{
+        Iperf3Load, connection_rate, in_netns, iperf3, iperf3_tcp, joined,
+        request_response_latency,
+    },
+};
+
+use crate::{
+    Clusters, Progress, Settings,
+    measure::{Comparison, Measure},
+};
+
+/// A client and a server address: where traffic flows.
+pub struct Path<'a> {
+    pub label: &'static str,
+    pub client: &'a Netns,
+    pub server: &'a Netns,
+    pub server_ip: Ipv4Addr,
+}
+
+/// Pod `from` to pod `to` of `cluster`, as `(node, pod)` indices.
+pub fn pod_to_pod<'a>(
+    label: &'static str,
+    cluster: &'a Cluster,
+    from: (usize, usize),
+    to: (usize, usize),
+) -> Path<'a> {
+    let server = &cluster.nodes[to.0].pods[to.1];
+    Path {
+        label,
+        client: &cluster.nodes[from.0].pods[from.1].netns,
+        server: &server.netns,
+        server_ip: server.ip,
+    }
+}
+
+/// Pod 0 of node 0 talks to these `(node, pod)`.
+pub const SAME_NODE: (usize, usize) = (0, 1);
+pub const OTHER_NODE: (usize, usize) = (1, 0);
+
+/// Pod 0 of node 0 of `cluster` to the external host behind the gateway.
+fn pod_to_external<'a>(label: &'static str, cluster: &'a Cluster) -> Path<'a> {
+    Path {
+        label,
+        client: &cluster.nodes[0].pods[0].netns,
+        server: &cluster.external,
+        server_ip: EXTERNAL_HOST_IP,
+    }
+}
+
+fn paths(clusters: &Clusters) -> Vec<Path<'_>> {
+    let (node0, node1) = (&clusters.dataplane.nodes[0], &clusters.dataplane.nodes[1]);
+    vec![
+        pod_to_pod("same-node dataplane", &clusters.dataplane, (0, 0), SAME_NODE),
+        pod_to_pod("same-node routes", &clusters.kernel, (0, 0), SAME_NODE),
+        pod_to_pod("same-node bridge", &clusters.bridge, (0, 0), SAME_NODE),
+        pod_to_pod("cross-node dataplane", &clusters.dataplane, (0, 0), OTHER_NODE),
+        pod_to_pod("cross-node flannel", &clusters.kernel, (0, 0), OTHER_NODE),
+        Path {
+            label: "node-to-node",
+            client: &node0.netns,
+            server: &node1.netns,
+            server_ip: node1.ip,
+        },
+        pod_to_external("egress dataplane", &clusters.dataplane),
+        pod_to_external("egress masquerade", &clusters.kernel),
+    ]
+}
+
+/// Which path is compared with which, and how the baseline is described.
+const COMPARISONS: [(&str, &str, &str, &str); 5] = [
+    (
+        "same-node pod-to-pod",
+        "same-node dataplane",
+        "same-node routes",
+        "/32 routes + proxy_arp (Calico-style)",
+    ),
+    (
+        "same-node pod-to-pod",
+        "same-node dataplane",
+        "same-node bridge",
+        "Linux bridge cni0 (docker, flannel)",
+    ),
+    (
+        "cross-node pod-to-pod",
+        "cross-node dataplane",
+        "cross-node flannel",
+        "kernel vxlan + routes/neigh/fdb (flannel)",
+    ),
+    (
+        "cross-node pod-to-pod",
+        "cross-node dataplane",
+        "node-to-node",
+        "node-to-node, no overlay (physical limit)",
+    ),
+    (
+        "egress pod-to-external",
+        "egress dataplane",
+        "egress masquerade",
+        "iptables MASQUERADE + conntrack",
+    ),
+];
+
+/// Runs of a traffic tool; each yields one or more measures.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    TcpOneStream,
+    TcpFourStreams,
+    UdpSmallPackets,
+    Latency,
+    Connections,
+}
+
+const RUNS: [Run; 5] = [
+    Run::TcpOneStream,
+    Run::TcpFourStreams,
+    Run::UdpSmallPackets,
+    Run::Latency,
+    Run::Connections,
+];
+
+const UDP_PAYLOAD: u32 = 64;
+const CONNECTING_CLIENTS: usize = 4;
+
+/// Progress steps `run` reports.
+pub fn steps(settings: &Settings) -> usize {
+    const PATHS: usize = 8;
+    const FLOOD_RUNS: usize = 2;
+    settings.repetitions * (RUNS.len() * PATHS + FLOOD_RUNS)
+}
+
+pub fn run(
+    clusters: &Clusters,
+    settings: &Settings,
+    progress: &mut Progress,
+) -> anyhow::Result<Vec<Comparison>> {
+    let paths = paths(clusters);
+    let mut samples: BTreeMap<(&str, Measure), Vec<f64>> = BTreeMap::new();
+    let mut flood = Comparison::new(
+        "same-node during a drop flood, `dataplane monitor` attached",
+        "the same without the monitor",
+        Measure::TcpOneStream,
+    );
+    for repetition in 1..=settings.repetitions {
+        for run in RUNS {
+            for path in &paths {
+                let values = sample(run, path, settings)
+                    .with_context(|| format!("{run:?} on {}", path.label))?;
+                let shown: Vec<String> = values
+                    .iter()
+                    .map(|(measure, value)| measure.show(*value))
+                    .collect();
+                progress.step(
+                    &format!(
+                        "run {repetition}/{} {:?} {}",
+                        settings.repetitions, run, path.label
+                    ),
+                    &shown.join(", "),
+                );
+                for (measure, value) in values {
+                    samples.entry((path.label, measure)).or_default().push(value);
+                }
+            }
+        }
+        for (monitor, into) in [(true, &mut flood.dataplane), (false, &mut flood.reference)] {
+            let rate = under_drop_flood(&clusters.dataplane, settings.seconds, monitor)?;
+            progress.step(
+                &format!("run {repetition} drop flood, monitor attached: {monitor}"),
+                &Measure::TcpOneStream.show(rate),
+            );
+            into.push(rate);
+        }
+    }
+    let mut comparisons = Vec::new();
+    for (scenario, ours, theirs, baseline) in COMPARISONS {
+        for measure in Measure::ON_EVERY_PATH {
+            let mut comparison = Comparison::new(scenario, baseline, measure);
+            comparison.dataplane = samples.remove(&(ours, measure)).unwrap_or_default();
+            comparison.reference = samples
+                .get(&(theirs, measure))
+                .cloned()
+                .unwrap_or_default();
+            // The same dataplane runs serve both of its baselines.
+            samples.insert((ours, measure), comparison.dataplane.clone());
+            comparisons.push(comparison);
+        }
+    }
+    comparisons.push(flood);
+    Ok(comparisons)
+}
+
+/// One run of `run` on `path`: the measures it yields.
+fn sample(run: Run, path: &Path, settings: &Settings) -> anyhow::Result<Vec<(Measure, f64)>> {
+    let iperf3_on = |load| iperf3(path.server, path.server_ip, path.client, settings.seconds, load);
+    Ok(match run {
+        Run::TcpOneStream => {
+            let before = busy_cpu_seconds()?;
+            let received = iperf3_on(Iperf3Load::Tcp { streams: 1 })?;
+            let cpu = busy_cpu_seconds()? - before;
+            vec![
+                (Measure::TcpOneStream, received.bits_per_second),
+                (Measure::CpuPerGigabyte, cpu / (received.bytes / 1e9)),
+            ]
+        }
+        Run::TcpFourStreams => {
+            let received = iperf3_on(Iperf3Load::Tcp { streams: 4 })?;
+            vec![(Measure::TcpFourStreams, received.bits_per_second)]
+        }
+        Run::UdpSmallPackets => {
+            let received = iperf3_on(Iperf3Load::Udp {
+                payload_bytes: UDP_PAYLOAD,
+            })?;
+            let packets = received.bytes / f64::from(UDP_PAYLOAD);
+            vec![(Measure::UdpSmallPackets, packets / received.seconds)]
+        }
+        Run::Latency => {
+            let latency = latency(path, settings.duration())?;
+            vec![
+                (Measure::LatencyP50, latency.0),
+                (Measure::LatencyP99, latency.1),
+            ]
+        }
+        Run::Connections => {
+            let duration = Duration::from_secs_f64(settings.connection_seconds);
+            let rate = connection_rate(
+                path.server,
+                path.server_ip,
+                path.client,
+                duration,
+                CONNECTING_CLIENTS,
+            )?;
+            vec![(Measure::ConnectionsPerSecond, rate)]
+        }
+    })
+}
+
+/// Request/response p50 and p99 on `path`, in microseconds.
+pub fn latency(path: &Path, duration: Duration) -> anyhow::Result<(f64, f64)> {
+    let latency = request_response_latency(path.server, path.server_ip, path.client, duration)?;
+    let micros = |value: Duration| value.as_secs_f64() * 1e6;
+    Ok((micros(latency.p50), micros(latency.p99)))
+}
+
+/// CPU time spent on anything but idling, all CPUs, since boot: /proc/stat
+/// counts every namespace, softirq work included.
+fn busy_cpu_seconds() -> anyhow::Result<f64> {
+    // /proc/stat counts in USER_HZ, which the kernel ABI fixes at 100.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .context("/proc/stat without a cpu line")?
+        .split_whitespace()
+        .map(|field| field.parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("/proc/stat cpu line")?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - ticks[3] - ticks[4];
+    Ok(busy / TICKS_PER_SECOND)
+}
+
+/// Same-node iperf3 while pod 1 of node 0 floods an unknown pod address
+/// (every packet a counted drop), with a `dataplane monitor` attached or not.
+fn under_drop_flood(cluster: &Cluster, seconds: u32, monitor: bool) -> anyhow::Result<f64> {
+    let node = &cluster.nodes[0];
+    let mut watcher = if monitor {
+        Some(spawn_monitor(&dataplane_binary()?, &node.socket)?)
+    } else {
+        None
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = Arc::clone(&stop);
+    let flooder = in_netns(&node.pods[1].netns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let unknown_pod = (Ipv4Addr::new(10, 244, 0, 200), 9);
+        let mut sent = 0u64;
+        while !flooding.load(Ordering::Relaxed) {
+            if socket.send_to(&[0u8; 64], unknown_pod).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    });
+    let server = &node.pods[1];
+    let rate = iperf3_tcp(&server.netns, server.ip, &node.pods[0].netns, seconds);
+    stop.store(true, Ordering::Relaxed);
+    let flooded = joined(flooder);
+    if let Some(watcher) = &mut watcher {
+        let _ = watcher.kill();
+        let _ = watcher.wait();
+    }
+    flooded?;
+    rate
+}
+
+fn spawn_monitor(binary: &FilePath, socket: &FilePath) -> anyhow::Result<std::process::Child> {
+    Command::new(binary)
+        .arg("--socket")
+        .arg(socket)
+        .arg("monitor")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting `dataplane monitor`")
+}

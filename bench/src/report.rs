@@ -1,0 +1,86 @@
+//! The results as a Markdown table (ratios first) and as JSON.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::{
+    Settings,
+    measure::{Comparison, median},
+};
+
+/// Below this ratio a row counts as behind its baseline (run-to-run noise
+/// on these shared machines is a few percent).
+pub const BEHIND: f64 = 0.97;
+
+/// Writes results.md and results.json into `directory`; returns the Markdown.
+pub fn write(
+    comparisons: &[Comparison],
+    settings: &Settings,
+    directory: &Path,
+) -> anyhow::Result<String> {
+    let machine = machine();
+    let mut markdown = format!(
+        "{machine}; median of {} interleaved run(s), {} s per traffic run.\n\
+         Ratio = how many times better this dataplane is than the baseline (> 1 better, \
+         **bold** = behind by more than {:.0}%): rates are divided dataplane / baseline, \
+         latencies, CPU time and durations baseline / dataplane.\n\n\
+         | scenario | measure | baseline | ratio | dataplane | baseline value |\n\
+         |---|---|---|---|---|---|\n",
+        settings.repetitions,
+        settings.seconds,
+        (1.0 - BEHIND) * 100.0
+    );
+    let mut rows = Vec::new();
+    for comparison in comparisons {
+        let ratio = comparison.advantage();
+        let shown_ratio = if ratio < BEHIND {
+            format!("**{ratio:.2}**")
+        } else {
+            format!("{ratio:.2}")
+        };
+        let measure = comparison.measure;
+        let (ours, theirs) = (median(&comparison.dataplane), median(&comparison.reference));
+        markdown.push_str(&format!(
+            "| {} | {} | {} | {shown_ratio} | {} | {} |\n",
+            comparison.scenario,
+            measure.name(),
+            comparison.baseline,
+            measure.show(ours),
+            measure.show(theirs),
+        ));
+        rows.push(serde_json::json!({
+            "scenario": comparison.scenario,
+            "measure": measure.name(),
+            "baseline": comparison.baseline,
+            "ratio": ratio,
+            "unit": measure.unit(),
+            "higher_is_better": measure.higher_is_better(),
+            "dataplane_median": ours,
+            "baseline_median": theirs,
+            "dataplane_runs": comparison.dataplane,
+            "baseline_runs": comparison.reference,
+        }));
+    }
+    let json = serde_json::json!({
+        "machine": machine,
+        "repetitions": settings.repetitions,
+        "seconds_per_run": settings.seconds,
+        "rows": rows,
+    });
+    std::fs::write(directory.join("results.md"), &markdown).context("writing results.md")?;
+    std::fs::write(
+        directory.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )
+    .context("writing results.json")?;
+    Ok(markdown)
+}
+
+/// Kernel release and CPU count: what the numbers depend on most.
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_string(), |release| release.trim().to_string());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("Linux {kernel}, {cpus} CPUs")
+}

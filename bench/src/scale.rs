@@ -1,0 +1,492 @@
+//! Scale: per-packet cost and latency as the tables fill (this dataplane's
+//! maps, the kernel's routes), and the time to program remote nodes.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions},
+};
+use dataplane_common::{Endpoint, Ipv4Cidr, NodeConfig, names};
+use dataplane_tests::{
+    cluster::VXLAN_POD_MTU,
+    netns::{Netns, unique_prefix},
+};
+use dataplane_user::{
+    loader::{self, classifier},
+    maps::Maps,
+};
+use ipnetwork::Ipv4Network;
+
+use crate::{
+    Clusters, Progress, Settings,
+    kernel_tables::KernelTables,
+    measure::{Comparison, Measure},
+    paths::{OTHER_NODE, SAME_NODE, latency, pod_to_pod},
+};
+
+/// Table sizes measured, smallest first.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    endpoints: u32,
+    remote_nodes: u32,
+}
+
+const LEVELS: [Level; 3] = [
+    Level {
+        endpoints: 10,
+        remote_nodes: 2,
+    },
+    Level {
+        endpoints: 1_000,
+        remote_nodes: 500,
+    },
+    Level {
+        endpoints: 50_000,
+        remote_nodes: 5_000,
+    },
+];
+
+/// What every node of the clusters (and the private copy) starts with.
+const REAL_ENDPOINTS: u32 = 2;
+const REAL_REMOTE_NODES: u32 = 1;
+
+const PROGRAMMED_NODES: u32 = 5_000;
+
+/// BPF_PROG_TEST_RUN's verdict for a packet handed to another device.
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Progress steps `run` reports.
+pub fn steps(settings: &Settings) -> usize {
+    const LATENCY_RUNS: usize = 4;
+    const PACKETS: usize = 2;
+    const PROGRAMMERS: usize = 2;
+    settings.repetitions * PROGRAMMERS
+        + LEVELS.len() * (1 + settings.repetitions * (LATENCY_RUNS + PACKETS))
+}
+
+pub fn run(
+    clusters: &Clusters,
+    settings: &Settings,
+    progress: &mut Progress,
+) -> anyhow::Result<Vec<Comparison>> {
+    let mut comparisons = vec![programming_time(settings, progress)?];
+    let mut private = DataplaneTables::private()?;
+    let mut ours = clusters
+        .dataplane
+        .nodes
+        .iter()
+        .map(|node| DataplaneTables::pinned(node.bpf_root()?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut theirs = clusters
+        .kernel
+        .nodes
+        .iter()
+        .map(|node| KernelNode::open(&node.netns))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let packets = [
+        ("same-node", udp_frame(PRIVATE_POD_B)),
+        ("cross-node", udp_frame(PRIVATE_REMOTE_POD)),
+    ];
+    let mut smallest_level_costs: Option<Vec<Vec<f64>>> = None;
+    for level in LEVELS {
+        let fake = Filled {
+            endpoints: level.endpoints - REAL_ENDPOINTS,
+            nodes: level.remote_nodes - REAL_REMOTE_NODES,
+        };
+        let started = Instant::now();
+        private.fill(fake)?;
+        for tables in &mut ours {
+            tables.fill(fake)?;
+        }
+        for tables in &mut theirs {
+            tables.fill(fake)?;
+        }
+        let scenario = format!(
+            "scale: {} endpoints, {} remote nodes",
+            thousands(level.endpoints),
+            thousands(level.remote_nodes)
+        );
+        progress.step(
+            &format!("{scenario}: maps and kernel routes of 4 nodes filled"),
+            &format!("{:.1} s", started.elapsed().as_secs_f64()),
+        );
+        let baseline = "kernel with as many /32 routes and flannel entries";
+        let mut latencies = Vec::new();
+        for (direction, _) in DIRECTIONS {
+            for measure in [Measure::LatencyP50, Measure::LatencyP99] {
+                latencies.push(Comparison::new(
+                    format!("{scenario}, {direction}"),
+                    baseline,
+                    measure,
+                ));
+            }
+        }
+        let mut costs = vec![Vec::new(); packets.len()];
+        for repetition in 1..=settings.repetitions {
+            for (index, (direction, to)) in DIRECTIONS.into_iter().enumerate() {
+                for (cluster, ours) in [(&clusters.dataplane, true), (&clusters.kernel, false)] {
+                    let path = pod_to_pod(direction, cluster, (0, 0), to);
+                    let (p50, p99) = latency(&path, settings.duration())?;
+                    for (row, value) in latencies[2 * index..2 * index + 2].iter_mut().zip([p50, p99]) {
+                        if ours {
+                            row.dataplane.push(value);
+                        } else {
+                            row.reference.push(value);
+                        }
+                    }
+                    progress.step(
+                        &format!(
+                            "run {repetition} {scenario}, {direction} latency, {}",
+                            if ours { "dataplane" } else { "kernel" }
+                        ),
+                        &format!("p50 {p50:.1} µs, p99 {p99:.1} µs"),
+                    );
+                }
+            }
+            for ((direction, packet), into) in packets.iter().zip(&mut costs) {
+                let cost = private.program_cost(packet, settings.program_runs)?;
+                progress.step(
+                    &format!("run {repetition} {scenario}, from-pod program, {direction} packet"),
+                    &Measure::ProgramCost.show(cost),
+                );
+                into.push(cost);
+            }
+        }
+        comparisons.extend(latencies);
+        match &smallest_level_costs {
+            None => smallest_level_costs = Some(costs),
+            Some(smallest) => {
+                for ((direction, _), (cost, reference)) in
+                    packets.iter().zip(costs.into_iter().zip(smallest))
+                {
+                    let mut comparison = Comparison::new(
+                        format!("{scenario}, {direction}"),
+                        format!(
+                            "the same program with {} endpoints, {} remote nodes",
+                            LEVELS[0].endpoints, LEVELS[0].remote_nodes
+                        ),
+                        Measure::ProgramCost,
+                    );
+                    comparison.dataplane = cost;
+                    comparison.reference = reference.clone();
+                    comparisons.push(comparison);
+                }
+            }
+        }
+    }
+    Ok(comparisons)
+}
+
+const DIRECTIONS: [(&str, (usize, usize)); 2] =
+    [("same-node", SAME_NODE), ("cross-node", OTHER_NODE)];
+
+/// Wall time to program `PROGRAMMED_NODES` remote nodes: into this
+/// dataplane's maps (what its agent does per node) and as flannel does it.
+fn programming_time(settings: &Settings, progress: &mut Progress) -> anyhow::Result<Comparison> {
+    let mut comparison = Comparison::new(
+        format!("programming {} remote nodes", thousands(PROGRAMMED_NODES)),
+        "kernel routes + neigh + FDB over netlink (flannel)",
+        Measure::ProgrammingTime,
+    );
+    let all = Filled {
+        endpoints: 0,
+        nodes: PROGRAMMED_NODES,
+    };
+    for repetition in 1..=settings.repetitions {
+        let mut tables = DataplaneTables::private()?;
+        let started = Instant::now();
+        tables.fill(all)?;
+        let ours = started.elapsed().as_secs_f64();
+        comparison.dataplane.push(ours);
+        progress.step(
+            &format!("run {repetition} programming nodes, dataplane maps"),
+            &Measure::ProgrammingTime.show(ours),
+        );
+
+        let netns = Netns::create(format!("{}-prog", unique_prefix()))?;
+        let mut kernel = KernelNode::vxlan_only(netns)?;
+        let started = Instant::now();
+        kernel.fill(all)?;
+        let theirs = started.elapsed().as_secs_f64();
+        comparison.reference.push(theirs);
+        progress.step(
+            &format!("run {repetition} programming nodes, kernel over netlink"),
+            &Measure::ProgrammingTime.show(theirs),
+        );
+    }
+    Ok(comparison)
+}
+
+/// How many fake entries a set of tables holds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Filled {
+    endpoints: u32,
+    nodes: u32,
+}
+
+/// Fake endpoint `index`: 10.250.0.0/16 onwards, never addressed by traffic.
+fn fake_endpoint(index: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + index)
+}
+
+/// Fake remote node `index`: its IP (198.18.0.0/15), its /24 pod CIDR in
+/// 10.0.0.0/11 (apart from the clusters' 10.244.0.0/16) and its VTEP MAC.
+fn fake_node(index: u32) -> (Ipv4Addr, Ipv4Network, [u8; 6]) {
+    let [_, _, high, low] = index.to_be_bytes();
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + index);
+    let pod_cidr =
+        Ipv4Network::new(Ipv4Addr::new(10, high, low, 0), 24).expect("a /24 is a valid prefix");
+    (ip, pod_cidr, [0x02, 0xfe, 0, 0, high, low])
+}
+
+/// One set of this dataplane's maps: a node agent's pinned maps, or a
+/// private copy (own pin directory, removed on drop) to run programs on.
+struct DataplaneTables {
+    ebpf: Ebpf,
+    maps: Maps,
+    filled: Filled,
+    private_pins: Option<PathBuf>,
+}
+
+// The private copy is configured like node 0 of the clusters; test runs
+// enter on the loopback device, so pod A sits there.
+const PRIVATE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const PRIVATE_REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const PRIVATE_POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+const PRIVATE_POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
+const PRIVATE_REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const LOOPBACK_IFINDEX: u32 = 1;
+const POD_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
+const HOST_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xa];
+
+impl DataplaneTables {
+    fn pinned(bpf_root: PathBuf) -> anyhow::Result<Self> {
+        let mut ebpf = loader::load(&loader::pin_directory(&bpf_root))
+            .with_context(|| format!("opening the maps pinned under {}", bpf_root.display()))?;
+        let maps = Maps::take_from(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            filled: Filled::default(),
+            private_pins: None,
+        })
+    }
+
+    fn private() -> anyhow::Result<Self> {
+        loader::ensure_bpffs_mounted()?;
+        let pins = PathBuf::from(format!("/sys/fs/bpf/{}-bench", unique_prefix()));
+        let mut tables = Self::pinned(pins.clone())?;
+        tables.private_pins = Some(pins);
+        tables.maps.set_node_config(NodeConfig {
+            pod_cidr: Ipv4Cidr::new([10, 244, 0, 0], 24),
+            cluster_cidr: Ipv4Cidr::new([10, 244, 0, 0], 16),
+            node_ip: PRIVATE_NODE_IP.octets(),
+            vni: 1,
+            uplink_ifindex: LOOPBACK_IFINDEX,
+            tunnel_mtu: VXLAN_POD_MTU,
+            vxlan_port: 4789,
+            masquerade: 1,
+            _pad: 0,
+            nat_port_min: 40_000,
+            nat_port_max: 60_999,
+        })?;
+        let endpoint = |host_ifindex, pod_mac, host_mac| Endpoint {
+            host_ifindex,
+            pod_mac,
+            host_mac,
+        };
+        let maps = &mut tables.maps;
+        maps.insert_endpoint(
+            PRIVATE_POD_A,
+            endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC),
+        )?;
+        maps.insert_endpoint(PRIVATE_POD_B, endpoint(4242, [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 1, 0xb]))?;
+        maps.insert_remote_node(PRIVATE_REMOTE_NODE_IP, "10.244.1.0/24".parse()?)?;
+        Ok(tables)
+    }
+
+    /// Adds fake entries until `target` of them are there.
+    fn fill(&mut self, target: Filled) -> anyhow::Result<()> {
+        for index in self.filled.endpoints..target.endpoints {
+            let fake = Endpoint {
+                host_ifindex: LOOPBACK_IFINDEX,
+                pod_mac: [0x02, 0xfd, 0, 0, 0, 1],
+                host_mac: [0x02, 0xfd, 0, 0, 0, 2],
+            };
+            self.maps.insert_endpoint(fake_endpoint(index), fake)?;
+        }
+        for index in self.filled.nodes..target.nodes {
+            let (ip, pod_cidr, _) = fake_node(index);
+            self.maps.insert_remote_node(ip, pod_cidr)?;
+        }
+        self.filled = target;
+        Ok(())
+    }
+
+    /// The from-pod program's average run time on `packet`, in nanoseconds,
+    /// over `runs` single-packet test runs (a repeated run would feed the
+    /// program its own rewritten packet).
+    fn program_cost(&mut self, packet: &[u8], runs: u32) -> anyhow::Result<f64> {
+        let program = classifier(&mut self.ebpf, names::FROM_POD_PROGRAM);
+        let mut total = Duration::ZERO;
+        for _ in 0..runs {
+            let result = program.test_run(TestRunOptions {
+                data_in: Some(packet),
+                ..TestRunOptions::new()
+            })?;
+            if result.return_value != TC_ACT_REDIRECT {
+                bail!(
+                    "the from-pod program did not forward the benchmark packet (verdict {})",
+                    result.return_value
+                );
+            }
+            total += result.duration;
+        }
+        Ok(total.as_nanos() as f64 / f64::from(runs))
+    }
+}
+
+impl Drop for DataplaneTables {
+    fn drop(&mut self) {
+        if let Some(pins) = &self.private_pins {
+            let _ = std::fs::remove_dir_all(pins);
+        }
+    }
+}
+
+/// One node's kernel tables: /32 routes out of its first pod's veth, flannel
+/// entries on its `flannel.1`.
+struct KernelNode {
+    tables: KernelTables,
+    pod_veth: Option<u32>,
+    vxlan: u32,
+    filled: Filled,
+    /// A namespace of its own, for the programming-time runs.
+    _netns: Option<Netns>,
+}
+
+impl KernelNode {
+    fn open(netns: &Netns) -> anyhow::Result<Self> {
+        let tables = KernelTables::open(netns)?;
+        Ok(Self {
+            pod_veth: Some(tables.index_of("vp0")?),
+            vxlan: tables.index_of("flannel.1")?,
+            tables,
+            filled: Filled::default(),
+            _netns: None,
+        })
+    }
+
+    /// A namespace with nothing but flannel's vxlan device.
+    fn vxlan_only(netns: Netns) -> anyhow::Result<Self> {
+        netns.ip(&[
+            "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", "192.0.2.10",
+            "dstport", "4789", "nolearning",
+        ])?;
+        netns.ip(&["link", "set", "flannel.1", "up"])?;
+        let tables = KernelTables::open(&netns)?;
+        Ok(Self {
+            pod_veth: None,
+            vxlan: tables.index_of("flannel.1")?,
+            tables,
+            filled: Filled::default(),
+            _netns: Some(netns),
+        })
+    }
+
+    fn fill(&mut self, target: Filled) -> anyhow::Result<()> {
+        if let Some(pod_veth) = self.pod_veth {
+            for index in self.filled.endpoints..target.endpoints {
+                self.tables.add_pod_route(pod_veth, fake_endpoint(index))?;
+            }
+        }
+        for index in self.filled.nodes..target.nodes {
+            let (ip, pod_cidr, mac) = fake_node(index);
+            self.tables.add_flannel_node(self.vxlan, ip, pod_cidr, mac)?;
+        }
+        self.filled = target;
+        Ok(())
+    }
+}
+
+/// An IPv4 UDP datagram with 64 bytes of payload from pod A to `destination`,
+/// as it leaves the pod (to its gateway's MAC).
+fn udp_frame(destination: Ipv4Addr) -> Vec<u8> {
+    let payload = [0u8; 64];
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&HOST_A_MAC);
+    frame.extend_from_slice(&POD_A_MAC);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&PRIVATE_POD_A.octets());
+    ip.extend_from_slice(&destination.octets());
+    let checksum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&40_000u16.to_be_bytes());
+    frame.extend_from_slice(&5_201u16.to_be_bytes());
+    frame.extend_from_slice(&(total - 20).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]); // no UDP checksum
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// 50000 as "50,000".
+fn thousands(value: u32) -> String {
+    let digits = value.to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_entries_stay_clear_of_the_clusters_addresses() {
+        let cluster: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+        let largest = LEVELS[LEVELS.len() - 1];
+        for index in [0, largest.remote_nodes - 1, PROGRAMMED_NODES - 1] {
+            let (ip, pod_cidr, _) = fake_node(index);
+            assert!(!cluster.overlaps(pod_cidr));
+            assert!(ip.octets()[0] == 198 && ip.octets()[1] == 18);
+        }
+        let last = fake_endpoint(largest.endpoints - 1);
+        assert!(!cluster.contains(last) && last.octets()[1] == 250);
+        assert_ne!(fake_node(0).1, fake_node(256).1);
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(2), "2");
+        assert_eq!(thousands(5_000), "5,000");
+        assert_eq!(thousands(50_000), "50,000");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+}
