@@ -13,8 +13,8 @@ use crate::{measure::Comparison, report::BEHIND};
 /// Ratios above this are drawn to it (their number is still written).
 const AXIS_LIMIT: f64 = 4.0;
 const ROW_PIXELS: u32 = 24;
-const LABEL_PIXELS: u32 = 720;
-const WIDTH: u32 = 1400;
+const LABEL_PIXELS: u32 = 820;
+const WIDTH: u32 = 1500;
 
 pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
     let rows = comparisons.len();
@@ -44,10 +44,11 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .disable_y_mesh()
         .disable_y_axis()
+        .max_light_lines(1)
         .x_desc("ratio")
         .draw()
         .map_err(plot)?;
-    let label_style = TextStyle::from(("sans-serif", 13)).pos(Pos::new(HPos::Right, VPos::Center));
+    let label_style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Right, VPos::Center));
     let value_style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Left, VPos::Center));
     for (index, (comparison, ratio)) in comparisons.iter().zip(&ratios).enumerate() {
         // The first row at the top, as in the table.
@@ -70,13 +71,21 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
                 color.filled(),
             )])
             .map_err(plot)?;
-        chart
-            .draw_series([Text::new(
+        // A bar cut at the axis end carries its number inside, in white.
+        let value = if *ratio > axis_end {
+            Text::new(
+                format!("{ratio:.1} →"),
+                (drawn - axis_end / 200.0, bottom + 0.5),
+                value_style.pos(Pos::new(HPos::Right, VPos::Center)).color(&WHITE),
+            )
+        } else {
+            Text::new(
                 format!("{ratio:.2}"),
                 (drawn + axis_end / 200.0, bottom + 0.5),
                 value_style.clone(),
-            )])
-            .map_err(plot)?;
+            )
+        };
+        chart.draw_series([value]).map_err(plot)?;
         let (x, y) = chart.backend_coord(&(0.0, bottom + 0.5));
         let label = format!(
             "{} · {} · vs {}",

@@ -32,12 +32,12 @@ impl Measure {
         match self {
             Measure::TcpOneStream => "iperf3 TCP, 1 stream",
             Measure::TcpFourStreams => "iperf3 TCP, 4 streams",
-            Measure::UdpSmallPackets => "iperf3 UDP 64 B, received packets/s",
+            Measure::UdpSmallPackets => "iperf3 UDP 64 B, packets/s received",
             Measure::LatencyP50 => "TCP request/response 64 B, p50",
             Measure::LatencyP99 => "TCP request/response 64 B, p99",
             Measure::ConnectionsPerSecond => "new TCP connections/s, 4 clients",
             Measure::CpuPerGigabyte => "CPU time per GB (TCP 1 stream)",
-            Measure::ProgramCost => "from-pod program run time per packet",
+            Measure::ProgramCost => "BPF from-pod run time per packet",
             Measure::ProgrammingTime => "time to program",
         }
     }

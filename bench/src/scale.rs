@@ -108,7 +108,7 @@ pub fn run(
             tables.fill(fake)?;
         }
         let scenario = format!(
-            "scale: {} endpoints, {} remote nodes",
+            "scale {} endpoints / {} nodes",
             thousands(level.endpoints),
             thousands(level.remote_nodes)
         );
@@ -116,7 +116,7 @@ pub fn run(
             &format!("{scenario}: maps and kernel routes of 4 nodes filled"),
             &format!("{:.1} s", started.elapsed().as_secs_f64()),
         );
-        let baseline = "kernel with as many /32 routes and flannel entries";
+        let baseline = "kernel, as many routes + flannel entries";
         let mut latencies = Vec::new();
         for (direction, _) in DIRECTIONS {
             for measure in [Measure::LatencyP50, Measure::LatencyP99] {
@@ -168,7 +168,7 @@ pub fn run(
                     let mut comparison = Comparison::new(
                         format!("{scenario}, {direction}"),
                         format!(
-                            "the same program with {} endpoints, {} remote nodes",
+                            "same program, {} endpoints / {} nodes",
                             LEVELS[0].endpoints, LEVELS[0].remote_nodes
                         ),
                         Measure::ProgramCost,
