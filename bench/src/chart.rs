@@ -76,7 +76,9 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
             Text::new(
                 format!("{ratio:.1} →"),
                 (drawn - axis_end / 200.0, bottom + 0.5),
-                value_style.pos(Pos::new(HPos::Right, VPos::Center)).color(&WHITE),
+                value_style
+                    .pos(Pos::new(HPos::Right, VPos::Center))
+                    .color(&WHITE),
             )
         } else {
             Text::new(

@@ -26,6 +26,13 @@ struct Cli {
     /// One short repetition of everything (CI smoke run).
     #[arg(long)]
     quick: bool,
+    /// Only the traffic paths whose name contains this (e.g. "same-node",
+    /// "egress"); the scale runs are skipped then.
+    #[arg(long)]
+    paths: Option<String>,
+    /// Repetitions (default 3, or 1 with --quick).
+    #[arg(long)]
+    repetitions: Option<usize>,
     /// Where results.md, results.json and results.svg go.
     #[arg(long, default_value = "target/bench")]
     output: PathBuf,
@@ -83,13 +90,20 @@ pub struct Progress {
     started: Instant,
 }
 
-impl Progress {
-    pub fn new(total: usize) -> Self {
+impl Default for Progress {
+    fn default() -> Self {
         Self {
-            total,
+            total: 0,
             done: 0,
             started: Instant::now(),
         }
+    }
+}
+
+impl Progress {
+    /// Announces `steps` more steps.
+    pub fn expect(&mut self, steps: usize) {
+        self.total += steps;
     }
 
     pub fn step(&mut self, what: &str, result: &str) {
@@ -108,7 +122,9 @@ impl Progress {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::new(cli.quick);
+    let mut settings = Settings::new(cli.quick);
+    settings.repetitions = cli.repetitions.unwrap_or(settings.repetitions).max(1);
+    let with_scale = cli.paths.is_none();
     println!(
         "==> building three 2-node clusters: this dataplane, /32 routes + flannel vxlan, cni0 bridge + flannel vxlan"
     );
@@ -122,14 +138,18 @@ fn main() -> anyhow::Result<()> {
         kernel: Cluster::new(spec(Forwarding::KernelRoutes)).context("kernel-routes cluster")?,
         bridge: Cluster::new(spec(Forwarding::Bridge)).context("bridge cluster")?,
     };
-    let mut progress = Progress::new(paths::steps(&settings) + scale::steps(&settings));
-    let mut comparisons = paths::run(&clusters, &settings, &mut progress)?;
-    comparisons.extend(scale::run(&clusters, &settings, &mut progress)?);
+    let path_filter = cli.paths.as_deref().unwrap_or_default();
+    let mut progress = Progress::default();
+    let (mut comparisons, breakdown) =
+        paths::run(&clusters, &settings, path_filter, &mut progress)?;
+    if with_scale {
+        comparisons.extend(scale::run(&clusters, &settings, &mut progress)?);
+    }
     drop(clusters);
 
     std::fs::create_dir_all(&cli.output)
         .with_context(|| format!("creating {}", cli.output.display()))?;
-    let markdown = report::write(&comparisons, &settings, &cli.output)?;
+    let markdown = report::write(&comparisons, &breakdown, &settings, &cli.output)?;
     chart::draw(&comparisons, &cli.output.join("results.svg"))?;
     println!("\n{markdown}\nwritten to {}", cli.output.display());
     Ok(())

@@ -10,6 +10,8 @@ pub enum Measure {
     LatencyP99,
     ConnectionsPerSecond,
     CpuPerGigabyte,
+    /// The part of `CpuPerGigabyte` spent in this dataplane's programs.
+    BpfPerGigabyte,
     /// Average run time of the from-pod program on one packet (BPF_PROG_TEST_RUN).
     ProgramCost,
     /// Wall time to program a set of remote nodes.
@@ -37,6 +39,7 @@ impl Measure {
             Measure::LatencyP99 => "TCP request/response 64 B, p99",
             Measure::ConnectionsPerSecond => "new TCP connections/s, 4 clients",
             Measure::CpuPerGigabyte => "CPU time per GB (TCP 1 stream)",
+            Measure::BpfPerGigabyte => "BPF program time per GB (TCP 1 stream)",
             Measure::ProgramCost => "BPF from-pod run time per packet",
             Measure::ProgrammingTime => "time to program",
         }
@@ -49,7 +52,7 @@ impl Measure {
             Measure::UdpSmallPackets => "packets/s",
             Measure::LatencyP50 | Measure::LatencyP99 => "microseconds",
             Measure::ConnectionsPerSecond => "connections/s",
-            Measure::CpuPerGigabyte => "CPU seconds/GB",
+            Measure::CpuPerGigabyte | Measure::BpfPerGigabyte => "CPU seconds/GB",
             Measure::ProgramCost => "nanoseconds",
             Measure::ProgrammingTime => "seconds",
         }
@@ -73,7 +76,7 @@ impl Measure {
             Measure::UdpSmallPackets => format!("{:.0} kpps", value / 1e3),
             Measure::LatencyP50 | Measure::LatencyP99 => format!("{value:.1} µs"),
             Measure::ConnectionsPerSecond => format!("{value:.0} conn/s"),
-            Measure::CpuPerGigabyte => format!("{value:.2} CPU s/GB"),
+            Measure::CpuPerGigabyte | Measure::BpfPerGigabyte => format!("{value:.3} CPU s/GB"),
             Measure::ProgramCost => format!("{value:.0} ns"),
             Measure::ProgrammingTime => format!("{:.0} ms", value * 1e3),
         }
@@ -91,11 +94,7 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    pub fn new(
-        scenario: impl Into<String>,
-        baseline: impl Into<String>,
-        measure: Measure,
-    ) -> Self {
+    pub fn new(scenario: impl Into<String>, baseline: impl Into<String>, measure: Measure) -> Self {
         Self {
             scenario: scenario.into(),
             baseline: baseline.into(),

@@ -19,14 +19,15 @@ use dataplane_tests::{
     cluster::{EXTERNAL_HOST_IP, dataplane_binary},
     netns::Netns,
     traffic::{
-        Iperf3Load, connection_rate, in_netns, iperf3, iperf3_tcp, joined,
-        request_response_latency,
+        Iperf3Load, connection_rate, in_netns, iperf3, iperf3_tcp, joined, request_response_latency,
     },
 };
 
+use dataplane_user::loader;
+
 use crate::{
     Clusters, Progress, Settings,
-    measure::{Comparison, Measure},
+    measure::{Comparison, Measure, median},
 };
 
 /// A client and a server address: where traffic flows.
@@ -70,10 +71,20 @@ fn pod_to_external<'a>(label: &'static str, cluster: &'a Cluster) -> Path<'a> {
 fn paths(clusters: &Clusters) -> Vec<Path<'_>> {
     let (node0, node1) = (&clusters.dataplane.nodes[0], &clusters.dataplane.nodes[1]);
     vec![
-        pod_to_pod("same-node dataplane", &clusters.dataplane, (0, 0), SAME_NODE),
+        pod_to_pod(
+            "same-node dataplane",
+            &clusters.dataplane,
+            (0, 0),
+            SAME_NODE,
+        ),
         pod_to_pod("same-node routes", &clusters.kernel, (0, 0), SAME_NODE),
         pod_to_pod("same-node bridge", &clusters.bridge, (0, 0), SAME_NODE),
-        pod_to_pod("cross-node dataplane", &clusters.dataplane, (0, 0), OTHER_NODE),
+        pod_to_pod(
+            "cross-node dataplane",
+            &clusters.dataplane,
+            (0, 0),
+            OTHER_NODE,
+        ),
         pod_to_pod("cross-node flannel", &clusters.kernel, (0, 0), OTHER_NODE),
         Path {
             label: "node-to-node",
@@ -120,6 +131,15 @@ const COMPARISONS: [(&str, &str, &str, &str); 5] = [
     ),
 ];
 
+/// Where the CPU time of a TCP stream on one of this dataplane's paths goes.
+pub struct CpuBreakdown {
+    pub path: &'static str,
+    /// All busy CPU time per GB moved (medians).
+    pub total: f64,
+    /// The part spent running this dataplane's BPF programs.
+    pub programs: f64,
+}
+
 /// Runs of a traffic tool; each yields one or more measures.
 #[derive(Debug, Clone, Copy)]
 enum Run {
@@ -141,19 +161,26 @@ const RUNS: [Run; 5] = [
 const UDP_PAYLOAD: u32 = 64;
 const CONNECTING_CLIENTS: usize = 4;
 
-/// Progress steps `run` reports.
-pub fn steps(settings: &Settings) -> usize {
-    const PATHS: usize = 8;
-    const FLOOD_RUNS: usize = 2;
-    settings.repetitions * (RUNS.len() * PATHS + FLOOD_RUNS)
+/// The drop-flood runs are same-node dataplane runs.
+fn flood_runs(filter: &str) -> usize {
+    if "same-node dataplane".contains(filter) {
+        2
+    } else {
+        0
+    }
 }
 
 pub fn run(
     clusters: &Clusters,
     settings: &Settings,
+    filter: &str,
     progress: &mut Progress,
-) -> anyhow::Result<Vec<Comparison>> {
-    let paths = paths(clusters);
+) -> anyhow::Result<(Vec<Comparison>, Vec<CpuBreakdown>)> {
+    let paths: Vec<Path> = paths(clusters)
+        .into_iter()
+        .filter(|path| path.label.contains(filter))
+        .collect();
+    progress.expect(settings.repetitions * (RUNS.len() * paths.len() + flood_runs(filter)));
     let mut samples: BTreeMap<(&str, Measure), Vec<f64>> = BTreeMap::new();
     let mut flood = Comparison::new(
         "same-node during a drop flood, `dataplane monitor` attached",
@@ -162,7 +189,11 @@ pub fn run(
     );
     for repetition in 1..=settings.repetitions {
         for run in RUNS {
-            for path in &paths {
+            // Each repetition starts with another path, so whatever the run
+            // before leaves behind (busy or idle CPUs) does not always
+            // land on the same one.
+            let rotated = paths.iter().cycle().skip(repetition - 1).take(paths.len());
+            for path in rotated {
                 let values = sample(run, path, settings)
                     .with_context(|| format!("{run:?} on {}", path.label))?;
                 let shown: Vec<String> = values
@@ -177,11 +208,15 @@ pub fn run(
                     &shown.join(", "),
                 );
                 for (measure, value) in values {
-                    samples.entry((path.label, measure)).or_default().push(value);
+                    samples
+                        .entry((path.label, measure))
+                        .or_default()
+                        .push(value);
                 }
             }
         }
-        for (monitor, into) in [(true, &mut flood.dataplane), (false, &mut flood.reference)] {
+        let monitored = [(true, &mut flood.dataplane), (false, &mut flood.reference)];
+        for (monitor, into) in monitored.into_iter().take(flood_runs(filter)) {
             let rate = under_drop_flood(&clusters.dataplane, settings.seconds, monitor)?;
             progress.step(
                 &format!("run {repetition} drop flood, monitor attached: {monitor}"),
@@ -195,30 +230,69 @@ pub fn run(
         for measure in Measure::ON_EVERY_PATH {
             let mut comparison = Comparison::new(scenario, baseline, measure);
             comparison.dataplane = samples.remove(&(ours, measure)).unwrap_or_default();
-            comparison.reference = samples
-                .get(&(theirs, measure))
-                .cloned()
-                .unwrap_or_default();
+            comparison.reference = samples.get(&(theirs, measure)).cloned().unwrap_or_default();
             // The same dataplane runs serve both of its baselines.
             samples.insert((ours, measure), comparison.dataplane.clone());
-            comparisons.push(comparison);
+            if !comparison.dataplane.is_empty() && !comparison.reference.is_empty() {
+                comparisons.push(comparison);
+            }
         }
     }
-    comparisons.push(flood);
-    Ok(comparisons)
+    if !flood.dataplane.is_empty() {
+        comparisons.push(flood);
+    }
+    let breakdown = paths
+        .iter()
+        .filter(|path| path.label.contains("dataplane"))
+        .map(|path| CpuBreakdown {
+            path: path.label,
+            total: median(
+                samples
+                    .get(&(path.label, Measure::CpuPerGigabyte))
+                    .map_or(&[][..], Vec::as_slice),
+            ),
+            programs: median(
+                samples
+                    .get(&(path.label, Measure::BpfPerGigabyte))
+                    .map_or(&[][..], Vec::as_slice),
+            ),
+        })
+        .collect();
+    Ok((comparisons, breakdown))
 }
 
 /// One run of `run` on `path`: the measures it yields.
 fn sample(run: Run, path: &Path, settings: &Settings) -> anyhow::Result<Vec<(Measure, f64)>> {
-    let iperf3_on = |load| iperf3(path.server, path.server_ip, path.client, settings.seconds, load);
+    let iperf3_on = |load| {
+        iperf3(
+            path.server,
+            path.server_ip,
+            path.client,
+            settings.seconds,
+            load,
+        )
+    };
     Ok(match run {
         Run::TcpOneStream => {
-            let before = busy_cpu_seconds()?;
+            // Program run-time statistics cost a clock read per program run:
+            // on only while this dataplane carries a TCP stream (a few per
+            // 64 KB aggregate), off for everything else.
+            let statistics = path
+                .label
+                .contains("dataplane")
+                .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+                .transpose()
+                .context("enabling BPF run-time statistics")?;
+            let (cpu_before, bpf_before) = (busy_cpu_seconds()?, bpf_run_seconds()?);
             let received = iperf3_on(Iperf3Load::Tcp { streams: 1 })?;
-            let cpu = busy_cpu_seconds()? - before;
+            let cpu = busy_cpu_seconds()? - cpu_before;
+            let bpf = bpf_run_seconds()? - bpf_before;
+            drop(statistics);
+            let gigabytes = received.bytes / 1e9;
             vec![
                 (Measure::TcpOneStream, received.bits_per_second),
-                (Measure::CpuPerGigabyte, cpu / (received.bytes / 1e9)),
+                (Measure::CpuPerGigabyte, cpu / gigabytes),
+                (Measure::BpfPerGigabyte, bpf / gigabytes),
             ]
         }
         Run::TcpFourStreams => {
@@ -278,6 +352,22 @@ fn busy_cpu_seconds() -> anyhow::Result<f64> {
     // user nice system idle iowait irq softirq steal ...
     let busy: f64 = ticks.iter().take(8).sum::<f64>() - ticks[3] - ticks[4];
     Ok(busy / TICKS_PER_SECOND)
+}
+
+/// Run time of every program of this dataplane loaded on the machine, as
+/// counted while statistics are enabled.
+fn bpf_run_seconds() -> anyhow::Result<f64> {
+    let mut total = Duration::ZERO;
+    for program in aya::programs::loaded_programs() {
+        let program = program.context("listing loaded BPF programs")?;
+        if program
+            .name_as_str()
+            .is_some_and(|name| loader::PROGRAMS.contains(&name))
+        {
+            total += program.run_time();
+        }
+    }
+    Ok(total.as_secs_f64())
 }
 
 /// Same-node iperf3 while pod 1 of node 0 floods an unknown pod address

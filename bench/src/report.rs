@@ -6,7 +6,8 @@ use anyhow::Context as _;
 
 use crate::{
     Settings,
-    measure::{Comparison, median},
+    measure::{Comparison, Measure, median},
+    paths::CpuBreakdown,
 };
 
 /// Below this ratio a row counts as behind its baseline (run-to-run noise
@@ -16,6 +17,7 @@ pub const BEHIND: f64 = 0.97;
 /// Writes results.md and results.json into `directory`; returns the Markdown.
 pub fn write(
     comparisons: &[Comparison],
+    breakdown: &[CpuBreakdown],
     settings: &Settings,
     directory: &Path,
 ) -> anyhow::Result<String> {
@@ -62,11 +64,33 @@ pub fn write(
             "baseline_runs": comparison.reference,
         }));
     }
+    if !breakdown.is_empty() {
+        markdown.push_str(
+            "\nWhere this dataplane's CPU time goes (TCP 1 stream, all CPUs, medians):\n\n\
+             | path | CPU time per GB | of which in its BPF programs |\n|---|---|---|\n",
+        );
+    }
+    let mut cpu = Vec::new();
+    for path in breakdown {
+        markdown.push_str(&format!(
+            "| {} | {} | {} ({:.0}%) |\n",
+            path.path,
+            Measure::CpuPerGigabyte.show(path.total),
+            Measure::BpfPerGigabyte.show(path.programs),
+            100.0 * path.programs / path.total
+        ));
+        cpu.push(serde_json::json!({
+            "path": path.path,
+            "cpu_seconds_per_gb": path.total,
+            "bpf_program_seconds_per_gb": path.programs,
+        }));
+    }
     let json = serde_json::json!({
         "machine": machine,
         "repetitions": settings.repetitions,
         "seconds_per_run": settings.seconds,
         "rows": rows,
+        "cpu_breakdown": cpu,
     });
     std::fs::write(directory.join("results.md"), &markdown).context("writing results.md")?;
     std::fs::write(
@@ -79,8 +103,10 @@ pub fn write(
 
 /// Kernel release and CPU count: what the numbers depend on most.
 fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".to_string(), |release| release.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
+        |_| "unknown".to_string(),
+        |release| release.trim().to_string(),
+    );
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     format!("Linux {kernel}, {cpus} CPUs")
 }

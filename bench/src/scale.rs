@@ -61,20 +61,18 @@ const PROGRAMMED_NODES: u32 = 5_000;
 /// BPF_PROG_TEST_RUN's verdict for a packet handed to another device.
 const TC_ACT_REDIRECT: u32 = 7;
 
-/// Progress steps `run` reports.
-pub fn steps(settings: &Settings) -> usize {
-    const LATENCY_RUNS: usize = 4;
-    const PACKETS: usize = 2;
-    const PROGRAMMERS: usize = 2;
-    settings.repetitions * PROGRAMMERS
-        + LEVELS.len() * (1 + settings.repetitions * (LATENCY_RUNS + PACKETS))
-}
-
 pub fn run(
     clusters: &Clusters,
     settings: &Settings,
     progress: &mut Progress,
 ) -> anyhow::Result<Vec<Comparison>> {
+    const LATENCY_RUNS: usize = 4;
+    const PACKETS: usize = 2;
+    const PROGRAMMERS: usize = 2;
+    progress.expect(
+        settings.repetitions * PROGRAMMERS
+            + LEVELS.len() * (1 + settings.repetitions * (LATENCY_RUNS + PACKETS)),
+    );
     let mut comparisons = vec![programming_time(settings, progress)?];
     let mut private = DataplaneTables::private()?;
     let mut ours = clusters
@@ -133,7 +131,10 @@ pub fn run(
                 for (cluster, ours) in [(&clusters.dataplane, true), (&clusters.kernel, false)] {
                     let path = pod_to_pod(direction, cluster, (0, 0), to);
                     let (p50, p99) = latency(&path, settings.duration())?;
-                    for (row, value) in latencies[2 * index..2 * index + 2].iter_mut().zip([p50, p99]) {
+                    for (row, value) in latencies[2 * index..2 * index + 2]
+                        .iter_mut()
+                        .zip([p50, p99])
+                    {
                         if ours {
                             row.dataplane.push(value);
                         } else {
@@ -306,7 +307,10 @@ impl DataplaneTables {
             PRIVATE_POD_A,
             endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC),
         )?;
-        maps.insert_endpoint(PRIVATE_POD_B, endpoint(4242, [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 1, 0xb]))?;
+        maps.insert_endpoint(
+            PRIVATE_POD_B,
+            endpoint(4242, [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 1, 0xb]),
+        )?;
         maps.insert_remote_node(PRIVATE_REMOTE_NODE_IP, "10.244.1.0/24".parse()?)?;
         Ok(tables)
     }
@@ -386,8 +390,18 @@ impl KernelNode {
     /// A namespace with nothing but flannel's vxlan device.
     fn vxlan_only(netns: Netns) -> anyhow::Result<Self> {
         netns.ip(&[
-            "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", "192.0.2.10",
-            "dstport", "4789", "nolearning",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            "192.0.2.10",
+            "dstport",
+            "4789",
+            "nolearning",
         ])?;
         netns.ip(&["link", "set", "flannel.1", "up"])?;
         let tables = KernelTables::open(&netns)?;
@@ -408,7 +422,8 @@ impl KernelNode {
         }
         for index in self.filled.nodes..target.nodes {
             let (ip, pod_cidr, mac) = fake_node(index);
-            self.tables.add_flannel_node(self.vxlan, ip, pod_cidr, mac)?;
+            self.tables
+                .add_flannel_node(self.vxlan, ip, pod_cidr, mac)?;
         }
         self.filled = target;
         Ok(())

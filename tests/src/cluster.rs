@@ -636,8 +636,7 @@ impl Cluster {
         };
         if spec.forwarding == Forwarding::Bridge {
             let gateway = format!("{}/{}", bridge_gateway(pod_cidr), pod_cidr.prefix());
-            node.netns
-                .ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+            node.netns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
             node.netns.ip(&["addr", "add", &gateway, "dev", BRIDGE])?;
             node.netns.ip(&["link", "set", BRIDGE, "up"])?;
         }

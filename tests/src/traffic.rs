@@ -263,6 +263,9 @@ pub struct Latency {
     pub exchanges: usize,
 }
 
+/// Exchanges before this are not counted (caches, CPU wake-up).
+const LATENCY_WARM_UP: Duration = Duration::from_millis(200);
+
 /// Request/response latency from `client` to an echo server in `server`.
 pub fn request_response_latency(
     server: &Netns,
@@ -290,11 +293,13 @@ pub fn request_response_latency(
         let (mut request, mut reply) = ([3u8; 64], [0u8; 64]);
         let started = Instant::now();
         let mut rtts = Vec::new();
-        while started.elapsed() < duration {
+        while started.elapsed() < duration + LATENCY_WARM_UP {
             let sent = Instant::now();
             stream.write_all(&request)?;
             stream.read_exact(&mut reply)?;
-            rtts.push(sent.elapsed());
+            if started.elapsed() > LATENCY_WARM_UP {
+                rtts.push(sent.elapsed());
+            }
             request[0] = request[0].wrapping_add(1);
         }
         Ok(rtts)

@@ -113,7 +113,7 @@ pub fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Builds and runs the benchmark (package dataplane-bench) against `binary`.
-pub fn bench(binary: &Path, quick: bool) -> anyhow::Result<()> {
+pub fn bench(binary: &Path, quick: bool, bench_args: &[String]) -> anyhow::Result<()> {
     let mut command = cargo();
     command
         .args(["run", "--release", "--package", "dataplane-bench", "--"])
@@ -123,7 +123,11 @@ pub fn bench(binary: &Path, quick: bool) -> anyhow::Result<()> {
     if quick {
         command.arg("--quick");
     }
-    status(command, "dataplane-bench (this dataplane vs the kernel paths)")
+    command.args(bench_args);
+    status(
+        command,
+        "dataplane-bench (this dataplane vs the kernel paths)",
+    )
 }
 
 /// Replaces this process with the node agent.

@@ -43,6 +43,9 @@ enum Command {
         /// One short repetition of everything (CI smoke run).
         #[arg(long)]
         quick: bool,
+        /// More arguments for dataplane-bench (e.g. `--paths cross-node --repetitions 5`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        bench_args: Vec<String>,
     },
 }
 
@@ -65,10 +68,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             build::test(&cargo_test_args)
         }
-        Command::Bench { quick } => {
+        Command::Bench { quick, bench_args } => {
             setup::run()?;
             let binary = build::dataplane(build::Profile::Release)?;
-            build::bench(&binary, quick)
+            build::bench(&binary, quick, &bench_args)
         }
     }
 }
