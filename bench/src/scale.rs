@@ -14,7 +14,7 @@ use aya::{
 };
 use dataplane_common::{Endpoint, Ipv4Cidr, NodeConfig, names};
 use dataplane_tests::{
-    cluster::VXLAN_POD_MTU,
+    cluster::{VXLAN_POD_MTU, add_flannel_device},
     netns::{Netns, unique_prefix},
 };
 use dataplane_user::{
@@ -200,28 +200,29 @@ fn programming_time(settings: &Settings, progress: &mut Progress) -> anyhow::Res
         nodes: PROGRAMMED_NODES,
     };
     for repetition in 1..=settings.repetitions {
-        let mut tables = DataplaneTables::private()?;
-        let started = Instant::now();
-        tables.fill(all)?;
-        let ours = started.elapsed().as_secs_f64();
-        comparison.dataplane.push(ours);
-        progress.step(
-            &format!("run {repetition} programming nodes, dataplane maps"),
-            &Measure::ProgrammingTime.show(ours),
-        );
-
-        let netns = Netns::create(format!("{}-prog", unique_prefix()))?;
-        let mut kernel = KernelNode::vxlan_only(netns)?;
-        let started = Instant::now();
-        kernel.fill(all)?;
-        let theirs = started.elapsed().as_secs_f64();
-        comparison.reference.push(theirs);
-        progress.step(
-            &format!("run {repetition} programming nodes, kernel over netlink"),
-            &Measure::ProgrammingTime.show(theirs),
-        );
+        let mut ours = DataplaneTables::private()?;
+        let mut theirs =
+            KernelNode::vxlan_only(Netns::create(format!("{}-prog", unique_prefix()))?)?;
+        let timings = [
+            ("dataplane maps", seconds_taken(|| ours.fill(all))?),
+            ("kernel over netlink", seconds_taken(|| theirs.fill(all))?),
+        ];
+        let runs = [&mut comparison.dataplane, &mut comparison.reference];
+        for ((what, seconds), into) in timings.into_iter().zip(runs) {
+            into.push(seconds);
+            progress.step(
+                &format!("run {repetition} programming nodes, {what}"),
+                &Measure::ProgrammingTime.show(seconds),
+            );
+        }
     }
     Ok(comparison)
+}
+
+fn seconds_taken(work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    work()?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// How many fake entries a set of tables holds.
@@ -389,21 +390,10 @@ impl KernelNode {
 
     /// A namespace with nothing but flannel's vxlan device.
     fn vxlan_only(netns: Netns) -> anyhow::Result<Self> {
-        netns.ip(&[
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            "192.0.2.10",
-            "dstport",
-            "4789",
-            "nolearning",
-        ])?;
-        netns.ip(&["link", "set", "flannel.1", "up"])?;
+        // The device flannel would create over the node's uplink.
+        netns.ip(&["link", "add", "eth0", "type", "dummy"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        add_flannel_device(&netns, PRIVATE_NODE_IP)?;
         let tables = KernelTables::open(&netns)?;
         Ok(Self {
             pod_veth: None,
@@ -444,7 +434,7 @@ fn udp_frame(destination: Ipv4Addr) -> Vec<u8> {
     ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
     ip.extend_from_slice(&PRIVATE_POD_A.octets());
     ip.extend_from_slice(&destination.octets());
-    let checksum = internet_checksum(&ip);
+    let checksum = dataplane_tests::packets::internet_checksum(&ip);
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
     frame.extend_from_slice(&ip);
     frame.extend_from_slice(&40_000u16.to_be_bytes());
@@ -453,17 +443,6 @@ fn udp_frame(destination: Ipv4Addr) -> Vec<u8> {
     frame.extend_from_slice(&[0, 0]); // no UDP checksum
     frame.extend_from_slice(&payload);
     frame
-}
-
-fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// 50000 as "50,000".

@@ -427,36 +427,43 @@ impl Node {
     }
 }
 
-/// flannel's vxlan backend on every node: one `flannel.1` device, and per
-/// remote node a route, a permanent neighbour and an FDB entry.
-fn connect_nodes_like_flannel(nodes: &[Node]) -> anyhow::Result<()> {
-    let mut macs = Vec::new();
-    for node in nodes {
-        let ip = node.ip.to_string();
-        node.netns.ip(&[
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            &ip,
-            "dev",
-            "eth0",
-            "dstport",
-            "4789",
-            "nolearning",
-        ])?;
-        node.netns.ip(&[
+/// flannel's `flannel.1` VXLAN device (VNI 1, port 4789, no learning) over
+/// `eth0` of `netns`, with the pod MTU, up.
+pub fn add_flannel_device(netns: &Netns, local_ip: Ipv4Addr) -> anyhow::Result<()> {
+    netns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local_ip.to_string(),
+        "dev",
+        "eth0",
+        "dstport",
+        "4789",
+        "nolearning",
+    ])?;
+    netns
+        .ip(&[
             "link",
             "set",
             "flannel.1",
             "mtu",
             &VXLAN_POD_MTU.to_string(),
             "up",
-        ])?;
+        ])
+        .map(drop)
+}
+
+/// flannel's vxlan backend on every node: one `flannel.1` device, and per
+/// remote node a route, a permanent neighbour and an FDB entry.
+fn connect_nodes_like_flannel(nodes: &[Node]) -> anyhow::Result<()> {
+    let mut macs = Vec::new();
+    for node in nodes {
+        add_flannel_device(&node.netns, node.ip)?;
         let gateway = format!("{}/32", node.pod_cidr.network());
         node.netns
             .ip(&["addr", "add", &gateway, "dev", "flannel.1"])?;

@@ -146,16 +146,7 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr
     ethernet([0xff; 6], sender_mac, 0x0806, &arp)
 }
 
-pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub use dataplane_tests::packets::internet_checksum as checksum;
 
 /// An IPv4 ICMP echo request in an Ethernet frame, with a valid header checksum.
 pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, id: u16) -> Vec<u8> {
