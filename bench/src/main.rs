@@ -140,6 +140,9 @@ fn main() -> anyhow::Result<()> {
     };
     let path_filter = cli.paths.as_deref().unwrap_or_default();
     let mut progress = Progress::default();
+    if with_scale {
+        progress.expect(scale::steps(&settings));
+    }
     let (mut comparisons, breakdown) =
         paths::run(&clusters, &settings, path_filter, &mut progress)?;
     if with_scale {

@@ -61,18 +61,20 @@ const PROGRAMMED_NODES: u32 = 5_000;
 /// BPF_PROG_TEST_RUN's verdict for a packet handed to another device.
 const TC_ACT_REDIRECT: u32 = 7;
 
+/// Progress steps `run` reports (announced before any run starts).
+pub fn steps(settings: &Settings) -> usize {
+    const LATENCY_RUNS: usize = 4;
+    const PACKETS: usize = 2;
+    const PROGRAMMERS: usize = 2;
+    settings.repetitions * PROGRAMMERS
+        + LEVELS.len() * (1 + settings.repetitions * (LATENCY_RUNS + PACKETS))
+}
+
 pub fn run(
     clusters: &Clusters,
     settings: &Settings,
     progress: &mut Progress,
 ) -> anyhow::Result<Vec<Comparison>> {
-    const LATENCY_RUNS: usize = 4;
-    const PACKETS: usize = 2;
-    const PROGRAMMERS: usize = 2;
-    progress.expect(
-        settings.repetitions * PROGRAMMERS
-            + LEVELS.len() * (1 + settings.repetitions * (LATENCY_RUNS + PACKETS)),
-    );
     let mut comparisons = vec![programming_time(settings, progress)?];
     let mut private = DataplaneTables::private()?;
     let mut ours = clusters
@@ -390,8 +392,10 @@ impl KernelNode {
 
     /// A namespace with nothing but flannel's vxlan device.
     fn vxlan_only(netns: Netns) -> anyhow::Result<Self> {
-        // The device flannel would create over the node's uplink.
-        netns.ip(&["link", "add", "eth0", "type", "dummy"])?;
+        // An uplink for flannel's device to sit on (this kernel has no dummy links).
+        netns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         add_flannel_device(&netns, PRIVATE_NODE_IP)?;
         let tables = KernelTables::open(&netns)?;
