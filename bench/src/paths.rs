@@ -161,15 +161,6 @@ const RUNS: [Run; 5] = [
 const UDP_PAYLOAD: u32 = 64;
 const CONNECTING_CLIENTS: usize = 4;
 
-/// The drop-flood runs are same-node dataplane runs.
-fn flood_runs(filter: &str) -> usize {
-    if "same-node dataplane".contains(filter) {
-        2
-    } else {
-        0
-    }
-}
-
 pub fn run(
     clusters: &Clusters,
     settings: &Settings,
@@ -180,7 +171,13 @@ pub fn run(
         .into_iter()
         .filter(|path| path.label.contains(filter))
         .collect();
-    progress.expect(settings.repetitions * (RUNS.len() * paths.len() + flood_runs(filter)));
+    // The drop-flood runs are same-node dataplane runs.
+    let flood_runs = if paths.iter().any(|path| path.label == "same-node dataplane") {
+        2
+    } else {
+        0
+    };
+    progress.expect(settings.repetitions * (RUNS.len() * paths.len() + flood_runs));
     let mut samples: BTreeMap<(&str, Measure), Vec<f64>> = BTreeMap::new();
     let mut flood = Comparison::new(
         "same-node during a drop flood, `dataplane monitor` attached",
@@ -216,7 +213,7 @@ pub fn run(
             }
         }
         let monitored = [(true, &mut flood.dataplane), (false, &mut flood.reference)];
-        for (monitor, into) in monitored.into_iter().take(flood_runs(filter)) {
+        for (monitor, into) in monitored.into_iter().take(flood_runs) {
             let rate = under_drop_flood(&clusters.dataplane, settings.seconds, monitor)?;
             progress.step(
                 &format!("run {repetition} drop flood, monitor attached: {monitor}"),
@@ -229,10 +226,10 @@ pub fn run(
     for (scenario, ours, theirs, baseline) in COMPARISONS {
         for measure in Measure::ON_EVERY_PATH {
             let mut comparison = Comparison::new(scenario, baseline, measure);
-            comparison.dataplane = samples.remove(&(ours, measure)).unwrap_or_default();
-            comparison.reference = samples.get(&(theirs, measure)).cloned().unwrap_or_default();
             // The same dataplane runs serve both of its baselines.
-            samples.insert((ours, measure), comparison.dataplane.clone());
+            let runs = |path| samples.get(&(path, measure)).cloned().unwrap_or_default();
+            comparison.dataplane = runs(ours);
+            comparison.reference = runs(theirs);
             if !comparison.dataplane.is_empty() && !comparison.reference.is_empty() {
                 comparisons.push(comparison);
             }
@@ -241,21 +238,15 @@ pub fn run(
     if !flood.dataplane.is_empty() {
         comparisons.push(flood);
     }
+    let median_of =
+        |path, measure| median(samples.get(&(path, measure)).map_or(&[], Vec::as_slice));
     let breakdown = paths
         .iter()
         .filter(|path| path.label.contains("dataplane"))
         .map(|path| CpuBreakdown {
             path: path.label,
-            total: median(
-                samples
-                    .get(&(path.label, Measure::CpuPerGigabyte))
-                    .map_or(&[][..], Vec::as_slice),
-            ),
-            programs: median(
-                samples
-                    .get(&(path.label, Measure::BpfPerGigabyte))
-                    .map_or(&[][..], Vec::as_slice),
-            ),
+            total: median_of(path.label, Measure::CpuPerGigabyte),
+            programs: median_of(path.label, Measure::BpfPerGigabyte),
         })
         .collect();
     Ok((comparisons, breakdown))

@@ -73,6 +73,17 @@ pub struct ClusterSpec {
     pub forwarding: Forwarding,
 }
 
+impl ClusterSpec {
+    /// `nodes` nodes of `pods_per_node` pods each, running the dataplane.
+    pub fn dataplane(nodes: usize, pods_per_node: usize) -> Self {
+        Self {
+            nodes,
+            pods_per_node,
+            forwarding: Forwarding::Dataplane,
+        }
+    }
+}
+
 /// The `dataplane` binary under test: `$DATAPLANE_BIN`, else the workspace's debug build.
 pub fn dataplane_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("DATAPLANE_BIN").map_or_else(

@@ -8,7 +8,7 @@ use std::{
 };
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, Forwarding, Netns, Node,
+    Cluster, ClusterSpec, Netns, Node,
     cluster::{EXTERNAL_HOST_IP, VXLAN_POD_MTU, create_ipv4_only_netns},
     cni::{CniNetwork, expect_code, pod_ip},
     traffic::tcp_round_trip,
@@ -25,12 +25,7 @@ struct CniPod {
 }
 
 fn cluster(nodes: usize) -> Cluster {
-    Cluster::new(ClusterSpec {
-        nodes,
-        pods_per_node: 0,
-        forwarding: Forwarding::Dataplane,
-    })
-    .expect("building the netns cluster")
+    Cluster::new(ClusterSpec::dataplane(nodes, 0)).expect("building the netns cluster")
 }
 
 fn network(cluster: &Cluster, node: &Node) -> CniNetwork {

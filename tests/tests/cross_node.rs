@@ -1,20 +1,13 @@
 //! Cross-node pod traffic through the VXLAN tunnel, driven only by the node
 //! maps, end to end in a netns cluster.
 
-use dataplane_tests::{
-    Cluster, ClusterSpec, Forwarding, cluster::VXLAN_POD_MTU, traffic::tcp_round_trip,
-};
+use dataplane_tests::{Cluster, ClusterSpec, cluster::VXLAN_POD_MTU, traffic::tcp_round_trip};
 
 /// Bytes per TCP round trip: many full-sized segments each way.
 const TCP_BYTES: usize = 256 * 1024;
 
 fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
-    Cluster::new(ClusterSpec {
-        nodes,
-        pods_per_node,
-        forwarding: Forwarding::Dataplane,
-    })
-    .expect("building the netns cluster")
+    Cluster::new(ClusterSpec::dataplane(nodes, pods_per_node)).expect("building the netns cluster")
 }
 
 /// No per-node kernel state: no pod routes, no static neighbours, no FDB.

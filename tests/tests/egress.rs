@@ -9,7 +9,7 @@ use std::{
 };
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, Forwarding, Node,
+    Cluster, ClusterSpec, Node,
     cluster::EXTERNAL_HOST_IP,
     traffic::{in_netns, joined, tcp_round_trip, udp_echo_server, udp_exchange},
 };
@@ -18,12 +18,7 @@ use nix::sys::signal::Signal;
 const ECHO_PORT: u16 = 7777;
 
 fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
-    Cluster::new(ClusterSpec {
-        nodes,
-        pods_per_node,
-        forwarding: Forwarding::Dataplane,
-    })
-    .expect("building the netns cluster")
+    Cluster::new(ClusterSpec::dataplane(nodes, pods_per_node)).expect("building the netns cluster")
 }
 
 /// Restarts the agent of `node` with `setting` (`key = value`) in its `[nat]`

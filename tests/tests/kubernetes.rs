@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dataplane_tests::{Cluster, ClusterSpec, Forwarding, Node, kube_api::FakeApiServer};
+use dataplane_tests::{Cluster, ClusterSpec, Node, kube_api::FakeApiServer};
 use nix::sys::signal::Signal;
 
 /// Polls `check` for up to ten seconds.
@@ -23,11 +23,7 @@ fn nodes_of(node: &Node) -> anyhow::Result<String> {
 
 #[test]
 fn node_objects_drive_the_node_map() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new(ClusterSpec {
-        nodes: 3,
-        pods_per_node: 1,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(3, 1))?;
     let (second_ip, second_cidr, second_pod) = {
         let second = &cluster.nodes[1];
         (second.ip, second.pod_cidr.to_string(), second.pods[0].ip)

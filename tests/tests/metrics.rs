@@ -7,7 +7,7 @@ use std::{
 };
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, Forwarding,
+    Cluster, ClusterSpec,
     traffic::{in_netns, joined},
 };
 use nix::sys::signal::Signal;
@@ -22,11 +22,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn metrics_are_valid_prometheus_text_and_follow_traffic() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new(ClusterSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 2))?;
     let node = &mut cluster.nodes[0];
     node.stop_agent(Signal::SIGTERM);
     let config = std::fs::read_to_string(&node.config)?;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_tests::{Cluster, ClusterSpec, Forwarding, cluster::dataplane_binary};
+use dataplane_tests::{Cluster, ClusterSpec, cluster::dataplane_binary};
 use serde_json::Value;
 
 /// Starts `dataplane monitor` against `node` with `args`; its JSON events
@@ -40,11 +40,7 @@ fn watch(
 
 #[test]
 fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyhow::Result<()> {
-    let cluster = Cluster::new(ClusterSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let cluster = Cluster::new(ClusterSpec::dataplane(1, 2))?;
     let node = &cluster.nodes[0];
     let (attacker, victim) = (&node.pods[0], &node.pods[1]);
     let (mut monitor, received) = watch(node, &[])?;
@@ -98,11 +94,7 @@ fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyho
 
 #[test]
 fn map_list_shows_endpoints_nodes_and_connections_of_a_running_cluster() -> anyhow::Result<()> {
-    let cluster = Cluster::new(ClusterSpec {
-        nodes: 2,
-        pods_per_node: 1,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let cluster = Cluster::new(ClusterSpec::dataplane(2, 1))?;
     let (node, other) = (&cluster.nodes[0], &cluster.nodes[1]);
     let pod = &node.pods[0];
     let external = dataplane_tests::cluster::EXTERNAL_HOST_IP;
@@ -161,11 +153,7 @@ fn map_list_shows_endpoints_nodes_and_connections_of_a_running_cluster() -> anyh
 
 #[test]
 fn status_shows_attachments_map_fill_and_sources() -> anyhow::Result<()> {
-    let cluster = Cluster::new(ClusterSpec {
-        nodes: 2,
-        pods_per_node: 1,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let cluster = Cluster::new(ClusterSpec::dataplane(2, 1))?;
     let node = &cluster.nodes[0];
     let status = node.status()?;
     let attachments: Vec<&str> = status["attachments"]
@@ -214,11 +202,7 @@ fn status_shows_attachments_map_fill_and_sources() -> anyhow::Result<()> {
 
 #[test]
 fn traces_show_forwarded_packets_when_asked() -> anyhow::Result<()> {
-    let cluster = Cluster::new(ClusterSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let cluster = Cluster::new(ClusterSpec::dataplane(1, 2))?;
     let node = &cluster.nodes[0];
     let (a, b) = (&node.pods[0], &node.pods[1]);
     let address = a.ip.to_string();

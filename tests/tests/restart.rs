@@ -4,7 +4,7 @@
 use std::{process::Child, time::Duration};
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, Forwarding, Netns,
+    Cluster, ClusterSpec, Netns,
     cluster::EXTERNAL_HOST_IP,
     traffic::{received_bits_per_second, wait_until_listening},
 };
@@ -55,11 +55,7 @@ fn longest_gap(ping_output: &str) -> f64 {
 
 #[test]
 fn killing_and_restarting_every_agent_keeps_streams_and_connections_alive() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new(ClusterSpec {
-        nodes: 2,
-        pods_per_node: 1,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(2, 1))?;
     let (here, there) = (&cluster.nodes[0].pods[0], &cluster.nodes[1].pods[0]);
     let cross_node = stream(&there.netns, there.ip, &here.netns)?;
     let egress = stream(&cluster.external, EXTERNAL_HOST_IP, &there.netns)?;
@@ -106,11 +102,7 @@ fn killing_and_restarting_every_agent_keeps_streams_and_connections_alive() -> a
 
 #[test]
 fn a_stopped_agent_keeps_forwarding_until_uninstall_removes_everything() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new(ClusterSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 2))?;
     let node = &mut cluster.nodes[0];
     node.stop_agent(Signal::SIGTERM);
     let (a, b) = (&node.pods[0], &node.pods[1]);
@@ -136,11 +128,7 @@ fn a_stopped_agent_keeps_forwarding_until_uninstall_removes_everything() -> anyh
 
 #[test]
 fn pins_of_another_layout_version_are_removed_once_the_new_programs_run() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new(ClusterSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 2))?;
     let node = &mut cluster.nodes[0];
     node.stop_agent(Signal::SIGTERM);
     // What an agent of an older layout would have left (bpffs takes directories only).

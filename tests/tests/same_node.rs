@@ -3,16 +3,11 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane_tests::{Cluster, ClusterSpec, Forwarding, traffic::iperf3_tcp};
+use dataplane_tests::{Cluster, ClusterSpec, traffic::iperf3_tcp};
 use nix::sys::signal::Signal;
 
 fn one_node(pods: usize) -> Cluster {
-    Cluster::new(ClusterSpec {
-        nodes: 1,
-        pods_per_node: pods,
-        forwarding: Forwarding::Dataplane,
-    })
-    .expect("building the netns cluster")
+    Cluster::new(ClusterSpec::dataplane(1, pods)).expect("building the netns cluster")
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::{path::Path, sync::mpsc};
 
 use anyhow::Context as _;
-use dataplane_tests::{Cluster, ClusterSpec, Forwarding, cluster::EXTERNAL_HOST_IP};
+use dataplane_tests::{Cluster, ClusterSpec, cluster::EXTERNAL_HOST_IP};
 
 const NODES: usize = 2;
 const PODS_PER_NODE: usize = 2;
@@ -14,11 +14,7 @@ pub fn run(binary: &Path) -> anyhow::Result<()> {
     println!(
         "==> building a demo cluster: {NODES} nodes, {PODS_PER_NODE} pods each, dataplane attached"
     );
-    let cluster = Cluster::new(ClusterSpec {
-        nodes: NODES,
-        pods_per_node: PODS_PER_NODE,
-        forwarding: Forwarding::Dataplane,
-    })?;
+    let cluster = Cluster::new(ClusterSpec::dataplane(NODES, PODS_PER_NODE))?;
 
     for node in &cluster.nodes {
         println!(
