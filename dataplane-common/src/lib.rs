@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -17,6 +17,7 @@ pub mod names {
     pub const REMOTE_NODES_MAP: &str = "REMOTE_NODES";
     pub const NAT_MAP: &str = "NAT";
     pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
+    pub const HOST_ADDRESSES_MAP: &str = "HOST_ADDRESSES";
     pub const MONITOR_MAP: &str = "MONITOR";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
@@ -38,6 +39,10 @@ pub const MAX_NAT_ENTRIES: u32 = 262_144;
 
 /// Capacity of the non-masquerade CIDR list.
 pub const MAX_NO_MASQUERADE: u32 = 1024;
+
+/// Capacity of the node's own address set (every IPv4 address of every
+/// interface; kube-proxy's IPVS mode alone puts one per Service on a node).
+pub const MAX_HOST_ADDRESSES: u32 = 16_384;
 
 /// Size of the drop event ring buffer in bytes (a power of two pages).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
@@ -314,6 +319,10 @@ pub enum Counter {
     RoutedToPod = 26,
     /// Monitor events not reported because the per-second budget was spent.
     MonitorSuppressed = 27,
+    /// The node's own packet for a remote pod, from a host address the remote
+    /// node cannot answer through the tunnel (neither the node IP nor in
+    /// this node's pod CIDR).
+    DropHostSourceUnroutable = 28,
 }
 
 impl Counter {
@@ -322,7 +331,7 @@ impl Counter {
         Self::ALL.get(index as usize).copied()
     }
 
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::ArpReplied,
@@ -353,6 +362,7 @@ impl Counter {
         Counter::DropNatTableFull,
         Counter::RoutedToPod,
         Counter::MonitorSuppressed,
+        Counter::DropHostSourceUnroutable,
     ];
 
     /// Stable name used by the CLI, logs and metrics.
@@ -386,6 +396,7 @@ impl Counter {
             Counter::DropNatTableFull => "drop_nat_table_full",
             Counter::RoutedToPod => "routed_to_pod",
             Counter::MonitorSuppressed => "monitor_suppressed",
+            Counter::DropHostSourceUnroutable => "drop_host_source_unroutable",
         }
     }
 
@@ -408,6 +419,7 @@ impl Counter {
                 | Counter::DropNatNoMapping
                 | Counter::DropNatUnsupported
                 | Counter::DropNatTableFull
+                | Counter::DropHostSourceUnroutable
         )
     }
 }

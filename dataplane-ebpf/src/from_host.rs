@@ -20,7 +20,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let is_ipv4 = header::<EthHdr>(ctx, 0)
         // SAFETY: bounds checked by `header`.
         .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv4 as u16);
-    let Some((_, dst)) = addresses(ctx).filter(|_| is_ipv4) else {
+    let Some((src, dst)) = addresses(ctx).filter(|_| is_ipv4) else {
         return TC_ACT_OK;
     };
     let config = node_config();
@@ -28,10 +28,17 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Destination::LocalPod(destination) => {
             deliver(ctx, &destination, Redirect::Egress, Counter::HostToPod)
         }
-        Destination::RemotePod(node_ip) => tunnel::encapsulate(ctx, &config, node_ip),
+        // The remote node accepts (and answers through the tunnel) only
+        // sources this node speaks for: its IP and its pod CIDR.
+        Destination::RemotePod(node_ip)
+            if src == config.node_ip || config.pod_cidr.contains(src) =>
+        {
+            tunnel::encapsulate(ctx, &config, node_ip)
+        }
+        Destination::RemotePod(_) => drop(ctx, Counter::DropHostSourceUnroutable),
         Destination::UnknownLocalPod => drop(ctx, Counter::DropUnknownEndpoint),
         Destination::UnknownNode => drop(ctx, Counter::DropUnknownNode),
         // The node's own traffic, including the tunnel's outer packets.
-        Destination::Outside => TC_ACT_OK,
+        Destination::Host | Destination::Outside => TC_ACT_OK,
     }
 }

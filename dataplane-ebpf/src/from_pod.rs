@@ -48,6 +48,8 @@ fn ipv4(ctx: &TcContext) -> i32 {
     let (destination, counter) = match lookup(dst, &config) {
         Destination::LocalPod(destination) => (Some(destination), Counter::ForwardedLocal),
         Destination::RemotePod(node_ip) => return tunnel_to(ctx, &config, node_ip),
+        // The node itself: kubelet, node-local DNS, the gateway address.
+        Destination::Host => return pass_to_host(ctx),
         // Never let the host stack guess where an unknown pod address goes.
         Destination::UnknownLocalPod => return drop(ctx, Counter::DropUnknownEndpoint),
         Destination::UnknownNode => return drop(ctx, Counter::DropUnknownNode),
@@ -61,9 +63,9 @@ fn ipv4(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Not a pod address: another node, this node, or the world.
+/// Not a pod address and not this node: another node, or the world.
 fn outside(ctx: &TcContext, config: &NodeConfig, src: [u8; 4], dst: [u8; 4]) -> i32 {
-    if !config.tunnel_enabled() || dst == config.node_ip {
+    if !config.tunnel_enabled() {
         return pass_to_host(ctx);
     }
     // Pod to another node's own IP goes through the tunnel, so the remote

@@ -9,7 +9,7 @@ use crate::{
     counters::{drop, verdict},
     ipv4::forward_hop,
     local::{Redirect, deliver},
-    maps::{endpoint, is_unmasqueraded, node_config, remote_node},
+    maps::{endpoint, is_host_address, is_unmasqueraded, node_config, remote_node},
     nat,
     tunnel::{self, INNER_IP_AT, UDP_AT, VXLAN_AT, VXLAN_FLAG_VNI},
 };
@@ -37,6 +37,7 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, outer: &[u8]) -> i32 {
                 deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod)
             }
             Some(_) => drop(ctx, Counter::DropTtlExceeded),
+            None if is_host_address(&destination, config) => TC_ACT_OK,
             None => drop(ctx, Counter::DropUnknownEndpoint),
         };
     }
@@ -99,14 +100,15 @@ fn from_node(ctx: &TcContext, config: &NodeConfig) -> i32 {
         return drop(ctx, Counter::DropSpoofedSource);
     }
     let destination = endpoint(&inner_destination);
-    if destination.is_none() && inner_destination != config.node_ip {
+    if destination.is_none() && !is_host_address(&inner_destination, config) {
         return drop(ctx, Counter::DropUnknownEndpoint);
     }
     if !tunnel::decapsulate(ctx) {
         return drop(ctx, Counter::DropUplinkError);
     }
     match destination {
-        // For this node: up the stack, behind the outer Ethernet header that
+        // For this node (its IP, or e.g. a gateway address a pod of the
+        // sender answers): up the stack, behind the outer Ethernet header that
         // was addressed to the uplink.
         None => verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK),
         Some(destination) if forward_hop(ctx) => deliver(

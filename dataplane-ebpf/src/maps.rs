@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
-    MAX_ENDPOINTS, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MonitorConfig, NatEntry,
+    MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MonitorConfig, NatEntry,
     NodeConfig, RemoteNode, TunnelRoute,
 };
 
@@ -33,6 +33,12 @@ pub static NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 0)
 #[map(name = "NO_MASQUERADE")]
 pub static NO_MASQUERADE: LpmTrie<Ipv4Octets, u8> =
     LpmTrie::pinned(MAX_NO_MASQUERADE, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Every IPv4 address of the node itself (node IP, gateway addresses the
+/// main CNI plugin put on host veths or a bridge, any other), kept current
+/// by the agent: pods reach them through the host stack.
+#[map(name = "HOST_ADDRESSES")]
+pub static HOST_ADDRESSES: HashMap<Ipv4Octets, u8> = HashMap::pinned(MAX_HOST_ADDRESSES, 0);
 
 /// Drop events for `dataplane monitor`; written only while it is enabled.
 #[map(name = "EVENTS")]
@@ -68,6 +74,13 @@ pub fn tunnel_route(addr: Ipv4Octets) -> Option<TunnelRoute> {
 pub fn remote_node(addr: &Ipv4Octets) -> Option<RemoteNode> {
     // SAFETY: as for `endpoint`.
     unsafe { REMOTE_NODES.get(addr).copied() }
+}
+
+/// Whether `addr` belongs to this node (the node IP always does).
+#[inline(always)]
+pub fn is_host_address(addr: &Ipv4Octets, config: &NodeConfig) -> bool {
+    // SAFETY: only presence is read.
+    *addr == config.node_ip || unsafe { HOST_ADDRESSES.get(addr).is_some() }
 }
 
 #[inline(always)]

@@ -2,13 +2,15 @@
 
 use dataplane_common::{Endpoint, Ipv4Octets, NodeConfig};
 
-use crate::maps::{endpoint, tunnel_route};
+use crate::maps::{endpoint, is_host_address, tunnel_route};
 
 pub enum Destination {
     /// A pod on this node.
     LocalPod(Endpoint),
     /// A pod behind the tunnel, on the node with this IP.
     RemotePod(Ipv4Octets),
+    /// An address of this node itself (e.g. a gateway address in the pod CIDR).
+    Host,
     /// In this node's pod CIDR, but no such pod.
     UnknownLocalPod,
     /// In the cluster CIDR, but on no known node.
@@ -23,12 +25,20 @@ pub fn lookup(dst: Ipv4Octets, config: &NodeConfig) -> Destination {
         return Destination::LocalPod(destination);
     }
     if config.pod_cidr.contains(dst) {
-        return Destination::UnknownLocalPod;
+        return if is_host_address(&dst, config) {
+            Destination::Host
+        } else {
+            Destination::UnknownLocalPod
+        };
     }
+    // Pod-to-pod across nodes pays for no host address lookup.
     if config.tunnel_enabled()
         && let Some(route) = tunnel_route(dst)
     {
         return Destination::RemotePod(route.node_ip);
+    }
+    if is_host_address(&dst, config) {
+        return Destination::Host;
     }
     if config.cluster_cidr.contains(dst) {
         return Destination::UnknownNode;

@@ -27,7 +27,7 @@ use crate::{
     },
     dataplane::Dataplane,
     interfaces::{Interfaces, VxlanSettings},
-    kubernetes, loader,
+    host, kubernetes, loader,
     maps::ipv4_cidr,
     metrics,
     nat::{self, Timeouts},
@@ -163,6 +163,7 @@ impl Agent {
             sources: [
                 Some("config file (watched)".to_string()),
                 Some("local API (CLI, CNI plugin)".to_string()),
+                Some("node addresses and links (rtnetlink, followed)".to_string()),
                 config
                     .kubernetes
                     .enabled
@@ -173,6 +174,7 @@ impl Agent {
             .collect(),
         };
         agent.adopt_pinned_endpoints().await?;
+        agent.sync_host_addresses().await?;
         for endpoint in &config.endpoints {
             agent
                 .add_endpoint(endpoint)
@@ -261,16 +263,77 @@ impl Agent {
                 spec.interface
             );
         };
+        // An address belongs to one pod: taking it from a pod whose veth
+        // still exists would silently cut that pod off.
+        let registered = self.dataplane().endpoint(spec.ip);
+        if let Some(registered) = registered.filter(|other| other.host_ifindex != interface.index)
+            && let Some(owner) = self.interfaces.by_index(registered.host_ifindex).await?
+        {
+            bail!(
+                "{} is already the address of the pod behind {} (ifindex {}); remove that \
+                 endpoint first",
+                spec.ip,
+                owner.name,
+                owner.index
+            );
+        }
         self.dataplane()
             .add_endpoint(spec.ip, &interface, spec.mac.into_array())?;
         info!(ip = %spec.ip, interface = %spec.interface, mac = %spec.mac, "endpoint added");
         Ok(())
     }
 
-    pub fn remove_endpoint(&self, ip: Ipv4Addr) -> anyhow::Result<bool> {
-        let removed = self.dataplane().remove_endpoint(ip)?;
+    /// Removes the endpoint `ip`; with `host_ifindex`, only while it is still
+    /// registered behind that veth (a late DEL of an old pod must not remove
+    /// the address from the pod that has it now). `Ok(false)` if nothing was
+    /// removed.
+    pub fn remove_endpoint(&self, ip: Ipv4Addr, host_ifindex: Option<u32>) -> anyhow::Result<bool> {
+        let mut dataplane = self.dataplane();
+        if let Some(expected) = host_ifindex
+            && dataplane
+                .endpoint(ip)
+                .is_some_and(|endpoint| endpoint.host_ifindex != expected)
+        {
+            info!(%ip, ifindex = expected, "endpoint kept: it belongs to another veth now");
+            return Ok(false);
+        }
+        let removed = dataplane.remove_endpoint(ip)?;
         info!(%ip, removed, "endpoint removed");
         Ok(removed)
+    }
+
+    /// A link of the node disappeared: endpoints behind it go with it (a pod
+    /// deleted without a CNI DEL, a runtime crash, `ip link del`).
+    pub fn interface_removed(&self, ifindex: u32) -> anyhow::Result<()> {
+        let mut dataplane = self.dataplane();
+        for ip in dataplane.endpoints_behind(ifindex) {
+            dataplane.remove_endpoint(ip)?;
+            info!(%ip, ifindex, "endpoint removed: its veth is gone");
+        }
+        Ok(())
+    }
+
+    /// Puts every address of the node in the host address map.
+    pub async fn sync_host_addresses(&self) -> anyhow::Result<()> {
+        let addresses = self.interfaces.host_addresses().await?;
+        let count = addresses.len();
+        if self.dataplane().set_host_addresses(addresses)? {
+            info!(addresses = count, "the node's own addresses changed");
+        }
+        Ok(())
+    }
+
+    /// Full resynchronisation with the node: its addresses, and endpoints
+    /// whose veth vanished while no notification could tell.
+    pub async fn resync_host(&self) -> anyhow::Result<()> {
+        self.sync_host_addresses().await?;
+        let endpoints = self.dataplane().endpoints()?;
+        for (_, endpoint) in endpoints {
+            if self.interfaces.by_index(endpoint.host_ifindex).await?.is_none() {
+                self.interface_removed(endpoint.host_ifindex)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn add_node(&self, node: &NodeSpec) -> anyhow::Result<()> {
@@ -460,6 +523,11 @@ impl Agent {
                     dataplane_common::MAX_REMOTE_NODES,
                 ),
                 fill("NAT", gc.entries, MAX_NAT_ENTRIES),
+                fill(
+                    "HOST_ADDRESSES",
+                    self.dataplane().host_addresses().len(),
+                    dataplane_common::MAX_HOST_ADDRESSES,
+                ),
             ],
             sources: self.sources.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -505,8 +573,8 @@ impl Agent {
                 .add_endpoint(&endpoint)
                 .await
                 .map(|()| Response::Done { changed: true }),
-            Request::RemoveEndpoint { ip } => self
-                .remove_endpoint(ip)
+            Request::RemoveEndpoint { ip, host_ifindex } => self
+                .remove_endpoint(ip, host_ifindex)
                 .map(|changed| Response::Done { changed }),
             Request::ListEndpoints => self
                 .list_endpoints()
@@ -687,6 +755,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         });
     }
+    tokio::spawn(host::follow(Arc::clone(&agent)));
     if config.kubernetes.enabled {
         let node_name = kubernetes::node_name(&config.kubernetes)?;
         tokio::spawn(kubernetes::follow_nodes(

@@ -28,6 +28,9 @@ pub enum Request {
     },
     RemoveEndpoint {
         ip: Ipv4Addr,
+        /// Only while `ip` is registered behind this host veth.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_ifindex: Option<u32>,
     },
     ListEndpoints,
     Counters,

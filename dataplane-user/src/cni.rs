@@ -2,18 +2,20 @@
 //! a main plugin (ptp, bridge, ...) that created the pod's veth and assigned
 //! its address, and attaches the pod to the dataplane: it registers the
 //! endpoint with the agent, applies the pod MTU the tunnel needs, and returns
-//! the previous result unchanged.
+//! the previous result (with the MTUs it set, at 1.1.0).
 //!
-//! What an attachment programmed is kept in a small state file per
-//! (container, interface), written once ADD has fully succeeded, so DEL,
-//! CHECK and GC know exactly what to undo or verify.
+//! ADD validates everything before it changes anything, and undoes all of its
+//! changes when a later step fails. What an attachment programmed is kept in
+//! a record per (network, container, interface), written durably once ADD
+//! has fully succeeded, so DEL, CHECK and GC know exactly what to undo or
+//! verify, and touch nothing of other networks or other pods.
 
 use std::{
     collections::HashMap,
     fs::File,
-    io::ErrorKind,
+    io::{ErrorKind, Write as _},
     net::Ipv4Addr,
-    os::fd::AsFd as _,
+    os::{fd::AsFd as _, unix::fs::FileTypeExt as _},
     path::{Path, PathBuf},
 };
 
@@ -70,21 +72,35 @@ impl CniError {
 
 type CniResult<T> = Result<T, CniError>;
 
-/// The network configuration on stdin, as far as this plugin reads it.
+/// The network configuration on stdin. Keys the spec defines for every
+/// plugin are accepted (and those this plugin has no use for ignored);
+/// anything else is a mistake worth an error, not a silent default.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NetConf {
     #[serde(rename = "cniVersion")]
     cni_version: String,
+    name: String,
+    #[serde(rename = "type")]
+    _type: Option<String>,
     /// The agent's API socket.
     #[serde(default = "default_socket")]
     socket: PathBuf,
-    /// Where attachment state files live.
+    /// Where attachment records live (one directory per network).
     #[serde(rename = "dataDir", default = "default_data_dir")]
     data_dir: PathBuf,
     #[serde(rename = "prevResult")]
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<Attachment>>,
+    #[serde(rename = "runtimeConfig")]
+    _runtime_config: Option<Value>,
+    #[serde(rename = "args")]
+    _args: Option<Value>,
+    #[serde(rename = "capabilities")]
+    _capabilities: Option<Value>,
+    #[serde(rename = "dns")]
+    _dns: Option<Value>,
 }
 
 fn default_socket() -> PathBuf {
@@ -95,6 +111,7 @@ fn default_data_dir() -> PathBuf {
     DEFAULT_DATA_DIR.into()
 }
 
+/// One pod interface of one container, in one network.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 struct Attachment {
     #[serde(rename = "containerID")]
@@ -104,9 +121,30 @@ struct Attachment {
 
 /// What one attachment programmed.
 #[derive(Debug, Serialize, Deserialize)]
-struct AttachmentState {
+struct AttachmentRecord {
     ips: Vec<Ipv4Addr>,
     host_interface: String,
+    /// The host veth's index: removals apply only while an address is still
+    /// registered behind it. Absent in records of earlier versions.
+    #[serde(default)]
+    host_ifindex: Option<u32>,
+}
+
+/// The version a command first appeared in, as the reference `skel` checks it.
+fn minimum_version(command: &str) -> (u32, u32, u32) {
+    match command {
+        "CHECK" => (0, 4, 0),
+        "GC" | "STATUS" => (1, 1, 0),
+        _ => (0, 3, 0),
+    }
+}
+
+fn parse_version(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version.split('.').map(str::parse::<u32>);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch)), None) => Some((major, minor, patch)),
+        _ => None,
+    }
 }
 
 /// Runs one plugin invocation: `environment` holds the CNI_* variables,
@@ -116,26 +154,31 @@ pub fn run(environment: &HashMap<String, String>, stdin: &str) -> CniResult<Opti
     if command == "VERSION" {
         return Ok(Some(version_output(stdin)));
     }
-    let conf: NetConf = serde_json::from_str(stdin).map_err(|error| {
-        CniError::new(
-            code::DECODE_FAILURE,
-            "cannot decode the network configuration on stdin",
-        )
-        .with_details(error)
-    })?;
-    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+    let conf = parse_conf(stdin)?;
+    let version = parse_version(&conf.cni_version)
+        .filter(|_| SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()))
+        .ok_or_else(|| {
+            CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "cniVersion {} is not supported (supported: {})",
+                    conf.cni_version,
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            )
+        })?;
+    if version < minimum_version(&command) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
             format!(
-                "cniVersion {} is not supported (supported: {})",
-                conf.cni_version,
-                SUPPORTED_VERSIONS.join(", ")
+                "config version {} does not allow {command}",
+                conf.cni_version
             ),
         ));
     }
     match command.as_str() {
         "ADD" => add(environment, &conf).map(Some),
-        "DEL" => delete(&conf, &attachment_of(environment)?).map(|()| None),
+        "DEL" => delete(environment, &conf).map(|()| None),
         "CHECK" => check(environment, &conf).map(|()| None),
         "GC" => collect_garbage(&conf).map(|()| None),
         "STATUS" => status(&conf).map(|()| None),
@@ -146,6 +189,54 @@ pub fn run(environment: &HashMap<String, String>, stdin: &str) -> CniResult<Opti
     }
 }
 
+/// Not JSON is a decoding failure (6); JSON that is not a valid configuration
+/// for this plugin is an invalid configuration (7).
+fn parse_conf(stdin: &str) -> CniResult<NetConf> {
+    let value: Value = serde_json::from_str(stdin).map_err(|error| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            "cannot decode the network configuration on stdin",
+        )
+        .with_details(error)
+    })?;
+    let conf: NetConf = serde_json::from_value(value).map_err(|error| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid network configuration: {error}"),
+        )
+    })?;
+    if !is_valid_identifier(&conf.name) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "network name {:?} must start with a letter or digit, followed by letters, \
+                 digits, '_', '.' or '-'",
+                conf.name
+            ),
+        ));
+    }
+    Ok(conf)
+}
+
+/// The spec's rule for container IDs and network names.
+fn is_valid_identifier(text: &str) -> bool {
+    let mut characters = text.chars();
+    characters
+        .next()
+        .is_some_and(|first| first.is_ascii_alphanumeric())
+        && characters.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The spec's (and the kernel's) rule for interface names.
+fn is_valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace)
+}
+
 fn required(environment: &HashMap<String, String>, name: &str) -> CniResult<String> {
     environment
         .get(name)
@@ -154,10 +245,32 @@ fn required(environment: &HashMap<String, String>, name: &str) -> CniResult<Stri
         .ok_or_else(|| CniError::new(code::INVALID_ENVIRONMENT, format!("{name} is not set")))
 }
 
+/// The attachment the environment names; both parts validated, since they
+/// become a file name.
 fn attachment_of(environment: &HashMap<String, String>) -> CniResult<Attachment> {
+    let container_id = required(environment, "CNI_CONTAINERID")?;
+    if !is_valid_identifier(&container_id) {
+        return Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!(
+                "CNI_CONTAINERID {container_id:?} must start with a letter or digit, followed \
+                 by letters, digits, '_', '.' or '-'"
+            ),
+        ));
+    }
+    let ifname = required(environment, "CNI_IFNAME")?;
+    if !is_valid_interface_name(&ifname) {
+        return Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!(
+                "CNI_IFNAME {ifname:?} is not a valid interface name (1 to 15 characters, no \
+                 '/', ':' or whitespace, not '.' or '..')"
+            ),
+        ));
+    }
     Ok(Attachment {
-        container_id: required(environment, "CNI_CONTAINERID")?,
-        ifname: required(environment, "CNI_IFNAME")?,
+        container_id,
+        ifname,
     })
 }
 
@@ -180,7 +293,33 @@ fn ipv4_addresses(result: &Value) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// A socket setting that can never work is a configuration error (7), not a
+/// reason to retry forever; a socket that is not there yet means the agent is
+/// not up yet (11, when connecting).
+fn check_socket(socket: &Path) -> CniResult<()> {
+    let invalid = |problem: &str| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("socket {:?} {problem}", socket.display().to_string()),
+        )
+    };
+    if !socket.is_absolute() {
+        return Err(invalid("must be an absolute path"));
+    }
+    match std::fs::metadata(socket) {
+        Ok(metadata) if metadata.file_type().is_socket() => Ok(()),
+        Ok(metadata) if metadata.is_dir() => Err(invalid("is a directory, not a socket")),
+        Ok(_) => Err(invalid("is not a socket")),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        Err(error) if error.raw_os_error() == Some(nix::libc::ENOTDIR) => {
+            Err(invalid("lies under a file that is not a directory"))
+        }
+        Err(error) => Err(invalid("cannot be inspected").with_details(error)),
+    }
+}
+
 fn agent_call(conf: &NetConf, request: &Request) -> CniResult<Response> {
+    check_socket(&conf.socket)?;
     let response = api::call(&conf.socket, request).map_err(|error| {
         CniError::new(
             code::TRY_AGAIN_LATER,
@@ -200,7 +339,42 @@ fn agent_call(conf: &NetConf, request: &Request) -> CniResult<Response> {
     }
 }
 
+/// The pod's interface and its veth peer on the node, as found (unchanged).
+struct PodVeth {
+    netns: String,
+    pod: Interface,
+    host: Interface,
+}
+
+/// Everything an ADD changed so far, to be undone if a later step fails.
+#[derive(Default)]
+struct Changes {
+    registered: Vec<Ipv4Addr>,
+    host_ifindex: u32,
+    /// (netns of the interface or `None` for the node's, interface, MTU before).
+    mtus: Vec<(Option<String>, Interface, u32)>,
+}
+
+impl Changes {
+    fn undo(self, conf: &NetConf) {
+        for ip in self.registered {
+            let _ = agent_call(
+                conf,
+                &Request::RemoveEndpoint {
+                    ip,
+                    host_ifindex: Some(self.host_ifindex),
+                },
+            );
+        }
+        for (netns, interface, mtu) in self.mtus {
+            let _ = set_mtu(netns.as_deref(), interface, mtu);
+        }
+    }
+}
+
 fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<String> {
+    // Validate everything first: nothing below changes anything until the
+    // agent has accepted the endpoints.
     let attachment = attachment_of(environment)?;
     let netns = required(environment, "CNI_NETNS")?;
     let Some(prev_result) = &conf.prev_result else {
@@ -217,52 +391,165 @@ fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<Strin
             "prevResult has no IPv4 address for the pod",
         ));
     }
+    let record_path = record_path(conf, &attachment);
     let Response::Status { status } = agent_call(conf, &Request::Status)? else {
         return Err(CniError::new(
             code::IO_FAILURE,
             "unexpected answer to a status request",
         ));
     };
-    let (pod_interface, host_interface) =
-        pod_and_host_interfaces(&netns, &attachment.ifname, status.pod_mtu)?;
+    let veth = find_veth(&netns, &attachment.ifname)?;
 
-    let mut registered = Vec::new();
-    for ip in &ips {
-        let endpoint = EndpointSpec {
-            ip: *ip,
-            interface: host_interface.clone(),
-            mac: MacAddr6::from(pod_interface.mac),
-        };
-        if let Err(error) = agent_call(conf, &Request::AddEndpoint { endpoint }) {
-            // Nothing half-programmed: undo what this ADD registered.
-            for ip in registered {
-                let _ = agent_call(conf, &Request::RemoveEndpoint { ip });
-            }
+    let mut changes = Changes {
+        host_ifindex: veth.host.index,
+        ..Changes::default()
+    };
+    let applied = apply(conf, &veth, &ips, status.pod_mtu, &mut changes).and_then(|mtus| {
+        write_record(
+            &record_path,
+            &AttachmentRecord {
+                ips: ips.clone(),
+                host_interface: veth.host.name.clone(),
+                host_ifindex: Some(veth.host.index),
+            },
+        )
+        .map(|()| mtus)
+    });
+    let (pod_mtu, host_mtu) = match applied {
+        Ok(mtus) => mtus,
+        Err(error) => {
+            changes.undo(conf);
             return Err(error);
         }
-        registered.push(*ip);
-    }
-    write_state(
-        conf,
-        &attachment,
-        &AttachmentState {
-            ips,
-            host_interface,
-        },
-    )?;
+    };
 
     let mut result = prev_result.clone();
     result["cniVersion"] = Value::from(conf.cni_version.clone());
+    if parse_version(&conf.cni_version) >= Some((1, 1, 0)) {
+        report_mtus(&mut result, &veth, pod_mtu, host_mtu);
+    }
     Ok(result.to_string())
 }
 
-/// Finds `ifname` in the pod's namespace and its veth peer in ours, and makes
-/// both use the pod MTU (when the dataplane needs one).
-fn pod_and_host_interfaces(
-    netns: &str,
-    ifname: &str,
+/// Registers the endpoints, then lowers the MTUs; every change is noted in
+/// `changes` as it is made. Returns the pod's and the host veth's MTU.
+fn apply(
+    conf: &NetConf,
+    veth: &PodVeth,
+    ips: &[Ipv4Addr],
     pod_mtu: Option<u32>,
-) -> CniResult<(Interface, String)> {
+    changes: &mut Changes,
+) -> CniResult<(u32, u32)> {
+    for ip in ips {
+        let endpoint = EndpointSpec {
+            ip: *ip,
+            interface: veth.host.name.clone(),
+            mac: MacAddr6::from(veth.pod.mac),
+        };
+        agent_call(conf, &Request::AddEndpoint { endpoint })?;
+        changes.registered.push(*ip);
+    }
+    let mut lower = |netns: Option<&str>, interface: &Interface| -> CniResult<u32> {
+        match pod_mtu.filter(|mtu| interface.mtu > *mtu) {
+            Some(mtu) => {
+                changes
+                    .mtus
+                    .push((netns.map(str::to_string), interface.clone(), interface.mtu));
+                set_mtu(netns, interface.clone(), mtu)?;
+                Ok(mtu)
+            }
+            None => Ok(interface.mtu),
+        }
+    };
+    let pod = lower(Some(&veth.netns), &veth.pod)?;
+    let host = lower(None, &veth.host)?;
+    Ok((pod, host))
+}
+
+/// Spec 1.1.0 results carry each interface's MTU: report what is set now.
+fn report_mtus(result: &mut Value, veth: &PodVeth, pod_mtu: u32, host_mtu: u32) {
+    let Some(interfaces) = result["interfaces"].as_array_mut() else {
+        return;
+    };
+    for interface in interfaces {
+        let sandbox = interface["sandbox"].as_str().unwrap_or_default();
+        let name = interface["name"].as_str().unwrap_or_default();
+        if name == veth.pod.name && sandbox == veth.netns {
+            interface["mtu"] = Value::from(pod_mtu);
+        } else if name == veth.host.name && sandbox.is_empty() {
+            interface["mtu"] = Value::from(host_mtu);
+        }
+    }
+}
+
+/// Finds `ifname` in the pod's namespace and its veth peer in ours; changes
+/// nothing.
+fn find_veth(netns: &str, ifname: &str) -> CniResult<PodVeth> {
+    let wanted = ifname.to_string();
+    let label = netns.to_string();
+    let pod = in_netns(Some(netns), move |interfaces| async move {
+        interfaces
+            .by_name(&wanted)
+            .await
+            .map_err(io_failure)?
+            .ok_or_else(|| {
+                CniError::new(
+                    code::UNKNOWN_CONTAINER,
+                    format!("interface {wanted} does not exist in {label}"),
+                )
+            })
+    })?;
+    let peer_index = pod.peer_index.ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("{ifname} in the pod is not a veth: the dataplane needs a veth pair"),
+        )
+    })?;
+    let host = in_netns(None, move |interfaces| async move {
+        interfaces
+            .by_index(peer_index)
+            .await
+            .map_err(io_failure)?
+            .ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    "the pod's veth peer is not in the node's network namespace",
+                )
+            })
+    })?;
+    Ok(PodVeth {
+        netns: netns.to_string(),
+        pod,
+        host,
+    })
+}
+
+fn set_mtu(netns: Option<&str>, interface: Interface, mtu: u32) -> CniResult<()> {
+    in_netns(netns, move |interfaces| async move {
+        interfaces
+            .set_mtu(&interface, mtu)
+            .await
+            .map_err(io_failure)
+    })
+}
+
+fn io_failure(error: impl std::fmt::Display) -> CniError {
+    CniError::new(code::IO_FAILURE, "netlink request failed").with_details(error)
+}
+
+/// Runs `work` with a netlink connection in the network namespace at
+/// `netns` (on a thread of its own, which alone enters it), or in ours.
+fn in_netns<T, F>(
+    netns: Option<&str>,
+    work: impl FnOnce(Interfaces) -> F + Send + 'static,
+) -> CniResult<T>
+where
+    T: Send + 'static,
+    F: Future<Output = CniResult<T>>,
+{
+    let Some(netns) = netns else {
+        return with_netlink(work);
+    };
     let namespace = File::open(netns).map_err(|error| {
         CniError::new(
             code::UNKNOWN_CONTAINER,
@@ -270,65 +557,21 @@ fn pod_and_host_interfaces(
         )
         .with_details(error)
     })?;
-    let netns_owned = netns.to_string();
-    let ifname_owned = ifname.to_string();
-    let pod_interface = std::thread::spawn(move || -> CniResult<Interface> {
+    let label = netns.to_string();
+    std::thread::spawn(move || {
         nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
             |error| {
                 CniError::new(
                     code::UNKNOWN_CONTAINER,
-                    format!("CNI_NETNS {netns_owned} is not a network namespace"),
+                    format!("CNI_NETNS {label} is not a network namespace"),
                 )
                 .with_details(error)
             },
         )?;
-        with_netlink(|interfaces| async move {
-            let interface = interfaces
-                .by_name(&ifname_owned)
-                .await
-                .map_err(io_failure)?;
-            let interface = interface.ok_or_else(|| {
-                CniError::new(
-                    code::UNKNOWN_CONTAINER,
-                    format!("interface {ifname_owned} does not exist in {netns_owned}"),
-                )
-            })?;
-            if let Some(mtu) = pod_mtu.filter(|mtu| interface.mtu > *mtu) {
-                interfaces
-                    .set_mtu(&interface, mtu)
-                    .await
-                    .map_err(io_failure)?;
-            }
-            Ok(interface)
-        })
+        with_netlink(work)
     })
     .join()
-    .map_err(|_| CniError::new(code::IO_FAILURE, "netlink thread panicked"))??;
-
-    let peer_index = pod_interface.peer_index.ok_or_else(|| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("{ifname} in the pod is not a veth: the dataplane needs a veth pair"),
-        )
-    })?;
-    let host_interface = with_netlink(|interfaces| async move {
-        let host = interfaces.by_index(peer_index).await.map_err(io_failure)?;
-        let host = host.ok_or_else(|| {
-            CniError::new(
-                code::INVALID_CONFIG,
-                "the pod's veth peer is not in the node's network namespace",
-            )
-        })?;
-        if let Some(mtu) = pod_mtu.filter(|mtu| host.mtu > *mtu) {
-            interfaces.set_mtu(&host, mtu).await.map_err(io_failure)?;
-        }
-        Ok(host.name)
-    })?;
-    Ok((pod_interface, host_interface))
-}
-
-fn io_failure(error: impl std::fmt::Display) -> CniError {
-    CniError::new(code::IO_FAILURE, "netlink request failed").with_details(error)
+    .map_err(|_| CniError::new(code::IO_FAILURE, "netlink thread panicked"))?
 }
 
 /// Runs `work` with a netlink connection in the calling thread's namespace.
@@ -346,57 +589,87 @@ where
     })
 }
 
-fn state_path(conf: &NetConf, attachment: &Attachment) -> PathBuf {
+/// `<dataDir>/<network>`: each network's records apart, so GC of one never
+/// sees another's.
+fn network_dir(conf: &NetConf) -> PathBuf {
+    conf.data_dir.join(&conf.name)
+}
+
+/// `<dataDir>/<network>/<containerID>:<ifname>.json`; neither part can hold
+/// a ':' or a '/' (both are validated).
+fn record_path(conf: &NetConf, attachment: &Attachment) -> PathBuf {
+    network_dir(conf).join(format!(
+        "{}:{}.json",
+        attachment.container_id, attachment.ifname
+    ))
+}
+
+/// Where plugin versions before networks had directories kept the record.
+fn legacy_record_path(conf: &NetConf, attachment: &Attachment) -> PathBuf {
     conf.data_dir.join(format!(
         "{}-{}.json",
         attachment.container_id, attachment.ifname
     ))
 }
 
-fn write_state(conf: &NetConf, attachment: &Attachment, state: &AttachmentState) -> CniResult<()> {
-    let path = state_path(conf, attachment);
+/// The attachment a record file name stands for.
+fn attachment_of_record(file_name: &str) -> Option<Attachment> {
+    let (container_id, ifname) = file_name.strip_suffix(".json")?.split_once(':')?;
+    Some(Attachment {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+    })
+}
+
+/// Writes the record durably: a temporary file, synced, renamed over the
+/// record, and the directory synced, so after a power loss the record is
+/// either whole or absent.
+fn write_record(path: &Path, record: &AttachmentRecord) -> CniResult<()> {
     let failure = |error: std::io::Error| {
         CniError::new(code::IO_FAILURE, format!("cannot write {}", path.display()))
             .with_details(error)
     };
-    std::fs::create_dir_all(&conf.data_dir).map_err(failure)?;
-    // Written whole, then renamed: a reader never sees half a file.
+    let directory = path.parent().expect("records live in a directory");
+    std::fs::create_dir_all(directory).map_err(failure)?;
     let temporary = path.with_extension("tmp");
-    std::fs::write(
-        &temporary,
-        serde_json::to_vec(state).expect("state serializes"),
-    )
-    .map_err(failure)?;
-    std::fs::rename(&temporary, &path).map_err(failure)
+    let mut file = File::create(&temporary).map_err(failure)?;
+    file.write_all(&serde_json::to_vec(record).expect("records serialize"))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .and_then(|()| File::open(directory)?.sync_all())
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&temporary);
+        })
+        .map_err(failure)
 }
 
-fn read_state(path: &Path) -> CniResult<Option<AttachmentState>> {
+/// What reading a record found.
+enum Record {
+    Absent,
+    Found(AttachmentRecord),
+    /// Present but unreadable or not a record (e.g. truncated by a crash).
+    Unreadable(CniError),
+}
+
+fn read_record(path: &Path) -> Record {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|error| {
-            CniError::new(code::IO_FAILURE, format!("{} is corrupt", path.display()))
-                .with_details(error)
-        }),
-        Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(CniError::new(
-            code::IO_FAILURE,
-            format!("cannot read {}", path.display()),
-        )
-        .with_details(error)),
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(record) => Record::Found(record),
+            Err(error) => Record::Unreadable(
+                CniError::new(code::IO_FAILURE, format!("{} is corrupt", path.display()))
+                    .with_details(error),
+            ),
+        },
+        Err(error) if error.kind() == ErrorKind::NotFound => Record::Absent,
+        Err(error) => Record::Unreadable(
+            CniError::new(code::IO_FAILURE, format!("cannot read {}", path.display()))
+                .with_details(error),
+        ),
     }
 }
 
-/// Idempotent: succeeds when the attachment, its endpoints or the pod are gone.
-/// ADD writes the state file only once everything is programmed, so without
-/// one there is nothing of ours to undo (and no need for the agent).
-fn delete(conf: &NetConf, attachment: &Attachment) -> CniResult<()> {
-    let path = state_path(conf, attachment);
-    let Some(state) = read_state(&path)? else {
-        return Ok(());
-    };
-    for ip in state.ips {
-        agent_call(conf, &Request::RemoveEndpoint { ip })?;
-    }
-    match std::fs::remove_file(&path) {
+fn remove_record(path: &Path) -> CniResult<()> {
+    match std::fs::remove_file(path) {
         Err(error) if error.kind() != ErrorKind::NotFound => Err(CniError::new(
             code::IO_FAILURE,
             format!("cannot remove {}", path.display()),
@@ -406,16 +679,97 @@ fn delete(conf: &NetConf, attachment: &Attachment) -> CniResult<()> {
     }
 }
 
+fn delete(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<()> {
+    let attachment = attachment_of(environment)?;
+    let netns = environment
+        .get("CNI_NETNS")
+        .filter(|netns| !netns.is_empty());
+    release(conf, &attachment, netns.map(String::as_str))
+}
+
+/// Undoes an attachment. Idempotent: succeeds when the attachment, its
+/// endpoints or the pod are gone. Also succeeds while the agent is down:
+/// what stays in the map cannot misroute (it points at a veth that the main
+/// plugin deletes next, so packets to it are dropped as stale), and the agent
+/// removes it when it sees that veth go, or at its next start.
+fn release(conf: &NetConf, attachment: &Attachment, netns: Option<&str>) -> CniResult<()> {
+    let mut path = record_path(conf, attachment);
+    let mut record = read_record(&path);
+    if matches!(record, Record::Absent) {
+        path = legacy_record_path(conf, attachment);
+        record = read_record(&path);
+    }
+    match record {
+        // ADD writes the record last: without one there is nothing to undo.
+        Record::Absent => return Ok(()),
+        Record::Found(record) => {
+            for ip in record.ips {
+                let removal = Request::RemoveEndpoint {
+                    ip,
+                    host_ifindex: record.host_ifindex,
+                };
+                ignore_agent_down(agent_call(conf, &removal))?;
+            }
+        }
+        // Still clean up what can be found: the endpoints behind the veth.
+        Record::Unreadable(_) => {
+            if let Some(host_ifindex) =
+                netns.and_then(|netns| find_veth(netns, &attachment.ifname).ok())
+            {
+                remove_endpoints_behind(conf, host_ifindex.host.index)?;
+            }
+        }
+    }
+    remove_record(&path)
+}
+
+fn ignore_agent_down(result: CniResult<Response>) -> CniResult<()> {
+    match result {
+        Err(error) if error.code == code::TRY_AGAIN_LATER => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+fn remove_endpoints_behind(conf: &NetConf, host_ifindex: u32) -> CniResult<()> {
+    let endpoints = match agent_call(conf, &Request::ListEndpoints) {
+        Ok(Response::Endpoints { endpoints }) => endpoints,
+        Ok(_) => {
+            return Err(CniError::new(
+                code::IO_FAILURE,
+                "unexpected answer to an endpoint list",
+            ));
+        }
+        Err(error) if error.code == code::TRY_AGAIN_LATER => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for endpoint in endpoints
+        .iter()
+        .filter(|endpoint| endpoint.host_ifindex == host_ifindex)
+    {
+        let removal = Request::RemoveEndpoint {
+            ip: endpoint.ip,
+            host_ifindex: Some(host_ifindex),
+        };
+        ignore_agent_down(agent_call(conf, &removal))?;
+    }
+    Ok(())
+}
+
 fn check(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<()> {
     let attachment = attachment_of(environment)?;
-    let Some(state) = read_state(&state_path(conf, &attachment))? else {
-        return Err(CniError::new(
-            code::NOT_PROGRAMMED,
-            format!(
-                "no dataplane attachment for container {} interface {}",
-                attachment.container_id, attachment.ifname
-            ),
-        ));
+    required(environment, "CNI_NETNS")?;
+    let record = match read_record(&record_path(conf, &attachment)) {
+        Record::Found(record) => record,
+        Record::Unreadable(error) => return Err(error),
+        Record::Absent => {
+            return Err(CniError::new(
+                code::NOT_PROGRAMMED,
+                format!(
+                    "no dataplane attachment for container {} interface {}",
+                    attachment.container_id, attachment.ifname
+                ),
+            ));
+        }
     };
     let Response::Endpoints { endpoints } = agent_call(conf, &Request::ListEndpoints)? else {
         return Err(CniError::new(
@@ -423,18 +777,18 @@ fn check(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<()>
             "unexpected answer to an endpoint list",
         ));
     };
-    for ip in &state.ips {
+    for ip in &record.ips {
         let programmed = endpoints.iter().any(|endpoint| {
             endpoint.ip == *ip
                 && endpoint.attached
-                && endpoint.interface.as_deref() == Some(state.host_interface.as_str())
+                && endpoint.interface.as_deref() == Some(record.host_interface.as_str())
         });
         if !programmed {
             return Err(CniError::new(
                 code::NOT_PROGRAMMED,
                 format!(
                     "endpoint {ip} on {} is not programmed",
-                    state.host_interface
+                    record.host_interface
                 ),
             ));
         }
@@ -442,7 +796,9 @@ fn check(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<()>
     Ok(())
 }
 
-/// Removes every attachment that is not in `cni.dev/valid-attachments`.
+/// Removes this network's attachments that are not in
+/// `cni.dev/valid-attachments`. A record that cannot be released does not
+/// stop the others; the errors are reported together at the end.
 fn collect_garbage(conf: &NetConf) -> CniResult<()> {
     let Some(valid) = &conf.valid_attachments else {
         return Err(CniError::new(
@@ -450,42 +806,57 @@ fn collect_garbage(conf: &NetConf) -> CniResult<()> {
             "GC needs cni.dev/valid-attachments in the configuration",
         ));
     };
-    let entries = match std::fs::read_dir(&conf.data_dir) {
+    let directory = network_dir(conf);
+    let entries = match std::fs::read_dir(&directory) {
         Ok(entries) => entries,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
         Err(error) => {
-            return Err(
-                CniError::new(code::IO_FAILURE, "cannot list the data directory")
-                    .with_details(error),
-            );
+            return Err(CniError::new(
+                code::IO_FAILURE,
+                format!("cannot list {}", directory.display()),
+            )
+            .with_details(error));
         }
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".json") else {
+    let mut failures = Vec::new();
+    for entry in entries {
+        let name = match entry {
+            Ok(entry) => entry.file_name().to_string_lossy().into_owned(),
+            Err(error) => {
+                failures.push(format!("listing {}: {error}", directory.display()));
+                continue;
+            }
+        };
+        let Some(attachment) = attachment_of_record(&name) else {
             continue;
         };
-        let is_valid = valid
-            .iter()
-            .any(|attachment| stem == format!("{}-{}", attachment.container_id, attachment.ifname));
-        if !is_valid {
-            let (container_id, ifname) = stem.rsplit_once('-').unwrap_or((stem, ""));
-            let stale = Attachment {
-                container_id: container_id.to_string(),
-                ifname: ifname.to_string(),
-            };
-            delete(conf, &stale)?;
+        if valid.contains(&attachment) {
+            continue;
+        }
+        if let Err(error) = release(conf, &attachment, None) {
+            failures.push(format!("{name}: {} {}", error.msg, error.details));
         }
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::IO_FAILURE,
+            format!("GC could not release {} attachment(s)", failures.len()),
+        )
+        .with_details(failures.join("; ")))
+    }
 }
 
 fn status(conf: &NetConf) -> CniResult<()> {
     agent_call(conf, &Request::Status)
         .map(drop)
-        .map_err(|error| CniError {
-            code: code::NOT_READY,
-            ..error
+        .map_err(|error| match error.code {
+            code::INVALID_CONFIG => error,
+            _ => CniError {
+                code: code::NOT_READY,
+                ..error
+            },
         })
 }
 
@@ -532,6 +903,13 @@ mod tests {
         result.expect_err("must fail").code
     }
 
+    const ADD: [(&str, &str); 4] = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", "/nonexistent"),
+    ];
+
     #[test]
     fn version_lists_the_supported_versions() {
         let output = run(
@@ -550,34 +928,28 @@ mod tests {
 
     #[test]
     fn input_errors_have_their_codes() {
-        let add = [
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_NETNS", "/nonexistent"),
-        ];
         assert_eq!(
             code_of(run(&environment(&[]), "{}")),
             code::INVALID_ENVIRONMENT
         );
         assert_eq!(
-            code_of(run(&environment(&add), "{not json")),
+            code_of(run(&environment(&ADD), "{not json")),
             code::DECODE_FAILURE
         );
         let old = r#"{"cniVersion":"0.2.0","name":"n","type":"dataplane-cni"}"#;
         assert_eq!(
-            code_of(run(&environment(&add), old)),
+            code_of(run(&environment(&ADD), old)),
             code::INCOMPATIBLE_VERSION
         );
         let unchained = r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni"}"#;
         assert_eq!(
-            code_of(run(&environment(&add), unchained)),
+            code_of(run(&environment(&ADD), unchained)),
             code::INVALID_CONFIG
         );
         let no_ipv4 =
             r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni","prevResult":{"ips":[]}}"#;
         assert_eq!(
-            code_of(run(&environment(&add), no_ipv4)),
+            code_of(run(&environment(&ADD), no_ipv4)),
             code::INVALID_CONFIG
         );
         let missing_id = [("CNI_COMMAND", "DEL"), ("CNI_IFNAME", "eth0")];
@@ -590,6 +962,130 @@ mod tests {
             code_of(run(&environment(&unknown), unchained)),
             code::INVALID_ENVIRONMENT
         );
+    }
+
+    #[test]
+    fn missing_or_bad_identifiers_are_environment_errors() {
+        let unchained = r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni"}"#;
+        for command in ["ADD", "DEL", "CHECK"] {
+            let no_ifname = [
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_NETNS", "/nonexistent"),
+            ];
+            let error = run(&environment(&no_ifname), unchained).expect_err(command);
+            assert_eq!(error.code, code::INVALID_ENVIRONMENT, "{command}: {error:?}");
+            assert!(error.msg.contains("CNI_IFNAME"), "{error:?}");
+        }
+        for container_id in ["../x/evil", "a/b", ".hidden", "-dash", "a b", "x:y"] {
+            let evil = [("CNI_CONTAINERID", container_id), ADD[0], ADD[2], ADD[3]];
+            let error = run(&environment(&evil), unchained).expect_err(container_id);
+            assert_eq!(error.code, code::INVALID_ENVIRONMENT, "{container_id}");
+            assert!(error.msg.contains("CNI_CONTAINERID"), "{error:?}");
+        }
+        for ifname in ["../../etc", "a:b", "sixteen-chars-xx", ".", "a b"] {
+            let bad = [("CNI_IFNAME", ifname), ADD[0], ADD[1], ADD[3]];
+            assert_eq!(
+                code_of(run(&environment(&bad), unchained)),
+                code::INVALID_ENVIRONMENT,
+                "{ifname}"
+            );
+        }
+        let bad_name = r#"{"cniVersion":"1.0.0","name":"../up","type":"dataplane-cni"}"#;
+        assert_eq!(
+            code_of(run(&environment(&ADD), bad_name)),
+            code::INVALID_CONFIG
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        for (key, value) in [("sokcet", "\"/run/x.sock\""), ("datadir", "\"/tmp/x\"")] {
+            let conf = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni","{key}":{value}}}"#
+            );
+            let error = run(&environment(&ADD), &conf).expect_err(key);
+            assert_eq!(error.code, code::INVALID_CONFIG);
+            assert!(error.msg.contains(key), "{error:?}");
+        }
+        // The keys the spec gives every plugin are fine.
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni",
+            "runtimeConfig":{},"args":{},"capabilities":{},"dns":{},
+            "prevResult":{"ips":[]}}"#;
+        let error = run(&environment(&ADD), conf).expect_err("no IPv4");
+        assert!(error.msg.contains("IPv4"), "{error:?}");
+    }
+
+    #[test]
+    fn sockets_that_can_never_work_are_configuration_errors() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let status = [("CNI_COMMAND", "STATUS")];
+        let with_socket = |socket: &str| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"dataplane-cni","socket":{}}}"#,
+                Value::from(socket)
+            )
+        };
+        for socket in [
+            "",
+            "relative.sock",
+            file.to_str().unwrap(),
+            directory.path().to_str().unwrap(),
+            file.join("below").to_str().unwrap(),
+        ] {
+            assert_eq!(
+                code_of(run(&environment(&status), &with_socket(socket))),
+                code::INVALID_CONFIG,
+                "{socket:?}"
+            );
+        }
+        // Not there yet: the agent is not up, so not ready (ADD: try again later).
+        let absent = directory.path().join("agent.sock");
+        assert_eq!(
+            code_of(run(
+                &environment(&status),
+                &with_socket(absent.to_str().unwrap())
+            )),
+            code::NOT_READY
+        );
+        let add = with_socket(absent.to_str().unwrap()).replace(
+            "}",
+            r#","prevResult":{"ips":[{"address":"10.244.0.5/24"}]}}"#,
+        );
+        assert_eq!(
+            code_of(run(&environment(&ADD), &add.replace("1.1.0", "1.0.0"))),
+            code::TRY_AGAIN_LATER
+        );
+    }
+
+    #[test]
+    fn commands_need_the_version_that_introduced_them() {
+        for (command, version) in [("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "1.0.0")] {
+            let conf =
+                format!(r#"{{"cniVersion":"{version}","name":"n","type":"dataplane-cni"}}"#);
+            let command_environment = [("CNI_COMMAND", command), ADD[1], ADD[2], ADD[3]];
+            assert_eq!(
+                code_of(run(&environment(&command_environment), &conf)),
+                code::INCOMPATIBLE_VERSION,
+                "{command} at {version}"
+            );
+        }
+    }
+
+    #[test]
+    fn record_names_round_trip_and_stay_inside_the_network_directory() {
+        let conf = parse_conf(r#"{"cniVersion":"1.1.0","name":"pods","dataDir":"/d"}"#).unwrap();
+        let attachment = Attachment {
+            container_id: "ab-c.d_1".into(),
+            ifname: "eth-0.json".into(),
+        };
+        let path = record_path(&conf, &attachment);
+        assert_eq!(path, PathBuf::from("/d/pods/ab-c.d_1:eth-0.json.json"));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(attachment_of_record(name), Some(attachment));
+        assert_eq!(attachment_of_record("stray.json"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! without a program. Detaching is removing the pin.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -66,6 +66,8 @@ pub struct Dataplane {
     attached: HashSet<Attachment>,
     endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     remote_nodes: BTreeMap<Ipv4Addr, Ipv4Network>,
+    /// What the host address map holds.
+    host_addresses: BTreeSet<Ipv4Addr>,
 }
 
 impl Dataplane {
@@ -90,6 +92,7 @@ impl Dataplane {
             attached: HashSet::new(),
             endpoints,
             remote_nodes,
+            host_addresses: BTreeSet::new(),
         })
     }
 
@@ -100,6 +103,44 @@ impl Dataplane {
     /// Endpoints as the map holds them now.
     pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>, DataplaneError> {
         Ok(self.maps.endpoints()?)
+    }
+
+    /// The endpoint registered for `ip`, if any.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint> {
+        self.endpoints.get(&ip).copied()
+    }
+
+    /// The endpoints behind host veth `ifindex`.
+    pub fn endpoints_behind(&self, ifindex: u32) -> Vec<Ipv4Addr> {
+        self.endpoints
+            .iter()
+            .filter(|(_, endpoint)| endpoint.host_ifindex == ifindex)
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
+    /// Makes the node's own addresses exactly `addresses`; `Ok(true)` if
+    /// that changed anything.
+    pub fn set_host_addresses(
+        &mut self,
+        addresses: BTreeSet<Ipv4Addr>,
+    ) -> Result<bool, DataplaneError> {
+        if addresses == self.host_addresses {
+            return Ok(false);
+        }
+        let applied = self.maps.set_host_addresses(&addresses);
+        // Whatever the outcome, the next call compares against the map again.
+        self.host_addresses = if applied.is_ok() {
+            addresses
+        } else {
+            BTreeSet::new()
+        };
+        applied?;
+        Ok(true)
+    }
+
+    pub fn host_addresses(&self) -> &BTreeSet<Ipv4Addr> {
+        &self.host_addresses
     }
 
     /// Remote nodes as the map holds them now.

@@ -1,6 +1,9 @@
 //! Network interfaces of the agent's namespace, through rtnetlink.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
@@ -105,6 +108,29 @@ impl Interfaces {
             .flat_map(|message| message.attributes)
             .filter_map(|attribute| match attribute {
                 AddressAttribute::Local(IpAddr::V4(address)) => Some(address),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every IPv4 address of every interface but loopback's: the addresses
+    /// the node answers on.
+    pub async fn host_addresses(&self) -> Result<BTreeSet<Ipv4Addr>, InterfaceError> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| InterfaceError::Request("(all)".into(), error))?;
+        Ok(messages
+            .into_iter()
+            .flat_map(|message| message.attributes)
+            .filter_map(|attribute| match attribute {
+                AddressAttribute::Local(IpAddr::V4(address)) if !address.is_loopback() => {
+                    Some(address)
+                }
                 _ => None,
             })
             .collect())

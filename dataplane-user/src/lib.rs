@@ -5,6 +5,7 @@ pub mod api;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod host;
 pub mod install;
 pub mod interfaces;
 pub mod kubernetes;

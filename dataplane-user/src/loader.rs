@@ -10,7 +10,7 @@ use std::{
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use dataplane_common::{
     Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
-    MAP_LAYOUT_VERSION, MAX_ENDPOINTS, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES,
+    MAP_LAYOUT_VERSION, MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES,
     MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use nix::{
@@ -104,7 +104,7 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Expected (key size, value size, max entries) of every pinned map.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 10] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 11] {
     let size = |bytes: usize| bytes as u32;
     [
         (
@@ -143,6 +143,12 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 10] {
             size(size_of::<u32>() + size_of::<Ipv4Octets>()),
             size(size_of::<u8>()),
             MAX_NO_MASQUERADE,
+        ),
+        (
+            names::HOST_ADDRESSES_MAP,
+            size(size_of::<Ipv4Octets>()),
+            size(size_of::<u8>()),
+            MAX_HOST_ADDRESSES,
         ),
         (names::EVENTS_MAP, 0, 0, EVENTS_RING_BYTES),
         (

@@ -242,7 +242,10 @@ fn main() -> anyhow::Result<()> {
         Command::Endpoint(EndpointCommand::Add { ip, interface, mac }) => Request::AddEndpoint {
             endpoint: EndpointSpec { ip, interface, mac },
         },
-        Command::Endpoint(EndpointCommand::Del { ip }) => Request::RemoveEndpoint { ip },
+        Command::Endpoint(EndpointCommand::Del { ip }) => Request::RemoveEndpoint {
+            ip,
+            host_ifindex: None,
+        },
         Command::Endpoint(EndpointCommand::List) => Request::ListEndpoints,
         Command::Node(NodeCommand::Add { ip, pod_cidr }) => Request::AddNode {
             node: NodeSpec { ip, pod_cidr },

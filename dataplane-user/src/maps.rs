@@ -1,6 +1,6 @@
 //! Typed access to the dataplane's maps.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::{
     Ebpf,
@@ -8,7 +8,7 @@ use aya::{
 };
 use dataplane_common::{
     Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
-    MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
+    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use ipnetwork::Ipv4Network;
 
@@ -25,6 +25,11 @@ pub enum MapsError {
     EndpointsFull,
     #[error("the remote node maps are full ({MAX_REMOTE_NODES} entries); remove stale nodes first")]
     NodesFull,
+    #[error(
+        "the host address map is full ({MAX_HOST_ADDRESSES} entries): {missing} addresses of \
+         this node are not in it, and pods cannot reach the node on them"
+    )]
+    HostAddressesFull { missing: usize },
     #[error("map {name} holds an entry no agent writes: {detail}")]
     Corrupt { name: &'static str, detail: String },
 }
@@ -59,6 +64,7 @@ pub struct Maps {
     remote_nodes: HashMap<MapData, Ipv4Octets, RemoteNode>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
     no_masquerade: LpmTrie<MapData, Ipv4Octets, u8>,
+    host_addresses: HashMap<MapData, Ipv4Octets, u8>,
     monitor: Array<MapData, MonitorConfig>,
     /// Drop events, until the agent's monitor task takes them.
     events: Option<RingBuf<MapData>>,
@@ -92,6 +98,8 @@ impl Maps {
             nat: HashMap::try_from(take(names::NAT_MAP)?).map_err(access(names::NAT_MAP))?,
             no_masquerade: LpmTrie::try_from(take(names::NO_MASQUERADE_MAP)?)
                 .map_err(access(names::NO_MASQUERADE_MAP))?,
+            host_addresses: HashMap::try_from(take(names::HOST_ADDRESSES_MAP)?)
+                .map_err(access(names::HOST_ADDRESSES_MAP))?,
             monitor: Array::try_from(take(names::MONITOR_MAP)?)
                 .map_err(access(names::MONITOR_MAP))?,
             events: Some(
@@ -228,6 +236,40 @@ impl Maps {
             self.no_masquerade
                 .insert(&route_key(*cidr), 1, 0)
                 .map_err(access(name))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the host address set exactly `addresses`: stale ones out first,
+    /// then the new ones, so an address never misses while it exists. A
+    /// set beyond the map's capacity fills it and reports what did not fit.
+    pub fn set_host_addresses(
+        &mut self,
+        addresses: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), MapsError> {
+        let name = names::HOST_ADDRESSES_MAP;
+        let present: BTreeSet<Ipv4Addr> = self
+            .host_addresses
+            .keys()
+            .map(|key| key.map(Ipv4Addr::from))
+            .collect::<Result<_, _>>()
+            .map_err(access(name))?;
+        for stale in present.difference(addresses) {
+            removed(self.host_addresses.remove(&stale.octets()), name)?;
+        }
+        let new: Vec<&Ipv4Addr> = addresses.difference(&present).collect();
+        for (inserted, address) in new.iter().enumerate() {
+            self.host_addresses
+                .insert(address.octets(), 1, 0)
+                .map_err(|source| {
+                    if is_errno(&source, nix::libc::E2BIG) {
+                        MapsError::HostAddressesFull {
+                            missing: new.len() - inserted,
+                        }
+                    } else {
+                        access(name)(source)
+                    }
+                })?;
         }
         Ok(())
     }
