@@ -128,11 +128,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "==> building three 2-node clusters: this dataplane, /32 routes + flannel vxlan, cni0 bridge + flannel vxlan"
     );
-    let spec = |forwarding| ClusterSpec {
-        nodes: 2,
-        pods_per_node: 2,
-        forwarding,
-    };
+    let spec = |forwarding| ClusterSpec::new(2, 2, forwarding);
     let clusters = Clusters {
         dataplane: Cluster::new(spec(Forwarding::Dataplane)).context("dataplane cluster")?,
         kernel: Cluster::new(spec(Forwarding::KernelRoutes)).context("kernel-routes cluster")?,

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
-    MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MonitorConfig, NatEntry,
-    NodeConfig, RemoteNode, TunnelRoute,
+    MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES,
+    MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]

@@ -26,8 +26,9 @@ use crate::{
         validate_remote_node,
     },
     dataplane::Dataplane,
+    host,
     interfaces::{Interfaces, VxlanSettings},
-    host, kubernetes, loader,
+    kubernetes, loader,
     maps::ipv4_cidr,
     metrics,
     nat::{self, Timeouts},
@@ -329,7 +330,12 @@ impl Agent {
         self.sync_host_addresses().await?;
         let endpoints = self.dataplane().endpoints()?;
         for (_, endpoint) in endpoints {
-            if self.interfaces.by_index(endpoint.host_ifindex).await?.is_none() {
+            if self
+                .interfaces
+                .by_index(endpoint.host_ifindex)
+                .await?
+                .is_none()
+            {
                 self.interface_removed(endpoint.host_ifindex)?;
             }
         }

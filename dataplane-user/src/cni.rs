@@ -651,6 +651,11 @@ enum Record {
     Unreadable(CniError),
 }
 
+/// No such file, or no such directory to hold it.
+fn is_absent(error: &std::io::Error) -> bool {
+    matches!(error.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
 fn read_record(path: &Path) -> Record {
     match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -660,7 +665,7 @@ fn read_record(path: &Path) -> Record {
                     .with_details(error),
             ),
         },
-        Err(error) if error.kind() == ErrorKind::NotFound => Record::Absent,
+        Err(error) if is_absent(&error) => Record::Absent,
         Err(error) => Record::Unreadable(
             CniError::new(code::IO_FAILURE, format!("cannot read {}", path.display()))
                 .with_details(error),
@@ -670,7 +675,7 @@ fn read_record(path: &Path) -> Record {
 
 fn remove_record(path: &Path) -> CniResult<()> {
     match std::fs::remove_file(path) {
-        Err(error) if error.kind() != ErrorKind::NotFound => Err(CniError::new(
+        Err(error) if !is_absent(&error) => Err(CniError::new(
             code::IO_FAILURE,
             format!("cannot remove {}", path.display()),
         )
@@ -974,7 +979,11 @@ mod tests {
                 ("CNI_NETNS", "/nonexistent"),
             ];
             let error = run(&environment(&no_ifname), unchained).expect_err(command);
-            assert_eq!(error.code, code::INVALID_ENVIRONMENT, "{command}: {error:?}");
+            assert_eq!(
+                error.code,
+                code::INVALID_ENVIRONMENT,
+                "{command}: {error:?}"
+            );
             assert!(error.msg.contains("CNI_IFNAME"), "{error:?}");
         }
         for container_id in ["../x/evil", "a/b", ".hidden", "-dash", "a b", "x:y"] {
@@ -1063,8 +1072,7 @@ mod tests {
     #[test]
     fn commands_need_the_version_that_introduced_them() {
         for (command, version) in [("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "1.0.0")] {
-            let conf =
-                format!(r#"{{"cniVersion":"{version}","name":"n","type":"dataplane-cni"}}"#);
+            let conf = format!(r#"{{"cniVersion":"{version}","name":"n","type":"dataplane-cni"}}"#);
             let command_environment = [("CNI_COMMAND", command), ADD[1], ADD[2], ADD[3]];
             assert_eq!(
                 code_of(run(&environment(&command_environment), &conf)),

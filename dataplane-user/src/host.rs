@@ -8,11 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
-use rtnetlink::{
-    MulticastGroup,
-    packet_core::NetlinkPayload,
-    packet_route::RouteNetlinkMessage,
-};
+use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
 use tracing::warn;
 
 use crate::agent::Agent;

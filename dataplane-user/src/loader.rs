@@ -10,8 +10,8 @@ use std::{
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use dataplane_common::{
     Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
-    MAP_LAYOUT_VERSION, MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES,
-    MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
+    MAP_LAYOUT_VERSION, MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE,
+    MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
 };
 use nix::{
     mount::{MsFlags, mount},

@@ -8,7 +8,8 @@ use aya::{
 };
 use dataplane_common::{
     Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
-    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
+    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode,
+    TunnelRoute, names,
 };
 use ipnetwork::Ipv4Network;
 
@@ -243,10 +244,7 @@ impl Maps {
     /// Makes the host address set exactly `addresses`: stale ones out first,
     /// then the new ones, so an address never misses while it exists. A
     /// set beyond the map's capacity fills it and reports what did not fit.
-    pub fn set_host_addresses(
-        &mut self,
-        addresses: &BTreeSet<Ipv4Addr>,
-    ) -> Result<(), MapsError> {
+    pub fn set_host_addresses(&mut self, addresses: &BTreeSet<Ipv4Addr>) -> Result<(), MapsError> {
         let name = names::HOST_ADDRESSES_MAP;
         let present: BTreeSet<Ipv4Addr> = self
             .host_addresses

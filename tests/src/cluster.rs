@@ -25,7 +25,10 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::netns::{Netns, reap_stale_namespaces, require_root, run, unique_prefix};
+use crate::{
+    cni::{self, CniNetwork, MainPlugin},
+    netns::{Netns, reap_stale_namespaces, require_root, run, unique_prefix},
+};
 
 pub const GATEWAY_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// Every node's pod CIDR lies inside it.
@@ -66,20 +69,51 @@ fn bridge_gateway(pod_cidr: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
 }
 
+/// How pods are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodWiring {
+    /// By hand, ptp-style but without a host-side address: veth, pod IP /32,
+    /// default route via 169.254.1.1 (or on `cni0` for `Forwarding::Bridge`).
+    Handmade,
+    /// Through the real CNI chain a runtime runs: the reference main plugin
+    /// with host-local, then `dataplane-cni` (dataplane nodes only).
+    Cni(MainPlugin),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ClusterSpec {
     pub nodes: usize,
     pub pods_per_node: usize,
     pub forwarding: Forwarding,
+    pub pods: PodWiring,
+    /// IPv6 left on in every namespace, as on a real node (else switched off
+    /// so neighbour discovery never shows up in packet counts).
+    pub ipv6: bool,
 }
 
 impl ClusterSpec {
     /// `nodes` nodes of `pods_per_node` pods each, running the dataplane.
     pub fn dataplane(nodes: usize, pods_per_node: usize) -> Self {
+        Self::new(nodes, pods_per_node, Forwarding::Dataplane)
+    }
+
+    /// Hand-made pods, IPv6 off.
+    pub fn new(nodes: usize, pods_per_node: usize, forwarding: Forwarding) -> Self {
         Self {
             nodes,
             pods_per_node,
-            forwarding: Forwarding::Dataplane,
+            forwarding,
+            pods: PodWiring::Handmade,
+            ipv6: false,
+        }
+    }
+
+    /// Pods made through the real CNI chain with `main`, IPv6 on everywhere.
+    pub fn with_real_plugin(self, main: MainPlugin) -> Self {
+        Self {
+            pods: PodWiring::Cni(main),
+            ipv6: true,
+            ..self
         }
     }
 }
@@ -168,6 +202,9 @@ pub struct Node {
     pub pod_prefix: String,
     /// Extra environment for the agent process (e.g. KUBECONFIG).
     pub agent_environment: Vec<(String, String)>,
+    /// The CNI chain pods are made with, for `PodWiring::Cni`.
+    pub cni: Option<CniNetwork>,
+    ipv6: bool,
 }
 
 impl Node {
@@ -391,6 +428,26 @@ impl Node {
         Ok(self.pods.last().expect("just pushed"))
     }
 
+    /// Adds a pod through the node's CNI chain, as a runtime would.
+    pub fn add_cni_pod(&mut self) -> anyhow::Result<&Pod> {
+        let network = self
+            .cni
+            .as_ref()
+            .context("this node makes its pods by hand, not through CNI")?;
+        let number = self.pods.len();
+        let netns = create_netns(format!("{}{number}", self.pod_prefix), self.ipv6)?;
+        let result = network.add(&format!("pod{number}"), &netns, "eth0")?;
+        let ip = cni::pod_ip(&result)?;
+        let mac = netns.mac_of("eth0")?;
+        self.pods.push(Pod {
+            netns,
+            ip,
+            mac,
+            host_interface: cni::host_interface(&result)?,
+        });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
     /// Adds a pod the docker/flannel bridge way: its veth enslaved to the
     /// node's `cni0` bridge, the pod IP /24 with the bridge as default gateway.
     fn add_bridged_pod(&mut self, name: String, ip: Ipv4Addr) -> anyhow::Result<()> {
@@ -530,9 +587,16 @@ fn connect_nodes_like_flannel(nodes: &[Node]) -> anyhow::Result<()> {
 /// A namespace with IPv6 off, so neighbour discovery and MLD chatter never
 /// shows up in packet counts of IPv4 tests.
 pub fn create_ipv4_only_netns(name: String) -> anyhow::Result<Netns> {
+    create_netns(name, false)
+}
+
+/// A namespace with IPv6 on (as on a real node) or off.
+pub fn create_netns(name: String, ipv6: bool) -> anyhow::Result<Netns> {
     let netns = Netns::create(name)?;
-    netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-    netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+    if !ipv6 {
+        netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+    }
     Ok(netns)
 }
 
@@ -552,12 +616,15 @@ impl Cluster {
         reap_stale_namespaces();
         let prefix = unique_prefix();
         let workdir = tempfile::Builder::new().prefix(&prefix).tempdir()?;
-        let underlay = create_ipv4_only_netns(format!("{prefix}-ul"))?;
+        if spec.pods != PodWiring::Handmade && spec.forwarding != Forwarding::Dataplane {
+            bail!("CNI-made pods are for dataplane clusters");
+        }
+        let underlay = create_netns(format!("{prefix}-ul"), spec.ipv6)?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
 
-        let gateway = create_ipv4_only_netns(format!("{prefix}-gw"))?;
-        let external = create_ipv4_only_netns(format!("{prefix}-ext"))?;
+        let gateway = create_netns(format!("{prefix}-gw"), spec.ipv6)?;
+        let external = create_netns(format!("{prefix}-ext"), spec.ipv6)?;
         plug_into_underlay(&underlay, &gateway, "gw", GATEWAY_UNDERLAY_IP)?;
         gateway.sysctl("net.ipv4.ip_forward", "1")?;
         gateway.add_veth("ext0", &external, "eth0")?;
@@ -614,7 +681,7 @@ impl Cluster {
 
     fn add_node(&mut self, prefix: &str, index: usize, spec: ClusterSpec) -> anyhow::Result<()> {
         let octet = u8::try_from(index).context("too many nodes")?;
-        let netns = create_ipv4_only_netns(format!("{prefix}-n{index}"))?;
+        let netns = create_netns(format!("{prefix}-n{index}"), spec.ipv6)?;
         let ip = Ipv4Addr::new(192, 0, 2, 10 + octet);
         plug_into_underlay(&self.underlay, &netns, &format!("n{index}"), ip)?;
         netns.ip(&[
@@ -651,6 +718,8 @@ impl Cluster {
             log: self.workdir.path().join(format!("n{index}.log")),
             pod_prefix: format!("{prefix}-n{index}c"),
             agent_environment: Vec::new(),
+            cni: None,
+            ipv6: spec.ipv6,
         };
         if spec.forwarding == Forwarding::Bridge {
             let gateway = format!("{}/{}", bridge_gateway(pod_cidr), pod_cidr.prefix());
@@ -658,7 +727,7 @@ impl Cluster {
             node.netns.ip(&["addr", "add", &gateway, "dev", BRIDGE])?;
             node.netns.ip(&["link", "set", BRIDGE, "up"])?;
         }
-        for pod in 0..spec.pods_per_node {
+        for pod in (0..spec.pods_per_node).filter(|_| spec.pods == PodWiring::Handmade) {
             let pod_ip = Ipv4Addr::new(10, 244, octet, 2 + u8::try_from(pod)?);
             let name = format!("{prefix}-n{index}p{pod}");
             if spec.forwarding == Forwarding::Bridge {
@@ -676,6 +745,19 @@ impl Cluster {
                 node.set_pod_mtu(u32::try_from(pod_mtu)?)?;
                 for pod in &node.pods {
                     node.register(pod)?;
+                }
+                if let PodWiring::Cni(main) = spec.pods {
+                    node.cni = Some(CniNetwork::chain(
+                        main,
+                        "pods",
+                        &node.netns,
+                        &pod_cidr.to_string(),
+                        &node.socket,
+                        &self.workdir.path().join(format!("n{index}-cni")),
+                    )?);
+                    for _ in 0..spec.pods_per_node {
+                        node.add_cni_pod()?;
+                    }
                 }
             }
             Forwarding::KernelRoutes | Forwarding::Bridge => {

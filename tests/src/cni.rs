@@ -40,6 +40,15 @@ pub struct CniNetwork {
     cni_path: String,
 }
 
+/// The main plugin that creates the pod's veth and assigns its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainPlugin {
+    /// `ptp`: a veth per pod, the pod CIDR's gateway address on every host veth.
+    Ptp,
+    /// `bridge`: pod veths on `cni0`, which holds the gateway address.
+    Bridge,
+}
+
 impl CniNetwork {
     /// ptp + host-local (the node's pod CIDR) + dataplane-cni, spec 1.0.0.
     pub fn ptp_chain(
@@ -48,26 +57,51 @@ impl CniNetwork {
         socket: &Path,
         state_dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::chain(
+            MainPlugin::Ptp,
+            "pods",
+            node_netns,
+            pod_cidr,
+            socket,
+            state_dir,
+        )
+    }
+
+    /// `main` + host-local over `subnet` + dataplane-cni, spec 1.0.0, as the
+    /// network `name`. State (IPAM and the plugin's records) goes under
+    /// `state_dir`.
+    pub fn chain(
+        main: MainPlugin,
+        name: &str,
+        node_netns: &Netns,
+        subnet: &str,
+        socket: &Path,
+        state_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let plugin_dir = dataplane_binary()?
             .parent()
             .context("the dataplane binary has a directory")?
             .to_path_buf();
+        let ipam = json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": state_dir.join("ipam"),
+        });
+        let main = match main {
+            MainPlugin::Ptp => json!({"type": "ptp", "ipMasq": false, "ipam": ipam}),
+            MainPlugin::Bridge => json!({
+                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+                "ipam": ipam,
+            }),
+        };
         Ok(Self {
             node_netns: node_netns.path(),
             conflist: json!({
                 "cniVersion": "1.0.0",
-                "name": "pods",
+                "name": name,
                 "plugins": [
-                    {
-                        "type": "ptp",
-                        "ipMasq": false,
-                        "ipam": {
-                            "type": "host-local",
-                            "ranges": [[{"subnet": pod_cidr}]],
-                            "routes": [{"dst": "0.0.0.0/0"}],
-                            "dataDir": state_dir.join("ipam"),
-                        },
-                    },
+                    main,
                     {"type": "dataplane-cni", "socket": socket, "dataDir": state_dir.join("dataplane")},
                 ],
             }),
@@ -229,6 +263,20 @@ pub fn pod_ip(result: &Value) -> anyhow::Result<std::net::Ipv4Addr> {
         .context("result without ips[0].address")?;
     let ip = address.split('/').next().unwrap_or_default();
     ip.parse().with_context(|| format!("{address} is not IPv4"))
+}
+
+/// The host side of the pod's veth in a CNI result: the last interface
+/// outside any sandbox (ptp lists it first; bridge lists the bridge, then it).
+pub fn host_interface(result: &Value) -> anyhow::Result<String> {
+    result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|interface| interface["sandbox"].as_str().unwrap_or_default().is_empty())
+        .filter_map(|interface| interface["name"].as_str())
+        .last()
+        .map(str::to_string)
+        .with_context(|| format!("no host interface in {result}"))
 }
 
 /// Fails unless `error` is a CNI error with `code`.

@@ -12,5 +12,6 @@ pub mod netns;
 pub mod packets;
 pub mod traffic;
 
-pub use cluster::{Cluster, ClusterSpec, Forwarding, Node, Pod};
+pub use cluster::{Cluster, ClusterSpec, Forwarding, Node, Pod, PodWiring};
+pub use cni::MainPlugin;
 pub use netns::Netns;

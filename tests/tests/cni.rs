@@ -10,7 +10,7 @@ use std::{
 use dataplane_tests::{
     Cluster, ClusterSpec, Netns, Node,
     cluster::{EXTERNAL_HOST_IP, VXLAN_POD_MTU, create_ipv4_only_netns},
-    cni::{CniNetwork, expect_code, pod_ip},
+    cni::{CniNetwork, MainPlugin, expect_code, pod_ip},
     traffic::tcp_round_trip,
 };
 use nix::sys::signal::Signal;
@@ -71,6 +71,64 @@ fn endpoint_ips(node: &Node) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
         .flatten()
         .filter_map(|endpoint| endpoint["ip"].as_str()?.parse().ok())
         .collect())
+}
+
+/// The plugin's configuration at spec 1.1.0 (GC, STATUS, MTUs in results).
+fn config_1_1(network: &CniNetwork, prev_result: Option<&Value>) -> Value {
+    let mut config = network.dataplane_config(prev_result);
+    config["cniVersion"] = "1.1.0".into();
+    config
+}
+
+fn environment<'a>(
+    command: &'a str,
+    container_id: &'a str,
+    netns: &'a str,
+    ifname: &'a str,
+) -> [(&'a str, &'a str); 4] {
+    [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+    ]
+}
+
+/// A pod namespace joined to the node by a bare veth (`host` on the node,
+/// MTU 1500 on both ends): what a main plugin leaves for the dataplane.
+fn bare_veth(node: &Node, host: &str) -> anyhow::Result<Netns> {
+    let netns = create_ipv4_only_netns(format!("{}{host}", node.pod_prefix))?;
+    node.netns.add_veth(host, &netns, "eth0")?;
+    node.netns.ip(&["link", "set", host, "up"])?;
+    netns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(netns)
+}
+
+fn mtu(netns: &Netns, interface: &str) -> anyhow::Result<u64> {
+    let json: Value = serde_json::from_str(&netns.ip(&["-j", "link", "show", "dev", interface])?)?;
+    json[0]["mtu"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no MTU for {interface}"))
+}
+
+/// A main plugin's result claiming `address` for `eth0` in `netns`.
+fn claimed_result(netns: &Netns, host: &str, address: &str) -> Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": host}, {"name": "eth0", "sandbox": netns.path()}],
+        "ips": [{"address": address, "interface": 1}],
+    })
+}
+
+/// The host interface an endpoint is registered behind, if it is.
+fn endpoint_interface(node: &Node, ip: Ipv4Addr) -> anyhow::Result<Option<String>> {
+    let json: Value = serde_json::from_str(&node.cli(&["--output", "json", "endpoint", "list"])?)?;
+    Ok(json["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|endpoint| endpoint["ip"] == ip.to_string())
+        .and_then(|endpoint| endpoint["interface"].as_str().map(str::to_string)))
 }
 
 fn ping(from: &CniPod, to: Ipv4Addr) -> anyhow::Result<()> {
@@ -197,9 +255,9 @@ fn status_gc_and_an_agent_that_is_down() -> anyhow::Result<()> {
     let node = &mut cluster.nodes[0];
 
     let status = [("CNI_COMMAND", "STATUS")];
-    network.dataplane_plugin(&status, &network.dataplane_config(None).to_string())?;
+    network.dataplane_plugin(&status, &config_1_1(&network, None).to_string())?;
 
-    let mut gc = network.dataplane_config(None);
+    let mut gc = config_1_1(&network, None);
     gc["cni.dev/valid-attachments"] =
         serde_json::json!([{"containerID": kept.container_id, "ifname": "eth0"}]);
     network.dataplane_plugin(&[("CNI_COMMAND", "GC")], &gc.to_string())?;
@@ -212,7 +270,7 @@ fn status_gc_and_an_agent_that_is_down() -> anyhow::Result<()> {
     // While the agent is down: not ready, and ADD asks to be retried.
     node.stop_agent(Signal::SIGTERM);
     expect_code(
-        network.dataplane_plugin(&status, &network.dataplane_config(None).to_string()),
+        network.dataplane_plugin(&status, &config_1_1(&network, None).to_string()),
         50,
     )?;
     let spare = create_ipv4_only_netns(format!("{}spare", node.pod_prefix))?;
@@ -265,7 +323,11 @@ fn a_hundred_pods_added_and_deleted_in_parallel_leave_nothing_behind() -> anyhow
     assert!(endpoint_ips(node)?.is_empty(), "leftover endpoints");
     let links_after = node.netns.ip(&["-o", "link", "show"])?.lines().count();
     assert_eq!(links_after, links_before, "leftover links");
-    let state = cluster.workdir().join(node.netns.name()).join("dataplane");
+    let state = cluster
+        .workdir()
+        .join(node.netns.name())
+        .join("dataplane")
+        .join("pods");
     let leftovers: Vec<_> = std::fs::read_dir(&state)?
         .flatten()
         .map(|entry| entry.file_name())
@@ -276,5 +338,181 @@ fn a_hundred_pods_added_and_deleted_in_parallel_leave_nothing_behind() -> anyhow
     );
     let status = node.status()?;
     assert_eq!(status["endpoints"], 0);
+    Ok(())
+}
+
+#[test]
+fn an_address_another_pod_has_is_refused_and_nothing_changes() -> anyhow::Result<()> {
+    let cluster = cluster(1);
+    let node = &cluster.nodes[0];
+    let network = network(&cluster, node);
+    let owner = create_pod(node, &network)?;
+    let witness = create_pod(node, &network)?;
+    let owner_interface = endpoint_interface(node, owner.ip)?;
+
+    let intruder = bare_veth(node, "vintr")?;
+    let netns = intruder.path();
+    let claim = claimed_result(&intruder, "vintr", &format!("{}/24", owner.ip));
+    let stdin = network.dataplane_config(Some(&claim)).to_string();
+    let error = expect_code(
+        network.dataplane_plugin(&environment("ADD", "intruder", &netns, "eth0"), &stdin),
+        7,
+    )?;
+    assert!(error.msg.contains("already"), "{error}");
+    assert_eq!(endpoint_interface(node, owner.ip)?, owner_interface);
+    assert_eq!(mtu(&intruder, "eth0")?, 1500, "pod MTU untouched");
+    assert_eq!(mtu(&node.netns, "vintr")?, 1500, "host MTU untouched");
+    ping(&witness, owner.ip)?;
+
+    // The runtime's DEL after the failed ADD takes nothing from the owner.
+    network.dataplane_plugin(&environment("DEL", "intruder", &netns, "eth0"), &stdin)?;
+    assert_eq!(endpoint_interface(node, owner.ip)?, owner_interface);
+    ping(&witness, owner.ip)?;
+    Ok(())
+}
+
+#[test]
+fn a_failed_add_changes_nothing_and_leaves_nothing_behind() -> anyhow::Result<()> {
+    let cluster = cluster(1);
+    let node = &cluster.nodes[0];
+    let network = network(&cluster, node);
+    let pod = bare_veth(node, "vfail")?;
+    let netns = pod.path();
+    let add = environment("ADD", "failing", &netns, "eth0");
+    let before = endpoint_ips(node)?;
+
+    // Validation failures: an address outside the node's pod CIDR, an
+    // interface that is not a veth.
+    let outside = claimed_result(&pod, "vfail", "10.99.0.5/24");
+    let stdin = network.dataplane_config(Some(&outside)).to_string();
+    expect_code(network.dataplane_plugin(&add, &stdin), 7)?;
+    let claim = claimed_result(&pod, "vfail", "10.244.0.200/24");
+    let stdin = network.dataplane_config(Some(&claim)).to_string();
+    let loopback = environment("ADD", "failing", &netns, "lo");
+    expect_code(network.dataplane_plugin(&loopback, &stdin), 7)?;
+    assert_eq!(mtu(&pod, "lo")?, 65536, "loopback MTU untouched");
+
+    // A failure after registration (the record cannot be written) undoes
+    // the registration and the MTUs; the runtime's DEL then succeeds.
+    let blocker = cluster.workdir().join("not-a-directory");
+    std::fs::write(&blocker, "")?;
+    let mut unwritable = network.dataplane_config(Some(&claim));
+    unwritable["dataDir"] = blocker.join("records").display().to_string().into();
+    expect_code(network.dataplane_plugin(&add, &unwritable.to_string()), 5)?;
+    network.dataplane_plugin(
+        &environment("DEL", "failing", &netns, "eth0"),
+        &unwritable.to_string(),
+    )?;
+
+    assert_eq!(endpoint_ips(node)?, before, "an endpoint stayed registered");
+    assert_eq!(mtu(&pod, "eth0")?, 1500, "pod MTU restored");
+    assert_eq!(mtu(&node.netns, "vfail")?, 1500, "host MTU restored");
+    Ok(())
+}
+
+#[test]
+fn a_1_1_0_result_reports_the_mtu_the_plugin_set() -> anyhow::Result<()> {
+    let cluster = cluster(1);
+    let node = &cluster.nodes[0];
+    let network = network(&cluster, node);
+    let pod = bare_veth(node, "vmtu")?;
+    let netns = pod.path();
+    let mut claim = claimed_result(&pod, "vmtu", "10.244.0.201/24");
+    claim["cniVersion"] = "1.1.0".into();
+    for interface in claim["interfaces"].as_array_mut().into_iter().flatten() {
+        interface["mtu"] = 1500.into();
+    }
+    let result = network.dataplane_plugin(
+        &environment("ADD", "mtu", &netns, "eth0"),
+        &config_1_1(&network, Some(&claim)).to_string(),
+    )?;
+    for interface in result["interfaces"].as_array().into_iter().flatten() {
+        assert_eq!(interface["mtu"], u64::from(VXLAN_POD_MTU), "{result}");
+    }
+    assert_eq!(mtu(&pod, "eth0")?, u64::from(VXLAN_POD_MTU));
+    Ok(())
+}
+
+#[test]
+fn gc_touches_only_its_own_network_and_gets_past_bad_records() -> anyhow::Result<()> {
+    let cluster = cluster(1);
+    let node = &cluster.nodes[0];
+    let state = cluster.workdir().join("shared-state");
+    let (pods, other) = (
+        CniNetwork::chain(
+            MainPlugin::Ptp,
+            "pods",
+            &node.netns,
+            "10.244.0.0/25",
+            &node.socket,
+            &state,
+        )?,
+        CniNetwork::chain(
+            MainPlugin::Ptp,
+            "other",
+            &node.netns,
+            "10.244.0.128/25",
+            &node.socket,
+            &state,
+        )?,
+    );
+    let stale = create_pod(node, &pods)?;
+    let neighbour = create_pod(node, &other)?;
+    let records = state.join("dataplane");
+    std::fs::write(records.join("pods").join("broken:eth0.json"), "")?;
+    std::fs::create_dir(records.join("pods").join("stuck:eth0.json"))?;
+
+    let mut gc = config_1_1(&pods, None);
+    gc["cni.dev/valid-attachments"] = serde_json::json!([]);
+    let error = expect_code(
+        pods.dataplane_plugin(&[("CNI_COMMAND", "GC")], &gc.to_string()),
+        5,
+    )?;
+    assert!(
+        error.msg.contains("stuck"),
+        "the failure is reported: {error}"
+    );
+    let endpoints = endpoint_ips(node)?;
+    assert!(!endpoints.contains(&stale.ip), "{endpoints:?}");
+    assert!(endpoints.contains(&neighbour.ip), "{endpoints:?}");
+    assert!(!records.join("pods").join("broken:eth0.json").exists());
+    assert_eq!(std::fs::read_dir(records.join("other"))?.count(), 1);
+    Ok(())
+}
+
+#[test]
+fn del_of_a_pod_whose_record_is_corrupt_cleans_up_and_succeeds() -> anyhow::Result<()> {
+    let cluster = cluster(1);
+    let node = &cluster.nodes[0];
+    let network = network(&cluster, node);
+    let pod = create_pod(node, &network)?;
+    let record = cluster
+        .workdir()
+        .join(node.netns.name())
+        .join("dataplane")
+        .join("pods")
+        .join(format!("{}:eth0.json", pod.container_id));
+    std::fs::write(&record, "")?;
+    delete_pod(&network, &pod)?;
+    assert!(!endpoint_ips(node)?.contains(&pod.ip));
+    assert!(!record.exists());
+    Ok(())
+}
+
+#[test]
+fn pods_can_be_deleted_while_the_agent_is_down() -> anyhow::Result<()> {
+    let mut cluster = cluster(1);
+    let network = network(&cluster, &cluster.nodes[0]);
+    let deleted = create_pod(&cluster.nodes[0], &network)?;
+    let witness = create_pod(&cluster.nodes[0], &network)?;
+    let node = &mut cluster.nodes[0];
+
+    node.stop_agent(Signal::SIGKILL);
+    delete_pod(&network, &deleted)?;
+    // What stays in the map until the agent is back misroutes nothing.
+    assert!(witness.netns.ping(deleted.ip, 1, &[]).is_err());
+    node.start_agent()?;
+    assert!(!endpoint_ips(node)?.contains(&deleted.ip));
+    witness.netns.ping(node.ip, 1, &[])?;
     Ok(())
 }
