@@ -185,20 +185,6 @@ impl CniNetwork {
         Ok(parsed)
     }
 
-    fn environment<'a>(
-        command: &'a str,
-        container_id: &'a str,
-        netns: &'a str,
-        ifname: &'a str,
-    ) -> [(&'a str, &'a str); 4] {
-        [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", container_id),
-            ("CNI_NETNS", netns),
-            ("CNI_IFNAME", ifname),
-        ]
-    }
-
     /// ADD through the whole chain, as a runtime does; on failure the chain
     /// is deleted again. Returns the final result.
     pub fn add(&self, container_id: &str, pod: &Netns, ifname: &str) -> anyhow::Result<Value> {
@@ -207,7 +193,7 @@ impl CniNetwork {
         for plugin in self.plugins() {
             let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
             let stdin = self.plugin_config(&plugin, result.as_ref()).to_string();
-            let environment = Self::environment("ADD", container_id, &netns, ifname);
+            let environment = environment("ADD", container_id, &netns, ifname);
             match self.exec(&plugin_type, &environment, &stdin) {
                 Ok(output) => result = Some(output),
                 Err(error) => {
@@ -230,7 +216,7 @@ impl CniNetwork {
         for plugin in self.plugins().iter().rev() {
             let plugin_type = plugin["type"].as_str().unwrap_or_default();
             let stdin = self.plugin_config(plugin, prev_result).to_string();
-            let environment = Self::environment("DEL", container_id, netns, ifname);
+            let environment = environment("DEL", container_id, netns, ifname);
             self.exec(plugin_type, &environment, &stdin)?;
         }
         Ok(())
@@ -256,6 +242,21 @@ impl CniNetwork {
     }
 }
 
+/// The CNI_* variables of a command on one attachment.
+pub fn environment<'a>(
+    command: &'a str,
+    container_id: &'a str,
+    netns: &'a str,
+    ifname: &'a str,
+) -> [(&'a str, &'a str); 4] {
+    [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+    ]
+}
+
 /// The first IPv4 address of a CNI result.
 pub fn pod_ip(result: &Value) -> anyhow::Result<std::net::Ipv4Addr> {
     let address = result["ips"][0]["address"]
@@ -274,7 +275,7 @@ pub fn host_interface(result: &Value) -> anyhow::Result<String> {
         .flatten()
         .filter(|interface| interface["sandbox"].as_str().unwrap_or_default().is_empty())
         .filter_map(|interface| interface["name"].as_str())
-        .last()
+        .next_back()
         .map(str::to_string)
         .with_context(|| format!("no host interface in {result}"))
 }

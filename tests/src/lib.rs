@@ -15,3 +15,21 @@ pub mod traffic;
 pub use cluster::{Cluster, ClusterSpec, Forwarding, Node, Pod, PodWiring};
 pub use cni::MainPlugin;
 pub use netns::Netns;
+
+/// Polls `condition` every 50 ms until it holds (`Ok(true)`) or `timeout`
+/// passes (`Ok(false)`).
+pub fn eventually(
+    timeout: std::time::Duration,
+    mut condition: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition()? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -10,7 +10,7 @@ use std::{
 use dataplane_tests::{
     Cluster, ClusterSpec, Netns, Node,
     cluster::{EXTERNAL_HOST_IP, VXLAN_POD_MTU, create_ipv4_only_netns},
-    cni::{CniNetwork, MainPlugin, expect_code, pod_ip},
+    cni::{CniNetwork, MainPlugin, environment, expect_code, pod_ip},
     traffic::tcp_round_trip,
 };
 use nix::sys::signal::Signal;
@@ -78,20 +78,6 @@ fn config_1_1(network: &CniNetwork, prev_result: Option<&Value>) -> Value {
     let mut config = network.dataplane_config(prev_result);
     config["cniVersion"] = "1.1.0".into();
     config
-}
-
-fn environment<'a>(
-    command: &'a str,
-    container_id: &'a str,
-    netns: &'a str,
-    ifname: &'a str,
-) -> [(&'a str, &'a str); 4] {
-    [
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", container_id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", ifname),
-    ]
 }
 
 /// A pod namespace joined to the node by a bare veth (`host` on the node,

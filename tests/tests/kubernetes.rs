@@ -3,19 +3,11 @@
 
 use std::time::Duration;
 
-use dataplane_tests::{Cluster, ClusterSpec, Node, kube_api::FakeApiServer};
+use dataplane_tests::{Cluster, ClusterSpec, Node, eventually, kube_api::FakeApiServer};
 use nix::sys::signal::Signal;
 
-/// Polls `check` for up to ten seconds.
-fn eventually(mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<bool> {
-    for _ in 0..100 {
-        if check()? {
-            return Ok(true);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(false)
-}
+/// How long a change in the API may take to reach the node map.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn nodes_of(node: &Node) -> anyhow::Result<String> {
     node.cli(&["node", "list"])
@@ -50,7 +42,7 @@ fn node_objects_drive_the_node_map() -> anyhow::Result<()> {
 
     // Listed at start.
     assert!(
-        eventually(|| Ok(nodes_of(node)?.contains(&second_cidr)))?,
+        eventually(WATCH_TIMEOUT, || Ok(nodes_of(node)?.contains(&second_cidr)))?,
         "{}",
         node.agent_log()
     );
@@ -62,21 +54,25 @@ fn node_objects_drive_the_node_map() -> anyhow::Result<()> {
 
     // Added, changed, deleted through the watch.
     api.apply_node("n2", third_ip, &third_cidr);
-    assert!(eventually(|| Ok(nodes_of(node)?.contains(&third_cidr)))?);
+    assert!(eventually(WATCH_TIMEOUT, || Ok(
+        nodes_of(node)?.contains(&third_cidr)
+    ))?);
     api.apply_node("n2", third_ip, "10.244.50.0/24");
-    assert!(eventually(|| {
+    assert!(eventually(WATCH_TIMEOUT, || {
         let listed = nodes_of(node)?;
         Ok(listed.contains("10.244.50.0/24") && !listed.contains(&third_cidr))
     })?);
     api.delete_node("n1");
-    assert!(eventually(|| Ok(!nodes_of(node)?.contains(&second_cidr)))?);
+    assert!(eventually(WATCH_TIMEOUT, || Ok(
+        !nodes_of(node)?.contains(&second_cidr)
+    ))?);
     assert!(!node.pods[0].reaches(second_pod));
 
     // A dropped watch is resumed: changes made meanwhile still arrive.
     api.drop_watches();
     api.apply_node("n1", second_ip, &second_cidr);
     assert!(
-        eventually(|| Ok(nodes_of(node)?.contains(&second_cidr)))?,
+        eventually(WATCH_TIMEOUT, || Ok(nodes_of(node)?.contains(&second_cidr)))?,
         "{}",
         node.agent_log()
     );

@@ -7,7 +7,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, MainPlugin, Node, cluster::EXTERNAL_HOST_IP, traffic::tcp_round_trip,
+    Cluster, ClusterSpec, MainPlugin, Node, cluster::EXTERNAL_HOST_IP, eventually,
+    traffic::tcp_round_trip,
 };
 
 /// Another address of the node, outside every pod range, added after start.
@@ -23,16 +24,8 @@ fn gateway(node: &Node) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 1)
 }
 
-/// Polls `condition` for up to two seconds.
-fn eventually(mut condition: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<bool> {
-    for _ in 0..40 {
-        if condition()? {
-            return Ok(true);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(false)
-}
+/// How long a change of the node may take to reach the maps.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn every_path_works(main: MainPlugin) -> anyhow::Result<()> {
     let cluster = cluster(main);
@@ -80,7 +73,7 @@ fn every_path_works(main: MainPlugin) -> anyhow::Result<()> {
         "lo",
     ])?;
     assert!(
-        eventually(|| Ok(pod.reaches(EXTRA_HOST_ADDRESS)))?,
+        eventually(FOLLOW_TIMEOUT, || Ok(pod.reaches(EXTRA_HOST_ADDRESS)))?,
         "a pod reaches the node's new address"
     );
     a.netns
@@ -103,7 +96,7 @@ fn every_path_works(main: MainPlugin) -> anyhow::Result<()> {
         "lo",
     ])?;
     assert!(
-        eventually(|| Ok(!pod.reaches(EXTRA_HOST_ADDRESS)))?,
+        eventually(FOLLOW_TIMEOUT, || Ok(!pod.reaches(EXTRA_HOST_ADDRESS)))?,
         "a removed address is no longer the node's"
     );
 
@@ -149,7 +142,7 @@ fn an_endpoint_goes_with_its_veth_and_its_address_can_come_back() -> anyhow::Res
             .contains(&gone_ip.to_string()))
     };
     assert!(
-        eventually(|| Ok(!listed(node)?))?,
+        eventually(FOLLOW_TIMEOUT, || Ok(!listed(node)?))?,
         "the endpoint of a deleted veth is removed without a restart"
     );
 
