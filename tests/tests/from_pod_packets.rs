@@ -172,3 +172,38 @@ fn a_full_endpoints_map_is_reported_not_corrupted() {
     let (verdict, _) = fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 64, 1));
     assert_eq!(verdict, TC_ACT_REDIRECT);
 }
+
+#[test]
+fn pods_reach_every_address_of_the_node_through_its_stack() {
+    let mut fixture = Fixture::new();
+    // A gateway address inside the pod CIDR (what ptp and bridge give the
+    // node) and one outside it: unknown pods before, the node's once listed.
+    let gateway = Ipv4Addr::new(10, 244, 0, 1);
+    let other = Ipv4Addr::new(198, 51, 100, 7);
+    assert_eq!(
+        fixture.run(&ipv4_frame(POD_A_IP, gateway, 64, 1)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(fixture.counter("drop_unknown_endpoint"), 1);
+
+    fixture
+        .maps
+        .set_host_addresses(&[gateway, other].into())
+        .unwrap();
+    for destination in [gateway, other, NODE_IP] {
+        let packet = ipv4_frame(POD_A_IP, destination, 64, 1);
+        let (verdict, out) = fixture.run(&packet);
+        assert_eq!(verdict, TC_ACT_OK, "{destination}");
+        assert_eq!(out, packet, "handed over untouched");
+    }
+    assert_eq!(fixture.counter("passed_to_host"), 3);
+    assert_eq!(fixture.counter("masqueraded"), 0);
+
+    // A removed address is no longer the node's.
+    fixture.maps.set_host_addresses(&[other].into()).unwrap();
+    assert_eq!(
+        fixture.run(&ipv4_frame(POD_A_IP, gateway, 64, 1)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(fixture.counter("drop_unknown_endpoint"), 2);
+}

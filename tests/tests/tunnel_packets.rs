@@ -246,3 +246,38 @@ fn whatever_reaches_the_vxlan_device_is_dropped() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(fixture.counter("drop_tunnel_bypass"), 1);
 }
+
+#[test]
+fn the_node_reaches_remote_pods_only_from_addresses_they_can_answer() {
+    let mut fixture = Fixture::new();
+    let gateway = Ipv4Addr::new(10, 244, 0, 1);
+    let other = Ipv4Addr::new(198, 51, 100, 7);
+    fixture
+        .maps
+        .set_host_addresses(&[gateway, other, NODE_IP].into())
+        .unwrap();
+    for source in [NODE_IP, gateway] {
+        let (verdict, out) = fixture.run_program(
+            names::FROM_HOST_PROGRAM,
+            &ipv4_frame(source, REMOTE_POD_IP, 64, 1),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{source}");
+        assert_vxlan_to(&out, REMOTE_NODE_IP);
+    }
+    let (verdict, _) = fixture.run_program(
+        names::FROM_HOST_PROGRAM,
+        &ipv4_frame(other, REMOTE_POD_IP, 64, 1),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("drop_host_source_unroutable"), 1);
+
+    // A remote pod's answer to the gateway address is decapsulated to the node.
+    let answer = ipv4_frame(REMOTE_POD_IP, gateway, 63, 2);
+    let (verdict, out) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &vxlan_frame(REMOTE_NODE_IP, VNI, &answer),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(&out[14..], &answer[14..]);
+    assert_eq!(fixture.counter("decapsulated_to_host"), 1);
+}
