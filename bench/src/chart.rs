@@ -1,4 +1,5 @@
-//! The ratios as a horizontal bar chart (SVG): one bar per table row.
+//! The ratios as a horizontal bar chart (SVG): one bar per table row,
+//! coloured by verdict, with its 95% confidence interval as a whisker.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use crate::{measure::Comparison, report::BEHIND};
+use crate::measure::{Comparison, Verdict};
 
 /// Ratios above this are drawn to it (their number is still written).
 const AXIS_LIMIT: f64 = 4.0;
@@ -22,7 +23,10 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(file, (WIDTH, height)).into_drawing_area();
     let plot = |error| anyhow!("drawing {}: {error:?}", file.display());
     root.fill(&WHITE).map_err(plot)?;
-    let ratios: Vec<f64> = comparisons.iter().map(Comparison::advantage).collect();
+    let ratios: Vec<f64> = comparisons
+        .iter()
+        .map(|comparison| comparison.ratio().value)
+        .collect();
     let axis_end = ratios
         .iter()
         .copied()
@@ -53,12 +57,10 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
     for (index, (comparison, ratio)) in comparisons.iter().zip(&ratios).enumerate() {
         // The first row at the top, as in the table.
         let bottom = (rows - 1 - index) as f64;
-        let color = if *ratio < BEHIND {
-            RGBColor(200, 60, 50)
-        } else if *ratio < 2.0 - BEHIND {
-            RGBColor(150, 150, 150)
-        } else {
-            RGBColor(60, 150, 80)
+        let color = match comparison.verdict() {
+            Verdict::Behind => RGBColor(200, 60, 50),
+            Verdict::Tie | Verdict::Undecided => RGBColor(150, 150, 150),
+            Verdict::Ahead => RGBColor(60, 150, 80),
         };
         let drawn = if ratio.is_finite() {
             ratio.min(axis_end)
@@ -71,6 +73,16 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
                 color.filled(),
             )])
             .map_err(plot)?;
+        let interval = comparison.ratio();
+        if interval.low.is_finite() && interval.high.is_finite() {
+            let whisker = [
+                (interval.low.min(axis_end), bottom + 0.5),
+                (interval.high.min(axis_end), bottom + 0.5),
+            ];
+            chart
+                .draw_series([PathElement::new(whisker, BLACK.stroke_width(2))])
+                .map_err(plot)?;
+        }
         // A bar cut at the axis end carries its number inside, in white.
         let value = if *ratio > axis_end {
             Text::new(

@@ -30,9 +30,15 @@ struct Cli {
     /// "egress"); the scale runs are skipped then.
     #[arg(long)]
     paths: Option<String>,
-    /// Repetitions (default 3, or 1 with --quick).
+    /// Exactly this many repetitions (default: at least 4 and more, up to
+    /// 12, until every row's interval is settled or the budget is spent; 1
+    /// with --quick).
     #[arg(long)]
     repetitions: Option<usize>,
+    /// Time budget of the traffic runs in minutes: no repetition beyond the
+    /// minimum starts after it.
+    #[arg(long, default_value_t = 12)]
+    budget_minutes: u64,
     /// Where results.md, results.json and results.svg go.
     #[arg(long, default_value = "target/bench")]
     output: PathBuf,
@@ -41,11 +47,19 @@ struct Cli {
 /// How long and how often each measurement runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    pub repetitions: usize,
+    /// Interleaved repetitions of every traffic run at least (and of the
+    /// scale runs exactly).
+    pub min_repetitions: usize,
+    /// More repetitions, up to this many, while some row is not settled.
+    pub max_repetitions: usize,
+    /// No traffic repetition beyond the minimum starts after this.
+    pub budget: Duration,
     /// Each iperf3 and latency run.
     pub seconds: u32,
     /// Each connection-rate run (short: closed connections hold NAT ports).
     pub connection_seconds: f64,
+    /// Every placement of client and server (else only the last: two CPUs).
+    pub every_placement: bool,
     /// BPF_PROG_TEST_RUN calls averaged per program-cost sample.
     pub program_runs: u32,
 }
@@ -54,16 +68,22 @@ impl Settings {
     fn new(quick: bool) -> Self {
         if quick {
             Self {
-                repetitions: 1,
+                min_repetitions: 1,
+                max_repetitions: 1,
+                budget: Duration::ZERO,
                 seconds: 1,
                 connection_seconds: 0.5,
+                every_placement: false,
                 program_runs: 2_000,
             }
         } else {
             Self {
-                repetitions: 3,
-                seconds: 5,
-                connection_seconds: 2.0,
+                min_repetitions: 4,
+                max_repetitions: 12,
+                budget: Duration::from_secs(12 * 60),
+                seconds: 2,
+                connection_seconds: 1.0,
+                every_placement: true,
                 program_runs: 50_000,
             }
         }
@@ -123,7 +143,13 @@ impl Progress {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut settings = Settings::new(cli.quick);
-    settings.repetitions = cli.repetitions.unwrap_or(settings.repetitions).max(1);
+    if let Some(repetitions) = cli.repetitions {
+        settings.min_repetitions = repetitions.max(1);
+        settings.max_repetitions = repetitions.max(1);
+    }
+    if !cli.quick {
+        settings.budget = Duration::from_secs(cli.budget_minutes * 60);
+    }
     let with_scale = cli.paths.is_none();
     println!(
         "==> building three 2-node clusters: this dataplane, /32 routes + flannel vxlan, cni0 bridge + flannel vxlan"

@@ -1,4 +1,7 @@
-//! What is measured, in which unit, and which direction is better.
+//! What is measured, in which unit, and which direction is better; ratios
+//! with their confidence intervals.
+
+use statrs::distribution::{ContinuousCDF as _, StudentsT};
 
 /// One number a scenario yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,15 +107,116 @@ impl Comparison {
         }
     }
 
-    /// How many times better this dataplane is than the baseline (> 1:
-    /// better), from the medians: rates divide ours by theirs, times and
-    /// costs theirs by ours.
-    pub fn advantage(&self) -> f64 {
-        let (ours, theirs) = (median(&self.dataplane), median(&self.reference));
-        if self.measure.higher_is_better() {
-            ours / theirs
+    /// Per repetition, how many times better this dataplane was than the
+    /// baseline measured in the same repetition (> 1: better): rates divide
+    /// ours by theirs, times and costs theirs by ours. Pairing runs of one
+    /// repetition cancels what drifts between repetitions on a shared host.
+    fn paired_advantages(&self) -> Vec<f64> {
+        self.dataplane
+            .iter()
+            .zip(&self.reference)
+            .map(|(ours, theirs)| {
+                if self.measure.higher_is_better() {
+                    ours / theirs
+                } else {
+                    theirs / ours
+                }
+            })
+            .collect()
+    }
+
+    /// The geometric mean of the paired advantages and its 95% confidence
+    /// interval (Student's t on their logarithms).
+    pub fn ratio(&self) -> Ratio {
+        let logs: Vec<f64> = self.paired_advantages().iter().map(|r| r.ln()).collect();
+        let pairs = logs.len();
+        let mean = logs.iter().sum::<f64>() / pairs as f64;
+        if pairs < 2 {
+            return Ratio {
+                value: mean.exp(),
+                low: f64::NAN,
+                high: f64::NAN,
+                pairs,
+            };
+        }
+        let variance =
+            logs.iter().map(|log| (log - mean).powi(2)).sum::<f64>() / (pairs - 1) as f64;
+        let t = StudentsT::new(0.0, 1.0, (pairs - 1) as f64)
+            .expect("degrees of freedom are positive")
+            .inverse_cdf(0.975);
+        let half_width = t * (variance / pairs as f64).sqrt();
+        Ratio {
+            value: mean.exp(),
+            low: (mean - half_width).exp(),
+            high: (mean + half_width).exp(),
+            pairs,
+        }
+    }
+
+    /// Which side of 1.0 the row lies on, if the runs show one.
+    pub fn verdict(&self) -> Verdict {
+        let ratio = self.ratio();
+        if ratio.pairs < 2 {
+            Verdict::Undecided
+        } else if ratio.low <= 1.0 && ratio.high >= 1.0
+            || ratio.low >= 1.0 - EQUIVALENCE && ratio.high <= 1.0 + EQUIVALENCE
+        {
+            Verdict::Tie
+        } else if ratio.low > 1.0 {
+            Verdict::Ahead
         } else {
-            theirs / ours
+            Verdict::Behind
+        }
+    }
+
+    /// Whether more repetitions would not change what the row says: it is
+    /// on one side of 1.0, or a tie within ±`NARROW`.
+    pub fn is_settled(&self) -> bool {
+        let ratio = self.ratio();
+        match self.verdict() {
+            Verdict::Undecided => false,
+            Verdict::Ahead | Verdict::Behind => true,
+            Verdict::Tie => ratio.high / ratio.low <= (1.0 + NARROW) / (1.0 - NARROW),
+        }
+    }
+}
+
+/// Differences smaller than this (either way) are not claimed: a row whose
+/// whole interval lies within ±2% is a tie.
+pub const EQUIVALENCE: f64 = 0.02;
+
+/// A tie is settled once its interval is this narrow (±3%).
+pub const NARROW: f64 = 0.03;
+
+/// A comparison's ratio with its 95% confidence interval (NaN bounds with
+/// fewer than two pairs).
+#[derive(Debug, Clone, Copy)]
+pub struct Ratio {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+    pub pairs: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The interval lies above 1.0: this dataplane is better.
+    Ahead,
+    /// The interval lies below 1.0.
+    Behind,
+    /// The interval holds 1.0, or lies within ±`EQUIVALENCE`.
+    Tie,
+    /// One pair: no interval.
+    Undecided,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Ahead => "ahead",
+            Verdict::Behind => "behind",
+            Verdict::Tie => "tie",
+            Verdict::Undecided => "1 run",
         }
     }
 }
@@ -128,15 +232,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn advantage_is_above_one_when_the_dataplane_is_better_either_way() {
+    fn ratios_are_above_one_when_the_dataplane_is_better_either_way() {
         let mut throughput = Comparison::new("s", "b", Measure::TcpOneStream);
         throughput.dataplane = vec![12.0, 10.0, 11.0];
-        throughput.reference = vec![5.0, 6.0, 4.0];
-        assert_eq!(throughput.advantage(), 2.2);
+        throughput.reference = vec![6.0, 5.0, 5.5];
+        let ratio = throughput.ratio();
+        assert!((ratio.value - 2.0).abs() < 1e-9);
+        assert!((ratio.low - 2.0).abs() < 1e-9 && (ratio.high - 2.0).abs() < 1e-9);
+        assert_eq!(throughput.verdict(), Verdict::Ahead);
         let mut latency = Comparison::new("s", "b", Measure::LatencyP50);
         latency.dataplane = vec![20.0];
         latency.reference = vec![30.0];
-        assert_eq!(latency.advantage(), 1.5);
+        assert!((latency.ratio().value - 1.5).abs() < 1e-9);
+        assert_eq!(latency.verdict(), Verdict::Undecided);
+    }
+
+    #[test]
+    fn an_interval_holding_one_or_within_two_percent_is_a_tie() {
+        let mut noisy = Comparison::new("s", "b", Measure::TcpOneStream);
+        noisy.dataplane = vec![45.0, 74.0, 42.0, 70.0];
+        noisy.reference = vec![62.0, 72.0, 66.0, 60.0];
+        let ratio = noisy.ratio();
+        assert!(ratio.low < 1.0 && ratio.high > 1.0, "{ratio:?}");
+        assert_eq!(noisy.verdict(), Verdict::Tie);
+        assert!(!noisy.is_settled(), "a wide tie wants more runs");
+
+        let mut close = Comparison::new("s", "b", Measure::TcpOneStream);
+        close.dataplane = vec![10.1, 10.12, 10.08, 10.1];
+        close.reference = vec![10.0; 4];
+        assert_eq!(close.verdict(), Verdict::Tie);
+        assert!(close.is_settled());
+
+        let mut behind = Comparison::new("s", "b", Measure::CpuPerGigabyte);
+        behind.dataplane = vec![0.26, 0.27, 0.28, 0.27];
+        behind.reference = vec![0.17, 0.18, 0.17, 0.18];
+        assert_eq!(behind.verdict(), Verdict::Behind);
+        assert!(behind.is_settled());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use dataplane_tests::{
     cluster::{EXTERNAL_HOST_IP, dataplane_binary},
     netns::Netns,
     traffic::{
-        Iperf3Load, connection_rate, in_netns, iperf3, iperf3_tcp, joined, request_response_latency,
+        Iperf3Load, Pinning, connection_rate, in_netns, iperf3, iperf3_tcp, joined,
+        request_response_latency,
     },
 };
 
@@ -29,6 +30,56 @@ use crate::{
     Clusters, Progress, Settings,
     measure::{Comparison, Measure, median},
 };
+
+/// Where the client and the server of a run are pinned. On two CPUs this
+/// decides whether sender, receiver and the softirq work (which veth runs on
+/// the sending CPU) share a CPU, and unpinned runs flip between the two:
+/// each placement is measured as its own row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Placement {
+    OneCpu,
+    TwoCpus,
+}
+
+impl Placement {
+    /// The placements this machine has CPUs for; `every` false: only the
+    /// last of them.
+    pub fn all(every: bool) -> Vec<Placement> {
+        let mut all = Self::possible();
+        if !every {
+            all.drain(..all.len() - 1);
+        }
+        all
+    }
+
+    fn possible() -> Vec<Placement> {
+        if std::thread::available_parallelism().map_or(1, usize::from) >= 2 {
+            vec![Placement::OneCpu, Placement::TwoCpus]
+        } else {
+            vec![Placement::OneCpu]
+        }
+    }
+
+    pub fn pinning(self) -> Pinning {
+        match self {
+            Placement::OneCpu => Pinning {
+                client: Some(0),
+                server: Some(0),
+            },
+            Placement::TwoCpus => Pinning {
+                client: Some(0),
+                server: Some(1),
+            },
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Placement::OneCpu => "client and server on one CPU",
+            Placement::TwoCpus => "client and server on two CPUs",
+        }
+    }
+}
 
 /// A client and a server address: where traffic flows.
 pub struct Path<'a> {
@@ -171,44 +222,54 @@ pub fn run(
         .into_iter()
         .filter(|path| path.label.contains(filter))
         .collect();
+    let placements = Placement::all(settings.every_placement);
     // The drop-flood runs are same-node dataplane runs.
     let flood_runs = if paths.iter().any(|path| path.label == "same-node dataplane") {
         2
     } else {
         0
     };
-    progress.expect(settings.repetitions * (RUNS.len() * paths.len() + flood_runs));
-    let mut samples: BTreeMap<(&str, Measure), Vec<f64>> = BTreeMap::new();
+    let steps_per_repetition = RUNS.len() * placements.len() * paths.len() + flood_runs;
+    progress.expect(settings.min_repetitions * steps_per_repetition);
+    let started = std::time::Instant::now();
+    let mut samples = Samples::new();
     let mut flood = Comparison::new(
         "same-node during a drop flood, `dataplane monitor` attached",
         "the same without the monitor",
         Measure::TcpOneStream,
     );
-    for repetition in 1..=settings.repetitions {
+    for repetition in 1..=settings.max_repetitions {
+        if repetition > settings.min_repetitions {
+            progress.expect(steps_per_repetition);
+        }
         for run in RUNS {
-            // Each repetition starts with another path, so whatever the run
-            // before leaves behind (busy or idle CPUs) does not always
-            // land on the same one.
-            let rotated = paths.iter().cycle().skip(repetition - 1).take(paths.len());
-            for path in rotated {
-                let values = sample(run, path, settings)
-                    .with_context(|| format!("{run:?} on {}", path.label))?;
-                let shown: Vec<String> = values
-                    .iter()
-                    .map(|(measure, value)| measure.show(*value))
-                    .collect();
-                progress.step(
-                    &format!(
-                        "run {repetition}/{} {:?} {}",
-                        settings.repetitions, run, path.label
-                    ),
-                    &shown.join(", "),
-                );
-                for (measure, value) in values {
-                    samples
-                        .entry((path.label, measure))
-                        .or_default()
-                        .push(value);
+            for placement in &placements {
+                // Each repetition starts with another path, so whatever the
+                // run before leaves behind (busy or idle CPUs) does not
+                // always land on the same one.
+                let rotated = paths.iter().cycle().skip(repetition - 1).take(paths.len());
+                for path in rotated {
+                    let values = sample(run, path, *placement, settings).with_context(|| {
+                        format!("{run:?} on {}, {}", path.label, placement.label())
+                    })?;
+                    let shown: Vec<String> = values
+                        .iter()
+                        .map(|(measure, value)| measure.show(*value))
+                        .collect();
+                    progress.step(
+                        &format!(
+                            "run {repetition} {run:?} {}, {}",
+                            path.label,
+                            placement.label()
+                        ),
+                        &shown.join(", "),
+                    );
+                    for (measure, value) in values {
+                        samples
+                            .entry((path.label, *placement, measure))
+                            .or_default()
+                            .push(value);
+                    }
                 }
             }
         }
@@ -221,25 +282,39 @@ pub fn run(
             );
             into.push(rate);
         }
-    }
-    let mut comparisons = Vec::new();
-    for (scenario, ours, theirs, baseline) in COMPARISONS {
-        for measure in Measure::ON_EVERY_PATH {
-            let mut comparison = Comparison::new(scenario, baseline, measure);
-            // The same dataplane runs serve both of its baselines.
-            let runs = |path| samples.get(&(path, measure)).cloned().unwrap_or_default();
-            comparison.dataplane = runs(ours);
-            comparison.reference = runs(theirs);
-            if !comparison.dataplane.is_empty() && !comparison.reference.is_empty() {
-                comparisons.push(comparison);
-            }
+        if repetition < settings.min_repetitions {
+            continue;
+        }
+        let unsettled = comparisons(&samples, &placements)
+            .iter()
+            .filter(|comparison| !comparison.is_settled())
+            .count();
+        if unsettled == 0 {
+            break;
+        }
+        if started.elapsed() > settings.budget {
+            println!(
+                "    time budget spent: {unsettled} row(s) stay wide after {repetition} repetitions"
+            );
+            break;
+        }
+        if repetition < settings.max_repetitions {
+            println!("    {unsettled} row(s) not settled yet: another repetition");
         }
     }
+    let mut comparisons = comparisons(&samples, &placements);
     if !flood.dataplane.is_empty() {
         comparisons.push(flood);
     }
-    let median_of =
-        |path, measure| median(samples.get(&(path, measure)).map_or(&[], Vec::as_slice));
+    let median_of = |path, measure| {
+        let all: Vec<f64> = placements
+            .iter()
+            .filter_map(|placement| samples.get(&(path, *placement, measure)))
+            .flatten()
+            .copied()
+            .collect();
+        median(&all)
+    };
     let breakdown = paths
         .iter()
         .filter(|path| path.label.contains("dataplane"))
@@ -252,8 +327,46 @@ pub fn run(
     Ok((comparisons, breakdown))
 }
 
+/// Every run's value, by path, placement and measure.
+type Samples<'a> = BTreeMap<(&'a str, Placement, Measure), Vec<f64>>;
+
+/// The rows: every comparison, on every measure, in every placement.
+fn comparisons(samples: &Samples, placements: &[Placement]) -> Vec<Comparison> {
+    let mut comparisons = Vec::new();
+    for (scenario, ours, theirs, baseline) in COMPARISONS {
+        for measure in Measure::ON_EVERY_PATH {
+            for placement in placements {
+                let mut comparison = Comparison::new(
+                    format!("{scenario}, {}", placement.label()),
+                    baseline,
+                    measure,
+                );
+                // The same dataplane runs serve both of its baselines.
+                let runs = |path| {
+                    samples
+                        .get(&(path, *placement, measure))
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                comparison.dataplane = runs(ours);
+                comparison.reference = runs(theirs);
+                if !comparison.dataplane.is_empty() && !comparison.reference.is_empty() {
+                    comparisons.push(comparison);
+                }
+            }
+        }
+    }
+    comparisons
+}
+
 /// One run of `run` on `path`: the measures it yields.
-fn sample(run: Run, path: &Path, settings: &Settings) -> anyhow::Result<Vec<(Measure, f64)>> {
+fn sample(
+    run: Run,
+    path: &Path,
+    placement: Placement,
+    settings: &Settings,
+) -> anyhow::Result<Vec<(Measure, f64)>> {
+    let pinning = placement.pinning();
     let iperf3_on = |load| {
         iperf3(
             path.server,
@@ -261,6 +374,7 @@ fn sample(run: Run, path: &Path, settings: &Settings) -> anyhow::Result<Vec<(Mea
             path.client,
             settings.seconds,
             load,
+            pinning,
         )
     };
     Ok(match run {
@@ -298,7 +412,7 @@ fn sample(run: Run, path: &Path, settings: &Settings) -> anyhow::Result<Vec<(Mea
             vec![(Measure::UdpSmallPackets, packets / received.seconds)]
         }
         Run::Latency => {
-            let latency = latency(path, settings.duration())?;
+            let latency = latency(path, settings.duration(), placement)?;
             vec![
                 (Measure::LatencyP50, latency.0),
                 (Measure::LatencyP99, latency.1),
@@ -312,6 +426,7 @@ fn sample(run: Run, path: &Path, settings: &Settings) -> anyhow::Result<Vec<(Mea
                 path.client,
                 duration,
                 CONNECTING_CLIENTS,
+                pinning,
             )?;
             vec![(Measure::ConnectionsPerSecond, rate)]
         }
@@ -319,8 +434,18 @@ fn sample(run: Run, path: &Path, settings: &Settings) -> anyhow::Result<Vec<(Mea
 }
 
 /// Request/response p50 and p99 on `path`, in microseconds.
-pub fn latency(path: &Path, duration: Duration) -> anyhow::Result<(f64, f64)> {
-    let latency = request_response_latency(path.server, path.server_ip, path.client, duration)?;
+pub fn latency(
+    path: &Path,
+    duration: Duration,
+    placement: Placement,
+) -> anyhow::Result<(f64, f64)> {
+    let latency = request_response_latency(
+        path.server,
+        path.server_ip,
+        path.client,
+        duration,
+        placement.pinning(),
+    )?;
     let micros = |value: Duration| value.as_secs_f64() * 1e6;
     Ok((micros(latency.p50), micros(latency.p99)))
 }

@@ -6,13 +6,9 @@ use anyhow::Context as _;
 
 use crate::{
     Settings,
-    measure::{Comparison, Measure, median},
+    measure::{Comparison, EQUIVALENCE, Measure, Verdict, median},
     paths::CpuBreakdown,
 };
-
-/// Below this ratio a row counts as behind its baseline (run-to-run noise
-/// on these shared machines is a few percent).
-pub const BEHIND: f64 = 0.97;
 
 /// Writes results.md and results.json into `directory`; returns the Markdown.
 pub fn write(
@@ -22,29 +18,40 @@ pub fn write(
     directory: &Path,
 ) -> anyhow::Result<String> {
     let machine = machine();
+    let pairs = comparisons
+        .iter()
+        .map(|comparison| comparison.ratio().pairs);
+    let (fewest, most) = (pairs.clone().min().unwrap_or(0), pairs.max().unwrap_or(0));
     let mut markdown = format!(
-        "{machine}; median of {} interleaved run(s), {} s per traffic run.\n\
-         Ratio = how many times better this dataplane is than the baseline (> 1 better, \
-         **bold** = behind by more than {:.0}%): rates are divided dataplane / baseline, \
-         latencies, CPU time and durations baseline / dataplane.\n\n\
-         | scenario | measure | baseline | ratio | dataplane | baseline value |\n\
-         |---|---|---|---|---|---|\n",
-        settings.repetitions,
+        "{machine}; {fewest} to {most} interleaved repetitions, {} s per traffic run.\n\
+         Ratio = how many times better this dataplane is than the baseline (> 1 better): \
+         the geometric mean over repetitions of dataplane / baseline for rates and \
+         baseline / dataplane for latencies, CPU time and durations, each pair measured in \
+         the same repetition, with its 95% confidence interval. A row is a **tie** when \
+         its interval holds 1.0 or lies within ±{:.0}%; **behind** rows are bold.\n\n\
+         | scenario | measure | baseline | ratio [95% interval] | verdict | dataplane | baseline value |\n\
+         |---|---|---|---|---|---|---|\n",
         settings.seconds,
-        (1.0 - BEHIND) * 100.0
+        EQUIVALENCE * 100.0
     );
     let mut rows = Vec::new();
     for comparison in comparisons {
-        let ratio = comparison.advantage();
-        let shown_ratio = if ratio < BEHIND {
-            format!("**{ratio:.2}**")
+        let ratio = comparison.ratio();
+        let verdict = comparison.verdict();
+        let interval = if ratio.pairs < 2 {
+            format!("{:.2}", ratio.value)
         } else {
-            format!("{ratio:.2}")
+            format!("{:.2} [{:.2}, {:.2}]", ratio.value, ratio.low, ratio.high)
+        };
+        let (shown_ratio, shown_verdict) = if verdict == Verdict::Behind {
+            (format!("**{interval}**"), format!("**{}**", verdict.name()))
+        } else {
+            (interval, verdict.name().to_string())
         };
         let measure = comparison.measure;
         let (ours, theirs) = (median(&comparison.dataplane), median(&comparison.reference));
         markdown.push_str(&format!(
-            "| {} | {} | {} | {shown_ratio} | {} | {} |\n",
+            "| {} | {} | {} | {shown_ratio} | {shown_verdict} | {} | {} |\n",
             comparison.scenario,
             measure.name(),
             comparison.baseline,
@@ -55,7 +62,11 @@ pub fn write(
             "scenario": comparison.scenario,
             "measure": measure.name(),
             "baseline": comparison.baseline,
-            "ratio": ratio,
+            "ratio": ratio.value,
+            "ratio_low": ratio.low,
+            "ratio_high": ratio.high,
+            "pairs": ratio.pairs,
+            "verdict": verdict.name(),
             "unit": measure.unit(),
             "higher_is_better": measure.higher_is_better(),
             "dataplane_median": ours,
@@ -87,7 +98,8 @@ pub fn write(
     }
     let json = serde_json::json!({
         "machine": machine,
-        "repetitions": settings.repetitions,
+        "min_repetitions": settings.min_repetitions,
+        "max_repetitions": settings.max_repetitions,
         "seconds_per_run": settings.seconds,
         "rows": rows,
         "cpu_breakdown": cpu,

@@ -27,7 +27,7 @@ use crate::{
     Clusters, Progress, Settings,
     kernel_tables::KernelTables,
     measure::{Comparison, Measure},
-    paths::{OTHER_NODE, SAME_NODE, latency, pod_to_pod},
+    paths::{OTHER_NODE, Placement, SAME_NODE, latency, pod_to_pod},
 };
 
 /// Table sizes measured, smallest first.
@@ -66,8 +66,8 @@ pub fn steps(settings: &Settings) -> usize {
     const LATENCY_RUNS: usize = 4;
     const PACKETS: usize = 2;
     const PROGRAMMERS: usize = 2;
-    settings.repetitions * PROGRAMMERS
-        + LEVELS.len() * (1 + settings.repetitions * (LATENCY_RUNS + PACKETS))
+    settings.min_repetitions * PROGRAMMERS
+        + LEVELS.len() * (1 + settings.min_repetitions * (LATENCY_RUNS + PACKETS))
 }
 
 pub fn run(
@@ -75,6 +75,10 @@ pub fn run(
     settings: &Settings,
     progress: &mut Progress,
 ) -> anyhow::Result<Vec<Comparison>> {
+    // Latency at scale: client and server on two CPUs where there are two.
+    let placement = *Placement::all(false)
+        .last()
+        .expect("one placement at least");
     let mut comparisons = vec![programming_time(settings, progress)?];
     let mut private = DataplaneTables::private()?;
     let mut ours = clusters
@@ -112,6 +116,7 @@ pub fn run(
             thousands(level.endpoints),
             thousands(level.remote_nodes)
         );
+        let placed = format!("{scenario} ({})", placement.label());
         progress.step(
             &format!("{scenario}: maps and kernel routes of 4 nodes filled"),
             &format!("{:.1} s", started.elapsed().as_secs_f64()),
@@ -121,18 +126,18 @@ pub fn run(
         for (direction, _) in DIRECTIONS {
             for measure in [Measure::LatencyP50, Measure::LatencyP99] {
                 latencies.push(Comparison::new(
-                    format!("{scenario}, {direction}"),
+                    format!("{placed}, {direction}"),
                     baseline,
                     measure,
                 ));
             }
         }
         let mut costs = vec![Vec::new(); packets.len()];
-        for repetition in 1..=settings.repetitions {
+        for repetition in 1..=settings.min_repetitions {
             for (index, (direction, to)) in DIRECTIONS.into_iter().enumerate() {
                 for (cluster, ours) in [(&clusters.dataplane, true), (&clusters.kernel, false)] {
                     let path = pod_to_pod(direction, cluster, (0, 0), to);
-                    let (p50, p99) = latency(&path, settings.duration())?;
+                    let (p50, p99) = latency(&path, settings.duration(), placement)?;
                     for (row, value) in latencies[2 * index..2 * index + 2]
                         .iter_mut()
                         .zip([p50, p99])
@@ -201,7 +206,7 @@ fn programming_time(settings: &Settings, progress: &mut Progress) -> anyhow::Res
         endpoints: 0,
         nodes: PROGRAMMED_NODES,
     };
-    for repetition in 1..=settings.repetitions {
+    for repetition in 1..=settings.min_repetitions {
         let mut ours = DataplaneTables::private()?;
         let mut theirs =
             KernelNode::vxlan_only(Netns::create(format!("{}-prog", unique_prefix()))?)?;

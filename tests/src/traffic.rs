@@ -26,6 +26,43 @@ use crate::netns::Netns;
 const IPERF3_PORT: &str = "5201";
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Which CPU the client and the server side of a run are pinned to (`None`:
+/// wherever the scheduler puts them). On veth paths the receiving side's
+/// softirq work runs on the sending CPU, so this places that work too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pinning {
+    pub client: Option<usize>,
+    pub server: Option<usize>,
+}
+
+impl Pinning {
+    pub const NONE: Self = Self {
+        client: None,
+        server: None,
+    };
+}
+
+/// Pins the calling thread (only) to `cpu`, if one is given.
+fn pin_thread(cpu: Option<usize>) -> anyhow::Result<()> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning a thread to CPU {cpu}"))
+}
+
+/// `args` run under `taskset` when pinned to a CPU.
+fn pinned_command<'a>(cpu: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
+    let mut command = match cpu {
+        Some(cpu) => vec!["taskset", "--cpu-list", cpu],
+        None => Vec::new(),
+    };
+    command.extend_from_slice(args);
+    command
+}
+
 /// Moves the calling thread (only) into the network namespace at `path`.
 fn enter_netns(path: &str) -> anyhow::Result<()> {
     let netns = File::open(path).with_context(|| format!("opening {path}"))?;
@@ -182,6 +219,7 @@ pub fn connection_rate(
     client: &Netns,
     duration: Duration,
     clients: usize,
+    pinning: Pinning,
 ) -> anyhow::Result<f64> {
     // accept() gives up after 100 ms, so workers notice when to stop.
     let listener = listener_in(server, server_ip, Duration::from_millis(100))?;
@@ -191,13 +229,17 @@ pub fn connection_rate(
         .map(|_| {
             let listener = listener.try_clone()?;
             let stop = Arc::clone(&stop);
-            Ok(thread::spawn(move || answer_until(&listener, &stop)))
+            Ok(thread::spawn(move || {
+                pin_thread(pinning.server)?;
+                answer_until(&listener, &stop)
+            }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
     let connectors: Vec<_> = (0..clients)
         .map(|_| {
             in_netns(client, move || {
+                pin_thread(pinning.client)?;
                 let mut connections = 0u64;
                 let mut reply = [0u8; 64];
                 while started.elapsed() < duration {
@@ -272,10 +314,12 @@ pub fn request_response_latency(
     server_ip: Ipv4Addr,
     client: &Netns,
     duration: Duration,
+    pinning: Pinning,
 ) -> anyhow::Result<Latency> {
     let listener = listener_in(server, server_ip, TCP_TIMEOUT)?;
     let address = SocketAddr::from((server_ip, listener.local_addr()?.port()));
     let echo = thread::spawn(move || -> anyhow::Result<()> {
+        pin_thread(pinning.server)?;
         let (mut stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(TCP_TIMEOUT))?;
@@ -286,6 +330,7 @@ pub fn request_response_latency(
         Ok(())
     });
     let rtts = joined(in_netns(client, move || {
+        pin_thread(pinning.client)?;
         let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
             .with_context(|| format!("connecting to {address}"))?;
         stream.set_nodelay(true)?;
@@ -346,9 +391,16 @@ pub fn iperf3(
     client: &Netns,
     seconds: u32,
     load: Iperf3Load,
+    pinning: Pinning,
 ) -> anyhow::Result<Iperf3Received> {
-    let mut server_process =
-        server.spawn(&["iperf3", "--server", "--one-off", "--port", IPERF3_PORT])?;
+    let (client_cpu, server_cpu) = (
+        pinning.client.map(|cpu| cpu.to_string()),
+        pinning.server.map(|cpu| cpu.to_string()),
+    );
+    let mut server_process = server.spawn(&pinned_command(
+        server_cpu.as_deref(),
+        &["iperf3", "--server", "--one-off", "--port", IPERF3_PORT],
+    ))?;
     let (seconds, server_ip) = (seconds.to_string(), server_ip.to_string());
     let mut args = vec![
         "iperf3",
@@ -373,7 +425,8 @@ pub fn iperf3(
             args.extend(["--udp", "--bitrate", "0", "--length", &payload]);
         }
     }
-    let result = wait_until_listening(server, IPERF3_PORT).and_then(|()| client.exec(&args));
+    let result = wait_until_listening(server, IPERF3_PORT)
+        .and_then(|()| client.exec(&pinned_command(client_cpu.as_deref(), &args)));
     reap(&mut server_process, Duration::from_secs(5));
     received(&result.context("iperf3 client")?)
 }
@@ -391,6 +444,7 @@ pub fn iperf3_tcp(
         client,
         seconds,
         Iperf3Load::Tcp { streams: 1 },
+        Pinning::NONE,
     )
     .map(|received| received.bits_per_second)
 }
