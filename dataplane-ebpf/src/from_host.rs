@@ -11,7 +11,7 @@ use crate::{
     ipv4::addresses,
     local::{Redirect, deliver},
     maps::node_config,
-    packet::header,
+    packet::{header, own_header},
     route::{Destination, lookup},
     tunnel,
 };
@@ -24,7 +24,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let config = node_config();
-    match lookup(dst, &config) {
+    let destination = lookup(dst, &config);
+    if matches!(
+        destination,
+        Destination::LocalPod(_) | Destination::RemotePod(_)
+    ) {
+        own_header(ctx);
+    }
+    match destination {
         Destination::LocalPod(destination) => {
             deliver(ctx, &destination, Redirect::Egress, Counter::HostToPod)
         }
