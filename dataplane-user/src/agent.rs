@@ -25,11 +25,11 @@ use crate::{
         Config, EndpointSpec, NatSettings, NodeSettings, NodeSpec, PortRange, validate_endpoint,
         validate_remote_node,
     },
-    dataplane::Dataplane,
+    dataplane::{Dataplane, DataplaneError},
     host,
     interfaces::{Interfaces, VxlanSettings},
     kubernetes, loader,
-    maps::ipv4_cidr,
+    maps::{MapsError, ipv4_cidr},
     metrics,
     nat::{self, Timeouts},
 };
@@ -314,12 +314,19 @@ impl Agent {
         Ok(())
     }
 
-    /// Puts every address of the node in the host address map.
+    /// Puts every address of the node in the host address map. A node with
+    /// more addresses than the map holds keeps working on the ones that fit
+    /// (warned about); only a failure to read or write is an error.
     pub async fn sync_host_addresses(&self) -> anyhow::Result<()> {
         let addresses = self.interfaces.host_addresses().await?;
         let count = addresses.len();
-        if self.dataplane().set_host_addresses(addresses)? {
-            info!(addresses = count, "the node's own addresses changed");
+        match self.dataplane().set_host_addresses(addresses) {
+            Ok(true) => info!(addresses = count, "the node's own addresses changed"),
+            Ok(false) => {}
+            Err(DataplaneError::Maps(full @ MapsError::HostAddressesFull { .. })) => {
+                warn!("{full}");
+            }
+            Err(error) => return Err(error.into()),
         }
         Ok(())
     }
