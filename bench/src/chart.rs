@@ -9,7 +9,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use crate::measure::{Comparison, Verdict};
+use crate::measure::{Comparison, Ratio, Verdict};
 
 /// Ratios above this are drawn to it (their number is still written).
 const AXIS_LIMIT: f64 = 4.0;
@@ -23,13 +23,10 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(file, (WIDTH, height)).into_drawing_area();
     let plot = |error| anyhow!("drawing {}: {error:?}", file.display());
     root.fill(&WHITE).map_err(plot)?;
-    let ratios: Vec<f64> = comparisons
+    let intervals: Vec<Ratio> = comparisons.iter().map(Comparison::ratio).collect();
+    let axis_end = intervals
         .iter()
-        .map(|comparison| comparison.ratio().value)
-        .collect();
-    let axis_end = ratios
-        .iter()
-        .copied()
+        .map(|interval| interval.value)
         .filter(|ratio| ratio.is_finite())
         .fold(1.5, f64::max)
         .min(AXIS_LIMIT)
@@ -54,10 +51,11 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
         .map_err(plot)?;
     let label_style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Right, VPos::Center));
     let value_style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Left, VPos::Center));
-    for (index, (comparison, ratio)) in comparisons.iter().zip(&ratios).enumerate() {
+    for (index, (comparison, interval)) in comparisons.iter().zip(&intervals).enumerate() {
+        let ratio = &interval.value;
         // The first row at the top, as in the table.
         let bottom = (rows - 1 - index) as f64;
-        let color = match comparison.verdict() {
+        let color = match interval.verdict() {
             Verdict::Behind => RGBColor(200, 60, 50),
             Verdict::Tie | Verdict::Undecided => RGBColor(150, 150, 150),
             Verdict::Ahead => RGBColor(60, 150, 80),
@@ -73,7 +71,6 @@ pub fn draw(comparisons: &[Comparison], file: &Path) -> anyhow::Result<()> {
                 color.filled(),
             )])
             .map_err(plot)?;
-        let interval = comparison.ratio();
         if interval.low.is_finite() && interval.high.is_finite() {
             let whisker = [
                 (interval.low.min(axis_end), bottom + 0.5),

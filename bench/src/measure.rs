@@ -152,17 +152,18 @@ impl Comparison {
             pairs,
         }
     }
+}
 
+impl Ratio {
     /// Which side of 1.0 the row lies on, if the runs show one.
     pub fn verdict(&self) -> Verdict {
-        let ratio = self.ratio();
-        if ratio.pairs < 2 {
+        if self.pairs < 2 {
             Verdict::Undecided
-        } else if ratio.low <= 1.0 && ratio.high >= 1.0
-            || ratio.low >= 1.0 - EQUIVALENCE && ratio.high <= 1.0 + EQUIVALENCE
+        } else if self.low <= 1.0 && self.high >= 1.0
+            || self.low >= 1.0 - EQUIVALENCE && self.high <= 1.0 + EQUIVALENCE
         {
             Verdict::Tie
-        } else if ratio.low > 1.0 {
+        } else if self.low > 1.0 {
             Verdict::Ahead
         } else {
             Verdict::Behind
@@ -172,11 +173,10 @@ impl Comparison {
     /// Whether more repetitions would not change what the row says: it is
     /// on one side of 1.0, or a tie within ±`NARROW`.
     pub fn is_settled(&self) -> bool {
-        let ratio = self.ratio();
         match self.verdict() {
             Verdict::Undecided => false,
             Verdict::Ahead | Verdict::Behind => true,
-            Verdict::Tie => ratio.high / ratio.low <= (1.0 + NARROW) / (1.0 - NARROW),
+            Verdict::Tie => self.high / self.low <= (1.0 + NARROW) / (1.0 - NARROW),
         }
     }
 }
@@ -239,12 +239,12 @@ mod tests {
         let ratio = throughput.ratio();
         assert!((ratio.value - 2.0).abs() < 1e-9);
         assert!((ratio.low - 2.0).abs() < 1e-9 && (ratio.high - 2.0).abs() < 1e-9);
-        assert_eq!(throughput.verdict(), Verdict::Ahead);
+        assert_eq!(throughput.ratio().verdict(), Verdict::Ahead);
         let mut latency = Comparison::new("s", "b", Measure::LatencyP50);
         latency.dataplane = vec![20.0];
         latency.reference = vec![30.0];
         assert!((latency.ratio().value - 1.5).abs() < 1e-9);
-        assert_eq!(latency.verdict(), Verdict::Undecided);
+        assert_eq!(latency.ratio().verdict(), Verdict::Undecided);
     }
 
     #[test]
@@ -254,20 +254,20 @@ mod tests {
         noisy.reference = vec![62.0, 72.0, 66.0, 60.0];
         let ratio = noisy.ratio();
         assert!(ratio.low < 1.0 && ratio.high > 1.0, "{ratio:?}");
-        assert_eq!(noisy.verdict(), Verdict::Tie);
-        assert!(!noisy.is_settled(), "a wide tie wants more runs");
+        assert_eq!(noisy.ratio().verdict(), Verdict::Tie);
+        assert!(!noisy.ratio().is_settled(), "a wide tie wants more runs");
 
         let mut close = Comparison::new("s", "b", Measure::TcpOneStream);
         close.dataplane = vec![10.1, 10.12, 10.08, 10.1];
         close.reference = vec![10.0; 4];
-        assert_eq!(close.verdict(), Verdict::Tie);
-        assert!(close.is_settled());
+        assert_eq!(close.ratio().verdict(), Verdict::Tie);
+        assert!(close.ratio().is_settled());
 
         let mut behind = Comparison::new("s", "b", Measure::CpuPerGigabyte);
         behind.dataplane = vec![0.26, 0.27, 0.28, 0.27];
         behind.reference = vec![0.17, 0.18, 0.17, 0.18];
-        assert_eq!(behind.verdict(), Verdict::Behind);
-        assert!(behind.is_settled());
+        assert_eq!(behind.ratio().verdict(), Verdict::Behind);
+        assert!(behind.ratio().is_settled());
     }
 
     #[test]

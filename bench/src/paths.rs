@@ -287,7 +287,7 @@ pub fn run(
         }
         let unsettled = comparisons(&samples, &placements)
             .iter()
-            .filter(|comparison| !comparison.is_settled())
+            .filter(|comparison| !comparison.ratio().is_settled())
             .count();
         if unsettled == 0 {
             break;

@@ -37,7 +37,7 @@ pub fn write(
     let mut rows = Vec::new();
     for comparison in comparisons {
         let ratio = comparison.ratio();
-        let verdict = comparison.verdict();
+        let verdict = ratio.verdict();
         let interval = if ratio.pairs < 2 {
             format!("{:.2}", ratio.value)
         } else {

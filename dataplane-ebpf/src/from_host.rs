@@ -11,7 +11,7 @@ use crate::{
     ipv4::addresses,
     local::{Redirect, deliver},
     maps::node_config,
-    packet::{header, own_header},
+    packet::header,
     route::{Destination, lookup},
     tunnel,
 };
@@ -24,14 +24,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let config = node_config();
-    let destination = lookup(dst, &config);
-    if matches!(
-        destination,
-        Destination::LocalPod(_) | Destination::RemotePod(_)
-    ) {
-        own_header(ctx);
-    }
-    match destination {
+    match lookup(dst, &config) {
         Destination::LocalPod(destination) => {
             deliver(ctx, &destination, Redirect::Egress, Counter::HostToPod)
         }

@@ -12,7 +12,7 @@ use crate::{
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
-    packet::{header, ingress_ifindex, linearize_headers, own_header},
+    packet::{header, ingress_ifindex, linearize_headers},
     route::{Destination, lookup},
     tunnel::{self, send_out_uplink},
 };
@@ -43,7 +43,6 @@ fn ipv4(ctx: &TcContext) -> i32 {
         Some(source) if source.host_ifindex == ingress_ifindex(ctx) => {}
         _ => return drop(ctx, Counter::DropSpoofedSource),
     }
-    own_header(ctx);
 
     let config = node_config();
     let (destination, counter) = match lookup(dst, &config) {

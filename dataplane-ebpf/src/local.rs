@@ -10,7 +10,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     counters::{drop, verdict},
-    packet::header,
+    packet::{header, own_header},
 };
 
 pub enum Redirect {
@@ -26,6 +26,7 @@ pub fn deliver(
     redirect: Redirect,
     counter: Counter,
 ) -> i32 {
+    own_header(ctx);
     let Some(eth) = header::<EthHdr>(ctx, 0) else {
         return drop(ctx, Counter::DropMalformed);
     };

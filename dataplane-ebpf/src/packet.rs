@@ -21,7 +21,8 @@ pub fn linearize_headers(ctx: &TcContext) {
 }
 
 /// Gives a forwarded packet a header of its own, as the kernel's forwarding
-/// path does (`skb_cow` in `ip_forward`). A TCP segment sent in a pod is a
+/// path does (`skb_cow` in `ip_forward`); called where every forwarding path
+/// ends (`local::deliver`, `tunnel::send_out_uplink`). A TCP segment sent in a pod is a
 /// clone sharing its buffer with the copy its sender keeps for
 /// retransmission; delivered as such, the receiver can never coalesce it
 /// into its queue, and the buffer's shared reference count bounces between

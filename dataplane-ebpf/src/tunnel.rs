@@ -18,6 +18,7 @@ use network_types::eth::EthHdr;
 use crate::{
     counters::{drop, verdict},
     ipv4::checksum,
+    packet::own_header,
 };
 
 /// Outer IPv4 + UDP + VXLAN + inner Ethernet, inserted after the outer Ethernet header.
@@ -81,6 +82,7 @@ pub fn encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) ->
 
 /// Sends a routed packet out of the uplink, counted under `counter`.
 pub fn send_out_uplink(ctx: &TcContext, config: &NodeConfig, counter: Counter) -> i32 {
+    own_header(ctx);
     // SAFETY: plain helper call. Without parameters the kernel routes the
     // destination and fills in the MACs from its neighbour table.
     let action =

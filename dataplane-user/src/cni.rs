@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    api::{self, Request, Response},
+    api::{self, EndpointEntry, Request, Response},
     config::{DEFAULT_API_SOCKET, EndpointSpec},
     interfaces::{Interface, Interfaces},
 };
@@ -718,10 +718,8 @@ fn release(conf: &NetConf, attachment: &Attachment, netns: Option<&str>) -> CniR
         }
         // Still clean up what can be found: the endpoints behind the veth.
         Record::Unreadable(_) => {
-            if let Some(host_ifindex) =
-                netns.and_then(|netns| find_veth(netns, &attachment.ifname).ok())
-            {
-                remove_endpoints_behind(conf, host_ifindex.host.index)?;
+            if let Some(veth) = netns.and_then(|netns| find_veth(netns, &attachment.ifname).ok()) {
+                remove_endpoints_behind(conf, veth.host.index)?;
             }
         }
     }
@@ -736,16 +734,9 @@ fn ignore_agent_down(result: CniResult<Response>) -> CniResult<()> {
 }
 
 fn remove_endpoints_behind(conf: &NetConf, host_ifindex: u32) -> CniResult<()> {
-    let endpoints = match agent_call(conf, &Request::ListEndpoints) {
-        Ok(Response::Endpoints { endpoints }) => endpoints,
-        Ok(_) => {
-            return Err(CniError::new(
-                code::IO_FAILURE,
-                "unexpected answer to an endpoint list",
-            ));
-        }
+    let endpoints = match list_endpoints(conf) {
         Err(error) if error.code == code::TRY_AGAIN_LATER => return Ok(()),
-        Err(error) => return Err(error),
+        listed => listed?,
     };
     for endpoint in endpoints
         .iter()
@@ -758,6 +749,16 @@ fn remove_endpoints_behind(conf: &NetConf, host_ifindex: u32) -> CniResult<()> {
         ignore_agent_down(agent_call(conf, &removal))?;
     }
     Ok(())
+}
+
+fn list_endpoints(conf: &NetConf) -> CniResult<Vec<EndpointEntry>> {
+    match agent_call(conf, &Request::ListEndpoints)? {
+        Response::Endpoints { endpoints } => Ok(endpoints),
+        _ => Err(CniError::new(
+            code::IO_FAILURE,
+            "unexpected answer to an endpoint list",
+        )),
+    }
 }
 
 fn check(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<()> {
@@ -776,12 +777,7 @@ fn check(environment: &HashMap<String, String>, conf: &NetConf) -> CniResult<()>
             ));
         }
     };
-    let Response::Endpoints { endpoints } = agent_call(conf, &Request::ListEndpoints)? else {
-        return Err(CniError::new(
-            code::IO_FAILURE,
-            "unexpected answer to an endpoint list",
-        ));
-    };
+    let endpoints = list_endpoints(conf)?;
     for ip in &record.ips {
         let programmed = endpoints.iter().any(|endpoint| {
             endpoint.ip == *ip

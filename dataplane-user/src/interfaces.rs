@@ -94,43 +94,39 @@ impl Interfaces {
 
     /// IPv4 addresses of the interface `index`, in the kernel's order.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, InterfaceError> {
-        let messages: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|error| InterfaceError::Request(format!("#{index}"), error))?;
-        Ok(messages
-            .into_iter()
-            .flat_map(|message| message.attributes)
-            .filter_map(|attribute| match attribute {
-                AddressAttribute::Local(IpAddr::V4(address)) => Some(address),
-                _ => None,
-            })
-            .collect())
+        self.dump_ipv4_addresses(Some(index)).await
     }
 
     /// Every IPv4 address of every interface but loopback's: the addresses
     /// the node answers on.
     pub async fn host_addresses(&self) -> Result<BTreeSet<Ipv4Addr>, InterfaceError> {
-        let messages: Vec<_> = self
-            .handle
-            .address()
-            .get()
+        let all = self.dump_ipv4_addresses(None).await?;
+        Ok(all
+            .into_iter()
+            .filter(|address| !address.is_loopback())
+            .collect())
+    }
+
+    /// IPv4 addresses of interface `index`, or of all of them.
+    async fn dump_ipv4_addresses(
+        &self,
+        index: Option<u32>,
+    ) -> Result<Vec<Ipv4Addr>, InterfaceError> {
+        let mut request = self.handle.address().get();
+        if let Some(index) = index {
+            request = request.set_link_index_filter(index);
+        }
+        let label = index.map_or_else(|| "(all)".to_string(), |index| format!("#{index}"));
+        let messages: Vec<_> = request
             .execute()
             .try_collect()
             .await
-            .map_err(|error| InterfaceError::Request("(all)".into(), error))?;
+            .map_err(|error| InterfaceError::Request(label, error))?;
         Ok(messages
             .into_iter()
             .flat_map(|message| message.attributes)
             .filter_map(|attribute| match attribute {
-                AddressAttribute::Local(IpAddr::V4(address)) if !address.is_loopback() => {
-                    Some(address)
-                }
+                AddressAttribute::Local(IpAddr::V4(address)) => Some(address),
                 _ => None,
             })
             .collect())

@@ -63,12 +63,19 @@ fn delete_pod(network: &CniNetwork, pod: &CniPod) -> anyhow::Result<()> {
     )
 }
 
+/// What `endpoint list` shows, as JSON objects.
+fn endpoints(node: &Node) -> anyhow::Result<Vec<Value>> {
+    let mut json: Value =
+        serde_json::from_str(&node.cli(&["--output", "json", "endpoint", "list"])?)?;
+    Ok(match json["endpoints"].take() {
+        Value::Array(endpoints) => endpoints,
+        _ => Vec::new(),
+    })
+}
+
 fn endpoint_ips(node: &Node) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
-    let json: Value = serde_json::from_str(&node.cli(&["--output", "json", "endpoint", "list"])?)?;
-    Ok(json["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(endpoints(node)?
+        .iter()
         .filter_map(|endpoint| endpoint["ip"].as_str()?.parse().ok())
         .collect())
 }
@@ -108,11 +115,8 @@ fn claimed_result(netns: &Netns, host: &str, address: &str) -> Value {
 
 /// The host interface an endpoint is registered behind, if it is.
 fn endpoint_interface(node: &Node, ip: Ipv4Addr) -> anyhow::Result<Option<String>> {
-    let json: Value = serde_json::from_str(&node.cli(&["--output", "json", "endpoint", "list"])?)?;
-    Ok(json["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(endpoints(node)?
+        .iter()
         .find(|endpoint| endpoint["ip"] == ip.to_string())
         .and_then(|endpoint| endpoint["interface"].as_str().map(str::to_string)))
 }
