@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 
 use crate::{
-    config::{EndpointSpec, NodeSpec},
+    model::{EndpointSpec, NodeSpec},
     nat::Connection,
 };
 

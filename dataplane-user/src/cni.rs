@@ -25,8 +25,9 @@ use serde_json::Value;
 
 use crate::{
     api::{self, EndpointEntry, Request, Response},
-    config::{DEFAULT_API_SOCKET, EndpointSpec},
+    config::DEFAULT_API_SOCKET,
     interfaces::{Interface, Interfaces},
+    model::EndpointSpec,
 };
 
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];

@@ -36,9 +36,9 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use macaddr::MacAddr6;
 use serde::{Deserialize, Serialize};
-use serde_with::{DisplayFromStr, serde_as};
+
+use crate::model::{EndpointSpec, LocalFacts, NodeSet, NodeSpec, validate_endpoint};
 
 pub const DEFAULT_API_SOCKET: &str = "/run/dataplane/agent.sock";
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/dataplane";
@@ -239,30 +239,6 @@ fn default_vxlan_port() -> u16 {
     DEFAULT_VXLAN_PORT
 }
 
-/// Another node of the cluster: where its pods are reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeSpec {
-    /// The node's underlay IP (outer destination of the tunnel).
-    pub ip: Ipv4Addr,
-    /// The node's pod CIDR (`Node.spec.podCIDR`).
-    pub pod_cidr: Ipv4Network,
-}
-
-/// A pod attached to this node: what the CNI plugin or the config file says.
-#[serde_as]
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointSpec {
-    /// The pod's IPv4 address.
-    pub ip: Ipv4Addr,
-    /// Name of the host side of the pod's veth, in the node's namespace.
-    pub interface: String,
-    /// MAC address of the pod's own interface.
-    #[serde_as(as = "DisplayFromStr")]
-    pub mac: MacAddr6,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -333,16 +309,18 @@ impl Config {
                 "remote nodes are reached through the VXLAN tunnel: set node.uplink".into(),
             ));
         }
+        let mut nodes = NodeSet::default();
+        let mut positions: HashMap<Ipv4Addr, usize> = HashMap::new();
         for (index, node) in self.nodes.iter().enumerate() {
             let field = |name: &str| format!("nodes[{index}].{name}");
-            let earlier = &self.nodes[..index];
-            if let Some(first) = earlier.iter().position(|other| other.ip == node.ip) {
+            if let Some(first) = positions.insert(node.ip, index) {
                 return Err((
                     field("ip"),
                     format!("{} is already nodes[{first}]", node.ip),
                 ));
             }
-            validate_remote_node(node, &self.node, earlier)
+            nodes
+                .insert(*node, &self.node.local_facts())
                 .map_err(|(name, problem)| (field(name), problem))?;
         }
         let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
@@ -362,6 +340,15 @@ impl Config {
 }
 
 impl NodeSettings {
+    /// What remote nodes are checked against.
+    pub fn local_facts(&self) -> LocalFacts {
+        LocalFacts {
+            node_ip: self.node_ip,
+            pod_cidr: self.pod_cidr,
+            cluster_cidr: self.cluster_cidr,
+        }
+    }
+
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if !(1..=MAX_VNI).contains(&self.vni) {
             return Err(("vni", format!("{} is not in 1..={MAX_VNI}", self.vni)));
@@ -379,82 +366,6 @@ impl NodeSettings {
         }
         Ok(())
     }
-}
-
-/// Checks a remote node against the local node and the other known nodes (an
-/// entry with the same IP is the node itself, being updated); returns the
-/// offending field and the problem.
-pub fn validate_remote_node(
-    node: &NodeSpec,
-    local: &NodeSettings,
-    others: &[NodeSpec],
-) -> Result<(), (&'static str, String)> {
-    if local.node_ip == Some(node.ip) {
-        return Err(("ip", format!("{} is this node's own IP", node.ip)));
-    }
-    if let Some(cluster_cidr) = local.cluster_cidr
-        && !node.pod_cidr.is_subnet_of(cluster_cidr)
-    {
-        return Err((
-            "pod_cidr",
-            format!(
-                "{} is not inside cluster_cidr {cluster_cidr}",
-                node.pod_cidr
-            ),
-        ));
-    }
-    if let Some(pod_cidr) = local.pod_cidr
-        && node.pod_cidr.overlaps(pod_cidr)
-    {
-        return Err((
-            "pod_cidr",
-            format!("{} overlaps this node's pod CIDR {pod_cidr}", node.pod_cidr),
-        ));
-    }
-    for other in others.iter().filter(|other| other.ip != node.ip) {
-        if node.pod_cidr.overlaps(other.pod_cidr) {
-            return Err((
-                "pod_cidr",
-                format!(
-                    "{} overlaps {} of node {}",
-                    node.pod_cidr, other.pod_cidr, other.ip
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks one endpoint on its own; returns the offending field and the problem.
-pub fn validate_endpoint(
-    endpoint: &EndpointSpec,
-    pod_cidr: Option<Ipv4Network>,
-) -> Result<(), (&'static str, String)> {
-    if let Some(cidr) = pod_cidr
-        && !cidr.contains(endpoint.ip)
-    {
-        return Err((
-            "ip",
-            format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
-        ));
-    }
-    if endpoint.interface.is_empty() || endpoint.interface.len() > 15 {
-        return Err((
-            "interface",
-            format!(
-                "{:?} is not a valid interface name (1 to 15 characters)",
-                endpoint.interface
-            ),
-        ));
-    }
-    let mac = endpoint.mac.as_bytes();
-    if mac[0] & 1 == 1 || mac.iter().all(|byte| *byte == 0) {
-        return Err((
-            "mac",
-            format!("{} is not a unicast MAC address", endpoint.mac),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

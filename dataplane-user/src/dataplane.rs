@@ -143,9 +143,18 @@ impl Dataplane {
         &self.host_addresses
     }
 
-    /// Remote nodes as the map holds them now.
-    pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, Ipv4Network)>, DataplaneError> {
-        Ok(self.maps.remote_nodes()?)
+    /// The remote nodes programmed (the mirror of the maps).
+    pub fn programmed_nodes(&self) -> impl Iterator<Item = (Ipv4Addr, Ipv4Network)> + '_ {
+        self.remote_nodes.iter().map(|(ip, cidr)| (*ip, *cidr))
+    }
+
+    pub fn programmed_node(&self, ip: Ipv4Addr) -> Option<Ipv4Network> {
+        self.remote_nodes.get(&ip).copied()
+    }
+
+    /// The endpoints programmed (the mirror of the map).
+    pub fn programmed_endpoints(&self) -> impl Iterator<Item = (Ipv4Addr, Endpoint)> + '_ {
+        self.endpoints.iter().map(|(ip, endpoint)| (*ip, *endpoint))
     }
 
     pub fn set_monitor(

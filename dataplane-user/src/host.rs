@@ -4,14 +4,14 @@
 //! with a full resynchronisation when subscribing, after any netlink error
 //! and periodically, since a notification socket can overrun and lose events.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
 use tracing::warn;
 
-use crate::agent::Agent;
+use crate::state::{Command, StateHandle};
 
 /// A full resynchronisation this often, whatever the notifications said.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -19,22 +19,22 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Follows the node's addresses and links for as long as the agent runs.
-pub async fn follow(agent: Arc<Agent>) {
+pub async fn follow(state: StateHandle) {
     loop {
-        if let Err(error) = watch(&agent).await {
+        if let Err(error) = watch(&state).await {
             warn!("following the node's addresses and links: {error:#}");
         }
         tokio::time::sleep(RETRY_DELAY).await;
     }
 }
 
-async fn watch(agent: &Agent) -> anyhow::Result<()> {
+async fn watch(state: &StateHandle) -> anyhow::Result<()> {
     let (connection, _, mut notifications) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
             .context("subscribing to link and address notifications")?;
     tokio::spawn(connection);
     // Subscribed first, read second: no change can fall between the two.
-    agent.resync_host().await?;
+    state.ask(Command::ResyncHost).await?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
     loop {
@@ -45,18 +45,18 @@ async fn watch(agent: &Agent) -> anyhow::Result<()> {
                 };
                 match message.payload {
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
-                        agent.interface_removed(link.header.index)?;
+                        state.tell(Command::InterfaceRemoved(link.header.index)).await?;
                     }
                     NetlinkPayload::InnerMessage(
                         RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
-                    ) => agent.sync_host_addresses().await?,
+                    ) => state.ask(Command::SyncHostAddresses).await?,
                     NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
-                        agent.resync_host().await?;
+                        state.ask(Command::ResyncHost).await?;
                     }
                     _ => {}
                 }
             }
-            _ = resync.tick() => agent.resync_host().await?,
+            _ = resync.tick() => state.ask(Command::ResyncHost).await?,
         }
     }
 }

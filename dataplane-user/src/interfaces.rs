@@ -14,6 +14,9 @@ use rtnetlink::{
     },
 };
 
+/// Name of the collect_md VXLAN device the agent creates.
+pub const VXLAN_DEVICE: &str = "dp-vxlan";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     pub index: u32,

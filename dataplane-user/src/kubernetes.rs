@@ -1,16 +1,11 @@
 //! Kubernetes as the source of nodes: every `Node` with an InternalIP and a
 //! pod CIDR becomes a remote node; this node's own `Node` gives its pod CIDR.
 //! The watcher relists after errors and dropped watches, and every few
-//! minutes; each list is a full reconciliation against the node map as it
-//! is (pinned, so it includes what an earlier agent programmed): nodes
-//! Kubernetes no longer lists are removed, except those of the config file.
+//! minutes; each list replaces what this source contributed (nodes the
+//! config file or the API also list stay), and the first one also what an
+//! earlier run left in the pinned maps.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    net::Ipv4Addr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -22,7 +17,11 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use crate::{agent::Agent, config::KubernetesSettings, config::NodeSpec};
+use crate::{
+    config::KubernetesSettings,
+    model::{NodeSpec, Source},
+    state::{Command, StateHandle},
+};
 
 /// This node's name: configured, else $NODE_NAME (downward API), else the hostname.
 pub fn node_name(settings: &KubernetesSettings) -> anyhow::Result<String> {
@@ -61,25 +60,21 @@ pub fn node_spec(node: &Node) -> Option<NodeSpec> {
 /// How often the Nodes are relisted and reconciled even without errors.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Follows the cluster's Nodes for as long as the agent runs. Nodes in
-/// `file_nodes` belong to the config file and are never removed here.
-pub async fn follow_nodes(agent: Arc<Agent>, node_name: String, file_nodes: Vec<NodeSpec>) {
-    // What the map holds now, by IP until names are known.
-    let mut owned: Owned = match agent.remote_nodes() {
-        Ok(nodes) => nodes
-            .into_iter()
-            .filter(|node| !file_nodes.iter().any(|file| file.ip == node.ip))
-            .map(|node| (node.ip.to_string(), node))
-            .collect(),
-        Err(error) => {
-            warn!("reading the node map: {error:#}");
-            Owned::new()
-        }
+/// Follows the cluster's Nodes for as long as the agent runs. This node's
+/// own Node (by name, or by `node_ip`) gives its pod CIDR.
+pub async fn follow_nodes(state: StateHandle, node_name: String, node_ip: Option<Ipv4Addr>) {
+    let this_node = ThisNode {
+        name: node_name,
+        ip: node_ip,
     };
+    let mut listed_before = false;
     loop {
         // Elapsing is the resync: the next watch starts with a fresh list.
-        if let Ok(Err(error)) =
-            tokio::time::timeout(RESYNC_INTERVAL, watch(&agent, &node_name, &mut owned)).await
+        if let Ok(Err(error)) = tokio::time::timeout(
+            RESYNC_INTERVAL,
+            watch(&state, &this_node, &mut listed_before),
+        )
+        .await
         {
             warn!("Kubernetes node source: {error:#}");
         }
@@ -87,10 +82,16 @@ pub async fn follow_nodes(agent: Arc<Agent>, node_name: String, file_nodes: Vec<
     }
 }
 
-/// The nodes this source is responsible for, by Node name.
-type Owned = BTreeMap<String, NodeSpec>;
+struct ThisNode {
+    name: String,
+    ip: Option<Ipv4Addr>,
+}
 
-async fn watch(agent: &Agent, node_name: &str, owned: &mut Owned) -> anyhow::Result<()> {
+async fn watch(
+    state: &StateHandle,
+    this_node: &ThisNode,
+    listed_before: &mut bool,
+) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -98,44 +99,49 @@ async fn watch(agent: &Agent, node_name: &str, owned: &mut Owned) -> anyhow::Res
     let mut events = watcher(nodes, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut listing = Owned::new();
+    // Node name -> IP, to withdraw a deleted Node (its object may be partial).
+    let mut known: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+    let mut listing: BTreeMap<String, NodeSpec> = BTreeMap::new();
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Init) => listing.clear(),
             Ok(watcher::Event::InitApply(node)) => {
-                if let Some((name, spec)) = remote(agent, node_name, &node) {
+                if let Some((name, spec)) = remote(state, this_node, &node).await {
                     listing.insert(name, spec);
                 }
             }
             Ok(watcher::Event::InitDone) => {
-                let listed: HashSet<Ipv4Addr> = listing.values().map(|spec| spec.ip).collect();
-                for (name, spec) in owned.iter() {
-                    if !listed.contains(&spec.ip) {
-                        forget(agent, name, spec);
-                    }
+                let nodes: Vec<NodeSpec> = listing.values().copied().collect();
+                state.replace_nodes(Source::Kubernetes, nodes).await?;
+                if !*listed_before {
+                    // What an earlier run programmed and the cluster no longer lists goes.
+                    state.replace_nodes(Source::Pinned, Vec::new()).await?;
+                    *listed_before = true;
                 }
-                *owned = std::mem::take(&mut listing);
-                for (name, spec) in owned.iter() {
-                    program(agent, name, spec);
-                }
-                agent.reconciled();
-                info!(nodes = owned.len(), "Kubernetes nodes listed");
+                known = listing
+                    .iter()
+                    .map(|(name, spec)| (name.clone(), spec.ip))
+                    .collect();
+                info!(nodes = known.len(), "Kubernetes nodes listed");
             }
             Ok(watcher::Event::Apply(node)) => {
-                if let Some((name, spec)) = remote(agent, node_name, &node) {
-                    if let Some(previous) = owned.get(&name)
-                        && previous.ip != spec.ip
+                if let Some((name, spec)) = remote(state, this_node, &node).await {
+                    if let Some(previous) = known.insert(name.clone(), spec.ip)
+                        && previous != spec.ip
                     {
-                        forget(agent, &name, previous);
+                        state
+                            .withdraw_node(Some(Source::Kubernetes), previous)
+                            .await?;
                     }
-                    program(agent, &name, &spec);
-                    owned.insert(name, spec);
+                    if let Err(error) = state.upsert_node(Source::Kubernetes, spec).await {
+                        warn!(node = name, "not programmed: {error:#}");
+                    }
                 }
             }
             Ok(watcher::Event::Delete(node)) => {
                 let name = node.metadata.name.unwrap_or_default();
-                if let Some(spec) = owned.remove(&name) {
-                    forget(agent, &name, &spec);
+                if let Some(ip) = known.remove(&name) {
+                    state.withdraw_node(Some(Source::Kubernetes), ip).await?;
                 }
             }
             Err(error) => warn!("Kubernetes watch: {error}; resuming"),
@@ -144,29 +150,19 @@ async fn watch(agent: &Agent, node_name: &str, owned: &mut Owned) -> anyhow::Res
     Ok(())
 }
 
-/// A remote node's name and spec; for this node, records its pod CIDR instead.
-fn remote(agent: &Agent, node_name: &str, node: &Node) -> Option<(String, NodeSpec)> {
+/// A remote node's name and spec; for this node, sends its pod CIDR instead.
+async fn remote(
+    state: &StateHandle,
+    this_node: &ThisNode,
+    node: &Node,
+) -> Option<(String, NodeSpec)> {
     let name = node.metadata.name.clone()?;
     let spec = node_spec(node)?;
-    if name == node_name || Some(spec.ip) == agent.node_ip() {
-        if let Err(error) = agent.set_local_pod_cidr(spec.pod_cidr) {
-            warn!("applying this node's pod CIDR {}: {error:#}", spec.pod_cidr);
-        }
+    if name == this_node.name || Some(spec.ip) == this_node.ip {
+        let _ = state.tell(Command::LocalPodCidr(spec.pod_cidr)).await;
         return None;
     }
     Some((name, spec))
-}
-
-fn program(agent: &Agent, name: &str, spec: &NodeSpec) {
-    if let Err(error) = agent.add_node(spec) {
-        warn!(node = name, "not programmed: {error:#}");
-    }
-}
-
-fn forget(agent: &Agent, name: &str, spec: &NodeSpec) {
-    if let Err(error) = agent.remove_node(spec.ip) {
-        warn!(node = name, "not removed: {error:#}");
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ pub mod kubernetes;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod model;
 pub mod nat;
+pub mod state;
 
 /// The compiled eBPF object with every program of the dataplane.
 pub static EBPF_OBJECT: &[u8] =

@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataplane_user::{
     agent,
     api::{self, Request, Response},
-    config::{DEFAULT_API_SOCKET, EndpointSpec, NodeSpec},
+    config::DEFAULT_API_SOCKET,
     install,
+    model::{EndpointSpec, NodeSpec},
 };
 use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;

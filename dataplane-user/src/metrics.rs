@@ -1,30 +1,31 @@
 //! Prometheus metrics: the per-CPU counters of every path and drop reason,
 //! summed at scrape time, and the pressure on the tables.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::{debug, info, warn};
 
-use crate::agent::Agent;
+use crate::{
+    api::CounterEntry,
+    state::{StateHandle, TableSizes},
+};
 
-/// Reads the agent's maps on every scrape.
-struct DataplaneCollector(Arc<Agent>);
-
-impl std::fmt::Debug for DataplaneCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataplaneCollector")
-    }
+/// The counters and table sizes as the owner read them for one scrape.
+#[derive(Debug)]
+struct Scrape {
+    counters: Vec<CounterEntry>,
+    tables: TableSizes,
 }
 
 fn counter_family(
@@ -62,27 +63,23 @@ fn gauge(
     )?)
 }
 
-impl Collector for DataplaneCollector {
+impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (Ok(counters), Ok(tables)) = (self.0.counter_entries(), self.0.table_sizes()) else {
-            // The maps could not be read: expose nothing rather than wrong values.
-            return Ok(());
+        let Self { counters, tables } = self;
+        let by_kind = |drop: bool, field: fn(&CounterEntry) -> u64| -> Vec<(String, u64)> {
+            counters
+                .iter()
+                .filter(|counter| counter.drop == drop)
+                .map(|counter| {
+                    (
+                        counter.name.trim_start_matches("drop_").to_string(),
+                        field(counter),
+                    )
+                })
+                .collect()
         };
-        let by_kind =
-            |drop: bool, field: fn(&crate::api::CounterEntry) -> u64| -> Vec<(String, u64)> {
-                counters
-                    .iter()
-                    .filter(|counter| counter.drop == drop)
-                    .map(|counter| {
-                        (
-                            counter.name.trim_start_matches("drop_").to_string(),
-                            field(counter),
-                        )
-                    })
-                    .collect()
-            };
-        let packets = |counter: &crate::api::CounterEntry| counter.packets;
-        let bytes = |counter: &crate::api::CounterEntry| counter.bytes;
+        let packets = |counter: &CounterEntry| counter.packets;
+        let bytes = |counter: &CounterEntry| counter.bytes;
         counter_family(
             &mut encoder,
             "dataplane_forwarded_packets",
@@ -147,52 +144,83 @@ impl Collector for DataplaneCollector {
     }
 }
 
+/// Scrapes served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after an accept error (out of descriptors, say) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// Serves `GET /metrics` on `address` for as long as the agent runs.
-pub async fn serve(agent: Arc<Agent>, address: SocketAddr) -> anyhow::Result<()> {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(DataplaneCollector(agent)));
-    let registry = Arc::new(registry);
+pub async fn serve(state: StateHandle, address: SocketAddr) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the metrics address {address}"))?;
     info!(%address, "serving Prometheus metrics on /metrics");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = listener
-            .accept()
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
             .await
-            .context("accepting a metrics connection")?;
-        let registry = Arc::clone(&registry);
+            .expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                warn!("accepting a metrics connection: {error}; retrying");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let registry = Arc::clone(&registry);
+                let state = state.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(respond(&registry, request.uri().path()))
+                    Ok::<_, std::convert::Infallible>(respond(&state, request.uri().path()).await)
                 }
             });
-            if let Err(error) = http1::Builder::new()
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                warn!("metrics connection: {error}");
+                .await;
+            if let Err(error) = served {
+                debug!("metrics connection: {error}");
             }
+            drop(slot);
         });
     }
 }
 
-fn respond(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
+/// Reads the maps through the owner and encodes them.
+async fn encode(state: &StateHandle) -> anyhow::Result<String> {
+    let scrape = Scrape {
+        counters: state.counters().await?,
+        tables: state.tables().await?,
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
     let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+async fn respond(state: &StateHandle, path: &str) -> Response<Full<Bytes>> {
     let (status, body) = if path != "/metrics" {
         (
             StatusCode::NOT_FOUND,
             "not found: metrics are on /metrics\n".to_string(),
         )
-    } else if prometheus_client::encoding::text::encode(&mut text, registry).is_ok() {
-        (StatusCode::OK, text)
     } else {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot encode the metrics\n".to_string(),
-        )
+        match encode(state).await {
+            Ok(text) => (StatusCode::OK, text),
+            // Nothing rather than wrong values.
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the metrics: {error:#}\n"),
+            ),
+        }
     };
     Response::builder()
         .status(status)

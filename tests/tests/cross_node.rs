@@ -221,7 +221,7 @@ fn editing_the_config_file_adds_and_removes_nodes_without_a_restart() -> anyhow:
     )?;
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(listed()?, "a broken config file removed a node");
-    assert!(node.agent_log().contains("ignoring the changed config"));
+    assert!(node.agent_log().contains("config file change refused"));
 
     std::fs::write(&node.config, &original)?;
     assert!(

@@ -1,0 +1,178 @@
+//! Start-up: everything the config asks for is checked first, then the
+//! programs are loaded and attached and the state owner takes over.
+
+use anyhow::{Context as _, bail};
+use dataplane_common::{NodeConfig, VXLAN_OVERHEAD};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, PortRange},
+    dataplane::Dataplane,
+    interfaces::{Interface, Interfaces, VXLAN_DEVICE, VxlanSettings},
+    loader,
+    maps::ipv4_cidr,
+    model::NodeSet,
+    state::{NodeFacts, Owner},
+};
+
+/// The smallest MTU IPv4 allows (RFC 791).
+const MIN_IPV4_MTU: u32 = 68;
+
+/// The tunnel as the config and the node make it.
+pub struct Tunnel {
+    uplink: Interface,
+    settings: VxlanSettings,
+}
+
+/// Resolves and checks what the config asks of this node without changing
+/// anything: the uplink, the node IP, the tunnel MTU, the NAT port range and
+/// the remote nodes against the resolved node IP.
+pub async fn check(
+    config: &Config,
+    interfaces: &Interfaces,
+) -> anyhow::Result<(NodeFacts, Option<Tunnel>)> {
+    let mut node = config.node.clone();
+    let mut node_config = NodeConfig {
+        pod_cidr: node.pod_cidr.map(ipv4_cidr).unwrap_or_default(),
+        cluster_cidr: node.cluster_cidr.map(ipv4_cidr).unwrap_or_default(),
+        vni: node.vni,
+        ..NodeConfig::default()
+    };
+    let mut pod_mtu = None;
+    let tunnel = tunnel(config, interfaces).await?;
+    if let Some(tunnel) = &tunnel {
+        node.node_ip = Some(tunnel.settings.local);
+        node_config.node_ip = tunnel.settings.local.octets();
+        node_config.uplink_ifindex = tunnel.uplink.index;
+        node_config.tunnel_mtu = tunnel.settings.mtu;
+        node_config.vxlan_port = node.vxlan_port;
+        pod_mtu = Some(tunnel.settings.mtu);
+    }
+    let masquerading = config.nat.masquerade && node.uplink.is_some();
+    if masquerading {
+        check_port_range(config.nat.port_range)?;
+        node_config.masquerade = 1;
+        node_config.nat_port_min = config.nat.port_range.min;
+        node_config.nat_port_max = config.nat.port_range.max;
+    }
+    // The file was checked when parsed, but not against a node IP taken
+    // from the uplink.
+    let mut nodes = NodeSet::default();
+    for (index, remote) in config.nodes.iter().enumerate() {
+        nodes
+            .insert(*remote, &node.local_facts())
+            .map_err(|(field, problem)| anyhow::anyhow!("nodes[{index}].{field}: {problem}"))?;
+    }
+    let facts = NodeFacts {
+        settings: node,
+        pod_mtu,
+        masquerading,
+        nat: config.nat.clone(),
+        sources: [
+            Some("config file (watched)".to_string()),
+            Some("local API (CLI, CNI plugin)".to_string()),
+            Some("node addresses and links (rtnetlink, followed)".to_string()),
+            config
+                .kubernetes
+                .enabled
+                .then(|| "Kubernetes Nodes".to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        node_config,
+    };
+    Ok((facts, tunnel))
+}
+
+async fn tunnel(config: &Config, interfaces: &Interfaces) -> anyhow::Result<Option<Tunnel>> {
+    let Some(uplink_name) = &config.node.uplink else {
+        return Ok(None);
+    };
+    let Some(uplink) = interfaces.by_name(uplink_name).await? else {
+        bail!("node.uplink: interface {uplink_name} does not exist");
+    };
+    let node_ip = match config.node.node_ip {
+        Some(node_ip) => node_ip,
+        None => *interfaces
+            .ipv4_addresses(uplink.index)
+            .await?
+            .first()
+            .with_context(|| {
+                format!("uplink {uplink_name} has no IPv4 address; set node.node_ip")
+            })?,
+    };
+    let mtu = uplink
+        .mtu
+        .checked_sub(VXLAN_OVERHEAD)
+        .filter(|mtu| *mtu >= MIN_IPV4_MTU)
+        .with_context(|| format!("uplink MTU {} is too small for VXLAN", uplink.mtu))?;
+    Ok(Some(Tunnel {
+        uplink,
+        settings: VxlanSettings {
+            local: node_ip,
+            port: config.node.vxlan_port,
+            mtu,
+        },
+    }))
+}
+
+/// Refuses a SNAT port range that overlaps the node's own ephemeral ports:
+/// the host's connections from the node IP would collide with translated ones.
+pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(min)), Some(Ok(max))) = (ports.next(), ports.next()) else {
+        bail!("{path} holds {text:?}, not two port numbers");
+    };
+    let local = PortRange { min, max };
+    if range.overlaps(local) {
+        bail!(
+            "nat.port_range {range} overlaps net.ipv4.ip_local_port_range {local}: the node's own \
+             connections would collide with masqueraded ones; choose a range outside it"
+        );
+    }
+    Ok(())
+}
+
+/// Checks the config, then loads the programs, sets up the tunnel, adopts
+/// endpoints pinned by an earlier run and applies the config file's
+/// endpoints and nodes. Returns the owner, ready to serve.
+pub async fn start(config: &Config) -> anyhow::Result<Owner> {
+    let interfaces = Interfaces::connect()?;
+    let (facts, tunnel) = check(config, &interfaces).await?;
+
+    loader::ensure_bpffs_mounted()?;
+    let pin_dir = loader::pin_directory(&config.agent.bpf_root);
+    let ebpf = loader::load(&pin_dir)?;
+    info!(pin_dir = %pin_dir.display(), "eBPF programs loaded");
+    let mut dataplane = Dataplane::new(ebpf, &pin_dir)?;
+    if let Some(Tunnel { uplink, settings }) = tunnel {
+        let vxlan = interfaces.recreate_vxlan(VXLAN_DEVICE, settings).await?;
+        dataplane.attach_tunnel(&vxlan, &uplink)?;
+        info!(node_ip = %settings.local, uplink = %uplink.name, vni = config.node.vni,
+              port = settings.port, pod_mtu = settings.mtu, "VXLAN tunnel ready");
+    }
+    dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
+    dataplane.set_node_config(facts.node_config)?;
+
+    let mut owner = Owner::new(facts, interfaces, dataplane);
+    owner.adopt_pinned_endpoints().await?;
+    owner.resync_host().await?;
+    owner
+        .apply_config_file(config.nodes.clone(), &config.endpoints)
+        .await
+        .context("the config file's nodes and endpoints")?;
+    for stale in owner.remove_stale_links() {
+        info!(pin = %stale.display(), "removed a pinned link nothing uses any more");
+    }
+    for old in loader::remove_other_layout_versions(&config.agent.bpf_root) {
+        warn!(
+            pins = %old.display(),
+            "removed the programs and maps of another map layout version; \
+             connections tracked there start afresh"
+        );
+    }
+    Ok(owner)
+}

@@ -1,0 +1,39 @@
+//! Packet events from the programs' ring buffer, to every monitor client.
+
+use aya::maps::{MapData, RingBuf};
+use dataplane_common::PacketEvent;
+use tokio::sync::broadcast;
+use tracing::warn;
+
+use crate::api::PacketReport;
+
+/// Reads drop (and trace) events for as long as the agent runs.
+pub async fn relay(ring: RingBuf<MapData>, reports: broadcast::Sender<PacketReport>) {
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+    // for as long as it lives, which is as long as the AsyncFd.
+    let mut ring = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(ring) => ring,
+        Err(error) => {
+            warn!("watching the packet event ring: {error}");
+            return;
+        }
+    };
+    loop {
+        let mut ready = match ring.readable_mut().await {
+            Ok(ready) => ready,
+            Err(error) => {
+                warn!("packet event ring: {error}");
+                return;
+            }
+        };
+        while let Some(item) = ready.get_inner_mut().next() {
+            if item.len() >= size_of::<PacketEvent>() {
+                let event: PacketEvent =
+                    bytemuck::pod_read_unaligned(&item[..size_of::<PacketEvent>()]);
+                // No monitor listening is not an error.
+                let _ = reports.send(PacketReport::from_event(&event));
+            }
+        }
+        ready.clear_ready();
+    }
+}

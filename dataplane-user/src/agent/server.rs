@@ -1,0 +1,211 @@
+//! The local API server: newline-delimited JSON on a Unix socket. Requests
+//! become commands for the state owner; `monitor` streams packet events.
+//! A bounded number of connections, each with a request size limit and an
+//! idle timeout, so no client can starve the CNI plugin or the agent.
+
+use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    sync::{Semaphore, broadcast},
+};
+use tracing::warn;
+
+use crate::{
+    api::{PacketReport, Request, Response},
+    model::Source,
+    state::{Command, StateHandle},
+};
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 128;
+/// The longest request line accepted.
+pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
+/// A connection that sends no complete request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error (out of descriptors, say) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    // A socket left by an agent that was killed would make bind fail.
+    match std::fs::remove_file(socket) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("removing stale {}", socket.display()));
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("binding the API socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the API forever; accept errors are survived.
+pub async fn serve(
+    listener: UnixListener,
+    state: StateHandle,
+    events: broadcast::Sender<PacketReport>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                let events = events.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, state, events).await;
+                    drop(slot);
+                });
+            }
+            Err(error) => {
+                warn!("accepting an API connection: {error}; retrying");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Reads one request line: `None` at the end of the stream, after the idle
+/// timeout, or for a line over the size limit (answered with an error).
+async fn next_request(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+) -> Option<Result<Request, String>> {
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(
+        IDLE_TIMEOUT,
+        (&mut *reader)
+            .take(MAX_REQUEST_BYTES + 1)
+            .read_until(b'\n', &mut line),
+    )
+    .await;
+    match read {
+        Ok(Ok(0)) | Err(_) | Ok(Err(_)) => None,
+        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => {
+            let refusal = Response::Error {
+                message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            };
+            let _ = write_line(writer, &refusal).await;
+            None
+        }
+        Ok(Ok(_)) => Some(
+            serde_json::from_slice::<Request>(&line)
+                .map_err(|error| format!("malformed request: {error}")),
+        ),
+    }
+}
+
+async fn write_line(writer: &mut OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(response).expect("responses serialize");
+    line.push('\n');
+    writer.write_all(line.as_bytes()).await
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    state: StateHandle,
+    events: broadcast::Sender<PacketReport>,
+) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    while let Some(request) = next_request(&mut reader, &mut writer).await {
+        let response = match request {
+            Ok(Request::Monitor { traces }) => {
+                stream_events(&mut writer, &state, events.subscribe(), traces).await;
+                return;
+            }
+            Ok(request) => handle(&state, request)
+                .await
+                .unwrap_or_else(|error| Response::Error {
+                    message: format!("{error:#}"),
+                }),
+            Err(message) => Response::Error { message },
+        };
+        if write_line(&mut writer, &response).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Turns one request into the owner's command and its answer into a response.
+async fn handle(state: &StateHandle, request: Request) -> anyhow::Result<Response> {
+    let done = |changed: bool| Response::Done { changed };
+    Ok(match request {
+        Request::AddEndpoint { endpoint } => {
+            state.add_endpoint(endpoint).await?;
+            done(true)
+        }
+        Request::RemoveEndpoint { ip, host_ifindex } => {
+            done(state.remove_endpoint(ip, host_ifindex).await?)
+        }
+        Request::ListEndpoints => Response::Endpoints {
+            endpoints: state.ask(Command::Endpoints).await?,
+        },
+        Request::Counters => Response::Counters {
+            counters: state.counters().await?,
+        },
+        Request::AddNode { node } => {
+            state.upsert_node(Source::Api, node).await?;
+            done(true)
+        }
+        // An operator's removal: whichever source listed the node.
+        Request::RemoveNode { ip } => done(state.withdraw_node(None, ip).await?),
+        Request::ListNodes => Response::Nodes {
+            nodes: state.nodes().await?,
+        },
+        Request::Status => Response::Status {
+            status: state.ask(Command::Status).await?,
+        },
+        Request::ListNat => Response::Nat {
+            connections: state.ask(Command::NatConnections).await?,
+        },
+        Request::FlushNat => done(state.ask(Command::FlushNat).await? > 0),
+        Request::Monitor { .. } => anyhow::bail!("monitor is a stream of its own"),
+    })
+}
+
+/// Writes events to a monitor client until it goes away: drops, and
+/// forwarded packets too when it asked for `traces`.
+async fn stream_events(
+    writer: &mut OwnedWriteHalf,
+    state: &StateHandle,
+    mut events: broadcast::Receiver<PacketReport>,
+    traces: bool,
+) {
+    if let Err(error) = state.ask(|reply| Command::Watch(traces, reply)).await {
+        let refusal = Response::Error {
+            message: format!("{error:#}"),
+        };
+        let _ = write_line(writer, &refusal).await;
+        return;
+    }
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            // A slow reader misses events rather than holding up the relay.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        // Another client's traces are not for this one.
+        if !event.drop && !traces {
+            continue;
+        }
+        if write_line(writer, &Response::Event { event })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = state.tell(Command::Unwatch(traces)).await;
+}

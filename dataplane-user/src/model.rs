@@ -1,0 +1,441 @@
+//! The node's desired state as the sources describe it: remote nodes (each
+//! owned by the source that contributed it) and the rules they must obey.
+//! Plain data and checks; nothing here touches the kernel.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+use macaddr::MacAddr6;
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
+
+/// Another node of the cluster: where its pods are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node's underlay IP (outer destination of the tunnel).
+    pub ip: Ipv4Addr,
+    /// The node's pod CIDR (`Node.spec.podCIDR`).
+    pub pod_cidr: Ipv4Network,
+}
+
+/// A pod attached to this node: what the CNI plugin or the config file says.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The pod's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Name of the host side of the pod's veth, in the node's namespace.
+    pub interface: String,
+    /// MAC address of the pod's own interface.
+    #[serde_as(as = "DisplayFromStr")]
+    pub mac: MacAddr6,
+}
+
+/// What a remote node is checked against: this node's own facts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalFacts {
+    pub node_ip: Option<Ipv4Addr>,
+    pub pod_cidr: Option<Ipv4Network>,
+    pub cluster_cidr: Option<Ipv4Network>,
+}
+
+/// A rule a change broke: the offending field and the problem.
+pub type Violation = (&'static str, String);
+
+/// Checks one endpoint on its own.
+pub fn validate_endpoint(
+    endpoint: &EndpointSpec,
+    pod_cidr: Option<Ipv4Network>,
+) -> Result<(), Violation> {
+    if let Some(cidr) = pod_cidr
+        && !cidr.contains(endpoint.ip)
+    {
+        return Err((
+            "ip",
+            format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
+        ));
+    }
+    if endpoint.interface.is_empty() || endpoint.interface.len() > 15 {
+        return Err((
+            "interface",
+            format!(
+                "{:?} is not a valid interface name (1 to 15 characters)",
+                endpoint.interface
+            ),
+        ));
+    }
+    let mac = endpoint.mac.as_bytes();
+    if mac[0] & 1 == 1 || mac.iter().all(|byte| *byte == 0) {
+        return Err((
+            "mac",
+            format!("{} is not a unicast MAC address", endpoint.mac),
+        ));
+    }
+    Ok(())
+}
+
+/// A set of remote nodes whose pod CIDRs never overlap, indexed by CIDR so
+/// that checking one more node costs O(log n), not a scan of all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeSet {
+    by_ip: BTreeMap<Ipv4Addr, Ipv4Network>,
+    /// First address of each pod CIDR -> the node owning it.
+    by_cidr_start: BTreeMap<u32, Ipv4Addr>,
+}
+
+fn span(cidr: Ipv4Network) -> (u32, u32) {
+    (u32::from(cidr.network()), u32::from(cidr.broadcast()))
+}
+
+impl NodeSet {
+    pub fn get(&self, ip: Ipv4Addr) -> Option<Ipv4Network> {
+        self.by_ip.get(&ip).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = NodeSpec> + '_ {
+        self.by_ip
+            .iter()
+            .map(|(&ip, &pod_cidr)| NodeSpec { ip, pod_cidr })
+    }
+
+    /// Checks `node` against this node and the others (its own current
+    /// entry, being replaced, excepted).
+    pub fn check(&self, node: &NodeSpec, local: &LocalFacts) -> Result<(), Violation> {
+        if local.node_ip == Some(node.ip) {
+            return Err(("ip", format!("{} is this node's own IP", node.ip)));
+        }
+        if let Some(cluster_cidr) = local.cluster_cidr
+            && !node.pod_cidr.is_subnet_of(cluster_cidr)
+        {
+            return Err((
+                "pod_cidr",
+                format!(
+                    "{} is not inside cluster_cidr {cluster_cidr}",
+                    node.pod_cidr
+                ),
+            ));
+        }
+        if let Some(pod_cidr) = local.pod_cidr
+            && node.pod_cidr.overlaps(pod_cidr)
+        {
+            return Err((
+                "pod_cidr",
+                format!("{} overlaps this node's pod CIDR {pod_cidr}", node.pod_cidr),
+            ));
+        }
+        // The CIDRs held are disjoint, so only the last one starting at or
+        // before this one's end can overlap it.
+        let (start, end) = span(node.pod_cidr);
+        let nearest = self
+            .by_cidr_start
+            .range(..=end)
+            .rev()
+            .map(|(_, ip)| *ip)
+            .find(|ip| *ip != node.ip);
+        if let Some(other) = nearest {
+            let other_cidr = self.by_ip[&other];
+            if span(other_cidr).1 >= start {
+                return Err((
+                    "pod_cidr",
+                    format!("{} overlaps {other_cidr} of node {other}", node.pod_cidr),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces `node` after checking it; returns whether anything changed.
+    pub fn insert(&mut self, node: NodeSpec, local: &LocalFacts) -> Result<bool, Violation> {
+        if self.get(node.ip) == Some(node.pod_cidr) {
+            return Ok(false);
+        }
+        self.check(&node, local)?;
+        self.remove(node.ip);
+        self.put_back(node);
+        Ok(true)
+    }
+
+    /// Re-inserts a node that was in the set, unchecked (it was checked then).
+    fn put_back(&mut self, node: NodeSpec) {
+        self.by_ip.insert(node.ip, node.pod_cidr);
+        self.by_cidr_start.insert(span(node.pod_cidr).0, node.ip);
+    }
+
+    pub fn remove(&mut self, ip: Ipv4Addr) -> bool {
+        let Some(cidr) = self.by_ip.remove(&ip) else {
+            return false;
+        };
+        self.by_cidr_start.remove(&span(cidr).0);
+        true
+    }
+}
+
+/// Where a remote node came from. A node several sources list is taken
+/// from the first in this order, and stays while any of them lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    ConfigFile,
+    Api,
+    Kubernetes,
+    /// Found in the pinned map at start-up, programmed by an earlier run
+    /// (through the API, or by a source that has not spoken yet).
+    Pinned,
+}
+
+impl Source {
+    const ALL: [Source; 4] = [
+        Source::ConfigFile,
+        Source::Api,
+        Source::Kubernetes,
+        Source::Pinned,
+    ];
+}
+
+/// The remote nodes each source contributed, and the effective set they
+/// make together.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteNodes {
+    contributed: BTreeMap<Source, BTreeMap<Ipv4Addr, Ipv4Network>>,
+    effective: NodeSet,
+}
+
+impl RemoteNodes {
+    pub fn effective(&self) -> &NodeSet {
+        &self.effective
+    }
+
+    /// The node `ip` as its highest-ranking source says.
+    fn winner(&self, ip: Ipv4Addr) -> Option<NodeSpec> {
+        Source::ALL.iter().find_map(|source| {
+            let pod_cidr = *self.contributed.get(source)?.get(&ip)?;
+            Some(NodeSpec { ip, pod_cidr })
+        })
+    }
+
+    /// Recomputes the effective entry of `ips` after their contributions
+    /// changed; all or nothing, in O(changes * log n). Returns the IPs whose
+    /// effective entry changed.
+    fn settle(
+        &mut self,
+        ips: &[Ipv4Addr],
+        local: &LocalFacts,
+    ) -> Result<Vec<Ipv4Addr>, (Ipv4Addr, Violation)> {
+        let mut changed = Vec::new();
+        let mut taken_out = Vec::new();
+        // Out first, so that two nodes trading CIDRs are not in each other's way.
+        for &ip in ips {
+            let current = self.effective.get(ip);
+            if current != self.winner(ip).map(|node| node.pod_cidr) {
+                if let Some(pod_cidr) = current {
+                    self.effective.remove(ip);
+                    taken_out.push(NodeSpec { ip, pod_cidr });
+                }
+                changed.push(ip);
+            }
+        }
+        for (index, &ip) in changed.iter().enumerate() {
+            let Some(node) = self.winner(ip) else {
+                continue;
+            };
+            if let Err(violation) = self.effective.insert(node, local) {
+                for &put_in in &changed[..index] {
+                    self.effective.remove(put_in);
+                }
+                for node in taken_out {
+                    self.effective.put_back(node);
+                }
+                return Err((ip, violation));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// `source` now lists exactly `nodes`: its earlier nodes that are not
+    /// among them are withdrawn. All or nothing: if any resulting node breaks
+    /// a rule, nothing changes.
+    pub fn replace(
+        &mut self,
+        source: Source,
+        nodes: &[NodeSpec],
+        local: &LocalFacts,
+    ) -> Result<Vec<Ipv4Addr>, (Ipv4Addr, Violation)> {
+        let listed: BTreeMap<Ipv4Addr, Ipv4Network> =
+            nodes.iter().map(|node| (node.ip, node.pod_cidr)).collect();
+        let before = self.contributed.insert(source, listed.clone());
+        let mut touched: Vec<Ipv4Addr> = listed.keys().copied().collect();
+        touched.extend(before.iter().flat_map(|old| old.keys().copied()));
+        touched.sort_unstable();
+        touched.dedup();
+        let settled = self.settle(&touched, local);
+        if settled.is_err() {
+            self.restore(source, before);
+        }
+        settled
+    }
+
+    /// `source` lists `node` (too).
+    pub fn upsert(
+        &mut self,
+        source: Source,
+        node: NodeSpec,
+        local: &LocalFacts,
+    ) -> Result<Vec<Ipv4Addr>, (Ipv4Addr, Violation)> {
+        let before = self.contributed.get(&source).cloned();
+        self.contributed
+            .entry(source)
+            .or_default()
+            .insert(node.ip, node.pod_cidr);
+        let settled = self.settle(&[node.ip], local);
+        if settled.is_err() {
+            self.restore(source, before);
+        }
+        settled
+    }
+
+    /// `source` no longer lists `ip` (`None`: no source does, an operator's
+    /// removal). Returns the IPs whose effective entry changed.
+    pub fn withdraw(
+        &mut self,
+        source: Option<Source>,
+        ip: Ipv4Addr,
+        local: &LocalFacts,
+    ) -> Vec<Ipv4Addr> {
+        for (from, nodes) in &mut self.contributed {
+            if source.is_none_or(|source| source == *from) {
+                nodes.remove(&ip);
+            }
+        }
+        // Falling back to a lower-ranking source's entry can break a rule
+        // (its CIDR overlaps another node's); then the node goes altogether.
+        self.settle(&[ip], local).unwrap_or_else(|_| {
+            self.effective.remove(ip);
+            vec![ip]
+        })
+    }
+
+    fn restore(&mut self, source: Source, before: Option<BTreeMap<Ipv4Addr, Ipv4Network>>) {
+        match before {
+            Some(nodes) => self.contributed.insert(source, nodes),
+            None => self.contributed.remove(&source),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ip: [u8; 4], cidr: &str) -> NodeSpec {
+        NodeSpec {
+            ip: Ipv4Addr::from(ip),
+            pod_cidr: cidr.parse().unwrap(),
+        }
+    }
+
+    fn local() -> LocalFacts {
+        LocalFacts {
+            node_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+            pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn overlapping_cidrs_are_found_among_many_nodes() {
+        let mut set = NodeSet::default();
+        for index in 1..=200u8 {
+            let spec = node([192, 0, 3, index], &format!("10.244.{index}.0/24"));
+            assert_eq!(set.insert(spec, &local()), Ok(true));
+        }
+        let inside = node([192, 0, 4, 1], "10.244.77.128/25");
+        assert!(
+            set.check(&inside, &local())
+                .unwrap_err()
+                .1
+                .contains("10.244.77.0/24")
+        );
+        let around = node([192, 0, 4, 1], "10.244.64.0/20");
+        assert!(set.check(&around, &local()).is_err());
+        assert!(
+            set.check(&node([192, 0, 4, 1], "10.244.201.0/24"), &local())
+                .is_ok()
+        );
+        // A node moving within its own CIDR's space is not its own overlap.
+        assert_eq!(
+            set.insert(node([192, 0, 3, 7], "10.244.7.0/25"), &local()),
+            Ok(true)
+        );
+        assert!(
+            set.check(&node([192, 0, 3, 10], "10.244.0.0/24"), &local())
+                .is_err()
+        );
+        assert!(
+            set.check(&node([192, 0, 2, 10], "10.244.250.0/24"), &local())
+                .unwrap_err()
+                .1
+                .contains("own IP")
+        );
+    }
+
+    #[test]
+    fn a_replacement_that_breaks_a_rule_changes_nothing() {
+        let mut nodes = RemoteNodes::default();
+        let first = node([192, 0, 2, 11], "10.244.1.0/24");
+        let second = node([192, 0, 2, 12], "10.244.2.0/24");
+        nodes
+            .replace(Source::ConfigFile, &[first, second], &local())
+            .unwrap();
+        // The first withdrawn, a new one overlapping the second: refused whole.
+        let clash = node([192, 0, 2, 13], "10.244.2.128/25");
+        assert!(
+            nodes
+                .replace(Source::ConfigFile, &[second, clash], &local())
+                .is_err()
+        );
+        assert_eq!(
+            nodes.effective().iter().collect::<Vec<_>>(),
+            [first, second]
+        );
+        // Two nodes trading CIDRs in one edit is fine.
+        let traded = [
+            node([192, 0, 2, 11], "10.244.2.0/24"),
+            node([192, 0, 2, 12], "10.244.1.0/24"),
+        ];
+        let changed = nodes
+            .replace(Source::ConfigFile, &traded, &local())
+            .unwrap();
+        assert_eq!(changed.len(), 2);
+        assert_eq!(nodes.effective().iter().collect::<Vec<_>>(), traded);
+    }
+
+    #[test]
+    fn each_source_withdraws_only_what_it_contributed() {
+        let mut nodes = RemoteNodes::default();
+        let shared = node([192, 0, 2, 11], "10.244.1.0/24");
+        let listed = node([192, 0, 2, 12], "10.244.2.0/24");
+        nodes
+            .replace(Source::ConfigFile, &[shared], &local())
+            .unwrap();
+        nodes
+            .replace(Source::Kubernetes, &[shared, listed], &local())
+            .unwrap();
+        assert_eq!(
+            nodes.replace(Source::Kubernetes, &[], &local()).unwrap(),
+            [listed.ip]
+        );
+        assert_eq!(nodes.effective().iter().collect::<Vec<_>>(), [shared]);
+        assert_eq!(nodes.withdraw(None, shared.ip, &local()), [shared.ip]);
+        assert!(nodes.effective().is_empty());
+    }
+}

@@ -1,0 +1,156 @@
+//! One owner of the node's state. Sources (config file, local API, CNI
+//! plugin through the API, Kubernetes, the node's links and addresses) send
+//! what they want as [`Command`]s through a [`StateHandle`]; a single task
+//! ([`owner`]) holds the desired state, checks each change against it and has
+//! the [`reconcile`]r write the difference into the maps. Status, metrics and
+//! listings are answered by the same task, so they always see one state,
+//! and nothing else writes the forwarding maps.
+
+mod owner;
+mod reconcile;
+mod report;
+
+use std::net::Ipv4Addr;
+
+use anyhow::anyhow;
+use ipnetwork::Ipv4Network;
+use tokio::sync::{mpsc, oneshot};
+
+pub use owner::{NodeFacts, Owner};
+pub use report::{GcReport, TableSizes};
+
+use crate::{
+    api::{CounterEntry, EndpointEntry, Status},
+    model::{EndpointSpec, NodeSpec, Source},
+    nat::Connection,
+};
+
+/// Where a command's outcome goes.
+type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
+
+/// A change a source wants, or a question about the state.
+pub enum Command {
+    /// A pod behind a host veth; refused if another live veth has the address.
+    AddEndpoint(EndpointSpec, Reply<()>),
+    /// With `host_ifindex`: only while the address is still behind that veth.
+    RemoveEndpoint {
+        ip: Ipv4Addr,
+        host_ifindex: Option<u32>,
+        reply: Reply<bool>,
+    },
+    /// A link of the node is gone; endpoints behind it go too.
+    InterfaceRemoved(u32),
+    /// Reread the node's addresses.
+    SyncHostAddresses(Reply<()>),
+    /// Reread addresses and drop endpoints whose veth vanished unnoticed.
+    ResyncHost(Reply<()>),
+    /// `source` lists `node` (too).
+    UpsertNode(Source, NodeSpec, Reply<()>),
+    /// `source` (`None`: every source) no longer lists the node.
+    WithdrawNode(Option<Source>, Ipv4Addr, Reply<bool>),
+    /// `source` lists exactly these nodes now; all or nothing.
+    ReplaceNodes(Source, Vec<NodeSpec>, Reply<()>),
+    /// The config file's nodes and endpoints, checked as a whole first.
+    ApplyConfigFile {
+        nodes: Vec<NodeSpec>,
+        endpoints: Vec<EndpointSpec>,
+        reply: Reply<()>,
+    },
+    /// This node's pod CIDR, learned from its Node object.
+    LocalPodCidr(Ipv4Network),
+    Status(Reply<Status>),
+    Endpoints(Reply<Vec<EndpointEntry>>),
+    Nodes(Reply<Vec<NodeSpec>>),
+    Counters(Reply<Vec<CounterEntry>>),
+    Tables(Reply<TableSizes>),
+    NatConnections(Reply<Vec<Connection>>),
+    FlushNat(Reply<usize>),
+    CollectNatGarbage(Reply<GcReport>),
+    /// A monitor client arrived (`true`: it wants forwarded packets too).
+    Watch(bool, Reply<()>),
+    Unwatch(bool),
+}
+
+/// How sources and readers reach the owner. Cheap to clone.
+#[derive(Clone)]
+pub struct StateHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// Commands queued for the owner before senders wait.
+const QUEUE: usize = 1024;
+
+impl StateHandle {
+    /// Starts the owner task; it runs while any handle exists.
+    pub fn spawn(owner: Owner) -> Self {
+        let (commands, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(owner.run(queue));
+        Self { commands }
+    }
+
+    /// Sends a command and waits for its outcome.
+    pub async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> anyhow::Result<T> {
+        let (reply, outcome) = oneshot::channel();
+        self.tell(command(reply)).await?;
+        outcome
+            .await
+            .map_err(|_| anyhow!("the state owner dropped the request"))?
+    }
+
+    /// Sends a command that has no answer.
+    pub async fn tell(&self, command: Command) -> anyhow::Result<()> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| anyhow!("the state owner has stopped"))
+    }
+
+    pub async fn add_endpoint(&self, endpoint: EndpointSpec) -> anyhow::Result<()> {
+        self.ask(|reply| Command::AddEndpoint(endpoint, reply))
+            .await
+    }
+
+    pub async fn remove_endpoint(
+        &self,
+        ip: Ipv4Addr,
+        host_ifindex: Option<u32>,
+    ) -> anyhow::Result<bool> {
+        self.ask(|reply| Command::RemoveEndpoint {
+            ip,
+            host_ifindex,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn upsert_node(&self, source: Source, node: NodeSpec) -> anyhow::Result<()> {
+        self.ask(|reply| Command::UpsertNode(source, node, reply))
+            .await
+    }
+
+    pub async fn withdraw_node(
+        &self,
+        source: Option<Source>,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<bool> {
+        self.ask(|reply| Command::WithdrawNode(source, ip, reply))
+            .await
+    }
+
+    pub async fn replace_nodes(&self, source: Source, nodes: Vec<NodeSpec>) -> anyhow::Result<()> {
+        self.ask(|reply| Command::ReplaceNodes(source, nodes, reply))
+            .await
+    }
+
+    pub async fn tables(&self) -> anyhow::Result<TableSizes> {
+        self.ask(Command::Tables).await
+    }
+
+    pub async fn counters(&self) -> anyhow::Result<Vec<CounterEntry>> {
+        self.ask(Command::Counters).await
+    }
+
+    pub async fn nodes(&self) -> anyhow::Result<Vec<NodeSpec>> {
+        self.ask(Command::Nodes).await
+    }
+}

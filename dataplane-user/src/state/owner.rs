@@ -1,0 +1,375 @@
+//! The task that owns the node's desired state and answers every command
+//! in turn: no locks, one order of changes.
+
+use std::{net::Ipv4Addr, time::Instant};
+
+use anyhow::{Context as _, bail};
+use dataplane_common::NodeConfig;
+use ipnetwork::Ipv4Network;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{
+    Command, Reply,
+    reconcile::Reconciler,
+    report::{GcReport, Watchers},
+};
+use crate::{
+    config::{NatSettings, NodeSettings},
+    dataplane::{Dataplane, DataplaneError},
+    interfaces::Interfaces,
+    maps::{MapsError, ipv4_cidr},
+    model::{EndpointSpec, LocalFacts, NodeSpec, RemoteNodes, Source, validate_endpoint},
+};
+
+/// The node's facts, fixed at start-up (the pod CIDR may still come from
+/// Kubernetes).
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    /// The node settings with `node_ip` resolved.
+    pub settings: NodeSettings,
+    /// MTU pods must use so their packets fit the tunnel; `None` without one.
+    pub pod_mtu: Option<u32>,
+    /// Whether pod traffic leaving the cluster is masqueraded.
+    pub masquerading: bool,
+    pub nat: NatSettings,
+    /// Where nodes and endpoints come from, for `status`.
+    pub sources: Vec<String>,
+    /// What NODE_CONFIG holds.
+    pub node_config: NodeConfig,
+}
+
+pub struct Owner {
+    pub(super) facts: NodeFacts,
+    pub(super) interfaces: Interfaces,
+    pub(super) reconciler: Reconciler,
+    pub(super) remote_nodes: RemoteNodes,
+    pub(super) last_gc: GcReport,
+    pub(super) watchers: Watchers,
+    pub(super) started: Instant,
+    /// When a source last reconciled the node map as a whole.
+    pub(super) last_reconcile: Instant,
+}
+
+impl Owner {
+    /// Takes over a loaded dataplane. Nodes already in the pinned maps are
+    /// kept (as [`Source::Pinned`]) until a source says otherwise.
+    pub fn new(facts: NodeFacts, interfaces: Interfaces, dataplane: Dataplane) -> Self {
+        let reconciler = Reconciler::new(dataplane);
+        let mut remote_nodes = RemoteNodes::default();
+        let pinned: Vec<NodeSpec> = reconciler.programmed_nodes().collect();
+        // What an earlier agent programmed obeyed the rules then; a node that
+        // does not any more (its own IP, now) is dropped by the next reconcile.
+        let local = facts.settings.local_facts();
+        if let Err((ip, (field, problem))) = remote_nodes.replace(Source::Pinned, &pinned, &local) {
+            warn!(%ip, "pinned node map: {field}: {problem}; starting from an empty node set");
+        }
+        Self {
+            facts,
+            interfaces,
+            reconciler,
+            remote_nodes,
+            last_gc: GcReport::default(),
+            watchers: Watchers::default(),
+            started: Instant::now(),
+            last_reconcile: Instant::now(),
+        }
+    }
+
+    fn local_facts(&self) -> LocalFacts {
+        self.facts.settings.local_facts()
+    }
+
+    /// Answers commands until every handle is gone.
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        loop {
+            tokio::select! {
+                command = queue.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                _ = retry.tick() => self.retry_failed(),
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::AddEndpoint(endpoint, reply) => {
+                answer(reply, self.add_endpoint(&endpoint).await);
+            }
+            Command::RemoveEndpoint {
+                ip,
+                host_ifindex,
+                reply,
+            } => answer(reply, self.remove_endpoint(ip, host_ifindex)),
+            Command::InterfaceRemoved(ifindex) => {
+                if let Err(error) = self.interface_removed(ifindex) {
+                    warn!(
+                        ifindex,
+                        "removing the endpoints of a deleted link: {error:#}"
+                    );
+                }
+            }
+            Command::SyncHostAddresses(reply) => answer(reply, self.sync_host_addresses().await),
+            Command::ResyncHost(reply) => answer(reply, self.resync_host().await),
+            Command::UpsertNode(source, node, reply) => {
+                let changed = self.remote_nodes.upsert(source, node, &self.local_facts());
+                answer(reply, self.program_nodes(changed));
+            }
+            Command::WithdrawNode(source, ip, reply) => {
+                let changed = self.remote_nodes.withdraw(source, ip, &self.local_facts());
+                let removed = !changed.is_empty();
+                answer(reply, self.program_nodes(Ok(changed)).map(|()| removed));
+            }
+            Command::ReplaceNodes(source, nodes, reply) => {
+                answer(reply, self.replace_nodes_skipping_invalid(source, nodes));
+            }
+            Command::ApplyConfigFile {
+                nodes,
+                endpoints,
+                reply,
+            } => answer(reply, self.apply_config_file(nodes, &endpoints).await),
+            Command::LocalPodCidr(pod_cidr) => {
+                if let Err(error) = self.set_local_pod_cidr(pod_cidr) {
+                    warn!("applying this node's pod CIDR {pod_cidr}: {error:#}");
+                }
+            }
+            Command::Status(reply) => answer(reply, self.status().await),
+            Command::Endpoints(reply) => answer(reply, self.list_endpoints().await),
+            Command::Nodes(reply) => {
+                answer(reply, Ok(self.remote_nodes.effective().iter().collect()));
+            }
+            Command::Counters(reply) => answer(reply, self.counter_entries()),
+            Command::Tables(reply) => answer(reply, Ok(self.table_sizes())),
+            Command::NatConnections(reply) => answer(reply, self.nat_connections()),
+            Command::FlushNat(reply) => answer(reply, self.flush_nat()),
+            Command::CollectNatGarbage(reply) => answer(reply, self.collect_nat_garbage()),
+            Command::Watch(traces, reply) => answer(reply, self.watch(traces)),
+            Command::Unwatch(traces) => self.unwatch(traces),
+        }
+    }
+
+    /// Writes the nodes whose desired entry changed; a refused change
+    /// becomes the error of the source that asked for it.
+    fn program_nodes(
+        &mut self,
+        changed: Result<Vec<Ipv4Addr>, (Ipv4Addr, crate::model::Violation)>,
+    ) -> anyhow::Result<()> {
+        let changed = changed.map_err(|(ip, (field, problem))| {
+            anyhow::anyhow!("node {ip}: field `{field}`: {problem}")
+        })?;
+        if self.facts.settings.uplink.is_none() && !self.remote_nodes.effective().is_empty() {
+            // Only reachable through a source that ignored the config checks.
+            bail!("remote nodes are reached through the VXLAN tunnel: set node.uplink");
+        }
+        self.reconciler
+            .write_nodes(self.remote_nodes.effective(), &changed)
+    }
+
+    /// `source` lists exactly `nodes`, except those breaking a rule, which
+    /// are skipped with a warning (one bad Node object must not hold up
+    /// the cluster's other nodes).
+    fn replace_nodes_skipping_invalid(
+        &mut self,
+        source: Source,
+        mut nodes: Vec<NodeSpec>,
+    ) -> anyhow::Result<()> {
+        let local = self.local_facts();
+        let changed = loop {
+            match self.remote_nodes.replace(source, &nodes, &local) {
+                Ok(changed) => break changed,
+                Err((ip, (field, problem))) => {
+                    let listed = nodes.len();
+                    nodes.retain(|node| node.ip != ip);
+                    if nodes.len() == listed {
+                        bail!("node {ip}: field `{field}`: {problem}");
+                    }
+                    warn!(%ip, ?source, "node skipped: {field}: {problem}");
+                }
+            }
+        };
+        self.last_reconcile = Instant::now();
+        self.program_nodes(Ok(changed))
+    }
+
+    pub fn node_ip(&self) -> Option<Ipv4Addr> {
+        self.facts.settings.node_ip
+    }
+
+    fn retry_failed(&mut self) {
+        self.reconciler.retry_nodes(self.remote_nodes.effective());
+    }
+
+    pub async fn apply_config_file(
+        &mut self,
+        nodes: Vec<NodeSpec>,
+        endpoints: &[EndpointSpec],
+    ) -> anyhow::Result<()> {
+        // Every endpoint's veth must exist before anything changes.
+        let mut resolved = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            resolved.push(
+                self.checked_interface(endpoint)
+                    .await
+                    .with_context(|| format!("endpoint {}", endpoint.ip))?,
+            );
+        }
+        let changed = self
+            .remote_nodes
+            .replace(Source::ConfigFile, &nodes, &self.local_facts());
+        self.last_reconcile = Instant::now();
+        self.program_nodes(changed)?;
+        for (endpoint, interface) in endpoints.iter().zip(resolved) {
+            self.reconciler
+                .add_endpoint(endpoint, &interface)
+                .with_context(|| format!("endpoint {}", endpoint.ip))?;
+        }
+        Ok(())
+    }
+
+    /// The host veth of `endpoint`, after checking the endpoint and that no
+    /// other live veth has its address.
+    async fn checked_interface(
+        &self,
+        endpoint: &EndpointSpec,
+    ) -> anyhow::Result<crate::interfaces::Interface> {
+        if let Err((field, problem)) = validate_endpoint(endpoint, self.facts.settings.pod_cidr) {
+            bail!("endpoint field `{field}`: {problem}");
+        }
+        let Some(interface) = self.interfaces.by_name(&endpoint.interface).await? else {
+            bail!(
+                "interface {} does not exist in the agent's network namespace",
+                endpoint.interface
+            );
+        };
+        // An address belongs to one pod: taking it from a pod whose veth
+        // still exists would silently cut that pod off.
+        if let Some(registered) = self
+            .reconciler
+            .endpoint(endpoint.ip)
+            .filter(|other| other.host_ifindex != interface.index)
+            && let Some(owner) = self.interfaces.by_index(registered.host_ifindex).await?
+        {
+            bail!(
+                "{} is already the address of the pod behind {} (ifindex {}); remove that \
+                 endpoint first",
+                endpoint.ip,
+                owner.name,
+                owner.index
+            );
+        }
+        Ok(interface)
+    }
+
+    async fn add_endpoint(&mut self, endpoint: &EndpointSpec) -> anyhow::Result<()> {
+        let interface = self.checked_interface(endpoint).await?;
+        self.reconciler.add_endpoint(endpoint, &interface)?;
+        info!(ip = %endpoint.ip, interface = %endpoint.interface, mac = %endpoint.mac, "endpoint added");
+        Ok(())
+    }
+
+    fn remove_endpoint(&mut self, ip: Ipv4Addr, host_ifindex: Option<u32>) -> anyhow::Result<bool> {
+        if let Some(expected) = host_ifindex
+            && self
+                .reconciler
+                .endpoint(ip)
+                .is_some_and(|endpoint| endpoint.host_ifindex != expected)
+        {
+            info!(%ip, ifindex = expected, "endpoint kept: it belongs to another veth now");
+            return Ok(false);
+        }
+        let removed = self.reconciler.remove_endpoint(ip)?;
+        info!(%ip, removed, "endpoint removed");
+        Ok(removed)
+    }
+
+    fn interface_removed(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        for ip in self.reconciler.endpoints_behind(ifindex) {
+            self.reconciler.remove_endpoint(ip)?;
+            info!(%ip, ifindex, "endpoint removed: its veth is gone");
+        }
+        Ok(())
+    }
+
+    /// Puts every address of the node in the host address map. A node with
+    /// more addresses than the map holds keeps working on the ones that fit
+    /// (warned about); only a failure to read or write is an error.
+    async fn sync_host_addresses(&mut self) -> anyhow::Result<()> {
+        let addresses = self.interfaces.host_addresses().await?;
+        let count = addresses.len();
+        match self.reconciler.set_host_addresses(addresses) {
+            Ok(true) => info!(addresses = count, "the node's own addresses changed"),
+            Ok(false) => {}
+            Err(DataplaneError::Maps(full @ MapsError::HostAddressesFull { .. })) => {
+                warn!("{full}");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        Ok(())
+    }
+
+    /// Full resynchronisation with the node: its addresses, and endpoints
+    /// whose veth vanished while no notification could tell.
+    pub async fn resync_host(&mut self) -> anyhow::Result<()> {
+        self.sync_host_addresses().await?;
+        for ifindex in self.reconciler.endpoint_interfaces() {
+            if self.interfaces.by_index(ifindex).await?.is_none() {
+                self.interface_removed(ifindex)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-attaches to endpoints left in the pinned map by a previous agent;
+    /// drops entries whose veth is gone (pod deleted while the agent was down).
+    pub async fn adopt_pinned_endpoints(&mut self) -> anyhow::Result<()> {
+        for (ip, endpoint) in self.reconciler.pinned_endpoints()? {
+            match self.interfaces.by_index(endpoint.host_ifindex).await? {
+                Some(interface) => {
+                    self.reconciler.adopt_endpoint(ip, &interface, endpoint)?;
+                    info!(%ip, interface = %interface.name, "adopted pinned endpoint");
+                }
+                None => {
+                    self.reconciler.remove_endpoint(ip)?;
+                    warn!(%ip, ifindex = endpoint.host_ifindex, "removed pinned endpoint whose veth is gone");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The packet event ring, for the relay (once).
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.reconciler.dataplane_mut().take_events()
+    }
+
+    pub fn masquerading(&self) -> bool {
+        self.facts.masquerading
+    }
+
+    /// Removes pinned links nothing attached or adopted in this run.
+    pub fn remove_stale_links(&mut self) -> Vec<std::path::PathBuf> {
+        self.reconciler.dataplane_mut().remove_stale_links()
+    }
+
+    fn set_local_pod_cidr(&mut self, pod_cidr: Ipv4Network) -> anyhow::Result<()> {
+        if self.facts.settings.pod_cidr == Some(pod_cidr) {
+            return Ok(());
+        }
+        self.facts.node_config.pod_cidr = ipv4_cidr(pod_cidr);
+        self.reconciler.set_node_config(self.facts.node_config)?;
+        self.facts.settings.pod_cidr = Some(pod_cidr);
+        info!(%pod_cidr, "this node's pod CIDR");
+        Ok(())
+    }
+}
+
+/// How often writes that failed are tried again.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands an outcome back; a requester that stopped waiting is no error.
+fn answer<T>(reply: Reply<T>, outcome: anyhow::Result<T>) {
+    let _ = reply.send(outcome);
+}

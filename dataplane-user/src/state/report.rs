@@ -1,0 +1,229 @@
+//! What the owner answers about the state: status, listings, counters, the
+//! NAT table, and which monitor events are on.
+
+use dataplane_common::MAX_NAT_ENTRIES;
+use macaddr::MacAddr6;
+use tracing::{info, warn};
+
+use super::Owner;
+use crate::{
+    api::{CounterEntry, EndpointEntry, MapFill, Status},
+    interfaces::VXLAN_DEVICE,
+    nat::{self, Connection, Timeouts},
+};
+
+/// What the last NAT garbage collection found: the table's pressure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcReport {
+    pub entries: usize,
+    pub removed: usize,
+    pub removed_total: u64,
+}
+
+#[derive(Debug)]
+pub struct TableSizes {
+    pub endpoints: usize,
+    pub remote_nodes: usize,
+    pub nat: GcReport,
+}
+
+/// Connected `monitor` clients: all of them want drops, some also traces.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Watchers {
+    all: usize,
+    tracing: usize,
+}
+
+/// At most this many drop events per second and CPU reach the monitor.
+const MONITOR_EVENTS_PER_SECOND: u32 = 1000;
+
+impl Owner {
+    pub(super) fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            endpoints: self.reconciler.dataplane().programmed_endpoints().count(),
+            remote_nodes: self.remote_nodes.effective().len(),
+            nat: self.last_gc,
+        }
+    }
+
+    pub(super) async fn status(&self) -> anyhow::Result<Status> {
+        let dataplane = self.reconciler.dataplane();
+        let mut attachments = Vec::new();
+        for attachment in dataplane.attachments() {
+            let interface = self
+                .interfaces
+                .by_index(attachment.ifindex)
+                .await?
+                .map_or_else(
+                    || format!("#{}", attachment.ifindex),
+                    |interface| interface.name,
+                );
+            let direction = if attachment.egress {
+                "egress"
+            } else {
+                "ingress"
+            };
+            attachments.push(format!(
+                "{} on {interface} ({direction})",
+                attachment.program
+            ));
+        }
+        let TableSizes {
+            endpoints,
+            remote_nodes,
+            nat: gc,
+        } = self.table_sizes();
+        let fill = |name: &str, entries: usize, capacity: u32| MapFill {
+            name: name.to_string(),
+            entries,
+            capacity: capacity as usize,
+        };
+        let node = &self.facts.settings;
+        Ok(Status {
+            node_ip: node.node_ip,
+            pod_cidr: node.pod_cidr,
+            cluster_cidr: node.cluster_cidr,
+            uplink: node.uplink.clone(),
+            tunnel_interface: node.uplink.as_ref().map(|_| VXLAN_DEVICE.to_string()),
+            vni: node.vni,
+            vxlan_port: node.vxlan_port,
+            pod_mtu: self.facts.pod_mtu,
+            endpoints,
+            remote_nodes,
+            masquerade: self.facts.masquerading,
+            nat_port_range: self
+                .facts
+                .masquerading
+                .then(|| self.facts.nat.port_range.to_string()),
+            nat_entries: gc.entries,
+            nat_capacity: MAX_NAT_ENTRIES as usize,
+            nat_expired_total: gc.removed_total,
+            attachments,
+            maps: vec![
+                fill("ENDPOINTS", endpoints, dataplane_common::MAX_ENDPOINTS),
+                fill(
+                    "REMOTE_NODES",
+                    remote_nodes,
+                    dataplane_common::MAX_REMOTE_NODES,
+                ),
+                fill(
+                    "TUNNEL_ROUTES",
+                    remote_nodes,
+                    dataplane_common::MAX_REMOTE_NODES,
+                ),
+                fill("NAT", gc.entries, MAX_NAT_ENTRIES),
+                fill(
+                    "HOST_ADDRESSES",
+                    dataplane.host_addresses().len(),
+                    dataplane_common::MAX_HOST_ADDRESSES,
+                ),
+            ],
+            sources: self.facts.sources.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            last_reconcile_seconds_ago: self.last_reconcile.elapsed().as_secs(),
+        })
+    }
+
+    pub(super) async fn list_endpoints(&self) -> anyhow::Result<Vec<EndpointEntry>> {
+        let dataplane = self.reconciler.dataplane();
+        let mut entries = Vec::new();
+        for (ip, endpoint) in dataplane.programmed_endpoints() {
+            let interface = self.interfaces.by_index(endpoint.host_ifindex).await?;
+            entries.push(EndpointEntry {
+                ip,
+                host_ifindex: endpoint.host_ifindex,
+                interface: interface.map(|interface| interface.name),
+                pod_mac: MacAddr6::from(endpoint.pod_mac),
+                host_mac: MacAddr6::from(endpoint.host_mac),
+                attached: dataplane.is_attached(endpoint.host_ifindex),
+            });
+        }
+        Ok(entries)
+    }
+
+    pub(super) fn counter_entries(&self) -> anyhow::Result<Vec<CounterEntry>> {
+        Ok(self
+            .reconciler
+            .dataplane()
+            .counters()?
+            .into_iter()
+            .map(|total| CounterEntry {
+                name: total.counter.name().to_string(),
+                drop: total.counter.is_drop(),
+                packets: total.value.packets,
+                bytes: total.value.bytes,
+            })
+            .collect())
+    }
+
+    pub(super) fn nat_connections(&self) -> anyhow::Result<Vec<Connection>> {
+        let entries = self.reconciler.dataplane().nat_entries()?;
+        Ok(nat::connections(&entries, nat::monotonic_now_ns()))
+    }
+
+    /// Removes expired connections from the NAT table; returns the report.
+    pub(super) fn collect_nat_garbage(&mut self) -> anyhow::Result<GcReport> {
+        let dataplane = self.reconciler.dataplane_mut();
+        let entries = dataplane.nat_entries()?;
+        let expired = nat::expired(
+            &entries,
+            nat::monotonic_now_ns(),
+            &Timeouts::from(&self.facts.nat),
+        );
+        let mut removed = 0;
+        for key in &expired {
+            if dataplane.remove_nat_entry(key)? {
+                removed += 1;
+            }
+        }
+        self.last_gc = GcReport {
+            entries: entries.len() - removed,
+            removed,
+            removed_total: self.last_gc.removed_total + removed as u64,
+        };
+        Ok(self.last_gc)
+    }
+
+    /// Removes every NAT entry; returns how many.
+    pub(super) fn flush_nat(&mut self) -> anyhow::Result<usize> {
+        let dataplane = self.reconciler.dataplane_mut();
+        let entries = dataplane.nat_entries()?;
+        let mut removed = 0;
+        for (key, _) in &entries {
+            if dataplane.remove_nat_entry(key)? {
+                removed += 1;
+            }
+        }
+        info!(removed, "NAT table flushed");
+        Ok(removed)
+    }
+
+    /// A monitor client arrived: drop (and trace) events go on with the
+    /// first client of each kind.
+    pub(super) fn watch(&mut self, traces: bool) -> anyhow::Result<()> {
+        let watchers = Watchers {
+            all: self.watchers.all + 1,
+            tracing: self.watchers.tracing + usize::from(traces),
+        };
+        self.apply_watchers(&watchers)?;
+        self.watchers = watchers;
+        Ok(())
+    }
+
+    /// A monitor client left; events nobody watches any more go off.
+    pub(super) fn unwatch(&mut self, traces: bool) {
+        self.watchers.all = self.watchers.all.saturating_sub(1);
+        self.watchers.tracing = self.watchers.tracing.saturating_sub(usize::from(traces));
+        if let Err(error) = self.apply_watchers(&self.watchers.clone()) {
+            warn!("turning monitor events off: {error:#}");
+        }
+    }
+
+    fn apply_watchers(&mut self, watchers: &Watchers) -> anyhow::Result<()> {
+        Ok(self.reconciler.dataplane_mut().set_monitor(
+            watchers.all > 0,
+            watchers.tracing > 0,
+            MONITOR_EVENTS_PER_SECOND,
+        )?)
+    }
+}
