@@ -23,7 +23,7 @@ use aya::{
 };
 use dataplane_common::{Endpoint, FlowKey, NatEntry, NodeConfig, names};
 use ipnetwork::Ipv4Network;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     interfaces::Interface,
@@ -311,15 +311,37 @@ impl Dataplane {
             detail,
         };
         let classifier = classifier(&mut self.ebpf, program);
-        let adopted = PinnedLink::from_pin(&pin)
-            .ok()
-            .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok())
-            .and_then(|link| classifier.attach_to_link(link).ok());
+        let adopted = if pin.exists() {
+            let adoption = PinnedLink::from_pin(&pin)
+                .map_err(|error| error.to_string())
+                .and_then(|pinned| {
+                    SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|error| error.to_string())
+                })
+                .and_then(|link| {
+                    classifier
+                        .attach_to_link(link)
+                        .map_err(|error| error.to_string())
+                });
+            match adoption {
+                Ok(link) => Some(link),
+                Err(cause) => {
+                    // A link whose interface was deleted (its index now
+                    // someone else's) cannot be updated. The new program is
+                    // attached next to it before its pin goes: make before
+                    // break, no moment without a program.
+                    warn!(program, interface = %interface.name, pin = %pin.display(),
+                          "cannot take over the pinned link ({cause}); attaching anew beside it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let replaces_pin = adopted.is_none() && pin.exists();
         let link = match adopted {
             Some(link) => link,
             None => {
-                // No pin, or one whose interface is gone: start afresh.
-                let _ = std::fs::remove_file(&pin);
                 let direction = if egress {
                     TcAttachType::Egress
                 } else {
@@ -339,6 +361,9 @@ impl Dataplane {
             .map_err(|error| pin_error(error.to_string()))?
             .try_into()
             .map_err(|error: aya::programs::links::LinkError| pin_error(error.to_string()))?;
+        if replaces_pin {
+            std::fs::remove_file(&pin).map_err(|error| pin_error(error.to_string()))?;
+        }
         if !pin.exists() {
             link.pin(&pin)
                 .map_err(|error| pin_error(error.to_string()))?;

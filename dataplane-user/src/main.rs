@@ -163,6 +163,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent { .. }) {
+        // A client whose reader went away (`dataplane status | head`) ends
+        // quietly, as Unix tools do, instead of panicking in println!.
+        // SAFETY: no other thread exists yet, and SIG_DFL installs no handler.
+        unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        }?;
+    }
     let address_filter = match &cli.command {
         Command::Map(MapCommand::Get { address, .. }) => Some(address.to_string()),
         _ => None,

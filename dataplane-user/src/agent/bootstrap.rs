@@ -136,6 +136,28 @@ pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Held for as long as the agent runs: one agent per `bpf_root`.
+pub type AgentLock = nix::fcntl::Flock<std::fs::File>;
+
+/// Takes the `bpf_root` for this agent; a second agent on it would swap
+/// the programs and the API socket under the first one.
+pub fn lock_bpf_root(bpf_root: &std::path::Path) -> anyhow::Result<AgentLock> {
+    loader::ensure_bpffs_mounted()?;
+    std::fs::create_dir_all(bpf_root)
+        .with_context(|| format!("creating {}", bpf_root.display()))?;
+    let directory =
+        std::fs::File::open(bpf_root).with_context(|| format!("opening {}", bpf_root.display()))?;
+    nix::fcntl::Flock::lock(directory, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            anyhow::anyhow!(
+                "another agent is running on {} ({errno}): stop it first, or give this one \
+                 its own agent.bpf_root and agent.api_socket",
+                bpf_root.display()
+            )
+        },
+    )
+}
+
 /// Checks the config, then loads the programs, sets up the tunnel, adopts
 /// endpoints pinned by an earlier run and applies the config file's
 /// endpoints and nodes. Returns the owner, ready to serve.
@@ -143,7 +165,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
     let interfaces = Interfaces::connect()?;
     let (facts, tunnel) = check(config, &interfaces).await?;
 
-    loader::ensure_bpffs_mounted()?;
     let pin_dir = loader::pin_directory(&config.agent.bpf_root);
     let ebpf = loader::load(&pin_dir)?;
     info!(pin_dir = %pin_dir.display(), "eBPF programs loaded");

@@ -53,6 +53,7 @@ pub async fn uninstall(config_path: &Path) -> anyhow::Result<()> {
 /// Runs the agent with the config file at `config_path` until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    let _lock = bootstrap::lock_bpf_root(&config.agent.bpf_root)?;
     let mut owner = bootstrap::start(&config).await?;
     let ring = owner.take_events();
     let masquerading = owner.masquerading();

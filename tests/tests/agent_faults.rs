@@ -1,0 +1,281 @@
+//! The agent under faults: a second agent, start-ups that must fail before
+//! changing anything, config edits that must not half-apply, clients that
+//! hold connections or send too much, and a CLI whose reader goes away.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use dataplane_tests::{Cluster, ClusterSpec, Node, cluster::dataplane_binary, eventually};
+
+fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
+    Cluster::new(ClusterSpec::dataplane(nodes, pods_per_node)).expect("building the netns cluster")
+}
+
+/// Runs `dataplane agent` with `config` in the node's namespace until it
+/// exits (it is expected to refuse to start); returns its stderr.
+fn failed_start(node: &Node, config: &Path) -> anyhow::Result<String> {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", node.netns.path()))
+        .arg("--")
+        .arg(dataplane_binary()?)
+        .args(["agent", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let exited = eventually(Duration::from_secs(20), || Ok(child.try_wait()?.is_some()))?;
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::bail!("the agent started with a config it must refuse");
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)?;
+    assert!(!child.wait()?.success(), "{stderr}");
+    Ok(stderr)
+}
+
+/// The node's config with `bpf_root` moved to a fresh directory and
+/// `from` replaced by `to`; written next to the original.
+fn variant(node: &Node, name: &str, from: &str, to: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let original = std::fs::read_to_string(&node.config)?;
+    let bpf_root = node.bpf_root()?;
+    let fresh_root = bpf_root.with_file_name(format!(
+        "{}-{name}",
+        bpf_root.file_name().unwrap().to_string_lossy()
+    ));
+    assert!(original.contains(from), "{original}");
+    let text = original.replace(from, to).replace(
+        &bpf_root.display().to_string(),
+        &fresh_root.display().to_string(),
+    );
+    let path = node.config.with_file_name(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    Ok((path, fresh_root))
+}
+
+/// Everything under `root` that is not a directory.
+fn pins_under(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(directory) = stack.pop() {
+        for entry in std::fs::read_dir(&directory)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// `index: name` of every link in `ip -o link show` output.
+fn link_indexes(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(": ");
+            let index = fields.next()?;
+            let name = fields.next()?.split('@').next()?;
+            Some(format!("{index}: {name}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_agent_on_the_same_bpf_root_is_refused_and_the_first_keeps_serving() -> anyhow::Result<()>
+{
+    let cluster = cluster(2, 1);
+    let node = &cluster.nodes[0];
+    let other_socket = node.socket.with_file_name("second.sock");
+    let config = std::fs::read_to_string(&node.config)?.replace(
+        &node.socket.display().to_string(),
+        &other_socket.display().to_string(),
+    );
+    let second = node.config.with_file_name("second.toml");
+    std::fs::write(&second, config)?;
+    let stderr = failed_start(node, &second)?;
+    assert!(stderr.contains("another agent is running"), "{stderr}");
+    node.cli(&["status"])?;
+    node.pods[0].ping(cluster.nodes[1].pods[0].ip, 2)?;
+    Ok(())
+}
+
+#[test]
+fn a_start_that_fails_its_checks_changes_nothing() -> anyhow::Result<()> {
+    let cluster = cluster(1, 0);
+    let node = &cluster.nodes[0];
+    let refused = [
+        (
+            "missing-uplink",
+            "uplink = \"eth0\"",
+            "uplink = \"nosuchlink0\"",
+            "nosuchlink0 does not exist",
+        ),
+        (
+            "port-range",
+            dataplane_tests::cluster::NAT_PORT_RANGE,
+            "30000-35000",
+            "overlaps net.ipv4.ip_local_port_range",
+        ),
+        (
+            "own-ip-node",
+            "[nat]",
+            &format!(
+                "[[nodes]]\nip = \"{}\"\npod_cidr = \"10.244.99.0/24\"\n\n[nat]",
+                node.ip
+            ),
+            "this node's own IP",
+        ),
+    ];
+    let links_before = node.netns.ip(&["-o", "link", "show"])?;
+    for (name, from, to, reason) in refused {
+        let (config, root) = variant(node, name, from, to)?;
+        let stderr = failed_start(node, &config)?;
+        assert!(stderr.contains(reason), "{name}: {stderr}");
+        assert_eq!(pins_under(&root), Vec::<PathBuf>::new(), "{name}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    // The running agent's links, dp-vxlan among them, are the same links.
+    let links_after = node.netns.ip(&["-o", "link", "show"])?;
+    assert_eq!(link_indexes(&links_before), link_indexes(&links_after));
+    assert!(
+        link_indexes(&links_after)
+            .iter()
+            .any(|link| link.ends_with("dp-vxlan"))
+    );
+    Ok(())
+}
+
+#[test]
+fn config_edits_apply_whole_or_not_at_all() -> anyhow::Result<()> {
+    let cluster = cluster(3, 1);
+    let node = &cluster.nodes[0];
+    let (second, third) = (&cluster.nodes[1], &cluster.nodes[2]);
+    let listed = |ip: std::net::Ipv4Addr| -> anyhow::Result<bool> {
+        Ok(node.cli(&["node", "list"])?.contains(&ip.to_string()))
+    };
+    // The second node from the file only.
+    node.remove_remote_node(second.ip)?;
+    let original = std::fs::read_to_string(&node.config)?;
+    let entry = |remote: &Node| {
+        format!(
+            "\n[[nodes]]\nip = \"{}\"\npod_cidr = \"{}\"\n",
+            remote.ip, remote.pod_cidr
+        )
+    };
+    let with_second = format!("{original}{}", entry(second));
+    std::fs::write(&node.config, &with_second)?;
+    assert!(eventually(Duration::from_secs(10), || listed(second.ip))?);
+
+    // Removing the second and adding one that overlaps the third node's CIDR
+    // (known through the API) changes nothing at all.
+    let overlapping = format!(
+        "{original}\n[[nodes]]\nip = \"192.0.2.99\"\npod_cidr = \"{}\"\n",
+        third.pod_cidr
+    );
+    // Then truncated by an editor, not UTF-8, impossible to start with.
+    for edit in [
+        overlapping.into_bytes(),
+        Vec::new(),
+        vec![0xff, 0xfe, b'\n'],
+        with_second
+            .replace("uplink = \"eth0\"", "uplink = \"nosuchlink0\"")
+            .into_bytes(),
+    ] {
+        let refusals = || {
+            node.agent_log()
+                .matches("config file change refused")
+                .count()
+        };
+        let before = refusals();
+        std::fs::write(&node.config, &edit)?;
+        assert!(
+            eventually(Duration::from_secs(10), || Ok(refusals() > before))?,
+            "{}",
+            node.agent_log()
+        );
+        assert!(
+            listed(second.ip)? && listed(third.ip)?,
+            "a refused edit changed the node map"
+        );
+    }
+    assert!(node.agent_log().contains("not UTF-8"));
+    assert!(
+        node.agent_log()
+            .contains("could not start with this config")
+    );
+    node.pods[0].ping(second.pods[0].ip, 2)?;
+    Ok(())
+}
+
+#[test]
+fn idle_and_oversized_api_clients_do_not_lock_out_the_cni_plugin() -> anyhow::Result<()> {
+    let cluster = cluster(1, 1);
+    let node = &cluster.nodes[0];
+    // Twice as many idle clients as the agent serves at once.
+    let idle: Vec<UnixStream> = (0..256)
+        .map(|_| UnixStream::connect(&node.socket))
+        .collect::<Result<_, _>>()?;
+    // Served once the idle ones time out.
+    assert!(
+        eventually(Duration::from_secs(30), || Ok(node
+            .cli(&["status"])
+            .is_ok()))?,
+        "{}",
+        node.agent_log()
+    );
+    drop(idle);
+    // A request line over the limit is refused without the agent reading it all.
+    let mut flood = UnixStream::connect(&node.socket)?;
+    flood.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let chunk = vec![b'x'; 1 << 16];
+    let mut written = 0usize;
+    while written < 8 << 20 {
+        match flood.write(&chunk) {
+            Ok(count) => written += count,
+            Err(_) => break,
+        }
+    }
+    let mut answer = String::new();
+    let _ = flood.read_to_string(&mut answer);
+    assert!(answer.contains("request longer than"), "{answer:?}");
+    node.cli(&["endpoint", "list"])?;
+    Ok(())
+}
+
+#[test]
+fn a_cli_whose_reader_goes_away_ends_quietly() -> anyhow::Result<()> {
+    let cluster = cluster(1, 1);
+    let node = &cluster.nodes[0];
+    // `dataplane status | true`: the pipe is closed before the CLI writes.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --socket '{}' status | true; '{}' --socket '{}' counters | head -c 1 >/dev/null",
+            dataplane_binary()?.display(),
+            node.socket.display(),
+            dataplane_binary()?.display(),
+            node.socket.display()
+        ))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    node.cli(&["status"])?;
+    Ok(())
+}
