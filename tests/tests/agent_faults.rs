@@ -244,6 +244,7 @@ fn idle_and_oversized_api_clients_do_not_lock_out_the_cni_plugin() -> anyhow::Re
     // A request line over the limit is refused without the agent reading it all.
     let mut flood = UnixStream::connect(&node.socket)?;
     flood.set_write_timeout(Some(Duration::from_secs(5)))?;
+    flood.set_read_timeout(Some(Duration::from_secs(15)))?;
     let chunk = vec![b'x'; 1 << 16];
     let mut written = 0usize;
     while written < 8 << 20 {
