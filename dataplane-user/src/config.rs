@@ -343,6 +343,7 @@ impl NodeSettings {
     /// What remote nodes are checked against.
     pub fn local_facts(&self) -> LocalFacts {
         LocalFacts {
+            tunnel: self.uplink.is_some(),
             node_ip: self.node_ip,
             pod_cidr: self.pod_cidr,
             cluster_cidr: self.cluster_cidr,

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod cni;
 pub mod config;
+pub mod connections;
 pub mod dataplane;
 pub mod host;
 pub mod install;

@@ -1,7 +1,7 @@
 //! Prometheus metrics: the per-CPU counters of every path and drop reason,
 //! summed at scrape time, and the pressure on the tables.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use http_body_util::Full;
@@ -13,12 +13,13 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
-use tracing::{debug, info, warn};
+use tokio::net::TcpListener;
+use tracing::{debug, info};
 
 use crate::{
     api::CounterEntry,
-    state::{StateHandle, TableSizes},
+    connections,
+    state::{Command, StateHandle, TableSizes},
 };
 
 /// The counters and table sizes as the owner read them for one scrape.
@@ -148,8 +149,6 @@ impl Collector for Scrape {
 const MAX_CONNECTIONS: usize = 64;
 /// A client must send its request headers within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause after an accept error (out of descriptors, say) before trying again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves `GET /metrics` on `address` for as long as the agent runs.
 pub async fn serve(state: StateHandle, address: SocketAddr) -> anyhow::Result<()> {
@@ -157,47 +156,34 @@ pub async fn serve(state: StateHandle, address: SocketAddr) -> anyhow::Result<()
         .await
         .with_context(|| format!("binding the metrics address {address}"))?;
     info!(%address, "serving Prometheus metrics on /metrics");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let slot = Arc::clone(&slots)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                warn!("accepting a metrics connection: {error}; retrying");
-                tokio::time::sleep(ACCEPT_RETRY).await;
-                continue;
-            }
-        };
+    connections::accept_forever("metrics", MAX_CONNECTIONS, listener, |stream| {
+        serve_connection(stream, state.clone())
+    })
+    .await;
+    Ok(())
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, state: StateHandle) {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(respond(&state, request.uri().path()).await)
-                }
-            });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                debug!("metrics connection: {error}");
-            }
-            drop(slot);
-        });
+        async move { Ok::<_, std::convert::Infallible>(respond(&state, request.uri().path()).await) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        debug!("metrics connection: {error}");
     }
 }
 
 /// Reads the maps through the owner and encodes them.
 async fn encode(state: &StateHandle) -> anyhow::Result<String> {
     let scrape = Scrape {
-        counters: state.counters().await?,
-        tables: state.tables().await?,
+        counters: state.ask(Command::Counters).await?,
+        tables: state.ask(Command::Tables).await?,
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));

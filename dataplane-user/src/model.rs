@@ -36,6 +36,8 @@ pub struct EndpointSpec {
 /// What a remote node is checked against: this node's own facts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalFacts {
+    /// Whether the node has a tunnel (an uplink): remote nodes need one.
+    pub tunnel: bool,
     pub node_ip: Option<Ipv4Addr>,
     pub pod_cidr: Option<Ipv4Network>,
     pub cluster_cidr: Option<Ipv4Network>,
@@ -111,6 +113,12 @@ impl NodeSet {
     /// Checks `node` against this node and the others (its own current
     /// entry, being replaced, excepted).
     pub fn check(&self, node: &NodeSpec, local: &LocalFacts) -> Result<(), Violation> {
+        if !local.tunnel {
+            return Err((
+                "ip",
+                "remote nodes are reached through the VXLAN tunnel: set node.uplink".into(),
+            ));
+        }
         if local.node_ip == Some(node.ip) {
             return Err(("ip", format!("{} is this node's own IP", node.ip)));
         }
@@ -345,6 +353,7 @@ mod tests {
 
     fn local() -> LocalFacts {
         LocalFacts {
+            tunnel: true,
             node_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
             pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
             cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),

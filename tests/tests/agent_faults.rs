@@ -10,10 +10,14 @@ use std::{
     time::Duration,
 };
 
-use dataplane_tests::{Cluster, ClusterSpec, Node, cluster::dataplane_binary, eventually};
+use dataplane_tests::{
+    Cluster, ClusterSpec, Node, cluster::dataplane_binary, cni::MainPlugin, eventually,
+};
 
+/// Pods made by the real ptp plugin chain, IPv6 on, as on a user's node.
 fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
-    Cluster::new(ClusterSpec::dataplane(nodes, pods_per_node)).expect("building the netns cluster")
+    Cluster::new(ClusterSpec::dataplane(nodes, pods_per_node).with_real_plugin(MainPlugin::Ptp))
+        .expect("building the netns cluster")
 }
 
 /// Runs `dataplane agent` with `config` in the node's namespace until it

@@ -3,18 +3,18 @@
 //! A bounded number of connections, each with a request size limit and an
 //! idle timeout, so no client can starve the CNI plugin or the agent.
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
-    sync::{Semaphore, broadcast},
+    sync::broadcast,
 };
-use tracing::warn;
 
 use crate::{
     api::{PacketReport, Request, Response},
+    connections,
     model::Source,
     state::{Command, StateHandle},
 };
@@ -25,8 +25,6 @@ pub const MAX_CONNECTIONS: usize = 128;
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
 /// A connection that sends no complete request for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after an accept error (out of descriptors, say) before trying again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     if let Some(parent) = socket.parent() {
@@ -52,27 +50,10 @@ pub async fn serve(
     state: StateHandle,
     events: broadcast::Sender<PacketReport>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let slot = Arc::clone(&slots)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let state = state.clone();
-                let events = events.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, state, events).await;
-                    drop(slot);
-                });
-            }
-            Err(error) => {
-                warn!("accepting an API connection: {error}; retrying");
-                tokio::time::sleep(ACCEPT_RETRY).await;
-            }
-        }
-    }
+    connections::accept_forever("API", MAX_CONNECTIONS, listener, |stream| {
+        serve_connection(stream, state.clone(), events.clone())
+    })
+    .await;
 }
 
 /// Reads one request line: `None` at the end of the stream, after the idle
@@ -152,7 +133,7 @@ async fn handle(state: &StateHandle, request: Request) -> anyhow::Result<Respons
             endpoints: state.ask(Command::Endpoints).await?,
         },
         Request::Counters => Response::Counters {
-            counters: state.counters().await?,
+            counters: state.ask(Command::Counters).await?,
         },
         Request::AddNode { node } => {
             state.upsert_node(Source::Api, node).await?;
@@ -161,7 +142,7 @@ async fn handle(state: &StateHandle, request: Request) -> anyhow::Result<Respons
         // An operator's removal: whichever source listed the node.
         Request::RemoveNode { ip } => done(state.withdraw_node(None, ip).await?),
         Request::ListNodes => Response::Nodes {
-            nodes: state.nodes().await?,
+            nodes: state.ask(Command::Nodes).await?,
         },
         Request::Status => Response::Status {
             status: state.ask(Command::Status).await?,

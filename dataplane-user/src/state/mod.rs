@@ -141,16 +141,4 @@ impl StateHandle {
         self.ask(|reply| Command::ReplaceNodes(source, nodes, reply))
             .await
     }
-
-    pub async fn tables(&self) -> anyhow::Result<TableSizes> {
-        self.ask(Command::Tables).await
-    }
-
-    pub async fn counters(&self) -> anyhow::Result<Vec<CounterEntry>> {
-        self.ask(Command::Counters).await
-    }
-
-    pub async fn nodes(&self) -> anyhow::Result<Vec<NodeSpec>> {
-        self.ask(Command::Nodes).await
-    }
 }

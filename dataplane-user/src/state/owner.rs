@@ -1,7 +1,7 @@
 //! The task that owns the node's desired state and answers every command
 //! in turn: no locks, one order of changes.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, bail};
 use dataplane_common::NodeConfig;
@@ -19,7 +19,9 @@ use crate::{
     dataplane::{Dataplane, DataplaneError},
     interfaces::Interfaces,
     maps::{MapsError, ipv4_cidr},
-    model::{EndpointSpec, LocalFacts, NodeSpec, RemoteNodes, Source, validate_endpoint},
+    model::{
+        EndpointSpec, LocalFacts, NodeSpec, RemoteNodes, Source, Violation, validate_endpoint,
+    },
 };
 
 /// The node's facts, fixed at start-up (the pod CIDR may still come from
@@ -42,6 +44,7 @@ pub struct NodeFacts {
 pub struct Owner {
     pub(super) facts: NodeFacts,
     pub(super) interfaces: Interfaces,
+    pub(super) dataplane: Dataplane,
     pub(super) reconciler: Reconciler,
     pub(super) remote_nodes: RemoteNodes,
     pub(super) last_gc: GcReport,
@@ -55,9 +58,11 @@ impl Owner {
     /// Takes over a loaded dataplane. Nodes already in the pinned maps are
     /// kept (as [`Source::Pinned`]) until a source says otherwise.
     pub fn new(facts: NodeFacts, interfaces: Interfaces, dataplane: Dataplane) -> Self {
-        let reconciler = Reconciler::new(dataplane);
         let mut remote_nodes = RemoteNodes::default();
-        let pinned: Vec<NodeSpec> = reconciler.programmed_nodes().collect();
+        let pinned: Vec<NodeSpec> = dataplane
+            .programmed_nodes()
+            .map(|(ip, pod_cidr)| NodeSpec { ip, pod_cidr })
+            .collect();
         // What an earlier agent programmed obeyed the rules then; a node that
         // does not any more (its own IP, now) is dropped by the next reconcile.
         let local = facts.settings.local_facts();
@@ -67,7 +72,8 @@ impl Owner {
         Self {
             facts,
             interfaces,
-            reconciler,
+            dataplane,
+            reconciler: Reconciler::default(),
             remote_nodes,
             last_gc: GcReport::default(),
             watchers: Watchers::default(),
@@ -116,12 +122,17 @@ impl Owner {
             Command::ResyncHost(reply) => answer(reply, self.resync_host().await),
             Command::UpsertNode(source, node, reply) => {
                 let changed = self.remote_nodes.upsert(source, node, &self.local_facts());
-                answer(reply, self.program_nodes(changed));
+                answer(
+                    reply,
+                    changed
+                        .map_err(refused)
+                        .and_then(|changed| self.program_nodes(&changed)),
+                );
             }
             Command::WithdrawNode(source, ip, reply) => {
                 let changed = self.remote_nodes.withdraw(source, ip, &self.local_facts());
                 let removed = !changed.is_empty();
-                answer(reply, self.program_nodes(Ok(changed)).map(|()| removed));
+                answer(reply, self.program_nodes(&changed).map(|()| removed));
             }
             Command::ReplaceNodes(source, nodes, reply) => {
                 answer(reply, self.replace_nodes_skipping_invalid(source, nodes));
@@ -151,21 +162,10 @@ impl Owner {
         }
     }
 
-    /// Writes the nodes whose desired entry changed; a refused change
-    /// becomes the error of the source that asked for it.
-    fn program_nodes(
-        &mut self,
-        changed: Result<Vec<Ipv4Addr>, (Ipv4Addr, crate::model::Violation)>,
-    ) -> anyhow::Result<()> {
-        let changed = changed.map_err(|(ip, (field, problem))| {
-            anyhow::anyhow!("node {ip}: field `{field}`: {problem}")
-        })?;
-        if self.facts.settings.uplink.is_none() && !self.remote_nodes.effective().is_empty() {
-            // Only reachable through a source that ignored the config checks.
-            bail!("remote nodes are reached through the VXLAN tunnel: set node.uplink");
-        }
+    /// Writes the nodes whose desired entry changed.
+    fn program_nodes(&mut self, changed: &[Ipv4Addr]) -> anyhow::Result<()> {
         self.reconciler
-            .write_nodes(self.remote_nodes.effective(), &changed)
+            .write_nodes(&mut self.dataplane, self.remote_nodes.effective(), changed)
     }
 
     /// `source` lists exactly `nodes`, except those breaking a rule, which
@@ -180,18 +180,18 @@ impl Owner {
         let changed = loop {
             match self.remote_nodes.replace(source, &nodes, &local) {
                 Ok(changed) => break changed,
-                Err((ip, (field, problem))) => {
+                Err(refusal) => {
                     let listed = nodes.len();
-                    nodes.retain(|node| node.ip != ip);
+                    nodes.retain(|node| node.ip != refusal.0);
                     if nodes.len() == listed {
-                        bail!("node {ip}: field `{field}`: {problem}");
+                        return Err(refused(refusal));
                     }
-                    warn!(%ip, ?source, "node skipped: {field}: {problem}");
+                    warn!(?source, "node skipped: {:#}", refused(refusal));
                 }
             }
         };
         self.last_reconcile = Instant::now();
-        self.program_nodes(Ok(changed))
+        self.program_nodes(&changed)
     }
 
     pub fn node_ip(&self) -> Option<Ipv4Addr> {
@@ -199,7 +199,8 @@ impl Owner {
     }
 
     fn retry_failed(&mut self) {
-        self.reconciler.retry_nodes(self.remote_nodes.effective());
+        self.reconciler
+            .retry_nodes(&mut self.dataplane, self.remote_nodes.effective());
     }
 
     pub async fn apply_config_file(
@@ -218,12 +219,12 @@ impl Owner {
         }
         let changed = self
             .remote_nodes
-            .replace(Source::ConfigFile, &nodes, &self.local_facts());
+            .replace(Source::ConfigFile, &nodes, &self.local_facts())
+            .map_err(refused)?;
         self.last_reconcile = Instant::now();
-        self.program_nodes(changed)?;
+        self.program_nodes(&changed)?;
         for (endpoint, interface) in endpoints.iter().zip(resolved) {
-            self.reconciler
-                .add_endpoint(endpoint, &interface)
+            self.register(endpoint, &interface)
                 .with_context(|| format!("endpoint {}", endpoint.ip))?;
         }
         Ok(())
@@ -247,7 +248,7 @@ impl Owner {
         // An address belongs to one pod: taking it from a pod whose veth
         // still exists would silently cut that pod off.
         if let Some(registered) = self
-            .reconciler
+            .dataplane
             .endpoint(endpoint.ip)
             .filter(|other| other.host_ifindex != interface.index)
             && let Some(owner) = self.interfaces.by_index(registered.host_ifindex).await?
@@ -265,29 +266,39 @@ impl Owner {
 
     async fn add_endpoint(&mut self, endpoint: &EndpointSpec) -> anyhow::Result<()> {
         let interface = self.checked_interface(endpoint).await?;
-        self.reconciler.add_endpoint(endpoint, &interface)?;
+        self.register(endpoint, &interface)?;
         info!(ip = %endpoint.ip, interface = %endpoint.interface, mac = %endpoint.mac, "endpoint added");
         Ok(())
+    }
+
+    /// Attaches `from_pod` to the veth and writes the endpoint.
+    fn register(
+        &mut self,
+        endpoint: &EndpointSpec,
+        interface: &crate::interfaces::Interface,
+    ) -> Result<(), DataplaneError> {
+        self.dataplane
+            .add_endpoint(endpoint.ip, interface, endpoint.mac.into_array())
     }
 
     fn remove_endpoint(&mut self, ip: Ipv4Addr, host_ifindex: Option<u32>) -> anyhow::Result<bool> {
         if let Some(expected) = host_ifindex
             && self
-                .reconciler
+                .dataplane
                 .endpoint(ip)
                 .is_some_and(|endpoint| endpoint.host_ifindex != expected)
         {
             info!(%ip, ifindex = expected, "endpoint kept: it belongs to another veth now");
             return Ok(false);
         }
-        let removed = self.reconciler.remove_endpoint(ip)?;
+        let removed = self.dataplane.remove_endpoint(ip)?;
         info!(%ip, removed, "endpoint removed");
         Ok(removed)
     }
 
     fn interface_removed(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        for ip in self.reconciler.endpoints_behind(ifindex) {
-            self.reconciler.remove_endpoint(ip)?;
+        for ip in self.dataplane.endpoints_behind(ifindex) {
+            self.dataplane.remove_endpoint(ip)?;
             info!(%ip, ifindex, "endpoint removed: its veth is gone");
         }
         Ok(())
@@ -299,7 +310,7 @@ impl Owner {
     async fn sync_host_addresses(&mut self) -> anyhow::Result<()> {
         let addresses = self.interfaces.host_addresses().await?;
         let count = addresses.len();
-        match self.reconciler.set_host_addresses(addresses) {
+        match self.dataplane.set_host_addresses(addresses) {
             Ok(true) => info!(addresses = count, "the node's own addresses changed"),
             Ok(false) => {}
             Err(DataplaneError::Maps(full @ MapsError::HostAddressesFull { .. })) => {
@@ -314,7 +325,12 @@ impl Owner {
     /// whose veth vanished while no notification could tell.
     pub async fn resync_host(&mut self) -> anyhow::Result<()> {
         self.sync_host_addresses().await?;
-        for ifindex in self.reconciler.endpoint_interfaces() {
+        let ifindexes: BTreeSet<u32> = self
+            .dataplane
+            .programmed_endpoints()
+            .map(|(_, endpoint)| endpoint.host_ifindex)
+            .collect();
+        for ifindex in ifindexes {
             if self.interfaces.by_index(ifindex).await?.is_none() {
                 self.interface_removed(ifindex)?;
             }
@@ -325,14 +341,15 @@ impl Owner {
     /// Re-attaches to endpoints left in the pinned map by a previous agent;
     /// drops entries whose veth is gone (pod deleted while the agent was down).
     pub async fn adopt_pinned_endpoints(&mut self) -> anyhow::Result<()> {
-        for (ip, endpoint) in self.reconciler.pinned_endpoints()? {
+        for (ip, endpoint) in self.dataplane.endpoints()? {
             match self.interfaces.by_index(endpoint.host_ifindex).await? {
                 Some(interface) => {
-                    self.reconciler.adopt_endpoint(ip, &interface, endpoint)?;
+                    self.dataplane
+                        .add_endpoint(ip, &interface, endpoint.pod_mac)?;
                     info!(%ip, interface = %interface.name, "adopted pinned endpoint");
                 }
                 None => {
-                    self.reconciler.remove_endpoint(ip)?;
+                    self.dataplane.remove_endpoint(ip)?;
                     warn!(%ip, ifindex = endpoint.host_ifindex, "removed pinned endpoint whose veth is gone");
                 }
             }
@@ -342,7 +359,7 @@ impl Owner {
 
     /// The packet event ring, for the relay (once).
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
-        self.reconciler.dataplane_mut().take_events()
+        self.dataplane.take_events()
     }
 
     pub fn masquerading(&self) -> bool {
@@ -351,7 +368,7 @@ impl Owner {
 
     /// Removes pinned links nothing attached or adopted in this run.
     pub fn remove_stale_links(&mut self) -> Vec<std::path::PathBuf> {
-        self.reconciler.dataplane_mut().remove_stale_links()
+        self.dataplane.remove_stale_links()
     }
 
     fn set_local_pod_cidr(&mut self, pod_cidr: Ipv4Network) -> anyhow::Result<()> {
@@ -359,7 +376,7 @@ impl Owner {
             return Ok(());
         }
         self.facts.node_config.pod_cidr = ipv4_cidr(pod_cidr);
-        self.reconciler.set_node_config(self.facts.node_config)?;
+        self.dataplane.set_node_config(self.facts.node_config)?;
         self.facts.settings.pod_cidr = Some(pod_cidr);
         info!(%pod_cidr, "this node's pod CIDR");
         Ok(())
@@ -368,6 +385,11 @@ impl Owner {
 
 /// How often writes that failed are tried again.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A node change the rules refused, as the error of the source that asked.
+fn refused((ip, (field, problem)): (Ipv4Addr, Violation)) -> anyhow::Error {
+    anyhow::anyhow!("node {ip}: field `{field}`: {problem}")
+}
 
 /// Hands an outcome back; a requester that stopped waiting is no error.
 fn answer<T>(reply: Reply<T>, outcome: anyhow::Result<T>) {

@@ -40,14 +40,14 @@ const MONITOR_EVENTS_PER_SECOND: u32 = 1000;
 impl Owner {
     pub(super) fn table_sizes(&self) -> TableSizes {
         TableSizes {
-            endpoints: self.reconciler.dataplane().programmed_endpoints().count(),
+            endpoints: self.dataplane.programmed_endpoints().count(),
             remote_nodes: self.remote_nodes.effective().len(),
             nat: self.last_gc,
         }
     }
 
     pub(super) async fn status(&self) -> anyhow::Result<Status> {
-        let dataplane = self.reconciler.dataplane();
+        let dataplane = &self.dataplane;
         let mut attachments = Vec::new();
         for attachment in dataplane.attachments() {
             let interface = self
@@ -125,7 +125,7 @@ impl Owner {
     }
 
     pub(super) async fn list_endpoints(&self) -> anyhow::Result<Vec<EndpointEntry>> {
-        let dataplane = self.reconciler.dataplane();
+        let dataplane = &self.dataplane;
         let mut entries = Vec::new();
         for (ip, endpoint) in dataplane.programmed_endpoints() {
             let interface = self.interfaces.by_index(endpoint.host_ifindex).await?;
@@ -143,8 +143,7 @@ impl Owner {
 
     pub(super) fn counter_entries(&self) -> anyhow::Result<Vec<CounterEntry>> {
         Ok(self
-            .reconciler
-            .dataplane()
+            .dataplane
             .counters()?
             .into_iter()
             .map(|total| CounterEntry {
@@ -157,13 +156,13 @@ impl Owner {
     }
 
     pub(super) fn nat_connections(&self) -> anyhow::Result<Vec<Connection>> {
-        let entries = self.reconciler.dataplane().nat_entries()?;
+        let entries = self.dataplane.nat_entries()?;
         Ok(nat::connections(&entries, nat::monotonic_now_ns()))
     }
 
     /// Removes expired connections from the NAT table; returns the report.
     pub(super) fn collect_nat_garbage(&mut self) -> anyhow::Result<GcReport> {
-        let dataplane = self.reconciler.dataplane_mut();
+        let dataplane = &mut self.dataplane;
         let entries = dataplane.nat_entries()?;
         let expired = nat::expired(
             &entries,
@@ -186,7 +185,7 @@ impl Owner {
 
     /// Removes every NAT entry; returns how many.
     pub(super) fn flush_nat(&mut self) -> anyhow::Result<usize> {
-        let dataplane = self.reconciler.dataplane_mut();
+        let dataplane = &mut self.dataplane;
         let entries = dataplane.nat_entries()?;
         let mut removed = 0;
         for (key, _) in &entries {
@@ -220,7 +219,7 @@ impl Owner {
     }
 
     fn apply_watchers(&mut self, watchers: &Watchers) -> anyhow::Result<()> {
-        Ok(self.reconciler.dataplane_mut().set_monitor(
+        Ok(self.dataplane.set_monitor(
             watchers.all > 0,
             watchers.tracing > 0,
             MONITOR_EVENTS_PER_SECOND,
