@@ -27,7 +27,7 @@ use crate::{
     api::{self, EndpointEntry, Request, Response},
     config::DEFAULT_API_SOCKET,
     interfaces::{Interface, Interfaces},
-    model::EndpointSpec,
+    model::{EndpointSpec, HostInterface},
 };
 
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -444,7 +444,9 @@ fn apply(
     for ip in ips {
         let endpoint = EndpointSpec {
             ip: *ip,
-            interface: veth.host.name.clone(),
+            // The index the plugin already has: the agent need not look the
+            // name up again, and a name reused meanwhile cannot mislead it.
+            interface: HostInterface::Index(veth.host.index),
             mac: MacAddr6::from(veth.pod.mac),
         };
         agent_call(conf, &Request::AddEndpoint { endpoint })?;
@@ -753,7 +755,7 @@ fn remove_endpoints_behind(conf: &NetConf, host_ifindex: u32) -> CniResult<()> {
 }
 
 fn list_endpoints(conf: &NetConf) -> CniResult<Vec<EndpointEntry>> {
-    match agent_call(conf, &Request::ListEndpoints)? {
+    match agent_call(conf, &Request::ListEndpoints { address: None })? {
         Response::Endpoints { endpoints } => Ok(endpoints),
         _ => Err(CniError::new(
             code::IO_FAILURE,

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod connections;

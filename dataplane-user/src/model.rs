@@ -26,11 +26,30 @@ pub struct NodeSpec {
 pub struct EndpointSpec {
     /// The pod's IPv4 address.
     pub ip: Ipv4Addr,
-    /// Name of the host side of the pod's veth, in the node's namespace.
-    pub interface: String,
+    /// The host side of the pod's veth, in the node's namespace.
+    pub interface: HostInterface,
     /// MAC address of the pod's own interface.
     #[serde_as(as = "DisplayFromStr")]
     pub mac: MacAddr6,
+}
+
+/// A host veth: by name (config file, CLI: what people type) or by index
+/// (the CNI plugin, which has it; names can be reused, indexes are not
+/// until the counter wraps).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum HostInterface {
+    Index(u32),
+    Name(String),
+}
+
+impl std::fmt::Display for HostInterface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostInterface::Index(index) => write!(f, "ifindex {index}"),
+            HostInterface::Name(name) => f.write_str(name),
+        }
+    }
 }
 
 /// What a remote node is checked against: this node's own facts.
@@ -59,14 +78,17 @@ pub fn validate_endpoint(
             format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
         ));
     }
-    if endpoint.interface.is_empty() || endpoint.interface.len() > 15 {
-        return Err((
-            "interface",
-            format!(
-                "{:?} is not a valid interface name (1 to 15 characters)",
-                endpoint.interface
-            ),
-        ));
+    match &endpoint.interface {
+        HostInterface::Name(name) if name.is_empty() || name.len() > 15 => {
+            return Err((
+                "interface",
+                format!("{name:?} is not a valid interface name (1 to 15 characters)"),
+            ));
+        }
+        HostInterface::Index(0) => {
+            return Err(("interface", "0 is not an interface index".into()));
+        }
+        _ => {}
     }
     let mac = endpoint.mac.as_bytes();
     if mac[0] & 1 == 1 || mac.iter().all(|byte| *byte == 0) {

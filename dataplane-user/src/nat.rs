@@ -1,12 +1,17 @@
 //! NAT table housekeeping: pairing the two halves of each connection, and
 //! deciding which connections have expired.
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
+use crate::{
+    api::{Connection, ConnectionState, IpProtocol},
+    config::NatSettings,
+};
 use dataplane_common::{FlowKey, NatEntry, conn_state, nat_direction};
-use serde::{Deserialize, Serialize};
-
-use crate::config::NatSettings;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -98,28 +103,8 @@ pub fn expired(entries: &[(FlowKey, NatEntry)], now_ns: u64, timeouts: &Timeouts
         .collect()
 }
 
-/// A tracked connection, for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Connection {
-    pub protocol: String,
-    pub pod: String,
-    pub node: String,
-    pub remote: String,
-    pub state: String,
-    pub idle_seconds: u64,
-}
-
-fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        TCP => "tcp".into(),
-        UDP => "udp".into(),
-        1 => "icmp".into(),
-        other => other.to_string(),
-    }
-}
-
-fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
-    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+fn endpoint(addr: [u8; 4], port: [u8; 2]) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(addr), u16::from_be_bytes(port))
 }
 
 /// One line per connection, from its egress half (and its partner's state).
@@ -132,21 +117,20 @@ pub fn connections(entries: &[(FlowKey, NatEntry)], now_ns: u64) -> Vec<Connecti
         .map(|(key, entry)| {
             let (state, last_seen) = merged(entry, by_key.get(&partner(key, entry)));
             Connection {
-                protocol: protocol_name(key.protocol),
+                protocol: IpProtocol(key.protocol),
                 pod: endpoint(key.src, key.src_port),
                 node: endpoint(entry.addr, entry.port),
                 remote: endpoint(key.dst, key.dst_port),
                 state: match state {
-                    conn_state::NEW => "new",
-                    conn_state::ESTABLISHED => "established",
-                    _ => "closing",
-                }
-                .into(),
+                    conn_state::NEW => ConnectionState::New,
+                    conn_state::ESTABLISHED => ConnectionState::Established,
+                    _ => ConnectionState::Closing,
+                },
                 idle_seconds: Duration::from_nanos(now_ns.saturating_sub(last_seen)).as_secs(),
             }
         })
         .collect();
-    connections.sort_by(|a, b| (&a.pod, &a.remote).cmp(&(&b.pod, &b.remote)));
+    connections.sort_by_key(|connection| (connection.pod, connection.remote));
     connections
 }
 
@@ -239,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn connections_are_listed_readably() {
+    fn connections_are_listed_from_the_pods_side() {
         let entries = connection(
             TCP,
             conn_state::NEW,
@@ -250,13 +234,11 @@ mod tests {
         let listed = connections(&entries, 5 * SECOND);
         assert_eq!(listed.len(), 1);
         let connection = &listed[0];
-        assert_eq!(connection.pod, "10.244.0.2:40000");
-        assert_eq!(connection.node, "192.0.2.10:61000");
-        assert_eq!(connection.remote, "203.0.113.10:80");
-        assert_eq!(
-            (connection.protocol.as_str(), connection.state.as_str()),
-            ("tcp", "established")
-        );
+        assert_eq!(connection.pod, "10.244.0.2:40000".parse().unwrap());
+        assert_eq!(connection.node, "192.0.2.10:61000".parse().unwrap());
+        assert_eq!(connection.remote, "203.0.113.10:80".parse().unwrap());
+        assert_eq!(connection.protocol, IpProtocol(TCP));
+        assert_eq!(connection.state, ConnectionState::Established);
         assert_eq!(connection.idle_seconds, 3);
     }
 }

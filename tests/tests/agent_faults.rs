@@ -260,6 +260,13 @@ fn idle_and_oversized_api_clients_do_not_lock_out_the_cni_plugin() -> anyhow::Re
     let mut answer = String::new();
     let _ = flood.read_to_string(&mut answer);
     assert!(answer.contains("request longer than"), "{answer:?}");
+    // A client of another protocol version is told so, not misread.
+    let mut old_client = UnixStream::connect(&node.socket)?;
+    old_client.set_read_timeout(Some(Duration::from_secs(15)))?;
+    old_client.write_all(b"{\"request\":\"list_endpoints\"}\n")?;
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&old_client), &mut answer)?;
+    assert!(answer.contains("API version mismatch"), "{answer:?}");
     node.cli(&["endpoint", "list"])?;
     Ok(())
 }

@@ -44,6 +44,21 @@ fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyho
     let node = &cluster.nodes[0];
     let (attacker, victim) = (&node.pods[0], &node.pods[1]);
     let (mut monitor, received) = watch(node, &[])?;
+    // The agent filters: this client asks for one reason, address and
+    // interface, and must see nothing else.
+    let unknown = Ipv4Addr::new(10, 244, 0, 200);
+    let unknown_text = unknown.to_string();
+    let (mut filtered, filtered_events) = watch(
+        node,
+        &[
+            "--reason",
+            "drop_unknown_endpoint",
+            "--address",
+            &unknown_text,
+            "--interface",
+            &attacker.host_interface,
+        ],
+    )?;
 
     // A spoofed source, an unknown pod, VXLAN from a host that is not a node.
     let spoofed = Ipv4Addr::new(10, 244, 0, 99);
@@ -55,7 +70,6 @@ fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyho
             .ping(victim.ip, 2, &["-I", &spoofed_source])
             .is_err()
     );
-    let unknown = Ipv4Addr::new(10, 244, 0, 200);
     assert!(attacker.ping(unknown, 2).is_err());
     cluster.speak_vxlan_from_gateway(node, victim)?;
     assert!(cluster.gateway.ping(victim.ip, 2, &[]).is_err());
@@ -88,6 +102,14 @@ fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyho
     let _ = monitor.wait();
     for (reason, _, _) in wanted {
         assert!(seen.contains(&reason), "no {reason} event; saw {seen:?}");
+    }
+    let _ = filtered.kill();
+    let _ = filtered.wait();
+    let filtered: Vec<Value> = filtered_events.try_iter().collect();
+    assert!(!filtered.is_empty(), "the filtered monitor saw nothing");
+    for event in &filtered {
+        assert_eq!(event["reason"], "drop_unknown_endpoint", "{event}");
+        assert_eq!(event["destination"], unknown_text.as_str(), "{event}");
     }
     Ok(())
 }

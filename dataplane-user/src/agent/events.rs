@@ -3,7 +3,7 @@
 use aya::maps::{MapData, RingBuf};
 use dataplane_common::PacketEvent;
 use tokio::sync::broadcast;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::api::PacketReport;
 
@@ -30,8 +30,14 @@ pub async fn relay(ring: RingBuf<MapData>, reports: broadcast::Sender<PacketRepo
             if item.len() >= size_of::<PacketEvent>() {
                 let event: PacketEvent =
                     bytemuck::pod_read_unaligned(&item[..size_of::<PacketEvent>()]);
-                // No monitor listening is not an error.
-                let _ = reports.send(PacketReport::from_event(&event));
+                match PacketReport::from_event(&event) {
+                    // No monitor listening is not an error.
+                    Some(report) => drop(reports.send(report)),
+                    None => debug!(
+                        reason = event.reason,
+                        "event with a reason this build does not know"
+                    ),
+                }
             }
         }
         ready.clear_ready();

@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{PacketReport, Request, Response},
+    api::{self, Envelope, PacketFilter, PacketReport, Request, Response},
     connections,
     model::Source,
     state::{Command, StateHandle},
@@ -79,15 +79,12 @@ async fn next_request(
             let _ = write_line(writer, &refusal).await;
             None
         }
-        Ok(Ok(_)) => Some(
-            serde_json::from_slice::<Request>(&line)
-                .map_err(|error| format!("malformed request: {error}")),
-        ),
+        Ok(Ok(_)) => Some(api::decode::<Request>(&line)),
     }
 }
 
 async fn write_line(writer: &mut OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
-    let mut line = serde_json::to_string(response).expect("responses serialize");
+    let mut line = serde_json::to_string(&Envelope::new(response)).expect("responses serialize");
     line.push('\n');
     writer.write_all(line.as_bytes()).await
 }
@@ -101,8 +98,16 @@ async fn serve_connection(
     let mut reader = BufReader::new(reader);
     while let Some(request) = next_request(&mut reader, &mut writer).await {
         let response = match request {
-            Ok(Request::Monitor { traces }) => {
-                stream_events(&mut writer, &state, events.subscribe(), traces).await;
+            Ok(Request::Monitor { traces, filter }) => {
+                match filter.resolved() {
+                    Ok(filter) => {
+                        stream_events(&mut writer, &state, events.subscribe(), traces, &filter)
+                            .await
+                    }
+                    Err(message) => {
+                        drop(write_line(&mut writer, &Response::Error { message }).await)
+                    }
+                }
                 return;
             }
             Ok(request) => handle(&state, request)
@@ -129,9 +134,11 @@ async fn handle(state: &StateHandle, request: Request) -> anyhow::Result<Respons
         Request::RemoveEndpoint { ip, host_ifindex } => {
             done(state.remove_endpoint(ip, host_ifindex).await?)
         }
-        Request::ListEndpoints => Response::Endpoints {
-            endpoints: state.ask(Command::Endpoints).await?,
-        },
+        Request::ListEndpoints { address } => {
+            let mut endpoints = state.ask(Command::Endpoints).await?;
+            endpoints.retain(|endpoint| address.is_none_or(|address| endpoint.ip == address));
+            Response::Endpoints { endpoints }
+        }
         Request::Counters => Response::Counters {
             counters: state.ask(Command::Counters).await?,
         },
@@ -141,27 +148,33 @@ async fn handle(state: &StateHandle, request: Request) -> anyhow::Result<Respons
         }
         // An operator's removal: whichever source listed the node.
         Request::RemoveNode { ip } => done(state.withdraw_node(None, ip).await?),
-        Request::ListNodes => Response::Nodes {
-            nodes: state.ask(Command::Nodes).await?,
-        },
+        Request::ListNodes { address } => {
+            let mut nodes = state.ask(Command::Nodes).await?;
+            nodes.retain(|node| address.is_none_or(|address| node.ip == address));
+            Response::Nodes { nodes }
+        }
         Request::Status => Response::Status {
-            status: state.ask(Command::Status).await?,
+            status: Box::new(state.ask(Command::Status).await?),
         },
-        Request::ListNat => Response::Nat {
-            connections: state.ask(Command::NatConnections).await?,
-        },
+        Request::ListNat { address } => {
+            let mut connections = state.ask(Command::NatConnections).await?;
+            connections
+                .retain(|connection| address.is_none_or(|address| connection.involves(address)));
+            Response::Nat { connections }
+        }
         Request::FlushNat => done(state.ask(Command::FlushNat).await? > 0),
         Request::Monitor { .. } => anyhow::bail!("monitor is a stream of its own"),
     })
 }
 
 /// Writes events to a monitor client until it goes away: drops, and
-/// forwarded packets too when it asked for `traces`.
+/// forwarded packets too when it asked for `traces`, those its filter admits.
 async fn stream_events(
     writer: &mut OwnedWriteHalf,
     state: &StateHandle,
     mut events: broadcast::Receiver<PacketReport>,
     traces: bool,
+    filter: &PacketFilter,
 ) {
     if let Err(error) = state.ask(|reply| Command::Watch(traces, reply)).await {
         let refusal = Response::Error {
@@ -178,7 +191,7 @@ async fn stream_events(
             Err(broadcast::error::RecvError::Closed) => break,
         };
         // Another client's traces are not for this one.
-        if !event.drop && !traces {
+        if (!event.drop && !traces) || !filter.admits(&event) {
             continue;
         }
         if write_line(writer, &Response::Event { event })

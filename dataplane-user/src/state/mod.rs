@@ -20,9 +20,8 @@ pub use owner::{NodeFacts, Owner};
 pub use report::{GcReport, TableSizes};
 
 use crate::{
-    api::{CounterEntry, EndpointEntry, Status},
+    api::{Connection, CounterEntry, EndpointEntry, Status},
     model::{EndpointSpec, NodeSpec, Source},
-    nat::Connection,
 };
 
 /// Where a command's outcome goes.

@@ -20,7 +20,8 @@ use crate::{
     interfaces::Interfaces,
     maps::{MapsError, ipv4_cidr},
     model::{
-        EndpointSpec, LocalFacts, NodeSpec, RemoteNodes, Source, Violation, validate_endpoint,
+        EndpointSpec, HostInterface, LocalFacts, NodeSpec, RemoteNodes, Source, Violation,
+        validate_endpoint,
     },
 };
 
@@ -239,7 +240,11 @@ impl Owner {
         if let Err((field, problem)) = validate_endpoint(endpoint, self.facts.settings.pod_cidr) {
             bail!("endpoint field `{field}`: {problem}");
         }
-        let Some(interface) = self.interfaces.by_name(&endpoint.interface).await? else {
+        let interface = match &endpoint.interface {
+            HostInterface::Name(name) => self.interfaces.by_name(name).await?,
+            HostInterface::Index(index) => self.interfaces.by_index(*index).await?,
+        };
+        let Some(interface) = interface else {
             bail!(
                 "interface {} does not exist in the agent's network namespace",
                 endpoint.interface

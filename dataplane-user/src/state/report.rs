@@ -7,9 +7,9 @@ use tracing::{info, warn};
 
 use super::Owner;
 use crate::{
-    api::{CounterEntry, EndpointEntry, MapFill, Status},
+    api::{Connection, CounterEntry, CounterName, EndpointEntry, MapFill, Status},
     interfaces::VXLAN_DEVICE,
-    nat::{self, Connection, Timeouts},
+    nat::{self, Timeouts},
 };
 
 /// What the last NAT garbage collection found: the table's pressure.
@@ -147,7 +147,7 @@ impl Owner {
             .counters()?
             .into_iter()
             .map(|total| CounterEntry {
-                name: total.counter.name().to_string(),
+                name: CounterName(total.counter),
                 drop: total.counter.is_drop(),
                 packets: total.value.packets,
                 bytes: total.value.bytes,

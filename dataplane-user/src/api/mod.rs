@@ -1,0 +1,395 @@
+//! The agent's local API: newline-delimited JSON over a Unix socket, used by
+//! the CLI and the CNI plugin. Every line travels in an [`Envelope`] with
+//! the protocol version; a peer speaking another version gets a clear error
+//! instead of a misread request. Addresses, ports, protocols and counters are
+//! typed here, and listings and the monitor stream are filtered by the agent.
+
+mod client;
+mod wire;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnetwork::Ipv4Network;
+use macaddr::MacAddr6;
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
+
+pub use client::{call, stream};
+pub use wire::{CounterName, IpProtocol};
+
+use crate::model::{EndpointSpec, HostInterface, NodeSpec};
+
+/// The version of this protocol. 1 was the unversioned protocol before it.
+pub const API_VERSION: u32 = 2;
+
+/// One line on the socket: a request or a response with the version its
+/// sender speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub version: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+impl<T> Envelope<T> {
+    pub fn new(body: T) -> Self {
+        Self {
+            version: API_VERSION,
+            body,
+        }
+    }
+}
+
+/// Reads a line as an envelope of `T`, refusing another protocol version
+/// before looking at the body (whose shape may differ between versions).
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, String> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        version: Option<u32>,
+    }
+    let version = serde_json::from_slice::<VersionOnly>(line)
+        .map_err(|error| format!("malformed line: {error}"))?
+        .version
+        .unwrap_or(1);
+    if version != API_VERSION {
+        return Err(format!(
+            "API version mismatch: this side speaks version {API_VERSION}, the other sent \
+             version {version}; use the dataplane and dataplane-cni binaries of one release"
+        ));
+    }
+    serde_json::from_slice::<Envelope<T>>(line)
+        .map(|envelope| envelope.body)
+        .map_err(|error| format!("malformed line: {error}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    AddEndpoint {
+        endpoint: EndpointSpec,
+    },
+    RemoveEndpoint {
+        ip: Ipv4Addr,
+        /// Only while `ip` is registered behind this host veth.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_ifindex: Option<u32>,
+    },
+    /// Registered pods; with `address`, only that pod.
+    ListEndpoints {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<Ipv4Addr>,
+    },
+    Counters,
+    AddNode {
+        node: NodeSpec,
+    },
+    RemoveNode {
+        ip: Ipv4Addr,
+    },
+    /// Remote nodes; with `address`, only that node.
+    ListNodes {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<Ipv4Addr>,
+    },
+    Status,
+    /// Tracked connections; with `address`, those of the pod, node address
+    /// or remote with that IP.
+    ListNat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<Ipv4Addr>,
+    },
+    /// Streams drop events (and forwarded packets with `traces`) that pass
+    /// `filter`, one `Response::Event` per line, until disconnected.
+    Monitor {
+        #[serde(default)]
+        traces: bool,
+        #[serde(default)]
+        filter: PacketFilter,
+    },
+    /// Removes every tracked connection (they start afresh on their next packet).
+    FlushNat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// The request was applied; `changed` is false when there was nothing to do.
+    Done {
+        changed: bool,
+    },
+    Endpoints {
+        endpoints: Vec<EndpointEntry>,
+    },
+    Counters {
+        counters: Vec<CounterEntry>,
+    },
+    Nodes {
+        nodes: Vec<NodeSpec>,
+    },
+    Status {
+        status: Box<Status>,
+    },
+    Nat {
+        connections: Vec<Connection>,
+    },
+    Event {
+        event: PacketReport,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// A dropped (or traced) packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketReport {
+    /// The drop reason, or the path a traced packet took.
+    pub reason: CounterName,
+    pub drop: bool,
+    pub ifindex: u32,
+    pub protocol: IpProtocol,
+    pub source: Ipv4Addr,
+    /// TCP and UDP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port: Option<u16>,
+    pub destination: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
+}
+
+impl PacketReport {
+    /// `None` for a reason this build does not know (a program from another
+    /// build still attached).
+    pub fn from_event(event: &dataplane_common::PacketEvent) -> Option<Self> {
+        let counter = dataplane_common::Counter::from_index(event.reason)?;
+        let port = |port: [u8; 2]| Some(u16::from_be_bytes(port)).filter(|port| *port != 0);
+        Some(Self {
+            reason: CounterName(counter),
+            drop: counter.is_drop(),
+            ifindex: event.ifindex,
+            protocol: IpProtocol(event.protocol),
+            source: event.src.into(),
+            source_port: port(event.src_port),
+            destination: event.dst.into(),
+            destination_port: port(event.dst_port),
+        })
+    }
+}
+
+/// Which packet events a monitor client wants; an empty list admits all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<CounterName>,
+    /// Source or destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<Ipv4Addr>,
+    /// Source or destination port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// The interface the program saw the packet on; names are resolved by
+    /// the agent, in its network namespace, when the stream starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<HostInterface>,
+}
+
+impl PacketFilter {
+    pub fn admits(&self, event: &PacketReport) -> bool {
+        (self.reasons.is_empty() || self.reasons.contains(&event.reason))
+            && (self.addresses.is_empty()
+                || self.addresses.contains(&event.source)
+                || self.addresses.contains(&event.destination))
+            && (self.ports.is_empty()
+                || [event.source_port, event.destination_port]
+                    .into_iter()
+                    .flatten()
+                    .any(|port| self.ports.contains(&port)))
+            && (self.interfaces.is_empty()
+                || self
+                    .interfaces
+                    .contains(&HostInterface::Index(event.ifindex)))
+    }
+
+    /// The same filter with interface names turned into indexes.
+    pub fn resolved(mut self) -> Result<Self, String> {
+        for interface in &mut self.interfaces {
+            if let HostInterface::Name(name) = interface {
+                let index = nix::net::if_::if_nametoindex(name.as_str())
+                    .map_err(|_| format!("no interface {name:?} on this node"))?;
+                *interface = HostInterface::Index(index);
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// The node's settings as the agent applied them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub node_ip: Option<Ipv4Addr>,
+    pub pod_cidr: Option<Ipv4Network>,
+    pub cluster_cidr: Option<Ipv4Network>,
+    pub uplink: Option<String>,
+    pub tunnel_interface: Option<String>,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    /// MTU pods must use so their packets fit the tunnel (uplink MTU - 50).
+    pub pod_mtu: Option<u32>,
+    pub endpoints: usize,
+    pub remote_nodes: usize,
+    /// Whether pod traffic leaving the cluster is masqueraded to the node IP.
+    pub masquerade: bool,
+    pub nat_port_range: Option<String>,
+    /// NAT table entries (two per connection) at the last garbage collection.
+    pub nat_entries: usize,
+    pub nat_capacity: usize,
+    pub nat_expired_total: u64,
+    /// `program on interface (direction)`, for every attachment.
+    pub attachments: Vec<String>,
+    /// Fill level of the maps that grow.
+    pub maps: Vec<MapFill>,
+    /// Where nodes and endpoints come from.
+    pub sources: Vec<String>,
+    pub uptime_seconds: u64,
+    /// Seconds since the node map was last reconciled with a source.
+    pub last_reconcile_seconds_ago: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: usize,
+    pub capacity: usize,
+}
+
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointEntry {
+    pub ip: Ipv4Addr,
+    pub host_ifindex: u32,
+    /// Name of the host veth; `None` if it no longer exists.
+    pub interface: Option<String>,
+    #[serde_as(as = "DisplayFromStr")]
+    pub pod_mac: MacAddr6,
+    #[serde_as(as = "DisplayFromStr")]
+    pub host_mac: MacAddr6,
+    /// Whether the from-pod program is attached to the host veth.
+    pub attached: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterEntry {
+    pub name: CounterName,
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A masqueraded connection, from its pod's side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub protocol: IpProtocol,
+    pub pod: SocketAddrV4,
+    /// The node address and port the pod's side is translated to.
+    pub node: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub state: ConnectionState,
+    pub idle_seconds: u64,
+}
+
+impl Connection {
+    pub fn involves(&self, address: Ipv4Addr) -> bool {
+        [self.pod, self.node, self.remote]
+            .iter()
+            .any(|end| *end.ip() == address)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    New,
+    Established,
+    Closing,
+}
+
+impl std::fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectionState::New => "new",
+            ConnectionState::Established => "established",
+            ConnectionState::Closing => "closing",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_versioned_tagged_json() {
+        let request = Request::AddEndpoint {
+            endpoint: EndpointSpec {
+                ip: Ipv4Addr::new(10, 244, 0, 2),
+                interface: HostInterface::Index(7),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+            },
+        };
+        let json = serde_json::to_string(&Envelope::new(request.clone())).unwrap();
+        assert!(json.contains(r#""version":2"#), "{json}");
+        assert!(json.contains(r#""request":"add_endpoint""#), "{json}");
+        assert!(json.contains(r#""interface":7"#), "{json}");
+        assert!(json.contains(r#""mac":"02:00:00:00:00:01""#), "{json}");
+        assert_eq!(decode::<Request>(json.as_bytes()).unwrap(), request);
+    }
+
+    #[test]
+    fn another_version_is_refused_before_its_body_is_read() {
+        let unversioned = br#"{"request":"list_endpoints"}"#;
+        let error = decode::<Request>(unversioned).unwrap_err();
+        assert!(error.contains("sent version 1"), "{error}");
+        let future = br#"{"version":3,"request":"something_new"}"#;
+        let error = decode::<Request>(future).unwrap_err();
+        assert!(error.contains("sent version 3"), "{error}");
+        assert!(decode::<Request>(b"not json").is_err());
+    }
+
+    #[test]
+    fn packet_filter_matches_on_every_field_it_names() {
+        let event = PacketReport {
+            reason: CounterName(dataplane_common::Counter::DropSpoofedSource),
+            drop: true,
+            ifindex: 9,
+            protocol: IpProtocol(6),
+            source: Ipv4Addr::new(10, 244, 0, 99),
+            source_port: Some(40000),
+            destination: Ipv4Addr::new(10, 244, 0, 3),
+            destination_port: Some(80),
+        };
+        assert!(PacketFilter::default().admits(&event));
+        let by = |filter: PacketFilter| filter.admits(&event);
+        assert!(by(PacketFilter {
+            addresses: vec![Ipv4Addr::new(10, 244, 0, 3)],
+            ports: vec![80],
+            interfaces: vec![HostInterface::Index(9)],
+            reasons: vec!["drop_spoofed_source".parse().unwrap()],
+        }));
+        assert!(!by(PacketFilter {
+            addresses: vec![Ipv4Addr::new(10, 244, 0, 4)],
+            ..Default::default()
+        }));
+        assert!(!by(PacketFilter {
+            ports: vec![443],
+            ..Default::default()
+        }));
+        assert!(!by(PacketFilter {
+            interfaces: vec![HostInterface::Index(10)],
+            ..Default::default()
+        }));
+        assert!(!by(PacketFilter {
+            reasons: vec!["drop_malformed".parse().unwrap()],
+            ..Default::default()
+        }));
+    }
+}

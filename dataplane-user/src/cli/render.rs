@@ -1,0 +1,134 @@
+//! The CLI's text output: a table or a block per response.
+
+use crate::api::{PacketReport, Response};
+
+/// `address` or `address:port`.
+fn end(address: std::net::Ipv4Addr, port: Option<u16>) -> String {
+    match port {
+        Some(port) => format!("{address}:{port}"),
+        None => address.to_string(),
+    }
+}
+
+pub fn event_line(event: &PacketReport) -> String {
+    format!(
+        "{:<28} ifindex {:<5} {:<5} {} -> {}",
+        event.reason.to_string(),
+        event.ifindex,
+        event.protocol.to_string(),
+        end(event.source, event.source_port),
+        end(event.destination, event.destination_port)
+    )
+}
+
+pub fn print_text(response: &Response) {
+    match response {
+        Response::Done { changed: true } => println!("done"),
+        Response::Done { changed: false } => println!("nothing to do"),
+        Response::Endpoints { endpoints } => {
+            println!(
+                "{:<16} {:<16} {:>7} {:<18} {:<18} ATTACHED",
+                "IP", "INTERFACE", "IFINDEX", "POD MAC", "HOST MAC"
+            );
+            for endpoint in endpoints {
+                println!(
+                    "{:<16} {:<16} {:>7} {:<18} {:<18} {}",
+                    endpoint.ip,
+                    endpoint.interface.as_deref().unwrap_or("(gone)"),
+                    endpoint.host_ifindex,
+                    endpoint.pod_mac,
+                    endpoint.host_mac,
+                    if endpoint.attached { "yes" } else { "no" },
+                );
+            }
+        }
+        Response::Counters { counters } => {
+            println!("{:<28} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
+            for counter in counters {
+                println!(
+                    "{:<28} {:>14} {:>16}",
+                    counter.name.to_string(),
+                    counter.packets,
+                    counter.bytes
+                );
+            }
+        }
+        Response::Nodes { nodes } => {
+            println!("{:<16} POD CIDR", "NODE IP");
+            for node in nodes {
+                println!("{:<16} {}", node.ip, node.pod_cidr);
+            }
+        }
+        Response::Status { status } => {
+            let show = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+            println!(
+                "node IP:       {}",
+                show(status.node_ip.map(|ip| ip.to_string()))
+            );
+            println!(
+                "pod CIDR:      {}",
+                show(status.pod_cidr.map(|cidr| cidr.to_string()))
+            );
+            println!(
+                "cluster CIDR:  {}",
+                show(status.cluster_cidr.map(|cidr| cidr.to_string()))
+            );
+            println!("uplink:        {}", show(status.uplink.clone()));
+            match &status.tunnel_interface {
+                Some(device) => println!(
+                    "tunnel:        VXLAN in BPF on the uplink, VNI {}, UDP {} (GRO device {device})",
+                    status.vni, status.vxlan_port
+                ),
+                None => println!("tunnel:        off (no node.uplink)"),
+            }
+            println!(
+                "pod MTU:       {}",
+                show(status.pod_mtu.map(|mtu| mtu.to_string()))
+            );
+            println!("endpoints:     {}", status.endpoints);
+            println!("remote nodes:  {}", status.remote_nodes);
+            match &status.nat_port_range {
+                Some(range) => println!(
+                    "masquerade:    to the node IP, ports {range}; {} of {} NAT entries, {} expired",
+                    status.nat_entries, status.nat_capacity, status.nat_expired_total
+                ),
+                None => println!("masquerade:    off"),
+            }
+            println!("sources:       {}", status.sources.join(", "));
+            println!(
+                "agent:         up {} s, node map reconciled {} s ago",
+                status.uptime_seconds, status.last_reconcile_seconds_ago
+            );
+            println!("maps:");
+            for map in &status.maps {
+                println!(
+                    "  {:<14} {:>7} of {:>7}",
+                    map.name, map.entries, map.capacity
+                );
+            }
+            println!("attached:");
+            for attachment in &status.attachments {
+                println!("  {attachment}");
+            }
+        }
+        Response::Nat { connections } => {
+            println!(
+                "{:<5} {:<21} {:<21} {:<21} {:<12} IDLE",
+                "PROTO", "POD", "NODE", "REMOTE", "STATE"
+            );
+            for connection in connections {
+                println!(
+                    "{:<5} {:<21} {:<21} {:<21} {:<12} {}s",
+                    connection.protocol.to_string(),
+                    connection.pod.to_string(),
+                    connection.node.to_string(),
+                    connection.remote.to_string(),
+                    connection.state.to_string(),
+                    connection.idle_seconds
+                );
+            }
+        }
+        Response::Event { event } => println!("{}", event_line(event)),
+        Response::Error { message } => println!("error: {message}"),
+    }
+}
