@@ -1,33 +1,25 @@
 //! The loaded dataplane: programs, maps, and where the programs are attached.
 //! Keeps in-memory mirrors of the endpoint and node maps so attach, detach
 //! and update decisions need no map scans.
-//!
-//! Every attachment is a tcx link pinned in bpffs, so programs keep
-//! forwarding while the agent is down. A restarted agent finds the pinned
-//! link and swaps its own program in atomically (BPF_LINK_UPDATE): no moment
-//! without a program. Detaching is removing the pin.
+//! How programs are attached and pinned: [`links`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
-use aya::{
-    Ebpf,
-    programs::{
-        TcAttachType,
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-    },
-};
+use aya::Ebpf;
 use dataplane_common::{Endpoint, FlowKey, NatEntry, NodeConfig, names};
 use ipnetwork::Ipv4Network;
-use tracing::{debug, warn};
+
+mod links;
+
+pub use links::Attachment;
+use links::from_pod_on;
 
 use crate::{
     interfaces::Interface,
-    loader::classifier,
     maps::{CounterTotal, Maps, MapsError},
 };
 
@@ -50,14 +42,6 @@ pub enum DataplaneError {
     Maps(#[from] MapsError),
 }
 
-/// A program attached to an interface in one direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Attachment {
-    pub program: &'static str,
-    pub ifindex: u32,
-    pub egress: bool,
-}
-
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
@@ -65,6 +49,9 @@ pub struct Dataplane {
     links_dir: PathBuf,
     attached: HashSet<Attachment>,
     endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// The endpoints behind each host veth: detaching and a veth's removal
+    /// look up one veth instead of scanning every endpoint.
+    behind: HashMap<u32, BTreeSet<Ipv4Addr>>,
     remote_nodes: BTreeMap<Ipv4Addr, Ipv4Network>,
     /// What the host address map holds.
     host_addresses: BTreeSet<Ipv4Addr>,
@@ -76,7 +63,11 @@ impl Dataplane {
     /// or drop them.
     pub fn new(mut ebpf: Ebpf, pin_dir: &Path) -> Result<Self, DataplaneError> {
         let maps = Maps::take_from(&mut ebpf)?;
-        let endpoints = maps.endpoints()?.into_iter().collect();
+        let endpoints: BTreeMap<Ipv4Addr, Endpoint> = maps.endpoints()?.into_iter().collect();
+        let mut behind: HashMap<u32, BTreeSet<Ipv4Addr>> = HashMap::new();
+        for (ip, endpoint) in &endpoints {
+            behind.entry(endpoint.host_ifindex).or_default().insert(*ip);
+        }
         let remote_nodes = maps.remote_nodes()?.into_iter().collect();
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir).map_err(|error| DataplaneError::Pin {
@@ -91,6 +82,7 @@ impl Dataplane {
             links_dir,
             attached: HashSet::new(),
             endpoints,
+            behind,
             remote_nodes,
             host_addresses: BTreeSet::new(),
         })
@@ -112,11 +104,9 @@ impl Dataplane {
 
     /// The endpoints behind host veth `ifindex`.
     pub fn endpoints_behind(&self, ifindex: u32) -> Vec<Ipv4Addr> {
-        self.endpoints
-            .iter()
-            .filter(|(_, endpoint)| endpoint.host_ifindex == ifindex)
-            .map(|(ip, _)| *ip)
-            .collect()
+        self.behind
+            .get(&ifindex)
+            .map_or_else(Vec::new, |ips| ips.iter().copied().collect())
     }
 
     /// Makes the node's own addresses exactly `addresses`; `Ok(true)` if
@@ -217,9 +207,11 @@ impl Dataplane {
             }
             return Err(error.into());
         }
+        self.behind.entry(interface.index).or_default().insert(ip);
         if let Some(previous) = self.endpoints.insert(ip, endpoint)
             && previous.host_ifindex != interface.index
         {
+            self.forget_behind(ip, previous.host_ifindex);
             self.detach_from_pod_if_unused(previous.host_ifindex);
         }
         Ok(())
@@ -229,6 +221,7 @@ impl Dataplane {
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, DataplaneError> {
         let removed = self.maps.remove_endpoint(ip)?;
         if let Some(previous) = self.endpoints.remove(&ip) {
+            self.forget_behind(ip, previous.host_ifindex);
             self.detach_from_pod_if_unused(previous.host_ifindex);
         }
         Ok(removed)
@@ -260,161 +253,18 @@ impl Dataplane {
         Ok(self.maps.remove_remote_node(ip, pod_cidr)?)
     }
 
-    /// Attaches the tunnel programs: decapsulation on the uplink's ingress,
-    /// the node's own pod-bound traffic on its egress, and the guard on the
-    /// VXLAN device.
-    pub fn attach_tunnel(
-        &mut self,
-        vxlan: &Interface,
-        uplink: &Interface,
-    ) -> Result<(), DataplaneError> {
-        self.attach(names::FROM_TUNNEL_PROGRAM, vxlan, false)?;
-        self.attach(names::FROM_UPLINK_PROGRAM, uplink, false)?;
-        self.attach(names::FROM_HOST_PROGRAM, uplink, true)?;
-        Ok(())
-    }
-
-    fn pin_path(&self, attachment: &Attachment) -> PathBuf {
-        let direction = if attachment.egress {
-            "egress"
-        } else {
-            "ingress"
-        };
-        self.links_dir.join(format!(
-            "{}-{}-{direction}",
-            attachment.program, attachment.ifindex
-        ))
-    }
-
-    /// Attaches `program` to `interface` unless it already is; `Ok(true)` if it
-    /// was not. A link pinned by an earlier agent is adopted: this build's
-    /// program replaces the old one on it atomically.
-    fn attach(
-        &mut self,
-        program: &'static str,
-        interface: &Interface,
-        egress: bool,
-    ) -> Result<bool, DataplaneError> {
-        let attachment = Attachment {
-            program,
-            ifindex: interface.index,
-            egress,
-        };
-        if self.attached.contains(&attachment) {
-            return Ok(false);
-        }
-        let pin = self.pin_path(&attachment);
-        let pin_error = |detail: String| DataplaneError::Pin {
-            program,
-            interface: interface.name.clone(),
-            path: pin.clone(),
-            detail,
-        };
-        let classifier = classifier(&mut self.ebpf, program);
-        let adopted = if pin.exists() {
-            let adoption = PinnedLink::from_pin(&pin)
-                .map_err(|error| error.to_string())
-                .and_then(|pinned| {
-                    SchedClassifierLink::try_from(FdLink::from(pinned))
-                        .map_err(|error| error.to_string())
-                })
-                .and_then(|link| {
-                    classifier
-                        .attach_to_link(link)
-                        .map_err(|error| error.to_string())
-                });
-            match adoption {
-                Ok(link) => Some(link),
-                Err(cause) => {
-                    // A link whose interface was deleted (its index now
-                    // someone else's) cannot be updated. The new program is
-                    // attached next to it before its pin goes: make before
-                    // break, no moment without a program.
-                    warn!(program, interface = %interface.name, pin = %pin.display(),
-                          "cannot take over the pinned link ({cause}); attaching anew beside it");
-                    None
-                }
+    fn forget_behind(&mut self, ip: Ipv4Addr, ifindex: u32) {
+        if let Some(ips) = self.behind.get_mut(&ifindex) {
+            ips.remove(&ip);
+            if ips.is_empty() {
+                self.behind.remove(&ifindex);
             }
-        } else {
-            None
-        };
-        let replaces_pin = adopted.is_none() && pin.exists();
-        let link = match adopted {
-            Some(link) => link,
-            None => {
-                let direction = if egress {
-                    TcAttachType::Egress
-                } else {
-                    TcAttachType::Ingress
-                };
-                classifier
-                    .attach(&interface.name, direction)
-                    .map_err(|source| DataplaneError::Attach {
-                        program,
-                        interface: interface.name.clone(),
-                        source,
-                    })?
-            }
-        };
-        let link: FdLink = classifier
-            .take_link(link)
-            .map_err(|error| pin_error(error.to_string()))?
-            .try_into()
-            .map_err(|error: aya::programs::links::LinkError| pin_error(error.to_string()))?;
-        if replaces_pin {
-            std::fs::remove_file(&pin).map_err(|error| pin_error(error.to_string()))?;
         }
-        if !pin.exists() {
-            link.pin(&pin)
-                .map_err(|error| pin_error(error.to_string()))?;
-        }
-        // The pin holds the link from here on, whatever happens to this process.
-        self.attached.insert(attachment);
-        Ok(true)
-    }
-
-    fn detach(&mut self, attachment: &Attachment) {
-        if self.attached.remove(attachment)
-            && let Err(error) = std::fs::remove_file(self.pin_path(attachment))
-        {
-            debug!(?attachment, %error, "unpinning link");
-        }
-    }
-
-    /// Removes pinned links this agent did not attach or adopt: left behind for
-    /// interfaces that are gone, or for endpoints removed while it was down.
-    pub fn remove_stale_links(&mut self) -> Vec<PathBuf> {
-        let current: HashSet<PathBuf> = self
-            .attached
-            .iter()
-            .map(|attachment| self.pin_path(attachment))
-            .collect();
-        let Ok(entries) = std::fs::read_dir(&self.links_dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| !current.contains(path))
-            .filter(|path| std::fs::remove_file(path).is_ok())
-            .collect()
     }
 
     fn detach_from_pod_if_unused(&mut self, ifindex: u32) {
-        if !self
-            .endpoints
-            .values()
-            .any(|endpoint| endpoint.host_ifindex == ifindex)
-        {
+        if !self.behind.contains_key(&ifindex) {
             self.detach(&from_pod_on(ifindex));
         }
-    }
-}
-
-fn from_pod_on(ifindex: u32) -> Attachment {
-    Attachment {
-        program: names::FROM_POD_PROGRAM,
-        ifindex,
-        egress: false,
     }
 }

@@ -1,0 +1,169 @@
+//! The config file parser against good and bad files.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/dataplane/node.toml"))
+}
+
+#[test]
+fn full_config_parses() {
+    let config = parse(
+        r#"
+        [agent]
+        api_socket = "/tmp/a.sock"
+        [node]
+        pod_cidr = "10.244.1.0/24"
+        [[endpoints]]
+        ip = "10.244.1.2"
+        interface = "veth0"
+        mac = "02:00:00:00:00:01"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.agent.api_socket, PathBuf::from("/tmp/a.sock"));
+    assert_eq!(config.agent.bpf_root, PathBuf::from(DEFAULT_BPF_ROOT));
+    assert_eq!(config.endpoints[0].mac.as_bytes(), &[2, 0, 0, 0, 0, 1]);
+}
+
+#[test]
+fn empty_config_uses_defaults() {
+    assert_eq!(parse("").unwrap(), Config::default());
+}
+
+fn error_of(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_file_field_and_problem() {
+    let error = error_of(
+        "[[endpoints]]\nip = \"10.244.1.300\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"",
+    );
+    assert!(error.contains("/etc/dataplane/node.toml"), "{error}");
+    assert!(error.contains("endpoints[0].ip"), "{error}");
+    assert!(error.contains("invalid"), "{error}");
+
+    let error = error_of("[node]\npod_cidr = \"10.244.1.0/33\"");
+    assert!(error.contains("node.pod_cidr"), "{error}");
+
+    let error = error_of("[agent]\nsocket = \"/x\"");
+    assert!(error.contains("unknown field `socket`"), "{error}");
+
+    let error = error_of("[[endpoints]]\nip = \"10.244.1.2\"\ninterface = \"v\"\nmac = \"zz\"");
+    assert!(error.contains("endpoints[0].mac"), "{error}");
+
+    let error = error_of("[[endpoints]]\nip = \"10.244.1.2\"\ninterface = \"v\"");
+    assert!(error.contains("missing field `mac`"), "{error}");
+}
+
+#[test]
+fn semantic_errors() {
+    let endpoint = |ip: &str, interface: &str, mac: &str| {
+        format!("[[endpoints]]\nip = \"{ip}\"\ninterface = \"{interface}\"\nmac = \"{mac}\"\n")
+    };
+    let cidr = "[node]\npod_cidr = \"10.244.1.0/24\"\n";
+    let mac = "02:00:00:00:00:01";
+
+    let error = error_of(&format!("{cidr}{}", endpoint("10.244.2.2", "v", mac)));
+    assert!(
+        error.contains("endpoints[0].ip") && error.contains("outside"),
+        "{error}"
+    );
+
+    let error = error_of(&endpoint("10.244.1.2", "a-name-that-is-too-long", mac));
+    assert!(error.contains("endpoints[0].interface"), "{error}");
+
+    let error = error_of(&endpoint("10.244.1.2", "v", "01:00:5e:00:00:01"));
+    assert!(
+        error.contains("endpoints[0].mac") && error.contains("unicast"),
+        "{error}"
+    );
+
+    let twice = format!(
+        "{}{}",
+        endpoint("10.244.1.2", "a", mac),
+        endpoint("10.244.1.2", "b", mac)
+    );
+    let error = error_of(&twice);
+    assert!(
+        error.contains("endpoints[1].ip") && error.contains("endpoints[0]"),
+        "{error}"
+    );
+}
+
+#[test]
+fn remote_nodes_and_tunnel_settings() {
+    let base = "[node]\nuplink = \"eth0\"\npod_cidr = \"10.244.0.0/24\"\ncluster_cidr = \"10.244.0.0/16\"\n";
+    let node = |ip: &str, cidr: &str| format!("[[nodes]]\nip = \"{ip}\"\npod_cidr = \"{cidr}\"\n");
+    let config = parse(&format!("{base}{}", node("192.0.2.11", "10.244.1.0/24"))).unwrap();
+    assert_eq!(config.node.vni, DEFAULT_VNI);
+    assert_eq!(config.node.vxlan_port, DEFAULT_VXLAN_PORT);
+    assert_eq!(config.nodes[0].ip, Ipv4Addr::new(192, 0, 2, 11));
+
+    let cases = [
+        (
+            format!("{base}{}", node("192.0.2.11", "10.244.0.128/25")),
+            "nodes[0].pod_cidr",
+            "overlaps this node",
+        ),
+        (
+            format!("{base}{}", node("192.0.2.11", "10.99.0.0/24")),
+            "nodes[0].pod_cidr",
+            "not inside cluster_cidr",
+        ),
+        (
+            format!(
+                "{base}{}{}",
+                node("192.0.2.11", "10.244.1.0/24"),
+                node("192.0.2.12", "10.244.1.0/25")
+            ),
+            "nodes[1].pod_cidr",
+            "overlaps 10.244.1.0/24",
+        ),
+        (
+            format!(
+                "{base}{}{}",
+                node("192.0.2.11", "10.244.1.0/24"),
+                node("192.0.2.11", "10.244.2.0/24")
+            ),
+            "nodes[1].ip",
+            "already nodes[0]",
+        ),
+        (
+            node("192.0.2.11", "10.244.1.0/24"),
+            "nodes",
+            "set node.uplink",
+        ),
+        (format!("{base}vni = 16777216\n"), "node.vni", "not in 1..="),
+        (
+            format!("{base}vxlan_port = 0\n"),
+            "node.vxlan_port",
+            "not a usable UDP port",
+        ),
+        (
+            "[node]\npod_cidr = \"10.1.0.0/24\"\ncluster_cidr = \"10.244.0.0/16\"".to_string(),
+            "node.pod_cidr",
+            "not inside",
+        ),
+    ];
+    for (text, field, problem) in cases {
+        let error = error_of(&text);
+        assert!(
+            error.contains(field) && error.contains(problem),
+            "{text}\n=> {error}"
+        );
+    }
+}
+
+#[test]
+fn syntax_error_names_the_file() {
+    let error = error_of("[agent\n");
+    assert!(error.contains("/etc/dataplane/node.toml"), "{error}");
+}
+
+#[test]
+fn missing_file_is_reported_with_its_path() {
+    let error = Config::load(Path::new("/nonexistent/dataplane.toml")).unwrap_err();
+    assert!(error.to_string().contains("/nonexistent/dataplane.toml"));
+}
