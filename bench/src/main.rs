@@ -7,6 +7,7 @@ mod chart;
 mod kernel_tables;
 mod measure;
 mod paths;
+mod programming;
 mod report;
 mod scale;
 
@@ -30,6 +31,10 @@ struct Cli {
     /// "egress"); the scale runs are skipped then.
     #[arg(long)]
     paths: Option<String>,
+    /// Only the programming rows (through the agent: config reload, API,
+    /// Kubernetes events); no traffic clusters are built.
+    #[arg(long, conflicts_with = "paths")]
+    programming_only: bool,
     /// Exactly this many repetitions (default: at least 4 and more, up to
     /// 12, until every row's interval is settled or the budget is spent; 1
     /// with --quick).
@@ -150,6 +155,29 @@ fn main() -> anyhow::Result<()> {
     if !cli.quick {
         settings.budget = Duration::from_secs(cli.budget_minutes * 60);
     }
+    let mut progress = Progress::default();
+    let (comparisons, breakdown) = if cli.programming_only {
+        progress.expect(programming::steps(&settings));
+        (programming::run(&settings, &mut progress)?, Vec::new())
+    } else {
+        traffic_and_scale(&cli, &settings, &mut progress)?
+    };
+
+    std::fs::create_dir_all(&cli.output)
+        .with_context(|| format!("creating {}", cli.output.display()))?;
+    let markdown = report::write(&comparisons, &breakdown, &settings, &cli.output)?;
+    chart::draw(&comparisons, &cli.output.join("results.svg"))?;
+    println!("\n{markdown}\nwritten to {}", cli.output.display());
+    Ok(())
+}
+
+/// The traffic paths on three clusters, then (without a path filter) the
+/// scale and programming rows.
+fn traffic_and_scale(
+    cli: &Cli,
+    settings: &Settings,
+    progress: &mut Progress,
+) -> anyhow::Result<(Vec<measure::Comparison>, Vec<paths::CpuBreakdown>)> {
     let with_scale = cli.paths.is_none();
     println!(
         "==> building three 2-node clusters: this dataplane, /32 routes + flannel vxlan, cni0 bridge + flannel vxlan"
@@ -161,21 +189,17 @@ fn main() -> anyhow::Result<()> {
         bridge: Cluster::new(spec(Forwarding::Bridge)).context("bridge cluster")?,
     };
     let path_filter = cli.paths.as_deref().unwrap_or_default();
-    let mut progress = Progress::default();
     if with_scale {
-        progress.expect(scale::steps(&settings));
+        progress.expect(scale::steps(settings) + programming::steps(settings));
     }
-    let (mut comparisons, breakdown) =
-        paths::run(&clusters, &settings, path_filter, &mut progress)?;
+    let (mut comparisons, breakdown) = paths::run(&clusters, settings, path_filter, progress)?;
     if with_scale {
-        comparisons.extend(scale::run(&clusters, &settings, &mut progress)?);
+        comparisons.extend(scale::run(&clusters, settings, progress)?);
     }
+    // The programming lab is a cluster of its own: the others go first.
     drop(clusters);
-
-    std::fs::create_dir_all(&cli.output)
-        .with_context(|| format!("creating {}", cli.output.display()))?;
-    let markdown = report::write(&comparisons, &breakdown, &settings, &cli.output)?;
-    chart::draw(&comparisons, &cli.output.join("results.svg"))?;
-    println!("\n{markdown}\nwritten to {}", cli.output.display());
-    Ok(())
+    if with_scale {
+        comparisons.extend(programming::run(settings, progress)?);
+    }
+    Ok((comparisons, breakdown))
 }

@@ -19,6 +19,8 @@ pub enum Measure {
     ProgramCost,
     /// Wall time to program a set of remote nodes.
     ProgrammingTime,
+    /// Wall time from one change at a source to the agent having applied it.
+    TimePerChange,
 }
 
 impl Measure {
@@ -45,6 +47,7 @@ impl Measure {
             Measure::BpfPerGigabyte => "BPF program time per GB (TCP 1 stream)",
             Measure::ProgramCost => "BPF from-pod run time per packet",
             Measure::ProgrammingTime => "time to program",
+            Measure::TimePerChange => "time per change, event to map",
         }
     }
 
@@ -57,7 +60,7 @@ impl Measure {
             Measure::ConnectionsPerSecond => "connections/s",
             Measure::CpuPerGigabyte | Measure::BpfPerGigabyte => "CPU seconds/GB",
             Measure::ProgramCost => "nanoseconds",
-            Measure::ProgrammingTime => "seconds",
+            Measure::ProgrammingTime | Measure::TimePerChange => "seconds",
         }
     }
 
@@ -82,6 +85,7 @@ impl Measure {
             Measure::CpuPerGigabyte | Measure::BpfPerGigabyte => format!("{value:.3} CPU s/GB"),
             Measure::ProgramCost => format!("{value:.0} ns"),
             Measure::ProgrammingTime => format!("{:.0} ms", value * 1e3),
+            Measure::TimePerChange => format!("{:.1} µs", value * 1e6),
         }
     }
 }

@@ -56,8 +56,6 @@ const LEVELS: [Level; 3] = [
 const REAL_ENDPOINTS: u32 = 2;
 const REAL_REMOTE_NODES: u32 = 1;
 
-const PROGRAMMED_NODES: u32 = 5_000;
-
 /// BPF_PROG_TEST_RUN's verdict for a packet handed to another device.
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -65,9 +63,7 @@ const TC_ACT_REDIRECT: u32 = 7;
 pub fn steps(settings: &Settings) -> usize {
     const LATENCY_RUNS: usize = 4;
     const PACKETS: usize = 2;
-    const PROGRAMMERS: usize = 2;
-    settings.min_repetitions * PROGRAMMERS
-        + LEVELS.len() * (1 + settings.min_repetitions * (LATENCY_RUNS + PACKETS))
+    LEVELS.len() * (1 + settings.min_repetitions * (LATENCY_RUNS + PACKETS))
 }
 
 pub fn run(
@@ -79,7 +75,7 @@ pub fn run(
     let placement = *Placement::all(false)
         .last()
         .expect("one placement at least");
-    let mut comparisons = vec![programming_time(settings, progress)?];
+    let mut comparisons = Vec::new();
     let mut private = DataplaneTables::private()?;
     let mut ours = clusters
         .dataplane
@@ -194,39 +190,7 @@ pub fn run(
 const DIRECTIONS: [(&str, (usize, usize)); 2] =
     [("same-node", SAME_NODE), ("cross-node", OTHER_NODE)];
 
-/// Wall time to program `PROGRAMMED_NODES` remote nodes: into this
-/// dataplane's maps (what its agent does per node) and as flannel does it.
-fn programming_time(settings: &Settings, progress: &mut Progress) -> anyhow::Result<Comparison> {
-    let mut comparison = Comparison::new(
-        format!("programming {} remote nodes", thousands(PROGRAMMED_NODES)),
-        "kernel routes + neigh + FDB over netlink (flannel)",
-        Measure::ProgrammingTime,
-    );
-    let all = Filled {
-        endpoints: 0,
-        nodes: PROGRAMMED_NODES,
-    };
-    for repetition in 1..=settings.min_repetitions {
-        let mut ours = DataplaneTables::private()?;
-        let mut theirs =
-            KernelNode::vxlan_only(Netns::create(format!("{}-prog", unique_prefix()))?)?;
-        let timings = [
-            ("dataplane maps", seconds_taken(|| ours.fill(all))?),
-            ("kernel over netlink", seconds_taken(|| theirs.fill(all))?),
-        ];
-        let runs = [&mut comparison.dataplane, &mut comparison.reference];
-        for ((what, seconds), into) in timings.into_iter().zip(runs) {
-            into.push(seconds);
-            progress.step(
-                &format!("run {repetition} programming nodes, {what}"),
-                &Measure::ProgrammingTime.show(seconds),
-            );
-        }
-    }
-    Ok(comparison)
-}
-
-fn seconds_taken(work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+pub(crate) fn seconds_taken(work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     let started = Instant::now();
     work()?;
     Ok(started.elapsed().as_secs_f64())
@@ -234,9 +198,9 @@ fn seconds_taken(work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f6
 
 /// How many fake entries a set of tables holds.
 #[derive(Debug, Default, Clone, Copy)]
-struct Filled {
-    endpoints: u32,
-    nodes: u32,
+pub(crate) struct Filled {
+    pub endpoints: u32,
+    pub nodes: u32,
 }
 
 /// Fake endpoint `index`: 10.250.0.0/16 onwards, never addressed by traffic.
@@ -374,7 +338,7 @@ impl Drop for DataplaneTables {
 
 /// One node's kernel tables: /32 routes out of its first pod's veth, flannel
 /// entries on its `flannel.1`.
-struct KernelNode {
+pub(crate) struct KernelNode {
     tables: KernelTables,
     pod_veth: Option<u32>,
     vxlan: u32,
@@ -396,7 +360,7 @@ impl KernelNode {
     }
 
     /// A namespace with nothing but flannel's vxlan device.
-    fn vxlan_only(netns: Netns) -> anyhow::Result<Self> {
+    pub(crate) fn vxlan_only(netns: Netns) -> anyhow::Result<Self> {
         // An uplink for flannel's device to sit on (this kernel has no dummy links).
         netns.ip(&[
             "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
@@ -413,7 +377,7 @@ impl KernelNode {
         })
     }
 
-    fn fill(&mut self, target: Filled) -> anyhow::Result<()> {
+    pub(crate) fn fill(&mut self, target: Filled) -> anyhow::Result<()> {
         if let Some(pod_veth) = self.pod_veth {
             for index in self.filled.endpoints..target.endpoints {
                 self.tables.add_pod_route(pod_veth, fake_endpoint(index))?;
@@ -455,7 +419,7 @@ fn udp_frame(destination: Ipv4Addr) -> Vec<u8> {
 }
 
 /// 50000 as "50,000".
-fn thousands(value: u32) -> String {
+pub(crate) fn thousands(value: u32) -> String {
     let digits = value.to_string();
     let mut grouped = String::new();
     for (index, digit) in digits.chars().enumerate() {
@@ -475,7 +439,7 @@ mod tests {
     fn fake_entries_stay_clear_of_the_clusters_addresses() {
         let cluster: Ipv4Network = "10.244.0.0/16".parse().unwrap();
         let largest = LEVELS[LEVELS.len() - 1];
-        for index in [0, largest.remote_nodes - 1, PROGRAMMED_NODES - 1] {
+        for index in [0, largest.remote_nodes - 1] {
             let (ip, pod_cidr, _) = fake_node(index);
             assert!(!cluster.overlaps(pod_cidr));
             assert!(ip.octets()[0] == 198 && ip.octets()[1] == 18);

@@ -10,7 +10,7 @@ use rtnetlink::{
     Handle, LinkGetRequest, LinkUnspec, LinkVxlan,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkMessage},
+        link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
     },
 };
 
@@ -159,16 +159,68 @@ impl Interfaces {
         Ok(true)
     }
 
-    /// (Re)creates `name` as a collect_md VXLAN device: no VNI, remote or FDB
-    /// of its own. The BPF programs encapsulate and decapsulate; the device's
-    /// UDP socket is what makes the kernel's GRO aggregate received VXLAN
-    /// (udp4_gro_receive looks for a tunnel socket on the port). ARP is off,
-    /// since nothing resolves neighbours through it.
-    pub async fn recreate_vxlan(
+    /// Whether `name` is a collect_md VXLAN device with exactly `settings`.
+    async fn vxlan_matches(
         &self,
         name: &str,
         settings: VxlanSettings,
-    ) -> Result<Interface, InterfaceError> {
+    ) -> Result<bool, InterfaceError> {
+        let request = self.handle.link().get().match_name(name.to_string());
+        let message = match request.execute().try_next().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(false),
+            Err(rtnetlink::Error::NetlinkError(error))
+                if error.raw_code() == -nix::libc::ENODEV =>
+            {
+                return Ok(false);
+            }
+            Err(error) => return Err(InterfaceError::Request(name.to_string(), error)),
+        };
+        let mut vxlan = Vec::new();
+        let mut mtu = 0;
+        for attribute in message.attributes {
+            match attribute {
+                LinkAttribute::Mtu(value) => mtu = value,
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(data)) = info {
+                            vxlan = data;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(mtu == settings.mtu
+            && [
+                InfoVxlan::Local(settings.local),
+                InfoVxlan::Port(settings.port),
+                InfoVxlan::CollectMetadata(true),
+                InfoVxlan::Learning(false),
+            ]
+            .iter()
+            .all(|wanted| vxlan.contains(wanted)))
+    }
+
+    /// Makes `name` a collect_md VXLAN device: no VNI, remote or FDB of its
+    /// own. The BPF programs encapsulate and decapsulate; the device's UDP
+    /// socket is what makes the kernel's GRO aggregate received VXLAN
+    /// (udp4_gro_receive looks for a tunnel socket on the port). ARP is off,
+    /// since nothing resolves neighbours through it. A device an earlier
+    /// agent left with the same settings is kept (its guard program stays
+    /// attached); any other is replaced.
+    pub async fn ensure_vxlan(
+        &self,
+        name: &str,
+        settings: VxlanSettings,
+    ) -> Result<(Interface, bool), InterfaceError> {
+        if self.vxlan_matches(name, settings).await? {
+            let device = self
+                .by_name(name)
+                .await?
+                .ok_or_else(|| InterfaceError::Vanished(name.to_string()))?;
+            return Ok((device, false));
+        }
         let request_error = |error| InterfaceError::Request(name.to_string(), error);
         self.delete(name).await?;
         // VNI 0: a flow-based socket maps every received packet to VNI 0 to
@@ -188,9 +240,11 @@ impl Interfaces {
             .execute()
             .await
             .map_err(request_error)?;
-        self.by_name(name)
+        let device = self
+            .by_name(name)
             .await?
-            .ok_or_else(|| InterfaceError::Vanished(name.to_string()))
+            .ok_or_else(|| InterfaceError::Vanished(name.to_string()))?;
+        Ok((device, true))
     }
 }
 

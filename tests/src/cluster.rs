@@ -208,10 +208,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the agent in the node's network namespace and waits until its
-    /// API answers. `nsenter --net` keeps the host's mounts, so the agent sees
-    /// the real /sys/fs/bpf (`ip netns exec` would remount /sys over it).
-    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+    /// Starts the agent in the node's network namespace without waiting for
+    /// it. `nsenter --net` keeps the host's mounts, so the agent sees the
+    /// real /sys/fs/bpf (`ip netns exec` would remount /sys over it).
+    pub fn spawn_agent(&mut self) -> anyhow::Result<()> {
         if self.agent.is_some() {
             bail!("the agent of {} is already running", self.netns.name());
         }
@@ -237,7 +237,12 @@ impl Node {
             .spawn()
             .context("spawning the agent with nsenter")?;
         self.agent = Some(AgentProcess { child });
+        Ok(())
+    }
 
+    /// Starts the agent and waits until its API answers.
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        self.spawn_agent()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.cli(&["endpoint", "list"]).is_ok() {
@@ -264,6 +269,13 @@ impl Node {
         if let Some(agent) = self.agent.take() {
             agent.stop(signal);
         }
+    }
+
+    /// Sends `signal` to the running agent (SIGHUP: reread the config file).
+    pub fn signal_agent(&self, signal: Signal) -> anyhow::Result<()> {
+        let agent = self.agent.as_ref().context("the agent is not running")?;
+        kill(Pid::from_raw(agent.child.id() as i32), signal)?;
+        Ok(())
     }
 
     pub fn agent_log(&self) -> String {

@@ -8,7 +8,7 @@ use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
     path::Path,
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -31,8 +31,15 @@ struct State {
     watch_generation: u64,
 }
 
+/// The state, and a signal to open watches that it changed.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
 pub struct FakeApiServer {
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
     stop: Arc<AtomicBool>,
     pub port: u16,
 }
@@ -40,7 +47,7 @@ pub struct FakeApiServer {
 impl FakeApiServer {
     /// Listens on 127.0.0.1 inside `netns` (where the agent runs).
     pub fn start(netns: &Netns) -> anyhow::Result<Self> {
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (port_sender, port) = mpsc::channel();
         let (shared, stopping) = (Arc::clone(&state), Arc::clone(&stop));
@@ -80,7 +87,8 @@ impl FakeApiServer {
     }
 
     fn change(&self, name: &str, kind: &str, node: Option<Value>) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.state.lock().unwrap();
+        self.state.changed.notify_all();
         state.version += 1;
         let version = state.version;
         let object = match node {
@@ -105,7 +113,7 @@ impl FakeApiServer {
 
     /// Creates or updates Node `name` with InternalIP `ip` and pod CIDR `pod_cidr`.
     pub fn apply_node(&self, name: &str, ip: Ipv4Addr, pod_cidr: &str) {
-        let exists = self.state.lock().unwrap().nodes.contains_key(name);
+        let exists = self.state.state.lock().unwrap().nodes.contains_key(name);
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -122,7 +130,8 @@ impl FakeApiServer {
 
     /// Ends every open watch, as an API server restart or a load balancer would.
     pub fn drop_watches(&self) {
-        self.state.lock().unwrap().watch_generation += 1;
+        self.state.state.lock().unwrap().watch_generation += 1;
+        self.state.changed.notify_all();
     }
 }
 
@@ -133,7 +142,7 @@ impl Drop for FakeApiServer {
     }
 }
 
-fn serve(connection: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+fn serve(connection: TcpStream, state: &Shared, stop: &AtomicBool) {
     let _ = connection.set_read_timeout(Some(Duration::from_secs(5)));
     let mut reader = BufReader::new(&connection);
     let mut request_line = String::new();
@@ -167,7 +176,7 @@ fn serve(connection: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         return;
     }
     let body = {
-        let state = state.lock().unwrap();
+        let state = state.state.lock().unwrap();
         json!({
             "apiVersion": "v1",
             "kind": "NodeList",
@@ -184,8 +193,8 @@ fn serve(connection: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
 }
 
 /// Streams events after `from` as chunked JSON lines until the watch is dropped.
-fn watch(mut connection: &TcpStream, state: &Mutex<State>, stop: &AtomicBool, mut from: u64) {
-    let generation = state.lock().unwrap().watch_generation;
+fn watch(mut connection: &TcpStream, shared: &Shared, stop: &AtomicBool, mut from: u64) {
+    let generation = shared.state.lock().unwrap().watch_generation;
     if connection
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
         .is_err()
@@ -194,7 +203,7 @@ fn watch(mut connection: &TcpStream, state: &Mutex<State>, stop: &AtomicBool, mu
     }
     while !stop.load(Ordering::Relaxed) {
         let (pending, dropped) = {
-            let state = state.lock().unwrap();
+            let state = shared.state.lock().unwrap();
             let pending: Vec<(u64, Value)> = state
                 .events
                 .iter()
@@ -214,6 +223,14 @@ fn watch(mut connection: &TcpStream, state: &Mutex<State>, stop: &AtomicBool, mu
             let _ = connection.write_all(b"0\r\n\r\n");
             return;
         }
-        thread::sleep(Duration::from_millis(20));
+        // Woken by the next change (the timeout only rechecks `stop`).
+        let state = shared.state.lock().unwrap();
+        if state.version == from && state.watch_generation == generation {
+            drop(
+                shared
+                    .changed
+                    .wait_timeout(state, Duration::from_millis(100)),
+            );
+        }
     }
 }

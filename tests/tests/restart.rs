@@ -1,11 +1,15 @@
 //! The datapath keeps forwarding while the agent is down: programs, links and
 //! maps stay pinned, and a restarted agent adopts them.
 
-use std::{process::Child, time::Duration};
+use std::{
+    process::Child,
+    time::{Duration, Instant},
+};
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, Netns,
+    Cluster, ClusterSpec, Netns, Node,
     cluster::EXTERNAL_HOST_IP,
+    cni::MainPlugin,
     traffic::{received_bits_per_second, wait_until_listening},
 };
 use nix::sys::signal::Signal;
@@ -18,6 +22,15 @@ fn stream(
     server_ip: std::net::Ipv4Addr,
     client: &Netns,
 ) -> anyhow::Result<(Child, Child)> {
+    stream_for(server, server_ip, client, STREAM_SECONDS)
+}
+
+fn stream_for(
+    server: &Netns,
+    server_ip: std::net::Ipv4Addr,
+    client: &Netns,
+    seconds: &str,
+) -> anyhow::Result<(Child, Child)> {
     let server_process = server.spawn(&["iperf3", "--server", "--one-off", "--port", "5201"])?;
     wait_until_listening(server, "5201")?;
     let client_process = client.spawn_captured(&[
@@ -27,17 +40,43 @@ fn stream(
         "--port",
         "5201",
         "--time",
-        STREAM_SECONDS,
+        seconds,
         "--json",
     ])?;
     Ok((server_process, client_process))
 }
 
 fn finish(stream: (Child, Child)) -> anyhow::Result<f64> {
+    finish_with_report(stream).map(|(rate, _)| rate)
+}
+
+/// The received rate and the whole `iperf3 --json` report.
+fn finish_with_report(stream: (Child, Child)) -> anyhow::Result<(f64, serde_json::Value)> {
     let (mut server, client) = stream;
     let output = client.wait_with_output()?;
     let _ = server.wait();
-    received_bits_per_second(&String::from_utf8_lossy(&output.stdout))
+    let json = String::from_utf8_lossy(&output.stdout);
+    Ok((
+        received_bits_per_second(&json)?,
+        serde_json::from_str(&json)?,
+    ))
+}
+
+/// `(transmitted, received)` from ping's summary line.
+fn ping_counts(ping_output: &str) -> Option<(u64, u64)> {
+    let summary = ping_output
+        .lines()
+        .find(|line| line.contains("packets transmitted"))?;
+    let mut numbers = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse::<u64>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+fn vxlan_index(node: &Node) -> anyhow::Result<String> {
+    let shown = node.netns.ip(&["-o", "link", "show", "dp-vxlan"])?;
+    Ok(shown.split(':').next().unwrap_or_default().to_string())
 }
 
 /// Longest silence between consecutive replies in `ping -D` output, in seconds.
@@ -97,6 +136,79 @@ fn killing_and_restarting_every_agent_keeps_streams_and_connections_alive() -> a
     for node in &cluster.nodes {
         assert!(node.agent_log().contains("adopted pinned endpoint"));
     }
+    Ok(())
+}
+
+#[test]
+fn an_agent_killed_while_it_takes_over_pinned_links_leaves_no_moment_without_a_program()
+-> anyhow::Result<()> {
+    const SECONDS: &str = "12";
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(2, 2).with_real_plugin(MainPlugin::Ptp))?;
+    let vxlan_before = vxlan_index(&cluster.nodes[0])?;
+    // How long a start takes here: the kills are spread over it.
+    let node = &mut cluster.nodes[0];
+    node.stop_agent(Signal::SIGKILL);
+    let started = Instant::now();
+    node.start_agent()?;
+    let start_time = started.elapsed();
+
+    let (here, neighbour, there) = (
+        &cluster.nodes[0].pods[0],
+        &cluster.nodes[0].pods[1],
+        &cluster.nodes[1].pods[0],
+    );
+    let cross_node = stream_for(&there.netns, there.ip, &here.netns, SECONDS)?;
+    let ping = |to: std::net::Ipv4Addr| {
+        here.netns
+            .spawn_captured(&["ping", "-i", "0.01", "-w", SECONDS, &to.to_string()])
+    };
+    let pingers = [ping(there.ip)?, ping(neighbour.ip)?];
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Killed at points all through its start: loading, taking over the
+    // tunnel and endpoint links, programming the maps.
+    let node = &mut cluster.nodes[0];
+    for tenth in [1, 2, 3, 4, 5, 6, 7, 8, 9] {
+        node.stop_agent(Signal::SIGKILL);
+        node.spawn_agent()?;
+        std::thread::sleep(start_time * tenth / 10);
+    }
+    node.stop_agent(Signal::SIGKILL);
+    node.start_agent()?;
+
+    let (rate, report) = finish_with_report(cross_node)?;
+    let idle_intervals = report["intervals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|interval| interval["sum"]["bytes"].as_f64() == Some(0.0))
+        .count();
+    for pinger in pingers {
+        let output = String::from_utf8_lossy(&pinger.wait_with_output()?.stdout).into_owned();
+        let (sent, received) = ping_counts(&output).expect("ping prints its summary");
+        println!("ping at 10 ms across 10 agent kills: {received} of {sent} answered");
+        assert!(sent >= 500, "{output}");
+        assert_eq!(
+            sent, received,
+            "pings lost while the agent was killed: {output}"
+        );
+    }
+    println!(
+        "iperf3 cross-node across the kills: {:.2} Gbit/s, {idle_intervals} idle intervals, \
+         start of the agent {start_time:?}",
+        rate / 1e9
+    );
+    assert_eq!(idle_intervals, 0, "the stream stalled");
+    assert!(
+        cluster.nodes[0]
+            .agent_log()
+            .contains("adopted pinned endpoint")
+    );
+    assert_eq!(
+        vxlan_index(&cluster.nodes[0])?,
+        vxlan_before,
+        "dp-vxlan was recreated instead of kept"
+    );
     Ok(())
 }
 

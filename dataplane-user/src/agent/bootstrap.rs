@@ -170,10 +170,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
     info!(pin_dir = %pin_dir.display(), "eBPF programs loaded");
     let mut dataplane = Dataplane::new(ebpf, &pin_dir)?;
     if let Some(Tunnel { uplink, settings }) = tunnel {
-        let vxlan = interfaces.recreate_vxlan(VXLAN_DEVICE, settings).await?;
+        let (vxlan, created) = interfaces.ensure_vxlan(VXLAN_DEVICE, settings).await?;
         dataplane.attach_tunnel(&vxlan, &uplink)?;
         info!(node_ip = %settings.local, uplink = %uplink.name, vni = config.node.vni,
-              port = settings.port, pod_mtu = settings.mtu, "VXLAN tunnel ready");
+              port = settings.port, pod_mtu = settings.mtu,
+              device = if created { "created" } else { "kept" }, "VXLAN tunnel ready");
     }
     dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
     dataplane.set_node_config(facts.node_config)?;

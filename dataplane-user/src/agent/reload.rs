@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use super::bootstrap;
@@ -15,12 +16,25 @@ use crate::{
 /// How often the config file is checked for changes.
 const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Watches the config file for as long as the agent runs.
+/// Watches the config file for as long as the agent runs: every second, and
+/// at once on SIGHUP (what `kill -HUP` and config management tools send).
 pub async fn follow_config_file(state: StateHandle, path: PathBuf, mut applied: Config) {
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(error) => {
+            warn!("SIGHUP will not reload the config file: {error}");
+            None
+        }
+    };
     let mut seen = std::fs::read(&path).unwrap_or_default();
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            Some(()) = async { hangups.as_mut()?.recv().await } => {
+                info!(path = %path.display(), "SIGHUP: rereading the config file");
+            }
+        }
         let Ok(bytes) = tokio::fs::read(&path).await else {
             continue;
         };
