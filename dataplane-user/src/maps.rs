@@ -63,13 +63,33 @@ pub struct Maps {
     node_config: Array<MapData, NodeConfig>,
     tunnel_routes: LpmTrie<MapData, Ipv4Octets, TunnelRoute>,
     remote_nodes: HashMap<MapData, Ipv4Octets, RemoteNode>,
-    nat: HashMap<MapData, FlowKey, NatEntry>,
+    /// The connection table, until the NAT table task takes it.
+    nat: Option<NatMap>,
     no_masquerade: LpmTrie<MapData, Ipv4Octets, u8>,
     host_addresses: HashMap<MapData, Ipv4Octets, u8>,
     monitor: Array<MapData, MonitorConfig>,
     /// Drop events, until the agent's monitor task takes them.
     events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, CounterValue>,
+}
+
+/// The connection table (written by the programs; the agent only lists and
+/// removes entries).
+pub struct NatMap(HashMap<MapData, FlowKey, NatEntry>);
+
+impl NatMap {
+    /// Every half of every tracked connection.
+    pub fn entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, MapsError> {
+        self.0
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(access(names::NAT_MAP))
+    }
+
+    /// Removes one half; `Ok(false)` when it was gone already.
+    pub fn remove(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
+        removed(self.0.remove(key), names::NAT_MAP)
+    }
 }
 
 /// One counter summed over all CPUs.
@@ -96,7 +116,9 @@ impl Maps {
                 .map_err(access(names::TUNNEL_ROUTES_MAP))?,
             remote_nodes: HashMap::try_from(take(names::REMOTE_NODES_MAP)?)
                 .map_err(access(names::REMOTE_NODES_MAP))?,
-            nat: HashMap::try_from(take(names::NAT_MAP)?).map_err(access(names::NAT_MAP))?,
+            nat: Some(NatMap(
+                HashMap::try_from(take(names::NAT_MAP)?).map_err(access(names::NAT_MAP))?,
+            )),
             no_masquerade: LpmTrie::try_from(take(names::NO_MASQUERADE_MAP)?)
                 .map_err(access(names::NO_MASQUERADE_MAP))?,
             host_addresses: HashMap::try_from(take(names::HOST_ADDRESSES_MAP)?)
@@ -272,17 +294,8 @@ impl Maps {
         Ok(())
     }
 
-    /// Every half of every tracked connection.
-    pub fn nat_entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, MapsError> {
-        self.nat
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(access(names::NAT_MAP))
-    }
-
-    /// Removes one half; `Ok(false)` when it was gone already.
-    pub fn remove_nat_entry(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
-        removed(self.nat.remove(key), names::NAT_MAP)
+    pub fn take_nat(&mut self) -> Option<NatMap> {
+        self.nat.take()
     }
 
     /// Turns drop and trace events on or off (at most `events_per_second` per CPU).

@@ -12,7 +12,8 @@ use crate::{
     loader,
     maps::ipv4_cidr,
     model::NodeSet,
-    state::{NodeFacts, Owner},
+    nat::Timeouts,
+    state::{NatTable, NodeFacts, Owner},
 };
 
 /// The smallest MTU IPv4 allows (RFC 791).
@@ -179,7 +180,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
     dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
     dataplane.set_node_config(facts.node_config)?;
 
-    let mut owner = Owner::new(facts, interfaces, dataplane);
+    let nat = NatTable::new(
+        dataplane
+            .take_nat()
+            .context("the NAT map was taken before the agent started")?,
+        Timeouts::from(&config.nat),
+    );
+    let mut owner = Owner::new(facts, interfaces, dataplane, nat);
     owner.adopt_pinned_endpoints().await?;
     owner.resync_host().await?;
     owner

@@ -20,7 +20,7 @@ use crate::{
     host,
     interfaces::{Interfaces, VXLAN_DEVICE},
     kubernetes, metrics,
-    state::{Command, StateHandle},
+    state::{NatTable, StateHandle},
 };
 
 /// Removes what agents with this config created: the whole bpf_root (pinned
@@ -58,6 +58,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let ring = owner.take_events();
     let masquerading = owner.masquerading();
     let node_ip = owner.node_ip();
+    let nat = owner.nat_table();
     let state = StateHandle::spawn(owner);
     let listener = server::bind(&config.agent.api_socket)?;
     info!(socket = %config.agent.api_socket.display(), "agent ready");
@@ -66,7 +67,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(ring) = ring {
         tokio::spawn(events::relay(ring, packet_events.clone()));
     }
-    tokio::spawn(server::serve(listener, state.clone(), packet_events));
+    tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        nat.clone(),
+        packet_events,
+    ));
     tokio::spawn(reload::follow_config_file(
         state.clone(),
         config_path.to_owned(),
@@ -87,7 +93,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     if masquerading {
         tokio::spawn(collect_nat_garbage_forever(
-            state.clone(),
+            nat,
             Duration::from_secs(config.nat.gc_interval_seconds.max(1)),
         ));
     }
@@ -104,11 +110,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn collect_nat_garbage_forever(state: StateHandle, interval: Duration) {
+async fn collect_nat_garbage_forever(nat: NatTable, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
-        match state.ask(Command::CollectNatGarbage).await {
+        match nat.collect_garbage().await {
             Ok(report) => {
                 if report.removed > 0 {
                     debug!(

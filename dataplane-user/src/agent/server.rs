@@ -16,7 +16,7 @@ use crate::{
     api::{self, Envelope, PacketFilter, PacketReport, Request, Response},
     connections,
     model::Source,
-    state::{Command, StateHandle},
+    state::{Command, NatTable, StateHandle},
 };
 
 /// Connections served at once; more wait in the listen backlog.
@@ -48,10 +48,11 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     state: StateHandle,
+    nat: NatTable,
     events: broadcast::Sender<PacketReport>,
 ) {
     connections::accept_forever("API", MAX_CONNECTIONS, listener, |stream| {
-        serve_connection(stream, state.clone(), events.clone())
+        serve_connection(stream, state.clone(), nat.clone(), events.clone())
     })
     .await;
 }
@@ -92,6 +93,7 @@ async fn write_line(writer: &mut OwnedWriteHalf, response: &Response) -> std::io
 async fn serve_connection(
     stream: UnixStream,
     state: StateHandle,
+    nat: NatTable,
     events: broadcast::Sender<PacketReport>,
 ) {
     let (reader, mut writer) = stream.into_split();
@@ -110,11 +112,13 @@ async fn serve_connection(
                 }
                 return;
             }
-            Ok(request) => handle(&state, request)
-                .await
-                .unwrap_or_else(|error| Response::Error {
-                    message: format!("{error:#}"),
-                }),
+            Ok(request) => {
+                handle(&state, &nat, request)
+                    .await
+                    .unwrap_or_else(|error| Response::Error {
+                        message: format!("{error:#}"),
+                    })
+            }
             Err(message) => Response::Error { message },
         };
         if write_line(&mut writer, &response).await.is_err() {
@@ -124,7 +128,7 @@ async fn serve_connection(
 }
 
 /// Turns one request into the owner's command and its answer into a response.
-async fn handle(state: &StateHandle, request: Request) -> anyhow::Result<Response> {
+async fn handle(state: &StateHandle, nat: &NatTable, request: Request) -> anyhow::Result<Response> {
     let done = |changed: bool| Response::Done { changed };
     Ok(match request {
         Request::AddEndpoint { endpoint } => {
@@ -157,12 +161,12 @@ async fn handle(state: &StateHandle, request: Request) -> anyhow::Result<Respons
             status: Box::new(state.ask(Command::Status).await?),
         },
         Request::ListNat { address } => {
-            let mut connections = state.ask(Command::NatConnections).await?;
+            let mut connections = nat.connections().await?;
             connections
                 .retain(|connection| address.is_none_or(|address| connection.involves(address)));
             Response::Nat { connections }
         }
-        Request::FlushNat => done(state.ask(Command::FlushNat).await? > 0),
+        Request::FlushNat => done(nat.flush().await? > 0),
         Request::Monitor { .. } => anyhow::bail!("monitor is a stream of its own"),
     })
 }

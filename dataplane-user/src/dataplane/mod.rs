@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::Ebpf;
-use dataplane_common::{Endpoint, FlowKey, NatEntry, NodeConfig, names};
+use dataplane_common::{Endpoint, NodeConfig, names};
 use ipnetwork::Ipv4Network;
 
 mod links;
@@ -20,7 +20,7 @@ use links::from_pod_on;
 
 use crate::{
     interfaces::Interface,
-    maps::{CounterTotal, Maps, MapsError},
+    maps::{CounterTotal, Maps, MapsError, NatMap},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -164,12 +164,9 @@ impl Dataplane {
         Ok(self.maps.set_no_masquerade(cidrs)?)
     }
 
-    pub fn nat_entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, DataplaneError> {
-        Ok(self.maps.nat_entries()?)
-    }
-
-    pub fn remove_nat_entry(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
-        Ok(self.maps.remove_nat_entry(key)?)
+    /// The connection table, for the task that owns it.
+    pub fn take_nat(&mut self) -> Option<NatMap> {
+        self.maps.take_nat()
     }
 
     pub fn counters(&self) -> Result<Vec<CounterTotal>, DataplaneError> {

@@ -6,6 +6,7 @@
 //! listings are answered by the same task, so they always see one state,
 //! and nothing else writes the forwarding maps.
 
+mod nat_table;
 mod owner;
 mod reconcile;
 mod report;
@@ -16,11 +17,12 @@ use anyhow::anyhow;
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, oneshot};
 
+pub use nat_table::{GcReport, NatTable};
 pub use owner::{NodeFacts, Owner};
-pub use report::{GcReport, TableSizes};
+pub use report::TableSizes;
 
 use crate::{
-    api::{Connection, CounterEntry, EndpointEntry, Status},
+    api::{CounterEntry, EndpointEntry, Status},
     model::{EndpointSpec, NodeSpec, Source},
 };
 
@@ -62,9 +64,6 @@ pub enum Command {
     Nodes(Reply<Vec<NodeSpec>>),
     Counters(Reply<Vec<CounterEntry>>),
     Tables(Reply<TableSizes>),
-    NatConnections(Reply<Vec<Connection>>),
-    FlushNat(Reply<usize>),
-    CollectNatGarbage(Reply<GcReport>),
     /// A monitor client arrived (`true`: it wants forwarded packets too).
     Watch(bool, Reply<()>),
     Unwatch(bool),

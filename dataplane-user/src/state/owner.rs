@@ -9,11 +9,7 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{
-    Command, Reply,
-    reconcile::Reconciler,
-    report::{GcReport, Watchers},
-};
+use super::{Command, Reply, nat_table::NatTable, reconcile::Reconciler, report::Watchers};
 use crate::{
     config::{NatSettings, NodeSettings},
     dataplane::{Dataplane, DataplaneError},
@@ -48,7 +44,8 @@ pub struct Owner {
     pub(super) dataplane: Dataplane,
     pub(super) reconciler: Reconciler,
     pub(super) remote_nodes: RemoteNodes,
-    pub(super) last_gc: GcReport,
+    /// Read for status and metrics; its own thread walks it.
+    pub(super) nat: NatTable,
     pub(super) watchers: Watchers,
     pub(super) started: Instant,
     /// When a source last reconciled the node map as a whole.
@@ -58,7 +55,12 @@ pub struct Owner {
 impl Owner {
     /// Takes over a loaded dataplane. Nodes already in the pinned maps are
     /// kept (as [`Source::Pinned`]) until a source says otherwise.
-    pub fn new(facts: NodeFacts, interfaces: Interfaces, dataplane: Dataplane) -> Self {
+    pub fn new(
+        facts: NodeFacts,
+        interfaces: Interfaces,
+        dataplane: Dataplane,
+        nat: NatTable,
+    ) -> Self {
         let mut remote_nodes = RemoteNodes::default();
         let pinned: Vec<NodeSpec> = dataplane
             .programmed_nodes()
@@ -76,7 +78,7 @@ impl Owner {
             dataplane,
             reconciler: Reconciler::default(),
             remote_nodes,
-            last_gc: GcReport::default(),
+            nat,
             watchers: Watchers::default(),
             started: Instant::now(),
             last_reconcile: Instant::now(),
@@ -155,9 +157,6 @@ impl Owner {
             }
             Command::Counters(reply) => answer(reply, self.counter_entries()),
             Command::Tables(reply) => answer(reply, Ok(self.table_sizes())),
-            Command::NatConnections(reply) => answer(reply, self.nat_connections()),
-            Command::FlushNat(reply) => answer(reply, self.flush_nat()),
-            Command::CollectNatGarbage(reply) => answer(reply, self.collect_nat_garbage()),
             Command::Watch(traces, reply) => answer(reply, self.watch(traces)),
             Command::Unwatch(traces) => self.unwatch(traces),
         }
@@ -193,6 +192,10 @@ impl Owner {
         };
         self.last_reconcile = Instant::now();
         self.program_nodes(&changed)
+    }
+
+    pub fn nat_table(&self) -> NatTable {
+        self.nat.clone()
     }
 
     pub fn node_ip(&self) -> Option<Ipv4Addr> {

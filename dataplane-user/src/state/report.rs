@@ -3,22 +3,13 @@
 
 use dataplane_common::MAX_NAT_ENTRIES;
 use macaddr::MacAddr6;
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::Owner;
+use super::{GcReport, Owner};
 use crate::{
-    api::{Connection, CounterEntry, CounterName, EndpointEntry, MapFill, Status},
+    api::{CounterEntry, CounterName, EndpointEntry, MapFill, Status},
     interfaces::VXLAN_DEVICE,
-    nat::{self, Timeouts},
 };
-
-/// What the last NAT garbage collection found: the table's pressure.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GcReport {
-    pub entries: usize,
-    pub removed: usize,
-    pub removed_total: u64,
-}
 
 #[derive(Debug)]
 pub struct TableSizes {
@@ -42,7 +33,7 @@ impl Owner {
         TableSizes {
             endpoints: self.dataplane.programmed_endpoints().count(),
             remote_nodes: self.remote_nodes.effective().len(),
-            nat: self.last_gc,
+            nat: self.nat.last_gc(),
         }
     }
 
@@ -153,48 +144,6 @@ impl Owner {
                 bytes: total.value.bytes,
             })
             .collect())
-    }
-
-    pub(super) fn nat_connections(&self) -> anyhow::Result<Vec<Connection>> {
-        let entries = self.dataplane.nat_entries()?;
-        Ok(nat::connections(&entries, nat::monotonic_now_ns()))
-    }
-
-    /// Removes expired connections from the NAT table; returns the report.
-    pub(super) fn collect_nat_garbage(&mut self) -> anyhow::Result<GcReport> {
-        let dataplane = &mut self.dataplane;
-        let entries = dataplane.nat_entries()?;
-        let expired = nat::expired(
-            &entries,
-            nat::monotonic_now_ns(),
-            &Timeouts::from(&self.facts.nat),
-        );
-        let mut removed = 0;
-        for key in &expired {
-            if dataplane.remove_nat_entry(key)? {
-                removed += 1;
-            }
-        }
-        self.last_gc = GcReport {
-            entries: entries.len() - removed,
-            removed,
-            removed_total: self.last_gc.removed_total + removed as u64,
-        };
-        Ok(self.last_gc)
-    }
-
-    /// Removes every NAT entry; returns how many.
-    pub(super) fn flush_nat(&mut self) -> anyhow::Result<usize> {
-        let dataplane = &mut self.dataplane;
-        let entries = dataplane.nat_entries()?;
-        let mut removed = 0;
-        for (key, _) in &entries {
-            if dataplane.remove_nat_entry(key)? {
-                removed += 1;
-            }
-        }
-        info!(removed, "NAT table flushed");
-        Ok(removed)
     }
 
     /// A monitor client arrived: drop (and trace) events go on with the
