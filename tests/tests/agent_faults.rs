@@ -291,3 +291,49 @@ fn a_cli_whose_reader_goes_away_ends_quietly() -> anyhow::Result<()> {
     node.cli(&["status"])?;
     Ok(())
 }
+
+#[test]
+fn endpoints_the_config_file_drops_go_unless_another_source_lists_them() -> anyhow::Result<()> {
+    let cluster = cluster(1, 1);
+    let node = &cluster.nodes[0];
+    // Registered by the CNI plugin, and listed in the file too.
+    let pod = &node.pods[0];
+    node.netns.ip(&[
+        "link", "add", "extra0", "type", "veth", "peer", "name", "extra0p",
+    ])?;
+    node.netns.ip(&["link", "set", "extra0", "up"])?;
+    let extra = std::net::Ipv4Addr::new(10, 244, 0, 77);
+    let endpoint = |ip: std::net::Ipv4Addr, interface: &str, mac: &str| {
+        format!("\n[[endpoints]]\nip = \"{ip}\"\ninterface = \"{interface}\"\nmac = \"{mac}\"\n")
+    };
+    let base = std::fs::read_to_string(&node.config)?;
+    let listed = |ip: std::net::Ipv4Addr| -> anyhow::Result<bool> {
+        Ok(node.cli(&["endpoint", "list"])?.contains(&format!("{ip} ")))
+    };
+    std::fs::write(
+        &node.config,
+        format!(
+            "{base}{}{}",
+            endpoint(extra, "extra0", "02:00:00:00:00:77"),
+            endpoint(pod.ip, &pod.host_interface, &pod.mac)
+        ),
+    )?;
+    node.signal_agent(nix::sys::signal::Signal::SIGHUP)?;
+    assert!(
+        eventually(Duration::from_secs(10), || listed(extra))?,
+        "{}",
+        node.agent_log()
+    );
+    std::fs::write(&node.config, &base)?;
+    node.signal_agent(nix::sys::signal::Signal::SIGHUP)?;
+    assert!(
+        eventually(Duration::from_secs(10), || Ok(!listed(extra)?))?,
+        "the endpoint only the file listed stays: {}",
+        node.agent_log()
+    );
+    assert!(
+        listed(pod.ip)?,
+        "the CNI plugin's endpoint went with the file's entry"
+    );
+    Ok(())
+}

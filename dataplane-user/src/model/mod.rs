@@ -2,7 +2,10 @@
 //! owned by the source that contributed it) and the rules they must obey.
 //! Plain data and checks; nothing here touches the kernel.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
@@ -359,6 +362,40 @@ impl RemoteNodes {
             Some(nodes) => self.contributed.insert(source, nodes),
             None => self.contributed.remove(&source),
         };
+    }
+}
+
+/// Which sources list each endpoint: an endpoint stays while any of them
+/// does. (Its value is the latest registration's: a pod has one veth.)
+#[derive(Debug, Default)]
+pub struct EndpointSources(BTreeMap<Ipv4Addr, BTreeSet<Source>>);
+
+impl EndpointSources {
+    /// `source` lists `ip`.
+    pub fn list(&mut self, ip: Ipv4Addr, source: Source) {
+        self.0.entry(ip).or_default().insert(source);
+    }
+
+    /// The endpoint is gone, whoever listed it.
+    pub fn forget(&mut self, ip: Ipv4Addr) {
+        self.0.remove(&ip);
+    }
+
+    /// `source` lists exactly `listed` now; returns the endpoints no source
+    /// lists any more (forgotten here, to be removed from the maps).
+    pub fn withdraw(&mut self, source: Source, listed: &BTreeSet<Ipv4Addr>) -> Vec<Ipv4Addr> {
+        let mut unlisted = Vec::new();
+        self.0.retain(|ip, sources| {
+            if !listed.contains(ip) {
+                sources.remove(&source);
+            }
+            let keep = !sources.is_empty();
+            if !keep {
+                unlisted.push(*ip);
+            }
+            keep
+        });
+        unlisted
     }
 }
 

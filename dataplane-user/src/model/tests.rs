@@ -105,3 +105,23 @@ fn each_source_withdraws_only_what_it_contributed() {
     assert_eq!(nodes.withdraw(None, shared.ip, &local()), [shared.ip]);
     assert!(nodes.effective().is_empty());
 }
+
+#[test]
+fn an_endpoint_stays_while_any_source_lists_it() {
+    let (file_only, both) = (Ipv4Addr::new(10, 244, 0, 5), Ipv4Addr::new(10, 244, 0, 6));
+    let mut sources = EndpointSources::default();
+    sources.list(file_only, Source::ConfigFile);
+    sources.list(both, Source::ConfigFile);
+    sources.list(both, Source::Api);
+    assert_eq!(
+        sources.withdraw(Source::ConfigFile, &BTreeSet::new()),
+        vec![file_only]
+    );
+    assert!(
+        sources
+            .withdraw(Source::ConfigFile, &BTreeSet::new())
+            .is_empty()
+    );
+    sources.forget(both);
+    assert!(sources.withdraw(Source::Api, &BTreeSet::new()).is_empty());
+}

@@ -6,6 +6,7 @@
 //! listings are answered by the same task, so they always see one state,
 //! and nothing else writes the forwarding maps.
 
+mod endpoints;
 mod nat_table;
 mod owner;
 mod reconcile;

@@ -3,7 +3,6 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Instant};
 
-use anyhow::{Context as _, bail};
 use dataplane_common::NodeConfig;
 use ipnetwork::Ipv4Network;
 use tokio::sync::mpsc;
@@ -15,10 +14,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError},
     interfaces::Interfaces,
     maps::{MapsError, ipv4_cidr},
-    model::{
-        EndpointSpec, HostInterface, LocalFacts, NodeSpec, RemoteNodes, Source, Violation,
-        validate_endpoint,
-    },
+    model::{EndpointSources, EndpointSpec, LocalFacts, NodeSpec, RemoteNodes, Source, Violation},
 };
 
 /// The node's facts, fixed at start-up (the pod CIDR may still come from
@@ -44,6 +40,7 @@ pub struct Owner {
     pub(super) dataplane: Dataplane,
     pub(super) reconciler: Reconciler,
     pub(super) remote_nodes: RemoteNodes,
+    pub(super) endpoint_sources: EndpointSources,
     /// Read for status and metrics; its own thread walks it.
     pub(super) nat: NatTable,
     pub(super) watchers: Watchers,
@@ -78,6 +75,7 @@ impl Owner {
             dataplane,
             reconciler: Reconciler::default(),
             remote_nodes,
+            endpoint_sources: EndpointSources::default(),
             nat,
             watchers: Watchers::default(),
             started: Instant::now(),
@@ -213,103 +211,14 @@ impl Owner {
         endpoints: &[EndpointSpec],
     ) -> anyhow::Result<()> {
         // Every endpoint's veth must exist before anything changes.
-        let mut resolved = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
-            resolved.push(
-                self.checked_interface(endpoint)
-                    .await
-                    .with_context(|| format!("endpoint {}", endpoint.ip))?,
-            );
-        }
+        let resolved = self.checked_interfaces(endpoints).await?;
         let changed = self
             .remote_nodes
             .replace(Source::ConfigFile, &nodes, &self.local_facts())
             .map_err(refused)?;
         self.last_reconcile = Instant::now();
         self.program_nodes(&changed)?;
-        for (endpoint, interface) in endpoints.iter().zip(resolved) {
-            self.register(endpoint, &interface)
-                .with_context(|| format!("endpoint {}", endpoint.ip))?;
-        }
-        Ok(())
-    }
-
-    /// The host veth of `endpoint`, after checking the endpoint and that no
-    /// other live veth has its address.
-    async fn checked_interface(
-        &self,
-        endpoint: &EndpointSpec,
-    ) -> anyhow::Result<crate::interfaces::Interface> {
-        if let Err((field, problem)) = validate_endpoint(endpoint, self.facts.settings.pod_cidr) {
-            bail!("endpoint field `{field}`: {problem}");
-        }
-        let interface = match &endpoint.interface {
-            HostInterface::Name(name) => self.interfaces.by_name(name).await?,
-            HostInterface::Index(index) => self.interfaces.by_index(*index).await?,
-        };
-        let Some(interface) = interface else {
-            bail!(
-                "interface {} does not exist in the agent's network namespace",
-                endpoint.interface
-            );
-        };
-        // An address belongs to one pod: taking it from a pod whose veth
-        // still exists would silently cut that pod off.
-        if let Some(registered) = self
-            .dataplane
-            .endpoint(endpoint.ip)
-            .filter(|other| other.host_ifindex != interface.index)
-            && let Some(owner) = self.interfaces.by_index(registered.host_ifindex).await?
-        {
-            bail!(
-                "{} is already the address of the pod behind {} (ifindex {}); remove that \
-                 endpoint first",
-                endpoint.ip,
-                owner.name,
-                owner.index
-            );
-        }
-        Ok(interface)
-    }
-
-    async fn add_endpoint(&mut self, endpoint: &EndpointSpec) -> anyhow::Result<()> {
-        let interface = self.checked_interface(endpoint).await?;
-        self.register(endpoint, &interface)?;
-        info!(ip = %endpoint.ip, interface = %endpoint.interface, mac = %endpoint.mac, "endpoint added");
-        Ok(())
-    }
-
-    /// Attaches `from_pod` to the veth and writes the endpoint.
-    fn register(
-        &mut self,
-        endpoint: &EndpointSpec,
-        interface: &crate::interfaces::Interface,
-    ) -> Result<(), DataplaneError> {
-        self.dataplane
-            .add_endpoint(endpoint.ip, interface, endpoint.mac.into_array())
-    }
-
-    fn remove_endpoint(&mut self, ip: Ipv4Addr, host_ifindex: Option<u32>) -> anyhow::Result<bool> {
-        if let Some(expected) = host_ifindex
-            && self
-                .dataplane
-                .endpoint(ip)
-                .is_some_and(|endpoint| endpoint.host_ifindex != expected)
-        {
-            info!(%ip, ifindex = expected, "endpoint kept: it belongs to another veth now");
-            return Ok(false);
-        }
-        let removed = self.dataplane.remove_endpoint(ip)?;
-        info!(%ip, removed, "endpoint removed");
-        Ok(removed)
-    }
-
-    fn interface_removed(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        for ip in self.dataplane.endpoints_behind(ifindex) {
-            self.dataplane.remove_endpoint(ip)?;
-            info!(%ip, ifindex, "endpoint removed: its veth is gone");
-        }
-        Ok(())
+        self.replace_file_endpoints(endpoints, resolved)
     }
 
     /// Puts every address of the node in the host address map. A node with
@@ -341,25 +250,6 @@ impl Owner {
         for ifindex in ifindexes {
             if self.interfaces.by_index(ifindex).await?.is_none() {
                 self.interface_removed(ifindex)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Re-attaches to endpoints left in the pinned map by a previous agent;
-    /// drops entries whose veth is gone (pod deleted while the agent was down).
-    pub async fn adopt_pinned_endpoints(&mut self) -> anyhow::Result<()> {
-        for (ip, endpoint) in self.dataplane.endpoints()? {
-            match self.interfaces.by_index(endpoint.host_ifindex).await? {
-                Some(interface) => {
-                    self.dataplane
-                        .add_endpoint(ip, &interface, endpoint.pod_mac)?;
-                    info!(%ip, interface = %interface.name, "adopted pinned endpoint");
-                }
-                None => {
-                    self.dataplane.remove_endpoint(ip)?;
-                    warn!(%ip, ifindex = endpoint.host_ifindex, "removed pinned endpoint whose veth is gone");
-                }
             }
         }
         Ok(())
