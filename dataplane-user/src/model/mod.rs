@@ -324,14 +324,17 @@ impl RemoteNodes {
         node: NodeSpec,
         local: &LocalFacts,
     ) -> Result<Vec<Ipv4Addr>, (Ipv4Addr, Violation)> {
-        let before = self.contributed.get(&source).cloned();
-        self.contributed
-            .entry(source)
-            .or_default()
-            .insert(node.ip, node.pod_cidr);
+        // Only this node's earlier entry is kept for the undo: copying the
+        // source's whole set would make every event cost O(nodes).
+        let listed = self.contributed.entry(source).or_default();
+        let before = listed.insert(node.ip, node.pod_cidr);
         let settled = self.settle(&[node.ip], local);
         if settled.is_err() {
-            self.restore(source, before);
+            let listed = self.contributed.entry(source).or_default();
+            match before {
+                Some(pod_cidr) => listed.insert(node.ip, pod_cidr),
+                None => listed.remove(&node.ip),
+            };
         }
         settled
     }
