@@ -83,16 +83,10 @@ impl Interfaces {
         label: String,
         request: LinkGetRequest,
     ) -> Result<Option<Interface>, InterfaceError> {
-        match request.execute().try_next().await {
-            Ok(Some(message)) => interface_of(message).map(Some),
-            Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(error))
-                if error.raw_code() == -nix::libc::ENODEV =>
-            {
-                Ok(None)
-            }
-            Err(error) => Err(InterfaceError::Request(label, error)),
-        }
+        link_message(label, request)
+            .await?
+            .map(interface_of)
+            .transpose()
     }
 
     /// IPv4 addresses of the interface `index`, in the kernel's order.
@@ -159,49 +153,6 @@ impl Interfaces {
         Ok(true)
     }
 
-    /// Whether `name` is a collect_md VXLAN device with exactly `settings`.
-    async fn vxlan_matches(
-        &self,
-        name: &str,
-        settings: VxlanSettings,
-    ) -> Result<bool, InterfaceError> {
-        let request = self.handle.link().get().match_name(name.to_string());
-        let message = match request.execute().try_next().await {
-            Ok(Some(message)) => message,
-            Ok(None) => return Ok(false),
-            Err(rtnetlink::Error::NetlinkError(error))
-                if error.raw_code() == -nix::libc::ENODEV =>
-            {
-                return Ok(false);
-            }
-            Err(error) => return Err(InterfaceError::Request(name.to_string(), error)),
-        };
-        let mut vxlan = Vec::new();
-        let mut mtu = 0;
-        for attribute in message.attributes {
-            match attribute {
-                LinkAttribute::Mtu(value) => mtu = value,
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        if let LinkInfo::Data(InfoData::Vxlan(data)) = info {
-                            vxlan = data;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(mtu == settings.mtu
-            && [
-                InfoVxlan::Local(settings.local),
-                InfoVxlan::Port(settings.port),
-                InfoVxlan::CollectMetadata(true),
-                InfoVxlan::Learning(false),
-            ]
-            .iter()
-            .all(|wanted| vxlan.contains(wanted)))
-    }
-
     /// Makes `name` a collect_md VXLAN device: no VNI, remote or FDB of its
     /// own. The BPF programs encapsulate and decapsulate; the device's UDP
     /// socket is what makes the kernel's GRO aggregate received VXLAN
@@ -214,12 +165,11 @@ impl Interfaces {
         name: &str,
         settings: VxlanSettings,
     ) -> Result<(Interface, bool), InterfaceError> {
-        if self.vxlan_matches(name, settings).await? {
-            let device = self
-                .by_name(name)
-                .await?
-                .ok_or_else(|| InterfaceError::Vanished(name.to_string()))?;
-            return Ok((device, false));
+        let request = self.handle.link().get().match_name(name.to_string());
+        if let Some(message) = link_message(name.to_string(), request).await?
+            && has_vxlan_settings(&message, settings)
+        {
+            return Ok((interface_of(message)?, false));
         }
         let request_error = |error| InterfaceError::Request(name.to_string(), error);
         self.delete(name).await?;
@@ -246,6 +196,48 @@ impl Interfaces {
             .ok_or_else(|| InterfaceError::Vanished(name.to_string()))?;
         Ok((device, true))
     }
+}
+
+/// The one link `request` asks for; `None` when there is none.
+async fn link_message(
+    label: String,
+    request: LinkGetRequest,
+) -> Result<Option<LinkMessage>, InterfaceError> {
+    match request.execute().try_next().await {
+        Ok(message) => Ok(message),
+        Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -nix::libc::ENODEV => {
+            Ok(None)
+        }
+        Err(error) => Err(InterfaceError::Request(label, error)),
+    }
+}
+
+/// Whether `message` is a collect_md VXLAN device with exactly `settings`.
+fn has_vxlan_settings(message: &LinkMessage, settings: VxlanSettings) -> bool {
+    let mut vxlan: &[InfoVxlan] = &[];
+    let mut mtu = 0;
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::Mtu(value) => mtu = *value,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(data)) = info {
+                        vxlan = data;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    mtu == settings.mtu
+        && [
+            InfoVxlan::Local(settings.local),
+            InfoVxlan::Port(settings.port),
+            InfoVxlan::CollectMetadata(true),
+            InfoVxlan::Learning(false),
+        ]
+        .iter()
+        .all(|wanted| vxlan.contains(wanted))
 }
 
 fn interface_of(message: LinkMessage) -> Result<Interface, InterfaceError> {

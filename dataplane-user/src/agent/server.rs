@@ -15,7 +15,7 @@ use tokio::{
 use crate::{
     api::{self, Envelope, PacketFilter, PacketReport, Request, Response},
     connections,
-    model::Source,
+    model::{HostInterface, Source},
     state::{Command, NatTable, StateHandle},
 };
 
@@ -101,7 +101,7 @@ async fn serve_connection(
     while let Some(request) = next_request(&mut reader, &mut writer).await {
         let response = match request {
             Ok(Request::Monitor { traces, filter }) => {
-                match filter.resolved() {
+                match resolve_interfaces(filter) {
                     Ok(filter) => {
                         stream_events(&mut writer, &state, events.subscribe(), traces, &filter)
                             .await
@@ -169,6 +169,19 @@ async fn handle(state: &StateHandle, nat: &NatTable, request: Request) -> anyhow
         Request::FlushNat => done(nat.flush().await? > 0),
         Request::Monitor { .. } => anyhow::bail!("monitor is a stream of its own"),
     })
+}
+
+/// The filter with interface names turned into indexes, in the agent's
+/// network namespace (the client's may be another).
+fn resolve_interfaces(mut filter: PacketFilter) -> Result<PacketFilter, String> {
+    for interface in &mut filter.interfaces {
+        if let HostInterface::Name(name) = interface {
+            let index = nix::net::if_::if_nametoindex(name.as_str())
+                .map_err(|_| format!("no interface {name:?} on this node"))?;
+            *interface = HostInterface::Index(index);
+        }
+    }
+    Ok(filter)
 }
 
 /// Writes events to a monitor client until it goes away: drops, and

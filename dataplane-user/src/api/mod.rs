@@ -209,18 +209,6 @@ impl PacketFilter {
                     .interfaces
                     .contains(&HostInterface::Index(event.ifindex)))
     }
-
-    /// The same filter with interface names turned into indexes.
-    pub fn resolved(mut self) -> Result<Self, String> {
-        for interface in &mut self.interfaces {
-            if let HostInterface::Name(name) = interface {
-                let index = nix::net::if_::if_nametoindex(name.as_str())
-                    .map_err(|_| format!("no interface {name:?} on this node"))?;
-                *interface = HostInterface::Index(index);
-            }
-        }
-        Ok(self)
-    }
 }
 
 /// The node's settings as the agent applied them.
