@@ -257,170 +257,142 @@ pub struct CounterValue {
     pub bytes: u64,
 }
 
-/// Index into the per-CPU counters array: one slot per path and drop reason.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Declares `Counter` from one list. An entry's position is its index into
+/// the counters array, its kind (`path` or `drop`) and label give its name
+/// (`drop_` + label for drops) and its metric label, and its doc comment is
+/// its help text.
+macro_rules! counters {
+    ($($(#[doc = $help:literal])+ $kind:ident $variant:ident = $label:literal;)+) => {
+        /// Index into the per-CPU counters array: one slot per path and drop reason.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $help])+ $variant,)+
+        }
+
+        impl Counter {
+            pub const COUNT: u32 = [$(Counter::$variant),+].len() as u32;
+
+            pub const ALL: [Counter; Self::COUNT as usize] = [$(Counter::$variant),+];
+
+            /// Stable name used by the CLI, the API and logs.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => counter_name!($kind, $label),)+
+                }
+            }
+
+            /// The metric label: the name without the `drop_` its family says.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $label,)+
+                }
+            }
+
+            /// What the counter counts (its doc comment, each line with a
+            /// leading space).
+            pub const fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => concat!($($help),+),)+
+                }
+            }
+
+            pub const fn is_drop(self) -> bool {
+                match self {
+                    $(Counter::$variant => counter_is_drop!($kind),)+
+                }
+            }
+        }
+    };
+}
+
+macro_rules! counter_name {
+    (path, $label:literal) => {
+        $label
+    };
+    (drop, $label:literal) => {
+        concat!("drop_", $label)
+    };
+}
+
+macro_rules! counter_is_drop {
+    (path) => {
+        false
+    };
+    (drop) => {
+        true
+    };
+}
+
+counters! {
     /// ARP request from a pod answered with its host veth MAC.
-    ArpReplied = 0,
+    path ArpReplied = "arp_replied";
     /// Pod-to-pod on this node, redirected into the destination pod.
-    ForwardedLocal = 1,
+    path ForwardedLocal = "forwarded_local";
     /// Handed to the host stack (destination not handled by the dataplane).
-    PassedToHost = 2,
+    path PassedToHost = "passed_to_host";
     /// Source address is not the endpoint's own IP on its own veth.
-    DropSpoofedSource = 3,
+    drop DropSpoofedSource = "spoofed_source";
     /// Destination in the local pod CIDR without a registered endpoint.
-    DropUnknownEndpoint = 4,
+    drop DropUnknownEndpoint = "unknown_endpoint";
     /// TTL would reach zero on forwarding.
-    DropTtlExceeded = 5,
+    drop DropTtlExceeded = "ttl_exceeded";
     /// Truncated or malformed header.
-    DropMalformed = 6,
+    drop DropMalformed = "malformed";
     /// ARP that is not a request we answer (from an unknown sender, not IPv4
     /// over Ethernet, or for the sender's own address).
-    DropArpIgnored = 7,
+    drop DropArpIgnored = "arp_ignored";
     /// The endpoint's veth no longer exists (pod deleted, map not yet updated).
-    DropStaleEndpoint = 8,
+    drop DropStaleEndpoint = "stale_endpoint";
     /// Sent into the VXLAN tunnel toward a remote node.
-    Encapsulated = 9,
+    path Encapsulated = "encapsulated";
     /// Arrived through the tunnel and delivered into a local pod.
-    DecapsulatedToPod = 10,
+    path DecapsulatedToPod = "decapsulated_to_pod";
     /// Arrived through the tunnel for this node's own IP.
-    DecapsulatedToHost = 11,
+    path DecapsulatedToHost = "decapsulated_to_host";
     /// From the node's own stack into a local pod.
-    HostToPod = 12,
+    path HostToPod = "host_to_pod";
     /// VXLAN packet whose outer source is not a known node.
-    DropUnknownTunnelSource = 13,
+    drop DropUnknownTunnelSource = "unknown_tunnel_source";
     /// VXLAN packet with another network identifier, or without the VNI flag.
-    DropWrongVni = 14,
+    drop DropWrongVni = "wrong_vni";
     /// In the cluster CIDR, but no node owns the address (e.g. a removed node).
-    DropUnknownNode = 15,
+    drop DropUnknownNode = "unknown_node";
     /// Encapsulation, decapsulation or the redirect out of the uplink failed.
-    DropUplinkError = 16,
+    drop DropUplinkError = "uplink_error";
     /// Too big for the tunnel with DF set: answered with ICMP fragmentation-needed.
-    DropFragNeeded = 17,
+    drop DropFragNeeded = "frag_needed";
     /// VXLAN the uplink program did not take, decapsulated by the kernel's
     /// device instead: never delivered.
-    DropTunnelBypass = 18,
+    drop DropTunnelBypass = "tunnel_bypass";
     /// Pod traffic leaving the cluster, source translated to the node IP.
-    Masqueraded = 19,
+    path Masqueraded = "masqueraded";
     /// A reply to a masqueraded connection, delivered into its pod.
-    NatReplyToPod = 20,
+    path NatReplyToPod = "nat_reply_to_pod";
     /// Pod traffic to a non-masquerade CIDR, routed out with the pod's address.
-    RoutedUnmasqueraded = 21,
+    path RoutedUnmasqueraded = "routed_unmasqueraded";
     /// No free SNAT port for this destination within the bounded search.
-    DropNatExhausted = 22,
+    drop DropNatExhausted = "nat_exhausted";
     /// Inbound to the SNAT port range without a mapping (unsolicited).
-    DropNatNoMapping = 23,
+    drop DropNatNoMapping = "nat_no_mapping";
     /// A protocol SNAT does not translate (not TCP, UDP or ICMP echo).
-    DropNatUnsupported = 24,
+    drop DropNatUnsupported = "nat_unsupported";
     /// The NAT table is full: new connections cannot be tracked.
-    DropNatTableFull = 25,
+    drop DropNatTableFull = "nat_table_full";
     /// From a non-masquerade CIDR (routed, not translated) into a local pod.
-    RoutedToPod = 26,
+    path RoutedToPod = "routed_to_pod";
     /// Monitor events not reported because the per-second budget was spent.
-    MonitorSuppressed = 27,
+    path MonitorSuppressed = "monitor_suppressed";
     /// The node's own packet for a remote pod, from a host address the remote
     /// node cannot answer through the tunnel (neither the node IP nor in
     /// this node's pod CIDR).
-    DropHostSourceUnroutable = 28,
+    drop DropHostSourceUnroutable = "host_source_unroutable";
 }
 
 impl Counter {
     /// The counter whose discriminant is `index`.
     pub fn from_index(index: u32) -> Option<Counter> {
         Self::ALL.get(index as usize).copied()
-    }
-
-    pub const COUNT: u32 = 29;
-
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::ArpReplied,
-        Counter::ForwardedLocal,
-        Counter::PassedToHost,
-        Counter::DropSpoofedSource,
-        Counter::DropUnknownEndpoint,
-        Counter::DropTtlExceeded,
-        Counter::DropMalformed,
-        Counter::DropArpIgnored,
-        Counter::DropStaleEndpoint,
-        Counter::Encapsulated,
-        Counter::DecapsulatedToPod,
-        Counter::DecapsulatedToHost,
-        Counter::HostToPod,
-        Counter::DropUnknownTunnelSource,
-        Counter::DropWrongVni,
-        Counter::DropUnknownNode,
-        Counter::DropUplinkError,
-        Counter::DropFragNeeded,
-        Counter::DropTunnelBypass,
-        Counter::Masqueraded,
-        Counter::NatReplyToPod,
-        Counter::RoutedUnmasqueraded,
-        Counter::DropNatExhausted,
-        Counter::DropNatNoMapping,
-        Counter::DropNatUnsupported,
-        Counter::DropNatTableFull,
-        Counter::RoutedToPod,
-        Counter::MonitorSuppressed,
-        Counter::DropHostSourceUnroutable,
-    ];
-
-    /// Stable name used by the CLI, logs and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::ArpReplied => "arp_replied",
-            Counter::ForwardedLocal => "forwarded_local",
-            Counter::PassedToHost => "passed_to_host",
-            Counter::DropSpoofedSource => "drop_spoofed_source",
-            Counter::DropUnknownEndpoint => "drop_unknown_endpoint",
-            Counter::DropTtlExceeded => "drop_ttl_exceeded",
-            Counter::DropMalformed => "drop_malformed",
-            Counter::DropArpIgnored => "drop_arp_ignored",
-            Counter::DropStaleEndpoint => "drop_stale_endpoint",
-            Counter::Encapsulated => "encapsulated",
-            Counter::DecapsulatedToPod => "decapsulated_to_pod",
-            Counter::DecapsulatedToHost => "decapsulated_to_host",
-            Counter::HostToPod => "host_to_pod",
-            Counter::DropUnknownTunnelSource => "drop_unknown_tunnel_source",
-            Counter::DropWrongVni => "drop_wrong_vni",
-            Counter::DropUnknownNode => "drop_unknown_node",
-            Counter::DropUplinkError => "drop_uplink_error",
-            Counter::DropFragNeeded => "drop_frag_needed",
-            Counter::DropTunnelBypass => "drop_tunnel_bypass",
-            Counter::Masqueraded => "masqueraded",
-            Counter::NatReplyToPod => "nat_reply_to_pod",
-            Counter::RoutedUnmasqueraded => "routed_unmasqueraded",
-            Counter::DropNatExhausted => "drop_nat_exhausted",
-            Counter::DropNatNoMapping => "drop_nat_no_mapping",
-            Counter::DropNatUnsupported => "drop_nat_unsupported",
-            Counter::DropNatTableFull => "drop_nat_table_full",
-            Counter::RoutedToPod => "routed_to_pod",
-            Counter::MonitorSuppressed => "monitor_suppressed",
-            Counter::DropHostSourceUnroutable => "drop_host_source_unroutable",
-        }
-    }
-
-    pub const fn is_drop(self) -> bool {
-        matches!(
-            self,
-            Counter::DropSpoofedSource
-                | Counter::DropUnknownEndpoint
-                | Counter::DropTtlExceeded
-                | Counter::DropMalformed
-                | Counter::DropArpIgnored
-                | Counter::DropStaleEndpoint
-                | Counter::DropUnknownTunnelSource
-                | Counter::DropWrongVni
-                | Counter::DropUnknownNode
-                | Counter::DropUplinkError
-                | Counter::DropFragNeeded
-                | Counter::DropTunnelBypass
-                | Counter::DropNatExhausted
-                | Counter::DropNatNoMapping
-                | Counter::DropNatUnsupported
-                | Counter::DropNatTableFull
-                | Counter::DropHostSourceUnroutable
-        )
     }
 }
 
@@ -448,6 +420,25 @@ mod tests {
     fn counter_table_is_indexed_by_discriminant() {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
+        }
+        assert_eq!(Counter::COUNT, 29);
+        assert_eq!(Counter::DropHostSourceUnroutable as u32, 28);
+    }
+
+    #[test]
+    fn counter_names_labels_and_help_come_from_one_entry() {
+        assert_eq!(Counter::ArpReplied.name(), "arp_replied");
+        assert_eq!(Counter::DropSpoofedSource.name(), "drop_spoofed_source");
+        assert_eq!(Counter::DropSpoofedSource.label(), "spoofed_source");
+        assert!(Counter::DropSpoofedSource.is_drop());
+        assert!(!Counter::MonitorSuppressed.is_drop());
+        assert!(
+            Counter::DropTtlExceeded
+                .help()
+                .contains("TTL would reach zero")
+        );
+        for counter in Counter::ALL {
+            assert_eq!(counter.is_drop(), counter.name().starts_with("drop_"));
         }
     }
 

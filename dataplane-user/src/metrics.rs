@@ -4,7 +4,6 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use dataplane_common::Counter;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -65,16 +64,6 @@ fn gauge(
     )?)
 }
 
-/// A counter's label: its name, without the `drop_` its family already says.
-fn label(counter: Counter) -> &'static str {
-    let name = counter.name();
-    if counter.is_drop() {
-        name.strip_prefix("drop_").unwrap_or(name)
-    } else {
-        name
-    }
-}
-
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Self { counters, tables } = self;
@@ -82,7 +71,7 @@ impl Collector for Scrape {
             counters
                 .iter()
                 .filter(|entry| entry.name.0.is_drop() == drop)
-                .map(|entry| (label(entry.name.0).to_string(), field(entry)))
+                .map(|entry| (entry.name.0.label().to_string(), field(entry)))
                 .collect()
         };
         let packets = |counter: &CounterEntry| counter.packets;

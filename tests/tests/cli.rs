@@ -43,6 +43,28 @@ fn cli_without_an_agent_says_so() {
 }
 
 #[test]
+fn counters_explain_every_counter_without_an_agent() {
+    let output = Command::new(dataplane_binary().unwrap())
+        .args([
+            "--socket",
+            "/nonexistent/agent.sock",
+            "counters",
+            "--explain",
+        ])
+        .output()
+        .expect("running dataplane");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.lines().count(), dataplane_common::Counter::ALL.len());
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("drop_spoofed_source ")
+                && line.contains("not the endpoint's own IP on its own veth")),
+        "{text}"
+    );
+}
+
+#[test]
 fn cli_rejects_malformed_arguments() {
     let (ok, stderr) = dataplane(&[
         "endpoint",

@@ -76,7 +76,11 @@ enum Command {
         interface: Vec<String>,
     },
     /// Per-path and per-drop-reason packet counters.
-    Counters,
+    Counters {
+        /// Say what each counter counts instead (no agent needed).
+        #[arg(long)]
+        explain: bool,
+    },
     /// The node's settings as the agent applied them (node IP, tunnel, pod MTU).
     Status,
     /// Remove everything the agent created on this node: pinned programs,
@@ -241,7 +245,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "only the NAT table can be flushed; endpoints and nodes have their own del commands"
             )
         }
-        Command::Counters => Request::Counters,
+        Command::Counters { explain: true } => {
+            render::explain_counters();
+            return Ok(());
+        }
+        Command::Counters { explain: false } => Request::Counters,
         Command::Status => Request::Status,
     };
     let response = api::call(&cli.socket, &request)?;

@@ -1,5 +1,7 @@
 //! The CLI's text output: a table or a block per response.
 
+use dataplane_common::Counter;
+
 use crate::api::{PacketReport, Response};
 
 /// `address` or `address:port`.
@@ -130,5 +132,17 @@ pub fn print_text(response: &Response) {
         }
         Response::Event { event } => println!("{}", event_line(event)),
         Response::Error { message } => println!("error: {message}"),
+    }
+}
+
+/// Every counter with what it counts (its help text, on one line).
+pub fn explain_counters() {
+    for counter in Counter::ALL {
+        let help = counter
+            .help()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!("{:<28} {help}", counter.name());
     }
 }
