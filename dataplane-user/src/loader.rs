@@ -3,16 +3,12 @@
 
 use std::{
     io,
-    mem::size_of,
     path::{Path, PathBuf},
 };
 
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
-use dataplane_common::{
-    Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
-    MAP_LAYOUT_VERSION, MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE,
-    MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute, names,
-};
+use aya_obj::maps::PinningType;
+use dataplane_common::{MAP_LAYOUT_VERSION, names};
 use nix::{
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
@@ -47,6 +43,8 @@ pub enum LoadError {
         path: PathBuf,
         source: aya::maps::MapError,
     },
+    #[error("cannot parse the eBPF object built with this agent: {0}")]
+    ParseObject(aya_obj::ParseError),
     #[error("cannot load the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("cannot load program {name}: {source}")]
@@ -103,78 +101,55 @@ fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
 }
 
-/// Expected (key size, value size, max entries) of every pinned map.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 11] {
-    let size = |bytes: usize| bytes as u32;
-    [
-        (
-            names::ENDPOINTS_MAP,
-            size(size_of::<Ipv4Octets>()),
-            size(size_of::<Endpoint>()),
-            MAX_ENDPOINTS,
-        ),
-        (
-            names::NODE_CONFIG_MAP,
-            size(size_of::<u32>()),
-            size(size_of::<NodeConfig>()),
-            1,
-        ),
-        (
-            names::TUNNEL_ROUTES_MAP,
-            // LPM trie keys are {u32 prefix length, address}.
-            size(size_of::<u32>() + size_of::<Ipv4Octets>()),
-            size(size_of::<TunnelRoute>()),
-            MAX_REMOTE_NODES,
-        ),
-        (
-            names::REMOTE_NODES_MAP,
-            size(size_of::<Ipv4Octets>()),
-            size(size_of::<RemoteNode>()),
-            MAX_REMOTE_NODES,
-        ),
-        (
-            names::NAT_MAP,
-            size(size_of::<FlowKey>()),
-            size(size_of::<NatEntry>()),
-            MAX_NAT_ENTRIES,
-        ),
-        (
-            names::NO_MASQUERADE_MAP,
-            size(size_of::<u32>() + size_of::<Ipv4Octets>()),
-            size(size_of::<u8>()),
-            MAX_NO_MASQUERADE,
-        ),
-        (
-            names::HOST_ADDRESSES_MAP,
-            size(size_of::<Ipv4Octets>()),
-            size(size_of::<u8>()),
-            MAX_HOST_ADDRESSES,
-        ),
-        (names::EVENTS_MAP, 0, 0, EVENTS_RING_BYTES),
-        (
-            names::MONITOR_MAP,
-            size(size_of::<u32>()),
-            size(size_of::<MonitorConfig>()),
-            1,
-        ),
-        (
-            names::EVENT_BUDGET_MAP,
-            size(size_of::<u32>()),
-            size(size_of::<EventBudget>()),
-            1,
-        ),
-        (
-            names::COUNTERS_MAP,
-            size(size_of::<u32>()),
-            size(size_of::<CounterValue>()),
-            Counter::COUNT,
-        ),
-    ]
+/// What a pinned map must match to be reused by this build's programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MapLayout {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl MapLayout {
+    fn fields(self) -> [(&'static str, u32); 5] {
+        [
+            ("map type", self.map_type),
+            ("key size", self.key_size),
+            ("value size", self.value_size),
+            ("max entries", self.max_entries),
+            ("flags", self.flags),
+        ]
+    }
+}
+
+/// The layout of every pinned map, as the eBPF object built with this agent
+/// defines it: one definition (the eBPF crate's map declarations), nothing
+/// restated here.
+fn expected_layouts() -> Result<Vec<(String, MapLayout)>, LoadError> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(LoadError::ParseObject)?;
+    let mut layouts: Vec<(String, MapLayout)> = object
+        .maps
+        .iter()
+        .filter(|(_, map)| map.pinning() == PinningType::ByName)
+        .map(|(name, map)| {
+            let layout = MapLayout {
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries: map.max_entries(),
+                flags: map.map_flags(),
+            };
+            (name.clone(), layout)
+        })
+        .collect();
+    layouts.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(layouts)
 }
 
 fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
-    for (name, key_size, value_size, max_entries) in expected_layouts() {
-        let path = pin_dir.join(name);
+    for (name, expected) in expected_layouts()? {
+        let path = pin_dir.join(&name);
         if !path.exists() {
             continue;
         }
@@ -182,19 +157,25 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
             path: path.clone(),
             source,
         })?;
-        for (what, found, expected) in [
-            ("key size", info.key_size(), key_size),
-            ("value size", info.value_size(), value_size),
-            ("max entries", info.max_entries(), max_entries),
-        ] {
-            if found != expected {
-                return Err(LoadError::IncompatiblePin {
-                    path,
-                    what,
-                    found,
-                    expected,
-                });
-            }
+        let found = MapLayout {
+            map_type: info.map_type().map_or(u32::MAX, |map_type| map_type as u32),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        };
+        let mismatch = found
+            .fields()
+            .into_iter()
+            .zip(expected.fields())
+            .find(|((_, found), (_, expected))| found != expected);
+        if let Some(((what, found), (_, expected))) = mismatch {
+            return Err(LoadError::IncompatiblePin {
+                path,
+                what,
+                found,
+                expected,
+            });
         }
     }
     Ok(())
@@ -235,4 +216,45 @@ pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier
     ebpf.program_mut(name)
         .and_then(|program| program.try_into().ok())
         .unwrap_or_else(|| panic!("the eBPF object built with this agent has a {name} classifier"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use dataplane_common::{
+        Counter, CounterValue, Endpoint, FlowKey, MAX_ENDPOINTS, MAX_NAT_ENTRIES, NatEntry,
+    };
+
+    use super::*;
+
+    fn layout(name: &str) -> MapLayout {
+        expected_layouts()
+            .unwrap()
+            .into_iter()
+            .find(|(found, _)| found == name)
+            .unwrap_or_else(|| panic!("the object pins {name}"))
+            .1
+    }
+
+    #[test]
+    fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
+        let layouts = expected_layouts().unwrap();
+        assert_eq!(layouts.len(), 11, "{layouts:?}");
+        let endpoints = layout(names::ENDPOINTS_MAP);
+        assert_eq!(endpoints.key_size, 4);
+        assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());
+        assert_eq!(endpoints.max_entries, MAX_ENDPOINTS);
+        let nat = layout(names::NAT_MAP);
+        assert_eq!(nat.key_size as usize, size_of::<FlowKey>());
+        assert_eq!(nat.value_size as usize, size_of::<NatEntry>());
+        assert_eq!(nat.max_entries, MAX_NAT_ENTRIES);
+        // LPM trie keys are {u32 prefix length, address}; tries need NO_PREALLOC.
+        let routes = layout(names::TUNNEL_ROUTES_MAP);
+        assert_eq!(routes.key_size, 8);
+        assert_ne!(routes.flags, 0);
+        let counters = layout(names::COUNTERS_MAP);
+        assert_eq!(counters.value_size as usize, size_of::<CounterValue>());
+        assert_eq!(counters.max_entries, Counter::COUNT);
+    }
 }
