@@ -407,7 +407,7 @@ fn udp_frame(destination: Ipv4Addr) -> Vec<u8> {
     ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
     ip.extend_from_slice(&PRIVATE_POD_A.octets());
     ip.extend_from_slice(&destination.octets());
-    let checksum = dataplane_tests::packets::internet_checksum(&ip);
+    let checksum = dataplane_common::checksum::internet(&ip);
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
     frame.extend_from_slice(&ip);
     frame.extend_from_slice(&40_000u16.to_be_bytes());

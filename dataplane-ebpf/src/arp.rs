@@ -6,7 +6,7 @@ use dataplane_common::Counter;
 use network_types::{arp::ArpHdr, eth::EthHdr};
 
 use crate::{
-    counters::{drop, pass_to_host, verdict},
+    counters::{Outcome, pass_to_host, verdict},
     maps::endpoint,
     packet::{header, ingress_ifindex},
 };
@@ -16,23 +16,23 @@ const ARP_PTYPE_IPV4: u16 = 0x0800;
 const ARP_OP_REQUEST: u16 = 1;
 const ARP_OP_REPLY: u16 = 2;
 
-pub fn answer_request(ctx: &TcContext) -> i32 {
+pub fn answer_request(ctx: &TcContext) -> Outcome {
     let (Some(eth), Some(arp)) = (header::<EthHdr>(ctx, 0), header::<ArpHdr>(ctx, EthHdr::LEN))
     else {
-        return drop(ctx, Counter::DropMalformed);
+        return Err(Counter::DropMalformed);
     };
     // SAFETY: both headers are bounds checked above.
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
 
     if arp.oper() != ARP_OP_REQUEST {
-        return pass_to_host(ctx);
+        return Ok(pass_to_host(ctx));
     }
     if arp.htype() != ARP_HTYPE_ETHERNET
         || arp.ptype() != ARP_PTYPE_IPV4
         || arp.hlen() != 6
         || arp.plen() != 4
     {
-        return drop(ctx, Counter::DropArpIgnored);
+        return Err(Counter::DropArpIgnored);
     }
 
     let ifindex = ingress_ifindex(ctx);
@@ -41,7 +41,7 @@ pub fn answer_request(ctx: &TcContext) -> i32 {
     // pod's own address (duplicate address detection) must stay unanswered.
     let requester = match endpoint(&sender_ip) {
         Some(requester) if requester.host_ifindex == ifindex && target_ip != sender_ip => requester,
-        _ => return drop(ctx, Counter::DropArpIgnored),
+        _ => return Err(Counter::DropArpIgnored),
     };
 
     let pod_mac = arp.sha();
@@ -56,8 +56,8 @@ pub fn answer_request(ctx: &TcContext) -> i32 {
     // SAFETY: plain helper call; the reply leaves through the veth it came in on.
     let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
     if action == TC_ACT_REDIRECT {
-        verdict(ctx, Counter::ArpReplied, action)
+        Ok(verdict(ctx, Counter::ArpReplied, action))
     } else {
-        drop(ctx, Counter::DropStaleEndpoint)
+        Err(Counter::DropStaleEndpoint)
     }
 }

@@ -1,4 +1,5 @@
-//! Per-CPU packet and byte counters, one slot per path and drop reason.
+//! Per-CPU packet and byte counters, one slot per path and drop reason, and
+//! the funnel every verdict goes through (counting and monitoring).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -7,6 +8,11 @@ use aya_ebpf::{
 use dataplane_common::Counter;
 
 use crate::{maps::COUNTERS, monitor};
+
+/// What a step of a program comes to: a TC action already counted under
+/// its path, or the reason the packet is dropped (counted where the step is
+/// finished). Steps chain with `?`.
+pub type Outcome<T = i32> = Result<T, Counter>;
 
 #[inline(always)]
 fn count(ctx: &TcContext, counter: Counter) {
@@ -38,4 +44,10 @@ pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
 #[inline(always)]
 pub fn pass_to_host(ctx: &TcContext) -> i32 {
     verdict(ctx, Counter::PassedToHost, TC_ACT_OK)
+}
+
+/// The TC action of a finished step: its own, or a counted drop.
+#[inline(always)]
+pub fn finish(ctx: &TcContext, outcome: Outcome) -> i32 {
+    outcome.unwrap_or_else(|reason| drop(ctx, reason))
 }

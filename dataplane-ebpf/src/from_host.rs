@@ -7,7 +7,7 @@ use dataplane_common::Counter;
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
-    counters::drop,
+    counters::{Outcome, finish},
     ipv4::addresses,
     local::{Redirect, deliver},
     maps::node_config,
@@ -17,11 +17,16 @@ use crate::{
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
+    finish(ctx, to_pods(ctx))
+}
+
+#[inline(always)]
+fn to_pods(ctx: &TcContext) -> Outcome {
     let is_ipv4 = header::<EthHdr>(ctx, 0)
         // SAFETY: bounds checked by `header`.
         .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv4 as u16);
     let Some((src, dst)) = addresses(ctx).filter(|_| is_ipv4) else {
-        return TC_ACT_OK;
+        return Ok(TC_ACT_OK);
     };
     let config = node_config();
     match lookup(dst, &config) {
@@ -33,12 +38,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Destination::RemotePod(node_ip)
             if src == config.node_ip || config.pod_cidr.contains(src) =>
         {
-            tunnel::encapsulate(ctx, &config, node_ip)
+            Ok(tunnel::encapsulate(ctx, &config, node_ip))
         }
-        Destination::RemotePod(_) => drop(ctx, Counter::DropHostSourceUnroutable),
-        Destination::UnknownLocalPod => drop(ctx, Counter::DropUnknownEndpoint),
-        Destination::UnknownNode => drop(ctx, Counter::DropUnknownNode),
+        Destination::RemotePod(_) => Err(Counter::DropHostSourceUnroutable),
+        Destination::UnknownLocalPod => Err(Counter::DropUnknownEndpoint),
+        Destination::UnknownNode => Err(Counter::DropUnknownNode),
         // The node's own traffic, including the tunnel's outer packets.
-        Destination::Host | Destination::Outside => TC_ACT_OK,
+        Destination::Host | Destination::Outside => Ok(TC_ACT_OK),
     }
 }

@@ -1,12 +1,12 @@
 //! from-pod: TC ingress on the host side of a pod veth.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Counter, NodeConfig};
+use dataplane_common::{Counter, Ipv4Octets, NodeConfig};
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     arp,
-    counters::{drop, pass_to_host},
+    counters::{Outcome, drop, finish, pass_to_host},
     icmp,
     ipv4::{addresses, forward_hop},
     local::{Redirect, deliver},
@@ -25,73 +25,79 @@ pub fn handle(ctx: &TcContext) -> i32 {
     // SAFETY: bounds checked by `header`.
     let ether_type = unsafe { (*eth).ether_type };
     if ether_type == EtherType::Ipv4 as u16 {
-        ipv4(ctx)
+        finish(ctx, ipv4(ctx))
     } else if ether_type == EtherType::Arp as u16 {
-        arp::answer_request(ctx)
+        finish(ctx, arp::answer_request(ctx))
     } else {
         pass_to_host(ctx)
     }
 }
 
-fn ipv4(ctx: &TcContext) -> i32 {
-    let Some((src, dst)) = addresses(ctx) else {
-        return drop(ctx, Counter::DropMalformed);
-    };
+#[inline(always)]
+fn ipv4(ctx: &TcContext) -> Outcome {
+    let (src, dst) = addresses(ctx).ok_or(Counter::DropMalformed)?;
 
     // A pod may only send from its own address, and only through its own veth.
     match endpoint(&src) {
         Some(source) if source.host_ifindex == ingress_ifindex(ctx) => {}
-        _ => return drop(ctx, Counter::DropSpoofedSource),
+        _ => return Err(Counter::DropSpoofedSource),
     }
 
     let config = node_config();
-    let (destination, counter) = match lookup(dst, &config) {
-        Destination::LocalPod(destination) => (Some(destination), Counter::ForwardedLocal),
-        Destination::RemotePod(node_ip) => return tunnel_to(ctx, &config, node_ip),
-        // The node itself: kubelet, node-local DNS, the gateway address.
-        Destination::Host => return pass_to_host(ctx),
-        // Never let the host stack guess where an unknown pod address goes.
-        Destination::UnknownLocalPod => return drop(ctx, Counter::DropUnknownEndpoint),
-        Destination::UnknownNode => return drop(ctx, Counter::DropUnknownNode),
-        Destination::Outside => return outside(ctx, &config, src, dst),
-    };
-    match destination {
-        Some(destination) if forward_hop(ctx) => {
-            deliver(ctx, &destination, Redirect::Peer, counter)
+    match lookup(dst, &config) {
+        Destination::LocalPod(destination) => {
+            forward_hop(ctx)?;
+            deliver(ctx, &destination, Redirect::Peer, Counter::ForwardedLocal)
         }
-        _ => drop(ctx, Counter::DropTtlExceeded),
+        Destination::RemotePod(node_ip) => Ok(tunnel_to(ctx, &config, node_ip)),
+        // The node itself: kubelet, node-local DNS, the gateway address.
+        Destination::Host => Ok(pass_to_host(ctx)),
+        // Never let the host stack guess where an unknown pod address goes.
+        Destination::UnknownLocalPod => Err(Counter::DropUnknownEndpoint),
+        Destination::UnknownNode => Err(Counter::DropUnknownNode),
+        Destination::Outside => outside(ctx, &config, src, dst),
     }
 }
 
 /// Not a pod address and not this node: another node, or the world.
-fn outside(ctx: &TcContext, config: &NodeConfig, src: [u8; 4], dst: [u8; 4]) -> i32 {
+#[inline(always)]
+fn outside(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octets) -> Outcome {
     if !config.tunnel_enabled() {
-        return pass_to_host(ctx);
+        return Ok(pass_to_host(ctx));
     }
     // Pod to another node's own IP goes through the tunnel, so the remote
     // node sees the pod's address and answers through its tunnel.
     if remote_node(&dst).is_some() {
-        return tunnel_to(ctx, config, dst);
+        return Ok(tunnel_to(ctx, config, dst));
     }
     if config.masquerade == 0 {
-        return pass_to_host(ctx);
+        return Ok(pass_to_host(ctx));
     }
     if is_unmasqueraded(dst) {
-        if !forward_hop(ctx) {
-            return drop(ctx, Counter::DropTtlExceeded);
-        }
+        forward_hop(ctx)?;
         return send_out_uplink(ctx, config, Counter::RoutedUnmasqueraded);
     }
-    nat::masquerade(ctx, config, src, dst)
+    Ok(masquerade(ctx, config, src, dst))
 }
 
-fn tunnel_to(ctx: &TcContext, config: &NodeConfig, node_ip: [u8; 4]) -> i32 {
+/// Translated by NAT, then routed out of the uplink.
+// Out of line: the NAT's state stays out of the other paths' stack frames.
+#[inline(never)]
+fn masquerade(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octets) -> i32 {
+    let outcome = nat::masquerade(ctx, config, src, dst)
+        .and_then(|()| forward_hop(ctx))
+        .and_then(|()| send_out_uplink(ctx, config, Counter::Masqueraded));
+    finish(ctx, outcome)
+}
+
+#[inline(always)]
+fn tunnel_to(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> i32 {
     // Checked before the TTL changes: the ICMP error quotes the header as sent.
     if icmp::exceeds_mtu(ctx, config.tunnel_mtu) {
         return icmp::frag_needed(ctx, config, config.tunnel_mtu);
     }
-    if !forward_hop(ctx) {
-        return drop(ctx, Counter::DropTtlExceeded);
+    if let Err(reason) = forward_hop(ctx) {
+        return drop(ctx, reason);
     }
     tunnel::encapsulate(ctx, config, node_ip)
 }

@@ -1,34 +1,67 @@
-//! ICMP "fragmentation needed" for packets too big for the tunnel, answered
-//! the way a router would (RFC 1191): the pod learns the path MTU instead of
-//! having its packet fragmented or lost.
+//! ICMP: the message types the programs read or send, and "fragmentation
+//! needed" for packets too big for the tunnel, answered the way a router
+//! would (RFC 1191): the pod learns the path MTU instead of having its packet
+//! fragmented or lost.
+
+use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
-use dataplane_common::{Counter, NodeConfig};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-
-use crate::{
-    counters::{drop, verdict},
-    ipv4::checksum,
-    packet::{header, ingress_ifindex},
+use dataplane_common::{Counter, NodeConfig, checksum};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
+    ip::{IpProto, Ipv4Hdr},
 };
 
-const IPV4_HEADER: usize = Ipv4Hdr::LEN;
-const ICMP_HEADER: usize = 8;
-/// The offending packet's IPv4 header (without options) and 8 bytes of payload.
-const QUOTED: usize = IPV4_HEADER + 8;
-const IP_AT: usize = EthHdr::LEN;
-const ICMP_AT: usize = IP_AT + IPV4_HEADER;
-const QUOTE_AT: usize = ICMP_AT + ICMP_HEADER;
-const REPLY_LEN: usize = QUOTE_AT + QUOTED;
+use crate::{
+    counters::{Outcome, finish, verdict},
+    ipv4::PLAIN_VIHL,
+    packet::{IP_AT, bytes_of, header, ingress_ifindex, load},
+};
 
-const DONT_FRAGMENT: u8 = 0x40;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMP_PROTOCOL: u8 = 1;
+pub const ECHO_REPLY: u8 = 0;
+pub const DEST_UNREACH: u8 = 3;
+pub const ECHO_REQUEST: u8 = 8;
+pub const TIME_EXCEEDED: u8 = 11;
+/// Where an echo's identifier sits in its header (the first half of its data).
+pub const ECHO_ID_OFFSET: usize = offset_of!(Icmpv4Hdr, data);
+
+/// An echo request's or reply's identifier.
+#[inline(always)]
+pub fn echo_id(icmp: &Icmpv4Hdr) -> [u8; 2] {
+    [icmp.data[0], icmp.data[1]]
+}
+
+/// Code of `DEST_UNREACH`: fragmentation needed and DF set.
+const FRAG_NEEDED: u8 = 4;
+
+const DONT_FRAGMENT: u8 = 0b010;
+/// Type of service of the errors sent: precedence "internetwork control",
+/// as routers send them.
+const INTERNETWORK_CONTROL: u8 = 0xc0;
+
+/// The packet an ICMP error quotes: its IPv4 header (without options) and
+/// the first 8 bytes of its payload.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Quote {
+    pub ip: Ipv4Hdr,
+    pub payload: [u8; 8],
+}
+
+/// A fragmentation-needed error, whole.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragNeeded {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    icmp: Icmpv4Hdr,
+    quote: Quote,
+}
 
 /// Whether the IPv4 packet (not a GSO aggregate, whose segments are sized by
 /// the sender) exceeds `mtu` while forbidding fragmentation.
@@ -40,8 +73,8 @@ pub fn exceeds_mtu(ctx: &TcContext, mtu: u32) -> bool {
         return false;
     }
     // SAFETY: bounds checked by `header`.
-    header::<Ipv4Hdr>(ctx, EthHdr::LEN)
-        .is_some_and(|ip| unsafe { (*ip).frags[0] } & DONT_FRAGMENT != 0)
+    header::<Ipv4Hdr>(ctx, IP_AT)
+        .is_some_and(|ip| unsafe { (*ip).frag_flags() } & DONT_FRAGMENT != 0)
 }
 
 /// Turns the packet into an ICMP fragmentation-needed (next-hop MTU `mtu`)
@@ -49,49 +82,59 @@ pub fn exceeds_mtu(ctx: &TcContext, mtu: u32) -> bool {
 // Out of line: its buffers would otherwise sit in every caller's stack frame.
 #[inline(never)]
 pub fn frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> i32 {
-    let (Ok(original_eth), Ok(quoted)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; QUOTED]>(IP_AT))
-    else {
-        return drop(ctx, Counter::DropMalformed);
-    };
-    if quoted[0] != 0x45 {
+    finish(ctx, try_frag_needed(ctx, config, mtu))
+}
+
+#[inline(always)]
+fn try_frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> Outcome {
+    let original: EthHdr = load(ctx, 0)?;
+    let quote: Quote = load(ctx, IP_AT)?;
+    if quote.ip.vihl != PLAIN_VIHL {
         // Options in the header would not fit the quote; such packets are rare.
-        return drop(ctx, Counter::DropFragNeeded);
+        return Err(Counter::DropFragNeeded);
     }
-    let mut reply = [0u8; REPLY_LEN];
-    reply[QUOTE_AT..].copy_from_slice(&quoted);
-
-    reply[0..6].copy_from_slice(&original_eth[6..12]);
-    reply[6..12].copy_from_slice(&original_eth[0..6]);
-    reply[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-
-    let ip = &mut reply[IP_AT..ICMP_AT];
-    ip[0] = 0x45;
-    ip[1] = 0xc0; // precedence "internetwork control", as routers send errors
-    ip[2..4].copy_from_slice(&((REPLY_LEN - IP_AT) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = ICMP_PROTOCOL;
-    ip[12..16].copy_from_slice(&config.node_ip);
-    ip[16..20].copy_from_slice(&quoted[12..16]);
-    let ip_sum = checksum(&reply[IP_AT..ICMP_AT]);
-    reply[IP_AT + 10..IP_AT + 12].copy_from_slice(&ip_sum);
-
-    reply[ICMP_AT] = ICMP_DEST_UNREACH;
-    reply[ICMP_AT + 1] = ICMP_FRAG_NEEDED;
-    reply[ICMP_AT + 6..ICMP_AT + 8].copy_from_slice(&(mtu as u16).to_be_bytes());
-    let icmp_sum = checksum(&reply[ICMP_AT..]);
-    reply[ICMP_AT + 2..ICMP_AT + 4].copy_from_slice(&icmp_sum);
+    let mut reply = FragNeeded {
+        eth: EthHdr {
+            dst_addr: original.src_addr,
+            src_addr: original.dst_addr,
+            ether_type: EtherType::Ipv4 as u16,
+        },
+        ip: Ipv4Hdr {
+            vihl: PLAIN_VIHL,
+            tos: INTERNETWORK_CONTROL,
+            tot_len: ((size_of::<FragNeeded>() - IP_AT) as u16).to_be_bytes(),
+            id: [0; 2],
+            frags: [0; 2],
+            ttl: 64,
+            proto: IpProto::Icmp as u8,
+            check: [0; 2],
+            src_addr: config.node_ip,
+            dst_addr: quote.ip.src_addr,
+        },
+        icmp: Icmpv4Hdr {
+            type_: DEST_UNREACH,
+            code: FRAG_NEEDED,
+            check: [0; 2],
+            // Unused 16 bits, then the next-hop MTU.
+            data: [0, 0, (mtu >> 8) as u8, mtu as u8],
+        },
+        quote,
+    };
+    reply.ip.check = checksum::internet(bytes_of(&reply.ip)).to_be_bytes();
+    let icmp_check = checksum::internet(&bytes_of(&reply)[IP_AT + Ipv4Hdr::LEN..]);
+    reply.icmp.check = icmp_check.to_be_bytes();
 
     // SAFETY: plain helper call; packet pointers are not used after it.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, REPLY_LEN as u32, 0) } < 0
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, size_of::<FragNeeded>() as u32, 0) } < 0
         || ctx.store(0, &reply, 0).is_err()
     {
-        return drop(ctx, Counter::DropFragNeeded);
+        return Err(Counter::DropFragNeeded);
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(ingress_ifindex(ctx), 0) } as i32;
     if action == TC_ACT_REDIRECT {
-        verdict(ctx, Counter::DropFragNeeded, action)
+        Ok(verdict(ctx, Counter::DropFragNeeded, action))
     } else {
-        drop(ctx, Counter::DropFragNeeded)
+        Err(Counter::DropFragNeeded)
     }
 }

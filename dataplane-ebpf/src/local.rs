@@ -9,7 +9,7 @@ use dataplane_common::{Counter, Endpoint};
 use network_types::eth::EthHdr;
 
 use crate::{
-    counters::{drop, verdict},
+    counters::{Outcome, verdict},
     packet::{header, own_header},
 };
 
@@ -20,16 +20,15 @@ pub enum Redirect {
     Egress,
 }
 
+/// Hands the packet to the pod `destination`, counted under `counter`.
 pub fn deliver(
     ctx: &TcContext,
     destination: &Endpoint,
     redirect: Redirect,
     counter: Counter,
-) -> i32 {
+) -> Outcome {
     own_header(ctx);
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return drop(ctx, Counter::DropMalformed);
-    };
+    let eth = header::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
     // SAFETY: bounds checked above.
     let eth = unsafe { &mut *eth };
     eth.src_addr = destination.host_mac;
@@ -43,8 +42,8 @@ pub fn deliver(
         }
     } as i32;
     if action == TC_ACT_REDIRECT {
-        verdict(ctx, counter, action)
+        Ok(verdict(ctx, counter, action))
     } else {
-        drop(ctx, Counter::DropStaleEndpoint)
+        Err(Counter::DropStaleEndpoint)
     }
 }

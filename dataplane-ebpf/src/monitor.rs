@@ -4,15 +4,27 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use dataplane_common::{Counter, PacketEvent};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    udp::UdpHdr,
+};
 
 use crate::{
+    ipv4::{PLAIN_VIHL, TCP, UDP},
     maps::{EVENT_BUDGET, EVENTS, MONITOR},
-    packet::ingress_ifindex,
+    packet::{L4_AT, ingress_ifindex},
 };
 
 const ONE_SECOND_NS: u64 = 1_000_000_000;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+
+/// The headers an event describes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Packet {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
 
 /// Whether an event may be sent now (and counts it against the budget).
 #[inline(always)]
@@ -59,17 +71,19 @@ pub fn report(ctx: &TcContext, reason: Counter) -> bool {
         ifindex: ingress_ifindex(ctx),
         ..PacketEvent::default()
     };
-    if let (Ok([0x08, 0x00]), Ok(ip)) = (ctx.load::<[u8; 2]>(12), ctx.load::<[u8; 20]>(14)) {
-        event.src = [ip[12], ip[13], ip[14], ip[15]];
-        event.dst = [ip[16], ip[17], ip[18], ip[19]];
-        event.protocol = ip[9];
-        let header_len = usize::from(ip[0] & 0x0f) * 4;
-        if (event.protocol == TCP || event.protocol == UDP)
-            && header_len == 20
-            && let Ok(ports) = ctx.load::<[u8; 4]>(14 + 20)
+    if let Ok(Ipv4Packet { eth, ip }) = ctx.load::<Ipv4Packet>(0)
+        && eth.ether_type == EtherType::Ipv4 as u16
+    {
+        event.src = ip.src_addr;
+        event.dst = ip.dst_addr;
+        event.protocol = ip.proto;
+        // TCP and UDP headers both start with the two ports.
+        if (ip.proto == TCP || ip.proto == UDP)
+            && ip.vihl == PLAIN_VIHL
+            && let Ok(ports) = ctx.load::<UdpHdr>(L4_AT)
         {
-            event.src_port = [ports[0], ports[1]];
-            event.dst_port = [ports[2], ports[3]];
+            event.src_port = ports.src;
+            event.dst_port = ports.dst;
         }
     }
     // A full ring only loses this event; the packet's fate is already decided.

@@ -1,5 +1,8 @@
 //! Egress SNAT to the node IP with connection tracking, and the reverse
 //! translation of replies (including ICMP errors about a translated packet).
+//! This module translates and says what came of it; the hooks decide where
+//! the packet goes next, as Cilium's `lib/nat.h` translates and `bpf_lxc.c`
+//! forwards.
 //!
 //! Every connection has two entries in the NAT hash: the egress half, keyed by
 //! the pod's packet, and the reply half, keyed by what the world sends back.
@@ -9,44 +12,35 @@
 //! connection; when it is full, new connections fail (counted) and the agent's
 //! garbage collector frees expired pairs.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
 use dataplane_common::{
-    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, conn_state, nat_direction,
+    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, checksum, conn_state, nat_direction,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    counters::drop,
-    ipv4::forward_hop,
-    local::{Redirect, deliver},
-    maps::{NAT, endpoint},
-    tunnel::send_out_uplink,
+    counters::Outcome,
+    icmp::{DEST_UNREACH, ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, TIME_EXCEEDED, echo_id},
+    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
+    maps::NAT,
+    packet::{IP_AT, L4_AT},
 };
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
 /// What a NOEXIST insert returns when the key is taken.
 const EEXIST: i32 = 17;
 
-const IP_AT: usize = EthHdr::LEN;
-const IP_CHECKSUM_AT: usize = IP_AT + 10;
-const IP_SOURCE_AT: usize = IP_AT + 12;
-const IP_DESTINATION_AT: usize = IP_AT + 16;
-/// Only headers without options are translated.
-const L4_AT: usize = IP_AT + Ipv4Hdr::LEN;
-/// The packet an ICMP error quotes: its IPv4 header and first 8 bytes.
-const QUOTED_AT: usize = L4_AT + 8;
+const IP_CHECKSUM_AT: usize = IP_AT + offset_of!(Ipv4Hdr, check);
+const IP_SOURCE_AT: usize = IP_AT + offset_of!(Ipv4Hdr, src_addr);
+const IP_DESTINATION_AT: usize = IP_AT + offset_of!(Ipv4Hdr, dst_addr);
+/// The packet an ICMP error quotes, after the error's own header.
+const QUOTE_AT: usize = L4_AT + Icmpv4Hdr::LEN;
+const QUOTE_PAYLOAD_AT: usize = QUOTE_AT + Ipv4Hdr::LEN;
 
 /// Bounded search for a free port: the original one, then random ones.
 const PORT_SEARCH_TRIES: u32 = 32;
@@ -69,32 +63,35 @@ struct Transport {
     state: u8,
 }
 
-/// Reads the transport fields of a packet (IPv4 without options, at `L4_AT`).
+/// Reads the transport fields of a packet (IPv4 without options).
 /// `egress`: the port that gets translated is the source one.
 #[inline(always)]
 fn transport(ctx: &TcContext, egress: bool) -> Option<Transport> {
-    let ip = ctx.load::<[u8; 20]>(IP_AT).ok()?;
-    if ip[0] != 0x45 {
+    let ip: Ipv4Hdr = ctx.load(IP_AT).ok()?;
+    if ip.vihl != PLAIN_VIHL {
         return None;
     }
-    let protocol = ip[9];
-    let ports = ctx.load::<[u8; 8]>(L4_AT).ok()?;
-    let translated_at = if egress { L4_AT } else { L4_AT + 2 };
     let established = if egress {
         conn_state::NEW
     } else {
         conn_state::ESTABLISHED
     };
+    let protocol = ip.proto;
     match protocol {
         TCP => {
-            let flags = ctx.load::<u8>(L4_AT + 13).ok()?;
-            let closing = flags & (TCP_FIN | TCP_RST) != 0;
+            let tcp: TcpHdr = ctx.load(L4_AT).ok()?;
+            let closing = tcp.fin() != 0 || tcp.rst() != 0;
+            let translated = if egress {
+                offset_of!(TcpHdr, source)
+            } else {
+                offset_of!(TcpHdr, dest)
+            };
             Some(Transport {
                 protocol,
-                src_port: [ports[0], ports[1]],
-                dst_port: [ports[2], ports[3]],
-                port_at: translated_at,
-                checksum_at: L4_AT + 16,
+                src_port: tcp.source,
+                dst_port: tcp.dest,
+                port_at: L4_AT + translated,
+                checksum_at: L4_AT + offset_of!(TcpHdr, check),
                 pseudo_header: true,
                 checksum_optional: false,
                 state: if closing {
@@ -104,35 +101,40 @@ fn transport(ctx: &TcContext, egress: bool) -> Option<Transport> {
                 },
             })
         }
-        UDP => Some(Transport {
-            protocol,
-            src_port: [ports[0], ports[1]],
-            dst_port: [ports[2], ports[3]],
-            port_at: translated_at,
-            checksum_at: L4_AT + 6,
-            pseudo_header: true,
-            checksum_optional: true,
-            state: established,
-        }),
+        UDP => {
+            let udp: UdpHdr = ctx.load(L4_AT).ok()?;
+            let translated = if egress {
+                offset_of!(UdpHdr, src)
+            } else {
+                offset_of!(UdpHdr, dst)
+            };
+            Some(Transport {
+                protocol,
+                src_port: udp.src,
+                dst_port: udp.dst,
+                port_at: L4_AT + translated,
+                checksum_at: L4_AT + offset_of!(UdpHdr, check),
+                pseudo_header: true,
+                checksum_optional: true,
+                state: established,
+            })
+        }
         ICMP => {
             // Echo: the identifier plays the port, as the requester's source
             // port and the replier's destination port.
-            let wanted = if egress {
-                ICMP_ECHO_REQUEST
-            } else {
-                ICMP_ECHO_REPLY
-            };
-            if ports[0] != wanted {
+            let icmp: Icmpv4Hdr = ctx.load(L4_AT).ok()?;
+            let wanted = if egress { ECHO_REQUEST } else { ECHO_REPLY };
+            if icmp.type_ != wanted {
                 return None;
             }
-            let id = [ports[4], ports[5]];
+            let id = echo_id(&icmp);
             let (src_port, dst_port) = if egress { (id, [0; 2]) } else { ([0; 2], id) };
             Some(Transport {
                 protocol,
                 src_port,
                 dst_port,
-                port_at: L4_AT + 4,
-                checksum_at: L4_AT + 2,
+                port_at: L4_AT + ECHO_ID_OFFSET,
+                checksum_at: L4_AT + offset_of!(Icmpv4Hdr, check),
                 pseudo_header: false,
                 checksum_optional: false,
                 state: established,
@@ -169,31 +171,37 @@ fn rewrite(
     address_at: usize,
     (old_address, new_address): (Ipv4Octets, Ipv4Octets),
     (old_port, new_port): ([u8; 2], [u8; 2]),
-) -> Result<(), i64> {
+) -> Outcome<()> {
     let optional = if transport.checksum_optional {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
-    ctx.l3_csum_replace(IP_CHECKSUM_AT, raw4(old_address), raw4(new_address), 4)?;
-    if transport.pseudo_header {
-        let flags = u64::from(BPF_F_PSEUDO_HDR) | optional | 4;
-        ctx.l4_csum_replace(
-            transport.checksum_at,
-            raw4(old_address),
-            raw4(new_address),
-            flags,
-        )?;
-    }
-    ctx.l4_csum_replace(
-        transport.checksum_at,
-        raw2(old_port),
-        raw2(new_port),
-        optional | 2,
-    )?;
-    ctx.store(address_at, &new_address, 0)?;
-    ctx.store(transport.port_at, &new_port, 0)?;
-    Ok(())
+    let rewritten = ctx
+        .l3_csum_replace(IP_CHECKSUM_AT, raw4(old_address), raw4(new_address), 4)
+        .and_then(|()| {
+            if !transport.pseudo_header {
+                return Ok(());
+            }
+            let flags = u64::from(BPF_F_PSEUDO_HDR) | optional | 4;
+            ctx.l4_csum_replace(
+                transport.checksum_at,
+                raw4(old_address),
+                raw4(new_address),
+                flags,
+            )
+        })
+        .and_then(|()| {
+            ctx.l4_csum_replace(
+                transport.checksum_at,
+                raw2(old_port),
+                raw2(new_port),
+                optional | 2,
+            )
+        })
+        .and_then(|()| ctx.store(address_at, &new_address, 0))
+        .and_then(|()| ctx.store(transport.port_at, &new_port, 0));
+    rewritten.map_err(|_| Counter::DropMalformed)
 }
 
 /// Brings one half up to date with a packet just seen.
@@ -210,15 +218,9 @@ fn refresh(entry: *mut NatEntry, state: u8, now: u64) {
     }
 }
 
-enum Allocation {
-    Port([u8; 2]),
-    NoFreePort,
-    TableFull,
-}
-
 /// Reserves a port for the connection `egress` and inserts both halves.
 #[inline(always)]
-fn allocate(egress: &FlowKey, config: &NodeConfig, state: u8, now: u64) -> Allocation {
+fn allocate(egress: &FlowKey, config: &NodeConfig, state: u8, now: u64) -> Outcome<[u8; 2]> {
     let range = u32::from(config.nat_port_max.saturating_sub(config.nat_port_min)) + 1;
     for attempt in 0..PORT_SEARCH_TRIES {
         let port = if attempt == 0 && in_port_range(config, egress.src_port) {
@@ -253,24 +255,27 @@ fn allocate(egress: &FlowKey, config: &NodeConfig, state: u8, now: u64) -> Alloc
                 };
                 if NAT.insert(egress, to_node, u64::from(BPF_ANY)).is_err() {
                     let _ = NAT.remove(reply);
-                    return Allocation::TableFull;
+                    return Err(Counter::DropNatTableFull);
                 }
-                return Allocation::Port(port);
+                return Ok(port);
             }
             Err(error) if error == -EEXIST => continue,
-            Err(_) => return Allocation::TableFull,
+            Err(_) => return Err(Counter::DropNatTableFull),
         }
     }
-    Allocation::NoFreePort
+    Err(Counter::DropNatExhausted)
 }
 
-/// Pod traffic leaving the cluster: source to the node IP and a port of the
-/// SNAT range, then out of the uplink.
-#[inline(never)]
-pub fn masquerade(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octets) -> i32 {
-    let Some(transport) = transport(ctx, true) else {
-        return drop(ctx, Counter::DropNatUnsupported);
-    };
+/// Pod traffic leaving the cluster: the source becomes the node IP and a
+/// port of the SNAT range.
+#[inline(always)]
+pub fn masquerade(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    src: Ipv4Octets,
+    dst: Ipv4Octets,
+) -> Outcome<()> {
+    let transport = transport(ctx, true).ok_or(Counter::DropNatUnsupported)?;
     let egress = FlowKey {
         src,
         dst,
@@ -288,43 +293,40 @@ pub fn masquerade(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ip
             // SAFETY: as in `refresh`.
             unsafe { (*entry).port }
         }
-        None => match allocate(&egress, config, transport.state, now) {
-            Allocation::Port(port) => port,
-            Allocation::NoFreePort => return drop(ctx, Counter::DropNatExhausted),
-            Allocation::TableFull => return drop(ctx, Counter::DropNatTableFull),
-        },
+        None => allocate(&egress, config, transport.state, now)?,
     };
-    if rewrite(
+    rewrite(
         ctx,
         &transport,
         IP_SOURCE_AT,
         (src, config.node_ip),
         (transport.src_port, port),
     )
-    .is_err()
-    {
-        return drop(ctx, Counter::DropMalformed);
-    }
-    if !forward_hop(ctx) {
-        return drop(ctx, Counter::DropTtlExceeded);
-    }
-    send_out_uplink(ctx, config, Counter::Masqueraded)
 }
 
-/// A packet to the node IP that may answer a masqueraded connection: `None`
-/// when it is not for NAT (the node's own traffic), else the verdict.
-#[inline(never)]
-pub fn translate_reply(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets) -> Option<i32> {
-    let protocol = ctx.load::<u8>(IP_AT + 9).ok()?;
-    if protocol == ICMP {
-        let kind = ctx.load::<u8>(L4_AT).ok()?;
-        if kind == ICMP_DEST_UNREACH || kind == ICMP_TIME_EXCEEDED {
-            return translate_icmp_error(ctx, config);
-        }
+/// A packet to the node IP that may answer a masqueraded connection,
+/// translated back: the pod it is for, or `None` when it is not for NAT
+/// (the node's own traffic).
+#[inline(always)]
+pub fn translate_reply(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    src: Ipv4Octets,
+) -> Outcome<Option<Ipv4Octets>> {
+    let Ok(protocol) = ctx.load::<u8>(IP_AT + offset_of!(Ipv4Hdr, proto)) else {
+        return Ok(None);
+    };
+    if protocol == ICMP
+        && let Ok(kind) = ctx.load::<u8>(L4_AT + offset_of!(Icmpv4Hdr, type_))
+        && (kind == DEST_UNREACH || kind == TIME_EXCEEDED)
+    {
+        return translate_icmp_error(ctx, config);
     }
-    let transport = transport(ctx, false)?;
+    let Some(transport) = transport(ctx, false) else {
+        return Ok(None);
+    };
     if !in_port_range(config, transport.dst_port) {
-        return None;
+        return Ok(None);
     }
     let reply = FlowKey {
         src,
@@ -335,53 +337,61 @@ pub fn translate_reply(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets) ->
         direction: nat_direction::REPLY,
         _pad: [0; 2],
     };
-    let Some(entry) = NAT.get_ptr_mut(reply) else {
-        return Some(drop(ctx, Counter::DropNatNoMapping));
-    };
+    let entry = NAT.get_ptr_mut(reply).ok_or(Counter::DropNatNoMapping)?;
     // SAFETY: plain helper call.
     refresh(entry, transport.state, unsafe { bpf_ktime_get_ns() });
     // SAFETY: as in `refresh`.
     let (pod, pod_port) = unsafe { ((*entry).addr, (*entry).port) };
-    if rewrite(
+    rewrite(
         ctx,
         &transport,
         IP_DESTINATION_AT,
         (config.node_ip, pod),
         (transport.dst_port, pod_port),
-    )
-    .is_err()
-    {
-        return Some(drop(ctx, Counter::DropMalformed));
-    }
-    Some(deliver_to_pod(ctx, pod))
+    )?;
+    Ok(Some(pod))
 }
 
 /// An ICMP error (unreachable, fragmentation needed, time exceeded) about a
-/// masqueraded packet: sent back to the pod, with the quoted packet restored
+/// masqueraded packet: addressed to the pod, with the quoted packet restored
 /// to what the pod sent, so the pod's stack finds the right socket and route.
-#[inline(never)]
-fn translate_icmp_error(ctx: &TcContext, config: &NodeConfig) -> Option<i32> {
-    let quoted = ctx.load::<[u8; 28]>(QUOTED_AT).ok()?;
-    if quoted[0] != 0x45 || quoted[12..16] != config.node_ip {
-        return None;
+#[inline(always)]
+fn translate_icmp_error(ctx: &TcContext, config: &NodeConfig) -> Outcome<Option<Ipv4Octets>> {
+    let Ok(quoted) = ctx.load::<Ipv4Hdr>(QUOTE_AT) else {
+        return Ok(None);
+    };
+    if quoted.vihl != PLAIN_VIHL || quoted.src_addr != config.node_ip {
+        return Ok(None);
     }
-    let protocol = quoted[9];
+    let protocol = quoted.proto;
     let (nat_port, remote_port, port_at) = match protocol {
-        TCP | UDP => (
-            [quoted[20], quoted[21]],
-            [quoted[22], quoted[23]],
-            QUOTED_AT + 20,
-        ),
-        ICMP if quoted[20] == ICMP_ECHO_REQUEST => {
-            ([quoted[24], quoted[25]], [0; 2], QUOTED_AT + 24)
+        TCP | UDP => {
+            // TCP and UDP headers both start with the two ports.
+            let Ok(ports) = ctx.load::<UdpHdr>(QUOTE_PAYLOAD_AT) else {
+                return Ok(None);
+            };
+            (
+                ports.src,
+                ports.dst,
+                QUOTE_PAYLOAD_AT + offset_of!(UdpHdr, src),
+            )
         }
-        _ => return None,
+        ICMP => {
+            let Ok(echo) = ctx.load::<Icmpv4Hdr>(QUOTE_PAYLOAD_AT) else {
+                return Ok(None);
+            };
+            if echo.type_ != ECHO_REQUEST {
+                return Ok(None);
+            }
+            (echo_id(&echo), [0; 2], QUOTE_PAYLOAD_AT + ECHO_ID_OFFSET)
+        }
+        _ => return Ok(None),
     };
     if !in_port_range(config, nat_port) {
-        return None;
+        return Ok(None);
     }
     let reply = FlowKey {
-        src: [quoted[16], quoted[17], quoted[18], quoted[19]],
+        src: quoted.dst_addr,
         dst: config.node_ip,
         src_port: remote_port,
         dst_port: nat_port,
@@ -390,14 +400,15 @@ fn translate_icmp_error(ctx: &TcContext, config: &NodeConfig) -> Option<i32> {
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once.
-    let Some(entry) = (unsafe { NAT.get(reply) }).copied() else {
-        return Some(drop(ctx, Counter::DropNatNoMapping));
-    };
+    let entry = unsafe { NAT.get(reply) }
+        .copied()
+        .ok_or(Counter::DropNatNoMapping)?;
     let pod = entry.addr;
     // The quoted header's own checksum, updated for its new source address.
-    let old_quoted_checksum = [quoted[10], quoted[11]];
-    let new_quoted_checksum = checksum_update(old_quoted_checksum, config.node_ip, pod);
-    let icmp_checksum_at = L4_AT + 2;
+    let old_quoted_checksum = quoted.check;
+    let new_quoted_checksum =
+        checksum::replace4(u16::from_be_bytes(quoted.check), config.node_ip, pod).to_be_bytes();
+    let icmp_checksum_at = L4_AT + offset_of!(Icmpv4Hdr, check);
     let translated = ctx
         .l3_csum_replace(IP_CHECKSUM_AT, raw4(config.node_ip), raw4(pod), 4)
         .and_then(|()| ctx.l4_csum_replace(icmp_checksum_at, raw4(config.node_ip), raw4(pod), 4))
@@ -411,34 +422,15 @@ fn translate_icmp_error(ctx: &TcContext, config: &NodeConfig) -> Option<i32> {
         })
         .and_then(|()| ctx.l4_csum_replace(icmp_checksum_at, raw2(nat_port), raw2(entry.port), 2))
         .and_then(|()| ctx.store(IP_DESTINATION_AT, &pod, 0))
-        .and_then(|()| ctx.store(QUOTED_AT + 12, &pod, 0))
-        .and_then(|()| ctx.store(QUOTED_AT + 10, &new_quoted_checksum, 0))
+        .and_then(|()| ctx.store(QUOTE_AT + offset_of!(Ipv4Hdr, src_addr), &pod, 0))
+        .and_then(|()| {
+            ctx.store(
+                QUOTE_AT + offset_of!(Ipv4Hdr, check),
+                &new_quoted_checksum,
+                0,
+            )
+        })
         .and_then(|()| ctx.store(port_at, &entry.port, 0));
-    if translated.is_err() {
-        return Some(drop(ctx, Counter::DropMalformed));
-    }
-    Some(deliver_to_pod(ctx, pod))
-}
-
-/// RFC 1624 update of a checksum for one changed 32-bit field.
-#[inline(always)]
-fn checksum_update(checksum: [u8; 2], old: Ipv4Octets, new: Ipv4Octets) -> [u8; 2] {
-    let mut sum = u32::from(!u16::from_be_bytes(checksum));
-    for index in [0, 2] {
-        sum += u32::from(!u16::from_be_bytes([old[index], old[index + 1]]));
-        sum += u32::from(u16::from_be_bytes([new[index], new[index + 1]]));
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
-}
-
-fn deliver_to_pod(ctx: &TcContext, pod: Ipv4Octets) -> i32 {
-    match endpoint(&pod) {
-        Some(destination) if forward_hop(ctx) => {
-            deliver(ctx, &destination, Redirect::Peer, Counter::NatReplyToPod)
-        }
-        Some(_) => drop(ctx, Counter::DropTtlExceeded),
-        None => drop(ctx, Counter::DropStaleEndpoint),
-    }
+    translated.map_err(|_| Counter::DropMalformed)?;
+    Ok(Some(pod))
 }

@@ -1,11 +1,19 @@
-//! Bounds-checked access to packet headers.
+//! Bounds-checked access to packet headers, and where they sit.
 
 use core::mem::size_of;
 
 use aya_ebpf::{helpers::bpf_skb_change_head, programs::TcContext};
-use network_types::{arp::ArpHdr, eth::EthHdr};
+use dataplane_common::Counter;
+use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 
-/// Longest header chain the programs read: Ethernet + ARP (IPv4 is shorter).
+/// The IPv4 header, after the Ethernet header.
+pub const IP_AT: usize = EthHdr::LEN;
+/// The transport header of an IPv4 packet without options (the only ones
+/// the programs read past the IPv4 header).
+pub const L4_AT: usize = IP_AT + Ipv4Hdr::LEN;
+
+/// Longest header chain the programs read directly: Ethernet + ARP (IPv4 is
+/// shorter).
 const HEADERS_LEN: u32 = (EthHdr::LEN + ArpHdr::LEN) as u32;
 
 /// Makes the headers the programs read directly accessible when the kernel
@@ -45,6 +53,21 @@ pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
         return None;
     }
     Some(start as *mut T)
+}
+
+/// A copy of the `T` at `offset`; a packet too short for it is malformed.
+#[inline(always)]
+pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, Counter> {
+    ctx.load(offset).map_err(|_| Counter::DropMalformed)
+}
+
+/// The bytes of a header (a `#[repr(C)]` struct of byte fields and arrays,
+/// without padding), e.g. to checksum it.
+#[inline(always)]
+pub fn bytes_of<T>(header: &T) -> &[u8] {
+    // SAFETY: the headers passed here have no padding, so every byte is
+    // initialized; the slice borrows `header`.
+    unsafe { core::slice::from_raw_parts((header as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
 /// ifindex of the device the packet arrived on.

@@ -4,6 +4,8 @@
 //! aggregated down to the NIC (or the veth), and shrinks their segment size by
 //! the headers it adds.
 
+use core::mem::size_of;
+
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
@@ -12,24 +14,42 @@ use aya_ebpf::{
     helpers::{bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
 };
-use dataplane_common::{Counter, Ipv4Octets, NodeConfig, VXLAN_OVERHEAD};
-use network_types::eth::EthHdr;
-
-use crate::{
-    counters::{drop, verdict},
-    ipv4::checksum,
-    packet::own_header,
+use dataplane_common::{Counter, Ipv4Octets, NodeConfig, VXLAN_OVERHEAD, checksum};
+use network_types::{
+    eth::EthHdr,
+    ip::{IpProto, Ipv4Hdr},
+    udp::UdpHdr,
+    vxlan::VxlanHdr,
 };
 
-/// Outer IPv4 + UDP + VXLAN + inner Ethernet, inserted after the outer Ethernet header.
-pub const VXLAN_HEADERS: usize = VXLAN_OVERHEAD as usize;
-pub const UDP_AT: usize = EthHdr::LEN + 20;
-pub const VXLAN_AT: usize = UDP_AT + 8;
-pub const INNER_IP_AT: usize = VXLAN_AT + 8 + EthHdr::LEN;
-/// The I flag: the VNI field is valid.
-pub const VXLAN_FLAG_VNI: u8 = 0x08;
+use crate::{
+    counters::{Outcome, finish, verdict},
+    ipv4::PLAIN_VIHL,
+    packet::{bytes_of, load, own_header},
+};
+
+/// What encapsulation inserts after the outer Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VxlanHeaders {
+    pub ip: Ipv4Hdr,
+    pub udp: UdpHdr,
+    pub vxlan: VxlanHdr,
+    pub inner_eth: EthHdr,
+}
+
+const _: () = assert!(size_of::<VxlanHeaders>() == VXLAN_OVERHEAD as usize);
+
+/// A VXLAN packet as it arrives on the uplink, up to the inner IPv4 header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VxlanPacket {
+    pub eth: EthHdr,
+    pub outer: VxlanHeaders,
+    pub inner_ip: Ipv4Hdr,
+}
+
 const OUTER_TTL: u8 = 64;
-const UDP_PROTOCOL: u8 = 17;
 /// Source ports come from the dynamic range (RFC 6335), as the kernel's do.
 const SOURCE_PORT_MIN: u32 = 49152;
 
@@ -37,9 +57,12 @@ const SOURCE_PORT_MIN: u32 = 49152;
 /// fills in the outer MACs from its neighbour table.
 #[inline(never)]
 pub fn encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> i32 {
-    let Ok(inner_eth) = ctx.load::<[u8; 14]>(0) else {
-        return drop(ctx, Counter::DropMalformed);
-    };
+    finish(ctx, try_encapsulate(ctx, config, node_ip))
+}
+
+#[inline(always)]
+fn try_encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcome {
+    let inner_eth: EthHdr = load(ctx, 0)?;
     // The inner flow's hash picks the outer source port, spreading flows
     // across receive queues and ECMP paths (RFC 7348).
     // SAFETY: plain helper call.
@@ -48,59 +71,62 @@ pub fn encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) ->
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
         | ((EthHdr::LEN as u64) << 56);
-    if ctx
-        .adjust_room(VXLAN_HEADERS as i32, BPF_ADJ_ROOM_MAC, flags)
-        .is_err()
-    {
-        return drop(ctx, Counter::DropUplinkError);
-    }
-    let outer_len = ctx.len() - EthHdr::LEN as u32;
-    let mut headers = [0u8; VXLAN_HEADERS];
+    ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
+        .map_err(|_| Counter::DropUplinkError)?;
     // GSO packets get their outer lengths and checksums per segment.
-    let ip = &mut headers[0..20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(outer_len as u16).to_be_bytes());
-    ip[8] = OUTER_TTL;
-    ip[9] = UDP_PROTOCOL;
-    ip[12..16].copy_from_slice(&config.node_ip);
-    ip[16..20].copy_from_slice(&node_ip);
-    let ip_sum = checksum(&headers[0..20]);
-    headers[10..12].copy_from_slice(&ip_sum);
+    let outer_len = (ctx.len() - EthHdr::LEN as u32) as u16;
+    let mut ip = Ipv4Hdr {
+        vihl: PLAIN_VIHL,
+        tos: 0,
+        tot_len: outer_len.to_be_bytes(),
+        id: [0; 2],
+        frags: [0; 2],
+        ttl: OUTER_TTL,
+        proto: IpProto::Udp as u8,
+        check: [0; 2],
+        src_addr: config.node_ip,
+        dst_addr: node_ip,
+    };
+    ip.check = checksum::internet(bytes_of(&ip)).to_be_bytes();
     let source_port = SOURCE_PORT_MIN + (hash % (65536 - SOURCE_PORT_MIN));
-    headers[20..22].copy_from_slice(&(source_port as u16).to_be_bytes());
-    headers[22..24].copy_from_slice(&config.vxlan_port.to_be_bytes());
-    headers[24..26].copy_from_slice(&((outer_len - 20) as u16).to_be_bytes());
-    // UDP checksum 0: allowed over IPv4, and what keeps receivers' GRO simple.
-    headers[28] = VXLAN_FLAG_VNI;
-    headers[32..35].copy_from_slice(&config.vni.to_be_bytes()[1..4]);
-    headers[36..50].copy_from_slice(&inner_eth);
-    if ctx.store(EthHdr::LEN, &headers, 0).is_err() {
-        return drop(ctx, Counter::DropUplinkError);
-    }
+    let headers = VxlanHeaders {
+        ip,
+        udp: UdpHdr {
+            src: (source_port as u16).to_be_bytes(),
+            dst: config.vxlan_port.to_be_bytes(),
+            len: (outer_len - Ipv4Hdr::LEN as u16).to_be_bytes(),
+            // 0: allowed over IPv4, and what keeps receivers' GRO simple.
+            check: [0; 2],
+        },
+        vxlan: VxlanHdr::new(config.vni),
+        inner_eth,
+    };
+    ctx.store(EthHdr::LEN, &headers, 0)
+        .map_err(|_| Counter::DropUplinkError)?;
     send_out_uplink(ctx, config, Counter::Encapsulated)
 }
 
 /// Sends a routed packet out of the uplink, counted under `counter`.
-pub fn send_out_uplink(ctx: &TcContext, config: &NodeConfig, counter: Counter) -> i32 {
+pub fn send_out_uplink(ctx: &TcContext, config: &NodeConfig, counter: Counter) -> Outcome {
     own_header(ctx);
     // SAFETY: plain helper call. Without parameters the kernel routes the
     // destination and fills in the MACs from its neighbour table.
     let action =
         unsafe { bpf_redirect_neigh(config.uplink_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     if action == TC_ACT_REDIRECT {
-        verdict(ctx, counter, action)
+        Ok(verdict(ctx, counter, action))
     } else {
-        drop(ctx, Counter::DropUplinkError)
+        Err(Counter::DropUplinkError)
     }
 }
 
 /// Removes the outer headers of a VXLAN packet received on the uplink; the
 /// outer Ethernet header stays in front. GSO aggregates keep their segment size.
-pub fn decapsulate(ctx: &TcContext) -> bool {
+pub fn decapsulate(ctx: &TcContext) -> Outcome<()> {
     ctx.adjust_room(
-        -(VXLAN_HEADERS as i32),
+        -(VXLAN_OVERHEAD as i32),
         BPF_ADJ_ROOM_MAC,
         BPF_F_ADJ_ROOM_FIXED_GSO as u64,
     )
-    .is_ok()
+    .map_err(|_| Counter::DropUplinkError)
 }

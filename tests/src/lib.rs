@@ -9,7 +9,6 @@ pub mod cluster;
 pub mod cni;
 pub mod kube_api;
 pub mod netns;
-pub mod packets;
 pub mod traffic;
 
 pub use cluster::{Cluster, ClusterSpec, Forwarding, Node, Pod, PodWiring};

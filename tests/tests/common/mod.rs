@@ -146,7 +146,7 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr
     ethernet([0xff; 6], sender_mac, 0x0806, &arp)
 }
 
-pub use dataplane_tests::packets::internet_checksum as checksum;
+pub use dataplane_common::checksum::internet as checksum;
 
 /// An IPv4 ICMP echo request in an Ethernet frame, with a valid header checksum.
 pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, id: u16) -> Vec<u8> {
