@@ -115,6 +115,15 @@ pub mod checksum {
         !fold(sum)
     }
 
+    /// `checksum` after a 16-bit word it covers changed from `old` to `new`.
+    #[inline(always)]
+    pub fn replace2(checksum: u16, old: [u8; 2], new: [u8; 2]) -> u16 {
+        let sum = u32::from(!checksum)
+            + u32::from(!u16::from_be_bytes(old))
+            + u32::from(u16::from_be_bytes(new));
+        !fold(sum)
+    }
+
     /// `checksum` after a 32-bit field it covers changed from `old` to `new`.
     #[inline(always)]
     pub fn replace4(checksum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
@@ -493,6 +502,15 @@ mod tests {
         header[10..12].copy_from_slice(&updated.to_be_bytes());
         assert_eq!(checksum::internet(&header), 0);
         assert_eq!(checksum::internet(&[0x01]), !0x0100);
+        // A TTL decrement: the word (TTL, protocol) changes.
+        let check = checksum::replace2(
+            u16::from_be_bytes([header[10], header[11]]),
+            [0x40, 0x11],
+            [0x3f, 0x11],
+        );
+        header[8] = 0x3f;
+        header[10..12].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(checksum::internet(&header), 0);
     }
 
     #[test]

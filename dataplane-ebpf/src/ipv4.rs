@@ -1,9 +1,7 @@
 //! IPv4 header handling shared by the hooks.
 
-use core::mem::offset_of;
-
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Counter, Ipv4Octets};
+use dataplane_common::{Counter, Ipv4Octets, checksum};
 use network_types::ip::{IpProto, Ipv4Hdr};
 
 use crate::{
@@ -33,26 +31,23 @@ pub fn addresses(ctx: &TcContext) -> Option<(Ipv4Octets, Ipv4Octets)> {
 }
 
 /// Accounts for one routing hop: decrements the TTL and updates the header
-/// checksum for it, as Cilium's `ipv4_dec_ttl` does. A packet whose TTL
-/// would expire is dropped.
+/// checksum for it (RFC 1624). A packet whose TTL would expire is dropped.
+/// Computed here rather than with `bpf_l3_csum_replace` (Cilium's
+/// `ipv4_dec_ttl`): the helper call made every same-node packet 6 ns slower
+/// (93 -> 99 ns of from-pod run time), and the IPv4 header checksum is never
+/// offloaded, so the helper knows nothing more.
 #[inline(always)]
 pub fn forward_hop(ctx: &TcContext) -> Outcome<()> {
     let ip = header::<Ipv4Hdr>(ctx, IP_AT).ok_or(Counter::DropMalformed)?;
-    // SAFETY: bounds checked by `header`; the pointer is not used after the
-    // checksum helper below invalidates it.
+    // SAFETY: bounds checked by `header`.
     let ip = unsafe { &mut *ip };
     if ip.ttl <= 1 {
         return Err(Counter::DropTtlExceeded);
     }
     // The TTL shares its 16-bit checksum word with the protocol.
-    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    let old = [ip.ttl, ip.proto];
     ip.ttl -= 1;
-    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
-    ctx.l3_csum_replace(
-        IP_AT + offset_of!(Ipv4Hdr, check),
-        u64::from(old),
-        u64::from(new),
-        2,
-    )
-    .map_err(|_| Counter::DropMalformed)
+    let new = [ip.ttl, ip.proto];
+    ip.check = checksum::replace2(u16::from_be_bytes(ip.check), old, new).to_be_bytes();
+    Ok(())
 }
