@@ -1,26 +1,20 @@
 //! Scale: per-packet cost and latency as the tables fill (this dataplane's
 //! maps, the kernel's routes), and the time to program remote nodes.
 
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
 
 use anyhow::{Context as _, bail};
-use aya::{
-    Ebpf,
-    programs::{TestRun as _, TestRunOptions},
-};
-use dataplane_common::{Endpoint, Ipv4Cidr, NodeConfig, names};
+use aya::Ebpf;
+use dataplane_common::{Endpoint, names};
 use dataplane_tests::{
-    cluster::{VXLAN_POD_MTU, add_flannel_device},
-    netns::{Netns, unique_prefix},
+    cluster::add_flannel_device,
+    netns::Netns,
+    test_run::{
+        Fixture, LOOPBACK_IFINDEX, NODE_IP, POD_A_IP, POD_B_IP, REMOTE_POD_IP, TC_ACT_REDIRECT,
+        ipv4_packet,
+    },
 };
-use dataplane_user::{
-    loader::{self, classifier},
-    maps::Maps,
-};
+use dataplane_user::{loader, maps::Maps};
 use ipnetwork::Ipv4Network;
 
 use crate::{
@@ -56,9 +50,6 @@ const LEVELS: [Level; 3] = [
 const REAL_ENDPOINTS: u32 = 2;
 const REAL_REMOTE_NODES: u32 = 1;
 
-/// BPF_PROG_TEST_RUN's verdict for a packet handed to another device.
-const TC_ACT_REDIRECT: u32 = 7;
-
 /// Progress steps `run` reports (announced before any run starts).
 pub fn steps(settings: &Settings) -> usize {
     const LATENCY_RUNS: usize = 4;
@@ -76,7 +67,10 @@ pub fn run(
         .last()
         .expect("one placement at least");
     let mut comparisons = Vec::new();
-    let mut private = DataplaneTables::private()?;
+    // A private copy of the programs and maps to run from-pod on, filled
+    // like the nodes' maps.
+    let mut private = Fixture::new()?;
+    let mut private_filled = Filled::default();
     let mut ours = clusters
         .dataplane
         .nodes
@@ -90,8 +84,8 @@ pub fn run(
         .map(|node| KernelNode::open(&node.netns))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let packets = [
-        ("same-node", udp_frame(PRIVATE_POD_B)),
-        ("cross-node", udp_frame(PRIVATE_REMOTE_POD)),
+        ("same-node", udp_frame(POD_B_IP)),
+        ("cross-node", udp_frame(REMOTE_POD_IP)),
     ];
     let mut smallest_level_costs: Option<Vec<Vec<f64>>> = None;
     for level in LEVELS {
@@ -100,9 +94,9 @@ pub fn run(
             nodes: level.remote_nodes - REAL_REMOTE_NODES,
         };
         let started = Instant::now();
-        private.fill(fake)?;
+        fill(&mut private.maps, &mut private_filled, fake)?;
         for tables in &mut ours {
-            tables.fill(fake)?;
+            fill(&mut tables.maps, &mut tables.filled, fake)?;
         }
         for tables in &mut theirs {
             tables.fill(fake)?;
@@ -154,7 +148,7 @@ pub fn run(
                 }
             }
             for ((direction, packet), into) in packets.iter().zip(&mut costs) {
-                let cost = private.program_cost(packet, settings.program_runs)?;
+                let cost = program_cost(&mut private, packet, settings.program_runs)?;
                 progress.step(
                     &format!("run {repetition} {scenario}, from-pod program, {direction} packet"),
                     &Measure::ProgramCost.show(cost),
@@ -218,25 +212,12 @@ fn fake_node(index: u32) -> (Ipv4Addr, Ipv4Network, [u8; 6]) {
     (ip, pod_cidr, [0x02, 0xfe, 0, 0, high, low])
 }
 
-/// One set of this dataplane's maps: a node agent's pinned maps, or a
-/// private copy (own pin directory, removed on drop) to run programs on.
+/// A node agent's pinned maps, filled with fake entries.
 struct DataplaneTables {
-    ebpf: Ebpf,
+    _ebpf: Ebpf,
     maps: Maps,
     filled: Filled,
-    private_pins: Option<PathBuf>,
 }
-
-// The private copy is configured like node 0 of the clusters; test runs
-// enter on the loopback device, so pod A sits there.
-const PRIVATE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const PRIVATE_REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
-const PRIVATE_POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
-const PRIVATE_POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
-const PRIVATE_REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const LOOPBACK_IFINDEX: u32 = 1;
-const POD_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
-const HOST_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xa];
 
 impl DataplaneTables {
     fn pinned(bpf_root: PathBuf) -> anyhow::Result<Self> {
@@ -244,96 +225,38 @@ impl DataplaneTables {
             .with_context(|| format!("opening the maps pinned under {}", bpf_root.display()))?;
         let maps = Maps::take_from(&mut ebpf)?;
         Ok(Self {
-            ebpf,
+            _ebpf: ebpf,
             maps,
             filled: Filled::default(),
-            private_pins: None,
         })
-    }
-
-    fn private() -> anyhow::Result<Self> {
-        loader::ensure_bpffs_mounted()?;
-        let pins = PathBuf::from(format!("/sys/fs/bpf/{}-bench", unique_prefix()));
-        let mut tables = Self::pinned(pins.clone())?;
-        tables.private_pins = Some(pins);
-        tables.maps.set_node_config(NodeConfig {
-            pod_cidr: Ipv4Cidr::new([10, 244, 0, 0], 24),
-            cluster_cidr: Ipv4Cidr::new([10, 244, 0, 0], 16),
-            node_ip: PRIVATE_NODE_IP.octets(),
-            vni: 1,
-            uplink_ifindex: LOOPBACK_IFINDEX,
-            tunnel_mtu: VXLAN_POD_MTU,
-            vxlan_port: 4789,
-            masquerade: 1,
-            _pad: 0,
-            nat_port_min: 40_000,
-            nat_port_max: 60_999,
-        })?;
-        let endpoint = |host_ifindex, pod_mac, host_mac| Endpoint {
-            host_ifindex,
-            pod_mac,
-            host_mac,
-        };
-        let maps = &mut tables.maps;
-        maps.insert_endpoint(
-            PRIVATE_POD_A,
-            endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC),
-        )?;
-        maps.insert_endpoint(
-            PRIVATE_POD_B,
-            endpoint(4242, [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 1, 0xb]),
-        )?;
-        maps.insert_remote_node(PRIVATE_REMOTE_NODE_IP, "10.244.1.0/24".parse()?)?;
-        Ok(tables)
-    }
-
-    /// Adds fake entries until `target` of them are there.
-    fn fill(&mut self, target: Filled) -> anyhow::Result<()> {
-        for index in self.filled.endpoints..target.endpoints {
-            let fake = Endpoint {
-                host_ifindex: LOOPBACK_IFINDEX,
-                pod_mac: [0x02, 0xfd, 0, 0, 0, 1],
-                host_mac: [0x02, 0xfd, 0, 0, 0, 2],
-            };
-            self.maps.insert_endpoint(fake_endpoint(index), fake)?;
-        }
-        for index in self.filled.nodes..target.nodes {
-            let (ip, pod_cidr, _) = fake_node(index);
-            self.maps.insert_remote_node(ip, pod_cidr)?;
-        }
-        self.filled = target;
-        Ok(())
-    }
-
-    /// The from-pod program's average run time on `packet`, in nanoseconds,
-    /// over `runs` single-packet test runs (a repeated run would feed the
-    /// program its own rewritten packet).
-    fn program_cost(&mut self, packet: &[u8], runs: u32) -> anyhow::Result<f64> {
-        let program = classifier(&mut self.ebpf, names::FROM_POD_PROGRAM);
-        let mut total = Duration::ZERO;
-        for _ in 0..runs {
-            let result = program.test_run(TestRunOptions {
-                data_in: Some(packet),
-                ..TestRunOptions::new()
-            })?;
-            if result.return_value != TC_ACT_REDIRECT {
-                bail!(
-                    "the from-pod program did not forward the benchmark packet (verdict {})",
-                    result.return_value
-                );
-            }
-            total += result.duration;
-        }
-        Ok(total.as_nanos() as f64 / f64::from(runs))
     }
 }
 
-impl Drop for DataplaneTables {
-    fn drop(&mut self) {
-        if let Some(pins) = &self.private_pins {
-            let _ = std::fs::remove_dir_all(pins);
-        }
+/// Adds fake entries to `maps` until `target` of them are there.
+fn fill(maps: &mut Maps, filled: &mut Filled, target: Filled) -> anyhow::Result<()> {
+    for index in filled.endpoints..target.endpoints {
+        let fake = Endpoint {
+            host_ifindex: LOOPBACK_IFINDEX,
+            pod_mac: [0x02, 0xfd, 0, 0, 0, 1],
+            host_mac: [0x02, 0xfd, 0, 0, 0, 2],
+        };
+        maps.insert_endpoint(fake_endpoint(index), fake)?;
     }
+    for index in filled.nodes..target.nodes {
+        let (ip, pod_cidr, _) = fake_node(index);
+        maps.insert_remote_node(ip, pod_cidr)?;
+    }
+    *filled = target;
+    Ok(())
+}
+
+/// The from-pod program's average run time on `packet`, in nanoseconds.
+fn program_cost(fixture: &mut Fixture, packet: &[u8], runs: u32) -> anyhow::Result<f64> {
+    let (average, verdict) = fixture.run_time(names::FROM_POD_PROGRAM, packet, runs)?;
+    if verdict != TC_ACT_REDIRECT {
+        bail!("the from-pod program did not forward the benchmark packet (verdict {verdict})");
+    }
+    Ok(average.as_nanos() as f64)
 }
 
 /// One node's kernel tables: /32 routes out of its first pod's veth, flannel
@@ -366,7 +289,7 @@ impl KernelNode {
             "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
         ])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
-        add_flannel_device(&netns, PRIVATE_NODE_IP)?;
+        add_flannel_device(&netns, NODE_IP)?;
         let tables = KernelTables::open(&netns)?;
         Ok(Self {
             pod_veth: None,
@@ -396,26 +319,14 @@ impl KernelNode {
 /// An IPv4 UDP datagram with 64 bytes of payload from pod A to `destination`,
 /// as it leaves the pod (to its gateway's MAC).
 fn udp_frame(destination: Ipv4Addr) -> Vec<u8> {
-    let payload = [0u8; 64];
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&HOST_A_MAC);
-    frame.extend_from_slice(&POD_A_MAC);
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    let total = (20 + 8 + payload.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&PRIVATE_POD_A.octets());
-    ip.extend_from_slice(&destination.octets());
-    let checksum = dataplane_common::checksum::internet(&ip);
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&40_000u16.to_be_bytes());
-    frame.extend_from_slice(&5_201u16.to_be_bytes());
-    frame.extend_from_slice(&(total - 20).to_be_bytes());
-    frame.extend_from_slice(&[0, 0]); // no UDP checksum
-    frame.extend_from_slice(&payload);
-    frame
+    const PAYLOAD: u16 = 64;
+    let mut datagram = Vec::new();
+    datagram.extend_from_slice(&40_000u16.to_be_bytes());
+    datagram.extend_from_slice(&5_201u16.to_be_bytes());
+    datagram.extend_from_slice(&(8 + PAYLOAD).to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]); // no UDP checksum
+    datagram.extend_from_slice(&[0; PAYLOAD as usize]);
+    ipv4_packet(POD_A_IP, destination, 17, &datagram)
 }
 
 /// 50000 as "50,000".

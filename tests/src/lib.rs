@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod cni;
 pub mod kube_api;
 pub mod netns;
+pub mod test_run;
 pub mod traffic;
 
 pub use cluster::{Cluster, ClusterSpec, Forwarding, Node, Pod, PodWiring};

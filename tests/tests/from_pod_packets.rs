@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn arp_request_for_the_gateway_is_answered_with_the_host_veth_mac() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let (verdict, reply) = fixture.run(&arp_request(POD_A_MAC, POD_A_IP, GATEWAY_IP));
     assert_eq!(verdict, TC_ACT_REDIRECT);
 
@@ -27,7 +27,7 @@ fn arp_request_for_the_gateway_is_answered_with_the_host_veth_mac() {
 
 #[test]
 fn arp_probes_spoofed_and_foreign_arp_are_not_answered() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     // Duplicate address detection probe, gratuitous ARP, a sender that is
     // another pod, and a sender nobody registered.
     for request in [
@@ -52,7 +52,7 @@ fn arp_probes_spoofed_and_foreign_arp_are_not_answered() {
 
 #[test]
 fn local_delivery_rewrites_macs_and_decrements_ttl_with_a_valid_checksum() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     // Several TTLs and IDs so the incremental update meets carries.
     for (ttl, id) in [(64u8, 0u16), (2, 0xffff), (255, 0x1234), (128, 0xfeff)] {
         let packet = ipv4_frame(POD_A_IP, POD_B_IP, ttl, id);
@@ -73,7 +73,7 @@ fn local_delivery_rewrites_macs_and_decrements_ttl_with_a_valid_checksum() {
 
 #[test]
 fn expiring_ttl_is_dropped_and_counted() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     assert_eq!(
         fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 1, 7)).0,
         TC_ACT_SHOT
@@ -87,7 +87,7 @@ fn expiring_ttl_is_dropped_and_counted() {
 
 #[test]
 fn spoofed_sources_are_dropped() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     // B's address arriving on A's device, and an address nobody owns.
     for source in [
         POD_B_IP,
@@ -105,7 +105,7 @@ fn spoofed_sources_are_dropped() {
 
 #[test]
 fn unknown_local_pods_are_dropped_and_the_node_ip_goes_to_the_host() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let unknown_pod = Ipv4Addr::new(10, 244, 0, 99);
     assert_eq!(
         fixture.run(&ipv4_frame(POD_A_IP, unknown_pod, 64, 1)).0,
@@ -122,7 +122,7 @@ fn unknown_local_pods_are_dropped_and_the_node_ip_goes_to_the_host() {
 
 #[test]
 fn truncated_and_malformed_packets_are_dropped() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let valid = ipv4_frame(POD_A_IP, POD_B_IP, 64, 1);
     let mut bad_ihl = valid.clone();
     bad_ihl[14] = 0x44;
@@ -143,7 +143,7 @@ fn truncated_and_malformed_packets_are_dropped() {
 
 #[test]
 fn other_ethertypes_are_left_to_the_host() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let ipv6 = ethernet(HOST_A_MAC, POD_A_MAC, 0x86dd, &[0x60; 40]);
     let (verdict, out) = fixture.run(&ipv6);
     assert_eq!(verdict, TC_ACT_OK);
@@ -152,7 +152,7 @@ fn other_ethertypes_are_left_to_the_host() {
 
 #[test]
 fn a_full_endpoints_map_is_reported_not_corrupted() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let capacity = dataplane_common::MAX_ENDPOINTS;
     let mut inserted = 2; // the fixture's pods
     let error = loop {
@@ -175,7 +175,7 @@ fn a_full_endpoints_map_is_reported_not_corrupted() {
 
 #[test]
 fn pods_reach_every_address_of_the_node_through_its_stack() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     // A gateway address inside the pod CIDR (what ptp and bridge give the
     // node) and one outside it: unknown pods before, the node's once listed.
     let gateway = Ipv4Addr::new(10, 244, 0, 1);

@@ -41,7 +41,7 @@ fn run_egress(fixture: &mut Fixture, protocol: u8, l4: &[u8]) -> (u32, Vec<u8>) 
 
 #[test]
 fn tcp_is_masqueraded_keeping_a_free_port_and_valid_checksums() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let syn = tcp((POD_A_IP, NAT_PORT_MIN + 1), (EXTERNAL_IP, 80), TCP_SYN);
     let (verdict, out) = run_egress(&mut fixture, 6, &syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -76,7 +76,7 @@ fn tcp_is_masqueraded_keeping_a_free_port_and_valid_checksums() {
 
 #[test]
 fn ports_outside_the_range_are_translated_into_it_and_stay_per_connection() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let syn = tcp((POD_A_IP, 33333), (EXTERNAL_IP, 443), TCP_SYN);
     let (_, first) = run_egress(&mut fixture, 6, &syn);
     let ((_, port), _) = addresses(&first);
@@ -93,7 +93,7 @@ fn ports_outside_the_range_are_translated_into_it_and_stay_per_connection() {
 
 #[test]
 fn udp_checksums_are_updated_and_a_zero_checksum_stays_zero() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let (verdict, out) = run_egress(
         &mut fixture,
         17,
@@ -119,7 +119,7 @@ fn udp_checksums_are_updated_and_a_zero_checksum_stays_zero() {
 
 #[test]
 fn icmp_echo_uses_the_identifier_as_the_port() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let request = icmp(8, 0, [0x12, 0x34, 0, 1], b"ping data");
     let (verdict, out) = run_egress(&mut fixture, 1, &request);
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -147,7 +147,7 @@ fn icmp_echo_uses_the_identifier_as_the_port() {
 
 #[test]
 fn icmp_errors_about_a_translated_packet_reach_the_pod_restored() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let datagram = udp((POD_A_IP, 5353), (EXTERNAL_IP, 53), true);
     let (_, sent) = run_egress(&mut fixture, 17, &datagram);
     // A router answers the translated packet: fragmentation needed, MTU 1400.
@@ -182,7 +182,7 @@ fn icmp_errors_about_a_translated_packet_reach_the_pod_restored() {
 
 #[test]
 fn a_full_port_range_is_reported_as_exhaustion() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let ports = usize::from(NAT_PORT_MAX - NAT_PORT_MIN + 1);
     for source_port in 0..ports as u16 {
         let (verdict, _) = run_egress(
@@ -217,7 +217,7 @@ fn a_full_port_range_is_reported_as_exhaustion() {
 
 #[test]
 fn unsolicited_traffic_to_the_nat_range_is_dropped_and_other_traffic_passes() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let knock = on_uplink(ipv4_packet(
         EXTERNAL_IP,
         NODE_IP,
@@ -246,7 +246,7 @@ fn unsolicited_traffic_to_the_nat_range_is_dropped_and_other_traffic_passes() {
 
 #[test]
 fn protocols_nat_cannot_translate_are_dropped() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let (verdict, _) = run_egress(&mut fixture, 47, &[0u8; 16]);
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(fixture.counter("drop_nat_unsupported"), 1);

@@ -49,7 +49,7 @@ fn assert_vxlan_to(out: &[u8], node: Ipv4Addr) -> &[u8] {
 
 #[test]
 fn pod_traffic_for_a_remote_pod_is_encapsulated_toward_its_node() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let packet = ipv4_frame(POD_A_IP, REMOTE_POD_IP, 64, 9);
     let (verdict, out) = fixture.run(&packet);
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -67,7 +67,7 @@ fn pod_traffic_for_a_remote_pod_is_encapsulated_toward_its_node() {
 
 #[test]
 fn flows_keep_their_outer_source_port() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let port = |fixture: &mut Fixture, id| {
         let (_, out) = fixture.run(&ipv4_frame(POD_A_IP, REMOTE_POD_IP, 64, id));
         u16::from_be_bytes([out[34], out[35]])
@@ -78,7 +78,7 @@ fn flows_keep_their_outer_source_port() {
 
 #[test]
 fn pod_traffic_for_a_remote_node_ip_goes_through_the_tunnel() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let (verdict, out) = fixture.run(&ipv4_frame(POD_A_IP, REMOTE_NODE_IP, 64, 1));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_vxlan_to(&out, REMOTE_NODE_IP);
@@ -86,7 +86,7 @@ fn pod_traffic_for_a_remote_node_ip_goes_through_the_tunnel() {
 
 #[test]
 fn cluster_addresses_of_no_node_are_dropped() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let (verdict, _) = fixture.run(&ipv4_frame(POD_A_IP, Ipv4Addr::new(10, 244, 9, 9), 64, 1));
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(fixture.counter("drop_unknown_node"), 1);
@@ -95,7 +95,7 @@ fn cluster_addresses_of_no_node_are_dropped() {
 
 #[test]
 fn oversized_packets_get_icmp_fragmentation_needed() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     // A 1500-byte IPv4 packet with DF, into a tunnel that carries 1450.
     let packet = ipv4_frame_sized(POD_A_IP, REMOTE_POD_IP, 64, 3, 1500 - 20);
     let (verdict, reply) = fixture.run(&packet);
@@ -141,7 +141,7 @@ fn oversized_packets_get_icmp_fragmentation_needed() {
 
 #[test]
 fn vxlan_from_a_known_node_is_decapsulated_into_the_pod() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let inner = ipv4_frame(Ipv4Addr::new(10, 244, 1, 5), POD_B_IP, 63, 4);
     let (verdict, out) = fixture.run_program(
         names::FROM_UPLINK_PROGRAM,
@@ -159,7 +159,7 @@ fn vxlan_from_a_known_node_is_decapsulated_into_the_pod() {
 
 #[test]
 fn vxlan_for_this_node_is_decapsulated_up_the_stack() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let inner = ipv4_frame(Ipv4Addr::new(10, 244, 1, 5), NODE_IP, 63, 4);
     let packet = vxlan_frame(REMOTE_NODE_IP, VNI, &inner);
     let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &packet);
@@ -175,7 +175,7 @@ fn vxlan_for_this_node_is_decapsulated_up_the_stack() {
 
 #[test]
 fn vxlan_that_fails_a_check_is_dropped_with_its_reason() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let from_remote_pod = ipv4_frame(Ipv4Addr::new(10, 244, 1, 5), POD_B_IP, 63, 4);
     let cases = [
         (
@@ -227,7 +227,7 @@ fn vxlan_that_fails_a_check_is_dropped_with_its_reason() {
 
 #[test]
 fn other_uplink_traffic_passes_untouched() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let mut other_port = vxlan_frame(REMOTE_NODE_IP, VNI, &ipv4_frame(POD_A_IP, POD_B_IP, 64, 1));
     other_port[36..38].copy_from_slice(&53u16.to_be_bytes());
     for packet in [other_port, ipv4_frame(REMOTE_NODE_IP, NODE_IP, 64, 1)] {
@@ -238,7 +238,7 @@ fn other_uplink_traffic_passes_untouched() {
 
 #[test]
 fn whatever_reaches_the_vxlan_device_is_dropped() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let (verdict, _) = fixture.run_program(
         names::FROM_TUNNEL_PROGRAM,
         &ipv4_frame(POD_A_IP, POD_B_IP, 64, 1),
@@ -249,7 +249,7 @@ fn whatever_reaches_the_vxlan_device_is_dropped() {
 
 #[test]
 fn the_node_reaches_remote_pods_only_from_addresses_they_can_answer() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::new().unwrap();
     let gateway = Ipv4Addr::new(10, 244, 0, 1);
     let other = Ipv4Addr::new(198, 51, 100, 7);
     fixture
