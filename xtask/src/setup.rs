@@ -28,8 +28,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
 pub fn run() -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_debian_packages()?;
-    ensure_bpffs()
+    // bpffs is not mounted here: the loader mounts it when missing, for the
+    // agent and for the test fixture alike (one implementation).
+    ensure_debian_packages()
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {
@@ -105,21 +106,6 @@ fn find_libllvm(directory: &Path) -> anyhow::Result<PathBuf> {
                 .is_some_and(|name| name.starts_with("libLLVM") && name.contains(".so"))
         })
         .with_context(|| format!("no libLLVM shared library in {}", directory.display()))
-}
-
-/// The agent mounts bpffs itself when it is missing; tests that load
-/// programs without an agent need it too.
-fn ensure_bpffs() -> anyhow::Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    if mounts
-        .lines()
-        .any(|line| line.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
-        return Ok(());
-    }
-    let mut mount = Command::new("mount");
-    mount.args(["-t", "bpf", "bpf", "/sys/fs/bpf"]);
-    status(mount, "mount -t bpf bpf /sys/fs/bpf")
 }
 
 fn ensure_debian_packages() -> anyhow::Result<()> {
