@@ -4,7 +4,6 @@
 use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
 
 use anyhow::{Context as _, bail};
-use aya::Ebpf;
 use dataplane_common::{Endpoint, names};
 use dataplane_tests::{
     cluster::add_flannel_device,
@@ -214,7 +213,6 @@ fn fake_node(index: u32) -> (Ipv4Addr, Ipv4Network, [u8; 6]) {
 
 /// A node agent's pinned maps, filled with fake entries.
 struct DataplaneTables {
-    _ebpf: Ebpf,
     maps: Maps,
     filled: Filled,
 }
@@ -223,10 +221,9 @@ impl DataplaneTables {
     fn pinned(bpf_root: PathBuf) -> anyhow::Result<Self> {
         let mut ebpf = loader::load(&loader::pin_directory(&bpf_root))
             .with_context(|| format!("opening the maps pinned under {}", bpf_root.display()))?;
-        let maps = Maps::take_from(&mut ebpf)?;
+        // The maps keep their own descriptors; the programs are not needed.
         Ok(Self {
-            _ebpf: ebpf,
-            maps,
+            maps: Maps::take_from(&mut ebpf)?,
             filled: Filled::default(),
         })
     }

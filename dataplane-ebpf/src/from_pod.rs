@@ -49,7 +49,7 @@ fn ipv4(ctx: &TcContext) -> Outcome {
             forward_hop(ctx)?;
             deliver(ctx, &destination, Redirect::Peer, Counter::ForwardedLocal)
         }
-        Destination::RemotePod(node_ip) => Ok(tunnel_to(ctx, &config, node_ip)),
+        Destination::RemotePod(node_ip) => tunnel_to(ctx, &config, node_ip),
         // The node itself: kubelet, node-local DNS, the gateway address.
         Destination::Host => Ok(pass_to_host(ctx)),
         // Never let the host stack guess where an unknown pod address goes.
@@ -68,7 +68,7 @@ fn outside(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octet
     // Pod to another node's own IP goes through the tunnel, so the remote
     // node sees the pod's address and answers through its tunnel.
     if remote_node(&dst).is_some() {
-        return Ok(tunnel_to(ctx, config, dst));
+        return tunnel_to(ctx, config, dst);
     }
     if config.masquerade == 0 {
         return Ok(pass_to_host(ctx));
@@ -91,13 +91,11 @@ fn masquerade(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Oc
 }
 
 #[inline(always)]
-fn tunnel_to(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> i32 {
+fn tunnel_to(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcome {
     // Checked before the TTL changes: the ICMP error quotes the header as sent.
     if icmp::exceeds_mtu(ctx, config.tunnel_mtu) {
-        return icmp::frag_needed(ctx, config, config.tunnel_mtu);
+        return Ok(icmp::frag_needed(ctx, config, config.tunnel_mtu));
     }
-    if let Err(reason) = forward_hop(ctx) {
-        return drop(ctx, reason);
-    }
-    tunnel::encapsulate(ctx, config, node_ip)
+    forward_hop(ctx)?;
+    Ok(tunnel::encapsulate(ctx, config, node_ip))
 }

@@ -57,7 +57,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     let (source, destination) = (ip.src_addr, ip.dst_addr);
     if destination == config.node_ip && config.masquerade != 0 {
-        return Ok(reply_to_masqueraded(ctx, config, source));
+        return Ok(reply_to_masqueraded(ctx, config, ip));
     }
     if config.pod_cidr.contains(destination) && is_unmasqueraded(source) {
         return match endpoint(&destination) {
@@ -76,12 +76,11 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome 
 /// delivered into its pod; the node's own traffic passes.
 // Out of line: the NAT's state stays out of the other paths' stack frames.
 #[inline(never)]
-fn reply_to_masqueraded(ctx: &TcContext, config: &NodeConfig, source: Ipv4Octets) -> i32 {
-    let outcome = match nat::translate_reply(ctx, config, source) {
-        Ok(Some(pod)) => to_translated_pod(ctx, pod),
-        Ok(None) => Ok(TC_ACT_OK),
-        Err(reason) => Err(reason),
-    };
+fn reply_to_masqueraded(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
+    let outcome = nat::translate_reply(ctx, config, ip).and_then(|translated| match translated {
+        Some(pod) => to_translated_pod(ctx, pod),
+        None => Ok(TC_ACT_OK),
+    });
     finish(ctx, outcome)
 }
 

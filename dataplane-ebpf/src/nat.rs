@@ -29,7 +29,7 @@ use crate::{
     icmp::{DEST_UNREACH, ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, TIME_EXCEEDED, echo_id},
     ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
     maps::NAT,
-    packet::{IP_AT, L4_AT},
+    packet::{IP_AT, L4_AT, load},
 };
 
 /// What a NOEXIST insert returns when the key is taken.
@@ -63,11 +63,11 @@ struct Transport {
     state: u8,
 }
 
-/// Reads the transport fields of a packet (IPv4 without options).
-/// `egress`: the port that gets translated is the source one.
+/// Reads the transport fields of a packet whose IPv4 header is `ip` (only
+/// headers without options are translated). `egress`: the port that gets
+/// translated is the source one.
 #[inline(always)]
-fn transport(ctx: &TcContext, egress: bool) -> Option<Transport> {
-    let ip: Ipv4Hdr = ctx.load(IP_AT).ok()?;
+fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transport> {
     if ip.vihl != PLAIN_VIHL {
         return None;
     }
@@ -275,7 +275,8 @@ pub fn masquerade(
     src: Ipv4Octets,
     dst: Ipv4Octets,
 ) -> Outcome<()> {
-    let transport = transport(ctx, true).ok_or(Counter::DropNatUnsupported)?;
+    let ip: Ipv4Hdr = load(ctx, IP_AT)?;
+    let transport = transport(ctx, &ip, true).ok_or(Counter::DropNatUnsupported)?;
     let egress = FlowKey {
         src,
         dst,
@@ -304,32 +305,29 @@ pub fn masquerade(
     )
 }
 
-/// A packet to the node IP that may answer a masqueraded connection,
-/// translated back: the pod it is for, or `None` when it is not for NAT
-/// (the node's own traffic).
+/// A packet to the node IP (its IPv4 header `ip`, as the hook read it) that
+/// may answer a masqueraded connection, translated back: the pod it is for,
+/// or `None` when it is not for NAT (the node's own traffic).
 #[inline(always)]
 pub fn translate_reply(
     ctx: &TcContext,
     config: &NodeConfig,
-    src: Ipv4Octets,
+    ip: &Ipv4Hdr,
 ) -> Outcome<Option<Ipv4Octets>> {
-    let Ok(protocol) = ctx.load::<u8>(IP_AT + offset_of!(Ipv4Hdr, proto)) else {
-        return Ok(None);
-    };
-    if protocol == ICMP
+    if ip.proto == ICMP
         && let Ok(kind) = ctx.load::<u8>(L4_AT + offset_of!(Icmpv4Hdr, type_))
         && (kind == DEST_UNREACH || kind == TIME_EXCEEDED)
     {
         return translate_icmp_error(ctx, config);
     }
-    let Some(transport) = transport(ctx, false) else {
+    let Some(transport) = transport(ctx, ip, false) else {
         return Ok(None);
     };
     if !in_port_range(config, transport.dst_port) {
         return Ok(None);
     }
     let reply = FlowKey {
-        src,
+        src: ip.src_addr,
         dst: config.node_ip,
         src_port: transport.src_port,
         dst_port: transport.dst_port,

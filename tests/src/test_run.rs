@@ -7,7 +7,6 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::netns::{require_root, unique_prefix};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
@@ -17,6 +16,8 @@ use dataplane_user::{
     loader::{self, classifier},
     maps::Maps,
 };
+
+use crate::netns::{require_root, unique_prefix};
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;

@@ -1,11 +1,9 @@
 //! The from-pod program run by the kernel on hand-built packets
 //! (BPF_PROG_TEST_RUN): exact output bytes, verdicts and counters.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::*;
+use dataplane_tests::test_run::*;
 
 #[test]
 fn arp_request_for_the_gateway_is_answered_with_the_host_veth_mac() {

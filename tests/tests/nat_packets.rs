@@ -2,12 +2,10 @@
 //! packets (BPF_PROG_TEST_RUN): rewritten addresses and ports, every checksum,
 //! port choice, exhaustion and unsolicited traffic.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::*;
 use dataplane_common::names;
+use dataplane_tests::test_run::*;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_SYN_ACK: u8 = 0x12;

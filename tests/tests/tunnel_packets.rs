@@ -2,12 +2,10 @@
 //! fragmentation-needed and the device guard, run by the kernel on hand-built
 //! packets (BPF_PROG_TEST_RUN): exact output bytes, verdicts and counters.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::*;
 use dataplane_common::names;
+use dataplane_tests::test_run::*;
 
 /// Checks the outer headers `encapsulate` put in front of `inner_ip` (the
 /// original IPv4 packet) and returns the inner packet as it was sent.
