@@ -62,6 +62,11 @@ impl Interfaces {
         Ok(Self { handle })
     }
 
+    /// Interfaces seen through an existing connection (whose namespace they are).
+    pub fn with_handle(handle: Handle) -> Self {
+        Self { handle }
+    }
+
     pub async fn by_name(&self, name: &str) -> Result<Option<Interface>, InterfaceError> {
         self.query(
             name.to_string(),

@@ -16,6 +16,7 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod nat;
+pub mod netns;
 pub mod state;
 
 /// The compiled eBPF object with every program of the dataplane.

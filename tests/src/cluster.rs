@@ -14,12 +14,13 @@ use std::{
     fs::OpenOptions,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use ipnetwork::Ipv4Network;
+use macaddr::MacAddr6;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -27,6 +28,7 @@ use nix::{
 
 use crate::{
     cni::{self, CniNetwork, MainPlugin},
+    netlink::NextHop,
     netns::{Netns, reap_stale_namespaces, require_root, run, unique_prefix},
 };
 
@@ -42,7 +44,9 @@ pub const NAT_PORT_RANGE: &str = "40000-60999";
 pub const GATEWAY_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const EXTERNAL_HOST_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The pods' default gateway: nothing owns it, the from-pod program answers its ARP.
-pub const POD_GATEWAY_IP: &str = "169.254.1.1";
+/// `default` in a routing table.
+pub const DEFAULT_ROUTE: Ipv4Network = Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0).unwrap();
+pub const POD_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 /// How nodes forward pod traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +145,7 @@ pub fn dataplane_binary() -> anyhow::Result<PathBuf> {
 pub struct Pod {
     pub netns: Netns,
     pub ip: Ipv4Addr,
-    pub mac: String,
+    pub mac: MacAddr6,
     /// Host side of the pod's veth, in the node's namespace.
     pub host_interface: String,
 }
@@ -209,8 +213,7 @@ pub struct Node {
 
 impl Node {
     /// Starts the agent in the node's network namespace without waiting for
-    /// it. `nsenter --net` keeps the host's mounts, so the agent sees the
-    /// real /sys/fs/bpf (`ip netns exec` would remount /sys over it).
+    /// it.
     pub fn spawn_agent(&mut self) -> anyhow::Result<()> {
         if self.agent.is_some() {
             bail!("the agent of {} is already running", self.netns.name());
@@ -219,10 +222,9 @@ impl Node {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.path()))
-            .arg("--")
-            .arg(dataplane_binary()?)
+        let child = self
+            .netns
+            .command(dataplane_binary()?)?
             .args(["agent", "--config"])
             .arg(&self.config)
             .env("DATAPLANE_LOG", "debug")
@@ -235,7 +237,7 @@ impl Node {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("spawning the agent with nsenter")?;
+            .context("spawning the agent")?;
         self.agent = Some(AgentProcess { child });
         Ok(())
     }
@@ -285,12 +287,9 @@ impl Node {
     /// Runs `dataplane uninstall` for this node's config, in its namespace.
     pub fn uninstall(&self) -> anyhow::Result<String> {
         let binary = dataplane_binary()?.display().to_string();
-        let netns = format!("--net={}", self.netns.path());
         let config = self.config.display().to_string();
-        run(
-            "nsenter",
-            &[&netns, "--", &binary, "uninstall", "--config", &config],
-        )
+        self.netns
+            .exec(&[&binary, "uninstall", "--config", &config])
     }
 
     /// The bpffs directory this node's agent pins under.
@@ -321,7 +320,7 @@ impl Node {
             "--interface",
             &pod.host_interface,
             "--mac",
-            &pod.mac,
+            &pod.mac.to_string(),
         ])
         .map(drop)
     }
@@ -358,11 +357,9 @@ impl Node {
 
     /// Sets the MTU of every pod's interface and host veth, as a CNI plugin would.
     fn set_pod_mtu(&self, mtu: u32) -> anyhow::Result<()> {
-        let mtu = mtu.to_string();
         for pod in &self.pods {
-            pod.netns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
-            self.netns
-                .ip(&["link", "set", &pod.host_interface, "mtu", &mtu])?;
+            pod.netns.set_mtu("eth0", mtu)?;
+            self.netns.set_mtu(&pod.host_interface, mtu)?;
         }
         Ok(())
     }
@@ -372,20 +369,10 @@ impl Node {
     /// goes unanswered.
     pub fn prepare_spoofing(&self, pod: &Pod, address: Ipv4Addr) -> anyhow::Result<()> {
         let gateway_mac = self.netns.mac_of(&pod.host_interface)?;
-        pod.netns.ip(&[
-            "neigh",
-            "replace",
-            POD_GATEWAY_IP,
-            "lladdr",
-            &gateway_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
         pod.netns
-            .ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"])
-            .map(drop)
+            .set_neighbour("eth0", POD_GATEWAY_IP, gateway_mac)?;
+        pod.netns
+            .add_address("eth0", Ipv4Network::from(address))
     }
 
     /// Packet counts by counter name, summed over CPUs.
@@ -418,24 +405,10 @@ impl Node {
     /// default route via 169.254.1.1. Does not register it with any dataplane.
     pub fn add_pod(&mut self, name: String, ip: Ipv4Addr) -> anyhow::Result<&Pod> {
         let pod = self.plug_pod(name, ip, 32)?;
-        pod.netns.ip(&[
-            "route",
-            "add",
-            POD_GATEWAY_IP,
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ])?;
-        pod.netns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            POD_GATEWAY_IP,
-            "dev",
-            "eth0",
-        ])?;
+        pod.netns
+            .add_route(POD_GATEWAY_IP.into(), NextHop::Device("eth0"))?;
+        pod.netns
+            .add_route(DEFAULT_ROUTE, NextHop::GatewayOn(POD_GATEWAY_IP, "eth0"))?;
         self.pods.push(pod);
         Ok(self.pods.last().expect("just pushed"))
     }
@@ -464,11 +437,11 @@ impl Node {
     /// node's `cni0` bridge, the pod IP /24 with the bridge as default gateway.
     fn add_bridged_pod(&mut self, name: String, ip: Ipv4Addr) -> anyhow::Result<()> {
         let pod = self.plug_pod(name, ip, self.pod_cidr.prefix())?;
-        self.netns
-            .ip(&["link", "set", &pod.host_interface, "master", BRIDGE])?;
-        let gateway = bridge_gateway(self.pod_cidr).to_string();
-        pod.netns
-            .ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        self.netns.attach_to_bridge(&pod.host_interface, BRIDGE)?;
+        pod.netns.add_route(
+            DEFAULT_ROUTE,
+            NextHop::GatewayOn(bridge_gateway(self.pod_cidr), "eth0"),
+        )?;
         self.pods.push(pod);
         Ok(())
     }
@@ -478,9 +451,9 @@ impl Node {
         let netns = create_ipv4_only_netns(name)?;
         let host_interface = format!("vp{}", self.pods.len());
         self.netns.add_veth(&host_interface, &netns, "eth0")?;
-        self.netns.ip(&["link", "set", &host_interface, "up"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
-        netns.ip(&["addr", "add", &format!("{ip}/{prefix}"), "dev", "eth0"])?;
+        self.netns.set_up(&host_interface)?;
+        netns.set_up("eth0")?;
+        netns.add_address("eth0", Ipv4Network::new(ip, prefix)?)?;
         let mac = netns.mac_of("eth0")?;
         Ok(Pod {
             netns,
@@ -496,46 +469,16 @@ impl Node {
             &format!("net.ipv4.conf.{}.proxy_arp", pod.host_interface),
             "1",
         )?;
-        self.netns.ip(&[
-            "route",
-            "add",
-            &format!("{}/32", pod.ip),
-            "dev",
-            &pod.host_interface,
-        ])?;
-        Ok(())
+        self.netns
+            .add_route(pod.ip.into(), NextHop::Device(&pod.host_interface))
     }
 }
 
 /// flannel's `flannel.1` VXLAN device (VNI 1, port 4789, no learning) over
 /// `eth0` of `netns`, with the pod MTU, up.
 pub fn add_flannel_device(netns: &Netns, local_ip: Ipv4Addr) -> anyhow::Result<()> {
-    netns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &local_ip.to_string(),
-        "dev",
-        "eth0",
-        "dstport",
-        "4789",
-        "nolearning",
-    ])?;
-    netns
-        .ip(&[
-            "link",
-            "set",
-            "flannel.1",
-            "mtu",
-            &VXLAN_POD_MTU.to_string(),
-            "up",
-        ])
-        .map(drop)
+    netns.add_vxlan("flannel.1", "eth0", local_ip, None)?;
+    netns.set_mtu("flannel.1", VXLAN_POD_MTU)
 }
 
 /// flannel's vxlan backend on every node: one `flannel.1` device, and per
@@ -544,53 +487,19 @@ fn connect_nodes_like_flannel(nodes: &[Node]) -> anyhow::Result<()> {
     let mut macs = Vec::new();
     for node in nodes {
         add_flannel_device(&node.netns, node.ip)?;
-        let gateway = format!("{}/32", node.pod_cidr.network());
         node.netns
-            .ip(&["addr", "add", &gateway, "dev", "flannel.1"])?;
+            .add_address("flannel.1", node.pod_cidr.network().into())?;
         macs.push(node.netns.mac_of("flannel.1")?);
     }
     for node in nodes {
+        let vxlan = node.netns.index_of("flannel.1")?;
         for (other, mac) in nodes
             .iter()
             .zip(&macs)
             .filter(|(other, _)| other.ip != node.ip)
         {
-            let gateway = other.pod_cidr.network().to_string();
-            node.netns.ip(&[
-                "route",
-                "add",
-                &other.pod_cidr.to_string(),
-                "via",
-                &gateway,
-                "dev",
-                "flannel.1",
-                "onlink",
-            ])?;
-            node.netns.ip(&[
-                "neigh",
-                "add",
-                &gateway,
-                "lladdr",
-                mac,
-                "dev",
-                "flannel.1",
-                "nud",
-                "permanent",
-            ])?;
-            run(
-                "bridge",
-                &[
-                    "-n",
-                    node.netns.name(),
-                    "fdb",
-                    "append",
-                    mac,
-                    "dev",
-                    "flannel.1",
-                    "dst",
-                    &other.ip.to_string(),
-                ],
-            )?;
+            node.netns
+                .add_flannel_node(vxlan, other.ip, other.pod_cidr, *mac)?;
         }
     }
     Ok(())
@@ -632,37 +541,18 @@ impl Cluster {
             bail!("CNI-made pods are for dataplane clusters");
         }
         let underlay = create_netns(format!("{prefix}-ul"), spec.ipv6)?;
-        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
-        underlay.ip(&["link", "set", "br0", "up"])?;
+        underlay.add_bridge("br0")?;
 
         let gateway = create_netns(format!("{prefix}-gw"), spec.ipv6)?;
         let external = create_netns(format!("{prefix}-ext"), spec.ipv6)?;
         plug_into_underlay(&underlay, &gateway, "gw", GATEWAY_UNDERLAY_IP)?;
         gateway.sysctl("net.ipv4.ip_forward", "1")?;
         gateway.add_veth("ext0", &external, "eth0")?;
-        gateway.ip(&[
-            "addr",
-            "add",
-            &format!("{GATEWAY_EXTERNAL_IP}/24"),
-            "dev",
-            "ext0",
-        ])?;
-        gateway.ip(&["link", "set", "ext0", "up"])?;
-        external.ip(&[
-            "addr",
-            "add",
-            &format!("{EXTERNAL_HOST_IP}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        external.ip(&["link", "set", "eth0", "up"])?;
-        external.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_EXTERNAL_IP.to_string(),
-        ])?;
+        gateway.add_address("ext0", Ipv4Network::new(GATEWAY_EXTERNAL_IP, 24)?)?;
+        gateway.set_up("ext0")?;
+        external.add_address("eth0", Ipv4Network::new(EXTERNAL_HOST_IP, 24)?)?;
+        external.set_up("eth0")?;
+        external.add_route(DEFAULT_ROUTE, NextHop::Gateway(GATEWAY_EXTERNAL_IP))?;
 
         let mut cluster = Self {
             nodes: Vec::new(),
@@ -696,13 +586,7 @@ impl Cluster {
         let netns = create_netns(format!("{prefix}-n{index}"), spec.ipv6)?;
         let ip = Ipv4Addr::new(192, 0, 2, 10 + octet);
         plug_into_underlay(&self.underlay, &netns, &format!("n{index}"), ip)?;
-        netns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_UNDERLAY_IP.to_string(),
-        ])?;
+        netns.add_route(DEFAULT_ROUTE, NextHop::Gateway(GATEWAY_UNDERLAY_IP))?;
         netns.sysctl("net.ipv4.ip_local_port_range", NODE_LOCAL_PORT_RANGE)?;
         let pod_cidr = Ipv4Network::new(Ipv4Addr::new(10, 244, octet, 0), 24)?;
 
@@ -734,10 +618,9 @@ impl Cluster {
             ipv6: spec.ipv6,
         };
         if spec.forwarding == Forwarding::Bridge {
-            let gateway = format!("{}/{}", bridge_gateway(pod_cidr), pod_cidr.prefix());
-            node.netns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-            node.netns.ip(&["addr", "add", &gateway, "dev", BRIDGE])?;
-            node.netns.ip(&["link", "set", BRIDGE, "up"])?;
+            let gateway = Ipv4Network::new(bridge_gateway(pod_cidr), pod_cidr.prefix())?;
+            node.netns.add_bridge(BRIDGE)?;
+            node.netns.add_address(BRIDGE, gateway)?;
         }
         for pod in (0..spec.pods_per_node).filter(|_| spec.pods == PodWiring::Handmade) {
             let pod_ip = Ipv4Addr::new(10, 244, octet, 2 + u8::try_from(pod)?);
@@ -805,37 +688,10 @@ impl Cluster {
     /// frames addressed to the pod: what an attacker on the underlay would try.
     pub fn speak_vxlan_from_gateway(&self, node: &Node, pod: &Pod) -> anyhow::Result<()> {
         let gateway = &self.gateway;
-        gateway.ip(&[
-            "link",
-            "add",
-            "vx0",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "remote",
-            &node.ip.to_string(),
-            "local",
-            &GATEWAY_UNDERLAY_IP.to_string(),
-            "dstport",
-            "4789",
-            "dev",
-            "eth0",
-        ])?;
-        gateway.ip(&["link", "set", "vx0", "up"])?;
-        gateway.ip(&["addr", "add", "10.244.0.250/32", "dev", "vx0"])?;
-        gateway.ip(&["route", "add", &format!("{}/32", pod.ip), "dev", "vx0"])?;
-        gateway.ip(&[
-            "neigh",
-            "add",
-            &pod.ip.to_string(),
-            "lladdr",
-            &pod.mac,
-            "dev",
-            "vx0",
-            "nud",
-            "permanent",
-        ])?;
+        gateway.add_vxlan("vx0", "eth0", GATEWAY_UNDERLAY_IP, Some(node.ip))?;
+        gateway.add_address("vx0", Ipv4Addr::new(10, 244, 0, 250).into())?;
+        gateway.add_route(pod.ip.into(), NextHop::Device("vx0"))?;
+        gateway.set_neighbour("vx0", pod.ip, pod.mac)?;
         Ok(())
     }
 
@@ -862,8 +718,7 @@ fn plug_into_underlay(
     ip: Ipv4Addr,
 ) -> anyhow::Result<()> {
     underlay.add_veth(port, netns, "eth0")?;
-    underlay.ip(&["link", "set", port, "master", "br0", "up"])?;
-    netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-    netns.ip(&["link", "set", "eth0", "up"])?;
-    Ok(())
+    underlay.attach_to_bridge(port, "br0")?;
+    netns.add_address("eth0", Ipv4Network::new(ip, 24)?)?;
+    netns.set_up("eth0")
 }

@@ -6,7 +6,7 @@
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use anyhow::{Context as _, bail};
@@ -145,10 +145,7 @@ impl CniNetwork {
                     self.cni_path
                 )
             })?;
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.node_netns))
-            .arg("--")
-            .arg(&binary)
+        let mut child = crate::netns::command_in(Path::new(&self.node_netns), &binary)?
             .env_clear()
             .env("CNI_PATH", &self.cni_path)
             .envs(environment.iter().copied())

@@ -8,12 +8,14 @@
 pub mod cluster;
 pub mod cni;
 pub mod kube_api;
+pub mod netlink;
 pub mod netns;
 pub mod test_run;
 pub mod traffic;
 
 pub use cluster::{Cluster, ClusterSpec, Forwarding, Node, Pod, PodWiring};
 pub use cni::MainPlugin;
+pub use netlink::NextHop;
 pub use netns::Netns;
 
 /// Polls `condition` every 50 ms until it holds (`Ok(true)`) or `timeout`

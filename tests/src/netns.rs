@@ -1,26 +1,46 @@
-//! Network namespaces with unique names, removed on drop.
+//! Network namespaces with unique names, removed on drop. Made and entered
+//! with system calls (`unshare`, a bind mount under /run/netns as `ip netns`
+//! makes them, `setns`); configured over rtnetlink (see `netlink.rs`).
 
 use std::{
+    fs::File,
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{Context as _, bail};
+use nix::{
+    mount::{MntFlags, MsFlags},
+    sched::CloneFlags,
+};
+
+use crate::netlink::Netlink;
 
 /// Prefix of every namespace this harness creates: `dpt<pid>x<n>-...`.
 const PREFIX: &str = "dpt";
 
+/// Where named namespaces live, as with `ip netns`.
+const NAMED_NAMESPACES: &str = "/run/netns";
+
 /// Runs a command to completion; its stdout, or an error carrying stderr.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(program)
-        .args(args)
+    let mut command = Command::new(program);
+    command.args(args);
+    output_of(command)
+}
+
+/// Runs `command` to completion; its stdout, or an error carrying stderr.
+fn output_of(mut command: Command) -> anyhow::Result<String> {
+    let shown = format!("{command:?}");
+    let output = command
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("cannot run {program} (is it installed? `cargo xtask setup`)"))?;
+        .with_context(|| format!("cannot run {shown} (is it installed? `cargo xtask setup`)"))?;
     if !output.status.success() {
         bail!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
+            "{shown} failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
@@ -49,13 +69,11 @@ pub fn unique_prefix() -> String {
 /// Deletes namespaces left behind by harness processes that no longer exist
 /// (a test run killed with SIGKILL cannot clean up after itself).
 pub fn reap_stale_namespaces() {
-    let Ok(list) = run("ip", &["netns", "list"]) else {
+    let Ok(entries) = std::fs::read_dir(NAMED_NAMESPACES) else {
         return;
     };
-    for name in list
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-    {
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
             .strip_prefix(PREFIX)
             .and_then(|rest| rest.split('x').next())
@@ -63,22 +81,60 @@ pub fn reap_stale_namespaces() {
         else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = run("ip", &["netns", "del", name]);
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_named(&entry.path());
         }
     }
+}
+
+/// Unmounts and deletes a named namespace (it lives on while processes or
+/// open files still hold it).
+fn remove_named(path: &Path) {
+    let _ = nix::mount::umount2(path, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(path);
 }
 
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    netlink: Netlink,
 }
 
 impl Netns {
+    /// A new, empty namespace at /run/netns/`name` with loopback up.
     pub fn create(name: String) -> anyhow::Result<Self> {
-        run("ip", &["netns", "add", &name])?;
-        let netns = Self { name };
-        netns.ip(&["link", "set", "lo", "up"])?;
+        let path = PathBuf::from(NAMED_NAMESPACES).join(&name);
+        std::fs::create_dir_all(NAMED_NAMESPACES)?;
+        File::create_new(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mount_point = path.clone();
+        // A thread of its own unshares, so nothing else of this process moves;
+        // the bind mount keeps the namespace after the thread ends.
+        let made = std::thread::spawn(move || -> anyhow::Result<()> {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &mount_point,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind-mounting the namespace on {}", mount_point.display()))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread making {name} panicked"))?;
+        if let Err(error) = made {
+            remove_named(&path);
+            return Err(error);
+        }
+        let netlink = match Netlink::open(&path) {
+            Ok(netlink) => netlink,
+            Err(error) => {
+                remove_named(&path);
+                return Err(error);
+            }
+        };
+        let netns = Self { name, netlink };
+        netns.set_up("lo")?;
         Ok(netns)
     }
 
@@ -86,27 +142,38 @@ impl Netns {
         &self.name
     }
 
-    /// `/run/netns/<name>`, for `nsenter --net=`.
+    /// `/run/netns/<name>`, what CNI calls the sandbox path.
     pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
+        format!("{NAMED_NAMESPACES}/{}", self.name)
     }
 
-    /// `ip -n <ns> <args>`.
-    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut full = vec!["-n", &self.name];
-        full.extend_from_slice(args);
-        run("ip", &full)
+    pub(crate) fn netlink(&self) -> &Netlink {
+        &self.netlink
     }
 
-    /// Runs a program inside the namespace.
+    /// `program`, to be run inside the namespace (as `nsenter --net` would:
+    /// the host's mounts, /sys/fs/bpf included, stay as they are).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        command_in(Path::new(&self.path()), program)
+    }
+
+    /// `args` as a command (program first) inside the namespace.
+    fn command_of(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let (program, rest) = args.split_first().context("an empty command")?;
+        let mut command = self.command(program)?;
+        command.args(rest);
+        Ok(command)
+    }
+
+    /// Runs a program inside the namespace to completion; its stdout.
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
-        run("ip", &self.exec_args(args))
+        output_of(self.command_of(args)?)
+            .with_context(|| format!("in network namespace {}", self.name))
     }
 
     /// Starts a program inside the namespace without waiting for it.
     pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
-        Command::new("ip")
-            .args(self.exec_args(args))
+        self.command_of(args)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -116,8 +183,7 @@ impl Netns {
 
     /// Starts a program inside the namespace with its stdout captured.
     pub fn spawn_captured(&self, args: &[&str]) -> anyhow::Result<Child> {
-        Command::new("ip")
-            .args(self.exec_args(args))
+        self.command_of(args)?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -125,36 +191,23 @@ impl Netns {
             .with_context(|| format!("spawning {args:?} in {}", self.name))
     }
 
-    fn exec_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
-        let mut full = vec!["netns", "exec", self.name.as_str()];
-        full.extend_from_slice(args);
-        full
-    }
-
-    /// Creates a veth pair: `local` here, `remote` inside `peer`.
-    pub fn add_veth(&self, local: &str, peer: &Netns, remote: &str) -> anyhow::Result<()> {
-        self.ip(&[
-            "link",
-            "add",
-            local,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            remote,
-            "netns",
-            peer.name(),
-        ])
-        .map(drop)
-    }
-
+    /// Sets the namespace's sysctl `key` (dotted, as `sysctl` takes it).
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
-            .map(drop)
+        let file = sysctl_path(key);
+        let value = value.to_string();
+        dataplane_user::netns::run_in(Path::new(&self.path()), move || {
+            std::fs::write(&file, value)
+        })?
+        .with_context(|| format!("setting {key} in {}", self.name))
     }
 
     pub fn read_sysctl(&self, key: &str) -> anyhow::Result<String> {
-        Ok(self.exec(&["sysctl", "-n", key])?.trim().to_string())
+        let file = sysctl_path(key);
+        let value = dataplane_user::netns::run_in(Path::new(&self.path()), move || {
+            std::fs::read_to_string(&file)
+        })?
+        .with_context(|| format!("reading {key} in {}", self.name))?;
+        Ok(value.trim().to_string())
     }
 
     /// Pings `destination` `count` times (50 ms apart, 1 s wait) with `options`;
@@ -173,37 +226,55 @@ impl Netns {
         self.exec(&args).map(drop)
     }
 
-    /// MAC address of `interface` inside the namespace.
-    pub fn mac_of(&self, interface: &str) -> anyhow::Result<String> {
-        let json = self.ip(&["-j", "link", "show", "dev", interface])?;
-        let links: serde_json::Value = serde_json::from_str(&json)?;
-        links[0]["address"]
-            .as_str()
-            .map(str::to_string)
-            .with_context(|| format!("no MAC on {interface} in {}", self.name))
+    /// Processes whose network namespace this is.
+    fn pids(&self) -> Vec<i32> {
+        let Ok(inode) = std::fs::metadata(self.path()).map(|metadata| metadata.ino()) else {
+            return Vec::new();
+        };
+        let wanted = format!("net:[{inode}]");
+        let Ok(processes) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        processes
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .filter(|pid: &i32| {
+                std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                    .is_ok_and(|link| link.as_os_str() == wanted.as_str())
+            })
+            .collect()
     }
+}
 
-    /// Packets received on `interface` so far.
-    pub fn rx_packets(&self, interface: &str) -> anyhow::Result<u64> {
-        let json = self.ip(&["-j", "-s", "link", "show", "dev", interface])?;
-        let links: serde_json::Value = serde_json::from_str(&json)?;
-        links[0]["stats64"]["rx"]["packets"]
-            .as_u64()
-            .with_context(|| format!("no rx statistics on {interface} in {}", self.name))
+/// `program`, to be run inside the network namespace at `path` (the host's
+/// mounts, /sys/fs/bpf included, stay as they are, as with `nsenter --net`).
+pub fn command_in(path: &Path, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+    let namespace = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut command = Command::new(program);
+    // SAFETY: between fork and exec the child only makes the setns call.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET).map_err(Into::into)
+        });
     }
+    Ok(command)
+}
+
+/// `/proc/sys/...` for a dotted key. Entries under /proc/sys/net belong to
+/// the namespace of the thread that opens them.
+fn sysctl_path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Processes still inside (iperf3 servers, agents) would keep it alive.
-        if let Ok(pids) = run("ip", &["netns", "pids", &self.name]) {
-            for pid in pids.split_whitespace().filter_map(|pid| pid.parse().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        let _ = run("ip", &["netns", "del", &self.name]);
+        remove_named(Path::new(&self.path()));
     }
 }

@@ -2,7 +2,6 @@
 //! connection rates and request/response latency.
 
 use std::{
-    fs::File,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Child,
@@ -63,13 +62,6 @@ fn pinned_command<'a>(cpu: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
     command
 }
 
-/// Moves the calling thread (only) into the network namespace at `path`.
-fn enter_netns(path: &str) -> anyhow::Result<()> {
-    let netns = File::open(path).with_context(|| format!("opening {path}"))?;
-    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering {path}"))
-}
-
 /// Runs `work` on a new thread inside `netns`: sockets it opens live there.
 pub fn in_netns<T: Send + 'static>(
     netns: &Netns,
@@ -77,7 +69,7 @@ pub fn in_netns<T: Send + 'static>(
 ) -> thread::JoinHandle<anyhow::Result<T>> {
     let path = netns.path();
     thread::spawn(move || {
-        enter_netns(&path)?;
+        dataplane_user::netns::enter(std::path::Path::new(&path))?;
         work()
     })
 }

@@ -23,10 +23,9 @@ fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
 /// Runs `dataplane agent` with `config` in the node's namespace until it
 /// exits (it is expected to refuse to start); returns its stderr.
 fn failed_start(node: &Node, config: &Path) -> anyhow::Result<String> {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", node.netns.path()))
-        .arg("--")
-        .arg(dataplane_binary()?)
+    let mut child = node
+        .netns
+        .command(dataplane_binary()?)?
         .args(["agent", "--config"])
         .arg(config)
         .stdin(Stdio::null())

@@ -204,7 +204,7 @@ pub(super) fn io_failure(error: impl std::fmt::Display) -> CniError {
 }
 
 /// Runs `work` with a netlink connection in the network namespace at
-/// `netns` (on a thread of its own, which alone enters it), or in ours.
+/// `netns`, or in ours.
 pub(super) fn in_netns<T, F>(
     netns: Option<&str>,
     work: impl FnOnce(Interfaces) -> F + Send + 'static,
@@ -216,28 +216,13 @@ where
     let Some(netns) = netns else {
         return with_netlink(work);
     };
-    let namespace = File::open(netns).map_err(|error| {
-        CniError::new(
-            code::UNKNOWN_CONTAINER,
-            format!("CNI_NETNS {netns} cannot be opened"),
-        )
-        .with_details(error)
-    })?;
-    let label = netns.to_string();
-    std::thread::spawn(move || {
-        nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-            |error| {
-                CniError::new(
-                    code::UNKNOWN_CONTAINER,
-                    format!("CNI_NETNS {label} is not a network namespace"),
-                )
-                .with_details(error)
-            },
-        )?;
-        with_netlink(work)
-    })
-    .join()
-    .map_err(|_| CniError::new(code::IO_FAILURE, "netlink thread panicked"))?
+    crate::netns::run_in(Path::new(netns), move || with_netlink(work)).map_err(|error| {
+        let code = match error {
+            NetnsError::Open(..) | NetnsError::Enter(..) => code::UNKNOWN_CONTAINER,
+            NetnsError::Panicked(_) => code::IO_FAILURE,
+        };
+        CniError::new(code, format!("CNI_NETNS {netns} cannot be entered")).with_details(error)
+    })?
 }
 
 /// Runs `work` with a netlink connection in the calling thread's namespace.

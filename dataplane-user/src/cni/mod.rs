@@ -15,7 +15,7 @@ use std::{
     fs::File,
     io::{ErrorKind, Write as _},
     net::Ipv4Addr,
-    os::{fd::AsFd as _, unix::fs::FileTypeExt as _},
+    os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
 };
 
@@ -28,6 +28,7 @@ use crate::{
     config::DEFAULT_API_SOCKET,
     interfaces::{Interface, Interfaces},
     model::{EndpointSpec, HostInterface},
+    netns::NetnsError,
 };
 
 mod add;
