@@ -4,7 +4,6 @@
 //! and an SVG chart.
 
 mod chart;
-mod kernel_tables;
 mod measure;
 mod paths;
 mod programming;

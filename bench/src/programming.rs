@@ -114,10 +114,9 @@ impl Lab {
             .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
         for veth in 0..LAB_VETHS {
             let (host, peer) = (format!("lab{veth}"), format!("lab{veth}p"));
-            node.netns
-                .ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
-            node.netns.ip(&["link", "set", &host, "up"])?;
-            node.netns.ip(&["link", "set", &peer, "up"])?;
+            node.netns.add_veth(&host, &node.netns, &peer)?;
+            node.netns.set_up(&host)?;
+            node.netns.set_up(&peer)?;
         }
         node.start_agent()?;
         let socket = node.socket.clone();
@@ -346,8 +345,8 @@ pub fn run(settings: &Settings, progress: &mut Progress) -> anyhow::Result<Vec<C
             );
         }
         lab.reload_nodes(0)?;
-        let mut flannel =
-            KernelNode::vxlan_only(Netns::create(format!("{}-prog", unique_prefix()))?)?;
+        let flannel_netns = Netns::create(format!("{}-prog", unique_prefix()))?;
+        let mut flannel = KernelNode::vxlan_only(&flannel_netns)?;
         let seconds = crate::scale::seconds_taken(|| {
             flannel.fill(Filled {
                 endpoints: 0,

@@ -18,7 +18,6 @@ use ipnetwork::Ipv4Network;
 
 use crate::{
     Clusters, Progress, Settings,
-    kernel_tables::KernelTables,
     measure::{Comparison, Measure},
     paths::{OTHER_NODE, Placement, SAME_NODE, latency, pod_to_pod},
 };
@@ -258,55 +257,47 @@ fn program_cost(fixture: &mut Fixture, packet: &[u8], runs: u32) -> anyhow::Resu
 
 /// One node's kernel tables: /32 routes out of its first pod's veth, flannel
 /// entries on its `flannel.1`.
-pub(crate) struct KernelNode {
-    tables: KernelTables,
+pub(crate) struct KernelNode<'a> {
+    netns: &'a Netns,
     pod_veth: Option<u32>,
     vxlan: u32,
     filled: Filled,
-    /// A namespace of its own, for the programming-time runs.
-    _netns: Option<Netns>,
 }
 
-impl KernelNode {
-    fn open(netns: &Netns) -> anyhow::Result<Self> {
-        let tables = KernelTables::open(netns)?;
+impl<'a> KernelNode<'a> {
+    fn open(netns: &'a Netns) -> anyhow::Result<Self> {
         Ok(Self {
-            pod_veth: Some(tables.index_of("vp0")?),
-            vxlan: tables.index_of("flannel.1")?,
-            tables,
+            pod_veth: Some(netns.index_of("vp0")?),
+            vxlan: netns.index_of("flannel.1")?,
+            netns,
             filled: Filled::default(),
-            _netns: None,
         })
     }
 
-    /// A namespace with nothing but flannel's vxlan device.
-    pub(crate) fn vxlan_only(netns: Netns) -> anyhow::Result<Self> {
+    /// `netns` with nothing but flannel's vxlan device.
+    pub(crate) fn vxlan_only(netns: &'a Netns) -> anyhow::Result<Self> {
         // An uplink for flannel's device to sit on (this kernel has no dummy links).
-        netns.ip(&[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-        ])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
-        add_flannel_device(&netns, NODE_IP)?;
-        let tables = KernelTables::open(&netns)?;
+        netns.add_veth("eth0", netns, "eth0p")?;
+        netns.set_up("eth0")?;
+        add_flannel_device(netns, NODE_IP)?;
         Ok(Self {
             pod_veth: None,
-            vxlan: tables.index_of("flannel.1")?,
-            tables,
+            vxlan: netns.index_of("flannel.1")?,
+            netns,
             filled: Filled::default(),
-            _netns: Some(netns),
         })
     }
 
     pub(crate) fn fill(&mut self, target: Filled) -> anyhow::Result<()> {
         if let Some(pod_veth) = self.pod_veth {
             for index in self.filled.endpoints..target.endpoints {
-                self.tables.add_pod_route(pod_veth, fake_endpoint(index))?;
+                self.netns.add_pod_route(pod_veth, fake_endpoint(index))?;
             }
         }
         for index in self.filled.nodes..target.nodes {
             let (ip, pod_cidr, mac) = fake_node(index);
-            self.tables
-                .add_flannel_node(self.vxlan, ip, pod_cidr, mac)?;
+            self.netns
+                .add_flannel_node(self.vxlan, ip, pod_cidr, mac.into())?;
         }
         self.filled = target;
         Ok(())

@@ -371,8 +371,7 @@ impl Node {
         let gateway_mac = self.netns.mac_of(&pod.host_interface)?;
         pod.netns
             .set_neighbour("eth0", POD_GATEWAY_IP, gateway_mac)?;
-        pod.netns
-            .add_address("eth0", Ipv4Network::from(address))
+        pod.netns.add_address("eth0", Ipv4Network::from(address))
     }
 
     /// Packet counts by counter name, summed over CPUs.

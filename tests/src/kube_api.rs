@@ -1,23 +1,27 @@
-//! A stand-in for kube-apiserver's Node endpoints (there is none on these
+//! A stand-in for kube-apiserver's Node endpoints on hyper (there is none on these
 //! machines): real Kubernetes JSON for list and watch of /api/v1/nodes,
 //! watches resumable from a resourceVersion, and the power to drop them.
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    convert::Infallible,
+    net::Ipv4Addr,
     path::Path,
-    sync::{
-        Arc, Condvar, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
-    thread,
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
 use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Bytes, Frame, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::{netns::Netns, traffic::in_netns};
 
@@ -32,44 +36,54 @@ struct State {
 }
 
 /// The state, and a signal to open watches that it changed.
-#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
-    changed: Condvar,
+    changed: watch::Sender<()>,
 }
 
+type Body = BoxBody<Bytes, Infallible>;
+
 pub struct FakeApiServer {
-    state: Arc<Shared>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
     pub port: u16,
 }
 
 impl FakeApiServer {
     /// Listens on 127.0.0.1 inside `netns` (where the agent runs).
     pub fn start(netns: &Netns) -> anyhow::Result<Self> {
-        let state = Arc::new(Shared::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            changed: watch::Sender::new(()),
+        });
+        let (stop, mut stopped) = watch::channel(false);
         let (port_sender, port) = mpsc::channel();
-        let (shared, stopping) = (Arc::clone(&state), Arc::clone(&stop));
+        let serving = Arc::clone(&shared);
         drop(in_netns(netns, move || {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-            port_sender.send(listener.local_addr()?.port())?;
-            listener.set_nonblocking(true)?;
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((connection, _)) => {
-                        let (state, stop) = (Arc::clone(&shared), Arc::clone(&stopping));
-                        thread::spawn(move || serve(connection, &state, &stop));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+                port_sender.send(listener.local_addr()?.port())?;
+                loop {
+                    let (connection, _) = tokio::select! {
+                        accepted = listener.accept() => accepted?,
+                        _ = stopped.wait_for(|stopped| *stopped) => return Ok(()),
+                    };
+                    let shared = Arc::clone(&serving);
+                    let service = service_fn(move |request| respond(Arc::clone(&shared), request));
+                    // Ends with the runtime when the server stops.
+                    tokio::spawn(
+                        http1::Builder::new().serve_connection(TokioIo::new(connection), service),
+                    );
                 }
-            }
-            Ok(())
+            })
         }));
         let port = port
             .recv_timeout(Duration::from_secs(5))
             .context("fake API server did not start")?;
-        Ok(Self { state, stop, port })
+        Ok(Self { shared, stop, port })
     }
 
     /// A kubeconfig pointing at this server.
@@ -87,8 +101,7 @@ impl FakeApiServer {
     }
 
     fn change(&self, name: &str, kind: &str, node: Option<Value>) {
-        let mut state = self.state.state.lock().unwrap();
-        self.state.changed.notify_all();
+        let mut state = self.shared.state.lock().unwrap();
         state.version += 1;
         let version = state.version;
         let object = match node {
@@ -109,11 +122,13 @@ impl FakeApiServer {
         state
             .events
             .push((version, json!({"type": kind, "object": object})));
+        drop(state);
+        self.shared.changed.send_replace(());
     }
 
     /// Creates or updates Node `name` with InternalIP `ip` and pod CIDR `pod_cidr`.
     pub fn apply_node(&self, name: &str, ip: Ipv4Addr, pod_cidr: &str) {
-        let exists = self.state.state.lock().unwrap().nodes.contains_key(name);
+        let exists = self.shared.state.lock().unwrap().nodes.contains_key(name);
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -130,107 +145,94 @@ impl FakeApiServer {
 
     /// Ends every open watch, as an API server restart or a load balancer would.
     pub fn drop_watches(&self) {
-        self.state.state.lock().unwrap().watch_generation += 1;
-        self.state.changed.notify_all();
+        self.shared.state.lock().unwrap().watch_generation += 1;
+        self.shared.changed.send_replace(());
     }
 }
 
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.drop_watches();
+        self.stop.send_replace(true);
     }
 }
 
-fn serve(connection: TcpStream, state: &Shared, stop: &AtomicBool) {
-    let _ = connection.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(&connection);
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
-        return;
+/// Node list, or a watch of Node events, as kube-apiserver answers them.
+async fn respond(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let uri = request.uri();
+    if uri.path() != "/api/v1/nodes" {
+        let mut response = Response::new(Full::default().boxed());
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(response);
     }
-    // Headers are not needed: skip to the blank line.
-    let mut header = String::new();
-    while reader.read_line(&mut header).is_ok_and(|read| read > 2) {
-        header.clear();
-    }
-    let target = request_line.split_whitespace().nth(1).unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = uri.query().unwrap_or_default();
     let parameter = |name: &str| {
         query
             .split('&')
             .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
     };
-    let mut connection = &connection;
-    if path != "/api/v1/nodes" {
-        let _ = connection
-            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        return;
-    }
     if parameter("watch").is_some_and(|watch| watch == "true" || watch == "1") {
-        let from: u64 = parameter("resourceVersion")
+        let from = parameter("resourceVersion")
             .and_then(|version| version.parse().ok())
             .unwrap_or(0);
-        watch(connection, state, stop, from);
-        return;
+        return Ok(json_response(watch_events(shared, from)));
     }
-    let body = {
-        let state = state.state.lock().unwrap();
+    let list = {
+        let state = shared.state.lock().unwrap();
         json!({
             "apiVersion": "v1",
             "kind": "NodeList",
             "metadata": {"resourceVersion": state.version.to_string()},
             "items": state.nodes.values().cloned().collect::<Vec<_>>(),
         })
-        .to_string()
     };
-    let _ = write!(
-        connection,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    Ok(json_response(
+        Full::new(Bytes::from(list.to_string())).boxed(),
+    ))
 }
 
-/// Streams events after `from` as chunked JSON lines until the watch is dropped.
-fn watch(mut connection: &TcpStream, shared: &Shared, stop: &AtomicBool, mut from: u64) {
+fn json_response(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Events after `from` as JSON lines (hyper sends them chunked), until the
+/// watches are dropped.
+fn watch_events(shared: Arc<Shared>, from: u64) -> Body {
+    // Subscribed before the first look at the state: no change is missed.
+    let changed = shared.changed.subscribe();
     let generation = shared.state.lock().unwrap().watch_generation;
-    if connection
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .is_err()
-    {
-        return;
-    }
-    while !stop.load(Ordering::Relaxed) {
-        let (pending, dropped) = {
-            let state = shared.state.lock().unwrap();
-            let pending: Vec<(u64, Value)> = state
-                .events
-                .iter()
-                .filter(|(version, _)| *version > from)
-                .cloned()
-                .collect();
-            (pending, state.watch_generation != generation)
-        };
-        for (version, event) in pending {
-            let line = format!("{event}\n");
-            if write!(connection, "{:x}\r\n{line}\r\n", line.len()).is_err() {
-                return;
+    let events = futures::stream::unfold((from, changed), move |(mut from, mut changed)| {
+        let shared = Arc::clone(&shared);
+        async move {
+            loop {
+                let (lines, dropped) = {
+                    let state = shared.state.lock().unwrap();
+                    let mut lines = String::new();
+                    let after = from;
+                    for (version, event) in
+                        state.events.iter().filter(|(version, _)| *version > after)
+                    {
+                        lines.push_str(&format!("{event}\n"));
+                        from = *version;
+                    }
+                    (lines, state.watch_generation != generation)
+                };
+                if !lines.is_empty() {
+                    let frame = Ok(Frame::data(Bytes::from(lines)));
+                    return Some((frame, (from, changed)));
+                }
+                if dropped || changed.changed().await.is_err() {
+                    return None;
+                }
             }
-            from = version;
         }
-        if dropped {
-            let _ = connection.write_all(b"0\r\n\r\n");
-            return;
-        }
-        // Woken by the next change (the timeout only rechecks `stop`).
-        let state = shared.state.lock().unwrap();
-        if state.version == from && state.watch_generation == generation {
-            drop(
-                shared
-                    .changed
-                    .wait_timeout(state, Duration::from_millis(100)),
-            );
-        }
-    }
+    });
+    StreamBody::new(events).boxed()
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use dataplane_user::interfaces::{Interface, Interfaces};
-use futures::{TryStreamExt as _, stream::TryStream};
+use futures::TryStreamExt as _;
 use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
 use rtnetlink::{
@@ -29,8 +29,10 @@ use crate::netns::Netns;
 const VXLAN_PORT: u16 = 4789;
 const VXLAN_VNI: u32 = 1;
 
-/// A netlink connection into one namespace, driven by a runtime of its own
-/// so that the synchronous harness can use it from any thread.
+/// A netlink connection into one namespace with a runtime of its own: the
+/// thread that waits for a reply drives the connection itself, as flannel's
+/// synchronous netlink calls do (no hand-off to another thread per request);
+/// tokio lets several threads wait on it at once.
 pub struct Netlink {
     runtime: tokio::runtime::Runtime,
     handle: Handle,
@@ -46,8 +48,7 @@ impl Netlink {
     /// Opens a connection into the namespace at `path`: the socket belongs
     /// to the namespace of the thread that opens it.
     pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()?;
         let context = runtime.handle().clone();
@@ -115,10 +116,24 @@ impl Netns {
         Ok(self.existing(name)?.mtu)
     }
 
-    /// Every interface of the namespace, loopback included.
-    pub fn interface_count(&self) -> anyhow::Result<usize> {
+    /// Index and name of every interface of the namespace, loopback included.
+    pub fn links(&self) -> anyhow::Result<Vec<(u32, String)>> {
         let links = self.handle().link().get().execute();
-        self.block_on(async { Ok(count(links).await?) })
+        let messages: Vec<_> = self.block_on(async { Ok(links.try_collect().await?) })?;
+        Ok(messages
+            .into_iter()
+            .map(|message| {
+                let name = message
+                    .attributes
+                    .into_iter()
+                    .find_map(|attribute| match attribute {
+                        LinkAttribute::IfName(name) => Some(name),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                (message.header.index, name)
+            })
+            .collect())
     }
 
     /// Packets received on `name` so far.
@@ -231,6 +246,24 @@ impl Netns {
             .with_context(|| format!("address {address} on {name}"))
     }
 
+    pub fn delete_address(&self, name: &str, address: Ipv4Addr) -> anyhow::Result<()> {
+        let index = self.index_of(name)?;
+        let handle = self.handle();
+        self.block_on(async {
+            let messages: Vec<_> = handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(IpAddr::V4(address))
+                .execute()
+                .try_collect()
+                .await?;
+            let message = messages.into_iter().next().context("no such address")?;
+            Ok(handle.address().del(message).execute().await?)
+        })
+        .with_context(|| format!("deleting {address} from {name}"))
+    }
+
     pub fn add_route(&self, destination: Ipv4Network, next_hop: NextHop) -> anyhow::Result<()> {
         let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix());
@@ -239,9 +272,9 @@ impl Netns {
                 .output_interface(self.index_of(device)?)
                 .scope(RouteScope::Link),
             NextHop::Gateway(gateway) => route.gateway(gateway),
-            NextHop::GatewayOn(gateway, device) => {
-                route.gateway(gateway).output_interface(self.index_of(device)?)
-            }
+            NextHop::GatewayOn(gateway, device) => route
+                .gateway(gateway)
+                .output_interface(self.index_of(device)?),
         };
         let request = self.handle().route().add(route.build()).execute();
         self.block_on(async { Ok(request.await?) })
@@ -350,13 +383,16 @@ impl Netns {
         Ok(routes
             .iter()
             .filter_map(|route| {
-                route.attributes.iter().find_map(|attribute| match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(destination)) => {
-                        Ipv4Network::new(*destination, route.header.destination_prefix_length)
-                            .ok()
-                    }
-                    _ => None,
-                })
+                route
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        RouteAttribute::Destination(RouteAddress::Inet(destination)) => {
+                            Ipv4Network::new(*destination, route.header.destination_prefix_length)
+                                .ok()
+                        }
+                        _ => None,
+                    })
             })
             .filter(|destination| within.contains(destination.network()))
             .collect())
@@ -400,7 +436,9 @@ impl Netns {
                             ip = Some(address)
                         }
                         NeighbourAttribute::LinkLayerAddress(bytes) => {
-                            mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr6::from)
+                            mac = <[u8; 6]>::try_from(bytes.as_slice())
+                                .ok()
+                                .map(MacAddr6::from)
                         }
                         _ => {}
                     }
@@ -425,10 +463,4 @@ impl Netns {
             .filter(|message| message.header.ifindex == index)
             .count())
     }
-}
-
-async fn count<S: TryStream<Error = rtnetlink::Error> + Unpin>(
-    stream: S,
-) -> Result<usize, rtnetlink::Error> {
-    stream.try_fold(0, |count, _| async move { Ok(count + 1) }).await
 }

@@ -87,19 +87,6 @@ fn pins_under(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// `index: name` of every link in `ip -o link show` output.
-fn link_indexes(listing: &str) -> Vec<String> {
-    listing
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(": ");
-            let index = fields.next()?;
-            let name = fields.next()?.split('@').next()?;
-            Some(format!("{index}: {name}"))
-        })
-        .collect()
-}
-
 #[test]
 fn a_second_agent_on_the_same_bpf_root_is_refused_and_the_first_keeps_serving() -> anyhow::Result<()>
 {
@@ -146,7 +133,7 @@ fn a_start_that_fails_its_checks_changes_nothing() -> anyhow::Result<()> {
             "this node's own IP",
         ),
     ];
-    let links_before = node.netns.ip(&["-o", "link", "show"])?;
+    let links_before = node.netns.links()?;
     for (name, from, to, reason) in refused {
         let (config, root) = variant(node, name, from, to)?;
         let stderr = failed_start(node, &config)?;
@@ -155,13 +142,9 @@ fn a_start_that_fails_its_checks_changes_nothing() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
     }
     // The running agent's links, dp-vxlan among them, are the same links.
-    let links_after = node.netns.ip(&["-o", "link", "show"])?;
-    assert_eq!(link_indexes(&links_before), link_indexes(&links_after));
-    assert!(
-        link_indexes(&links_after)
-            .iter()
-            .any(|link| link.ends_with("dp-vxlan"))
-    );
+    let links_after = node.netns.links()?;
+    assert_eq!(links_before, links_after);
+    assert!(links_after.iter().any(|(_, name)| name == "dp-vxlan"));
     Ok(())
 }
 
@@ -297,10 +280,8 @@ fn endpoints_the_config_file_drops_go_unless_another_source_lists_them() -> anyh
     let node = &cluster.nodes[0];
     // Registered by the CNI plugin, and listed in the file too.
     let pod = &node.pods[0];
-    node.netns.ip(&[
-        "link", "add", "extra0", "type", "veth", "peer", "name", "extra0p",
-    ])?;
-    node.netns.ip(&["link", "set", "extra0", "up"])?;
+    node.netns.add_veth("extra0", &node.netns, "extra0p")?;
+    node.netns.set_up("extra0")?;
     let extra = std::net::Ipv4Addr::new(10, 244, 0, 77);
     let endpoint = |ip: std::net::Ipv4Addr, interface: &str, mac: &str| {
         format!("\n[[endpoints]]\nip = \"{ip}\"\ninterface = \"{interface}\"\nmac = \"{mac}\"\n")
@@ -314,7 +295,7 @@ fn endpoints_the_config_file_drops_go_unless_another_source_lists_them() -> anyh
         format!(
             "{base}{}{}",
             endpoint(extra, "extra0", "02:00:00:00:00:77"),
-            endpoint(pod.ip, &pod.host_interface, &pod.mac)
+            endpoint(pod.ip, &pod.host_interface, &pod.mac.to_string())
         ),
     )?;
     node.signal_agent(nix::sys::signal::Signal::SIGHUP)?;

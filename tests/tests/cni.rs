@@ -92,16 +92,9 @@ fn config_1_1(network: &CniNetwork, prev_result: Option<&Value>) -> Value {
 fn bare_veth(node: &Node, host: &str) -> anyhow::Result<Netns> {
     let netns = create_ipv4_only_netns(format!("{}{host}", node.pod_prefix))?;
     node.netns.add_veth(host, &netns, "eth0")?;
-    node.netns.ip(&["link", "set", host, "up"])?;
-    netns.ip(&["link", "set", "eth0", "up"])?;
+    node.netns.set_up(host)?;
+    netns.set_up("eth0")?;
     Ok(netns)
-}
-
-fn mtu(netns: &Netns, interface: &str) -> anyhow::Result<u64> {
-    let json: Value = serde_json::from_str(&netns.ip(&["-j", "link", "show", "dev", interface])?)?;
-    json[0]["mtu"]
-        .as_u64()
-        .ok_or_else(|| anyhow::anyhow!("no MTU for {interface}"))
 }
 
 /// A main plugin's result claiming `address` for `eth0` in `netns`.
@@ -136,11 +129,7 @@ fn pods_created_through_cni_talk_everywhere() -> anyhow::Result<()> {
         }
     }
     for pod in &pods {
-        let mtu = pod.netns.ip(&["-j", "link", "show", "dev", "eth0"])?;
-        assert!(
-            mtu.contains(&format!("\"mtu\":{VXLAN_POD_MTU}")),
-            "pod MTU applied: {mtu}"
-        );
+        assert_eq!(pod.netns.mtu_of("eth0")?, VXLAN_POD_MTU, "pod MTU applied");
         for other in pods.iter().filter(|other| other.ip != pod.ip) {
             ping(pod, other.ip)?;
         }
@@ -285,7 +274,7 @@ fn a_hundred_pods_added_and_deleted_in_parallel_leave_nothing_behind() -> anyhow
     let cluster = cluster(1);
     let node = &cluster.nodes[0];
     let network = network(&cluster, node);
-    let links_before = node.netns.ip(&["-o", "link", "show"])?.lines().count();
+    let links_before = node.netns.links()?.len();
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..WORKERS)
@@ -311,7 +300,7 @@ fn a_hundred_pods_added_and_deleted_in_parallel_leave_nothing_behind() -> anyhow
     })?;
 
     assert!(endpoint_ips(node)?.is_empty(), "leftover endpoints");
-    let links_after = node.netns.ip(&["-o", "link", "show"])?.lines().count();
+    let links_after = node.netns.links()?.len();
     assert_eq!(links_after, links_before, "leftover links");
     let state = cluster
         .workdir()
@@ -350,8 +339,8 @@ fn an_address_another_pod_has_is_refused_and_nothing_changes() -> anyhow::Result
     )?;
     assert!(error.msg.contains("already"), "{error}");
     assert_eq!(endpoint_interface(node, owner.ip)?, owner_interface);
-    assert_eq!(mtu(&intruder, "eth0")?, 1500, "pod MTU untouched");
-    assert_eq!(mtu(&node.netns, "vintr")?, 1500, "host MTU untouched");
+    assert_eq!(intruder.mtu_of("eth0")?, 1500, "pod MTU untouched");
+    assert_eq!(node.netns.mtu_of("vintr")?, 1500, "host MTU untouched");
     ping(&witness, owner.ip)?;
 
     // The runtime's DEL after the failed ADD takes nothing from the owner.
@@ -380,7 +369,7 @@ fn a_failed_add_changes_nothing_and_leaves_nothing_behind() -> anyhow::Result<()
     let stdin = network.dataplane_config(Some(&claim)).to_string();
     let loopback = environment("ADD", "failing", &netns, "lo");
     expect_code(network.dataplane_plugin(&loopback, &stdin), 7)?;
-    assert_eq!(mtu(&pod, "lo")?, 65536, "loopback MTU untouched");
+    assert_eq!(pod.mtu_of("lo")?, 65536, "loopback MTU untouched");
 
     // A failure after registration (the record cannot be written) undoes
     // the registration and the MTUs; the runtime's DEL then succeeds.
@@ -395,8 +384,8 @@ fn a_failed_add_changes_nothing_and_leaves_nothing_behind() -> anyhow::Result<()
     )?;
 
     assert_eq!(endpoint_ips(node)?, before, "an endpoint stayed registered");
-    assert_eq!(mtu(&pod, "eth0")?, 1500, "pod MTU restored");
-    assert_eq!(mtu(&node.netns, "vfail")?, 1500, "host MTU restored");
+    assert_eq!(pod.mtu_of("eth0")?, 1500, "pod MTU restored");
+    assert_eq!(node.netns.mtu_of("vfail")?, 1500, "host MTU restored");
     Ok(())
 }
 
@@ -417,9 +406,9 @@ fn a_1_1_0_result_reports_the_mtu_the_plugin_set() -> anyhow::Result<()> {
         &config_1_1(&network, Some(&claim)).to_string(),
     )?;
     for interface in result["interfaces"].as_array().into_iter().flatten() {
-        assert_eq!(interface["mtu"], u64::from(VXLAN_POD_MTU), "{result}");
+        assert_eq!(interface["mtu"], VXLAN_POD_MTU, "{result}");
     }
-    assert_eq!(mtu(&pod, "eth0")?, u64::from(VXLAN_POD_MTU));
+    assert_eq!(pod.mtu_of("eth0")?, VXLAN_POD_MTU);
     Ok(())
 }
 

@@ -1,7 +1,11 @@
 //! Cross-node pod traffic through the VXLAN tunnel, driven only by the node
 //! maps, end to end in a netns cluster.
 
-use dataplane_tests::{Cluster, ClusterSpec, cluster::VXLAN_POD_MTU, traffic::tcp_round_trip};
+use dataplane_tests::{
+    Cluster, ClusterSpec,
+    cluster::{CLUSTER_CIDR, VXLAN_POD_MTU},
+    traffic::tcp_round_trip,
+};
 
 /// Bytes per TCP round trip: many full-sized segments each way.
 const TCP_BYTES: usize = 256 * 1024;
@@ -13,22 +17,19 @@ fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
 /// No per-node kernel state: no pod routes, no static neighbours, no FDB.
 fn assert_no_per_node_kernel_state(cluster: &Cluster) -> anyhow::Result<()> {
     for node in &cluster.nodes {
-        let routes = node.netns.ip(&["route", "show", "table", "all"])?;
+        let routes = node.netns.routes_within(CLUSTER_CIDR.parse()?)?;
         assert!(
-            !routes.contains("10.244."),
-            "{} has pod routes:\n{routes}",
+            routes.is_empty(),
+            "{} has pod routes: {routes:?}",
             node.netns.name()
         );
-        let neighbours = node.netns.ip(&["neigh", "show", "nud", "permanent"])?;
-        assert!(
-            neighbours.trim().is_empty(),
-            "static neighbours:\n{neighbours}"
+        let neighbours = node.netns.permanent_neighbours()?;
+        assert!(neighbours.is_empty(), "static neighbours: {neighbours:?}");
+        assert_eq!(
+            node.netns.fdb_entry_count("dp-vxlan")?,
+            0,
+            "FDB entries on dp-vxlan"
         );
-        let fdb = dataplane_tests::netns::run(
-            "bridge",
-            &["-n", node.netns.name(), "fdb", "show", "dev", "dp-vxlan"],
-        )?;
-        assert!(fdb.trim().is_empty(), "FDB entries on dp-vxlan:\n{fdb}");
     }
     Ok(())
 }
@@ -127,17 +128,15 @@ fn pod_mtu_leaves_room_for_vxlan_and_oversized_packets_get_frag_needed() -> anyh
     let (node, other) = (&cluster.nodes[0], &cluster.nodes[1]);
     assert_eq!(node.status()?["pod_mtu"], VXLAN_POD_MTU);
     let (pod, remote) = (&node.pods[0], &other.pods[0]);
-    let mtu = pod.netns.ip(&["-j", "link", "show", "dev", "eth0"])?;
-    assert!(mtu.contains(&format!("\"mtu\":{VXLAN_POD_MTU}")), "{mtu}");
+    assert_eq!(pod.netns.mtu_of("eth0")?, VXLAN_POD_MTU);
 
     // The largest packet that fits goes through with DF set...
     let largest = (VXLAN_POD_MTU - 28).to_string();
     pod.netns
         .ping(remote.ip, 1, &["-M", "do", "-s", &largest])?;
     // ...and a pod with a wrong MTU is told the path MTU instead of black-holed.
-    pod.netns.ip(&["link", "set", "eth0", "mtu", "1500"])?;
-    node.netns
-        .ip(&["link", "set", &pod.host_interface, "mtu", "1500"])?;
+    pod.netns.set_mtu("eth0", 1500)?;
+    node.netns.set_mtu(&pod.host_interface, 1500)?;
     let too_big = pod.netns.ping(remote.ip, 3, &["-M", "do", "-s", "1472"]);
     let message = format!(
         "{:#}",
@@ -148,8 +147,8 @@ fn pod_mtu_leaves_room_for_vxlan_and_oversized_packets_get_frag_needed() -> anyh
             || message.contains(&format!("mtu={VXLAN_POD_MTU}")),
         "{message}"
     );
-    let cached = pod.netns.ip(&["route", "get", &remote.ip.to_string()])?;
-    assert!(cached.contains(&format!("mtu {VXLAN_POD_MTU}")), "{cached}");
+    let cached = pod.netns.route_to(remote.ip)?;
+    assert_eq!(cached.mtu, Some(VXLAN_POD_MTU), "{cached:?}");
     // TCP adapts to the learned path MTU.
     tcp_round_trip(&remote.netns, remote.ip, &pod.netns, TCP_BYTES)?;
     Ok(())

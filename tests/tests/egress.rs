@@ -268,12 +268,8 @@ fn icmp_fragmentation_needed_from_the_gateway_reaches_the_right_pod() -> anyhow:
     let cluster = cluster(1, 2);
     let node = &cluster.nodes[0];
     // The path beyond the gateway carries at most 1400 bytes.
-    cluster
-        .gateway
-        .ip(&["link", "set", "ext0", "mtu", "1400"])?;
-    cluster
-        .external
-        .ip(&["link", "set", "eth0", "mtu", "1400"])?;
+    cluster.gateway.set_mtu("ext0", 1400)?;
+    cluster.external.set_mtu("eth0", 1400)?;
     let (pod, other) = (&node.pods[0], &node.pods[1]);
     other.ping(EXTERNAL_HOST_IP, 1)?;
 
@@ -288,16 +284,12 @@ fn icmp_fragmentation_needed_from_the_gateway_reaches_the_right_pod() -> anyhow:
         message.contains("mtu = 1400") || message.contains("mtu=1400"),
         "{message}"
     );
-    let cached = pod
-        .netns
-        .ip(&["route", "get", &EXTERNAL_HOST_IP.to_string()])?;
-    assert!(cached.contains("mtu 1400"), "{cached}");
-    let untouched = other
-        .netns
-        .ip(&["route", "get", &EXTERNAL_HOST_IP.to_string()])?;
-    assert!(
-        !untouched.contains("mtu 1400"),
-        "the other pod learned it too: {untouched}"
+    let cached = pod.netns.route_to(EXTERNAL_HOST_IP)?;
+    assert_eq!(cached.mtu, Some(1400), "{cached:?}");
+    let untouched = other.netns.route_to(EXTERNAL_HOST_IP)?;
+    assert_eq!(
+        untouched.mtu, None,
+        "the other pod learned it too: {untouched:?}"
     );
     // TCP adapts to the learned path MTU.
     tcp_round_trip(&cluster.external, EXTERNAL_HOST_IP, &pod.netns, 256 * 1024)?;

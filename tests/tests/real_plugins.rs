@@ -40,10 +40,11 @@ fn every_path_works(main: MainPlugin) -> anyhow::Result<()> {
 
     // The node to its own pods (kubelet probes), from the source the kernel
     // picks (the gateway address) and from the node IP; TCP as a probe does.
-    let route = a.netns.ip(&["route", "get", &pod.ip.to_string()])?;
-    assert!(
-        route.contains(&format!("src {}", gateway(a))),
-        "the plugin makes the gateway address the source: {route}"
+    let route = a.netns.route_to(pod.ip)?;
+    assert_eq!(
+        route.source,
+        Some(gateway(a)),
+        "the plugin makes the gateway address the source: {route:?}"
     );
     for pod in &a.pods {
         a.netns.ping(pod.ip, 2, &[])?;
@@ -65,13 +66,7 @@ fn every_path_works(main: MainPlugin) -> anyhow::Result<()> {
     tcp_round_trip(&a.netns, gateway(a), &pod.netns, 64 * 1024)?;
 
     // An address the node gains while running works at once, both ways.
-    a.netns.ip(&[
-        "addr",
-        "add",
-        &format!("{EXTRA_HOST_ADDRESS}/32"),
-        "dev",
-        "lo",
-    ])?;
+    a.netns.add_address("lo", EXTRA_HOST_ADDRESS.into())?;
     assert!(
         eventually(FOLLOW_TIMEOUT, || Ok(pod.reaches(EXTRA_HOST_ADDRESS)))?,
         "a pod reaches the node's new address"
@@ -88,13 +83,7 @@ fn every_path_works(main: MainPlugin) -> anyhow::Result<()> {
             .is_err()
     );
     assert!(a.counter("drop_host_source_unroutable")? > unroutable);
-    a.netns.ip(&[
-        "addr",
-        "del",
-        &format!("{EXTRA_HOST_ADDRESS}/32"),
-        "dev",
-        "lo",
-    ])?;
+    a.netns.delete_address("lo", EXTRA_HOST_ADDRESS)?;
     assert!(
         eventually(FOLLOW_TIMEOUT, || Ok(!pod.reaches(EXTRA_HOST_ADDRESS)))?,
         "a removed address is no longer the node's"
@@ -133,9 +122,9 @@ fn an_endpoint_goes_with_its_veth_and_its_address_can_come_back() -> anyhow::Res
     let node = &mut cluster.nodes[0];
     let (gone_ip, gone_mac, gone_veth) = {
         let pod = &node.pods[1];
-        (pod.ip, pod.mac.clone(), pod.host_interface.clone())
+        (pod.ip, pod.mac, pod.host_interface.clone())
     };
-    node.netns.ip(&["link", "del", &gone_veth])?;
+    node.netns.delete_link(&gone_veth)?;
     let listed = |node: &Node| -> anyhow::Result<bool> {
         Ok(node
             .cli(&["endpoint", "list"])?
@@ -148,7 +137,7 @@ fn an_endpoint_goes_with_its_veth_and_its_address_can_come_back() -> anyhow::Res
 
     // The same address on a fresh veth, registered the way an operator would.
     let returned = node.add_pod(format!("{}back", node.pod_prefix), gone_ip)?;
-    let (veth, mac) = (returned.host_interface.clone(), returned.mac.clone());
+    let (veth, mac) = (returned.host_interface.clone(), returned.mac);
     assert_ne!(mac, gone_mac);
     node.cli(&[
         "endpoint",
@@ -158,7 +147,7 @@ fn an_endpoint_goes_with_its_veth_and_its_address_can_come_back() -> anyhow::Res
         "--interface",
         &veth,
         "--mac",
-        &mac,
+        &mac.to_string(),
     ])?;
     node.pods[0].ping(gone_ip, 2)?;
     Ok(())

@@ -74,9 +74,8 @@ fn ping_counts(ping_output: &str) -> Option<(u64, u64)> {
     Some((numbers.next()??, numbers.next()??))
 }
 
-fn vxlan_index(node: &Node) -> anyhow::Result<String> {
-    let shown = node.netns.ip(&["-o", "link", "show", "dp-vxlan"])?;
-    Ok(shown.split(':').next().unwrap_or_default().to_string())
+fn vxlan_index(node: &Node) -> anyhow::Result<u32> {
+    node.netns.index_of("dp-vxlan")
 }
 
 /// Longest silence between consecutive replies in `ping -D` output, in seconds.
@@ -224,7 +223,7 @@ fn a_stopped_agent_keeps_forwarding_until_uninstall_removes_everything() -> anyh
     node.uninstall()?;
     assert!(!node.bpf_root()?.exists(), "pins left behind");
     assert!(
-        node.netns.ip(&["link", "show", "dp-vxlan"]).is_err(),
+        node.netns.interface("dp-vxlan")?.is_none(),
         "VXLAN device left behind"
     );
     assert!(!a.reaches(b.ip), "programs still attached after uninstall");

@@ -3,7 +3,11 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane_tests::{Cluster, ClusterSpec, traffic::iperf3_tcp};
+use dataplane_tests::{
+    Cluster, ClusterSpec,
+    cluster::{CLUSTER_CIDR, POD_GATEWAY_IP},
+    traffic::iperf3_tcp,
+};
 use nix::sys::signal::Signal;
 
 fn one_node(pods: usize) -> Cluster {
@@ -17,11 +21,8 @@ fn pods_exchange_ping_and_tcp_with_bpf_as_the_only_forwarder() -> anyhow::Result
     let (a, b) = (&node.pods[0], &node.pods[1]);
 
     // The kernel cannot be what forwards: no routes to pods, no proxy ARP, no forwarding.
-    let routes = node.netns.ip(&["route", "show", "table", "all"])?;
-    assert!(
-        !routes.contains("10.244."),
-        "node has pod routes:\n{routes}"
-    );
+    let routes = node.netns.routes_within(CLUSTER_CIDR.parse()?)?;
+    assert!(routes.is_empty(), "node has pod routes: {routes:?}");
     assert_eq!(node.netns.read_sysctl("net.ipv4.ip_forward")?, "0");
     for pod in &node.pods {
         let key = format!("net.ipv4.conf.{}.proxy_arp", pod.host_interface);
@@ -37,9 +38,10 @@ fn pods_exchange_ping_and_tcp_with_bpf_as_the_only_forwarder() -> anyhow::Result
     assert!(counters["arp_replied"] >= 2, "{counters:?}");
     assert!(counters["forwarded_local"] >= 12, "{counters:?}");
     // The pods' gateway MAC is the host veth's, learned from the BPF ARP reply.
-    let neighbours = a.netns.ip(&["neigh", "show", "169.254.1.1"])?;
-    let host_mac = node.netns.mac_of(&a.host_interface)?;
-    assert!(neighbours.contains(&host_mac), "{neighbours} vs {host_mac}");
+    assert_eq!(
+        a.netns.neighbour_mac(POD_GATEWAY_IP)?,
+        Some(node.netns.mac_of(&a.host_interface)?)
+    );
     Ok(())
 }
 
