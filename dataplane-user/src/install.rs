@@ -30,13 +30,13 @@ pub fn install(options: &InstallOptions) -> anyhow::Result<PathBuf> {
     copy_plugin(&options.plugin, &options.bin_dir)?;
     std::fs::create_dir_all(&options.conf_dir)
         .with_context(|| format!("creating {}", options.conf_dir.display()))?;
-    let entry = json!({"type": PLUGIN_NAME, "socket": options.socket});
     let (path, conflist) = match first_network_config(&options.conf_dir)? {
         Some(path) => {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let config: Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let entry = json!({"type": PLUGIN_NAME, "socket": options.socket});
             let conflist =
                 chained(config, entry).with_context(|| format!("extending {}", path.display()))?;
             // A .conf becomes a .conflist; the runtime would otherwise read the old file first.
@@ -53,27 +53,34 @@ pub fn install(options: &InstallOptions) -> anyhow::Result<PathBuf> {
                     options.conf_dir.display()
                 );
             };
-            let conflist = json!({
-                "cniVersion": "1.0.0",
-                "name": "dataplane",
-                "plugins": [
-                    {
-                        "type": "ptp",
-                        "ipMasq": false,
-                        "ipam": {
-                            "type": "host-local",
-                            "ranges": [[{"subnet": pod_cidr.to_string()}]],
-                            "routes": [{"dst": "0.0.0.0/0"}],
-                        },
-                    },
-                    entry,
-                ],
-            });
+            let conflist = default_conflist(pod_cidr, &options.socket);
             (options.conf_dir.join(OWN_CONFLIST), conflist)
         }
     };
     write_atomically(&path, serde_json::to_string_pretty(&conflist)?.as_bytes())?;
     Ok(path)
+}
+
+/// The network written for a node that has none: ptp with host-local
+/// addresses from `pod_cidr` (no masquerade: the dataplane does SNAT), then
+/// this plugin talking to the agent at `socket`.
+pub fn default_conflist(pod_cidr: Ipv4Network, socket: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "dataplane",
+        "plugins": [
+            {
+                "type": "ptp",
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": pod_cidr.to_string()}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": PLUGIN_NAME, "socket": socket},
+        ],
+    })
 }
 
 /// The configuration file the runtime would use: the first .conflist or

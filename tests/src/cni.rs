@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
+use dataplane_user::install::default_conflist;
+
 use crate::{cluster::dataplane_binary, netns::Netns};
 
 /// Where Debian's containernetworking-plugins put the reference plugins.
@@ -67,9 +69,9 @@ impl CniNetwork {
         )
     }
 
-    /// `main` + host-local over `subnet` + dataplane-cni, spec 1.0.0, as the
-    /// network `name`. State (IPAM and the plugin's records) goes under
-    /// `state_dir`.
+    /// The conflist `dataplane install-cni` writes, with `main` as the main
+    /// plugin (host-local over `subnet` in both), as the network `name`.
+    /// State (IPAM and the plugin's records) goes under `state_dir`.
     pub fn chain(
         main: MainPlugin,
         name: &str,
@@ -82,29 +84,23 @@ impl CniNetwork {
             .parent()
             .context("the dataplane binary has a directory")?
             .to_path_buf();
-        let ipam = json!({
-            "type": "host-local",
-            "ranges": [[{"subnet": subnet}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "dataDir": state_dir.join("ipam"),
-        });
-        let main = match main {
-            MainPlugin::Ptp => json!({"type": "ptp", "ipMasq": false, "ipam": ipam}),
-            MainPlugin::Bridge => json!({
-                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-                "ipam": ipam,
-            }),
-        };
+        let mut conflist = default_conflist(subnet.parse()?, socket);
+        conflist["name"] = name.into();
+        let plugins = &mut conflist["plugins"];
+        if main == MainPlugin::Bridge {
+            for (key, value) in [
+                ("type", json!("bridge")),
+                ("bridge", json!("cni0")),
+                ("isGateway", json!(true)),
+            ] {
+                plugins[0][key] = value;
+            }
+        }
+        plugins[0]["ipam"]["dataDir"] = json!(state_dir.join("ipam"));
+        plugins[1]["dataDir"] = json!(state_dir.join("dataplane"));
         Ok(Self {
             node_netns: node_netns.path(),
-            conflist: json!({
-                "cniVersion": "1.0.0",
-                "name": name,
-                "plugins": [
-                    main,
-                    {"type": "dataplane-cni", "socket": socket, "dataDir": state_dir.join("dataplane")},
-                ],
-            }),
+            conflist,
             cni_path: format!("{REFERENCE_PLUGINS}:{}", plugin_dir.display()),
         })
     }

@@ -233,7 +233,10 @@ fn a_stopped_agent_keeps_forwarding_until_uninstall_removes_everything() -> anyh
     let refused = node
         .uninstall()
         .expect_err("uninstall while the agent runs");
-    assert!(refused.to_string().contains("stop it first"), "{refused:#}");
+    assert!(
+        format!("{refused:#}").contains("stop it first"),
+        "{refused:#}"
+    );
     Ok(())
 }
 
