@@ -10,7 +10,7 @@ use dataplane_tests::{
     netns::Netns,
     test_run::{
         Fixture, LOOPBACK_IFINDEX, NODE_IP, POD_A_IP, POD_B_IP, REMOTE_POD_IP, TC_ACT_REDIRECT,
-        ipv4_packet,
+        udp_frame,
     },
 };
 use dataplane_user::{loader, maps::Maps};
@@ -82,8 +82,8 @@ pub fn run(
         .map(|node| KernelNode::open(&node.netns))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let packets = [
-        ("same-node", udp_frame(POD_B_IP)),
-        ("cross-node", udp_frame(REMOTE_POD_IP)),
+        ("same-node", pod_a_datagram(POD_B_IP)),
+        ("cross-node", pod_a_datagram(REMOTE_POD_IP)),
     ];
     let mut smallest_level_costs: Option<Vec<Vec<f64>>> = None;
     for level in LEVELS {
@@ -306,15 +306,8 @@ impl<'a> KernelNode<'a> {
 
 /// An IPv4 UDP datagram with 64 bytes of payload from pod A to `destination`,
 /// as it leaves the pod (to its gateway's MAC).
-fn udp_frame(destination: Ipv4Addr) -> Vec<u8> {
-    const PAYLOAD: u16 = 64;
-    let mut datagram = Vec::new();
-    datagram.extend_from_slice(&40_000u16.to_be_bytes());
-    datagram.extend_from_slice(&5_201u16.to_be_bytes());
-    datagram.extend_from_slice(&(8 + PAYLOAD).to_be_bytes());
-    datagram.extend_from_slice(&[0, 0]); // no UDP checksum
-    datagram.extend_from_slice(&[0; PAYLOAD as usize]);
-    ipv4_packet(POD_A_IP, destination, 17, &datagram)
+fn pod_a_datagram(destination: Ipv4Addr) -> Vec<u8> {
+    udp_frame((POD_A_IP, 40_000), (destination, 5_201), &[0; 64])
 }
 
 /// 50000 as "50,000".

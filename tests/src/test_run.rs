@@ -1,12 +1,11 @@
 //! The eBPF programs under BPF_PROG_TEST_RUN, for the packet suites and the
 //! benchmark's run-time rows: a freshly loaded object with a pin directory
 //! of its own, configured as a node with pods A and B and one remote node,
-//! and hand-built packets.
+//! and packets built with etherparse (malformed ones by hand, in the suites).
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
@@ -15,6 +14,11 @@ use dataplane_common::{Endpoint, Ipv4Cidr, NodeConfig, names};
 use dataplane_user::{
     loader::{self, classifier},
     maps::Maps,
+};
+use etherparse::{
+    ArpEthIpv4Packet, ArpOperation, Icmpv4Header, Icmpv4Type, IpHeaders, IpNumber, Ipv4Header,
+    NetHeaders, PacketBuilder, PacketBuilderStep, PacketHeaders, TcpHeader, TransportHeader,
+    UdpHeader,
 };
 
 use crate::netns::{require_root, unique_prefix};
@@ -164,22 +168,38 @@ pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> 
 }
 
 pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
-    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
-    arp.extend_from_slice(&sender_mac);
-    arp.extend_from_slice(&sender_ip.octets());
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&target_ip.octets());
-    ethernet([0xff; 6], sender_mac, 0x0806, &arp)
+    let request = ArpEthIpv4Packet {
+        operation: ArpOperation::REQUEST,
+        sender_mac,
+        sender_ipv4: sender_ip.octets(),
+        target_mac: [0; 6],
+        target_ipv4: target_ip.octets(),
+    };
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(sender_mac, [0xff; 6])
+        .arp(request.into())
+        .write(&mut frame)
+        .expect("an ARP request fits");
+    frame
 }
 
 pub use dataplane_common::checksum::internet as checksum;
+
+/// Ethernet and IPv4 headers (DF, identification `id`) of a frame pod A sends
+/// to its gateway, ready for a payload.
+fn from_pod_a(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, id: u16) -> PacketBuilderStep<IpHeaders> {
+    let mut ip = Ipv4Header::new(0, ttl, IpNumber::ICMP, src.octets(), dst.octets())
+        .expect("an empty payload fits");
+    ip.identification = id;
+    PacketBuilder::ethernet2(POD_A_MAC, HOST_A_MAC).ip(IpHeaders::Ipv4(ip, Default::default()))
+}
 
 /// An IPv4 ICMP echo request in an Ethernet frame, with a valid header checksum.
 pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, id: u16) -> Vec<u8> {
     ipv4_frame_sized(src, dst, ttl, id, 8)
 }
 
-/// As `ipv4_frame`, with DF set and `icmp_len` bytes of ICMP.
+/// As `ipv4_frame`, with `icmp_len` bytes of ICMP (zeros after the header).
 pub fn ipv4_frame_sized(
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -187,100 +207,124 @@ pub fn ipv4_frame_sized(
     id: u16,
     icmp_len: usize,
 ) -> Vec<u8> {
-    let mut icmp = vec![0u8; icmp_len];
-    icmp[..8].copy_from_slice(&[8, 0, 0xf7, 0xfe, 0, 1, 0, 1]);
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&id.to_be_bytes());
-    ip.extend_from_slice(&[0x40, 0, ttl, 1, 0, 0]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&icmp);
-    ethernet(HOST_A_MAC, POD_A_MAC, 0x0800, &ip)
+    let mut frame = Vec::new();
+    from_pod_a(src, dst, ttl, id)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut frame, &vec![0; icmp_len - 8])
+        .expect("an echo request fits");
+    frame
 }
 
 /// `inner` (an Ethernet frame) in VXLAN from `outer_src` to this node.
 pub fn vxlan_frame(outer_src: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&50000u16.to_be_bytes());
-    udp.extend_from_slice(&VXLAN_PORT.to_be_bytes());
-    udp.extend_from_slice(&((8 + 8 + inner.len()) as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
-    udp.extend_from_slice(&vni.to_be_bytes()[1..]);
-    udp.push(0);
-    udp.extend_from_slice(inner);
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&outer_src.octets());
-    ip.extend_from_slice(&NODE_IP.octets());
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&udp);
-    ethernet(UPLINK_MAC, [0x02, 0, 0, 0, 2, 0x11], 0x0800, &ip)
+    let [_, vni @ ..] = vni.to_be_bytes();
+    let vxlan = [[0x08, 0, 0, 0].as_slice(), &vni, &[0], inner].concat();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([0x02, 0, 0, 0, 2, 0x11], UPLINK_MAC)
+        .ipv4(outer_src.octets(), NODE_IP.octets(), 64)
+        .udp(50000, VXLAN_PORT)
+        .write(&mut frame, &vxlan)
+        .expect("a VXLAN frame fits");
+    frame
 }
 
 /// An IPv4 packet (no options, DF) in an Ethernet frame from pod A's veth.
 pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4: &[u8]) -> Vec<u8> {
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, protocol, 0, 0]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(l4);
-    ethernet(HOST_A_MAC, POD_A_MAC, 0x0800, &ip)
+    let mut frame = Vec::new();
+    from_pod_a(src, dst, 64, 1)
+        .write(&mut frame, IpNumber(protocol), l4)
+        .expect("the packet fits");
+    frame
 }
 
-/// Sum of the IPv4 pseudo-header and `l4`, as TCP and UDP checksums cover it.
-pub fn pseudo_header_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4: &[u8]) -> u16 {
-    let mut covered = Vec::new();
-    covered.extend_from_slice(&src.octets());
-    covered.extend_from_slice(&dst.octets());
-    covered.extend_from_slice(&[0, protocol]);
-    covered.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    covered.extend_from_slice(l4);
-    checksum(&covered)
+/// A UDP datagram carrying `payload` from pod A, in a frame as it leaves the pod.
+pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    from_pod_a(src.0, dst.0, 64, 1)
+        .udp(src.1, dst.1)
+        .write(&mut frame, payload)
+        .expect("the datagram fits");
+    frame
 }
 
-/// A TCP segment with `flags` and a valid checksum.
+/// A TCP segment with `flags` (FIN 0x01 ... URG 0x20) and a valid checksum.
 pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
-    let mut segment = Vec::new();
-    segment.extend_from_slice(&src.1.to_be_bytes());
-    segment.extend_from_slice(&dst.1.to_be_bytes());
-    segment.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    segment.extend_from_slice(b"payload!");
-    let sum = pseudo_header_checksum(src.0, dst.0, 6, &segment);
-    segment[16..18].copy_from_slice(&sum.to_be_bytes());
-    segment
+    const PAYLOAD: &[u8] = b"payload!";
+    let mut header = TcpHeader::new(src.1, dst.1, 1, 0xffff);
+    [
+        header.fin, header.syn, header.rst, header.psh, header.ack, header.urg,
+    ] = std::array::from_fn(|bit| flags & (1 << bit) != 0);
+    header.checksum = header
+        .calc_checksum_ipv4_raw(src.0.octets(), dst.0.octets(), PAYLOAD)
+        .expect("a small segment");
+    [header.to_bytes().as_slice(), PAYLOAD].concat()
 }
 
 /// A UDP datagram, with a valid checksum or with none (0).
 pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), with_checksum: bool) -> Vec<u8> {
-    let mut datagram = Vec::new();
-    datagram.extend_from_slice(&src.1.to_be_bytes());
-    datagram.extend_from_slice(&dst.1.to_be_bytes());
-    datagram.extend_from_slice(&16u16.to_be_bytes());
-    datagram.extend_from_slice(&[0, 0]);
-    datagram.extend_from_slice(b"datagram");
+    const PAYLOAD: &[u8] = b"datagram";
+    let mut header = UdpHeader {
+        source_port: src.1,
+        destination_port: dst.1,
+        length: (UdpHeader::LEN + PAYLOAD.len()) as u16,
+        checksum: 0,
+    };
     if with_checksum {
-        let sum = pseudo_header_checksum(src.0, dst.0, 17, &datagram);
-        datagram[6..8].copy_from_slice(&sum.to_be_bytes());
+        header.checksum = header
+            .calc_checksum_ipv4_raw(src.0.octets(), dst.0.octets(), PAYLOAD)
+            .expect("a small datagram");
     }
-    datagram
+    [header.to_bytes().as_slice(), PAYLOAD].concat()
 }
 
-/// An ICMP message of `kind` (code 0 unless given) with a valid checksum.
+/// An ICMP message of `kind` and `code` with a valid checksum.
 pub fn icmp(kind: u8, code: u8, rest_of_header: [u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut message = vec![kind, code, 0, 0];
-    message.extend_from_slice(&rest_of_header);
-    message.extend_from_slice(body);
-    let sum = checksum(&message);
-    message[2..4].copy_from_slice(&sum.to_be_bytes());
-    message
+    let icmp_type = Icmpv4Type::Unknown {
+        type_u8: kind,
+        code_u8: code,
+        bytes5to8: rest_of_header,
+    };
+    let header = Icmpv4Header::with_checksum(icmp_type, body);
+    [header.to_bytes().as_slice(), body].concat()
+}
+
+/// Checks every checksum of an Ethernet + IPv4 frame: the IPv4 header's and
+/// the TCP, UDP (unless 0: none) or ICMP one.
+pub fn assert_checksums_valid(frame: &[u8]) {
+    let packet = PacketHeaders::from_ethernet_slice(frame).expect("an Ethernet frame");
+    let Some(NetHeaders::Ipv4(ip, _)) = &packet.net else {
+        panic!("not IPv4: {packet:?}");
+    };
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let payload = packet.payload.slice();
+    match &packet.transport {
+        Some(TransportHeader::Tcp(tcp)) => {
+            assert_eq!(
+                Ok(tcp.checksum),
+                tcp.calc_checksum_ipv4(ip, payload),
+                "TCP checksum"
+            )
+        }
+        Some(TransportHeader::Udp(udp)) if udp.checksum != 0 => {
+            assert_eq!(
+                Ok(udp.checksum),
+                udp.calc_checksum_ipv4(ip, payload),
+                "UDP checksum"
+            )
+        }
+        Some(TransportHeader::Icmpv4(icmp)) => {
+            assert_eq!(
+                icmp.checksum,
+                icmp.icmp_type.calc_checksum(payload),
+                "ICMP checksum"
+            )
+        }
+        _ => {}
+    }
 }
 
 /// The same frame as if it arrived on the uplink (other MACs).
