@@ -1,6 +1,11 @@
 //! Test harness: whole clusters built out of network namespaces, with the
 //! dataplane agent running in every node, plus the kernel designs it replaces.
 //!
+//! Built on the libraries the product uses: namespaces by system calls
+//! (nix), links, addresses, routes and neighbours over rtnetlink, the fake
+//! Kubernetes API on hyper, packets with etherparse; external programs only
+//! for traffic, probes and the kernel baselines' firewalls.
+//!
 //! Nothing here touches the root namespace's addresses, routes or firewall:
 //! every link is created inside namespaces this harness made, and everything
 //! is removed on drop (also when a test panics).

@@ -13,12 +13,14 @@ use crate::build::status;
 /// bpf-linker version known to build against this machine's nightly LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests, demo and benchmarks run.
+/// Debian packages the tests, demo and benchmarks run: probes and traffic
+/// (`ss` from iproute2, `ping`, `iperf3` under util-linux's `taskset`), the
+/// kernel baselines' firewalls, and the real CNI reference plugins. The
+/// namespaces themselves are made over netlink and system calls.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "iperf3",
-    "procps",
     "util-linux",
     "iptables",
     "nftables",
