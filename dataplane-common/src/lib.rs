@@ -434,6 +434,13 @@ counters! {
     /// node cannot answer through the tunnel (neither the node IP nor in
     /// this node's pod CIDR).
     drop DropHostSourceUnroutable = "host_source_unroutable";
+    /// From a pod, neither IPv4 nor ARP (IPv6 included, until the dataplane
+    /// forwards it): never handed to the node, so a pod's router
+    /// advertisements or neighbour discovery cannot change its routing.
+    drop DropPodNotIpv4 = "pod_not_ipv4";
+    /// From a pod with an 802.1Q or 802.1ad tag: a pod does not choose the
+    /// underlay's VLAN, nor another pod's.
+    drop DropPodVlanTagged = "pod_vlan_tagged";
 }
 
 impl Counter {
@@ -468,8 +475,8 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 29);
-        assert_eq!(Counter::DropHostSourceUnroutable as u32, 28);
+        assert_eq!(Counter::COUNT, 31);
+        assert_eq!(Counter::DropPodVlanTagged as u32, 30);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::{
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
-    packet::{header, ingress_ifindex, linearize_headers},
+    packet::{header, ingress_ifindex, linearize_headers, vlan_tagged},
     route::{Destination, lookup},
     tunnel::{self, send_out_uplink},
 };
@@ -24,12 +24,20 @@ pub fn handle(ctx: &TcContext) -> i32 {
     };
     // SAFETY: bounds checked by `header`.
     let ether_type = unsafe { (*eth).ether_type };
-    if ether_type == EtherType::Ipv4 as u16 {
+    if vlan_tagged(ctx)
+        || ether_type == EtherType::Ieee8021q as u16
+        || ether_type == EtherType::Ieee8021ad as u16
+    {
+        drop(ctx, Counter::DropPodVlanTagged)
+    } else if ether_type == EtherType::Ipv4 as u16 {
         finish(ctx, ipv4(ctx))
     } else if ether_type == EtherType::Arp as u16 {
         finish(ctx, arp::answer_request(ctx))
     } else {
-        pass_to_host(ctx)
+        // Nothing else reaches the node or anyone else: the host veth would
+        // otherwise learn routes and addresses from a pod's IPv6 router
+        // advertisements (CVE-2020-10749's class) and answer its probes.
+        drop(ctx, Counter::DropPodNotIpv4)
     }
 }
 

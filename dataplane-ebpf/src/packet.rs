@@ -70,6 +70,14 @@ pub fn bytes_of<T>(header: &T) -> &[u8] {
     unsafe { core::slice::from_raw_parts((header as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
+/// Whether the packet carries a VLAN tag in its metadata: the kernel moves
+/// the outer tag there before TC runs, and a redirect keeps it.
+#[inline(always)]
+pub fn vlan_tagged(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's whole run.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
 /// ifindex of the device the packet arrived on.
 #[inline(always)]
 pub fn ingress_ifindex(ctx: &TcContext) -> u32 {

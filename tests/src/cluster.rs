@@ -447,7 +447,7 @@ impl Node {
 
     /// A pod namespace joined to this node by a veth pair, `ip`/`prefix` on its eth0.
     fn plug_pod(&self, name: String, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<Pod> {
-        let netns = create_ipv4_only_netns(name)?;
+        let netns = create_netns(name, self.ipv6)?;
         let host_interface = format!("vp{}", self.pods.len());
         self.netns.add_veth(&host_interface, &netns, "eth0")?;
         self.netns.set_up(&host_interface)?;

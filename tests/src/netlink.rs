@@ -4,7 +4,7 @@
 //! with the same calls.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -14,12 +14,13 @@ use futures::TryStreamExt as _;
 use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVlan, LinkVxlan, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
+        address::{AddressAttribute, AddressHeaderFlags},
         link::{InfoData, InfoVeth, LinkAttribute},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteMetric, RouteScope},
+        route::{RouteAddress, RouteAttribute, RouteMetric, RouteScope, RouteType},
     },
 };
 
@@ -235,6 +236,12 @@ impl Netns {
             .with_context(|| format!("VXLAN device {name}"))
     }
 
+    /// An 802.1Q device `name` for VLAN `vid` on `parent`.
+    pub fn add_vlan(&self, name: &str, parent: &str, vid: u16) -> anyhow::Result<()> {
+        self.add_link(LinkVlan::new(name, self.index_of(parent)?, vid).build())
+            .with_context(|| format!("VLAN {vid} device {name} on {parent}"))
+    }
+
     pub fn add_address(&self, name: &str, address: Ipv4Network) -> anyhow::Result<()> {
         let index = self.index_of(name)?;
         let request = self
@@ -396,6 +403,39 @@ impl Netns {
             })
             .filter(|destination| within.contains(destination.network()))
             .collect())
+    }
+
+    /// Usable IPv6 addresses of `name` (SLAAC ones included; not those
+    /// still tentative, in duplicate address detection).
+    pub fn ipv6_addresses(&self, name: &str) -> anyhow::Result<Vec<Ipv6Addr>> {
+        let index = self.index_of(name)?;
+        let replies = self
+            .handle()
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let messages: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        Ok(messages
+            .iter()
+            .filter(|message| !message.header.flags.contains(AddressHeaderFlags::Tentative))
+            .flat_map(|message| &message.attributes)
+            .filter_map(|attribute| match attribute {
+                AddressAttribute::Address(IpAddr::V6(address)) => Some(*address),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Whether the namespace has an IPv6 default route (one a router
+    /// advertisement would add).
+    pub fn has_ipv6_default_route(&self) -> anyhow::Result<bool> {
+        let dump = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let replies = self.handle().route().get(dump).execute();
+        let routes: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        Ok(routes.iter().any(|route| {
+            route.header.destination_prefix_length == 0 && route.header.kind == RouteType::Unicast
+        }))
     }
 
     /// IPv4 neighbours in state permanent, with their MACs.

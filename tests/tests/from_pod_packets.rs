@@ -140,12 +140,49 @@ fn truncated_and_malformed_packets_are_dropped() {
 }
 
 #[test]
-fn other_ethertypes_are_left_to_the_host() {
+fn nothing_but_ipv4_and_arp_leaves_a_pod() {
     let mut fixture = Fixture::new().unwrap();
-    let ipv6 = ethernet(HOST_A_MAC, POD_A_MAC, 0x86dd, &[0x60; 40]);
-    let (verdict, out) = fixture.run(&ipv6);
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out, ipv6);
+    let others = [
+        // A router advertisement's frame, a bare IPv6 header, and an
+        // EtherType nothing handles.
+        ethernet(HOST_A_MAC, POD_A_MAC, 0x86dd, &[0x60; 48]),
+        ethernet(HOST_A_MAC, POD_A_MAC, 0x86dd, &[0x60; 40]),
+        ethernet(HOST_A_MAC, POD_A_MAC, 0x88b5, &[0; 46]),
+    ];
+    for frame in &others {
+        assert_eq!(fixture.run(frame).0, TC_ACT_SHOT, "{frame:02x?}");
+    }
+    assert_eq!(fixture.counter("drop_pod_not_ipv4"), others.len() as u64);
+}
+
+#[test]
+fn vlan_tagged_frames_from_a_pod_are_dropped() {
+    let mut fixture = Fixture::new().unwrap();
+    let untagged = ipv4_frame(POD_A_IP, EXTERNAL_IP, 64, 1);
+    // 802.1Q with VID 5 in front of the IPv4 EtherType, and QinQ around it.
+    let tag = |tpid: u16, vid: u16| [tpid.to_be_bytes(), vid.to_be_bytes()].concat();
+    let tagged = [
+        untagged[..12].to_vec(),
+        tag(0x8100, 5),
+        untagged[12..].to_vec(),
+    ]
+    .concat();
+    let qinq = [
+        untagged[..12].to_vec(),
+        tag(0x88a8, 6),
+        tag(0x8100, 5),
+        untagged[12..].to_vec(),
+    ]
+    .concat();
+    for frame in [&tagged, &qinq] {
+        assert_eq!(fixture.run(frame).0, TC_ACT_SHOT, "{frame:02x?}");
+    }
+    assert_eq!(fixture.counter("drop_pod_vlan_tagged"), 2);
+    assert_eq!(
+        fixture.counter("masqueraded"),
+        0,
+        "no state for tagged frames"
+    );
 }
 
 #[test]

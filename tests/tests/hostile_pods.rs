@@ -1,0 +1,174 @@
+//! What a pod can do to its node and to other pods, tried as an attacker
+//! would, on nodes with IPv6 left on as real nodes have it.
+
+use std::{
+    net::{Ipv6Addr, SocketAddrV6},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use dataplane_tests::{
+    Cluster, ClusterSpec, Netns,
+    cluster::EXTERNAL_HOST_IP,
+    eventually,
+    test_run::ipv4_frame,
+    traffic::{in_netns, joined},
+};
+use nix::libc;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+fn cluster_with_ipv6(pods: usize) -> Cluster {
+    Cluster::new(ClusterSpec {
+        ipv6: true,
+        ..ClusterSpec::dataplane(1, pods)
+    })
+    .expect("building the netns cluster")
+}
+
+/// The prefix the hostile router advertisement offers for SLAAC.
+const ADVERTISED_PREFIX: [u8; 8] = [0x20, 0x01, 0x0d, 0xb8, 0x66, 0x66, 0, 0];
+
+/// Sends router advertisements out of `interface` to all nodes: "I am your
+/// default router, take an address in 2001:db8:6666::/64", as radvd would.
+/// Retried until the pod has a link-local address to send them from.
+fn advertise_as_router(pod: &Netns, interface: &str) -> anyhow::Result<()> {
+    let index = pod.index_of(interface)?;
+    joined(in_netns(pod, move || {
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+        // Hosts ignore router advertisements that crossed a router.
+        socket.set_multicast_hops_v6(255)?;
+        socket.set_multicast_if_v6(index)?;
+        let mut advertisement = vec![
+            134, 0, 0, 0, // type, code, checksum (the kernel's)
+            64, 0, 0x07, 0x08, // hop limit, flags, router lifetime 1800 s
+            0, 0, 0, 0, 0, 0, 0, 0, // reachable time, retransmission timer
+            3, 4, 64, 0xc0, // prefix information: on-link, autonomous
+            0, 0, 0x1c, 0x20, 0, 0, 0x1c, 0x20, 0, 0, 0, 0, // lifetimes, reserved
+        ];
+        advertisement.extend_from_slice(&ADVERTISED_PREFIX);
+        advertisement.extend_from_slice(&[0; 8]);
+        let all_nodes = SockAddr::from(SocketAddrV6::new(
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+            0,
+            0,
+            index,
+        ));
+        let sent = eventually(Duration::from_secs(5), || {
+            Ok(socket.send_to(&advertisement, &all_nodes).is_ok())
+        })?;
+        anyhow::ensure!(sent, "the pod never had an address to advertise from");
+        for _ in 0..3 {
+            socket
+                .send_to(&advertisement, &all_nodes)
+                .context("sending a router advertisement")?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }))
+}
+
+#[test]
+fn a_pod_can_neither_reach_nor_reconfigure_its_node_over_ipv6() -> anyhow::Result<()> {
+    let cluster = cluster_with_ipv6(2);
+    let node = &cluster.nodes[0];
+    let (pod, other) = (&node.pods[0], &node.pods[1]);
+    let dropped = node.counter("drop_pod_not_ipv4")?;
+
+    // The host veth's link-local address, once it is usable (after DAD): the
+    // node would answer on it.
+    let mut host_link_local = None;
+    eventually(Duration::from_secs(5), || {
+        host_link_local = node
+            .netns
+            .ipv6_addresses(&pod.host_interface)?
+            .into_iter()
+            .find(Ipv6Addr::is_unicast_link_local);
+        Ok(host_link_local.is_some())
+    })?;
+    let host_link_local =
+        host_link_local.context("the host veth never had a usable link-local address")?;
+
+    advertise_as_router(&pod.netns, "eth0")?;
+    let target = format!("{host_link_local}%eth0");
+    let echo = pod
+        .netns
+        .exec(&["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", &target]);
+    assert!(echo.is_err(), "the node answered a pod over IPv6: {echo:?}");
+
+    // Given time to act on the advertisement, the node took nothing from it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !node.netns.has_ipv6_default_route()?,
+        "the pod became the node's IPv6 default router"
+    );
+    let learned: Vec<_> = node
+        .netns
+        .ipv6_addresses(&pod.host_interface)?
+        .into_iter()
+        .filter(|address| !address.is_unicast_link_local())
+        .collect();
+    assert!(
+        learned.is_empty(),
+        "SLAAC addresses from the pod: {learned:?}"
+    );
+    assert!(node.counter("drop_pod_not_ipv4")? > dropped);
+
+    // IPv4 goes on as before.
+    pod.ping(other.ip, 2)?;
+    Ok(())
+}
+
+/// Sends `frame` `count` times out of `interface` as it is (AF_PACKET).
+fn send_frames(pod: &Netns, interface: &str, frame: Vec<u8>, count: usize) -> anyhow::Result<()> {
+    let index = pod.index_of(interface)?;
+    joined(in_netns(pod, move || {
+        let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
+        // SAFETY: a zeroed sockaddr_ll with family and ifindex set is a valid
+        // address for an AF_PACKET socket, and fits the storage.
+        let ((), device) = unsafe {
+            SockAddr::try_init(|storage, length| {
+                let link = storage.cast::<libc::sockaddr_ll>();
+                (*link).sll_family = libc::AF_PACKET as u16;
+                (*link).sll_ifindex = index as i32;
+                *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                Ok(())
+            })
+        }?;
+        for _ in 0..count {
+            socket
+                .send_to(&frame, &device)
+                .context("sending a raw frame")?;
+        }
+        Ok(())
+    }))
+}
+
+#[test]
+fn a_pod_cannot_put_vlan_tags_on_the_underlay() -> anyhow::Result<()> {
+    let cluster = cluster_with_ipv6(1);
+    let node = &cluster.nodes[0];
+    let pod = &node.pods[0];
+    // An echo request to the outside tagged with VLAN 5, as a pod with a VLAN
+    // device would send it. The node's kernel moves the tag into the
+    // packet's metadata before the dataplane sees it.
+    let untagged = ipv4_frame(pod.ip, EXTERNAL_HOST_IP, 64, 1);
+    let gateway_mac = node.netns.mac_of(&pod.host_interface)?;
+    let macs = [gateway_mac.as_bytes(), pod.mac.as_bytes()].concat();
+    let tagged = [&macs, &[0x81, 0x00, 0x00, 0x05][..], &untagged[12..]].concat();
+    let dropped = node.counter("drop_pod_vlan_tagged")?;
+    send_frames(&pod.netns, "eth0", tagged, 3)?;
+    assert!(
+        eventually(Duration::from_secs(2), || Ok(node
+            .counter("drop_pod_vlan_tagged")?
+            >= dropped + 3))?,
+        "tagged frames were not dropped"
+    );
+    assert_eq!(
+        node.counter("masqueraded")?,
+        0,
+        "NAT state for tagged frames"
+    );
+    // Untagged, the same request goes out and is answered.
+    pod.ping(EXTERNAL_HOST_IP, 1)?;
+    Ok(())
+}
