@@ -441,6 +441,15 @@ counters! {
     /// From a pod with an 802.1Q or 802.1ad tag: a pod does not choose the
     /// underlay's VLAN, nor another pod's.
     drop DropPodVlanTagged = "pod_vlan_tagged";
+    /// From a pod to an address nothing may be sent to: 0.0.0.0/8 (this
+    /// network), 127.0.0.0/8 (loopback) or 240.0.0.0/4 (reserved).
+    drop DropMartianDestination = "martian_destination";
+    /// From a pod to a broadcast or multicast address, or in a frame to a
+    /// group MAC: the dataplane forwards unicast only.
+    drop DropNotUnicast = "not_unicast";
+    /// VXLAN whose outer IPv4 header is a fragment: nodes never fragment the
+    /// tunnel, and a piece must not be decapsulated as if it were whole.
+    drop DropTunnelFragment = "tunnel_fragment";
 }
 
 impl Counter {
@@ -475,8 +484,8 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 31);
-        assert_eq!(Counter::DropPodVlanTagged as u32, 30);
+        assert_eq!(Counter::COUNT, 34);
+        assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 
     #[test]

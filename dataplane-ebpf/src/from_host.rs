@@ -8,7 +8,7 @@ use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     counters::{Outcome, finish},
-    ipv4::addresses,
+    ipv4::checked_header,
     local::{Redirect, deliver},
     maps::node_config,
     packet::header,
@@ -25,7 +25,10 @@ fn to_pods(ctx: &TcContext) -> Outcome {
     let is_ipv4 = header::<EthHdr>(ctx, 0)
         // SAFETY: bounds checked by `header`.
         .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv4 as u16);
-    let Some((src, dst)) = addresses(ctx).filter(|_| is_ipv4) else {
+    let Some((src, dst)) = checked_header(ctx)
+        .map(|ip| (ip.src_addr, ip.dst_addr))
+        .filter(|_| is_ipv4)
+    else {
         return Ok(TC_ACT_OK);
     };
     let config = node_config();

@@ -8,7 +8,7 @@ use crate::{
     arp,
     counters::{Outcome, drop, finish, pass_to_host},
     icmp,
-    ipv4::{addresses, forward_hop},
+    ipv4::{check_transport, checked_header, forward_hop, refused_destination},
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
@@ -30,7 +30,8 @@ pub fn handle(ctx: &TcContext) -> i32 {
     {
         drop(ctx, Counter::DropPodVlanTagged)
     } else if ether_type == EtherType::Ipv4 as u16 {
-        finish(ctx, ipv4(ctx))
+        // SAFETY: bounds checked by `header`.
+        finish(ctx, ipv4(ctx, unsafe { (*eth).dst_addr[0] }))
     } else if ether_type == EtherType::Arp as u16 {
         finish(ctx, arp::answer_request(ctx))
     } else {
@@ -41,9 +42,20 @@ pub fn handle(ctx: &TcContext) -> i32 {
     }
 }
 
+/// `first_mac_octet`: of the frame's destination MAC.
 #[inline(always)]
-fn ipv4(ctx: &TcContext) -> Outcome {
-    let (src, dst) = addresses(ctx).ok_or(Counter::DropMalformed)?;
+fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
+    let ip = checked_header(ctx).ok_or(Counter::DropMalformed)?;
+    let (src, dst) = (ip.src_addr, ip.dst_addr);
+    // Checked before anything is created for the packet (a NAT entry).
+    if let Some(refused) = refused_destination(dst) {
+        return Err(refused);
+    }
+    // The group bit: broadcast or multicast frames carry no unicast packet.
+    if first_mac_octet & 1 != 0 {
+        return Err(Counter::DropNotUnicast);
+    }
+    check_transport(ctx, ip)?;
 
     // A pod may only send from its own address, and only through its own veth.
     match endpoint(&src) {

@@ -12,7 +12,7 @@ use network_types::{
 
 use crate::{
     counters::{Outcome, finish, verdict},
-    ipv4::{PLAIN_VIHL, UDP, forward_hop},
+    ipv4::{PLAIN_VIHL, UDP, forward_hop, is_fragment},
     local::{Redirect, deliver},
     maps::{endpoint, is_host_address, is_unmasqueraded, node_config, remote_node},
     nat,
@@ -103,6 +103,9 @@ fn from_node(ctx: &TcContext, config: &NodeConfig) -> i32 {
 fn accept_from_node(ctx: &TcContext, config: &NodeConfig) -> Outcome {
     let packet: VxlanPacket = load(ctx, 0)?;
     let outer = &packet.outer;
+    if is_fragment(&outer.ip) {
+        return Err(Counter::DropTunnelFragment);
+    }
     if outer.ip.vihl != PLAIN_VIHL {
         return Err(Counter::DropMalformed);
     }

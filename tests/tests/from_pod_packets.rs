@@ -242,3 +242,77 @@ fn pods_reach_every_address_of_the_node_through_its_stack() {
     );
     assert_eq!(fixture.counter("drop_unknown_endpoint"), 2);
 }
+
+#[test]
+fn martian_and_non_unicast_destinations_are_dropped_before_any_state() {
+    let mut fixture = Fixture::new().unwrap();
+    let cases = [
+        (Ipv4Addr::new(127, 0, 0, 1), "drop_martian_destination"),
+        (Ipv4Addr::new(0, 0, 0, 0), "drop_martian_destination"),
+        (Ipv4Addr::new(0, 1, 2, 3), "drop_martian_destination"),
+        (Ipv4Addr::new(240, 0, 0, 1), "drop_martian_destination"),
+        (Ipv4Addr::BROADCAST, "drop_not_unicast"),
+        (Ipv4Addr::new(224, 0, 0, 251), "drop_not_unicast"),
+        (Ipv4Addr::new(239, 1, 2, 3), "drop_not_unicast"),
+    ];
+    for (destination, reason) in cases {
+        let before = fixture.counter(reason);
+        let (verdict, _) = fixture.run(&ipv4_frame(POD_A_IP, destination, 64, 1));
+        assert_eq!(verdict, TC_ACT_SHOT, "{destination}");
+        assert_eq!(fixture.counter(reason), before + 1, "{destination}");
+    }
+    // A unicast address in a broadcast or multicast frame.
+    for group_mac in [[0xff; 6], [0x01, 0, 0x5e, 0, 0, 1]] {
+        let mut frame = ipv4_frame(POD_A_IP, EXTERNAL_IP, 64, 1);
+        frame[..6].copy_from_slice(&group_mac);
+        assert_eq!(fixture.run(&frame).0, TC_ACT_SHOT);
+    }
+    assert_eq!(fixture.counter("drop_not_unicast"), 5);
+    assert_eq!(fixture.counter("masqueraded"), 0, "no NAT entry for any");
+}
+
+#[test]
+fn inconsistent_lengths_are_dropped_as_malformed() {
+    let mut fixture = Fixture::new().unwrap();
+    let set_total = |frame: &mut Vec<u8>, total: u16| {
+        frame[16..18].copy_from_slice(&total.to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    };
+    let echo = ipv4_frame(POD_A_IP, POD_B_IP, 64, 1);
+    let mut longer_than_frame = echo.clone();
+    set_total(&mut longer_than_frame, 200);
+    let mut shorter_than_header = echo.clone();
+    set_total(&mut shorter_than_header, 19);
+    let mut header_longer_than_packet = echo.clone();
+    header_longer_than_packet[14] = 0x4f;
+    let segment = tcp((POD_A_IP, 1000), (EXTERNAL_IP, 80), 0x02);
+    let mut short_data_offset = ipv4_packet(POD_A_IP, EXTERNAL_IP, 6, &segment);
+    short_data_offset[34 + 12] = 0x40;
+    let mut data_offset_past_packet = ipv4_packet(POD_A_IP, EXTERNAL_IP, 6, &segment);
+    data_offset_past_packet[34 + 12] = 0xf0;
+    let datagram = udp((POD_A_IP, 1000), (POD_B_IP, 53), false);
+    let mut udp_longer_than_packet = ipv4_packet(POD_A_IP, POD_B_IP, 17, &datagram);
+    udp_longer_than_packet[34 + 4..34 + 6].copy_from_slice(&100u16.to_be_bytes());
+    let cases = [
+        longer_than_frame,
+        shorter_than_header,
+        header_longer_than_packet,
+        short_data_offset,
+        data_offset_past_packet,
+        udp_longer_than_packet,
+    ];
+    for (index, frame) in cases.iter().enumerate() {
+        assert_eq!(fixture.run(frame).0, TC_ACT_SHOT, "case {index}");
+    }
+    assert_eq!(fixture.counter("drop_malformed"), cases.len() as u64);
+    assert_eq!(
+        fixture.counter("masqueraded") + fixture.counter("forwarded_local"),
+        0
+    );
+    // Ethernet padding after a short packet is not an inconsistency.
+    let mut padded = ipv4_frame(POD_A_IP, POD_B_IP, 64, 1);
+    padded.resize(60, 0);
+    assert_eq!(fixture.run(&padded).0, TC_ACT_REDIRECT);
+}

@@ -9,9 +9,9 @@ use std::{
 use anyhow::Context as _;
 use dataplane_tests::{
     Cluster, ClusterSpec, Netns,
-    cluster::EXTERNAL_HOST_IP,
+    cluster::{EXTERNAL_HOST_IP, GATEWAY_UNDERLAY_IP},
     eventually,
-    test_run::ipv4_frame,
+    test_run::{checksum, ipv4_frame, vxlan_frame},
     traffic::{in_netns, joined},
 };
 use nix::libc;
@@ -170,5 +170,89 @@ fn a_pod_cannot_put_vlan_tags_on_the_underlay() -> anyhow::Result<()> {
     );
     // Untagged, the same request goes out and is answered.
     pod.ping(EXTERNAL_HOST_IP, 1)?;
+    Ok(())
+}
+
+/// `frame` with its IPv4 header's bytes at `at` replaced and the header
+/// checksum made valid again.
+fn with_ip_bytes(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+    frame[14 + at..14 + at + bytes.len()].copy_from_slice(bytes);
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let sum = checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+#[test]
+fn martian_non_unicast_and_malformed_packets_from_a_pod_go_nowhere() -> anyhow::Result<()> {
+    let cluster = cluster_with_ipv6(1);
+    let node = &cluster.nodes[0];
+    let pod = &node.pods[0];
+    let gateway_mac = node.netns.mac_of(&pod.host_interface)?;
+    let to_gateway = |destination| {
+        let mut frame = ipv4_frame(pod.ip, destination, 64, 1);
+        frame[..6].copy_from_slice(gateway_mac.as_bytes());
+        frame[6..12].copy_from_slice(pod.mac.as_bytes());
+        frame
+    };
+    let mut in_broadcast_frame = to_gateway(EXTERNAL_HOST_IP);
+    in_broadcast_frame[..6].copy_from_slice(&[0xff; 6]);
+    let cases = [
+        (
+            to_gateway([127, 0, 0, 1].into()),
+            "drop_martian_destination",
+        ),
+        (to_gateway([0, 0, 0, 0].into()), "drop_martian_destination"),
+        (to_gateway([255, 255, 255, 255].into()), "drop_not_unicast"),
+        (to_gateway([224, 0, 0, 251].into()), "drop_not_unicast"),
+        (in_broadcast_frame, "drop_not_unicast"),
+        // A total length past the end of the frame.
+        (
+            with_ip_bytes(to_gateway(EXTERNAL_HOST_IP), 2, &600u16.to_be_bytes()),
+            "drop_malformed",
+        ),
+    ];
+    for (frame, reason) in cases {
+        let before = node.counter(reason)?;
+        send_frames(&pod.netns, "eth0", frame, 1)?;
+        assert!(
+            eventually(
+                Duration::from_secs(2),
+                || Ok(node.counter(reason)? > before)
+            )?,
+            "not counted as {reason}"
+        );
+    }
+    assert_eq!(
+        node.counter("masqueraded")?,
+        0,
+        "NAT state for a refused packet"
+    );
+    pod.ping(EXTERNAL_HOST_IP, 1)?;
+    Ok(())
+}
+
+#[test]
+fn a_fragment_of_vxlan_from_the_underlay_is_not_decapsulated() -> anyhow::Result<()> {
+    let cluster = cluster_with_ipv6(1);
+    let node = &cluster.nodes[0];
+    let pod = &node.pods[0];
+    // The first piece of a VXLAN datagram to the node, for its pod, sent by
+    // a host on the underlay.
+    let inner = ipv4_frame([10, 244, 1, 5].into(), pod.ip, 64, 1);
+    let mut piece = vxlan_frame(GATEWAY_UNDERLAY_IP, 1, &inner);
+    piece = with_ip_bytes(piece, 16, &node.ip.octets());
+    piece = with_ip_bytes(piece, 6, &0x2000u16.to_be_bytes());
+    piece[..6].copy_from_slice(node.netns.mac_of("eth0")?.as_bytes());
+    piece[6..12].copy_from_slice(cluster.gateway.mac_of("eth0")?.as_bytes());
+    let before = node.counter("drop_tunnel_fragment")?;
+    send_frames(&cluster.gateway, "eth0", piece, 2)?;
+    assert!(
+        eventually(Duration::from_secs(2), || Ok(node
+            .counter("drop_tunnel_fragment")?
+            >= before + 2))?,
+        "fragmented VXLAN was not dropped"
+    );
+    assert_eq!(node.counter("decapsulated_to_pod")?, 0);
     Ok(())
 }

@@ -224,6 +224,26 @@ fn vxlan_that_fails_a_check_is_dropped_with_its_reason() {
 }
 
 #[test]
+fn fragmented_vxlan_is_dropped_not_decapsulated_as_if_whole() {
+    let mut fixture = Fixture::new().unwrap();
+    let inner = ipv4_frame(Ipv4Addr::new(10, 244, 1, 5), POD_B_IP, 63, 4);
+    let whole = vxlan_frame(REMOTE_NODE_IP, VNI, &inner);
+    // A first fragment (more fragments), and a later one (an offset) whose
+    // payload happens to read as a UDP header to the VXLAN port.
+    for flags_and_offset in [0x2000u16, 0x0010] {
+        let mut piece = whole.clone();
+        piece[20..22].copy_from_slice(&flags_and_offset.to_be_bytes());
+        piece[24..26].copy_from_slice(&[0, 0]);
+        let sum = checksum(&piece[14..34]);
+        piece[24..26].copy_from_slice(&sum.to_be_bytes());
+        let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &piece);
+        assert_eq!(verdict, TC_ACT_SHOT, "{flags_and_offset:#06x}");
+    }
+    assert_eq!(fixture.counter("drop_tunnel_fragment"), 2);
+    assert_eq!(fixture.counter("decapsulated_to_pod"), 0);
+}
+
+#[test]
 fn other_uplink_traffic_passes_untouched() {
     let mut fixture = Fixture::new().unwrap();
     let mut other_port = vxlan_frame(REMOTE_NODE_IP, VNI, &ipv4_frame(POD_A_IP, POD_B_IP, 64, 1));
