@@ -90,9 +90,6 @@ pub struct ClusterSpec {
     pub pods_per_node: usize,
     pub forwarding: Forwarding,
     pub pods: PodWiring,
-    /// IPv6 left on in every namespace, as on a real node (else switched off
-    /// so neighbour discovery never shows up in packet counts).
-    pub ipv6: bool,
 }
 
 impl ClusterSpec {
@@ -101,22 +98,20 @@ impl ClusterSpec {
         Self::new(nodes, pods_per_node, Forwarding::Dataplane)
     }
 
-    /// Hand-made pods, IPv6 off.
+    /// Hand-made pods.
     pub fn new(nodes: usize, pods_per_node: usize, forwarding: Forwarding) -> Self {
         Self {
             nodes,
             pods_per_node,
             forwarding,
             pods: PodWiring::Handmade,
-            ipv6: false,
         }
     }
 
-    /// Pods made through the real CNI chain with `main`, IPv6 on everywhere.
+    /// Pods made through the real CNI chain with `main`.
     pub fn with_real_plugin(self, main: MainPlugin) -> Self {
         Self {
             pods: PodWiring::Cni(main),
-            ipv6: true,
             ..self
         }
     }
@@ -208,7 +203,6 @@ pub struct Node {
     pub agent_environment: Vec<(String, String)>,
     /// The CNI chain pods are made with, for `PodWiring::Cni`.
     pub cni: Option<CniNetwork>,
-    ipv6: bool,
 }
 
 impl Node {
@@ -419,7 +413,7 @@ impl Node {
             .as_ref()
             .context("this node makes its pods by hand, not through CNI")?;
         let number = self.pods.len();
-        let netns = create_netns(format!("{}{number}", self.pod_prefix), self.ipv6)?;
+        let netns = Netns::create(format!("{}{number}", self.pod_prefix))?;
         let result = network.add(&format!("pod{number}"), &netns, "eth0")?;
         let ip = cni::pod_ip(&result)?;
         let mac = netns.mac_of("eth0")?;
@@ -447,7 +441,7 @@ impl Node {
 
     /// A pod namespace joined to this node by a veth pair, `ip`/`prefix` on its eth0.
     fn plug_pod(&self, name: String, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<Pod> {
-        let netns = create_netns(name, self.ipv6)?;
+        let netns = Netns::create(name)?;
         let host_interface = format!("vp{}", self.pods.len());
         self.netns.add_veth(&host_interface, &netns, "eth0")?;
         self.netns.set_up(&host_interface)?;
@@ -504,22 +498,6 @@ fn connect_nodes_like_flannel(nodes: &[Node]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A namespace with IPv6 off, so neighbour discovery and MLD chatter never
-/// shows up in packet counts of IPv4 tests.
-pub fn create_ipv4_only_netns(name: String) -> anyhow::Result<Netns> {
-    create_netns(name, false)
-}
-
-/// A namespace with IPv6 on (as on a real node) or off.
-pub fn create_netns(name: String, ipv6: bool) -> anyhow::Result<Netns> {
-    let netns = Netns::create(name)?;
-    if !ipv6 {
-        netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-    }
-    Ok(netns)
-}
-
 pub struct Cluster {
     // Field order is drop order: nodes (agents, pods) first.
     pub nodes: Vec<Node>,
@@ -539,11 +517,11 @@ impl Cluster {
         if spec.pods != PodWiring::Handmade && spec.forwarding != Forwarding::Dataplane {
             bail!("CNI-made pods are for dataplane clusters");
         }
-        let underlay = create_netns(format!("{prefix}-ul"), spec.ipv6)?;
+        let underlay = Netns::create(format!("{prefix}-ul"))?;
         underlay.add_bridge("br0")?;
 
-        let gateway = create_netns(format!("{prefix}-gw"), spec.ipv6)?;
-        let external = create_netns(format!("{prefix}-ext"), spec.ipv6)?;
+        let gateway = Netns::create(format!("{prefix}-gw"))?;
+        let external = Netns::create(format!("{prefix}-ext"))?;
         plug_into_underlay(&underlay, &gateway, "gw", GATEWAY_UNDERLAY_IP)?;
         gateway.sysctl("net.ipv4.ip_forward", "1")?;
         gateway.add_veth("ext0", &external, "eth0")?;
@@ -582,7 +560,7 @@ impl Cluster {
 
     fn add_node(&mut self, prefix: &str, index: usize, spec: ClusterSpec) -> anyhow::Result<()> {
         let octet = u8::try_from(index).context("too many nodes")?;
-        let netns = create_netns(format!("{prefix}-n{index}"), spec.ipv6)?;
+        let netns = Netns::create(format!("{prefix}-n{index}"))?;
         let ip = Ipv4Addr::new(192, 0, 2, 10 + octet);
         plug_into_underlay(&self.underlay, &netns, &format!("n{index}"), ip)?;
         netns.add_route(DEFAULT_ROUTE, NextHop::Gateway(GATEWAY_UNDERLAY_IP))?;
@@ -614,7 +592,6 @@ impl Cluster {
             pod_prefix: format!("{prefix}-n{index}c"),
             agent_environment: Vec::new(),
             cni: None,
-            ipv6: spec.ipv6,
         };
         if spec.forwarding == Forwarding::Bridge {
             let gateway = Ipv4Network::new(bridge_gateway(pod_cidr), pod_cidr.prefix())?;

@@ -137,25 +137,6 @@ impl Netns {
             .collect())
     }
 
-    /// Packets received on `name` so far.
-    pub fn rx_packets(&self, name: &str) -> anyhow::Result<u64> {
-        let links = self
-            .handle()
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        let messages: Vec<_> = self.block_on(async { Ok(links.try_collect().await?) })?;
-        messages
-            .iter()
-            .flat_map(|message| &message.attributes)
-            .find_map(|attribute| match attribute {
-                LinkAttribute::Stats64(stats) => Some(stats.rx_packets),
-                _ => None,
-            })
-            .with_context(|| format!("no statistics for {name} in {}", self.name()))
-    }
-
     fn set_link(&self, message: rtnetlink::packet_route::link::LinkMessage) -> anyhow::Result<()> {
         let request = self.handle().link().set(message).execute();
         self.block_on(async { Ok(request.await?) })

@@ -210,6 +210,30 @@ impl Netns {
         Ok(value.trim().to_string())
     }
 
+    /// A counter of the namespace's /proc/net/snmp, e.g. ("Icmp", "InEchos").
+    fn snmp_counter(&self, group: &str, name: &str) -> anyhow::Result<u64> {
+        // /proc/thread-self/net shows the namespace of the reading thread.
+        let text = dataplane_user::netns::run_in(Path::new(&self.path()), || {
+            std::fs::read_to_string("/proc/thread-self/net/snmp")
+        })??;
+        let prefix = format!("{group}:");
+        let mut lines = text.lines().filter(|line| line.starts_with(&prefix));
+        let (names, values) = (lines.next(), lines.next());
+        names
+            .zip(values)
+            .and_then(|(names, values)| {
+                let position = names.split_whitespace().position(|field| field == name)?;
+                values.split_whitespace().nth(position)?.parse().ok()
+            })
+            .with_context(|| format!("no {group} {name} in {}'s /proc/net/snmp", self.name))
+    }
+
+    /// IPv4 packets the namespace has received so far (IPv6 neighbour
+    /// discovery and multicast listener chatter not included).
+    pub fn ipv4_received(&self) -> anyhow::Result<u64> {
+        self.snmp_counter("Ip", "InReceives")
+    }
+
     /// Pings `destination` `count` times (50 ms apart, 1 s wait) with `options`;
     /// an error, carrying ping's output, unless every reply came back.
     pub fn ping(

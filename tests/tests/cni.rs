@@ -9,7 +9,7 @@ use std::{
 
 use dataplane_tests::{
     Cluster, ClusterSpec, Netns, Node,
-    cluster::{EXTERNAL_HOST_IP, VXLAN_POD_MTU, create_ipv4_only_netns},
+    cluster::{EXTERNAL_HOST_IP, VXLAN_POD_MTU},
     cni::{CniNetwork, MainPlugin, environment, expect_code, pod_ip},
     traffic::tcp_round_trip,
 };
@@ -42,7 +42,7 @@ fn network(cluster: &Cluster, node: &Node) -> CniNetwork {
 fn create_pod(node: &Node, network: &CniNetwork) -> anyhow::Result<CniPod> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let number = NEXT.fetch_add(1, Ordering::Relaxed);
-    let netns = create_ipv4_only_netns(format!("{}{number}", node.pod_prefix))?;
+    let netns = Netns::create(format!("{}{number}", node.pod_prefix))?;
     let container_id = format!("container{number}");
     let result = network.add(&container_id, &netns, "eth0")?;
     let ip = pod_ip(&result)?;
@@ -90,7 +90,7 @@ fn config_1_1(network: &CniNetwork, prev_result: Option<&Value>) -> Value {
 /// A pod namespace joined to the node by a bare veth (`host` on the node,
 /// MTU 1500 on both ends): what a main plugin leaves for the dataplane.
 fn bare_veth(node: &Node, host: &str) -> anyhow::Result<Netns> {
-    let netns = create_ipv4_only_netns(format!("{}{host}", node.pod_prefix))?;
+    let netns = Netns::create(format!("{}{host}", node.pod_prefix))?;
     node.netns.add_veth(host, &netns, "eth0")?;
     node.netns.set_up(host)?;
     netns.set_up("eth0")?;
@@ -252,7 +252,7 @@ fn status_gc_and_an_agent_that_is_down() -> anyhow::Result<()> {
         network.dataplane_plugin(&status, &config_1_1(&network, None).to_string()),
         50,
     )?;
-    let spare = create_ipv4_only_netns(format!("{}spare", node.pod_prefix))?;
+    let spare = Netns::create(format!("{}spare", node.pod_prefix))?;
     let error = network
         .add("retry-me", &spare, "eth0")
         .expect_err("ADD without an agent");

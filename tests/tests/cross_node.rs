@@ -111,11 +111,11 @@ fn vxlan_from_an_address_that_is_not_a_node_is_dropped_and_counted() -> anyhow::
     cluster.speak_vxlan_from_gateway(node, pod)?;
 
     let before = node.counter("drop_unknown_tunnel_source")?;
-    let received = pod.netns.rx_packets("eth0")?;
+    let received = pod.netns.ipv4_received()?;
     assert!(gateway.ping(pod.ip, 5, &[]).is_err());
     assert!(node.counter("drop_unknown_tunnel_source")? >= before + 5);
     assert_eq!(
-        pod.netns.rx_packets("eth0")?,
+        pod.netns.ipv4_received()?,
         received,
         "injected packets reached the pod"
     );

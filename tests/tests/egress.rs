@@ -248,7 +248,7 @@ fn unsolicited_inbound_to_the_nat_range_reaches_no_pod() -> anyhow::Result<()> {
     let cluster = cluster(1, 1);
     let node = &cluster.nodes[0];
     let pod = &node.pods[0];
-    let received = pod.netns.rx_packets("eth0")?;
+    let received = pod.netns.ipv4_received()?;
     let node_ip = node.ip;
     joined(in_netns(&cluster.external, move || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
@@ -259,7 +259,7 @@ fn unsolicited_inbound_to_the_nat_range_reaches_no_pod() -> anyhow::Result<()> {
     }))?;
     std::thread::sleep(Duration::from_millis(200));
     assert!(node.counter("drop_nat_no_mapping")? >= 3);
-    assert_eq!(pod.netns.rx_packets("eth0")?, received);
+    assert_eq!(pod.netns.ipv4_received()?, received);
     Ok(())
 }
 

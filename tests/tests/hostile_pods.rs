@@ -17,12 +17,8 @@ use dataplane_tests::{
 use nix::libc;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-fn cluster_with_ipv6(pods: usize) -> Cluster {
-    Cluster::new(ClusterSpec {
-        ipv6: true,
-        ..ClusterSpec::dataplane(1, pods)
-    })
-    .expect("building the netns cluster")
+fn one_node(pods: usize) -> Cluster {
+    Cluster::new(ClusterSpec::dataplane(1, pods)).expect("building the netns cluster")
 }
 
 /// The prefix the hostile router advertisement offers for SLAAC.
@@ -69,7 +65,7 @@ fn advertise_as_router(pod: &Netns, interface: &str) -> anyhow::Result<()> {
 
 #[test]
 fn a_pod_can_neither_reach_nor_reconfigure_its_node_over_ipv6() -> anyhow::Result<()> {
-    let cluster = cluster_with_ipv6(2);
+    let cluster = one_node(2);
     let node = &cluster.nodes[0];
     let (pod, other) = (&node.pods[0], &node.pods[1]);
     let dropped = node.counter("drop_pod_not_ipv4")?;
@@ -145,7 +141,7 @@ fn send_frames(pod: &Netns, interface: &str, frame: Vec<u8>, count: usize) -> an
 
 #[test]
 fn a_pod_cannot_put_vlan_tags_on_the_underlay() -> anyhow::Result<()> {
-    let cluster = cluster_with_ipv6(1);
+    let cluster = one_node(1);
     let node = &cluster.nodes[0];
     let pod = &node.pods[0];
     // An echo request to the outside tagged with VLAN 5, as a pod with a VLAN
@@ -185,7 +181,7 @@ fn with_ip_bytes(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn martian_non_unicast_and_malformed_packets_from_a_pod_go_nowhere() -> anyhow::Result<()> {
-    let cluster = cluster_with_ipv6(1);
+    let cluster = one_node(1);
     let node = &cluster.nodes[0];
     let pod = &node.pods[0];
     let gateway_mac = node.netns.mac_of(&pod.host_interface)?;
@@ -234,7 +230,7 @@ fn martian_non_unicast_and_malformed_packets_from_a_pod_go_nowhere() -> anyhow::
 
 #[test]
 fn a_fragment_of_vxlan_from_the_underlay_is_not_decapsulated() -> anyhow::Result<()> {
-    let cluster = cluster_with_ipv6(1);
+    let cluster = one_node(1);
     let node = &cluster.nodes[0];
     let pod = &node.pods[0];
     // The first piece of a VXLAN datagram to the node, for its pod, sent by

@@ -55,14 +55,14 @@ fn spoofed_source_is_dropped_and_counted() -> anyhow::Result<()> {
     for spoofed in [impersonated.ip, Ipv4Addr::new(10, 244, 0, 99)] {
         node.prepare_spoofing(attacker, spoofed)?;
         let before = node.counter("drop_spoofed_source")?;
-        let received_before = victim.netns.rx_packets("eth0")?;
+        let received_before = victim.netns.ipv4_received()?;
         let spoofed_source = spoofed.to_string();
         let sent = attacker.netns.ping(victim.ip, 5, &["-I", &spoofed_source]);
         assert!(sent.is_err(), "spoofed ping from {spoofed} was answered");
         let dropped = node.counter("drop_spoofed_source")? - before;
         assert!(dropped >= 5, "only {dropped} spoofed packets counted");
         assert_eq!(
-            victim.netns.rx_packets("eth0")?,
+            victim.netns.ipv4_received()?,
             received_before,
             "spoofed packets reached {}",
             victim.ip
@@ -81,7 +81,7 @@ fn unknown_pod_address_is_dropped_not_leaked() -> anyhow::Result<()> {
     let before = node.counter("drop_unknown_endpoint")?;
     let received_before: Vec<u64> = node.pods[1..]
         .iter()
-        .map(|pod| pod.netns.rx_packets("eth0"))
+        .map(|pod| pod.netns.ipv4_received())
         .collect::<Result<_, _>>()?;
 
     assert!(node.pods[0].ping(unknown, 5).is_err());
@@ -89,7 +89,7 @@ fn unknown_pod_address_is_dropped_not_leaked() -> anyhow::Result<()> {
     assert!(node.counter("drop_unknown_endpoint")? >= before + 5);
     for (pod, before) in node.pods[1..].iter().zip(received_before) {
         assert_eq!(
-            pod.netns.rx_packets("eth0")?,
+            pod.netns.ipv4_received()?,
             before,
             "{} received leaked packets",
             pod.ip
