@@ -382,7 +382,8 @@ counters! {
     drop DropSpoofedSource = "spoofed_source";
     /// Destination in the local pod CIDR without a registered endpoint.
     drop DropUnknownEndpoint = "unknown_endpoint";
-    /// TTL would reach zero on forwarding.
+    /// TTL would reach zero on forwarding: a pod's packet is answered with
+    /// ICMP time exceeded (counted here too), others are dropped.
     drop DropTtlExceeded = "ttl_exceeded";
     /// Truncated or malformed header.
     drop DropMalformed = "malformed";

@@ -64,7 +64,13 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
     }
 
     let config = node_config();
-    match lookup(dst, &config) {
+    let destination = lookup(dst, &config);
+    // A packet this node would forward with its last hop used up is answered
+    // as a router answers it, before anything (a NAT entry) is made for it.
+    if ip.ttl <= 1 && forwards(&destination) {
+        return Ok(icmp::time_exceeded(ctx, &config));
+    }
+    match destination {
         Destination::LocalPod(destination) => {
             forward_hop(ctx)?;
             deliver(ctx, &destination, Redirect::Peer, Counter::ForwardedLocal)
@@ -77,6 +83,16 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
         Destination::UnknownNode => Err(Counter::DropUnknownNode),
         Destination::Outside => outside(ctx, &config, src, dst),
     }
+}
+
+/// Whether the packet to `destination` leaves through this node (rather than
+/// being dropped or handed to its stack, which does its own TTL handling).
+#[inline(always)]
+fn forwards(destination: &Destination) -> bool {
+    matches!(
+        destination,
+        Destination::LocalPod(_) | Destination::RemotePod(_) | Destination::Outside
+    )
 }
 
 /// Not a pod address and not this node: another node, or the world.

@@ -1,7 +1,8 @@
-//! ICMP: the message types the programs read or send, and "fragmentation
-//! needed" for packets too big for the tunnel, answered the way a router
-//! would (RFC 1191): the pod learns the path MTU instead of having its packet
-//! fragmented or lost.
+//! ICMP: the message types the programs read or send, and the errors a
+//! router sends a pod: "fragmentation needed" for packets too big for the
+//! tunnel (RFC 1191: the pod learns the path MTU instead of having its packet
+//! fragmented or lost), and "time exceeded" for packets whose TTL runs out
+//! (so traceroute from a pod shows this node).
 
 use core::mem::{offset_of, size_of};
 
@@ -38,6 +39,8 @@ pub fn echo_id(icmp: &Icmpv4Hdr) -> [u8; 2] {
 
 /// Code of `DEST_UNREACH`: fragmentation needed and DF set.
 const FRAG_NEEDED: u8 = 4;
+/// Code of `TIME_EXCEEDED`: the TTL ran out in transit.
+const TTL_EXCEEDED_IN_TRANSIT: u8 = 0;
 
 const DONT_FRAGMENT: u8 = 0b010;
 /// Type of service of the errors sent: precedence "internetwork control",
@@ -53,10 +56,10 @@ pub struct Quote {
     pub payload: [u8; 8],
 }
 
-/// A fragmentation-needed error, whole.
+/// An ICMP error to a pod, whole.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct FragNeeded {
+struct IcmpError {
     eth: EthHdr,
     ip: Ipv4Hdr,
     icmp: Icmpv4Hdr,
@@ -82,18 +85,38 @@ pub fn exceeds_mtu(ctx: &TcContext, mtu: u32) -> bool {
 // Out of line: its buffers would otherwise sit in every caller's stack frame.
 #[inline(never)]
 pub fn frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> i32 {
-    finish(ctx, try_frag_needed(ctx, config, mtu))
+    let next_hop_mtu = [0, 0, (mtu >> 8) as u8, mtu as u8];
+    let error = (DEST_UNREACH, FRAG_NEEDED, next_hop_mtu);
+    finish(ctx, send_error(ctx, config, error, Counter::DropFragNeeded))
 }
 
+/// Turns the packet, whose TTL would run out here, into an ICMP time
+/// exceeded from this node to its sender, sent back as `frag_needed` does.
+#[inline(never)]
+pub fn time_exceeded(ctx: &TcContext, config: &NodeConfig) -> i32 {
+    let error = (TIME_EXCEEDED, TTL_EXCEEDED_IN_TRANSIT, [0; 4]);
+    finish(
+        ctx,
+        send_error(ctx, config, error, Counter::DropTtlExceeded),
+    )
+}
+
+/// Replaces the packet with the ICMP error (type, code, rest of header)
+/// quoting it, counted under `counter` whether it is sent or not.
 #[inline(always)]
-fn try_frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> Outcome {
+fn send_error(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    (type_, code, data): (u8, u8, [u8; 4]),
+    counter: Counter,
+) -> Outcome {
     let original: EthHdr = load(ctx, 0)?;
     let quote: Quote = load(ctx, IP_AT)?;
     if quote.ip.vihl != PLAIN_VIHL {
         // Options in the header would not fit the quote; such packets are rare.
-        return Err(Counter::DropFragNeeded);
+        return Err(counter);
     }
-    let mut reply = FragNeeded {
+    let mut reply = IcmpError {
         eth: EthHdr {
             dst_addr: original.src_addr,
             src_addr: original.dst_addr,
@@ -102,7 +125,7 @@ fn try_frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> Outcome {
         ip: Ipv4Hdr {
             vihl: PLAIN_VIHL,
             tos: INTERNETWORK_CONTROL,
-            tot_len: ((size_of::<FragNeeded>() - IP_AT) as u16).to_be_bytes(),
+            tot_len: ((size_of::<IcmpError>() - IP_AT) as u16).to_be_bytes(),
             id: [0; 2],
             frags: [0; 2],
             ttl: 64,
@@ -112,11 +135,10 @@ fn try_frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> Outcome {
             dst_addr: quote.ip.src_addr,
         },
         icmp: Icmpv4Hdr {
-            type_: DEST_UNREACH,
-            code: FRAG_NEEDED,
+            type_,
+            code,
             check: [0; 2],
-            // Unused 16 bits, then the next-hop MTU.
-            data: [0, 0, (mtu >> 8) as u8, mtu as u8],
+            data,
         },
         quote,
     };
@@ -125,16 +147,16 @@ fn try_frag_needed(ctx: &TcContext, config: &NodeConfig, mtu: u32) -> Outcome {
     reply.icmp.check = icmp_check.to_be_bytes();
 
     // SAFETY: plain helper call; packet pointers are not used after it.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, size_of::<FragNeeded>() as u32, 0) } < 0
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, size_of::<IcmpError>() as u32, 0) } < 0
         || ctx.store(0, &reply, 0).is_err()
     {
-        return Err(Counter::DropFragNeeded);
+        return Err(counter);
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(ingress_ifindex(ctx), 0) } as i32;
     if action == TC_ACT_REDIRECT {
-        Ok(verdict(ctx, Counter::DropFragNeeded, action))
+        Ok(verdict(ctx, counter, action))
     } else {
-        Err(Counter::DropFragNeeded)
+        Err(counter)
     }
 }

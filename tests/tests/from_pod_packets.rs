@@ -70,17 +70,40 @@ fn local_delivery_rewrites_macs_and_decrements_ttl_with_a_valid_checksum() {
 }
 
 #[test]
-fn expiring_ttl_is_dropped_and_counted() {
+fn expiring_ttl_is_answered_with_time_exceeded_before_any_state() {
     let mut fixture = Fixture::new().unwrap();
+    // To a pod here, to a remote pod, to the outside (no NAT entry made).
+    for (ttl, destination) in [
+        (1, POD_B_IP),
+        (0, POD_B_IP),
+        (1, REMOTE_POD_IP),
+        (1, EXTERNAL_IP),
+    ] {
+        let packet = ipv4_frame(POD_A_IP, destination, ttl, 7);
+        let (verdict, reply) = fixture.run(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "sent back to the pod");
+        assert_eq!(
+            (&reply[0..6], &reply[6..12]),
+            (&POD_A_MAC[..], &HOST_A_MAC[..])
+        );
+        let ip = &reply[14..34];
+        assert_eq!(
+            (ip[9], &ip[12..16], &ip[16..20]),
+            (1, &NODE_IP.octets()[..], &POD_A_IP.octets()[..])
+        );
+        assert_eq!(checksum(ip), 0);
+        let icmp = &reply[34..];
+        assert_eq!((icmp[0], icmp[1]), (11, 0), "time exceeded in transit");
+        assert_eq!(checksum(icmp), 0);
+        assert_eq!(&icmp[8..], &packet[14..14 + 28], "quotes the original");
+    }
+    assert_eq!(fixture.counter("drop_ttl_exceeded"), 4);
+    assert_eq!(fixture.counter("masqueraded"), 0);
+    // TTL 1 is enough to reach the node itself.
     assert_eq!(
-        fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 1, 7)).0,
-        TC_ACT_SHOT
+        fixture.run(&ipv4_frame(POD_A_IP, NODE_IP, 1, 7)).0,
+        TC_ACT_OK
     );
-    assert_eq!(
-        fixture.run(&ipv4_frame(POD_A_IP, POD_B_IP, 0, 7)).0,
-        TC_ACT_SHOT
-    );
-    assert_eq!(fixture.counter("drop_ttl_exceeded"), 2);
 }
 
 #[test]

@@ -252,3 +252,27 @@ fn a_fragment_of_vxlan_from_the_underlay_is_not_decapsulated() -> anyhow::Result
     assert_eq!(node.counter("decapsulated_to_pod")?, 0);
     Ok(())
 }
+
+#[test]
+fn a_pod_whose_ttl_runs_out_hears_time_exceeded_from_its_node() -> anyhow::Result<()> {
+    let cluster = one_node(2);
+    let node = &cluster.nodes[0];
+    let pod = &node.pods[0];
+    for destination in [node.pods[1].ip, EXTERNAL_HOST_IP] {
+        let destination = destination.to_string();
+        let output = pod
+            .netns
+            .command("ping")?
+            .args(["-c", "1", "-t", "1", "-W", "1", &destination])
+            .output()?;
+        let printed = String::from_utf8_lossy(&output.stdout);
+        let expected = format!("From {} icmp_seq=1 Time to live exceeded", node.ip);
+        assert!(printed.contains(&expected), "to {destination}: {printed}");
+    }
+    assert_eq!(
+        node.counter("masqueraded")?,
+        0,
+        "NAT state for an expired packet"
+    );
+    Ok(())
+}
