@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use dataplane_user::interfaces::{Interface, Interfaces};
-use futures::TryStreamExt as _;
+use futures::{Stream, TryStreamExt as _};
 use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
 use rtnetlink::{
@@ -90,6 +90,22 @@ impl Netns {
             .with_context(|| format!("netlink request in {}", self.name()))
     }
 
+    /// Sends one request and waits for the kernel's acknowledgement.
+    fn request(
+        &self,
+        request: impl Future<Output = Result<(), rtnetlink::Error>>,
+    ) -> anyhow::Result<()> {
+        self.block_on(async { Ok(request.await?) })
+    }
+
+    /// Every message a dump request returns.
+    fn dump<T>(
+        &self,
+        replies: impl Stream<Item = Result<T, rtnetlink::Error>>,
+    ) -> anyhow::Result<Vec<T>> {
+        self.block_on(async { Ok(replies.try_collect().await?) })
+    }
+
     fn handle(&self) -> &Handle {
         &self.netlink().handle
     }
@@ -120,7 +136,7 @@ impl Netns {
     /// Index and name of every interface of the namespace, loopback included.
     pub fn links(&self) -> anyhow::Result<Vec<(u32, String)>> {
         let links = self.handle().link().get().execute();
-        let messages: Vec<_> = self.block_on(async { Ok(links.try_collect().await?) })?;
+        let messages = self.dump(links)?;
         Ok(messages
             .into_iter()
             .map(|message| {
@@ -139,7 +155,7 @@ impl Netns {
 
     fn set_link(&self, message: rtnetlink::packet_route::link::LinkMessage) -> anyhow::Result<()> {
         let request = self.handle().link().set(message).execute();
-        self.block_on(async { Ok(request.await?) })
+        self.request(request)
     }
 
     pub fn set_up(&self, name: &str) -> anyhow::Result<()> {
@@ -167,13 +183,13 @@ impl Netns {
     pub fn delete_link(&self, name: &str) -> anyhow::Result<()> {
         let index = self.index_of(name)?;
         let request = self.handle().link().del(index).execute();
-        self.block_on(async { Ok(request.await?) })
+        self.request(request)
             .with_context(|| format!("deleting {name}"))
     }
 
     fn add_link(&self, message: rtnetlink::packet_route::link::LinkMessage) -> anyhow::Result<()> {
         let request = self.handle().link().add(message).execute();
-        self.block_on(async { Ok(request.await?) })
+        self.request(request)
     }
 
     /// A veth pair: `local` here, `remote` inside `peer`, both down.
@@ -230,7 +246,7 @@ impl Netns {
             .address()
             .add(index, IpAddr::V4(address.ip()), address.prefix())
             .execute();
-        self.block_on(async { Ok(request.await?) })
+        self.request(request)
             .with_context(|| format!("address {address} on {name}"))
     }
 
@@ -265,7 +281,7 @@ impl Netns {
                 .output_interface(self.index_of(device)?),
         };
         let request = self.handle().route().add(route.build()).execute();
-        self.block_on(async { Ok(request.await?) })
+        self.request(request)
             .with_context(|| format!("route to {destination} ({next_hop:?})"))
     }
 
@@ -277,7 +293,7 @@ impl Netns {
             .output_interface(device_index)
             .build();
         let request = self.handle().route().add(route).execute();
-        self.block_on(async { Ok(request.await?) })
+        self.request(request)
             .with_context(|| format!("route to {pod}"))
     }
 
@@ -291,7 +307,7 @@ impl Netns {
             .state(NeighbourState::Permanent)
             .replace()
             .execute();
-        self.block_on(async { Ok(request.await?) })
+        self.request(request)
             .with_context(|| format!("neighbour {ip} at {mac} on {device}"))
     }
 
@@ -340,7 +356,7 @@ impl Netns {
             .destination_prefix(destination, 32)
             .build();
         let replies = self.handle().route().get(query).execute();
-        let routes: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        let routes = self.dump(replies)?;
         let mut lookup = RouteLookup {
             source: None,
             mtu: None,
@@ -367,7 +383,7 @@ impl Netns {
     pub fn routes_within(&self, within: Ipv4Network) -> anyhow::Result<Vec<Ipv4Network>> {
         let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let replies = self.handle().route().get(dump).execute();
-        let routes: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        let routes = self.dump(replies)?;
         Ok(routes
             .iter()
             .filter_map(|route| {
@@ -396,7 +412,7 @@ impl Netns {
             .get()
             .set_link_index_filter(index)
             .execute();
-        let messages: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        let messages = self.dump(replies)?;
         Ok(messages
             .iter()
             .filter(|message| !message.header.flags.contains(AddressHeaderFlags::Tentative))
@@ -413,7 +429,7 @@ impl Netns {
     pub fn has_ipv6_default_route(&self) -> anyhow::Result<bool> {
         let dump = RouteMessageBuilder::<Ipv6Addr>::new().build();
         let replies = self.handle().route().get(dump).execute();
-        let routes: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        let routes = self.dump(replies)?;
         Ok(routes.iter().any(|route| {
             route.header.destination_prefix_length == 0 && route.header.kind == RouteType::Unicast
         }))
@@ -445,7 +461,7 @@ impl Netns {
             .get()
             .set_address_family(AddressFamily::Inet)
             .execute();
-        let messages: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        let messages = self.dump(replies)?;
         Ok(messages
             .into_iter()
             .filter_map(|message| {
@@ -478,7 +494,7 @@ impl Netns {
             .get()
             .set_address_family(AddressFamily::Bridge)
             .execute();
-        let messages: Vec<_> = self.block_on(async { Ok(replies.try_collect().await?) })?;
+        let messages = self.dump(replies)?;
         Ok(messages
             .iter()
             .filter(|message| message.header.ifindex == index)

@@ -288,6 +288,41 @@ pub fn icmp(kind: u8, code: u8, rest_of_header: [u8; 4], body: &[u8]) -> Vec<u8>
     [header.to_bytes().as_slice(), body].concat()
 }
 
+/// `frame` (Ethernet + IPv4) with the IPv4 header's bytes from `at` replaced
+/// by `bytes` and its checksum made valid again: a crafted header field.
+pub fn with_ip_bytes(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+    const CHECKSUM_AT: usize = 14 + 10;
+    frame[14 + at..14 + at + bytes.len()].copy_from_slice(bytes);
+    frame[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&[0, 0]);
+    let sum = checksum(&frame[14..34]);
+    frame[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+/// The ICMP message of `reply`, an ICMP error this node sent pod A about the
+/// frame `original`, once checked: from the node to pod A through its veth,
+/// both checksums valid, quoting the original's IPv4 header and 8 bytes.
+pub fn icmp_error_to_pod_a<'a>(reply: &'a [u8], original: &[u8]) -> &'a [u8] {
+    assert_eq!(
+        (&reply[0..6], &reply[6..12]),
+        (&POD_A_MAC[..], &HOST_A_MAC[..])
+    );
+    let ip = &reply[14..34];
+    assert_eq!(
+        (ip[9], &ip[12..16], &ip[16..20]),
+        (1, &NODE_IP.octets()[..], &POD_A_IP.octets()[..])
+    );
+    assert_eq!(checksum(ip), 0);
+    let icmp = &reply[34..];
+    assert_eq!(checksum(icmp), 0);
+    assert_eq!(
+        &icmp[8..],
+        &original[14..14 + 28],
+        "quotes the original header and 8 bytes"
+    );
+    icmp
+}
+
 /// Checks every checksum of an Ethernet + IPv4 frame: the IPv4 header's and
 /// the TCP, UDP (unless 0: none) or ICMP one.
 pub fn assert_checksums_valid(frame: &[u8]) {

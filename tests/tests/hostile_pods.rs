@@ -11,7 +11,7 @@ use dataplane_tests::{
     Cluster, ClusterSpec, Netns,
     cluster::{EXTERNAL_HOST_IP, GATEWAY_UNDERLAY_IP},
     eventually,
-    test_run::{checksum, ipv4_frame, vxlan_frame},
+    test_run::{ipv4_frame, vxlan_frame, with_ip_bytes},
     traffic::{in_netns, joined},
 };
 use nix::libc;
@@ -167,16 +167,6 @@ fn a_pod_cannot_put_vlan_tags_on_the_underlay() -> anyhow::Result<()> {
     // Untagged, the same request goes out and is answered.
     pod.ping(EXTERNAL_HOST_IP, 1)?;
     Ok(())
-}
-
-/// `frame` with its IPv4 header's bytes at `at` replaced and the header
-/// checksum made valid again.
-fn with_ip_bytes(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
-    frame[14 + at..14 + at + bytes.len()].copy_from_slice(bytes);
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let sum = checksum(&frame[14..34]);
-    frame[24..26].copy_from_slice(&sum.to_be_bytes());
-    frame
 }
 
 #[test]

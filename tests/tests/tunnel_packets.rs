@@ -99,39 +99,17 @@ fn oversized_packets_get_icmp_fragmentation_needed() {
     let (verdict, reply) = fixture.run(&packet);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back to the pod");
     assert_eq!(reply.len(), 14 + 20 + 8 + 28);
-    assert_eq!(&reply[0..6], &POD_A_MAC);
-    assert_eq!(&reply[6..12], &HOST_A_MAC);
-    let ip = &reply[14..34];
-    assert_eq!(
-        (ip[9], &ip[12..16], &ip[16..20]),
-        (1, &NODE_IP.octets()[..], &POD_A_IP.octets()[..])
-    );
-    assert_eq!(checksum(ip), 0);
-    let icmp = &reply[34..];
+    let icmp = icmp_error_to_pod_a(&reply, &packet);
     assert_eq!(
         (icmp[0], icmp[1]),
         (3, 4),
         "destination unreachable, fragmentation needed"
     );
     assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), TUNNEL_MTU as u16);
-    assert_eq!(checksum(icmp), 0);
-    assert_eq!(
-        &icmp[8..],
-        &packet[14..14 + 28],
-        "quotes the original header and 8 bytes"
-    );
     assert_eq!(fixture.counter("drop_frag_needed"), 1);
 
     // Without DF the packet is not refused: the outer packet may be fragmented.
-    let mut may_fragment = packet.clone();
-    may_fragment[14 + 6] = 0;
-    let sum = checksum(&{
-        let mut header = may_fragment[14..34].to_vec();
-        header[10] = 0;
-        header[11] = 0;
-        header
-    });
-    may_fragment[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    let may_fragment = with_ip_bytes(packet.clone(), 6, &[0]);
     let (verdict, out) = fixture.run(&may_fragment);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_vxlan_to(&out, REMOTE_NODE_IP);
@@ -231,11 +209,7 @@ fn fragmented_vxlan_is_dropped_not_decapsulated_as_if_whole() {
     // A first fragment (more fragments), and a later one (an offset) whose
     // payload happens to read as a UDP header to the VXLAN port.
     for flags_and_offset in [0x2000u16, 0x0010] {
-        let mut piece = whole.clone();
-        piece[20..22].copy_from_slice(&flags_and_offset.to_be_bytes());
-        piece[24..26].copy_from_slice(&[0, 0]);
-        let sum = checksum(&piece[14..34]);
-        piece[24..26].copy_from_slice(&sum.to_be_bytes());
+        let piece = with_ip_bytes(whole.clone(), 6, &flags_and_offset.to_be_bytes());
         let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &piece);
         assert_eq!(verdict, TC_ACT_SHOT, "{flags_and_offset:#06x}");
     }
