@@ -63,10 +63,14 @@ impl Fixture {
         require_root()?;
         loader::ensure_bpffs_mounted()?;
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}-unit", unique_prefix()));
-        let mut ebpf = loader::load(&loader::pin_directory(&pin_root))
-            .with_context(|| format!("loading with pins under {}", pin_root.display()))?;
+        let loaded = loader::load(&loader::pin_directory(&pin_root))
+            .with_context(|| format!("loading with pins under {}", pin_root.display()))
+            .and_then(|mut ebpf| Ok((Maps::take_from(&mut ebpf)?, ebpf)));
+        // Maps are pinned before a program can fail to load: nothing is left behind.
+        let (maps, ebpf) = loaded.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&pin_root);
+        })?;
         // From here on, dropping the fixture removes the pins.
-        let maps = Maps::take_from(&mut ebpf)?;
         let mut fixture = Self {
             ebpf,
             maps,
