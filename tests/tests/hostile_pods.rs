@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use dataplane_tests::{
-    Cluster, ClusterSpec, Netns,
+    Cluster, ClusterSpec, MainPlugin, Netns,
     cluster::{EXTERNAL_HOST_IP, GATEWAY_UNDERLAY_IP},
     eventually,
     test_run::{ipv4_frame, vxlan_frame, with_ip_bytes},
@@ -17,7 +17,16 @@ use dataplane_tests::{
 use nix::libc;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+/// One node whose pods the real `ptp` plugin made, as on a user's node.
 fn one_node(pods: usize) -> Cluster {
+    Cluster::new(ClusterSpec::dataplane(1, pods).with_real_plugin(MainPlugin::Ptp))
+        .expect("building the netns cluster")
+}
+
+/// One node with pods wired by hand and registered with `dataplane endpoint
+/// add`: host veths keep the kernel's defaults (`ptp` switches `accept_ra`
+/// off on the ones it makes), the case a pod's router advertisement hits.
+fn one_node_with_handmade_pods(pods: usize) -> Cluster {
     Cluster::new(ClusterSpec::dataplane(1, pods)).expect("building the netns cluster")
 }
 
@@ -65,7 +74,16 @@ fn advertise_as_router(pod: &Netns, interface: &str) -> anyhow::Result<()> {
 
 #[test]
 fn a_pod_can_neither_reach_nor_reconfigure_its_node_over_ipv6() -> anyhow::Result<()> {
-    let cluster = one_node(2);
+    ipv6_from_a_pod_changes_nothing(&one_node_with_handmade_pods(2))
+}
+
+#[test]
+fn a_ptp_pod_can_neither_reach_nor_reconfigure_its_node_over_ipv6() -> anyhow::Result<()> {
+    ipv6_from_a_pod_changes_nothing(&one_node(2))
+}
+
+/// A pod's router advertisements and IPv6 probes reach nothing on its node.
+fn ipv6_from_a_pod_changes_nothing(cluster: &Cluster) -> anyhow::Result<()> {
     let node = &cluster.nodes[0];
     let (pod, other) = (&node.pods[0], &node.pods[1]);
     let dropped = node.counter("drop_pod_not_ipv4")?;
