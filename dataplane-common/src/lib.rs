@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -18,6 +18,7 @@ pub mod names {
     pub const NAT_MAP: &str = "NAT";
     pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
     pub const HOST_ADDRESSES_MAP: &str = "HOST_ADDRESSES";
+    pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
     pub const MONITOR_MAP: &str = "MONITOR";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
@@ -36,6 +37,10 @@ pub const MAX_REMOTE_NODES: u32 = 16_384;
 
 /// Capacity of the NAT table: two entries (egress + reply) per connection.
 pub const MAX_NAT_ENTRIES: u32 = 262_144;
+
+/// Capacity of the fragment records of translated replies (datagrams in
+/// flight at once; the oldest record gives way when it is full).
+pub const MAX_FRAGMENTS: u32 = 8192;
 
 /// Capacity of the non-masquerade CIDR list.
 pub const MAX_NO_MASQUERADE: u32 = 1024;
@@ -280,6 +285,26 @@ pub mod conn_state {
     pub const CLOSING: u8 = 2;
 }
 
+/// What the pod side of a TCP connection last sent, kept in the egress half
+/// so that a FIN or RST in the reply direction is believed only when it fits
+/// the connection (the check Linux conntrack's `tcp_in_window` makes).
+/// Sequence numbers in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PodSegment {
+    /// The sequence number after the pod's furthest segment (its SYN and
+    /// FIN count one): what an answer to it acknowledges.
+    pub next_seq: u32,
+    /// What the pod last acknowledged: where the other side's next segment starts.
+    pub ack: u32,
+    /// The window the pod last offered, as on the wire (unscaled).
+    pub window: u16,
+    /// 1 once the pod has sent an ACK (`ack` and `window` hold).
+    pub acked: u8,
+    pub _pad: u8,
+}
+
 /// One half of a NAT mapping. For an egress entry `addr:port` is the node's
 /// address and SNAT port; for a reply entry, the pod's.
 #[repr(C)]
@@ -293,6 +318,35 @@ pub struct NatEntry {
     pub _pad: u8,
     /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet of this half.
     pub last_seen_ns: u64,
+    /// TCP egress halves only (zero elsewhere).
+    pub pod_segment: PodSegment,
+    pub _pad2: u32,
+}
+
+/// A fragmented datagram, as its pieces all carry it: the first piece alone
+/// has the ports, so the later ones are translated by what it recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragmentKey {
+    pub src: Ipv4Octets,
+    pub dst: Ipv4Octets,
+    /// The IPv4 identification field, as on the wire.
+    pub id: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Where the later pieces of a translated reply go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragmentRecord {
+    pub pod: Ipv4Octets,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns when the first piece was translated; the record is
+    /// used for as long as Linux waits for a datagram's pieces (30 s).
+    pub first_seen_ns: u64,
 }
 
 /// Packets and bytes seen by one counter on one CPU.
@@ -451,6 +505,12 @@ counters! {
     /// VXLAN whose outer IPv4 header is a fragment: nodes never fragment the
     /// tunnel, and a piece must not be decapsulated as if it were whole.
     drop DropTunnelFragment = "tunnel_fragment";
+    /// A FIN or RST in the reply direction of a masqueraded connection that
+    /// does not fit it (sequence outside what the pod acknowledged and
+    /// offered): delivered to the pod, whose stack judges it, but the
+    /// connection's tracking is not shortened by it (counted beside the
+    /// packet's path).
+    path NatCloseIgnored = "nat_close_ignored";
 }
 
 impl Counter {
@@ -471,6 +531,8 @@ mod user {
     unsafe impl aya::Pod for super::CounterValue {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentRecord {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::EventBudget {}
     unsafe impl aya::Pod for super::PacketEvent {}
@@ -485,7 +547,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 34);
+        assert_eq!(Counter::COUNT, 35);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 
@@ -548,7 +610,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
         assert_eq!(core::mem::size_of::<NodeConfig>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
-        assert_eq!(core::mem::size_of::<NatEntry>(), 16);
+        assert_eq!(core::mem::size_of::<NatEntry>(), 32);
+        assert_eq!(core::mem::size_of::<PodSegment>(), 12);
+        assert_eq!(core::mem::size_of::<FragmentKey>(), 12);
+        assert_eq!(core::mem::size_of::<FragmentRecord>(), 16);
         assert_eq!(core::mem::size_of::<PacketEvent>(), 24);
         assert_eq!(core::mem::size_of::<TunnelRoute>(), 4);
         assert_eq!(core::mem::size_of::<RemoteNode>(), 8);

@@ -14,8 +14,9 @@ use crate::{maps::COUNTERS, monitor};
 /// finished). Steps chain with `?`.
 pub type Outcome<T = i32> = Result<T, Counter>;
 
+/// Counts `counter` for the packet, beside the verdict it will get.
 #[inline(always)]
-fn count(ctx: &TcContext, counter: Counter) {
+pub fn count(ctx: &TcContext, counter: Counter) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {

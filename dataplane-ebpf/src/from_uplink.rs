@@ -29,6 +29,15 @@ struct UdpPacket {
     udp: UdpHdr,
 }
 
+/// The headers every IPv4 packet has: all a short one (the last piece of a
+/// fragmented datagram can be) is looked at for.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IpPacket {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
+
 pub fn handle(ctx: &TcContext) -> i32 {
     let config = node_config();
     if !config.tunnel_enabled() {
@@ -36,18 +45,31 @@ pub fn handle(ctx: &TcContext) -> i32 {
     }
     // Cheap test first: IPv4, UDP, to the VXLAN port of this node.
     let Ok(outer) = ctx.load::<UdpPacket>(0) else {
-        return TC_ACT_OK;
+        return short_packet(ctx, &config);
     };
     if outer.eth.ether_type != EtherType::Ipv4 as u16 {
         return TC_ACT_OK;
     }
+    // A later fragment's first bytes are payload, not a UDP header.
     let is_vxlan_to_us = outer.ip.proto == UDP
         && outer.ip.dst_addr == config.node_ip
-        && outer.udp.dst == config.vxlan_port.to_be_bytes();
+        && outer.udp.dst == config.vxlan_port.to_be_bytes()
+        && outer.ip.frag_offset() == 0;
     if is_vxlan_to_us {
         from_node(ctx, &config)
     } else {
         finish(ctx, not_tunnelled(ctx, &config, &outer.ip))
+    }
+}
+
+/// Too short to be UDP: IPv4 ones can still be a reply's last piece.
+#[inline(always)]
+fn short_packet(ctx: &TcContext, config: &NodeConfig) -> i32 {
+    match ctx.load::<IpPacket>(0) {
+        Ok(packet) if packet.eth.ether_type == EtherType::Ipv4 as u16 => {
+            finish(ctx, not_tunnelled(ctx, config, &packet.ip))
+        }
+        _ => TC_ACT_OK,
     }
 }
 

@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, Ipv4Octets,
-    MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES,
-    MonitorConfig, NatEntry, NodeConfig, RemoteNode, TunnelRoute,
+    Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, FragmentKey,
+    FragmentRecord, Ipv4Octets, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode,
+    TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -28,6 +29,12 @@ pub static REMOTE_NODES: HashMap<Ipv4Octets, RemoteNode> = HashMap::pinned(MAX_R
 /// Both halves of every masqueraded connection (see nat.rs).
 #[map(name = "NAT")]
 pub static NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 0);
+
+/// Where the later pieces of a fragmented reply to a masqueraded connection
+/// go (see nat.rs). LRU: a record nobody needs any more gives way.
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentRecord> =
+    LruHashMap::pinned(MAX_FRAGMENTS, 0);
 
 /// Destinations outside the cluster that pods reach with their own address.
 #[map(name = "NO_MASQUERADE")]

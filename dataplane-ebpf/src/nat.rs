@@ -20,15 +20,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, checksum, conn_state, nat_direction,
+    Counter, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, PodSegment,
+    checksum, conn_state, nat_direction,
 };
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    counters::Outcome,
+    counters::{Outcome, count},
     icmp::{DEST_UNREACH, ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, TIME_EXCEEDED, echo_id},
-    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
-    maps::NAT,
+    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
+    maps::{FRAGMENTS, NAT},
     packet::{IP_AT, L4_AT, load},
 };
 
@@ -46,6 +47,20 @@ const QUOTE_PAYLOAD_AT: usize = QUOTE_AT + Ipv4Hdr::LEN;
 const PORT_SEARCH_TRIES: u32 = 32;
 /// `last_seen_ns` is rewritten at most this often per half (fewer map writes).
 const REFRESH_NS: u64 = 1_000_000_000;
+/// How long a reply's later pieces are translated after its first one: as
+/// long as Linux keeps an incomplete datagram (`ipfrag_time`).
+const FRAGMENT_LIFETIME_NS: u64 = 30_000_000_000;
+
+/// What a TCP segment says about its sender's side of the connection.
+#[derive(Clone, Copy)]
+struct Segment {
+    seq: u32,
+    /// The sequence number after it (SYN and FIN count one).
+    end: u32,
+    /// The acknowledgement number, when the ACK flag is set.
+    ack: Option<u32>,
+    window: u16,
+}
 
 /// The transport fields of a packet that NAT looks at and rewrites.
 struct Transport {
@@ -61,6 +76,8 @@ struct Transport {
     checksum_optional: bool,
     /// The state this packet moves its half of the connection to.
     state: u8,
+    /// TCP only.
+    segment: Option<Segment>,
 }
 
 /// Reads the transport fields of a packet whose IPv4 header is `ip` (only
@@ -81,6 +98,10 @@ fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transport> {
         TCP => {
             let tcp: TcpHdr = ctx.load(L4_AT).ok()?;
             let closing = tcp.fin() != 0 || tcp.rst() != 0;
+            let headers = Ipv4Hdr::LEN as u32 + u32::from(tcp.doff()) * 4;
+            let payload = u32::from(ip.tot_len()).saturating_sub(headers);
+            let seq = u32::from_be_bytes(tcp.seq);
+            let flags_len = u32::from(tcp.syn() != 0) + u32::from(tcp.fin() != 0);
             let translated = if egress {
                 offset_of!(TcpHdr, source)
             } else {
@@ -99,6 +120,12 @@ fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transport> {
                 } else {
                     established
                 },
+                segment: Some(Segment {
+                    seq,
+                    end: seq.wrapping_add(payload + flags_len),
+                    ack: (tcp.ack() != 0).then(|| u32::from_be_bytes(tcp.ack_seq)),
+                    window: u16::from_be_bytes(tcp.window),
+                }),
             })
         }
         UDP => {
@@ -117,6 +144,7 @@ fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transport> {
                 pseudo_header: true,
                 checksum_optional: true,
                 state: established,
+                segment: None,
             })
         }
         ICMP => {
@@ -138,6 +166,7 @@ fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transport> {
                 pseudo_header: false,
                 checksum_optional: false,
                 state: established,
+                segment: None,
             })
         }
         _ => None,
@@ -159,6 +188,19 @@ fn raw4(bytes: Ipv4Octets) -> u64 {
 #[inline(always)]
 fn raw2(bytes: [u8; 2]) -> u64 {
     u64::from(u16::from_ne_bytes(bytes))
+}
+
+/// Replaces the address at `address_at`, keeping the IPv4 checksum right:
+/// all a later fragment needs (it carries no transport header).
+#[inline(always)]
+fn rewrite_address(
+    ctx: &TcContext,
+    address_at: usize,
+    (old_address, new_address): (Ipv4Octets, Ipv4Octets),
+) -> Outcome<()> {
+    ctx.l3_csum_replace(IP_CHECKSUM_AT, raw4(old_address), raw4(new_address), 4)
+        .and_then(|()| ctx.store(address_at, &new_address, 0))
+        .map_err(|_| Counter::DropMalformed)
 }
 
 /// Replaces the address at `address_at` and the port at `transport.port_at`,
@@ -204,6 +246,34 @@ fn rewrite(
     rewritten.map_err(|_| Counter::DropMalformed)
 }
 
+/// What the pod side of a connection has sent, after its segment `segment`.
+#[inline(always)]
+fn pod_side_after(mut pod: PodSegment, segment: &Segment) -> PodSegment {
+    // Sequence numbers wrap: "after" is within half the space ahead.
+    if pod.next_seq == 0 || (segment.end.wrapping_sub(pod.next_seq) as i32) > 0 {
+        pod.next_seq = segment.end;
+    }
+    if let Some(ack) = segment.ack {
+        pod.ack = ack;
+        pod.window = segment.window;
+        pod.acked = 1;
+    }
+    pod
+}
+
+/// Whether a FIN or RST from the other side fits what the pod sent: it
+/// acknowledges exactly the pod's furthest segment (a refused SYN's reset
+/// does), or it starts within the window the pod offered from what it
+/// acknowledged last (the window as on the wire: its scale is not tracked,
+/// so a wide window is taken narrower, which a legitimate close, sent at
+/// the edge the pod acknowledged, does not need). A blind sender guesses a
+/// 32-bit number against either.
+#[inline(always)]
+fn fits_pod_side(segment: &Segment, pod: &PodSegment) -> bool {
+    segment.ack == Some(pod.next_seq)
+        || (pod.acked != 0 && segment.seq.wrapping_sub(pod.ack) <= u32::from(pod.window))
+}
+
 /// Brings one half up to date with a packet just seen.
 #[inline(always)]
 fn refresh(entry: *mut NatEntry, state: u8, now: u64) {
@@ -220,7 +290,13 @@ fn refresh(entry: *mut NatEntry, state: u8, now: u64) {
 
 /// Reserves a port for the connection `egress` and inserts both halves.
 #[inline(always)]
-fn allocate(egress: &FlowKey, config: &NodeConfig, state: u8, now: u64) -> Outcome<[u8; 2]> {
+fn allocate(
+    egress: &FlowKey,
+    config: &NodeConfig,
+    transport: &Transport,
+    now: u64,
+) -> Outcome<[u8; 2]> {
+    let state = transport.state;
     let range = u32::from(config.nat_port_max.saturating_sub(config.nat_port_min)) + 1;
     for attempt in 0..PORT_SEARCH_TRIES {
         let port = if attempt == 0 && in_port_range(config, egress.src_port) {
@@ -243,14 +319,18 @@ fn allocate(egress: &FlowKey, config: &NodeConfig, state: u8, now: u64) -> Outco
             addr: egress.src,
             port: egress.src_port,
             state,
-            _pad: 0,
             last_seen_ns: now,
+            ..NatEntry::default()
         };
         match NAT.insert(reply, to_pod, u64::from(BPF_NOEXIST)) {
             Ok(()) => {
                 let to_node = NatEntry {
                     addr: config.node_ip,
                     port,
+                    pod_segment: transport
+                        .segment
+                        .map(|segment| pod_side_after(PodSegment::default(), &segment))
+                        .unwrap_or_default(),
                     ..to_pod
                 };
                 if NAT.insert(egress, to_node, u64::from(BPF_ANY)).is_err() {
@@ -276,6 +356,9 @@ pub fn masquerade(
     dst: Ipv4Octets,
 ) -> Outcome<()> {
     let ip: Ipv4Hdr = load(ctx, IP_AT)?;
+    if ip.frag_offset() != 0 {
+        return rewrite_address(ctx, IP_SOURCE_AT, (src, config.node_ip));
+    }
     let transport = transport(ctx, &ip, true).ok_or(Counter::DropNatUnsupported)?;
     let egress = FlowKey {
         src,
@@ -292,9 +375,14 @@ pub fn masquerade(
         Some(entry) => {
             refresh(entry, transport.state, now);
             // SAFETY: as in `refresh`.
-            unsafe { (*entry).port }
+            unsafe {
+                if let Some(segment) = &transport.segment {
+                    (*entry).pod_segment = pod_side_after((*entry).pod_segment, segment);
+                }
+                (*entry).port
+            }
         }
-        None => allocate(&egress, config, transport.state, now)?,
+        None => allocate(&egress, config, &transport, now)?,
     };
     rewrite(
         ctx,
@@ -314,6 +402,9 @@ pub fn translate_reply(
     config: &NodeConfig,
     ip: &Ipv4Hdr,
 ) -> Outcome<Option<Ipv4Octets>> {
+    if ip.frag_offset() != 0 {
+        return translate_later_fragment(ctx, config, ip);
+    }
     if ip.proto == ICMP
         && let Ok(kind) = ctx.load::<u8>(L4_AT + offset_of!(Icmpv4Hdr, type_))
         && (kind == DEST_UNREACH || kind == TIME_EXCEEDED)
@@ -336,10 +427,19 @@ pub fn translate_reply(
         _pad: [0; 2],
     };
     let entry = NAT.get_ptr_mut(reply).ok_or(Counter::DropNatNoMapping)?;
-    // SAFETY: plain helper call.
-    refresh(entry, transport.state, unsafe { bpf_ktime_get_ns() });
     // SAFETY: as in `refresh`.
     let (pod, pod_port) = unsafe { ((*entry).addr, (*entry).port) };
+    let mut state = transport.state;
+    if let Some(segment) = &transport.segment
+        && state == conn_state::CLOSING
+        && !closes_pod_side(&reply, pod, pod_port, segment)
+    {
+        count(ctx, Counter::NatCloseIgnored);
+        state = conn_state::ESTABLISHED;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    refresh(entry, state, now);
     rewrite(
         ctx,
         &transport,
@@ -347,7 +447,73 @@ pub fn translate_reply(
         (config.node_ip, pod),
         (transport.dst_port, pod_port),
     )?;
+    if is_fragment(ip) {
+        remember_fragment(ip, pod, now);
+    }
     Ok(Some(pod))
+}
+
+/// Records where the later pieces of the datagram whose first piece is `ip`
+/// go. Best effort: without the record, they go to the node's stack.
+// Out of line, as `closes_pod_side`: the reply path's stack stays small.
+#[inline(never)]
+fn remember_fragment(ip: &Ipv4Hdr, pod: Ipv4Octets, now: u64) {
+    let record = FragmentRecord {
+        pod,
+        _pad: 0,
+        first_seen_ns: now,
+    };
+    let _ = FRAGMENTS.insert(&fragment_key(ip), &record, u64::from(BPF_ANY));
+}
+
+/// Whether the reply FIN or RST `segment` of the connection whose reply half
+/// is `reply` (to `pod`:`pod_port`) fits what the pod sent.
+#[inline(never)]
+fn closes_pod_side(reply: &FlowKey, pod: Ipv4Octets, pod_port: [u8; 2], segment: &Segment) -> bool {
+    let egress = FlowKey {
+        src: pod,
+        dst: reply.src,
+        src_port: pod_port,
+        dst_port: reply.src_port,
+        protocol: reply.protocol,
+        direction: nat_direction::EGRESS,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { NAT.get(egress) }.is_some_and(|egress| fits_pod_side(segment, &egress.pod_segment))
+}
+
+#[inline(always)]
+fn fragment_key(ip: &Ipv4Hdr) -> FragmentKey {
+    FragmentKey {
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        id: ip.id,
+        protocol: ip.proto,
+        _pad: 0,
+    }
+}
+
+/// A later piece of a datagram to the node IP: to the pod its first piece
+/// went to, or `None` (the node's own datagram, or a piece that came before
+/// its first one, which the node's stack then holds).
+#[inline(always)]
+fn translate_later_fragment(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    ip: &Ipv4Hdr,
+) -> Outcome<Option<Ipv4Octets>> {
+    // SAFETY: the value is copied out at once.
+    let Some(record) = (unsafe { FRAGMENTS.get(&fragment_key(ip)) }).copied() else {
+        return Ok(None);
+    };
+    // SAFETY: plain helper call.
+    let age = unsafe { bpf_ktime_get_ns() }.saturating_sub(record.first_seen_ns);
+    if age > FRAGMENT_LIFETIME_NS {
+        return Ok(None);
+    }
+    rewrite_address(ctx, IP_DESTINATION_AT, (config.node_ip, record.pod))?;
+    Ok(Some(record.pod))
 }
 
 /// An ICMP error (unreachable, fragmentation needed, time exceeded) about a

@@ -223,7 +223,8 @@ mod tests {
     use std::mem::size_of;
 
     use dataplane_common::{
-        Counter, CounterValue, Endpoint, FlowKey, MAX_ENDPOINTS, MAX_NAT_ENTRIES, NatEntry,
+        Counter, CounterValue, Endpoint, FlowKey, FragmentKey, FragmentRecord, MAX_ENDPOINTS,
+        MAX_FRAGMENTS, MAX_NAT_ENTRIES, NatEntry,
     };
 
     use super::*;
@@ -240,7 +241,7 @@ mod tests {
     #[test]
     fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
         let layouts = expected_layouts().unwrap();
-        assert_eq!(layouts.len(), 11, "{layouts:?}");
+        assert_eq!(layouts.len(), 12, "{layouts:?}");
         let endpoints = layout(names::ENDPOINTS_MAP);
         assert_eq!(endpoints.key_size, 4);
         assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());
@@ -249,6 +250,14 @@ mod tests {
         assert_eq!(nat.key_size as usize, size_of::<FlowKey>());
         assert_eq!(nat.value_size as usize, size_of::<NatEntry>());
         assert_eq!(nat.max_entries, MAX_NAT_ENTRIES);
+        let fragments = layout(names::FRAGMENTS_MAP);
+        assert_eq!(fragments.key_size as usize, size_of::<FragmentKey>());
+        assert_eq!(fragments.value_size as usize, size_of::<FragmentRecord>());
+        assert_eq!(fragments.max_entries, MAX_FRAGMENTS);
+        assert_eq!(
+            fragments.map_type,
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32
+        );
         // LPM trie keys are {u32 prefix length, address}; tries need NO_PREALLOC.
         let routes = layout(names::TUNNEL_ROUTES_MAP);
         assert_eq!(routes.key_size, 8);

@@ -170,16 +170,16 @@ mod tests {
             addr: NODE,
             port: 61000u16.to_be_bytes(),
             state: egress_state,
-            _pad: 0,
             last_seen_ns: egress_seen,
+            ..NatEntry::default()
         };
         let reply = partner(&egress, &to_node);
         let to_pod = NatEntry {
             addr: POD,
             port: 40000u16.to_be_bytes(),
             state: reply_state,
-            _pad: 0,
             last_seen_ns: reply_seen,
+            ..NatEntry::default()
         };
         assert_eq!(partner(&reply, &to_pod), egress, "partners are symmetric");
         vec![(egress, to_node), (reply, to_pod)]

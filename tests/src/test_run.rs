@@ -253,8 +253,21 @@ pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> 
 
 /// A TCP segment with `flags` (FIN 0x01 ... URG 0x20) and a valid checksum.
 pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    tcp_segment(src, dst, flags, (1, 0), 0xffff)
+}
+
+/// As `tcp`, with sequence and acknowledgement numbers `(seq, ack)` and a
+/// window.
+pub fn tcp_segment(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    window: u16,
+) -> Vec<u8> {
     const PAYLOAD: &[u8] = b"payload!";
-    let mut header = TcpHeader::new(src.1, dst.1, 1, 0xffff);
+    let mut header = TcpHeader::new(src.1, dst.1, seq, window);
+    header.acknowledgment_number = ack;
     [
         header.fin, header.syn, header.rst, header.psh, header.ack, header.urg,
     ] = std::array::from_fn(|bit| flags & (1 << bit) != 0);
@@ -290,6 +303,51 @@ pub fn icmp(kind: u8, code: u8, rest_of_header: [u8; 4], body: &[u8]) -> Vec<u8>
     };
     let header = Icmpv4Header::with_checksum(icmp_type, body);
     [header.to_bytes().as_slice(), body].concat()
+}
+
+/// `frame` (Ethernet + IPv4 without options) cut into fragments carrying
+/// `piece_len` bytes of its payload each (a multiple of 8, the last one
+/// less), with identification `id`, each header checksum valid.
+pub fn fragments(frame: &[u8], piece_len: usize, id: u16) -> Vec<Vec<u8>> {
+    let (headers, payload) = frame.split_at(34);
+    payload
+        .chunks(piece_len)
+        .enumerate()
+        .map(|(index, piece)| {
+            let offset = (index * piece_len / 8) as u16;
+            let more = if (index + 1) * piece_len < payload.len() {
+                0x2000
+            } else {
+                0
+            };
+            let total = (20 + piece.len()) as u16;
+            let unchecked = [headers, piece].concat();
+            let fields = [
+                total.to_be_bytes(),
+                id.to_be_bytes(),
+                (more | offset).to_be_bytes(),
+            ]
+            .concat();
+            with_ip_bytes(unchecked, 2, &fields)
+        })
+        .collect()
+}
+
+/// The IPv4 payload of `pieces` (fragments as `fragments` cuts them, in any
+/// order) put back together behind the first piece's headers, the total
+/// length and fragment fields of a whole datagram, to check its checksums.
+pub fn reassembled(pieces: &[Vec<u8>]) -> Vec<u8> {
+    let offset =
+        |piece: &Vec<u8>| usize::from(u16::from_be_bytes([piece[20], piece[21]]) & 0x1fff) * 8;
+    let mut sorted: Vec<&Vec<u8>> = pieces.iter().collect();
+    sorted.sort_by_key(|piece| offset(piece));
+    let payload: Vec<u8> = sorted
+        .iter()
+        .flat_map(|piece| piece[34..].to_vec())
+        .collect();
+    let total = (20 + payload.len()) as u16;
+    let whole = [&sorted[0][..34], &payload].concat();
+    with_ip_bytes(with_ip_bytes(whole, 2, &total.to_be_bytes()), 6, &[0, 0])
 }
 
 /// `frame` (Ethernet + IPv4) with the IPv4 header's bytes from `at` replaced

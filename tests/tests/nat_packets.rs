@@ -4,10 +4,14 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane_common::names;
+use dataplane_common::{conn_state, names, nat_direction};
 use dataplane_tests::test_run::*;
+use dataplane_user::maps::NatMap;
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 const TCP_SYN_ACK: u8 = 0x12;
 
 /// Address and port fields of an IPv4 + TCP/UDP frame.
@@ -232,4 +236,153 @@ fn protocols_nat_cannot_translate_are_dropped() {
     let (verdict, _) = run_egress(&mut fixture, 47, &[0u8; 16]);
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(fixture.counter("drop_nat_unsupported"), 1);
+}
+
+/// The frame's pieces as `program` leaves them, each redirected.
+fn run_pieces(fixture: &mut Fixture, program: &str, pieces: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    pieces
+        .iter()
+        .map(|piece| {
+            let (verdict, out) = fixture.run_program(program, piece);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "piece {:02x?}", &piece[14..34]);
+            assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum");
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn fragmented_datagrams_are_translated_both_ways_and_going_out_in_any_order() {
+    let mut fixture = Fixture::new().unwrap();
+    let payload: Vec<u8> = (0..200u8).collect();
+    let datagram = udp_frame((POD_A_IP, 5353), (EXTERNAL_IP, 53), &payload);
+    let mut pieces = fragments(&datagram, 64, 0x4242);
+    assert_eq!(pieces.len(), 4);
+    // The pod's later pieces first: they need nothing the first one leaves.
+    pieces.rotate_left(1);
+    let out = run_pieces(&mut fixture, names::FROM_POD_PROGRAM, &pieces);
+    for piece in &out {
+        assert_eq!(&piece[26..30], &NODE_IP.octets(), "source is the node");
+    }
+    for (sent, piece) in pieces.iter().zip(&out).take(3) {
+        assert_eq!(&piece[34..], &sent[34..], "a later piece's bytes untouched");
+    }
+    let whole = reassembled(&out);
+    assert_checksums_valid(&whole);
+    let ((_, port), _) = addresses(&whole);
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port), "{port}");
+    assert_eq!(fixture.counter("masqueraded"), 4);
+
+    // A fragmented answer: the first piece records where the rest go.
+    let answer = on_uplink(ipv4_packet(
+        EXTERNAL_IP,
+        NODE_IP,
+        17,
+        &udp_frame((EXTERNAL_IP, 53), (NODE_IP, port), &payload)[34..],
+    ));
+    let pieces = fragments(&answer, 64, 0x0777);
+    let back = run_pieces(&mut fixture, names::FROM_UPLINK_PROGRAM, &pieces);
+    for piece in &back {
+        assert_eq!(&piece[30..34], &POD_A_IP.octets(), "to the pod");
+        assert_eq!(&piece[0..6], &POD_A_MAC);
+    }
+    let whole = reassembled(&back);
+    assert_checksums_valid(&whole);
+    assert_eq!(addresses(&whole).1, (POD_A_IP, 5353));
+    assert_eq!(fixture.counter("nat_reply_to_pod"), 4);
+
+    // A later piece of another datagram (its first not seen), and one of the
+    // node's own: to the node's stack, untouched.
+    for id in [0x0778, 0x0999] {
+        let stray = fragments(&answer, 64, id).remove(2);
+        let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &stray);
+        assert_eq!((verdict, out), (TC_ACT_OK, stray));
+    }
+    // The last piece can be shorter than a UDP header.
+    let short = on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 17, &[0; 195]));
+    let tail = fragments(&short, 192, 0x0777).remove(1);
+    assert_eq!(tail.len(), 14 + 20 + 3);
+    let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &tail);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[30..34], &POD_A_IP.octets());
+}
+
+/// The state of the connection whose reply half is keyed by a packet from
+/// `remote` to the node's `port` (TCP), as the programs left it.
+fn reply_state(nat: &NatMap, remote: (Ipv4Addr, u16), port: u16) -> u8 {
+    nat.entries()
+        .unwrap()
+        .into_iter()
+        .find(|(key, _)| {
+            key.direction == nat_direction::REPLY
+                && key.src == remote.0.octets()
+                && key.src_port == remote.1.to_be_bytes()
+                && key.dst_port == port.to_be_bytes()
+        })
+        .map(|(_, entry)| entry.state)
+        .expect("the connection is tracked")
+}
+
+#[test]
+fn a_reply_fin_or_reset_closes_only_when_it_fits_what_the_pod_sent() {
+    let mut fixture = Fixture::new().unwrap();
+    let nat = fixture.maps.take_nat().unwrap();
+    let (pod, server) = ((POD_A_IP, 40001), (EXTERNAL_IP, 443));
+    let from_pod = |fixture: &mut Fixture, flags, numbers| {
+        let (verdict, _) = run_egress(fixture, 6, &tcp_segment(pod, server, flags, numbers, 1000));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+    };
+    let from_server = |fixture: &mut Fixture, flags, numbers| {
+        let segment = tcp_segment(server, (NODE_IP, pod.1), flags, numbers, 0xffff);
+        let (verdict, _) = fixture.run_program(
+            names::FROM_UPLINK_PROGRAM,
+            &on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 6, &segment)),
+        );
+        // Delivered either way: the pod's stack judges it too (RFC 5961).
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+    };
+    // Handshake and 8 bytes each way: the pod acknowledged up to 5009 and
+    // offers a window of 1000.
+    from_pod(&mut fixture, TCP_SYN, (1000, 0));
+    from_server(&mut fixture, TCP_SYN_ACK, (5000, 1001));
+    from_pod(&mut fixture, TCP_ACK, (1001, 5009));
+    assert_eq!(reply_state(&nat, server, pod.1), conn_state::ESTABLISHED);
+
+    // Blind: a sequence number outside the window, an acknowledgement that
+    // is not what the pod sent.
+    for (flags, numbers) in [
+        (TCP_RST, (5009 + 100_000, 0)),
+        (TCP_RST | TCP_ACK, (3_000_000_000, 12345)),
+        (TCP_FIN | TCP_ACK, (4_999, 7)),
+    ] {
+        from_server(&mut fixture, flags, numbers);
+        assert_eq!(
+            reply_state(&nat, server, pod.1),
+            conn_state::ESTABLISHED,
+            "flags {flags:#x} at {numbers:?}"
+        );
+    }
+    assert_eq!(fixture.counter("nat_close_ignored"), 3);
+
+    // Within the window the pod offered: believed.
+    from_server(&mut fixture, TCP_RST, (5009 + 500, 0));
+    assert_eq!(reply_state(&nat, server, pod.1), conn_state::CLOSING);
+    assert_eq!(fixture.counter("nat_close_ignored"), 3);
+
+    // A refused connection: the reset acknowledges exactly the pod's SYN (and
+    // the 8 bytes every segment built here carries).
+    let refused = (POD_A_IP, 40002);
+    let (_, out) = run_egress(
+        &mut fixture,
+        6,
+        &tcp_segment(refused, server, TCP_SYN, (7000, 0), 1000),
+    );
+    let ((_, port), _) = addresses(&out);
+    let reset = tcp_segment(server, (NODE_IP, port), TCP_RST | TCP_ACK, (0, 7009), 0);
+    fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 6, &reset)),
+    );
+    assert_eq!(reply_state(&nat, server, port), conn_state::CLOSING);
+    assert_eq!(fixture.counter("nat_close_ignored"), 3);
 }

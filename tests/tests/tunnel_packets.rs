@@ -206,14 +206,17 @@ fn fragmented_vxlan_is_dropped_not_decapsulated_as_if_whole() {
     let mut fixture = Fixture::new().unwrap();
     let inner = ipv4_frame(Ipv4Addr::new(10, 244, 1, 5), POD_B_IP, 63, 4);
     let whole = vxlan_frame(REMOTE_NODE_IP, VNI, &inner);
-    // A first fragment (more fragments), and a later one (an offset) whose
-    // payload happens to read as a UDP header to the VXLAN port.
-    for flags_and_offset in [0x2000u16, 0x0010] {
-        let piece = with_ip_bytes(whole.clone(), 6, &flags_and_offset.to_be_bytes());
-        let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &piece);
-        assert_eq!(verdict, TC_ACT_SHOT, "{flags_and_offset:#06x}");
-    }
-    assert_eq!(fixture.counter("drop_tunnel_fragment"), 2);
+    // A first fragment (more fragments) is dropped.
+    let first = with_ip_bytes(whole.clone(), 6, &0x2000u16.to_be_bytes());
+    let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &first);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("drop_tunnel_fragment"), 1);
+    // A later one (an offset) has no UDP header to tell it by, even when its
+    // payload reads as one to the VXLAN port: it goes to the node's stack,
+    // which never completes the datagram (its first piece was dropped).
+    let later = with_ip_bytes(whole, 6, &0x0010u16.to_be_bytes());
+    let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &later);
+    assert_eq!((verdict, out), (TC_ACT_OK, later));
     assert_eq!(fixture.counter("decapsulated_to_pod"), 0);
 }
 
