@@ -463,7 +463,7 @@ fn remember_fragment(ip: &Ipv4Hdr, pod: Ipv4Octets, now: u64) {
         _pad: 0,
         first_seen_ns: now,
     };
-    let _ = FRAGMENTS.insert(&fragment_key(ip), &record, u64::from(BPF_ANY));
+    let _ = FRAGMENTS.insert(fragment_key(ip), record, u64::from(BPF_ANY));
 }
 
 /// Whether the reply FIN or RST `segment` of the connection whose reply half
@@ -504,7 +504,7 @@ fn translate_later_fragment(
     ip: &Ipv4Hdr,
 ) -> Outcome<Option<Ipv4Octets>> {
     // SAFETY: the value is copied out at once.
-    let Some(record) = (unsafe { FRAGMENTS.get(&fragment_key(ip)) }).copied() else {
+    let Some(record) = (unsafe { FRAGMENTS.get(fragment_key(ip)) }).copied() else {
         return Ok(None);
     };
     // SAFETY: plain helper call.
