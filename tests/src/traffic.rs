@@ -159,7 +159,8 @@ pub fn udp_echo_server(
         ready.send(())?;
         let deadline = Instant::now() + timeout;
         let mut sources = Vec::new();
-        let mut buffer = [0u8; 2048];
+        // Large enough for datagrams the network fragments.
+        let mut buffer = vec![0u8; 65536];
         while sources.len() < datagrams && Instant::now() < deadline {
             match socket.recv_from(&mut buffer) {
                 Ok((length, source)) => {
@@ -190,7 +191,7 @@ pub fn udp_exchange(
 ) -> anyhow::Result<()> {
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
     socket.send_to(payload, destination)?;
-    let mut buffer = [0u8; 2048];
+    let mut buffer = vec![0u8; 65536];
     let (length, source) = socket
         .recv_from(&mut buffer)
         .with_context(|| format!("no echo from {destination}"))?;

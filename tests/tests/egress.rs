@@ -3,10 +3,14 @@
 
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    hash::{BuildHasher, RandomState},
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     thread::JoinHandle,
     time::Duration,
 };
+
+use anyhow::Context as _;
 
 use dataplane_tests::{
     Cluster, ClusterSpec, Node,
@@ -14,6 +18,7 @@ use dataplane_tests::{
     traffic::{in_netns, joined, tcp_round_trip, udp_echo_server, udp_exchange},
 };
 use nix::sys::signal::Signal;
+use socket2::{Domain, Protocol, Socket, Type};
 
 const ECHO_PORT: u16 = 7777;
 
@@ -21,20 +26,19 @@ fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
     Cluster::new(ClusterSpec::dataplane(nodes, pods_per_node)).expect("building the netns cluster")
 }
 
-/// Restarts the agent of `node` with `setting` (`key = value`) in its `[nat]`
-/// section, replacing the key's previous value.
-fn reconfigure_nat(node: &mut Node, setting: &str) -> anyhow::Result<()> {
+/// Restarts the agent of `node` with `settings` (`key = value`) in its
+/// `[nat]` section, replacing the keys' previous values.
+fn reconfigure_nat(node: &mut Node, settings: &[&str]) -> anyhow::Result<()> {
     node.stop_agent(Signal::SIGTERM);
-    let key = setting.split('=').next().unwrap_or_default().trim();
+    let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
+    let replaced: HashSet<String> = settings.iter().map(|setting| key(setting)).collect();
     let config: String = std::fs::read_to_string(&node.config)?
         .lines()
-        .filter(|line| line.split('=').next().unwrap_or_default().trim() != key)
+        .filter(|line| !replaced.contains(&key(line)))
         .map(|line| format!("{line}\n"))
         .collect();
-    std::fs::write(
-        &node.config,
-        config.replace("[nat]\n", &format!("[nat]\n{setting}\n")),
-    )?;
+    let section = format!("[nat]\n{}\n", settings.join("\n"));
+    std::fs::write(&node.config, config.replace("[nat]\n", &section))?;
     node.start_agent()
 }
 
@@ -200,7 +204,7 @@ fn five_thousand_concurrent_flows_without_collision_or_lost_reply() -> anyhow::R
 #[test]
 fn connections_expire_after_their_timeout() -> anyhow::Result<()> {
     let mut cluster = cluster(1, 1);
-    reconfigure_nat(&mut cluster.nodes[0], "udp_timeout_seconds = 2")?;
+    reconfigure_nat(&mut cluster.nodes[0], &["udp_timeout_seconds = 2"])?;
     let node = &cluster.nodes[0];
     let server = external_echo(&cluster, 1, 10)?;
     joined(in_netns(&node.pods[0].netns, || {
@@ -222,7 +226,7 @@ fn connections_expire_after_their_timeout() -> anyhow::Result<()> {
 #[test]
 fn a_tiny_port_range_shows_exhaustion_instead_of_misbehaving() -> anyhow::Result<()> {
     let mut cluster = cluster(1, 1);
-    reconfigure_nat(&mut cluster.nodes[0], "port_range = \"40000-40001\"")?;
+    reconfigure_nat(&mut cluster.nodes[0], &["port_range = \"40000-40001\""])?;
     let node = &cluster.nodes[0];
     let server = external_echo(&cluster, 4, 10)?;
     let outcomes = joined(in_netns(&node.pods[0].netns, || {
@@ -293,5 +297,113 @@ fn icmp_fragmentation_needed_from_the_gateway_reaches_the_right_pod() -> anyhow:
     );
     // TCP adapts to the learned path MTU.
     tcp_round_trip(&cluster.external, EXTERNAL_HOST_IP, &pod.netns, 256 * 1024)?;
+    Ok(())
+}
+
+#[test]
+fn fragmented_datagrams_cross_the_nat_both_ways() -> anyhow::Result<()> {
+    let cluster = cluster(1, 1);
+    let node = &cluster.nodes[0];
+    let pod = &node.pods[0];
+    // 3000 bytes: pieces from the pod (MTU 1450) and from the external host
+    // (1500), as large DNS answers and UDP applications produce them.
+    let server = external_echo(&cluster, 2, 10)?;
+    joined(in_netns(&pod.netns, || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let counting: Vec<u8> = (0..3000u32).map(|byte| byte as u8).collect();
+        udp_exchange(&socket, echo_address(), &counting)?;
+        udp_exchange(&socket, echo_address(), &[0x5a; 3000])
+    }))?;
+    joined(server)?;
+    pod.netns.ping(EXTERNAL_HOST_IP, 3, &["-q", "-s", "3000"])?;
+    // Three pieces per datagram each way, each translated.
+    assert!(node.counter("masqueraded")? >= 15);
+    assert!(node.counter("nat_reply_to_pod")? >= 15);
+    Ok(())
+}
+
+/// Sends a TCP segment with only RST set from `from` (an address of the
+/// namespace the calling thread is in) to `to`, at sequence number `seq`:
+/// what an off-path host forging a peer's address sends.
+fn send_reset(from: SocketAddrV4, to: SocketAddrV4, seq: u32) -> anyhow::Result<()> {
+    let mut header = etherparse::TcpHeader::new(from.port(), to.port(), seq, 0);
+    header.rst = true;
+    header.checksum = header.calc_checksum_ipv4_raw(from.ip().octets(), to.ip().octets(), &[])?;
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
+    socket.send_to(&header.to_bytes(), &SocketAddr::V4(to).into())?;
+    Ok(())
+}
+
+/// Writes `message` on `stream` and reads the echo back.
+fn echoed(stream: &mut TcpStream, message: &[u8]) -> anyhow::Result<()> {
+    stream.write_all(message)?;
+    let mut echo = vec![0; message.len()];
+    stream.read_exact(&mut echo)?;
+    anyhow::ensure!(echo == message, "wrong echo {echo:?}");
+    Ok(())
+}
+
+#[test]
+fn a_blind_reset_does_not_end_an_idle_masqueraded_connection() -> anyhow::Result<()> {
+    let mut cluster = cluster(1, 1);
+    // Time at 1/360 scale: the 6 h idle timeout is 60 s, an hour 10 s, and
+    // a closing connection is forgotten within 2 s. The default port range
+    // (apart from the pod's own ports): a connection forgotten too early
+    // comes back on another port, which the server answers with a reset.
+    reconfigure_nat(
+        &mut cluster.nodes[0],
+        &[
+            "port_range = \"61000-65535\"",
+            "tcp_established_timeout_seconds = 60",
+            "tcp_closing_timeout_seconds = 1",
+            "gc_interval_seconds = 1",
+        ],
+    )?;
+    let node = &cluster.nodes[0];
+    let listener = joined(in_netns(&cluster.external, || {
+        Ok(TcpListener::bind((EXTERNAL_HOST_IP, 0))?)
+    }))?;
+    let SocketAddr::V4(server) = listener.local_addr()? else {
+        unreachable!()
+    };
+    // One connection, echoed until it ends; yields its peer.
+    let echo = std::thread::spawn(move || -> anyhow::Result<SocketAddr> {
+        let (mut stream, peer) = listener.accept()?;
+        let mut buffer = [0; 256];
+        loop {
+            match stream.read(&mut buffer)? {
+                0 => return Ok(peer),
+                length => stream.write_all(&buffer[..length])?,
+            }
+        }
+    });
+    let mut client = joined(in_netns(&node.pods[0].netns, move || {
+        let stream = TcpStream::connect(server)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(stream)
+    }))?;
+    echoed(&mut client, b"before")?;
+    let listed = node.cli(&["nat", "list"])?;
+    let translated = listed
+        .lines()
+        .filter(|line| line.contains("tcp") && line.contains(&server.to_string()))
+        .find_map(|line| {
+            line.split_whitespace()
+                .filter_map(|field| field.parse::<SocketAddrV4>().ok())
+                .find(|address| *address.ip() == node.ip)
+        })
+        .with_context(|| format!("the connection's node address in:\n{listed}"))?;
+
+    let seq = RandomState::new().hash_one(translated) as u32;
+    joined(in_netns(&cluster.external, move || {
+        send_reset(server, translated, seq)
+    }))?;
+    std::thread::sleep(Duration::from_secs(10));
+    echoed(&mut client, b"after an idle hour")
+        .with_context(|| format!("after a reset at sequence {seq}"))?;
+    drop(client);
+    let peer = joined(echo)?;
+    assert_eq!(peer, SocketAddr::V4(translated));
+    assert!(node.counter("nat_close_ignored")? >= 1);
     Ok(())
 }
