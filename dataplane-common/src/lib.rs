@@ -19,6 +19,9 @@ pub mod names {
     pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
     pub const HOST_ADDRESSES_MAP: &str = "HOST_ADDRESSES";
     pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
+    pub const POD_NAT_MAP: &str = "POD_NAT";
+    pub const POD_NAT_CLOSED_MAP: &str = "POD_NAT_CLOSED";
+    pub const UNANSWERED_MAP: &str = "UNANSWERED";
     pub const MONITOR_MAP: &str = "MONITOR";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
@@ -37,6 +40,16 @@ pub const MAX_REMOTE_NODES: u32 = 16_384;
 
 /// Capacity of the NAT table: two entries (egress + reply) per connection.
 pub const MAX_NAT_ENTRIES: u32 = 262_144;
+
+/// Connections a pod may hold at most when its share of the table is 100%.
+pub const MAX_NAT_CONNECTIONS: u32 = MAX_NAT_ENTRIES / 2;
+
+/// Capacity of the queue of connections that have not been answered yet,
+/// the candidates for eviction when the table is full.
+pub const MAX_UNANSWERED: u32 = 65_536;
+
+/// A share of the SNAT ports given as a fraction of this (so 100% fits).
+pub const PORT_SHARE_WHOLE: u32 = 1 << 16;
 
 /// Capacity of the fragment records of translated replies (datagrams in
 /// flight at once; the oldest record gives way when it is full).
@@ -223,6 +236,49 @@ pub struct NodeConfig {
     /// Source ports (or ICMP echo identifiers) SNAT may use, inclusive.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// Of every `PORT_SHARE_WHOLE` ports of the range, how many one pod may
+    /// use toward one destination (which ones depends on the pod: see
+    /// `pod_may_use_port`).
+    pub pod_port_share: u32,
+    /// Connections one pod may hold in the NAT table.
+    pub pod_connection_limit: u32,
+}
+
+/// Whether SNAT may give `pod` the port `port` for a new connection: each
+/// pod has its own pseudo-random `share` (of `PORT_SHARE_WHOLE`) of the
+/// ports, so one pod can never take every port toward one destination, and
+/// another pod finds free ports among the ones the first may not use.
+#[inline(always)]
+pub fn pod_may_use_port(pod: Ipv4Octets, port: u16, share: u32) -> bool {
+    // The finalizer of MurmurHash3: every input bit moves every output bit.
+    let mut hash = u32::from_be_bytes(pod) ^ u32::from(port).wrapping_mul(0x9e37_79b1);
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^= hash >> 16;
+    (hash & (PORT_SHARE_WHOLE - 1)) < share
+}
+
+/// What the programs count for one pod's masqueraded connections (written
+/// by the programs only, with atomic adds). The agent counts the ones it
+/// collected in `POD_NAT_CLOSED`: the pod holds `opened - evicted - closed`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PodNat {
+    pub opened: u64,
+    /// Its connections that never got an answer, removed to make room when
+    /// the table was full.
+    pub evicted: u64,
+    /// New connections refused because the pod held its share of the table.
+    pub refused_share: u64,
+    /// New connections refused for want of a free port (in its share)
+    /// toward the destination.
+    pub refused_ports: u64,
+    /// New connections refused because the table was full and nothing
+    /// could be evicted.
+    pub refused_full: u64,
 }
 
 impl NodeConfig {
@@ -511,6 +567,13 @@ counters! {
     /// connection's tracking is not shortened by it (counted beside the
     /// packet's path).
     path NatCloseIgnored = "nat_close_ignored";
+    /// A pod's new masqueraded connection refused: the pod holds its share
+    /// of the NAT table already.
+    drop DropNatPodShare = "nat_pod_share";
+    /// A connection that never got an answer, removed to make room for a
+    /// new one when the NAT table was full (Linux conntrack's early drop;
+    /// counted beside the new connection's packet).
+    path NatEvicted = "nat_evicted";
 }
 
 impl Counter {
@@ -533,6 +596,7 @@ mod user {
     unsafe impl aya::Pod for super::NatEntry {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentRecord {}
+    unsafe impl aya::Pod for super::PodNat {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::EventBudget {}
     unsafe impl aya::Pod for super::PacketEvent {}
@@ -547,7 +611,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 35);
+        assert_eq!(Counter::COUNT, 37);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 
@@ -593,6 +657,26 @@ mod tests {
     }
 
     #[test]
+    fn each_pod_may_use_its_share_of_the_ports_and_pods_differ() {
+        let half = PORT_SHARE_WHOLE / 2;
+        let usable = |pod| {
+            (61000..=65535u16)
+                .filter(|port| pod_may_use_port(pod, *port, half))
+                .count()
+        };
+        let (a, b) = ([10, 244, 0, 2], [10, 244, 0, 3]);
+        for pod in [a, b] {
+            assert!((2100..2450).contains(&usable(pod)), "{}", usable(pod));
+        }
+        let free_for_b = (61000..=65535u16)
+            .filter(|port| !pod_may_use_port(a, *port, half) && pod_may_use_port(b, *port, half))
+            .count();
+        assert!(free_for_b > 1000, "{free_for_b}");
+        assert!(pod_may_use_port(a, 61000, PORT_SHARE_WHOLE));
+        assert!(!pod_may_use_port(a, 61000, 0));
+    }
+
+    #[test]
     fn cidr_membership() {
         let cidr = Ipv4Cidr::new([10, 244, 1, 0], 24);
         assert!(cidr.contains([10, 244, 1, 7]));
@@ -608,7 +692,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 16);
         assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 40);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 48);
+        assert_eq!(core::mem::size_of::<PodNat>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<NatEntry>(), 32);
         assert_eq!(core::mem::size_of::<PodSegment>(), 12);

@@ -1,6 +1,9 @@
 //! eBPF programs of the pod dataplane: one module per hook, one per concern.
 #![no_std]
 #![no_main]
+// For `atomic_xadd`: the BPF target has no atomic read-modify-write types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod arp;
 mod counters;
@@ -14,6 +17,7 @@ mod local;
 mod maps;
 mod monitor;
 mod nat;
+mod nat_share;
 mod packet;
 mod route;
 mod tunnel;

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
     Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, FragmentKey,
     FragmentRecord, Ipv4Octets, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode,
-    TunnelRoute,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig,
+    PodNat, RemoteNode, TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -29,6 +29,20 @@ pub static REMOTE_NODES: HashMap<Ipv4Octets, RemoteNode> = HashMap::pinned(MAX_R
 /// Both halves of every masqueraded connection (see nat.rs).
 #[map(name = "NAT")]
 pub static NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 0);
+
+/// Each pod's share of the NAT table as the programs count it (pod
+/// addresses come from the node's pod CIDR: the keys are bounded by it).
+#[map(name = "POD_NAT")]
+pub static POD_NAT: HashMap<Ipv4Octets, PodNat> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Each pod's connections the agent collected, written by the agent only.
+#[map(name = "POD_NAT_CLOSED")]
+pub static POD_NAT_CLOSED: HashMap<Ipv4Octets, u64> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Egress keys of new connections, oldest first, the newest kept when full:
+/// where eviction looks for connections that were never answered.
+#[map(name = "UNANSWERED")]
+pub static UNANSWERED: Queue<FlowKey> = Queue::pinned(MAX_UNANSWERED, 0);
 
 /// Where the later pieces of a fragmented reply to a masqueraded connection
 /// go (see nat.rs). LRU: a record nobody needs any more gives way.

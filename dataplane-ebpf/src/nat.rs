@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Counter, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, PodSegment,
-    checksum, conn_state, nat_direction,
+    checksum, conn_state, nat_direction, pod_may_use_port,
 };
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -30,6 +30,7 @@ use crate::{
     icmp::{DEST_UNREACH, ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, TIME_EXCEEDED, echo_id},
     ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
     maps::{FRAGMENTS, NAT},
+    nat_share,
     packet::{IP_AT, L4_AT, load},
 };
 
@@ -43,7 +44,8 @@ const IP_DESTINATION_AT: usize = IP_AT + offset_of!(Ipv4Hdr, dst_addr);
 const QUOTE_AT: usize = L4_AT + Icmpv4Hdr::LEN;
 const QUOTE_PAYLOAD_AT: usize = QUOTE_AT + Ipv4Hdr::LEN;
 
-/// Bounded search for a free port: the original one, then random ones.
+/// Bounded search for a free port: the original one, then random ones (of
+/// which those outside the pod's share are passed over without a map call).
 const PORT_SEARCH_TRIES: u32 = 32;
 /// `last_seen_ns` is rewritten at most this often per half (fewer map writes).
 const REFRESH_NS: u64 = 1_000_000_000;
@@ -288,16 +290,20 @@ fn refresh(entry: *mut NatEntry, state: u8, now: u64) {
     }
 }
 
-/// Reserves a port for the connection `egress` and inserts both halves.
+/// Reserves a port for the connection `egress` and inserts both halves,
+/// within the pod's shares of the table and of the ports.
 #[inline(always)]
 fn allocate(
+    ctx: &TcContext,
     egress: &FlowKey,
     config: &NodeConfig,
     transport: &Transport,
     now: u64,
 ) -> Outcome<[u8; 2]> {
-    let state = transport.state;
+    let pod = egress.src;
+    let counts = nat_share::admit(pod, config)?;
     let range = u32::from(config.nat_port_max.saturating_sub(config.nat_port_min)) + 1;
+    let mut refused = Counter::DropNatExhausted;
     for attempt in 0..PORT_SEARCH_TRIES {
         let port = if attempt == 0 && in_port_range(config, egress.src_port) {
             egress.src_port
@@ -306,44 +312,73 @@ fn allocate(
             let random = unsafe { bpf_get_prandom_u32() };
             ((config.nat_port_min as u32 + random % range) as u16).to_be_bytes()
         };
-        let reply = FlowKey {
-            src: egress.dst,
-            dst: config.node_ip,
-            src_port: egress.dst_port,
-            dst_port: port,
-            protocol: egress.protocol,
-            direction: nat_direction::REPLY,
-            _pad: [0; 2],
-        };
-        let to_pod = NatEntry {
-            addr: egress.src,
-            port: egress.src_port,
-            state,
-            last_seen_ns: now,
-            ..NatEntry::default()
-        };
-        match NAT.insert(reply, to_pod, u64::from(BPF_NOEXIST)) {
+        if !pod_may_use_port(pod, u16::from_be_bytes(port), config.pod_port_share) {
+            continue;
+        }
+        match insert_pair(egress, config, transport, port, now) {
             Ok(()) => {
-                let to_node = NatEntry {
-                    addr: config.node_ip,
-                    port,
-                    pod_segment: transport
-                        .segment
-                        .map(|segment| pod_side_after(PodSegment::default(), &segment))
-                        .unwrap_or_default(),
-                    ..to_pod
-                };
-                if NAT.insert(egress, to_node, u64::from(BPF_ANY)).is_err() {
-                    let _ = NAT.remove(reply);
-                    return Err(Counter::DropNatTableFull);
-                }
+                nat_share::opened(counts, egress);
                 return Ok(port);
             }
             Err(error) if error == -EEXIST => continue,
-            Err(_) => return Err(Counter::DropNatTableFull),
+            // Full: one connection that was never answered makes room.
+            Err(_) => {
+                if nat_share::evict_unanswered(ctx)
+                    && insert_pair(egress, config, transport, port, now).is_ok()
+                {
+                    nat_share::opened(counts, egress);
+                    return Ok(port);
+                }
+                refused = Counter::DropNatTableFull;
+                break;
+            }
         }
     }
-    Err(Counter::DropNatExhausted)
+    nat_share::refused(counts, refused);
+    Err(refused)
+}
+
+/// Inserts both halves of the connection `egress` on the node's `port`: the
+/// reply half first (NOEXIST: `-EEXIST` when the port is taken toward this
+/// destination), then the egress half, or neither.
+#[inline(always)]
+fn insert_pair(
+    egress: &FlowKey,
+    config: &NodeConfig,
+    transport: &Transport,
+    port: [u8; 2],
+    now: u64,
+) -> Result<(), i32> {
+    let reply = FlowKey {
+        src: egress.dst,
+        dst: config.node_ip,
+        src_port: egress.dst_port,
+        dst_port: port,
+        protocol: egress.protocol,
+        direction: nat_direction::REPLY,
+        _pad: [0; 2],
+    };
+    let to_pod = NatEntry {
+        addr: egress.src,
+        port: egress.src_port,
+        state: transport.state,
+        last_seen_ns: now,
+        ..NatEntry::default()
+    };
+    NAT.insert(reply, to_pod, u64::from(BPF_NOEXIST))?;
+    let to_node = NatEntry {
+        addr: config.node_ip,
+        port,
+        pod_segment: transport
+            .segment
+            .map(|segment| pod_side_after(PodSegment::default(), &segment))
+            .unwrap_or_default(),
+        ..to_pod
+    };
+    NAT.insert(egress, to_node, u64::from(BPF_ANY))
+        .inspect_err(|_| {
+            let _ = NAT.remove(reply);
+        })
 }
 
 /// Pod traffic leaving the cluster: the source becomes the node IP and a
@@ -382,7 +417,7 @@ pub fn masquerade(
                 (*entry).port
             }
         }
-        None => allocate(&egress, config, &transport, now)?,
+        None => allocate(ctx, &egress, config, &transport, now)?,
     };
     rewrite(
         ctx,

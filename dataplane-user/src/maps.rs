@@ -8,7 +8,7 @@ use aya::{
 };
 use dataplane_common::{
     Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
-    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, RemoteNode,
+    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode,
     TunnelRoute, names,
 };
 use ipnetwork::Ipv4Network;
@@ -74,13 +74,37 @@ pub struct Maps {
 }
 
 /// The connection table (written by the programs; the agent only lists and
-/// removes entries).
-pub struct NatMap(HashMap<MapData, FlowKey, NatEntry>);
+/// removes entries), with each pod's share of it.
+pub struct NatMap {
+    connections: HashMap<MapData, FlowKey, NatEntry>,
+    /// Written by the programs.
+    pod_nat: HashMap<MapData, Ipv4Octets, PodNat>,
+    /// Written by the agent: connections it collected, per pod.
+    pod_closed: HashMap<MapData, Ipv4Octets, u64>,
+}
+
+/// One pod's share of the NAT table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodNatTotals {
+    pub pod: Ipv4Addr,
+    pub counts: PodNat,
+    pub closed: u64,
+}
+
+impl PodNatTotals {
+    /// Connections the pod holds, as the programs judge its share.
+    pub fn holds(&self) -> u64 {
+        self.counts
+            .opened
+            .saturating_sub(self.counts.evicted)
+            .saturating_sub(self.closed)
+    }
+}
 
 impl NatMap {
     /// Every half of every tracked connection.
     pub fn entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, MapsError> {
-        self.0
+        self.connections
             .iter()
             .collect::<Result<_, _>>()
             .map_err(access(names::NAT_MAP))
@@ -88,7 +112,40 @@ impl NatMap {
 
     /// Removes one half; `Ok(false)` when it was gone already.
     pub fn remove(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
-        removed(self.0.remove(key), names::NAT_MAP)
+        removed(self.connections.remove(key), names::NAT_MAP)
+    }
+
+    /// Adds `connections` to what the agent collected of `pod`'s (only the
+    /// agent writes these, so reading and writing back loses nothing).
+    pub fn add_closed(&mut self, pod: Ipv4Octets, connections: u64) -> Result<(), MapsError> {
+        let before = self.closed(pod)?;
+        self.pod_closed
+            .insert(pod, before + connections, 0)
+            .map_err(access(names::POD_NAT_CLOSED_MAP))
+    }
+
+    /// What the agent collected of `pod`'s connections.
+    fn closed(&self, pod: Ipv4Octets) -> Result<u64, MapsError> {
+        match self.pod_closed.get(&pod, 0) {
+            Ok(closed) => Ok(closed),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(source) => Err(access(names::POD_NAT_CLOSED_MAP)(source)),
+        }
+    }
+
+    /// Every pod that has opened a masqueraded connection, by address.
+    pub fn pods(&self) -> Result<Vec<PodNatTotals>, MapsError> {
+        let mut pods = Vec::new();
+        for item in self.pod_nat.iter() {
+            let (pod, counts) = item.map_err(access(names::POD_NAT_MAP))?;
+            pods.push(PodNatTotals {
+                pod: Ipv4Addr::from(pod),
+                counts,
+                closed: self.closed(pod)?,
+            });
+        }
+        pods.sort_by_key(|totals| totals.pod);
+        Ok(pods)
     }
 }
 
@@ -116,9 +173,14 @@ impl Maps {
                 .map_err(access(names::TUNNEL_ROUTES_MAP))?,
             remote_nodes: HashMap::try_from(take(names::REMOTE_NODES_MAP)?)
                 .map_err(access(names::REMOTE_NODES_MAP))?,
-            nat: Some(NatMap(
-                HashMap::try_from(take(names::NAT_MAP)?).map_err(access(names::NAT_MAP))?,
-            )),
+            nat: Some(NatMap {
+                connections: HashMap::try_from(take(names::NAT_MAP)?)
+                    .map_err(access(names::NAT_MAP))?,
+                pod_nat: HashMap::try_from(take(names::POD_NAT_MAP)?)
+                    .map_err(access(names::POD_NAT_MAP))?,
+                pod_closed: HashMap::try_from(take(names::POD_NAT_CLOSED_MAP)?)
+                    .map_err(access(names::POD_NAT_CLOSED_MAP))?,
+            }),
             no_masquerade: LpmTrie::try_from(take(names::NO_MASQUERADE_MAP)?)
                 .map_err(access(names::NO_MASQUERADE_MAP))?,
             host_addresses: HashMap::try_from(take(names::HOST_ADDRESSES_MAP)?)

@@ -10,14 +10,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::{
-    api::CounterEntry,
+    api::{CounterEntry, PodNatUsage},
     connections,
     state::{Command, StateHandle, TableSizes},
 };
@@ -29,24 +29,94 @@ struct Scrape {
     tables: TableSizes,
 }
 
+/// Label names and values of one series.
+type Labels = Vec<(&'static str, String)>;
+
 fn counter_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    label: &str,
+    label: &'static str,
     values: &[(String, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Counter,
-    )?;
-    for (value_label, value) in values {
-        let labels = [(label.to_string(), value_label.clone())];
-        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+    let series: Vec<(Labels, u64)> = values
+        .iter()
+        .map(|(value_label, value)| (vec![(label, value_label.clone())], *value))
+        .collect();
+    family(encoder, name, help, MetricType::Counter, &series)
+}
+
+/// A family of counters or gauges, one series per label set.
+fn family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    series: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in series {
+        let encoder = family.encode_family(labels)?;
+        match metric_type {
+            MetricType::Gauge => {
+                ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(encoder)?
+            }
+            _ => ConstCounter::new(*value).encode(encoder)?,
+        }
     }
     Ok(())
+}
+
+/// Each pod's share of the NAT table, as the last collection found it.
+fn pod_nat_families(
+    encoder: &mut DescriptorEncoder,
+    pods: &[PodNatUsage],
+) -> Result<(), std::fmt::Error> {
+    let pod = |usage: &PodNatUsage| vec![("pod", usage.pod.to_string())];
+    let held: Vec<(Labels, u64)> = pods
+        .iter()
+        .map(|usage| (pod(usage), usage.connections))
+        .collect();
+    family(
+        encoder,
+        "dataplane_nat_pod_connections",
+        "Masqueraded connections a pod holds, at the last collection.",
+        MetricType::Gauge,
+        &held,
+    )?;
+    let evicted: Vec<(Labels, u64)> = pods
+        .iter()
+        .map(|usage| (pod(usage), usage.evicted))
+        .collect();
+    family(
+        encoder,
+        "dataplane_nat_pod_evicted",
+        "A pod's connections that were never answered, evicted when the table was full.",
+        MetricType::Counter,
+        &evicted,
+    )?;
+    let refused: Vec<(Labels, u64)> = pods
+        .iter()
+        .flat_map(|usage| {
+            [
+                ("table_share", usage.refused_share),
+                ("ports", usage.refused_ports),
+                ("table_full", usage.refused_full),
+            ]
+            .map(|(reason, value)| {
+                let mut labels = pod(usage);
+                labels.push(("reason", reason.to_string()));
+                (labels, value)
+            })
+        })
+        .collect();
+    family(
+        encoder,
+        "dataplane_nat_pod_refused",
+        "A pod's new masqueraded connections refused, by reason.",
+        MetricType::Counter,
+        &refused,
+    )
 }
 
 fn gauge(
@@ -136,7 +206,7 @@ impl Collector for Scrape {
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?)?;
-        Ok(())
+        pod_nat_families(&mut encoder, &tables.nat.pods)
     }
 }
 

@@ -10,7 +10,9 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
 };
-use dataplane_common::{Endpoint, Ipv4Cidr, NodeConfig, names};
+use dataplane_common::{
+    Endpoint, Ipv4Cidr, MAX_NAT_CONNECTIONS, NodeConfig, PORT_SHARE_WHOLE, names,
+};
 use dataplane_user::{
     loader::{self, classifier},
     maps::Maps,
@@ -89,6 +91,9 @@ impl Fixture {
             _pad: 0,
             nat_port_min: NAT_PORT_MIN,
             nat_port_max: NAT_PORT_MAX,
+            // Whole shares: the suites that test them set their own.
+            pod_port_share: PORT_SHARE_WHOLE,
+            pod_connection_limit: MAX_NAT_CONNECTIONS,
         })?;
         maps.insert_remote_node(REMOTE_NODE_IP, REMOTE_POD_CIDR.parse()?)?;
         maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))?;

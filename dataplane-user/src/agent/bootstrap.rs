@@ -55,6 +55,8 @@ pub async fn check(
         node_config.masquerade = 1;
         node_config.nat_port_min = config.nat.port_range.min;
         node_config.nat_port_max = config.nat.port_range.max;
+        node_config.pod_port_share = config.nat.pod_port_share();
+        node_config.pod_connection_limit = config.nat.pod_connection_limit();
     }
     // The file was checked when parsed, but not against a node IP taken
     // from the uplink.
@@ -185,6 +187,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
             .take_nat()
             .context("the NAT map was taken before the agent started")?,
         Timeouts::from(&config.nat),
+        u64::from(config.nat.pod_connection_limit()),
     );
     let mut owner = Owner::new(facts, interfaces, dataplane, nat);
     owner.adopt_pinned_endpoints().await?;

@@ -161,10 +161,11 @@ async fn handle(state: &StateHandle, nat: &NatTable, request: Request) -> anyhow
             status: Box::new(state.ask(Command::Status).await?),
         },
         Request::ListNat { address } => {
-            let mut connections = nat.connections().await?;
+            let (mut connections, mut pods) = nat.connections().await?;
             connections
                 .retain(|connection| address.is_none_or(|address| connection.involves(address)));
-            Response::Nat { connections }
+            pods.retain(|usage| address.is_none_or(|address| usage.pod == address));
+            Response::Nat { connections, pods }
         }
         Request::FlushNat => done(nat.flush().await? > 0),
         Request::Monitor { .. } => anyhow::bail!("monitor is a stream of its own"),

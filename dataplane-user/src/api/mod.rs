@@ -131,6 +131,8 @@ pub enum Response {
     },
     Nat {
         connections: Vec<Connection>,
+        /// Each pod's share of the table, and what it was refused.
+        pods: Vec<PodNatUsage>,
     },
     Event {
         event: PacketReport,
@@ -271,6 +273,24 @@ pub struct CounterEntry {
     pub drop: bool,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// One pod's share of the NAT table: what it holds against its limit, and
+/// what it was refused or had evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNatUsage {
+    pub pod: Ipv4Addr,
+    pub connections: u64,
+    pub limit: u64,
+    pub opened: u64,
+    /// Never answered, removed to make room when the table was full.
+    pub evicted: u64,
+    /// Refused: the pod held its share of the table.
+    pub refused_share: u64,
+    /// Refused: no free port in the pod's share toward the destination.
+    pub refused_ports: u64,
+    /// Refused: the table was full and nothing could be evicted.
+    pub refused_full: u64,
 }
 
 /// A masqueraded connection, from its pod's side.

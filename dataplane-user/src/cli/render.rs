@@ -113,7 +113,7 @@ pub fn print_text(response: &Response) {
                 println!("  {attachment}");
             }
         }
-        Response::Nat { connections } => {
+        Response::Nat { connections, pods } => {
             println!(
                 "{:<5} {:<21} {:<21} {:<21} {:<12} IDLE",
                 "PROTO", "POD", "NODE", "REMOTE", "STATE"
@@ -127,6 +127,32 @@ pub fn print_text(response: &Response) {
                     connection.remote.to_string(),
                     connection.state.to_string(),
                     connection.idle_seconds
+                );
+            }
+            if !pods.is_empty() {
+                println!(
+                    "\n{:<15} {:>11} {:>7} {:>9} {:>8} {:>14} {:>14} {:>13}",
+                    "POD",
+                    "CONNECTIONS",
+                    "LIMIT",
+                    "OPENED",
+                    "EVICTED",
+                    "REFUSED_SHARE",
+                    "REFUSED_PORTS",
+                    "REFUSED_FULL"
+                );
+            }
+            for usage in pods {
+                println!(
+                    "{:<15} {:>11} {:>7} {:>9} {:>8} {:>14} {:>14} {:>13}",
+                    usage.pod.to_string(),
+                    usage.connections,
+                    usage.limit,
+                    usage.opened,
+                    usage.evicted,
+                    usage.refused_share,
+                    usage.refused_ports,
+                    usage.refused_full
                 );
             }
         }

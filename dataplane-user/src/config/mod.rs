@@ -18,6 +18,8 @@
 //! masquerade = true
 //! port_range = "61000-65535"                 # must not overlap ip_local_port_range
 //! no_masquerade_cidrs = ["192.168.0.0/16"]   # reached with the pod's own address
+//! pod_port_share_percent = 50                # of the ports toward one destination, per pod
+//! pod_table_share_percent = 50               # of the NAT table, per pod
 //!
 //! [[nodes]]                                  # remote nodes known at start-up
 //! ip = "192.0.2.11"
@@ -88,6 +90,36 @@ pub struct NatSettings {
     pub icmp_timeout_seconds: u64,
     /// How often expired connections are removed from the NAT table.
     pub gc_interval_seconds: u64,
+    /// The share of the SNAT ports toward one destination one pod may use
+    /// (which ones depends on the pod), in percent.
+    pub pod_port_share_percent: u8,
+    /// The share of the NAT table one pod may hold, in percent.
+    pub pod_table_share_percent: u8,
+}
+
+impl NatSettings {
+    /// Of every `PORT_SHARE_WHOLE` ports, how many one pod may use.
+    pub fn pod_port_share(&self) -> u32 {
+        u32::from(self.pod_port_share_percent) * dataplane_common::PORT_SHARE_WHOLE / 100
+    }
+
+    /// Connections one pod may hold.
+    pub fn pod_connection_limit(&self) -> u32 {
+        let connections = u64::from(dataplane_common::MAX_NAT_CONNECTIONS);
+        (connections * u64::from(self.pod_table_share_percent) / 100) as u32
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (name, percent) in [
+            ("pod_port_share_percent", self.pod_port_share_percent),
+            ("pod_table_share_percent", self.pod_table_share_percent),
+        ] {
+            if !(1..=100).contains(&percent) {
+                return Err((format!("nat.{name}"), "must be between 1 and 100".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for NatSettings {
@@ -105,6 +137,8 @@ impl Default for NatSettings {
             udp_timeout_seconds: 60,
             icmp_timeout_seconds: 30,
             gc_interval_seconds: 10,
+            pod_port_share_percent: 50,
+            pod_table_share_percent: 50,
         }
     }
 }
@@ -286,6 +320,7 @@ impl Config {
         self.node
             .validate()
             .map_err(|(name, problem)| (format!("node.{name}"), problem))?;
+        self.nat.validate()?;
         if let Some(index) = self.nat.no_masquerade_cidrs.iter().position(|cidr| {
             self.node
                 .cluster_cidr

@@ -3,29 +3,77 @@
 //! takes 0.1-0.2 s when it is full), so they run on a blocking thread of
 //! their own and never hold up the state owner, the API or the CNI plugin.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::anyhow;
+use dataplane_common::{FlowKey, Ipv4Octets, nat_direction};
 use tracing::info;
 
 use crate::{
-    api::Connection,
+    api::{Connection, PodNatUsage},
     maps::NatMap,
     nat::{self, Timeouts},
 };
 
-/// What the last NAT garbage collection found: the table's pressure.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What the last NAT garbage collection found: the table's pressure, in
+/// all and per pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     pub entries: usize,
     pub removed: usize,
     pub removed_total: u64,
+    pub pods: Vec<PodNatUsage>,
 }
 
 struct Table {
     map: Mutex<NatMap>,
     timeouts: Timeouts,
+    /// Connections one pod may hold (as the programs were configured).
+    pod_limit: u64,
     last_gc: Mutex<GcReport>,
+}
+
+/// Removes `keys`; counts each connection whose egress half it removed
+/// toward its pod's collected ones (the programs count what they evict).
+fn remove_connections<'a>(
+    map: &mut NatMap,
+    keys: impl IntoIterator<Item = &'a FlowKey>,
+) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    let mut closed: HashMap<Ipv4Octets, u64> = HashMap::new();
+    for key in keys {
+        if map.remove(key)? {
+            removed += 1;
+            if key.direction == nat_direction::EGRESS {
+                *closed.entry(key.src).or_default() += 1;
+            }
+        }
+    }
+    for (pod, connections) in closed {
+        map.add_closed(pod, connections)?;
+    }
+    Ok(removed)
+}
+
+/// Each pod's share of the table as the maps hold it now.
+fn pod_usage(map: &NatMap, limit: u64) -> anyhow::Result<Vec<PodNatUsage>> {
+    Ok(map
+        .pods()?
+        .into_iter()
+        .map(|totals| PodNatUsage {
+            pod: totals.pod,
+            connections: totals.holds(),
+            limit,
+            opened: totals.counts.opened,
+            evicted: totals.counts.evicted,
+            refused_share: totals.counts.refused_share,
+            refused_ports: totals.counts.refused_ports,
+            refused_full: totals.counts.refused_full,
+        })
+        .collect())
 }
 
 /// Shared access to the NAT table. Cheap to clone.
@@ -33,17 +81,18 @@ struct Table {
 pub struct NatTable(Arc<Table>);
 
 impl NatTable {
-    pub fn new(map: NatMap, timeouts: Timeouts) -> Self {
+    pub fn new(map: NatMap, timeouts: Timeouts, pod_limit: u64) -> Self {
         Self(Arc::new(Table {
             map: Mutex::new(map),
             timeouts,
+            pod_limit,
             last_gc: Mutex::new(GcReport::default()),
         }))
     }
 
     /// The last garbage collection's report (no table walk).
     pub fn last_gc(&self) -> GcReport {
-        *self.0.last_gc.lock().expect("no panics while held")
+        self.0.last_gc.lock().expect("no panics while held").clone()
     }
 
     /// Runs `work` on the table on a blocking thread.
@@ -60,11 +109,15 @@ impl NatTable {
         .map_err(|error| anyhow!("NAT table task: {error}"))?
     }
 
-    /// Every masqueraded connection, from its pod's side.
-    pub async fn connections(&self) -> anyhow::Result<Vec<Connection>> {
-        self.with_map(|map, _| {
+    /// Every masqueraded connection, from its pod's side, and each pod's
+    /// share of the table.
+    pub async fn connections(&self) -> anyhow::Result<(Vec<Connection>, Vec<PodNatUsage>)> {
+        self.with_map(|map, table| {
             let entries = map.entries()?;
-            Ok(nat::connections(&entries, nat::monotonic_now_ns()))
+            Ok((
+                nat::connections(&entries, nat::monotonic_now_ns()),
+                pod_usage(map, table.pod_limit)?,
+            ))
         })
         .await
     }
@@ -74,19 +127,16 @@ impl NatTable {
         self.with_map(|map, table| {
             let entries = map.entries()?;
             let expired = nat::expired(&entries, nat::monotonic_now_ns(), &table.timeouts);
-            let mut removed = 0;
-            for key in &expired {
-                if map.remove(key)? {
-                    removed += 1;
-                }
-            }
+            let removed = remove_connections(map, &expired)?;
+            let pods = pod_usage(map, table.pod_limit)?;
             let mut last = table.last_gc.lock().expect("no panics while held");
             *last = GcReport {
                 entries: entries.len() - removed,
                 removed,
                 removed_total: last.removed_total + removed as u64,
+                pods,
             };
-            Ok(*last)
+            Ok(last.clone())
         })
         .await
     }
@@ -95,13 +145,8 @@ impl NatTable {
     pub async fn flush(&self) -> anyhow::Result<usize> {
         let removed = self
             .with_map(|map, _| {
-                let mut removed = 0;
-                for (key, _) in map.entries()? {
-                    if map.remove(&key)? {
-                        removed += 1;
-                    }
-                }
-                Ok(removed)
+                let keys: Vec<FlowKey> = map.entries()?.into_iter().map(|(key, _)| key).collect();
+                remove_connections(map, &keys)
             })
             .await?;
         info!(removed, "NAT table flushed");
