@@ -79,22 +79,7 @@ impl Fixture {
             pin_root,
         };
         let maps = &mut fixture.maps;
-        maps.set_node_config(NodeConfig {
-            pod_cidr: Ipv4Cidr::new([10, 244, 0, 0], 24),
-            cluster_cidr: Ipv4Cidr::new([10, 244, 0, 0], 16),
-            node_ip: NODE_IP.octets(),
-            vni: VNI,
-            uplink_ifindex: LOOPBACK_IFINDEX,
-            tunnel_mtu: TUNNEL_MTU,
-            vxlan_port: VXLAN_PORT,
-            masquerade: 1,
-            _pad: 0,
-            nat_port_min: NAT_PORT_MIN,
-            nat_port_max: NAT_PORT_MAX,
-            // Whole shares: the suites that test them set their own.
-            pod_port_share: PORT_SHARE_WHOLE,
-            pod_connection_limit: MAX_NAT_CONNECTIONS,
-        })?;
+        maps.set_node_config(node_config())?;
         maps.insert_remote_node(REMOTE_NODE_IP, REMOTE_POD_CIDR.parse()?)?;
         maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))?;
         maps.insert_endpoint(POD_B_IP, endpoint(4242, POD_B_MAC, HOST_B_MAC))?;
@@ -156,6 +141,27 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+/// The node the fixture is: tunnel on, masquerading into
+/// `NAT_PORT_MIN..=NAT_PORT_MAX`, whole shares for every pod.
+pub fn node_config() -> NodeConfig {
+    NodeConfig {
+        pod_cidr: Ipv4Cidr::new([10, 244, 0, 0], 24),
+        cluster_cidr: Ipv4Cidr::new([10, 244, 0, 0], 16),
+        node_ip: NODE_IP.octets(),
+        vni: VNI,
+        uplink_ifindex: LOOPBACK_IFINDEX,
+        tunnel_mtu: TUNNEL_MTU,
+        vxlan_port: VXLAN_PORT,
+        masquerade: 1,
+        _pad: 0,
+        nat_port_min: NAT_PORT_MIN,
+        nat_port_max: NAT_PORT_MAX,
+        // Whole shares: the suites that test them set their own.
+        pod_port_share: PORT_SHARE_WHOLE,
+        pod_connection_limit: MAX_NAT_CONNECTIONS,
     }
 }
 

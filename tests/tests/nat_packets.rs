@@ -1,10 +1,14 @@
 //! Egress SNAT and reverse translation run by the kernel on hand-built
 //! packets (BPF_PROG_TEST_RUN): rewritten addresses and ports, every checksum,
-//! port choice, exhaustion and unsolicited traffic.
+//! port choice, exhaustion, unsolicited traffic, fragments, blind resets and
+//! each pod's share of the ports and of the table.
 
 use std::net::Ipv4Addr;
 
-use dataplane_common::{conn_state, names, nat_direction};
+use dataplane_common::{
+    MAX_UNANSWERED, NodeConfig, PORT_SHARE_WHOLE, conn_state, names, nat_direction,
+    pod_may_use_port,
+};
 use dataplane_tests::test_run::*;
 use dataplane_user::maps::NatMap;
 
@@ -385,4 +389,175 @@ fn a_reply_fin_or_reset_closes_only_when_it_fits_what_the_pod_sent() {
     );
     assert_eq!(reply_state(&nat, server, port), conn_state::CLOSING);
     assert_eq!(fixture.counter("nat_close_ignored"), 3);
+}
+
+/// A UDP datagram from `pod` (registered on the test device) to `dst`; the
+/// node port it left on, or `None` when it was dropped.
+fn open_udp(fixture: &mut Fixture, pod: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Option<u16> {
+    let (verdict, out) = fixture.run(&ipv4_packet(pod.0, dst.0, 17, &udp(pod, dst, true)));
+    (verdict == TC_ACT_REDIRECT).then(|| addresses(&out).0.1)
+}
+
+/// Pod B moved onto the device test runs use, beside pod A.
+fn with_pod_b_on_the_test_device(fixture: &mut Fixture) {
+    fixture
+        .maps
+        .insert_endpoint(POD_B_IP, endpoint(LOOPBACK_IFINDEX, POD_B_MAC, HOST_B_MAC))
+        .unwrap();
+}
+
+#[test]
+fn a_pod_gets_its_share_of_the_ports_toward_a_destination_and_others_the_rest() {
+    let mut fixture = Fixture::new().unwrap();
+    with_pod_b_on_the_test_device(&mut fixture);
+    let (min, max) = (40000, 40255);
+    let half = PORT_SHARE_WHOLE / 2;
+    fixture
+        .maps
+        .set_node_config(NodeConfig {
+            nat_port_min: min,
+            nat_port_max: max,
+            pod_port_share: half,
+            ..node_config()
+        })
+        .unwrap();
+    let share_of = |pod: Ipv4Addr| {
+        (min..=max)
+            .filter(|port| pod_may_use_port(pod.octets(), *port, half))
+            .count()
+    };
+    // Pod A floods the destination with new flows (source ports outside the
+    // range: each is translated).
+    let dns = (EXTERNAL_IP, 53);
+    let taken: Vec<u16> = (0..400)
+        .filter_map(|flow| open_udp(&mut fixture, (POD_A_IP, 1000 + flow), dns))
+        .collect();
+    assert!(
+        taken.len() <= share_of(POD_A_IP) && taken.len() * 10 >= share_of(POD_A_IP) * 9,
+        "{} of {}",
+        taken.len(),
+        share_of(POD_A_IP)
+    );
+    assert!(
+        taken
+            .iter()
+            .all(|port| pod_may_use_port(POD_A_IP.octets(), *port, half))
+    );
+    let refused = fixture.counter("drop_nat_exhausted");
+    assert_eq!(refused, 400 - taken.len() as u64);
+    // Pod B still reaches the same destination, on ports A may not use.
+    for flow in 0..20 {
+        let port =
+            open_udp(&mut fixture, (POD_B_IP, 1000 + flow), dns).expect("pod B finds a free port");
+        assert!(!taken.contains(&port));
+    }
+    let nat = fixture.maps.take_nat().unwrap();
+    let pods = nat.pods().unwrap();
+    let a = pods.iter().find(|totals| totals.pod == POD_A_IP).unwrap();
+    assert_eq!(a.counts.opened, taken.len() as u64);
+    assert_eq!(a.counts.refused_ports, refused);
+}
+
+#[test]
+fn a_pod_holding_its_share_of_the_table_is_refused_until_the_agent_collects() {
+    let mut fixture = Fixture::new().unwrap();
+    with_pod_b_on_the_test_device(&mut fixture);
+    fixture
+        .maps
+        .set_node_config(NodeConfig {
+            pod_connection_limit: 3,
+            ..node_config()
+        })
+        .unwrap();
+    // Each to another destination: ports are not what runs out.
+    let to = |port: u16| (EXTERNAL_IP, port);
+    for flow in 0..3 {
+        assert!(open_udp(&mut fixture, (POD_A_IP, 1000), to(53 + flow)).is_some());
+    }
+    assert_eq!(open_udp(&mut fixture, (POD_A_IP, 1000), to(60)), None);
+    assert_eq!(fixture.counter("drop_nat_pod_share"), 1);
+    // Its existing connections carry on; other pods are not held back.
+    assert!(open_udp(&mut fixture, (POD_A_IP, 1000), to(53)).is_some());
+    assert!(open_udp(&mut fixture, (POD_B_IP, 1000), to(60)).is_some());
+
+    // Once the agent collected one of them, there is room for one more.
+    let mut nat = fixture.maps.take_nat().unwrap();
+    nat.add_closed(POD_A_IP.octets(), 1).unwrap();
+    assert!(open_udp(&mut fixture, (POD_A_IP, 1000), to(60)).is_some());
+    assert_eq!(open_udp(&mut fixture, (POD_A_IP, 1000), to(61)), None);
+    let a = nat
+        .pods()
+        .unwrap()
+        .into_iter()
+        .find(|totals| totals.pod == POD_A_IP)
+        .unwrap();
+    assert_eq!((a.holds(), a.counts.refused_share), (3, 2));
+}
+
+#[test]
+fn a_full_table_evicts_the_oldest_connection_never_answered() {
+    let mut fixture = Fixture::new().unwrap();
+    with_pod_b_on_the_test_device(&mut fixture);
+    fixture
+        .maps
+        .set_node_config(NodeConfig {
+            nat_port_min: 10000,
+            nat_port_max: 65000,
+            ..node_config()
+        })
+        .unwrap();
+    // Pod A's flows fill the table; the first is answered.
+    // (at most 20,000 per destination, so its ports do not run out first)
+    let flow = |index: u32| {
+        let (source, destination) = (1 + index % 20_000, 1 + index / 20_000);
+        ((POD_A_IP, source as u16), (EXTERNAL_IP, destination as u16))
+    };
+    let (pod, remote) = flow(0);
+    let first_port = open_udp(&mut fixture, pod, remote).unwrap();
+    let answer = udp(remote, (NODE_IP, first_port), true);
+    let (verdict, _) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 17, &answer)),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let connections = dataplane_common::MAX_NAT_CONNECTIONS;
+    for index in 1..connections {
+        let (pod, remote) = flow(index);
+        assert!(
+            open_udp(&mut fixture, pod, remote).is_some(),
+            "flow {index}"
+        );
+    }
+    assert_eq!(fixture.counter("nat_evicted"), 0);
+
+    // Full: pod B's new connection takes the place of the oldest flow that
+    // was never answered among the newest MAX_UNANSWERED (the queue keeps
+    // those), not of an answered one.
+    assert!(open_udp(&mut fixture, (POD_B_IP, 1000), (EXTERNAL_IP, 53)).is_some());
+    assert_eq!(fixture.counter("nat_evicted"), 1);
+    assert_eq!(fixture.counter("drop_nat_table_full"), 0);
+    let nat = fixture.maps.take_nat().unwrap();
+    let entries = nat.entries().unwrap();
+    let tracked = |(pod, remote): ((Ipv4Addr, u16), (Ipv4Addr, u16))| {
+        entries.iter().any(|(key, _)| {
+            key.direction == nat_direction::EGRESS
+                && key.src_port == pod.1.to_be_bytes()
+                && key.dst_port == remote.1.to_be_bytes()
+                && key.src == pod.0.octets()
+        })
+    };
+    assert!(tracked(flow(0)), "the answered flow stays");
+    let oldest_queued = connections - MAX_UNANSWERED;
+    assert!(
+        !tracked(flow(oldest_queued)),
+        "the oldest queued flow is evicted"
+    );
+    assert!(tracked(flow(1)) && tracked(flow(oldest_queued + 1)));
+    let a = nat
+        .pods()
+        .unwrap()
+        .into_iter()
+        .find(|totals| totals.pod == POD_A_IP)
+        .unwrap();
+    assert_eq!(a.counts.evicted, 1);
 }
