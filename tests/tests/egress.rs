@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 
 use dataplane_tests::{
-    Cluster, ClusterSpec, Node,
+    Cluster, ClusterSpec, Netns, Node,
     cluster::EXTERNAL_HOST_IP,
     traffic::{in_netns, joined, tcp_round_trip, udp_echo_server, udp_exchange},
 };
@@ -405,5 +405,100 @@ fn a_blind_reset_does_not_end_an_idle_masqueraded_connection() -> anyhow::Result
     let peer = joined(echo)?;
     assert_eq!(peer, SocketAddr::V4(translated));
     assert!(node.counter("nat_close_ignored")? >= 1);
+    Ok(())
+}
+
+/// Opens one UDP flow per source port in `ports` to `destination`, one
+/// datagram each, without waiting for answers.
+fn flood(pod: &Netns, ports: std::ops::Range<u16>, destination: SocketAddr) -> anyhow::Result<()> {
+    joined(in_netns(pod, move || {
+        for port in ports {
+            UdpSocket::bind(("0.0.0.0", port))?.send_to(b"flood", destination)?;
+        }
+        Ok(())
+    }))
+}
+
+#[test]
+fn a_flooding_pod_leaves_other_pods_their_new_connections() -> anyhow::Result<()> {
+    let mut cluster = cluster(1, 2);
+    // The default port range and port share (4,536 ports, half of them per
+    // pod toward one destination); 2% of the table (2,621 connections) per
+    // pod, so that the table share shows within a test's time.
+    reconfigure_nat(
+        &mut cluster.nodes[0],
+        &[
+            "port_range = \"61000-65535\"",
+            "pod_table_share_percent = 2",
+        ],
+    )?;
+    let node = &cluster.nodes[0];
+    let (flooder, neighbour) = (&node.pods[0], &node.pods[1]);
+    let other_destination = SocketAddr::from((EXTERNAL_HOST_IP, ECHO_PORT + 1));
+    let echo = external_echo(&cluster, 100_000, 30)?;
+    let _other_echo = udp_echo_server(
+        &cluster.external,
+        EXTERNAL_HOST_IP,
+        ECHO_PORT + 1,
+        100_000,
+        Duration::from_secs(30),
+    )?;
+    // More flows to one destination than the range has ports, then more to
+    // another than its share of the table leaves.
+    flood(&flooder.netns, 20_000..26_000, echo_address())?;
+    flood(&flooder.netns, 30_000..31_000, other_destination)?;
+
+    // The neighbour's new connections to both destinations.
+    let started = std::time::Instant::now();
+    let failed = joined(in_netns(&neighbour.netns, move || {
+        let mut failed = 0;
+        for destination in [echo_address(), other_destination] {
+            for _ in 0..200 {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                if udp_exchange(&socket, destination, b"new connection").is_err() {
+                    failed += 1;
+                }
+            }
+        }
+        Ok(failed)
+    }))?;
+    let rate = 400.0 / started.elapsed().as_secs_f64();
+    let listed = node.cli(&["map", "get", "nat", &flooder.ip.to_string()])?;
+    let flooder_row = listed
+        .lines()
+        .find(|line| {
+            line.starts_with(&flooder.ip.to_string()) && line.split_whitespace().count() == 8
+        })
+        .with_context(|| format!("the flooder's share in:\n{listed}"))?
+        .to_string();
+    println!(
+        "neighbour: 400 new connections during the flood at {rate:.0}/s, {failed} failed; \
+         flooder (pod, connections, limit, opened, evicted, refused share/ports/full):\n{flooder_row}"
+    );
+    drop(echo);
+    assert_eq!(failed, 0);
+    let fields: Vec<u64> = flooder_row
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [
+        connections,
+        limit,
+        _opened,
+        _evicted,
+        refused_share,
+        refused_ports,
+        _full,
+    ] = fields[..]
+    else {
+        anyhow::bail!("{flooder_row}")
+    };
+    assert_eq!(limit, 2621);
+    assert!(connections <= limit, "{flooder_row}");
+    assert!(refused_ports >= 6000 - 2400, "{flooder_row}");
+    assert!(refused_share > 0, "{flooder_row}");
+    assert!(node.counter("drop_nat_exhausted")? >= refused_ports);
+    assert!(node.counter("drop_nat_pod_share")? >= refused_share);
     Ok(())
 }

@@ -122,7 +122,8 @@ enum MapCommand {
 
 #[derive(Subcommand)]
 enum NatCommand {
-    /// List tracked connections: pod, node address, remote, state, idle time.
+    /// List tracked connections (pod, node address, remote, state, idle
+    /// time), then each pod's share of the table and what it was refused.
     List,
 }
 
