@@ -226,7 +226,14 @@ fn connections_expire_after_their_timeout() -> anyhow::Result<()> {
 #[test]
 fn a_tiny_port_range_shows_exhaustion_instead_of_misbehaving() -> anyhow::Result<()> {
     let mut cluster = cluster(1, 1);
-    reconfigure_nat(&mut cluster.nodes[0], &["port_range = \"40000-40001\""])?;
+    // The whole range for the one pod: exhaustion of the range is the point.
+    reconfigure_nat(
+        &mut cluster.nodes[0],
+        &[
+            "port_range = \"40000-40001\"",
+            "pod_port_share_percent = 100",
+        ],
+    )?;
     let node = &cluster.nodes[0];
     let server = external_echo(&cluster, 4, 10)?;
     let outcomes = joined(in_netns(&node.pods[0].netns, || {
