@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 7;
+pub const MAP_LAYOUT_VERSION: u32 = 8;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -19,6 +19,9 @@ pub mod names {
     pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
     pub const HOST_ADDRESSES_MAP: &str = "HOST_ADDRESSES";
     pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
+    pub const SERVICES_MAP: &str = "SERVICES";
+    pub const BACKENDS_MAP: &str = "BACKENDS";
+    pub const SERVICE_FLOWS_MAP: &str = "SERVICE_FLOWS";
     pub const POD_NAT_MAP: &str = "POD_NAT";
     pub const POD_NAT_CLOSED_MAP: &str = "POD_NAT_CLOSED";
     pub const UNANSWERED_MAP: &str = "UNANSWERED";
@@ -54,6 +57,24 @@ pub const PORT_SHARE_WHOLE: u32 = 1 << 16;
 /// Capacity of the fragment records of translated replies (datagrams in
 /// flight at once; the oldest record gives way when it is full).
 pub const MAX_FRAGMENTS: u32 = 8192;
+
+/// Service frontends (address, port, protocol): 30,000 Services of two ports.
+pub const MAX_SERVICES: u32 = 65_536;
+
+/// Backend slots of all frontends together (ten per frontend at the limit).
+pub const MAX_BACKEND_SLOTS: u32 = 655_360;
+
+/// Backends one frontend may have (kube-proxy has no limit; an EndpointSlice
+/// holds 100 and Services rarely have more than a few slices).
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 4096;
+
+/// Both halves of the connections to Services being tracked (LRU).
+pub const MAX_SERVICE_FLOWS: u32 = 262_144;
+
+/// The source a pod's connection to itself through a Service gets (hairpin):
+/// a packet from its own address would be dropped by its stack as martian.
+/// Link-local, never a pod's or a node's address; Cilium uses the same one.
+pub const HAIRPIN_SOURCE: Ipv4Octets = [169, 254, 42, 1];
 
 /// Capacity of the non-masquerade CIDR list.
 pub const MAX_NO_MASQUERADE: u32 = 1024;
@@ -232,7 +253,9 @@ pub struct NodeConfig {
     pub vxlan_port: u16,
     /// 1 when pod traffic leaving the cluster is masqueraded to `node_ip`.
     pub masquerade: u8,
-    pub _pad: u8,
+    /// 1 when any Service frontend is programmed: pod packets are then
+    /// checked against the Service maps.
+    pub services: u8,
     /// Source ports (or ICMP echo identifiers) SNAT may use, inclusive.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
@@ -405,6 +428,73 @@ pub struct FragmentRecord {
     pub first_seen_ns: u64,
 }
 
+/// A Service frontend: what a client addresses. Key of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceKey {
+    pub address: Ipv4Octets,
+    /// Network byte order.
+    pub port: [u8; 2],
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// A frontend's backends: `BACKENDS` entries `{id, 0..backend_count}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceValue {
+    /// Chosen by the agent, unique among the frontends programmed.
+    pub id: u32,
+    /// 0: clients are refused (ICMP port unreachable).
+    pub backend_count: u32,
+}
+
+/// One backend slot of a frontend. Key of `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BackendKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// Where a backend listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Backend {
+    pub address: Ipv4Octets,
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// Which half of a connection to a Service an entry of `SERVICE_FLOWS` is.
+pub mod service_direction {
+    /// Keyed by the client's packet to the frontend; leads to the backend.
+    pub const TO_BACKEND: u8 = 0;
+    /// Keyed by the backend's reply (source the backend, destination the
+    /// client or `HAIRPIN_SOURCE`); leads back to the frontend.
+    pub const TO_CLIENT: u8 = 1;
+}
+
+/// One half of a connection to a Service, keyed by a `FlowKey` whose
+/// `direction` is a `service_direction`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceFlow {
+    /// `TO_BACKEND`: the backend chosen; `TO_CLIENT`: the frontend the
+    /// client addressed, which the reply's source becomes.
+    pub target: Backend,
+    /// `TO_CLIENT`: the client's address, which the reply's destination
+    /// becomes (it differs from the key's only for hairpin).
+    pub client: Ipv4Octets,
+}
+
 /// Packets and bytes seen by one counter on one CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -574,6 +664,18 @@ counters! {
     /// new one when the NAT table was full (Linux conntrack's early drop;
     /// counted beside the new connection's packet).
     path NatEvicted = "nat_evicted";
+    /// A pod's packet to a Service frontend, translated to a backend
+    /// (counted beside how it was then forwarded).
+    path ServiceToBackend = "service_to_backend";
+    /// A backend's reply, translated back to the Service frontend the client
+    /// addressed (counted beside its delivery).
+    path ServiceToClient = "service_to_client";
+    /// To a Service frontend with no backend: answered with ICMP port
+    /// unreachable, as kube-proxy's REJECT does, so clients fail at once.
+    drop DropServiceNoBackend = "service_no_backend";
+    /// A new connection to a Service whose halves could not be recorded
+    /// (the kernel had no memory for the entries).
+    drop DropServiceUntracked = "service_untracked";
 }
 
 impl Counter {
@@ -597,6 +699,11 @@ mod user {
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentRecord {}
     unsafe impl aya::Pod for super::PodNat {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::ServiceFlow {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::EventBudget {}
     unsafe impl aya::Pod for super::PacketEvent {}
@@ -611,7 +718,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 37);
+        assert_eq!(Counter::COUNT, 41);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 

@@ -2,7 +2,10 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{Counter, Ipv4Octets, NodeConfig};
-use network_types::eth::{EthHdr, EtherType};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
 
 use crate::{
     arp,
@@ -12,8 +15,9 @@ use crate::{
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
-    packet::{header, ingress_ifindex, linearize_headers, vlan_tagged},
+    packet::{IP_AT, header, ingress_ifindex, linearize_headers, vlan_tagged},
     route::{Destination, lookup},
+    service,
     tunnel::{self, send_out_uplink},
 };
 
@@ -64,10 +68,16 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
     }
 
     let config = node_config();
+    let dst = match to_or_from_service(ctx, &config, ip) {
+        Ok(service::UNTOUCHED) => dst,
+        Ok(translated) => translated.to_ne_bytes(),
+        Err(Counter::DropServiceNoBackend) => return Ok(icmp::port_unreachable(ctx, &config)),
+        Err(refused) => return Err(refused),
+    };
     let destination = lookup(dst, &config);
     // A packet this node would forward with its last hop used up is answered
     // as a router answers it, before anything (a NAT entry) is made for it.
-    if ip.ttl <= 1 && forwards(&destination) {
+    if forwards(&destination) && last_hop(ctx) {
         return Ok(icmp::time_exceeded(ctx, &config));
     }
     match destination {
@@ -83,6 +93,25 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
         Destination::UnknownNode => Err(Counter::DropUnknownNode),
         Destination::Outside => outside(ctx, &config, src, dst),
     }
+}
+
+/// A packet to a Service frontend or a backend's reply, translated: its
+/// destination now, or `service::UNTOUCHED`. (Its source changes only on
+/// hairpin connections, which stay on this node and need no SNAT.)
+#[inline(always)]
+fn to_or_from_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome<u32> {
+    if config.services == 0 {
+        return Ok(service::UNTOUCHED);
+    }
+    service::translate(ctx, ip)
+}
+
+/// Whether the packet's TTL runs out here. Read from the packet as it is now
+/// (a translation rewrote it), which also keeps it off the stack.
+#[inline(always)]
+fn last_hop(ctx: &TcContext) -> bool {
+    // SAFETY: bounds checked by `header`.
+    header::<Ipv4Hdr>(ctx, IP_AT).is_some_and(|ip| unsafe { (*ip).ttl } <= 1)
 }
 
 /// Whether the packet to `destination` leaves through this node (rather than

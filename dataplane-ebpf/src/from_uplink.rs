@@ -17,6 +17,7 @@ use crate::{
     maps::{endpoint, is_host_address, is_unmasqueraded, node_config, remote_node},
     nat,
     packet::load,
+    service,
     tunnel::{self, VxlanPacket},
 };
 
@@ -100,15 +101,19 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome 
 #[inline(never)]
 fn reply_to_masqueraded(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
     let outcome = nat::translate_reply(ctx, config, ip).and_then(|translated| match translated {
-        Some(pod) => to_translated_pod(ctx, pod),
+        Some(pod) => to_translated_pod(ctx, config, pod),
         None => Ok(TC_ACT_OK),
     });
     finish(ctx, outcome)
 }
 
 #[inline(always)]
-fn to_translated_pod(ctx: &TcContext, pod: Ipv4Octets) -> Outcome {
+fn to_translated_pod(ctx: &TcContext, config: &NodeConfig, pod: Ipv4Octets) -> Outcome {
     let destination = endpoint(&pod).ok_or(Counter::DropStaleEndpoint)?;
+    // A backend outside the cluster answering a pod's Service connection.
+    if config.services != 0 {
+        service::translate_reply(ctx)?;
+    }
     forward_hop(ctx)?;
     deliver(ctx, &destination, Redirect::Peer, Counter::NatReplyToPod)
 }
@@ -159,6 +164,10 @@ fn accept_from_node(ctx: &TcContext, config: &NodeConfig) -> Outcome {
         // was addressed to the uplink.
         None => Ok(verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)),
         Some(destination) => {
+            // A backend on the sender answering a Service connection of a pod here.
+            if config.services != 0 {
+                service::translate_reply(ctx)?;
+            }
             forward_hop(ctx)?;
             deliver(
                 ctx,

@@ -2,7 +2,8 @@
 //! router sends a pod: "fragmentation needed" for packets too big for the
 //! tunnel (RFC 1191: the pod learns the path MTU instead of having its packet
 //! fragmented or lost), and "time exceeded" for packets whose TTL runs out
-//! (so traceroute from a pod shows this node).
+//! (so traceroute from a pod shows this node), and "port unreachable" for
+//! connections to a Service without backends.
 
 use core::mem::{offset_of, size_of};
 
@@ -37,6 +38,8 @@ pub fn echo_id(icmp: &Icmpv4Hdr) -> [u8; 2] {
     [icmp.data[0], icmp.data[1]]
 }
 
+/// Code of `DEST_UNREACH`: nothing listens on the port.
+const PORT_UNREACHABLE: u8 = 3;
 /// Code of `DEST_UNREACH`: fragmentation needed and DF set.
 const FRAG_NEEDED: u8 = 4;
 /// Code of `TIME_EXCEEDED`: the TTL ran out in transit.
@@ -98,6 +101,18 @@ pub fn time_exceeded(ctx: &TcContext, config: &NodeConfig) -> i32 {
     finish(
         ctx,
         send_error(ctx, config, error, Counter::DropTtlExceeded),
+    )
+}
+
+/// Turns the packet, to a Service frontend without backends, into an ICMP
+/// port unreachable to its sender (kube-proxy's REJECT), sent back as
+/// `frag_needed` does: the client's connect or send fails at once.
+#[inline(never)]
+pub fn port_unreachable(ctx: &TcContext, config: &NodeConfig) -> i32 {
+    let error = (DEST_UNREACH, PORT_UNREACHABLE, [0; 4]);
+    finish(
+        ctx,
+        send_error(ctx, config, error, Counter::DropServiceNoBackend),
     )
 }
 

@@ -19,7 +19,9 @@ mod monitor;
 mod nat;
 mod nat_share;
 mod packet;
+mod rewrite;
 mod route;
+mod service;
 mod tunnel;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

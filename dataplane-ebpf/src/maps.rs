@@ -6,10 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey, FragmentKey,
-    FragmentRecord, Ipv4Octets, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig,
-    PodNat, RemoteNode, TunnelRoute,
+    Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey,
+    FragmentKey, FragmentRecord, Ipv4Octets, MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS,
+    MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS,
+    MAX_SERVICES, MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode,
+    ServiceFlow, ServiceKey, ServiceValue, TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -49,6 +50,22 @@ pub static UNANSWERED: Queue<FlowKey> = Queue::pinned(MAX_UNANSWERED, 0);
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentRecord> =
     LruHashMap::pinned(MAX_FRAGMENTS, 0);
+
+/// Service frontends (see service.rs); written by the agent only.
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(MAX_SERVICES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The backends of each frontend, by slot; written by the agent only.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::pinned(MAX_BACKEND_SLOTS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Both halves of every connection to a Service. LRU: connections nobody
+/// uses any more give way to new ones without the agent's help.
+#[map(name = "SERVICE_FLOWS")]
+pub static SERVICE_FLOWS: LruHashMap<FlowKey, ServiceFlow> =
+    LruHashMap::pinned(MAX_SERVICE_FLOWS, 0);
 
 /// Destinations outside the cluster that pods reach with their own address.
 #[map(name = "NO_MASQUERADE")]

@@ -2,29 +2,22 @@
 //! are asked for. Reported only while someone watches, and at most a
 //! per-second budget per CPU, so a flood costs the datapath no more than that.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use dataplane_common::{Counter, PacketEvent};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
-    udp::UdpHdr,
 };
 
 use crate::{
     ipv4::{PLAIN_VIHL, TCP, UDP},
     maps::{EVENT_BUDGET, EVENTS, MONITOR},
-    packet::{L4_AT, ingress_ifindex},
+    packet::{IP_AT, L4_AT, ingress_ifindex},
 };
 
 const ONE_SECOND_NS: u64 = 1_000_000_000;
-
-/// The headers an event describes.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Packet {
-    eth: EthHdr,
-    ip: Ipv4Hdr,
-}
 
 /// Whether an event may be sent now (and counts it against the budget).
 #[inline(always)]
@@ -71,8 +64,10 @@ pub fn report(ctx: &TcContext, reason: Counter) -> bool {
         ifindex: ingress_ifindex(ctx),
         ..PacketEvent::default()
     };
-    if let Ok(Ipv4Packet { eth, ip }) = ctx.load::<Ipv4Packet>(0)
-        && eth.ether_type == EtherType::Ipv4 as u16
+    // Header by header, not the frame's first bytes at once: this sits at
+    // the end of the deepest call chains, where every stack byte counts.
+    if ctx.load::<u16>(offset_of!(EthHdr, ether_type)) == Ok(EtherType::Ipv4 as u16)
+        && let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_AT)
     {
         event.src = ip.src_addr;
         event.dst = ip.dst_addr;
@@ -80,10 +75,9 @@ pub fn report(ctx: &TcContext, reason: Counter) -> bool {
         // TCP and UDP headers both start with the two ports.
         if (ip.proto == TCP || ip.proto == UDP)
             && ip.vihl == PLAIN_VIHL
-            && let Ok(ports) = ctx.load::<UdpHdr>(L4_AT)
+            && let Ok(ports) = ctx.load::<[[u8; 2]; 2]>(L4_AT)
         {
-            event.src_port = ports.src;
-            event.dst_port = ports.dst;
+            [event.src_port, event.dst_port] = ports;
         }
     }
     // A full ring only loses this event; the packet's fate is already decided.

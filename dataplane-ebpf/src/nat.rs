@@ -15,7 +15,7 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -23,23 +23,24 @@ use dataplane_common::{
     Counter, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, PodSegment,
     checksum, conn_state, nat_direction, pod_may_use_port,
 };
-use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::{
     counters::{Outcome, count},
-    icmp::{DEST_UNREACH, ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, TIME_EXCEEDED, echo_id},
+    icmp::{DEST_UNREACH, ECHO_ID_OFFSET, ECHO_REQUEST, TIME_EXCEEDED, echo_id},
     ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
     maps::{FRAGMENTS, NAT},
     nat_share,
     packet::{IP_AT, L4_AT, load},
+    rewrite::{
+        IP_CHECKSUM_AT, IP_DESTINATION_AT, IP_SOURCE_AT, Segment, Transport, raw2, raw4, rewrite,
+        rewrite_address, transport,
+    },
 };
 
 /// What a NOEXIST insert returns when the key is taken.
 const EEXIST: i32 = 17;
 
-const IP_CHECKSUM_AT: usize = IP_AT + offset_of!(Ipv4Hdr, check);
-const IP_SOURCE_AT: usize = IP_AT + offset_of!(Ipv4Hdr, src_addr);
-const IP_DESTINATION_AT: usize = IP_AT + offset_of!(Ipv4Hdr, dst_addr);
 /// The packet an ICMP error quotes, after the error's own header.
 const QUOTE_AT: usize = L4_AT + Icmpv4Hdr::LEN;
 const QUOTE_PAYLOAD_AT: usize = QUOTE_AT + Ipv4Hdr::LEN;
@@ -53,199 +54,10 @@ const REFRESH_NS: u64 = 1_000_000_000;
 /// long as Linux keeps an incomplete datagram (`ipfrag_time`).
 const FRAGMENT_LIFETIME_NS: u64 = 30_000_000_000;
 
-/// What a TCP segment says about its sender's side of the connection.
-#[derive(Clone, Copy)]
-struct Segment {
-    seq: u32,
-    /// The sequence number after it (SYN and FIN count one).
-    end: u32,
-    /// The acknowledgement number, when the ACK flag is set.
-    ack: Option<u32>,
-    window: u16,
-}
-
-/// The transport fields of a packet that NAT looks at and rewrites.
-struct Transport {
-    protocol: u8,
-    src_port: [u8; 2],
-    dst_port: [u8; 2],
-    /// Where the source (egress) or destination (reply) port or echo id sits.
-    port_at: usize,
-    checksum_at: usize,
-    /// The L4 checksum covers the IPv4 pseudo-header (TCP, UDP).
-    pseudo_header: bool,
-    /// UDP: a zero checksum means "none" and must stay zero.
-    checksum_optional: bool,
-    /// The state this packet moves its half of the connection to.
-    state: u8,
-    /// TCP only.
-    segment: Option<Segment>,
-}
-
-/// Reads the transport fields of a packet whose IPv4 header is `ip` (only
-/// headers without options are translated). `egress`: the port that gets
-/// translated is the source one.
-#[inline(always)]
-fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transport> {
-    if ip.vihl != PLAIN_VIHL {
-        return None;
-    }
-    let established = if egress {
-        conn_state::NEW
-    } else {
-        conn_state::ESTABLISHED
-    };
-    let protocol = ip.proto;
-    match protocol {
-        TCP => {
-            let tcp: TcpHdr = ctx.load(L4_AT).ok()?;
-            let closing = tcp.fin() != 0 || tcp.rst() != 0;
-            let headers = Ipv4Hdr::LEN as u32 + u32::from(tcp.doff()) * 4;
-            let payload = u32::from(ip.tot_len()).saturating_sub(headers);
-            let seq = u32::from_be_bytes(tcp.seq);
-            let flags_len = u32::from(tcp.syn() != 0) + u32::from(tcp.fin() != 0);
-            let translated = if egress {
-                offset_of!(TcpHdr, source)
-            } else {
-                offset_of!(TcpHdr, dest)
-            };
-            Some(Transport {
-                protocol,
-                src_port: tcp.source,
-                dst_port: tcp.dest,
-                port_at: L4_AT + translated,
-                checksum_at: L4_AT + offset_of!(TcpHdr, check),
-                pseudo_header: true,
-                checksum_optional: false,
-                state: if closing {
-                    conn_state::CLOSING
-                } else {
-                    established
-                },
-                segment: Some(Segment {
-                    seq,
-                    end: seq.wrapping_add(payload + flags_len),
-                    ack: (tcp.ack() != 0).then(|| u32::from_be_bytes(tcp.ack_seq)),
-                    window: u16::from_be_bytes(tcp.window),
-                }),
-            })
-        }
-        UDP => {
-            let udp: UdpHdr = ctx.load(L4_AT).ok()?;
-            let translated = if egress {
-                offset_of!(UdpHdr, src)
-            } else {
-                offset_of!(UdpHdr, dst)
-            };
-            Some(Transport {
-                protocol,
-                src_port: udp.src,
-                dst_port: udp.dst,
-                port_at: L4_AT + translated,
-                checksum_at: L4_AT + offset_of!(UdpHdr, check),
-                pseudo_header: true,
-                checksum_optional: true,
-                state: established,
-                segment: None,
-            })
-        }
-        ICMP => {
-            // Echo: the identifier plays the port, as the requester's source
-            // port and the replier's destination port.
-            let icmp: Icmpv4Hdr = ctx.load(L4_AT).ok()?;
-            let wanted = if egress { ECHO_REQUEST } else { ECHO_REPLY };
-            if icmp.type_ != wanted {
-                return None;
-            }
-            let id = echo_id(&icmp);
-            let (src_port, dst_port) = if egress { (id, [0; 2]) } else { ([0; 2], id) };
-            Some(Transport {
-                protocol,
-                src_port,
-                dst_port,
-                port_at: L4_AT + ECHO_ID_OFFSET,
-                checksum_at: L4_AT + offset_of!(Icmpv4Hdr, check),
-                pseudo_header: false,
-                checksum_optional: false,
-                state: established,
-                segment: None,
-            })
-        }
-        _ => None,
-    }
-}
-
 #[inline(always)]
 fn in_port_range(config: &NodeConfig, port: [u8; 2]) -> bool {
     let port = u16::from_be_bytes(port);
     port >= config.nat_port_min && port <= config.nat_port_max
-}
-
-/// `bytes` as the raw value the checksum helpers diff (network order in memory).
-#[inline(always)]
-fn raw4(bytes: Ipv4Octets) -> u64 {
-    u64::from(u32::from_ne_bytes(bytes))
-}
-
-#[inline(always)]
-fn raw2(bytes: [u8; 2]) -> u64 {
-    u64::from(u16::from_ne_bytes(bytes))
-}
-
-/// Replaces the address at `address_at`, keeping the IPv4 checksum right:
-/// all a later fragment needs (it carries no transport header).
-#[inline(always)]
-fn rewrite_address(
-    ctx: &TcContext,
-    address_at: usize,
-    (old_address, new_address): (Ipv4Octets, Ipv4Octets),
-) -> Outcome<()> {
-    ctx.l3_csum_replace(IP_CHECKSUM_AT, raw4(old_address), raw4(new_address), 4)
-        .and_then(|()| ctx.store(address_at, &new_address, 0))
-        .map_err(|_| Counter::DropMalformed)
-}
-
-/// Replaces the address at `address_at` and the port at `transport.port_at`,
-/// keeping the IPv4 and L4 checksums right (also for checksum-offloaded
-/// packets, which the helpers handle).
-#[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
-    transport: &Transport,
-    address_at: usize,
-    (old_address, new_address): (Ipv4Octets, Ipv4Octets),
-    (old_port, new_port): ([u8; 2], [u8; 2]),
-) -> Outcome<()> {
-    let optional = if transport.checksum_optional {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    let rewritten = ctx
-        .l3_csum_replace(IP_CHECKSUM_AT, raw4(old_address), raw4(new_address), 4)
-        .and_then(|()| {
-            if !transport.pseudo_header {
-                return Ok(());
-            }
-            let flags = u64::from(BPF_F_PSEUDO_HDR) | optional | 4;
-            ctx.l4_csum_replace(
-                transport.checksum_at,
-                raw4(old_address),
-                raw4(new_address),
-                flags,
-            )
-        })
-        .and_then(|()| {
-            ctx.l4_csum_replace(
-                transport.checksum_at,
-                raw2(old_port),
-                raw2(new_port),
-                optional | 2,
-            )
-        })
-        .and_then(|()| ctx.store(address_at, &new_address, 0))
-        .and_then(|()| ctx.store(transport.port_at, &new_port, 0));
-    rewritten.map_err(|_| Counter::DropMalformed)
 }
 
 /// What the pod side of a connection has sent, after its segment `segment`.

@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
         let layouts = expected_layouts().unwrap();
-        assert_eq!(layouts.len(), 15, "{layouts:?}");
+        assert_eq!(layouts.len(), 18, "{layouts:?}");
         let endpoints = layout(names::ENDPOINTS_MAP);
         assert_eq!(endpoints.key_size, 4);
         assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());
@@ -257,6 +257,25 @@ mod tests {
         assert_eq!(
             fragments.map_type,
             aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32
+        );
+        let flows = layout(names::SERVICE_FLOWS_MAP);
+        assert_eq!(flows.key_size as usize, size_of::<FlowKey>());
+        assert_eq!(
+            flows.value_size as usize,
+            size_of::<dataplane_common::ServiceFlow>()
+        );
+        assert_eq!(
+            flows.map_type,
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32
+        );
+        let backends = layout(names::BACKENDS_MAP);
+        assert_eq!(
+            backends.key_size as usize,
+            size_of::<dataplane_common::BackendKey>()
+        );
+        assert_eq!(
+            backends.value_size as usize,
+            size_of::<dataplane_common::Backend>()
         );
         // LPM trie keys are {u32 prefix length, address}; tries need NO_PREALLOC.
         let routes = layout(names::TUNNEL_ROUTES_MAP);

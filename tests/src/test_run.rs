@@ -156,7 +156,7 @@ pub fn node_config() -> NodeConfig {
         tunnel_mtu: TUNNEL_MTU,
         vxlan_port: VXLAN_PORT,
         masquerade: 1,
-        _pad: 0,
+        services: 0,
         nat_port_min: NAT_PORT_MIN,
         nat_port_max: NAT_PORT_MAX,
         // Whole shares: the suites that test them set their own.
@@ -433,6 +433,14 @@ pub fn assert_checksums_valid(frame: &[u8]) {
         }
         _ => {}
     }
+}
+
+/// Address and port fields of an IPv4 (no options) + TCP/UDP frame:
+/// (source, destination).
+pub fn addresses(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+    let ip = |at: usize| Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3]);
+    let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    ((ip(26), port(34)), (ip(30), port(36)))
 }
 
 /// The same frame as if it arrived on the uplink (other MACs).

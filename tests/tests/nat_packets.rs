@@ -18,13 +18,6 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const TCP_SYN_ACK: u8 = 0x12;
 
-/// Address and port fields of an IPv4 + TCP/UDP frame.
-fn addresses(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
-    let ip = |at: usize| Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3]);
-    let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
-    ((ip(26), port(34)), (ip(30), port(36)))
-}
-
 fn run_egress(fixture: &mut Fixture, protocol: u8, l4: &[u8]) -> (u32, Vec<u8>) {
     fixture.run(&ipv4_packet(POD_A_IP, EXTERNAL_IP, protocol, l4))
 }

@@ -180,6 +180,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
               device = if created { "created" } else { "kept" }, "VXLAN tunnel ready");
     }
     dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
+    // Services an earlier agent programmed keep being translated meanwhile.
+    let mut facts = facts;
+    facts.node_config.services = u8::from(!dataplane.programmed_services().is_empty());
     dataplane.set_node_config(facts.node_config)?;
 
     let nat = NatTable::new(
@@ -193,9 +196,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
     owner.adopt_pinned_endpoints().await?;
     owner.resync_host().await?;
     owner
-        .apply_config_file(config.nodes.clone(), &config.endpoints)
+        .apply_config_file(
+            config.nodes.clone(),
+            &config.endpoints,
+            config.services.clone(),
+        )
         .await
-        .context("the config file's nodes and endpoints")?;
+        .context("the config file's nodes, endpoints and services")?;
     for stale in owner.remove_stale_links() {
         info!(pin = %stale.display(), "removed a pinned link nothing uses any more");
     }

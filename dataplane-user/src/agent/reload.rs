@@ -75,12 +75,14 @@ async fn reload(
         .ask(|reply| Command::ApplyConfigFile {
             nodes: config.nodes.clone(),
             endpoints: config.endpoints.clone(),
+            services: config.services.clone(),
             reply,
         })
         .await?;
     info!(
         nodes = config.nodes.len(),
         endpoints = config.endpoints.len(),
+        services = config.services.len(),
         "config file reloaded"
     );
     if restart_only {

@@ -168,6 +168,30 @@ async fn handle(state: &StateHandle, nat: &NatTable, request: Request) -> anyhow
             Response::Nat { connections, pods }
         }
         Request::FlushNat => done(nat.flush().await? > 0),
+        Request::AddService { service } => {
+            state
+                .ask(|reply| Command::UpsertService(Source::Api, service, reply))
+                .await?;
+            done(true)
+        }
+        // An operator's removal: whichever source listed the Service.
+        Request::RemoveService { name } => done(
+            state
+                .ask(|reply| Command::WithdrawService(None, name, reply))
+                .await?,
+        ),
+        Request::ListServices { address } => {
+            let mut services = state.ask(Command::Services).await?;
+            services.retain(|entry| address.is_none_or(|address| entry.service.ip == address));
+            Response::Services { services }
+        }
+        Request::ListServiceMaps => {
+            let (frontends, connection_entries) = state.ask(Command::ServiceMaps).await?;
+            Response::ServiceMaps {
+                frontends,
+                connection_entries,
+            }
+        }
         Request::Monitor { .. } => anyhow::bail!("monitor is a stream of its own"),
     })
 }

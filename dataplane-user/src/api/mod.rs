@@ -17,7 +17,7 @@ use serde_with::{DisplayFromStr, serde_as};
 pub use client::{call, stream};
 pub use wire::{CounterName, IpProtocol};
 
-use crate::model::{EndpointSpec, HostInterface, NodeSpec};
+use crate::model::{EndpointSpec, Frontend, HostInterface, NodeSpec, ServiceSpec, Source};
 
 /// The version of this protocol. 1 was the unversioned protocol before it.
 pub const API_VERSION: u32 = 2;
@@ -108,6 +108,21 @@ pub enum Request {
     },
     /// Removes every tracked connection (they start afresh on their next packet).
     FlushNat,
+    /// Adds a Service, or replaces the one of that name.
+    AddService {
+        service: ServiceSpec,
+    },
+    /// Removes a Service, whichever source listed it.
+    RemoveService {
+        name: String,
+    },
+    /// Services as the sources list them; with `address`, those with that IP.
+    ListServices {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<Ipv4Addr>,
+    },
+    /// The Service frontends and backend slots as the maps hold them.
+    ListServiceMaps,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +151,14 @@ pub enum Response {
     },
     Event {
         event: PacketReport,
+    },
+    Services {
+        services: Vec<ServiceEntry>,
+    },
+    ServiceMaps {
+        frontends: Vec<FrontendEntry>,
+        /// Halves of connections to Services the programs track.
+        connection_entries: usize,
     },
     Error {
         message: String,
@@ -265,6 +288,21 @@ pub struct EndpointEntry {
     pub host_mac: MacAddr6,
     /// Whether the from-pod program is attached to the host veth.
     pub attached: bool,
+}
+
+/// A Service and the source that lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub source: Source,
+    pub service: ServiceSpec,
+}
+
+/// A frontend as the Service maps hold it: its id and backends by slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendEntry {
+    pub frontend: Frontend,
+    pub id: u32,
+    pub backends: Vec<SocketAddrV4>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

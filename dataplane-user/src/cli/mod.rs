@@ -15,7 +15,7 @@ use crate::{
     api::{self, CounterName, PacketFilter, Request, Response},
     config::DEFAULT_API_SOCKET,
     install,
-    model::{EndpointSpec, HostInterface, NodeSpec},
+    model::{EndpointSpec, HostInterface, NodeSpec, Protocol, ServicePort, ServiceSpec},
 };
 
 #[derive(Parser)]
@@ -51,6 +51,9 @@ enum Command {
     /// Add, remove or list the other nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Add, remove or list Services (ClusterIPs) on a node without Kubernetes.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Masqueraded connections.
     #[command(subcommand)]
     Nat(NatCommand),
@@ -108,6 +111,10 @@ enum MapName {
     Endpoints,
     Nodes,
     Nat,
+    /// Service frontends with their backends by slot (both maps together).
+    Services,
+    /// The same listing as `services`: backend slots under their frontend.
+    Backends,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +132,65 @@ enum NatCommand {
     /// List tracked connections (pod, node address, remote, state, idle
     /// time), then each pod's share of the table and what it was refused.
     List,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Add a Service, or replace the one of that name.
+    Add {
+        /// Unique name (e.g. namespace/name).
+        #[arg(long)]
+        name: String,
+        /// The address clients connect to.
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// A port and its backends: PORT[/tcp|/udp]=ADDRESS:PORT,... (repeat
+        /// for more ports; nothing after `=`: clients are refused).
+        #[arg(long = "port", required = true)]
+        ports: Vec<PortArg>,
+    },
+    /// Remove a Service (succeeds if it is not known).
+    Del {
+        #[arg(long)]
+        name: String,
+    },
+    /// List Services as the sources list them.
+    List,
+}
+
+/// `80/tcp=10.244.1.5:8080,10.244.2.7:8080`, as typed.
+#[derive(Clone)]
+struct PortArg(ServicePort);
+
+impl std::str::FromStr for PortArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (port, backends) = text.split_once('=').unwrap_or((text, ""));
+        let (number, protocol) = match port.split_once('/') {
+            Some((number, "tcp")) => (number, Protocol::Tcp),
+            Some((number, "udp")) => (number, Protocol::Udp),
+            Some((_, other)) => return Err(format!("protocol {other:?}: only tcp and udp")),
+            None => (port, Protocol::Tcp),
+        };
+        let port = number
+            .parse()
+            .map_err(|_| format!("{number:?} is not a port number"))?;
+        let backends = backends
+            .split(',')
+            .filter(|backend| !backend.is_empty())
+            .map(|backend| {
+                backend
+                    .parse()
+                    .map_err(|_| format!("backend {backend:?} is not ADDRESS:PORT"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PortArg(ServicePort {
+            port,
+            protocol,
+            backends,
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -237,13 +303,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Node(NodeCommand::Del { ip }) => Request::RemoveNode { ip },
         Command::Node(NodeCommand::List) => Request::ListNodes { address: None },
+        Command::Service(ServiceCommand::Add { name, ip, ports }) => Request::AddService {
+            service: ServiceSpec {
+                name,
+                ip,
+                ports: ports.into_iter().map(|PortArg(port)| port).collect(),
+            },
+        },
+        Command::Service(ServiceCommand::Del { name }) => Request::RemoveService { name },
+        Command::Service(ServiceCommand::List) => Request::ListServices { address: None },
         Command::Nat(NatCommand::List) => Request::ListNat { address: None },
         Command::Map(MapCommand::List { map }) => list_request(map, None),
         Command::Map(MapCommand::Get { map, address }) => list_request(map, Some(address)),
         Command::Map(MapCommand::Flush { map: MapName::Nat }) => Request::FlushNat,
         Command::Map(MapCommand::Flush { .. }) => {
             bail!(
-                "only the NAT table can be flushed; endpoints and nodes have their own del commands"
+                "only the NAT table can be flushed; endpoints, nodes and services have their own \
+                 del commands"
             )
         }
         Command::Counters { explain: true } => {
@@ -301,5 +377,6 @@ fn list_request(map: MapName, address: Option<Ipv4Addr>) -> Request {
         MapName::Endpoints => Request::ListEndpoints { address },
         MapName::Nodes => Request::ListNodes { address },
         MapName::Nat => Request::ListNat { address },
+        MapName::Services | MapName::Backends => Request::ListServiceMaps,
     }
 }

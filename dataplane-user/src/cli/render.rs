@@ -158,6 +158,56 @@ pub fn print_text(response: &Response) {
         }
         Response::Event { event } => println!("{}", event_line(event)),
         Response::Error { message } => println!("error: {message}"),
+        Response::Services { services } => {
+            println!(
+                "{:<11} {:<24} {:<16} {:<10} BACKENDS",
+                "SOURCE", "NAME", "IP", "PORT"
+            );
+            for entry in services {
+                let service = &entry.service;
+                for port in &service.ports {
+                    let backends: Vec<String> =
+                        port.backends.iter().map(ToString::to_string).collect();
+                    println!(
+                        "{:<11} {:<24} {:<16} {:<10} {}",
+                        format!("{:?}", entry.source).to_lowercase(),
+                        service.name,
+                        service.ip,
+                        format!("{}/{}", port.port, port.protocol),
+                        if backends.is_empty() {
+                            "(none: refused)".into()
+                        } else {
+                            backends.join(",")
+                        }
+                    );
+                }
+            }
+        }
+        Response::ServiceMaps {
+            frontends,
+            connection_entries,
+        } => {
+            println!("{:<24} {:>6} {:>5} BACKEND", "FRONTEND", "ID", "SLOT");
+            for entry in frontends {
+                if entry.backends.is_empty() {
+                    println!(
+                        "{:<24} {:>6} {:>5} (none: refused)",
+                        entry.frontend.to_string(),
+                        entry.id,
+                        "-"
+                    );
+                }
+                for (slot, backend) in entry.backends.iter().enumerate() {
+                    println!(
+                        "{:<24} {:>6} {:>5} {backend}",
+                        entry.frontend.to_string(),
+                        entry.id,
+                        slot
+                    );
+                }
+            }
+            println!("connection entries tracked: {connection_entries}");
+        }
     }
 }
 

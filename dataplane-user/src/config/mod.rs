@@ -29,6 +29,13 @@
 //! ip = "10.244.1.2"
 //! interface = "veth1a2b3c"                   # host side of the pod's veth
 //! mac = "02:00:0a:f4:01:02"                  # the pod's own interface MAC
+//!
+//! [[services]]                               # Services (ClusterIPs) without Kubernetes
+//! name = "default/web"
+//! ip = "10.96.0.10"
+//! ports = [
+//!   { port = 80, protocol = "tcp", backends = ["10.244.1.2:8080", "10.244.2.7:8080"] },
+//! ]
 //! ```
 
 use std::{
@@ -40,7 +47,9 @@ use std::{
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EndpointSpec, LocalFacts, NodeSet, NodeSpec, validate_endpoint};
+use crate::model::{
+    EndpointSpec, LocalFacts, NodeSet, NodeSpec, ServiceSpec, Services, Source, validate_endpoint,
+};
 
 pub const DEFAULT_API_SOCKET: &str = "/run/dataplane/agent.sock";
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/dataplane";
@@ -60,6 +69,8 @@ pub struct Config {
     pub nat: NatSettings,
     #[serde(default)]
     pub kubernetes: KubernetesSettings,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
 }
 
 /// Nodes and pod CIDRs from the Kubernetes API (`Node.spec.podCIDR(s)` and
@@ -370,6 +381,20 @@ impl Config {
                 ));
             }
         }
+        let pod_cidrs: Vec<Ipv4Network> = self
+            .node
+            .cluster_cidr
+            .into_iter()
+            .chain(self.node.pod_cidr)
+            .collect();
+        for (index, service) in self.services.iter().enumerate() {
+            service
+                .validate(&pod_cidrs)
+                .map_err(|(name, problem)| (format!("services[{index}].{name}"), problem))?;
+        }
+        Services::default()
+            .replace(Source::ConfigFile, self.services.clone())
+            .map_err(|(name, problem)| (format!("services.{name}"), problem))?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::Ebpf;
-use dataplane_common::{Endpoint, NodeConfig, names};
+use dataplane_common::{Backend, Endpoint, NodeConfig, ServiceKey, names};
 use ipnetwork::Ipv4Network;
 
 mod links;
@@ -20,7 +20,7 @@ use links::from_pod_on;
 
 use crate::{
     interfaces::Interface,
-    maps::{CounterTotal, Maps, MapsError, NatMap},
+    maps::{CounterTotal, Maps, MapsError, NatMap, ProgrammedService},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,10 @@ pub struct Dataplane {
     remote_nodes: BTreeMap<Ipv4Addr, Ipv4Network>,
     /// What the host address map holds.
     host_addresses: BTreeSet<Ipv4Addr>,
+    /// The Service frontends programmed (the mirror of the Service maps).
+    services: BTreeMap<ServiceKey, ProgrammedService>,
+    /// The id the next new frontend gets (ids are not reused in a run).
+    next_service_id: u32,
 }
 
 impl Dataplane {
@@ -69,6 +73,13 @@ impl Dataplane {
             behind.entry(endpoint.host_ifindex).or_default().insert(*ip);
         }
         let remote_nodes = maps.remote_nodes()?.into_iter().collect();
+        let services: BTreeMap<ServiceKey, ProgrammedService> =
+            maps.services.programmed()?.into_iter().collect();
+        let next_service_id = services
+            .values()
+            .map(|service| service.id + 1)
+            .max()
+            .unwrap_or(0);
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir).map_err(|error| DataplaneError::Pin {
             program: "(all)",
@@ -85,6 +96,8 @@ impl Dataplane {
             behind,
             remote_nodes,
             host_addresses: BTreeSet::new(),
+            services,
+            next_service_id,
         })
     }
 
@@ -248,6 +261,79 @@ impl Dataplane {
             return Ok(false);
         };
         Ok(self.maps.remove_remote_node(ip, pod_cidr)?)
+    }
+
+    /// The Service frontends programmed (the mirror of the maps).
+    pub fn programmed_services(&self) -> &BTreeMap<ServiceKey, ProgrammedService> {
+        &self.services
+    }
+
+    /// Every backend slot of every frontend, as the map holds them.
+    pub fn backend_slots(
+        &self,
+    ) -> Result<Vec<(dataplane_common::BackendKey, Backend)>, DataplaneError> {
+        Ok(self.maps.services.slots()?)
+    }
+
+    /// Makes the frontend `key` lead to `backends` (`None`: removes it).
+    /// A backend that stays keeps its slot, a departing one's slot goes to
+    /// the last backend, new ones are appended: one backend's change writes
+    /// at most three entries. Connections to a departed backend are
+    /// forgotten, so their next packets pick a live one. Returns how many
+    /// connections that was.
+    pub fn program_service(
+        &mut self,
+        key: ServiceKey,
+        backends: Option<&BTreeSet<Backend>>,
+    ) -> Result<usize, DataplaneError> {
+        let current = self.services.get(&key).cloned();
+        let old: &[Backend] = current.as_ref().map_or(&[], |service| &service.backends);
+        let Some(wanted) = backends else {
+            if let Some(service) = &current {
+                self.maps.services.remove(key, service.id, old.len())?;
+                self.services.remove(&key);
+            }
+            let gone = old.iter().map(|backend| (key, *backend)).collect();
+            return Ok(self.maps.services.forget_connections(&gone)?);
+        };
+        let mut slots = old.to_vec();
+        let mut index = 0;
+        while index < slots.len() {
+            if wanted.contains(&slots[index]) {
+                index += 1;
+            } else {
+                slots.swap_remove(index);
+            }
+        }
+        let kept: BTreeSet<Backend> = slots.iter().copied().collect();
+        slots.extend(wanted.difference(&kept));
+        let id = match &current {
+            Some(service) => service.id,
+            None => {
+                let id = self.next_service_id;
+                self.next_service_id = id.wrapping_add(1);
+                id
+            }
+        };
+        self.maps.services.program(key, id, old, &slots)?;
+        self.services.insert(
+            key,
+            ProgrammedService {
+                id,
+                backends: slots,
+            },
+        );
+        let gone = old
+            .iter()
+            .filter(|backend| !wanted.contains(backend))
+            .map(|backend| (key, *backend))
+            .collect();
+        Ok(self.maps.services.forget_connections(&gone)?)
+    }
+
+    /// Halves of connections to Services tracked now.
+    pub fn service_connection_entries(&self) -> usize {
+        self.maps.services.connection_entries()
     }
 
     fn forget_behind(&mut self, ip: Ipv4Addr, ifindex: u32) {

@@ -227,7 +227,7 @@ pub enum Source {
 }
 
 impl Source {
-    const ALL: [Source; 4] = [
+    pub const ALL: [Source; 4] = [
         Source::ConfigFile,
         Source::Api,
         Source::Kubernetes,
@@ -401,6 +401,10 @@ impl EndpointSources {
         unlisted
     }
 }
+
+mod services;
+
+pub use services::{Backends, Frontend, Protocol, ServicePort, ServiceSpec, Services};
 
 #[cfg(test)]
 mod tests;

@@ -23,8 +23,8 @@ pub use owner::{NodeFacts, Owner};
 pub use report::TableSizes;
 
 use crate::{
-    api::{CounterEntry, EndpointEntry, Status},
-    model::{EndpointSpec, NodeSpec, Source},
+    api::{CounterEntry, EndpointEntry, FrontendEntry, ServiceEntry, Status},
+    model::{EndpointSpec, NodeSpec, ServiceSpec, Source},
 };
 
 /// Where a command's outcome goes.
@@ -52,12 +52,22 @@ pub enum Command {
     WithdrawNode(Option<Source>, Ipv4Addr, Reply<bool>),
     /// `source` lists exactly these nodes now; all or nothing.
     ReplaceNodes(Source, Vec<NodeSpec>, Reply<()>),
-    /// The config file's nodes and endpoints, checked as a whole first.
+    /// The config file's nodes, endpoints and Services, checked as a whole first.
     ApplyConfigFile {
         nodes: Vec<NodeSpec>,
         endpoints: Vec<EndpointSpec>,
+        services: Vec<ServiceSpec>,
         reply: Reply<()>,
     },
+    /// `source` lists the Service (too), replacing its entry of that name.
+    UpsertService(Source, ServiceSpec, Reply<()>),
+    /// `source` (`None`: every source) no longer lists the Service of that name.
+    WithdrawService(Option<Source>, String, Reply<bool>),
+    /// `source` lists exactly these Services now; all or nothing.
+    ReplaceServices(Source, Vec<ServiceSpec>, Reply<()>),
+    Services(Reply<Vec<ServiceEntry>>),
+    /// The frontends as programmed, and the connection entries tracked.
+    ServiceMaps(Reply<(Vec<FrontendEntry>, usize)>),
     /// This node's pod CIDR, learned from its Node object.
     LocalPodCidr(Ipv4Network),
     Status(Reply<Status>),

@@ -10,11 +10,15 @@ use tracing::{info, warn};
 
 use super::{Command, Reply, nat_table::NatTable, reconcile::Reconciler, report::Watchers};
 use crate::{
+    api::{FrontendEntry, ServiceEntry},
     config::{NatSettings, NodeSettings},
     dataplane::{Dataplane, DataplaneError},
     interfaces::Interfaces,
-    maps::{MapsError, ipv4_cidr},
-    model::{EndpointSources, EndpointSpec, LocalFacts, NodeSpec, RemoteNodes, Source, Violation},
+    maps::{MapsError, backend_address, frontend_of, ipv4_cidr},
+    model::{
+        EndpointSources, EndpointSpec, Frontend, LocalFacts, NodeSpec, RemoteNodes, ServicePort,
+        ServiceSpec, Services, Source, Violation,
+    },
 };
 
 /// The node's facts, fixed at start-up (the pod CIDR may still come from
@@ -40,6 +44,7 @@ pub struct Owner {
     pub(super) dataplane: Dataplane,
     pub(super) reconciler: Reconciler,
     pub(super) remote_nodes: RemoteNodes,
+    pub(super) services: Services,
     pub(super) endpoint_sources: EndpointSources,
     /// Read for status and metrics; its own thread walks it.
     pub(super) nat: NatTable,
@@ -69,12 +74,14 @@ impl Owner {
         if let Err((ip, (field, problem))) = remote_nodes.replace(Source::Pinned, &pinned, &local) {
             warn!(%ip, "pinned node map: {field}: {problem}; starting from an empty node set");
         }
+        let services = pinned_services(&dataplane);
         Self {
             facts,
             interfaces,
             dataplane,
             reconciler: Reconciler::default(),
             remote_nodes,
+            services,
             endpoint_sources: EndpointSources::default(),
             nat,
             watchers: Watchers::default(),
@@ -141,8 +148,33 @@ impl Owner {
             Command::ApplyConfigFile {
                 nodes,
                 endpoints,
+                services,
                 reply,
-            } => answer(reply, self.apply_config_file(nodes, &endpoints).await),
+            } => answer(
+                reply,
+                self.apply_config_file(nodes, &endpoints, services).await,
+            ),
+            Command::UpsertService(source, service, reply) => {
+                let changed = self.checked_service(&service).and_then(|()| {
+                    self.services
+                        .upsert(source, service)
+                        .map_err(refused_service)
+                });
+                answer(
+                    reply,
+                    changed.and_then(|changed| self.program_services(&changed)),
+                );
+            }
+            Command::WithdrawService(source, name, reply) => {
+                let changed = self.services.withdraw(source, &name);
+                let removed = !changed.is_empty();
+                answer(reply, self.program_services(&changed).map(|()| removed));
+            }
+            Command::ReplaceServices(source, services, reply) => {
+                answer(reply, self.replace_services(source, services));
+            }
+            Command::Services(reply) => answer(reply, Ok(self.service_entries())),
+            Command::ServiceMaps(reply) => answer(reply, Ok(self.frontend_entries())),
             Command::LocalPodCidr(pod_cidr) => {
                 if let Err(error) = self.set_local_pod_cidr(pod_cidr) {
                     warn!("applying this node's pod CIDR {pod_cidr}: {error:#}");
@@ -203,15 +235,88 @@ impl Owner {
     fn retry_failed(&mut self) {
         self.reconciler
             .retry_nodes(&mut self.dataplane, self.remote_nodes.effective());
+        self.reconciler
+            .retry_services(&mut self.dataplane, &self.services);
+    }
+
+    /// Writes the frontends whose backends changed, and tells the programs
+    /// whether to look at Services at all.
+    fn program_services(&mut self, changed: &[Frontend]) -> anyhow::Result<()> {
+        let written = self
+            .reconciler
+            .write_services(&mut self.dataplane, &self.services, changed);
+        let any = u8::from(!self.dataplane.programmed_services().is_empty());
+        if self.facts.node_config.services != any {
+            self.facts.node_config.services = any;
+            self.dataplane.set_node_config(self.facts.node_config)?;
+        }
+        written
+    }
+
+    /// A Service's own rules: its address stays out of the pod addresses.
+    fn checked_service(&self, service: &ServiceSpec) -> anyhow::Result<()> {
+        let settings = &self.facts.settings;
+        let pod_cidrs: Vec<Ipv4Network> = settings
+            .cluster_cidr
+            .into_iter()
+            .chain(settings.pod_cidr)
+            .collect();
+        service.validate(&pod_cidrs).map_err(|(field, problem)| {
+            anyhow::anyhow!("service {}: field `{field}`: {problem}", service.name)
+        })
+    }
+
+    fn replace_services(
+        &mut self,
+        source: Source,
+        services: Vec<ServiceSpec>,
+    ) -> anyhow::Result<()> {
+        for service in &services {
+            self.checked_service(service)?;
+        }
+        let changed = self
+            .services
+            .replace(source, services)
+            .map_err(refused_service)?;
+        self.program_services(&changed)
+    }
+
+    fn service_entries(&self) -> Vec<ServiceEntry> {
+        self.services
+            .list()
+            .into_iter()
+            .map(|(source, service)| ServiceEntry {
+                source,
+                service: service.clone(),
+            })
+            .collect()
+    }
+
+    fn frontend_entries(&self) -> (Vec<FrontendEntry>, usize) {
+        let frontends = self
+            .dataplane
+            .programmed_services()
+            .iter()
+            .filter_map(|(key, programmed)| {
+                Some(FrontendEntry {
+                    frontend: frontend_of(key)?,
+                    id: programmed.id,
+                    backends: programmed.backends.iter().map(backend_address).collect(),
+                })
+            })
+            .collect();
+        (frontends, self.dataplane.service_connection_entries())
     }
 
     pub async fn apply_config_file(
         &mut self,
         nodes: Vec<NodeSpec>,
         endpoints: &[EndpointSpec],
+        services: Vec<ServiceSpec>,
     ) -> anyhow::Result<()> {
         // Every endpoint's veth must exist before anything changes.
         let resolved = self.checked_interfaces(endpoints).await?;
+        self.replace_services(Source::ConfigFile, services)?;
         let changed = self
             .remote_nodes
             .replace(Source::ConfigFile, &nodes, &self.local_facts())
@@ -287,6 +392,39 @@ const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// A node change the rules refused, as the error of the source that asked.
 fn refused((ip, (field, problem)): (Ipv4Addr, Violation)) -> anyhow::Error {
     anyhow::anyhow!("node {ip}: field `{field}`: {problem}")
+}
+
+/// A Service change the rules refused.
+fn refused_service((field, problem): Violation) -> anyhow::Error {
+    anyhow::anyhow!("field `{field}`: {problem}")
+}
+
+/// The frontends an earlier agent programmed, kept (as [`Source::Pinned`],
+/// one Service per frontend) until a source names them: connections to
+/// Services keep working across a restart.
+fn pinned_services(dataplane: &Dataplane) -> Services {
+    let mut services = Services::default();
+    for (key, programmed) in dataplane.programmed_services() {
+        let Some(frontend) = frontend_of(key) else {
+            warn!(
+                ?key,
+                "pinned service map: a protocol no agent writes; dropped"
+            );
+            continue;
+        };
+        let service = ServiceSpec {
+            name: frontend.to_string(),
+            ip: frontend.ip,
+            ports: vec![ServicePort {
+                port: frontend.port,
+                protocol: frontend.protocol,
+                backends: programmed.backends.iter().map(backend_address).collect(),
+            }],
+        };
+        // One frontend per Service, each named by it: they cannot collide.
+        let _ = services.upsert(Source::Pinned, service);
+    }
+    services
 }
 
 /// Hands an outcome back; a requester that stopped waiting is no error.

@@ -1,6 +1,6 @@
-//! Turns the difference between the desired remote nodes and what the maps
-//! hold into map writes. Only entries that changed are written; a write that
-//! fails is remembered and tried again.
+//! Turns the difference between the desired remote nodes and Services and
+//! what the maps hold into map writes. Only entries that changed are
+//! written; a write that fails is remembered and tried again.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
@@ -8,13 +8,16 @@ use tracing::{info, warn};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
-    model::NodeSet,
+    maps::{backend_entry, service_key},
+    model::{Frontend, NodeSet, Services},
 };
 
 #[derive(Debug, Default)]
 pub struct Reconciler {
     /// Nodes whose last write failed.
     failed_nodes: BTreeSet<Ipv4Addr>,
+    /// Service frontends whose last write failed.
+    failed_frontends: BTreeSet<Frontend>,
 }
 
 impl Reconciler {
@@ -41,6 +44,60 @@ impl Reconciler {
             }
         }
         first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Brings the Service frontends `frontends` in line with `desired`, as
+    /// `write_nodes` does for nodes.
+    pub fn write_services(
+        &mut self,
+        dataplane: &mut Dataplane,
+        desired: &Services,
+        frontends: &[Frontend],
+    ) -> anyhow::Result<()> {
+        let mut first_failure = None;
+        for frontend in frontends {
+            let backends = desired
+                .frontends()
+                .get(frontend)
+                .map(|backends| backends.iter().copied().map(backend_entry).collect());
+            match dataplane.program_service(service_key(frontend), backends.as_ref()) {
+                Ok(forgotten) => {
+                    self.failed_frontends.remove(frontend);
+                    match backends {
+                        Some(backends) => info!(
+                            %frontend,
+                            backends = backends.len(),
+                            connections_moved = forgotten,
+                            "service programmed"
+                        ),
+                        None => info!(%frontend, connections_ended = forgotten, "service removed"),
+                    }
+                }
+                Err(error) => {
+                    self.failed_frontends.insert(*frontend);
+                    first_failure.get_or_insert_with(|| {
+                        anyhow::anyhow!(
+                            "service {frontend} is not programmed yet (retried): {error}"
+                        )
+                    });
+                }
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Tries the failed Service writes again.
+    pub fn retry_services(&mut self, dataplane: &mut Dataplane, desired: &Services) {
+        if self.failed_frontends.is_empty() {
+            return;
+        }
+        let frontends: Vec<Frontend> = self.failed_frontends.iter().copied().collect();
+        if let Err(error) = self.write_services(dataplane, desired, &frontends) {
+            warn!(
+                still_failing = self.failed_frontends.len(),
+                "retrying service writes: {error:#}"
+            );
+        }
     }
 
     /// Tries the failed writes again.

@@ -1,5 +1,11 @@
 //! Typed access to the dataplane's maps.
 
+mod services;
+
+pub use services::{
+    ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, service_key,
+};
+
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::{
@@ -31,6 +37,8 @@ pub enum MapsError {
          this node are not in it, and pods cannot reach the node on them"
     )]
     HostAddressesFull { missing: usize },
+    #[error("map {name} is full; remove Services or backends first")]
+    ServicesFull { name: &'static str },
     #[error("map {name} holds an entry no agent writes: {detail}")]
     Corrupt { name: &'static str, detail: String },
 }
@@ -71,6 +79,7 @@ pub struct Maps {
     /// Drop events, until the agent's monitor task takes them.
     events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, CounterValue>,
+    pub services: ServiceMaps,
 }
 
 /// The connection table (written by the programs; the agent only lists and
@@ -192,6 +201,14 @@ impl Maps {
             ),
             counters: PerCpuArray::try_from(take(names::COUNTERS_MAP)?)
                 .map_err(access(names::COUNTERS_MAP))?,
+            services: ServiceMaps::new(
+                HashMap::try_from(take(names::SERVICES_MAP)?)
+                    .map_err(access(names::SERVICES_MAP))?,
+                HashMap::try_from(take(names::BACKENDS_MAP)?)
+                    .map_err(access(names::BACKENDS_MAP))?,
+                HashMap::try_from(take(names::SERVICE_FLOWS_MAP)?)
+                    .map_err(access(names::SERVICE_FLOWS_MAP))?,
+            ),
         })
     }
 

@@ -1,0 +1,225 @@
+//! Services (kube-proxy's job, per packet at TC): a pod's connection to a
+//! Service frontend (address, port, protocol) is translated to one of its
+//! backends, chosen at random on the connection's first packet and kept for
+//! its whole life; the backend's replies are translated back, so the client
+//! only ever sees the frontend. The backend sees the client's own address,
+//! as with kube-proxy, except when the client is the backend itself
+//! (hairpin): its stack would drop a packet from its own address as martian,
+//! so that one comes from `HAIRPIN_SOURCE`.
+//!
+//! Both halves of a connection live in `SERVICE_FLOWS`, on the client's
+//! node: the reply half is written first, so the backend's first answer
+//! finds it. The agent removes the halves of connections whose backend
+//! went away; new packets then pick a live backend.
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcContext};
+use dataplane_common::{
+    Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets, ServiceFlow, ServiceKey,
+    ServiceValue, service_direction,
+};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    counters::{Outcome, count},
+    ipv4::{TCP, UDP},
+    maps::{BACKENDS, SERVICE_FLOWS, SERVICES},
+    packet::{IP_AT, load},
+    rewrite::{
+        DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
+        rewrite_port, rewrite_transport_address, transport,
+    },
+};
+
+/// A pod's packet (its checked IPv4 header `ip`) to a Service frontend is
+/// translated to a backend, and a backend's reply back to the frontend:
+/// the packet's destination after that, or `UNTOUCHED` when it is neither
+/// (an address as a `u32` in memory order: one register to return, where
+/// an `Option` would take a slot of the caller's scarce stack).
+/// `Err(DropServiceNoBackend)`: the frontend has no backend.
+// Out of line: its state stays out of the other paths' stack frames.
+#[inline(never)]
+pub fn translate(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<u32> {
+    Ok(match translate_inline(ctx, ip)? {
+        Some(destination) => u32::from_ne_bytes(destination),
+        None => UNTOUCHED,
+    })
+}
+
+/// What `translate` returns for a packet it left alone (0.0.0.0 is never a
+/// destination: from-pod drops it before).
+pub const UNTOUCHED: u32 = 0;
+
+#[inline(always)]
+fn translate_inline(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<Option<Ipv4Octets>> {
+    // Later fragments carry no ports; ICMP and others are not load balanced.
+    if (ip.proto != TCP && ip.proto != UDP) || ip.frag_offset() != 0 {
+        return Ok(None);
+    }
+    // Egress view: the source port is the one `port_at` names.
+    let Some(packet) = transport(ctx, ip, true) else {
+        return Ok(None);
+    };
+    let key = FlowKey {
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        protocol: packet.protocol,
+        direction: service_direction::TO_CLIENT,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(flow) = unsafe { SERVICE_FLOWS.get(key) }.copied() {
+        to_client(ctx, &packet, &key, &flow)?;
+        return Ok(Some(flow.client));
+    }
+    let frontend = ServiceKey {
+        address: key.dst,
+        port: key.dst_port,
+        protocol: key.protocol,
+        _pad: 0,
+    };
+    // SAFETY: as above.
+    let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
+        return Ok(None);
+    };
+    to_backend(ctx, &packet, &key, &service).map(Some)
+}
+
+/// A packet about to be delivered to a pod of this node after crossing the
+/// tunnel or NAT: a backend's reply to a client here is translated back.
+#[inline(always)]
+pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
+    let ip: Ipv4Hdr = load(ctx, IP_AT)?;
+    if (ip.proto != TCP && ip.proto != UDP) || ip.frag_offset() != 0 {
+        return Ok(());
+    }
+    let Some(packet) = transport(ctx, &ip, true) else {
+        return Ok(());
+    };
+    let key = FlowKey {
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        protocol: packet.protocol,
+        direction: service_direction::TO_CLIENT,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once.
+    match unsafe { SERVICE_FLOWS.get(key) }.copied() {
+        Some(flow) => to_client(ctx, &packet, &key, &flow),
+        None => Ok(()),
+    }
+}
+
+/// The reply `key` of a connection whose halves are `flow`: from the frontend.
+#[inline(always)]
+fn to_client(
+    ctx: &TcContext,
+    packet: &Transport,
+    key: &FlowKey,
+    flow: &ServiceFlow,
+) -> Outcome<()> {
+    let frontend = flow.target;
+    rewrite_transport_address(ctx, packet, IP_SOURCE_AT, (key.src, frontend.address))?;
+    rewrite_port(ctx, packet, SOURCE_PORT_AT, (key.src_port, frontend.port))?;
+    if flow.client != key.dst {
+        rewrite_transport_address(ctx, packet, IP_DESTINATION_AT, (key.dst, flow.client))?;
+    }
+    count(ctx, Counter::ServiceToClient);
+    Ok(())
+}
+
+/// The client's packet `key` to a frontend of `service`: to the backend its
+/// connection has, or a new one. Returns the backend's address.
+#[inline(always)]
+fn to_backend(
+    ctx: &TcContext,
+    packet: &Transport,
+    key: &FlowKey,
+    service: &ServiceValue,
+) -> Outcome<Ipv4Octets> {
+    let forward = FlowKey {
+        direction: service_direction::TO_BACKEND,
+        ..*key
+    };
+    // SAFETY: the value is copied out at once.
+    let backend = match unsafe { SERVICE_FLOWS.get(forward) } {
+        Some(flow) => flow.target,
+        None => open(&forward, service)?,
+    };
+    let client = key.src;
+    rewrite_transport_address(ctx, packet, IP_DESTINATION_AT, (key.dst, backend.address))?;
+    rewrite_port(
+        ctx,
+        packet,
+        DESTINATION_PORT_AT,
+        (key.dst_port, backend.port),
+    )?;
+    if backend.address == client {
+        rewrite_transport_address(ctx, packet, IP_SOURCE_AT, (client, HAIRPIN_SOURCE))?;
+    }
+    count(ctx, Counter::ServiceToBackend);
+    Ok(backend.address)
+}
+
+/// Picks a backend for the new connection `forward` and records both halves.
+#[inline(always)]
+fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
+    if service.backend_count == 0 {
+        return Err(Counter::DropServiceNoBackend);
+    }
+    // SAFETY: plain helper call.
+    let slot = unsafe { bpf_get_prandom_u32() } % service.backend_count;
+    let slot_key = BackendKey {
+        service_id: service.id,
+        slot,
+    };
+    // SAFETY: the value is copied out at once. A slot missing while the
+    // agent shrinks the set is a backend that is going away.
+    let backend = unsafe { BACKENDS.get(slot_key) }
+        .copied()
+        .ok_or(Counter::DropServiceNoBackend)?;
+    let client = forward.src;
+    let reply = FlowKey {
+        src: backend.address,
+        dst: if backend.address == client {
+            HAIRPIN_SOURCE
+        } else {
+            client
+        },
+        src_port: backend.port,
+        dst_port: forward.src_port,
+        protocol: forward.protocol,
+        direction: service_direction::TO_CLIENT,
+        _pad: [0; 2],
+    };
+    let frontend = Backend {
+        address: forward.dst,
+        port: forward.dst_port,
+        _pad: [0; 2],
+    };
+    let recorded = SERVICE_FLOWS
+        .insert(
+            reply,
+            ServiceFlow {
+                target: frontend,
+                client,
+            },
+            u64::from(BPF_ANY),
+        )
+        .and_then(|()| {
+            SERVICE_FLOWS.insert(
+                forward,
+                ServiceFlow {
+                    target: backend,
+                    client,
+                },
+                u64::from(BPF_ANY),
+            )
+        });
+    // LRU inserts make room; a failure is a kernel out of memory.
+    recorded.map_err(|_| Counter::DropServiceUntracked)?;
+    Ok(backend)
+}

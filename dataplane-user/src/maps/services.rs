@@ -1,0 +1,233 @@
+//! The Service maps: frontends, their backend slots, and the connections
+//! to Services the programs track.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use aya::maps::{HashMap, MapData, MapError};
+use dataplane_common::{
+    Backend, BackendKey, FlowKey, ServiceFlow, ServiceKey, ServiceValue, names, service_direction,
+};
+
+use super::{MapsError, access, is_errno, removed};
+use crate::model::{Frontend, Protocol};
+
+pub struct ServiceMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    flows: HashMap<MapData, FlowKey, ServiceFlow>,
+}
+
+/// A frontend as programmed: its id and its backends by slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgrammedService {
+    pub id: u32,
+    pub backends: Vec<Backend>,
+}
+
+impl ServiceMaps {
+    pub fn new(
+        services: HashMap<MapData, ServiceKey, ServiceValue>,
+        backends: HashMap<MapData, BackendKey, Backend>,
+        flows: HashMap<MapData, FlowKey, ServiceFlow>,
+    ) -> Self {
+        Self {
+            services,
+            backends,
+            flows,
+        }
+    }
+
+    /// Every frontend with its backends, as the maps hold them.
+    pub fn programmed(&self) -> Result<Vec<(ServiceKey, ProgrammedService)>, MapsError> {
+        let mut programmed = Vec::new();
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(access(names::SERVICES_MAP))?;
+            let backends = (0..value.backend_count)
+                .map(|slot| {
+                    let slot_key = BackendKey {
+                        service_id: value.id,
+                        slot,
+                    };
+                    self.backends
+                        .get(&slot_key, 0)
+                        .map_err(|error| MapsError::Corrupt {
+                            name: names::BACKENDS_MAP,
+                            detail: format!("slot {slot} of service id {}: {error}", value.id),
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            programmed.push((
+                key,
+                ProgrammedService {
+                    id: value.id,
+                    backends,
+                },
+            ));
+        }
+        Ok(programmed)
+    }
+
+    /// Every backend slot, for listing.
+    pub fn slots(&self) -> Result<Vec<(BackendKey, Backend)>, MapsError> {
+        self.backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(access(names::BACKENDS_MAP))
+    }
+
+    /// Makes the frontend `key` lead to `new` (slots in order), where it led
+    /// to `old` before: only slots that differ are written; new slots go in
+    /// before the count covers them, stale ones come out after it no longer
+    /// does, so a packet never picks a missing slot.
+    pub fn program(
+        &mut self,
+        key: ServiceKey,
+        id: u32,
+        old: &[Backend],
+        new: &[Backend],
+    ) -> Result<(), MapsError> {
+        for (slot, backend) in new.iter().enumerate() {
+            if old.get(slot) != Some(backend) {
+                let slot_key = BackendKey {
+                    service_id: id,
+                    slot: slot as u32,
+                };
+                self.backends
+                    .insert(slot_key, *backend, 0)
+                    .map_err(full(names::BACKENDS_MAP))?;
+            }
+        }
+        let value = ServiceValue {
+            id,
+            backend_count: new.len() as u32,
+        };
+        self.services
+            .insert(key, value, 0)
+            .map_err(full(names::SERVICES_MAP))?;
+        for slot in new.len()..old.len() {
+            let slot_key = BackendKey {
+                service_id: id,
+                slot: slot as u32,
+            };
+            removed(self.backends.remove(&slot_key), names::BACKENDS_MAP)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the frontend `key` and its `slots` backend slots.
+    pub fn remove(&mut self, key: ServiceKey, id: u32, slots: usize) -> Result<(), MapsError> {
+        removed(self.services.remove(&key), names::SERVICES_MAP)?;
+        for slot in 0..slots {
+            let slot_key = BackendKey {
+                service_id: id,
+                slot: slot as u32,
+            };
+            removed(self.backends.remove(&slot_key), names::BACKENDS_MAP)?;
+        }
+        Ok(())
+    }
+
+    /// Removes both halves of every tracked connection to one of `gone`
+    /// (a frontend and a backend it no longer has); returns how many
+    /// connections that was.
+    pub fn forget_connections(
+        &mut self,
+        gone: &BTreeSet<(ServiceKey, Backend)>,
+    ) -> Result<usize, MapsError> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let name = names::SERVICE_FLOWS_MAP;
+        let mut stale = Vec::new();
+        for entry in self.flows.iter() {
+            let (key, flow) = match entry {
+                Ok(entry) => entry,
+                // An LRU entry evicted between two steps of the walk.
+                Err(MapError::KeyNotFound) => continue,
+                Err(error) => return Err(access(name)(error)),
+            };
+            let frontend = ServiceKey {
+                address: key.dst,
+                port: key.dst_port,
+                protocol: key.protocol,
+                _pad: 0,
+            };
+            if key.direction == service_direction::TO_BACKEND
+                && gone.contains(&(frontend, flow.target))
+            {
+                stale.push((key, flow));
+            }
+        }
+        for (forward, flow) in &stale {
+            let client_seen_as = if flow.target.address == forward.src {
+                dataplane_common::HAIRPIN_SOURCE
+            } else {
+                forward.src
+            };
+            let reply = FlowKey {
+                src: flow.target.address,
+                dst: client_seen_as,
+                src_port: flow.target.port,
+                dst_port: forward.src_port,
+                protocol: forward.protocol,
+                direction: service_direction::TO_CLIENT,
+                _pad: [0; 2],
+            };
+            removed(self.flows.remove(forward), name)?;
+            removed(self.flows.remove(&reply), name)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Halves of connections tracked now (the LRU holds at most its size).
+    pub fn connection_entries(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+}
+
+fn full(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| {
+        if is_errno(&source, nix::libc::E2BIG) || is_errno(&source, nix::libc::ENOSPC) {
+            MapsError::ServicesFull { name }
+        } else {
+            access(name)(source)
+        }
+    }
+}
+
+/// The map key of `frontend`.
+pub fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey {
+        address: frontend.ip.octets(),
+        port: frontend.port.to_be_bytes(),
+        protocol: frontend.protocol.number(),
+        _pad: 0,
+    }
+}
+
+/// The frontend a map key stands for; `None` for a protocol no agent writes.
+pub fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
+    Some(Frontend {
+        ip: Ipv4Addr::from(key.address),
+        port: u16::from_be_bytes(key.port),
+        protocol: Protocol::from_number(key.protocol)?,
+    })
+}
+
+pub fn backend_entry(address: SocketAddrV4) -> Backend {
+    Backend {
+        address: address.ip().octets(),
+        port: address.port().to_be_bytes(),
+        _pad: [0; 2],
+    }
+}
+
+pub fn backend_address(backend: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(backend.address),
+        u16::from_be_bytes(backend.port),
+    )
+}

@@ -1,0 +1,313 @@
+//! Services as the sources describe them (config file, local API; each
+//! Service owned by the source that contributed it, by name), and the
+//! frontends they make together: what the Service maps must hold.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use dataplane_common::MAX_BACKENDS_PER_SERVICE;
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use super::{Source, Violation};
+
+/// A Service: an address clients use, its ports and each port's backends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Unique per source ("namespace/name" for Kubernetes Services).
+    pub name: String,
+    /// The address clients connect to (the ClusterIP).
+    pub ip: Ipv4Addr,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Where connections to the port go: backend address and target port.
+    /// None: clients are refused at once (ICMP port unreachable).
+    #[serde(default)]
+    pub backends: Vec<SocketAddrV4>,
+}
+
+/// The transport protocols Services are balanced for (SCTP is refused).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IPv4 protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// What clients address: one entry of the Service maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+    }
+}
+
+/// A frontend's backends, without repeats, in a stable order.
+pub type Backends = BTreeSet<SocketAddrV4>;
+
+impl ServiceSpec {
+    /// The frontends of the Service and their backends.
+    pub fn frontends(&self) -> impl Iterator<Item = (Frontend, Backends)> + '_ {
+        self.ports.iter().map(|port| {
+            let frontend = Frontend {
+                ip: self.ip,
+                port: port.port,
+                protocol: port.protocol,
+            };
+            (frontend, port.backends.iter().copied().collect())
+        })
+    }
+
+    /// Checks the Service on its own: `pod_cidrs` are address ranges a
+    /// Service address must stay out of (it would hide pods).
+    pub fn validate(&self, pod_cidrs: &[Ipv4Network]) -> Result<(), Violation> {
+        if self.name.trim().is_empty() {
+            return Err(("name", "must not be empty".into()));
+        }
+        let ip = self.ip;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(("ip", format!("{ip} is not a unicast address")));
+        }
+        if let Some(cidr) = pod_cidrs.iter().find(|cidr| cidr.contains(ip)) {
+            return Err(("ip", format!("{ip} is inside the pod CIDR {cidr}")));
+        }
+        if self.ports.is_empty() {
+            return Err(("ports", "a Service needs at least one port".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for port in &self.ports {
+            if port.port == 0 {
+                return Err(("ports", "port 0 cannot be connected to".into()));
+            }
+            if !seen.insert((port.port, port.protocol)) {
+                return Err((
+                    "ports",
+                    format!("{}/{} is listed twice", port.port, port.protocol),
+                ));
+            }
+            if port.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+                return Err((
+                    "ports",
+                    format!(
+                        "{}/{} has {} backends, more than the {MAX_BACKENDS_PER_SERVICE} one port may have",
+                        port.port,
+                        port.protocol,
+                        port.backends.len()
+                    ),
+                ));
+            }
+            if let Some(backend) = port.backends.iter().find(|backend| backend.port() == 0) {
+                return Err(("ports", format!("backend {backend} has port 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Services each source lists, and the frontends they make together.
+/// Within a source, two Services cannot share a frontend; between sources,
+/// each frontend is taken from the highest-ranking source that has it (as
+/// remote nodes are), so Services found pinned at start-up give way to any
+/// source that names the same frontend. A change costs in proportion to the
+/// frontends it touches, not to all of them.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    contributed: BTreeMap<Source, BTreeMap<String, ServiceSpec>>,
+    /// Each source's frontends: the Service (by name) each belongs to and
+    /// its backends.
+    by_source: BTreeMap<Source, BTreeMap<Frontend, (String, Backends)>>,
+    effective: BTreeMap<Frontend, Backends>,
+}
+
+impl Services {
+    /// Every frontend in effect and its backends.
+    pub fn frontends(&self) -> &BTreeMap<Frontend, Backends> {
+        &self.effective
+    }
+
+    /// Every Service of every source.
+    pub fn list(&self) -> Vec<(Source, &ServiceSpec)> {
+        self.contributed
+            .iter()
+            .flat_map(|(source, services)| services.values().map(|service| (*source, service)))
+            .collect()
+    }
+
+    /// `source` lists `service` (too), replacing its earlier entry of that
+    /// name. Returns the frontends whose backends changed.
+    pub fn upsert(
+        &mut self,
+        source: Source,
+        service: ServiceSpec,
+    ) -> Result<Vec<Frontend>, Violation> {
+        if let Some(claimed) = self.by_source.get(&source) {
+            for (frontend, _) in service.frontends() {
+                if let Some((owner, _)) = claimed.get(&frontend)
+                    && *owner != service.name
+                {
+                    return Err(conflict(frontend, &service.name, owner));
+                }
+            }
+        }
+        let mut touched = self.take_out(source, &service.name);
+        touched.extend(self.put_in(source, service));
+        Ok(self.settle(touched))
+    }
+
+    /// `source` lists exactly `services` now. All or nothing.
+    pub fn replace(
+        &mut self,
+        source: Source,
+        services: Vec<ServiceSpec>,
+    ) -> Result<Vec<Frontend>, Violation> {
+        let mut claimed: BTreeMap<Frontend, &str> = BTreeMap::new();
+        let mut names = BTreeSet::new();
+        for service in &services {
+            if !names.insert(service.name.as_str()) {
+                return Err(("name", format!("Service {} is listed twice", service.name)));
+            }
+            for (frontend, _) in service.frontends() {
+                if let Some(owner) = claimed.insert(frontend, &service.name) {
+                    return Err(conflict(frontend, &service.name, owner));
+                }
+            }
+        }
+        let listed: Vec<String> = self
+            .contributed
+            .get(&source)
+            .map(|services| services.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut touched = Vec::new();
+        for name in listed {
+            touched.extend(self.take_out(source, &name));
+        }
+        for service in services {
+            touched.extend(self.put_in(source, service));
+        }
+        Ok(self.settle(touched))
+    }
+
+    /// `source` (`None`: every source) no longer lists the Service `name`;
+    /// returns the frontends that changed (none: no such Service).
+    pub fn withdraw(&mut self, source: Option<Source>, name: &str) -> Vec<Frontend> {
+        let mut touched = Vec::new();
+        for from in Source::ALL {
+            if source.is_none_or(|source| source == from) {
+                touched.extend(self.take_out(from, name));
+            }
+        }
+        self.settle(touched)
+    }
+
+    /// Removes `source`'s Service `name`; returns its frontends.
+    fn take_out(&mut self, source: Source, name: &str) -> Vec<Frontend> {
+        let Some(service) = self
+            .contributed
+            .get_mut(&source)
+            .and_then(|services| services.remove(name))
+        else {
+            return Vec::new();
+        };
+        let claimed = self.by_source.entry(source).or_default();
+        service
+            .frontends()
+            .map(|(frontend, _)| {
+                claimed.remove(&frontend);
+                frontend
+            })
+            .collect()
+    }
+
+    /// Adds `source`'s Service (whose frontends no other Service of the
+    /// source claims); returns its frontends.
+    fn put_in(&mut self, source: Source, service: ServiceSpec) -> Vec<Frontend> {
+        let claimed = self.by_source.entry(source).or_default();
+        let frontends = service
+            .frontends()
+            .map(|(frontend, backends)| {
+                claimed.insert(frontend, (service.name.clone(), backends));
+                frontend
+            })
+            .collect();
+        self.contributed
+            .entry(source)
+            .or_default()
+            .insert(service.name.clone(), service);
+        frontends
+    }
+
+    /// Brings the effective entry of each `touched` frontend in line with
+    /// its highest-ranking source; returns those that changed.
+    fn settle(&mut self, mut touched: Vec<Frontend>) -> Vec<Frontend> {
+        touched.sort_unstable();
+        touched.dedup();
+        touched.retain(|frontend| {
+            let winner = Source::ALL.iter().find_map(|source| {
+                let (_, backends) = self.by_source.get(source)?.get(frontend)?;
+                Some(backends.clone())
+            });
+            if self.effective.get(frontend) == winner.as_ref() {
+                return false;
+            }
+            match winner {
+                Some(backends) => self.effective.insert(*frontend, backends),
+                None => self.effective.remove(frontend),
+            };
+            true
+        });
+        touched
+    }
+}
+
+fn conflict(frontend: Frontend, name: &str, owner: &str) -> Violation {
+    (
+        "ports",
+        format!("{frontend} of Service {name} is already Service {owner}'s"),
+    )
+}

@@ -1,0 +1,265 @@
+//! Services run by the kernel on hand-built packets (BPF_PROG_TEST_RUN): a
+//! connection to a frontend goes to one backend and stays there, replies
+//! come back from the frontend (locally, through the tunnel, hairpin), a
+//! frontend without backends is refused, a departed backend's connections
+//! move on, and what is not a frontend is left alone.
+
+use std::net::Ipv4Addr;
+
+use dataplane_common::{Backend, HAIRPIN_SOURCE, NodeConfig, ServiceKey, names};
+use dataplane_tests::test_run::*;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT_PORT: u16 = 40123;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_SYN_ACK: u8 = 0x12;
+
+fn frontend(port: u16, protocol: u8) -> ServiceKey {
+    ServiceKey {
+        address: VIP.octets(),
+        port: port.to_be_bytes(),
+        protocol,
+        _pad: 0,
+    }
+}
+
+fn backend(ip: Ipv4Addr, port: u16) -> Backend {
+    Backend {
+        address: ip.octets(),
+        port: port.to_be_bytes(),
+        _pad: [0; 2],
+    }
+}
+
+/// A fixture whose node has the frontend VIP:80/tcp with `backends`.
+fn with_service(backends: &[Backend]) -> Fixture {
+    let mut fixture = Fixture::new().unwrap();
+    fixture
+        .maps
+        .services
+        .program(frontend(80, 6), 1, &[], backends)
+        .unwrap();
+    fixture
+        .maps
+        .set_node_config(NodeConfig {
+            services: 1,
+            ..node_config()
+        })
+        .unwrap();
+    fixture
+}
+
+/// Pod B moved onto the device test runs use, so its packets can be sent.
+fn with_pod_b_on_the_test_device(fixture: &mut Fixture) {
+    fixture
+        .maps
+        .insert_endpoint(POD_B_IP, endpoint(LOOPBACK_IFINDEX, POD_B_MAC, HOST_B_MAC))
+        .unwrap();
+}
+
+fn from_a_to_vip(flags: u8) -> Vec<u8> {
+    ipv4_packet(
+        POD_A_IP,
+        VIP,
+        6,
+        &tcp((POD_A_IP, CLIENT_PORT), (VIP, 80), flags),
+    )
+}
+
+#[test]
+fn a_connection_goes_to_one_backend_and_stays_there() {
+    let backends = [backend(POD_B_IP, 8080), backend(POD_A_IP, 8080)];
+    let mut fixture = with_service(&backends);
+    let mut chosen = Vec::new();
+    for round in 0..20u16 {
+        let packet = ipv4_packet(
+            POD_A_IP,
+            VIP,
+            6,
+            &tcp((POD_A_IP, CLIENT_PORT + round), (VIP, 80), TCP_SYN),
+        );
+        let (verdict, out) = fixture.run(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_checksums_valid(&out);
+        let (_, (ip, port)) = addresses(&out);
+        assert_eq!(port, 8080);
+        assert!(ip == POD_A_IP || ip == POD_B_IP, "{ip}");
+        // Every later packet of the connection goes where its first went.
+        for _ in 0..5 {
+            let later = ipv4_packet(
+                POD_A_IP,
+                VIP,
+                6,
+                &tcp((POD_A_IP, CLIENT_PORT + round), (VIP, 80), TCP_ACK),
+            );
+            let (_, out) = fixture.run(&later);
+            assert_eq!(addresses(&out).1, (ip, 8080));
+        }
+        chosen.push(ip);
+    }
+    assert!(
+        chosen.contains(&POD_A_IP) && chosen.contains(&POD_B_IP),
+        "both backends chosen over 20 connections: {chosen:?}"
+    );
+    assert_eq!(fixture.counter("service_to_backend"), 120);
+}
+
+#[test]
+fn the_backend_sees_the_client_and_the_client_sees_the_frontend() {
+    let mut fixture = with_service(&[backend(POD_B_IP, 8080)]);
+    let (verdict, out) = fixture.run(&from_a_to_vip(TCP_SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        addresses(&out),
+        ((POD_A_IP, CLIENT_PORT), (POD_B_IP, 8080)),
+        "the client's own address is kept"
+    );
+    assert_eq!((&out[0..6], &out[6..12]), (&POD_B_MAC[..], &HOST_B_MAC[..]));
+    assert_eq!(out[14 + 8], 63, "one routing hop");
+    assert_eq!(fixture.counter("forwarded_local"), 1);
+
+    with_pod_b_on_the_test_device(&mut fixture);
+    let reply = ipv4_packet(
+        POD_B_IP,
+        POD_A_IP,
+        6,
+        &tcp((POD_B_IP, 8080), (POD_A_IP, CLIENT_PORT), TCP_SYN_ACK),
+    );
+    let (verdict, back) = fixture.run(&reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(addresses(&back), ((VIP, 80), (POD_A_IP, CLIENT_PORT)));
+    assert_eq!(
+        (&back[0..6], &back[6..12]),
+        (&POD_A_MAC[..], &HOST_A_MAC[..])
+    );
+    assert_checksums_valid(&back);
+    assert_eq!(fixture.counter("service_to_client"), 1);
+
+    // Pod B's own connections to pod A are not touched.
+    let direct = ipv4_packet(
+        POD_B_IP,
+        POD_A_IP,
+        6,
+        &tcp((POD_B_IP, 8081), (POD_A_IP, CLIENT_PORT), TCP_SYN),
+    );
+    let (_, out) = fixture.run(&direct);
+    assert_eq!(addresses(&out).0, (POD_B_IP, 8081));
+}
+
+#[test]
+fn a_remote_backend_is_reached_through_the_tunnel_and_answers_from_the_frontend() {
+    let mut fixture = with_service(&[backend(REMOTE_POD_IP, 8080)]);
+    let (verdict, out) = fixture.run(&from_a_to_vip(TCP_SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(fixture.counter("encapsulated"), 1);
+    let inner = &out[50..];
+    assert_eq!(
+        addresses(inner),
+        ((POD_A_IP, CLIENT_PORT), (REMOTE_POD_IP, 8080))
+    );
+    assert_checksums_valid(inner);
+
+    let reply = ipv4_packet(
+        REMOTE_POD_IP,
+        POD_A_IP,
+        6,
+        &tcp((REMOTE_POD_IP, 8080), (POD_A_IP, CLIENT_PORT), TCP_SYN_ACK),
+    );
+    let (verdict, back) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &vxlan_frame(REMOTE_NODE_IP, VNI, &reply),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(addresses(&back), ((VIP, 80), (POD_A_IP, CLIENT_PORT)));
+    assert_checksums_valid(&back);
+    assert_eq!(fixture.counter("decapsulated_to_pod"), 1);
+    assert_eq!(fixture.counter("service_to_client"), 1);
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    let mut fixture = with_service(&[backend(POD_A_IP, 8080)]);
+    let (verdict, out) = fixture.run(&from_a_to_vip(TCP_SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    // From an address that is not its own, or its stack drops it as martian.
+    assert_eq!(
+        addresses(&out),
+        (
+            (Ipv4Addr::from(HAIRPIN_SOURCE), CLIENT_PORT),
+            (POD_A_IP, 8080)
+        )
+    );
+    assert_checksums_valid(&out);
+
+    let reply = ipv4_packet(
+        POD_A_IP,
+        Ipv4Addr::from(HAIRPIN_SOURCE),
+        6,
+        &tcp(
+            (POD_A_IP, 8080),
+            (Ipv4Addr::from(HAIRPIN_SOURCE), CLIENT_PORT),
+            TCP_SYN_ACK,
+        ),
+    );
+    let (verdict, back) = fixture.run(&reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(addresses(&back), ((VIP, 80), (POD_A_IP, CLIENT_PORT)));
+    assert_checksums_valid(&back);
+    assert_eq!(fixture.counter("masqueraded"), 0);
+}
+
+#[test]
+fn a_frontend_without_backends_refuses_at_once() {
+    let mut fixture = with_service(&[]);
+    let packet = from_a_to_vip(TCP_SYN);
+    let (verdict, reply) = fixture.run(&packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back to the pod");
+    let icmp = icmp_error_to_pod_a(&reply, &packet);
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+    assert_eq!(fixture.counter("drop_service_no_backend"), 1);
+    assert_eq!(fixture.counter("masqueraded"), 0);
+}
+
+#[test]
+fn connections_to_a_departed_backend_move_to_a_live_one() {
+    let (gone, stays) = (backend(POD_B_IP, 8080), backend(REMOTE_POD_IP, 8080));
+    let mut fixture = with_service(&[gone]);
+    let (_, out) = fixture.run(&from_a_to_vip(TCP_SYN));
+    assert_eq!(addresses(&out).1, (POD_B_IP, 8080));
+
+    let services = &mut fixture.maps.services;
+    services
+        .program(frontend(80, 6), 1, &[gone], &[stays])
+        .unwrap();
+    let forgotten = services
+        .forget_connections(&[(frontend(80, 6), gone)].into())
+        .unwrap();
+    assert_eq!(forgotten, 1);
+    let (_, out) = fixture.run(&from_a_to_vip(TCP_ACK));
+    assert_eq!(addresses(&out[50..]).1, (REMOTE_POD_IP, 8080));
+}
+
+#[test]
+fn what_is_not_a_frontend_is_left_alone() {
+    let mut fixture = with_service(&[backend(POD_B_IP, 8080)]);
+    // Another port, and UDP to the frontend's port: to the world, masqueraded.
+    let other_port = ipv4_packet(
+        POD_A_IP,
+        VIP,
+        6,
+        &tcp((POD_A_IP, CLIENT_PORT), (VIP, 81), TCP_SYN),
+    );
+    let (_, out) = fixture.run(&other_port);
+    assert_eq!(addresses(&out).1, (VIP, 81));
+    let udp_packet = ipv4_packet(
+        POD_A_IP,
+        VIP,
+        17,
+        &udp((POD_A_IP, CLIENT_PORT), (VIP, 80), true),
+    );
+    let (_, out) = fixture.run(&udp_packet);
+    assert_eq!(addresses(&out).1, (VIP, 80));
+    assert_eq!(fixture.counter("masqueraded"), 2);
+    assert_eq!(fixture.counter("service_to_backend"), 0);
+}
