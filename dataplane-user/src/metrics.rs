@@ -189,6 +189,18 @@ impl Collector for Scrape {
         )?;
         gauge(
             &mut encoder,
+            "dataplane_service_frontends",
+            "Service frontends (address, port, protocol) programmed.",
+            count(tables.service_frontends),
+        )?;
+        gauge(
+            &mut encoder,
+            "dataplane_service_backends",
+            "Backend slots of all Service frontends.",
+            count(tables.service_backends),
+        )?;
+        gauge(
+            &mut encoder,
             "dataplane_nat_entries",
             "NAT table entries (two per connection) at the last collection.",
             count(tables.nat.entries),

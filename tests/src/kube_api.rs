@@ -1,6 +1,7 @@
-//! A stand-in for kube-apiserver's Node endpoints on hyper (there is none on these
-//! machines): real Kubernetes JSON for list and watch of /api/v1/nodes,
-//! watches resumable from a resourceVersion, and the power to drop them.
+//! A stand-in for kube-apiserver on hyper (there is none on these machines):
+//! real Kubernetes JSON for list and watch of Nodes, Services and
+//! EndpointSlices, watches resumable from a resourceVersion, and the power
+//! to drop them.
 
 use std::{
     collections::BTreeMap,
@@ -25,12 +26,45 @@ use tokio::sync::watch;
 
 use crate::{netns::Netns, traffic::in_netns};
 
+/// The kinds served: their collection path and list kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resource {
+    Nodes,
+    Services,
+    EndpointSlices,
+}
+
+impl Resource {
+    const ALL: [Resource; 3] = [
+        Resource::Nodes,
+        Resource::Services,
+        Resource::EndpointSlices,
+    ];
+
+    fn path(self) -> &'static str {
+        match self {
+            Resource::Nodes => "/api/v1/nodes",
+            Resource::Services => "/api/v1/services",
+            Resource::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
+        }
+    }
+
+    fn list(self) -> (&'static str, &'static str) {
+        match self {
+            Resource::Nodes => ("v1", "NodeList"),
+            Resource::Services => ("v1", "ServiceList"),
+            Resource::EndpointSlices => ("discovery.k8s.io/v1", "EndpointSliceList"),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    nodes: BTreeMap<String, Value>,
+    /// By kind, then "namespace/name" ("name" for cluster-wide kinds).
+    objects: BTreeMap<(Resource, String), Value>,
     version: u64,
-    /// Every change as (resourceVersion, watch event), for resuming watches.
-    events: Vec<(u64, Value)>,
+    /// Every change as (resourceVersion, kind, watch event), for resuming watches.
+    events: Vec<(u64, Resource, Value)>,
     /// Bumped to end every open watch.
     watch_generation: u64,
 }
@@ -100,50 +134,63 @@ impl FakeApiServer {
         Ok(())
     }
 
-    fn change(&self, name: &str, kind: &str, node: Option<Value>) {
+    /// Adds or replaces `object` (its metadata names it), as ADDED or MODIFIED.
+    pub fn apply(&self, resource: Resource, mut object: Value) {
+        let key = (resource, object_key(&object));
         let mut state = self.shared.state.lock().unwrap();
         state.version += 1;
         let version = state.version;
-        let object = match node {
-            Some(mut node) => {
-                node["metadata"]["resourceVersion"] = json!(version.to_string());
-                state.nodes.insert(name.to_string(), node.clone());
-                node
-            }
-            None => {
-                let mut node = state
-                    .nodes
-                    .remove(name)
-                    .unwrap_or_else(|| json!({"metadata": {"name": name}}));
-                node["metadata"]["resourceVersion"] = json!(version.to_string());
-                node
-            }
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let kind = match state.objects.insert(key, object.clone()) {
+            Some(_) => "MODIFIED",
+            None => "ADDED",
         };
         state
             .events
-            .push((version, json!({"type": kind, "object": object})));
+            .push((version, resource, json!({"type": kind, "object": object})));
         drop(state);
         self.shared.changed.send_replace(());
     }
 
-    /// Creates or updates Node `name` with InternalIP `ip` and pod CIDR `pod_cidr`.
+    /// Deletes the object `namespace/name` (`name` for cluster-wide kinds).
+    pub fn delete(&self, resource: Resource, key: &str) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.version += 1;
+        let version = state.version;
+        let mut object = state
+            .objects
+            .remove(&(resource, key.to_string()))
+            .unwrap_or_else(|| {
+                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+                json!({"metadata": {"name": name, "namespace": namespace}})
+            });
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        state.events.push((
+            version,
+            resource,
+            json!({"type": "DELETED", "object": object}),
+        ));
+        drop(state);
+        self.shared.changed.send_replace(());
+    }
+
     pub fn apply_node(&self, name: &str, ip: Ipv4Addr, pod_cidr: &str) {
-        let exists = self.shared.state.lock().unwrap().nodes.contains_key(name);
-        let node = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name},
-            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
-            "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]},
-        });
-        self.change(name, if exists { "MODIFIED" } else { "ADDED" }, Some(node));
+        self.apply(
+            Resource::Nodes,
+            json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name},
+                "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]},
+            }),
+        );
     }
 
     pub fn delete_node(&self, name: &str) {
-        self.change(name, "DELETED", None);
+        self.delete(Resource::Nodes, name);
     }
 
-    /// Ends every open watch, as an API server restart or a load balancer would.
     pub fn drop_watches(&self) {
         self.shared.state.lock().unwrap().watch_generation += 1;
         self.shared.changed.send_replace(());
@@ -156,17 +203,30 @@ impl Drop for FakeApiServer {
     }
 }
 
-/// Node list, or a watch of Node events, as kube-apiserver answers them.
+/// "namespace/name", or "name" for cluster-wide objects.
+fn object_key(object: &Value) -> String {
+    let metadata = &object["metadata"];
+    let name = metadata["name"].as_str().unwrap_or_default();
+    match metadata["namespace"].as_str() {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// A list, or a watch of events, of one kind, as kube-apiserver answers them.
 async fn respond(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let uri = request.uri();
-    if uri.path() != "/api/v1/nodes" {
+    let Some(resource) = Resource::ALL
+        .into_iter()
+        .find(|resource| resource.path() == uri.path())
+    else {
         let mut response = Response::new(Full::default().boxed());
         *response.status_mut() = StatusCode::NOT_FOUND;
         return Ok(response);
-    }
+    };
     let query = uri.query().unwrap_or_default();
     let parameter = |name: &str| {
         query
@@ -177,15 +237,22 @@ async fn respond(
         let from = parameter("resourceVersion")
             .and_then(|version| version.parse().ok())
             .unwrap_or(0);
-        return Ok(json_response(watch_events(shared, from)));
+        return Ok(json_response(watch_events(shared, resource, from)));
     }
     let list = {
         let state = shared.state.lock().unwrap();
+        let (api_version, kind) = resource.list();
+        let items: Vec<Value> = state
+            .objects
+            .iter()
+            .filter(|((of, _), _)| *of == resource)
+            .map(|(_, object)| object.clone())
+            .collect();
         json!({
-            "apiVersion": "v1",
-            "kind": "NodeList",
+            "apiVersion": api_version,
+            "kind": kind,
             "metadata": {"resourceVersion": state.version.to_string()},
-            "items": state.nodes.values().cloned().collect::<Vec<_>>(),
+            "items": items,
         })
     };
     Ok(json_response(
@@ -202,9 +269,9 @@ fn json_response(body: Body) -> Response<Body> {
     response
 }
 
-/// Events after `from` as JSON lines (hyper sends them chunked), until the
-/// watches are dropped.
-fn watch_events(shared: Arc<Shared>, from: u64) -> Body {
+/// Events of `resource` after `from` as JSON lines (hyper sends them
+/// chunked), until the watches are dropped.
+fn watch_events(shared: Arc<Shared>, resource: Resource, from: u64) -> Body {
     // Subscribed before the first look at the state: no change is missed.
     let changed = shared.changed.subscribe();
     let generation = shared.state.lock().unwrap().watch_generation;
@@ -216,10 +283,14 @@ fn watch_events(shared: Arc<Shared>, from: u64) -> Body {
                     let state = shared.state.lock().unwrap();
                     let mut lines = String::new();
                     let after = from;
-                    for (version, event) in
-                        state.events.iter().filter(|(version, _)| *version > after)
+                    for (version, of, event) in state
+                        .events
+                        .iter()
+                        .filter(|(version, _, _)| *version > after)
                     {
-                        lines.push_str(&format!("{event}\n"));
+                        if *of == resource {
+                            lines.push_str(&format!("{event}\n"));
+                        }
                         from = *version;
                     }
                     (lines, state.watch_generation != generation)

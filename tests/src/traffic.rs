@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     process::Child,
     sync::{
         Arc,
@@ -91,37 +91,66 @@ pub fn tcp_round_trip(
     client: &Netns,
     bytes: usize,
 ) -> anyhow::Result<SocketAddr> {
+    let (port, echo) = tcp_echo_server(server, SocketAddrV4::new(server_ip, 0), 1, TCP_TIMEOUT)?;
+    let exchange = tcp_exchange(client, SocketAddr::from((server_ip, port)), bytes);
+    let peers = joined(echo);
+    exchange?;
+    peers?
+        .first()
+        .copied()
+        .with_context(|| format!("no connection to {server_ip} within {TCP_TIMEOUT:?}"))
+}
+
+/// A TCP echo server in `netns` on `address` (port 0: any) that echoes up
+/// to `connections` connections, one after the other, each until the client
+/// stops sending, and stops early when `idle` passes without a new one.
+/// Returns its port, and what yields the peers it saw.
+pub fn tcp_echo_server(
+    netns: &Netns,
+    address: SocketAddrV4,
+    connections: usize,
+    idle: Duration,
+) -> anyhow::Result<(u16, thread::JoinHandle<anyhow::Result<Vec<SocketAddr>>>)> {
     let (port_sender, port_receiver) = mpsc::channel();
-    let echo = in_netns(server, move || {
-        let listener = TcpListener::bind((server_ip, 0))?;
+    let echo = in_netns(netns, move || {
+        let listener = TcpListener::bind(address)?;
         port_sender.send(listener.local_addr()?.port())?;
         listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + TCP_TIMEOUT;
-        let (mut stream, peer) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        bail!("no connection to {server_ip} within {TCP_TIMEOUT:?}");
+        let mut peers = Vec::new();
+        'serving: while peers.len() < connections {
+            let deadline = Instant::now() + idle;
+            let (mut stream, peer) = loop {
+                match listener.accept() {
+                    Ok(accepted) => break accepted,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline {
+                            break 'serving;
+                        }
+                        thread::sleep(Duration::from_millis(5));
                     }
-                    thread::sleep(Duration::from_millis(5));
+                    Err(error) => return Err(error.into()),
                 }
-                Err(error) => return Err(error.into()),
-            }
-        };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-        let mut received = Vec::new();
-        stream.read_to_end(&mut received)?;
-        stream.write_all(&received)?;
-        Ok(peer)
+            };
+            stream.set_nonblocking(false)?;
+            stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received)?;
+            stream.write_all(&received)?;
+            peers.push(peer);
+        }
+        Ok(peers)
     });
     let port = port_receiver
         .recv_timeout(TCP_TIMEOUT)
         .context("echo server did not start")?;
-    let exchange = in_netns(client, move || {
+    Ok((port, echo))
+}
+
+/// Sends `bytes` from `client` over a fresh TCP connection to `address` and
+/// checks every byte comes back.
+pub fn tcp_exchange(client: &Netns, address: SocketAddr, bytes: usize) -> anyhow::Result<()> {
+    joined(in_netns(client, move || {
         let payload: Vec<u8> = (0..bytes).map(|index| (index % 251) as u8).collect();
-        let address = SocketAddr::from((server_ip, port));
         let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
             .with_context(|| format!("connecting to {address}"))?;
         stream.set_read_timeout(Some(TCP_TIMEOUT))?;
@@ -137,10 +166,7 @@ pub fn tcp_round_trip(
             );
         }
         Ok(())
-    });
-    let client_result = joined(exchange);
-    let server_result = joined(echo);
-    client_result.and(server_result)
+    }))
 }
 
 /// A UDP echo server in `netns` on `ip:port` that answers every datagram

@@ -51,17 +51,32 @@ fn every_document_is_a_valid_kubernetes_object() {
 }
 
 #[test]
-fn rbac_allows_reading_nodes_and_nothing_else() {
+fn rbac_allows_reading_nodes_services_and_endpoint_slices_and_nothing_else() {
     let role: ClusterRole = typed("ClusterRole");
     let rules = role.rules.expect("rules");
-    assert_eq!(rules.len(), 1);
-    assert_eq!(
-        rules[0].resources.as_deref(),
-        Some(&["nodes".to_string()][..])
-    );
-    let mut verbs = rules[0].verbs.clone();
-    verbs.sort();
-    assert_eq!(verbs, ["get", "list", "watch"]);
+    let readable: Vec<(String, String)> = rules
+        .iter()
+        .flat_map(|rule| {
+            let mut verbs = rule.verbs.clone();
+            verbs.sort();
+            assert_eq!(verbs, ["get", "list", "watch"], "read-only");
+            let groups = rule.api_groups.clone().unwrap_or_default();
+            let resources = rule.resources.clone().unwrap_or_default();
+            groups.into_iter().flat_map(move |group| {
+                resources
+                    .clone()
+                    .into_iter()
+                    .map(move |resource| (group.clone(), resource))
+            })
+        })
+        .collect();
+    let wanted = [
+        ("", "nodes"),
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+    ]
+    .map(|(group, resource)| (group.to_string(), resource.to_string()));
+    assert_eq!(readable, wanted);
 }
 
 #[test]

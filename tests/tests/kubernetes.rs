@@ -1,16 +1,39 @@
-//! Nodes from the Kubernetes API (a local server speaking real Node JSON for
-//! list and watch) drive the node map: add, change, delete, dropped watches.
+//! Nodes, Services and EndpointSlices from the Kubernetes API (a local
+//! server speaking real Kubernetes JSON for list and watch) drive the node
+//! and Service maps: add, change, delete, dropped watches.
 
-use std::time::Duration;
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
 
-use dataplane_tests::{Cluster, ClusterSpec, Node, eventually, kube_api::FakeApiServer};
+use dataplane_tests::{
+    Cluster, ClusterSpec, Node, eventually,
+    kube_api::{FakeApiServer, Resource},
+    traffic::{joined, tcp_echo_server, tcp_exchange},
+};
 use nix::sys::signal::Signal;
+use serde_json::json;
 
 /// How long a change in the API may take to reach the node map.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn nodes_of(node: &Node) -> anyhow::Result<String> {
     node.cli(&["node", "list"])
+}
+
+/// Restarts the node's agent as node "n0" of the API server behind `kubeconfig`.
+fn enable_kubernetes(node: &mut Node, kubeconfig: &Path) -> anyhow::Result<()> {
+    node.stop_agent(Signal::SIGTERM);
+    let config = std::fs::read_to_string(&node.config)?;
+    std::fs::write(
+        &node.config,
+        format!("{config}\n[kubernetes]\nenabled = true\nnode_name = \"n0\"\n"),
+    )?;
+    node.agent_environment
+        .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    node.start_agent()
 }
 
 #[test]
@@ -30,15 +53,7 @@ fn node_objects_drive_the_node_map() -> anyhow::Result<()> {
     api.write_kubeconfig(&kubeconfig)?;
     api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
     api.apply_node("n1", second_ip, &second_cidr);
-    node.stop_agent(Signal::SIGTERM);
-    let config = std::fs::read_to_string(&node.config)?;
-    std::fs::write(
-        &node.config,
-        format!("{config}\n[kubernetes]\nenabled = true\nnode_name = \"n0\"\n"),
-    )?;
-    node.agent_environment
-        .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
-    node.start_agent()?;
+    enable_kubernetes(node, &kubeconfig)?;
 
     // Listed at start.
     assert!(
@@ -77,5 +92,127 @@ fn node_objects_drive_the_node_map() -> anyhow::Result<()> {
         node.agent_log()
     );
     node.pods[0].ping(second_pod, 2)?;
+    Ok(())
+}
+
+fn services_of(node: &Node) -> anyhow::Result<String> {
+    node.cli(&["map", "list", "services"])
+}
+
+/// The EndpointSlice "shop/web-a" of Service "shop/web": `endpoints` as
+/// (address, ready, terminating).
+fn web_slice(endpoints: &[(std::net::Ipv4Addr, bool, bool)]) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, ready, terminating)| {
+            json!({"addresses": [ip.to_string()],
+                   "conditions": {"ready": ready, "serving": ready | terminating,
+                                  "terminating": terminating}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-a", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    })
+}
+
+fn web_service(labels: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "labels": labels},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP",
+                            "targetPort": "http"}]},
+    })
+}
+
+#[test]
+fn service_and_endpoint_slice_objects_drive_the_service_maps() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 3))?;
+    let kubeconfig = cluster.workdir().join("kubeconfig");
+    let node = &mut cluster.nodes[0];
+    let (first, second) = (node.pods[1].ip, node.pods[2].ip);
+    let api = FakeApiServer::start(&node.netns)?;
+    api.write_kubeconfig(&kubeconfig)?;
+    api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
+    api.apply(Resource::Services, web_service(json!({})));
+    api.apply(Resource::EndpointSlices, web_slice(&[(first, true, false)]));
+    // A headless Service is left alone, as kube-proxy leaves it.
+    let mut headless = web_service(json!({}));
+    headless["metadata"]["name"] = json!("headless");
+    headless["spec"]["clusterIP"] = json!("None");
+    headless["spec"]["clusterIPs"] = json!(["None"]);
+    api.apply(Resource::Services, headless);
+    enable_kubernetes(node, &kubeconfig)?;
+
+    // Listed at start: the Service works through its ClusterIP.
+    let first_backend = format!("{first}:8080");
+    assert!(
+        eventually(WATCH_TIMEOUT, || Ok(
+            services_of(node)?.contains(&first_backend)
+        ))?,
+        "{}",
+        node.agent_log()
+    );
+    let listed = node.cli(&["service", "list"])?;
+    assert!(
+        listed.contains("shop/web") && !listed.contains("headless"),
+        "{listed}"
+    );
+    let server = SocketAddrV4::new(first, 8080);
+    let (_, echo) = tcp_echo_server(&node.pods[1].netns, server, 1, Duration::from_secs(5))?;
+    tcp_exchange(
+        &node.pods[0].netns,
+        SocketAddr::from(([10, 96, 0, 10], 80)),
+        4096,
+    )?;
+    assert_eq!(joined(echo)?[0].ip(), node.pods[0].ip);
+
+    // The first endpoint terminates while the second is ready: only the
+    // ready one serves.
+    let second_backend = format!("{second}:8080");
+    api.apply(
+        Resource::EndpointSlices,
+        web_slice(&[(first, false, true), (second, true, false)]),
+    );
+    assert!(eventually(WATCH_TIMEOUT, || {
+        let programmed = services_of(node)?;
+        Ok(programmed.contains(&second_backend) && !programmed.contains(&first_backend))
+    })?);
+    // None ready: the terminating one serves (KEP-1669).
+    api.apply(Resource::EndpointSlices, web_slice(&[(first, false, true)]));
+    assert!(eventually(WATCH_TIMEOUT, || {
+        let programmed = services_of(node)?;
+        Ok(programmed.contains(&first_backend) && !programmed.contains(&second_backend))
+    })?);
+
+    // Another proxy's Service (service.kubernetes.io/service-proxy-name) is left alone.
+    api.apply(
+        Resource::Services,
+        web_service(json!({"service.kubernetes.io/service-proxy-name": "other"})),
+    );
+    assert!(eventually(WATCH_TIMEOUT, || Ok(
+        !services_of(node)?.contains("10.96.0.10")
+    ))?);
+    // Back, then deleted; a dropped watch resumes with the change made meanwhile.
+    api.apply(Resource::Services, web_service(json!({})));
+    assert!(eventually(WATCH_TIMEOUT, || Ok(
+        services_of(node)?.contains("10.96.0.10")
+    ))?);
+    api.drop_watches();
+    api.delete(Resource::Services, "shop/web");
+    assert!(
+        eventually(WATCH_TIMEOUT, || Ok(
+            !services_of(node)?.contains("10.96.0.10")
+        ))?,
+        "{}",
+        node.agent_log()
+    );
     Ok(())
 }

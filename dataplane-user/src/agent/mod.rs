@@ -90,6 +90,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if config.kubernetes.enabled {
         let node_name = kubernetes::node_name(&config.kubernetes)?;
         tokio::spawn(kubernetes::follow_nodes(state.clone(), node_name, node_ip));
+        tokio::spawn(kubernetes::follow_services(state.clone()));
     }
     if masquerading {
         tokio::spawn(collect_nat_garbage_forever(

@@ -167,3 +167,65 @@ fn missing_file_is_reported_with_its_path() {
     let error = Config::load(Path::new("/nonexistent/dataplane.toml")).unwrap_err();
     assert!(error.to_string().contains("/nonexistent/dataplane.toml"));
 }
+
+#[test]
+fn services_parse_and_their_mistakes_are_named() {
+    let config = parse(
+        r#"
+        [node]
+        cluster_cidr = "10.244.0.0/16"
+        [[services]]
+        name = "default/web"
+        ip = "10.96.0.10"
+        ports = [
+          { port = 80, backends = ["10.244.1.2:8080"] },
+          { port = 53, protocol = "udp" },
+        ]
+        "#,
+    )
+    .unwrap();
+    let ports = &config.services[0].ports;
+    assert_eq!(
+        ports[0].protocol,
+        crate::model::Protocol::Tcp,
+        "the default"
+    );
+    assert!(ports[1].backends.is_empty());
+
+    let inside = error_of(
+        r#"
+        [node]
+        cluster_cidr = "10.244.0.0/16"
+        [[services]]
+        name = "a"
+        ip = "10.244.9.9"
+        ports = [{ port = 80 }]
+        "#,
+    );
+    assert!(
+        inside.contains("services[0].ip") && inside.contains("pod CIDR"),
+        "{inside}"
+    );
+    let shared = error_of(
+        r#"
+        [[services]]
+        name = "a"
+        ip = "10.96.0.10"
+        ports = [{ port = 80 }]
+        [[services]]
+        name = "b"
+        ip = "10.96.0.10"
+        ports = [{ port = 80 }]
+        "#,
+    );
+    assert!(shared.contains("already Service a's"), "{shared}");
+    let sctp = error_of(
+        r#"
+        [[services]]
+        name = "a"
+        ip = "10.96.0.10"
+        ports = [{ port = 80, protocol = "sctp" }]
+        "#,
+    );
+    assert!(sctp.contains("services[0].ports[0].protocol"), "{sctp}");
+}

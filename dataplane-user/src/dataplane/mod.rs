@@ -20,7 +20,7 @@ use links::from_pod_on;
 
 use crate::{
     interfaces::Interface,
-    maps::{CounterTotal, Maps, MapsError, NatMap, ProgrammedService},
+    maps::{CounterTotal, Maps, MapsError, NatMap, ProgrammedService, plan_slots},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -275,10 +275,8 @@ impl Dataplane {
         Ok(self.maps.services.slots()?)
     }
 
-    /// Makes the frontend `key` lead to `backends` (`None`: removes it).
-    /// A backend that stays keeps its slot, a departing one's slot goes to
-    /// the last backend, new ones are appended: one backend's change writes
-    /// at most three entries. Connections to a departed backend are
+    /// Makes the frontend `key` lead to `backends` (`None`: removes it),
+    /// in the slots `plan_slots` gives. Connections to a departed backend are
     /// forgotten, so their next packets pick a live one. Returns how many
     /// connections that was.
     pub fn program_service(
@@ -296,17 +294,7 @@ impl Dataplane {
             let gone = old.iter().map(|backend| (key, *backend)).collect();
             return Ok(self.maps.services.forget_connections(&gone)?);
         };
-        let mut slots = old.to_vec();
-        let mut index = 0;
-        while index < slots.len() {
-            if wanted.contains(&slots[index]) {
-                index += 1;
-            } else {
-                slots.swap_remove(index);
-            }
-        }
-        let kept: BTreeSet<Backend> = slots.iter().copied().collect();
-        slots.extend(wanted.difference(&kept));
+        let slots = plan_slots(old, wanted);
         let id = match &current {
             Some(service) => service.id,
             None => {

@@ -3,7 +3,8 @@
 mod services;
 
 pub use services::{
-    ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, service_key,
+    ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, plan_slots,
+    service_key,
 };
 
 use std::{collections::BTreeSet, net::Ipv4Addr};

@@ -198,6 +198,25 @@ fn full(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     }
 }
 
+/// The slots `wanted` backends take when `old` held the slots before: a
+/// backend that stays keeps its slot, a departing one's slot goes to the
+/// last backend, new ones are appended. One backend's change thus writes at
+/// most three map entries (its slot, the count, the last slot).
+pub fn plan_slots(old: &[Backend], wanted: &BTreeSet<Backend>) -> Vec<Backend> {
+    let mut slots = old.to_vec();
+    let mut index = 0;
+    while index < slots.len() {
+        if wanted.contains(&slots[index]) {
+            index += 1;
+        } else {
+            slots.swap_remove(index);
+        }
+    }
+    let kept: BTreeSet<Backend> = slots.iter().copied().collect();
+    slots.extend(wanted.difference(&kept));
+    slots
+}
+
 /// The map key of `frontend`.
 pub fn service_key(frontend: &Frontend) -> ServiceKey {
     ServiceKey {
@@ -230,4 +249,31 @@ pub fn backend_address(backend: &Backend) -> SocketAddrV4 {
         Ipv4Addr::from(backend.address),
         u16::from_be_bytes(backend.port),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(last_octets: &[u8]) -> Vec<Backend> {
+        last_octets
+            .iter()
+            .map(|last| backend_entry(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, *last), 80)))
+            .collect()
+    }
+
+    #[test]
+    fn a_backend_change_moves_as_few_slots_as_possible() {
+        let old = backends(&[1, 2, 3, 4]);
+        // One leaves: the last takes its slot; the others stay put.
+        let wanted: BTreeSet<Backend> = backends(&[1, 3, 4]).into_iter().collect();
+        assert_eq!(plan_slots(&old, &wanted), backends(&[1, 4, 3]));
+        // One arrives: appended.
+        let wanted: BTreeSet<Backend> = backends(&[1, 2, 3, 4, 5]).into_iter().collect();
+        assert_eq!(plan_slots(&old, &wanted), backends(&[1, 2, 3, 4, 5]));
+        // All change: a fresh set in order.
+        let wanted: BTreeSet<Backend> = backends(&[7, 6]).into_iter().collect();
+        assert_eq!(plan_slots(&old, &wanted), backends(&[6, 7]));
+        assert!(plan_slots(&old, &BTreeSet::new()).is_empty());
+    }
 }

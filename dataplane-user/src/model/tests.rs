@@ -125,3 +125,122 @@ fn an_endpoint_stays_while_any_source_lists_it() {
     sources.forget(both);
     assert!(sources.withdraw(Source::Api, &BTreeSet::new()).is_empty());
 }
+
+fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        ip: Ipv4Addr::new(10, 96, 0, 10),
+        ports: vec![ServicePort {
+            port,
+            protocol: Protocol::Tcp,
+            backends: backends
+                .iter()
+                .map(|backend| backend.parse().unwrap())
+                .collect(),
+        }],
+    }
+}
+
+fn frontend(port: u16) -> Frontend {
+    Frontend {
+        ip: Ipv4Addr::new(10, 96, 0, 10),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+#[test]
+fn only_frontends_whose_backends_changed_are_reported() {
+    let mut services = Services::default();
+    let web = service("web", 80, &["10.244.0.2:8080"]);
+    assert_eq!(
+        services.upsert(Source::Api, web.clone()).unwrap(),
+        vec![frontend(80)]
+    );
+    assert!(services.upsert(Source::Api, web).unwrap().is_empty());
+    let moved = service("web", 80, &["10.244.0.3:8080", "10.244.0.3:8080"]);
+    assert_eq!(
+        services.upsert(Source::Api, moved).unwrap(),
+        vec![frontend(80)]
+    );
+    assert_eq!(
+        services.frontends()[&frontend(80)].len(),
+        1,
+        "repeats folded"
+    );
+    // A Service that moves to another port: the old frontend goes, the new comes.
+    let renumbered = service("web", 81, &["10.244.0.3:8080"]);
+    assert_eq!(
+        services.upsert(Source::Api, renumbered).unwrap(),
+        vec![frontend(80), frontend(81)]
+    );
+    assert_eq!(services.withdraw(None, "web"), vec![frontend(81)]);
+    assert!(services.frontends().is_empty());
+    assert!(services.withdraw(None, "web").is_empty());
+}
+
+#[test]
+fn two_services_of_one_source_cannot_share_a_frontend() {
+    let mut services = Services::default();
+    services
+        .upsert(Source::Api, service("web", 80, &["10.244.0.2:8080"]))
+        .unwrap();
+    let (field, problem) = services
+        .upsert(Source::Api, service("other", 80, &["10.244.0.9:80"]))
+        .unwrap_err();
+    assert_eq!(field, "ports");
+    assert!(
+        problem.contains("web") && problem.contains("other"),
+        "{problem}"
+    );
+    assert_eq!(services.list().len(), 1, "nothing changed");
+    let both = vec![service("a", 80, &[]), service("b", 80, &[])];
+    assert!(services.replace(Source::ConfigFile, both).is_err());
+    assert_eq!(services.list().len(), 1, "nothing changed");
+}
+
+#[test]
+fn a_frontend_is_taken_from_its_highest_ranking_source() {
+    let mut services = Services::default();
+    services
+        .upsert(Source::Pinned, service("pinned", 80, &["10.244.0.7:80"]))
+        .unwrap();
+    services
+        .upsert(Source::Api, service("api", 80, &["10.244.0.2:8080"]))
+        .unwrap();
+    let from_file = service("file", 80, &["10.244.0.3:8080"]);
+    assert_eq!(
+        services
+            .replace(Source::ConfigFile, vec![from_file])
+            .unwrap(),
+        vec![frontend(80)]
+    );
+    let wanted: Backends = ["10.244.0.3:8080".parse().unwrap()].into();
+    assert_eq!(services.frontends()[&frontend(80)], wanted);
+    // The file no longer lists it: the API's entry takes over.
+    assert_eq!(
+        services.replace(Source::ConfigFile, Vec::new()).unwrap(),
+        vec![frontend(80)]
+    );
+    let wanted: Backends = ["10.244.0.2:8080".parse().unwrap()].into();
+    assert_eq!(services.frontends()[&frontend(80)], wanted);
+}
+
+#[test]
+fn a_service_address_stays_out_of_the_pod_addresses() {
+    let cidrs: Vec<Ipv4Network> = vec!["10.96.0.0/16".parse().unwrap()];
+    let (field, _) = service("web", 80, &[]).validate(&cidrs).unwrap_err();
+    assert_eq!(field, "ip");
+    let mut twice = service("web", 80, &[]);
+    twice.ports.push(twice.ports[0].clone());
+    assert_eq!(twice.validate(&[]).unwrap_err().0, "ports");
+    assert_eq!(service("web", 0, &[]).validate(&[]).unwrap_err().0, "ports");
+    assert_eq!(
+        service("web", 80, &["10.244.0.2:0"])
+            .validate(&[])
+            .unwrap_err()
+            .0,
+        "ports"
+    );
+    assert!(service("web", 80, &["10.244.0.2:80"]).validate(&[]).is_ok());
+}

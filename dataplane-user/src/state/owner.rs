@@ -266,11 +266,21 @@ impl Owner {
         })
     }
 
+    /// `source` lists exactly `services`. A Service that breaks a rule
+    /// refuses the whole list, except from Kubernetes, where it is skipped
+    /// with a warning (one bad object must not hold up the others).
     fn replace_services(
         &mut self,
         source: Source,
-        services: Vec<ServiceSpec>,
+        mut services: Vec<ServiceSpec>,
     ) -> anyhow::Result<()> {
+        if source == Source::Kubernetes {
+            services.retain(|service| {
+                self.checked_service(service)
+                    .inspect_err(|error| warn!("service skipped: {error:#}"))
+                    .is_ok()
+            });
+        }
         for service in &services {
             self.checked_service(service)?;
         }

@@ -16,6 +16,10 @@ pub struct TableSizes {
     pub endpoints: usize,
     pub remote_nodes: usize,
     pub nat: GcReport,
+    /// Service frontends programmed.
+    pub service_frontends: usize,
+    /// Backend slots of all frontends.
+    pub service_backends: usize,
 }
 
 /// Connected `monitor` clients: all of them want drops, some also traces.
@@ -34,6 +38,13 @@ impl Owner {
             endpoints: self.dataplane.programmed_endpoints().count(),
             remote_nodes: self.remote_nodes.effective().len(),
             nat: self.nat.last_gc(),
+            service_frontends: self.dataplane.programmed_services().len(),
+            service_backends: self
+                .dataplane
+                .programmed_services()
+                .values()
+                .map(|service| service.backends.len())
+                .sum(),
         }
     }
 
@@ -63,6 +74,8 @@ impl Owner {
             endpoints,
             remote_nodes,
             nat: gc,
+            service_frontends,
+            service_backends,
         } = self.table_sizes();
         let fill = |name: &str, entries: usize, capacity: u32| MapFill {
             name: name.to_string(),
@@ -103,6 +116,16 @@ impl Owner {
                     dataplane_common::MAX_REMOTE_NODES,
                 ),
                 fill("NAT", gc.entries, MAX_NAT_ENTRIES),
+                fill(
+                    "SERVICES",
+                    service_frontends,
+                    dataplane_common::MAX_SERVICES,
+                ),
+                fill(
+                    "BACKENDS",
+                    service_backends,
+                    dataplane_common::MAX_BACKEND_SLOTS,
+                ),
                 fill(
                     "HOST_ADDRESSES",
                     dataplane.host_addresses().len(),

@@ -1,5 +1,6 @@
-//! Kubernetes as the source of nodes: every `Node` with an InternalIP and a
-//! pod CIDR becomes a remote node; this node's own `Node` gives its pod CIDR.
+//! Kubernetes as a source of nodes and (in [`services`]) of Services: every
+//! `Node` with an InternalIP and a pod CIDR becomes a remote node; this
+//! node's own `Node` gives its pod CIDR.
 //! The watcher relists after errors and dropped watches, and every few
 //! minutes; each list replaces what this source contributed (nodes the
 //! config file or the API also list stay), and the first one also what an
@@ -16,6 +17,10 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use tracing::{info, warn};
+
+mod services;
+
+pub use services::{follow_services, service_spec};
 
 use crate::{
     config::KubernetesSettings,

@@ -1,0 +1,515 @@
+//! Kubernetes as a source of Services: every Service with an IPv4 ClusterIP
+//! and its EndpointSlices become a [`ServiceSpec`], read as kube-proxy reads
+//! them. Headless and ExternalName Services, and those labelled
+//! `service.kubernetes.io/service-proxy-name` (another proxy's), are left
+//! alone. Backends are the ready endpoints (all of them with
+//! `publishNotReadyAddresses`); when none is ready, the serving and
+//! terminating ones (KEP-1669). Named target ports are resolved by the
+//! EndpointSlices, whose ports carry the Service port's name.
+//!
+//! Both kinds are watched; each complete listing (at start, after errors,
+//! every few minutes) replaces what this source contributed, and the first
+//! one also what an earlier run left pinned.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use tracing::{info, warn};
+
+use crate::{
+    model::{Protocol, ServicePort, ServiceSpec, Source},
+    state::{Command, StateHandle},
+};
+
+/// Services another proxy implements carry this label (kube-proxy skips them too).
+const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// An EndpointSlice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How often both kinds are relisted and reconciled even without errors.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// A namespaced object: (namespace, name).
+type Key = (String, String);
+
+/// The Service as the dataplane programs it, given its EndpointSlices;
+/// `None` for a Service the dataplane leaves alone.
+pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<ServiceSpec> {
+    let metadata = &service.metadata;
+    if metadata
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.contains_key(PROXY_NAME_LABEL))
+    {
+        return None;
+    }
+    let spec = service.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    // Headless Services have "None", which is no address.
+    let ip = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
+    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| {
+            // SCTP is not balanced: its frontend is not programmed.
+            let protocol = protocol(port.protocol.as_deref())?;
+            let name = port.name.as_deref().unwrap_or_default();
+            Some(ServicePort {
+                port: u16::try_from(port.port).ok()?,
+                protocol,
+                backends: backends(slices, name, protocol, publish_not_ready),
+            })
+        })
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    Some(ServiceSpec {
+        name: format!(
+            "{}/{}",
+            metadata.namespace.as_deref().unwrap_or("default"),
+            metadata.name.as_deref()?
+        ),
+        ip,
+        ports,
+    })
+}
+
+fn protocol(name: Option<&str>) -> Option<Protocol> {
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// The backends of the Service port `port_name`: the ready endpoints (or
+/// all, to publish not-ready ones), else the serving terminating ones.
+fn backends(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol_wanted: Protocol,
+    publish_not_ready: bool,
+) -> Vec<SocketAddrV4> {
+    let (mut ready, mut terminating) = (BTreeSet::new(), BTreeSet::new());
+    for slice in slices.iter().filter(|slice| slice.address_type == "IPv4") {
+        let target = slice.ports.iter().flatten().find(|port| {
+            port.name.as_deref().unwrap_or_default() == port_name
+                && protocol(port.protocol.as_deref()) == Some(protocol_wanted)
+        });
+        let Some(target) = target
+            .and_then(|port| port.port)
+            .and_then(|port| u16::try_from(port).ok())
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            // Only the first address counts (the API says so).
+            let Some(address) = endpoint
+                .addresses
+                .first()
+                .and_then(|address| address.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            // Unset conditions mean ready and serving, as kube-proxy reads them.
+            let is_ready = conditions.ready.unwrap_or(true);
+            let serving = conditions.serving.unwrap_or(is_ready);
+            let backend = SocketAddrV4::new(address, target);
+            if is_ready || publish_not_ready {
+                ready.insert(backend);
+            } else if serving && conditions.terminating == Some(true) {
+                terminating.insert(backend);
+            }
+        }
+    }
+    let chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.into_iter().collect()
+}
+
+/// Follows the cluster's Services and EndpointSlices for as long as the agent runs.
+pub async fn follow_services(state: StateHandle) {
+    let mut listed_before = false;
+    loop {
+        if let Ok(Err(error)) =
+            tokio::time::timeout(RESYNC_INTERVAL, watch(&state, &mut listed_before)).await
+        {
+            warn!("Kubernetes service source: {error:#}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// An event of either watch (boxed: a Service is twice a slice's size).
+enum Change {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+}
+
+/// What the watches have told, with each Service's slices indexed.
+#[derive(Default)]
+struct Store {
+    services: BTreeMap<Key, Service>,
+    slices: BTreeMap<Key, EndpointSlice>,
+    slices_of: BTreeMap<Key, BTreeSet<Key>>,
+    /// Listings in progress.
+    listing_services: BTreeMap<Key, Service>,
+    listing_slices: BTreeMap<Key, EndpointSlice>,
+    services_listed: bool,
+    slices_listed: bool,
+}
+
+fn key_of(metadata: &kube::api::ObjectMeta) -> Key {
+    (
+        metadata.namespace.clone().unwrap_or_default(),
+        metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Service a slice belongs to.
+fn owner_of(slice: &EndpointSlice) -> Option<Key> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
+}
+
+impl Store {
+    fn insert_slice(&mut self, slice: EndpointSlice) -> Option<Key> {
+        let key = key_of(&slice.metadata);
+        let before = self.remove_slice(&key);
+        let owner = owner_of(&slice);
+        if let Some(owner) = &owner {
+            self.slices_of
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.slices.insert(key, slice);
+        owner.or(before)
+    }
+
+    /// Returns the Service the slice belonged to.
+    fn remove_slice(&mut self, key: &Key) -> Option<Key> {
+        let owner = owner_of(&self.slices.remove(key)?)?;
+        if let Some(slices) = self.slices_of.get_mut(&owner) {
+            slices.remove(key);
+            if slices.is_empty() {
+                self.slices_of.remove(&owner);
+            }
+        }
+        Some(owner)
+    }
+
+    fn spec_of(&self, key: &Key) -> Option<ServiceSpec> {
+        let service = self.services.get(key)?;
+        let slices: Vec<&EndpointSlice> = self
+            .slices_of
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| self.slices.get(slice))
+            .collect();
+        service_spec(service, &slices)
+    }
+
+    fn listed(&self) -> bool {
+        self.services_listed && self.slices_listed
+    }
+
+    fn all_specs(&self) -> Vec<ServiceSpec> {
+        self.services
+            .keys()
+            .filter_map(|key| self.spec_of(key))
+            .collect()
+    }
+}
+
+async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|event| event.map(|event| Change::Service(Box::new(event))))
+    .boxed();
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|event| event.map(|event| Change::Slice(Box::new(event))))
+    .boxed();
+    let mut events = futures::stream::select(services, slices);
+    let mut store = Store::default();
+    while let Some(event) = events.next().await {
+        let changed = match event {
+            Ok(Change::Service(event)) => store.service_event(*event),
+            Ok(Change::Slice(event)) => store.slice_event(*event),
+            Err(error) => {
+                warn!("Kubernetes watch: {error}; resuming");
+                continue;
+            }
+        };
+        match changed {
+            Changed::Nothing => {}
+            Changed::Listing => {
+                if store.listed() {
+                    let specs = store.all_specs();
+                    let count = specs.len();
+                    state
+                        .ask(|reply| Command::ReplaceServices(Source::Kubernetes, specs, reply))
+                        .await?;
+                    if !*listed_before {
+                        // What an earlier run programmed and the cluster no longer lists goes.
+                        state
+                            .ask(|reply| {
+                                Command::ReplaceServices(Source::Pinned, Vec::new(), reply)
+                            })
+                            .await?;
+                        *listed_before = true;
+                    }
+                    info!(services = count, "Kubernetes services listed");
+                }
+            }
+            Changed::Service(key) if store.listed() => apply(state, &store, &key).await?,
+            Changed::Service(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// What an event changed.
+enum Changed {
+    Nothing,
+    /// A listing completed.
+    Listing,
+    Service(Key),
+}
+
+impl Store {
+    fn service_event(&mut self, event: watcher::Event<Service>) -> Changed {
+        match event {
+            watcher::Event::Init => {
+                self.listing_services.clear();
+                Changed::Nothing
+            }
+            watcher::Event::InitApply(service) => {
+                self.listing_services
+                    .insert(key_of(&service.metadata), service);
+                Changed::Nothing
+            }
+            watcher::Event::InitDone => {
+                self.services = std::mem::take(&mut self.listing_services);
+                self.services_listed = true;
+                Changed::Listing
+            }
+            watcher::Event::Apply(service) => {
+                let key = key_of(&service.metadata);
+                self.services.insert(key.clone(), service);
+                Changed::Service(key)
+            }
+            watcher::Event::Delete(service) => {
+                let key = key_of(&service.metadata);
+                self.services.remove(&key);
+                Changed::Service(key)
+            }
+        }
+    }
+
+    fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> Changed {
+        match event {
+            watcher::Event::Init => {
+                self.listing_slices.clear();
+                Changed::Nothing
+            }
+            watcher::Event::InitApply(slice) => {
+                self.listing_slices.insert(key_of(&slice.metadata), slice);
+                Changed::Nothing
+            }
+            watcher::Event::InitDone => {
+                self.slices.clear();
+                self.slices_of.clear();
+                for (_, slice) in std::mem::take(&mut self.listing_slices) {
+                    self.insert_slice(slice);
+                }
+                self.slices_listed = true;
+                Changed::Listing
+            }
+            watcher::Event::Apply(slice) => match self.insert_slice(slice) {
+                Some(owner) => Changed::Service(owner),
+                None => Changed::Nothing,
+            },
+            watcher::Event::Delete(slice) => match self.remove_slice(&key_of(&slice.metadata)) {
+                Some(owner) => Changed::Service(owner),
+                None => Changed::Nothing,
+            },
+        }
+    }
+}
+
+/// Programs one Service as the store has it now (or withdraws it).
+async fn apply(state: &StateHandle, store: &Store, key: &Key) -> anyhow::Result<()> {
+    let name = format!("{}/{}", key.0, key.1);
+    match store.spec_of(key) {
+        Some(spec) => {
+            let upserted = state
+                .ask(|reply| Command::UpsertService(Source::Kubernetes, spec, reply))
+                .await;
+            if let Err(error) = upserted {
+                warn!(service = name, "not programmed: {error:#}");
+            }
+        }
+        None => {
+            state
+                .ask(|reply| Command::WithdrawService(Some(Source::Kubernetes), name, reply))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(json: serde_json::Value) -> Service {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn slice(json: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn web(extra: serde_json::Value) -> Service {
+        let mut json = serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"},
+                               {"name": "dns", "port": 53, "protocol": "UDP"},
+                               {"name": "sig", "port": 99, "protocol": "SCTP"}]}
+        });
+        json_merge(&mut json, extra);
+        service(json)
+    }
+
+    fn json_merge(target: &mut serde_json::Value, extra: serde_json::Value) {
+        if let (Some(target), serde_json::Value::Object(extra)) = (target.as_object_mut(), extra) {
+            for (key, value) in extra {
+                match target.get_mut(&key) {
+                    Some(existing) if value.is_object() => json_merge(existing, value),
+                    _ => {
+                        target.insert(key, value);
+                    }
+                }
+            }
+        }
+    }
+
+    fn endpoint(ip: &str, ready: bool, serving: bool, terminating: bool) -> serde_json::Value {
+        serde_json::json!({"addresses": [ip],
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
+    }
+
+    fn web_slice(name: &str, endpoints: Vec<serde_json::Value>) -> EndpointSlice {
+        slice(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "dns", "port": 5353, "protocol": "UDP"}]
+        }))
+    }
+
+    fn backends_of(spec: &ServiceSpec, port: u16) -> Vec<String> {
+        spec.ports
+            .iter()
+            .find(|candidate| candidate.port == port)
+            .unwrap()
+            .backends
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn ports_resolve_by_name_across_slices_and_only_ready_endpoints_serve() {
+        let first = web_slice(
+            "web-a",
+            vec![
+                endpoint("10.244.1.5", true, true, false),
+                endpoint("10.244.1.6", false, false, false),
+            ],
+        );
+        let second = web_slice("web-b", vec![endpoint("10.244.2.7", true, true, false)]);
+        let spec = service_spec(&web(serde_json::json!({})), &[&first, &second]).unwrap();
+        assert_eq!(spec.name, "shop/web");
+        assert_eq!(spec.ip, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(spec.ports.len(), 2, "SCTP left out");
+        assert_eq!(
+            backends_of(&spec, 80),
+            ["10.244.1.5:8080", "10.244.2.7:8080"]
+        );
+        assert_eq!(
+            backends_of(&spec, 53),
+            ["10.244.1.5:5353", "10.244.2.7:5353"]
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready_and_not_ready_ones_when_published() {
+        let slices = web_slice(
+            "web-a",
+            vec![
+                endpoint("10.244.1.5", false, true, true),
+                endpoint("10.244.1.6", false, false, false),
+            ],
+        );
+        let spec = service_spec(&web(serde_json::json!({})), &[&slices]).unwrap();
+        assert_eq!(backends_of(&spec, 80), ["10.244.1.5:8080"]);
+        let published = web(serde_json::json!({"spec": {"publishNotReadyAddresses": true}}));
+        let spec = service_spec(&published, &[&slices]).unwrap();
+        assert_eq!(
+            backends_of(&spec, 80),
+            ["10.244.1.5:8080", "10.244.1.6:8080"]
+        );
+        let none = service_spec(&web(serde_json::json!({})), &[]).unwrap();
+        assert!(backends_of(&none, 80).is_empty(), "no endpoints: refused");
+    }
+
+    #[test]
+    fn headless_external_name_and_other_proxies_services_are_left_alone() {
+        let headless =
+            web(serde_json::json!({"spec": {"clusterIP": "None", "clusterIPs": ["None"]}}));
+        assert!(service_spec(&headless, &[]).is_none());
+        let external = web(serde_json::json!({"spec": {"type": "ExternalName"}}));
+        assert!(service_spec(&external, &[]).is_none());
+        let other = web(serde_json::json!({"metadata": {"labels":
+            {"service.kubernetes.io/service-proxy-name": "someone-else"}}}));
+        assert!(service_spec(&other, &[]).is_none());
+    }
+}
