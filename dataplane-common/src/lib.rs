@@ -665,10 +665,11 @@ counters! {
     /// counted beside the new connection's packet).
     path NatEvicted = "nat_evicted";
     /// A pod's packet to a Service frontend, translated to a backend
-    /// (counted beside how it was then forwarded).
+    /// (counted beside how it was then forwarded; a trace shows it as the
+    /// client sent it, the forwarding trace as translated).
     path ServiceToBackend = "service_to_backend";
     /// A backend's reply, translated back to the Service frontend the client
-    /// addressed (counted beside its delivery).
+    /// addressed (counted beside its delivery; traced as the backend sent it).
     path ServiceToClient = "service_to_client";
     /// To a Service frontend with no backend: answered with ICMP port
     /// unreachable, as kube-proxy's REJECT does, so clients fail at once.

@@ -37,6 +37,13 @@ pub fn verdict(ctx: &TcContext, counter: Counter, action: i32) -> i32 {
     action
 }
 
+/// Counts `counter` beside the verdict, and shows the packet as it is now to
+/// the monitor: a step that traces should show (a translation, before it).
+#[inline(always)]
+pub fn note(ctx: &TcContext, counter: Counter) {
+    verdict(ctx, counter, 0);
+}
+
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
     verdict(ctx, reason, TC_ACT_SHOT)

@@ -103,7 +103,7 @@ fn to_or_from_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Out
     if config.services == 0 {
         return Ok(service::UNTOUCHED);
     }
-    service::translate(ctx, ip)
+    service::translate(ctx, ip, config)
 }
 
 /// Whether the packet's TTL runs out here. Read from the packet as it is now

@@ -14,16 +14,16 @@
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcContext};
 use dataplane_common::{
-    Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets, ServiceFlow, ServiceKey,
-    ServiceValue, service_direction,
+    Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets, NodeConfig, ServiceFlow,
+    ServiceKey, ServiceValue, service_direction,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    counters::{Outcome, count},
-    ipv4::{TCP, UDP},
+    counters::{Outcome, note},
+    ipv4::{PLAIN_VIHL, TCP, UDP},
     maps::{BACKENDS, SERVICE_FLOWS, SERVICES},
-    packet::{IP_AT, load},
+    packet::{IP_AT, L4_AT, header, load},
     rewrite::{
         DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
         rewrite_port, rewrite_transport_address, transport,
@@ -38,8 +38,8 @@ use crate::{
 /// `Err(DropServiceNoBackend)`: the frontend has no backend.
 // Out of line: its state stays out of the other paths' stack frames.
 #[inline(never)]
-pub fn translate(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<u32> {
-    Ok(match translate_inline(ctx, ip)? {
+pub fn translate(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> Outcome<u32> {
+    Ok(match translate_inline(ctx, ip, config)? {
         Some(destination) => u32::from_ne_bytes(destination),
         None => UNTOUCHED,
     })
@@ -49,29 +49,45 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<u32> {
 /// destination: from-pod drops it before).
 pub const UNTOUCHED: u32 = 0;
 
+/// One map lookup per packet: a reply to a client on this node goes to a
+/// pod of this node (or to the hairpin address), a packet to a frontend
+/// never does (Service addresses stay out of the pod CIDRs).
 #[inline(always)]
-fn translate_inline(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<Option<Ipv4Octets>> {
+fn translate_inline(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    config: &NodeConfig,
+) -> Outcome<Option<Ipv4Octets>> {
     // Later fragments carry no ports; ICMP and others are not load balanced.
-    if (ip.proto != TCP && ip.proto != UDP) || ip.frag_offset() != 0 {
+    if (ip.proto != TCP && ip.proto != UDP) || ip.frag_offset() != 0 || ip.vihl != PLAIN_VIHL {
         return Ok(None);
     }
-    // Egress view: the source port is the one `port_at` names.
-    let Some(packet) = transport(ctx, ip, true) else {
+    // The ports, read in place (from-pod checked the transport header): the
+    // full transport view is built only for a packet that is translated.
+    let Some(ports) = header::<[[u8; 2]; 2]>(ctx, L4_AT) else {
         return Ok(None);
     };
+    // SAFETY: bounds checked by `header`; copied before anything changes the packet.
+    let [src_port, dst_port] = unsafe { *ports };
     let key = FlowKey {
         src: ip.src_addr,
         dst: ip.dst_addr,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        protocol: packet.protocol,
+        src_port,
+        dst_port,
+        protocol: ip.proto,
         direction: service_direction::TO_CLIENT,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
-    if let Some(flow) = unsafe { SERVICE_FLOWS.get(key) }.copied() {
-        to_client(ctx, &packet, &key, &flow)?;
+    if config.pod_cidr.contains(key.dst) || key.dst == HAIRPIN_SOURCE {
+        // SAFETY: the value is copied out at once.
+        let Some(flow) = unsafe { SERVICE_FLOWS.get(key) }.copied() else {
+            return Ok(None);
+        };
+        to_client(ctx, &transport_of(ctx, ip)?, &key, &flow)?;
         return Ok(Some(flow.client));
+    }
+    if config.cluster_cidr.contains(key.dst) {
+        return Ok(None);
     }
     let frontend = ServiceKey {
         address: key.dst,
@@ -83,7 +99,14 @@ fn translate_inline(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<Option<Ipv4Octets>
     let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
         return Ok(None);
     };
-    to_backend(ctx, &packet, &key, &service).map(Some)
+    to_backend(ctx, &transport_of(ctx, ip)?, &key, &service).map(Some)
+}
+
+/// The checksum facts of a TCP or UDP packet being translated (its source
+/// port is the one `port_at` names; both ports are rewritten by offset).
+#[inline(always)]
+fn transport_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<Transport> {
+    transport(ctx, ip, true).ok_or(Counter::DropMalformed)
 }
 
 /// A packet about to be delivered to a pod of this node after crossing the
@@ -122,12 +145,12 @@ fn to_client(
     flow: &ServiceFlow,
 ) -> Outcome<()> {
     let frontend = flow.target;
+    note(ctx, Counter::ServiceToClient);
     rewrite_transport_address(ctx, packet, IP_SOURCE_AT, (key.src, frontend.address))?;
     rewrite_port(ctx, packet, SOURCE_PORT_AT, (key.src_port, frontend.port))?;
     if flow.client != key.dst {
         rewrite_transport_address(ctx, packet, IP_DESTINATION_AT, (key.dst, flow.client))?;
     }
-    count(ctx, Counter::ServiceToClient);
     Ok(())
 }
 
@@ -150,6 +173,7 @@ fn to_backend(
         None => open(&forward, service)?,
     };
     let client = key.src;
+    note(ctx, Counter::ServiceToBackend);
     rewrite_transport_address(ctx, packet, IP_DESTINATION_AT, (key.dst, backend.address))?;
     rewrite_port(
         ctx,
@@ -160,7 +184,6 @@ fn to_backend(
     if backend.address == client {
         rewrite_transport_address(ctx, packet, IP_SOURCE_AT, (client, HAIRPIN_SOURCE))?;
     }
-    count(ctx, Counter::ServiceToBackend);
     Ok(backend.address)
 }
 

@@ -429,13 +429,14 @@ fn flood(pod: &Netns, ports: std::ops::Range<u16>, destination: SocketAddr) -> a
 #[test]
 fn a_flooding_pod_leaves_other_pods_their_new_connections() -> anyhow::Result<()> {
     let mut cluster = cluster(1, 2);
-    // The default port range and port share (4,536 ports, half of them per
-    // pod toward one destination); 2% of the table (2,621 connections) per
-    // pod, so that the table share shows within a test's time.
+    // The default port range (4,536 ports), half of them per pod toward one
+    // destination; 2% of the table (2,621 connections) per pod, so that the
+    // table share shows within a test's time.
     reconfigure_nat(
         &mut cluster.nodes[0],
         &[
             "port_range = \"61000-65535\"",
+            "pod_port_share_percent = 50",
             "pod_table_share_percent = 2",
         ],
     )?;
