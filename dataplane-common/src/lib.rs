@@ -22,6 +22,7 @@ pub mod names {
     pub const SERVICES_MAP: &str = "SERVICES";
     pub const BACKENDS_MAP: &str = "BACKENDS";
     pub const SERVICE_FLOWS_MAP: &str = "SERVICE_FLOWS";
+    pub const AFFINITY_MAP: &str = "AFFINITY";
     pub const POD_NAT_MAP: &str = "POD_NAT";
     pub const POD_NAT_CLOSED_MAP: &str = "POD_NAT_CLOSED";
     pub const UNANSWERED_MAP: &str = "UNANSWERED";
@@ -70,6 +71,9 @@ pub const MAX_BACKENDS_PER_SERVICE: u32 = 4096;
 
 /// Both halves of the connections to Services being tracked (LRU).
 pub const MAX_SERVICE_FLOWS: u32 = 262_144;
+
+/// Clients remembered by Services with ClientIP session affinity (LRU).
+pub const MAX_AFFINITIES: u32 = 131_072;
 
 /// The source a pod's connection to itself through a Service gets (hairpin):
 /// a packet from its own address would be dropped by its stack as martian.
@@ -450,6 +454,29 @@ pub struct ServiceValue {
     pub id: u32,
     /// 0: clients are refused (ICMP port unreachable).
     pub backend_count: u32,
+    /// ClientIP session affinity: a client's new connections go to the
+    /// backend of its last one for this long after it (0: none).
+    pub affinity_seconds: u32,
+    pub _pad: u32,
+}
+
+/// A client of a frontend with session affinity. Key of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client: Ipv4Octets,
+}
+
+/// The backend a client's connections to a frontend stick to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Affinity {
+    pub backend: Backend,
+    /// bpf_ktime_get_ns of the client's last new connection.
+    pub last_used_ns: u64,
 }
 
 /// One backend slot of a frontend. Key of `BACKENDS`.
@@ -705,6 +732,8 @@ mod user {
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::ServiceFlow {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::Affinity {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::EventBudget {}
     unsafe impl aya::Pod for super::PacketEvent {}

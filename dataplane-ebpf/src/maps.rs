@@ -6,11 +6,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint, EventBudget, FlowKey,
-    FragmentKey, FragmentRecord, Ipv4Octets, MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS,
-    MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS,
-    MAX_SERVICES, MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode,
-    ServiceFlow, ServiceKey, ServiceValue, TunnelRoute,
+    Affinity, AffinityKey, Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint,
+    EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
+    MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_UNANSWERED,
+    MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode, ServiceFlow, ServiceKey, ServiceValue,
+    TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -66,6 +67,11 @@ pub static BACKENDS: HashMap<BackendKey, Backend> =
 #[map(name = "SERVICE_FLOWS")]
 pub static SERVICE_FLOWS: LruHashMap<FlowKey, ServiceFlow> =
     LruHashMap::pinned(MAX_SERVICE_FLOWS, 0);
+
+/// The backend each client of a frontend with session affinity sticks to.
+/// LRU: clients gone quiet give way to new ones.
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_AFFINITIES, 0);
 
 /// Destinations outside the cluster that pods reach with their own address.
 #[map(name = "NO_MASQUERADE")]

@@ -1,7 +1,9 @@
 //! Services (kube-proxy's job, per packet at TC): a pod's connection to a
 //! Service frontend (address, port, protocol) is translated to one of its
-//! backends, chosen at random on the connection's first packet and kept for
-//! its whole life; the backend's replies are translated back, so the client
+//! backends, chosen on the connection's first packet (at random, or with
+//! ClientIP session affinity the backend of the client's last connection
+//! while that is recent) and kept for its whole life; the backend's
+//! replies are translated back, so the client
 //! only ever sees the frontend. The backend sees the client's own address,
 //! as with kube-proxy, except when the client is the backend itself
 //! (hairpin): its stack would drop a packet from its own address as martian,
@@ -12,17 +14,21 @@
 //! finds it. The agent removes the halves of connections whose backend
 //! went away; new packets then pick a live backend.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
 use dataplane_common::{
-    Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets, NodeConfig, ServiceFlow,
-    ServiceKey, ServiceValue, service_direction,
+    Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets,
+    NodeConfig, ServiceFlow, ServiceKey, ServiceValue, service_direction,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, note},
     ipv4::{PLAIN_VIHL, TCP, UDP},
-    maps::{BACKENDS, SERVICE_FLOWS, SERVICES},
+    maps::{AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES},
     packet::{IP_AT, L4_AT, header, load},
     rewrite::{
         DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
@@ -187,12 +193,9 @@ fn to_backend(
     Ok(backend.address)
 }
 
-/// Picks a backend for the new connection `forward` and records both halves.
+/// A backend slot at random.
 #[inline(always)]
-fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
-    if service.backend_count == 0 {
-        return Err(Counter::DropServiceNoBackend);
-    }
+fn random_backend(service: &ServiceValue) -> Outcome<Backend> {
     // SAFETY: plain helper call.
     let slot = unsafe { bpf_get_prandom_u32() } % service.backend_count;
     let slot_key = BackendKey {
@@ -201,10 +204,59 @@ fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
     };
     // SAFETY: the value is copied out at once. A slot missing while the
     // agent shrinks the set is a backend that is going away.
-    let backend = unsafe { BACKENDS.get(slot_key) }
+    unsafe { BACKENDS.get(slot_key) }
         .copied()
-        .ok_or(Counter::DropServiceNoBackend)?;
+        .ok_or(Counter::DropServiceNoBackend)
+}
+
+/// With ClientIP affinity, the backend of the client's last connection if
+/// that was recent enough (the agent removes affinities to departed backends).
+#[inline(always)]
+fn sticky_backend(service: &ServiceValue, client: Ipv4Octets) -> Option<Backend> {
+    if service.affinity_seconds == 0 {
+        return None;
+    }
+    let key = AffinityKey {
+        service_id: service.id,
+        client,
+    };
+    // SAFETY: the value is copied out at once.
+    let affinity = unsafe { AFFINITY.get(key) }.copied()?;
+    // SAFETY: plain helper call.
+    let idle = unsafe { bpf_ktime_get_ns() }.saturating_sub(affinity.last_used_ns);
+    (idle <= u64::from(service.affinity_seconds) * 1_000_000_000).then_some(affinity.backend)
+}
+
+#[inline(always)]
+fn remember_affinity(service: &ServiceValue, client: Ipv4Octets, backend: Backend) {
+    let key = AffinityKey {
+        service_id: service.id,
+        client,
+    };
+    let affinity = Affinity {
+        backend,
+        // SAFETY: plain helper call.
+        last_used_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Best effort: without it the next connection picks at random.
+    let _ = AFFINITY.insert(key, affinity, u64::from(BPF_ANY));
+}
+
+/// Picks a backend for the new connection `forward` (the client's sticky
+/// one with session affinity, else at random) and records both halves.
+#[inline(always)]
+fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
+    if service.backend_count == 0 {
+        return Err(Counter::DropServiceNoBackend);
+    }
     let client = forward.src;
+    let backend = match sticky_backend(service, client) {
+        Some(backend) => backend,
+        None => random_backend(service)?,
+    };
+    if service.affinity_seconds != 0 {
+        remember_affinity(service, client, backend);
+    }
     let reply = FlowKey {
         src: backend.address,
         dst: if backend.address == client {

@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
         let layouts = expected_layouts().unwrap();
-        assert_eq!(layouts.len(), 18, "{layouts:?}");
+        assert_eq!(layouts.len(), 19, "{layouts:?}");
         let endpoints = layout(names::ENDPOINTS_MAP);
         assert_eq!(endpoints.key_size, 4);
         assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());

@@ -127,6 +127,13 @@ impl Fixture {
         Ok((total / runs.max(1), verdict))
     }
 
+    /// The map `name` as the programs see it, opened from its pin (for
+    /// maps the product only reads, which a test must fill itself).
+    pub fn pinned_map(&self, name: &str) -> anyhow::Result<aya::maps::MapData> {
+        let path = loader::pin_directory(&self.pin_root).join(name);
+        aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+    }
+
     pub fn counter(&self, name: &str) -> u64 {
         self.maps
             .counters()

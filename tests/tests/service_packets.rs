@@ -6,7 +6,12 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane_common::{Backend, HAIRPIN_SOURCE, NodeConfig, ServiceKey, names};
+use std::collections::BTreeSet;
+
+use aya::maps::{HashMap, Map};
+use dataplane_common::{
+    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, NodeConfig, ServiceKey, names,
+};
 use dataplane_tests::test_run::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -34,11 +39,16 @@ fn backend(ip: Ipv4Addr, port: u16) -> Backend {
 
 /// A fixture whose node has the frontend VIP:80/tcp with `backends`.
 fn with_service(backends: &[Backend]) -> Fixture {
+    with_sticky_service(backends, 0)
+}
+
+/// The same with ClientIP session affinity of `affinity_seconds`.
+fn with_sticky_service(backends: &[Backend], affinity_seconds: u32) -> Fixture {
     let mut fixture = Fixture::new().unwrap();
     fixture
         .maps
         .services
-        .program(frontend(80, 6), 1, &[], backends)
+        .program(frontend(80, 6), 1, (&[], backends), affinity_seconds)
         .unwrap();
     fixture
         .maps
@@ -230,7 +240,7 @@ fn connections_to_a_departed_backend_move_to_a_live_one() {
 
     let services = &mut fixture.maps.services;
     services
-        .program(frontend(80, 6), 1, &[gone], &[stays])
+        .program(frontend(80, 6), 1, (&[gone], &[stays]), 0)
         .unwrap();
     let forgotten = services
         .forget_connections(&[(frontend(80, 6), gone)].into())
@@ -262,4 +272,60 @@ fn what_is_not_a_frontend_is_left_alone() {
     assert_eq!(addresses(&out).1, (VIP, 80));
     assert_eq!(fixture.counter("masqueraded"), 2);
     assert_eq!(fixture.counter("service_to_backend"), 0);
+}
+
+/// The backend a new connection from pod A's port `port` goes to.
+fn backend_of_new_connection(fixture: &mut Fixture, port: u16) -> Ipv4Addr {
+    let packet = ipv4_packet(POD_A_IP, VIP, 6, &tcp((POD_A_IP, port), (VIP, 80), TCP_SYN));
+    let (verdict, out) = fixture.run(&packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    // Local backends are delivered as is, remote ones encapsulated.
+    let frame = if out.len() > packet.len() {
+        &out[50..]
+    } else {
+        &out[..]
+    };
+    addresses(frame).1.0
+}
+
+#[test]
+fn with_client_ip_affinity_a_clients_connections_stick_until_it_is_idle_too_long() {
+    let backends = [backend(POD_B_IP, 8080), backend(REMOTE_POD_IP, 8080)];
+    let mut fixture = with_sticky_service(&backends, 60);
+    let first = backend_of_new_connection(&mut fixture, CLIENT_PORT);
+    for port in 1..20 {
+        assert_eq!(
+            backend_of_new_connection(&mut fixture, CLIENT_PORT + port),
+            first,
+            "every new connection of the client goes to its first one's backend"
+        );
+    }
+
+    // An affinity last used at boot is 60 s stale: new connections choose
+    // afresh (both backends over 20 of them, each time from a stale entry).
+    let mut affinities: HashMap<_, AffinityKey, Affinity> = HashMap::try_from(Map::LruHashMap(
+        fixture.pinned_map(names::AFFINITY_MAP).unwrap(),
+    ))
+    .unwrap();
+    let key = AffinityKey {
+        service_id: 1,
+        client: POD_A_IP.octets(),
+    };
+    let mut chosen = BTreeSet::new();
+    for port in 100..120 {
+        let stale = Affinity {
+            backend: backends[0],
+            last_used_ns: 0,
+        };
+        affinities.insert(key, stale, 0).unwrap();
+        chosen.insert(backend_of_new_connection(&mut fixture, CLIENT_PORT + port));
+    }
+    assert_eq!(chosen.len(), 2, "{chosen:?}");
+
+    // A departed backend's affinities go with it.
+    let services = &mut fixture.maps.services;
+    let forgotten = services
+        .forget_affinities(1, &[backends[0], backends[1]].into())
+        .unwrap();
+    assert_eq!(forgotten, 1);
 }

@@ -120,6 +120,56 @@ fn a_cluster_ip_serves_its_endpoints_on_every_port_and_keeps_the_client_address(
 }
 
 #[test]
+fn with_client_ip_affinity_every_connection_of_a_client_reaches_one_backend() -> anyhow::Result<()>
+{
+    let cluster = two_nodes();
+    let node = &cluster.nodes[0];
+    let client = &node.pods[0];
+    let (local, remote) = (&node.pods[1], &cluster.nodes[1].pods[0]);
+    let vip = VIP.to_string();
+    let ports = format!(
+        "80/tcp={},{}",
+        backend(local, BACKEND_PORT),
+        backend(remote, BACKEND_PORT)
+    );
+    node.cli(&[
+        "service",
+        "add",
+        "--name",
+        "default/sticky",
+        "--ip",
+        &vip,
+        "--port",
+        &ports,
+        "--affinity-seconds",
+        "60",
+    ])?;
+    let connections = 12;
+    let mut servers = Vec::new();
+    for pod in [local, remote] {
+        let address = SocketAddrV4::new(pod.ip, BACKEND_PORT);
+        servers.push(tcp_echo_server(&pod.netns, address, connections, Duration::from_secs(2))?.1);
+    }
+    for _ in 0..connections {
+        tcp_exchange(&client.netns, SocketAddr::from((VIP, 80)), 1024)?;
+    }
+    let served: Vec<usize> = servers
+        .into_iter()
+        .map(|server| joined(server).map(|peers| peers.len()))
+        .collect::<Result<_, _>>()?;
+    assert!(
+        served == [connections, 0] || served == [0, connections],
+        "connections per backend: {served:?}"
+    );
+    let listed = node.cli(&["service", "list"])?;
+    assert!(
+        listed.contains("session affinity ClientIP, 60 s"),
+        "{listed}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_service_without_endpoints_rejects_at_once() -> anyhow::Result<()> {
     let cluster = two_nodes();
     let node = &cluster.nodes[0];

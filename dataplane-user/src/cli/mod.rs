@@ -148,6 +148,10 @@ enum ServiceCommand {
         /// for more ports; nothing after `=`: clients are refused).
         #[arg(long = "port", required = true)]
         ports: Vec<PortArg>,
+        /// ClientIP session affinity: a client's new connections go to the
+        /// backend of its last one for this many seconds after it.
+        #[arg(long)]
+        affinity_seconds: Option<u32>,
     },
     /// Remove a Service (succeeds if it is not known).
     Del {
@@ -303,11 +307,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Node(NodeCommand::Del { ip }) => Request::RemoveNode { ip },
         Command::Node(NodeCommand::List) => Request::ListNodes { address: None },
-        Command::Service(ServiceCommand::Add { name, ip, ports }) => Request::AddService {
+        Command::Service(ServiceCommand::Add {
+            name,
+            ip,
+            ports,
+            affinity_seconds,
+        }) => Request::AddService {
             service: ServiceSpec {
                 name,
                 ip,
                 ports: ports.into_iter().map(|PortArg(port)| port).collect(),
+                session_affinity_seconds: affinity_seconds,
             },
         },
         Command::Service(ServiceCommand::Del { name }) => Request::RemoveService { name },

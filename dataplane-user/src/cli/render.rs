@@ -178,7 +178,13 @@ pub fn print_text(response: &Response) {
                             "(none: refused)".into()
                         } else {
                             backends.join(",")
-                        }
+                        },
+                    );
+                }
+                if let Some(seconds) = service.session_affinity_seconds {
+                    println!(
+                        "{:<11} {:<24} session affinity ClientIP, {seconds} s",
+                        "", ""
                     );
                 }
             }

@@ -177,6 +177,7 @@ fn services_parse_and_their_mistakes_are_named() {
         [[services]]
         name = "default/web"
         ip = "10.96.0.10"
+        session_affinity_seconds = 60
         ports = [
           { port = 80, backends = ["10.244.1.2:8080"] },
           { port = 53, protocol = "udp" },
@@ -184,6 +185,7 @@ fn services_parse_and_their_mistakes_are_named() {
         "#,
     )
     .unwrap();
+    assert_eq!(config.services[0].session_affinity_seconds, Some(60));
     let ports = &config.services[0].ports;
     assert_eq!(
         ports[0].protocol,

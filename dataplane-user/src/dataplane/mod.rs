@@ -275,47 +275,59 @@ impl Dataplane {
         Ok(self.maps.services.slots()?)
     }
 
-    /// Makes the frontend `key` lead to `backends` (`None`: removes it),
-    /// in the slots `plan_slots` gives. Connections to a departed backend are
+    /// Makes the frontend `key` lead to `backends` with session affinity of
+    /// `affinity_seconds` (`None`: removes it), in the slots `plan_slots`
+    /// gives. Connections and affinities to a departed backend are
     /// forgotten, so their next packets pick a live one. Returns how many
     /// connections that was.
     pub fn program_service(
         &mut self,
         key: ServiceKey,
         backends: Option<&BTreeSet<Backend>>,
+        affinity_seconds: u32,
     ) -> Result<usize, DataplaneError> {
         let current = self.services.get(&key).cloned();
         let old: &[Backend] = current.as_ref().map_or(&[], |service| &service.backends);
-        let Some(wanted) = backends else {
-            if let Some(service) = &current {
+        let empty = BTreeSet::new();
+        let wanted = backends.unwrap_or(&empty);
+        let gone: BTreeSet<Backend> = old
+            .iter()
+            .filter(|backend| !wanted.contains(backend))
+            .copied()
+            .collect();
+        let id = match (&current, backends) {
+            (Some(service), None) => {
                 self.maps.services.remove(key, service.id, old.len())?;
                 self.services.remove(&key);
+                service.id
             }
-            let gone = old.iter().map(|backend| (key, *backend)).collect();
-            return Ok(self.maps.services.forget_connections(&gone)?);
-        };
-        let slots = plan_slots(old, wanted);
-        let id = match &current {
-            Some(service) => service.id,
-            None => {
-                let id = self.next_service_id;
-                self.next_service_id = id.wrapping_add(1);
+            (None, None) => return Ok(0),
+            (current, Some(wanted)) => {
+                let id = match current {
+                    Some(service) => service.id,
+                    None => {
+                        let id = self.next_service_id;
+                        self.next_service_id = id.wrapping_add(1);
+                        id
+                    }
+                };
+                let slots = plan_slots(old, wanted);
+                self.maps
+                    .services
+                    .program(key, id, (old, &slots), affinity_seconds)?;
+                self.services.insert(
+                    key,
+                    ProgrammedService {
+                        id,
+                        backends: slots,
+                        affinity_seconds,
+                    },
+                );
                 id
             }
         };
-        self.maps.services.program(key, id, old, &slots)?;
-        self.services.insert(
-            key,
-            ProgrammedService {
-                id,
-                backends: slots,
-            },
-        );
-        let gone = old
-            .iter()
-            .filter(|backend| !wanted.contains(backend))
-            .map(|backend| (key, *backend))
-            .collect();
+        self.maps.services.forget_affinities(id, &gone)?;
+        let gone = gone.into_iter().map(|backend| (key, backend)).collect();
         Ok(self.maps.services.forget_connections(&gone)?)
     }
 

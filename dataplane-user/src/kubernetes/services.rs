@@ -35,6 +35,8 @@ use crate::{
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// An EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 /// How often both kinds are relisted and reconciled even without errors.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -90,6 +92,15 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
         ),
         ip,
         ports,
+        session_affinity_seconds: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
+            || {
+                spec.session_affinity_config
+                    .as_ref()
+                    .and_then(|config| config.client_ip.as_ref()?.timeout_seconds)
+                    .and_then(|seconds| u32::try_from(seconds).ok())
+                    .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+            },
+        ),
     })
 }
 
@@ -499,6 +510,28 @@ mod tests {
         );
         let none = service_spec(&web(serde_json::json!({})), &[]).unwrap();
         assert!(backends_of(&none, 80).is_empty(), "no endpoints: refused");
+    }
+
+    #[test]
+    fn client_ip_affinity_comes_with_its_timeout_or_kubernetes_default() {
+        let sticky = web(serde_json::json!({"spec": {"sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}}));
+        assert_eq!(
+            service_spec(&sticky, &[]).unwrap().session_affinity_seconds,
+            Some(60)
+        );
+        let default = web(serde_json::json!({"spec": {"sessionAffinity": "ClientIP"}}));
+        assert_eq!(
+            service_spec(&default, &[])
+                .unwrap()
+                .session_affinity_seconds,
+            Some(10_800)
+        );
+        let none = web(serde_json::json!({"spec": {"sessionAffinity": "None"}}));
+        assert_eq!(
+            service_spec(&none, &[]).unwrap().session_affinity_seconds,
+            None
+        );
     }
 
     #[test]

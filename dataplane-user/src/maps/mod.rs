@@ -209,6 +209,8 @@ impl Maps {
                     .map_err(access(names::BACKENDS_MAP))?,
                 HashMap::try_from(take(names::SERVICE_FLOWS_MAP)?)
                     .map_err(access(names::SERVICE_FLOWS_MAP))?,
+                HashMap::try_from(take(names::AFFINITY_MAP)?)
+                    .map_err(access(names::AFFINITY_MAP))?,
             ),
         })
     }

@@ -8,7 +8,8 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
-    Backend, BackendKey, FlowKey, ServiceFlow, ServiceKey, ServiceValue, names, service_direction,
+    Affinity, AffinityKey, Backend, BackendKey, FlowKey, ServiceFlow, ServiceKey, ServiceValue,
+    names, service_direction,
 };
 
 use super::{MapsError, access, is_errno, removed};
@@ -18,13 +19,16 @@ pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
     flows: HashMap<MapData, FlowKey, ServiceFlow>,
+    affinity: HashMap<MapData, AffinityKey, Affinity>,
 }
 
-/// A frontend as programmed: its id and its backends by slot.
+/// A frontend as programmed: its id, its backends by slot, its session
+/// affinity (0: none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgrammedService {
     pub id: u32,
     pub backends: Vec<Backend>,
+    pub affinity_seconds: u32,
 }
 
 impl ServiceMaps {
@@ -32,11 +36,13 @@ impl ServiceMaps {
         services: HashMap<MapData, ServiceKey, ServiceValue>,
         backends: HashMap<MapData, BackendKey, Backend>,
         flows: HashMap<MapData, FlowKey, ServiceFlow>,
+        affinity: HashMap<MapData, AffinityKey, Affinity>,
     ) -> Self {
         Self {
             services,
             backends,
             flows,
+            affinity,
         }
     }
 
@@ -64,6 +70,7 @@ impl ServiceMaps {
                 ProgrammedService {
                     id: value.id,
                     backends,
+                    affinity_seconds: value.affinity_seconds,
                 },
             ));
         }
@@ -78,16 +85,17 @@ impl ServiceMaps {
             .map_err(access(names::BACKENDS_MAP))
     }
 
-    /// Makes the frontend `key` lead to `new` (slots in order), where it led
-    /// to `old` before: only slots that differ are written; new slots go in
-    /// before the count covers them, stale ones come out after it no longer
-    /// does, so a packet never picks a missing slot.
+    /// Makes the frontend `key` lead to `new` (slots in order, with session
+    /// affinity of `affinity_seconds`), where it led to `old` before: only
+    /// slots that differ are written; new slots go in before the count
+    /// covers them, stale ones come out after it no longer does, so a
+    /// packet never picks a missing slot.
     pub fn program(
         &mut self,
         key: ServiceKey,
         id: u32,
-        old: &[Backend],
-        new: &[Backend],
+        (old, new): (&[Backend], &[Backend]),
+        affinity_seconds: u32,
     ) -> Result<(), MapsError> {
         for (slot, backend) in new.iter().enumerate() {
             if old.get(slot) != Some(backend) {
@@ -103,6 +111,8 @@ impl ServiceMaps {
         let value = ServiceValue {
             id,
             backend_count: new.len() as u32,
+            affinity_seconds,
+            _pad: 0,
         };
         self.services
             .insert(key, value, 0)
@@ -178,6 +188,34 @@ impl ServiceMaps {
             };
             removed(self.flows.remove(forward), name)?;
             removed(self.flows.remove(&reply), name)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes the session affinities of frontend `id` to one of `gone`;
+    /// returns how many clients that was.
+    pub fn forget_affinities(
+        &mut self,
+        id: u32,
+        gone: &BTreeSet<Backend>,
+    ) -> Result<usize, MapsError> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let name = names::AFFINITY_MAP;
+        let mut stale = Vec::new();
+        for entry in self.affinity.iter() {
+            let (key, affinity) = match entry {
+                Ok(entry) => entry,
+                Err(MapError::KeyNotFound) => continue,
+                Err(error) => return Err(access(name)(error)),
+            };
+            if key.service_id == id && gone.contains(&affinity.backend) {
+                stale.push(key);
+            }
+        }
+        for key in &stale {
+            removed(self.affinity.remove(key), name)?;
         }
         Ok(stale.len())
     }

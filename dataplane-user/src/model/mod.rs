@@ -404,7 +404,10 @@ impl EndpointSources {
 
 mod services;
 
-pub use services::{Backends, Frontend, Protocol, ServicePort, ServiceSpec, Services};
+pub use services::{
+    Backends, Frontend, FrontendTarget, MAX_AFFINITY_SECONDS, Protocol, ServicePort, ServiceSpec,
+    Services,
+};
 
 #[cfg(test)]
 mod tests;

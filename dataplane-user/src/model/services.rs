@@ -22,7 +22,14 @@ pub struct ServiceSpec {
     /// The address clients connect to (the ClusterIP).
     pub ip: Ipv4Addr,
     pub ports: Vec<ServicePort>,
+    /// ClientIP session affinity: a client's new connections go to the
+    /// backend of its last one for this long after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_seconds: Option<u32>,
 }
+
+/// The longest session affinity Kubernetes allows (a day).
+pub const MAX_AFFINITY_SECONDS: u32 = 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -91,16 +98,28 @@ impl std::fmt::Display for Frontend {
 /// A frontend's backends, without repeats, in a stable order.
 pub type Backends = BTreeSet<SocketAddrV4>;
 
+/// What a frontend leads to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontendTarget {
+    pub backends: Backends,
+    /// 0: no session affinity.
+    pub affinity_seconds: u32,
+}
+
 impl ServiceSpec {
-    /// The frontends of the Service and their backends.
-    pub fn frontends(&self) -> impl Iterator<Item = (Frontend, Backends)> + '_ {
+    /// The frontends of the Service and where each leads.
+    pub fn frontends(&self) -> impl Iterator<Item = (Frontend, FrontendTarget)> + '_ {
         self.ports.iter().map(|port| {
             let frontend = Frontend {
                 ip: self.ip,
                 port: port.port,
                 protocol: port.protocol,
             };
-            (frontend, port.backends.iter().copied().collect())
+            let target = FrontendTarget {
+                backends: port.backends.iter().copied().collect(),
+                affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
+            };
+            (frontend, target)
         })
     }
 
@@ -119,6 +138,14 @@ impl ServiceSpec {
         }
         if self.ports.is_empty() {
             return Err(("ports", "a Service needs at least one port".into()));
+        }
+        if let Some(seconds) = self.session_affinity_seconds
+            && !(1..=MAX_AFFINITY_SECONDS).contains(&seconds)
+        {
+            return Err((
+                "session_affinity_seconds",
+                format!("{seconds} is not in 1..={MAX_AFFINITY_SECONDS}"),
+            ));
         }
         let mut seen = BTreeSet::new();
         for port in &self.ports {
@@ -160,14 +187,14 @@ impl ServiceSpec {
 pub struct Services {
     contributed: BTreeMap<Source, BTreeMap<String, ServiceSpec>>,
     /// Each source's frontends: the Service (by name) each belongs to and
-    /// its backends.
-    by_source: BTreeMap<Source, BTreeMap<Frontend, (String, Backends)>>,
-    effective: BTreeMap<Frontend, Backends>,
+    /// where it leads.
+    by_source: BTreeMap<Source, BTreeMap<Frontend, (String, FrontendTarget)>>,
+    effective: BTreeMap<Frontend, FrontendTarget>,
 }
 
 impl Services {
-    /// Every frontend in effect and its backends.
-    pub fn frontends(&self) -> &BTreeMap<Frontend, Backends> {
+    /// Every frontend in effect and where it leads.
+    pub fn frontends(&self) -> &BTreeMap<Frontend, FrontendTarget> {
         &self.effective
     }
 
@@ -270,8 +297,8 @@ impl Services {
         let claimed = self.by_source.entry(source).or_default();
         let frontends = service
             .frontends()
-            .map(|(frontend, backends)| {
-                claimed.insert(frontend, (service.name.clone(), backends));
+            .map(|(frontend, target)| {
+                claimed.insert(frontend, (service.name.clone(), target));
                 frontend
             })
             .collect();
@@ -289,14 +316,14 @@ impl Services {
         touched.dedup();
         touched.retain(|frontend| {
             let winner = Source::ALL.iter().find_map(|source| {
-                let (_, backends) = self.by_source.get(source)?.get(frontend)?;
-                Some(backends.clone())
+                let (_, target) = self.by_source.get(source)?.get(frontend)?;
+                Some(target.clone())
             });
             if self.effective.get(frontend) == winner.as_ref() {
                 return false;
             }
             match winner {
-                Some(backends) => self.effective.insert(*frontend, backends),
+                Some(target) => self.effective.insert(*frontend, target),
                 None => self.effective.remove(frontend),
             };
             true

@@ -138,6 +138,7 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
                 .map(|backend| backend.parse().unwrap())
                 .collect(),
         }],
+        session_affinity_seconds: None,
     }
 }
 
@@ -164,7 +165,7 @@ fn only_frontends_whose_backends_changed_are_reported() {
         vec![frontend(80)]
     );
     assert_eq!(
-        services.frontends()[&frontend(80)].len(),
+        services.frontends()[&frontend(80)].backends.len(),
         1,
         "repeats folded"
     );
@@ -216,14 +217,14 @@ fn a_frontend_is_taken_from_its_highest_ranking_source() {
         vec![frontend(80)]
     );
     let wanted: Backends = ["10.244.0.3:8080".parse().unwrap()].into();
-    assert_eq!(services.frontends()[&frontend(80)], wanted);
+    assert_eq!(services.frontends()[&frontend(80)].backends, wanted);
     // The file no longer lists it: the API's entry takes over.
     assert_eq!(
         services.replace(Source::ConfigFile, Vec::new()).unwrap(),
         vec![frontend(80)]
     );
     let wanted: Backends = ["10.244.0.2:8080".parse().unwrap()].into();
-    assert_eq!(services.frontends()[&frontend(80)], wanted);
+    assert_eq!(services.frontends()[&frontend(80)].backends, wanted);
 }
 
 #[test]
@@ -243,4 +244,12 @@ fn a_service_address_stays_out_of_the_pod_addresses() {
         "ports"
     );
     assert!(service("web", 80, &["10.244.0.2:80"]).validate(&[]).is_ok());
+    let mut sticky = service("web", 80, &[]);
+    sticky.session_affinity_seconds = Some(0);
+    assert_eq!(
+        sticky.validate(&[]).unwrap_err().0,
+        "session_affinity_seconds"
+    );
+    sticky.session_affinity_seconds = Some(10_800);
+    assert!(sticky.validate(&[]).is_ok());
 }

@@ -430,6 +430,8 @@ fn pinned_services(dataplane: &Dataplane) -> Services {
                 protocol: frontend.protocol,
                 backends: programmed.backends.iter().map(backend_address).collect(),
             }],
+            session_affinity_seconds: (programmed.affinity_seconds != 0)
+                .then_some(programmed.affinity_seconds),
         };
         // One frontend per Service, each named by it: they cannot collide.
         let _ = services.upsert(Source::Pinned, service);

@@ -4,6 +4,8 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
+use dataplane_common::Backend;
+
 use tracing::{info, warn};
 
 use crate::{
@@ -56,11 +58,11 @@ impl Reconciler {
     ) -> anyhow::Result<()> {
         let mut first_failure = None;
         for frontend in frontends {
-            let backends = desired
-                .frontends()
-                .get(frontend)
-                .map(|backends| backends.iter().copied().map(backend_entry).collect());
-            match dataplane.program_service(service_key(frontend), backends.as_ref()) {
+            let target = desired.frontends().get(frontend);
+            let backends: Option<BTreeSet<Backend>> =
+                target.map(|target| target.backends.iter().copied().map(backend_entry).collect());
+            let affinity = target.map_or(0, |target| target.affinity_seconds);
+            match dataplane.program_service(service_key(frontend), backends.as_ref(), affinity) {
                 Ok(forgotten) => {
                     self.failed_frontends.remove(frontend);
                     match backends {
