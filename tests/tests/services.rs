@@ -17,6 +17,7 @@ use dataplane_tests::{
     cni::MainPlugin,
     traffic::{in_netns, joined, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
 };
+use nix::sys::signal::Signal;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const BACKEND_PORT: u16 = 8080;
@@ -166,6 +167,43 @@ fn with_client_ip_affinity_every_connection_of_a_client_reaches_one_backend() ->
         listed.contains("session affinity ClientIP, 60 s"),
         "{listed}"
     );
+    Ok(())
+}
+
+#[test]
+fn services_keep_working_while_the_agent_is_down_and_after_it_restarts() -> anyhow::Result<()> {
+    let mut cluster = two_nodes();
+    let node = &mut cluster.nodes[0];
+    let server_ip = node.pods[1].ip;
+    add_service(
+        node,
+        "default/web",
+        &[format!("80/tcp={server_ip}:{BACKEND_PORT}")],
+    )?;
+    let exchange_through_the_service = |node: &Node| -> anyhow::Result<()> {
+        let (client, server) = (&node.pods[0], &node.pods[1]);
+        let address = SocketAddrV4::new(server.ip, BACKEND_PORT);
+        let (_, echo) = tcp_echo_server(&server.netns, address, 1, Duration::from_secs(5))?;
+        tcp_exchange(&client.netns, SocketAddr::from((VIP, 80)), 16 * 1024)?;
+        assert_eq!(joined(echo)?[0].ip(), client.ip);
+        Ok(())
+    };
+    exchange_through_the_service(node)?;
+
+    // Killed: the pinned programs and maps go on translating.
+    node.stop_agent(Signal::SIGKILL);
+    exchange_through_the_service(node)?;
+
+    // Restarted: the pinned frontend is kept until a source names it.
+    node.start_agent()?;
+    exchange_through_the_service(node)?;
+    let programmed = node.cli(&["map", "list", "services"])?;
+    assert!(
+        programmed.contains(&format!("{server_ip}:{BACKEND_PORT}")),
+        "{programmed}"
+    );
+    let listed = node.cli(&["service", "list"])?;
+    assert!(listed.contains("pinned"), "{listed}");
     Ok(())
 }
 
