@@ -82,13 +82,7 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
                 offset_of!(TcpHdr, dest)
             };
             Some(Transport {
-                protocol,
-                src_port: tcp.source,
-                dst_port: tcp.dest,
                 port_at: L4_AT + translated,
-                checksum_at: L4_AT + offset_of!(TcpHdr, check),
-                pseudo_header: true,
-                checksum_optional: false,
                 state: if closing {
                     conn_state::CLOSING
                 } else {
@@ -100,6 +94,7 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
                     ack: (tcp.ack() != 0).then(|| u32::from_be_bytes(tcp.ack_seq)),
                     window: u16::from_be_bytes(tcp.window),
                 }),
+                ..ports_only(protocol, [tcp.source, tcp.dest])?
             })
         }
         UDP => {
@@ -110,15 +105,9 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
                 offset_of!(UdpHdr, dst)
             };
             Some(Transport {
-                protocol,
-                src_port: udp.src,
-                dst_port: udp.dst,
                 port_at: L4_AT + translated,
-                checksum_at: L4_AT + offset_of!(UdpHdr, check),
-                pseudo_header: true,
-                checksum_optional: true,
                 state: established,
-                segment: None,
+                ..ports_only(protocol, [udp.src, udp.dst])?
             })
         }
         ICMP => {
@@ -145,6 +134,30 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
         }
         _ => None,
     }
+}
+
+/// What rewriting the addresses and ports of a TCP or UDP packet with these
+/// `[source, destination]` ports needs to know, from the protocol alone (no
+/// packet read): where its checksum is and how it is kept. `port_at` is the
+/// source port; TCP's sequence state is not read.
+#[inline(always)]
+pub fn ports_only(protocol: u8, [src_port, dst_port]: [[u8; 2]; 2]) -> Option<Transport> {
+    let (checksum_at, checksum_optional) = match protocol {
+        TCP => (L4_AT + offset_of!(TcpHdr, check), false),
+        UDP => (L4_AT + offset_of!(UdpHdr, check), true),
+        _ => return None,
+    };
+    Some(Transport {
+        protocol,
+        src_port,
+        dst_port,
+        port_at: SOURCE_PORT_AT,
+        checksum_at,
+        pseudo_header: true,
+        checksum_optional,
+        state: conn_state::ESTABLISHED,
+        segment: None,
+    })
 }
 
 /// `bytes` as the raw value the checksum helpers diff (network order in memory).

@@ -3,8 +3,7 @@
 //! backends, chosen on the connection's first packet (at random, or with
 //! ClientIP session affinity the backend of the client's last connection
 //! while that is recent) and kept for its whole life; the backend's
-//! replies are translated back, so the client
-//! only ever sees the frontend. The backend sees the client's own address,
+//! replies are translated back, so the client only ever sees the frontend. The backend sees the client's own address,
 //! as with kube-proxy, except when the client is the backend itself
 //! (hairpin): its stack would drop a packet from its own address as martian,
 //! so that one comes from `HAIRPIN_SOURCE`.
@@ -32,7 +31,7 @@ use crate::{
     packet::{IP_AT, L4_AT, header, load},
     rewrite::{
         DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
-        rewrite_port, rewrite_transport_address, transport,
+        ports_only, rewrite_port, rewrite_transport_address,
     },
 };
 
@@ -64,33 +63,11 @@ fn translate_inline(
     ip: &Ipv4Hdr,
     config: &NodeConfig,
 ) -> Outcome<Option<Ipv4Octets>> {
-    // Later fragments carry no ports; ICMP and others are not load balanced.
-    if (ip.proto != TCP && ip.proto != UDP) || ip.frag_offset() != 0 || ip.vihl != PLAIN_VIHL {
+    let Some(key) = reply_key(ctx, ip) else {
         return Ok(None);
-    }
-    // The ports, read in place (from-pod checked the transport header): the
-    // full transport view is built only for a packet that is translated.
-    let Some(ports) = header::<[[u8; 2]; 2]>(ctx, L4_AT) else {
-        return Ok(None);
-    };
-    // SAFETY: bounds checked by `header`; copied before anything changes the packet.
-    let [src_port, dst_port] = unsafe { *ports };
-    let key = FlowKey {
-        src: ip.src_addr,
-        dst: ip.dst_addr,
-        src_port,
-        dst_port,
-        protocol: ip.proto,
-        direction: service_direction::TO_CLIENT,
-        _pad: [0; 2],
     };
     if config.pod_cidr.contains(key.dst) || key.dst == HAIRPIN_SOURCE {
-        // SAFETY: the value is copied out at once.
-        let Some(flow) = unsafe { SERVICE_FLOWS.get(key) }.copied() else {
-            return Ok(None);
-        };
-        to_client(ctx, &transport_of(ctx, ip)?, &key, &flow)?;
-        return Ok(Some(flow.client));
+        return back_to_client(ctx, &key);
     }
     if config.cluster_cidr.contains(key.dst) {
         return Ok(None);
@@ -101,18 +78,11 @@ fn translate_inline(
         protocol: key.protocol,
         _pad: 0,
     };
-    // SAFETY: as above.
+    // SAFETY: the value is copied out at once.
     let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
         return Ok(None);
     };
-    to_backend(ctx, &transport_of(ctx, ip)?, &key, &service).map(Some)
-}
-
-/// The checksum facts of a TCP or UDP packet being translated (its source
-/// port is the one `port_at` names; both ports are rewritten by offset).
-#[inline(always)]
-fn transport_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<Transport> {
-    transport(ctx, ip, true).ok_or(Counter::DropMalformed)
+    to_backend(ctx, &key, &service).map(Some)
 }
 
 /// A packet about to be delivered to a pod of this node after crossing the
@@ -120,36 +90,60 @@ fn transport_of(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome<Transport> {
 #[inline(always)]
 pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
     let ip: Ipv4Hdr = load(ctx, IP_AT)?;
-    if (ip.proto != TCP && ip.proto != UDP) || ip.frag_offset() != 0 {
-        return Ok(());
-    }
-    let Some(packet) = transport(ctx, &ip, true) else {
-        return Ok(());
-    };
-    let key = FlowKey {
-        src: ip.src_addr,
-        dst: ip.dst_addr,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        protocol: packet.protocol,
-        direction: service_direction::TO_CLIENT,
-        _pad: [0; 2],
-    };
-    // SAFETY: the value is copied out at once.
-    match unsafe { SERVICE_FLOWS.get(key) }.copied() {
-        Some(flow) => to_client(ctx, &packet, &key, &flow),
+    match reply_key(ctx, &ip) {
+        Some(key) => back_to_client(ctx, &key).map(|_| ()),
         None => Ok(()),
     }
 }
 
+/// The packet as the key of a reply half, its ports read in place (the
+/// checksum facts are derived only for a packet that is translated); `None`
+/// for what Services never translate: other protocols, later fragments
+/// (no ports), headers with options.
+#[inline(always)]
+fn reply_key(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<FlowKey> {
+    if (ip.proto != TCP && ip.proto != UDP) || ip.frag_offset() != 0 || ip.vihl != PLAIN_VIHL {
+        return None;
+    }
+    // In place when the headers are linear (from-pod makes them so), else copied.
+    let [src_port, dst_port] = match header::<[[u8; 2]; 2]>(ctx, L4_AT) {
+        // SAFETY: bounds checked by `header`; copied before anything changes the packet.
+        Some(ports) => unsafe { *ports },
+        None => ctx.load(L4_AT).ok()?,
+    };
+    Some(FlowKey {
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        src_port,
+        dst_port,
+        protocol: ip.proto,
+        direction: service_direction::TO_CLIENT,
+        _pad: [0; 2],
+    })
+}
+
+/// Translates the packet `key` back to the frontend when it is a backend's
+/// reply; returns the client it now goes to.
+#[inline(always)]
+fn back_to_client(ctx: &TcContext, key: &FlowKey) -> Outcome<Option<Ipv4Octets>> {
+    // SAFETY: the value is copied out at once.
+    let Some(flow) = unsafe { SERVICE_FLOWS.get(key) }.copied() else {
+        return Ok(None);
+    };
+    to_client(ctx, key, &flow)?;
+    Ok(Some(flow.client))
+}
+
+/// The checksum facts of the TCP or UDP packet `key`.
+#[inline(always)]
+fn transport_of(key: &FlowKey) -> Outcome<Transport> {
+    ports_only(key.protocol, [key.src_port, key.dst_port]).ok_or(Counter::DropMalformed)
+}
+
 /// The reply `key` of a connection whose halves are `flow`: from the frontend.
 #[inline(always)]
-fn to_client(
-    ctx: &TcContext,
-    packet: &Transport,
-    key: &FlowKey,
-    flow: &ServiceFlow,
-) -> Outcome<()> {
+fn to_client(ctx: &TcContext, key: &FlowKey, flow: &ServiceFlow) -> Outcome<()> {
+    let packet = &transport_of(key)?;
     let frontend = flow.target;
     note(ctx, Counter::ServiceToClient);
     rewrite_transport_address(ctx, packet, IP_SOURCE_AT, (key.src, frontend.address))?;
@@ -163,12 +157,8 @@ fn to_client(
 /// The client's packet `key` to a frontend of `service`: to the backend its
 /// connection has, or a new one. Returns the backend's address.
 #[inline(always)]
-fn to_backend(
-    ctx: &TcContext,
-    packet: &Transport,
-    key: &FlowKey,
-    service: &ServiceValue,
-) -> Outcome<Ipv4Octets> {
+fn to_backend(ctx: &TcContext, key: &FlowKey, service: &ServiceValue) -> Outcome<Ipv4Octets> {
+    let packet = &transport_of(key)?;
     let forward = FlowKey {
         direction: service_direction::TO_BACKEND,
         ..*key

@@ -151,26 +151,16 @@ impl ServiceMaps {
             return Ok(0);
         }
         let name = names::SERVICE_FLOWS_MAP;
-        let mut stale = Vec::new();
-        for entry in self.flows.iter() {
-            let (key, flow) = match entry {
-                Ok(entry) => entry,
-                // An LRU entry evicted between two steps of the walk.
-                Err(MapError::KeyNotFound) => continue,
-                Err(error) => return Err(access(name)(error)),
-            };
+        let stale = lru_entries_where(&self.flows, name, |key, flow| {
             let frontend = ServiceKey {
                 address: key.dst,
                 port: key.dst_port,
                 protocol: key.protocol,
                 _pad: 0,
             };
-            if key.direction == service_direction::TO_BACKEND
+            key.direction == service_direction::TO_BACKEND
                 && gone.contains(&(frontend, flow.target))
-            {
-                stale.push((key, flow));
-            }
-        }
+        })?;
         for (forward, flow) in &stale {
             let client_seen_as = if flow.target.address == forward.src {
                 dataplane_common::HAIRPIN_SOURCE
@@ -203,18 +193,10 @@ impl ServiceMaps {
             return Ok(0);
         }
         let name = names::AFFINITY_MAP;
-        let mut stale = Vec::new();
-        for entry in self.affinity.iter() {
-            let (key, affinity) = match entry {
-                Ok(entry) => entry,
-                Err(MapError::KeyNotFound) => continue,
-                Err(error) => return Err(access(name)(error)),
-            };
-            if key.service_id == id && gone.contains(&affinity.backend) {
-                stale.push(key);
-            }
-        }
-        for key in &stale {
+        let stale = lru_entries_where(&self.affinity, name, |key, affinity| {
+            key.service_id == id && gone.contains(&affinity.backend)
+        })?;
+        for (key, _) in &stale {
             removed(self.affinity.remove(key), name)?;
         }
         Ok(stale.len())
@@ -224,6 +206,24 @@ impl ServiceMaps {
     pub fn connection_entries(&self) -> usize {
         self.flows.keys().filter(Result::is_ok).count()
     }
+}
+
+/// The entries of the LRU map `map` that `wanted` picks. An entry evicted
+/// between two steps of the walk is skipped, not an error.
+fn lru_entries_where<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    mut wanted: impl FnMut(&K, &V) -> bool,
+) -> Result<Vec<(K, V)>, MapsError> {
+    let mut picked = Vec::new();
+    for entry in map.iter() {
+        match entry {
+            Ok((key, value)) if wanted(&key, &value) => picked.push((key, value)),
+            Ok(_) | Err(MapError::KeyNotFound) => {}
+            Err(error) => return Err(access(name)(error)),
+        }
+    }
+    Ok(picked)
 }
 
 fn full(name: &'static str) -> impl FnOnce(MapError) -> MapsError {

@@ -272,18 +272,19 @@ impl Owner {
     fn replace_services(
         &mut self,
         source: Source,
-        mut services: Vec<ServiceSpec>,
+        services: Vec<ServiceSpec>,
     ) -> anyhow::Result<()> {
-        if source == Source::Kubernetes {
-            services.retain(|service| {
-                self.checked_service(service)
-                    .inspect_err(|error| warn!("service skipped: {error:#}"))
-                    .is_ok()
-            });
+        let mut valid = Vec::with_capacity(services.len());
+        for service in services {
+            match self.checked_service(&service) {
+                Ok(()) => valid.push(service),
+                Err(error) if source == Source::Kubernetes => {
+                    warn!("service skipped: {error:#}");
+                }
+                Err(error) => return Err(error),
+            }
         }
-        for service in &services {
-            self.checked_service(service)?;
-        }
+        let services = valid;
         let changed = self
             .services
             .replace(source, services)
