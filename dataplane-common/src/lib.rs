@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 8;
+pub const MAP_LAYOUT_VERSION: u32 = 9;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -23,6 +23,7 @@ pub mod names {
     pub const BACKENDS_MAP: &str = "BACKENDS";
     pub const SERVICE_FLOWS_MAP: &str = "SERVICE_FLOWS";
     pub const AFFINITY_MAP: &str = "AFFINITY";
+    pub const SOCKET_FLOWS_MAP: &str = "SOCKET_FLOWS";
     pub const POD_NAT_MAP: &str = "POD_NAT";
     pub const POD_NAT_CLOSED_MAP: &str = "POD_NAT_CLOSED";
     pub const UNANSWERED_MAP: &str = "UNANSWERED";
@@ -34,6 +35,10 @@ pub mod names {
     pub const FROM_TUNNEL_PROGRAM: &str = "from_tunnel";
     pub const FROM_HOST_PROGRAM: &str = "from_host";
     pub const FROM_UPLINK_PROGRAM: &str = "from_uplink";
+    pub const HOST_CONNECT_PROGRAM: &str = "host_connect";
+    pub const HOST_SENDMSG_PROGRAM: &str = "host_sendmsg";
+    pub const HOST_RECVMSG_PROGRAM: &str = "host_recvmsg";
+    pub const HOST_GETPEERNAME_PROGRAM: &str = "host_getpeername";
 }
 
 /// Capacity of the endpoints map (pods on one node, with ample headroom).
@@ -74,6 +79,10 @@ pub const MAX_SERVICE_FLOWS: u32 = 262_144;
 
 /// Clients remembered by Services with ClientIP session affinity (LRU).
 pub const MAX_AFFINITIES: u32 = 131_072;
+
+/// Entries of `SOCKET_FLOWS` (both directions of every host socket's
+/// frontend).
+pub const MAX_SOCKET_FLOWS: u32 = 131_072;
 
 /// The source a pod's connection to itself through a Service gets (hairpin):
 /// a packet from its own address would be dropped by its stack as martian.
@@ -269,6 +278,10 @@ pub struct NodeConfig {
     pub pod_port_share: u32,
     /// Connections one pod may hold in the NAT table.
     pub pod_connection_limit: u32,
+    /// The node's own network namespace (`SO_NETNS_COOKIE`): the socket
+    /// hooks translate frontends for sockets of this namespace only (pods'
+    /// packets are translated at their veth).
+    pub host_netns_cookie: u64,
 }
 
 /// Whether SNAT may give `pod` the port `port` for a new connection: each
@@ -522,6 +535,32 @@ pub struct ServiceFlow {
     pub client: Ipv4Octets,
 }
 
+/// Which way an entry of `SOCKET_FLOWS` translates.
+pub mod socket_direction {
+    /// Keyed by the frontend a socket addressed: the backend it was given.
+    pub const TO_BACKEND: u8 = 0;
+    /// Keyed by the backend: the frontend its datagrams (and the socket's
+    /// peer name) are shown as coming from.
+    pub const TO_CLIENT: u8 = 1;
+}
+
+/// A socket of the node's namespace and an address it sent to or heard
+/// from. Key of `SOCKET_FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SocketFlowKey {
+    /// `bpf_get_socket_cookie`: unique for the socket's life.
+    pub cookie: u64,
+    pub address: Ipv4Octets,
+    /// Network byte order.
+    pub port: [u8; 2],
+    /// `socket_direction::*`.
+    pub direction: u8,
+    /// The socket's (TCP or UDP): the frontend is address, port and protocol.
+    pub protocol: u8,
+}
+
 /// Packets and bytes seen by one counter on one CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -699,11 +738,19 @@ counters! {
     /// addressed (counted beside its delivery; traced as the backend sent it).
     path ServiceToClient = "service_to_client";
     /// To a Service frontend with no backend: answered with ICMP port
-    /// unreachable, as kube-proxy's REJECT does, so clients fail at once.
+    /// unreachable, as kube-proxy's REJECT does, so clients fail at once (a
+    /// socket of the node's namespace: its connect or send fails with EPERM).
     drop DropServiceNoBackend = "service_no_backend";
     /// A new connection to a Service whose halves could not be recorded
     /// (the kernel had no memory for the entries).
     drop DropServiceUntracked = "service_untracked";
+    /// A socket of the node's own namespace connecting (or sending a
+    /// datagram) to a Service frontend, given a backend at the socket
+    /// (counted per connect or datagram, with no bytes).
+    path ServiceHostSocket = "service_host_socket";
+    /// A datagram from a backend to a socket of the node's namespace, or
+    /// that socket's peer name, shown as the frontend's.
+    path ServiceHostSocketReply = "service_host_socket_reply";
 }
 
 impl Counter {
@@ -733,6 +780,7 @@ mod user {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::ServiceFlow {}
     unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::SocketFlowKey {}
     unsafe impl aya::Pod for super::Affinity {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::EventBudget {}

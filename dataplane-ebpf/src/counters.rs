@@ -26,6 +26,15 @@ pub fn count(ctx: &TcContext, counter: Counter) {
     }
 }
 
+/// Counts `counter` for an event without a packet (a socket hook's).
+#[inline(always)]
+pub fn count_event(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { (*value).packets += 1 };
+    }
+}
+
 /// Counts under `counter`, shows the packet to the monitor if it watches,
 /// and returns the TC action `action`.
 #[inline(always)]

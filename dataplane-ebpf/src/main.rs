@@ -11,6 +11,7 @@ mod from_host;
 mod from_pod;
 mod from_tunnel;
 mod from_uplink;
+mod host_socket;
 mod icmp;
 mod ipv4;
 mod local;
@@ -24,7 +25,10 @@ mod route;
 mod service;
 mod tunnel;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 /// TC ingress on the host side of every pod veth: everything a pod sends.
 #[classifier]
@@ -48,6 +52,30 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_host(ctx: TcContext) -> i32 {
     from_host::handle(&ctx)
+}
+
+/// cgroup connect4 of the node: a host socket connecting to a Service.
+#[cgroup_sock_addr(connect4)]
+pub fn host_connect(ctx: SockAddrContext) -> i32 {
+    host_socket::to_backend(&ctx)
+}
+
+/// cgroup sendmsg4: a host socket's datagram addressed to a Service.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn host_sendmsg(ctx: SockAddrContext) -> i32 {
+    host_socket::to_backend(&ctx)
+}
+
+/// cgroup recvmsg4: a datagram from a backend, shown as the frontend's.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn host_recvmsg(ctx: SockAddrContext) -> i32 {
+    host_socket::to_client(&ctx)
+}
+
+/// cgroup getpeername4: a host socket connected to a Service names it.
+#[cgroup_sock_addr(getpeername4)]
+pub fn host_getpeername(ctx: SockAddrContext) -> i32 {
+    host_socket::to_client(&ctx)
 }
 
 #[cfg(not(test))]

@@ -9,9 +9,9 @@ use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint,
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_UNANSWERED,
-    MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode, ServiceFlow, ServiceKey, ServiceValue,
-    TunnelRoute,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
+    MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode, ServiceFlow,
+    ServiceKey, ServiceValue, SocketFlowKey, TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -72,6 +72,13 @@ pub static SERVICE_FLOWS: LruHashMap<FlowKey, ServiceFlow> =
 /// LRU: clients gone quiet give way to new ones.
 #[map(name = "AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_AFFINITIES, 0);
+
+/// Both directions of every frontend a socket of the node's namespace
+/// addressed: keyed by the frontend, its backend; keyed by the backend, the
+/// frontend. LRU: entries of closed sockets give way.
+#[map(name = "SOCKET_FLOWS")]
+pub static SOCKET_FLOWS: LruHashMap<SocketFlowKey, Backend> =
+    LruHashMap::pinned(MAX_SOCKET_FLOWS, 0);
 
 /// Destinations outside the cluster that pods reach with their own address.
 #[map(name = "NO_MASQUERADE")]

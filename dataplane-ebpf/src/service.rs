@@ -232,14 +232,13 @@ fn remember_affinity(service: &ServiceValue, client: Ipv4Octets, backend: Backen
     let _ = AFFINITY.insert(key, affinity, u64::from(BPF_ANY));
 }
 
-/// Picks a backend for the new connection `forward` (the client's sticky
-/// one with session affinity, else at random) and records both halves.
+/// The backend for a new connection of `client` to `service`: its sticky
+/// one with session affinity, else one at random.
 #[inline(always)]
-fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
+pub fn choose_backend(service: &ServiceValue, client: Ipv4Octets) -> Outcome<Backend> {
     if service.backend_count == 0 {
         return Err(Counter::DropServiceNoBackend);
     }
-    let client = forward.src;
     let backend = match sticky_backend(service, client) {
         Some(backend) => backend,
         None => random_backend(service)?,
@@ -247,6 +246,15 @@ fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
     if service.affinity_seconds != 0 {
         remember_affinity(service, client, backend);
     }
+    Ok(backend)
+}
+
+/// Picks a backend for the new connection `forward` (the client's sticky
+/// one with session affinity, else at random) and records both halves.
+#[inline(always)]
+fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
+    let client = forward.src;
+    let backend = choose_backend(service, client)?;
     let reply = FlowKey {
         src: backend.address,
         dst: if backend.address == client {

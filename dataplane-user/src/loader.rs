@@ -6,7 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapInfo,
+    programs::{CgroupSockAddr, SchedClassifier},
+};
 use aya_obj::maps::PinningType;
 use dataplane_common::{MAP_LAYOUT_VERSION, names};
 use nix::{
@@ -22,6 +26,8 @@ const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 pub enum LoadError {
     #[error("cannot mount bpffs at {BPFFS_MOUNT_POINT}: {0}")]
     MountBpffs(nix::Error),
+    #[error("cannot find or mount the cgroup2 hierarchy (for the host socket hooks): {0}")]
+    Cgroup2(io::Error),
     #[error("cannot create pin directory {path}: {source}")]
     PinDirectory { path: PathBuf, source: io::Error },
     #[error(
@@ -200,16 +206,73 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
             .load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
+    for name in SOCKET_PROGRAMS {
+        socket_hook(&mut ebpf, name)
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
     Ok(ebpf)
 }
 
-/// Every program of the object; all are TC classifiers.
+/// The object's TC classifiers.
 pub const PROGRAMS: [&str; 4] = [
     names::FROM_POD_PROGRAM,
     names::FROM_TUNNEL_PROGRAM,
     names::FROM_HOST_PROGRAM,
     names::FROM_UPLINK_PROGRAM,
 ];
+
+/// The object's cgroup socket-address hooks (Services for the node's own
+/// sockets).
+pub const SOCKET_PROGRAMS: [&str; 4] = [
+    names::HOST_CONNECT_PROGRAM,
+    names::HOST_SENDMSG_PROGRAM,
+    names::HOST_RECVMSG_PROGRAM,
+    names::HOST_GETPEERNAME_PROGRAM,
+];
+
+/// The socket hook `name` of a loaded object.
+pub fn socket_hook<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut CgroupSockAddr {
+    ebpf.program_mut(name)
+        .and_then(|program| program.try_into().ok())
+        .unwrap_or_else(|| panic!("the eBPF object built with this agent has a {name} socket hook"))
+}
+
+/// Where the unified (v2) cgroup hierarchy is mounted, mounting it at
+/// `CGROUP2_MOUNT_POINT` when nothing has (the socket hooks attach to its
+/// root: every process of the machine, filtered by network namespace).
+pub fn cgroup2_root() -> Result<PathBuf, LoadError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(LoadError::Cgroup2)?;
+    if let Some(mount_point) = cgroup2_mount_point(&mountinfo) {
+        return Ok(mount_point);
+    }
+    std::fs::create_dir_all(CGROUP2_MOUNT_POINT).map_err(LoadError::Cgroup2)?;
+    mount(
+        Some("cgroup2"),
+        CGROUP2_MOUNT_POINT,
+        Some("cgroup2"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|errno| LoadError::Cgroup2(errno.into()))?;
+    Ok(CGROUP2_MOUNT_POINT.into())
+}
+
+/// Where the agent mounts the cgroup2 hierarchy when the system has not.
+const CGROUP2_MOUNT_POINT: &str = "/run/dataplane/cgroupv2";
+
+/// The first cgroup2 mount in `/proc/self/mountinfo` text whose root is the
+/// hierarchy's root.
+fn cgroup2_mount_point(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let root = fields.get(3)?;
+        let mount_point = fields.get(4)?;
+        (filesystem.split(' ').next() == Some("cgroup2") && *root == "/")
+            .then(|| PathBuf::from(mount_point.replace("\\040", " ")))
+    })
+}
 
 /// The classifier `name` of a loaded object.
 pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
@@ -241,7 +304,7 @@ mod tests {
     #[test]
     fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
         let layouts = expected_layouts().unwrap();
-        assert_eq!(layouts.len(), 19, "{layouts:?}");
+        assert_eq!(layouts.len(), 20, "{layouts:?}");
         let endpoints = layout(names::ENDPOINTS_MAP);
         assert_eq!(endpoints.key_size, 4);
         assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());
@@ -277,6 +340,12 @@ mod tests {
             backends.value_size as usize,
             size_of::<dataplane_common::Backend>()
         );
+        let sockets = layout(names::SOCKET_FLOWS_MAP);
+        assert_eq!(
+            sockets.key_size as usize,
+            size_of::<dataplane_common::SocketFlowKey>()
+        );
+        assert_eq!(sockets.max_entries, dataplane_common::MAX_SOCKET_FLOWS);
         // LPM trie keys are {u32 prefix length, address}; tries need NO_PREALLOC.
         let routes = layout(names::TUNNEL_ROUTES_MAP);
         assert_eq!(routes.key_size, 8);
@@ -284,5 +353,22 @@ mod tests {
         let counters = layout(names::COUNTERS_MAP);
         assert_eq!(counters.value_size as usize, size_of::<CounterValue>());
         assert_eq!(counters.max_entries, Counter::COUNT);
+    }
+
+    #[test]
+    fn the_cgroup2_mount_is_found_beside_cgroup_v1_mounts() {
+        let hybrid = "\
+35 25 0:30 / /sys/fs/cgroup rw,relatime shared:9 - tmpfs tmpfs rw,mode=755
+36 35 0:31 / /sys/fs/cgroup/cpu rw,relatime shared:10 - cgroup cgroup rw,cpu
+41 35 0:36 / /sys/fs/cgroup/unified rw,relatime shared:15 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount_point(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        // A container's view of a sub-cgroup is not the hierarchy's root.
+        let nested = "50 40 0:27 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount_point(nested), None);
+        assert_eq!(cgroup2_mount_point(""), None);
     }
 }

@@ -14,6 +14,35 @@ pub enum NetnsError {
     Panicked(String),
 }
 
+/// The cookie of the calling thread's network namespace, as the programs'
+/// `bpf_get_netns_cookie` sees it (`SO_NETNS_COOKIE`, Linux 5.14).
+pub fn current_cookie() -> nix::Result<u64> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    use std::os::fd::AsRawFd;
+    let probe = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut cookie: u64 = 0;
+    let mut length = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: the kernel writes at most `length` bytes into `cookie`.
+    let result = unsafe {
+        nix::libc::getsockopt(
+            probe.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut length,
+        )
+    };
+    if result != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(cookie)
+}
+
 /// Moves the calling thread (only) into the network namespace at `path`.
 pub fn enter(path: &Path) -> Result<(), NetnsError> {
     let label = || path.display().to_string();

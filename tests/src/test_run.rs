@@ -169,6 +169,8 @@ pub fn node_config() -> NodeConfig {
         // Whole shares: the suites that test them set their own.
         pod_port_share: PORT_SHARE_WHOLE,
         pod_connection_limit: MAX_NAT_CONNECTIONS,
+        // No socket is in this namespace: the fixture loads no socket hook.
+        host_netns_cookie: 0,
     }
 }
 

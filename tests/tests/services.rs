@@ -12,7 +12,7 @@ use std::{
 
 use dataplane_common::HAIRPIN_SOURCE;
 use dataplane_tests::{
-    Cluster, ClusterSpec,
+    Cluster, ClusterSpec, Netns,
     cluster::{Node, Pod},
     cni::MainPlugin,
     traffic::{in_netns, joined, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
@@ -41,9 +41,9 @@ fn backend(pod: &Pod, port: u16) -> String {
     format!("{}:{port}", pod.ip)
 }
 
-/// A UDP socket of `pod`'s namespace (it stays there, whichever thread uses it).
-fn udp_socket_in(pod: &Pod) -> anyhow::Result<UdpSocket> {
-    joined(in_netns(&pod.netns, || Ok(UdpSocket::bind("0.0.0.0:0")?)))
+/// A UDP socket of `netns` (it stays there, whichever thread uses it).
+fn udp_socket_of(netns: &Netns) -> anyhow::Result<UdpSocket> {
+    joined(in_netns(netns, || Ok(UdpSocket::bind("0.0.0.0:0")?)))
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn a_cluster_ip_serves_its_endpoints_on_every_port_and_keeps_the_client_address(
     // The UDP port goes to its own backend, and the answer comes from the Service.
     let dns_server = udp_echo_server(&dns.netns, dns.ip, 5353, 1, Duration::from_secs(5))?;
     udp_exchange(
-        &udp_socket_in(client)?,
+        &udp_socket_of(&client.netns)?,
         SocketAddr::from((VIP, 53)),
         b"query",
     )?;
@@ -261,7 +261,7 @@ fn udp_traffic_follows_the_service_when_its_server_pod_is_replaced() -> anyhow::
         &[format!("53/udp={}", backend(old, 5353))],
     )?;
     // One client socket throughout: the same flow, as a resolver's is.
-    let socket = udp_socket_in(client)?;
+    let socket = udp_socket_of(&client.netns)?;
     let frontend = SocketAddr::from((VIP, 53));
     let old_server = udp_echo_server(&old.netns, old.ip, 5353, 1, Duration::from_secs(5))?;
     udp_exchange(&socket, frontend, b"before")?;
@@ -277,5 +277,106 @@ fn udp_traffic_follows_the_service_when_its_server_pod_is_replaced() -> anyhow::
     let new_server = udp_echo_server(&new.netns, new.ip, 5353, 1, Duration::from_secs(5))?;
     udp_exchange(&socket, frontend, b"after")?;
     assert_eq!(joined(new_server)?[0].ip(), client.ip);
+    Ok(())
+}
+
+#[test]
+fn the_nodes_own_sockets_reach_services_and_see_only_the_frontend() -> anyhow::Result<()> {
+    let cluster = two_nodes();
+    let node = &cluster.nodes[0];
+    let (local, remote) = (&node.pods[1], &cluster.nodes[1].pods[0]);
+    add_service(
+        node,
+        "default/web",
+        &[
+            format!(
+                "80/tcp={},{}",
+                backend(local, BACKEND_PORT),
+                backend(remote, BACKEND_PORT)
+            ),
+            format!("53/udp={}", backend(remote, 5353)),
+        ],
+    )?;
+    add_service(node, "default/empty", &["81/tcp=".to_string()])?;
+    // Echo servers on both TCP backends for `connections` connections.
+    let serve = |connections: usize| -> anyhow::Result<Vec<_>> {
+        [local, remote]
+            .into_iter()
+            .map(|pod| {
+                let address = SocketAddrV4::new(pod.ip, BACKEND_PORT);
+                Ok(tcp_echo_server(&pod.netns, address, connections, Duration::from_secs(2))?.1)
+            })
+            .collect()
+    };
+
+    // TCP from the node (kubelet's probes, hostNetwork pods) reaches both
+    // backends, and a connected socket names the frontend as its peer.
+    let connections = 16;
+    let servers = serve(connections)?;
+    let frontend = SocketAddr::from((VIP, 80));
+    for _ in 0..connections {
+        tcp_exchange(&node.netns, frontend, 16 * 1024)?;
+    }
+    for server in servers {
+        assert!(!joined(server)?.is_empty(), "a backend got no connection");
+    }
+    let servers = serve(1)?;
+    let named = joined(in_netns(&node.netns, move || {
+        let stream = std::net::TcpStream::connect_timeout(&frontend, Duration::from_secs(5))?;
+        Ok(stream.peer_addr()?)
+    }))?;
+    assert_eq!(named, frontend, "getpeername shows the frontend");
+    servers
+        .into_iter()
+        .try_for_each(|server| joined(server).map(drop))?;
+
+    // UDP, unconnected (sendto/recvfrom: the answer comes from the
+    // frontend) and connected.
+    let dns = SocketAddr::from((VIP, 53));
+    let unconnected = udp_socket_of(&node.netns)?;
+    let server = udp_echo_server(&remote.netns, remote.ip, 5353, 2, Duration::from_secs(5))?;
+    udp_exchange(&unconnected, dns, b"sendto")?;
+    let connected = udp_socket_of(&node.netns)?;
+    connected.connect(dns)?;
+    assert_eq!(connected.peer_addr()?, dns);
+    udp_exchange(&connected, dns, b"connected")?;
+    assert_eq!(joined(server)?.len(), 2);
+
+    // A frontend without backends refuses at once: EPERM from connect.
+    let started = Instant::now();
+    let refused = joined(in_netns(&node.netns, || {
+        let error = std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((VIP, 81)),
+            Duration::from_secs(5),
+        )
+        .expect_err("nothing can accept");
+        Ok(error.kind())
+    }))?;
+    assert_eq!(refused, std::io::ErrorKind::PermissionDenied);
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // The hooks see every socket of the machine but translate the node's
+    // only: a pod's connection is still translated at its veth.
+    let at_sockets = node.counter("service_host_socket")?;
+    assert!(at_sockets >= connections as u64 + 4, "{at_sockets}");
+    let per_packet = node.counter("service_to_backend")?;
+    let servers = serve(1)?;
+    tcp_exchange(&node.pods[0].netns, frontend, 1024)?;
+    servers
+        .into_iter()
+        .try_for_each(|server| joined(server).map(drop))?;
+    assert_eq!(node.counter("service_host_socket")?, at_sockets);
+    assert!(node.counter("service_to_backend")? > per_packet);
+
+    // The UDP backend is replaced: the node's socket's next datagram
+    // reaches the new one (its record of the departed one is cleared).
+    add_service(
+        node,
+        "default/web",
+        &[format!("53/udp={}", backend(local, 5353))],
+    )?;
+    let server = udp_echo_server(&local.netns, local.ip, 5353, 1, Duration::from_secs(5))?;
+    udp_exchange(&unconnected, dns, b"after")?;
+    assert_eq!(joined(server)?.len(), 1);
     Ok(())
 }

@@ -179,9 +179,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
               port = settings.port, pod_mtu = settings.mtu,
               device = if created { "created" } else { "kept" }, "VXLAN tunnel ready");
     }
+    let cgroup = match &config.agent.cgroup_root {
+        Some(cgroup) => cgroup.clone(),
+        None => loader::cgroup2_root()?,
+    };
+    dataplane
+        .attach_host_sockets(&cgroup)
+        .context("the host socket hooks (Services for the node's own sockets)")?;
+    info!(cgroup = %cgroup.display(), "socket hooks attached for the node's namespace");
     dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
     // Services an earlier agent programmed keep being translated meanwhile.
     let mut facts = facts;
+    facts.node_config.host_netns_cookie = crate::netns::current_cookie()
+        .context("reading the node namespace's cookie (SO_NETNS_COOKIE)")?;
     facts.node_config.services = u8::from(!dataplane.programmed_services().is_empty());
     dataplane.set_node_config(facts.node_config)?;
 

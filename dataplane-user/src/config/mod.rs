@@ -5,6 +5,7 @@
 //! api_socket = "/run/dataplane/agent.sock"   # local API used by the CLI and CNI plugin
 //! bpf_root = "/sys/fs/bpf/dataplane"         # maps are pinned under <bpf_root>/v<layout>
 //! metrics_address = "127.0.0.1:9650"         # Prometheus metrics on /metrics (off by default)
+//! cgroup_root = "/sys/fs/cgroup"              # cgroup2 root for the host socket hooks (default: found)
 //!
 //! [node]
 //! pod_cidr = "10.244.1.0/24"                 # this node's pod CIDR
@@ -224,6 +225,11 @@ pub struct AgentSettings {
     /// Where Prometheus metrics are served (`GET /metrics`); off when unset.
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The root of the cgroup2 hierarchy the socket hooks attach to (Services
+    /// for the node's own sockets); default: where cgroup2 is mounted, or
+    /// mounted by the agent when it is nowhere.
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -232,6 +238,7 @@ impl Default for AgentSettings {
             api_socket: default_api_socket(),
             bpf_root: default_bpf_root(),
             metrics_address: None,
+            cgroup_root: None,
         }
     }
 }

@@ -4,18 +4,24 @@
 //! when that is impossible it attaches anew beside it before removing the
 //! old pin (make before break). Detaching is removing the pin.
 
-use std::{collections::HashSet, path::PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use aya::programs::{
     TcAttachType,
-    links::{FdLink, PinnedLink},
+    links::{CgroupAttachMode, FdLink, PinnedLink},
     tc::SchedClassifierLink,
 };
 use dataplane_common::names;
 use tracing::{debug, warn};
 
 use super::{Dataplane, DataplaneError};
-use crate::{interfaces::Interface, loader::classifier};
+use crate::{
+    interfaces::Interface,
+    loader::{SOCKET_PROGRAMS, classifier, socket_hook},
+};
 
 /// A program attached to an interface in one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +44,62 @@ impl Dataplane {
         self.attach(names::FROM_UPLINK_PROGRAM, uplink, false)?;
         self.attach(names::FROM_HOST_PROGRAM, uplink, true)?;
         Ok(())
+    }
+
+    /// Attaches the socket hooks to the root of the cgroup2 hierarchy at
+    /// `cgroup`: every socket of the machine passes them, and they translate
+    /// for the node's network namespace only. Beside other programs there
+    /// (links never exclude each other), and beside a hook an earlier agent pinned until the
+    /// new one is pinned in its place (make before break: both look at the
+    /// same maps, and a translated address is no frontend).
+    pub fn attach_host_sockets(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+        let target = format!("cgroup {}", cgroup.display());
+        let directory = std::fs::File::open(cgroup).map_err(|error| DataplaneError::Pin {
+            program: "(socket hooks)",
+            interface: target.clone(),
+            path: cgroup.to_owned(),
+            detail: error.to_string(),
+        })?;
+        for program in SOCKET_PROGRAMS {
+            let pin = self.socket_pin_path(program);
+            let pin_error = |detail: String| DataplaneError::Pin {
+                program,
+                interface: target.clone(),
+                path: pin.clone(),
+                detail,
+            };
+            let hook = socket_hook(&mut self.ebpf, program);
+            // A link (BPF_LINK_CREATE, which takes no flags) is always one
+            // of many on its cgroup: "Single" only means "no flags" here.
+            let link = hook
+                .attach(&directory, CgroupAttachMode::Single)
+                .map_err(|source| DataplaneError::Attach {
+                    program,
+                    interface: target.clone(),
+                    source,
+                })?;
+            let link: FdLink = hook
+                .take_link(link)
+                .map_err(|error| pin_error(error.to_string()))?
+                .try_into()
+                .map_err(|error: aya::programs::links::LinkError| pin_error(error.to_string()))?;
+            if pin.exists() {
+                std::fs::remove_file(&pin).map_err(|error| pin_error(error.to_string()))?;
+            }
+            link.pin(&pin)
+                .map_err(|error| pin_error(error.to_string()))?;
+        }
+        self.host_sockets = Some(cgroup.to_owned());
+        Ok(())
+    }
+
+    /// The cgroup the socket hooks are attached to, if they are.
+    pub fn host_sockets(&self) -> Option<&Path> {
+        self.host_sockets.as_deref()
+    }
+
+    fn socket_pin_path(&self, program: &str) -> PathBuf {
+        self.links_dir.join(format!("{program}-cgroup"))
     }
 
     fn pin_path(&self, attachment: &Attachment) -> PathBuf {
@@ -150,10 +212,15 @@ impl Dataplane {
     /// Removes pinned links this agent did not attach or adopt: left behind for
     /// interfaces that are gone, or for endpoints removed while it was down.
     pub fn remove_stale_links(&mut self) -> Vec<PathBuf> {
+        let sockets = self
+            .host_sockets
+            .iter()
+            .flat_map(|_| SOCKET_PROGRAMS.map(|program| self.socket_pin_path(program)));
         let current: HashSet<PathBuf> = self
             .attached
             .iter()
             .map(|attachment| self.pin_path(attachment))
+            .chain(sockets)
             .collect();
         let Ok(entries) = std::fs::read_dir(&self.links_dir) else {
             return Vec::new();

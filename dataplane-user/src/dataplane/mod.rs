@@ -48,6 +48,8 @@ pub struct Dataplane {
     /// Where the pinned links live.
     links_dir: PathBuf,
     attached: HashSet<Attachment>,
+    /// The cgroup the host socket hooks are attached to.
+    host_sockets: Option<PathBuf>,
     endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// The endpoints behind each host veth: detaching and a veth's removal
     /// look up one veth instead of scanning every endpoint.
@@ -92,6 +94,7 @@ impl Dataplane {
             maps,
             links_dir,
             attached: HashSet::new(),
+            host_sockets: None,
             endpoints,
             behind,
             remote_nodes,

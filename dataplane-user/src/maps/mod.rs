@@ -211,6 +211,8 @@ impl Maps {
                     .map_err(access(names::SERVICE_FLOWS_MAP))?,
                 HashMap::try_from(take(names::AFFINITY_MAP)?)
                     .map_err(access(names::AFFINITY_MAP))?,
+                HashMap::try_from(take(names::SOCKET_FLOWS_MAP)?)
+                    .map_err(access(names::SOCKET_FLOWS_MAP))?,
             ),
         })
     }

@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, FlowKey, ServiceFlow, ServiceKey, ServiceValue,
-    names, service_direction,
+    SocketFlowKey, names, service_direction, socket_direction,
 };
 
 use super::{MapsError, access, is_errno, removed};
@@ -20,6 +20,7 @@ pub struct ServiceMaps {
     backends: HashMap<MapData, BackendKey, Backend>,
     flows: HashMap<MapData, FlowKey, ServiceFlow>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
+    sockets: HashMap<MapData, SocketFlowKey, Backend>,
 }
 
 /// A frontend as programmed: its id, its backends by slot, its session
@@ -37,12 +38,14 @@ impl ServiceMaps {
         backends: HashMap<MapData, BackendKey, Backend>,
         flows: HashMap<MapData, FlowKey, ServiceFlow>,
         affinity: HashMap<MapData, AffinityKey, Affinity>,
+        sockets: HashMap<MapData, SocketFlowKey, Backend>,
     ) -> Self {
         Self {
             services,
             backends,
             flows,
             affinity,
+            sockets,
         }
     }
 
@@ -141,8 +144,8 @@ impl ServiceMaps {
     }
 
     /// Removes both halves of every tracked connection to one of `gone`
-    /// (a frontend and a backend it no longer has); returns how many
-    /// connections that was.
+    /// (a frontend and a backend it no longer has), and what host sockets
+    /// were given of them; returns how many connections and sockets that was.
     pub fn forget_connections(
         &mut self,
         gone: &BTreeSet<(ServiceKey, Backend)>,
@@ -178,6 +181,35 @@ impl ServiceMaps {
             };
             removed(self.flows.remove(forward), name)?;
             removed(self.flows.remove(&reply), name)?;
+        }
+        Ok(stale.len() + self.forget_sockets(gone)?)
+    }
+
+    /// Removes what the node's sockets were given of the `gone` pairs, so
+    /// their next connect or datagram to the frontend gets a live backend.
+    fn forget_sockets(
+        &mut self,
+        gone: &BTreeSet<(ServiceKey, Backend)>,
+    ) -> Result<usize, MapsError> {
+        let name = names::SOCKET_FLOWS_MAP;
+        let stale = lru_entries_where(&self.sockets, name, |key, backend| {
+            let frontend = ServiceKey {
+                address: key.address,
+                port: key.port,
+                protocol: key.protocol,
+                _pad: 0,
+            };
+            key.direction == socket_direction::TO_BACKEND && gone.contains(&(frontend, *backend))
+        })?;
+        for (forward, backend) in &stale {
+            let reply = SocketFlowKey {
+                address: backend.address,
+                port: backend.port,
+                direction: socket_direction::TO_CLIENT,
+                ..*forward
+            };
+            removed(self.sockets.remove(forward), name)?;
+            removed(self.sockets.remove(&reply), name)?;
         }
         Ok(stale.len())
     }

@@ -70,6 +70,14 @@ impl Owner {
                 attachment.program
             ));
         }
+        if let Some(cgroup) = dataplane.host_sockets() {
+            attachments.extend(crate::loader::SOCKET_PROGRAMS.map(|program| {
+                format!(
+                    "{program} on cgroup {} (the node's namespace)",
+                    cgroup.display()
+                )
+            }));
+        }
         let TableSizes {
             endpoints,
             remote_nodes,
