@@ -66,23 +66,61 @@ fn translate_inline(
     let Some(key) = reply_key(ctx, ip) else {
         return Ok(None);
     };
-    if config.pod_cidr.contains(key.dst) || key.dst == HAIRPIN_SOURCE {
+    let opening = opens_connection(ctx, &key);
+    if !opening && (config.pod_cidr.contains(key.dst) || key.dst == HAIRPIN_SOURCE) {
         return back_to_client(ctx, &key);
     }
-    if config.cluster_cidr.contains(key.dst) {
-        return Ok(None);
+    if !config.cluster_cidr.contains(key.dst) {
+        let frontend = ServiceKey {
+            address: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+            _pad: 0,
+        };
+        // SAFETY: the value is copied out at once.
+        if let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() {
+            return to_backend(ctx, &key, &service).map(Some);
+        }
     }
-    let frontend = ServiceKey {
-        address: key.dst,
-        port: key.dst_port,
-        protocol: key.protocol,
-        _pad: 0,
+    if opening {
+        forget_reply_half(&key);
+    }
+    Ok(None)
+}
+
+/// A TCP packet that opens a connection (SYN without ACK).
+#[inline(always)]
+fn opens_connection(ctx: &TcContext, key: &FlowKey) -> bool {
+    const FLAGS_AT: usize = L4_AT + 13;
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if key.protocol != TCP {
+        return false;
+    }
+    let flags = match header::<u8>(ctx, FLAGS_AT) {
+        // SAFETY: bounds checked by `header`.
+        Some(flags) => unsafe { *flags },
+        None => ctx.load(FLAGS_AT).unwrap_or(0),
     };
-    // SAFETY: the value is copied out at once.
-    let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
-        return Ok(None);
+    flags & (SYN | ACK) == SYN
+}
+
+/// A client opens a connection straight to an address and port a closed
+/// connection to a frontend had as its backend, from the same port (the
+/// kernel reuses a port toward another destination at once): the reply
+/// half that connection left must not dress the new one's answers as the
+/// frontend's.
+#[inline(always)]
+fn forget_reply_half(opening: &FlowKey) {
+    let stale = FlowKey {
+        src: opening.dst,
+        dst: opening.src,
+        src_port: opening.dst_port,
+        dst_port: opening.src_port,
+        ..*opening
     };
-    to_backend(ctx, &key, &service).map(Some)
+    // Nothing there is the common case.
+    let _ = SERVICE_FLOWS.remove(&stale);
 }
 
 /// A packet about to be delivered to a pod of this node after crossing the

@@ -329,3 +329,50 @@ fn with_client_ip_affinity_a_clients_connections_stick_until_it_is_idle_too_long
         .unwrap();
     assert_eq!(forgotten, 1);
 }
+
+#[test]
+fn a_direct_connection_on_the_four_tuple_an_old_service_connection_used_is_left_alone() {
+    // The client's port of a closed connection to the frontend comes round
+    // again for a connection straight to the backend (the kernel reuses a
+    // port toward another destination at once): the backend's answers must
+    // reach the client from the backend, not dressed as the frontend's.
+    for (backend_ip, from_uplink) in [(POD_B_IP, false), (REMOTE_POD_IP, true)] {
+        let mut fixture = with_service(&[backend(backend_ip, 8080)]);
+        fixture.run(&from_a_to_vip(TCP_SYN));
+        let direct = ipv4_packet(
+            POD_A_IP,
+            backend_ip,
+            6,
+            &tcp((POD_A_IP, CLIENT_PORT), (backend_ip, 8080), TCP_SYN),
+        );
+        let (verdict, out) = fixture.run(&direct);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let sent = if from_uplink { &out[50..] } else { &out[..] };
+        assert_eq!(
+            addresses(sent),
+            ((POD_A_IP, CLIENT_PORT), (backend_ip, 8080))
+        );
+        let answer = ipv4_packet(
+            backend_ip,
+            POD_A_IP,
+            6,
+            &tcp((backend_ip, 8080), (POD_A_IP, CLIENT_PORT), TCP_SYN_ACK),
+        );
+        let (verdict, back) = if from_uplink {
+            fixture.run_program(
+                names::FROM_UPLINK_PROGRAM,
+                &vxlan_frame(REMOTE_NODE_IP, VNI, &answer),
+            )
+        } else {
+            with_pod_b_on_the_test_device(&mut fixture);
+            fixture.run(&answer)
+        };
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            addresses(&back),
+            ((backend_ip, 8080), (POD_A_IP, CLIENT_PORT)),
+            "backend {backend_ip}"
+        );
+        assert_eq!(fixture.counter("service_to_client"), 0);
+    }
+}
