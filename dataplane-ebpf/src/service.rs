@@ -120,7 +120,7 @@ fn forget_reply_half(opening: &FlowKey) {
         ..*opening
     };
     // Nothing there is the common case.
-    let _ = SERVICE_FLOWS.remove(&stale);
+    let _ = SERVICE_FLOWS.remove(stale);
 }
 
 /// A packet about to be delivered to a pod of this node after crossing the
