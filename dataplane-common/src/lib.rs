@@ -35,6 +35,7 @@ pub mod names {
     pub const FROM_TUNNEL_PROGRAM: &str = "from_tunnel";
     pub const FROM_HOST_PROGRAM: &str = "from_host";
     pub const FROM_UPLINK_PROGRAM: &str = "from_uplink";
+    pub const TO_POD_PROGRAM: &str = "to_pod";
     pub const HOST_CONNECT_PROGRAM: &str = "host_connect";
     pub const HOST_SENDMSG_PROGRAM: &str = "host_sendmsg";
     pub const HOST_RECVMSG_PROGRAM: &str = "host_recvmsg";

@@ -4,14 +4,13 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::Counter;
-use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     counters::{Outcome, finish},
     ipv4::checked_header,
     local::{Redirect, deliver},
     maps::node_config,
-    packet::header,
+    packet::is_ipv4,
     route::{Destination, lookup},
     tunnel,
 };
@@ -22,9 +21,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn to_pods(ctx: &TcContext) -> Outcome {
-    let is_ipv4 = header::<EthHdr>(ctx, 0)
-        // SAFETY: bounds checked by `header`.
-        .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv4 as u16);
+    let is_ipv4 = is_ipv4(ctx);
     let Some((src, dst)) = checked_header(ctx)
         .map(|ip| (ip.src_addr, ip.dst_addr))
         .filter(|_| is_ipv4)

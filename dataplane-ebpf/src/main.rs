@@ -23,6 +23,7 @@ mod packet;
 mod rewrite;
 mod route;
 mod service;
+mod to_pod;
 mod tunnel;
 
 use aya_ebpf::{
@@ -52,6 +53,12 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_host(ctx: TcContext) -> i32 {
     from_host::handle(&ctx)
+}
+
+/// TC egress on the host side of every pod veth: the node's stack to a pod.
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    to_pod::handle(&ctx)
 }
 
 /// cgroup connect4 of the node: a host socket connecting to a Service.

@@ -4,7 +4,11 @@ use core::mem::size_of;
 
 use aya_ebpf::{helpers::bpf_skb_change_head, programs::TcContext};
 use dataplane_common::Counter;
-use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    arp::ArpHdr,
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
 
 /// The IPv4 header, after the Ethernet header.
 pub const IP_AT: usize = EthHdr::LEN;
@@ -68,6 +72,14 @@ pub fn bytes_of<T>(header: &T) -> &[u8] {
     // SAFETY: the headers passed here have no padding, so every byte is
     // initialized; the slice borrows `header`.
     unsafe { core::slice::from_raw_parts((header as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// Whether the frame's Ethernet header says IPv4.
+#[inline(always)]
+pub fn is_ipv4(ctx: &TcContext) -> bool {
+    header::<EthHdr>(ctx, 0)
+        // SAFETY: bounds checked by `header`.
+        .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv4 as u16)
 }
 
 /// Whether the packet carries a VLAN tag in its metadata: the kernel moves

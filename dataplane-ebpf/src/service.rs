@@ -124,7 +124,8 @@ fn forget_reply_half(opening: &FlowKey) {
 }
 
 /// A packet about to be delivered to a pod of this node after crossing the
-/// tunnel or NAT: a backend's reply to a client here is translated back.
+/// tunnel, NAT or the node's stack: a backend's reply to a client here is
+/// translated back.
 #[inline(always)]
 pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
     let ip: Ipv4Hdr = load(ctx, IP_AT)?;

@@ -215,8 +215,9 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
 }
 
 /// The object's TC classifiers.
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 5] = [
     names::FROM_POD_PROGRAM,
+    names::TO_POD_PROGRAM,
     names::FROM_TUNNEL_PROGRAM,
     names::FROM_HOST_PROGRAM,
     names::FROM_UPLINK_PROGRAM,

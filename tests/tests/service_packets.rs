@@ -376,3 +376,40 @@ fn a_direct_connection_on_the_four_tuple_an_old_service_connection_used_is_left_
         assert_eq!(fixture.counter("service_to_client"), 0);
     }
 }
+
+#[test]
+fn a_backend_at_the_nodes_own_address_answers_from_the_frontend() {
+    let mut fixture = with_service(&[backend(NODE_IP, 6443)]);
+    let (verdict, out) = fixture.run(&from_a_to_vip(TCP_SYN));
+    assert_eq!(verdict, TC_ACT_OK, "up the node's stack");
+    assert_eq!(
+        addresses(&out),
+        ((POD_A_IP, CLIENT_PORT), (NODE_IP, 6443))
+    );
+    assert_checksums_valid(&out);
+
+    // The node's stack answers by its route to the pod, out of the pod's
+    // host veth: to-pod translates the answer, and lets it go on.
+    let answer = ipv4_packet(
+        NODE_IP,
+        POD_A_IP,
+        6,
+        &tcp((NODE_IP, 6443), (POD_A_IP, CLIENT_PORT), TCP_SYN_ACK),
+    );
+    let (verdict, back) = fixture.run_program(names::TO_POD_PROGRAM, &answer);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addresses(&back), ((VIP, 80), (POD_A_IP, CLIENT_PORT)));
+    assert_checksums_valid(&back);
+    assert_eq!(fixture.counter("service_to_client"), 1);
+
+    // The node's other packets to the pod pass as they are.
+    let probe = ipv4_packet(
+        NODE_IP,
+        POD_A_IP,
+        6,
+        &tcp((NODE_IP, 50000), (POD_A_IP, 8080), TCP_SYN),
+    );
+    let (verdict, out) = fixture.run_program(names::TO_POD_PROGRAM, &probe);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, probe);
+}

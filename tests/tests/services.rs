@@ -380,3 +380,33 @@ fn the_nodes_own_sockets_reach_services_and_see_only_the_frontend() -> anyhow::R
     assert_eq!(joined(server)?.len(), 1);
     Ok(())
 }
+
+#[test]
+fn a_backend_at_a_nodes_own_address_serves_pods_of_every_node() -> anyhow::Result<()> {
+    // The API server behind `kubernetes.default` listens on the
+    // control-plane node's address; its pods and other nodes' pods reach it.
+    let cluster = two_nodes();
+    let control_plane = &cluster.nodes[0];
+    let api_server = SocketAddrV4::new(control_plane.ip, 6443);
+    for node in &cluster.nodes {
+        add_service(
+            node,
+            "default/kubernetes",
+            &[format!("443/tcp={api_server}")],
+        )?;
+    }
+    let (_, server) = tcp_echo_server(&control_plane.netns, api_server, 2, Duration::from_secs(5))?;
+    let clients = [&cluster.nodes[0].pods[0], &cluster.nodes[1].pods[0]];
+    for client in clients {
+        tcp_exchange(&client.netns, SocketAddr::from((VIP, 443)), 16 * 1024)?;
+    }
+    let peers: Vec<Ipv4Addr> = joined(server)?
+        .iter()
+        .map(|peer| match peer.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(peers, clients.map(|client| client.ip));
+    Ok(())
+}

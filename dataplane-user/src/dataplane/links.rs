@@ -241,3 +241,11 @@ pub(super) fn from_pod_on(ifindex: u32) -> Attachment {
         egress: false,
     }
 }
+
+pub(super) fn to_pod_on(ifindex: u32) -> Attachment {
+    Attachment {
+        program: names::TO_POD_PROGRAM,
+        ifindex,
+        egress: true,
+    }
+}

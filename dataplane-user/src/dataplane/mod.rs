@@ -16,7 +16,7 @@ use ipnetwork::Ipv4Network;
 mod links;
 
 pub use links::Attachment;
-use links::from_pod_on;
+use links::{from_pod_on, to_pod_on};
 
 use crate::{
     interfaces::Interface,
@@ -213,7 +213,7 @@ impl Dataplane {
             pod_mac,
             host_mac: interface.mac,
         };
-        let newly_attached = self.attach(names::FROM_POD_PROGRAM, interface, false)?;
+        let newly_attached = self.attach_pod_programs(interface)?;
         if let Err(error) = self.maps.insert_endpoint(ip, endpoint) {
             if newly_attached {
                 self.detach_from_pod_if_unused(interface.index);
@@ -348,9 +348,25 @@ impl Dataplane {
         }
     }
 
+    /// Attaches both programs of a pod's host veth (what the pod sends; what
+    /// the node's stack sends it); `Ok(true)` if either was not attached.
+    fn attach_pod_programs(&mut self, interface: &Interface) -> Result<bool, DataplaneError> {
+        let from_pod = self.attach(names::FROM_POD_PROGRAM, interface, false)?;
+        match self.attach(names::TO_POD_PROGRAM, interface, true) {
+            Ok(to_pod) => Ok(from_pod || to_pod),
+            Err(error) => {
+                if from_pod {
+                    self.detach(&from_pod_on(interface.index));
+                }
+                Err(error)
+            }
+        }
+    }
+
     fn detach_from_pod_if_unused(&mut self, ifindex: u32) {
         if !self.behind.contains_key(&ifindex) {
             self.detach(&from_pod_on(ifindex));
+            self.detach(&to_pod_on(ifindex));
         }
     }
 }
