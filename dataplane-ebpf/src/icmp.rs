@@ -22,7 +22,8 @@ use network_types::{
 use crate::{
     counters::{Outcome, finish, verdict},
     ipv4::PLAIN_VIHL,
-    packet::{IP_AT, bytes_of, header, ingress_ifindex, load},
+    packet::{IP_AT, L4_AT, bytes_of, header, ingress_ifindex, load},
+    rewrite::{raw2, raw4},
 };
 
 pub const ECHO_REPLY: u8 = 0;
@@ -57,6 +58,53 @@ const INTERNETWORK_CONTROL: u8 = 0xc0;
 pub struct Quote {
     pub ip: Ipv4Hdr,
     pub payload: [u8; 8],
+}
+
+/// Where the packet an ICMP error quotes starts, after the error's header,
+/// and its payload (the first bytes of its transport header).
+pub const QUOTE_AT: usize = L4_AT + Icmpv4Hdr::LEN;
+pub const QUOTE_PAYLOAD_AT: usize = QUOTE_AT + Ipv4Hdr::LEN;
+
+/// The IPv4 header (without options) an ICMP packet quotes, if it is an
+/// error about a packet (destination unreachable, time exceeded).
+#[inline(always)]
+pub fn quoted_header(ctx: &TcContext) -> Option<Ipv4Hdr> {
+    let kind = ctx.load::<u8>(L4_AT + offset_of!(Icmpv4Hdr, type_)).ok()?;
+    if kind != DEST_UNREACH && kind != TIME_EXCEEDED {
+        return None;
+    }
+    ctx.load::<Ipv4Hdr>(QUOTE_AT)
+        .ok()
+        .filter(|quoted| quoted.vihl == PLAIN_VIHL)
+}
+
+/// Rewrites an address of the quoted header `quoted` (at `address_offset`
+/// within it) and a port of its payload (at `port_at` in the packet),
+/// keeping the quoted header's checksum and the ICMP checksum right. (The
+/// quoted transport checksum is left: no stack checks it.)
+#[inline(always)]
+pub fn rewrite_quote(
+    ctx: &TcContext,
+    quoted: &Ipv4Hdr,
+    address_offset: usize,
+    (old_address, new_address): ([u8; 4], [u8; 4]),
+    port_at: usize,
+    (old_port, new_port): ([u8; 2], [u8; 2]),
+) -> Outcome<()> {
+    let old_checksum = quoted.check;
+    let new_checksum =
+        checksum::replace4(u16::from_be_bytes(old_checksum), old_address, new_address)
+            .to_be_bytes();
+    let icmp_checksum_at = L4_AT + offset_of!(Icmpv4Hdr, check);
+    let diff =
+        |old: u64, new: u64, size: u64| ctx.l4_csum_replace(icmp_checksum_at, old, new, size);
+    diff(raw4(old_address), raw4(new_address), 4)
+        .and_then(|()| diff(raw2(old_checksum), raw2(new_checksum), 2))
+        .and_then(|()| diff(raw2(old_port), raw2(new_port), 2))
+        .and_then(|()| ctx.store(QUOTE_AT + address_offset, &new_address, 0))
+        .and_then(|()| ctx.store(QUOTE_AT + offset_of!(Ipv4Hdr, check), &new_checksum, 0))
+        .and_then(|()| ctx.store(port_at, &new_port, 0))
+        .map_err(|_| Counter::DropMalformed)
 }
 
 /// An ICMP error to a pod, whole.

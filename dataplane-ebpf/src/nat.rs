@@ -21,29 +21,24 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Counter, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, PodSegment,
-    checksum, conn_state, nat_direction, pod_may_use_port,
+    conn_state, nat_direction, pod_may_use_port,
 };
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::{
     counters::{Outcome, count},
-    icmp::{DEST_UNREACH, ECHO_ID_OFFSET, ECHO_REQUEST, TIME_EXCEEDED, echo_id},
-    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
+    icmp::{ECHO_ID_OFFSET, ECHO_REQUEST, QUOTE_PAYLOAD_AT, echo_id, quoted_header, rewrite_quote},
+    ipv4::{ICMP, TCP, UDP, is_fragment},
     maps::{FRAGMENTS, NAT},
     nat_share,
-    packet::{IP_AT, L4_AT, load},
+    packet::{IP_AT, load},
     rewrite::{
-        IP_CHECKSUM_AT, IP_DESTINATION_AT, IP_SOURCE_AT, Segment, Transport, raw2, raw4, rewrite,
-        rewrite_address, transport,
+        IP_DESTINATION_AT, IP_SOURCE_AT, Segment, Transport, rewrite, rewrite_address, transport,
     },
 };
 
 /// What a NOEXIST insert returns when the key is taken.
 const EEXIST: i32 = 17;
-
-/// The packet an ICMP error quotes, after the error's own header.
-const QUOTE_AT: usize = L4_AT + Icmpv4Hdr::LEN;
-const QUOTE_PAYLOAD_AT: usize = QUOTE_AT + Ipv4Hdr::LEN;
 
 /// Bounded search for a free port: the original one, then random ones (of
 /// which those outside the pod's share are passed over without a map call).
@@ -253,10 +248,9 @@ pub fn translate_reply(
         return translate_later_fragment(ctx, config, ip);
     }
     if ip.proto == ICMP
-        && let Ok(kind) = ctx.load::<u8>(L4_AT + offset_of!(Icmpv4Hdr, type_))
-        && (kind == DEST_UNREACH || kind == TIME_EXCEEDED)
+        && let Some(quoted) = quoted_header(ctx)
     {
-        return translate_icmp_error(ctx, config);
+        return translate_icmp_error(ctx, config, &quoted);
     }
     let Some(transport) = transport(ctx, ip, false) else {
         return Ok(None);
@@ -367,11 +361,12 @@ fn translate_later_fragment(
 /// masqueraded packet: addressed to the pod, with the quoted packet restored
 /// to what the pod sent, so the pod's stack finds the right socket and route.
 #[inline(always)]
-fn translate_icmp_error(ctx: &TcContext, config: &NodeConfig) -> Outcome<Option<Ipv4Octets>> {
-    let Ok(quoted) = ctx.load::<Ipv4Hdr>(QUOTE_AT) else {
-        return Ok(None);
-    };
-    if quoted.vihl != PLAIN_VIHL || quoted.src_addr != config.node_ip {
+fn translate_icmp_error(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    quoted: &Ipv4Hdr,
+) -> Outcome<Option<Ipv4Octets>> {
+    if quoted.src_addr != config.node_ip {
         return Ok(None);
     }
     let protocol = quoted.proto;
@@ -415,33 +410,14 @@ fn translate_icmp_error(ctx: &TcContext, config: &NodeConfig) -> Outcome<Option<
         .copied()
         .ok_or(Counter::DropNatNoMapping)?;
     let pod = entry.addr;
-    // The quoted header's own checksum, updated for its new source address.
-    let old_quoted_checksum = quoted.check;
-    let new_quoted_checksum =
-        checksum::replace4(u16::from_be_bytes(quoted.check), config.node_ip, pod).to_be_bytes();
-    let icmp_checksum_at = L4_AT + offset_of!(Icmpv4Hdr, check);
-    let translated = ctx
-        .l3_csum_replace(IP_CHECKSUM_AT, raw4(config.node_ip), raw4(pod), 4)
-        .and_then(|()| ctx.l4_csum_replace(icmp_checksum_at, raw4(config.node_ip), raw4(pod), 4))
-        .and_then(|()| {
-            ctx.l4_csum_replace(
-                icmp_checksum_at,
-                raw2(old_quoted_checksum),
-                raw2(new_quoted_checksum),
-                2,
-            )
-        })
-        .and_then(|()| ctx.l4_csum_replace(icmp_checksum_at, raw2(nat_port), raw2(entry.port), 2))
-        .and_then(|()| ctx.store(IP_DESTINATION_AT, &pod, 0))
-        .and_then(|()| ctx.store(QUOTE_AT + offset_of!(Ipv4Hdr, src_addr), &pod, 0))
-        .and_then(|()| {
-            ctx.store(
-                QUOTE_AT + offset_of!(Ipv4Hdr, check),
-                &new_quoted_checksum,
-                0,
-            )
-        })
-        .and_then(|()| ctx.store(port_at, &entry.port, 0));
-    translated.map_err(|_| Counter::DropMalformed)?;
+    rewrite_quote(
+        ctx,
+        quoted,
+        offset_of!(Ipv4Hdr, src_addr),
+        (config.node_ip, pod),
+        port_at,
+        (nat_port, entry.port),
+    )?;
+    rewrite_address(ctx, IP_DESTINATION_AT, (config.node_ip, pod))?;
     Ok(Some(pod))
 }

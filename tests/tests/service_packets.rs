@@ -382,10 +382,7 @@ fn a_backend_at_the_nodes_own_address_answers_from_the_frontend() {
     let mut fixture = with_service(&[backend(NODE_IP, 6443)]);
     let (verdict, out) = fixture.run(&from_a_to_vip(TCP_SYN));
     assert_eq!(verdict, TC_ACT_OK, "up the node's stack");
-    assert_eq!(
-        addresses(&out),
-        ((POD_A_IP, CLIENT_PORT), (NODE_IP, 6443))
-    );
+    assert_eq!(addresses(&out), ((POD_A_IP, CLIENT_PORT), (NODE_IP, 6443)));
     assert_checksums_valid(&out);
 
     // The node's stack answers by its route to the pod, out of the pod's
