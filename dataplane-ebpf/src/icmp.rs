@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
-use dataplane_common::{Counter, NodeConfig, checksum};
+use dataplane_common::{Counter, Ipv4Octets, NodeConfig, checksum};
 use network_types::{
     eth::{EthHdr, EtherType},
     icmp::Icmpv4Hdr,
@@ -65,17 +65,34 @@ pub struct Quote {
 pub const QUOTE_AT: usize = L4_AT + Icmpv4Hdr::LEN;
 pub const QUOTE_PAYLOAD_AT: usize = QUOTE_AT + Ipv4Hdr::LEN;
 
+/// What the programs use of the IPv4 header an ICMP error quotes (a
+/// quarter of the bytes on the scarce stack).
+#[derive(Clone, Copy)]
+pub struct QuotedHeader {
+    pub src: Ipv4Octets,
+    pub dst: Ipv4Octets,
+    pub protocol: u8,
+    pub checksum: [u8; 2],
+}
+
 /// The IPv4 header (without options) an ICMP packet quotes, if it is an
 /// error about a packet (destination unreachable, time exceeded).
 #[inline(always)]
-pub fn quoted_header(ctx: &TcContext) -> Option<Ipv4Hdr> {
+pub fn quoted_header(ctx: &TcContext) -> Option<QuotedHeader> {
     let kind = ctx.load::<u8>(L4_AT + offset_of!(Icmpv4Hdr, type_)).ok()?;
     if kind != DEST_UNREACH && kind != TIME_EXCEEDED {
         return None;
     }
-    ctx.load::<Ipv4Hdr>(QUOTE_AT)
-        .ok()
-        .filter(|quoted| quoted.vihl == PLAIN_VIHL)
+    let field = |offset: usize| QUOTE_AT + offset;
+    if ctx.load::<u8>(QUOTE_AT).ok()? != PLAIN_VIHL {
+        return None;
+    }
+    Some(QuotedHeader {
+        src: ctx.load(field(offset_of!(Ipv4Hdr, src_addr))).ok()?,
+        dst: ctx.load(field(offset_of!(Ipv4Hdr, dst_addr))).ok()?,
+        protocol: ctx.load(field(offset_of!(Ipv4Hdr, proto))).ok()?,
+        checksum: ctx.load(field(offset_of!(Ipv4Hdr, check))).ok()?,
+    })
 }
 
 /// Rewrites an address of the quoted header `quoted` (at `address_offset`
@@ -85,13 +102,13 @@ pub fn quoted_header(ctx: &TcContext) -> Option<Ipv4Hdr> {
 #[inline(always)]
 pub fn rewrite_quote(
     ctx: &TcContext,
-    quoted: &Ipv4Hdr,
+    quoted: &QuotedHeader,
     address_offset: usize,
     (old_address, new_address): ([u8; 4], [u8; 4]),
     port_at: usize,
     (old_port, new_port): ([u8; 2], [u8; 2]),
 ) -> Outcome<()> {
-    let old_checksum = quoted.check;
+    let old_checksum = quoted.checksum;
     let new_checksum =
         checksum::replace4(u16::from_be_bytes(old_checksum), old_address, new_address)
             .to_be_bytes();

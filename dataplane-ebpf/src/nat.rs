@@ -27,7 +27,10 @@ use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::{
     counters::{Outcome, count},
-    icmp::{ECHO_ID_OFFSET, ECHO_REQUEST, QUOTE_PAYLOAD_AT, echo_id, quoted_header, rewrite_quote},
+    icmp::{
+        ECHO_ID_OFFSET, ECHO_REQUEST, QUOTE_PAYLOAD_AT, QuotedHeader, echo_id, quoted_header,
+        rewrite_quote,
+    },
     ipv4::{ICMP, TCP, UDP, is_fragment},
     maps::{FRAGMENTS, NAT},
     nat_share,
@@ -364,12 +367,12 @@ fn translate_later_fragment(
 fn translate_icmp_error(
     ctx: &TcContext,
     config: &NodeConfig,
-    quoted: &Ipv4Hdr,
+    quoted: &QuotedHeader,
 ) -> Outcome<Option<Ipv4Octets>> {
-    if quoted.src_addr != config.node_ip {
+    if quoted.src != config.node_ip {
         return Ok(None);
     }
-    let protocol = quoted.proto;
+    let protocol = quoted.protocol;
     let (nat_port, remote_port, port_at) = match protocol {
         TCP | UDP => {
             // TCP and UDP headers both start with the two ports.
@@ -397,7 +400,7 @@ fn translate_icmp_error(
         return Ok(None);
     }
     let reply = FlowKey {
-        src: quoted.dst_addr,
+        src: quoted.dst,
         dst: config.node_ip,
         src_port: remote_port,
         dst_port: nat_port,

@@ -13,6 +13,8 @@
 //! finds it. The agent removes the halves of connections whose backend
 //! went away; new packets then pick a live backend.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
@@ -25,13 +27,14 @@ use dataplane_common::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    counters::{Outcome, note},
-    ipv4::{PLAIN_VIHL, TCP, UDP},
+    counters::{Outcome, count, note},
+    icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
+    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
     maps::{AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES},
-    packet::{IP_AT, L4_AT, header, load},
+    packet::{IP_AT, L4_AT, header},
     rewrite::{
         DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
-        ports_only, rewrite_port, rewrite_transport_address,
+        ports_only, rewrite_address, rewrite_port, rewrite_transport_address,
     },
 };
 
@@ -63,11 +66,19 @@ fn translate_inline(
     ip: &Ipv4Hdr,
     config: &NodeConfig,
 ) -> Outcome<Option<Ipv4Octets>> {
+    let to_client_side = config.pod_cidr.contains(ip.dst_addr) || ip.dst_addr == HAIRPIN_SOURCE;
+    if ip.proto == ICMP {
+        return if to_client_side {
+            error_to_client(ctx, ip.src_addr)
+        } else {
+            Ok(None)
+        };
+    }
     let Some(key) = reply_key(ctx, ip) else {
         return Ok(None);
     };
     let opening = opens_connection(ctx, &key);
-    if !opening && (config.pod_cidr.contains(key.dst) || key.dst == HAIRPIN_SOURCE) {
+    if !opening && to_client_side {
         return back_to_client(ctx, &key);
     }
     if !config.cluster_cidr.contains(key.dst) {
@@ -128,11 +139,73 @@ fn forget_reply_half(opening: &FlowKey) {
 /// translated back.
 #[inline(always)]
 pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
-    let ip: Ipv4Hdr = load(ctx, IP_AT)?;
-    match reply_key(ctx, &ip) {
+    // Read in place: the delivery paths' frames are deep already. Every
+    // path here has the headers linear (decapsulation and NAT rewrote them;
+    // the node's stack builds them so).
+    let ip = header::<Ipv4Hdr>(ctx, IP_AT).ok_or(Counter::DropMalformed)?;
+    // SAFETY: bounds checked by `header`; read before anything changes the packet.
+    let ip = unsafe { &*ip };
+    if ip.proto == ICMP {
+        return error_to_client(ctx, ip.src_addr).map(|_| ());
+    }
+    match reply_key(ctx, ip) {
         Some(key) => back_to_client(ctx, &key).map(|_| ()),
         None => Ok(()),
     }
+}
+
+/// An ICMP error (its packet's IPv4 header `ip`) about a packet a client's
+/// connection to a frontend sent its backend: the quoted packet is restored
+/// to what the client sent (to the frontend), and an error the backend
+/// itself sent comes from the frontend, so the client's stack finds the
+/// socket (a connected UDP socket gets ECONNREFUSED, a TCP one its path
+/// MTU). Errors from routers on the way keep their source. Returns the
+/// client. (Hairpin connections' errors are left alone.)
+// Out of line: the quote stays out of the callers' stack frames.
+#[inline(never)]
+fn error_to_client(ctx: &TcContext, source: Ipv4Octets) -> Outcome<Option<Ipv4Octets>> {
+    let Some(quoted) = quoted_header(ctx) else {
+        return Ok(None);
+    };
+    if quoted.protocol != TCP && quoted.protocol != UDP {
+        return Ok(None);
+    }
+    // TCP and UDP headers both start with the two ports.
+    let Ok([client_port, backend_port]) = ctx.load::<[[u8; 2]; 2]>(QUOTE_PAYLOAD_AT) else {
+        return Ok(None);
+    };
+    let reply = FlowKey {
+        src: quoted.dst,
+        dst: quoted.src,
+        src_port: backend_port,
+        dst_port: client_port,
+        protocol: quoted.protocol,
+        direction: service_direction::TO_CLIENT,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(flow) = unsafe { SERVICE_FLOWS.get(reply) }.copied() else {
+        return Ok(None);
+    };
+    if flow.client != quoted.src {
+        return Ok(None);
+    }
+    let frontend = flow.target;
+    // Counted, not traced: the monitor's frame on top of this one would
+    // pass the stack limit under the delivery paths (whose trace follows).
+    count(ctx, Counter::ServiceToClient);
+    rewrite_quote(
+        ctx,
+        &quoted,
+        offset_of!(Ipv4Hdr, dst_addr),
+        (quoted.dst, frontend.address),
+        QUOTE_PAYLOAD_AT + 2,
+        (backend_port, frontend.port),
+    )?;
+    if source == quoted.dst {
+        rewrite_address(ctx, IP_SOURCE_AT, (source, frontend.address))?;
+    }
+    Ok(Some(flow.client))
 }
 
 /// The packet as the key of a reply half, its ports read in place (the

@@ -410,3 +410,82 @@ fn a_backend_at_the_nodes_own_address_answers_from_the_frontend() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, probe);
 }
+
+/// The frontend VIP:53/udp with `backend`, and pod A's datagram to it as
+/// the backend got it.
+fn udp_to_the_frontend(backend_at: Backend) -> (Fixture, Vec<u8>) {
+    let mut fixture = with_service(&[]);
+    fixture
+        .maps
+        .services
+        .program(frontend(53, 17), 2, (&[], &[backend_at]), 0)
+        .unwrap();
+    let datagram = udp((POD_A_IP, CLIENT_PORT), (VIP, 53), true);
+    let (verdict, sent) = fixture.run(&ipv4_packet(POD_A_IP, VIP, 17, &datagram));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    (fixture, sent)
+}
+
+/// Checks an ICMP error delivered to pod A about its datagram to VIP:53:
+/// from `outer_source`, quoting the datagram as pod A sent it.
+fn assert_error_restored(back: &[u8], outer_source: Ipv4Addr) {
+    assert_checksums_valid(back);
+    assert_eq!(&back[26..30], &outer_source.octets());
+    assert_eq!(&back[30..34], &POD_A_IP.octets());
+    let quoted = &back[34 + 8..];
+    assert_eq!(checksum(&quoted[..20]), 0, "quoted header checksum");
+    assert_eq!(
+        (&quoted[12..16], &quoted[16..20]),
+        (&POD_A_IP.octets()[..], &VIP.octets()[..])
+    );
+    assert_eq!(
+        (
+            u16::from_be_bytes([quoted[20], quoted[21]]),
+            u16::from_be_bytes([quoted[22], quoted[23]])
+        ),
+        (CLIENT_PORT, 53)
+    );
+}
+
+#[test]
+fn icmp_errors_about_a_service_packet_reach_the_client_about_the_frontend() {
+    // A backend on this node with nothing on the port: port unreachable,
+    // which must come from the frontend and quote it, or the client's
+    // socket never hears of it.
+    let (mut fixture, sent) = udp_to_the_frontend(backend(POD_B_IP, 5353));
+    with_pod_b_on_the_test_device(&mut fixture);
+    let error = icmp(3, 3, [0; 4], &sent[14..14 + 28]);
+    let (verdict, back) = fixture.run(&ipv4_packet(POD_B_IP, POD_A_IP, 1, &error));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_error_restored(&back, VIP);
+    assert_eq!(fixture.counter("service_to_client"), 1);
+
+    // A backend on another node, its error through the tunnel.
+    let (mut fixture, sent) = udp_to_the_frontend(backend(REMOTE_POD_IP, 5353));
+    let error = icmp(3, 3, [0; 4], &sent[50 + 14..50 + 14 + 28]);
+    let (verdict, back) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &vxlan_frame(
+            REMOTE_NODE_IP,
+            VNI,
+            &ipv4_packet(REMOTE_POD_IP, POD_A_IP, 1, &error),
+        ),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_error_restored(&back, VIP);
+
+    // A backend outside the cluster, reached through SNAT: a router on the
+    // way answers the masqueraded datagram, the NAT restores the client's
+    // address and port in the quote, Services the frontend; the router
+    // keeps its own address as the source.
+    let (mut fixture, sent) = udp_to_the_frontend(backend(EXTERNAL_IP, 53));
+    assert_eq!(addresses(&sent).0.0, NODE_IP, "masqueraded");
+    let router = Ipv4Addr::new(192, 0, 2, 1);
+    let error = icmp(11, 0, [0; 4], &sent[14..14 + 28]);
+    let (verdict, back) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &on_uplink(ipv4_packet(router, NODE_IP, 1, &error)),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_error_restored(&back, router);
+}

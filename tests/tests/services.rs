@@ -410,3 +410,33 @@ fn a_backend_at_a_nodes_own_address_serves_pods_of_every_node() -> anyhow::Resul
     assert_eq!(peers, clients.map(|client| client.ip));
     Ok(())
 }
+
+#[test]
+fn a_backends_icmp_error_reaches_the_clients_socket_as_the_frontends() -> anyhow::Result<()> {
+    // Nothing listens on the backend's port: its port unreachable must name
+    // the frontend, or the client's connected socket never hears of it.
+    let cluster = two_nodes();
+    let node = &cluster.nodes[0];
+    let client = &node.pods[0];
+    for backend_pod in [&node.pods[1], &cluster.nodes[1].pods[0]] {
+        add_service(
+            node,
+            "default/closed",
+            &[format!("53/udp={}", backend(backend_pod, 5353))],
+        )?;
+        let socket = udp_socket_of(&client.netns)?;
+        socket.connect(SocketAddr::from((VIP, 53)))?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send(b"anyone?")?;
+        let error = socket
+            .recv(&mut [0u8; 16])
+            .expect_err("nothing answers on the backend's port");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "backend {}: {error}",
+            backend_pod.ip
+        );
+    }
+    Ok(())
+}
