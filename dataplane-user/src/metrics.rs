@@ -201,6 +201,32 @@ impl Collector for Scrape {
         )?;
         gauge(
             &mut encoder,
+            "dataplane_service_connection_entries",
+            "Halves of pods' connections to Services tracked (two per connection; LRU: \
+             the least recently used are forgotten when full), at the last count.",
+            count(tables.service_tables.connection_halves),
+        )?;
+        gauge(
+            &mut encoder,
+            "dataplane_service_connection_capacity",
+            "Capacity of the Service connection table.",
+            count(dataplane_common::MAX_SERVICE_FLOWS as usize),
+        )?;
+        gauge(
+            &mut encoder,
+            "dataplane_service_socket_entries",
+            "Entries for the node's own sockets' Service backends (two per socket and \
+             frontend; LRU), at the last count.",
+            count(tables.service_tables.socket_entries),
+        )?;
+        gauge(
+            &mut encoder,
+            "dataplane_service_socket_capacity",
+            "Capacity of the node's socket Service table.",
+            count(dataplane_common::MAX_SOCKET_FLOWS as usize),
+        )?;
+        gauge(
+            &mut encoder,
             "dataplane_nat_entries",
             "NAT table entries (two per connection) at the last collection.",
             count(tables.nat.entries),

@@ -3,12 +3,13 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
 };
 
 use dataplane_tests::{
     Cluster, ClusterSpec,
-    traffic::{in_netns, joined},
+    traffic::{in_netns, joined, udp_echo_server, udp_exchange},
 };
 use nix::sys::signal::Signal;
 
@@ -33,14 +34,46 @@ fn metrics_are_valid_prometheus_text_and_follow_traffic() -> anyhow::Result<()> 
     a.ping(b.ip, 3)?;
     assert!(a.ping(Ipv4Addr::new(10, 244, 0, 200), 2).is_err());
 
-    let text = joined(in_netns(&node.netns, || {
-        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
+    // A Service connection, for the connection table's count.
+    let vip = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 53));
+    node.cli(&[
+        "service",
+        "add",
+        "--name",
+        "default/dns",
+        "--ip",
+        "10.96.0.10",
+        "--port",
+        &format!("53/udp={}:5353", b.ip),
+    ])?;
+    let server = udp_echo_server(&b.netns, b.ip, 5353, 1, Duration::from_secs(5))?;
+    joined(in_netns(&a.netns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        udp_exchange(&socket, vip, b"query")
     }))?;
+    joined(server)?;
+
+    let scrape = |netns: &dataplane_tests::Netns| {
+        joined(in_netns(netns, || {
+            let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
+            stream.write_all(
+                b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        }))
+    };
+    // The tables are counted every collection interval.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(&node.netns)?;
+        let counted = sample(&text, "dataplane_service_connection_entries");
+        if counted.is_some_and(|halves| halves >= 2.0) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
@@ -70,6 +103,15 @@ fn metrics_are_valid_prometheus_text_and_follow_traffic() -> anyhow::Result<()> 
     assert!(unknown.is_some_and(|value| value >= 2.0), "{body}");
     assert_eq!(sample(body, "dataplane_endpoints"), Some(2.0));
     assert_eq!(sample(body, "dataplane_nat_capacity"), Some(262_144.0));
+    assert_eq!(sample(body, "dataplane_service_frontends"), Some(1.0));
+    assert!(
+        sample(body, "dataplane_service_connection_entries").is_some_and(|halves| halves >= 2.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(body, "dataplane_service_connection_capacity"),
+        Some(262_144.0)
+    );
     assert!(
         sample(
             body,

@@ -13,7 +13,7 @@ use crate::{
     maps::ipv4_cidr,
     model::NodeSet,
     nat::Timeouts,
-    state::{NatTable, NodeFacts, Owner},
+    state::{NatTable, NodeFacts, Owner, ServiceTables},
 };
 
 /// The smallest MTU IPv4 allows (RFC 791).
@@ -202,7 +202,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
         Timeouts::from(&config.nat),
         u64::from(config.nat.pod_connection_limit()),
     );
-    let mut owner = Owner::new(facts, interfaces, dataplane, nat);
+    let service_tables = ServiceTables::open(&pin_dir).context("the Service connection tables")?;
+    let mut owner = Owner::new(facts, interfaces, dataplane, nat, service_tables);
     owner.adopt_pinned_endpoints().await?;
     owner.resync_host().await?;
     owner

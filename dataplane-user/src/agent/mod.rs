@@ -20,7 +20,7 @@ use crate::{
     host,
     interfaces::{Interfaces, VXLAN_DEVICE},
     kubernetes, metrics,
-    state::{NatTable, StateHandle},
+    state::{NatTable, ServiceTables, StateHandle},
 };
 
 /// Removes what agents with this config created: the whole bpf_root (pinned
@@ -59,6 +59,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let masquerading = owner.masquerading();
     let node_ip = owner.node_ip();
     let nat = owner.nat_table();
+    let service_tables = owner.service_tables();
     let state = StateHandle::spawn(owner);
     let listener = server::bind(&config.agent.api_socket)?;
     info!(socket = %config.agent.api_socket.display(), "agent ready");
@@ -92,6 +93,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::spawn(kubernetes::follow_nodes(state.clone(), node_name, node_ip));
         tokio::spawn(kubernetes::follow_services(state.clone()));
     }
+    tokio::spawn(count_service_tables_forever(
+        service_tables,
+        Duration::from_secs(config.nat.gc_interval_seconds.max(1)),
+    ));
     if masquerading {
         tokio::spawn(collect_nat_garbage_forever(
             nat,
@@ -109,6 +114,24 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // The socket path is ours; a failure to remove it only leaves a stale file.
     let _ = std::fs::remove_file(&config.agent.api_socket);
     Ok(())
+}
+
+/// Counts the Service connection tables as often as the NAT table is
+/// collected, warning when one is nearly full (an LRU map forgets its
+/// least recently used connections then).
+async fn count_service_tables_forever(tables: ServiceTables, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        match tables.count().await {
+            Ok(fill) if fill.under_pressure() => warn!(
+                ?fill,
+                "a Service connection table is over 90% full; idle connections are forgotten first"
+            ),
+            Ok(_) => {}
+            Err(error) => warn!("counting the Service connection tables: {error:#}"),
+        }
+    }
 }
 
 async fn collect_nat_garbage_forever(nat: NatTable, interval: Duration) {

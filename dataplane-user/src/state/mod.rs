@@ -11,6 +11,7 @@ mod nat_table;
 mod owner;
 mod reconcile;
 mod report;
+mod service_tables;
 
 use std::net::Ipv4Addr;
 
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use nat_table::{GcReport, NatTable};
 pub use owner::{NodeFacts, Owner};
 pub use report::TableSizes;
+pub use service_tables::{ServiceTables, ServiceTablesFill};
 
 use crate::{
     api::{CounterEntry, EndpointEntry, FrontendEntry, ServiceEntry, Status},

@@ -8,7 +8,9 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{Command, Reply, nat_table::NatTable, reconcile::Reconciler, report::Watchers};
+use super::{
+    Command, Reply, ServiceTables, nat_table::NatTable, reconcile::Reconciler, report::Watchers,
+};
 use crate::{
     api::{FrontendEntry, ServiceEntry},
     config::{NatSettings, NodeSettings},
@@ -48,6 +50,8 @@ pub struct Owner {
     pub(super) endpoint_sources: EndpointSources,
     /// Read for status and metrics; its own thread walks it.
     pub(super) nat: NatTable,
+    /// Likewise.
+    pub(super) service_tables: ServiceTables,
     pub(super) watchers: Watchers,
     pub(super) started: Instant,
     /// When a source last reconciled the node map as a whole.
@@ -62,6 +66,7 @@ impl Owner {
         interfaces: Interfaces,
         dataplane: Dataplane,
         nat: NatTable,
+        service_tables: ServiceTables,
     ) -> Self {
         let mut remote_nodes = RemoteNodes::default();
         let pinned: Vec<NodeSpec> = dataplane
@@ -84,6 +89,7 @@ impl Owner {
             services,
             endpoint_sources: EndpointSources::default(),
             nat,
+            service_tables,
             watchers: Watchers::default(),
             started: Instant::now(),
             last_reconcile: Instant::now(),
@@ -226,6 +232,10 @@ impl Owner {
 
     pub fn nat_table(&self) -> NatTable {
         self.nat.clone()
+    }
+
+    pub fn service_tables(&self) -> ServiceTables {
+        self.service_tables.clone()
     }
 
     pub fn node_ip(&self) -> Option<Ipv4Addr> {

@@ -5,7 +5,7 @@ use dataplane_common::MAX_NAT_ENTRIES;
 use macaddr::MacAddr6;
 use tracing::warn;
 
-use super::{GcReport, Owner};
+use super::{GcReport, Owner, ServiceTablesFill};
 use crate::{
     api::{CounterEntry, CounterName, EndpointEntry, MapFill, Status},
     interfaces::VXLAN_DEVICE,
@@ -20,6 +20,8 @@ pub struct TableSizes {
     pub service_frontends: usize,
     /// Backend slots of all frontends.
     pub service_backends: usize,
+    /// The Service connection tables at their last count.
+    pub service_tables: ServiceTablesFill,
 }
 
 /// Connected `monitor` clients: all of them want drops, some also traces.
@@ -45,6 +47,7 @@ impl Owner {
                 .values()
                 .map(|service| service.backends.len())
                 .sum(),
+            service_tables: self.service_tables.last(),
         }
     }
 
@@ -84,6 +87,7 @@ impl Owner {
             nat: gc,
             service_frontends,
             service_backends,
+            service_tables,
         } = self.table_sizes();
         let fill = |name: &str, entries: usize, capacity: u32| MapFill {
             name: name.to_string(),
@@ -133,6 +137,16 @@ impl Owner {
                     "BACKENDS",
                     service_backends,
                     dataplane_common::MAX_BACKEND_SLOTS,
+                ),
+                fill(
+                    "SERVICE_FLOWS",
+                    service_tables.connection_halves,
+                    dataplane_common::MAX_SERVICE_FLOWS,
+                ),
+                fill(
+                    "SOCKET_FLOWS",
+                    service_tables.socket_entries,
+                    dataplane_common::MAX_SOCKET_FLOWS,
                 ),
                 fill(
                     "HOST_ADDRESSES",
