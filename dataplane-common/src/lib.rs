@@ -24,6 +24,7 @@ pub mod names {
     pub const SERVICE_FLOWS_MAP: &str = "SERVICE_FLOWS";
     pub const AFFINITY_MAP: &str = "AFFINITY";
     pub const SOCKET_FLOWS_MAP: &str = "SOCKET_FLOWS";
+    pub const TAIL_CALLS_MAP: &str = "TAIL_CALLS";
     pub const POD_NAT_MAP: &str = "POD_NAT";
     pub const POD_NAT_CLOSED_MAP: &str = "POD_NAT_CLOSED";
     pub const UNANSWERED_MAP: &str = "UNANSWERED";
@@ -36,6 +37,10 @@ pub mod names {
     pub const FROM_HOST_PROGRAM: &str = "from_host";
     pub const FROM_UPLINK_PROGRAM: &str = "from_uplink";
     pub const TO_POD_PROGRAM: &str = "to_pod";
+    /// Reached by tail call only (slot `FROM_OUTSIDE_SLOT` of `TAIL_CALLS`).
+    pub const FROM_OUTSIDE_PROGRAM: &str = "from_outside";
+    /// Slot `TO_BACKEND_SLOT`.
+    pub const OUTSIDE_TO_BACKEND_PROGRAM: &str = "outside_to_backend";
     pub const HOST_CONNECT_PROGRAM: &str = "host_connect";
     pub const HOST_SENDMSG_PROGRAM: &str = "host_sendmsg";
     pub const HOST_RECVMSG_PROGRAM: &str = "host_recvmsg";
@@ -80,6 +85,16 @@ pub const MAX_SERVICE_FLOWS: u32 = 262_144;
 
 /// Clients remembered by Services with ClientIP session affinity (LRU).
 pub const MAX_AFFINITIES: u32 = 131_072;
+
+/// The slot of `TAIL_CALLS` from-uplink continues in for a packet from
+/// outside the cluster that may be for a Service (a program of its own:
+/// a fresh stack).
+pub const FROM_OUTSIDE_SLOT: u32 = 0;
+/// The slot from-outside continues in once the packet is translated to
+/// its backend: the client's masquerade and the forwarding.
+pub const TO_BACKEND_SLOT: u32 = 1;
+/// Slots of `TAIL_CALLS`.
+pub const TAIL_CALL_SLOTS: u32 = 2;
 
 /// Entries of `SOCKET_FLOWS` (both directions of every host socket's
 /// frontend).
@@ -752,6 +767,14 @@ counters! {
     /// A datagram from a backend to a socket of the node's namespace, or
     /// that socket's peer name, shown as the frontend's.
     path ServiceHostSocketReply = "service_host_socket_reply";
+    /// A backend's answer to a client outside the cluster (which reached a
+    /// Service through this node, masqueraded on its way in), translated
+    /// back and sent out of the uplink.
+    path ServiceReplyToOutside = "service_reply_to_outside";
+    /// From outside the cluster to a Service whose chosen backend is not a
+    /// pod (an address of a node or outside the cluster): not served to
+    /// outside clients.
+    drop DropServiceExternalUnsupported = "service_external_unsupported";
 }
 
 impl Counter {

@@ -9,13 +9,14 @@ use network_types::{
 
 use crate::{
     arp,
+    from_outside,
     counters::{Outcome, drop, finish, pass_to_host},
     icmp,
     ipv4::{check_transport, checked_header, forward_hop, refused_destination},
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
-    packet::{IP_AT, header, ingress_ifindex, linearize_headers, vlan_tagged},
+    packet::{IP_AT, header, ingress_ifindex, linearize_headers, load, vlan_tagged},
     route::{Destination, lookup},
     service,
     tunnel::{self, send_out_uplink},
@@ -86,6 +87,13 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
             deliver(ctx, &destination, Redirect::Peer, Counter::ForwardedLocal)
         }
         Destination::RemotePod(node_ip) => tunnel_to(ctx, &config, node_ip),
+        // A backend here answering an outside client of a Service (the
+        // client was masqueraded to the node IP on its way in).
+        Destination::Host
+            if dst == config.node_ip && config.services != 0 && config.masquerade != 0 =>
+        {
+            Ok(reply_to_outside_client(ctx, &config))
+        }
         // The node itself: kubelet, node-local DNS, the gateway address.
         Destination::Host => Ok(pass_to_host(ctx)),
         // Never let the host stack guess where an unknown pod address goes.
@@ -93,6 +101,17 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
         Destination::UnknownNode => Err(Counter::DropUnknownNode),
         Destination::Outside => outside(ctx, &config, src, dst),
     }
+}
+
+/// To the node IP from a pod: an answer to an outside client of a Service
+/// is sent to it; the rest goes up the stack.
+// Out of line: the NAT's state stays out of the other paths' stack frames.
+#[inline(never)]
+fn reply_to_outside_client(ctx: &TcContext, config: &NodeConfig) -> i32 {
+    let outcome = load::<Ipv4Hdr>(ctx, IP_AT)
+        .and_then(|ip| from_outside::reply_to_client(ctx, config, &ip))
+        .map(|sent| sent.unwrap_or_else(|| pass_to_host(ctx)));
+    finish(ctx, outcome)
 }
 
 /// A packet to a Service frontend or a backend's reply, translated: its

@@ -3,7 +3,9 @@
 //! nobody on the underlay can inject into pods. Everything else passes.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use dataplane_common::{Counter, Ipv4Octets, NodeConfig};
+use core::mem::offset_of;
+
+use dataplane_common::{Counter, FROM_OUTSIDE_SLOT, Ipv4Octets, NodeConfig};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -12,11 +14,12 @@ use network_types::{
 
 use crate::{
     counters::{Outcome, finish, verdict},
-    ipv4::{PLAIN_VIHL, UDP, forward_hop, is_fragment},
+    from_outside,
+    ipv4::{PLAIN_VIHL, TCP, UDP, forward_hop, is_fragment},
     local::{Redirect, deliver},
-    maps::{endpoint, is_host_address, is_unmasqueraded, node_config, remote_node},
+    maps::{TAIL_CALLS, endpoint, is_host_address, is_unmasqueraded, node_config, remote_node},
     nat,
-    packet::load,
+    packet::{IP_AT, L4_AT, load},
     service,
     tunnel::{self, VxlanPacket},
 };
@@ -57,7 +60,10 @@ pub fn handle(ctx: &TcContext) -> i32 {
         && outer.udp.dst == config.vxlan_port.to_be_bytes()
         && outer.ip.frag_offset() == 0;
     if is_vxlan_to_us {
-        from_node(ctx, &config)
+        match from_node(ctx, &config) {
+            DECAPSULATED_FOR_NODE_IP => decapsulated_for_node_ip(ctx, &config),
+            action => action,
+        }
     } else {
         finish(ctx, not_tunnelled(ctx, &config, &outer.ip))
     }
@@ -74,11 +80,17 @@ fn short_packet(ctx: &TcContext, config: &NodeConfig) -> i32 {
     }
 }
 
-/// Replies to masqueraded connections, and replies from non-masquerade
-/// destinations to pods; the node's own traffic passes untouched.
+/// Replies to masqueraded connections, replies from non-masquerade
+/// destinations to pods, and outside clients of Services; the node's own
+/// traffic passes untouched.
 #[inline(always)]
 fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     let (source, destination) = (ip.src_addr, ip.dst_addr);
+    if may_be_for_a_service(ctx, config, ip) {
+        // SAFETY: the slot holds a classifier; the call only returns when
+        // it is empty (an agent is installing it): then the packet passes.
+        unsafe { TAIL_CALLS.tail_call(ctx, FROM_OUTSIDE_SLOT) };
+    }
     if destination == config.node_ip && config.masquerade != 0 {
         return Ok(reply_to_masqueraded(ctx, config, ip));
     }
@@ -95,6 +107,42 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome 
     Ok(TC_ACT_OK)
 }
 
+/// Whether a packet from outside may be for a Service frontend: TCP or UDP
+/// (a first fragment or whole), not to a pod, and not an answer to a
+/// masqueraded connection (those go to the NAT's port range).
+#[inline(always)]
+fn may_be_for_a_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> bool {
+    if config.services == 0
+        || (ip.proto != TCP && ip.proto != UDP)
+        || ip.frag_offset() != 0
+        || ip.vihl != PLAIN_VIHL
+        || config.pod_cidr.contains(ip.dst_addr)
+    {
+        return false;
+    }
+    let to_nat_range = ip.dst_addr == config.node_ip
+        && config.masquerade != 0
+        && ctx
+            .load::<[u8; 2]>(L4_AT + offset_of!(UdpHdr, dst))
+            .is_ok_and(|port| nat::in_port_range(config, port));
+    !to_nat_range
+}
+
+/// What from-node returns for a packet it decapsulated for the node IP
+/// while Services exist: it may answer an outside client (never a TC action).
+const DECAPSULATED_FOR_NODE_IP: i32 = i32::MIN;
+
+/// Decapsulated for the node IP: a backend on the sender answering an
+/// outside client's connection to a Service goes to the client; the rest
+/// up the stack. (Out of from-node's frame: the NAT's would not fit on it.)
+#[inline(never)]
+fn decapsulated_for_node_ip(ctx: &TcContext, config: &NodeConfig) -> i32 {
+    let outcome = load::<Ipv4Hdr>(ctx, IP_AT)
+        .and_then(|ip| from_outside::reply_to_client(ctx, config, &ip))
+        .map(|sent| sent.unwrap_or_else(|| verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)));
+    finish(ctx, outcome)
+}
+
 /// Translated back by NAT when it answers a masqueraded connection, then
 /// delivered into its pod; the node's own traffic passes.
 // Out of line: the NAT's state stays out of the other paths' stack frames.
@@ -109,7 +157,13 @@ fn reply_to_masqueraded(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> i
 
 #[inline(always)]
 fn to_translated_pod(ctx: &TcContext, config: &NodeConfig, pod: Ipv4Octets) -> Outcome {
-    let destination = endpoint(&pod).ok_or(Counter::DropStaleEndpoint)?;
+    let Some(destination) = endpoint(&pod) else {
+        // Not a pod: a Service's outside client, masqueraded on its way in.
+        return match config.services {
+            0 => Err(Counter::DropStaleEndpoint),
+            _ => from_outside::send_to_client(ctx, config, pod),
+        };
+    };
     // A backend outside the cluster answering a pod's Service connection.
     if config.services != 0 {
         service::translate_reply(ctx)?;
@@ -162,6 +216,12 @@ fn accept_from_node(ctx: &TcContext, config: &NodeConfig) -> Outcome {
         // For this node (its IP, or e.g. a gateway address a pod of the
         // sender answers): up the stack, behind the outer Ethernet header that
         // was addressed to the uplink.
+        None if inner_destination == config.node_ip
+            && config.services != 0
+            && config.masquerade != 0 =>
+        {
+            Ok(DECAPSULATED_FOR_NODE_IP)
+        }
         None => Ok(verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)),
         Some(destination) => {
             // A backend on the sender answering a Service connection of a pod here.

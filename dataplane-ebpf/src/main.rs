@@ -8,6 +8,7 @@
 mod arp;
 mod counters;
 mod from_host;
+mod from_outside;
 mod from_pod;
 mod from_tunnel;
 mod from_uplink;
@@ -53,6 +54,19 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_host(ctx: TcContext) -> i32 {
     from_host::handle(&ctx)
+}
+
+/// Entered by tail call from from-uplink: outside clients of Services.
+#[classifier]
+pub fn from_outside(ctx: TcContext) -> i32 {
+    from_outside::handle(&ctx)
+}
+
+/// Entered by tail call from from-outside: the translated packet, its client
+/// masqueraded, to its backend.
+#[classifier]
+pub fn outside_to_backend(ctx: TcContext) -> i32 {
+    from_outside::masquerade_to_backend(&ctx)
 }
 
 /// TC egress on the host side of every pod veth: the node's stack to a pod.

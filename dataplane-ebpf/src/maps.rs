@@ -3,13 +3,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue, RingBuf,
+        lpm_trie::Key,
+    },
 };
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint,
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS, TAIL_CALL_SLOTS,
     MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode, ServiceFlow,
     ServiceKey, ServiceValue, SocketFlowKey, TunnelRoute,
 };
@@ -79,6 +82,12 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_
 #[map(name = "SOCKET_FLOWS")]
 pub static SOCKET_FLOWS: LruHashMap<SocketFlowKey, Backend> =
     LruHashMap::pinned(MAX_SOCKET_FLOWS, 0);
+
+/// Programs from-uplink continues in (`bpf_tail_call`): `FROM_OUTSIDE_SLOT`.
+/// Pinned, as the other maps: the kernel empties a program array nobody
+/// in userspace holds, and the programs keep forwarding without the agent.
+#[map(name = "TAIL_CALLS")]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::pinned(TAIL_CALL_SLOTS, 0);
 
 /// Destinations outside the cluster that pods reach with their own address.
 #[map(name = "NO_MASQUERADE")]

@@ -53,7 +53,7 @@ const REFRESH_NS: u64 = 1_000_000_000;
 const FRAGMENT_LIFETIME_NS: u64 = 30_000_000_000;
 
 #[inline(always)]
-fn in_port_range(config: &NodeConfig, port: [u8; 2]) -> bool {
+pub fn in_port_range(config: &NodeConfig, port: [u8; 2]) -> bool {
     let port = u16::from_be_bytes(port);
     port >= config.nat_port_min && port <= config.nat_port_max
 }

@@ -8,11 +8,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapInfo,
+    maps::{MapInfo, ProgramArray},
     programs::{CgroupSockAddr, SchedClassifier},
 };
 use aya_obj::maps::PinningType;
-use dataplane_common::{MAP_LAYOUT_VERSION, names};
+use dataplane_common::{FROM_OUTSIDE_SLOT, MAP_LAYOUT_VERSION, TO_BACKEND_SLOT, names};
 use nix::{
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
@@ -26,6 +26,8 @@ const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 pub enum LoadError {
     #[error("cannot mount bpffs at {BPFFS_MOUNT_POINT}: {0}")]
     MountBpffs(nix::Error),
+    #[error("cannot install the tail-called programs: {0}")]
+    TailCall(String),
     #[error("cannot find or mount the cgroup2 hierarchy (for the host socket hooks): {0}")]
     Cgroup2(io::Error),
     #[error("cannot create pin directory {path}: {source}")]
@@ -211,11 +213,37 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
             .load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
+    install_tail_calls(&mut ebpf)?;
     Ok(ebpf)
 }
 
-/// The object's TC classifiers.
-pub const PROGRAMS: [&str; 5] = [
+/// Puts this build's tail-called programs in their slots of the pinned
+/// program array, replacing an earlier build's (from-uplink of either
+/// build then continues in them).
+fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    for (slot, name) in [
+        (FROM_OUTSIDE_SLOT, names::FROM_OUTSIDE_PROGRAM),
+        (TO_BACKEND_SLOT, names::OUTSIDE_TO_BACKEND_PROGRAM),
+    ] {
+        let program = classifier(ebpf, name)
+            .fd()
+            .map_err(|source| LoadError::Program { name, source })?
+            .try_clone()
+            .map_err(|error| LoadError::TailCall(error.to_string()))?;
+        let map = ebpf
+            .map_mut(names::TAIL_CALLS_MAP)
+            .ok_or_else(|| LoadError::TailCall("the object has no tail call map".into()))?;
+        ProgramArray::try_from(map)
+            .and_then(|mut slots| slots.set(slot, &program, 0))
+            .map_err(|error| LoadError::TailCall(format!("{name}: {error}")))?;
+    }
+    Ok(())
+}
+
+/// The object's TC classifiers (the outside ones are entered by tail call only).
+pub const PROGRAMS: [&str; 7] = [
+    names::FROM_OUTSIDE_PROGRAM,
+    names::OUTSIDE_TO_BACKEND_PROGRAM,
     names::FROM_POD_PROGRAM,
     names::TO_POD_PROGRAM,
     names::FROM_TUNNEL_PROGRAM,
@@ -305,7 +333,7 @@ mod tests {
     #[test]
     fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
         let layouts = expected_layouts().unwrap();
-        assert_eq!(layouts.len(), 20, "{layouts:?}");
+        assert_eq!(layouts.len(), 21, "{layouts:?}");
         let endpoints = layout(names::ENDPOINTS_MAP);
         assert_eq!(endpoints.key_size, 4);
         assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());

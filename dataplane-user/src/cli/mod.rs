@@ -144,10 +144,15 @@ enum ServiceCommand {
         /// The address clients connect to.
         #[arg(long)]
         ip: Ipv4Addr,
-        /// A port and its backends: PORT[/tcp|/udp]=ADDRESS:PORT,... (repeat
-        /// for more ports; nothing after `=`: clients are refused).
+        /// A port and its backends: PORT[/tcp|/udp][:NODE_PORT]=ADDRESS:PORT,...
+        /// (repeat for more ports; nothing after `=`: clients are refused;
+        /// a node port serves the port on the node's IP too).
         #[arg(long = "port", required = true)]
         ports: Vec<PortArg>,
+        /// Another address the ports are served on, for clients outside the
+        /// cluster too (an external or load balancer IP; repeat for more).
+        #[arg(long = "external-ip")]
+        external_ips: Vec<Ipv4Addr>,
         /// ClientIP session affinity: a client's new connections go to the
         /// backend of its last one for this many seconds after it.
         #[arg(long)]
@@ -162,7 +167,7 @@ enum ServiceCommand {
     List,
 }
 
-/// `80/tcp=10.244.1.5:8080,10.244.2.7:8080`, as typed.
+/// `80/tcp:30080=10.244.1.5:8080,10.244.2.7:8080`, as typed.
 #[derive(Clone)]
 struct PortArg(ServicePort);
 
@@ -171,6 +176,17 @@ impl std::str::FromStr for PortArg {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let (port, backends) = text.split_once('=').unwrap_or((text, ""));
+        let (port, node_port) = match port.split_once(':') {
+            Some((port, node_port)) => (
+                port,
+                Some(
+                    node_port
+                        .parse()
+                        .map_err(|_| format!("node port {node_port:?} is not a port number"))?,
+                ),
+            ),
+            None => (port, None),
+        };
         let (number, protocol) = match port.split_once('/') {
             Some((number, "tcp")) => (number, Protocol::Tcp),
             Some((number, "udp")) => (number, Protocol::Udp),
@@ -193,6 +209,7 @@ impl std::str::FromStr for PortArg {
             port,
             protocol,
             backends,
+            node_port,
         }))
     }
 }
@@ -311,6 +328,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             ip,
             ports,
+            external_ips,
             affinity_seconds,
         }) => Request::AddService {
             service: ServiceSpec {
@@ -318,6 +336,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ip,
                 ports: ports.into_iter().map(|PortArg(port)| port).collect(),
                 session_affinity_seconds: affinity_seconds,
+                external_ips,
             },
         },
         Command::Service(ServiceCommand::Del { name }) => Request::RemoveService { name },

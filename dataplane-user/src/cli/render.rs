@@ -160,8 +160,8 @@ pub fn print_text(response: &Response) {
         Response::Error { message } => println!("error: {message}"),
         Response::Services { services } => {
             println!(
-                "{:<11} {:<24} {:<16} {:<10} BACKENDS",
-                "SOURCE", "NAME", "IP", "PORT"
+                "{:<11} {:<24} {:<16} {:<16} BACKENDS",
+                "SOURCE", "NAME", "IP", "PORT[:NODE]"
             );
             for entry in services {
                 let service = &entry.service;
@@ -169,17 +169,29 @@ pub fn print_text(response: &Response) {
                     let backends: Vec<String> =
                         port.backends.iter().map(ToString::to_string).collect();
                     println!(
-                        "{:<11} {:<24} {:<16} {:<10} {}",
+                        "{:<11} {:<24} {:<16} {:<16} {}",
                         format!("{:?}", entry.source).to_lowercase(),
                         service.name,
                         service.ip,
-                        format!("{}/{}", port.port, port.protocol),
+                        match port.node_port {
+                            Some(node_port) =>
+                                format!("{}/{}:{node_port}", port.port, port.protocol),
+                            None => format!("{}/{}", port.port, port.protocol),
+                        },
                         if backends.is_empty() {
                             "(none: refused)".into()
                         } else {
                             backends.join(",")
                         },
                     );
+                }
+                if !service.external_ips.is_empty() {
+                    let addresses: Vec<String> = service
+                        .external_ips
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    println!("{:<11} {:<24} also on {}", "", "", addresses.join(", "));
                 }
                 if let Some(seconds) = service.session_affinity_seconds {
                     println!(

@@ -78,6 +78,9 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
                 port: u16::try_from(port.port).ok()?,
                 protocol,
                 backends: backends(slices, name, protocol, publish_not_ready),
+                // Set for NodePort and LoadBalancer Services (unless their
+                // node ports are switched off).
+                node_port: port.node_port.and_then(|port| u16::try_from(port).ok()),
             })
         })
         .collect();
@@ -101,7 +104,32 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
                     .unwrap_or(DEFAULT_AFFINITY_SECONDS)
             },
         ),
+        external_ips: external_ips(service),
     })
+}
+
+/// `spec.externalIPs` and the load balancer's ingress IPs (IPv4), as
+/// kube-proxy serves them; an ingress whose `ipMode` is `Proxy` is reached
+/// through the load balancer's own proxy, not at its IP (KEP-1860).
+fn external_ips(service: &Service) -> Vec<Ipv4Addr> {
+    let listed = service
+        .spec
+        .iter()
+        .flat_map(|spec| spec.external_ips.iter().flatten());
+    let balanced = service
+        .status
+        .iter()
+        .filter_map(|status| status.load_balancer.as_ref()?.ingress.as_ref())
+        .flatten()
+        .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|ingress| ingress.ip.as_ref());
+    let mut addresses: Vec<Ipv4Addr> = listed
+        .chain(balanced)
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
 }
 
 fn protocol(name: Option<&str>) -> Option<Protocol> {

@@ -26,6 +26,10 @@ pub struct ServiceSpec {
     /// backend of its last one for this long after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity_seconds: Option<u32>,
+    /// More addresses its ports are served on, for clients outside the
+    /// cluster too (Kubernetes' externalIPs and LoadBalancer ingress IPs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<Ipv4Addr>,
 }
 
 /// The longest session affinity Kubernetes allows (a day).
@@ -41,6 +45,10 @@ pub struct ServicePort {
     /// None: clients are refused at once (ICMP port unreachable).
     #[serde(default)]
     pub backends: Vec<SocketAddrV4>,
+    /// NodePort: the port is also served on the node's IP at this port,
+    /// for clients outside the cluster too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
 }
 
 /// The transport protocols Services are balanced for (SCTP is refused).
@@ -107,19 +115,35 @@ pub struct FrontendTarget {
 }
 
 impl ServiceSpec {
-    /// The frontends of the Service and where each leads.
-    pub fn frontends(&self) -> impl Iterator<Item = (Frontend, FrontendTarget)> + '_ {
-        self.ports.iter().map(|port| {
-            let frontend = Frontend {
-                ip: self.ip,
-                port: port.port,
-                protocol: port.protocol,
-            };
+    /// The frontends of the Service on a node whose IP is `node_ip` (its
+    /// node ports need one), and where each leads: every port on the
+    /// Service address and each external address, and on the node IP at its
+    /// node port.
+    pub fn frontends(
+        &self,
+        node_ip: Option<Ipv4Addr>,
+    ) -> impl Iterator<Item = (Frontend, FrontendTarget)> + '_ {
+        self.ports.iter().flat_map(move |port| {
             let target = FrontendTarget {
                 backends: port.backends.iter().copied().collect(),
                 affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
             };
-            (frontend, target)
+            let on_node = port
+                .node_port
+                .zip(node_ip)
+                .map(|(node_port, ip)| (ip, node_port));
+            std::iter::once(self.ip)
+                .chain(self.external_ips.iter().copied())
+                .map(|ip| (ip, port.port))
+                .chain(on_node)
+                .map(move |(ip, number)| {
+                    let frontend = Frontend {
+                        ip,
+                        port: number,
+                        protocol: port.protocol,
+                    };
+                    (frontend, target.clone())
+                })
         })
     }
 
@@ -136,6 +160,28 @@ impl ServiceSpec {
         if let Some(cidr) = pod_cidrs.iter().find(|cidr| cidr.contains(ip)) {
             return Err(("ip", format!("{ip} is inside the pod CIDR {cidr}")));
         }
+        let mut external = BTreeSet::from([ip]);
+        for &address in &self.external_ips {
+            if address.is_unspecified()
+                || address.is_loopback()
+                || address.is_multicast()
+                || address.is_broadcast()
+            {
+                return Err((
+                    "external_ips",
+                    format!("{address} is not a unicast address"),
+                ));
+            }
+            if let Some(cidr) = pod_cidrs.iter().find(|cidr| cidr.contains(address)) {
+                return Err((
+                    "external_ips",
+                    format!("{address} is inside the pod CIDR {cidr}"),
+                ));
+            }
+            if !external.insert(address) {
+                return Err(("external_ips", format!("{address} is listed twice")));
+            }
+        }
         if self.ports.is_empty() {
             return Err(("ports", "a Service needs at least one port".into()));
         }
@@ -148,7 +194,19 @@ impl ServiceSpec {
             ));
         }
         let mut seen = BTreeSet::new();
+        let mut node_ports = BTreeSet::new();
         for port in &self.ports {
+            if let Some(node_port) = port.node_port
+                && (node_port == 0 || !node_ports.insert((node_port, port.protocol)))
+            {
+                return Err((
+                    "ports",
+                    format!(
+                        "node port {node_port}/{} is 0 or listed twice",
+                        port.protocol
+                    ),
+                ));
+            }
             if port.port == 0 {
                 return Err(("ports", "port 0 cannot be connected to".into()));
             }
@@ -185,6 +243,8 @@ impl ServiceSpec {
 /// frontends it touches, not to all of them.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
+    /// Where node ports are served (none: nowhere).
+    node_ip: Option<Ipv4Addr>,
     contributed: BTreeMap<Source, BTreeMap<String, ServiceSpec>>,
     /// Each source's frontends: the Service (by name) each belongs to and
     /// where it leads.
@@ -193,6 +253,14 @@ pub struct Services {
 }
 
 impl Services {
+    /// No Services yet, on a node whose IP is `node_ip`.
+    pub fn on_node(node_ip: Option<Ipv4Addr>) -> Self {
+        Self {
+            node_ip,
+            ..Self::default()
+        }
+    }
+
     /// Every frontend in effect and where it leads.
     pub fn frontends(&self) -> &BTreeMap<Frontend, FrontendTarget> {
         &self.effective
@@ -214,7 +282,7 @@ impl Services {
         service: ServiceSpec,
     ) -> Result<Vec<Frontend>, Violation> {
         if let Some(claimed) = self.by_source.get(&source) {
-            for (frontend, _) in service.frontends() {
+            for (frontend, _) in service.frontends(self.node_ip) {
                 if let Some((owner, _)) = claimed.get(&frontend)
                     && *owner != service.name
                 {
@@ -239,7 +307,7 @@ impl Services {
             if !names.insert(service.name.as_str()) {
                 return Err(("name", format!("Service {} is listed twice", service.name)));
             }
-            for (frontend, _) in service.frontends() {
+            for (frontend, _) in service.frontends(self.node_ip) {
                 if let Some(owner) = claimed.insert(frontend, &service.name) {
                     return Err(conflict(frontend, &service.name, owner));
                 }
@@ -283,7 +351,7 @@ impl Services {
         };
         let claimed = self.by_source.entry(source).or_default();
         service
-            .frontends()
+            .frontends(self.node_ip)
             .map(|(frontend, _)| {
                 claimed.remove(&frontend);
                 frontend
@@ -296,7 +364,7 @@ impl Services {
     fn put_in(&mut self, source: Source, service: ServiceSpec) -> Vec<Frontend> {
         let claimed = self.by_source.entry(source).or_default();
         let frontends = service
-            .frontends()
+            .frontends(self.node_ip)
             .map(|(frontend, target)| {
                 claimed.insert(frontend, (service.name.clone(), target));
                 frontend

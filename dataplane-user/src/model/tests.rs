@@ -137,9 +137,57 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
                 .iter()
                 .map(|backend| backend.parse().unwrap())
                 .collect(),
+            node_port: None,
         }],
         session_affinity_seconds: None,
+        external_ips: Vec::new(),
     }
+}
+
+#[test]
+fn node_ports_and_external_addresses_are_frontends_of_the_same_backends() {
+    let node_ip = Ipv4Addr::new(192, 0, 2, 10);
+    let external = Ipv4Addr::new(198, 51, 100, 7);
+    let mut web = service("web", 80, &["10.244.0.2:8080"]);
+    web.ports[0].node_port = Some(30080);
+    web.external_ips = vec![external];
+    let at = |ip: Ipv4Addr, port: u16| Frontend {
+        ip,
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let mut services = Services::on_node(Some(node_ip));
+    let mut touched = services.upsert(Source::Api, web.clone()).unwrap();
+    touched.sort();
+    let mut wanted = vec![frontend(80), at(node_ip, 30080), at(external, 80)];
+    wanted.sort();
+    assert_eq!(touched, wanted);
+    assert!(
+        wanted
+            .iter()
+            .all(|frontend| services.frontends()[frontend].backends.len() == 1)
+    );
+    // Without a node IP there is nowhere to serve a node port.
+    let mut elsewhere = Services::default();
+    assert_eq!(elsewhere.upsert(Source::Api, web.clone()).unwrap().len(), 2);
+
+    // Another Service may not take the same external address and port.
+    let mut thief = service("thief", 80, &["10.244.0.3:8080"]);
+    thief.ip = Ipv4Addr::new(10, 96, 0, 11);
+    thief.external_ips = vec![external];
+    assert!(services.upsert(Source::Api, thief).is_err());
+
+    let pods = [Ipv4Network::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap()];
+    assert!(web.validate(&pods).is_ok());
+    let mut inside = web.clone();
+    inside.external_ips = vec![Ipv4Addr::new(10, 244, 3, 3)];
+    assert!(inside.validate(&pods).is_err());
+    let mut twice = web.clone();
+    twice.ports.push(ServicePort {
+        port: 81,
+        ..web.ports[0].clone()
+    });
+    assert!(twice.validate(&pods).is_err(), "node port 30080/tcp twice");
 }
 
 fn frontend(port: u16) -> Frontend {

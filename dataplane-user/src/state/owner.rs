@@ -79,7 +79,7 @@ impl Owner {
         if let Err((ip, (field, problem))) = remote_nodes.replace(Source::Pinned, &pinned, &local) {
             warn!(%ip, "pinned node map: {field}: {problem}; starting from an empty node set");
         }
-        let services = pinned_services(&dataplane);
+        let services = pinned_services(&dataplane, facts.settings.node_ip);
         Self {
             facts,
             interfaces,
@@ -423,8 +423,8 @@ fn refused_service((field, problem): Violation) -> anyhow::Error {
 /// The frontends an earlier agent programmed, kept (as [`Source::Pinned`],
 /// one Service per frontend) until a source names them: connections to
 /// Services keep working across a restart.
-fn pinned_services(dataplane: &Dataplane) -> Services {
-    let mut services = Services::default();
+fn pinned_services(dataplane: &Dataplane, node_ip: Option<Ipv4Addr>) -> Services {
+    let mut services = Services::on_node(node_ip);
     for (key, programmed) in dataplane.programmed_services() {
         let Some(frontend) = frontend_of(key) else {
             warn!(
@@ -436,7 +436,9 @@ fn pinned_services(dataplane: &Dataplane) -> Services {
         let service = ServiceSpec {
             name: frontend.to_string(),
             ip: frontend.ip,
+            external_ips: Vec::new(),
             ports: vec![ServicePort {
+                node_port: None,
                 port: frontend.port,
                 protocol: frontend.protocol,
                 backends: programmed.backends.iter().map(backend_address).collect(),

@@ -1,0 +1,115 @@
+//! from-outside: a client outside the cluster reaching a Service through
+//! this node: at one of its external frontends (the node IP at a node port,
+//! an external or load balancer IP) or at its ClusterIP routed here. A
+//! program of its own, entered by tail call from from-uplink (a fresh
+//! stack: the NAT's frame does not fit under from-uplink's). The backend is
+//! chosen as for pods; the client is then masqueraded to the node IP
+//! (kube-proxy's `externalTrafficPolicy: Cluster`, in a second tail-called
+//! program: the NAT's paths on top of the translation's exceed the
+//! verifier's budget), so the backend answers through this node wherever
+//! it is, and the answer is translated back here (`reply_to_client`).
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use dataplane_common::{Counter, Ipv4Octets, NodeConfig, TO_BACKEND_SLOT};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    counters::{Outcome, finish},
+    icmp,
+    ipv4::forward_hop,
+    local::{Redirect, deliver},
+    maps::{TAIL_CALLS, endpoint, node_config, tunnel_route},
+    nat,
+    packet::{IP_AT, load},
+    route::{Destination, lookup},
+    service,
+    tunnel::{self, send_out_uplink},
+};
+
+pub fn handle(ctx: &TcContext) -> i32 {
+    finish(ctx, to_backend(ctx))
+}
+
+#[inline(always)]
+fn to_backend(ctx: &TcContext) -> Outcome {
+    let config = node_config();
+    let ip: Ipv4Hdr = load(ctx, IP_AT)?;
+    if service::translate(ctx, &ip, &config)? == service::UNTOUCHED {
+        // Not a frontend: the node's own traffic.
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: the slot holds a classifier; the call returns only while an
+    // agent installs it.
+    unsafe { TAIL_CALLS.tail_call(ctx, TO_BACKEND_SLOT) };
+    Err(Counter::DropUplinkError)
+}
+
+/// Slot `TO_BACKEND_SLOT`: the translated packet (to its backend), its
+/// client masqueraded, goes to the backend. (A program of its own: the
+/// NAT's paths verified apart from the translation's.)
+pub fn masquerade_to_backend(ctx: &TcContext) -> i32 {
+    finish(ctx, masquerade_and_forward(ctx))
+}
+
+#[inline(always)]
+fn masquerade_and_forward(ctx: &TcContext) -> Outcome {
+    let config = node_config();
+    let ip: Ipv4Hdr = load(ctx, IP_AT)?;
+    let (client, backend) = (ip.src_addr, ip.dst_addr);
+    // Checked before the NAT makes anything for the packet.
+    if endpoint(&backend).is_none() {
+        if tunnel_route(backend).is_none() {
+            return Err(Counter::DropServiceExternalUnsupported);
+        }
+        // No ICMP toward the outside yet: TCP's MSS keeps within the tunnel.
+        if icmp::exceeds_mtu(ctx, config.tunnel_mtu) {
+            return Err(Counter::DropFragNeeded);
+        }
+    }
+    masquerade(ctx, &config, client, backend)?;
+    forward_hop(ctx)?;
+    match lookup(backend, &config) {
+        Destination::LocalPod(pod) => deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod),
+        Destination::RemotePod(node_ip) => Ok(tunnel::encapsulate(ctx, &config, node_ip)),
+        _ => Err(Counter::DropServiceExternalUnsupported),
+    }
+}
+
+/// The client becomes the node IP and a port of the SNAT range.
+// Out of line: the NAT's many paths end at its return instead of each
+// going on through the forwarding (the verifier's budget).
+#[inline(never)]
+fn masquerade(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    client: Ipv4Octets,
+    backend: Ipv4Octets,
+) -> Outcome<()> {
+    nat::masquerade(ctx, config, client, backend)
+}
+
+/// A backend's answer (its header `ip`) to the node IP, from a pod of this
+/// node or through the tunnel: if it answers an outside client's connection
+/// to a Service, it is translated back (NAT, then the frontend) and sent to
+/// the client; `Ok(None)` for the node's own traffic.
+#[inline(always)]
+pub fn reply_to_client(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome<Option<i32>> {
+    let client = match nat::translate_reply(ctx, config, ip) {
+        Ok(Some(client)) => client,
+        Ok(None) | Err(Counter::DropNatNoMapping) => return Ok(None),
+        Err(reason) => return Err(reason),
+    };
+    send_to_client(ctx, config, client).map(Some)
+}
+
+/// An answer to `client` translated by NAT: to a client outside the
+/// cluster, from the frontend it addressed, out of the uplink.
+#[inline(always)]
+pub fn send_to_client(ctx: &TcContext, config: &NodeConfig, client: Ipv4Octets) -> Outcome {
+    if config.cluster_cidr.contains(client) {
+        return Err(Counter::DropStaleEndpoint);
+    }
+    service::translate_reply(ctx)?;
+    forward_hop(ctx)?;
+    send_out_uplink(ctx, config, Counter::ServiceReplyToOutside)
+}
