@@ -489,3 +489,117 @@ fn icmp_errors_about_a_service_packet_reach_the_client_about_the_frontend() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_error_restored(&back, router);
 }
+
+const NODE_PORT: u16 = 30080;
+const OUTSIDE_CLIENT_PORT: u16 = 51234;
+
+/// A fixture whose node serves `backend_at` at its node IP's NODE_PORT.
+fn with_node_port(backend_at: Backend) -> Fixture {
+    let mut fixture = with_service(&[]);
+    let key = ServiceKey {
+        address: NODE_IP.octets(),
+        ..frontend(NODE_PORT, 6)
+    };
+    fixture
+        .maps
+        .services
+        .program(key, 3, (&[], &[backend_at]), 0)
+        .unwrap();
+    fixture
+}
+
+/// An outside client's TCP segment to the node port, as the uplink gets it.
+fn from_outside_to_the_node_port(flags: u8) -> Vec<u8> {
+    on_uplink(ipv4_packet(
+        EXTERNAL_IP,
+        NODE_IP,
+        6,
+        &tcp((EXTERNAL_IP, OUTSIDE_CLIENT_PORT), (NODE_IP, NODE_PORT), flags),
+    ))
+}
+
+/// Checks an answer sent out of the uplink to the outside client: from the
+/// node port, checksums valid.
+fn assert_answered_from_the_node_port(verdict: u32, out: &[u8]) {
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        addresses(out),
+        ((NODE_IP, NODE_PORT), (EXTERNAL_IP, OUTSIDE_CLIENT_PORT))
+    );
+    assert_checksums_valid(out);
+}
+
+#[test]
+fn an_outside_client_reaches_a_node_port_and_its_answers_come_from_it() {
+    // A backend on this node: the client is masqueraded to the node IP, so
+    // the answer comes back here wherever the backend is.
+    let mut fixture = with_node_port(backend(POD_B_IP, 8080));
+    let (verdict, out) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &from_outside_to_the_node_port(TCP_SYN),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let ((source, node_port), destination) = addresses(&out);
+    assert_eq!(source, NODE_IP);
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&node_port));
+    assert_eq!(destination, (POD_B_IP, 8080));
+    assert_checksums_valid(&out);
+    assert_eq!(fixture.counter("routed_to_pod"), 1);
+
+    with_pod_b_on_the_test_device(&mut fixture);
+    let answer = ipv4_packet(
+        POD_B_IP,
+        NODE_IP,
+        6,
+        &tcp((POD_B_IP, 8080), (NODE_IP, node_port), TCP_SYN_ACK),
+    );
+    let (verdict, back) = fixture.run(&answer);
+    assert_answered_from_the_node_port(verdict, &back);
+    assert_eq!(fixture.counter("service_reply_to_outside"), 1);
+
+    // A backend on another node: through the tunnel, and its answer back
+    // through it.
+    let mut fixture = with_node_port(backend(REMOTE_POD_IP, 8080));
+    let (verdict, out) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &from_outside_to_the_node_port(TCP_SYN),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(fixture.counter("encapsulated"), 1);
+    let ((source, node_port), destination) = addresses(&out[50..]);
+    assert_eq!((source, destination), (NODE_IP, (REMOTE_POD_IP, 8080)));
+    assert_checksums_valid(&out[50..]);
+    let answer = ipv4_packet(
+        REMOTE_POD_IP,
+        NODE_IP,
+        6,
+        &tcp((REMOTE_POD_IP, 8080), (NODE_IP, node_port), TCP_SYN_ACK),
+    );
+    let (verdict, back) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &vxlan_frame(REMOTE_NODE_IP, VNI, &answer),
+    );
+    assert_answered_from_the_node_port(verdict, &back);
+
+    // The node's own traffic passes as it is, also from the tunnel.
+    let ssh = on_uplink(ipv4_packet(
+        EXTERNAL_IP,
+        NODE_IP,
+        6,
+        &tcp((EXTERNAL_IP, OUTSIDE_CLIENT_PORT), (NODE_IP, 22), TCP_SYN),
+    ));
+    let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &ssh);
+    assert_eq!((verdict, out), (TC_ACT_OK, ssh));
+    let probe = ipv4_packet(
+        REMOTE_POD_IP,
+        NODE_IP,
+        6,
+        &tcp((REMOTE_POD_IP, 50000), (NODE_IP, 10250), TCP_SYN),
+    );
+    let (verdict, _) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &vxlan_frame(REMOTE_NODE_IP, VNI, &probe),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(fixture.counter("decapsulated_to_host"), 1);
+}

@@ -12,11 +12,12 @@ use std::{
 
 use dataplane_common::HAIRPIN_SOURCE;
 use dataplane_tests::{
-    Cluster, ClusterSpec, Netns,
+    Cluster, ClusterSpec, Netns, NextHop,
     cluster::{Node, Pod},
     cni::MainPlugin,
     traffic::{in_netns, joined, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
 };
+use ipnetwork::Ipv4Network;
 use nix::sys::signal::Signal;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -438,5 +439,87 @@ fn a_backends_icmp_error_reaches_the_clients_socket_as_the_frontends() -> anyhow
             backend_pod.ip
         );
     }
+    Ok(())
+}
+
+#[test]
+fn node_ports_and_external_ips_serve_outside_clients_through_every_node() -> anyhow::Result<()> {
+    // kube-proxy's externalTrafficPolicy Cluster: any node's IP at the node
+    // port, and an external IP routed to a node, reach every backend; the
+    // client is masqueraded to the node it came through.
+    let cluster = two_nodes();
+    let (local, remote) = (&cluster.nodes[0].pods[1], &cluster.nodes[1].pods[0]);
+    let external_ip = Ipv4Addr::new(198, 51, 100, 77);
+    for node in &cluster.nodes {
+        node.cli(&[
+            "service",
+            "add",
+            "--name",
+            "default/web",
+            "--ip",
+            &VIP.to_string(),
+            "--port",
+            &format!(
+                "80/tcp:30080={},{}",
+                backend(local, BACKEND_PORT),
+                backend(remote, BACKEND_PORT)
+            ),
+            "--port",
+            &format!("53/udp:30053={}", backend(remote, 5353)),
+            "--external-ip",
+            &external_ip.to_string(),
+        ])?;
+    }
+    cluster.gateway.add_route(
+        Ipv4Network::new(external_ip, 32)?,
+        NextHop::Gateway(cluster.nodes[0].ip),
+    )?;
+    let node_ips: Vec<Ipv4Addr> = cluster.nodes.iter().map(|node| node.ip).collect();
+    let frontends = [
+        SocketAddr::from((node_ips[0], 30080)),
+        SocketAddr::from((node_ips[1], 30080)),
+        SocketAddr::from((external_ip, 80)),
+    ];
+    let rounds = 8;
+    let connections = rounds * frontends.len();
+    let mut servers = Vec::new();
+    for pod in [local, remote] {
+        let address = SocketAddrV4::new(pod.ip, BACKEND_PORT);
+        servers.push(tcp_echo_server(&pod.netns, address, connections, Duration::from_secs(2))?.1);
+    }
+    for _ in 0..rounds {
+        for frontend in frontends {
+            tcp_exchange(&cluster.external, frontend, 16 * 1024)?;
+        }
+    }
+    let mut peers = Vec::new();
+    for server in servers {
+        let seen = joined(server)?;
+        assert!(!seen.is_empty(), "a backend got no connection");
+        peers.extend(seen);
+    }
+    assert_eq!(peers.len(), connections);
+    for peer in &peers {
+        assert!(
+            node_ips.iter().any(|ip| peer.ip() == *ip),
+            "{peer}: masqueraded to a node IP"
+        );
+    }
+
+    // UDP at a node port, answered from it.
+    let server = udp_echo_server(&remote.netns, remote.ip, 5353, 1, Duration::from_secs(5))?;
+    udp_exchange(
+        &udp_socket_of(&cluster.external)?,
+        SocketAddr::from((node_ips[0], 30053)),
+        b"query",
+    )?;
+    joined(server)?;
+    let node = &cluster.nodes[0];
+    assert!(node.counter("service_reply_to_outside")? > 0);
+    let listed = node.cli(&["service", "list"])?;
+    assert!(
+        listed.contains("80/tcp:30080") && listed.contains(&external_ip.to_string()),
+        "{listed}"
+    );
     Ok(())
 }
