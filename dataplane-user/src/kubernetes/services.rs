@@ -563,6 +563,31 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_external_ips_and_load_balancer_ingress_are_served() {
+        // ports is a list: merged whole, so the node ports are given in full.
+        let balanced = web(serde_json::json!({
+            "spec": {"type": "LoadBalancer", "externalIPs": ["198.51.100.7", "2001:db8::7"],
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                               {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]},
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "203.0.113.9"},
+                {"ip": "203.0.113.10", "ipMode": "Proxy"},
+                {"hostname": "lb.example"}]}}
+        }));
+        let spec = service_spec(&balanced, &[]).unwrap();
+        let node_ports: Vec<Option<u16>> = spec.ports.iter().map(|port| port.node_port).collect();
+        assert_eq!(node_ports, [Some(30080), Some(30053)]);
+        assert_eq!(
+            spec.external_ips,
+            [Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(203, 0, 113, 9)],
+            "IPv4 external IPs and VIP-mode ingress IPs"
+        );
+        let cluster_ip = service_spec(&web(serde_json::json!({})), &[]).unwrap();
+        assert!(cluster_ip.ports.iter().all(|port| port.node_port.is_none()));
+        assert!(cluster_ip.external_ips.is_empty());
+    }
+
+    #[test]
     fn headless_external_name_and_other_proxies_services_are_left_alone() {
         let headless =
             web(serde_json::json!({"spec": {"clusterIP": "None", "clusterIPs": ["None"]}}));
