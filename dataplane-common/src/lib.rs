@@ -298,6 +298,11 @@ pub struct NodeConfig {
     /// hooks translate frontends for sockets of this namespace only (pods'
     /// packets are translated at their veth).
     pub host_netns_cookie: u64,
+    /// 1 when a frontend keeps outside clients' addresses (external
+    /// traffic policy Local): pods' packets to outside addresses are then
+    /// checked for answers to them.
+    pub outside_local: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Whether SNAT may give `pod` the port `port` for a new connection: each
@@ -471,7 +476,24 @@ pub struct ServiceKey {
     pub port: [u8; 2],
     /// 6 (TCP) or 17 (UDP).
     pub protocol: u8,
-    pub _pad: u8,
+    /// `frontend_scope::*`: which clients the entry is for.
+    pub scope: u8,
+}
+
+/// Which clients a `SERVICES` entry serves.
+pub mod frontend_scope {
+    /// Every client: pods, the node, outside clients (masqueraded).
+    pub const EVERYONE: u8 = 0;
+    /// Outside clients of a frontend whose external traffic policy is
+    /// Local: this node's backends only, the client's address kept. Looked
+    /// up only when the `EVERYONE` entry has `service_flags::OUTSIDE_LOCAL`.
+    pub const OUTSIDE_LOCAL: u8 = 1;
+}
+
+/// Flags of a `ServiceValue`.
+pub mod service_flags {
+    /// Outside clients are served by the frontend's `OUTSIDE_LOCAL` entry.
+    pub const OUTSIDE_LOCAL: u8 = 1;
 }
 
 /// A frontend's backends: `BACKENDS` entries `{id, 0..backend_count}`.
@@ -486,7 +508,9 @@ pub struct ServiceValue {
     /// ClientIP session affinity: a client's new connections go to the
     /// backend of its last one for this long after it (0: none).
     pub affinity_seconds: u32,
-    pub _pad: u32,
+    /// `service_flags::*`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A client of a frontend with session affinity. Key of `AFFINITY`.
@@ -771,6 +795,10 @@ counters! {
     /// Service through this node, masqueraded on its way in), translated
     /// back and sent out of the uplink.
     path ServiceReplyToOutside = "service_reply_to_outside";
+    /// From outside the cluster to a frontend whose external traffic policy
+    /// is Local, on a node without a backend of it (kube-proxy drops these
+    /// too: the load balancer's health check steers clients away).
+    drop DropServiceNoLocalBackend = "service_no_local_backend";
     /// From outside the cluster to a Service whose chosen backend is not a
     /// pod (an address of a node or outside the cluster): not served to
     /// outside clients.

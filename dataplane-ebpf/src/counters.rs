@@ -14,6 +14,31 @@ use crate::{maps::COUNTERS, monitor};
 /// finished). Steps chain with `?`.
 pub type Outcome<T = i32> = Result<T, Counter>;
 
+/// An `Outcome<u32>` in one register, for what out-of-line functions
+/// return: the compiler may hand a pair back through the caller's stack,
+/// which the verifier refuses.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct PackedOutcome(u64);
+
+impl PackedOutcome {
+    #[inline(always)]
+    pub fn pack(outcome: Outcome<u32>) -> Self {
+        match outcome {
+            Ok(value) => Self(u64::from(value)),
+            Err(reason) => Self((u64::from(reason as u32) + 1) << 32),
+        }
+    }
+
+    #[inline(always)]
+    pub fn unpack(self) -> Outcome<u32> {
+        match (self.0 >> 32) as u32 {
+            0 => Ok(self.0 as u32),
+            reason => Err(Counter::from_index(reason - 1).unwrap_or(Counter::DropMalformed)),
+        }
+    }
+}
+
 /// Counts `counter` for the packet, beside the verdict it will get.
 #[inline(always)]
 pub fn count(ctx: &TcContext, counter: Counter) {

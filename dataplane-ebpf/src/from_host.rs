@@ -29,7 +29,7 @@ fn to_pods(ctx: &TcContext) -> Outcome {
         return Ok(TC_ACT_OK);
     };
     let config = node_config();
-    match lookup(dst, &config) {
+    match lookup(dst, config) {
         Destination::LocalPod(destination) => {
             deliver(ctx, &destination, Redirect::Egress, Counter::HostToPod)
         }
@@ -38,7 +38,7 @@ fn to_pods(ctx: &TcContext) -> Outcome {
         Destination::RemotePod(node_ip)
             if src == config.node_ip || config.pod_cidr.contains(src) =>
         {
-            Ok(tunnel::encapsulate(ctx, &config, node_ip))
+            Ok(tunnel::encapsulate(ctx, config, node_ip))
         }
         Destination::RemotePod(_) => Err(Counter::DropHostSourceUnroutable),
         Destination::UnknownLocalPod => Err(Counter::DropUnknownEndpoint),

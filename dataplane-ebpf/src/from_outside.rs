@@ -10,7 +10,9 @@
 //! it is, and the answer is translated back here (`reply_to_client`).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use dataplane_common::{Counter, Ipv4Octets, NodeConfig, TO_BACKEND_SLOT};
+use dataplane_common::{
+    Counter, Ipv4Octets, NodeConfig, ServiceKey, TO_BACKEND_SLOT, frontend_scope, service_flags,
+};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
@@ -18,9 +20,9 @@ use crate::{
     icmp,
     ipv4::forward_hop,
     local::{Redirect, deliver},
-    maps::{TAIL_CALLS, endpoint, node_config, tunnel_route},
+    maps::{SERVICES, TAIL_CALLS, endpoint, node_config, tunnel_route},
     nat,
-    packet::{IP_AT, load},
+    packet::{IP_AT, L4_AT, load},
     route::{Destination, lookup},
     service,
     tunnel::{self, send_out_uplink},
@@ -32,16 +34,42 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn to_backend(ctx: &TcContext) -> Outcome {
-    let config = node_config();
     let ip: Ipv4Hdr = load(ctx, IP_AT)?;
-    if service::translate(ctx, &ip, &config)? == service::UNTOUCHED {
+    let Ok([_, port]) = ctx.load::<[[u8; 2]; 2]>(L4_AT) else {
+        return Ok(TC_ACT_OK);
+    };
+    let mut key = ServiceKey {
+        address: ip.dst_addr,
+        port,
+        protocol: ip.proto,
+        scope: frontend_scope::EVERYONE,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(service) = (unsafe { SERVICES.get(key) }).copied() else {
         // Not a frontend: the node's own traffic.
         return Ok(TC_ACT_OK);
+    };
+    if service.flags & service_flags::OUTSIDE_LOCAL == 0 {
+        service::from_outside_to_backend(ctx, &ip, &service).unpack()?;
+        // SAFETY: the slot holds a classifier; the call returns only while
+        // an agent installs it.
+        unsafe { TAIL_CALLS.tail_call(ctx, TO_BACKEND_SLOT) };
+        return Err(Counter::DropUplinkError);
     }
-    // SAFETY: the slot holds a classifier; the call returns only while an
-    // agent installs it.
-    unsafe { TAIL_CALLS.tail_call(ctx, TO_BACKEND_SLOT) };
-    Err(Counter::DropUplinkError)
+    // External traffic policy Local: a backend of this node, the client's
+    // address kept (its answer is translated on its way out, in from-pod).
+    key.scope = frontend_scope::OUTSIDE_LOCAL;
+    // SAFETY: the value is copied out at once.
+    let local = (unsafe { SERVICES.get(key) }).copied();
+    let local = local
+        .filter(|local| local.backend_count != 0)
+        .ok_or(Counter::DropServiceNoLocalBackend)?;
+    let backend = service::from_outside_to_backend(ctx, &ip, &local)
+        .unpack()?
+        .to_ne_bytes();
+    let pod = endpoint(&backend).ok_or(Counter::DropServiceExternalUnsupported)?;
+    forward_hop(ctx)?;
+    deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod)
 }
 
 /// Slot `TO_BACKEND_SLOT`: the translated packet (to its backend), its
@@ -66,11 +94,11 @@ fn masquerade_and_forward(ctx: &TcContext) -> Outcome {
             return Err(Counter::DropFragNeeded);
         }
     }
-    masquerade(ctx, &config, client, backend)?;
+    masquerade(ctx, config, client, backend)?;
     forward_hop(ctx)?;
-    match lookup(backend, &config) {
+    match lookup(backend, config) {
         Destination::LocalPod(pod) => deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod),
-        Destination::RemotePod(node_ip) => Ok(tunnel::encapsulate(ctx, &config, node_ip)),
+        Destination::RemotePod(node_ip) => Ok(tunnel::encapsulate(ctx, config, node_ip)),
         _ => Err(Counter::DropServiceExternalUnsupported),
     }
 }

@@ -9,9 +9,8 @@ use network_types::{
 
 use crate::{
     arp,
-    from_outside,
     counters::{Outcome, drop, finish, pass_to_host},
-    icmp,
+    from_outside, icmp,
     ipv4::{check_transport, checked_header, forward_hop, refused_destination},
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
@@ -69,45 +68,50 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
     }
 
     let config = node_config();
-    let dst = match to_or_from_service(ctx, &config, ip) {
+    let dst = match to_or_from_service(ctx, config, ip) {
         Ok(service::UNTOUCHED) => dst,
         Ok(translated) => translated.to_ne_bytes(),
-        Err(Counter::DropServiceNoBackend) => return Ok(icmp::port_unreachable(ctx, &config)),
+        Err(Counter::DropServiceNoBackend) => return Ok(icmp::port_unreachable(ctx, config)),
         Err(refused) => return Err(refused),
     };
-    let destination = lookup(dst, &config);
+    let destination = lookup(dst, config);
     // A packet this node would forward with its last hop used up is answered
     // as a router answers it, before anything (a NAT entry) is made for it.
     if forwards(&destination) && last_hop(ctx) {
-        return Ok(icmp::time_exceeded(ctx, &config));
+        return Ok(icmp::time_exceeded(ctx, config));
     }
     match destination {
         Destination::LocalPod(destination) => {
             forward_hop(ctx)?;
             deliver(ctx, &destination, Redirect::Peer, Counter::ForwardedLocal)
         }
-        Destination::RemotePod(node_ip) => tunnel_to(ctx, &config, node_ip),
-        // A backend here answering an outside client of a Service (the
-        // client was masqueraded to the node IP on its way in).
-        Destination::Host
-            if dst == config.node_ip && config.services != 0 && config.masquerade != 0 =>
-        {
-            Ok(reply_to_outside_client(ctx, &config))
-        }
+        Destination::RemotePod(node_ip) => tunnel_to(ctx, config, node_ip),
         // The node itself: kubelet, node-local DNS, the gateway address.
-        Destination::Host => Ok(pass_to_host(ctx)),
+        Destination::Host => Ok(to_host(ctx, config, dst)),
         // Never let the host stack guess where an unknown pod address goes.
         Destination::UnknownLocalPod => Err(Counter::DropUnknownEndpoint),
         Destination::UnknownNode => Err(Counter::DropUnknownNode),
-        Destination::Outside => outside(ctx, &config, src, dst),
+        Destination::Outside => outside(ctx, config, src, dst),
     }
 }
 
-/// To the node IP from a pod: an answer to an outside client of a Service
-/// is sent to it; the rest goes up the stack.
+/// Whether a translation made the packet come from a frontend instead of
+/// the pod `src` that sent it: a backend's answer, to be sent as it is.
+#[inline(always)]
+fn answers_outside_client(ctx: &TcContext, src: Ipv4Octets) -> bool {
+    // SAFETY: bounds checked by `header`.
+    header::<Ipv4Hdr>(ctx, IP_AT).is_some_and(|ip| unsafe { (*ip).src_addr } != src)
+}
+
+/// To an address of the node: up its stack, except a backend's answer to
+/// an outside client of a Service (masqueraded to the node IP on its way
+/// in), which is sent to the client.
 // Out of line: the NAT's state stays out of the other paths' stack frames.
 #[inline(never)]
-fn reply_to_outside_client(ctx: &TcContext, config: &NodeConfig) -> i32 {
+fn to_host(ctx: &TcContext, config: &NodeConfig, dst: Ipv4Octets) -> i32 {
+    if dst != config.node_ip || config.services == 0 || config.masquerade == 0 {
+        return pass_to_host(ctx);
+    }
     let outcome = load::<Ipv4Hdr>(ctx, IP_AT)
         .and_then(|ip| from_outside::reply_to_client(ctx, config, &ip))
         .map(|sent| sent.unwrap_or_else(|| pass_to_host(ctx)));
@@ -122,7 +126,7 @@ fn to_or_from_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Out
     if config.services == 0 {
         return Ok(service::UNTOUCHED);
     }
-    service::translate(ctx, ip, config)
+    service::translate(ctx, ip, config).unpack()
 }
 
 /// Whether the packet's TTL runs out here. Read from the packet as it is now
@@ -146,6 +150,12 @@ fn forwards(destination: &Destination) -> bool {
 /// Not a pod address and not this node: another node, or the world.
 #[inline(always)]
 fn outside(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octets) -> Outcome {
+    // A backend here answering an outside client whose address a frontend
+    // kept (external traffic policy Local): from the frontend, as it is.
+    if config.outside_local != 0 && answers_outside_client(ctx, src) {
+        forward_hop(ctx)?;
+        return send_out_uplink(ctx, config, Counter::ServiceReplyToOutside);
+    }
     if !config.tunnel_enabled() {
         return Ok(pass_to_host(ctx));
     }

@@ -49,7 +49,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     }
     // Cheap test first: IPv4, UDP, to the VXLAN port of this node.
     let Ok(outer) = ctx.load::<UdpPacket>(0) else {
-        return short_packet(ctx, &config);
+        return short_packet(ctx, config);
     };
     if outer.eth.ether_type != EtherType::Ipv4 as u16 {
         return TC_ACT_OK;
@@ -60,12 +60,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
         && outer.udp.dst == config.vxlan_port.to_be_bytes()
         && outer.ip.frag_offset() == 0;
     if is_vxlan_to_us {
-        match from_node(ctx, &config) {
-            DECAPSULATED_FOR_NODE_IP => decapsulated_for_node_ip(ctx, &config),
+        match from_node(ctx, config) {
+            DECAPSULATED_FOR_NODE_IP => decapsulated_for_node_ip(ctx, config),
             action => action,
         }
     } else {
-        finish(ctx, not_tunnelled(ctx, &config, &outer.ip))
+        finish(ctx, not_tunnelled(ctx, config, &outer.ip))
     }
 }
 

@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use dataplane_common::{
-    Backend, Counter, NodeConfig, ServiceKey, ServiceValue, SocketFlowKey, socket_direction,
+    Backend, Counter, NodeConfig, ServiceKey, ServiceValue, SocketFlowKey, frontend_scope,
+    socket_direction,
 };
 
 use crate::{
@@ -42,14 +43,14 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) -> Outcome<i32> {
     let config = node_config();
-    let Some(frontend) = host_destination(ctx, &config) else {
+    let Some(frontend) = host_destination(ctx, config) else {
         return Ok(ALLOW);
     };
     let key = ServiceKey {
         address: frontend.address,
         port: frontend.port,
         protocol: frontend.protocol,
-        _pad: 0,
+        scope: frontend_scope::EVERYONE,
     };
     // SAFETY: the value is copied out at once.
     let Some(service) = (unsafe { SERVICES.get(key) }).copied() else {
@@ -66,7 +67,7 @@ fn translate(ctx: &SockAddrContext) -> Outcome<i32> {
     // SAFETY: the value is copied out at once.
     let backend = match unsafe { SOCKET_FLOWS.get(forward) }.copied() {
         Some(backend) => backend,
-        None => open(&forward, &service, &config)?,
+        None => open(&forward, &service, config)?,
     };
     set_address(ctx, &backend);
     count_event(Counter::ServiceHostSocket);
@@ -101,7 +102,7 @@ fn open(forward: &SocketFlowKey, service: &ServiceValue, config: &NodeConfig) ->
 /// was given is shown as the frontend it addressed.
 pub fn to_client(ctx: &SockAddrContext) -> i32 {
     let config = node_config();
-    if let Some(peer) = host_destination(ctx, &config) {
+    if let Some(peer) = host_destination(ctx, config) {
         let key = SocketFlowKey {
             // SAFETY: plain helper call on this hook's context.
             cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },

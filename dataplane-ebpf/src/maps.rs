@@ -12,9 +12,9 @@ use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint,
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS, TAIL_CALL_SLOTS,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
     MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode, ServiceFlow,
-    ServiceKey, ServiceValue, SocketFlowKey, TunnelRoute,
+    ServiceKey, ServiceValue, SocketFlowKey, TAIL_CALL_SLOTS, TunnelRoute,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -119,10 +119,15 @@ pub fn endpoint(addr: &Ipv4Octets) -> Option<Endpoint> {
     unsafe { ENDPOINTS.get(addr).copied() }
 }
 
+/// The node's settings, read in place: a copy would take 64 bytes of each
+/// hook's scarce stack. All zero (nothing enabled) until the agent writes them.
 #[inline(always)]
-pub fn node_config() -> NodeConfig {
-    NODE_CONFIG.get(0).copied().unwrap_or_default()
+pub fn node_config() -> &'static NodeConfig {
+    NODE_CONFIG.get(0).unwrap_or(&UNCONFIGURED)
 }
+
+// SAFETY: NodeConfig is integers and byte arrays: all zero is a value.
+static UNCONFIGURED: NodeConfig = unsafe { core::mem::zeroed() };
 
 /// The node whose pod CIDR holds `addr`, by longest prefix.
 #[inline(always)]

@@ -22,12 +22,12 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets,
-    NodeConfig, ServiceFlow, ServiceKey, ServiceValue, service_direction,
+    NodeConfig, ServiceFlow, ServiceKey, ServiceValue, frontend_scope, service_direction,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    counters::{Outcome, count, note},
+    counters::{Outcome, PackedOutcome, count, note},
     icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
     ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
     maps::{AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES},
@@ -46,11 +46,13 @@ use crate::{
 /// `Err(DropServiceNoBackend)`: the frontend has no backend.
 // Out of line: its state stays out of the other paths' stack frames.
 #[inline(never)]
-pub fn translate(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> Outcome<u32> {
-    Ok(match translate_inline(ctx, ip, config)? {
-        Some(destination) => u32::from_ne_bytes(destination),
-        None => UNTOUCHED,
-    })
+pub fn translate(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> PackedOutcome {
+    PackedOutcome::pack(
+        translate_inline(ctx, ip, config).map(|translated| match translated {
+            Some(destination) => u32::from_ne_bytes(destination),
+            None => UNTOUCHED,
+        }),
+    )
 }
 
 /// What `translate` returns for a packet it left alone (0.0.0.0 is never a
@@ -67,6 +69,10 @@ fn translate_inline(
     config: &NodeConfig,
 ) -> Outcome<Option<Ipv4Octets>> {
     let to_client_side = config.pod_cidr.contains(ip.dst_addr) || ip.dst_addr == HAIRPIN_SOURCE;
+    // A backend here answering an outside client whose address was kept
+    // (only where a frontend keeps them: one more lookup per packet out).
+    let maybe_to_outside_client =
+        config.outside_local != 0 && !config.cluster_cidr.contains(ip.dst_addr);
     if ip.proto == ICMP {
         return if to_client_side {
             error_to_client(ctx, ip.src_addr)
@@ -81,12 +87,18 @@ fn translate_inline(
     if !opening && to_client_side {
         return back_to_client(ctx, &key);
     }
+    if !opening
+        && maybe_to_outside_client
+        && let Some(client) = back_to_client(ctx, &key)?
+    {
+        return Ok(Some(client));
+    }
     if !config.cluster_cidr.contains(key.dst) {
         let frontend = ServiceKey {
             address: key.dst,
             port: key.dst_port,
             protocol: key.protocol,
-            _pad: 0,
+            scope: frontend_scope::EVERYONE,
         };
         // SAFETY: the value is copied out at once.
         if let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() {
@@ -97,6 +109,23 @@ fn translate_inline(
         forget_reply_half(&key);
     }
     Ok(None)
+}
+
+/// An outside client's packet (its checked IPv4 header `ip`) to the
+/// frontend whose entry is `service`, translated to a backend: the
+/// backend's address.
+#[inline(never)]
+pub fn from_outside_to_backend(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    service: &ServiceValue,
+) -> PackedOutcome {
+    PackedOutcome::pack(
+        reply_key(ctx, ip)
+            .ok_or(Counter::DropMalformed)
+            .and_then(|key| to_backend(ctx, &key, service))
+            .map(u32::from_ne_bytes),
+    )
 }
 
 /// A TCP packet that opens a connection (SYN without ACK).

@@ -171,6 +171,8 @@ pub fn node_config() -> NodeConfig {
         pod_connection_limit: MAX_NAT_CONNECTIONS,
         // No socket is in this namespace: the fixture loads no socket hook.
         host_netns_cookie: 0,
+        outside_local: 0,
+        _pad: [0; 7],
     }
 }
 

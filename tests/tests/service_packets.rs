@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 
 use aya::maps::{HashMap, Map};
 use dataplane_common::{
-    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, NodeConfig, ServiceKey, names,
+    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, NodeConfig, ServiceKey, frontend_scope, names,
+    service_flags,
 };
 use dataplane_tests::test_run::*;
 
@@ -25,7 +26,7 @@ fn frontend(port: u16, protocol: u8) -> ServiceKey {
         address: VIP.octets(),
         port: port.to_be_bytes(),
         protocol,
-        _pad: 0,
+        scope: frontend_scope::EVERYONE,
     }
 }
 
@@ -48,7 +49,7 @@ fn with_sticky_service(backends: &[Backend], affinity_seconds: u32) -> Fixture {
     fixture
         .maps
         .services
-        .program(frontend(80, 6), 1, (&[], backends), affinity_seconds)
+        .program(frontend(80, 6), 1, (&[], backends), affinity_seconds, 0)
         .unwrap();
     fixture
         .maps
@@ -240,7 +241,7 @@ fn connections_to_a_departed_backend_move_to_a_live_one() {
 
     let services = &mut fixture.maps.services;
     services
-        .program(frontend(80, 6), 1, (&[gone], &[stays]), 0)
+        .program(frontend(80, 6), 1, (&[gone], &[stays]), 0, 0)
         .unwrap();
     let forgotten = services
         .forget_connections(&[(frontend(80, 6), gone)].into())
@@ -418,7 +419,7 @@ fn udp_to_the_frontend(backend_at: Backend) -> (Fixture, Vec<u8>) {
     fixture
         .maps
         .services
-        .program(frontend(53, 17), 2, (&[], &[backend_at]), 0)
+        .program(frontend(53, 17), 2, (&[], &[backend_at]), 0, 0)
         .unwrap();
     let datagram = udp((POD_A_IP, CLIENT_PORT), (VIP, 53), true);
     let (verdict, sent) = fixture.run(&ipv4_packet(POD_A_IP, VIP, 17, &datagram));
@@ -503,7 +504,7 @@ fn with_node_port(backend_at: Backend) -> Fixture {
     fixture
         .maps
         .services
-        .program(key, 3, (&[], &[backend_at]), 0)
+        .program(key, 3, (&[], &[backend_at]), 0, 0)
         .unwrap();
     fixture
 }
@@ -514,7 +515,11 @@ fn from_outside_to_the_node_port(flags: u8) -> Vec<u8> {
         EXTERNAL_IP,
         NODE_IP,
         6,
-        &tcp((EXTERNAL_IP, OUTSIDE_CLIENT_PORT), (NODE_IP, NODE_PORT), flags),
+        &tcp(
+            (EXTERNAL_IP, OUTSIDE_CLIENT_PORT),
+            (NODE_IP, NODE_PORT),
+            flags,
+        ),
     ))
 }
 
@@ -602,4 +607,91 @@ fn an_outside_client_reaches_a_node_port_and_its_answers_come_from_it() {
     );
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(fixture.counter("decapsulated_to_host"), 1);
+}
+
+#[test]
+fn with_external_traffic_policy_local_outside_clients_keep_their_address() {
+    // The node port's entry for everyone has a backend here and one on
+    // another node; outside clients get only this node's, unmasqueraded.
+    let mut fixture = with_node_port(backend(REMOTE_POD_IP, 8080));
+    let everyone = ServiceKey {
+        address: NODE_IP.octets(),
+        ..frontend(NODE_PORT, 6)
+    };
+    let outside = ServiceKey {
+        scope: frontend_scope::OUTSIDE_LOCAL,
+        ..everyone
+    };
+    let both = [backend(REMOTE_POD_IP, 8080), backend(POD_B_IP, 8080)];
+    let services = &mut fixture.maps.services;
+    services
+        .program(
+            everyone,
+            3,
+            (&both[..1], &both),
+            0,
+            service_flags::OUTSIDE_LOCAL,
+        )
+        .unwrap();
+    services
+        .program(outside, 4, (&[], &both[1..]), 0, 0)
+        .unwrap();
+    fixture
+        .maps
+        .set_node_config(NodeConfig {
+            services: 1,
+            outside_local: 1,
+            ..node_config()
+        })
+        .unwrap();
+    for _ in 0..8 {
+        let (verdict, out) = fixture.run_program(
+            names::FROM_UPLINK_PROGRAM,
+            &from_outside_to_the_node_port(TCP_SYN),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            addresses(&out),
+            ((EXTERNAL_IP, OUTSIDE_CLIENT_PORT), (POD_B_IP, 8080)),
+            "this node's backend, the client's own address"
+        );
+        assert_checksums_valid(&out);
+    }
+    // The backend answers the client itself: from the node port, not masqueraded.
+    with_pod_b_on_the_test_device(&mut fixture);
+    let answer = ipv4_packet(
+        POD_B_IP,
+        EXTERNAL_IP,
+        6,
+        &tcp(
+            (POD_B_IP, 8080),
+            (EXTERNAL_IP, OUTSIDE_CLIENT_PORT),
+            TCP_SYN_ACK,
+        ),
+    );
+    let (verdict, back) = fixture.run(&answer);
+    assert_answered_from_the_node_port(verdict, &back);
+    assert_eq!(fixture.counter("masqueraded"), 0);
+    // Its other traffic out is masqueraded as before.
+    let own = ipv4_packet(
+        POD_B_IP,
+        EXTERNAL_IP,
+        6,
+        &tcp((POD_B_IP, 8081), (EXTERNAL_IP, 443), TCP_SYN),
+    );
+    let (_, out) = fixture.run(&own);
+    assert_eq!(addresses(&out).0.0, NODE_IP);
+
+    // Without a backend here, outside clients are dropped.
+    fixture
+        .maps
+        .services
+        .program(outside, 4, (&both[1..], &[]), 0, 0)
+        .unwrap();
+    let (verdict, _) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &from_outside_to_the_node_port(TCP_SYN),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("drop_service_no_local_backend"), 1);
 }

@@ -153,6 +153,14 @@ enum ServiceCommand {
         /// cluster too (an external or load balancer IP; repeat for more).
         #[arg(long = "external-ip")]
         external_ips: Vec<Ipv4Addr>,
+        /// externalTrafficPolicy Local: outside clients reach only this
+        /// node's backends, with their address kept.
+        #[arg(long)]
+        external_traffic_local: bool,
+        /// internalTrafficPolicy Local: the Service address leads only to
+        /// this node's backends.
+        #[arg(long)]
+        internal_traffic_local: bool,
         /// ClientIP session affinity: a client's new connections go to the
         /// backend of its last one for this many seconds after it.
         #[arg(long)]
@@ -330,6 +338,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ports,
             external_ips,
             affinity_seconds,
+            external_traffic_local,
+            internal_traffic_local,
         }) => Request::AddService {
             service: ServiceSpec {
                 name,
@@ -337,6 +347,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ports: ports.into_iter().map(|PortArg(port)| port).collect(),
                 session_affinity_seconds: affinity_seconds,
                 external_ips,
+                external_traffic_local,
+                internal_traffic_local,
+                address_is_external: false,
             },
         },
         Command::Service(ServiceCommand::Del { name }) => Request::RemoveService { name },

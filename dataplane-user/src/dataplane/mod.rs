@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::Ebpf;
-use dataplane_common::{Backend, Endpoint, NodeConfig, ServiceKey, names};
+use dataplane_common::{Backend, Endpoint, NodeConfig, ServiceKey, frontend_scope, names};
 use ipnetwork::Ipv4Network;
 
 mod links;
@@ -279,7 +279,7 @@ impl Dataplane {
     }
 
     /// Makes the frontend `key` lead to `backends` with session affinity of
-    /// `affinity_seconds` (`None`: removes it), in the slots `plan_slots`
+    /// `affinity_seconds` and `flags` (`None`: removes it), in the slots `plan_slots`
     /// gives. Connections and affinities to a departed backend are
     /// forgotten, so their next packets pick a live one. Returns how many
     /// connections that was.
@@ -287,7 +287,7 @@ impl Dataplane {
         &mut self,
         key: ServiceKey,
         backends: Option<&BTreeSet<Backend>>,
-        affinity_seconds: u32,
+        (affinity_seconds, flags): (u32, u8),
     ) -> Result<usize, DataplaneError> {
         let current = self.services.get(&key).cloned();
         let old: &[Backend] = current.as_ref().map_or(&[], |service| &service.backends);
@@ -317,20 +317,30 @@ impl Dataplane {
                 let slots = plan_slots(old, wanted);
                 self.maps
                     .services
-                    .program(key, id, (old, &slots), affinity_seconds)?;
+                    .program(key, id, (old, &slots), affinity_seconds, flags)?;
                 self.services.insert(
                     key,
                     ProgrammedService {
                         id,
                         backends: slots,
                         affinity_seconds,
+                        flags,
                     },
                 );
                 id
             }
         };
         self.maps.services.forget_affinities(id, &gone)?;
-        let gone = gone.into_iter().map(|backend| (key, backend)).collect();
+        // Connections are recorded by the address clients used, whichever
+        // entry of the frontend chose their backend.
+        let connections_of = ServiceKey {
+            scope: frontend_scope::EVERYONE,
+            ..key
+        };
+        let gone = gone
+            .into_iter()
+            .map(|backend| (connections_of, backend))
+            .collect();
         Ok(self.maps.services.forget_connections(&gone)?)
     }
 

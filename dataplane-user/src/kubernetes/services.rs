@@ -105,6 +105,9 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
             },
         ),
         external_ips: external_ips(service),
+        external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        address_is_external: false,
     })
 }
 
@@ -579,7 +582,10 @@ mod tests {
         assert_eq!(node_ports, [Some(30080), Some(30053)]);
         assert_eq!(
             spec.external_ips,
-            [Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(203, 0, 113, 9)],
+            [
+                Ipv4Addr::new(198, 51, 100, 7),
+                Ipv4Addr::new(203, 0, 113, 9)
+            ],
             "IPv4 external IPs and VIP-mode ingress IPs"
         );
         let cluster_ip = service_spec(&web(serde_json::json!({})), &[]).unwrap();

@@ -9,11 +9,11 @@ use std::{
 use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, FlowKey, ServiceFlow, ServiceKey, ServiceValue,
-    SocketFlowKey, names, service_direction, socket_direction,
+    SocketFlowKey, frontend_scope, names, service_direction, socket_direction,
 };
 
 use super::{MapsError, access, is_errno, removed};
-use crate::model::{Frontend, Protocol};
+use crate::model::{Frontend, Protocol, Scope};
 
 pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -30,6 +30,8 @@ pub struct ProgrammedService {
     pub id: u32,
     pub backends: Vec<Backend>,
     pub affinity_seconds: u32,
+    /// `service_flags::*`.
+    pub flags: u8,
 }
 
 impl ServiceMaps {
@@ -74,6 +76,7 @@ impl ServiceMaps {
                     id: value.id,
                     backends,
                     affinity_seconds: value.affinity_seconds,
+                    flags: value.flags,
                 },
             ));
         }
@@ -99,6 +102,7 @@ impl ServiceMaps {
         id: u32,
         (old, new): (&[Backend], &[Backend]),
         affinity_seconds: u32,
+        flags: u8,
     ) -> Result<(), MapsError> {
         for (slot, backend) in new.iter().enumerate() {
             if old.get(slot) != Some(backend) {
@@ -115,7 +119,8 @@ impl ServiceMaps {
             id,
             backend_count: new.len() as u32,
             affinity_seconds,
-            _pad: 0,
+            flags,
+            _pad: [0; 3],
         };
         self.services
             .insert(key, value, 0)
@@ -159,7 +164,7 @@ impl ServiceMaps {
                 address: key.dst,
                 port: key.dst_port,
                 protocol: key.protocol,
-                _pad: 0,
+                scope: frontend_scope::EVERYONE,
             };
             key.direction == service_direction::TO_BACKEND
                 && gone.contains(&(frontend, flow.target))
@@ -197,7 +202,7 @@ impl ServiceMaps {
                 address: key.address,
                 port: key.port,
                 protocol: key.protocol,
-                _pad: 0,
+                scope: frontend_scope::EVERYONE,
             };
             key.direction == socket_direction::TO_BACKEND && gone.contains(&(frontend, *backend))
         })?;
@@ -293,7 +298,7 @@ pub fn service_key(frontend: &Frontend) -> ServiceKey {
         address: frontend.ip.octets(),
         port: frontend.port.to_be_bytes(),
         protocol: frontend.protocol.number(),
-        _pad: 0,
+        scope: frontend.scope.number(),
     }
 }
 
@@ -303,6 +308,7 @@ pub fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
         ip: Ipv4Addr::from(key.address),
         port: u16::from_be_bytes(key.port),
         protocol: Protocol::from_number(key.protocol)?,
+        scope: Scope::from_number(key.scope)?,
     })
 }
 

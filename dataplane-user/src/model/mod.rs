@@ -405,8 +405,8 @@ impl EndpointSources {
 mod services;
 
 pub use services::{
-    Backends, Frontend, FrontendTarget, MAX_AFFINITY_SECONDS, Protocol, ServicePort, ServiceSpec,
-    Services,
+    Backends, Frontend, FrontendTarget, MAX_AFFINITY_SECONDS, Protocol, Scope, ServicePort,
+    ServiceSpec, Services, ServingNode,
 };
 
 #[cfg(test)]

@@ -30,6 +30,36 @@ pub struct ServiceSpec {
     /// cluster too (Kubernetes' externalIPs and LoadBalancer ingress IPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_ips: Vec<Ipv4Addr>,
+    /// `externalTrafficPolicy: Local`: outside clients at the node ports
+    /// and external addresses reach only this node's backends, with their
+    /// own address kept (a node without one drops them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external_traffic_local: bool,
+    /// `internalTrafficPolicy: Local`: the Service address leads only to
+    /// this node's backends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal_traffic_local: bool,
+    /// The address itself is an external frontend (set for the frontends
+    /// an earlier agent pinned, which may be node ports or external IPs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub address_is_external: bool,
+}
+
+/// What the Services' frontends depend on of the node they are served on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServingNode {
+    /// Where node ports are served (none: nowhere).
+    pub ip: Option<Ipv4Addr>,
+    /// Backends in it (or at the node IP) are this node's, for the Local
+    /// traffic policies.
+    pub pod_cidr: Option<Ipv4Network>,
+}
+
+impl ServingNode {
+    fn has(&self, backend: &SocketAddrV4) -> bool {
+        let ip = *backend.ip();
+        self.ip == Some(ip) || self.pod_cidr.is_some_and(|cidr| cidr.contains(ip))
+    }
 }
 
 /// The longest session affinity Kubernetes allows (a day).
@@ -95,11 +125,49 @@ pub struct Frontend {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Scope::is_everyone")]
+    pub scope: Scope,
 }
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)?;
+        match self.scope {
+            Scope::Everyone => Ok(()),
+            Scope::OutsideLocal => f.write_str(" (outside clients, local backends)"),
+        }
+    }
+}
+
+/// Which clients a frontend entry serves.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Everyone,
+    /// Outside clients of a frontend with external traffic policy Local.
+    OutsideLocal,
+}
+
+impl Scope {
+    pub fn is_everyone(&self) -> bool {
+        *self == Scope::Everyone
+    }
+
+    /// As the map key has it (`frontend_scope`).
+    pub const fn number(self) -> u8 {
+        match self {
+            Scope::Everyone => dataplane_common::frontend_scope::EVERYONE,
+            Scope::OutsideLocal => dataplane_common::frontend_scope::OUTSIDE_LOCAL,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Self> {
+        [Scope::Everyone, Scope::OutsideLocal]
+            .into_iter()
+            .find(|scope| scope.number() == number)
     }
 }
 
@@ -112,6 +180,8 @@ pub struct FrontendTarget {
     pub backends: Backends,
     /// 0: no session affinity.
     pub affinity_seconds: u32,
+    /// Outside clients are served by the frontend's `OutsideLocal` entry.
+    pub outside_local: bool,
 }
 
 impl ServiceSpec {
@@ -121,29 +191,57 @@ impl ServiceSpec {
     /// node port.
     pub fn frontends(
         &self,
-        node_ip: Option<Ipv4Addr>,
+        node: ServingNode,
     ) -> impl Iterator<Item = (Frontend, FrontendTarget)> + '_ {
         self.ports.iter().flat_map(move |port| {
-            let target = FrontendTarget {
-                backends: port.backends.iter().copied().collect(),
+            let all: Backends = port.backends.iter().copied().collect();
+            let local: Backends = all
+                .iter()
+                .copied()
+                .filter(|backend| node.has(backend))
+                .collect();
+            let target = |backends: &Backends, outside_local: bool| FrontendTarget {
+                backends: backends.clone(),
                 affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
+                outside_local,
             };
+            let at = |ip: Ipv4Addr, number: u16, scope: Scope| Frontend {
+                ip,
+                port: number,
+                protocol: port.protocol,
+                scope,
+            };
+            let inside = if self.internal_traffic_local {
+                &local
+            } else {
+                &all
+            };
+            let mut frontends = Vec::new();
+            if !self.address_is_external {
+                frontends.push((
+                    at(self.ip, port.port, Scope::Everyone),
+                    target(inside, false),
+                ));
+            }
             let on_node = port
                 .node_port
-                .zip(node_ip)
+                .zip(node.ip)
                 .map(|(node_port, ip)| (ip, node_port));
-            std::iter::once(self.ip)
-                .chain(self.external_ips.iter().copied())
-                .map(|ip| (ip, port.port))
+            let itself = self.address_is_external.then_some((self.ip, port.port));
+            let external = self
+                .external_ips
+                .iter()
+                .map(|ip| (*ip, port.port))
                 .chain(on_node)
-                .map(move |(ip, number)| {
-                    let frontend = Frontend {
-                        ip,
-                        port: number,
-                        protocol: port.protocol,
-                    };
-                    (frontend, target.clone())
-                })
+                .chain(itself);
+            let local_policy = self.external_traffic_local;
+            for (ip, number) in external {
+                frontends.push((at(ip, number, Scope::Everyone), target(&all, local_policy)));
+                if local_policy {
+                    frontends.push((at(ip, number, Scope::OutsideLocal), target(&local, false)));
+                }
+            }
+            frontends
         })
     }
 
@@ -243,8 +341,7 @@ impl ServiceSpec {
 /// frontends it touches, not to all of them.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
-    /// Where node ports are served (none: nowhere).
-    node_ip: Option<Ipv4Addr>,
+    node: ServingNode,
     contributed: BTreeMap<Source, BTreeMap<String, ServiceSpec>>,
     /// Each source's frontends: the Service (by name) each belongs to and
     /// where it leads.
@@ -253,12 +350,33 @@ pub struct Services {
 }
 
 impl Services {
-    /// No Services yet, on a node whose IP is `node_ip`.
-    pub fn on_node(node_ip: Option<Ipv4Addr>) -> Self {
+    /// No Services yet, served on `node`.
+    pub fn on_node(node: ServingNode) -> Self {
         Self {
-            node_ip,
+            node,
             ..Self::default()
         }
+    }
+
+    /// Serves the Services on `node` from now on (its pod CIDR may come
+    /// late, from Kubernetes); returns the frontends that changed.
+    pub fn serve_on(&mut self, node: ServingNode) -> Vec<Frontend> {
+        if node == self.node {
+            return Vec::new();
+        }
+        self.node = node;
+        let mut touched: Vec<Frontend> = self.effective.keys().copied().collect();
+        for (source, services) in &self.contributed {
+            let claimed = self.by_source.entry(*source).or_default();
+            claimed.clear();
+            for service in services.values() {
+                for (frontend, target) in service.frontends(node) {
+                    claimed.insert(frontend, (service.name.clone(), target));
+                    touched.push(frontend);
+                }
+            }
+        }
+        self.settle(touched)
     }
 
     /// Every frontend in effect and where it leads.
@@ -282,7 +400,7 @@ impl Services {
         service: ServiceSpec,
     ) -> Result<Vec<Frontend>, Violation> {
         if let Some(claimed) = self.by_source.get(&source) {
-            for (frontend, _) in service.frontends(self.node_ip) {
+            for (frontend, _) in service.frontends(self.node) {
                 if let Some((owner, _)) = claimed.get(&frontend)
                     && *owner != service.name
                 {
@@ -307,7 +425,7 @@ impl Services {
             if !names.insert(service.name.as_str()) {
                 return Err(("name", format!("Service {} is listed twice", service.name)));
             }
-            for (frontend, _) in service.frontends(self.node_ip) {
+            for (frontend, _) in service.frontends(self.node) {
                 if let Some(owner) = claimed.insert(frontend, &service.name) {
                     return Err(conflict(frontend, &service.name, owner));
                 }
@@ -351,7 +469,7 @@ impl Services {
         };
         let claimed = self.by_source.entry(source).or_default();
         service
-            .frontends(self.node_ip)
+            .frontends(self.node)
             .map(|(frontend, _)| {
                 claimed.remove(&frontend);
                 frontend
@@ -364,7 +482,7 @@ impl Services {
     fn put_in(&mut self, source: Source, service: ServiceSpec) -> Vec<Frontend> {
         let claimed = self.by_source.entry(source).or_default();
         let frontends = service
-            .frontends(self.node_ip)
+            .frontends(self.node)
             .map(|(frontend, target)| {
                 claimed.insert(frontend, (service.name.clone(), target));
                 frontend

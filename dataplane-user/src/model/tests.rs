@@ -141,6 +141,9 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
         }],
         session_affinity_seconds: None,
         external_ips: Vec::new(),
+        external_traffic_local: false,
+        internal_traffic_local: false,
+        address_is_external: false,
     }
 }
 
@@ -155,8 +158,13 @@ fn node_ports_and_external_addresses_are_frontends_of_the_same_backends() {
         ip,
         port,
         protocol: Protocol::Tcp,
+        scope: Scope::Everyone,
     };
-    let mut services = Services::on_node(Some(node_ip));
+    let node = ServingNode {
+        ip: Some(node_ip),
+        pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+    };
+    let mut services = Services::on_node(node);
     let mut touched = services.upsert(Source::Api, web.clone()).unwrap();
     touched.sort();
     let mut wanted = vec![frontend(80), at(node_ip, 30080), at(external, 80)];
@@ -188,6 +196,37 @@ fn node_ports_and_external_addresses_are_frontends_of_the_same_backends() {
         ..web.ports[0].clone()
     });
     assert!(twice.validate(&pods).is_err(), "node port 30080/tcp twice");
+
+    // externalTrafficPolicy Local: outside clients at the external frontends
+    // get this node's backends only; everyone else (and the Service address)
+    // all of them. internalTrafficPolicy Local: the Service address only
+    // this node's.
+    let mut local = service("local", 80, &["10.244.0.2:8080", "10.244.1.2:8080"]);
+    local.ports[0].node_port = Some(30081);
+    local.external_traffic_local = true;
+    local.internal_traffic_local = true;
+    let frontends: BTreeMap<Frontend, FrontendTarget> = local.frontends(node).collect();
+    let node_port = at(node_ip, 30081);
+    let outside = Frontend {
+        scope: Scope::OutsideLocal,
+        ..node_port
+    };
+    let here: Backends = ["10.244.0.2:8080".parse().unwrap()].into();
+    assert_eq!(frontends.len(), 3);
+    assert_eq!(frontends[&frontend(80)].backends, here);
+    assert_eq!(frontends[&node_port].backends.len(), 2);
+    assert!(frontends[&node_port].outside_local);
+    assert_eq!(frontends[&outside].backends, here);
+    // A pod CIDR learned late moves the local backends.
+    let mut services = Services::on_node(ServingNode {
+        pod_cidr: None,
+        ..node
+    });
+    services.upsert(Source::Api, local).unwrap();
+    assert!(services.frontends()[&outside].backends.is_empty());
+    let changed = services.serve_on(node);
+    assert!(changed.contains(&outside) && changed.contains(&frontend(80)));
+    assert_eq!(services.frontends()[&outside].backends, here);
 }
 
 fn frontend(port: u16) -> Frontend {
@@ -195,6 +234,7 @@ fn frontend(port: u16) -> Frontend {
         ip: Ipv4Addr::new(10, 96, 0, 10),
         port,
         protocol: Protocol::Tcp,
+        scope: Scope::Everyone,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Instant};
 
-use dataplane_common::NodeConfig;
+use dataplane_common::{NodeConfig, service_flags};
 use ipnetwork::Ipv4Network;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -18,8 +18,8 @@ use crate::{
     interfaces::Interfaces,
     maps::{MapsError, backend_address, frontend_of, ipv4_cidr},
     model::{
-        EndpointSources, EndpointSpec, Frontend, LocalFacts, NodeSpec, RemoteNodes, ServicePort,
-        ServiceSpec, Services, Source, Violation,
+        EndpointSources, EndpointSpec, Frontend, LocalFacts, NodeSpec, RemoteNodes, Scope,
+        ServicePort, ServiceSpec, Services, ServingNode, Source, Violation,
     },
 };
 
@@ -79,7 +79,11 @@ impl Owner {
         if let Err((ip, (field, problem))) = remote_nodes.replace(Source::Pinned, &pinned, &local) {
             warn!(%ip, "pinned node map: {field}: {problem}; starting from an empty node set");
         }
-        let services = pinned_services(&dataplane, facts.settings.node_ip);
+        let node = ServingNode {
+            ip: facts.settings.node_ip,
+            pod_cidr: facts.settings.pod_cidr,
+        };
+        let services = pinned_services(&dataplane, node);
         Self {
             facts,
             interfaces,
@@ -255,9 +259,12 @@ impl Owner {
         let written = self
             .reconciler
             .write_services(&mut self.dataplane, &self.services, changed);
-        let any = u8::from(!self.dataplane.programmed_services().is_empty());
-        if self.facts.node_config.services != any {
-            self.facts.node_config.services = any;
+        let programmed = self.dataplane.programmed_services();
+        let any = u8::from(!programmed.is_empty());
+        let outside_local = u8::from(programmed.keys().any(|key| key.scope != 0));
+        let config = &mut self.facts.node_config;
+        if (config.services, config.outside_local) != (any, outside_local) {
+            (config.services, config.outside_local) = (any, outside_local);
             self.dataplane.set_node_config(self.facts.node_config)?;
         }
         written
@@ -403,7 +410,12 @@ impl Owner {
         self.dataplane.set_node_config(self.facts.node_config)?;
         self.facts.settings.pod_cidr = Some(pod_cidr);
         info!(%pod_cidr, "this node's pod CIDR");
-        Ok(())
+        // Which backends are this node's (the Local traffic policies).
+        let changed = self.services.serve_on(ServingNode {
+            ip: self.facts.settings.node_ip,
+            pod_cidr: Some(pod_cidr),
+        });
+        self.program_services(&changed)
     }
 }
 
@@ -423,8 +435,8 @@ fn refused_service((field, problem): Violation) -> anyhow::Error {
 /// The frontends an earlier agent programmed, kept (as [`Source::Pinned`],
 /// one Service per frontend) until a source names them: connections to
 /// Services keep working across a restart.
-fn pinned_services(dataplane: &Dataplane, node_ip: Option<Ipv4Addr>) -> Services {
-    let mut services = Services::on_node(node_ip);
+fn pinned_services(dataplane: &Dataplane, node: ServingNode) -> Services {
+    let mut services = Services::on_node(node);
     for (key, programmed) in dataplane.programmed_services() {
         let Some(frontend) = frontend_of(key) else {
             warn!(
@@ -433,10 +445,18 @@ fn pinned_services(dataplane: &Dataplane, node_ip: Option<Ipv4Addr>) -> Services
             );
             continue;
         };
+        // An outside-local entry comes back with its frontend's.
+        if frontend.scope != Scope::Everyone {
+            continue;
+        }
+        let outside_local = programmed.flags & service_flags::OUTSIDE_LOCAL != 0;
         let service = ServiceSpec {
             name: frontend.to_string(),
             ip: frontend.ip,
             external_ips: Vec::new(),
+            external_traffic_local: outside_local,
+            internal_traffic_local: false,
+            address_is_external: outside_local,
             ports: vec![ServicePort {
                 node_port: None,
                 port: frontend.port,

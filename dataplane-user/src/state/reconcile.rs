@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use dataplane_common::Backend;
+use dataplane_common::{Backend, service_flags};
 
 use tracing::{info, warn};
 
@@ -61,8 +61,15 @@ impl Reconciler {
             let target = desired.frontends().get(frontend);
             let backends: Option<BTreeSet<Backend>> =
                 target.map(|target| target.backends.iter().copied().map(backend_entry).collect());
-            let affinity = target.map_or(0, |target| target.affinity_seconds);
-            match dataplane.program_service(service_key(frontend), backends.as_ref(), affinity) {
+            let settings = target.map_or((0, 0), |target| {
+                let flags = if target.outside_local {
+                    service_flags::OUTSIDE_LOCAL
+                } else {
+                    0
+                };
+                (target.affinity_seconds, flags)
+            });
+            match dataplane.program_service(service_key(frontend), backends.as_ref(), settings) {
                 Ok(forgotten) => {
                     self.failed_frontends.remove(frontend);
                     match backends {
