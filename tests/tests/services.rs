@@ -13,7 +13,7 @@ use std::{
 use dataplane_common::HAIRPIN_SOURCE;
 use dataplane_tests::{
     Cluster, ClusterSpec, Netns, NextHop,
-    cluster::{Node, Pod},
+    cluster::{EXTERNAL_HOST_IP, Node, Pod},
     cni::MainPlugin,
     traffic::{in_netns, joined, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
 };
@@ -521,5 +521,75 @@ fn node_ports_and_external_ips_serve_outside_clients_through_every_node() -> any
         listed.contains("80/tcp:30080") && listed.contains(&external_ip.to_string()),
         "{listed}"
     );
+    Ok(())
+}
+
+#[test]
+fn with_external_traffic_policy_local_outside_clients_reach_the_nodes_own_backends_as_themselves()
+-> anyhow::Result<()> {
+    let cluster = two_nodes();
+    let (first, second) = (&cluster.nodes[0].pods[1], &cluster.nodes[1].pods[0]);
+    for node in &cluster.nodes {
+        node.cli(&[
+            "service",
+            "add",
+            "--name",
+            "default/ingress",
+            "--ip",
+            &VIP.to_string(),
+            "--port",
+            &format!(
+                "80/tcp:30081={},{}",
+                backend(first, BACKEND_PORT),
+                backend(second, BACKEND_PORT)
+            ),
+            "--port",
+            &format!("81/tcp:30082={}", backend(first, BACKEND_PORT)),
+            "--external-traffic-local",
+        ])?;
+    }
+    // Each node sends its outside clients to its own backend, which sees
+    // the client's own address.
+    let rounds = 6;
+    for (node, own) in cluster.nodes.iter().zip([first, second]) {
+        let address = SocketAddrV4::new(own.ip, BACKEND_PORT);
+        let (_, server) = tcp_echo_server(&own.netns, address, rounds, Duration::from_secs(2))?;
+        for _ in 0..rounds {
+            tcp_exchange(&cluster.external, SocketAddr::from((node.ip, 30081)), 4096)?;
+        }
+        let peers = joined(server)?;
+        assert_eq!(peers.len(), rounds, "all through {} to its own backend", node.ip);
+        assert!(
+            peers.iter().all(|peer| peer.ip() == EXTERNAL_HOST_IP),
+            "{peers:?}: the client's own address"
+        );
+    }
+    // A node without a backend of the port drops its outside clients.
+    let second_node = &cluster.nodes[1];
+    let frontend = SocketAddr::from((second_node.ip, 30082));
+    let refused = joined(in_netns(&cluster.external, move || {
+        Ok(std::net::TcpStream::connect_timeout(&frontend, Duration::from_secs(1)).is_err())
+    }))?;
+    assert!(refused, "no backend of port 81 on the second node");
+    assert!(second_node.counter("drop_service_no_local_backend")? >= 1);
+    // Pods still reach the other node's backend at the node port of their
+    // own node (the Local policy is for outside clients).
+    let address = SocketAddrV4::new(second.ip, BACKEND_PORT);
+    let (_, server) = tcp_echo_server(&second.netns, address, 8, Duration::from_secs(2))?;
+    let (_, local_server) = tcp_echo_server(
+        &first.netns,
+        SocketAddrV4::new(first.ip, BACKEND_PORT),
+        8,
+        Duration::from_secs(2),
+    )?;
+    for _ in 0..8 {
+        tcp_exchange(
+            &cluster.nodes[0].pods[0].netns,
+            SocketAddr::from((cluster.nodes[0].ip, 30081)),
+            1024,
+        )?;
+    }
+    joined(local_server)?;
+    assert!(!joined(server)?.is_empty(), "the other node's backend too");
     Ok(())
 }
