@@ -1,10 +1,39 @@
-//! The accept loop both servers (the API socket, the metrics port) share:
-//! a bounded number of connections at once, and accept errors survived.
+//! The accept loop the servers (the API socket, the metrics port, the
+//! health check ports) share: a bounded number of connections at once, and
+//! accept errors survived; and the HTTP connection the TCP ones serve.
 
 use std::{sync::Arc, time::Duration};
 
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
-use tracing::warn;
+use tracing::{debug, warn};
+
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one HTTP/1.1 connection (no keep-alive, a header timeout): every
+/// request gets `respond`'s answer.
+pub async fn serve_http<F, R>(what: &'static str, stream: tokio::net::TcpStream, respond: F)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> R + Clone + Send + 'static,
+    R: Future<Output = Response<Full<Bytes>>> + Send,
+{
+    let service = service_fn(move |request| {
+        let respond = respond.clone();
+        async move { Ok::<_, std::convert::Infallible>(respond(request).await) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        debug!("{what} connection: {error}");
+    }
+}
 
 /// Pause after an accept error (out of descriptors, say) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);

@@ -1,12 +1,11 @@
 //! Prometheus metrics: the per-CPU counters of every path and drop reason,
 //! summed at scrape time, and the pressure on the tables.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Response, StatusCode, body::Bytes};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -14,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::{
     api::{CounterEntry, PodNatUsage},
@@ -250,8 +249,6 @@ impl Collector for Scrape {
 
 /// Scrapes served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
-/// A client must send its request headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `GET /metrics` on `address` for as long as the agent runs.
 pub async fn serve(state: StateHandle, address: SocketAddr) -> anyhow::Result<()> {
@@ -267,19 +264,11 @@ pub async fn serve(state: StateHandle, address: SocketAddr) -> anyhow::Result<()
 }
 
 async fn serve_connection(stream: tokio::net::TcpStream, state: StateHandle) {
-    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+    connections::serve_http("metrics", stream, move |request| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(respond(&state, request.uri().path()).await) }
-    });
-    let served = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(false)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(error) = served {
-        debug!("metrics connection: {error}");
-    }
+        async move { respond(&state, request.uri().path()).await }
+    })
+    .await;
 }
 
 /// Reads the maps through the owner and encodes them.

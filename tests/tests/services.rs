@@ -42,6 +42,33 @@ fn backend(pod: &Pod, port: u16) -> String {
     format!("{}:{port}", pod.ip)
 }
 
+/// `GET /` to `address` from `netns`: the status code and the body.
+fn http_get(netns: &Netns, address: SocketAddr) -> anyhow::Result<(u16, String)> {
+    joined(in_netns(netns, move || {
+        use std::io::{Read as _, Write as _};
+        // The port opens just after the Service is programmed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut stream = loop {
+            match std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                connected => break connected?,
+            }
+        };
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        Ok((status, body.to_string()))
+    }))
+}
+
 /// A UDP socket of `netns` (it stays there, whichever thread uses it).
 fn udp_socket_of(netns: &Netns) -> anyhow::Result<UdpSocket> {
     joined(in_netns(netns, || Ok(UdpSocket::bind("0.0.0.0:0")?)))
@@ -546,7 +573,31 @@ fn with_external_traffic_policy_local_outside_clients_reach_the_nodes_own_backen
             "--port",
             &format!("81/tcp:30082={}", backend(first, BACKEND_PORT)),
             "--external-traffic-local",
+            "--health-check-node-port",
+            "32000",
         ])?;
+        node.cli(&[
+            "service",
+            "add",
+            "--name",
+            "default/first-only",
+            "--ip",
+            "10.96.0.11",
+            "--port",
+            &format!("80/tcp:30083={}", backend(first, BACKEND_PORT)),
+            "--external-traffic-local",
+            "--health-check-node-port",
+            "32001",
+        ])?;
+    }
+    // Load balancers' health checks, as kube-proxy answers them.
+    for (node, first_only_status) in cluster.nodes.iter().zip([200, 503]) {
+        let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32000)))?;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""localEndpoints":1"#), "{body}");
+        assert!(body.contains(r#""name":"ingress""#), "{body}");
+        let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32001)))?;
+        assert_eq!(status, first_only_status, "{}: {body}", node.ip);
     }
     // Each node sends its outside clients to its own backend, which sees
     // the client's own address.
@@ -558,7 +609,12 @@ fn with_external_traffic_policy_local_outside_clients_reach_the_nodes_own_backen
             tcp_exchange(&cluster.external, SocketAddr::from((node.ip, 30081)), 4096)?;
         }
         let peers = joined(server)?;
-        assert_eq!(peers.len(), rounds, "all through {} to its own backend", node.ip);
+        assert_eq!(
+            peers.len(),
+            rounds,
+            "all through {} to its own backend",
+            node.ip
+        );
         assert!(
             peers.iter().all(|peer| peer.ip() == EXTERNAL_HOST_IP),
             "{peers:?}: the client's own address"

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod events;
+mod health_checks;
 mod reload;
 mod server;
 
@@ -60,6 +61,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let node_ip = owner.node_ip();
     let nat = owner.nat_table();
     let service_tables = owner.service_tables();
+    let checks = owner.health_checks();
     let state = StateHandle::spawn(owner);
     let listener = server::bind(&config.agent.api_socket)?;
     info!(socket = %config.agent.api_socket.display(), "agent ready");
@@ -93,6 +95,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::spawn(kubernetes::follow_nodes(state.clone(), node_name, node_ip));
         tokio::spawn(kubernetes::follow_services(state.clone()));
     }
+    tokio::spawn(health_checks::serve(checks));
     tokio::spawn(count_service_tables_forever(
         service_tables,
         Duration::from_secs(config.nat.gc_interval_seconds.max(1)),

@@ -161,6 +161,10 @@ enum ServiceCommand {
         /// this node's backends.
         #[arg(long)]
         internal_traffic_local: bool,
+        /// With --external-traffic-local: the port this node answers load
+        /// balancers' health checks on (HTTP, 200 with its local endpoints).
+        #[arg(long, requires = "external_traffic_local")]
+        health_check_node_port: Option<u16>,
         /// ClientIP session affinity: a client's new connections go to the
         /// backend of its last one for this many seconds after it.
         #[arg(long)]
@@ -340,6 +344,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             affinity_seconds,
             external_traffic_local,
             internal_traffic_local,
+            health_check_node_port,
         }) => Request::AddService {
             service: ServiceSpec {
                 name,
@@ -349,6 +354,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 external_ips,
                 external_traffic_local,
                 internal_traffic_local,
+                health_check_node_port,
                 address_is_external: false,
             },
         },

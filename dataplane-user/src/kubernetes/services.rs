@@ -107,6 +107,9 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
         external_ips: external_ips(service),
         external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        health_check_node_port: spec
+            .health_check_node_port
+            .and_then(|port| u16::try_from(port).ok()),
         address_is_external: false,
     })
 }

@@ -405,8 +405,8 @@ impl EndpointSources {
 mod services;
 
 pub use services::{
-    Backends, Frontend, FrontendTarget, MAX_AFFINITY_SECONDS, Protocol, Scope, ServicePort,
-    ServiceSpec, Services, ServingNode,
+    Backends, Frontend, FrontendTarget, HealthCheck, MAX_AFFINITY_SECONDS, Protocol, Scope,
+    ServicePort, ServiceSpec, Services, ServingNode,
 };
 
 #[cfg(test)]

@@ -39,10 +39,23 @@ pub struct ServiceSpec {
     /// this node's backends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal_traffic_local: bool,
+    /// With external traffic policy Local: the port where this node
+    /// answers load balancers' health checks (200 with its number of local
+    /// endpoints, 503 without any), as kube-proxy does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<u16>,
     /// The address itself is an external frontend (set for the frontends
     /// an earlier agent pinned, which may be node ports or external IPs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub address_is_external: bool,
+}
+
+/// A health check port's answer: for the Service named, with this many
+/// endpoints on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: String,
+    pub local_endpoints: usize,
 }
 
 /// What the Services' frontends depend on of the node they are served on.
@@ -377,6 +390,40 @@ impl Services {
             }
         }
         self.settle(touched)
+    }
+
+    /// The health check ports of the Services with external traffic policy
+    /// Local, by port (a port two Services name goes to the higher-ranking
+    /// source's, then the first by name).
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        let mut checks = BTreeMap::new();
+        for source in Source::ALL {
+            for service in self
+                .contributed
+                .get(&source)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+            {
+                let Some(port) = service
+                    .health_check_node_port
+                    .filter(|_| service.external_traffic_local)
+                else {
+                    continue;
+                };
+                let local: BTreeSet<Ipv4Addr> = service
+                    .ports
+                    .iter()
+                    .flat_map(|port| &port.backends)
+                    .filter(|backend| self.node.has(backend))
+                    .map(|backend| *backend.ip())
+                    .collect();
+                checks.entry(port).or_insert_with(|| HealthCheck {
+                    service: service.name.clone(),
+                    local_endpoints: local.len(),
+                });
+            }
+        }
+        checks
     }
 
     /// Every frontend in effect and where it leads.

@@ -143,6 +143,7 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
         external_ips: Vec::new(),
         external_traffic_local: false,
         internal_traffic_local: false,
+        health_check_node_port: None,
         address_is_external: false,
     }
 }

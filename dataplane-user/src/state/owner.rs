@@ -1,11 +1,15 @@
 //! The task that owns the node's desired state and answers every command
 //! in turn: no locks, one order of changes.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::Instant,
+};
 
 use dataplane_common::{NodeConfig, service_flags};
 use ipnetwork::Ipv4Network;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
@@ -18,8 +22,8 @@ use crate::{
     interfaces::Interfaces,
     maps::{MapsError, backend_address, frontend_of, ipv4_cidr},
     model::{
-        EndpointSources, EndpointSpec, Frontend, LocalFacts, NodeSpec, RemoteNodes, Scope,
-        ServicePort, ServiceSpec, Services, ServingNode, Source, Violation,
+        EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodeSpec, RemoteNodes,
+        Scope, ServicePort, ServiceSpec, Services, ServingNode, Source, Violation,
     },
 };
 
@@ -52,6 +56,8 @@ pub struct Owner {
     pub(super) nat: NatTable,
     /// Likewise.
     pub(super) service_tables: ServiceTables,
+    /// The health check ports the Services ask for, for their server.
+    pub(super) health_checks: watch::Sender<BTreeMap<u16, HealthCheck>>,
     pub(super) watchers: Watchers,
     pub(super) started: Instant,
     /// When a source last reconciled the node map as a whole.
@@ -94,6 +100,7 @@ impl Owner {
             endpoint_sources: EndpointSources::default(),
             nat,
             service_tables,
+            health_checks: watch::Sender::new(BTreeMap::new()),
             watchers: Watchers::default(),
             started: Instant::now(),
             last_reconcile: Instant::now(),
@@ -242,6 +249,11 @@ impl Owner {
         self.service_tables.clone()
     }
 
+    /// Follows the health check ports the Services ask for.
+    pub fn health_checks(&self) -> watch::Receiver<BTreeMap<u16, HealthCheck>> {
+        self.health_checks.subscribe()
+    }
+
     pub fn node_ip(&self) -> Option<Ipv4Addr> {
         self.facts.settings.node_ip
     }
@@ -259,6 +271,12 @@ impl Owner {
         let written = self
             .reconciler
             .write_services(&mut self.dataplane, &self.services, changed);
+        let checks = self.services.health_checks();
+        self.health_checks.send_if_modified(|current| {
+            let changed = *current != checks;
+            *current = checks;
+            changed
+        });
         let programmed = self.dataplane.programmed_services();
         let any = u8::from(!programmed.is_empty());
         let outside_local = u8::from(programmed.keys().any(|key| key.scope != 0));
@@ -456,6 +474,7 @@ fn pinned_services(dataplane: &Dataplane, node: ServingNode) -> Services {
             external_ips: Vec::new(),
             external_traffic_local: outside_local,
             internal_traffic_local: false,
+            health_check_node_port: None,
             address_is_external: outside_local,
             ports: vec![ServicePort {
                 node_port: None,
