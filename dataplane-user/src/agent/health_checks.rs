@@ -34,9 +34,9 @@ pub async fn serve(mut checks: Checks) {
             keep
         });
         for port in wanted {
-            if !listening.contains_key(&port) {
-                listening.insert(port, tokio::spawn(listen(port, checks.clone())));
-            }
+            listening
+                .entry(port)
+                .or_insert_with(|| tokio::spawn(listen(port, checks.clone())));
         }
         if checks.changed().await.is_err() {
             return;
