@@ -16,7 +16,7 @@ use dataplane_common::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    counters::{Outcome, finish},
+    counters::{Outcome, PackedOutcome, finish},
     icmp,
     ipv4::forward_hop,
     local::{Redirect, deliver},
@@ -49,7 +49,12 @@ fn to_backend(ctx: &TcContext) -> Outcome {
         // Not a frontend: the node's own traffic.
         return Ok(TC_ACT_OK);
     };
-    if service.flags & service_flags::OUTSIDE_LOCAL == 0 {
+    // Another node's pod (through the tunnel) is no outside client: the
+    // Local policy is not for it, as with kube-proxy.
+    let config = node_config();
+    if service.flags & service_flags::OUTSIDE_LOCAL == 0
+        || config.cluster_cidr.contains(ip.src_addr)
+    {
         service::from_outside_to_backend(ctx, &ip, &service).unpack()?;
         // SAFETY: the slot holds a classifier; the call returns only while
         // an agent installs it.
@@ -116,28 +121,36 @@ fn masquerade(
     nat::masquerade(ctx, config, client, backend)
 }
 
-/// A backend's answer (its header `ip`) to the node IP, from a pod of this
-/// node or through the tunnel: if it answers an outside client's connection
-/// to a Service, it is translated back (NAT, then the frontend) and sent to
-/// the client; `Ok(None)` for the node's own traffic.
-#[inline(always)]
-pub fn reply_to_client(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome<Option<i32>> {
-    let client = match nat::translate_reply(ctx, config, ip) {
-        Ok(Some(client)) => client,
-        Ok(None) | Err(Counter::DropNatNoMapping) => return Ok(None),
-        Err(reason) => return Err(reason),
-    };
-    send_to_client(ctx, config, client).map(Some)
+/// A backend's answer to the node IP, from a pod of this node or through
+/// the tunnel: if it answers a client masqueraded on its way to a Service,
+/// it is translated back (NAT, then the frontend) and the client returned
+/// (to be sent on with `forward_to_client`); `UNTOUCHED` for the node's own
+/// traffic. (Out of line and apart from the forwarding: the NAT's frame and
+/// the tunnel's do not fit on top of each other.)
+#[inline(never)]
+pub fn translate_reply_to_client(ctx: &TcContext, config: &NodeConfig) -> PackedOutcome {
+    let translated =
+        load::<Ipv4Hdr>(ctx, IP_AT).and_then(|ip| match nat::translate_reply(ctx, config, &ip) {
+            Ok(Some(client)) => service::translate_reply(ctx).map(|()| u32::from_ne_bytes(client)),
+            Ok(None) | Err(Counter::DropNatNoMapping) => Ok(service::UNTOUCHED),
+            Err(reason) => Err(reason),
+        });
+    PackedOutcome::pack(translated)
 }
 
-/// An answer to `client` translated by NAT: to a client outside the
-/// cluster, from the frontend it addressed, out of the uplink.
+/// A translated answer to `client`: another node's pod (which came through
+/// the tunnel) through it, anyone else out of the uplink.
 #[inline(always)]
-pub fn send_to_client(ctx: &TcContext, config: &NodeConfig, client: Ipv4Octets) -> Outcome {
-    if config.cluster_cidr.contains(client) {
-        return Err(Counter::DropStaleEndpoint);
+pub fn forward_to_client(ctx: &TcContext, config: &NodeConfig, client: Ipv4Octets) -> Outcome {
+    match lookup(client, config) {
+        Destination::RemotePod(node_ip) => {
+            forward_hop(ctx)?;
+            Ok(tunnel::encapsulate(ctx, config, node_ip))
+        }
+        Destination::Outside => {
+            forward_hop(ctx)?;
+            send_out_uplink(ctx, config, Counter::ServiceReplyToOutside)
+        }
+        _ => Err(Counter::DropStaleEndpoint),
     }
-    service::translate_reply(ctx)?;
-    forward_hop(ctx)?;
-    send_out_uplink(ctx, config, Counter::ServiceReplyToOutside)
 }

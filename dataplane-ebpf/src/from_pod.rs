@@ -15,7 +15,7 @@ use crate::{
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
-    packet::{IP_AT, header, ingress_ifindex, linearize_headers, load, vlan_tagged},
+    packet::{IP_AT, header, ingress_ifindex, linearize_headers, vlan_tagged},
     route::{Destination, lookup},
     service,
     tunnel::{self, send_out_uplink},
@@ -87,7 +87,7 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
         }
         Destination::RemotePod(node_ip) => tunnel_to(ctx, config, node_ip),
         // The node itself: kubelet, node-local DNS, the gateway address.
-        Destination::Host => Ok(to_host(ctx, config, dst)),
+        Destination::Host => to_host(ctx, config, dst),
         // Never let the host stack guess where an unknown pod address goes.
         Destination::UnknownLocalPod => Err(Counter::DropUnknownEndpoint),
         Destination::UnknownNode => Err(Counter::DropUnknownNode),
@@ -103,19 +103,17 @@ fn answers_outside_client(ctx: &TcContext, src: Ipv4Octets) -> bool {
     header::<Ipv4Hdr>(ctx, IP_AT).is_some_and(|ip| unsafe { (*ip).src_addr } != src)
 }
 
-/// To an address of the node: up its stack, except a backend's answer to
-/// an outside client of a Service (masqueraded to the node IP on its way
-/// in), which is sent to the client.
-// Out of line: the NAT's state stays out of the other paths' stack frames.
-#[inline(never)]
-fn to_host(ctx: &TcContext, config: &NodeConfig, dst: Ipv4Octets) -> i32 {
+/// To an address of the node: up its stack, except a backend's answer to a
+/// client masqueraded on its way to a Service, which is sent to the client.
+#[inline(always)]
+fn to_host(ctx: &TcContext, config: &NodeConfig, dst: Ipv4Octets) -> Outcome {
     if dst != config.node_ip || config.services == 0 || config.masquerade == 0 {
-        return pass_to_host(ctx);
+        return Ok(pass_to_host(ctx));
     }
-    let outcome = load::<Ipv4Hdr>(ctx, IP_AT)
-        .and_then(|ip| from_outside::reply_to_client(ctx, config, &ip))
-        .map(|sent| sent.unwrap_or_else(|| pass_to_host(ctx)));
-    finish(ctx, outcome)
+    match from_outside::translate_reply_to_client(ctx, config).unpack()? {
+        service::UNTOUCHED => Ok(pass_to_host(ctx)),
+        client => from_outside::forward_to_client(ctx, config, client.to_ne_bytes()),
+    }
 }
 
 /// A packet to a Service frontend or a backend's reply, translated: its

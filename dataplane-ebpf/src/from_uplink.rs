@@ -21,7 +21,7 @@ use crate::{
     nat,
     packet::{IP_AT, L4_AT, load},
     service,
-    tunnel::{self, VxlanPacket},
+    tunnel::{self, VxlanPacket, send_out_uplink},
 };
 
 /// Enough of a packet to tell VXLAN to this node from everything else.
@@ -134,12 +134,21 @@ const DECAPSULATED_FOR_NODE_IP: i32 = i32::MIN;
 
 /// Decapsulated for the node IP: a backend on the sender answering an
 /// outside client's connection to a Service goes to the client; the rest
-/// up the stack. (Out of from-node's frame: the NAT's would not fit on it.)
-#[inline(never)]
+/// up the stack. (After from-node returned: the NAT's frame does not fit on its.)
+#[inline(always)]
 fn decapsulated_for_node_ip(ctx: &TcContext, config: &NodeConfig) -> i32 {
-    let outcome = load::<Ipv4Hdr>(ctx, IP_AT)
-        .and_then(|ip| from_outside::reply_to_client(ctx, config, &ip))
-        .map(|sent| sent.unwrap_or_else(|| verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)));
+    let outcome = load::<Ipv4Hdr>(ctx, IP_AT).and_then(|ip| {
+        // Another node's pod at a node port of this node: served as an
+        // outside client is (its answer goes back through the tunnel).
+        if may_be_for_a_service(ctx, config, &ip) && service::is_frontend(ctx, &ip) {
+            // SAFETY: as in `not_tunnelled`.
+            unsafe { TAIL_CALLS.tail_call(ctx, FROM_OUTSIDE_SLOT) };
+        }
+        match from_outside::translate_reply_to_client(ctx, config).unpack()? {
+            service::UNTOUCHED => Ok(verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)),
+            client => from_outside::forward_to_client(ctx, config, client.to_ne_bytes()),
+        }
+    });
     finish(ctx, outcome)
 }
 
@@ -159,10 +168,12 @@ fn reply_to_masqueraded(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> i
 fn to_translated_pod(ctx: &TcContext, config: &NodeConfig, pod: Ipv4Octets) -> Outcome {
     let Some(destination) = endpoint(&pod) else {
         // Not a pod: a Service's outside client, masqueraded on its way in.
-        return match config.services {
-            0 => Err(Counter::DropStaleEndpoint),
-            _ => from_outside::send_to_client(ctx, config, pod),
-        };
+        if config.services == 0 || config.cluster_cidr.contains(pod) {
+            return Err(Counter::DropStaleEndpoint);
+        }
+        service::translate_reply(ctx)?;
+        forward_hop(ctx)?;
+        return send_out_uplink(ctx, config, Counter::ServiceReplyToOutside);
     };
     // A backend outside the cluster answering a pod's Service connection.
     if config.services != 0 {

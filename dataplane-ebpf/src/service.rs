@@ -76,6 +76,8 @@ fn translate_inline(
     if ip.proto == ICMP {
         return if to_client_side {
             error_to_client(ctx, ip.src_addr)
+                .unpack()
+                .map(|client| (client != UNTOUCHED).then(|| client.to_ne_bytes()))
         } else {
             Ok(None)
         };
@@ -128,6 +130,23 @@ pub fn from_outside_to_backend(
     )
 }
 
+/// Whether the TCP or UDP packet (its checked IPv4 header `ip`) is to a
+/// Service frontend.
+#[inline(always)]
+pub fn is_frontend(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
+    let Ok(port) = ctx.load::<[u8; 2]>(DESTINATION_PORT_AT) else {
+        return false;
+    };
+    let key = ServiceKey {
+        address: ip.dst_addr,
+        port,
+        protocol: ip.proto,
+        scope: frontend_scope::EVERYONE,
+    };
+    // SAFETY: only whether there is a value is looked at.
+    unsafe { SERVICES.get(key) }.is_some()
+}
+
 /// A TCP packet that opens a connection (SYN without ACK).
 #[inline(always)]
 fn opens_connection(ctx: &TcContext, key: &FlowKey) -> bool {
@@ -175,7 +194,7 @@ pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
     // SAFETY: bounds checked by `header`; read before anything changes the packet.
     let ip = unsafe { &*ip };
     if ip.proto == ICMP {
-        return error_to_client(ctx, ip.src_addr).map(|_| ());
+        return error_to_client(ctx, ip.src_addr).unpack().map(|_| ());
     }
     match reply_key(ctx, ip) {
         Some(key) => back_to_client(ctx, &key).map(|_| ()),
@@ -189,10 +208,17 @@ pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
 /// itself sent comes from the frontend, so the client's stack finds the
 /// socket (a connected UDP socket gets ECONNREFUSED, a TCP one its path
 /// MTU). Errors from routers on the way keep their source. Returns the
-/// client. (Hairpin connections' errors are left alone.)
+/// client, or `UNTOUCHED`. (Hairpin connections' errors are left alone.)
 // Out of line: the quote stays out of the callers' stack frames.
 #[inline(never)]
-fn error_to_client(ctx: &TcContext, source: Ipv4Octets) -> Outcome<Option<Ipv4Octets>> {
+fn error_to_client(ctx: &TcContext, source: Ipv4Octets) -> PackedOutcome {
+    PackedOutcome::pack(
+        restore_error(ctx, source).map(|client| client.map_or(UNTOUCHED, u32::from_ne_bytes)),
+    )
+}
+
+#[inline(always)]
+fn restore_error(ctx: &TcContext, source: Ipv4Octets) -> Outcome<Option<Ipv4Octets>> {
     let Some(quoted) = quoted_header(ctx) else {
         return Ok(None);
     };

@@ -541,6 +541,29 @@ fn node_ports_and_external_ips_serve_outside_clients_through_every_node() -> any
         b"query",
     )?;
     joined(server)?;
+
+    // A pod reaches the other node's node port too: that node serves it as
+    // it serves outside clients, its answers going back through the tunnel.
+    let mut servers = Vec::new();
+    for pod in [local, remote] {
+        let address = SocketAddrV4::new(pod.ip, BACKEND_PORT);
+        servers.push(tcp_echo_server(&pod.netns, address, rounds, Duration::from_secs(2))?.1);
+    }
+    for _ in 0..rounds {
+        if let Err(e) = tcp_exchange(
+            &cluster.nodes[0].pods[0].netns,
+            SocketAddr::from((node_ips[1], 30080)),
+            4096,
+        ) {
+            for n in &cluster.nodes { eprintln!("DEBUG {}", n.cli(&["counters"])?); }
+            return Err(e);
+        }
+    }
+    let served: usize = servers
+        .into_iter()
+        .map(|server| joined(server).map(|peers| peers.len()))
+        .sum::<anyhow::Result<usize>>()?;
+    assert_eq!(served, rounds);
     let node = &cluster.nodes[0];
     assert!(node.counter("service_reply_to_outside")? > 0);
     let listed = node.cli(&["service", "list"])?;

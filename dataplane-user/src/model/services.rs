@@ -45,8 +45,9 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_node_port: Option<u16>,
     /// The address itself is an external frontend (set for the frontends
-    /// an earlier agent pinned, which may be node ports or external IPs).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// an earlier agent pinned, which may be node ports or external IPs;
+    /// never by a source).
+    #[serde(skip)]
     pub address_is_external: bool,
 }
 
