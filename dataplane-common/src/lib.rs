@@ -302,8 +302,16 @@ pub struct NodeConfig {
     /// traffic policy Local): pods' packets to outside addresses are then
     /// checked for answers to them.
     pub outside_local: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// Where node ports are, inclusive: a packet to a node's address at a
+    /// port in it is looked up as a node port (key address `NODE_PORT_ADDRESS`).
+    pub node_port_min: u16,
+    pub node_port_max: u16,
+    pub _pad_end: [u8; 2],
 }
+
+/// The address of a node port's `SERVICES` key: every node's addresses.
+pub const NODE_PORT_ADDRESS: Ipv4Octets = [0; 4];
 
 /// Whether SNAT may give `pod` the port `port` for a new connection: each
 /// pod has its own pseudo-random `share` (of `PORT_SHARE_WHOLE`) of the

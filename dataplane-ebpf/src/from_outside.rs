@@ -44,17 +44,11 @@ fn to_backend(ctx: &TcContext) -> Outcome {
         protocol: ip.proto,
         scope: frontend_scope::EVERYONE,
     };
-    // SAFETY: the value is copied out at once.
-    let Some(service) = (unsafe { SERVICES.get(key) }).copied() else {
+    let Some(service) = service::frontend_entry(&mut key, node_config()) else {
         // Not a frontend: the node's own traffic.
         return Ok(TC_ACT_OK);
     };
-    // Another node's pod (through the tunnel) is no outside client: the
-    // Local policy is not for it, as with kube-proxy.
-    let config = node_config();
-    if service.flags & service_flags::OUTSIDE_LOCAL == 0
-        || config.cluster_cidr.contains(ip.src_addr)
-    {
+    if service.flags & service_flags::OUTSIDE_LOCAL == 0 {
         service::from_outside_to_backend(ctx, &ip, &service).unpack()?;
         // SAFETY: the slot holds a classifier; the call returns only while
         // an agent installs it.
@@ -138,19 +132,14 @@ pub fn translate_reply_to_client(ctx: &TcContext, config: &NodeConfig) -> Packed
     PackedOutcome::pack(translated)
 }
 
-/// A translated answer to `client`: another node's pod (which came through
-/// the tunnel) through it, anyone else out of the uplink.
+/// A translated answer to `client`, outside the cluster: out of the
+/// uplink. (Pods reach node ports translated on their own node, so no
+/// client of these is another node's pod.)
 #[inline(always)]
 pub fn forward_to_client(ctx: &TcContext, config: &NodeConfig, client: Ipv4Octets) -> Outcome {
-    match lookup(client, config) {
-        Destination::RemotePod(node_ip) => {
-            forward_hop(ctx)?;
-            Ok(tunnel::encapsulate(ctx, config, node_ip))
-        }
-        Destination::Outside => {
-            forward_hop(ctx)?;
-            send_out_uplink(ctx, config, Counter::ServiceReplyToOutside)
-        }
-        _ => Err(Counter::DropStaleEndpoint),
+    if config.cluster_cidr.contains(client) {
+        return Err(Counter::DropStaleEndpoint);
     }
+    forward_hop(ctx)?;
+    send_out_uplink(ctx, config, Counter::ServiceReplyToOutside)
 }

@@ -19,7 +19,7 @@ use crate::{
     local::{Redirect, deliver},
     maps::{TAIL_CALLS, endpoint, is_host_address, is_unmasqueraded, node_config, remote_node},
     nat,
-    packet::{IP_AT, L4_AT, load},
+    packet::{L4_AT, load},
     service,
     tunnel::{self, VxlanPacket, send_out_uplink},
 };
@@ -137,18 +137,12 @@ const DECAPSULATED_FOR_NODE_IP: i32 = i32::MIN;
 /// up the stack. (After from-node returned: the NAT's frame does not fit on its.)
 #[inline(always)]
 fn decapsulated_for_node_ip(ctx: &TcContext, config: &NodeConfig) -> i32 {
-    let outcome = load::<Ipv4Hdr>(ctx, IP_AT).and_then(|ip| {
-        // Another node's pod at a node port of this node: served as an
-        // outside client is (its answer goes back through the tunnel).
-        if may_be_for_a_service(ctx, config, &ip) && service::is_frontend(ctx, &ip) {
-            // SAFETY: as in `not_tunnelled`.
-            unsafe { TAIL_CALLS.tail_call(ctx, FROM_OUTSIDE_SLOT) };
-        }
-        match from_outside::translate_reply_to_client(ctx, config).unpack()? {
+    let outcome = from_outside::translate_reply_to_client(ctx, config)
+        .unpack()
+        .and_then(|client| match client {
             service::UNTOUCHED => Ok(verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)),
             client => from_outside::forward_to_client(ctx, config, client.to_ne_bytes()),
-        }
-    });
+        });
     finish(ctx, outcome)
 }
 

@@ -22,8 +22,8 @@ use dataplane_common::{
 use crate::{
     counters::{Outcome, count_event},
     ipv4::{TCP, UDP},
-    maps::{SERVICES, SOCKET_FLOWS, node_config},
-    service::choose_backend,
+    maps::{SOCKET_FLOWS, node_config},
+    service::{choose_backend, frontend_entry},
 };
 
 /// Verdicts of a cgroup socket-address hook.
@@ -46,14 +46,13 @@ fn translate(ctx: &SockAddrContext) -> Outcome<i32> {
     let Some(frontend) = host_destination(ctx, config) else {
         return Ok(ALLOW);
     };
-    let key = ServiceKey {
+    let mut key = ServiceKey {
         address: frontend.address,
         port: frontend.port,
         protocol: frontend.protocol,
         scope: frontend_scope::EVERYONE,
     };
-    // SAFETY: the value is copied out at once.
-    let Some(service) = (unsafe { SERVICES.get(key) }).copied() else {
+    let Some(service) = frontend_entry(&mut key, config) else {
         return Ok(ALLOW);
     };
     let forward = SocketFlowKey {

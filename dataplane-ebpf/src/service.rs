@@ -22,7 +22,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets,
-    NodeConfig, ServiceFlow, ServiceKey, ServiceValue, frontend_scope, service_direction,
+    NODE_PORT_ADDRESS, NodeConfig, ServiceFlow, ServiceKey, ServiceValue, frontend_scope,
+    service_direction,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -30,7 +31,7 @@ use crate::{
     counters::{Outcome, PackedOutcome, count, note},
     icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
     ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
-    maps::{AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES},
+    maps::{AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, is_host_address, remote_node},
     packet::{IP_AT, L4_AT, header},
     rewrite::{
         DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
@@ -96,14 +97,13 @@ fn translate_inline(
         return Ok(Some(client));
     }
     if !config.cluster_cidr.contains(key.dst) {
-        let frontend = ServiceKey {
+        let mut frontend = ServiceKey {
             address: key.dst,
             port: key.dst_port,
             protocol: key.protocol,
             scope: frontend_scope::EVERYONE,
         };
-        // SAFETY: the value is copied out at once.
-        if let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() {
+        if let Some(service) = frontend_entry(&mut frontend, config) {
             return to_backend(ctx, &key, &service).map(Some);
         }
     }
@@ -130,21 +130,29 @@ pub fn from_outside_to_backend(
     )
 }
 
-/// Whether the TCP or UDP packet (its checked IPv4 header `ip`) is to a
-/// Service frontend.
+/// The `SERVICES` entry of the frontend `key` a client addressed: the
+/// address's own, or for an address of a node at a port in the node port
+/// range, the node port's (`key` then has its address).
 #[inline(always)]
-pub fn is_frontend(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
-    let Ok(port) = ctx.load::<[u8; 2]>(DESTINATION_PORT_AT) else {
-        return false;
-    };
-    let key = ServiceKey {
-        address: ip.dst_addr,
-        port,
-        protocol: ip.proto,
-        scope: frontend_scope::EVERYONE,
-    };
-    // SAFETY: only whether there is a value is looked at.
-    unsafe { SERVICES.get(key) }.is_some()
+pub fn frontend_entry(key: &mut ServiceKey, config: &NodeConfig) -> Option<ServiceValue> {
+    // SAFETY: the value is copied out at once.
+    if let Some(service) = unsafe { SERVICES.get(*key) }.copied() {
+        return Some(service);
+    }
+    let port = u16::from_be_bytes(key.port);
+    if port < config.node_port_min || port > config.node_port_max || !is_node(&key.address, config)
+    {
+        return None;
+    }
+    key.address = NODE_PORT_ADDRESS;
+    // SAFETY: as above.
+    unsafe { SERVICES.get(*key) }.copied()
+}
+
+/// Whether `address` is one of this node's or another node's IP.
+#[inline(always)]
+fn is_node(address: &Ipv4Octets, config: &NodeConfig) -> bool {
+    *address == config.node_ip || is_host_address(address, config) || remote_node(address).is_some()
 }
 
 /// A TCP packet that opens a connection (SYN without ACK).

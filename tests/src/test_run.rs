@@ -47,6 +47,9 @@ pub const VNI: u32 = 7;
 pub const VXLAN_PORT: u16 = 4789;
 pub const TUNNEL_MTU: u32 = 1450;
 pub const NAT_PORT_MIN: u16 = 40000;
+/// Node ports, as Kubernetes' default range has them.
+pub const NODE_PORT_MIN: u16 = 30000;
+pub const NODE_PORT_MAX: u16 = 32767;
 pub const NAT_PORT_MAX: u16 = 40003;
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 0x10];
@@ -172,7 +175,10 @@ pub fn node_config() -> NodeConfig {
         // No socket is in this namespace: the fixture loads no socket hook.
         host_netns_cookie: 0,
         outside_local: 0,
-        _pad: [0; 7],
+        _pad: 0,
+        node_port_min: NODE_PORT_MIN,
+        node_port_max: NODE_PORT_MAX,
+        _pad_end: [0; 2],
     }
 }
 

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use aya::maps::{HashMap, Map};
 use dataplane_common::{
-    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, NodeConfig, ServiceKey, frontend_scope, names,
-    service_flags,
+    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, NODE_PORT_ADDRESS, NodeConfig, ServiceKey,
+    frontend_scope, names, service_flags,
 };
 use dataplane_tests::test_run::*;
 
@@ -498,7 +498,7 @@ const OUTSIDE_CLIENT_PORT: u16 = 51234;
 fn with_node_port(backend_at: Backend) -> Fixture {
     let mut fixture = with_service(&[]);
     let key = ServiceKey {
-        address: NODE_IP.octets(),
+        address: NODE_PORT_ADDRESS,
         ..frontend(NODE_PORT, 6)
     };
     fixture
@@ -615,7 +615,7 @@ fn with_external_traffic_policy_local_outside_clients_keep_their_address() {
     // another node; outside clients get only this node's, unmasqueraded.
     let mut fixture = with_node_port(backend(REMOTE_POD_IP, 8080));
     let everyone = ServiceKey {
-        address: NODE_IP.octets(),
+        address: NODE_PORT_ADDRESS,
         ..frontend(NODE_PORT, 6)
     };
     let outside = ServiceKey {

@@ -37,6 +37,8 @@ pub async fn check(
         pod_cidr: node.pod_cidr.map(ipv4_cidr).unwrap_or_default(),
         cluster_cidr: node.cluster_cidr.map(ipv4_cidr).unwrap_or_default(),
         vni: node.vni,
+        node_port_min: node.node_port_range.min,
+        node_port_max: node.node_port_range.max,
         ..NodeConfig::default()
     };
     let mut pod_mtu = None;

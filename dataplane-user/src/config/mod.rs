@@ -14,6 +14,7 @@
 //! node_ip = "192.0.2.10"                     # default: the uplink's first IPv4 address
 //! vni = 1                                    # VXLAN network identifier
 //! vxlan_port = 4789                          # VXLAN UDP port
+//! node_port_range = "30000-32767"           # Services' node ports (as the API server's)
 //!
 //! [nat]                                      # egress SNAT to the node IP (needs node.uplink)
 //! masquerade = true
@@ -271,6 +272,11 @@ pub struct NodeSettings {
     pub vni: u32,
     #[serde(default = "default_vxlan_port")]
     pub vxlan_port: u16,
+    /// Where Services' node ports are (the API server's
+    /// `--service-node-port-range`): packets to a node's address at a port
+    /// outside it are never looked up as node ports.
+    #[serde(default = "default_node_port_range")]
+    pub node_port_range: PortRange,
 }
 
 impl Default for NodeSettings {
@@ -282,7 +288,16 @@ impl Default for NodeSettings {
             node_ip: None,
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
+            node_port_range: default_node_port_range(),
         }
+    }
+}
+
+/// Kubernetes' default `--service-node-port-range`.
+fn default_node_port_range() -> PortRange {
+    PortRange {
+        min: 30000,
+        max: 32767,
     }
 }
 
@@ -342,6 +357,16 @@ impl Config {
             .validate()
             .map_err(|(name, problem)| (format!("node.{name}"), problem))?;
         self.nat.validate()?;
+        if self.nat.masquerade && self.nat.port_range.overlaps(self.node.node_port_range) {
+            return Err((
+                "node.node_port_range".into(),
+                format!(
+                    "{} overlaps nat.port_range {}: a node port would be taken for a \
+                     masqueraded connection's",
+                    self.node.node_port_range, self.nat.port_range
+                ),
+            ));
+        }
         if let Some(index) = self.nat.no_masquerade_cidrs.iter().position(|cidr| {
             self.node
                 .cluster_cidr
@@ -397,9 +422,11 @@ impl Config {
             .into_iter()
             .chain(self.node.pod_cidr)
             .collect();
+        let node_ports = self.node.node_port_range.min..=self.node.node_port_range.max;
         for (index, service) in self.services.iter().enumerate() {
             service
                 .validate(&pod_cidrs)
+                .and_then(|()| service.validate_node_ports(node_ports.clone()))
                 .map_err(|(name, problem)| (format!("services[{index}].{name}"), problem))?;
         }
         Services::default()

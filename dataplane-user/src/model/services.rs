@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use dataplane_common::MAX_BACKENDS_PER_SERVICE;
+use dataplane_common::{MAX_BACKENDS_PER_SERVICE, NODE_PORT_ADDRESS};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +62,7 @@ pub struct HealthCheck {
 /// What the Services' frontends depend on of the node they are served on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServingNode {
-    /// Where node ports are served (none: nowhere).
+    /// Backends at it are this node's (hostNetwork pods).
     pub ip: Option<Ipv4Addr>,
     /// Backends in it (or at the node IP) are this node's, for the Local
     /// traffic policies.
@@ -237,10 +237,10 @@ impl ServiceSpec {
                     target(inside, false),
                 ));
             }
+            // Every node address: the programs look it up by this one.
             let on_node = port
                 .node_port
-                .zip(node.ip)
-                .map(|(node_port, ip)| (ip, node_port));
+                .map(|node_port| (Ipv4Addr::from(NODE_PORT_ADDRESS), node_port));
             let itself = self.address_is_external.then_some((self.ip, port.port));
             let external = self
                 .external_ips
@@ -257,6 +257,30 @@ impl ServiceSpec {
             }
             frontends
         })
+    }
+
+    /// Checks that every node port is in `range` (the node's, where the
+    /// programs look for them).
+    pub fn validate_node_ports(
+        &self,
+        range: std::ops::RangeInclusive<u16>,
+    ) -> Result<(), Violation> {
+        match self
+            .ports
+            .iter()
+            .filter_map(|port| port.node_port)
+            .find(|node_port| !range.contains(node_port))
+        {
+            Some(node_port) => Err((
+                "ports",
+                format!(
+                    "node port {node_port} is outside node.node_port_range {}-{}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Checks the Service on its own: `pod_cidrs` are address ranges a

@@ -296,9 +296,13 @@ impl Owner {
             .into_iter()
             .chain(settings.pod_cidr)
             .collect();
-        service.validate(&pod_cidrs).map_err(|(field, problem)| {
-            anyhow::anyhow!("service {}: field `{field}`: {problem}", service.name)
-        })
+        let node_ports = settings.node_port_range.min..=settings.node_port_range.max;
+        service
+            .validate(&pod_cidrs)
+            .and_then(|()| service.validate_node_ports(node_ports))
+            .map_err(|(field, problem)| {
+                anyhow::anyhow!("service {}: field `{field}`: {problem}", service.name)
+            })
     }
 
     /// `source` lists exactly `services`. A Service that breaks a rule
