@@ -856,7 +856,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 41);
+        assert_eq!(Counter::COUNT, 46);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 
@@ -937,7 +937,10 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 16);
         assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 48);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 64);
+        assert_eq!(core::mem::size_of::<ServiceKey>(), 8);
+        assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
+        assert_eq!(core::mem::size_of::<SocketFlowKey>(), 16);
         assert_eq!(core::mem::size_of::<PodNat>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<NatEntry>(), 32);
