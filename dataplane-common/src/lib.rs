@@ -308,6 +308,10 @@ pub struct NodeConfig {
     pub node_port_min: u16,
     pub node_port_max: u16,
     pub _pad_end: [u8; 2],
+    /// Where Service addresses are (the API server's
+    /// `--service-cluster-ip-range`; prefix 0: not given): one of them at a
+    /// port no Service has is refused.
+    pub service_cidr: Ipv4Cidr,
 }
 
 /// The address of a node port's `SERVICES` key: every node's addresses.
@@ -799,6 +803,11 @@ counters! {
     /// A datagram from a backend to a socket of the node's namespace, or
     /// that socket's peer name, shown as the frontend's.
     path ServiceHostSocketReply = "service_host_socket_reply";
+    /// To an address in the Service CIDR that is no frontend (a Service
+    /// address at a port it does not have, or an address no Service has):
+    /// answered with ICMP port unreachable (a node socket's connect fails
+    /// with EPERM), as kube-proxy's nftables rules reject it.
+    drop DropServiceUnknown = "service_unknown";
     /// A backend's answer to a client outside the cluster (which reached a
     /// Service through this node, masqueraded on its way in), translated
     /// back and sent out of the uplink.
@@ -856,7 +865,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 46);
+        assert_eq!(Counter::COUNT, 47);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 
@@ -937,7 +946,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 16);
         assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 64);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 72);
         assert_eq!(core::mem::size_of::<ServiceKey>(), 8);
         assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
         assert_eq!(core::mem::size_of::<SocketFlowKey>(), 16);

@@ -71,7 +71,9 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
     let dst = match to_or_from_service(ctx, config, ip) {
         Ok(service::UNTOUCHED) => dst,
         Ok(translated) => translated.to_ne_bytes(),
-        Err(Counter::DropServiceNoBackend) => return Ok(icmp::port_unreachable(ctx, config)),
+        Err(reason @ (Counter::DropServiceNoBackend | Counter::DropServiceUnknown)) => {
+            return Ok(icmp::port_unreachable(ctx, config, reason));
+        }
         Err(refused) => return Err(refused),
     };
     let destination = lookup(dst, config);

@@ -53,6 +53,9 @@ fn translate(ctx: &SockAddrContext) -> Outcome<i32> {
         scope: frontend_scope::EVERYONE,
     };
     let Some(service) = frontend_entry(&mut key, config) else {
+        if config.service_cidr.contains(key.address) {
+            return Err(Counter::DropServiceUnknown);
+        }
         return Ok(ALLOW);
     };
     let forward = SocketFlowKey {

@@ -173,12 +173,9 @@ pub fn time_exceeded(ctx: &TcContext, config: &NodeConfig) -> i32 {
 /// port unreachable to its sender (kube-proxy's REJECT), sent back as
 /// `frag_needed` does: the client's connect or send fails at once.
 #[inline(never)]
-pub fn port_unreachable(ctx: &TcContext, config: &NodeConfig) -> i32 {
+pub fn port_unreachable(ctx: &TcContext, config: &NodeConfig, reason: Counter) -> i32 {
     let error = (DEST_UNREACH, PORT_UNREACHABLE, [0; 4]);
-    finish(
-        ctx,
-        send_error(ctx, config, error, Counter::DropServiceNoBackend),
-    )
+    finish(ctx, send_error(ctx, config, error, reason))
 }
 
 /// Replaces the packet with the ICMP error (type, code, rest of header)

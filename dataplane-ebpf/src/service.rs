@@ -106,6 +106,11 @@ fn translate_inline(
         if let Some(service) = frontend_entry(&mut frontend, config) {
             return to_backend(ctx, &key, &service).map(Some);
         }
+        // A Service address at a port it does not have, or no Service's:
+        // refused, never routed out as if it were somewhere.
+        if config.service_cidr.contains(key.dst) {
+            return Err(Counter::DropServiceUnknown);
+        }
     }
     if opening {
         forget_reply_half(&key);

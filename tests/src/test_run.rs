@@ -179,6 +179,7 @@ pub fn node_config() -> NodeConfig {
         node_port_min: NODE_PORT_MIN,
         node_port_max: NODE_PORT_MAX,
         _pad_end: [0; 2],
+        service_cidr: Ipv4Cidr::default(),
     }
 }
 

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use aya::maps::{HashMap, Map};
 use dataplane_common::{
-    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, NODE_PORT_ADDRESS, NodeConfig, ServiceKey,
-    frontend_scope, names, service_flags,
+    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, Ipv4Cidr, NODE_PORT_ADDRESS, NodeConfig,
+    ServiceKey, frontend_scope, names, service_flags,
 };
 use dataplane_tests::test_run::*;
 
@@ -273,6 +273,34 @@ fn what_is_not_a_frontend_is_left_alone() {
     assert_eq!(addresses(&out).1, (VIP, 80));
     assert_eq!(fixture.counter("masqueraded"), 2);
     assert_eq!(fixture.counter("service_to_backend"), 0);
+
+    // With the Service CIDR known, an address in it at a port no Service
+    // has, and one no Service has, are refused instead.
+    fixture
+        .maps
+        .set_node_config(NodeConfig {
+            services: 1,
+            service_cidr: Ipv4Cidr::new([10, 96, 0, 0], 12),
+            ..node_config()
+        })
+        .unwrap();
+    let nobody = Ipv4Addr::new(10, 96, 0, 77);
+    for packet in [
+        other_port,
+        ipv4_packet(
+            POD_A_IP,
+            nobody,
+            6,
+            &tcp((POD_A_IP, CLIENT_PORT), (nobody, 80), TCP_SYN),
+        ),
+    ] {
+        let (verdict, reply) = fixture.run(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "sent back to the pod");
+        let icmp = icmp_error_to_pod_a(&reply, &packet);
+        assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+    }
+    assert_eq!(fixture.counter("drop_service_unknown"), 2);
+    assert_eq!(fixture.counter("masqueraded"), 2);
 }
 
 /// The backend a new connection from pod A's port `port` goes to.

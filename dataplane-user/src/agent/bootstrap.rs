@@ -37,6 +37,7 @@ pub async fn check(
         pod_cidr: node.pod_cidr.map(ipv4_cidr).unwrap_or_default(),
         cluster_cidr: node.cluster_cidr.map(ipv4_cidr).unwrap_or_default(),
         vni: node.vni,
+        service_cidr: node.service_cidr.map(ipv4_cidr).unwrap_or_default(),
         node_port_min: node.node_port_range.min,
         node_port_max: node.node_port_range.max,
         ..NodeConfig::default()

@@ -15,6 +15,7 @@
 //! vni = 1                                    # VXLAN network identifier
 //! vxlan_port = 4789                          # VXLAN UDP port
 //! node_port_range = "30000-32767"           # Services' node ports (as the API server's)
+//! service_cidr = "10.96.0.0/12"              # Service addresses: unknown ports refused (optional)
 //!
 //! [nat]                                      # egress SNAT to the node IP (needs node.uplink)
 //! masquerade = true
@@ -277,6 +278,11 @@ pub struct NodeSettings {
     /// outside it are never looked up as node ports.
     #[serde(default = "default_node_port_range")]
     pub node_port_range: PortRange,
+    /// Where Service addresses are (the API server's
+    /// `--service-cluster-ip-range`): an address in it at a port no Service
+    /// has is refused instead of routed out. Optional.
+    #[serde(default)]
+    pub service_cidr: Option<Ipv4Network>,
 }
 
 impl Default for NodeSettings {
@@ -289,6 +295,7 @@ impl Default for NodeSettings {
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
             node_port_range: default_node_port_range(),
+            service_cidr: None,
         }
     }
 }
@@ -357,6 +364,14 @@ impl Config {
             .validate()
             .map_err(|(name, problem)| (format!("node.{name}"), problem))?;
         self.nat.validate()?;
+        if let (Some(services), Some(cluster)) = (self.node.service_cidr, self.node.cluster_cidr)
+            && services.overlaps(cluster)
+        {
+            return Err((
+                "node.service_cidr".into(),
+                format!("{services} overlaps the cluster CIDR {cluster}"),
+            ));
+        }
         if self.nat.masquerade && self.nat.port_range.overlaps(self.node.node_port_range) {
             return Err((
                 "node.node_port_range".into(),
