@@ -669,3 +669,63 @@ fn with_external_traffic_policy_local_outside_clients_reach_the_nodes_own_backen
     assert!(!joined(server)?.is_empty(), "the other node's backend too");
     Ok(())
 }
+
+#[test]
+fn a_node_port_keeps_session_affinity_and_follows_a_cycled_udp_server() -> anyhow::Result<()> {
+    // Conformance: session affinity for a NodePort Service, and UDP through
+    // a node port when the server pod cycles.
+    let cluster = two_nodes();
+    let node = &cluster.nodes[0];
+    let (local, remote) = (&node.pods[1], &cluster.nodes[1].pods[0]);
+    let node_port = SocketAddr::from((node.ip, 30090));
+    node.cli(&[
+        "service",
+        "add",
+        "--name",
+        "default/sticky",
+        "--ip",
+        &VIP.to_string(),
+        "--port",
+        &format!(
+            "80/tcp:30090={},{}",
+            backend(local, BACKEND_PORT),
+            backend(remote, BACKEND_PORT)
+        ),
+        "--affinity-seconds",
+        "600",
+    ])?;
+    let connections = 10;
+    let mut servers = Vec::new();
+    for pod in [local, remote] {
+        let address = SocketAddrV4::new(pod.ip, BACKEND_PORT);
+        servers.push(tcp_echo_server(&pod.netns, address, connections, Duration::from_secs(2))?.1);
+    }
+    for _ in 0..connections {
+        tcp_exchange(&cluster.external, node_port, 1024)?;
+    }
+    let served: Vec<usize> = servers
+        .into_iter()
+        .map(|server| joined(server).map(|peers| peers.len()))
+        .collect::<anyhow::Result<_>>()?;
+    assert!(
+        served.contains(&connections),
+        "one backend got all {connections}: {served:?}"
+    );
+
+    let udp_port = |backend_pod: &Pod| format!("53/udp:30053={}", backend(backend_pod, 5353));
+    add_service(node, "default/dns", &[udp_port(local)])?;
+    let socket = udp_socket_of(&cluster.external)?;
+    let frontend = SocketAddr::from((node.ip, 30053));
+    let server = udp_echo_server(&local.netns, local.ip, 5353, 1, Duration::from_secs(5))?;
+    udp_exchange(&socket, frontend, b"before")?;
+    joined(server)?;
+    add_service(node, "default/dns", &[udp_port(remote)])?;
+    let server = udp_echo_server(&remote.netns, remote.ip, 5353, 1, Duration::from_secs(5))?;
+    udp_exchange(&socket, frontend, b"after")?;
+    assert_eq!(
+        joined(server)?.len(),
+        1,
+        "the same client socket reaches the new server"
+    );
+    Ok(())
+}

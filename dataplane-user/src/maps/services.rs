@@ -8,8 +8,9 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
-    Affinity, AffinityKey, Backend, BackendKey, FlowKey, ServiceFlow, ServiceKey, ServiceValue,
-    SocketFlowKey, frontend_scope, names, service_direction, socket_direction,
+    Affinity, AffinityKey, Backend, BackendKey, FlowKey, NODE_PORT_ADDRESS, ServiceFlow,
+    ServiceKey, ServiceValue, SocketFlowKey, frontend_scope, names, service_direction,
+    socket_direction,
 };
 
 use super::{MapsError, access, is_errno, removed};
@@ -166,8 +167,7 @@ impl ServiceMaps {
                 protocol: key.protocol,
                 scope: frontend_scope::EVERYONE,
             };
-            key.direction == service_direction::TO_BACKEND
-                && gone.contains(&(frontend, flow.target))
+            key.direction == service_direction::TO_BACKEND && was_to(gone, frontend, flow.target)
         })?;
         for (forward, flow) in &stale {
             let client_seen_as = if flow.target.address == forward.src {
@@ -204,7 +204,7 @@ impl ServiceMaps {
                 protocol: key.protocol,
                 scope: frontend_scope::EVERYONE,
             };
-            key.direction == socket_direction::TO_BACKEND && gone.contains(&(frontend, *backend))
+            key.direction == socket_direction::TO_BACKEND && was_to(gone, frontend, *backend)
         })?;
         for (forward, backend) in &stale {
             let reply = SocketFlowKey {
@@ -243,6 +243,17 @@ impl ServiceMaps {
     pub fn connection_entries(&self) -> usize {
         self.flows.keys().filter(Result::is_ok).count()
     }
+}
+
+/// Whether a connection to `frontend` (the address its client used) and
+/// `backend` is one of the `gone` pairs: its frontend's own, or a node
+/// port's (programmed for every node address).
+fn was_to(gone: &BTreeSet<(ServiceKey, Backend)>, frontend: ServiceKey, backend: Backend) -> bool {
+    let node_port = ServiceKey {
+        address: NODE_PORT_ADDRESS,
+        ..frontend
+    };
+    gone.contains(&(frontend, backend)) || gone.contains(&(node_port, backend))
 }
 
 /// The entries of the LRU map `map` that `wanted` picks. An entry evicted
