@@ -161,12 +161,7 @@ impl ServiceMaps {
         }
         let name = names::SERVICE_FLOWS_MAP;
         let stale = lru_entries_where(&self.flows, name, |key, flow| {
-            let frontend = ServiceKey {
-                address: key.dst,
-                port: key.dst_port,
-                protocol: key.protocol,
-                scope: frontend_scope::EVERYONE,
-            };
+            let frontend = addressed(key.dst, key.dst_port, key.protocol);
             key.direction == service_direction::TO_BACKEND && was_to(gone, frontend, flow.target)
         })?;
         for (forward, flow) in &stale {
@@ -198,12 +193,7 @@ impl ServiceMaps {
     ) -> Result<usize, MapsError> {
         let name = names::SOCKET_FLOWS_MAP;
         let stale = lru_entries_where(&self.sockets, name, |key, backend| {
-            let frontend = ServiceKey {
-                address: key.address,
-                port: key.port,
-                protocol: key.protocol,
-                scope: frontend_scope::EVERYONE,
-            };
+            let frontend = addressed(key.address, key.port, key.protocol);
             key.direction == socket_direction::TO_BACKEND && was_to(gone, frontend, *backend)
         })?;
         for (forward, backend) in &stale {
@@ -242,6 +232,16 @@ impl ServiceMaps {
     /// Halves of connections tracked now (the LRU holds at most its size).
     pub fn connection_entries(&self) -> usize {
         self.flows.keys().filter(Result::is_ok).count()
+    }
+}
+
+/// The frontend entry for everyone at what a client addressed.
+fn addressed(address: [u8; 4], port: [u8; 2], protocol: u8) -> ServiceKey {
+    ServiceKey {
+        address,
+        port,
+        protocol,
+        scope: frontend_scope::EVERYONE,
     }
 }
 
