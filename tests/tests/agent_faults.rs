@@ -120,7 +120,7 @@ fn a_start_that_fails_its_checks_changes_nothing() -> anyhow::Result<()> {
         (
             "port-range",
             dataplane_tests::cluster::NAT_PORT_RANGE,
-            "30000-35000",
+            "33000-35000",
             "overlaps net.ipv4.ip_local_port_range",
         ),
         (
