@@ -231,3 +231,70 @@ fn services_parse_and_their_mistakes_are_named() {
     );
     assert!(sctp.contains("services[0].ports[0].protocol"), "{sctp}");
 }
+
+#[test]
+fn node_ports_external_addresses_and_the_service_cidr_are_checked() {
+    let config = parse(
+        r#"
+        [node]
+        cluster_cidr = "10.244.0.0/16"
+        service_cidr = "10.96.0.0/12"
+        [[services]]
+        name = "default/ingress"
+        ip = "10.96.0.10"
+        external_ips = ["198.51.100.7"]
+        external_traffic_local = true
+        health_check_node_port = 32000
+        ports = [{ port = 80, node_port = 30080, backends = ["10.244.1.2:8080"] }]
+        "#,
+    )
+    .unwrap();
+    let ingress = &config.services[0];
+    assert_eq!(ingress.ports[0].node_port, Some(30080));
+    assert_eq!(ingress.health_check_node_port, Some(32000));
+    assert!(ingress.external_traffic_local);
+
+    let outside_range = error_of(
+        r#"
+        [[services]]
+        name = "a"
+        ip = "10.96.0.10"
+        ports = [{ port = 80, node_port = 8080 }]
+        "#,
+    );
+    assert!(
+        outside_range.contains("node port 8080 is outside node.node_port_range"),
+        "{outside_range}"
+    );
+    let overlapping = error_of(
+        r#"
+        [node]
+        node_port_range = "30000-62000"
+        "#,
+    );
+    assert!(
+        overlapping.contains("node.node_port_range") && overlapping.contains("nat.port_range"),
+        "{overlapping}"
+    );
+    let services_in_pods = error_of(
+        r#"
+        [node]
+        cluster_cidr = "10.0.0.0/8"
+        service_cidr = "10.96.0.0/12"
+        "#,
+    );
+    assert!(
+        services_in_pods.contains("node.service_cidr"),
+        "{services_in_pods}"
+    );
+    let internal = error_of(
+        r#"
+        [[services]]
+        name = "a"
+        ip = "10.96.0.10"
+        address_is_external = true
+        ports = [{ port = 80 }]
+        "#,
+    );
+    assert!(internal.contains("address_is_external"), "{internal}");
+}
