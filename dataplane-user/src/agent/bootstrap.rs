@@ -182,14 +182,25 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
               port = settings.port, pod_mtu = settings.mtu,
               device = if created { "created" } else { "kept" }, "VXLAN tunnel ready");
     }
-    let cgroup = match &config.agent.cgroup_root {
-        Some(cgroup) => cgroup.clone(),
-        None => loader::cgroup2_root()?,
-    };
-    dataplane
-        .attach_host_sockets(&cgroup)
-        .context("the host socket hooks (Services for the node's own sockets)")?;
-    info!(cgroup = %cgroup.display(), "socket hooks attached for the node's namespace");
+    // Without them only the node's own sockets miss Services: not a reason
+    // to leave the pods without a dataplane.
+    let attached = match &config.agent.cgroup_root {
+        Some(cgroup) => Ok(cgroup.clone()),
+        None => loader::cgroup2_root().map_err(anyhow::Error::from),
+    }
+    .and_then(|cgroup| {
+        dataplane.attach_host_sockets(&cgroup)?;
+        Ok(cgroup)
+    });
+    match attached {
+        Ok(cgroup) => {
+            info!(cgroup = %cgroup.display(), "socket hooks attached for the node's namespace");
+        }
+        Err(error) => warn!(
+            "the node's own sockets will not reach Services: the socket hooks are not attached: \
+             {error:#}"
+        ),
+    }
     dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
     // Services an earlier agent programmed keep being translated meanwhile.
     let mut facts = facts;
