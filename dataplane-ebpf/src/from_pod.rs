@@ -126,6 +126,10 @@ fn to_or_from_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Out
     if config.services == 0 {
         return Ok(service::UNTOUCHED);
     }
+    // A later piece of a datagram: by what its first piece got.
+    if ip.frag_offset() != 0 {
+        return service::later_piece(ctx, config).unpack();
+    }
     service::translate(ctx, ip, config).unpack()
 }
 

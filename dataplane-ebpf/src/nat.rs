@@ -20,19 +20,20 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    Counter, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, PodSegment,
-    conn_state, nat_direction, pod_may_use_port,
+    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, PodSegment, conn_state, nat_direction,
+    pod_may_use_port,
 };
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::{
     counters::{Outcome, count},
+    fragments,
     icmp::{
         ECHO_ID_OFFSET, ECHO_REQUEST, QUOTE_PAYLOAD_AT, QuotedHeader, echo_id, quoted_header,
         rewrite_quote,
     },
     ipv4::{ICMP, TCP, UDP, is_fragment},
-    maps::{FRAGMENTS, NAT},
+    maps::NAT,
     nat_share,
     packet::{IP_AT, load},
     rewrite::{
@@ -48,9 +49,6 @@ const EEXIST: i32 = 17;
 const PORT_SEARCH_TRIES: u32 = 32;
 /// `last_seen_ns` is rewritten at most this often per half (fewer map writes).
 const REFRESH_NS: u64 = 1_000_000_000;
-/// How long a reply's later pieces are translated after its first one: as
-/// long as Linux keeps an incomplete datagram (`ipfrag_time`).
-const FRAGMENT_LIFETIME_NS: u64 = 30_000_000_000;
 
 #[inline(always)]
 pub fn in_port_range(config: &NodeConfig, port: [u8; 2]) -> bool {
@@ -291,23 +289,11 @@ pub fn translate_reply(
         (config.node_ip, pod),
         (transport.dst_port, pod_port),
     )?;
+    // `ip` is the header as it came (a copy), untouched by the rewrite.
     if is_fragment(ip) {
-        remember_fragment(ip, pod, now);
+        fragments::remember(&fragments::datagram(ip), pod);
     }
     Ok(Some(pod))
-}
-
-/// Records where the later pieces of the datagram whose first piece is `ip`
-/// go. Best effort: without the record, they go to the node's stack.
-// Out of line, as `closes_pod_side`: the reply path's stack stays small.
-#[inline(never)]
-fn remember_fragment(ip: &Ipv4Hdr, pod: Ipv4Octets, now: u64) {
-    let record = FragmentRecord {
-        pod,
-        _pad: 0,
-        first_seen_ns: now,
-    };
-    let _ = FRAGMENTS.insert(fragment_key(ip), record, u64::from(BPF_ANY));
 }
 
 /// Whether the reply FIN or RST `segment` of the connection whose reply half
@@ -327,17 +313,6 @@ fn closes_pod_side(reply: &FlowKey, pod: Ipv4Octets, pod_port: [u8; 2], segment:
     unsafe { NAT.get(egress) }.is_some_and(|egress| fits_pod_side(segment, &egress.pod_segment))
 }
 
-#[inline(always)]
-fn fragment_key(ip: &Ipv4Hdr) -> FragmentKey {
-    FragmentKey {
-        src: ip.src_addr,
-        dst: ip.dst_addr,
-        id: ip.id,
-        protocol: ip.proto,
-        _pad: 0,
-    }
-}
-
 /// A later piece of a datagram to the node IP: to the pod its first piece
 /// went to, or `None` (the node's own datagram, or a piece that came before
 /// its first one, which the node's stack then holds).
@@ -347,17 +322,11 @@ fn translate_later_fragment(
     config: &NodeConfig,
     ip: &Ipv4Hdr,
 ) -> Outcome<Option<Ipv4Octets>> {
-    // SAFETY: the value is copied out at once.
-    let Some(record) = (unsafe { FRAGMENTS.get(fragment_key(ip)) }).copied() else {
+    let Some(pod) = fragments::recorded(ip) else {
         return Ok(None);
     };
-    // SAFETY: plain helper call.
-    let age = unsafe { bpf_ktime_get_ns() }.saturating_sub(record.first_seen_ns);
-    if age > FRAGMENT_LIFETIME_NS {
-        return Ok(None);
-    }
-    rewrite_address(ctx, IP_DESTINATION_AT, (config.node_ip, record.pod))?;
-    Ok(Some(record.pod))
+    rewrite_address(ctx, IP_DESTINATION_AT, (config.node_ip, pod))?;
+    Ok(Some(pod))
 }
 
 /// An ICMP error (unreachable, fragmentation needed, time exceeded) about a

@@ -21,18 +21,21 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, HAIRPIN_SOURCE, Ipv4Octets,
-    NODE_PORT_ADDRESS, NodeConfig, ServiceFlow, ServiceKey, ServiceValue, frontend_scope,
-    service_direction,
+    Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, FragmentKey, HAIRPIN_SOURCE,
+    Ipv4Octets, NODE_PORT_ADDRESS, NodeConfig, ServiceFlow, ServiceKey, ServiceValue,
+    frontend_scope, service_direction,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, PackedOutcome, count, note},
+    fragments,
     icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
-    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
-    maps::{AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, is_host_address, remote_node},
-    packet::{IP_AT, L4_AT, header},
+    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
+    maps::{
+        AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, is_host_address, node_config, remote_node,
+    },
+    packet::{IP_AT, L4_AT, header, load},
     rewrite::{
         DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
         ports_only, rewrite_address, rewrite_port, rewrite_transport_address,
@@ -48,12 +51,7 @@ use crate::{
 // Out of line: its state stays out of the other paths' stack frames.
 #[inline(never)]
 pub fn translate(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> PackedOutcome {
-    PackedOutcome::pack(
-        translate_inline(ctx, ip, config).map(|translated| match translated {
-            Some(destination) => u32::from_ne_bytes(destination),
-            None => UNTOUCHED,
-        }),
-    )
+    PackedOutcome::pack(translate_inline(ctx, ip, config))
 }
 
 /// What `translate` returns for a packet it left alone (0.0.0.0 is never a
@@ -62,13 +60,16 @@ pub const UNTOUCHED: u32 = 0;
 
 /// One map lookup per packet: a reply to a client on this node goes to a
 /// pod of this node (or to the hairpin address), a packet to a frontend
-/// never does (Service addresses stay out of the pod CIDRs).
+/// never does (Service addresses stay out of the pod CIDRs). The new
+/// destination as a `u32`, or `UNTOUCHED` (not an `Option`: on an error
+/// its unset bytes would leave the compiler registers it copies unset,
+/// which the verifier refuses).
 #[inline(always)]
-fn translate_inline(
-    ctx: &TcContext,
-    ip: &Ipv4Hdr,
-    config: &NodeConfig,
-) -> Outcome<Option<Ipv4Octets>> {
+fn translate_inline(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> Outcome<u32> {
+    // A first piece's datagram, read before anything (a header read in
+    // place is not readable after some calls).
+    let datagram = fragments::datagram(ip);
+    let first_piece = is_fragment(ip).then_some(&datagram);
     let to_client_side = config.pod_cidr.contains(ip.dst_addr) || ip.dst_addr == HAIRPIN_SOURCE;
     // A backend here answering an outside client whose address was kept
     // (only where a frontend keeps them: one more lookup per packet out).
@@ -76,25 +77,23 @@ fn translate_inline(
         config.outside_local != 0 && !config.cluster_cidr.contains(ip.dst_addr);
     if ip.proto == ICMP {
         return if to_client_side {
-            error_to_client(ctx, ip.src_addr)
-                .unpack()
-                .map(|client| (client != UNTOUCHED).then(|| client.to_ne_bytes()))
+            error_to_client(ctx, ip.src_addr).unpack()
         } else {
-            Ok(None)
+            Ok(UNTOUCHED)
         };
     }
     let Some(key) = reply_key(ctx, ip) else {
-        return Ok(None);
+        return Ok(UNTOUCHED);
     };
     let opening = opens_connection(ctx, &key);
     if !opening && to_client_side {
-        return back_to_client(ctx, &key);
+        return back_to_client(ctx, first_piece, &key);
     }
-    if !opening
-        && maybe_to_outside_client
-        && let Some(client) = back_to_client(ctx, &key)?
-    {
-        return Ok(Some(client));
+    if !opening && maybe_to_outside_client {
+        let client = back_to_client(ctx, first_piece, &key)?;
+        if client != UNTOUCHED {
+            return Ok(client);
+        }
     }
     if !config.cluster_cidr.contains(key.dst) {
         let mut frontend = ServiceKey {
@@ -104,7 +103,11 @@ fn translate_inline(
             scope: frontend_scope::EVERYONE,
         };
         if let Some(service) = frontend_entry(&mut frontend, config) {
-            return to_backend(ctx, &key, &service).map(Some);
+            let backend = to_backend(ctx, &key, &service)?;
+            if let Some(datagram) = first_piece.filter(|datagram| datagram.src != backend) {
+                fragments::remember(datagram, backend);
+            }
+            return Ok(u32::from_ne_bytes(backend));
         }
         // A Service address at a port it does not have, or no Service's:
         // refused, never routed out as if it were somewhere.
@@ -115,7 +118,7 @@ fn translate_inline(
     if opening {
         forget_reply_half(&key);
     }
-    Ok(None)
+    Ok(UNTOUCHED)
 }
 
 /// An outside client's packet (its checked IPv4 header `ip`) to the
@@ -209,8 +212,13 @@ pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
     if ip.proto == ICMP {
         return error_to_client(ctx, ip.src_addr).unpack().map(|_| ());
     }
+    if ip.frag_offset() != 0 {
+        return later_piece(ctx, node_config()).unpack().map(|_| ());
+    }
+    let datagram = fragments::datagram(ip);
+    let first_piece = is_fragment(ip).then_some(&datagram);
     match reply_key(ctx, ip) {
-        Some(key) => back_to_client(ctx, &key).map(|_| ()),
+        Some(key) => back_to_client(ctx, first_piece, &key).map(|_| ()),
         None => Ok(()),
     }
 }
@@ -303,15 +311,53 @@ fn reply_key(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<FlowKey> {
 }
 
 /// Translates the packet `key` back to the frontend when it is a backend's
-/// reply; returns the client it now goes to.
+/// reply; returns the client it now goes to, or `UNTOUCHED`.
 #[inline(always)]
-fn back_to_client(ctx: &TcContext, key: &FlowKey) -> Outcome<Option<Ipv4Octets>> {
+fn back_to_client(
+    ctx: &TcContext,
+    first_piece: Option<&FragmentKey>,
+    key: &FlowKey,
+) -> Outcome<u32> {
     // SAFETY: the value is copied out at once.
     let Some(flow) = unsafe { SERVICE_FLOWS.get(key) }.copied() else {
-        return Ok(None);
+        return Ok(UNTOUCHED);
     };
     to_client(ctx, key, &flow)?;
-    Ok(Some(flow.client))
+    if let Some(datagram) = first_piece {
+        fragments::remember(datagram, flow.target.address);
+    }
+    Ok(u32::from_ne_bytes(flow.client))
+}
+
+/// A later piece (no ports) of a datagram whose first piece was translated:
+/// toward the client, from the frontend; toward a backend, to it. Returns
+/// the piece's destination now, or `UNTOUCHED` (its first piece was no
+/// Service's, or has not come yet). Hairpin pieces are left alone.
+// Out of line, with the header read here: few arguments (the compiler would
+// pass a borrowed header's fields one by one, past the five registers), and
+// its own result in one register.
+#[inline(never)]
+pub fn later_piece(ctx: &TcContext, config: &NodeConfig) -> PackedOutcome {
+    let ip = match load::<Ipv4Hdr>(ctx, IP_AT) {
+        Ok(ip) => ip,
+        Err(reason) => return PackedOutcome::pack(Err(reason)),
+    };
+    // To a pod: from a backend; to an outside address: maybe to one.
+    let toward_client = config.pod_cidr.contains(ip.dst_addr);
+    if !toward_client
+        && (ip.dst_addr == HAIRPIN_SOURCE || config.cluster_cidr.contains(ip.dst_addr))
+    {
+        return PackedOutcome::pack(Ok(UNTOUCHED));
+    }
+    let Some(recorded) = fragments::recorded(&ip) else {
+        return PackedOutcome::pack(Ok(UNTOUCHED));
+    };
+    let translated = if toward_client {
+        rewrite_address(ctx, IP_SOURCE_AT, (ip.src_addr, recorded)).map(|()| ip.dst_addr)
+    } else {
+        rewrite_address(ctx, IP_DESTINATION_AT, (ip.dst_addr, recorded)).map(|()| recorded)
+    };
+    PackedOutcome::pack(translated.map(u32::from_ne_bytes))
 }
 
 /// The checksum facts of the TCP or UDP packet `key`.

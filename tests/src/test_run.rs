@@ -414,6 +414,19 @@ pub fn icmp_error_to_pod_a<'a>(reply: &'a [u8], original: &[u8]) -> &'a [u8] {
     icmp
 }
 
+/// The frame's pieces as `program` leaves them, each redirected.
+pub fn run_pieces(fixture: &mut Fixture, program: &str, pieces: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    pieces
+        .iter()
+        .map(|piece| {
+            let (verdict, out) = fixture.run_program(program, piece);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "piece {:02x?}", &piece[14..34]);
+            assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum");
+            out
+        })
+        .collect()
+}
+
 /// Checks every checksum of an Ethernet + IPv4 frame: the IPv4 header's and
 /// the TCP, UDP (unless 0: none) or ICMP one.
 pub fn assert_checksums_valid(frame: &[u8]) {

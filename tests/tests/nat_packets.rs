@@ -235,19 +235,6 @@ fn protocols_nat_cannot_translate_are_dropped() {
     assert_eq!(fixture.counter("drop_nat_unsupported"), 1);
 }
 
-/// The frame's pieces as `program` leaves them, each redirected.
-fn run_pieces(fixture: &mut Fixture, program: &str, pieces: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    pieces
-        .iter()
-        .map(|piece| {
-            let (verdict, out) = fixture.run_program(program, piece);
-            assert_eq!(verdict, TC_ACT_REDIRECT, "piece {:02x?}", &piece[14..34]);
-            assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum");
-            out
-        })
-        .collect()
-}
-
 #[test]
 fn fragmented_datagrams_are_translated_both_ways_and_going_out_in_any_order() {
     let mut fixture = Fixture::new().unwrap();

@@ -723,3 +723,57 @@ fn with_external_traffic_policy_local_outside_clients_keep_their_address() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(fixture.counter("drop_service_no_local_backend"), 1);
 }
+
+#[test]
+fn a_fragmented_datagram_to_a_frontend_reaches_the_backend_whole_and_its_answer_too() {
+    let (mut fixture, _) = udp_to_the_frontend(backend(POD_B_IP, 5353));
+    let payload: Vec<u8> = (0..200u8).collect();
+    let datagram = ipv4_packet(
+        POD_A_IP,
+        VIP,
+        17,
+        &udp_frame((POD_A_IP, 40999), (VIP, 53), &payload)[34..],
+    );
+    let pieces = fragments(&datagram, 64, 0x4242);
+    assert_eq!(pieces.len(), 4);
+    let out = run_pieces(&mut fixture, names::FROM_POD_PROGRAM, &pieces);
+    for piece in &out {
+        assert_eq!(
+            &piece[30..34],
+            &POD_B_IP.octets(),
+            "every piece to the backend"
+        );
+    }
+    let whole = reassembled(&out);
+    assert_checksums_valid(&whole);
+    assert_eq!(addresses(&whole), ((POD_A_IP, 40999), (POD_B_IP, 5353)));
+
+    // The backend's fragmented answer comes back from the frontend.
+    with_pod_b_on_the_test_device(&mut fixture);
+    let answer = ipv4_packet(
+        POD_B_IP,
+        POD_A_IP,
+        17,
+        &udp_frame((POD_B_IP, 5353), (POD_A_IP, 40999), &payload)[34..],
+    );
+    let back = run_pieces(
+        &mut fixture,
+        names::FROM_POD_PROGRAM,
+        &fragments(&answer, 64, 0x0777),
+    );
+    for piece in &back {
+        assert_eq!(
+            &piece[26..30],
+            &VIP.octets(),
+            "every piece from the frontend"
+        );
+    }
+    let whole = reassembled(&back);
+    assert_checksums_valid(&whole);
+    assert_eq!(addresses(&whole), ((VIP, 53), (POD_A_IP, 40999)));
+
+    // A later piece whose first never came goes as it is.
+    let stray = fragments(&datagram, 64, 0x0999).remove(2);
+    let (_, out) = fixture.run(&stray);
+    assert_eq!(&out[30..34], &VIP.octets());
+}
