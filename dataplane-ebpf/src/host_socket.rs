@@ -58,14 +58,7 @@ fn translate(ctx: &SockAddrContext) -> Outcome<i32> {
         }
         return Ok(ALLOW);
     };
-    let forward = SocketFlowKey {
-        // SAFETY: plain helper call on this hook's context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        address: frontend.address,
-        port: frontend.port,
-        direction: socket_direction::TO_BACKEND,
-        protocol: frontend.protocol,
-    };
+    let forward = frontend.of_socket(ctx, socket_direction::TO_BACKEND);
     // SAFETY: the value is copied out at once.
     let backend = match unsafe { SOCKET_FLOWS.get(forward) }.copied() {
         Some(backend) => backend,
@@ -105,14 +98,7 @@ fn open(forward: &SocketFlowKey, service: &ServiceValue, config: &NodeConfig) ->
 pub fn to_client(ctx: &SockAddrContext) -> i32 {
     let config = node_config();
     if let Some(peer) = host_destination(ctx, config) {
-        let key = SocketFlowKey {
-            // SAFETY: plain helper call on this hook's context.
-            cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-            address: peer.address,
-            port: peer.port,
-            direction: socket_direction::TO_CLIENT,
-            protocol: peer.protocol,
-        };
+        let key = peer.of_socket(ctx, socket_direction::TO_CLIENT);
         // SAFETY: the value is copied out at once.
         if let Some(frontend) = unsafe { SOCKET_FLOWS.get(key) }.copied() {
             set_address(ctx, &frontend);
@@ -127,6 +113,21 @@ struct SocketAddress {
     address: [u8; 4],
     port: [u8; 2],
     protocol: u8,
+}
+
+impl SocketAddress {
+    /// The `SOCKET_FLOWS` key of this address for the hook's socket.
+    #[inline(always)]
+    fn of_socket(&self, ctx: &SockAddrContext, direction: u8) -> SocketFlowKey {
+        SocketFlowKey {
+            // SAFETY: plain helper call on this hook's context.
+            cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+            address: self.address,
+            port: self.port,
+            direction,
+            protocol: self.protocol,
+        }
+    }
 }
 
 /// The address of a TCP or UDP socket of the node's namespace while any
