@@ -7,7 +7,7 @@
 //! (kube-proxy's `externalTrafficPolicy: Cluster`, in a second tail-called
 //! program: the NAT's paths on top of the translation's exceed the
 //! verifier's budget), so the backend answers through this node wherever
-//! it is, and the answer is translated back here (`reply_to_client`).
+//! it is, and the answer is translated back here (`translate_reply_to_client`).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::{

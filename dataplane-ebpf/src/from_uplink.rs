@@ -21,7 +21,7 @@ use crate::{
     nat,
     packet::{L4_AT, load},
     service,
-    tunnel::{self, VxlanPacket, send_out_uplink},
+    tunnel::{self, VxlanPacket},
 };
 
 /// Enough of a packet to tell VXLAN to this node from everything else.
@@ -160,15 +160,9 @@ fn reply_to_masqueraded(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> i
 
 #[inline(always)]
 fn to_translated_pod(ctx: &TcContext, config: &NodeConfig, pod: Ipv4Octets) -> Outcome {
-    let Some(destination) = endpoint(&pod) else {
-        // Not a pod: a Service's outside client, masqueraded on its way in.
-        if config.services == 0 || config.cluster_cidr.contains(pod) {
-            return Err(Counter::DropStaleEndpoint);
-        }
-        service::translate_reply(ctx)?;
-        forward_hop(ctx)?;
-        return send_out_uplink(ctx, config, Counter::ServiceReplyToOutside);
-    };
+    // Outside clients masqueraded on their way to a Service are answered by
+    // pods (from-pod, or after decapsulation), never from out here.
+    let destination = endpoint(&pod).ok_or(Counter::DropStaleEndpoint)?;
     // A backend outside the cluster answering a pod's Service connection.
     if config.services != 0 {
         service::translate_reply(ctx)?;
