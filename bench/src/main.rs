@@ -4,11 +4,13 @@
 //! and an SVG chart.
 
 mod chart;
+mod kube_proxy;
 mod measure;
 mod paths;
 mod programming;
 mod report;
 mod scale;
+mod services;
 
 use std::{
     io::Write as _,
@@ -34,6 +36,10 @@ struct Cli {
     /// Kubernetes events); no traffic clusters are built.
     #[arg(long, conflicts_with = "paths")]
     programming_only: bool,
+    /// Only the Services rows (this dataplane against kube-proxy's rule
+    /// sets); no traffic clusters are built.
+    #[arg(long, conflicts_with_all = ["paths", "programming_only"])]
+    services_only: bool,
     /// Exactly this many repetitions (default: at least 4 and more, up to
     /// 12, until every row's interval is settled or the budget is spent; 1
     /// with --quick).
@@ -51,6 +57,8 @@ struct Cli {
 /// How long and how often each measurement runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
+    /// The CI smoke run: fewer and smaller runs.
+    pub quick: bool,
     /// Interleaved repetitions of every traffic run at least (and of the
     /// scale runs exactly).
     pub min_repetitions: usize,
@@ -72,6 +80,7 @@ impl Settings {
     fn new(quick: bool) -> Self {
         if quick {
             Self {
+                quick,
                 min_repetitions: 1,
                 max_repetitions: 1,
                 budget: Duration::ZERO,
@@ -82,6 +91,7 @@ impl Settings {
             }
         } else {
             Self {
+                quick,
                 min_repetitions: 4,
                 max_repetitions: 12,
                 budget: Duration::from_secs(12 * 60),
@@ -155,28 +165,37 @@ fn main() -> anyhow::Result<()> {
         settings.budget = Duration::from_secs(cli.budget_minutes * 60);
     }
     let mut progress = Progress::default();
-    let (comparisons, breakdown) = if cli.programming_only {
+    let (comparisons, breakdown, notes) = if cli.programming_only {
         progress.expect(programming::steps(&settings));
-        (programming::run(&settings, &mut progress)?, Vec::new())
+        let comparisons = programming::run(&settings, &mut progress)?;
+        (comparisons, Vec::new(), Vec::new())
+    } else if cli.services_only {
+        progress.expect(services::steps(&settings));
+        let (comparisons, notes) = services::run(&settings, &mut progress)?;
+        (comparisons, Vec::new(), notes)
     } else {
         traffic_and_scale(&cli, &settings, &mut progress)?
     };
 
     std::fs::create_dir_all(&cli.output)
         .with_context(|| format!("creating {}", cli.output.display()))?;
-    let markdown = report::write(&comparisons, &breakdown, &settings, &cli.output)?;
+    let markdown = report::write(&comparisons, &breakdown, &notes, &settings, &cli.output)?;
     chart::draw(&comparisons, &cli.output.join("results.svg"))?;
     println!("\n{markdown}\nwritten to {}", cli.output.display());
     Ok(())
 }
 
 /// The traffic paths on three clusters, then (without a path filter) the
-/// scale and programming rows.
+/// scale, programming and Services rows, and notes to print with them.
 fn traffic_and_scale(
     cli: &Cli,
     settings: &Settings,
     progress: &mut Progress,
-) -> anyhow::Result<(Vec<measure::Comparison>, Vec<paths::CpuBreakdown>)> {
+) -> anyhow::Result<(
+    Vec<measure::Comparison>,
+    Vec<paths::CpuBreakdown>,
+    Vec<String>,
+)> {
     let with_scale = cli.paths.is_none();
     println!(
         "==> building three 2-node clusters: this dataplane, /32 routes + flannel vxlan, cni0 bridge + flannel vxlan"
@@ -189,16 +208,23 @@ fn traffic_and_scale(
     };
     let path_filter = cli.paths.as_deref().unwrap_or_default();
     if with_scale {
-        progress.expect(scale::steps(settings) + programming::steps(settings));
+        progress.expect(
+            scale::steps(settings) + programming::steps(settings) + services::steps(settings),
+        );
     }
     let (mut comparisons, breakdown) = paths::run(&clusters, settings, path_filter, progress)?;
     if with_scale {
         comparisons.extend(scale::run(&clusters, settings, progress)?);
     }
-    // The programming lab is a cluster of its own: the others go first.
+    // The programming lab and the Services nodes are clusters of their own:
+    // the others go first.
     drop(clusters);
+    let mut notes = Vec::new();
     if with_scale {
         comparisons.extend(programming::run(settings, progress)?);
+        let (services, footprint) = services::run(settings, progress)?;
+        comparisons.extend(services);
+        notes.extend(footprint);
     }
-    Ok((comparisons, breakdown))
+    Ok((comparisons, breakdown, notes))
 }

@@ -11,6 +11,9 @@ pub enum Measure {
     UdpSmallPackets,
     LatencyP50,
     LatencyP99,
+    /// Time for `connect` on a new connection: its first packet's way.
+    ConnectP50,
+    ConnectP99,
     ConnectionsPerSecond,
     CpuPerGigabyte,
     /// The part of `CpuPerGigabyte` spent in this dataplane's programs.
@@ -42,6 +45,8 @@ impl Measure {
             Measure::UdpSmallPackets => "iperf3 UDP 64 B, packets/s received",
             Measure::LatencyP50 => "TCP request/response 64 B, p50",
             Measure::LatencyP99 => "TCP request/response 64 B, p99",
+            Measure::ConnectP50 => "TCP connect (first packet), p50",
+            Measure::ConnectP99 => "TCP connect (first packet), p99",
             Measure::ConnectionsPerSecond => "new TCP connections/s, 4 clients",
             Measure::CpuPerGigabyte => "CPU time per GB (TCP 1 stream)",
             Measure::BpfPerGigabyte => "BPF program time per GB (TCP 1 stream)",
@@ -56,7 +61,10 @@ impl Measure {
         match self {
             Measure::TcpOneStream | Measure::TcpFourStreams => "bit/s",
             Measure::UdpSmallPackets => "packets/s",
-            Measure::LatencyP50 | Measure::LatencyP99 => "microseconds",
+            Measure::LatencyP50
+            | Measure::LatencyP99
+            | Measure::ConnectP50
+            | Measure::ConnectP99 => "microseconds",
             Measure::ConnectionsPerSecond => "connections/s",
             Measure::CpuPerGigabyte | Measure::BpfPerGigabyte => "CPU seconds/GB",
             Measure::ProgramCost => "nanoseconds",
@@ -80,7 +88,10 @@ impl Measure {
                 format!("{:.2} Gbit/s", value / 1e9)
             }
             Measure::UdpSmallPackets => format!("{:.0} kpps", value / 1e3),
-            Measure::LatencyP50 | Measure::LatencyP99 => format!("{value:.1} µs"),
+            Measure::LatencyP50
+            | Measure::LatencyP99
+            | Measure::ConnectP50
+            | Measure::ConnectP99 => format!("{value:.1} µs"),
             Measure::ConnectionsPerSecond => format!("{value:.0} conn/s"),
             Measure::CpuPerGigabyte | Measure::BpfPerGigabyte => format!("{value:.3} CPU s/GB"),
             Measure::ProgramCost => format!("{value:.0} ns"),

@@ -76,6 +76,32 @@ fn lab_endpoint(index: u32) -> EndpointSpec {
     }
 }
 
+/// What a node whose agent follows Kubernetes is called there.
+const KUBERNETES_NODE: &str = "lab";
+
+/// Stops the agent of `cluster`'s first node and gives it a Kubernetes
+/// source: a fake API server in its namespace that knows the node (at
+/// `pod_cidr`), and the config file as `edit` leaves it plus the
+/// `[kubernetes]` section. The caller starts the agent again.
+pub fn follow_kubernetes(
+    cluster: &mut Cluster,
+    pod_cidr: &str,
+    edit: impl FnOnce(String) -> String,
+) -> anyhow::Result<FakeApiServer> {
+    let kubeconfig = cluster.workdir().join("kubeconfig");
+    let node = &mut cluster.nodes[0];
+    let kubernetes = FakeApiServer::start(&node.netns)?;
+    kubernetes.write_kubeconfig(&kubeconfig)?;
+    kubernetes.apply_node(KUBERNETES_NODE, node.ip, pod_cidr);
+    node.stop_agent(Signal::SIGTERM);
+    let config = edit(std::fs::read_to_string(&node.config)?)
+        + &format!("\n[kubernetes]\nenabled = true\nnode_name = \"{KUBERNETES_NODE}\"\n");
+    std::fs::write(&node.config, config)?;
+    node.agent_environment
+        .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    Ok(kubernetes)
+}
+
 /// One node whose agent has a pod CIDR big enough, the Kubernetes source on
 /// (a local API server) and veths for endpoints.
 struct Lab {
@@ -89,29 +115,20 @@ struct Lab {
 impl Lab {
     fn new() -> anyhow::Result<Self> {
         let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 0))?;
-        let kubeconfig = cluster.workdir().join("kubeconfig");
+        let own_pod_cidr = format!("pod_cidr = \"{}\"", cluster.nodes[0].pod_cidr);
+        let kubernetes = follow_kubernetes(&mut cluster, LAB_POD_CIDR, |config| {
+            config
+                .replace(&own_pod_cidr, &format!("pod_cidr = \"{LAB_POD_CIDR}\""))
+                .replace(
+                    &format!(
+                        "cluster_cidr = \"{}\"",
+                        dataplane_tests::cluster::CLUSTER_CIDR
+                    ),
+                    &format!("cluster_cidr = \"{LAB_CLUSTER_CIDR}\""),
+                )
+        })?;
         let node = &mut cluster.nodes[0];
-        let kubernetes = FakeApiServer::start(&node.netns)?;
-        kubernetes.write_kubeconfig(&kubeconfig)?;
-        kubernetes.apply_node("lab", node.ip, LAB_POD_CIDR);
-        node.stop_agent(Signal::SIGTERM);
-        let config = std::fs::read_to_string(&node.config)?;
-        let base_config = config
-            .replace(
-                &format!("pod_cidr = \"{}\"", node.pod_cidr),
-                &format!("pod_cidr = \"{LAB_POD_CIDR}\""),
-            )
-            .replace(
-                &format!(
-                    "cluster_cidr = \"{}\"",
-                    dataplane_tests::cluster::CLUSTER_CIDR
-                ),
-                &format!("cluster_cidr = \"{LAB_CLUSTER_CIDR}\""),
-            )
-            + "\n[kubernetes]\nenabled = true\nnode_name = \"lab\"\n";
-        std::fs::write(&node.config, &base_config)?;
-        node.agent_environment
-            .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        let base_config = std::fs::read_to_string(&node.config)?;
         for veth in 0..LAB_VETHS {
             let (host, peer) = (format!("lab{veth}"), format!("lab{veth}p"));
             node.netns.add_veth(&host, &node.netns, &peer)?;

@@ -14,6 +14,7 @@ use crate::{
 pub fn write(
     comparisons: &[Comparison],
     breakdown: &[CpuBreakdown],
+    notes: &[String],
     settings: &Settings,
     directory: &Path,
 ) -> anyhow::Result<String> {
@@ -96,6 +97,9 @@ pub fn write(
             "bpf_program_seconds_per_gb": path.programs,
         }));
     }
+    for note in notes {
+        markdown.push_str(&format!("\n{note}\n"));
+    }
     let json = serde_json::json!({
         "machine": machine,
         "min_repetitions": settings.min_repetitions,
@@ -103,6 +107,7 @@ pub fn write(
         "seconds_per_run": settings.seconds,
         "rows": rows,
         "cpu_breakdown": cpu,
+        "notes": notes,
     });
     std::fs::write(directory.join("results.md"), &markdown).context("writing results.md")?;
     std::fs::write(

@@ -218,14 +218,19 @@ struct DataplaneTables {
 
 impl DataplaneTables {
     fn pinned(bpf_root: PathBuf) -> anyhow::Result<Self> {
-        let mut ebpf = loader::load(&loader::pin_directory(&bpf_root))
-            .with_context(|| format!("opening the maps pinned under {}", bpf_root.display()))?;
-        // The maps keep their own descriptors; the programs are not needed.
         Ok(Self {
-            maps: Maps::take_from(&mut ebpf)?,
+            maps: pinned_maps(&bpf_root)?,
             filled: Filled::default(),
         })
     }
+}
+
+/// The maps an agent pinned under `bpf_root`.
+pub fn pinned_maps(bpf_root: &std::path::Path) -> anyhow::Result<Maps> {
+    let mut ebpf = loader::load(&loader::pin_directory(bpf_root))
+        .with_context(|| format!("opening the maps pinned under {}", bpf_root.display()))?;
+    // The maps keep their own descriptors; the programs are not needed.
+    Ok(Maps::take_from(&mut ebpf)?)
 }
 
 /// Adds fake entries to `maps` until `target` of them are there.

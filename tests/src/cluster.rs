@@ -236,6 +236,11 @@ impl Node {
         Ok(())
     }
 
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|agent| agent.child.id())
+    }
+
     /// Starts the agent and waits until its API answers.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         self.spawn_agent()?;

@@ -254,18 +254,42 @@ pub fn connection_rate(
             }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let rate = connection_rate_to(client, address, duration, clients, pinning.client);
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().try_for_each(|worker| {
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("server worker panicked"))?
+    })?;
+    rate
+}
+
+/// The request of a connection-rate client: the server answers it and
+/// closes first, so the client's port is free again at once.
+const LAST_REQUEST: [u8; 64] = [7u8; 64];
+
+/// The client side of `connection_rate`: new TCP connections per second
+/// from `clients` parallel clients in `client` to `address`, each pinned to
+/// `cpu`.
+pub fn connection_rate_to(
+    client: &Netns,
+    address: SocketAddr,
+    duration: Duration,
+    clients: usize,
+    cpu: Option<usize>,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let connectors: Vec<_> = (0..clients)
         .map(|_| {
             in_netns(client, move || {
-                pin_thread(pinning.client)?;
+                pin_thread(cpu)?;
                 let mut connections = 0u64;
                 let mut reply = [0u8; 64];
                 while started.elapsed() < duration {
                     let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
                         .with_context(|| format!("connection {connections} to {address}"))?;
                     stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-                    stream.write_all(&[7u8; 64])?;
+                    stream.write_all(&LAST_REQUEST)?;
                     stream.read_exact(&mut reply)?;
                     connections += 1;
                 }
@@ -273,15 +297,11 @@ pub fn connection_rate(
             })
         })
         .collect();
-    let connected: anyhow::Result<u64> = connectors.into_iter().map(joined).sum();
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    workers.into_iter().try_for_each(|worker| {
-        worker
-            .join()
-            .map_err(|_| anyhow::anyhow!("server worker panicked"))?
-    })?;
-    Ok(connected? as f64 / elapsed)
+    let connected: u64 = connectors
+        .into_iter()
+        .map(joined)
+        .sum::<anyhow::Result<u64>>()?;
+    Ok(connected as f64 / started.elapsed().as_secs_f64())
 }
 
 /// A TCP listener on an ephemeral port of `ip` in `netns` whose accept()
@@ -291,9 +311,20 @@ fn listener_in(
     ip: Ipv4Addr,
     accept_timeout: Duration,
 ) -> anyhow::Result<TcpListener> {
+    listener_on(netns, SocketAddrV4::new(ip, 0), accept_timeout)
+}
+
+/// A TCP listener on `address` in `netns` whose accept() gives up after
+/// `accept_timeout`.
+fn listener_on(
+    netns: &Netns,
+    address: SocketAddrV4,
+    accept_timeout: Duration,
+) -> anyhow::Result<TcpListener> {
     let timeout = TimeVal::microseconds(i64::try_from(accept_timeout.as_micros())?);
     joined(in_netns(netns, move || {
-        let listener = TcpListener::bind((ip, 0))?;
+        let listener =
+            TcpListener::bind(address).with_context(|| format!("listening on {address}"))?;
         setsockopt(&listener, ReceiveTimeout, &timeout)?;
         Ok(listener)
     }))
@@ -316,8 +347,80 @@ fn answer_until(listener: &TcpListener, stop: &AtomicBool) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Round-trip times of 64-byte requests answered with 64 bytes over one
-/// TCP connection (no Nagle), back to back for `duration`.
+/// Echo servers on several ports of one address (a Service's backends),
+/// for every client function here that takes an address: each connection
+/// gets 64-byte answers to 64-byte requests until it ends, and is closed by
+/// the server right after answering the last request (`LAST_REQUEST`).
+/// They stop when dropped.
+pub struct EchoServers {
+    stop: Arc<AtomicBool>,
+    workers: Vec<thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl EchoServers {
+    /// `workers` threads per port (connections served at once), pinned to `cpu`.
+    pub fn start(
+        netns: &Netns,
+        ip: Ipv4Addr,
+        ports: impl IntoIterator<Item = u16>,
+        workers: usize,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for port in ports {
+            // accept() gives up after 100 ms, so workers notice when to stop.
+            let listener = listener_on(
+                netns,
+                SocketAddrV4::new(ip, port),
+                Duration::from_millis(100),
+            )?;
+            for _ in 0..workers {
+                let (listener, stop) = (listener.try_clone()?, Arc::clone(&stop));
+                handles.push(thread::spawn(move || {
+                    pin_thread(cpu)?;
+                    serve_until(&listener, &stop)
+                }));
+            }
+        }
+        Ok(Self {
+            stop,
+            workers: handles,
+        })
+    }
+}
+
+impl Drop for EchoServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Serves connections on `listener` one after the other until `stop`.
+fn serve_until(listener: &TcpListener, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut request = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+                while stream.read_exact(&mut request).is_ok()
+                    && stream.write_all(&request).is_ok()
+                    && request != LAST_REQUEST
+                {}
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Percentiles of timed exchanges: round trips of 64-byte requests over one
+/// TCP connection (no Nagle), or connects.
 pub struct Latency {
     pub p50: Duration,
     pub p99: Duration,
@@ -348,8 +451,24 @@ pub fn request_response_latency(
         }
         Ok(())
     });
+    let rtts = request_response_to(client, address, duration, pinning.client);
+    let echoed = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo server panicked"))?;
+    echoed?;
+    rtts
+}
+
+/// The client side of `request_response_latency`: 64-byte requests to
+/// `address` over one connection from `client`, pinned to `cpu`.
+pub fn request_response_to(
+    client: &Netns,
+    address: SocketAddr,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> anyhow::Result<Latency> {
     let rtts = joined(in_netns(client, move || {
-        pin_thread(pinning.client)?;
+        pin_thread(cpu)?;
         let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
             .with_context(|| format!("connecting to {address}"))?;
         stream.set_nodelay(true)?;
@@ -367,24 +486,55 @@ pub fn request_response_latency(
             request[0] = request[0].wrapping_add(1);
         }
         Ok(rtts)
-    }));
-    let echoed = echo
-        .join()
-        .map_err(|_| anyhow::anyhow!("echo server panicked"))?;
-    let mut rtts = rtts?;
-    echoed?;
+    }))?;
     if rtts.is_empty() {
         bail!("no request completed within {duration:?}");
     }
-    rtts.sort_unstable();
-    let percentile = |share: f64| rtts[((rtts.len() - 1) as f64 * share).round() as usize];
-    Ok(Latency {
-        p50: percentile(0.50),
-        p99: percentile(0.99),
-        exchanges: rtts.len(),
-    })
+    Ok(Latency::of(rtts))
 }
 
+impl Latency {
+    /// The percentiles of `rtts`, which must not be empty.
+    fn of(mut rtts: Vec<Duration>) -> Self {
+        rtts.sort_unstable();
+        let percentile = |share: f64| rtts[((rtts.len() - 1) as f64 * share).round() as usize];
+        Latency {
+            p50: percentile(0.50),
+            p99: percentile(0.99),
+            exchanges: rtts.len(),
+        }
+    }
+}
+
+/// How long `connect` takes (the first packet's way to the server and its
+/// answer's way back) over `count` new connections from `client` to
+/// `address`, one after the other, pinned to `cpu`. Each then sends the
+/// last request, so the server closes first.
+pub fn connect_latency(
+    client: &Netns,
+    address: SocketAddr,
+    count: usize,
+    cpu: Option<usize>,
+) -> anyhow::Result<Latency> {
+    anyhow::ensure!(count > 0, "no connections to time");
+    let times = joined(in_netns(client, move || {
+        pin_thread(cpu)?;
+        let mut reply = [0u8; 64];
+        (0..count)
+            .map(|index| {
+                let started = Instant::now();
+                let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
+                    .with_context(|| format!("connection {index} to {address}"))?;
+                let took = started.elapsed();
+                stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+                stream.write_all(&LAST_REQUEST)?;
+                stream.read_exact(&mut reply)?;
+                Ok(took)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    }))?;
+    Ok(Latency::of(times))
+}
 /// What an iperf3 run sends.
 #[derive(Debug, Clone, Copy)]
 pub enum Iperf3Load {

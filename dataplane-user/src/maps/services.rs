@@ -57,31 +57,41 @@ impl ServiceMaps {
         let mut programmed = Vec::new();
         for entry in self.services.iter() {
             let (key, value) = entry.map_err(access(names::SERVICES_MAP))?;
-            let backends = (0..value.backend_count)
-                .map(|slot| {
-                    let slot_key = BackendKey {
-                        service_id: value.id,
-                        slot,
-                    };
-                    self.backends
-                        .get(&slot_key, 0)
-                        .map_err(|error| MapsError::Corrupt {
-                            name: names::BACKENDS_MAP,
-                            detail: format!("slot {slot} of service id {}: {error}", value.id),
-                        })
-                })
-                .collect::<Result<_, _>>()?;
-            programmed.push((
-                key,
-                ProgrammedService {
-                    id: value.id,
-                    backends,
-                    affinity_seconds: value.affinity_seconds,
-                    flags: value.flags,
-                },
-            ));
+            programmed.push((key, self.programmed_service(value)?));
         }
         Ok(programmed)
+    }
+
+    /// The frontend `key` as the maps hold it, if they do.
+    pub fn get(&self, key: &ServiceKey) -> Result<Option<ProgrammedService>, MapsError> {
+        match self.services.get(key, 0) {
+            Ok(value) => self.programmed_service(value).map(Some),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(access(names::SERVICES_MAP)(error)),
+        }
+    }
+
+    fn programmed_service(&self, value: ServiceValue) -> Result<ProgrammedService, MapsError> {
+        let backends = (0..value.backend_count)
+            .map(|slot| {
+                let slot_key = BackendKey {
+                    service_id: value.id,
+                    slot,
+                };
+                self.backends
+                    .get(&slot_key, 0)
+                    .map_err(|error| MapsError::Corrupt {
+                        name: names::BACKENDS_MAP,
+                        detail: format!("slot {slot} of service id {}: {error}", value.id),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ProgrammedService {
+            id: value.id,
+            backends,
+            affinity_seconds: value.affinity_seconds,
+            flags: value.flags,
+        })
     }
 
     /// Every backend slot, for listing.

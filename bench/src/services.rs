@@ -1,0 +1,556 @@
+//! Services against kube-proxy: this dataplane, fed by its Kubernetes
+//! source (Service and EndpointSlice objects from a local API server), and
+//! kube-proxy's iptables and nftables rule sets, written as kube-proxy
+//! writes them and loaded with `iptables-restore` and `nft -f` into a
+//! kernel-routes node of their own. Each grows to 1, 1,000, 10,000 and
+//! 30,000 Services of 10 endpoints in syncs of at most 1,000 Services; at
+//! each size a client pod connects to the Service written last (the last
+//! jump iptables looks at), whose backends are ports of a server pod on the
+//! same node, and one of its endpoints is changed.
+
+use std::{
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    ops::Range,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use dataplane_tests::{
+    Cluster, ClusterSpec, Forwarding,
+    cluster::CLUSTER_CIDR,
+    kube_api::{FakeApiServer, Resource},
+    netns::Netns,
+    traffic::{EchoServers, connect_latency, connection_rate_to, request_response_to},
+};
+use dataplane_user::{
+    maps::{Maps, backend_entry, service_key},
+    model::{Frontend, Protocol, Scope},
+};
+use serde_json::json;
+
+use crate::{
+    Progress, Settings,
+    kube_proxy::{self, ServicePort},
+    measure::{Comparison, Measure},
+    paths::Placement,
+    programming::follow_kubernetes,
+    scale::{pinned_maps, thousands},
+};
+
+const LEVELS: [u32; 4] = [1, 1_000, 10_000, 30_000];
+const QUICK_LEVELS: [u32; 2] = [1, 1_000];
+/// Services written per sync (one `iptables-restore`, one `nft -f`, one
+/// burst of API objects).
+const BATCH: u32 = 1_000;
+const ENDPOINTS: u16 = 10;
+const SERVICE_PORT: u16 = 80;
+/// The measured Services' backends are ports of the server pod from here:
+/// `ENDPOINTS` and one for the endpoint changes to move to, for each
+/// level its own (a client port's last connection to a backend port may
+/// still be in TIME_WAIT at the server, and a SYN through another
+/// frontend carries other TCP timestamps, which TIME_WAIT refuses).
+const FIRST_TARGET_PORT: u16 = 8080;
+const PORTS_PER_LEVEL: u16 = ENDPOINTS + 1;
+/// Connections the echo servers serve at once per port.
+const SERVER_WORKERS: usize = 5;
+const CLIENTS: usize = 4;
+/// Never a backend: the unmeasured Services' endpoints start here.
+const FAKE_ENDPOINTS: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 0);
+/// How long a Service change may take to show before the run fails.
+const PROGRAMMING_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn levels(settings: &Settings) -> &'static [u32] {
+    if settings.quick { &QUICK_LEVELS } else { &LEVELS }
+}
+
+/// Progress steps `run` reports.
+pub fn steps(settings: &Settings) -> usize {
+    levels(settings).len() * (1 + settings.min_repetitions) + 1
+}
+
+/// The address of Service `index`: 10.96.0.1 onwards.
+fn cluster_ip(index: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + index)
+}
+
+/// Service `index` as written at first: a measured one (the last of a
+/// level) leads to the server pod's ports, the others to addresses
+/// nothing answers.
+fn service_port(index: u32, server_ip: Ipv4Addr) -> ServicePort {
+    let measured = target_ports(index);
+    let endpoints = (0..ENDPOINTS)
+        .map(|position| {
+            if let Some(first) = measured.clone().map(|ports| ports.start) {
+                SocketAddrV4::new(server_ip, first + position)
+            } else {
+                let fake = u32::from(FAKE_ENDPOINTS) + index * u32::from(ENDPOINTS);
+                SocketAddrV4::new(
+                    Ipv4Addr::from(fake + u32::from(position)),
+                    FIRST_TARGET_PORT,
+                )
+            }
+        })
+        .collect();
+    ServicePort {
+        index,
+        cluster_ip: cluster_ip(index),
+        port: SERVICE_PORT,
+        endpoints,
+    }
+}
+
+/// The server's ports for Service `index` if it is measured (the last of
+/// a level).
+fn target_ports(index: u32) -> Option<Range<u16>> {
+    let level = LEVELS.iter().position(|&level| level == index + 1)? as u16;
+    let first = FIRST_TARGET_PORT + level * PORTS_PER_LEVEL;
+    Some(first..first + PORTS_PER_LEVEL)
+}
+
+/// Moves the first endpoint of measured Service `service` to the other of
+/// its two ports on the server; what it was before.
+fn move_first_endpoint(service: &mut ServicePort) -> SocketAddrV4 {
+    let ports = target_ports(service.index).expect("only measured Services change");
+    let before = service.endpoints[0];
+    let port = if before.port() == ports.start {
+        ports.end - 1
+    } else {
+        ports.start
+    };
+    service.endpoints[0] = SocketAddrV4::new(*before.ip(), port);
+    before
+}
+
+/// One way of serving Services on a node, with a client and a server pod.
+trait Peer {
+    fn client(&self) -> &Netns;
+    /// Writes Services `indices` (appended after those there); seconds
+    /// until they are in force.
+    fn add(&mut self, indices: Range<u32>) -> anyhow::Result<f64>;
+    /// Moves one endpoint of Service `index`; seconds until in force.
+    fn change(&mut self, index: u32) -> anyhow::Result<f64>;
+}
+
+/// A one-node cluster of `forwarding` with a client pod and a server pod
+/// answering on the measured Services' backend ports.
+struct Node {
+    cluster: Cluster,
+    /// Kept for their drop: they stop with the peer.
+    _servers: EchoServers,
+    server_ip: Ipv4Addr,
+}
+
+impl Node {
+    fn new(forwarding: Forwarding, server_cpu: Option<usize>) -> anyhow::Result<Self> {
+        let cluster = Cluster::new(ClusterSpec::new(1, 2, forwarding))?;
+        let server = &cluster.nodes[0].pods[1];
+        let servers = EchoServers::start(
+            &server.netns,
+            server.ip,
+            FIRST_TARGET_PORT..FIRST_TARGET_PORT + LEVELS.len() as u16 * PORTS_PER_LEVEL,
+            SERVER_WORKERS,
+            server_cpu,
+        )?;
+        Ok(Self {
+            server_ip: server.ip,
+            cluster,
+            _servers: servers,
+        })
+    }
+
+    fn client(&self) -> &Netns {
+        &self.cluster.nodes[0].pods[0].netns
+    }
+}
+
+/// This dataplane, its Services from Kubernetes objects.
+struct Dataplane {
+    node: Node,
+    kubernetes: FakeApiServer,
+    maps: Maps,
+    services: Vec<ServicePort>,
+}
+
+impl Dataplane {
+    fn new(server_cpu: Option<usize>) -> anyhow::Result<Self> {
+        let mut node = Node::new(Forwarding::Dataplane, server_cpu)?;
+        let pod_cidr = node.cluster.nodes[0].pod_cidr.to_string();
+        let kubernetes = follow_kubernetes(&mut node.cluster, &pod_cidr, |config| config)?;
+        let agent = &mut node.cluster.nodes[0];
+        // As users run it: one line per Service written, not per packet.
+        agent
+            .agent_environment
+            .push(("DATAPLANE_LOG".into(), "info".into()));
+        agent.start_agent()?;
+        let maps = pinned_maps(&agent.bpf_root()?)?;
+        Ok(Self {
+            node,
+            kubernetes,
+            maps,
+            services: Vec::new(),
+        })
+    }
+
+    /// The EndpointSlices of `service`: one per endpoint where their ports
+    /// differ (a slice has one port per name), else one for all.
+    fn apply_slices(&self, service: &ServicePort) {
+        let name = format!("svc{}", service.index);
+        let slices: Vec<(usize, &[SocketAddrV4])> =
+            if target_ports(service.index).is_none() {
+                vec![(0, &service.endpoints[..])]
+            } else {
+                service
+                    .endpoints
+                    .chunks(1)
+                    .enumerate()
+                    .collect()
+            };
+        for (number, endpoints) in slices {
+            let addresses: Vec<_> = endpoints
+                .iter()
+                .map(|endpoint| {
+                    json!({"addresses": [endpoint.ip().to_string()],
+                           "conditions": {"ready": true, "serving": true, "terminating": false}})
+                })
+                .collect();
+            self.kubernetes.apply(
+                Resource::EndpointSlices,
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {"name": format!("{name}-{number}"), "namespace": "bench",
+                                 "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4",
+                    "endpoints": addresses,
+                    "ports": [{"name": "http", "port": endpoints[0].port(), "protocol": "TCP"}],
+                }),
+            );
+        }
+    }
+
+    /// Waits until the maps lead `service`'s frontend to its endpoints.
+    fn until_programmed(&self, service: &ServicePort, started: Instant) -> anyhow::Result<f64> {
+        let key = service_key(&Frontend {
+            ip: service.cluster_ip,
+            port: service.port,
+            protocol: Protocol::Tcp,
+            scope: Scope::Everyone,
+        });
+        let mut wanted: Vec<_> = service.endpoints.iter().copied().map(backend_entry).collect();
+        wanted.sort_unstable();
+        loop {
+            if let Some(programmed) = self.maps.services.get(&key)? {
+                let mut backends = programmed.backends;
+                backends.sort_unstable();
+                if backends == wanted {
+                    return Ok(started.elapsed().as_secs_f64());
+                }
+            }
+            if started.elapsed() > PROGRAMMING_TIMEOUT {
+                bail!(
+                    "Service {} not programmed after {PROGRAMMING_TIMEOUT:?}; the agent's log:\n{}",
+                    service.index,
+                    self.node.cluster.nodes[0].agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// The agent's resident memory and its maps' (memlock, each map once).
+    fn footprint(&self) -> anyhow::Result<(u64, u64)> {
+        let pid = self.node.cluster.nodes[0]
+            .agent_pid()
+            .context("the agent is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("no VmRSS in the agent's status")?;
+        let mut maps = std::collections::BTreeMap::new();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+            let info = std::fs::read_to_string(fd?.path()).unwrap_or_default();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:")) {
+                maps.insert(id, memlock);
+            }
+        }
+        Ok((rss * 1024, maps.values().sum()))
+    }
+}
+
+impl Peer for Dataplane {
+    fn client(&self) -> &Netns {
+        self.node.client()
+    }
+
+    fn add(&mut self, indices: Range<u32>) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let first = self.services.len();
+        self.services
+            .extend(indices.map(|index| service_port(index, self.node.server_ip)));
+        for service in &self.services[first..] {
+            let (name, ip) = (format!("svc{}", service.index), service.cluster_ip.to_string());
+            self.kubernetes.apply(
+                Resource::Services,
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": name, "namespace": "bench"},
+                    "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                             "ports": [{"name": "http", "port": service.port, "protocol": "TCP",
+                                        "targetPort": "http"}]},
+                }),
+            );
+        }
+        for service in &self.services[first..] {
+            self.apply_slices(service);
+        }
+        // Each watch delivers in order: the last Service complete means all are.
+        let last = self.services.last().context("no Services")?;
+        self.until_programmed(last, started)
+    }
+
+    fn change(&mut self, index: u32) -> anyhow::Result<f64> {
+        let service = &mut self.services[index as usize];
+        move_first_endpoint(service);
+        let service = &self.services[index as usize];
+        let started = Instant::now();
+        self.apply_slices(service);
+        self.until_programmed(service, started)
+    }
+}
+
+/// Which of kube-proxy's modes.
+#[derive(Debug, Clone, Copy)]
+enum RuleSet {
+    Iptables,
+    Nftables,
+}
+
+/// kube-proxy's rules on a kernel-routes node.
+struct KubeProxy {
+    node: Node,
+    rule_set: RuleSet,
+    services: Vec<ServicePort>,
+}
+
+impl KubeProxy {
+    fn new(rule_set: RuleSet, server_cpu: Option<usize>) -> anyhow::Result<Self> {
+        let peer = Self {
+            node: Node::new(Forwarding::KernelRoutes, server_cpu)?,
+            rule_set,
+            services: Vec::new(),
+        };
+        peer.load(&match rule_set {
+            RuleSet::Iptables => kube_proxy::iptables_jumps(),
+            RuleSet::Nftables => kube_proxy::nft_table(),
+        })?;
+        Ok(peer)
+    }
+
+    /// Feeds `rules` to `iptables-restore --noflush` or `nft -f` in the
+    /// node's namespace, as kube-proxy does each sync; seconds it took.
+    fn load(&self, rules: &str) -> anyhow::Result<f64> {
+        let (program, args): (&str, &[&str]) = match self.rule_set {
+            RuleSet::Iptables => ("iptables-restore", &["--noflush"]),
+            RuleSet::Nftables => ("nft", &["-f", "-"]),
+        };
+        let started = Instant::now();
+        let mut child = self.node.cluster.nodes[0]
+            .netns
+            .command(program)?
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {program}"))?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(rules.as_bytes())?;
+        let output = child.wait_with_output()?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !output.status.success() {
+            bail!(
+                "{program} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(seconds)
+    }
+}
+
+impl Peer for KubeProxy {
+    fn client(&self) -> &Netns {
+        self.node.client()
+    }
+
+    fn add(&mut self, indices: Range<u32>) -> anyhow::Result<f64> {
+        let first = self.services.len();
+        self.services
+            .extend(indices.map(|index| service_port(index, self.node.server_ip)));
+        let added: Vec<&ServicePort> = self.services[first..].iter().collect();
+        let rules = match self.rule_set {
+            RuleSet::Iptables => kube_proxy::iptables_sync(&self.services, &added, &[], CLUSTER_CIDR),
+            RuleSet::Nftables => kube_proxy::nft_sync(&added, true, &[], CLUSTER_CIDR),
+        };
+        self.load(&rules)
+    }
+
+    fn change(&mut self, index: u32) -> anyhow::Result<f64> {
+        let before = move_first_endpoint(&mut self.services[index as usize]);
+        let service = &self.services[index as usize];
+        let departed = [(service, before)];
+        let rules = match self.rule_set {
+            RuleSet::Iptables => {
+                kube_proxy::iptables_sync(&self.services, &[service], &departed, CLUSTER_CIDR)
+            }
+            RuleSet::Nftables => kube_proxy::nft_sync(&[service], false, &departed, CLUSTER_CIDR),
+        };
+        self.load(&rules)
+    }
+}
+
+/// What one peer measured in one repetition, by measure.
+fn traffic(
+    peer: &dyn Peer,
+    frontend: SocketAddr,
+    settings: &Settings,
+    client_cpu: Option<usize>,
+) -> anyhow::Result<Vec<(Measure, f64)>> {
+    let connects = if settings.quick { 200 } else { 2_000 };
+    let connect = connect_latency(peer.client(), frontend, connects, client_cpu)?;
+    let exchange = request_response_to(peer.client(), frontend, settings.duration(), client_cpu)?;
+    let rate = connection_rate_to(
+        peer.client(),
+        frontend,
+        Duration::from_secs_f64(settings.connection_seconds),
+        CLIENTS,
+        client_cpu,
+    )?;
+    let micros = |duration: Duration| duration.as_secs_f64() * 1e6;
+    Ok(vec![
+        (Measure::ConnectP50, micros(connect.p50)),
+        (Measure::ConnectP99, micros(connect.p99)),
+        (Measure::LatencyP50, micros(exchange.p50)),
+        (Measure::LatencyP99, micros(exchange.p99)),
+        (Measure::ConnectionsPerSecond, rate),
+    ])
+}
+
+const BASELINES: [&str; 2] = [
+    "kube-proxy iptables mode (iptables-restore, nf_tables backend)",
+    "kube-proxy nftables mode (nft -f)",
+];
+
+/// The Services rows, and a note on the dataplane's footprint at the
+/// largest size.
+pub fn run(
+    settings: &Settings,
+    progress: &mut Progress,
+) -> anyhow::Result<(Vec<Comparison>, Vec<String>)> {
+    println!(
+        "==> Services: this dataplane (Kubernetes source) against kube-proxy's iptables and nftables rules"
+    );
+    let pinning = Placement::all(false)
+        .last()
+        .expect("one placement at least")
+        .pinning();
+    let mut dataplane = Dataplane::new(pinning.server)?;
+    let mut iptables = KubeProxy::new(RuleSet::Iptables, pinning.server)?;
+    let mut nftables = KubeProxy::new(RuleSet::Nftables, pinning.server)?;
+    let mut comparisons = Vec::new();
+    let mut programming = [0.0; 3];
+    let mut written = 0;
+    for &level in levels(settings) {
+        let started = Instant::now();
+        while written < level {
+            let to = (written + BATCH).min(level);
+            let peers: [&mut dyn Peer; 3] = [&mut dataplane, &mut iptables, &mut nftables];
+            for (total, peer) in programming.iter_mut().zip(peers) {
+                *total += peer.add(written..to)?;
+            }
+            written = to;
+        }
+        let scenario = format!(
+            "Services: {} x {ENDPOINTS} endpoints, ClusterIP of the last",
+            thousands(level)
+        );
+        progress.step(
+            &format!("{scenario}: programmed"),
+            &format!(
+                "{:.1} s; from none: dataplane {}, iptables {}, nftables {}",
+                started.elapsed().as_secs_f64(),
+                Measure::ProgrammingTime.show(programming[0]),
+                Measure::ProgrammingTime.show(programming[1]),
+                Measure::ProgrammingTime.show(programming[2]),
+            ),
+        );
+        let mut rows: Vec<[Comparison; 2]> = Vec::new();
+        let mut row = |measure: Measure, values: [f64; 3]| {
+            let position = rows
+                .iter()
+                .position(|pair| pair[0].measure == measure)
+                .unwrap_or_else(|| {
+                    rows.push(BASELINES.map(|baseline| {
+                        Comparison::new(scenario.clone(), baseline, measure)
+                    }));
+                    rows.len() - 1
+                });
+            for (comparison, theirs) in rows[position].iter_mut().zip(&values[1..]) {
+                comparison.dataplane.push(values[0]);
+                comparison.reference.push(*theirs);
+            }
+        };
+        row(Measure::ProgrammingTime, programming);
+        let frontend = SocketAddr::from((cluster_ip(level - 1), SERVICE_PORT));
+        for repetition in 1..=settings.min_repetitions {
+            let mut measured: Vec<Vec<(Measure, f64)>> = Vec::new();
+            let mut changes = [0.0; 3];
+            let peers: [&mut dyn Peer; 3] = [&mut dataplane, &mut iptables, &mut nftables];
+            for (change, peer) in changes.iter_mut().zip(peers) {
+                measured.push(traffic(peer, frontend, settings, pinning.client)?);
+                *change = peer.change(level - 1)?;
+            }
+            for position in 0..measured[0].len() {
+                let measure = measured[0][position].0;
+                row(measure, [0, 1, 2].map(|peer| measured[peer][position].1));
+            }
+            row(Measure::TimePerChange, changes);
+            progress.step(
+                &format!("run {repetition} {scenario}"),
+                &format!(
+                    "connect p99 {} / {} / {}, one endpoint change {} / {} / {} (dataplane / iptables / nftables)",
+                    Measure::ConnectP99.show(measured[0][1].1),
+                    Measure::ConnectP99.show(measured[1][1].1),
+                    Measure::ConnectP99.show(measured[2][1].1),
+                    Measure::TimePerChange.show(changes[0]),
+                    Measure::TimePerChange.show(changes[1]),
+                    Measure::TimePerChange.show(changes[2]),
+                ),
+            );
+        }
+        comparisons.extend(rows.into_iter().flatten());
+    }
+    let (rss, map_bytes) = dataplane.footprint()?;
+    let note = format!(
+        "Services footprint at {} Services x {ENDPOINTS} endpoints: the agent's resident memory \
+         {:.1} MB, its BPF maps {:.1} MB (memlock, all maps of the dataplane, at their fixed sizes).",
+        thousands(written),
+        rss as f64 / 1e6,
+        map_bytes as f64 / 1e6
+    );
+    progress.step("Services footprint", &note);
+    Ok((comparisons, vec![note]))
+}
