@@ -40,6 +40,9 @@ struct Cli {
     /// sets); no traffic clusters are built.
     #[arg(long, conflicts_with_all = ["paths", "programming_only"])]
     services_only: bool,
+    /// The largest number of Services measured (of 1, 1,000, 10,000, 30,000).
+    #[arg(long, default_value_t = 30_000)]
+    services_max: u32,
     /// Exactly this many repetitions (default: at least 4 and more, up to
     /// 12, until every row's interval is settled or the budget is spent; 1
     /// with --quick).
@@ -59,6 +62,8 @@ struct Cli {
 pub struct Settings {
     /// The CI smoke run: fewer and smaller runs.
     pub quick: bool,
+    /// The largest Services level measured.
+    pub services_max: u32,
     /// Interleaved repetitions of every traffic run at least (and of the
     /// scale runs exactly).
     pub min_repetitions: usize,
@@ -81,6 +86,7 @@ impl Settings {
         if quick {
             Self {
                 quick,
+                services_max: 1_000,
                 min_repetitions: 1,
                 max_repetitions: 1,
                 budget: Duration::ZERO,
@@ -92,6 +98,7 @@ impl Settings {
         } else {
             Self {
                 quick,
+                services_max: 30_000,
                 min_repetitions: 4,
                 max_repetitions: 12,
                 budget: Duration::from_secs(12 * 60),
@@ -163,6 +170,7 @@ fn main() -> anyhow::Result<()> {
     }
     if !cli.quick {
         settings.budget = Duration::from_secs(cli.budget_minutes * 60);
+        settings.services_max = cli.services_max;
     }
     let mut progress = Progress::default();
     let (comparisons, breakdown, notes) = if cli.programming_only {

@@ -40,7 +40,6 @@ use crate::{
 };
 
 const LEVELS: [u32; 4] = [1, 1_000, 10_000, 30_000];
-const QUICK_LEVELS: [u32; 2] = [1, 1_000];
 /// Services written per sync (one `iptables-restore`, one `nft -f`, one
 /// burst of API objects).
 const BATCH: u32 = 1_000;
@@ -61,8 +60,10 @@ const FAKE_ENDPOINTS: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 0);
 /// How long a Service change may take to show before the run fails.
 const PROGRAMMING_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The levels up to `--services-max` (1,000 with `--quick`).
 fn levels(settings: &Settings) -> &'static [u32] {
-    if settings.quick { &QUICK_LEVELS } else { &LEVELS }
+    let count = LEVELS.partition_point(|&level| level <= settings.services_max);
+    &LEVELS[..count.max(1)]
 }
 
 /// Progress steps `run` reports.

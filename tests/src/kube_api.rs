@@ -282,12 +282,12 @@ fn watch_events(shared: Arc<Shared>, resource: Resource, from: u64) -> Body {
                 let (lines, dropped) = {
                     let state = shared.state.lock().unwrap();
                     let mut lines = String::new();
-                    let after = from;
-                    for (version, of, event) in state
+                    // Events are in version order: skip those seen by search,
+                    // not by a walk (tens of thousands of objects are applied).
+                    let seen = state
                         .events
-                        .iter()
-                        .filter(|(version, _, _)| *version > after)
-                    {
+                        .partition_point(|(version, _, _)| *version <= from);
+                    for (version, of, event) in &state.events[seen..] {
                         if *of == resource {
                             lines.push_str(&format!("{event}\n"));
                         }

@@ -59,6 +59,8 @@ pub struct Dataplane {
     host_addresses: BTreeSet<Ipv4Addr>,
     /// The Service frontends programmed (the mirror of the Service maps).
     services: BTreeMap<ServiceKey, ProgrammedService>,
+    /// How many of them are for outside clients of a Local frontend.
+    outside_local_frontends: usize,
     /// The id the next new frontend gets (ids are not reused in a run).
     next_service_id: u32,
 }
@@ -82,6 +84,7 @@ impl Dataplane {
             .map(|service| service.id + 1)
             .max()
             .unwrap_or(0);
+        let outside_local_frontends = services.keys().filter(|key| key.scope != 0).count();
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir).map_err(|error| DataplaneError::Pin {
             program: "(all)",
@@ -100,6 +103,7 @@ impl Dataplane {
             remote_nodes,
             host_addresses: BTreeSet::new(),
             services,
+            outside_local_frontends,
             next_service_id,
         })
     }
@@ -271,6 +275,12 @@ impl Dataplane {
         &self.services
     }
 
+    /// Whether any frontend is programmed for outside clients of a Local
+    /// frontend (kept count of, not looked for: asked on every change).
+    pub fn serves_outside_local(&self) -> bool {
+        self.outside_local_frontends > 0
+    }
+
     /// Every backend slot of every frontend, as the map holds them.
     pub fn backend_slots(
         &self,
@@ -302,6 +312,7 @@ impl Dataplane {
             (Some(service), None) => {
                 self.maps.services.remove(key, service.id, old.len())?;
                 self.services.remove(&key);
+                self.outside_local_frontends -= usize::from(key.scope != 0);
                 service.id
             }
             (None, None) => return Ok(0),
@@ -311,6 +322,7 @@ impl Dataplane {
                     None => {
                         let id = self.next_service_id;
                         self.next_service_id = id.wrapping_add(1);
+                        self.outside_local_frontends += usize::from(key.scope != 0);
                         id
                     }
                 };

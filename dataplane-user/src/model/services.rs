@@ -385,6 +385,9 @@ pub struct Services {
     /// where it leads.
     by_source: BTreeMap<Source, BTreeMap<Frontend, (String, FrontendTarget)>>,
     effective: BTreeMap<Frontend, FrontendTarget>,
+    /// The Services with a health check port (external traffic policy
+    /// Local), in ranking order: each change looks at these, not at all.
+    health_checked: BTreeSet<(Source, String)>,
 }
 
 impl Services {
@@ -422,31 +425,24 @@ impl Services {
     /// source's, then the first by name).
     pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
         let mut checks = BTreeMap::new();
-        for source in Source::ALL {
-            for service in self
-                .contributed
-                .get(&source)
-                .into_iter()
-                .flat_map(BTreeMap::values)
-            {
-                let Some(port) = service
-                    .health_check_node_port
-                    .filter(|_| service.external_traffic_local)
-                else {
-                    continue;
-                };
-                let local: BTreeSet<Ipv4Addr> = service
-                    .ports
-                    .iter()
-                    .flat_map(|port| &port.backends)
-                    .filter(|backend| self.node.has(backend))
-                    .map(|backend| *backend.ip())
-                    .collect();
-                checks.entry(port).or_insert_with(|| HealthCheck {
-                    service: service.name.clone(),
-                    local_endpoints: local.len(),
-                });
-            }
+        for (source, name) in &self.health_checked {
+            let Some(service) = self.contributed.get(source).and_then(|of| of.get(name)) else {
+                continue;
+            };
+            let Some(port) = service.health_check_node_port else {
+                continue;
+            };
+            let local: BTreeSet<Ipv4Addr> = service
+                .ports
+                .iter()
+                .flat_map(|port| &port.backends)
+                .filter(|backend| self.node.has(backend))
+                .map(|backend| *backend.ip())
+                .collect();
+            checks.entry(port).or_insert_with(|| HealthCheck {
+                service: service.name.clone(),
+                local_endpoints: local.len(),
+            });
         }
         checks
     }
@@ -539,6 +535,7 @@ impl Services {
         else {
             return Vec::new();
         };
+        self.health_checked.remove(&(source, name.to_string()));
         let claimed = self.by_source.entry(source).or_default();
         service
             .frontends(self.node)
@@ -560,6 +557,9 @@ impl Services {
                 frontend
             })
             .collect();
+        if service.health_check_node_port.is_some() && service.external_traffic_local {
+            self.health_checked.insert((source, service.name.clone()));
+        }
         self.contributed
             .entry(source)
             .or_default()

@@ -277,9 +277,8 @@ impl Owner {
             *current = checks;
             changed
         });
-        let programmed = self.dataplane.programmed_services();
-        let any = u8::from(!programmed.is_empty());
-        let outside_local = u8::from(programmed.keys().any(|key| key.scope != 0));
+        let any = u8::from(!self.dataplane.programmed_services().is_empty());
+        let outside_local = u8::from(self.dataplane.serves_outside_local());
         let config = &mut self.facts.node_config;
         if (config.services, config.outside_local) != (any, outside_local) {
             (config.services, config.outside_local) = (any, outside_local);
