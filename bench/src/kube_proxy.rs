@@ -36,7 +36,10 @@ impl ServicePort {
     }
 
     fn iptables_endpoint_chain(&self, endpoint: SocketAddrV4) -> String {
-        format!("KUBE-SEP-{}", chain_hash(&format!("{}{endpoint}", self.name())))
+        format!(
+            "KUBE-SEP-{}",
+            chain_hash(&format!("{}{endpoint}", self.name()))
+        )
     }
 
     fn nft_service_chain(&self) -> String {

@@ -198,16 +198,11 @@ impl Dataplane {
     /// differ (a slice has one port per name), else one for all.
     fn apply_slices(&self, service: &ServicePort) {
         let name = format!("svc{}", service.index);
-        let slices: Vec<(usize, &[SocketAddrV4])> =
-            if target_ports(service.index).is_none() {
-                vec![(0, &service.endpoints[..])]
-            } else {
-                service
-                    .endpoints
-                    .chunks(1)
-                    .enumerate()
-                    .collect()
-            };
+        let slices: Vec<(usize, &[SocketAddrV4])> = if target_ports(service.index).is_none() {
+            vec![(0, &service.endpoints[..])]
+        } else {
+            service.endpoints.chunks(1).enumerate().collect()
+        };
         for (number, endpoints) in slices {
             let addresses: Vec<_> = endpoints
                 .iter()
@@ -239,7 +234,12 @@ impl Dataplane {
             protocol: Protocol::Tcp,
             scope: Scope::Everyone,
         });
-        let mut wanted: Vec<_> = service.endpoints.iter().copied().map(backend_entry).collect();
+        let mut wanted: Vec<_> = service
+            .endpoints
+            .iter()
+            .copied()
+            .map(backend_entry)
+            .collect();
         wanted.sort_unstable();
         loop {
             if let Some(programmed) = self.maps.services.get(&key)? {
@@ -269,7 +269,14 @@ impl Dataplane {
         let rss = status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .context("no VmRSS in the agent's status")?;
         let mut maps = std::collections::BTreeMap::new();
         for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
@@ -298,7 +305,10 @@ impl Peer for Dataplane {
         self.services
             .extend(indices.map(|index| service_port(index, self.node.server_ip)));
         for service in &self.services[first..] {
-            let (name, ip) = (format!("svc{}", service.index), service.cluster_ip.to_string());
+            let (name, ip) = (
+                format!("svc{}", service.index),
+                service.cluster_ip.to_string(),
+            );
             self.kubernetes.apply(
                 Resource::Services,
                 json!({
@@ -403,7 +413,9 @@ impl Peer for KubeProxy {
             .extend(indices.map(|index| service_port(index, self.node.server_ip)));
         let added: Vec<&ServicePort> = self.services[first..].iter().collect();
         let rules = match self.rule_set {
-            RuleSet::Iptables => kube_proxy::iptables_sync(&self.services, &added, &[], CLUSTER_CIDR),
+            RuleSet::Iptables => {
+                kube_proxy::iptables_sync(&self.services, &added, &[], CLUSTER_CIDR)
+            }
             RuleSet::Nftables => kube_proxy::nft_sync(&added, true, &[], CLUSTER_CIDR),
         };
         self.load(&rules)
@@ -504,9 +516,10 @@ pub fn run(
                 .iter()
                 .position(|pair| pair[0].measure == measure)
                 .unwrap_or_else(|| {
-                    rows.push(BASELINES.map(|baseline| {
-                        Comparison::new(scenario.clone(), baseline, measure)
-                    }));
+                    rows.push(
+                        BASELINES
+                            .map(|baseline| Comparison::new(scenario.clone(), baseline, measure)),
+                    );
                     rows.len() - 1
                 });
             for (comparison, theirs) in rows[position].iter_mut().zip(&values[1..]) {
@@ -524,8 +537,7 @@ pub fn run(
                 measured.push(traffic(peer, frontend, settings, pinning.client)?);
                 *change = peer.change(level - 1)?;
             }
-            for position in 0..measured[0].len() {
-                let measure = measured[0][position].0;
+            for (position, &(measure, _)) in measured[0].iter().enumerate() {
                 row(measure, [0, 1, 2].map(|peer| measured[peer][position].1));
             }
             row(Measure::TimePerChange, changes);
