@@ -136,14 +136,14 @@ trait Peer {
 
 /// A one-node cluster of `forwarding` with a client pod and a server pod
 /// answering on the measured Services' backend ports.
-struct Node {
+struct LabNode {
     cluster: Cluster,
     /// Kept for their drop: they stop with the peer.
     _servers: EchoServers,
     server_ip: Ipv4Addr,
 }
 
-impl Node {
+impl LabNode {
     fn new(forwarding: Forwarding, server_cpu: Option<usize>) -> anyhow::Result<Self> {
         let cluster = Cluster::new(ClusterSpec::new(1, 2, forwarding))?;
         let server = &cluster.nodes[0].pods[1];
@@ -168,7 +168,7 @@ impl Node {
 
 /// This dataplane, its Services from Kubernetes objects.
 struct Dataplane {
-    node: Node,
+    node: LabNode,
     kubernetes: FakeApiServer,
     maps: Maps,
     services: Vec<ServicePort>,
@@ -176,7 +176,7 @@ struct Dataplane {
 
 impl Dataplane {
     fn new(server_cpu: Option<usize>) -> anyhow::Result<Self> {
-        let mut node = Node::new(Forwarding::Dataplane, server_cpu)?;
+        let mut node = LabNode::new(Forwarding::Dataplane, server_cpu)?;
         let pod_cidr = node.cluster.nodes[0].pod_cidr.to_string();
         let kubernetes = follow_kubernetes(&mut node.cluster, &pod_cidr, |config| config)?;
         let agent = &mut node.cluster.nodes[0];
@@ -348,7 +348,7 @@ enum RuleSet {
 
 /// kube-proxy's rules on a kernel-routes node.
 struct KubeProxy {
-    node: Node,
+    node: LabNode,
     rule_set: RuleSet,
     services: Vec<ServicePort>,
 }
@@ -356,7 +356,7 @@ struct KubeProxy {
 impl KubeProxy {
     fn new(rule_set: RuleSet, server_cpu: Option<usize>) -> anyhow::Result<Self> {
         let peer = Self {
-            node: Node::new(Forwarding::KernelRoutes, server_cpu)?,
+            node: LabNode::new(Forwarding::KernelRoutes, server_cpu)?,
             rule_set,
             services: Vec::new(),
         };

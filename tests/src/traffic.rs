@@ -250,7 +250,7 @@ pub fn connection_rate(
             let stop = Arc::clone(&stop);
             Ok(thread::spawn(move || {
                 pin_thread(pinning.server)?;
-                answer_until(&listener, &stop)
+                serve_until(&listener, &stop)
             }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -328,23 +328,6 @@ fn listener_on(
         setsockopt(&listener, ReceiveTimeout, &timeout)?;
         Ok(listener)
     }))
-}
-
-/// Answers connections on `listener` (64 bytes echoed, then closed) until `stop`.
-fn answer_until(listener: &TcpListener, stop: &AtomicBool) -> anyhow::Result<()> {
-    let mut request = [0u8; 64];
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-                stream.read_exact(&mut request)?;
-                stream.write_all(&request)?;
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Echo servers on several ports of one address (a Service's backends),

@@ -322,7 +322,6 @@ impl Dataplane {
                     None => {
                         let id = self.next_service_id;
                         self.next_service_id = id.wrapping_add(1);
-                        self.outside_local_frontends += usize::from(key.scope != 0);
                         id
                     }
                 };
@@ -330,15 +329,20 @@ impl Dataplane {
                 self.maps
                     .services
                     .program(key, id, (old, &slots), affinity_seconds, flags)?;
-                self.services.insert(
-                    key,
-                    ProgrammedService {
-                        id,
-                        backends: slots,
-                        affinity_seconds,
-                        flags,
-                    },
-                );
+                let added = self
+                    .services
+                    .insert(
+                        key,
+                        ProgrammedService {
+                            id,
+                            backends: slots,
+                            affinity_seconds,
+                            flags,
+                        },
+                    )
+                    .is_none();
+                // Counted once written: a failed write is retried.
+                self.outside_local_frontends += usize::from(added && key.scope != 0);
                 id
             }
         };

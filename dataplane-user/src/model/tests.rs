@@ -340,3 +340,44 @@ fn a_service_address_stays_out_of_the_pod_addresses() {
     sticky.session_affinity_seconds = Some(10_800);
     assert!(sticky.validate(&[]).is_ok());
 }
+
+#[test]
+fn health_checks_follow_the_services_that_ask_for_one() {
+    let node = ServingNode {
+        ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+        pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+    };
+    let checked = |name: &str, port: u16| {
+        let mut spec = service(name, 80, &["10.244.0.2:8080", "10.244.1.2:8080"]);
+        spec.ip = Ipv4Addr::new(10, 96, 0, port as u8);
+        spec.external_traffic_local = true;
+        spec.health_check_node_port = Some(port);
+        spec
+    };
+    let mut services = Services::on_node(node);
+    services.upsert(Source::Api, checked("api", 31000)).unwrap();
+    services
+        .replace(
+            Source::Kubernetes,
+            vec![checked("kube", 31000), checked("other", 31001)],
+        )
+        .unwrap();
+    let checks = services.health_checks();
+    assert_eq!(checks.len(), 2);
+    // One port, two Services: the higher-ranking source's; one local backend.
+    assert_eq!(checks[&31000].service, "api");
+    assert_eq!(checks[&31000].local_endpoints, 1);
+    assert_eq!(checks[&31001].service, "other");
+    services.withdraw(Some(Source::Api), "api");
+    assert_eq!(services.health_checks()[&31000].service, "kube");
+    // Policy Cluster: no health check, whatever the port says.
+    let mut cluster = checked("other", 31001);
+    cluster.external_traffic_local = false;
+    services.upsert(Source::Kubernetes, cluster).unwrap();
+    assert_eq!(
+        services.health_checks().keys().collect::<Vec<_>>(),
+        [&31000]
+    );
+    services.replace(Source::Kubernetes, Vec::new()).unwrap();
+    assert!(services.health_checks().is_empty());
+}
