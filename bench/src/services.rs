@@ -80,10 +80,10 @@ fn cluster_ip(index: u32) -> Ipv4Addr {
 /// level) leads to the server pod's ports, the others to addresses
 /// nothing answers.
 fn service_port(index: u32, server_ip: Ipv4Addr) -> ServicePort {
-    let measured = target_ports(index);
+    let measured = target_ports(index).map(|ports| ports.start);
     let endpoints = (0..ENDPOINTS)
         .map(|position| {
-            if let Some(first) = measured.clone().map(|ports| ports.start) {
+            if let Some(first) = measured {
                 SocketAddrV4::new(server_ip, first + position)
             } else {
                 let fake = u32::from(FAKE_ENDPOINTS) + index * u32::from(ENDPOINTS);
@@ -141,6 +141,8 @@ struct LabNode {
     /// Kept for their drop: they stop with the peer.
     _servers: EchoServers,
     server_ip: Ipv4Addr,
+    /// The Services written, by index.
+    services: Vec<ServicePort>,
 }
 
 impl LabNode {
@@ -158,7 +160,17 @@ impl LabNode {
             server_ip: server.ip,
             cluster,
             _servers: servers,
+            services: Vec::new(),
         })
+    }
+
+    /// Appends Services `indices`; where they start in `services`.
+    fn grow(&mut self, indices: Range<u32>) -> usize {
+        let first = self.services.len();
+        let server_ip = self.server_ip;
+        self.services
+            .extend(indices.map(|index| service_port(index, server_ip)));
+        first
     }
 
     fn client(&self) -> &Netns {
@@ -171,7 +183,6 @@ struct Dataplane {
     node: LabNode,
     kubernetes: FakeApiServer,
     maps: Maps,
-    services: Vec<ServicePort>,
 }
 
 impl Dataplane {
@@ -190,7 +201,6 @@ impl Dataplane {
             node,
             kubernetes,
             maps,
-            services: Vec::new(),
         })
     }
 
@@ -301,10 +311,9 @@ impl Peer for Dataplane {
 
     fn add(&mut self, indices: Range<u32>) -> anyhow::Result<f64> {
         let started = Instant::now();
-        let first = self.services.len();
-        self.services
-            .extend(indices.map(|index| service_port(index, self.node.server_ip)));
-        for service in &self.services[first..] {
+        let first = self.node.grow(indices);
+        let added = &self.node.services[first..];
+        for service in added {
             let (name, ip) = (
                 format!("svc{}", service.index),
                 service.cluster_ip.to_string(),
@@ -321,18 +330,17 @@ impl Peer for Dataplane {
                 }),
             );
         }
-        for service in &self.services[first..] {
+        for service in added {
             self.apply_slices(service);
         }
         // Each watch delivers in order: the last Service complete means all are.
-        let last = self.services.last().context("no Services")?;
+        let last = added.last().context("no Services")?;
         self.until_programmed(last, started)
     }
 
     fn change(&mut self, index: u32) -> anyhow::Result<f64> {
-        let service = &mut self.services[index as usize];
-        move_first_endpoint(service);
-        let service = &self.services[index as usize];
+        move_first_endpoint(&mut self.node.services[index as usize]);
+        let service = &self.node.services[index as usize];
         let started = Instant::now();
         self.apply_slices(service);
         self.until_programmed(service, started)
@@ -350,7 +358,6 @@ enum RuleSet {
 struct KubeProxy {
     node: LabNode,
     rule_set: RuleSet,
-    services: Vec<ServicePort>,
 }
 
 impl KubeProxy {
@@ -358,7 +365,6 @@ impl KubeProxy {
         let peer = Self {
             node: LabNode::new(Forwarding::KernelRoutes, server_cpu)?,
             rule_set,
-            services: Vec::new(),
         };
         peer.load(&match rule_set {
             RuleSet::Iptables => kube_proxy::iptables_jumps(),
@@ -408,26 +414,24 @@ impl Peer for KubeProxy {
     }
 
     fn add(&mut self, indices: Range<u32>) -> anyhow::Result<f64> {
-        let first = self.services.len();
-        self.services
-            .extend(indices.map(|index| service_port(index, self.node.server_ip)));
-        let added: Vec<&ServicePort> = self.services[first..].iter().collect();
+        let first = self.node.grow(indices);
+        let all = &self.node.services;
+        let added: Vec<&ServicePort> = all[first..].iter().collect();
         let rules = match self.rule_set {
-            RuleSet::Iptables => {
-                kube_proxy::iptables_sync(&self.services, &added, &[], CLUSTER_CIDR)
-            }
+            RuleSet::Iptables => kube_proxy::iptables_sync(all, &added, &[], CLUSTER_CIDR),
             RuleSet::Nftables => kube_proxy::nft_sync(&added, true, &[], CLUSTER_CIDR),
         };
         self.load(&rules)
     }
 
     fn change(&mut self, index: u32) -> anyhow::Result<f64> {
-        let before = move_first_endpoint(&mut self.services[index as usize]);
-        let service = &self.services[index as usize];
+        let before = move_first_endpoint(&mut self.node.services[index as usize]);
+        let all = &self.node.services;
+        let service = &all[index as usize];
         let departed = [(service, before)];
         let rules = match self.rule_set {
             RuleSet::Iptables => {
-                kube_proxy::iptables_sync(&self.services, &[service], &departed, CLUSTER_CIDR)
+                kube_proxy::iptables_sync(all, &[service], &departed, CLUSTER_CIDR)
             }
             RuleSet::Nftables => kube_proxy::nft_sync(&[service], false, &departed, CLUSTER_CIDR),
         };
