@@ -13,7 +13,11 @@ use dataplane_tests::{
         udp_frame,
     },
 };
-use dataplane_user::{loader, maps::Maps};
+use dataplane_user::{
+    loader,
+    maps::{Maps, ProgrammedNode},
+    model::NodePath,
+};
 use ipnetwork::Ipv4Network;
 
 use crate::{
@@ -245,7 +249,11 @@ fn fill(maps: &mut Maps, filled: &mut Filled, target: Filled) -> anyhow::Result<
     }
     for index in filled.nodes..target.nodes {
         let (ip, pod_cidr, _) = fake_node(index);
-        maps.insert_remote_node(ip, pod_cidr)?;
+        let node = ProgrammedNode {
+            pod_cidr,
+            path: NodePath::Tunnel,
+        };
+        maps.insert_remote_node(ip, node)?;
     }
     *filled = target;
     Ok(())

@@ -7,13 +7,13 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 9;
+pub const MAP_LAYOUT_VERSION: u32 = 10;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
     pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
     pub const NODE_CONFIG_MAP: &str = "NODE_CONFIG";
-    pub const TUNNEL_ROUTES_MAP: &str = "TUNNEL_ROUTES";
+    pub const NODE_ROUTES_MAP: &str = "NODE_ROUTES";
     pub const REMOTE_NODES_MAP: &str = "REMOTE_NODES";
     pub const NAT_MAP: &str = "NAT";
     pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
@@ -275,8 +275,7 @@ pub struct NodeConfig {
     pub vni: u32,
     /// ifindex of the uplink that carries the tunnel; 0 when tunnelling is off.
     pub uplink_ifindex: u32,
-    /// Largest IPv4 packet the tunnel carries (uplink MTU - VXLAN_OVERHEAD);
-    /// also the MTU pods must use.
+    /// Largest IPv4 packet the tunnel carries (uplink MTU - VXLAN_OVERHEAD).
     pub tunnel_mtu: u32,
     /// VXLAN UDP port.
     pub vxlan_port: u16,
@@ -312,6 +311,9 @@ pub struct NodeConfig {
     /// `--service-cluster-ip-range`; prefix 0: not given): one of them at a
     /// port no Service has is refused.
     pub service_cidr: Ipv4Cidr,
+    /// The uplink's MTU: the largest IPv4 packet sent to a node directly.
+    pub uplink_mtu: u32,
+    pub _pad_mtu: u32,
 }
 
 /// The address of a node port's `SERVICES` key: every node's addresses.
@@ -360,13 +362,25 @@ impl NodeConfig {
     }
 }
 
-/// Where a remote pod CIDR lives: the value of the tunnel routes LPM trie,
+/// How pod packets reach a remote node.
+pub mod node_path {
+    /// VXLAN, encapsulated in BPF: across any underlay.
+    pub const TUNNEL: u8 = 0;
+    /// Unencapsulated, with the node's IP as next hop: nodes on the uplink's
+    /// own network only (the receiver checks the sender's MAC).
+    pub const DIRECT: u8 = 1;
+}
+
+/// Where a remote pod CIDR lives: the value of the node routes LPM trie,
 /// keyed by `{prefix_len, pod CIDR address}`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct TunnelRoute {
+pub struct NodeRoute {
     pub node_ip: Ipv4Octets,
+    /// A `node_path` value.
+    pub path: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A remote node, keyed by its underlay IP. Tunnel traffic is accepted only
@@ -376,6 +390,9 @@ pub struct TunnelRoute {
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RemoteNode {
     pub pod_cidr: Ipv4Cidr,
+    /// A `node_path` value: how its pods and itself are reached.
+    pub path: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Which half of a connection a NAT entry translates.
@@ -820,6 +837,20 @@ counters! {
     /// pod (an address of a node or outside the cluster): not served to
     /// outside clients.
     drop DropServiceExternalUnsupported = "service_external_unsupported";
+    /// Sent unencapsulated to a remote node on the uplink's own network
+    /// (direct routing), that node's IP the next hop.
+    path ForwardedDirect = "forwarded_direct";
+    /// Arrived unencapsulated from a remote node (one of its pods, or the
+    /// node itself to a pod here), its MAC checked, delivered into a local pod.
+    path DirectToPod = "direct_to_pod";
+    /// As `direct_to_pod`, for an address of this node itself.
+    path DirectToHost = "direct_to_host";
+    /// Arrived unencapsulated from a remote node's pod address (or from a
+    /// node's own address to a pod here), but not in a frame from that
+    /// node's MAC as this node's neighbour table knows it, or from a node
+    /// not on the uplink's network: another underlay host, or a node
+    /// speaking for pods it does not own.
+    drop DropDirectUnverified = "direct_unverified";
 }
 
 impl Counter {
@@ -835,7 +866,7 @@ mod user {
     // no implicit padding (bytemuck::Pod derive checks this at compile time).
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NodeConfig {}
-    unsafe impl aya::Pod for super::TunnelRoute {}
+    unsafe impl aya::Pod for super::NodeRoute {}
     unsafe impl aya::Pod for super::RemoteNode {}
     unsafe impl aya::Pod for super::CounterValue {}
     unsafe impl aya::Pod for super::FlowKey {}
@@ -865,7 +896,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 47);
+        assert_eq!(Counter::COUNT, 51);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 
@@ -946,7 +977,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 16);
         assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 72);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 80);
         assert_eq!(core::mem::size_of::<ServiceKey>(), 8);
         assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
         assert_eq!(core::mem::size_of::<SocketFlowKey>(), 16);
@@ -957,8 +988,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FragmentKey>(), 12);
         assert_eq!(core::mem::size_of::<FragmentRecord>(), 16);
         assert_eq!(core::mem::size_of::<PacketEvent>(), 24);
-        assert_eq!(core::mem::size_of::<TunnelRoute>(), 4);
-        assert_eq!(core::mem::size_of::<RemoteNode>(), 8);
+        assert_eq!(core::mem::size_of::<NodeRoute>(), 8);
+        assert_eq!(core::mem::size_of::<RemoteNode>(), 12);
         assert_eq!(core::mem::size_of::<CounterValue>(), 16);
     }
 }

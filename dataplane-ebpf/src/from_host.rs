@@ -1,18 +1,18 @@
 //! from-host: TC egress on the node's uplink. The node has no route to any
 //! pod: its packets for pod addresses leave by the default route and are
-//! taken here, into a local pod or into the tunnel. Everything else passes.
+//! taken here, into a local pod or on to the pod's node. Everything else passes.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::Counter;
 
 use crate::{
     counters::{Outcome, finish},
+    direct,
     ipv4::checked_header,
     local::{Redirect, deliver},
     maps::node_config,
     packet::is_ipv4,
     route::{Destination, lookup},
-    tunnel,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -33,12 +33,10 @@ fn to_pods(ctx: &TcContext) -> Outcome {
         Destination::LocalPod(destination) => {
             deliver(ctx, &destination, Redirect::Egress, Counter::HostToPod)
         }
-        // The remote node accepts (and answers through the tunnel) only
-        // sources this node speaks for: its IP and its pod CIDR.
-        Destination::RemotePod(node_ip)
-            if src == config.node_ip || config.pod_cidr.contains(src) =>
-        {
-            Ok(tunnel::encapsulate(ctx, config, node_ip))
+        // The remote node accepts (and answers the same way) only sources
+        // this node speaks for: its IP and its pod CIDR.
+        Destination::RemotePod(route) if src == config.node_ip || config.pod_cidr.contains(src) => {
+            Ok(direct::to_node(ctx, config, &route))
         }
         Destination::RemotePod(_) => Err(Counter::DropHostSourceUnroutable),
         Destination::UnknownLocalPod => Err(Counter::DropUnknownEndpoint),

@@ -17,15 +17,15 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, PackedOutcome, finish},
-    icmp,
+    direct, icmp,
     ipv4::forward_hop,
     local::{Redirect, deliver},
-    maps::{SERVICES, TAIL_CALLS, endpoint, node_config, tunnel_route},
+    maps::{SERVICES, TAIL_CALLS, endpoint, node_config, node_route},
     nat,
     packet::{IP_AT, L4_AT, load},
     route::{Destination, lookup},
     service,
-    tunnel::{self, send_out_uplink},
+    tunnel::send_out_uplink,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -85,11 +85,9 @@ fn masquerade_and_forward(ctx: &TcContext) -> Outcome {
     let (client, backend) = (ip.src_addr, ip.dst_addr);
     // Checked before the NAT makes anything for the packet.
     if endpoint(&backend).is_none() {
-        if tunnel_route(backend).is_none() {
-            return Err(Counter::DropServiceExternalUnsupported);
-        }
-        // No ICMP toward the outside yet: TCP's MSS keeps within the tunnel.
-        if icmp::exceeds_mtu(ctx, config.tunnel_mtu) {
+        let route = node_route(backend).ok_or(Counter::DropServiceExternalUnsupported)?;
+        // No ICMP toward the outside yet: TCP's MSS keeps within the path.
+        if icmp::exceeds_mtu(ctx, direct::path_mtu(config, &route)) {
             return Err(Counter::DropFragNeeded);
         }
     }
@@ -97,7 +95,7 @@ fn masquerade_and_forward(ctx: &TcContext) -> Outcome {
     forward_hop(ctx)?;
     match lookup(backend, config) {
         Destination::LocalPod(pod) => deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod),
-        Destination::RemotePod(node_ip) => Ok(tunnel::encapsulate(ctx, config, node_ip)),
+        Destination::RemotePod(route) => Ok(direct::to_node(ctx, config, &route)),
         _ => Err(Counter::DropServiceExternalUnsupported),
     }
 }

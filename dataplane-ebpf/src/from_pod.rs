@@ -1,7 +1,7 @@
 //! from-pod: TC ingress on the host side of a pod veth.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Counter, Ipv4Octets, NodeConfig};
+use dataplane_common::{Counter, Ipv4Octets, NodeConfig, NodeRoute};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -10,7 +10,7 @@ use network_types::{
 use crate::{
     arp,
     counters::{Outcome, drop, finish, pass_to_host},
-    from_outside, icmp,
+    direct, from_outside, icmp,
     ipv4::{check_transport, checked_header, forward_hop, refused_destination},
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
@@ -18,7 +18,7 @@ use crate::{
     packet::{IP_AT, header, ingress_ifindex, linearize_headers, vlan_tagged},
     route::{Destination, lookup},
     service,
-    tunnel::{self, send_out_uplink},
+    tunnel::send_out_uplink,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -87,7 +87,7 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
             forward_hop(ctx)?;
             deliver(ctx, &destination, Redirect::Peer, Counter::ForwardedLocal)
         }
-        Destination::RemotePod(node_ip) => tunnel_to(ctx, config, node_ip),
+        Destination::RemotePod(route) => to_node(ctx, config, &route),
         // The node itself: kubelet, node-local DNS, the gateway address.
         Destination::Host => to_host(ctx, config, dst),
         // Never let the host stack guess where an unknown pod address goes.
@@ -163,10 +163,15 @@ fn outside(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octet
     if !config.tunnel_enabled() {
         return Ok(pass_to_host(ctx));
     }
-    // Pod to another node's own IP goes through the tunnel, so the remote
-    // node sees the pod's address and answers through its tunnel.
-    if remote_node(&dst).is_some() {
-        return tunnel_to(ctx, config, dst);
+    // Pod to another node's own IP goes the way its pods are reached, so
+    // the remote node sees the pod's address and answers the same way.
+    if let Some(node) = remote_node(&dst) {
+        let route = NodeRoute {
+            node_ip: dst,
+            path: node.path,
+            _pad: [0; 3],
+        };
+        return to_node(ctx, config, &route);
     }
     if config.masquerade == 0 {
         return Ok(pass_to_host(ctx));
@@ -189,11 +194,12 @@ fn masquerade(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Oc
 }
 
 #[inline(always)]
-fn tunnel_to(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcome {
+fn to_node(ctx: &TcContext, config: &NodeConfig, route: &NodeRoute) -> Outcome {
     // Checked before the TTL changes: the ICMP error quotes the header as sent.
-    if icmp::exceeds_mtu(ctx, config.tunnel_mtu) {
-        return Ok(icmp::frag_needed(ctx, config, config.tunnel_mtu));
+    let mtu = direct::path_mtu(config, route);
+    if icmp::exceeds_mtu(ctx, mtu) {
+        return Ok(icmp::frag_needed(ctx, config, mtu));
     }
     forward_hop(ctx)?;
-    Ok(tunnel::encapsulate(ctx, config, node_ip))
+    Ok(direct::to_node(ctx, config, route))
 }

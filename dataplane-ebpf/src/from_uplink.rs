@@ -1,6 +1,8 @@
 //! from-uplink: TC ingress on the uplink. VXLAN to this node is decapsulated
-//! here when it comes from a known node on our VNI, and dropped otherwise:
-//! nobody on the underlay can inject into pods. Everything else passes.
+//! here when it comes from a known node on our VNI, and dropped otherwise;
+//! unencapsulated packets from pods of other nodes (direct routing) are
+//! accepted only in frames from their node's MAC: nobody on the underlay
+//! can inject into pods. Everything else passes.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use core::mem::offset_of;
@@ -13,11 +15,14 @@ use network_types::{
 };
 
 use crate::{
-    counters::{Outcome, finish, verdict},
-    from_outside,
+    counters::{Outcome, finish, pass_to_host, verdict},
+    direct, from_outside,
     ipv4::{PLAIN_VIHL, TCP, UDP, forward_hop, is_fragment},
     local::{Redirect, deliver},
-    maps::{TAIL_CALLS, endpoint, is_host_address, is_unmasqueraded, node_config, remote_node},
+    maps::{
+        TAIL_CALLS, endpoint, is_host_address, is_unmasqueraded, node_config, node_route,
+        remote_node,
+    },
     nat,
     packet::{L4_AT, load},
     service,
@@ -61,11 +66,21 @@ pub fn handle(ctx: &TcContext) -> i32 {
         && outer.ip.frag_offset() == 0;
     if is_vxlan_to_us {
         match from_node(ctx, config) {
-            DECAPSULATED_FOR_NODE_IP => decapsulated_for_node_ip(ctx, config),
+            FOR_NODE_IP_FROM_A_NODE => to_node_ip(ctx, config, Counter::DecapsulatedToHost),
             action => action,
         }
     } else {
-        finish(ctx, not_tunnelled(ctx, config, &outer.ip))
+        finish_not_tunnelled(ctx, config, not_tunnelled(ctx, config, &outer.ip))
+    }
+}
+
+/// The verdict on an unencapsulated packet, a direct one for the node IP
+/// taken on (after not-tunnelled returned, as for a decapsulated one).
+#[inline(always)]
+fn finish_not_tunnelled(ctx: &TcContext, config: &NodeConfig, outcome: Outcome) -> i32 {
+    match outcome {
+        Ok(FOR_NODE_IP_FROM_A_NODE) => to_node_ip(ctx, config, Counter::DirectToHost),
+        outcome => finish(ctx, outcome),
     }
 }
 
@@ -74,7 +89,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 fn short_packet(ctx: &TcContext, config: &NodeConfig) -> i32 {
     match ctx.load::<IpPacket>(0) {
         Ok(packet) if packet.eth.ether_type == EtherType::Ipv4 as u16 => {
-            finish(ctx, not_tunnelled(ctx, config, &packet.ip))
+            finish_not_tunnelled(ctx, config, not_tunnelled(ctx, config, &packet.ip))
         }
         _ => TC_ACT_OK,
     }
@@ -86,6 +101,13 @@ fn short_packet(ctx: &TcContext, config: &NodeConfig) -> i32 {
 #[inline(always)]
 fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     let (source, destination) = (ip.src_addr, ip.dst_addr);
+    // Frames to other hosts (a switch flooding) are the kernel's to discard.
+    if pkt_type(ctx) != PACKET_OTHERHOST {
+        match direct_sender(config, source, destination)? {
+            NOT_FROM_A_NODE => {}
+            node_ip => return Ok(from_direct_node(ctx, config, node_ip, destination)),
+        }
+    }
     if may_be_for_a_service(ctx, config, ip) {
         // SAFETY: the slot holds a classifier; the call only returns when
         // it is empty (an agent is installing it): then the packet passes.
@@ -105,6 +127,86 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome 
         };
     }
     Ok(TC_ACT_OK)
+}
+
+const PACKET_OTHERHOST: u32 = 3;
+
+#[inline(always)]
+fn pkt_type(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's whole run.
+    unsafe { (*ctx.skb.skb).pkt_type }
+}
+
+/// What `direct_sender` returns for a packet no node speaks for.
+const NOT_FROM_A_NODE: u32 = 0;
+
+/// The node (its IP, network byte order) an unencapsulated packet must come
+/// from: the owner of its source pod address, or the node at its source
+/// address sending to a pod here. Pod sources no node owns, and this
+/// node's own, never arrive from outside.
+#[inline(always)]
+fn direct_sender(config: &NodeConfig, source: Ipv4Octets, destination: Ipv4Octets) -> Outcome<u32> {
+    if config.pod_cidr.contains(source) {
+        return Err(Counter::DropSpoofedSource);
+    }
+    let in_cluster = config.cluster_cidr.contains(source);
+    if in_cluster || config.cluster_cidr.is_set == 0 {
+        if let Some(route) = node_route(source) {
+            return Ok(u32::from_ne_bytes(route.node_ip));
+        }
+        if in_cluster {
+            return Err(Counter::DropUnknownNode);
+        }
+    }
+    if config.pod_cidr.contains(destination) && remote_node(&source).is_some() {
+        return Ok(u32::from_ne_bytes(source));
+    }
+    Ok(NOT_FROM_A_NODE)
+}
+
+/// From another node without the tunnel: checked against its MAC, then
+/// delivered as if it had been decapsulated (`FOR_NODE_IP_FROM_A_NODE`: for
+/// the node IP while Services exist, taken on by the caller).
+// Out of line: the delivery's frame stays off from-uplink's.
+#[inline(never)]
+fn from_direct_node(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    node_ip: u32,
+    destination: Ipv4Octets,
+) -> i32 {
+    finish(ctx, deliver_direct(ctx, config, node_ip, destination))
+}
+
+#[inline(always)]
+fn deliver_direct(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    node_ip: u32,
+    destination: Ipv4Octets,
+) -> Outcome {
+    if !direct::from_node_mac(ctx, config, node_ip) {
+        return Err(Counter::DropDirectUnverified);
+    }
+    if let Some(pod) = endpoint(&destination) {
+        // A backend on the sender answering a Service connection of a pod here.
+        if config.services != 0 {
+            service::translate_reply(ctx)?;
+        }
+        forward_hop(ctx)?;
+        return deliver(ctx, &pod, Redirect::Peer, Counter::DirectToPod);
+    }
+    if destination == config.node_ip && config.services != 0 && config.masquerade != 0 {
+        return Ok(FOR_NODE_IP_FROM_A_NODE);
+    }
+    if is_host_address(&destination, config) {
+        return Ok(verdict(ctx, Counter::DirectToHost, TC_ACT_OK));
+    }
+    if config.pod_cidr.contains(destination) {
+        return Err(Counter::DropUnknownEndpoint);
+    }
+    // Not for this node: its own routing decides (nodes do not forward).
+    Ok(pass_to_host(ctx))
 }
 
 /// Whether a packet from outside may be for a Service frontend: TCP or UDP
@@ -128,19 +230,21 @@ fn may_be_for_a_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> b
     !to_nat_range
 }
 
-/// What from-node returns for a packet it decapsulated for the node IP
-/// while Services exist: it may answer an outside client (never a TC action).
-const DECAPSULATED_FOR_NODE_IP: i32 = i32::MIN;
+/// What from-node and from-direct-node return for a packet from another
+/// node for the node IP while Services exist: it may answer an outside
+/// client (never a TC action).
+const FOR_NODE_IP_FROM_A_NODE: i32 = i32::MIN;
 
-/// Decapsulated for the node IP: a backend on the sender answering an
+/// From another node for the node IP: a backend on the sender answering an
 /// outside client's connection to a Service goes to the client; the rest
-/// up the stack. (After from-node returned: the NAT's frame does not fit on its.)
+/// up the stack, counted under `counter`. (After from-node returned: the
+/// NAT's frame does not fit on its.)
 #[inline(always)]
-fn decapsulated_for_node_ip(ctx: &TcContext, config: &NodeConfig) -> i32 {
+fn to_node_ip(ctx: &TcContext, config: &NodeConfig, counter: Counter) -> i32 {
     let outcome = from_outside::translate_reply_to_client(ctx, config)
         .unpack()
         .and_then(|client| match client {
-            service::UNTOUCHED => Ok(verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)),
+            service::UNTOUCHED => Ok(verdict(ctx, counter, TC_ACT_OK)),
             client => from_outside::forward_to_client(ctx, config, client.to_ne_bytes()),
         });
     finish(ctx, outcome)
@@ -219,7 +323,7 @@ fn accept_from_node(ctx: &TcContext, config: &NodeConfig) -> Outcome {
             && config.services != 0
             && config.masquerade != 0 =>
         {
-            Ok(DECAPSULATED_FOR_NODE_IP)
+            Ok(FOR_NODE_IP_FROM_A_NODE)
         }
         None => Ok(verdict(ctx, Counter::DecapsulatedToHost, TC_ACT_OK)),
         Some(destination) => {

@@ -7,6 +7,7 @@
 
 mod arp;
 mod counters;
+mod direct;
 mod fragments;
 mod from_host;
 mod from_outside;

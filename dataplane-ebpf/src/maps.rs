@@ -13,8 +13,8 @@ use dataplane_common::{
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
     MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
-    MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode, ServiceFlow,
-    ServiceKey, ServiceValue, SocketFlowKey, TAIL_CALL_SLOTS, TunnelRoute,
+    MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat, RemoteNode,
+    ServiceFlow, ServiceKey, ServiceValue, SocketFlowKey, TAIL_CALL_SLOTS,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -23,9 +23,9 @@ pub static ENDPOINTS: HashMap<Ipv4Octets, Endpoint> = HashMap::pinned(MAX_ENDPOI
 #[map(name = "NODE_CONFIG")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
-/// Remote pod CIDR -> node IP. LPM tries require BPF_F_NO_PREALLOC.
-#[map(name = "TUNNEL_ROUTES")]
-pub static TUNNEL_ROUTES: LpmTrie<Ipv4Octets, TunnelRoute> =
+/// Remote pod CIDR -> node IP and path. LPM tries require BPF_F_NO_PREALLOC.
+#[map(name = "NODE_ROUTES")]
+pub static NODE_ROUTES: LpmTrie<Ipv4Octets, NodeRoute> =
     LpmTrie::pinned(MAX_REMOTE_NODES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 #[map(name = "REMOTE_NODES")]
@@ -131,8 +131,8 @@ static UNCONFIGURED: NodeConfig = unsafe { core::mem::zeroed() };
 
 /// The node whose pod CIDR holds `addr`, by longest prefix.
 #[inline(always)]
-pub fn tunnel_route(addr: Ipv4Octets) -> Option<TunnelRoute> {
-    TUNNEL_ROUTES.get(Key::new(32, addr)).copied()
+pub fn node_route(addr: Ipv4Octets) -> Option<NodeRoute> {
+    NODE_ROUTES.get(Key::new(32, addr)).copied()
 }
 
 #[inline(always)]

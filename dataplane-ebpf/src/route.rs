@@ -1,14 +1,14 @@
 //! Where a destination address lives, from the maps.
 
-use dataplane_common::{Endpoint, Ipv4Octets, NodeConfig};
+use dataplane_common::{Endpoint, Ipv4Octets, NodeConfig, NodeRoute};
 
-use crate::maps::{endpoint, is_host_address, tunnel_route};
+use crate::maps::{endpoint, is_host_address, node_route};
 
 pub enum Destination {
     /// A pod on this node.
     LocalPod(Endpoint),
-    /// A pod behind the tunnel, on the node with this IP.
-    RemotePod(Ipv4Octets),
+    /// A pod of another node: that node's IP and how it is reached.
+    RemotePod(NodeRoute),
     /// An address of this node itself (e.g. a gateway address in the pod CIDR).
     Host,
     /// In this node's pod CIDR, but no such pod.
@@ -33,9 +33,9 @@ pub fn lookup(dst: Ipv4Octets, config: &NodeConfig) -> Destination {
     }
     // Pod-to-pod across nodes pays for no host address lookup.
     if config.tunnel_enabled()
-        && let Some(route) = tunnel_route(dst)
+        && let Some(route) = node_route(dst)
     {
-        return Destination::RemotePod(route.node_ip);
+        return Destination::RemotePod(route);
     }
     if is_host_address(&dst, config) {
         return Destination::Host;

@@ -1,16 +1,21 @@
 //! Network interfaces of the agent's namespace, through rtnetlink.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
 };
 
 use futures::TryStreamExt as _;
+use ipnetwork::Ipv4Network;
 use rtnetlink::{
     Handle, LinkGetRequest, LinkUnspec, LinkVxlan,
     packet_route::{
         address::AddressAttribute,
         link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage,
+            NeighbourState,
+        },
     },
 };
 
@@ -34,6 +39,15 @@ pub struct VxlanSettings {
     pub local: Ipv4Addr,
     pub port: u16,
     pub mtu: u32,
+}
+
+/// A host on an interface's network, as the kernel's neighbour table has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Its MAC, when resolved.
+    pub mac: Option<[u8; 6]>,
+    /// Whether the kernel keeps it resolved on its own (`managed`).
+    pub managed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +111,117 @@ impl Interfaces {
     /// IPv4 addresses of the interface `index`, in the kernel's order.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, InterfaceError> {
         self.dump_ipv4_addresses(Some(index)).await
+    }
+
+    /// The networks of interface `index`'s IPv4 addresses: hosts there are
+    /// its neighbours.
+    pub async fn ipv4_networks(&self, index: u32) -> Result<Vec<Ipv4Network>, InterfaceError> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| InterfaceError::Request(format!("#{index}"), error))?;
+        let mut networks: Vec<Ipv4Network> = messages
+            .into_iter()
+            .flat_map(|message| {
+                let prefix = message.header.prefix_len;
+                message.attributes.into_iter().filter_map(move |attribute| {
+                    let AddressAttribute::Local(IpAddr::V4(address)) = attribute else {
+                        return None;
+                    };
+                    let network = Ipv4Network::new(address, prefix).ok()?;
+                    Ipv4Network::new(network.network(), prefix).ok()
+                })
+            })
+            .collect();
+        networks.sort();
+        networks.dedup();
+        Ok(networks)
+    }
+
+    /// Makes the kernel keep `ip`'s neighbour entry on interface `index`
+    /// resolved (a managed entry, probed in the background), creating it if
+    /// there is none. An entry already there keeps its address.
+    pub async fn manage_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), InterfaceError> {
+        let mut request = self.handle.neighbours().add(index, IpAddr::V4(ip));
+        let message = request.message_mut();
+        message.header.state = NeighbourState::None;
+        message
+            .attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        request
+            .replace()
+            .execute()
+            .await
+            .map_err(|error| InterfaceError::Request(format!("#{index} neighbour {ip}"), error))
+    }
+
+    /// Removes `ip`'s neighbour entry on interface `index`; gone already is fine.
+    pub async fn remove_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), InterfaceError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(message).execute().await {
+            Err(rtnetlink::Error::NetlinkError(error))
+                if error.raw_code() == -nix::libc::ENOENT =>
+            {
+                Ok(())
+            }
+            result => result.map_err(|error| {
+                InterfaceError::Request(format!("#{index} neighbour {ip}"), error)
+            }),
+        }
+    }
+
+    /// The IPv4 neighbours of interface `index`: their MAC when resolved,
+    /// and whether the entry is managed.
+    pub async fn neighbours(
+        &self,
+        index: u32,
+    ) -> Result<BTreeMap<Ipv4Addr, Neighbour>, InterfaceError> {
+        let messages: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(rtnetlink::packet_route::AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| InterfaceError::Request(format!("#{index} neighbours"), error))?;
+        Ok(messages
+            .into_iter()
+            .filter(|message| message.header.ifindex == index)
+            .filter_map(|message| {
+                let resolved = !matches!(
+                    message.header.state,
+                    NeighbourState::None | NeighbourState::Incomplete | NeighbourState::Failed
+                );
+                let mut ip = None;
+                let mut neighbour = Neighbour::default();
+                for attribute in message.attributes {
+                    match attribute {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => {
+                            ip = Some(address);
+                        }
+                        NeighbourAttribute::LinkLayerAddress(mac) if resolved => {
+                            neighbour.mac = <[u8; 6]>::try_from(mac.as_slice()).ok();
+                        }
+                        NeighbourAttribute::ExtFlags(flags) => {
+                            neighbour.managed = flags.contains(NeighbourExtFlags::Managed);
+                        }
+                        _ => {}
+                    }
+                }
+                Some((ip?, neighbour))
+            })
+            .collect())
     }
 
     /// Every IPv4 address of every interface but loopback's: the addresses

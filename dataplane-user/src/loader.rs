@@ -376,7 +376,7 @@ mod tests {
         );
         assert_eq!(sockets.max_entries, dataplane_common::MAX_SOCKET_FLOWS);
         // LPM trie keys are {u32 prefix length, address}; tries need NO_PREALLOC.
-        let routes = layout(names::TUNNEL_ROUTES_MAP);
+        let routes = layout(names::NODE_ROUTES_MAP);
         assert_eq!(routes.key_size, 8);
         assert_ne!(routes.flags, 0);
         let counters = layout(names::COUNTERS_MAP);

@@ -15,7 +15,8 @@ use dataplane_common::{
 };
 use dataplane_user::{
     loader::{self, classifier},
-    maps::Maps,
+    maps::{Maps, ProgrammedNode},
+    model::NodePath,
 };
 use etherparse::{
     ArpEthIpv4Packet, ArpOperation, Icmpv4Header, Icmpv4Type, IpHeaders, IpNumber, Ipv4Header,
@@ -46,6 +47,7 @@ pub const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 pub const VNI: u32 = 7;
 pub const VXLAN_PORT: u16 = 4789;
 pub const TUNNEL_MTU: u32 = 1450;
+pub const UPLINK_MTU: u32 = 1500;
 pub const NAT_PORT_MIN: u16 = 40000;
 /// Node ports, as Kubernetes' default range has them.
 pub const NODE_PORT_MIN: u16 = 30000;
@@ -83,7 +85,11 @@ impl Fixture {
         };
         let maps = &mut fixture.maps;
         maps.set_node_config(node_config())?;
-        maps.insert_remote_node(REMOTE_NODE_IP, REMOTE_POD_CIDR.parse()?)?;
+        let remote = ProgrammedNode {
+            pod_cidr: REMOTE_POD_CIDR.parse()?,
+            path: NodePath::Tunnel,
+        };
+        maps.insert_remote_node(REMOTE_NODE_IP, remote)?;
         maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))?;
         maps.insert_endpoint(POD_B_IP, endpoint(4242, POD_B_MAC, HOST_B_MAC))?;
         Ok(fixture)
@@ -180,6 +186,8 @@ pub fn node_config() -> NodeConfig {
         node_port_max: NODE_PORT_MAX,
         _pad_end: [0; 2],
         service_cidr: Ipv4Cidr::default(),
+        uplink_mtu: UPLINK_MTU,
+        _pad_mtu: 0,
     }
 }
 

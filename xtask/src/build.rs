@@ -130,6 +130,24 @@ pub fn bench(binary: &Path, quick: bool, bench_args: &[String]) -> anyhow::Resul
     )
 }
 
+/// Replaces this process with the demo cluster (a binary of the test
+/// harness) running `binary`'s agents: Ctrl-C reaches the demo alone, which
+/// tears the cluster down.
+pub fn demo(binary: &Path) -> anyhow::Result<()> {
+    let error = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "dataplane-tests",
+            "--bin",
+            "demo",
+        ])
+        .env("DATAPLANE_BIN", binary)
+        .exec();
+    Err(error).context("cannot run cargo for the demo cluster")
+}
+
 /// Replaces this process with the node agent.
 pub fn exec_agent(binary: &Path, config: &Path) -> anyhow::Result<()> {
     let error = Command::new(binary)

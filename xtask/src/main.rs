@@ -1,7 +1,6 @@
 //! Build, run, test and benchmark orchestration: `cargo xtask <command>`.
 
 mod build;
-mod demo;
 mod setup;
 
 use std::path::PathBuf;
@@ -61,7 +60,7 @@ fn main() -> anyhow::Result<()> {
             let binary = build::dataplane(build::Profile::Debug)?;
             match config {
                 Some(config) => build::exec_agent(&binary, &config),
-                None => demo::run(&binary),
+                None => build::demo(&binary),
             }
         }
         Command::Test { cargo_test_args } => {

@@ -5,8 +5,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::Context as _;
-use dataplane_tests::netns::run as output;
+use anyhow::{Context as _, bail};
 
 use crate::build::status;
 
@@ -133,4 +132,21 @@ fn ensure_debian_packages() -> anyhow::Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
     status(install, &format!("apt-get install {}", missing.join(" ")))
+}
+
+/// Runs `program` to completion; its stdout, or an error carrying stderr.
+fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

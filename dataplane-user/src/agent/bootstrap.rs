@@ -42,15 +42,18 @@ pub async fn check(
         node_port_max: node.node_port_range.max,
         ..NodeConfig::default()
     };
-    let mut pod_mtu = None;
+    let mut uplink_mtu = None;
+    let mut uplink_networks = Vec::new();
     let tunnel = tunnel(config, interfaces).await?;
     if let Some(tunnel) = &tunnel {
         node.node_ip = Some(tunnel.settings.local);
         node_config.node_ip = tunnel.settings.local.octets();
         node_config.uplink_ifindex = tunnel.uplink.index;
         node_config.tunnel_mtu = tunnel.settings.mtu;
+        node_config.uplink_mtu = tunnel.uplink.mtu;
         node_config.vxlan_port = node.vxlan_port;
-        pod_mtu = Some(tunnel.settings.mtu);
+        uplink_mtu = Some(tunnel.uplink.mtu);
+        uplink_networks = interfaces.ipv4_networks(tunnel.uplink.index).await?;
     }
     let masquerading = config.nat.masquerade && node.uplink.is_some();
     if masquerading {
@@ -61,17 +64,10 @@ pub async fn check(
         node_config.pod_port_share = config.nat.pod_port_share();
         node_config.pod_connection_limit = config.nat.pod_connection_limit();
     }
-    // The file was checked when parsed, but not against a node IP taken
-    // from the uplink.
-    let mut nodes = NodeSet::default();
-    for (index, remote) in config.nodes.iter().enumerate() {
-        nodes
-            .insert(*remote, &node.local_facts())
-            .map_err(|(field, problem)| anyhow::anyhow!("nodes[{index}].{field}: {problem}"))?;
-    }
     let facts = NodeFacts {
         settings: node,
-        pod_mtu,
+        uplink_mtu,
+        uplink_networks,
         masquerading,
         nat: config.nat.clone(),
         sources: [
@@ -88,6 +84,14 @@ pub async fn check(
         .collect(),
         node_config,
     };
+    // The file was checked when parsed, but not against a node IP taken
+    // from the uplink, nor against the uplink's networks.
+    let mut nodes = NodeSet::default();
+    for (index, remote) in config.nodes.iter().enumerate() {
+        nodes
+            .insert(*remote, &facts.local_facts())
+            .map_err(|(field, problem)| anyhow::anyhow!("nodes[{index}].{field}: {problem}"))?;
+    }
     Ok((facts, tunnel))
 }
 
@@ -179,7 +183,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
         let (vxlan, created) = interfaces.ensure_vxlan(VXLAN_DEVICE, settings).await?;
         dataplane.attach_tunnel(&vxlan, &uplink)?;
         info!(node_ip = %settings.local, uplink = %uplink.name, vni = config.node.vni,
-              port = settings.port, pod_mtu = settings.mtu,
+              port = settings.port, tunnel_mtu = settings.mtu, routing = %config.node.routing,
               device = if created { "created" } else { "kept" }, "VXLAN tunnel ready");
     }
     // Without them only the node's own sockets miss Services: not a reason

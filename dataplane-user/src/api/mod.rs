@@ -17,7 +17,9 @@ use serde_with::{DisplayFromStr, serde_as};
 pub use client::{call, stream};
 pub use wire::{CounterName, IpProtocol};
 
-use crate::model::{EndpointSpec, Frontend, HostInterface, NodeSpec, ServiceSpec, Source};
+use crate::model::{
+    EndpointSpec, Frontend, HostInterface, NodePath, NodeSpec, Routing, ServiceSpec, Source,
+};
 
 /// The version of this protocol. 1 was the unversioned protocol before it.
 pub const API_VERSION: u32 = 2;
@@ -139,7 +141,7 @@ pub enum Response {
         counters: Vec<CounterEntry>,
     },
     Nodes {
-        nodes: Vec<NodeSpec>,
+        nodes: Vec<NodeEntry>,
     },
     Status {
         status: Box<Status>,
@@ -246,7 +248,13 @@ pub struct Status {
     pub tunnel_interface: Option<String>,
     pub vni: u32,
     pub vxlan_port: u16,
-    /// MTU pods must use so their packets fit the tunnel (uplink MTU - 50).
+    /// How pod packets reach other nodes (`node.routing`).
+    pub routing: Routing,
+    /// Remote nodes reached unencapsulated, and through the tunnel.
+    pub direct_nodes: usize,
+    pub tunnelled_nodes: usize,
+    /// MTU pods must use: the smallest of the paths this node sends on
+    /// (the uplink's MTU direct, 50 bytes less through the tunnel).
     pub pod_mtu: Option<u32>,
     pub endpoints: usize,
     pub remote_nodes: usize,
@@ -273,6 +281,19 @@ pub struct MapFill {
     pub name: String,
     pub entries: usize,
     pub capacity: usize,
+}
+
+/// A remote node as programmed, and how it is reached.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Network,
+    pub path: NodePath,
+    /// Direct nodes: the MAC this node's neighbour table holds for it, which
+    /// its unencapsulated packets must come from (`None`: not resolved yet).
+    #[serde_as(as = "Option<DisplayFromStr>")]
+    pub mac: Option<MacAddr6>,
 }
 
 #[serde_as]

@@ -2,7 +2,10 @@
 
 use dataplane_common::Counter;
 
-use crate::api::{PacketReport, Response};
+use crate::{
+    api::{PacketReport, Response},
+    model::NodePath,
+};
 
 /// `address` or `address:port`.
 fn end(address: std::net::Ipv4Addr, port: Option<u16>) -> String {
@@ -56,9 +59,19 @@ pub fn print_text(response: &Response) {
             }
         }
         Response::Nodes { nodes } => {
-            println!("{:<16} POD CIDR", "NODE IP");
+            println!("{:<16} {:<18} {:<7} MAC", "NODE IP", "POD CIDR", "PATH");
             for node in nodes {
-                println!("{:<16} {}", node.ip, node.pod_cidr);
+                let mac = match (node.path, node.mac) {
+                    (NodePath::Direct, Some(mac)) => mac.to_string(),
+                    (NodePath::Direct, None) => "(not resolved yet)".into(),
+                    (NodePath::Tunnel, _) => "-".into(),
+                };
+                println!(
+                    "{:<16} {:<18} {:<7} {mac}",
+                    node.ip,
+                    node.pod_cidr.to_string(),
+                    node.path.to_string()
+                );
             }
         }
         Response::Status { status } => {
@@ -83,6 +96,10 @@ pub fn print_text(response: &Response) {
                 ),
                 None => println!("tunnel:        off (no node.uplink)"),
             }
+            println!(
+                "routing:       {}: {} nodes direct, {} through the tunnel",
+                status.routing, status.direct_nodes, status.tunnelled_nodes
+            );
             println!(
                 "pod MTU:       {}",
                 show(status.pod_mtu.map(|mtu| mtu.to_string()))

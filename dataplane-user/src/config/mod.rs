@@ -10,7 +10,9 @@
 //! [node]
 //! pod_cidr = "10.244.1.0/24"                 # this node's pod CIDR
 //! cluster_cidr = "10.244.0.0/16"             # all pod CIDRs of the cluster
-//! uplink = "eth0"                            # enables the VXLAN tunnel to other nodes
+//! uplink = "eth0"                            # the interface toward the other nodes
+//! routing = "tunnel"                         # "direct": unencapsulated (nodes on the uplink's
+//!                                            # network); "auto": direct there, VXLAN elsewhere
 //! node_ip = "192.0.2.10"                     # default: the uplink's first IPv4 address
 //! vni = 1                                    # VXLAN network identifier
 //! vxlan_port = 4789                          # VXLAN UDP port
@@ -51,7 +53,8 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    EndpointSpec, LocalFacts, NodeSet, NodeSpec, ServiceSpec, Services, Source, validate_endpoint,
+    EndpointSpec, LocalFacts, NodeSet, NodeSpec, Routing, ServiceSpec, Services, Source,
+    validate_endpoint,
 };
 
 pub const DEFAULT_API_SOCKET: &str = "/run/dataplane/agent.sock";
@@ -267,6 +270,10 @@ pub struct NodeSettings {
     pub cluster_cidr: Option<Ipv4Network>,
     /// Interface toward the other nodes. Setting it enables the VXLAN tunnel.
     pub uplink: Option<String>,
+    /// How pod packets reach other nodes: through VXLAN, unencapsulated
+    /// (nodes on the uplink's network), or per node.
+    #[serde(default)]
+    pub routing: Routing,
     /// This node's underlay IP; by default the uplink's first IPv4 address.
     pub node_ip: Option<Ipv4Addr>,
     #[serde(default = "default_vni")]
@@ -291,6 +298,7 @@ impl Default for NodeSettings {
             pod_cidr: None,
             cluster_cidr: None,
             uplink: None,
+            routing: Routing::default(),
             node_ip: None,
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
@@ -395,14 +403,19 @@ impl Config {
         if self.kubernetes.enabled && self.node.uplink.is_none() {
             return Err((
                 "kubernetes.enabled".into(),
-                "nodes from Kubernetes are reached through the VXLAN tunnel: set node.uplink"
-                    .into(),
+                "nodes from Kubernetes are reached through the uplink: set node.uplink".into(),
             ));
         }
         if !self.nodes.is_empty() && self.node.uplink.is_none() {
             return Err((
                 "nodes".into(),
-                "remote nodes are reached through the VXLAN tunnel: set node.uplink".into(),
+                "remote nodes are reached through the uplink: set node.uplink".into(),
+            ));
+        }
+        if self.node.routing != Routing::Tunnel && self.node.uplink.is_none() {
+            return Err((
+                "node.routing".into(),
+                "direct routing sends through the uplink: set node.uplink".into(),
             ));
         }
         let mut nodes = NodeSet::default();
@@ -459,6 +472,8 @@ impl NodeSettings {
             node_ip: self.node_ip,
             pod_cidr: self.pod_cidr,
             cluster_cidr: self.cluster_cidr,
+            routing: self.routing,
+            uplink_networks: Vec::new(),
         }
     }
 

@@ -298,3 +298,22 @@ fn node_ports_external_addresses_and_the_service_cidr_are_checked() {
     );
     assert!(internal.contains("address_is_external"), "{internal}");
 }
+
+#[test]
+fn routing_modes_parse_and_need_an_uplink() {
+    assert_eq!(parse("").unwrap().node.routing, Routing::Tunnel);
+    for (text, routing) in [
+        ("tunnel", Routing::Tunnel),
+        ("direct", Routing::Direct),
+        ("auto", Routing::Auto),
+    ] {
+        let config = parse(&format!("[node]\nuplink = \"eth0\"\nrouting = \"{text}\"")).unwrap();
+        assert_eq!(config.node.routing, routing);
+    }
+    let error = error_of("[node]\nuplink = \"eth0\"\nrouting = \"sideways\"");
+    assert!(error.contains("node.routing"), "{error}");
+    assert!(error.contains("unknown variant `sideways`"), "{error}");
+    let error = error_of("[node]\nrouting = \"direct\"");
+    assert!(error.contains("node.routing"), "{error}");
+    assert!(error.contains("set node.uplink"), "{error}");
+}

@@ -20,7 +20,7 @@ use links::{from_pod_on, to_pod_on};
 
 use crate::{
     interfaces::Interface,
-    maps::{CounterTotal, Maps, MapsError, NatMap, ProgrammedService, plan_slots},
+    maps::{CounterTotal, Maps, MapsError, NatMap, ProgrammedNode, ProgrammedService, plan_slots},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ pub struct Dataplane {
     /// The endpoints behind each host veth: detaching and a veth's removal
     /// look up one veth instead of scanning every endpoint.
     behind: HashMap<u32, BTreeSet<Ipv4Addr>>,
-    remote_nodes: BTreeMap<Ipv4Addr, Ipv4Network>,
+    remote_nodes: BTreeMap<Ipv4Addr, ProgrammedNode>,
     /// What the host address map holds.
     host_addresses: BTreeSet<Ipv4Addr>,
     /// The Service frontends programmed (the mirror of the Service maps).
@@ -154,11 +154,11 @@ impl Dataplane {
     }
 
     /// The remote nodes programmed (the mirror of the maps).
-    pub fn programmed_nodes(&self) -> impl Iterator<Item = (Ipv4Addr, Ipv4Network)> + '_ {
-        self.remote_nodes.iter().map(|(ip, cidr)| (*ip, *cidr))
+    pub fn programmed_nodes(&self) -> impl Iterator<Item = (Ipv4Addr, ProgrammedNode)> + '_ {
+        self.remote_nodes.iter().map(|(ip, node)| (*ip, *node))
     }
 
-    pub fn programmed_node(&self, ip: Ipv4Addr) -> Option<Ipv4Network> {
+    pub fn programmed_node(&self, ip: Ipv4Addr) -> Option<ProgrammedNode> {
         self.remote_nodes.get(&ip).copied()
     }
 
@@ -244,30 +244,31 @@ impl Dataplane {
         Ok(removed)
     }
 
-    /// Makes the pods of node `ip` reachable through the tunnel, replacing
-    /// what was known of that node before.
+    /// Makes the pods of node `ip` reachable by `node.path`, replacing what
+    /// was known of that node before (a path change overwrites in place:
+    /// packets in flight keep a route).
     pub fn add_remote_node(
         &mut self,
         ip: Ipv4Addr,
-        pod_cidr: Ipv4Network,
+        node: ProgrammedNode,
     ) -> Result<(), DataplaneError> {
         if let Some(previous) = self.remote_nodes.get(&ip).copied()
-            && previous != pod_cidr
+            && previous.pod_cidr != node.pod_cidr
         {
-            self.maps.remove_remote_node(ip, previous)?;
+            self.maps.remove_remote_node(ip, previous.pod_cidr)?;
             self.remote_nodes.remove(&ip);
         }
-        self.maps.insert_remote_node(ip, pod_cidr)?;
-        self.remote_nodes.insert(ip, pod_cidr);
+        self.maps.insert_remote_node(ip, node)?;
+        self.remote_nodes.insert(ip, node);
         Ok(())
     }
 
     /// Forgets node `ip`; `Ok(false)` when it was not known.
     pub fn remove_remote_node(&mut self, ip: Ipv4Addr) -> Result<bool, DataplaneError> {
-        let Some(pod_cidr) = self.remote_nodes.remove(&ip) else {
+        let Some(node) = self.remote_nodes.remove(&ip) else {
             return Ok(false);
         };
-        Ok(self.maps.remove_remote_node(ip, pod_cidr)?)
+        Ok(self.maps.remove_remote_node(ip, node.pod_cidr)?)
     }
 
     /// The Service frontends programmed (the mirror of the maps).

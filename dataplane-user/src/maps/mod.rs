@@ -15,10 +15,12 @@ use aya::{
 };
 use dataplane_common::{
     Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
-    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, PodNat, RemoteNode,
-    TunnelRoute, names,
+    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat,
+    RemoteNode, names, node_path,
 };
 use ipnetwork::Ipv4Network;
+
+use crate::model::NodePath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -70,7 +72,7 @@ fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 pub struct Maps {
     endpoints: HashMap<MapData, Ipv4Octets, Endpoint>,
     node_config: Array<MapData, NodeConfig>,
-    tunnel_routes: LpmTrie<MapData, Ipv4Octets, TunnelRoute>,
+    node_routes: LpmTrie<MapData, Ipv4Octets, NodeRoute>,
     remote_nodes: HashMap<MapData, Ipv4Octets, RemoteNode>,
     /// The connection table, until the NAT table task takes it.
     nat: Option<NatMap>,
@@ -166,6 +168,20 @@ pub struct CounterTotal {
     pub value: CounterValue,
 }
 
+/// A remote node as the maps hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgrammedNode {
+    pub pod_cidr: Ipv4Network,
+    pub path: NodePath,
+}
+
+fn path_value(path: NodePath) -> u8 {
+    match path {
+        NodePath::Tunnel => node_path::TUNNEL,
+        NodePath::Direct => node_path::DIRECT,
+    }
+}
+
 fn route_key(pod_cidr: Ipv4Network) -> Key<Ipv4Octets> {
     Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets())
 }
@@ -179,8 +195,8 @@ impl Maps {
                 .map_err(access(names::ENDPOINTS_MAP))?,
             node_config: Array::try_from(take(names::NODE_CONFIG_MAP)?)
                 .map_err(access(names::NODE_CONFIG_MAP))?,
-            tunnel_routes: LpmTrie::try_from(take(names::TUNNEL_ROUTES_MAP)?)
-                .map_err(access(names::TUNNEL_ROUTES_MAP))?,
+            node_routes: LpmTrie::try_from(take(names::NODE_ROUTES_MAP)?)
+                .map_err(access(names::NODE_ROUTES_MAP))?,
             remote_nodes: HashMap::try_from(take(names::REMOTE_NODES_MAP)?)
                 .map_err(access(names::REMOTE_NODES_MAP))?,
             nat: Some(NatMap {
@@ -240,14 +256,15 @@ impl Maps {
         removed(self.endpoints.remove(&ip.octets()), names::ENDPOINTS_MAP)
     }
 
-    /// Makes `pod_cidr` reachable through the tunnel to `node_ip`. The node
+    /// Makes `node.pod_cidr` reachable at `node_ip` by `node.path`. The node
     /// entry goes first: tunnel traffic from a node is accepted before any of
     /// ours is sent to it. On failure nothing is left half-inserted.
     pub fn insert_remote_node(
         &mut self,
         node_ip: Ipv4Addr,
-        pod_cidr: Ipv4Network,
+        node: ProgrammedNode,
     ) -> Result<(), MapsError> {
+        let ProgrammedNode { pod_cidr, path } = node;
         let full = |name: &'static str| {
             move |source: MapError| {
                 if is_errno(&source, nix::libc::E2BIG) || is_errno(&source, nix::libc::ENOSPC) {
@@ -259,17 +276,21 @@ impl Maps {
         };
         let node = RemoteNode {
             pod_cidr: ipv4_cidr(pod_cidr),
+            path: path_value(path),
+            _pad: [0; 3],
         };
         self.remote_nodes
             .insert(node_ip.octets(), node, 0)
             .map_err(full(names::REMOTE_NODES_MAP))?;
-        let route = TunnelRoute {
+        let route = NodeRoute {
             node_ip: node_ip.octets(),
+            path: path_value(path),
+            _pad: [0; 3],
         };
         if let Err(error) = self
-            .tunnel_routes
+            .node_routes
             .insert(&route_key(pod_cidr), route, 0)
-            .map_err(full(names::TUNNEL_ROUTES_MAP))
+            .map_err(full(names::NODE_ROUTES_MAP))
         {
             let _ = self.remote_nodes.remove(&node_ip.octets());
             return Err(error);
@@ -277,7 +298,7 @@ impl Maps {
         Ok(())
     }
 
-    /// Removes a node's tunnel route, then the node itself (so replies still
+    /// Removes a node's route, then the node itself (so replies still
     /// in flight from it are accepted until the last moment).
     pub fn remove_remote_node(
         &mut self,
@@ -285,8 +306,8 @@ impl Maps {
         pod_cidr: Ipv4Network,
     ) -> Result<bool, MapsError> {
         removed(
-            self.tunnel_routes.remove(&route_key(pod_cidr)),
-            names::TUNNEL_ROUTES_MAP,
+            self.node_routes.remove(&route_key(pod_cidr)),
+            names::NODE_ROUTES_MAP,
         )?;
         removed(
             self.remote_nodes.remove(&node_ip.octets()),
@@ -294,7 +315,7 @@ impl Maps {
         )
     }
 
-    pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, Ipv4Network)>, MapsError> {
+    pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, ProgrammedNode)>, MapsError> {
         self.remote_nodes
             .iter()
             .map(|entry| {
@@ -307,7 +328,16 @@ impl Maps {
                             node.pod_cidr.prefix_len
                         ),
                     })?;
-                Ok((Ipv4Addr::from(ip), cidr))
+                let path = if node.path == node_path::DIRECT {
+                    NodePath::Direct
+                } else {
+                    NodePath::Tunnel
+                };
+                let node = ProgrammedNode {
+                    pod_cidr: cidr,
+                    path,
+                };
+                Ok((Ipv4Addr::from(ip), node))
             })
             .collect()
     }

@@ -55,14 +55,76 @@ impl std::fmt::Display for HostInterface {
     }
 }
 
+/// How this node sends pod packets to other nodes (`[node] routing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// VXLAN to every node.
+    #[default]
+    Tunnel,
+    /// Unencapsulated to every node; they must be on the uplink's network.
+    Direct,
+    /// Unencapsulated to nodes on the uplink's network, VXLAN to the others.
+    Auto,
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Routing::Tunnel => "tunnel",
+            Routing::Direct => "direct",
+            Routing::Auto => "auto",
+        })
+    }
+}
+
+/// How one remote node's pods (and the node itself) are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodePath {
+    Tunnel,
+    Direct,
+}
+
+impl std::fmt::Display for NodePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodePath::Tunnel => "tunnel",
+            NodePath::Direct => "direct",
+        })
+    }
+}
+
 /// What a remote node is checked against: this node's own facts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalFacts {
     /// Whether the node has a tunnel (an uplink): remote nodes need one.
     pub tunnel: bool,
     pub node_ip: Option<Ipv4Addr>,
     pub pod_cidr: Option<Ipv4Network>,
     pub cluster_cidr: Option<Ipv4Network>,
+    pub routing: Routing,
+    /// The networks of the uplink's addresses: nodes there are reached
+    /// without a router (empty: not known yet, e.g. a config file on its own).
+    pub uplink_networks: Vec<Ipv4Network>,
+}
+
+impl LocalFacts {
+    /// How the node at `ip` is reached.
+    pub fn path_to(&self, ip: Ipv4Addr) -> NodePath {
+        match self.routing {
+            Routing::Tunnel => NodePath::Tunnel,
+            Routing::Direct => NodePath::Direct,
+            Routing::Auto if self.on_uplink_network(ip) => NodePath::Direct,
+            Routing::Auto => NodePath::Tunnel,
+        }
+    }
+
+    fn on_uplink_network(&self, ip: Ipv4Addr) -> bool {
+        self.uplink_networks
+            .iter()
+            .any(|network| network.contains(ip))
+    }
 }
 
 /// A rule a change broke: the offending field and the problem.
@@ -146,6 +208,25 @@ impl NodeSet {
         }
         if local.node_ip == Some(node.ip) {
             return Err(("ip", format!("{} is this node's own IP", node.ip)));
+        }
+        if local.routing == Routing::Direct
+            && !local.uplink_networks.is_empty()
+            && !local.on_uplink_network(node.ip)
+        {
+            let networks: Vec<String> = local
+                .uplink_networks
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            return Err((
+                "ip",
+                format!(
+                    "{} is not on the uplink's network ({}): routing = \"direct\" reaches only \
+                     nodes there; routing = \"auto\" tunnels to the others",
+                    node.ip,
+                    networks.join(", ")
+                ),
+            ));
         }
         if let Some(cluster_cidr) = local.cluster_cidr
             && !node.pod_cidr.is_subnet_of(cluster_cidr)

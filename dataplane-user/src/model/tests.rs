@@ -15,7 +15,57 @@ fn local() -> LocalFacts {
         node_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
         pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        routing: Routing::Tunnel,
+        uplink_networks: vec!["192.0.2.0/24".parse().unwrap()],
     }
+}
+
+#[test]
+fn each_routing_mode_picks_the_path_per_node() {
+    let neighbour = Ipv4Addr::new(192, 0, 2, 11);
+    let routed = Ipv4Addr::new(198, 51, 100, 10);
+    let paths = |routing| {
+        let local = LocalFacts { routing, ..local() };
+        (local.path_to(neighbour), local.path_to(routed))
+    };
+    assert_eq!(paths(Routing::Tunnel), (NodePath::Tunnel, NodePath::Tunnel));
+    assert_eq!(paths(Routing::Direct), (NodePath::Direct, NodePath::Direct));
+    assert_eq!(paths(Routing::Auto), (NodePath::Direct, NodePath::Tunnel));
+    // Without the uplink's networks known, auto tunnels to everyone.
+    let unknown = LocalFacts {
+        routing: Routing::Auto,
+        uplink_networks: Vec::new(),
+        ..local()
+    };
+    assert_eq!(unknown.path_to(neighbour), NodePath::Tunnel);
+}
+
+#[test]
+fn direct_routing_refuses_nodes_off_the_uplinks_network() {
+    let direct = LocalFacts {
+        routing: Routing::Direct,
+        ..local()
+    };
+    let mut set = NodeSet::default();
+    assert_eq!(
+        set.insert(node([192, 0, 2, 11], "10.244.1.0/24"), &direct),
+        Ok(true)
+    );
+    let (field, problem) = set
+        .insert(node([198, 51, 100, 10], "10.244.2.0/24"), &direct)
+        .unwrap_err();
+    assert_eq!(field, "ip");
+    assert!(problem.contains("192.0.2.0/24"), "{problem}");
+    assert!(problem.contains("auto"), "{problem}");
+    // Auto takes it, through the tunnel.
+    let auto = LocalFacts {
+        routing: Routing::Auto,
+        ..local()
+    };
+    assert_eq!(
+        set.insert(node([198, 51, 100, 10], "10.244.2.0/24"), &auto),
+        Ok(true)
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub use report::TableSizes;
 pub use service_tables::{ServiceTables, ServiceTablesFill};
 
 use crate::{
-    api::{CounterEntry, EndpointEntry, FrontendEntry, ServiceEntry, Status},
+    api::{CounterEntry, EndpointEntry, FrontendEntry, NodeEntry, ServiceEntry, Status},
     model::{EndpointSpec, NodeSpec, ServiceSpec, Source},
 };
 
@@ -74,7 +74,7 @@ pub enum Command {
     LocalPodCidr(Ipv4Network),
     Status(Reply<Status>),
     Endpoints(Reply<Vec<EndpointEntry>>),
-    Nodes(Reply<Vec<NodeSpec>>),
+    Nodes(Reply<Vec<NodeEntry>>),
     Counters(Reply<Vec<CounterEntry>>),
     Tables(Reply<TableSizes>),
     /// A monitor client arrived (`true`: it wants forwarded packets too).

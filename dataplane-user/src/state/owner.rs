@@ -7,7 +7,7 @@ use std::{
     time::Instant,
 };
 
-use dataplane_common::{NodeConfig, service_flags};
+use dataplane_common::{NodeConfig, VXLAN_OVERHEAD, service_flags};
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -22,8 +22,9 @@ use crate::{
     interfaces::Interfaces,
     maps::{MapsError, backend_address, frontend_of, ipv4_cidr},
     model::{
-        EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodeSpec, RemoteNodes,
-        Scope, ServicePort, ServiceSpec, Services, ServingNode, Source, Violation,
+        EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodePath, NodeSpec,
+        RemoteNodes, Routing, Scope, ServicePort, ServiceSpec, Services, ServingNode, Source,
+        Violation,
     },
 };
 
@@ -33,8 +34,11 @@ use crate::{
 pub struct NodeFacts {
     /// The node settings with `node_ip` resolved.
     pub settings: NodeSettings,
-    /// MTU pods must use so their packets fit the tunnel; `None` without one.
-    pub pod_mtu: Option<u32>,
+    /// The uplink's MTU; `None` without an uplink.
+    pub uplink_mtu: Option<u32>,
+    /// The networks of the uplink's addresses (followed): nodes there are
+    /// reached without a router.
+    pub uplink_networks: Vec<Ipv4Network>,
     /// Whether pod traffic leaving the cluster is masqueraded.
     pub masquerading: bool,
     pub nat: NatSettings,
@@ -62,6 +66,9 @@ pub struct Owner {
     pub(super) started: Instant,
     /// When a source last reconciled the node map as a whole.
     pub(super) last_reconcile: Instant,
+    /// Nodes reached directly whose neighbour entry the kernel keeps
+    /// resolved for this agent (`managed`).
+    pub(super) managed_neighbours: BTreeSet<Ipv4Addr>,
 }
 
 impl Owner {
@@ -77,11 +84,14 @@ impl Owner {
         let mut remote_nodes = RemoteNodes::default();
         let pinned: Vec<NodeSpec> = dataplane
             .programmed_nodes()
-            .map(|(ip, pod_cidr)| NodeSpec { ip, pod_cidr })
+            .map(|(ip, node)| NodeSpec {
+                ip,
+                pod_cidr: node.pod_cidr,
+            })
             .collect();
         // What an earlier agent programmed obeyed the rules then; a node that
         // does not any more (its own IP, now) is dropped by the next reconcile.
-        let local = facts.settings.local_facts();
+        let local = facts.local_facts();
         if let Err((ip, (field, problem))) = remote_nodes.replace(Source::Pinned, &pinned, &local) {
             warn!(%ip, "pinned node map: {field}: {problem}; starting from an empty node set");
         }
@@ -104,11 +114,12 @@ impl Owner {
             watchers: Watchers::default(),
             started: Instant::now(),
             last_reconcile: Instant::now(),
+            managed_neighbours: BTreeSet::new(),
         }
     }
 
-    fn local_facts(&self) -> LocalFacts {
-        self.facts.settings.local_facts()
+    pub(super) fn local_facts(&self) -> LocalFacts {
+        self.facts.local_facts()
     }
 
     /// Answers commands until every handle is gone.
@@ -120,7 +131,7 @@ impl Owner {
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
-                _ = retry.tick() => self.retry_failed(),
+                _ = retry.tick() => self.retry_failed().await,
             }
         }
     }
@@ -147,20 +158,22 @@ impl Owner {
             Command::ResyncHost(reply) => answer(reply, self.resync_host().await),
             Command::UpsertNode(source, node, reply) => {
                 let changed = self.remote_nodes.upsert(source, node, &self.local_facts());
-                answer(
-                    reply,
-                    changed
-                        .map_err(refused)
-                        .and_then(|changed| self.program_nodes(&changed)),
-                );
+                let programmed = match changed.map_err(refused) {
+                    Ok(changed) => self.program_nodes(&changed).await,
+                    Err(error) => Err(error),
+                };
+                answer(reply, programmed);
             }
             Command::WithdrawNode(source, ip, reply) => {
                 let changed = self.remote_nodes.withdraw(source, ip, &self.local_facts());
                 let removed = !changed.is_empty();
-                answer(reply, self.program_nodes(&changed).map(|()| removed));
+                answer(reply, self.program_nodes(&changed).await.map(|()| removed));
             }
             Command::ReplaceNodes(source, nodes, reply) => {
-                answer(reply, self.replace_nodes_skipping_invalid(source, nodes));
+                answer(
+                    reply,
+                    self.replace_nodes_skipping_invalid(source, nodes).await,
+                );
             }
             Command::ApplyConfigFile {
                 nodes,
@@ -199,9 +212,7 @@ impl Owner {
             }
             Command::Status(reply) => answer(reply, self.status().await),
             Command::Endpoints(reply) => answer(reply, self.list_endpoints().await),
-            Command::Nodes(reply) => {
-                answer(reply, Ok(self.remote_nodes.effective().iter().collect()));
-            }
+            Command::Nodes(reply) => answer(reply, self.node_entries().await),
             Command::Counters(reply) => answer(reply, self.counter_entries()),
             Command::Tables(reply) => answer(reply, Ok(self.table_sizes())),
             Command::Watch(traces, reply) => answer(reply, self.watch(traces)),
@@ -209,16 +220,103 @@ impl Owner {
         }
     }
 
-    /// Writes the nodes whose desired entry changed.
-    fn program_nodes(&mut self, changed: &[Ipv4Addr]) -> anyhow::Result<()> {
-        self.reconciler
-            .write_nodes(&mut self.dataplane, self.remote_nodes.effective(), changed)
+    /// Writes the nodes whose desired entry changed, then their neighbour
+    /// entries.
+    async fn program_nodes(&mut self, changed: &[Ipv4Addr]) -> anyhow::Result<()> {
+        let local = self.local_facts();
+        let written = self.reconciler.write_nodes(
+            &mut self.dataplane,
+            (self.remote_nodes.effective(), &local),
+            changed,
+        );
+        self.manage_neighbours(changed).await;
+        written
+    }
+
+    /// Keeps a managed neighbour entry for every node reached directly (as
+    /// programmed): the kernel resolves and probes it on its own, so the
+    /// receive check always finds the node's MAC (an unmanaged entry can be
+    /// garbage-collected while the node keeps sending) and the first packet
+    /// to it does not wait for ARP. Failures are warned about: the paths
+    /// work without, resolving on demand.
+    async fn manage_neighbours(&mut self, ips: &[Ipv4Addr]) {
+        let uplink = self.facts.node_config.uplink_ifindex;
+        if uplink == 0 {
+            return;
+        }
+        for &ip in ips {
+            let direct = self
+                .dataplane
+                .programmed_node(ip)
+                .is_some_and(|node| node.path == NodePath::Direct);
+            let result = if direct {
+                self.managed_neighbours.insert(ip);
+                self.interfaces.manage_neighbour(uplink, ip).await
+            } else if self.managed_neighbours.remove(&ip) {
+                self.interfaces.remove_neighbour(uplink, ip).await
+            } else {
+                Ok(())
+            };
+            if let Err(error) = result {
+                warn!(%ip, "the node's managed neighbour entry: {error}");
+            }
+        }
+    }
+
+    /// The managed neighbour entries of the uplink brought in line with the
+    /// nodes reached directly: an earlier agent's for nodes since removed
+    /// go, missing ones are made.
+    async fn sync_neighbours(&mut self) -> anyhow::Result<()> {
+        let uplink = self.facts.node_config.uplink_ifindex;
+        if uplink == 0 {
+            return Ok(());
+        }
+        let managed: BTreeSet<Ipv4Addr> = self
+            .interfaces
+            .neighbours(uplink)
+            .await?
+            .into_iter()
+            .filter(|(_, neighbour)| neighbour.managed)
+            .map(|(ip, _)| ip)
+            .collect();
+        let direct: Vec<Ipv4Addr> = self
+            .dataplane
+            .programmed_nodes()
+            .filter(|(_, node)| node.path == NodePath::Direct)
+            .map(|(ip, _)| ip)
+            .collect();
+        self.managed_neighbours = managed;
+        let mut touched: Vec<Ipv4Addr> = self.managed_neighbours.iter().copied().collect();
+        touched.extend(direct);
+        self.manage_neighbours(&touched).await;
+        Ok(())
+    }
+
+    /// The MTU pods must use: the smallest of the paths this node sends on
+    /// (without remote nodes yet, the one its routing takes on its own network).
+    pub(super) fn pod_mtu(&self) -> Option<u32> {
+        let uplink_mtu = self.facts.uplink_mtu?;
+        let local = self.local_facts();
+        let tunnelled = match local.routing {
+            Routing::Tunnel => true,
+            Routing::Direct => false,
+            Routing::Auto => self
+                .remote_nodes
+                .effective()
+                .iter()
+                .any(|node| local.path_to(node.ip) == NodePath::Tunnel),
+        };
+        Some(if tunnelled {
+            uplink_mtu - VXLAN_OVERHEAD
+        } else {
+            uplink_mtu
+        })
     }
 
     /// `source` lists exactly `nodes`, except those breaking a rule, which
     /// are skipped with a warning (one bad Node object must not hold up
     /// the cluster's other nodes).
-    fn replace_nodes_skipping_invalid(
+    async fn replace_nodes_skipping_invalid(
         &mut self,
         source: Source,
         mut nodes: Vec<NodeSpec>,
@@ -238,7 +336,7 @@ impl Owner {
             }
         };
         self.last_reconcile = Instant::now();
-        self.program_nodes(&changed)
+        self.program_nodes(&changed).await
     }
 
     pub fn nat_table(&self) -> NatTable {
@@ -258,9 +356,12 @@ impl Owner {
         self.facts.settings.node_ip
     }
 
-    fn retry_failed(&mut self) {
+    async fn retry_failed(&mut self) {
+        let local = self.local_facts();
+        let failed = self.reconciler.failed_nodes();
         self.reconciler
-            .retry_nodes(&mut self.dataplane, self.remote_nodes.effective());
+            .retry_nodes(&mut self.dataplane, (self.remote_nodes.effective(), &local));
+        self.manage_neighbours(&failed).await;
         self.reconciler
             .retry_services(&mut self.dataplane, &self.services);
     }
@@ -371,14 +472,17 @@ impl Owner {
             .replace(Source::ConfigFile, &nodes, &self.local_facts())
             .map_err(refused)?;
         self.last_reconcile = Instant::now();
-        self.program_nodes(&changed)?;
+        self.program_nodes(&changed).await?;
         self.replace_file_endpoints(endpoints, resolved)
     }
 
-    /// Puts every address of the node in the host address map. A node with
-    /// more addresses than the map holds keeps working on the ones that fit
-    /// (warned about); only a failure to read or write is an error.
+    /// Puts every address of the node in the host address map (a node with
+    /// more addresses than the map holds keeps working on the ones that fit,
+    /// warned about), and follows the uplink's networks: in auto routing,
+    /// which nodes are reached directly. Only a failure to read or write is
+    /// an error.
     async fn sync_host_addresses(&mut self) -> anyhow::Result<()> {
+        self.sync_uplink_networks().await?;
         let addresses = self.interfaces.host_addresses().await?;
         let count = addresses.len();
         match self.dataplane.set_host_addresses(addresses) {
@@ -392,10 +496,37 @@ impl Owner {
         Ok(())
     }
 
-    /// Full resynchronisation with the node: its addresses, and endpoints
-    /// whose veth vanished while no notification could tell.
+    /// The uplink's networks as they are now; nodes whose path they change
+    /// are written again.
+    async fn sync_uplink_networks(&mut self) -> anyhow::Result<()> {
+        let uplink = self.facts.node_config.uplink_ifindex;
+        if uplink == 0 {
+            return Ok(());
+        }
+        let networks = self.interfaces.ipv4_networks(uplink).await?;
+        if networks == self.facts.uplink_networks {
+            return Ok(());
+        }
+        let before = self.local_facts();
+        self.facts.uplink_networks = networks;
+        let after = self.local_facts();
+        let moved: Vec<Ipv4Addr> = self
+            .remote_nodes
+            .effective()
+            .iter()
+            .map(|node| node.ip)
+            .filter(|ip| before.path_to(*ip) != after.path_to(*ip))
+            .collect();
+        info!(networks = ?self.facts.uplink_networks, nodes_moved = moved.len(), "the uplink's networks changed");
+        self.program_nodes(&moved).await
+    }
+
+    /// Full resynchronisation with the node: its addresses, its managed
+    /// neighbours, and endpoints whose veth vanished while no notification
+    /// could tell.
     pub async fn resync_host(&mut self) -> anyhow::Result<()> {
         self.sync_host_addresses().await?;
+        self.sync_neighbours().await?;
         let ifindexes: BTreeSet<u32> = self
             .dataplane
             .programmed_endpoints()
@@ -442,6 +573,16 @@ impl Owner {
 
 /// How often writes that failed are tried again.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl NodeFacts {
+    /// What remote nodes are checked against and reached by.
+    pub fn local_facts(&self) -> LocalFacts {
+        LocalFacts {
+            uplink_networks: self.uplink_networks.clone(),
+            ..self.settings.local_facts()
+        }
+    }
+}
 
 /// A node change the rules refused, as the error of the source that asked.
 fn refused((ip, (field, problem)): (Ipv4Addr, Violation)) -> anyhow::Error {

@@ -10,8 +10,8 @@ use tracing::{info, warn};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
-    maps::{backend_entry, service_key},
-    model::{Frontend, NodeSet, Services},
+    maps::{ProgrammedNode, backend_entry, service_key},
+    model::{Frontend, LocalFacts, NodeSet, Services},
 };
 
 #[derive(Debug, Default)]
@@ -23,17 +23,22 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Brings the entries of `ips` in line with `desired`; the first failure
-    /// is returned, every failure is retried later.
+    /// Brings the entries of `ips` in line with `desired`, each reached as
+    /// `local` says; the first failure is returned, every failure is
+    /// retried later.
     pub fn write_nodes(
         &mut self,
         dataplane: &mut Dataplane,
-        desired: &NodeSet,
+        (desired, local): (&NodeSet, &LocalFacts),
         ips: &[Ipv4Addr],
     ) -> anyhow::Result<()> {
         let mut first_failure = None;
         for &ip in ips {
-            match write_node(dataplane, desired, ip) {
+            let wanted = desired.get(ip).map(|pod_cidr| ProgrammedNode {
+                pod_cidr,
+                path: local.path_to(ip),
+            });
+            match write_node(dataplane, wanted, ip) {
                 Ok(()) => {
                     self.failed_nodes.remove(&ip);
                 }
@@ -109,8 +114,13 @@ impl Reconciler {
         }
     }
 
+    /// Nodes whose last write failed.
+    pub fn failed_nodes(&self) -> Vec<Ipv4Addr> {
+        self.failed_nodes.iter().copied().collect()
+    }
+
     /// Tries the failed writes again.
-    pub fn retry_nodes(&mut self, dataplane: &mut Dataplane, desired: &NodeSet) {
+    pub fn retry_nodes(&mut self, dataplane: &mut Dataplane, desired: (&NodeSet, &LocalFacts)) {
         if self.failed_nodes.is_empty() {
             return;
         }
@@ -126,14 +136,14 @@ impl Reconciler {
 
 fn write_node(
     dataplane: &mut Dataplane,
-    desired: &NodeSet,
+    wanted: Option<ProgrammedNode>,
     ip: Ipv4Addr,
 ) -> Result<(), DataplaneError> {
     let programmed = dataplane.programmed_node(ip);
-    match desired.get(ip) {
-        Some(pod_cidr) if programmed != Some(pod_cidr) => {
-            dataplane.add_remote_node(ip, pod_cidr)?;
-            info!(%ip, %pod_cidr, "node programmed");
+    match wanted {
+        Some(node) if programmed != Some(node) => {
+            dataplane.add_remote_node(ip, node)?;
+            info!(%ip, pod_cidr = %node.pod_cidr, path = %node.path, "node programmed");
         }
         None if programmed.is_some() => {
             dataplane.remove_remote_node(ip)?;

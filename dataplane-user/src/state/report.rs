@@ -7,8 +7,9 @@ use tracing::warn;
 
 use super::{GcReport, Owner, ServiceTablesFill};
 use crate::{
-    api::{CounterEntry, CounterName, EndpointEntry, MapFill, Status},
+    api::{CounterEntry, CounterName, EndpointEntry, MapFill, NodeEntry, Status},
     interfaces::VXLAN_DEVICE,
+    model::NodePath,
 };
 
 #[derive(Debug)]
@@ -94,6 +95,10 @@ impl Owner {
             entries,
             capacity: capacity as usize,
         };
+        let direct_nodes = dataplane
+            .programmed_nodes()
+            .filter(|(_, node)| node.path == NodePath::Direct)
+            .count();
         let node = &self.facts.settings;
         Ok(Status {
             node_ip: node.node_ip,
@@ -103,7 +108,10 @@ impl Owner {
             tunnel_interface: node.uplink.as_ref().map(|_| VXLAN_DEVICE.to_string()),
             vni: node.vni,
             vxlan_port: node.vxlan_port,
-            pod_mtu: self.facts.pod_mtu,
+            routing: node.routing,
+            direct_nodes,
+            tunnelled_nodes: remote_nodes - direct_nodes,
+            pod_mtu: self.pod_mtu(),
             endpoints,
             remote_nodes,
             masquerade: self.facts.masquerading,
@@ -123,7 +131,7 @@ impl Owner {
                     dataplane_common::MAX_REMOTE_NODES,
                 ),
                 fill(
-                    "TUNNEL_ROUTES",
+                    "NODE_ROUTES",
                     remote_nodes,
                     dataplane_common::MAX_REMOTE_NODES,
                 ),
@@ -175,6 +183,37 @@ impl Owner {
             });
         }
         Ok(entries)
+    }
+
+    /// The remote nodes, each with its path and, reached directly, the MAC
+    /// its packets are checked against.
+    pub(super) async fn node_entries(&self) -> anyhow::Result<Vec<NodeEntry>> {
+        let local = self.local_facts();
+        let uplink = self.facts.node_config.uplink_ifindex;
+        let neighbours = if uplink == 0 {
+            Default::default()
+        } else {
+            self.interfaces.neighbours(uplink).await?
+        };
+        Ok(self
+            .remote_nodes
+            .effective()
+            .iter()
+            .map(|node| {
+                let path = local.path_to(node.ip);
+                let mac = neighbours
+                    .get(&node.ip)
+                    .and_then(|neighbour| neighbour.mac)
+                    .filter(|_| path == NodePath::Direct)
+                    .map(MacAddr6::from);
+                NodeEntry {
+                    ip: node.ip,
+                    pod_cidr: node.pod_cidr,
+                    path,
+                    mac,
+                }
+            })
+            .collect())
     }
 
     pub(super) fn counter_entries(&self) -> anyhow::Result<Vec<CounterEntry>> {

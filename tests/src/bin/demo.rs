@@ -1,16 +1,20 @@
-//! `cargo xtask run` without a config: a demo cluster in network namespaces.
+//! `cargo xtask run` without a config: a demo cluster in network namespaces,
+//! run with the `dataplane` binary at `$DATAPLANE_BIN`. (A binary of the
+//! test harness, so that xtask itself builds before anything is installed.)
 
-use std::{path::Path, sync::mpsc};
+use std::sync::mpsc;
 
 use anyhow::Context as _;
-use dataplane_tests::{Cluster, ClusterSpec, cluster::EXTERNAL_HOST_IP};
+use dataplane_tests::{
+    Cluster, ClusterSpec,
+    cluster::{EXTERNAL_HOST_IP, dataplane_binary},
+};
 
 const NODES: usize = 2;
 const PODS_PER_NODE: usize = 2;
 
-pub fn run(binary: &Path) -> anyhow::Result<()> {
-    // SAFETY: set before any other thread exists; the harness reads it.
-    unsafe { std::env::set_var("DATAPLANE_BIN", binary) };
+fn main() -> anyhow::Result<()> {
+    let binary = dataplane_binary()?;
     println!(
         "==> building a demo cluster: {NODES} nodes, {PODS_PER_NODE} pods each, dataplane attached"
     );
