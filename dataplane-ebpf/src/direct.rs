@@ -7,8 +7,8 @@ use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_REDIRECT, bpf_fib_lookup,
-        bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK, TC_ACT_REDIRECT,
+        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
@@ -75,12 +75,46 @@ pub fn send(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcom
 /// for `node_ip` (network byte order), a node reached over the uplink
 /// without a router in between. The kernel keeps that table current (ARP),
 /// so a node replaced under the same IP is followed without the agent.
+#[inline(always)]
+pub fn from_node_mac(ctx: &TcContext, config: &NodeConfig, node_ip: u32) -> bool {
+    let mut node_mac = [0; 6];
+    neighbour_mac(ctx, config, node_ip, &mut node_mac)
+        && ctx
+            .load::<[u8; 6]>(offset_of!(EthHdr, src_addr))
+            .is_ok_and(|source_mac| source_mac == node_mac)
+}
+
+/// The node's own packet (already on its way out of the uplink, by the
+/// default route) to the node of `route`: addressed to that node's MAC and
+/// sent on as it is (a redirect would bring it back here). Through the
+/// tunnel while the neighbour table has no MAC for it yet: the tunnel's
+/// outer packet resolves it.
+#[inline(always)]
+pub fn from_host_to_node(ctx: &TcContext, config: &NodeConfig, route: &NodeRoute) -> i32 {
+    let mut node_mac = [0; 6];
+    if route.path != node_path::DIRECT
+        || !neighbour_mac(
+            ctx,
+            config,
+            u32::from_ne_bytes(route.node_ip),
+            &mut node_mac,
+        )
+    {
+        return tunnel::encapsulate(ctx, config, route.node_ip);
+    }
+    let addressed = ctx
+        .store(offset_of!(EthHdr, dst_addr), &node_mac, 0)
+        .map(|()| verdict(ctx, Counter::ForwardedDirect, TC_ACT_OK))
+        .map_err(|_| Counter::DropUplinkError);
+    finish(ctx, addressed)
+}
+
+/// Puts in `mac` what this node's neighbour table holds for `node_ip`
+/// (network byte order) on the uplink, if the node is reached there
+/// without a router; whether it did.
 // Out of line: the lookup's parameter block stays off the callers' frames.
 #[inline(never)]
-pub fn from_node_mac(ctx: &TcContext, config: &NodeConfig, node_ip: u32) -> bool {
-    let Ok(source_mac) = ctx.load::<[u8; 6]>(offset_of!(EthHdr, src_addr)) else {
-        return false;
-    };
+fn neighbour_mac(ctx: &TcContext, config: &NodeConfig, node_ip: u32, mac: &mut [u8; 6]) -> bool {
     // SAFETY: a plain C struct of integers: all zero is a value.
     let mut lookup: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     lookup.family = AF_INET;
@@ -98,8 +132,11 @@ pub fn from_node_mac(ctx: &TcContext, config: &NodeConfig, node_ip: u32) -> bool
     };
     // SAFETY: the union's IPv4 member is the one the lookup fills.
     let next_hop = unsafe { lookup.__bindgen_anon_4.ipv4_dst };
-    found == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+    let on_link = found == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
         && next_hop == node_ip
-        && lookup.ifindex == config.uplink_ifindex
-        && lookup.dmac == source_mac
+        && lookup.ifindex == config.uplink_ifindex;
+    if on_link {
+        *mac = lookup.dmac;
+    }
+    on_link
 }

@@ -1,6 +1,8 @@
 //! from-host: TC egress on the node's uplink. The node has no route to any
 //! pod: its packets for pod addresses leave by the default route and are
-//! taken here, into a local pod or on to the pod's node. Everything else passes.
+//! taken here, into a local pod or on to the pod's node. Everything else
+//! passes, and so does every packet the node did not make itself (one the
+//! programs sent on to a node directly comes through here as it is).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::Counter;
@@ -11,7 +13,7 @@ use crate::{
     ipv4::checked_header,
     local::{Redirect, deliver},
     maps::node_config,
-    packet::is_ipv4,
+    packet::{is_ipv4, made_by_the_node},
     route::{Destination, lookup},
 };
 
@@ -21,6 +23,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn to_pods(ctx: &TcContext) -> Outcome {
+    if !made_by_the_node(ctx) {
+        return Ok(TC_ACT_OK);
+    }
     let is_ipv4 = is_ipv4(ctx);
     let Some((src, dst)) = checked_header(ctx)
         .map(|ip| (ip.src_addr, ip.dst_addr))
@@ -36,7 +41,7 @@ fn to_pods(ctx: &TcContext) -> Outcome {
         // The remote node accepts (and answers the same way) only sources
         // this node speaks for: its IP and its pod CIDR.
         Destination::RemotePod(route) if src == config.node_ip || config.pod_cidr.contains(src) => {
-            Ok(direct::to_node(ctx, config, &route))
+            Ok(direct::from_host_to_node(ctx, config, &route))
         }
         Destination::RemotePod(_) => Err(Counter::DropHostSourceUnroutable),
         Destination::UnknownLocalPod => Err(Counter::DropUnknownEndpoint),

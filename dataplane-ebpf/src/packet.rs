@@ -90,9 +90,19 @@ pub fn vlan_tagged(ctx: &TcContext) -> bool {
     unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }
 
-/// ifindex of the device the packet arrived on.
+/// ifindex of the device the packet arrived on (read at an ingress hook:
+/// the device the hook is on).
 #[inline(always)]
 pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's whole run.
     unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Whether the node's own stack made the packet: it never arrived on any
+/// device (what an egress hook sees of a packet a program or the kernel
+/// forwarded has the device it came in on).
+#[inline(always)]
+pub fn made_by_the_node(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's whole run.
+    unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
 }

@@ -5,6 +5,8 @@
 //!                                                     underlay bridge (192.0.2.0/24)
 //!  node i (192.0.2.(10+i), pod CIDR 10.244.i.0/24) ────────────────┘
 //!    └─ vp<j> ══ eth0 of pod j (10.244.i.(j+2)/32, default via 169.254.1.1)
+//!
+//!  a routed node i: behind the gateway as a router, on 198.51.100.(16i+2)/28
 //! ```
 //! Pods are wired the way a ptp-style main CNI plugin does it. The nodes
 //! either run the dataplane agent or the kernel design it replaces.
@@ -25,6 +27,8 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+
+use dataplane_user::model::Routing;
 
 use crate::{
     cni::{self, CniNetwork, MainPlugin},
@@ -90,6 +94,11 @@ pub struct ClusterSpec {
     pub pods_per_node: usize,
     pub forwarding: Forwarding,
     pub pods: PodWiring,
+    /// The dataplane nodes' `node.routing`.
+    pub routing: Routing,
+    /// How many of the last nodes sit behind the gateway as a router, each
+    /// on a network of its own, instead of on the underlay bridge.
+    pub routed_nodes: usize,
 }
 
 impl ClusterSpec {
@@ -105,6 +114,21 @@ impl ClusterSpec {
             pods_per_node,
             forwarding,
             pods: PodWiring::Handmade,
+            routing: Routing::Tunnel,
+            routed_nodes: 0,
+        }
+    }
+
+    /// Dataplane nodes routing as `routing` says.
+    pub fn with_routing(self, routing: Routing) -> Self {
+        Self { routing, ..self }
+    }
+
+    /// The last `count` nodes behind a router.
+    pub fn with_routed_nodes(self, count: usize) -> Self {
+        Self {
+            routed_nodes: count,
+            ..self
         }
     }
 
@@ -334,6 +358,21 @@ impl Node {
         let json = self.cli(&["--output", "json", "status"])?;
         let response: serde_json::Value = serde_json::from_str(&json)?;
         Ok(response["status"].clone())
+    }
+
+    /// Makes the agent's next start route as `routing` says (a config edit:
+    /// the mode is read at start-up).
+    pub fn set_routing(&self, routing: Routing) -> anyhow::Result<()> {
+        let config = std::fs::read_to_string(&self.config)?;
+        let edited: Vec<String> = config
+            .lines()
+            .map(|line| match line.starts_with("routing = ") {
+                true => format!("routing = \"{routing}\""),
+                false => line.to_string(),
+            })
+            .collect();
+        std::fs::write(&self.config, edited.join("\n") + "\n")?;
+        Ok(())
     }
 
     /// Tells this node's agent where `other`'s pods are.
@@ -566,9 +605,14 @@ impl Cluster {
     fn add_node(&mut self, prefix: &str, index: usize, spec: ClusterSpec) -> anyhow::Result<()> {
         let octet = u8::try_from(index).context("too many nodes")?;
         let netns = Netns::create(format!("{prefix}-n{index}"))?;
-        let ip = Ipv4Addr::new(192, 0, 2, 10 + octet);
-        plug_into_underlay(&self.underlay, &netns, &format!("n{index}"), ip)?;
-        netns.add_route(DEFAULT_ROUTE, NextHop::Gateway(GATEWAY_UNDERLAY_IP))?;
+        let (ip, gateway) = if index + spec.routed_nodes >= spec.nodes {
+            route_behind_gateway(&self.gateway, &netns, octet)?
+        } else {
+            let ip = Ipv4Addr::new(192, 0, 2, 10 + octet);
+            plug_into_underlay(&self.underlay, &netns, &format!("n{index}"), ip)?;
+            (ip, GATEWAY_UNDERLAY_IP)
+        };
+        netns.add_route(DEFAULT_ROUTE, NextHop::Gateway(gateway))?;
         netns.sysctl("net.ipv4.ip_local_port_range", NODE_LOCAL_PORT_RANGE)?;
         let pod_cidr = Ipv4Network::new(Ipv4Addr::new(10, 244, octet, 0), 24)?;
 
@@ -579,10 +623,11 @@ impl Cluster {
             &config,
             format!(
                 "[agent]\napi_socket = \"{}\"\nbpf_root = \"{}\"\n\n[node]\npod_cidr = \"{pod_cidr}\"\n\
-                 cluster_cidr = \"{CLUSTER_CIDR}\"\nuplink = \"eth0\"\n\n\
+                 cluster_cidr = \"{CLUSTER_CIDR}\"\nuplink = \"eth0\"\nrouting = \"{}\"\n\n\
                  [nat]\nport_range = \"{NAT_PORT_RANGE}\"\ngc_interval_seconds = 1\n",
                 socket.display(),
-                bpf_root.display()
+                bpf_root.display(),
+                spec.routing,
             ),
         )?;
         let mut node = Node {
@@ -676,6 +721,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The namespace of the underlay bridge (`br0`) the nodes are plugged into.
+    pub fn underlay(&self) -> &Netns {
+        &self.underlay
+    }
+
     pub fn workdir(&self) -> &Path {
         self.workdir.path()
     }
@@ -689,6 +739,27 @@ impl Drop for Cluster {
         // Pinned maps outlive the agents by design; these are the test's own.
         let _ = std::fs::remove_dir_all(&self.bpf_root);
     }
+}
+
+/// Connects `netns` to the gateway as its router, on a /28 of its own
+/// (`index` picks which); returns its IP and its gateway's.
+fn route_behind_gateway(
+    gateway: &Netns,
+    netns: &Netns,
+    index: u8,
+) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
+    let base = index.checked_mul(16).context("too many routed nodes")?;
+    let (router, ip) = (
+        Ipv4Addr::new(198, 51, 100, base + 1),
+        Ipv4Addr::new(198, 51, 100, base + 2),
+    );
+    let port = format!("r{index}");
+    gateway.add_veth(&port, netns, "eth0")?;
+    gateway.add_address(&port, Ipv4Network::new(router, 28)?)?;
+    gateway.set_up(&port)?;
+    netns.add_address("eth0", Ipv4Network::new(ip, 28)?)?;
+    netns.set_up("eth0")?;
+    Ok((ip, router))
 }
 
 /// Connects `netns` to the underlay bridge with `eth0` holding `ip`/24.

@@ -2,9 +2,10 @@
 //! connection rates and request/response latency.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    process::Child,
+    path::Path,
+    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,10 +16,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nix::sys::{
-    socket::{setsockopt, sockopt::ReceiveTimeout},
-    time::{TimeVal, TimeValLike as _},
+use nix::{
+    libc,
+    sys::{
+        signal::{Signal, kill},
+        socket::{setsockopt, sockopt::ReceiveTimeout},
+        time::{TimeVal, TimeValLike as _},
+    },
+    unistd::Pid,
 };
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::netns::Netns;
 
@@ -655,4 +662,109 @@ fn received(json: &str) -> anyhow::Result<Iperf3Received> {
         bytes: field("bytes")?,
         seconds: field("seconds")?,
     })
+}
+
+/// Sends `frame` `count` times out of `interface` as it is (AF_PACKET).
+pub fn send_frames(
+    netns: &Netns,
+    interface: &str,
+    frame: Vec<u8>,
+    count: usize,
+) -> anyhow::Result<()> {
+    let index = netns.index_of(interface)?;
+    joined(in_netns(netns, move || {
+        let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
+        // SAFETY: a zeroed sockaddr_ll with family and ifindex set is a valid
+        // address for an AF_PACKET socket, and fits the storage.
+        let ((), device) = unsafe {
+            SockAddr::try_init(|storage, length| {
+                let link = storage.cast::<libc::sockaddr_ll>();
+                (*link).sll_family = libc::AF_PACKET as u16;
+                (*link).sll_ifindex = index as i32;
+                *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                Ok(())
+            })
+        }?;
+        for _ in 0..count {
+            socket
+                .send_to(&frame, &device)
+                .context("sending a raw frame")?;
+        }
+        Ok(())
+    }))
+}
+
+/// A packet capture (`tcpdump`) on an interface of a namespace, running
+/// until `finish`: headers only, each packet handed over as it arrives
+/// (without immediate mode libpcap delivers in blocks, and what a block
+/// held when tcpdump stopped was lost).
+pub struct Capture {
+    tcpdump: Child,
+    /// Held open: tcpdump dies of SIGPIPE writing to a closed stderr.
+    _stderr: BufReader<std::process::ChildStderr>,
+    file: tempfile::NamedTempFile,
+    netns_path: String,
+}
+
+impl Capture {
+    /// Starts capturing on `interface` in `netns`; returns once tcpdump listens.
+    pub fn start(netns: &Netns, interface: &str) -> anyhow::Result<Self> {
+        let file = tempfile::NamedTempFile::new()?;
+        let path = file.path().display().to_string();
+        let mut tcpdump = netns
+            .command("tcpdump")?
+            .args([
+                "-i",
+                interface,
+                "-nn",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "128",
+                "-w",
+                &path,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tcpdump")?;
+        // tcpdump says "listening on ..." once its socket is bound.
+        let mut stderr = BufReader::new(tcpdump.stderr.take().context("tcpdump's stderr")?);
+        let mut line = String::new();
+        stderr.read_line(&mut line)?;
+        if !line.contains("listening on") {
+            let _ = tcpdump.kill();
+            bail!("tcpdump did not start: {line}");
+        }
+        Ok(Self {
+            tcpdump,
+            _stderr: stderr,
+            file,
+            netns_path: netns.path(),
+        })
+    }
+
+    /// Stops the capture; one line per packet, as `tcpdump -nn -e` prints it.
+    pub fn finish(mut self) -> anyhow::Result<Vec<String>> {
+        // What the kernel queued for tcpdump is read before it stops.
+        thread::sleep(Duration::from_millis(300));
+        let _ = kill(Pid::from_raw(self.tcpdump.id() as i32), Signal::SIGINT);
+        self.tcpdump.wait()?;
+        let path = self.file.path().display().to_string();
+        let mut command = crate::netns::command_in(Path::new(&self.netns_path), "tcpdump")?;
+        command.args(["-nn", "-e", "-r", &path]);
+        let output = command.output().context("reading the capture")?;
+        if !output.status.success() {
+            bail!(
+                "reading the capture failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
 }

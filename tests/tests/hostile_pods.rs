@@ -12,9 +12,8 @@ use dataplane_tests::{
     cluster::{EXTERNAL_HOST_IP, GATEWAY_UNDERLAY_IP},
     eventually,
     test_run::{ipv4_frame, vxlan_frame, with_ip_bytes},
-    traffic::{in_netns, joined},
+    traffic::{in_netns, joined, send_frames},
 };
-use nix::libc;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// One node whose pods the real `ptp` plugin made, as on a user's node.
@@ -130,31 +129,6 @@ fn ipv6_from_a_pod_changes_nothing(cluster: &Cluster) -> anyhow::Result<()> {
     // IPv4 goes on as before.
     pod.ping(other.ip, 2)?;
     Ok(())
-}
-
-/// Sends `frame` `count` times out of `interface` as it is (AF_PACKET).
-fn send_frames(pod: &Netns, interface: &str, frame: Vec<u8>, count: usize) -> anyhow::Result<()> {
-    let index = pod.index_of(interface)?;
-    joined(in_netns(pod, move || {
-        let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
-        // SAFETY: a zeroed sockaddr_ll with family and ifindex set is a valid
-        // address for an AF_PACKET socket, and fits the storage.
-        let ((), device) = unsafe {
-            SockAddr::try_init(|storage, length| {
-                let link = storage.cast::<libc::sockaddr_ll>();
-                (*link).sll_family = libc::AF_PACKET as u16;
-                (*link).sll_ifindex = index as i32;
-                *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                Ok(())
-            })
-        }?;
-        for _ in 0..count {
-            socket
-                .send_to(&frame, &device)
-                .context("sending a raw frame")?;
-        }
-        Ok(())
-    }))
 }
 
 #[test]

@@ -13,7 +13,8 @@ use crate::build::status;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests, demo and benchmarks run: probes and traffic
-/// (`ss` from iproute2, `ping`, `iperf3` under util-linux's `taskset`), the
+/// (`ss` from iproute2, `ping`, `iperf3` under util-linux's `taskset`,
+/// `tcpdump` for captures on the underlay), the
 /// kernel baselines' firewalls, and the real CNI reference plugins. The
 /// namespaces themselves are made over netlink and system calls.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -21,6 +22,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "iperf3",
     "util-linux",
+    "tcpdump",
     "iptables",
     "nftables",
     "containernetworking-plugins",

@@ -223,6 +223,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
     let service_tables = ServiceTables::open(&pin_dir).context("the Service connection tables")?;
     let mut owner = Owner::new(facts, interfaces, dataplane, nat, service_tables);
     owner.adopt_pinned_endpoints().await?;
+    owner
+        .reprogram_nodes()
+        .await
+        .context("the pinned nodes, reached as node.routing says")?;
     owner.resync_host().await?;
     owner
         .apply_config_file(

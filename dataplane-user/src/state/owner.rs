@@ -233,6 +233,19 @@ impl Owner {
         written
     }
 
+    /// Writes every node again where the maps differ from what it should
+    /// be: at start-up, nodes an earlier agent pinned may be reached
+    /// another way now (`node.routing` changed across the restart).
+    pub async fn reprogram_nodes(&mut self) -> anyhow::Result<()> {
+        let all: Vec<Ipv4Addr> = self
+            .remote_nodes
+            .effective()
+            .iter()
+            .map(|node| node.ip)
+            .collect();
+        self.program_nodes(&all).await
+    }
+
     /// Keeps a managed neighbour entry for every node reached directly (as
     /// programmed): the kernel resolves and probes it on its own, so the
     /// receive check always finds the node's MAC (an unmanaged entry can be
