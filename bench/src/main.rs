@@ -21,6 +21,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser;
 use dataplane_tests::{Cluster, ClusterSpec, Forwarding};
+use dataplane_user::model::Routing;
 
 #[derive(Parser)]
 #[command(about = "Benchmark this dataplane against the kernel paths it replaces")]
@@ -28,8 +29,9 @@ struct Cli {
     /// One short repetition of everything (CI smoke run).
     #[arg(long)]
     quick: bool,
-    /// Only the traffic paths whose name contains this (e.g. "same-node",
-    /// "egress"); the scale runs are skipped then.
+    /// Only the traffic paths whose name contains this, or one of several
+    /// separated by commas (e.g. "same-node", "cross-node,node-to-node");
+    /// the scale runs are skipped then.
     #[arg(long)]
     paths: Option<String>,
     /// Only the programming rows (through the agent: config reload, API,
@@ -117,7 +119,10 @@ impl Settings {
 
 /// The three clusters every scenario runs on.
 pub struct Clusters {
+    /// This dataplane, VXLAN across nodes (`node.routing = "tunnel"`).
     pub dataplane: Cluster,
+    /// This dataplane, unencapsulated across nodes (`node.routing = "direct"`).
+    pub direct: Cluster,
     /// /32 routes + proxy_arp per pod, flannel's vxlan across nodes, MASQUERADE.
     pub kernel: Cluster,
     /// Pods on a cni0 bridge (docker/flannel), otherwise as `kernel`.
@@ -193,7 +198,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The traffic paths on three clusters, then (without a path filter) the
+/// The traffic paths on four clusters, then (without a path filter) the
 /// scale, programming and Services rows, and notes to print with them.
 fn traffic_and_scale(
     cli: &Cli,
@@ -206,11 +211,13 @@ fn traffic_and_scale(
 )> {
     let with_scale = cli.paths.is_none();
     println!(
-        "==> building three 2-node clusters: this dataplane, /32 routes + flannel vxlan, cni0 bridge + flannel vxlan"
+        "==> building four 2-node clusters: this dataplane (tunnel, direct), /32 routes + flannel vxlan, cni0 bridge + flannel vxlan"
     );
     let spec = |forwarding| ClusterSpec::new(2, 2, forwarding);
     let clusters = Clusters {
         dataplane: Cluster::new(spec(Forwarding::Dataplane)).context("dataplane cluster")?,
+        direct: Cluster::new(spec(Forwarding::Dataplane).with_routing(Routing::Direct))
+            .context("direct-routing dataplane cluster")?,
         kernel: Cluster::new(spec(Forwarding::KernelRoutes)).context("kernel-routes cluster")?,
         bridge: Cluster::new(spec(Forwarding::Bridge)).context("bridge cluster")?,
     };

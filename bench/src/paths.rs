@@ -136,6 +136,12 @@ fn paths(clusters: &Clusters) -> Vec<Path<'_>> {
             (0, 0),
             OTHER_NODE,
         ),
+        pod_to_pod(
+            "cross-node dataplane direct",
+            &clusters.direct,
+            (0, 0),
+            OTHER_NODE,
+        ),
         pod_to_pod("cross-node flannel", &clusters.kernel, (0, 0), OTHER_NODE),
         Path {
             label: "node-to-node",
@@ -149,7 +155,7 @@ fn paths(clusters: &Clusters) -> Vec<Path<'_>> {
 }
 
 /// Which path is compared with which, and how the baseline is described.
-const COMPARISONS: [(&str, &str, &str, &str); 5] = [
+const COMPARISONS: [(&str, &str, &str, &str); 6] = [
     (
         "same-node pod-to-pod",
         "same-node dataplane",
@@ -171,6 +177,12 @@ const COMPARISONS: [(&str, &str, &str, &str); 5] = [
     (
         "cross-node pod-to-pod",
         "cross-node dataplane",
+        "node-to-node",
+        "node-to-node, no overlay (physical limit)",
+    ),
+    (
+        "cross-node pod-to-pod, direct routing",
+        "cross-node dataplane direct",
         "node-to-node",
         "node-to-node, no overlay (physical limit)",
     ),
@@ -220,7 +232,7 @@ pub fn run(
 ) -> anyhow::Result<(Vec<Comparison>, Vec<CpuBreakdown>)> {
     let paths: Vec<Path> = paths(clusters)
         .into_iter()
-        .filter(|path| path.label.contains(filter))
+        .filter(|path| filter.split(',').any(|part| path.label.contains(part)))
         .collect();
     let placements = Placement::all(settings.every_placement);
     // The drop-flood runs are same-node dataplane runs.
