@@ -252,6 +252,7 @@ fn fill(maps: &mut Maps, filled: &mut Filled, target: Filled) -> anyhow::Result<
         let node = ProgrammedNode {
             pod_cidr,
             path: NodePath::Tunnel,
+            mac: None,
         };
         maps.insert_remote_node(ip, node)?;
     }

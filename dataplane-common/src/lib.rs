@@ -390,9 +390,14 @@ pub struct NodeRoute {
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RemoteNode {
     pub pod_cidr: Ipv4Cidr,
+    /// The node's MAC on the uplink, as this node's neighbour table holds it
+    /// (learned by the agent, for nodes on the uplink's network): the only
+    /// frames unencapsulated packets from its pods are taken in.
+    pub mac: [u8; 6],
     /// A `node_path` value: how its pods and itself are reached.
     pub path: u8,
-    pub _pad: [u8; 3],
+    /// 1 when `mac` was learned.
+    pub mac_known: u8,
 }
 
 /// Which half of a connection a NAT entry translates.
@@ -989,7 +994,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FragmentRecord>(), 16);
         assert_eq!(core::mem::size_of::<PacketEvent>(), 24);
         assert_eq!(core::mem::size_of::<NodeRoute>(), 8);
-        assert_eq!(core::mem::size_of::<RemoteNode>(), 12);
+        assert_eq!(core::mem::size_of::<RemoteNode>(), 16);
         assert_eq!(core::mem::size_of::<CounterValue>(), 16);
     }
 }

@@ -1,7 +1,9 @@
 //! Direct routing: pod packets for a node on the uplink's own network leave
 //! unencapsulated, that node's IP the next hop, and are accepted on arrival
 //! only in frames from the sending node's MAC: on a shared L2, what the
-//! underlay can prove about who sent a packet.
+//! underlay can prove about who sent a packet. (The MAC is the agent's copy
+//! of the neighbour table's: `bpf_fib_lookup` would read it at the source,
+//! but refuses to on a device that does not forward.)
 
 use core::mem::{offset_of, size_of};
 
@@ -18,6 +20,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     counters::{Outcome, finish, verdict},
+    maps::remote_node,
     packet::own_header,
     tunnel,
 };
@@ -71,72 +74,31 @@ pub fn send(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcom
     }
 }
 
-/// Whether the frame comes from the MAC this node's neighbour table holds
-/// for `node_ip` (network byte order), a node reached over the uplink
-/// without a router in between. The kernel keeps that table current (ARP),
-/// so a node replaced under the same IP is followed without the agent.
+/// Whether the frame comes from the MAC learned for the node at `node_ip`
+/// (nodes on the uplink's network have one).
 #[inline(always)]
-pub fn from_node_mac(ctx: &TcContext, config: &NodeConfig, node_ip: u32) -> bool {
-    let mut node_mac = [0; 6];
-    neighbour_mac(ctx, config, node_ip, &mut node_mac)
-        && ctx
-            .load::<[u8; 6]>(offset_of!(EthHdr, src_addr))
-            .is_ok_and(|source_mac| source_mac == node_mac)
+pub fn from_node_mac(ctx: &TcContext, node_ip: Ipv4Octets) -> bool {
+    remote_node(&node_ip).is_some_and(|node| {
+        node.mac_known != 0
+            && ctx
+                .load::<[u8; 6]>(offset_of!(EthHdr, src_addr))
+                .is_ok_and(|source_mac| source_mac == node.mac)
+    })
 }
 
 /// The node's own packet (already on its way out of the uplink, by the
 /// default route) to the node of `route`: addressed to that node's MAC and
 /// sent on as it is (a redirect would bring it back here). Through the
-/// tunnel while the neighbour table has no MAC for it yet: the tunnel's
-/// outer packet resolves it.
+/// tunnel while no MAC is known for it.
 #[inline(always)]
 pub fn from_host_to_node(ctx: &TcContext, config: &NodeConfig, route: &NodeRoute) -> i32 {
-    let mut node_mac = [0; 6];
-    if route.path != node_path::DIRECT
-        || !neighbour_mac(
-            ctx,
-            config,
-            u32::from_ne_bytes(route.node_ip),
-            &mut node_mac,
-        )
-    {
+    let node = remote_node(&route.node_ip).filter(|node| node.mac_known != 0);
+    let Some(node) = node.filter(|_| route.path == node_path::DIRECT) else {
         return tunnel::encapsulate(ctx, config, route.node_ip);
-    }
+    };
     let addressed = ctx
-        .store(offset_of!(EthHdr, dst_addr), &node_mac, 0)
+        .store(offset_of!(EthHdr, dst_addr), &node.mac, 0)
         .map(|()| verdict(ctx, Counter::ForwardedDirect, TC_ACT_OK))
         .map_err(|_| Counter::DropUplinkError);
     finish(ctx, addressed)
-}
-
-/// Puts in `mac` what this node's neighbour table holds for `node_ip`
-/// (network byte order) on the uplink, if the node is reached there
-/// without a router; whether it did.
-// Out of line: the lookup's parameter block stays off the callers' frames.
-#[inline(never)]
-fn neighbour_mac(ctx: &TcContext, config: &NodeConfig, node_ip: u32, mac: &mut [u8; 6]) -> bool {
-    // SAFETY: a plain C struct of integers: all zero is a value.
-    let mut lookup: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    lookup.family = AF_INET;
-    lookup.ifindex = config.uplink_ifindex;
-    lookup.__bindgen_anon_4.ipv4_dst = node_ip;
-    // SAFETY: plain helper call on a parameter block of the size given. As
-    // an output lookup: an input one needs forwarding on, which nodes need not.
-    let found = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb.cast(),
-            &mut lookup,
-            size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    };
-    // SAFETY: the union's IPv4 member is the one the lookup fills.
-    let next_hop = unsafe { lookup.__bindgen_anon_4.ipv4_dst };
-    let on_link = found == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        && next_hop == node_ip
-        && lookup.ifindex == config.uplink_ifindex;
-    if on_link {
-        *mac = lookup.dmac;
-    }
-    on_link
 }

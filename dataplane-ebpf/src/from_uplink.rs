@@ -185,7 +185,7 @@ fn deliver_direct(
     node_ip: u32,
     destination: Ipv4Octets,
 ) -> Outcome {
-    if !direct::from_node_mac(ctx, config, node_ip) {
+    if !direct::from_node_mac(ctx, node_ip.to_ne_bytes()) {
         return Err(Counter::DropDirectUnverified);
     }
     if let Some(pod) = endpoint(&destination) {

@@ -1,6 +1,7 @@
 //! The node itself as a source of truth: its IPv4 addresses (pods reach the
-//! node on any of them) and its links (a pod veth deleted without a CNI DEL
-//! takes its endpoints with it). Followed through rtnetlink notifications,
+//! node on any of them), its links (a pod veth deleted without a CNI DEL
+//! takes its endpoints with it) and its neighbours (the MACs direct packets
+//! from other nodes must come from). Followed through rtnetlink notifications,
 //! with a full resynchronisation when subscribing, after any netlink error
 //! and periodically, since a notification socket can overrun and lose events.
 
@@ -11,27 +12,34 @@ use futures::StreamExt as _;
 use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
 use tracing::warn;
 
-use crate::state::{Command, StateHandle};
+use crate::{
+    interfaces::neighbour_of,
+    state::{Command, StateHandle},
+};
 
 /// A full resynchronisation this often, whatever the notifications said.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause before subscribing again after a netlink failure.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Follows the node's addresses and links for as long as the agent runs.
+/// Follows the node's addresses, links and neighbours for as long as the
+/// agent runs.
 pub async fn follow(state: StateHandle) {
     loop {
         if let Err(error) = watch(&state).await {
-            warn!("following the node's addresses and links: {error:#}");
+            warn!("following the node's addresses, links and neighbours: {error:#}");
         }
         tokio::time::sleep(RETRY_DELAY).await;
     }
 }
 
 async fn watch(state: &StateHandle) -> anyhow::Result<()> {
-    let (connection, _, mut notifications) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
-            .context("subscribing to link and address notifications")?;
+    let (connection, _, mut notifications) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Neigh,
+    ])
+    .context("subscribing to link, address and neighbour notifications")?;
     tokio::spawn(connection);
     // Subscribed first, read second: no change can fall between the two.
     state.ask(Command::ResyncHost).await?;
@@ -50,6 +58,14 @@ async fn watch(state: &StateHandle) -> anyhow::Result<()> {
                     NetlinkPayload::InnerMessage(
                         RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
                     ) => state.ask(Command::SyncHostAddresses).await?,
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(message)) => {
+                        if let Some((ip, neighbour)) = neighbour_of(&message)
+                            && let Some(mac) = neighbour.mac
+                        {
+                            let ifindex = message.header.ifindex;
+                            state.tell(Command::NeighbourResolved { ifindex, ip, mac }).await?;
+                        }
+                    }
                     NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
                         state.ask(Command::ResyncHost).await?;
                     }

@@ -41,6 +41,32 @@ pub struct VxlanSettings {
     pub mtu: u32,
 }
 
+/// The IPv4 neighbour a neighbour table message is about (a dump's entry or
+/// a notification), with its MAC when resolved.
+pub fn neighbour_of(message: &NeighbourMessage) -> Option<(Ipv4Addr, Neighbour)> {
+    let resolved = !matches!(
+        message.header.state,
+        NeighbourState::None | NeighbourState::Incomplete | NeighbourState::Failed
+    );
+    let mut ip = None;
+    let mut neighbour = Neighbour::default();
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => {
+                ip = Some(*address);
+            }
+            NeighbourAttribute::LinkLayerAddress(mac) if resolved => {
+                neighbour.mac = <[u8; 6]>::try_from(mac.as_slice()).ok();
+            }
+            NeighbourAttribute::ExtFlags(flags) => {
+                neighbour.managed = flags.contains(NeighbourExtFlags::Managed);
+            }
+            _ => {}
+        }
+    }
+    Some((ip?, neighbour))
+}
+
 /// A host on an interface's network, as the kernel's neighbour table has it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Neighbour {
@@ -196,31 +222,9 @@ impl Interfaces {
             .await
             .map_err(|error| InterfaceError::Request(format!("#{index} neighbours"), error))?;
         Ok(messages
-            .into_iter()
+            .iter()
             .filter(|message| message.header.ifindex == index)
-            .filter_map(|message| {
-                let resolved = !matches!(
-                    message.header.state,
-                    NeighbourState::None | NeighbourState::Incomplete | NeighbourState::Failed
-                );
-                let mut ip = None;
-                let mut neighbour = Neighbour::default();
-                for attribute in message.attributes {
-                    match attribute {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => {
-                            ip = Some(address);
-                        }
-                        NeighbourAttribute::LinkLayerAddress(mac) if resolved => {
-                            neighbour.mac = <[u8; 6]>::try_from(mac.as_slice()).ok();
-                        }
-                        NeighbourAttribute::ExtFlags(flags) => {
-                            neighbour.managed = flags.contains(NeighbourExtFlags::Managed);
-                        }
-                        _ => {}
-                    }
-                }
-                Some((ip?, neighbour))
-            })
+            .filter_map(neighbour_of)
             .collect())
     }
 

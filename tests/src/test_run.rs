@@ -88,6 +88,7 @@ impl Fixture {
         let remote = ProgrammedNode {
             pod_cidr: REMOTE_POD_CIDR.parse()?,
             path: NodePath::Tunnel,
+            mac: None,
         };
         maps.insert_remote_node(REMOTE_NODE_IP, remote)?;
         maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))?;

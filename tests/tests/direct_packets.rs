@@ -17,6 +17,7 @@ fn direct_fixture() -> Fixture {
     let node = ProgrammedNode {
         pod_cidr: REMOTE_POD_CIDR.parse().unwrap(),
         path: NodePath::Direct,
+        mac: None,
     };
     fixture
         .maps

@@ -289,3 +289,27 @@ fn a_routing_change_across_agent_restarts_keeps_an_established_connection() -> a
     a.pods[0].ping(b.pods[0].ip, 1)?;
     Ok(())
 }
+
+#[test]
+fn nodes_that_do_not_forward_route_directly_too() -> anyhow::Result<()> {
+    // Hand-made pods: the nodes keep ip_forward 0 (the ptp plugin turns it
+    // on), where the kernel's FIB lookup for BPF refuses to answer.
+    let cluster = build(ClusterSpec::dataplane(2, 1).with_routing(Routing::Direct));
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    for node in [a, b] {
+        assert_eq!(node.netns.read_sysctl("net.ipv4.ip_forward")?.trim(), "0");
+    }
+    let (pod, remote) = (&a.pods[0], &b.pods[0]);
+    pod.ping(remote.ip, 2)?;
+    remote.ping(pod.ip, 2)?;
+    tcp_round_trip(&remote.netns, remote.ip, &pod.netns, TCP_BYTES)?;
+    let sent = a.counter("forwarded_direct")?;
+    a.netns.ping(remote.ip, 2, &["-q"])?;
+    assert!(
+        a.counter("forwarded_direct")? >= sent + 2,
+        "the node's own packets went through the tunnel"
+    );
+    assert_eq!(a.counter("encapsulated")? + b.counter("encapsulated")?, 0);
+    assert_eq!(b.counter("drop_direct_unverified")?, 0);
+    Ok(())
+}

@@ -173,6 +173,8 @@ pub struct CounterTotal {
 pub struct ProgrammedNode {
     pub pod_cidr: Ipv4Network,
     pub path: NodePath,
+    /// Its MAC on the uplink, once learned (nodes on the uplink's network).
+    pub mac: Option<[u8; 6]>,
 }
 
 fn path_value(path: NodePath) -> u8 {
@@ -264,7 +266,11 @@ impl Maps {
         node_ip: Ipv4Addr,
         node: ProgrammedNode,
     ) -> Result<(), MapsError> {
-        let ProgrammedNode { pod_cidr, path } = node;
+        let ProgrammedNode {
+            pod_cidr,
+            path,
+            mac,
+        } = node;
         let full = |name: &'static str| {
             move |source: MapError| {
                 if is_errno(&source, nix::libc::E2BIG) || is_errno(&source, nix::libc::ENOSPC) {
@@ -276,8 +282,9 @@ impl Maps {
         };
         let node = RemoteNode {
             pod_cidr: ipv4_cidr(pod_cidr),
+            mac: mac.unwrap_or_default(),
             path: path_value(path),
-            _pad: [0; 3],
+            mac_known: u8::from(mac.is_some()),
         };
         self.remote_nodes
             .insert(node_ip.octets(), node, 0)
@@ -336,6 +343,7 @@ impl Maps {
                 let node = ProgrammedNode {
                     pod_cidr: cidr,
                     path,
+                    mac: (node.mac_known != 0).then_some(node.mac),
                 };
                 Ok((Ipv4Addr::from(ip), node))
             })

@@ -120,7 +120,8 @@ impl LocalFacts {
         }
     }
 
-    fn on_uplink_network(&self, ip: Ipv4Addr) -> bool {
+    /// Whether `ip` is on one of the uplink's networks (no router between).
+    pub fn on_uplink_network(&self, ip: Ipv4Addr) -> bool {
         self.uplink_networks
             .iter()
             .any(|network| network.contains(ip))

@@ -46,6 +46,12 @@ pub enum Command {
     InterfaceRemoved(u32),
     /// Reread the node's addresses.
     SyncHostAddresses(Reply<()>),
+    /// The neighbour table has `ip` on interface `ifindex` at `mac`.
+    NeighbourResolved {
+        ifindex: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    },
     /// Reread addresses and drop endpoints whose veth vanished unnoticed.
     ResyncHost(Reply<()>),
     /// `source` lists `node` (too).

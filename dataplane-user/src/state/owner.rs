@@ -13,7 +13,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
-    Command, Reply, ServiceTables, nat_table::NatTable, reconcile::Reconciler, report::Watchers,
+    Command, Reply, ServiceTables,
+    nat_table::NatTable,
+    reconcile::{DesiredNodes, Reconciler},
+    report::Watchers,
 };
 use crate::{
     api::{FrontendEntry, ServiceEntry},
@@ -69,6 +72,10 @@ pub struct Owner {
     /// Nodes reached directly whose neighbour entry the kernel keeps
     /// resolved for this agent (`managed`).
     pub(super) managed_neighbours: BTreeSet<Ipv4Addr>,
+    /// The last MAC the uplink's neighbour table held for each address
+    /// (what direct packets from a node must come from). Kept when the
+    /// entry goes: the kernel drops stale entries it still needs.
+    pub(super) neighbour_macs: BTreeMap<Ipv4Addr, [u8; 6]>,
 }
 
 impl Owner {
@@ -115,6 +122,7 @@ impl Owner {
             started: Instant::now(),
             last_reconcile: Instant::now(),
             managed_neighbours: BTreeSet::new(),
+            neighbour_macs: BTreeMap::new(),
         }
     }
 
@@ -155,6 +163,13 @@ impl Owner {
                 }
             }
             Command::SyncHostAddresses(reply) => answer(reply, self.sync_host_addresses().await),
+            Command::NeighbourResolved { ifindex, ip, mac } => {
+                if ifindex == self.facts.node_config.uplink_ifindex
+                    && let Err(error) = self.neighbour_resolved(ip, mac).await
+                {
+                    warn!(%ip, "writing a node's learned MAC: {error:#}");
+                }
+            }
             Command::ResyncHost(reply) => answer(reply, self.resync_host().await),
             Command::UpsertNode(source, node, reply) => {
                 let changed = self.remote_nodes.upsert(source, node, &self.local_facts());
@@ -212,7 +227,7 @@ impl Owner {
             }
             Command::Status(reply) => answer(reply, self.status().await),
             Command::Endpoints(reply) => answer(reply, self.list_endpoints().await),
-            Command::Nodes(reply) => answer(reply, self.node_entries().await),
+            Command::Nodes(reply) => answer(reply, Ok(self.node_entries())),
             Command::Counters(reply) => answer(reply, self.counter_entries()),
             Command::Tables(reply) => answer(reply, Ok(self.table_sizes())),
             Command::Watch(traces, reply) => answer(reply, self.watch(traces)),
@@ -224,13 +239,28 @@ impl Owner {
     /// entries.
     async fn program_nodes(&mut self, changed: &[Ipv4Addr]) -> anyhow::Result<()> {
         let local = self.local_facts();
-        let written = self.reconciler.write_nodes(
-            &mut self.dataplane,
-            (self.remote_nodes.effective(), &local),
-            changed,
-        );
+        let desired = DesiredNodes {
+            nodes: self.remote_nodes.effective(),
+            local: &local,
+            macs: &self.neighbour_macs,
+        };
+        let written = self
+            .reconciler
+            .write_nodes(&mut self.dataplane, &desired, changed);
         self.manage_neighbours(changed).await;
         written
+    }
+
+    /// The uplink's neighbour table says `ip` is at `mac` now: a node there
+    /// is written again if that is news.
+    async fn neighbour_resolved(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> anyhow::Result<()> {
+        if self.neighbour_macs.insert(ip, mac) == Some(mac)
+            || self.remote_nodes.effective().get(ip).is_none()
+        {
+            return Ok(());
+        }
+        info!(%ip, mac = %macaddr::MacAddr6::from(mac), "a node's MAC learned");
+        self.program_nodes(&[ip]).await
     }
 
     /// Writes every node again where the maps differ from what it should
@@ -276,18 +306,21 @@ impl Owner {
         }
     }
 
-    /// The managed neighbour entries of the uplink brought in line with the
-    /// nodes reached directly: an earlier agent's for nodes since removed
-    /// go, missing ones are made.
+    /// The MACs of the uplink's neighbours learned again, and its managed
+    /// neighbour entries brought in line with the nodes reached directly:
+    /// an earlier agent's for nodes since removed go, missing ones are made.
     async fn sync_neighbours(&mut self) -> anyhow::Result<()> {
         let uplink = self.facts.node_config.uplink_ifindex;
         if uplink == 0 {
             return Ok(());
         }
-        let managed: BTreeSet<Ipv4Addr> = self
-            .interfaces
-            .neighbours(uplink)
-            .await?
+        let neighbours = self.interfaces.neighbours(uplink).await?;
+        for (ip, neighbour) in &neighbours {
+            if let Some(mac) = neighbour.mac {
+                self.neighbour_resolved(*ip, mac).await?;
+            }
+        }
+        let managed: BTreeSet<Ipv4Addr> = neighbours
             .into_iter()
             .filter(|(_, neighbour)| neighbour.managed)
             .map(|(ip, _)| ip)
@@ -372,8 +405,12 @@ impl Owner {
     async fn retry_failed(&mut self) {
         let local = self.local_facts();
         let failed = self.reconciler.failed_nodes();
-        self.reconciler
-            .retry_nodes(&mut self.dataplane, (self.remote_nodes.effective(), &local));
+        let desired = DesiredNodes {
+            nodes: self.remote_nodes.effective(),
+            local: &local,
+            macs: &self.neighbour_macs,
+        };
+        self.reconciler.retry_nodes(&mut self.dataplane, &desired);
         self.manage_neighbours(&failed).await;
         self.reconciler
             .retry_services(&mut self.dataplane, &self.services);

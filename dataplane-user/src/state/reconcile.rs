@@ -2,7 +2,10 @@
 //! what the maps hold into map writes. Only entries that changed are
 //! written; a write that fails is remembered and tried again.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use dataplane_common::{Backend, service_flags};
 
@@ -14,6 +17,29 @@ use crate::{
     model::{Frontend, LocalFacts, NodeSet, Services},
 };
 
+/// What the remote nodes' entries should hold: the nodes, how each is
+/// reached, and the MACs learned for those on the uplink's network.
+pub struct DesiredNodes<'a> {
+    pub nodes: &'a NodeSet,
+    pub local: &'a LocalFacts,
+    pub macs: &'a BTreeMap<Ipv4Addr, [u8; 6]>,
+}
+
+impl DesiredNodes<'_> {
+    pub fn get(&self, ip: Ipv4Addr) -> Option<ProgrammedNode> {
+        let pod_cidr = self.nodes.get(ip)?;
+        Some(ProgrammedNode {
+            pod_cidr,
+            path: self.local.path_to(ip),
+            mac: self
+                .macs
+                .get(&ip)
+                .copied()
+                .filter(|_| self.local.on_uplink_network(ip)),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Reconciler {
     /// Nodes whose last write failed.
@@ -23,22 +49,17 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Brings the entries of `ips` in line with `desired`, each reached as
-    /// `local` says; the first failure is returned, every failure is
-    /// retried later.
+    /// Brings the entries of `ips` in line with `desired`; the first
+    /// failure is returned, every failure is retried later.
     pub fn write_nodes(
         &mut self,
         dataplane: &mut Dataplane,
-        (desired, local): (&NodeSet, &LocalFacts),
+        desired: &DesiredNodes,
         ips: &[Ipv4Addr],
     ) -> anyhow::Result<()> {
         let mut first_failure = None;
         for &ip in ips {
-            let wanted = desired.get(ip).map(|pod_cidr| ProgrammedNode {
-                pod_cidr,
-                path: local.path_to(ip),
-            });
-            match write_node(dataplane, wanted, ip) {
+            match write_node(dataplane, desired.get(ip), ip) {
                 Ok(()) => {
                     self.failed_nodes.remove(&ip);
                 }
@@ -120,7 +141,7 @@ impl Reconciler {
     }
 
     /// Tries the failed writes again.
-    pub fn retry_nodes(&mut self, dataplane: &mut Dataplane, desired: (&NodeSet, &LocalFacts)) {
+    pub fn retry_nodes(&mut self, dataplane: &mut Dataplane, desired: &DesiredNodes) {
         if self.failed_nodes.is_empty() {
             return;
         }
@@ -143,7 +164,8 @@ fn write_node(
     match wanted {
         Some(node) if programmed != Some(node) => {
             dataplane.add_remote_node(ip, node)?;
-            info!(%ip, pod_cidr = %node.pod_cidr, path = %node.path, "node programmed");
+            info!(%ip, pod_cidr = %node.pod_cidr, path = %node.path,
+                  mac = ?node.mac.map(macaddr::MacAddr6::from), "node programmed");
         }
         None if programmed.is_some() => {
             dataplane.remove_remote_node(ip)?;

@@ -185,35 +185,24 @@ impl Owner {
         Ok(entries)
     }
 
-    /// The remote nodes, each with its path and, reached directly, the MAC
-    /// its packets are checked against.
-    pub(super) async fn node_entries(&self) -> anyhow::Result<Vec<NodeEntry>> {
+    /// The remote nodes, each with its path and the MAC its unencapsulated
+    /// packets are checked against (as programmed).
+    pub(super) fn node_entries(&self) -> Vec<NodeEntry> {
         let local = self.local_facts();
-        let uplink = self.facts.node_config.uplink_ifindex;
-        let neighbours = if uplink == 0 {
-            Default::default()
-        } else {
-            self.interfaces.neighbours(uplink).await?
-        };
-        Ok(self
-            .remote_nodes
+        self.remote_nodes
             .effective()
             .iter()
-            .map(|node| {
-                let path = local.path_to(node.ip);
-                let mac = neighbours
-                    .get(&node.ip)
-                    .and_then(|neighbour| neighbour.mac)
-                    .filter(|_| path == NodePath::Direct)
-                    .map(MacAddr6::from);
-                NodeEntry {
-                    ip: node.ip,
-                    pod_cidr: node.pod_cidr,
-                    path,
-                    mac,
-                }
+            .map(|node| NodeEntry {
+                ip: node.ip,
+                pod_cidr: node.pod_cidr,
+                path: local.path_to(node.ip),
+                mac: self
+                    .dataplane
+                    .programmed_node(node.ip)
+                    .and_then(|programmed| programmed.mac)
+                    .map(MacAddr6::from),
             })
-            .collect())
+            .collect()
     }
 
     pub(super) fn counter_entries(&self) -> anyhow::Result<Vec<CounterEntry>> {
