@@ -8,11 +8,8 @@
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK, TC_ACT_REDIRECT,
-        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
-    },
-    helpers::{bpf_fib_lookup, bpf_redirect_neigh},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
+    helpers::bpf_redirect_neigh,
     programs::TcContext,
 };
 use dataplane_common::{Counter, Ipv4Octets, NodeConfig, NodeRoute, node_path};
