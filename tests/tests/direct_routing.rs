@@ -105,6 +105,19 @@ fn direct_mode_sends_pod_packets_unencapsulated_between_nodes_on_one_bridge() ->
     assert!(b.counter("direct_to_host")? >= 2);
     // Egress SNAT is the same in every mode.
     pod.ping(EXTERNAL_HOST_IP, 1)?;
+
+    // A node removed at runtime: its pods are unreachable, and what it
+    // still sends is refused, both counted; added again, all is back.
+    a.remove_remote_node(b.ip)?;
+    let unknown = a.counter("drop_unknown_node")?;
+    assert!(!pod.reaches(remote.ip));
+    let refused = a.counter("drop_unknown_node")?;
+    assert!(refused > unknown);
+    assert!(remote.ping(pod.ip, 2).is_err());
+    assert!(a.counter("drop_unknown_node")? >= refused + 2);
+    a.add_remote_node(b)?;
+    pod.ping(remote.ip, 2)?;
+    remote.ping(pod.ip, 2)?;
     Ok(())
 }
 
