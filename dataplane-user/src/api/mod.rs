@@ -290,8 +290,9 @@ pub struct NodeEntry {
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Network,
     pub path: NodePath,
-    /// Direct nodes: the MAC this node's neighbour table holds for it, which
-    /// its unencapsulated packets must come from (`None`: not resolved yet).
+    /// Nodes on the uplink's network: the MAC learned for it from the
+    /// neighbour table, which its unencapsulated packets must come from
+    /// (`None`: not learned yet, or a node behind a router).
     #[serde_as(as = "Option<DisplayFromStr>")]
     pub mac: Option<MacAddr6>,
 }

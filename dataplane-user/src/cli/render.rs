@@ -61,10 +61,12 @@ pub fn print_text(response: &Response) {
         Response::Nodes { nodes } => {
             println!("{:<16} {:<18} {:<7} MAC", "NODE IP", "POD CIDR", "PATH");
             for node in nodes {
+                // Known for every node on the uplink's network, whatever
+                // the path: direct packets from it are taken in any mode.
                 let mac = match (node.path, node.mac) {
-                    (NodePath::Direct, Some(mac)) => mac.to_string(),
-                    (NodePath::Direct, None) => "(not resolved yet)".into(),
-                    (NodePath::Tunnel, _) => "-".into(),
+                    (_, Some(mac)) => mac.to_string(),
+                    (NodePath::Direct, None) => "(not learned yet)".into(),
+                    (NodePath::Tunnel, None) => "-".into(),
                 };
                 println!(
                     "{:<16} {:<18} {:<7} {mac}",

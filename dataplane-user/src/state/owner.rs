@@ -107,6 +107,13 @@ impl Owner {
             pod_cidr: facts.settings.pod_cidr,
         };
         let services = pinned_services(&dataplane, node);
+        // The MACs an earlier agent learned stand until the neighbour table
+        // is read: written again without them, direct packets would be
+        // refused in between.
+        let neighbour_macs = dataplane
+            .programmed_nodes()
+            .filter_map(|(ip, node)| Some((ip, node.mac?)))
+            .collect();
         Self {
             facts,
             interfaces,
@@ -122,7 +129,7 @@ impl Owner {
             started: Instant::now(),
             last_reconcile: Instant::now(),
             managed_neighbours: BTreeSet::new(),
-            neighbour_macs: BTreeMap::new(),
+            neighbour_macs,
         }
     }
 
@@ -331,10 +338,11 @@ impl Owner {
             .filter(|(_, node)| node.path == NodePath::Direct)
             .map(|(ip, _)| ip)
             .collect();
+        // Only what differs: entries there are kept resolved by the kernel.
+        let direct: BTreeSet<Ipv4Addr> = direct.into_iter().collect();
+        let differing: Vec<Ipv4Addr> = managed.symmetric_difference(&direct).copied().collect();
         self.managed_neighbours = managed;
-        let mut touched: Vec<Ipv4Addr> = self.managed_neighbours.iter().copied().collect();
-        touched.extend(direct);
-        self.manage_neighbours(&touched).await;
+        self.manage_neighbours(&differing).await;
         Ok(())
     }
 
