@@ -17,6 +17,7 @@ use dataplane_tests::{
     cni::MainPlugin,
     traffic::{in_netns, joined, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
 };
+use dataplane_user::model::Routing;
 use ipnetwork::Ipv4Network;
 use nix::sys::signal::Signal;
 
@@ -471,10 +472,24 @@ fn a_backends_icmp_error_reaches_the_clients_socket_as_the_frontends() -> anyhow
 
 #[test]
 fn node_ports_and_external_ips_serve_outside_clients_through_every_node() -> anyhow::Result<()> {
-    // kube-proxy's externalTrafficPolicy Cluster: any node's IP at the node
-    // port, and an external IP routed to a node, reach every backend; the
-    // client is masqueraded to the node it came through.
-    let cluster = two_nodes();
+    outside_clients_through_every_node(Routing::Tunnel)
+}
+
+#[test]
+fn node_ports_and_external_ips_serve_outside_clients_with_direct_routing() -> anyhow::Result<()> {
+    outside_clients_through_every_node(Routing::Direct)
+}
+
+/// kube-proxy's externalTrafficPolicy Cluster: any node's IP at the node
+/// port, and an external IP routed to a node, reach every backend; the
+/// client is masqueraded to the node it came through. With nodes routing
+/// as `routing` says.
+fn outside_clients_through_every_node(routing: Routing) -> anyhow::Result<()> {
+    let cluster = Cluster::new(
+        ClusterSpec::dataplane(2, 2)
+            .with_real_plugin(MainPlugin::Ptp)
+            .with_routing(routing),
+    )?;
     let (local, remote) = (&cluster.nodes[0].pods[1], &cluster.nodes[1].pods[0]);
     let external_ip = Ipv4Addr::new(198, 51, 100, 77);
     for node in &cluster.nodes {
@@ -563,6 +578,13 @@ fn node_ports_and_external_ips_serve_outside_clients_through_every_node() -> any
     assert_eq!(served, rounds);
     let node = &cluster.nodes[0];
     assert!(node.counter("service_reply_to_outside")? > 0);
+    // Between the nodes, the way `routing` says.
+    let direct = node.counter("forwarded_direct")? > 0;
+    let tunnelled = node.counter("encapsulated")? > 0;
+    assert_eq!(
+        (direct, tunnelled),
+        (routing == Routing::Direct, routing == Routing::Tunnel)
+    );
     let listed = node.cli(&["service", "list"])?;
     assert!(
         listed.contains("80/tcp:30080") && listed.contains(&external_ip.to_string()),
