@@ -5,11 +5,10 @@
 //! of the neighbour table's: `bpf_fib_lookup` would read it at the source,
 //! but refuses to on a device that does not forward.)
 
-use core::mem::{offset_of, size_of};
+use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::bpf_redirect_neigh,
+    bindings::{TC_ACT_OK, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     programs::TcContext,
 };
 use dataplane_common::{Counter, Ipv4Octets, NodeConfig, NodeRoute, node_path};
@@ -18,7 +17,6 @@ use network_types::eth::EthHdr;
 use crate::{
     counters::{Outcome, finish, verdict},
     maps::remote_node,
-    packet::own_header,
     tunnel,
 };
 
@@ -48,27 +46,13 @@ pub fn to_node(ctx: &TcContext, config: &NodeConfig, route: &NodeRoute) -> i32 {
 /// kernel fills in the MACs from its neighbour table (resolving it if needed).
 #[inline(always)]
 pub fn send(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcome {
-    own_header(ctx);
     let mut next_hop = bpf_redir_neigh {
         nh_family: u32::from(AF_INET),
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
             ipv4_nh: u32::from_ne_bytes(node_ip),
         },
     };
-    // SAFETY: plain helper call on a parameter block of the size given.
-    let action = unsafe {
-        bpf_redirect_neigh(
-            config.uplink_ifindex,
-            &mut next_hop,
-            size_of::<bpf_redir_neigh>() as i32,
-            0,
-        )
-    } as i32;
-    if action == TC_ACT_REDIRECT {
-        Ok(verdict(ctx, Counter::ForwardedDirect, action))
-    } else {
-        Err(Counter::DropUplinkError)
-    }
+    tunnel::redirect_out_of_uplink(ctx, config, &mut next_hop, Counter::ForwardedDirect)
 }
 
 /// Whether the frame comes from the MAC learned for the node at `node_ip`
@@ -89,8 +73,12 @@ pub fn from_node_mac(ctx: &TcContext, node_ip: Ipv4Octets) -> bool {
 /// tunnel while no MAC is known for it.
 #[inline(always)]
 pub fn from_host_to_node(ctx: &TcContext, config: &NodeConfig, route: &NodeRoute) -> i32 {
-    let node = remote_node(&route.node_ip).filter(|node| node.mac_known != 0);
-    let Some(node) = node.filter(|_| route.path == node_path::DIRECT) else {
+    // The path first: tunnelled nodes pay for no second lookup.
+    let node = (route.path == node_path::DIRECT)
+        .then(|| remote_node(&route.node_ip))
+        .flatten()
+        .filter(|node| node.mac_known != 0);
+    let Some(node) = node else {
         return tunnel::encapsulate(ctx, config, route.node_ip);
     };
     let addressed = ctx

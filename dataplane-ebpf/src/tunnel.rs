@@ -10,6 +10,7 @@ use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_redir_neigh,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
@@ -108,11 +109,29 @@ fn try_encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) ->
 
 /// Sends a routed packet out of the uplink, counted under `counter`.
 pub fn send_out_uplink(ctx: &TcContext, config: &NodeConfig, counter: Counter) -> Outcome {
+    // Without a next hop the kernel routes the destination.
+    redirect_out_of_uplink(ctx, config, core::ptr::null_mut(), counter)
+}
+
+/// Sends a routed packet out of the uplink toward `next_hop` (null: by the
+/// route to its destination), counted under `counter`; the kernel fills in
+/// the MACs from its neighbour table.
+#[inline(always)]
+pub fn redirect_out_of_uplink(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    next_hop: *mut bpf_redir_neigh,
+    counter: Counter,
+) -> Outcome {
     own_header(ctx);
-    // SAFETY: plain helper call. Without parameters the kernel routes the
-    // destination and fills in the MACs from its neighbour table.
-    let action =
-        unsafe { bpf_redirect_neigh(config.uplink_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    let size = if next_hop.is_null() {
+        0
+    } else {
+        size_of::<bpf_redir_neigh>() as i32
+    };
+    // SAFETY: plain helper call; `next_hop` is null or a parameter block of
+    // the size given.
+    let action = unsafe { bpf_redirect_neigh(config.uplink_ifindex, next_hop, size, 0) } as i32;
     if action == TC_ACT_REDIRECT {
         Ok(verdict(ctx, counter, action))
     } else {

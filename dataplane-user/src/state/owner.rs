@@ -332,14 +332,13 @@ impl Owner {
             .filter(|(_, neighbour)| neighbour.managed)
             .map(|(ip, _)| ip)
             .collect();
-        let direct: Vec<Ipv4Addr> = self
+        let direct: BTreeSet<Ipv4Addr> = self
             .dataplane
             .programmed_nodes()
             .filter(|(_, node)| node.path == NodePath::Direct)
             .map(|(ip, _)| ip)
             .collect();
         // Only what differs: entries there are kept resolved by the kernel.
-        let direct: BTreeSet<Ipv4Addr> = direct.into_iter().collect();
         let differing: Vec<Ipv4Addr> = managed.symmetric_difference(&direct).copied().collect();
         self.managed_neighbours = managed;
         self.manage_neighbours(&differing).await;
