@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 10;
+pub const MAP_LAYOUT_VERSION: u32 = 11;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -21,6 +21,7 @@ pub mod names {
     pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
     pub const SERVICES_MAP: &str = "SERVICES";
     pub const BACKENDS_MAP: &str = "BACKENDS";
+    pub const SERVING_MAP: &str = "SERVING";
     pub const SERVICE_FLOWS_MAP: &str = "SERVICE_FLOWS";
     pub const AFFINITY_MAP: &str = "AFFINITY";
     pub const SOCKET_FLOWS_MAP: &str = "SOCKET_FLOWS";
@@ -76,9 +77,11 @@ pub const MAX_SERVICES: u32 = 65_536;
 /// Backend slots of all frontends together (ten per frontend at the limit).
 pub const MAX_BACKEND_SLOTS: u32 = 655_360;
 
-/// Backends one frontend may have (kube-proxy has no limit; an EndpointSlice
-/// holds 100 and Services rarely have more than a few slices).
-pub const MAX_BACKENDS_PER_SERVICE: u32 = 4096;
+/// Backends one frontend may have (kube-proxy has no limit; a DaemonSet's
+/// Service on a 5,000-node cluster has 5,000; Kubernetes' own scale limit
+/// is 5,000 nodes of 110 pods, so more is a frontend taking a tenth of
+/// every slot there is).
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 65_536;
 
 /// Both halves of the connections to Services being tracked (LRU).
 pub const MAX_SERVICE_FLOWS: u32 = 262_144;
@@ -607,6 +610,25 @@ pub struct ServiceFlow {
     /// `TO_CLIENT`: the client's address, which the reply's destination
     /// becomes (it differs from the key's only for hairpin).
     pub client: Ipv4Octets,
+    /// A `conn_state` value: what this half saw (the agent expires the
+    /// connection by the more advanced of its halves, as the NAT's).
+    pub state: u8,
+    pub _pad: [u8; 3],
+    /// bpf_ktime_get_ns of this half's last packet.
+    pub last_seen_ns: u64,
+}
+
+/// A backend new connections to a frontend may be given. Key of
+/// `SERVING`: a connection whose backend is no longer there keeps it
+/// (TCP drains, as kube-proxy's conntrack entries do) unless it is a
+/// datagram flow or a new connection, which pick a serving one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServingKey {
+    /// The frontend entry's `ServiceValue::id`.
+    pub service_id: u32,
+    pub backend: Backend,
 }
 
 /// Which way an entry of `SOCKET_FLOWS` translates.
@@ -884,6 +906,7 @@ mod user {
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::ServiceFlow {}
+    unsafe impl aya::Pod for super::ServingKey {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::SocketFlowKey {}
     unsafe impl aya::Pod for super::Affinity {}
@@ -985,6 +1008,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<NodeConfig>(), 80);
         assert_eq!(core::mem::size_of::<ServiceKey>(), 8);
         assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
+        assert_eq!(core::mem::size_of::<ServiceFlow>(), 24);
+        assert_eq!(core::mem::size_of::<ServingKey>(), 12);
         assert_eq!(core::mem::size_of::<SocketFlowKey>(), 16);
         assert_eq!(core::mem::size_of::<PodNat>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);

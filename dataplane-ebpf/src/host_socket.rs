@@ -22,7 +22,7 @@ use dataplane_common::{
 use crate::{
     counters::{Outcome, count_event},
     ipv4::{TCP, UDP},
-    maps::{SOCKET_FLOWS, node_config},
+    maps::{SOCKET_FLOWS, is_serving, node_config},
     service::{choose_backend, frontend_entry},
 };
 
@@ -59,8 +59,11 @@ fn translate(ctx: &SockAddrContext) -> Outcome<i32> {
         return Ok(ALLOW);
     };
     let forward = frontend.of_socket(ctx, socket_direction::TO_BACKEND);
+    // A connect is a new connection and a datagram may go anywhere: what
+    // the socket was given is kept only while it serves the frontend.
     // SAFETY: the value is copied out at once.
-    let backend = match unsafe { SOCKET_FLOWS.get(forward) }.copied() {
+    let given = unsafe { SOCKET_FLOWS.get(forward) }.copied();
+    let backend = match given.filter(|backend| is_serving(service.id, *backend)) {
         Some(backend) => backend,
         None => open(&forward, &service, config)?,
     };

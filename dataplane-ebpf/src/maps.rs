@@ -14,7 +14,7 @@ use dataplane_common::{
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
     MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
     MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat, RemoteNode,
-    ServiceFlow, ServiceKey, ServiceValue, SocketFlowKey, TAIL_CALL_SLOTS,
+    ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, TAIL_CALL_SLOTS,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -63,6 +63,14 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 /// The backends of each frontend, by slot; written by the agent only.
 #[map(name = "BACKENDS")]
 pub static BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::pinned(MAX_BACKEND_SLOTS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The backends each frontend gives new connections (its slots' backends,
+/// by id); written by the agent only. A backend leaving a frontend is one
+/// delete here: its connections are judged when they are used, never
+/// walked.
+#[map(name = "SERVING")]
+pub static SERVING: HashMap<ServingKey, u8> =
     HashMap::pinned(MAX_BACKEND_SLOTS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Both halves of every connection to a Service. LRU: connections nobody
@@ -146,6 +154,17 @@ pub fn remote_node(addr: &Ipv4Octets) -> Option<RemoteNode> {
 pub fn is_host_address(addr: &Ipv4Octets, config: &NodeConfig) -> bool {
     // SAFETY: only presence is read.
     *addr == config.node_ip || unsafe { HOST_ADDRESSES.get(addr).is_some() }
+}
+
+/// Whether frontend `service_id` gives new connections `backend`.
+#[inline(always)]
+pub fn is_serving(service_id: u32, backend: Backend) -> bool {
+    let key = ServingKey {
+        service_id,
+        backend,
+    };
+    // SAFETY: only presence is read.
+    unsafe { SERVING.get(key).is_some() }
 }
 
 #[inline(always)]

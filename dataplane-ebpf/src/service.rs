@@ -10,8 +10,12 @@
 //!
 //! Both halves of a connection live in `SERVICE_FLOWS`, on the client's
 //! node: the reply half is written first, so the backend's first answer
-//! finds it. The agent removes the halves of connections whose backend
-//! went away; new packets then pick a live backend.
+//! finds it. Each half records its last packet and what it saw (the agent
+//! expires connections by protocol and state, as the NAT's). A backend
+//! that stops serving (terminating, or gone from the Service) keeps its
+//! TCP connections until they end, as kube-proxy's conntrack entries do:
+//! only new connections and datagram flows check `SERVING` and move to a
+//! backend that serves. Nothing walks the table when a backend changes.
 
 use core::mem::offset_of;
 
@@ -22,7 +26,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, FragmentKey, HAIRPIN_SOURCE,
-    Ipv4Octets, NODE_PORT_ADDRESS, NodeConfig, ServiceFlow, ServiceKey, ServiceValue,
+    Ipv4Octets, NODE_PORT_ADDRESS, NodeConfig, ServiceFlow, ServiceKey, ServiceValue, conn_state,
     frontend_scope, service_direction,
 };
 use network_types::ip::Ipv4Hdr;
@@ -33,7 +37,8 @@ use crate::{
     icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
     ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
     maps::{
-        AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, is_host_address, node_config, remote_node,
+        AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, is_host_address, is_serving, node_config,
+        remote_node,
     },
     packet::{IP_AT, L4_AT, header, load},
     rewrite::{
@@ -85,12 +90,13 @@ fn translate_inline(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> Outco
     let Some(key) = reply_key(ctx, ip) else {
         return Ok(UNTOUCHED);
     };
-    let opening = opens_connection(ctx, &key);
+    let flags = tcp_flags(ctx, &key);
+    let opening = opens(flags);
     if !opening && to_client_side {
-        return back_to_client(ctx, first_piece, &key);
+        return back_to_client(ctx, first_piece, &key, flags);
     }
     if !opening && maybe_to_outside_client {
-        let client = back_to_client(ctx, first_piece, &key)?;
+        let client = back_to_client(ctx, first_piece, &key, flags)?;
         if client != UNTOUCHED {
             return Ok(client);
         }
@@ -103,7 +109,8 @@ fn translate_inline(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> Outco
             scope: frontend_scope::EVERYONE,
         };
         if let Some(service) = frontend_entry(&mut frontend, config) {
-            let backend = to_backend(ctx, &key, &service)?;
+            // A pod client's FIN or RST is its own (its source is checked).
+            let backend = to_backend(ctx, &key, &service, flags)?;
             if let Some(datagram) = first_piece.filter(|datagram| datagram.src != backend) {
                 fragments::remember(datagram, backend);
             }
@@ -133,7 +140,12 @@ pub fn from_outside_to_backend(
     PackedOutcome::pack(
         reply_key(ctx, ip)
             .ok_or(Counter::DropMalformed)
-            .and_then(|key| to_backend(ctx, &key, service))
+            .and_then(|key| {
+                // Anyone may claim an outside client's address: its FIN or
+                // RST does not shorten the connection's tracking.
+                let flags = tcp_flags(ctx, &key) & !CLOSE_FLAGS;
+                to_backend(ctx, &key, service, flags)
+            })
             .map(u32::from_ne_bytes),
     )
 }
@@ -163,21 +175,43 @@ fn is_node(address: &Ipv4Octets, config: &NodeConfig) -> bool {
     *address == config.node_ip || is_host_address(address, config) || remote_node(address).is_some()
 }
 
-/// A TCP packet that opens a connection (SYN without ACK).
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+/// The flags that end a TCP connection.
+const CLOSE_FLAGS: u8 = FIN | RST;
+
+/// The TCP flags of the packet `key` (0 for UDP).
 #[inline(always)]
-fn opens_connection(ctx: &TcContext, key: &FlowKey) -> bool {
+fn tcp_flags(ctx: &TcContext, key: &FlowKey) -> u8 {
     const FLAGS_AT: usize = L4_AT + 13;
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
     if key.protocol != TCP {
-        return false;
+        return 0;
     }
-    let flags = match header::<u8>(ctx, FLAGS_AT) {
+    match header::<u8>(ctx, FLAGS_AT) {
         // SAFETY: bounds checked by `header`.
         Some(flags) => unsafe { *flags },
         None => ctx.load(FLAGS_AT).unwrap_or(0),
-    };
+    }
+}
+
+/// TCP flags that open a connection (SYN without ACK).
+#[inline(always)]
+fn opens(flags: u8) -> bool {
     flags & (SYN | ACK) == SYN
+}
+
+/// The state a half moves to on a packet with `flags`: `seen` (what the
+/// packet shows of the connection), or closing on a FIN or RST.
+#[inline(always)]
+fn advanced(state: u8, flags: u8, seen: u8) -> u8 {
+    let now = if flags & CLOSE_FLAGS != 0 {
+        conn_state::CLOSING
+    } else {
+        seen
+    };
+    if now > state { now } else { state }
 }
 
 /// A client opens a connection straight to an address and port a closed
@@ -218,7 +252,10 @@ pub fn translate_reply(ctx: &TcContext) -> Outcome<()> {
     let datagram = fragments::datagram(ip);
     let first_piece = is_fragment(ip).then_some(&datagram);
     match reply_key(ctx, ip) {
-        Some(key) => back_to_client(ctx, first_piece, &key).map(|_| ()),
+        Some(key) => {
+            let flags = tcp_flags(ctx, &key);
+            back_to_client(ctx, first_piece, &key, flags).map(|_| ())
+        }
         None => Ok(()),
     }
 }
@@ -259,14 +296,15 @@ fn restore_error(ctx: &TcContext, source: Ipv4Octets) -> Outcome<Option<Ipv4Octe
         direction: service_direction::TO_CLIENT,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
-    let Some(flow) = unsafe { SERVICE_FLOWS.get(reply) }.copied() else {
+    // SAFETY: the fields are copied out at once.
+    let Some((frontend, client)) =
+        unsafe { SERVICE_FLOWS.get(reply) }.map(|flow| (flow.target, flow.client))
+    else {
         return Ok(None);
     };
-    if flow.client != quoted.src {
+    if client != quoted.src {
         return Ok(None);
     }
-    let frontend = flow.target;
     // Counted, not traced: the monitor's frame on top of this one would
     // pass the stack limit under the delivery paths (whose trace follows).
     count(ctx, Counter::ServiceToClient);
@@ -281,7 +319,7 @@ fn restore_error(ctx: &TcContext, source: Ipv4Octets) -> Outcome<Option<Ipv4Octe
     if source == quoted.dst {
         rewrite_address(ctx, IP_SOURCE_AT, (source, frontend.address))?;
     }
-    Ok(Some(flow.client))
+    Ok(Some(client))
 }
 
 /// The packet as the key of a reply half, its ports read in place (the
@@ -310,23 +348,31 @@ fn reply_key(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<FlowKey> {
     })
 }
 
-/// Translates the packet `key` back to the frontend when it is a backend's
-/// reply; returns the client it now goes to, or `UNTOUCHED`.
+/// Translates the packet `key` (with TCP `flags`) back to the frontend
+/// when it is a backend's reply, and records it in its half; returns the
+/// client it now goes to, or `UNTOUCHED`.
 #[inline(always)]
 fn back_to_client(
     ctx: &TcContext,
     first_piece: Option<&FragmentKey>,
     key: &FlowKey,
+    flags: u8,
 ) -> Outcome<u32> {
-    // SAFETY: the value is copied out at once.
-    let Some(flow) = unsafe { SERVICE_FLOWS.get(key) }.copied() else {
+    let Some(flow) = SERVICE_FLOWS.get_ptr_mut(key) else {
         return Ok(UNTOUCHED);
     };
-    to_client(ctx, key, &flow)?;
+    // SAFETY: a live entry of the map, its fields read and written whole
+    // (a racing packet of the same half writes the same kind of values).
+    let (frontend, client) = unsafe {
+        (*flow).last_seen_ns = bpf_ktime_get_ns();
+        (*flow).state = advanced((*flow).state, flags, conn_state::ESTABLISHED);
+        ((*flow).target, (*flow).client)
+    };
+    to_client(ctx, key, frontend, client)?;
     if let Some(datagram) = first_piece {
-        fragments::remember(datagram, flow.target.address);
+        fragments::remember(datagram, frontend.address);
     }
-    Ok(u32::from_ne_bytes(flow.client))
+    Ok(u32::from_ne_bytes(client))
 }
 
 /// A later piece (no ports) of a datagram whose first piece was translated:
@@ -366,32 +412,36 @@ fn transport_of(key: &FlowKey) -> Outcome<Transport> {
     ports_only(key.protocol, [key.src_port, key.dst_port]).ok_or(Counter::DropMalformed)
 }
 
-/// The reply `key` of a connection whose halves are `flow`: from the frontend.
+/// The reply `key` of a connection to `frontend` from `client`: from the frontend.
 #[inline(always)]
-fn to_client(ctx: &TcContext, key: &FlowKey, flow: &ServiceFlow) -> Outcome<()> {
+fn to_client(ctx: &TcContext, key: &FlowKey, frontend: Backend, client: Ipv4Octets) -> Outcome<()> {
     let packet = &transport_of(key)?;
-    let frontend = flow.target;
     note(ctx, Counter::ServiceToClient);
     rewrite_transport_address(ctx, packet, IP_SOURCE_AT, (key.src, frontend.address))?;
     rewrite_port(ctx, packet, SOURCE_PORT_AT, (key.src_port, frontend.port))?;
-    if flow.client != key.dst {
-        rewrite_transport_address(ctx, packet, IP_DESTINATION_AT, (key.dst, flow.client))?;
+    if client != key.dst {
+        rewrite_transport_address(ctx, packet, IP_DESTINATION_AT, (key.dst, client))?;
     }
     Ok(())
 }
 
-/// The client's packet `key` to a frontend of `service`: to the backend its
-/// connection has, or a new one. Returns the backend's address.
+/// The client's packet `key` (with TCP `flags`) to a frontend of
+/// `service`: to the backend its connection has, or a new one. Returns the
+/// backend's address.
 #[inline(always)]
-fn to_backend(ctx: &TcContext, key: &FlowKey, service: &ServiceValue) -> Outcome<Ipv4Octets> {
+fn to_backend(
+    ctx: &TcContext,
+    key: &FlowKey,
+    service: &ServiceValue,
+    flags: u8,
+) -> Outcome<Ipv4Octets> {
     let packet = &transport_of(key)?;
     let forward = FlowKey {
         direction: service_direction::TO_BACKEND,
         ..*key
     };
-    // SAFETY: the value is copied out at once.
-    let backend = match unsafe { SERVICE_FLOWS.get(forward) } {
-        Some(flow) => flow.target,
+    let backend = match kept_backend(&forward, service, flags) {
+        Some(backend) => backend,
         None => open(&forward, service)?,
     };
     let client = key.src;
@@ -407,6 +457,27 @@ fn to_backend(ctx: &TcContext, key: &FlowKey, service: &ServiceValue) -> Outcome
         rewrite_transport_address(ctx, packet, IP_SOURCE_AT, (client, HAIRPIN_SOURCE))?;
     }
     Ok(backend.address)
+}
+
+/// The backend the connection `forward` has, recorded in its half, if it
+/// keeps it: a TCP connection under way always does (it drains from a
+/// backend that stopped serving); a new connection (a SYN reusing the
+/// port of one that ended) and a datagram flow only while the backend
+/// serves the frontend.
+#[inline(always)]
+fn kept_backend(forward: &FlowKey, service: &ServiceValue, flags: u8) -> Option<Backend> {
+    let flow = SERVICE_FLOWS.get_ptr_mut(forward)?;
+    // SAFETY: a live entry of the map, its fields read and written whole.
+    unsafe {
+        let backend = (*flow).target;
+        let under_way = forward.protocol == TCP && !opens(flags);
+        if !under_way && !is_serving(service.id, backend) {
+            return None;
+        }
+        (*flow).last_seen_ns = bpf_ktime_get_ns();
+        (*flow).state = advanced((*flow).state, flags, conn_state::NEW);
+        Some(backend)
+    }
 }
 
 /// A backend slot at random.
@@ -426,7 +497,7 @@ fn random_backend(service: &ServiceValue) -> Outcome<Backend> {
 }
 
 /// With ClientIP affinity, the backend of the client's last connection if
-/// that was recent enough (the agent removes affinities to departed backends).
+/// that was recent enough and it still serves the frontend.
 #[inline(always)]
 fn sticky_backend(service: &ServiceValue, client: Ipv4Octets) -> Option<Backend> {
     if service.affinity_seconds == 0 {
@@ -440,7 +511,8 @@ fn sticky_backend(service: &ServiceValue, client: Ipv4Octets) -> Option<Backend>
     let affinity = unsafe { AFFINITY.get(key) }.copied()?;
     // SAFETY: plain helper call.
     let idle = unsafe { bpf_ktime_get_ns() }.saturating_sub(affinity.last_used_ns);
-    (idle <= u64::from(service.affinity_seconds) * 1_000_000_000).then_some(affinity.backend)
+    let recent = idle <= u64::from(service.affinity_seconds) * 1_000_000_000;
+    (recent && is_serving(service.id, affinity.backend)).then_some(affinity.backend)
 }
 
 #[inline(always)]
@@ -494,29 +566,23 @@ fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
         direction: service_direction::TO_CLIENT,
         _pad: [0; 2],
     };
-    let frontend = Backend {
-        address: forward.dst,
-        port: forward.dst_port,
-        _pad: [0; 2],
+    let mut half = ServiceFlow {
+        target: Backend {
+            address: forward.dst,
+            port: forward.dst_port,
+            _pad: [0; 2],
+        },
+        client,
+        state: conn_state::NEW,
+        _pad: [0; 3],
+        // SAFETY: plain helper call.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
     };
     let recorded = SERVICE_FLOWS
-        .insert(
-            reply,
-            ServiceFlow {
-                target: frontend,
-                client,
-            },
-            u64::from(BPF_ANY),
-        )
+        .insert(reply, half, u64::from(BPF_ANY))
         .and_then(|()| {
-            SERVICE_FLOWS.insert(
-                forward,
-                ServiceFlow {
-                    target: backend,
-                    client,
-                },
-                u64::from(BPF_ANY),
-            )
+            half.target = backend;
+            SERVICE_FLOWS.insert(forward, half, u64::from(BPF_ANY))
         });
     // LRU inserts make room; a failure is a kernel out of memory.
     recorded.map_err(|_| Counter::DropServiceUntracked)?;

@@ -333,7 +333,7 @@ mod tests {
     #[test]
     fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
         let layouts = expected_layouts().unwrap();
-        assert_eq!(layouts.len(), 21, "{layouts:?}");
+        assert_eq!(layouts.len(), 22, "{layouts:?}");
         let endpoints = layout(names::ENDPOINTS_MAP);
         assert_eq!(endpoints.key_size, 4);
         assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());
@@ -369,6 +369,12 @@ mod tests {
             backends.value_size as usize,
             size_of::<dataplane_common::Backend>()
         );
+        let serving = layout(names::SERVING_MAP);
+        assert_eq!(
+            serving.key_size as usize,
+            size_of::<dataplane_common::ServingKey>()
+        );
+        assert_eq!(serving.max_entries, dataplane_common::MAX_BACKEND_SLOTS);
         let sockets = layout(names::SOCKET_FLOWS_MAP);
         assert_eq!(
             sockets.key_size as usize,

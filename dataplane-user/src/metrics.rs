@@ -133,6 +133,20 @@ fn gauge(
     )?)
 }
 
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?)
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Self { counters, tables } = self;
@@ -201,8 +215,9 @@ impl Collector for Scrape {
         gauge(
             &mut encoder,
             "dataplane_service_connection_entries",
-            "Halves of pods' connections to Services tracked (two per connection; LRU: \
-             the least recently used are forgotten when full), at the last count.",
+            "Halves of connections to Services tracked (two per connection; expired by \
+             protocol and state; LRU: the least recently used are forgotten when full), at \
+             the last count.",
             count(tables.service_tables.connection_halves),
         )?;
         gauge(
@@ -236,13 +251,18 @@ impl Collector for Scrape {
             "NAT table capacity.",
             count(dataplane_common::MAX_NAT_ENTRIES as usize),
         )?;
-        let expired = ConstCounter::new(tables.nat.removed_total);
-        expired.encode(encoder.encode_descriptor(
+        counter(
+            &mut encoder,
             "dataplane_nat_expired",
             "NAT entries removed by garbage collection.",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?)?;
+            tables.nat.removed_total,
+        )?;
+        counter(
+            &mut encoder,
+            "dataplane_service_connection_expired",
+            "Halves of connections to Services removed by garbage collection.",
+            tables.service_tables.expired_total,
+        )?;
         pod_nat_families(&mut encoder, &tables.nat.pods)
     }
 }

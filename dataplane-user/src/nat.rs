@@ -1,5 +1,6 @@
-//! NAT table housekeeping: pairing the two halves of each connection, and
-//! deciding which connections have expired.
+//! Connection housekeeping for the NAT table and the Services' connection
+//! table: pairing the two halves of each connection, and deciding which
+//! connections have expired.
 
 use std::{
     collections::HashMap,
@@ -39,7 +40,7 @@ impl From<&NatSettings> for Timeouts {
 }
 
 impl Timeouts {
-    fn of(&self, protocol: u8, state: u8) -> Duration {
+    pub fn of(&self, protocol: u8, state: u8) -> Duration {
         match (protocol, state) {
             (TCP, conn_state::NEW) => self.tcp_new,
             (TCP, conn_state::ESTABLISHED) => self.tcp_established,
@@ -73,14 +74,37 @@ pub fn partner(key: &FlowKey, entry: &NatEntry) -> FlowKey {
     }
 }
 
+/// One half of a tracked connection (a `conn_state`, a last packet's
+/// time), as garbage collection pairs and judges it.
+pub trait Half {
+    fn state(&self) -> u8;
+    fn last_seen_ns(&self) -> u64;
+    /// The key of the connection's other half, this one's being `key`.
+    fn partner(&self, key: &FlowKey) -> FlowKey;
+}
+
+impl Half for NatEntry {
+    fn state(&self) -> u8 {
+        self.state
+    }
+
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+
+    fn partner(&self, key: &FlowKey) -> FlowKey {
+        partner(key, self)
+    }
+}
+
 /// A connection's state and last activity, from one half and its partner (if
 /// still there): as advanced as the most advanced half, as recent as the most
 /// recent one.
-fn merged(entry: &NatEntry, partner: Option<&&NatEntry>) -> (u8, u64) {
-    partner.map_or((entry.state, entry.last_seen_ns), |partner| {
+fn merged<H: Half>(entry: &H, partner: Option<&&H>) -> (u8, u64) {
+    partner.map_or((entry.state(), entry.last_seen_ns()), |partner| {
         (
-            partner.state.max(entry.state),
-            partner.last_seen_ns.max(entry.last_seen_ns),
+            partner.state().max(entry.state()),
+            partner.last_seen_ns().max(entry.last_seen_ns()),
         )
     })
 }
@@ -89,13 +113,16 @@ fn merged(entry: &NatEntry, partner: Option<&&NatEntry>) -> (u8, u64) {
 /// at `now_ns` (CLOCK_MONOTONIC). A connection is as recent as its most recent
 /// half and as advanced as its most advanced half; a half whose partner is
 /// gone is judged on its own.
-pub fn expired(entries: &[(FlowKey, NatEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
-    let by_key: HashMap<FlowKey, &NatEntry> =
-        entries.iter().map(|(key, entry)| (*key, entry)).collect();
+pub fn expired<H: Half>(
+    entries: &[(FlowKey, H)],
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> Vec<FlowKey> {
+    let by_key: HashMap<FlowKey, &H> = entries.iter().map(|(key, entry)| (*key, entry)).collect();
     entries
         .iter()
         .filter(|(key, entry)| {
-            let (state, last_seen) = merged(entry, by_key.get(&partner(key, entry)));
+            let (state, last_seen) = merged(entry, by_key.get(&entry.partner(key)));
             let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
             idle > timeouts.of(key.protocol, state)
         })

@@ -1,8 +1,9 @@
 //! Services run by the kernel on hand-built packets (BPF_PROG_TEST_RUN): a
 //! connection to a frontend goes to one backend and stays there, replies
 //! come back from the frontend (locally, through the tunnel, hairpin), a
-//! frontend without backends is refused, a departed backend's connections
-//! move on, and what is not a frontend is left alone.
+//! frontend without backends is refused, a departed backend's TCP
+//! connections drain while new connections and datagram flows move on, and
+//! what is not a frontend is left alone.
 
 use std::net::Ipv4Addr;
 
@@ -10,8 +11,8 @@ use std::collections::BTreeSet;
 
 use aya::maps::{HashMap, Map};
 use dataplane_common::{
-    Affinity, AffinityKey, Backend, HAIRPIN_SOURCE, Ipv4Cidr, NODE_PORT_ADDRESS, NodeConfig,
-    ServiceKey, frontend_scope, names, service_flags,
+    Affinity, AffinityKey, Backend, FlowKey, HAIRPIN_SOURCE, Ipv4Cidr, NODE_PORT_ADDRESS,
+    NodeConfig, ServiceFlow, ServiceKey, conn_state, frontend_scope, names, service_flags,
 };
 use dataplane_tests::test_run::*;
 
@@ -233,22 +234,95 @@ fn a_frontend_without_backends_refuses_at_once() {
 }
 
 #[test]
-fn connections_to_a_departed_backend_move_to_a_live_one() {
+fn a_departed_backends_tcp_connections_drain_while_new_ones_and_datagrams_move() {
     let (gone, stays) = (backend(POD_B_IP, 8080), backend(REMOTE_POD_IP, 8080));
     let mut fixture = with_service(&[gone]);
     let (_, out) = fixture.run(&from_a_to_vip(TCP_SYN));
     assert_eq!(addresses(&out).1, (POD_B_IP, 8080));
+    let to_vip_udp = ipv4_packet(
+        POD_A_IP,
+        VIP,
+        17,
+        &udp((POD_A_IP, CLIENT_PORT), (VIP, 53), true),
+    );
+    fixture
+        .maps
+        .services
+        .program(frontend(53, 17), 2, (&[], &[gone]), 0, 0)
+        .unwrap();
+    let (_, out) = fixture.run(&to_vip_udp);
+    assert_eq!(addresses(&out).1, (POD_B_IP, 8080));
 
+    // The backend leaves both frontends (terminating, or removed): one
+    // slot and one serving entry each, nothing walked.
     let services = &mut fixture.maps.services;
     services
         .program(frontend(80, 6), 1, (&[gone], &[stays]), 0, 0)
         .unwrap();
-    let forgotten = services
-        .forget_connections(&[(frontend(80, 6), gone)].into())
+    services
+        .program(frontend(53, 17), 2, (&[gone], &[stays]), 0, 0)
         .unwrap();
-    assert_eq!(forgotten, 1);
+    // The TCP connection under way keeps its backend until it ends.
+    for _ in 0..3 {
+        let (_, out) = fixture.run(&from_a_to_vip(TCP_ACK));
+        assert_eq!(addresses(&out).1, (POD_B_IP, 8080), "drains");
+    }
+    // A new connection from the same port (the old one ended) and the
+    // datagram flow go to a backend that serves.
+    let (_, out) = fixture.run(&from_a_to_vip(TCP_SYN));
+    assert_eq!(addresses(&out[50..]).1, (REMOTE_POD_IP, 8080));
+    let (_, out) = fixture.run(&to_vip_udp);
+    assert_eq!(addresses(&out[50..]).1, (REMOTE_POD_IP, 8080));
+    // And stays there.
     let (_, out) = fixture.run(&from_a_to_vip(TCP_ACK));
     assert_eq!(addresses(&out[50..]).1, (REMOTE_POD_IP, 8080));
+}
+
+#[test]
+fn connection_halves_record_their_last_packet_and_state() {
+    let mut fixture = with_service(&[backend(POD_B_IP, 8080)]);
+    fixture.run(&from_a_to_vip(TCP_SYN));
+    let flows: HashMap<_, FlowKey, ServiceFlow> = HashMap::try_from(Map::LruHashMap(
+        fixture.pinned_map(names::SERVICE_FLOWS_MAP).unwrap(),
+    ))
+    .unwrap();
+    let halves = |flows: &HashMap<_, FlowKey, ServiceFlow>| {
+        let mut halves: Vec<(u8, u8, u64)> = flows
+            .iter()
+            .map(|entry| entry.unwrap())
+            .map(|(key, flow)| (key.direction, flow.state, flow.last_seen_ns))
+            .collect();
+        halves.sort();
+        halves
+    };
+    let opened = halves(&flows);
+    assert_eq!(opened.len(), 2);
+    assert!(
+        opened
+            .iter()
+            .all(|(_, state, seen)| *state == conn_state::NEW && *seen > 0)
+    );
+
+    with_pod_b_on_the_test_device(&mut fixture);
+    let answer = ipv4_packet(
+        POD_B_IP,
+        POD_A_IP,
+        6,
+        &tcp((POD_B_IP, 8080), (POD_A_IP, CLIENT_PORT), TCP_SYN_ACK),
+    );
+    fixture.run(&answer);
+    let answered = halves(&flows);
+    assert_eq!(
+        answered[1].1,
+        conn_state::ESTABLISHED,
+        "the backend answered"
+    );
+    assert!(answered[1].2 > opened[1].2);
+
+    // The pod's FIN ends it (its source is checked at its veth).
+    const TCP_FIN_ACK: u8 = 0x11;
+    fixture.run(&from_a_to_vip(TCP_FIN_ACK));
+    assert_eq!(halves(&flows)[0].1, conn_state::CLOSING);
 }
 
 #[test]
@@ -303,6 +377,11 @@ fn what_is_not_a_frontend_is_left_alone() {
     assert_eq!(fixture.counter("masqueraded"), 2);
 }
 
+/// Now on the clock the programs stamp entries with (CLOCK_MONOTONIC).
+fn boot_time_now_ns() -> u64 {
+    dataplane_user::nat::monotonic_now_ns()
+}
+
 /// The backend a new connection from pod A's port `port` goes to.
 fn backend_of_new_connection(fixture: &mut Fixture, port: u16) -> Ipv4Addr {
     let packet = ipv4_packet(POD_A_IP, VIP, 6, &tcp((POD_A_IP, port), (VIP, 80), TCP_SYN));
@@ -351,12 +430,24 @@ fn with_client_ip_affinity_a_clients_connections_stick_until_it_is_idle_too_long
     }
     assert_eq!(chosen.len(), 2, "{chosen:?}");
 
-    // A departed backend's affinities go with it.
-    let services = &mut fixture.maps.services;
-    let forgotten = services
-        .forget_affinities(1, &[backends[0], backends[1]].into())
+    // A fresh affinity to a backend that no longer serves is not followed:
+    // new connections go to the one that does.
+    fixture
+        .maps
+        .services
+        .program(frontend(80, 6), 1, (&backends, &backends[1..]), 60, 0)
         .unwrap();
-    assert_eq!(forgotten, 1);
+    for port in 200..210 {
+        let fresh = Affinity {
+            backend: backends[0],
+            last_used_ns: boot_time_now_ns(),
+        };
+        affinities.insert(key, fresh, 0).unwrap();
+        assert_eq!(
+            backend_of_new_connection(&mut fixture, CLIENT_PORT + port),
+            REMOTE_POD_IP
+        );
+    }
 }
 
 #[test]

@@ -220,7 +220,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
         Timeouts::from(&config.nat),
         u64::from(config.nat.pod_connection_limit()),
     );
-    let service_tables = ServiceTables::open(&pin_dir).context("the Service connection tables")?;
+    let service_tables = ServiceTables::open(&pin_dir, Timeouts::from(&config.nat))
+        .context("the Service connection tables")?;
     let mut owner = Owner::new(facts, interfaces, dataplane, nat, service_tables);
     owner.adopt_pinned_endpoints().await?;
     owner

@@ -96,7 +96,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::spawn(kubernetes::follow_services(state.clone()));
     }
     tokio::spawn(health_checks::serve(checks));
-    tokio::spawn(count_service_tables_forever(
+    tokio::spawn(collect_service_garbage_forever(
         service_tables,
         Duration::from_secs(config.nat.gc_interval_seconds.max(1)),
     ));
@@ -119,14 +119,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Counts the Service connection tables as often as the NAT table is
-/// collected, warning when one is nearly full (an LRU map forgets its
-/// least recently used connections then).
-async fn count_service_tables_forever(tables: ServiceTables, interval: Duration) {
+/// Expires Service connections as often as the NAT table is collected,
+/// warning when a table is nearly full (an LRU map forgets its least
+/// recently used connections then).
+async fn collect_service_garbage_forever(tables: ServiceTables, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
-        match tables.count().await {
+        match tables.collect_garbage().await {
             Ok(fill) if fill.under_pressure() => warn!(
                 ?fill,
                 "a Service connection table is over 90% full; idle connections are forgotten first"

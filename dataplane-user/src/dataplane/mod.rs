@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::Ebpf;
-use dataplane_common::{Backend, Endpoint, NodeConfig, ServiceKey, frontend_scope, names};
+use dataplane_common::{Backend, Endpoint, NodeConfig, ServiceKey, names};
 use ipnetwork::Ipv4Network;
 
 mod links;
@@ -290,33 +290,25 @@ impl Dataplane {
     }
 
     /// Makes the frontend `key` lead to `backends` with session affinity of
-    /// `affinity_seconds` and `flags` (`None`: removes it), in the slots `plan_slots`
-    /// gives. Connections and affinities to a departed backend are
-    /// forgotten, so their next packets pick a live one. Returns how many
-    /// connections that was.
+    /// `affinity_seconds` and `flags` (`None`: removes it), in the slots
+    /// `plan_slots` gives. Costs what changed: connections to a departed
+    /// backend are judged by the programs when they are used, never
+    /// walked here.
     pub fn program_service(
         &mut self,
         key: ServiceKey,
         backends: Option<&BTreeSet<Backend>>,
         (affinity_seconds, flags): (u32, u8),
-    ) -> Result<usize, DataplaneError> {
+    ) -> Result<(), DataplaneError> {
         let current = self.services.get(&key).cloned();
         let old: &[Backend] = current.as_ref().map_or(&[], |service| &service.backends);
-        let empty = BTreeSet::new();
-        let wanted = backends.unwrap_or(&empty);
-        let gone: BTreeSet<Backend> = old
-            .iter()
-            .filter(|backend| !wanted.contains(backend))
-            .copied()
-            .collect();
-        let id = match (&current, backends) {
+        match (&current, backends) {
             (Some(service), None) => {
-                self.maps.services.remove(key, service.id, old.len())?;
+                self.maps.services.remove(key, service.id, old)?;
                 self.services.remove(&key);
                 self.outside_local_frontends -= usize::from(key.scope != 0);
-                service.id
             }
-            (None, None) => return Ok(0),
+            (None, None) => {}
             (current, Some(wanted)) => {
                 let id = match current {
                     Some(service) => service.id,
@@ -344,26 +336,9 @@ impl Dataplane {
                     .is_none();
                 // Counted once written: a failed write is retried.
                 self.outside_local_frontends += usize::from(added && key.scope != 0);
-                id
             }
-        };
-        self.maps.services.forget_affinities(id, &gone)?;
-        // Connections are recorded by the address clients used, whichever
-        // entry of the frontend chose their backend.
-        let connections_of = ServiceKey {
-            scope: frontend_scope::EVERYONE,
-            ..key
-        };
-        let gone = gone
-            .into_iter()
-            .map(|backend| (connections_of, backend))
-            .collect();
-        Ok(self.maps.services.forget_connections(&gone)?)
-    }
-
-    /// Halves of connections to Services tracked now.
-    pub fn service_connection_entries(&self) -> usize {
-        self.maps.services.connection_entries()
+        }
+        Ok(())
     }
 
     fn forget_behind(&mut self, ip: Ipv4Addr, ifindex: u32) {

@@ -51,7 +51,7 @@ fn is_errno(error: &MapError, errno: i32) -> bool {
 }
 
 /// `Ok(false)` for a key that was not there: removals are idempotent.
-fn removed(result: Result<(), MapError>, name: &'static str) -> Result<bool, MapsError> {
+pub(crate) fn removed(result: Result<(), MapError>, name: &'static str) -> Result<bool, MapsError> {
     match result {
         Ok(()) => Ok(true),
         Err(MapError::KeyNotFound) => Ok(false),
@@ -225,12 +225,7 @@ impl Maps {
                     .map_err(access(names::SERVICES_MAP))?,
                 HashMap::try_from(take(names::BACKENDS_MAP)?)
                     .map_err(access(names::BACKENDS_MAP))?,
-                HashMap::try_from(take(names::SERVICE_FLOWS_MAP)?)
-                    .map_err(access(names::SERVICE_FLOWS_MAP))?,
-                HashMap::try_from(take(names::AFFINITY_MAP)?)
-                    .map_err(access(names::AFFINITY_MAP))?,
-                HashMap::try_from(take(names::SOCKET_FLOWS_MAP)?)
-                    .map_err(access(names::SOCKET_FLOWS_MAP))?,
+                HashMap::try_from(take(names::SERVING_MAP)?).map_err(access(names::SERVING_MAP))?,
             ),
         })
     }

@@ -1,5 +1,7 @@
-//! The Service maps: frontends, their backend slots, and the connections
-//! to Services the programs track.
+//! The Service maps: frontends, their backend slots, and the backends
+//! each frontend serves new connections with. The connections themselves
+//! are the programs' (see `state::service_tables`): a change here never
+//! walks them.
 
 use std::{
     collections::BTreeSet,
@@ -7,11 +9,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use dataplane_common::{
-    Affinity, AffinityKey, Backend, BackendKey, FlowKey, NODE_PORT_ADDRESS, ServiceFlow,
-    ServiceKey, ServiceValue, SocketFlowKey, frontend_scope, names, service_direction,
-    socket_direction,
-};
+use dataplane_common::{Backend, BackendKey, ServiceKey, ServiceValue, ServingKey, names};
 
 use super::{MapsError, access, is_errno, removed};
 use crate::model::{Frontend, Protocol, Scope};
@@ -19,9 +17,7 @@ use crate::model::{Frontend, Protocol, Scope};
 pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
-    flows: HashMap<MapData, FlowKey, ServiceFlow>,
-    affinity: HashMap<MapData, AffinityKey, Affinity>,
-    sockets: HashMap<MapData, SocketFlowKey, Backend>,
+    serving: HashMap<MapData, ServingKey, u8>,
 }
 
 /// A frontend as programmed: its id, its backends by slot, its session
@@ -39,16 +35,12 @@ impl ServiceMaps {
     pub fn new(
         services: HashMap<MapData, ServiceKey, ServiceValue>,
         backends: HashMap<MapData, BackendKey, Backend>,
-        flows: HashMap<MapData, FlowKey, ServiceFlow>,
-        affinity: HashMap<MapData, AffinityKey, Affinity>,
-        sockets: HashMap<MapData, SocketFlowKey, Backend>,
+        serving: HashMap<MapData, ServingKey, u8>,
     ) -> Self {
         Self {
             services,
             backends,
-            flows,
-            affinity,
-            sockets,
+            serving,
         }
     }
 
@@ -106,7 +98,9 @@ impl ServiceMaps {
     /// affinity of `affinity_seconds`), where it led to `old` before: only
     /// slots that differ are written; new slots go in before the count
     /// covers them, stale ones come out after it no longer does, so a
-    /// packet never picks a missing slot.
+    /// packet never picks a missing slot. A backend that arrives serves
+    /// before its slot exists; one that leaves stops serving (its
+    /// datagram flows and affinities move, its TCP connections drain).
     pub fn program(
         &mut self,
         key: ServiceKey,
@@ -115,6 +109,12 @@ impl ServiceMaps {
         affinity_seconds: u32,
         flags: u8,
     ) -> Result<(), MapsError> {
+        let (arriving, leaving) = differences(old, new);
+        for backend in arriving {
+            self.serving
+                .insert(serving_key(id, backend), 1, 0)
+                .map_err(full(names::SERVING_MAP))?;
+        }
         for (slot, backend) in new.iter().enumerate() {
             if old.get(slot) != Some(backend) {
                 let slot_key = BackendKey {
@@ -143,145 +143,48 @@ impl ServiceMaps {
             };
             removed(self.backends.remove(&slot_key), names::BACKENDS_MAP)?;
         }
+        for backend in leaving {
+            removed(
+                self.serving.remove(&serving_key(id, backend)),
+                names::SERVING_MAP,
+            )?;
+        }
         Ok(())
     }
 
-    /// Removes the frontend `key` and its `slots` backend slots.
-    pub fn remove(&mut self, key: ServiceKey, id: u32, slots: usize) -> Result<(), MapsError> {
+    /// Removes the frontend `key` and its backend slots `old`.
+    pub fn remove(&mut self, key: ServiceKey, id: u32, old: &[Backend]) -> Result<(), MapsError> {
         removed(self.services.remove(&key), names::SERVICES_MAP)?;
-        for slot in 0..slots {
+        for (slot, backend) in old.iter().enumerate() {
             let slot_key = BackendKey {
                 service_id: id,
                 slot: slot as u32,
             };
             removed(self.backends.remove(&slot_key), names::BACKENDS_MAP)?;
+            removed(
+                self.serving.remove(&serving_key(id, *backend)),
+                names::SERVING_MAP,
+            )?;
         }
         Ok(())
     }
+}
 
-    /// Removes both halves of every tracked connection to one of `gone`
-    /// (a frontend and a backend it no longer has), and what host sockets
-    /// were given of them; returns how many connections and sockets that was.
-    pub fn forget_connections(
-        &mut self,
-        gone: &BTreeSet<(ServiceKey, Backend)>,
-    ) -> Result<usize, MapsError> {
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let name = names::SERVICE_FLOWS_MAP;
-        let stale = lru_entries_where(&self.flows, name, |key, flow| {
-            let frontend = addressed(key.dst, key.dst_port, key.protocol);
-            key.direction == service_direction::TO_BACKEND && was_to(gone, frontend, flow.target)
-        })?;
-        for (forward, flow) in &stale {
-            let client_seen_as = if flow.target.address == forward.src {
-                dataplane_common::HAIRPIN_SOURCE
-            } else {
-                forward.src
-            };
-            let reply = FlowKey {
-                src: flow.target.address,
-                dst: client_seen_as,
-                src_port: flow.target.port,
-                dst_port: forward.src_port,
-                protocol: forward.protocol,
-                direction: service_direction::TO_CLIENT,
-                _pad: [0; 2],
-            };
-            removed(self.flows.remove(forward), name)?;
-            removed(self.flows.remove(&reply), name)?;
-        }
-        Ok(stale.len() + self.forget_sockets(gone)?)
-    }
-
-    /// Removes what the node's sockets were given of the `gone` pairs, so
-    /// their next connect or datagram to the frontend gets a live backend.
-    fn forget_sockets(
-        &mut self,
-        gone: &BTreeSet<(ServiceKey, Backend)>,
-    ) -> Result<usize, MapsError> {
-        let name = names::SOCKET_FLOWS_MAP;
-        let stale = lru_entries_where(&self.sockets, name, |key, backend| {
-            let frontend = addressed(key.address, key.port, key.protocol);
-            key.direction == socket_direction::TO_BACKEND && was_to(gone, frontend, *backend)
-        })?;
-        for (forward, backend) in &stale {
-            let reply = SocketFlowKey {
-                address: backend.address,
-                port: backend.port,
-                direction: socket_direction::TO_CLIENT,
-                ..*forward
-            };
-            removed(self.sockets.remove(forward), name)?;
-            removed(self.sockets.remove(&reply), name)?;
-        }
-        Ok(stale.len())
-    }
-
-    /// Removes the session affinities of frontend `id` to one of `gone`;
-    /// returns how many clients that was.
-    pub fn forget_affinities(
-        &mut self,
-        id: u32,
-        gone: &BTreeSet<Backend>,
-    ) -> Result<usize, MapsError> {
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let name = names::AFFINITY_MAP;
-        let stale = lru_entries_where(&self.affinity, name, |key, affinity| {
-            key.service_id == id && gone.contains(&affinity.backend)
-        })?;
-        for (key, _) in &stale {
-            removed(self.affinity.remove(key), name)?;
-        }
-        Ok(stale.len())
-    }
-
-    /// Halves of connections tracked now (the LRU holds at most its size).
-    pub fn connection_entries(&self) -> usize {
-        self.flows.keys().filter(Result::is_ok).count()
+fn serving_key(service_id: u32, backend: Backend) -> ServingKey {
+    ServingKey {
+        service_id,
+        backend,
     }
 }
 
-/// The frontend entry for everyone at what a client addressed.
-fn addressed(address: [u8; 4], port: [u8; 2], protocol: u8) -> ServiceKey {
-    ServiceKey {
-        address,
-        port,
-        protocol,
-        scope: frontend_scope::EVERYONE,
-    }
-}
-
-/// Whether a connection to `frontend` (the address its client used) and
-/// `backend` is one of the `gone` pairs: its frontend's own, or a node
-/// port's (programmed for every node address).
-fn was_to(gone: &BTreeSet<(ServiceKey, Backend)>, frontend: ServiceKey, backend: Backend) -> bool {
-    let node_port = ServiceKey {
-        address: NODE_PORT_ADDRESS,
-        ..frontend
-    };
-    gone.contains(&(frontend, backend)) || gone.contains(&(node_port, backend))
-}
-
-/// The entries of the LRU map `map` that `wanted` picks. An entry evicted
-/// between two steps of the walk is skipped, not an error.
-fn lru_entries_where<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    name: &'static str,
-    mut wanted: impl FnMut(&K, &V) -> bool,
-) -> Result<Vec<(K, V)>, MapsError> {
-    let mut picked = Vec::new();
-    for entry in map.iter() {
-        match entry {
-            Ok((key, value)) if wanted(&key, &value) => picked.push((key, value)),
-            Ok(_) | Err(MapError::KeyNotFound) => {}
-            Err(error) => return Err(access(name)(error)),
-        }
-    }
-    Ok(picked)
+/// The backends in `new` and not in `old`, and those in `old` and not in `new`.
+fn differences(old: &[Backend], new: &[Backend]) -> (Vec<Backend>, Vec<Backend>) {
+    let (old_set, new_set): (BTreeSet<Backend>, BTreeSet<Backend>) =
+        (old.iter().copied().collect(), new.iter().copied().collect());
+    (
+        new_set.difference(&old_set).copied().collect(),
+        old_set.difference(&new_set).copied().collect(),
+    )
 }
 
 fn full(name: &'static str) -> impl FnOnce(MapError) -> MapsError {

@@ -512,7 +512,7 @@ impl Owner {
                 })
             })
             .collect();
-        (frontends, self.dataplane.service_connection_entries())
+        (frontends, self.service_tables.last().connection_halves)
     }
 
     pub async fn apply_config_file(

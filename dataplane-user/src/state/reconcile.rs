@@ -96,16 +96,13 @@ impl Reconciler {
                 (target.affinity_seconds, flags)
             });
             match dataplane.program_service(service_key(frontend), backends.as_ref(), settings) {
-                Ok(forgotten) => {
+                Ok(()) => {
                     self.failed_frontends.remove(frontend);
                     match backends {
-                        Some(backends) => info!(
-                            %frontend,
-                            backends = backends.len(),
-                            connections_moved = forgotten,
-                            "service programmed"
-                        ),
-                        None => info!(%frontend, connections_ended = forgotten, "service removed"),
+                        Some(backends) => {
+                            info!(%frontend, backends = backends.len(), "service programmed")
+                        }
+                        None => info!(%frontend, "service removed"),
                     }
                 }
                 Err(error) => {
