@@ -208,6 +208,18 @@ impl Collector for Scrape {
         )?;
         gauge(
             &mut encoder,
+            "dataplane_services_refused",
+            "Services not programmed because they break a rule (see `dataplane service list`).",
+            count(tables.services_refused),
+        )?;
+        gauge(
+            &mut encoder,
+            "dataplane_service_frontends_shadowed",
+            "Frontends a Service claims that an older Service is served at.",
+            count(tables.services_shadowed),
+        )?;
+        gauge(
+            &mut encoder,
             "dataplane_service_backends",
             "Backend slots of all Service frontends.",
             count(tables.service_backends),

@@ -317,6 +317,13 @@ pub struct EndpointEntry {
 pub struct ServiceEntry {
     pub source: Source,
     pub service: ServiceSpec,
+    /// Frontends of the Service another (older) Service is served at,
+    /// each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<String>,
+    /// Why the Service is not programmed at all (it breaks a rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A frontend as the Service maps hold it: its id and backends by slot.

@@ -221,6 +221,7 @@ impl std::str::FromStr for PortArg {
             port,
             protocol,
             backends,
+            terminating_backends: Vec::new(),
             node_port,
         }))
     }
@@ -356,6 +357,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 internal_traffic_local,
                 health_check_node_port,
                 address_is_external: false,
+                created: None,
             },
         },
         Command::Service(ServiceCommand::Del { name }) => Request::RemoveService { name },

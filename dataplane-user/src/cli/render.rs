@@ -218,6 +218,29 @@ pub fn print_text(response: &Response) {
                         "", ""
                     );
                 }
+                for port in &service.ports {
+                    if !port.terminating_backends.is_empty() {
+                        let terminating: Vec<String> = port
+                            .terminating_backends
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect();
+                        println!(
+                            "{:<11} {:<24} {}/{} terminating (serve where none is ready): {}",
+                            "",
+                            "",
+                            port.port,
+                            port.protocol,
+                            terminating.join(",")
+                        );
+                    }
+                }
+                for shadowed in &entry.shadowed {
+                    println!("{:<11} {:<24} not served at {shadowed}", "", "");
+                }
+                if let Some(reason) = &entry.refused {
+                    println!("{:<11} {:<24} REFUSED, not programmed: {reason}", "", "");
+                }
             }
         }
         Response::ServiceMaps {

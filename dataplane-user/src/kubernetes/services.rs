@@ -1,11 +1,13 @@
 //! Kubernetes as a source of Services: every Service with an IPv4 ClusterIP
 //! and its EndpointSlices become a [`ServiceSpec`], read as kube-proxy reads
 //! them. Headless and ExternalName Services, and those labelled
-//! `service.kubernetes.io/service-proxy-name` (another proxy's), are left
-//! alone. Backends are the ready endpoints (all of them with
-//! `publishNotReadyAddresses`); when none is ready, the serving and
-//! terminating ones (KEP-1669). Named target ports are resolved by the
-//! EndpointSlices, whose ports carry the Service port's name.
+//! `service.kubernetes.io/service-proxy-name` (another proxy's) or
+//! `service.kubernetes.io/headless`, are left alone. Backends are the ready
+//! endpoints (all of them with `publishNotReadyAddresses`), and beside them
+//! the serving terminating ones, which the model uses where none is ready
+//! (KEP-1669). Named target ports are resolved by the EndpointSlices, whose
+//! ports carry the Service port's name. A Service that breaks a rule is
+//! refused on its own; every other one is programmed.
 //!
 //! Both kinds are watched; each complete listing (at start, after errors,
 //! every few minutes) replaces what this source contributed, and the first
@@ -18,6 +20,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use dataplane_common::MAX_BACKENDS_PER_SERVICE;
 use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
@@ -33,6 +36,9 @@ use crate::{
 
 /// Services another proxy implements carry this label (kube-proxy skips them too).
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Services labelled so are not proxied, whatever their ClusterIP (kube-proxy
+/// skips them too; upstream e2e "should implement service.kubernetes.io/headless").
+const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// An EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
@@ -47,11 +53,9 @@ type Key = (String, String);
 /// `None` for a Service the dataplane leaves alone.
 pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<ServiceSpec> {
     let metadata = &service.metadata;
-    if metadata
-        .labels
-        .as_ref()
-        .is_some_and(|labels| labels.contains_key(PROXY_NAME_LABEL))
-    {
+    if metadata.labels.as_ref().is_some_and(|labels| {
+        labels.contains_key(PROXY_NAME_LABEL) || labels.contains_key(HEADLESS_LABEL)
+    }) {
         return None;
     }
     let spec = service.spec.as_ref()?;
@@ -66,6 +70,11 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
         .chain(spec.cluster_ip.iter())
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+    let name = format!(
+        "{}/{}",
+        metadata.namespace.as_deref().unwrap_or("default"),
+        metadata.name.as_deref()?
+    );
     let ports: Vec<ServicePort> = spec
         .ports
         .iter()
@@ -73,11 +82,13 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
         .filter_map(|port| {
             // SCTP is not balanced: its frontend is not programmed.
             let protocol = protocol(port.protocol.as_deref())?;
-            let name = port.name.as_deref().unwrap_or_default();
+            let port_name = port.name.as_deref().unwrap_or_default();
+            let (ready, terminating) = backends(slices, port_name, protocol, publish_not_ready);
             Some(ServicePort {
                 port: u16::try_from(port.port).ok()?,
                 protocol,
-                backends: backends(slices, name, protocol, publish_not_ready),
+                backends: at_most_max(&name, port.port, ready),
+                terminating_backends: at_most_max(&name, port.port, terminating),
                 // Set for NodePort and LoadBalancer Services (unless their
                 // node ports are switched off).
                 node_port: port.node_port.and_then(|port| u16::try_from(port).ok()),
@@ -88,11 +99,7 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
         return None;
     }
     Some(ServiceSpec {
-        name: format!(
-            "{}/{}",
-            metadata.namespace.as_deref().unwrap_or("default"),
-            metadata.name.as_deref()?
-        ),
+        name,
         ip,
         ports,
         session_affinity_seconds: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
@@ -111,7 +118,28 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
             .health_check_node_port
             .and_then(|port| u16::try_from(port).ok()),
         address_is_external: false,
+        created: metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|created| created.0.as_second()),
     })
+}
+
+/// The first `MAX_BACKENDS_PER_SERVICE` of `backends` (in address order):
+/// a Service larger than one frontend may be is served by that many, with a
+/// warning, never dropped.
+fn at_most_max(service: &str, port: i32, mut backends: Vec<SocketAddrV4>) -> Vec<SocketAddrV4> {
+    let max = MAX_BACKENDS_PER_SERVICE as usize;
+    if backends.len() > max {
+        warn!(
+            service,
+            port,
+            endpoints = backends.len(),
+            "more endpoints than one frontend holds: the first {max} serve"
+        );
+        backends.truncate(max);
+    }
+    backends
 }
 
 /// `spec.externalIPs` and the load balancer's ingress IPs (IPv4), as
@@ -147,13 +175,13 @@ fn protocol(name: Option<&str>) -> Option<Protocol> {
 }
 
 /// The backends of the Service port `port_name`: the ready endpoints (or
-/// all, to publish not-ready ones), else the serving terminating ones.
+/// all, to publish not-ready ones), and the serving terminating ones.
 fn backends(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol_wanted: Protocol,
     publish_not_ready: bool,
-) -> Vec<SocketAddrV4> {
+) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
     let (mut ready, mut terminating) = (BTreeSet::new(), BTreeSet::new());
     for slice in slices.iter().filter(|slice| slice.address_type == "IPv4") {
         let target = slice.ports.iter().flatten().find(|port| {
@@ -178,7 +206,7 @@ fn backends(
             let conditions = endpoint.conditions.clone().unwrap_or_default();
             // Unset conditions mean ready and serving, as kube-proxy reads them.
             let is_ready = conditions.ready.unwrap_or(true);
-            let serving = conditions.serving.unwrap_or(is_ready);
+            let serving = conditions.serving.unwrap_or(true);
             let backend = SocketAddrV4::new(address, target);
             if is_ready || publish_not_ready {
                 ready.insert(backend);
@@ -187,8 +215,10 @@ fn backends(
             }
         }
     }
-    let chosen = if ready.is_empty() { terminating } else { ready };
-    chosen.into_iter().collect()
+    (
+        ready.into_iter().collect(),
+        terminating.into_iter().collect(),
+    )
 }
 
 /// Follows the cluster's Services and EndpointSlices for as long as the agent runs.
@@ -325,16 +355,25 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
                 if store.listed() {
                     let specs = store.all_specs();
                     let count = specs.len();
-                    state
+                    // Objects that break a rule are refused one by one; a
+                    // failure here is a write the agent retries by itself:
+                    // relisting would not help, so the watch goes on.
+                    if let Err(error) = state
                         .ask(|reply| Command::ReplaceServices(Source::Kubernetes, specs, reply))
-                        .await?;
+                        .await
+                    {
+                        warn!("Kubernetes services: {error:#}");
+                    }
                     if !*listed_before {
                         // What an earlier run programmed and the cluster no longer lists goes.
-                        state
+                        if let Err(error) = state
                             .ask(|reply| {
                                 Command::ReplaceServices(Source::Pinned, Vec::new(), reply)
                             })
-                            .await?;
+                            .await
+                        {
+                            warn!("services pinned by an earlier run: {error:#}");
+                        }
                         *listed_before = true;
                     }
                     info!(services = count, "Kubernetes services listed");
@@ -429,9 +468,12 @@ async fn apply(state: &StateHandle, store: &Store, key: &Key) -> anyhow::Result<
             }
         }
         None => {
-            state
+            let withdrawn = state
                 .ask(|reply| Command::WithdrawService(Some(Source::Kubernetes), name, reply))
-                .await?;
+                .await;
+            if let Err(error) = withdrawn {
+                warn!(service = key.1, "not withdrawn yet: {error:#}");
+            }
         }
     }
     Ok(())
@@ -526,21 +568,40 @@ mod tests {
     }
 
     #[test]
-    fn terminating_endpoints_serve_only_when_none_is_ready_and_not_ready_ones_when_published() {
+    fn serving_terminating_endpoints_are_kept_apart_and_not_ready_ones_only_when_published() {
         let slices = web_slice(
             "web-a",
             vec![
                 endpoint("10.244.1.5", false, true, true),
                 endpoint("10.244.1.6", false, false, false),
+                endpoint("10.244.1.7", false, false, true),
+                serde_json::json!({"addresses": ["10.244.1.8"],
+                    "conditions": {"ready": false, "terminating": true}}),
             ],
         );
         let spec = service_spec(&web(serde_json::json!({})), &[&slices]).unwrap();
-        assert_eq!(backends_of(&spec, 80), ["10.244.1.5:8080"]);
+        assert!(backends_of(&spec, 80).is_empty(), "none ready");
+        let terminating: Vec<String> = spec.ports[0]
+            .terminating_backends
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            terminating,
+            ["10.244.1.5:8080", "10.244.1.8:8080"],
+            "serving unset means serving"
+        );
         let published = web(serde_json::json!({"spec": {"publishNotReadyAddresses": true}}));
         let spec = service_spec(&published, &[&slices]).unwrap();
         assert_eq!(
             backends_of(&spec, 80),
-            ["10.244.1.5:8080", "10.244.1.6:8080"]
+            [
+                "10.244.1.5:8080",
+                "10.244.1.6:8080",
+                "10.244.1.7:8080",
+                "10.244.1.8:8080"
+            ],
+            "all published"
         );
         let none = service_spec(&web(serde_json::json!({})), &[]).unwrap();
         assert!(backends_of(&none, 80).is_empty(), "no endpoints: refused");
@@ -606,5 +667,8 @@ mod tests {
         let other = web(serde_json::json!({"metadata": {"labels":
             {"service.kubernetes.io/service-proxy-name": "someone-else"}}}));
         assert!(service_spec(&other, &[]).is_none());
+        let labelled = web(serde_json::json!({"metadata": {"labels":
+            {"service.kubernetes.io/headless": ""}}}));
+        assert!(service_spec(&labelled, &[]).is_none());
     }
 }

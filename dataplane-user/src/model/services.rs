@@ -49,7 +49,16 @@ pub struct ServiceSpec {
     /// never by a source).
     #[serde(skip)]
     pub address_is_external: bool,
+    /// When the object was created (Kubernetes' `creationTimestamp`, in
+    /// seconds): of two Kubernetes Services claiming one frontend, the
+    /// older is served there. Other sources refuse such a pair.
+    #[serde(skip)]
+    pub created: Option<i64>,
 }
+
+/// Which of two Services claiming a frontend is served there: the older,
+/// then the first by name.
+pub type Seniority = (i64, String);
 
 /// A health check port's answer: for the Service named, with this many
 /// endpoints on this node.
@@ -86,9 +95,16 @@ pub struct ServicePort {
     #[serde(default)]
     pub protocol: Protocol,
     /// Where connections to the port go: backend address and target port.
-    /// None: clients are refused at once (ICMP port unreachable).
+    /// None (and none terminating): clients are refused at once (ICMP port
+    /// unreachable).
     #[serde(default)]
     pub backends: Vec<SocketAddrV4>,
+    /// Endpoints that still serve while terminating: given new connections
+    /// only where no backend is ready (KEP-1669), across the cluster, or on
+    /// this node for the Local traffic policies. Their connections under
+    /// way drain either way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terminating_backends: Vec<SocketAddrV4>,
     /// NodePort: the port is also served on the node's IP at this port,
     /// for clients outside the cluster too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,12 +224,21 @@ impl ServiceSpec {
         node: ServingNode,
     ) -> impl Iterator<Item = (Frontend, FrontendTarget)> + '_ {
         self.ports.iter().flat_map(move |port| {
-            let all: Backends = port.backends.iter().copied().collect();
-            let local: Backends = all
-                .iter()
-                .copied()
-                .filter(|backend| node.has(backend))
-                .collect();
+            let ready: Backends = port.backends.iter().copied().collect();
+            let terminating: Backends = port.terminating_backends.iter().copied().collect();
+            let on_node = |backends: &Backends| -> Backends {
+                backends
+                    .iter()
+                    .copied()
+                    .filter(|backend| node.has(backend))
+                    .collect()
+            };
+            // The terminating ones serve only where nothing is ready.
+            let or_terminating = |ready: Backends, terminating: Backends| {
+                if ready.is_empty() { terminating } else { ready }
+            };
+            let local = or_terminating(on_node(&ready), on_node(&terminating));
+            let all = or_terminating(ready, terminating);
             let target = |backends: &Backends, outside_local: bool| FrontendTarget {
                 backends: backends.clone(),
                 affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
@@ -281,6 +306,11 @@ impl ServiceSpec {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Which of two Services claiming a frontend is served there.
+    pub fn seniority(&self) -> Seniority {
+        (self.created.unwrap_or(0), self.name.clone())
     }
 
     /// Checks the Service on its own: `pod_cidrs` are address ranges a
@@ -352,18 +382,25 @@ impl ServiceSpec {
                     format!("{}/{} is listed twice", port.port, port.protocol),
                 ));
             }
-            if port.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
-                return Err((
-                    "ports",
-                    format!(
-                        "{}/{} has {} backends, more than the {MAX_BACKENDS_PER_SERVICE} one port may have",
-                        port.port,
-                        port.protocol,
-                        port.backends.len()
-                    ),
-                ));
+            for backends in [&port.backends, &port.terminating_backends] {
+                if backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+                    return Err((
+                        "ports",
+                        format!(
+                            "{}/{} has {} backends, more than the {MAX_BACKENDS_PER_SERVICE} one port may have",
+                            port.port,
+                            port.protocol,
+                            backends.len()
+                        ),
+                    ));
+                }
             }
-            if let Some(backend) = port.backends.iter().find(|backend| backend.port() == 0) {
+            if let Some(backend) = port
+                .backends
+                .iter()
+                .chain(&port.terminating_backends)
+                .find(|backend| backend.port() == 0)
+            {
                 return Err(("ports", format!("backend {backend} has port 0")));
             }
         }
@@ -372,18 +409,25 @@ impl ServiceSpec {
 }
 
 /// The Services each source lists, and the frontends they make together.
-/// Within a source, two Services cannot share a frontend; between sources,
-/// each frontend is taken from the highest-ranking source that has it (as
-/// remote nodes are), so Services found pinned at start-up give way to any
-/// source that names the same frontend. A change costs in proportion to the
-/// frontends it touches, not to all of them.
+/// Within the config file or the API, two Services cannot share a
+/// frontend (the change is refused); within Kubernetes, where any tenant
+/// may create such a pair, the older Service is served at the frontend and
+/// the younger one everywhere else (kube-proxy programs both, and the
+/// first rule wins). Between sources, each frontend is taken from the
+/// highest-ranking source that has it (as remote nodes are), so Services
+/// found pinned at start-up give way to any source that names the same
+/// frontend. A change costs in proportion to the frontends it touches, not
+/// to all of them.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
     node: ServingNode,
     contributed: BTreeMap<Source, BTreeMap<String, ServiceSpec>>,
-    /// Each source's frontends: the Service (by name) each belongs to and
-    /// where it leads.
-    by_source: BTreeMap<Source, BTreeMap<Frontend, (String, FrontendTarget)>>,
+    /// Each source's frontends: the Services claiming each, by seniority,
+    /// and where each would lead (the first is served).
+    by_source: BTreeMap<Source, BTreeMap<Frontend, BTreeMap<Seniority, FrontendTarget>>>,
+    /// Services a source listed that break a rule, with the reason: not
+    /// programmed, shown in the list.
+    refused: BTreeMap<(Source, String), (ServiceSpec, String)>,
     effective: BTreeMap<Frontend, FrontendTarget>,
     /// The Services with a health check port (external traffic policy
     /// Local), in ranking order: each change looks at these, not at all.
@@ -412,7 +456,10 @@ impl Services {
             claimed.clear();
             for service in services.values() {
                 for (frontend, target) in service.frontends(node) {
-                    claimed.insert(frontend, (service.name.clone(), target));
+                    claimed
+                        .entry(frontend)
+                        .or_default()
+                        .insert(service.seniority(), target);
                     touched.push(frontend);
                 }
             }
@@ -460,6 +507,53 @@ impl Services {
             .collect()
     }
 
+    /// The frontends of `source`'s `service` an older Service of the same
+    /// source is served at instead, each with that Service's name.
+    pub fn shadowed(&self, source: Source, service: &ServiceSpec) -> Vec<(Frontend, String)> {
+        let Some(claimed) = self.by_source.get(&source) else {
+            return Vec::new();
+        };
+        service
+            .frontends(self.node)
+            .filter_map(|(frontend, _)| {
+                let ((_, served), _) = claimed.get(&frontend)?.first_key_value()?;
+                (*served != service.name).then(|| (frontend, served.clone()))
+            })
+            .collect()
+    }
+
+    /// How many claims on frontends are not served (a Service claims a
+    /// frontend an older one of its source is served at).
+    pub fn shadowed_claims(&self) -> usize {
+        self.by_source
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(|claims| claims.len() - 1)
+            .sum()
+    }
+
+    /// Records that `source`'s `service` breaks a rule (`reason`): it is
+    /// not programmed (what it had is withdrawn); returns the frontends
+    /// that changed.
+    pub fn refuse(
+        &mut self,
+        source: Source,
+        service: ServiceSpec,
+        reason: String,
+    ) -> Vec<Frontend> {
+        let touched = self.take_out(source, &service.name);
+        self.refused
+            .insert((source, service.name.clone()), (service, reason));
+        self.settle(touched)
+    }
+
+    /// The Services refused, with their reasons.
+    pub fn refused(&self) -> impl Iterator<Item = (Source, &ServiceSpec, &str)> {
+        self.refused
+            .iter()
+            .map(|((source, _), (service, reason))| (*source, service, reason.as_str()))
+    }
+
     /// `source` lists `service` (too), replacing its earlier entry of that
     /// name. Returns the frontends whose backends changed.
     pub fn upsert(
@@ -467,10 +561,15 @@ impl Services {
         source: Source,
         service: ServiceSpec,
     ) -> Result<Vec<Frontend>, Violation> {
-        if let Some(claimed) = self.by_source.get(&source) {
+        if let Some(claimed) = self.by_source.get(&source)
+            && source != Source::Kubernetes
+        {
             for (frontend, _) in service.frontends(self.node) {
-                if let Some((owner, _)) = claimed.get(&frontend)
-                    && *owner != service.name
+                if let Some((_, owner)) = claimed
+                    .get(&frontend)
+                    .into_iter()
+                    .flat_map(BTreeMap::keys)
+                    .find(|(_, owner)| *owner != service.name)
                 {
                     return Err(conflict(frontend, &service.name, owner));
                 }
@@ -493,12 +592,16 @@ impl Services {
             if !names.insert(service.name.as_str()) {
                 return Err(("name", format!("Service {} is listed twice", service.name)));
             }
+            if source == Source::Kubernetes {
+                continue;
+            }
             for (frontend, _) in service.frontends(self.node) {
                 if let Some(owner) = claimed.insert(frontend, &service.name) {
                     return Err(conflict(frontend, &service.name, owner));
                 }
             }
         }
+        self.refused.retain(|(from, _), _| *from != source);
         let listed: Vec<String> = self
             .contributed
             .get(&source)
@@ -526,8 +629,10 @@ impl Services {
         self.settle(touched)
     }
 
-    /// Removes `source`'s Service `name`; returns its frontends.
+    /// Removes `source`'s Service `name` (and its refusal); returns its
+    /// frontends.
     fn take_out(&mut self, source: Source, name: &str) -> Vec<Frontend> {
+        self.refused.remove(&(source, name.to_string()));
         let Some(service) = self
             .contributed
             .get_mut(&source)
@@ -537,23 +642,32 @@ impl Services {
         };
         self.health_checked.remove(&(source, name.to_string()));
         let claimed = self.by_source.entry(source).or_default();
+        let seniority = service.seniority();
         service
             .frontends(self.node)
             .map(|(frontend, _)| {
-                claimed.remove(&frontend);
+                if let Some(claims) = claimed.get_mut(&frontend) {
+                    claims.remove(&seniority);
+                    if claims.is_empty() {
+                        claimed.remove(&frontend);
+                    }
+                }
                 frontend
             })
             .collect()
     }
 
-    /// Adds `source`'s Service (whose frontends no other Service of the
-    /// source claims); returns its frontends.
+    /// Adds `source`'s Service; returns its frontends.
     fn put_in(&mut self, source: Source, service: ServiceSpec) -> Vec<Frontend> {
         let claimed = self.by_source.entry(source).or_default();
+        let seniority = service.seniority();
         let frontends = service
             .frontends(self.node)
             .map(|(frontend, target)| {
-                claimed.insert(frontend, (service.name.clone(), target));
+                claimed
+                    .entry(frontend)
+                    .or_default()
+                    .insert(seniority.clone(), target);
                 frontend
             })
             .collect();
@@ -574,7 +688,11 @@ impl Services {
         touched.dedup();
         touched.retain(|frontend| {
             let winner = Source::ALL.iter().find_map(|source| {
-                let (_, target) = self.by_source.get(source)?.get(frontend)?;
+                let (_, target) = self
+                    .by_source
+                    .get(source)?
+                    .get(frontend)?
+                    .first_key_value()?;
                 Some(target.clone())
             });
             if self.effective.get(frontend) == winner.as_ref() {

@@ -187,6 +187,7 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
                 .iter()
                 .map(|backend| backend.parse().unwrap())
                 .collect(),
+            terminating_backends: Vec::new(),
             node_port: None,
         }],
         session_affinity_seconds: None,
@@ -195,6 +196,7 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
         internal_traffic_local: false,
         health_check_node_port: None,
         address_is_external: false,
+        created: None,
     }
 }
 
@@ -430,4 +432,134 @@ fn health_checks_follow_the_services_that_ask_for_one() {
     );
     services.replace(Source::Kubernetes, Vec::new()).unwrap();
     assert!(services.health_checks().is_empty());
+}
+
+#[test]
+fn from_kubernetes_the_older_of_two_services_is_served_at_a_shared_frontend() {
+    let mut services = Services::default();
+    let aged = |name: &str, created: i64, backend: &str| {
+        let mut spec = service(name, 80, &[backend]);
+        spec.ip = Ipv4Addr::new(10, 96, 0, created as u8);
+        spec.external_ips = vec![Ipv4Addr::new(203, 0, 113, 7)];
+        spec.created = Some(created);
+        spec
+    };
+    let shared = Frontend {
+        ip: Ipv4Addr::new(203, 0, 113, 7),
+        ..frontend(80)
+    };
+    let (old, young) = (
+        aged("a/old", 20, "10.244.0.2:8080"),
+        aged("b/young", 30, "10.244.0.3:8080"),
+    );
+    // Listed in any order, both are programmed; the older is served at the
+    // frontend they share, each at its own ClusterIP.
+    services
+        .replace(Source::Kubernetes, vec![young.clone(), old.clone()])
+        .unwrap();
+    let served = |services: &Services, frontend: &Frontend| -> Vec<String> {
+        services.frontends()[frontend]
+            .backends
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(served(&services, &shared), ["10.244.0.2:8080"]);
+    let young_cluster_ip = Frontend {
+        ip: young.ip,
+        ..frontend(80)
+    };
+    assert_eq!(served(&services, &young_cluster_ip), ["10.244.0.3:8080"]);
+    assert_eq!(
+        services.shadowed(Source::Kubernetes, &young),
+        [(shared, "a/old".to_string())]
+    );
+    assert!(services.shadowed(Source::Kubernetes, &old).is_empty());
+    assert_eq!(services.shadowed_claims(), 1);
+    // An update of the younger one does not take the frontend over.
+    let mut moved = young.clone();
+    moved.ports[0].backends = vec!["10.244.0.4:8080".parse().unwrap()];
+    services.upsert(Source::Kubernetes, moved).unwrap();
+    assert_eq!(served(&services, &shared), ["10.244.0.2:8080"]);
+    // The older one goes: the younger is served there.
+    assert_eq!(
+        services.withdraw(Some(Source::Kubernetes), "a/old"),
+        vec![
+            Frontend {
+                ip: old.ip,
+                ..frontend(80)
+            },
+            shared
+        ]
+    );
+    assert_eq!(served(&services, &shared), ["10.244.0.4:8080"]);
+    assert_eq!(services.shadowed_claims(), 0);
+}
+
+#[test]
+fn a_refused_service_is_listed_with_its_reason_until_it_is_fixed() {
+    let mut services = Services::default();
+    let web = service("web", 80, &["10.244.0.2:8080"]);
+    services.upsert(Source::Kubernetes, web.clone()).unwrap();
+    let changed = services.refuse(Source::Kubernetes, web.clone(), "no good".into());
+    assert_eq!(changed, vec![frontend(80)], "what it had is withdrawn");
+    assert!(services.frontends().is_empty());
+    let refused: Vec<_> = services.refused().collect();
+    assert_eq!(refused, [(Source::Kubernetes, &web, "no good")]);
+    services.upsert(Source::Kubernetes, web).unwrap();
+    assert_eq!(services.refused().count(), 0);
+    assert_eq!(services.frontends().len(), 1);
+}
+
+#[test]
+fn terminating_endpoints_serve_where_none_is_ready_per_traffic_policy_and_are_not_counted_healthy()
+{
+    let node = ServingNode {
+        ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+        pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+    };
+    // A ready endpoint on another node, a terminating one here.
+    let mut spec = service("web", 80, &["10.244.1.2:8080"]);
+    spec.ports[0].terminating_backends = vec!["10.244.0.2:8080".parse().unwrap()];
+    spec.ports[0].node_port = Some(30080);
+    spec.external_traffic_local = true;
+    spec.internal_traffic_local = true;
+    spec.health_check_node_port = Some(31000);
+    let mut services = Services::on_node(node);
+    services.upsert(Source::Kubernetes, spec.clone()).unwrap();
+    let backends_at = |services: &Services, ip: [u8; 4], port: u16, scope: Scope| -> Vec<String> {
+        services.frontends()[&Frontend {
+            ip: Ipv4Addr::from(ip),
+            port,
+            protocol: Protocol::Tcp,
+            scope,
+        }]
+            .backends
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    // Local policies: no local endpoint is ready, so the local terminating one.
+    assert_eq!(
+        backends_at(&services, [10, 96, 0, 10], 80, Scope::Everyone),
+        ["10.244.0.2:8080"]
+    );
+    assert_eq!(
+        backends_at(&services, [0; 4], 30080, Scope::OutsideLocal),
+        ["10.244.0.2:8080"]
+    );
+    // Cluster-wide, one is ready: the terminating one is not used.
+    assert_eq!(
+        backends_at(&services, [0; 4], 30080, Scope::Everyone),
+        ["10.244.1.2:8080"]
+    );
+    // The load balancer's check sees no ready local endpoint: 503, so it drains the node.
+    assert_eq!(services.health_checks()[&31000].local_endpoints, 0);
+    // Nothing ready anywhere: the terminating one cluster-wide too.
+    spec.ports[0].backends.clear();
+    services.upsert(Source::Kubernetes, spec).unwrap();
+    assert_eq!(
+        backends_at(&services, [0; 4], 30080, Scope::Everyone),
+        ["10.244.0.2:8080"]
+    );
 }

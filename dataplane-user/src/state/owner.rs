@@ -207,15 +207,7 @@ impl Owner {
                 self.apply_config_file(nodes, &endpoints, services).await,
             ),
             Command::UpsertService(source, service, reply) => {
-                let changed = self.checked_service(&service).and_then(|()| {
-                    self.services
-                        .upsert(source, service)
-                        .map_err(refused_service)
-                });
-                answer(
-                    reply,
-                    changed.and_then(|changed| self.program_services(&changed)),
-                );
+                answer(reply, self.upsert_service(source, service));
             }
             Command::WithdrawService(source, name, reply) => {
                 let changed = self.services.withdraw(source, &name);
@@ -462,41 +454,105 @@ impl Owner {
             })
     }
 
+    /// `source` lists `service` (too). From Kubernetes, a Service that
+    /// breaks a rule is refused on its own (warned, counted, listed with
+    /// the reason; what it had is withdrawn); from the others, the change is.
+    fn upsert_service(&mut self, source: Source, service: ServiceSpec) -> anyhow::Result<()> {
+        let checked = self.checked_service(&service);
+        let changed = match checked {
+            Ok(()) => self
+                .services
+                .upsert(source, service.clone())
+                .map_err(refused_service),
+            Err(error) => Err(error),
+        };
+        let changed = match changed {
+            Ok(changed) => {
+                self.warn_shadowed(source, &service);
+                changed
+            }
+            Err(error) if source == Source::Kubernetes => {
+                warn!(service = service.name, "service refused: {error:#}");
+                let changed = self.services.refuse(source, service, format!("{error:#}"));
+                self.program_services(&changed)?;
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
+        self.program_services(&changed)
+    }
+
+    /// Warns about the frontends of `service` an older Service is served at.
+    fn warn_shadowed(&self, source: Source, service: &ServiceSpec) {
+        for (frontend, served) in self.services.shadowed(source, service) {
+            warn!(
+                service = service.name,
+                %frontend,
+                served,
+                "two Services claim one frontend: the older is served there"
+            );
+        }
+    }
+
     /// `source` lists exactly `services`. A Service that breaks a rule
-    /// refuses the whole list, except from Kubernetes, where it is skipped
-    /// with a warning (one bad object must not hold up the others).
+    /// refuses the whole list, except from Kubernetes, where it is refused
+    /// on its own (one bad object must not hold up the others).
     fn replace_services(
         &mut self,
         source: Source,
         services: Vec<ServiceSpec>,
     ) -> anyhow::Result<()> {
         let mut valid = Vec::with_capacity(services.len());
+        let mut refused = Vec::new();
         for service in services {
             match self.checked_service(&service) {
                 Ok(()) => valid.push(service),
                 Err(error) if source == Source::Kubernetes => {
-                    warn!("service skipped: {error:#}");
+                    warn!(service = service.name, "service refused: {error:#}");
+                    refused.push((service, format!("{error:#}")));
                 }
                 Err(error) => return Err(error),
             }
         }
-        let services = valid;
-        let changed = self
+        let mut changed = self
             .services
-            .replace(source, services)
+            .replace(source, valid.clone())
             .map_err(refused_service)?;
+        for (service, reason) in refused {
+            changed.extend(self.services.refuse(source, service, reason));
+        }
+        for service in &valid {
+            self.warn_shadowed(source, service);
+        }
         self.program_services(&changed)
     }
 
     fn service_entries(&self) -> Vec<ServiceEntry> {
-        self.services
+        let listed = self
+            .services
             .list()
             .into_iter()
             .map(|(source, service)| ServiceEntry {
                 source,
                 service: service.clone(),
-            })
-            .collect()
+                shadowed: self
+                    .services
+                    .shadowed(source, service)
+                    .into_iter()
+                    .map(|(frontend, served)| format!("{frontend}: Service {served}'s (older)"))
+                    .collect(),
+                refused: None,
+            });
+        let refused = self
+            .services
+            .refused()
+            .map(|(source, service, reason)| ServiceEntry {
+                source,
+                service: service.clone(),
+                shadowed: Vec::new(),
+                refused: Some(reason.to_string()),
+            });
+        listed.chain(refused).collect()
     }
 
     fn frontend_entries(&self) -> (Vec<FrontendEntry>, usize) {
@@ -682,9 +738,11 @@ fn pinned_services(dataplane: &Dataplane, node: ServingNode) -> Services {
                 port: frontend.port,
                 protocol: frontend.protocol,
                 backends: programmed.backends.iter().map(backend_address).collect(),
+                terminating_backends: Vec::new(),
             }],
             session_affinity_seconds: (programmed.affinity_seconds != 0)
                 .then_some(programmed.affinity_seconds),
+            created: None,
         };
         // One frontend per Service, each named by it: they cannot collide.
         let _ = services.upsert(Source::Pinned, service);

@@ -23,6 +23,10 @@ pub struct TableSizes {
     pub service_backends: usize,
     /// The Service connection tables at their last count.
     pub service_tables: ServiceTablesFill,
+    /// Services refused for breaking a rule (from Kubernetes).
+    pub services_refused: usize,
+    /// Frontends claimed by a Service that an older one is served at.
+    pub services_shadowed: usize,
 }
 
 /// Connected `monitor` clients: all of them want drops, some also traces.
@@ -49,6 +53,8 @@ impl Owner {
                 .map(|service| service.backends.len())
                 .sum(),
             service_tables: self.service_tables.last(),
+            services_refused: self.services.refused().count(),
+            services_shadowed: self.services.shadowed_claims(),
         }
     }
 
@@ -89,6 +95,7 @@ impl Owner {
             service_frontends,
             service_backends,
             service_tables,
+            ..
         } = self.table_sizes();
         let fill = |name: &str, entries: usize, capacity: u32| MapFill {
             name: name.to_string(),
