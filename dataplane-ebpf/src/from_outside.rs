@@ -8,6 +8,10 @@
 //! program: the NAT's paths on top of the translation's exceed the
 //! verifier's budget), so the backend answers through this node wherever
 //! it is, and the answer is translated back here (`translate_reply_to_client`).
+//! A frontend without any endpoint answers ICMP port unreachable; one whose
+//! external traffic policy is Local drops outside clients on a node
+//! without a local endpoint (the load balancer's health check steers them
+//! away), as kube-proxy does.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::{
@@ -44,10 +48,20 @@ fn to_backend(ctx: &TcContext) -> Outcome {
         protocol: ip.proto,
         scope: frontend_scope::EVERYONE,
     };
-    let Some(service) = service::frontend_entry(&mut key, node_config()) else {
+    let config = node_config();
+    let Some(service) = service::frontend_entry(&mut key, config) else {
         // Not a frontend: the node's own traffic.
         return Ok(TC_ACT_OK);
     };
+    if service.backend_count == 0 {
+        // No endpoint anywhere: refused at once, as kube-proxy's REJECT
+        // does (and as pods and the node's sockets are).
+        return Ok(icmp::port_unreachable(
+            ctx,
+            config,
+            Counter::DropServiceNoBackend,
+        ));
+    }
     if service.flags & service_flags::OUTSIDE_LOCAL == 0 {
         service::from_outside_to_backend(ctx, &ip, &service).unpack()?;
         // SAFETY: the slot holds a classifier; the call returns only while

@@ -868,3 +868,42 @@ fn a_fragmented_datagram_to_a_frontend_reaches_the_backend_whole_and_its_answer_
     let (_, out) = fixture.run(&stray);
     assert_eq!(&out[30..34], &VIP.octets());
 }
+
+#[test]
+fn an_outside_client_of_a_node_port_without_endpoints_is_refused_at_once() {
+    // "should be rejected when no endpoints exist", for a client outside
+    // the cluster: kube-proxy REJECTs at node ports and external IPs too.
+    let mut fixture = with_service(&[]);
+    let key = ServiceKey {
+        address: NODE_PORT_ADDRESS,
+        ..frontend(NODE_PORT, 6)
+    };
+    fixture
+        .maps
+        .services
+        .program(key, 3, (&[], &[]), 0, 0)
+        .unwrap();
+    let packet = from_outside_to_the_node_port(TCP_SYN);
+    let (verdict, reply) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out of the uplink");
+    assert_eq!(
+        (&reply[0..6], &reply[6..12]),
+        (&packet[6..12], &packet[0..6]),
+        "back to the frame's sender"
+    );
+    let ip = &reply[14..34];
+    assert_eq!(
+        (ip[9], &ip[12..16], &ip[16..20]),
+        (1, &NODE_IP.octets()[..], &EXTERNAL_IP.octets()[..])
+    );
+    let icmp = &reply[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+    assert_eq!(
+        &icmp[8..],
+        &packet[14..14 + 28],
+        "quotes the client's packet"
+    );
+    assert_checksums_valid(&reply);
+    assert_eq!(fixture.counter("drop_service_no_backend"), 1);
+    assert_eq!(fixture.counter("masqueraded"), 0);
+}
