@@ -5,6 +5,7 @@
 mod bootstrap;
 mod events;
 mod health_checks;
+mod healthz;
 mod reload;
 mod server;
 
@@ -96,6 +97,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::spawn(kubernetes::follow_services(state.clone()));
     }
     tokio::spawn(health_checks::serve(checks));
+    if config.agent.healthz_port != 0 {
+        let (state, port) = (state.clone(), config.agent.healthz_port);
+        tokio::spawn(async move {
+            if let Err(error) = healthz::serve(state, port).await {
+                warn!("proxy health server: {error:#}");
+            }
+        });
+    }
     tokio::spawn(collect_service_garbage_forever(
         service_tables,
         Duration::from_secs(config.nat.gc_interval_seconds.max(1)),

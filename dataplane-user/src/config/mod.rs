@@ -5,6 +5,7 @@
 //! api_socket = "/run/dataplane/agent.sock"   # local API used by the CLI and CNI plugin
 //! bpf_root = "/sys/fs/bpf/dataplane"         # maps are pinned under <bpf_root>/v<layout>
 //! metrics_address = "127.0.0.1:9650"         # Prometheus metrics on /metrics (off by default)
+//! healthz_port = 10256                        # kube-proxy's /healthz for load balancers (0: off)
 //! cgroup_root = "/sys/fs/cgroup"              # cgroup2 root for the host socket hooks (default: found)
 //!
 //! [node]
@@ -235,6 +236,11 @@ pub struct AgentSettings {
     /// mounted by the agent when it is nowhere.
     #[serde(default)]
     pub cgroup_root: Option<PathBuf>,
+    /// kube-proxy's health server (`/healthz`, on every address), which
+    /// cloud load balancers probe for Services with external traffic
+    /// policy Cluster; 0 turns it off.
+    #[serde(default = "default_healthz_port")]
+    pub healthz_port: u16,
 }
 
 impl Default for AgentSettings {
@@ -244,8 +250,16 @@ impl Default for AgentSettings {
             bpf_root: default_bpf_root(),
             metrics_address: None,
             cgroup_root: None,
+            healthz_port: default_healthz_port(),
         }
     }
+}
+
+/// kube-proxy's `--healthz-bind-address` port.
+pub const DEFAULT_HEALTHZ_PORT: u16 = 10256;
+
+fn default_healthz_port() -> u16 {
+    DEFAULT_HEALTHZ_PORT
 }
 
 fn default_api_socket() -> PathBuf {
