@@ -153,6 +153,32 @@ pub fn tcp_echo_server(
     Ok((port, echo))
 }
 
+/// `GET /` to `address` from `netns`: the status code and the body.
+pub fn http_get(netns: &Netns, address: SocketAddr) -> anyhow::Result<(u16, String)> {
+    joined(in_netns(netns, move || {
+        // The port opens just after the Service is programmed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut stream = loop {
+            match std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                connected => break connected?,
+            }
+        };
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        Ok((status, body.to_string()))
+    }))
+}
+
 /// Sends `bytes` from `client` over a fresh TCP connection to `address` and
 /// checks every byte comes back.
 pub fn tcp_exchange(client: &Netns, address: SocketAddr, bytes: usize) -> anyhow::Result<()> {

@@ -15,7 +15,9 @@ use dataplane_tests::{
     Cluster, ClusterSpec, Netns, NextHop,
     cluster::{EXTERNAL_HOST_IP, Node, Pod},
     cni::MainPlugin,
-    traffic::{in_netns, joined, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
+    traffic::{
+        http_get, in_netns, joined, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange,
+    },
 };
 use dataplane_user::model::Routing;
 use ipnetwork::Ipv4Network;
@@ -41,33 +43,6 @@ fn add_service(node: &Node, name: &str, ports: &[String]) -> anyhow::Result<Stri
 
 fn backend(pod: &Pod, port: u16) -> String {
     format!("{}:{port}", pod.ip)
-}
-
-/// `GET /` to `address` from `netns`: the status code and the body.
-fn http_get(netns: &Netns, address: SocketAddr) -> anyhow::Result<(u16, String)> {
-    joined(in_netns(netns, move || {
-        use std::io::{Read as _, Write as _};
-        // The port opens just after the Service is programmed.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut stream = loop {
-            match std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                connected => break connected?,
-            }
-        };
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-        Ok((status, body.to_string()))
-    }))
 }
 
 /// A UDP socket of `netns` (it stays there, whichever thread uses it).
