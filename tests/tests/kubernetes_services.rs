@@ -170,15 +170,17 @@ fn exchange(stream: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What one streaming connection did: its exchanges, its first error.
+type Streamed = (usize, Option<String>);
+
 /// `count` connections from `client` to `frontend` that each exchange a
-/// request every 20 ms until `stop`: what each did (exchanges, the first
-/// error).
+/// request every 20 ms until `stop`.
 fn streaming_clients(
     client: &Netns,
     frontend: SocketAddr,
     count: usize,
     stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<anyhow::Result<Vec<(usize, Option<String>)>>> {
+) -> thread::JoinHandle<anyhow::Result<Vec<Streamed>>> {
     in_netns(client, move || {
         let mut streams = Vec::new();
         for _ in 0..count {
