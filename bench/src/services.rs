@@ -17,6 +17,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use aya::maps::{HashMap, Map, MapData};
+use dataplane_common::{
+    Backend, FlowKey, MAX_SERVICE_FLOWS, ServiceFlow, conn_state, names, service_direction,
+};
 use dataplane_tests::{
     Cluster, ClusterSpec, Forwarding,
     cluster::CLUSTER_CIDR,
@@ -25,6 +29,7 @@ use dataplane_tests::{
     traffic::{EchoServers, connect_latency, connection_rate_to, request_response_to},
 };
 use dataplane_user::{
+    loader,
     maps::{Maps, backend_entry, service_key},
     model::{Frontend, Protocol, Scope},
 };
@@ -59,6 +64,10 @@ const CLIENTS: usize = 4;
 const FAKE_ENDPOINTS: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 0);
 /// How long a Service change may take to show before the run fails.
 const PROGRAMMING_TIMEOUT: Duration = Duration::from_secs(300);
+/// The churn row: this many Services (a namespace) deleted at once, with
+/// this many connections to them tracked.
+const CHURN_SERVICES: u32 = 50;
+const CHURN_CONNECTIONS: u32 = 10_000;
 
 /// The levels up to `--services-max` (1,000 with `--quick`).
 fn levels(settings: &Settings) -> &'static [u32] {
@@ -268,6 +277,60 @@ impl Dataplane {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
+    }
+
+    /// Records `count` established connections of made-up clients (from
+    /// 10.201.0.0 on, `first` the first's number) to `service`'s first
+    /// backend in the programs' connection table, both halves, as the
+    /// programs write them.
+    fn track_connections(
+        &self,
+        service: &ServicePort,
+        first: u32,
+        count: u32,
+    ) -> anyhow::Result<()> {
+        let pin = loader::pin_directory(&self.node.cluster.nodes[0].bpf_root()?)
+            .join(names::SERVICE_FLOWS_MAP);
+        let mut flows: HashMap<MapData, FlowKey, ServiceFlow> =
+            HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pin)?))?;
+        let backend = backend_entry(service.endpoints[0]);
+        let frontend = Backend {
+            address: service.cluster_ip.octets(),
+            port: service.port.to_be_bytes(),
+            _pad: [0; 2],
+        };
+        let now = dataplane_user::nat::monotonic_now_ns();
+        for number in first..first + count {
+            let client = (u32::from(Ipv4Addr::new(10, 201, 0, 0)) + number / 50_000).to_be_bytes();
+            let port = (10_000 + number % 50_000) as u16;
+            let forward = FlowKey {
+                src: client,
+                dst: frontend.address,
+                src_port: port.to_be_bytes(),
+                dst_port: frontend.port,
+                protocol: 6,
+                direction: service_direction::TO_BACKEND,
+                _pad: [0; 2],
+            };
+            let reply = FlowKey {
+                src: backend.address,
+                dst: client,
+                src_port: backend.port,
+                dst_port: forward.src_port,
+                direction: service_direction::TO_CLIENT,
+                ..forward
+            };
+            let half = |target| ServiceFlow {
+                target,
+                client,
+                state: conn_state::ESTABLISHED,
+                last_seen_ns: now,
+                ..ServiceFlow::default()
+            };
+            flows.insert(reply, half(frontend), 0)?;
+            flows.insert(forward, half(backend), 0)?;
+        }
+        Ok(())
     }
 
     /// The agent's resident memory and its maps' (memlock, each map once).
@@ -560,6 +623,8 @@ pub fn run(
         }
         comparisons.extend(rows.into_iter().flatten());
     }
+    let tracked = tracked_table_rows(&mut dataplane, written)?;
+    progress.step("Services with connections tracked", &tracked);
     let (rss, map_bytes) = dataplane.footprint()?;
     let note = format!(
         "Services footprint at {} Services x {ENDPOINTS} endpoints: the agent's resident memory \
@@ -569,5 +634,56 @@ pub fn run(
         map_bytes as f64 / 1e6
     );
     progress.step("Services footprint", &note);
-    Ok((comparisons, vec![note]))
+    Ok((comparisons, vec![tracked, note]))
+}
+
+/// What a change costs with connections tracked (this dataplane only:
+/// kube-proxy's rule writes do not depend on conntrack): one endpoint
+/// change with the connection table full, and the catch-up after a
+/// namespace of `CHURN_SERVICES` Services is deleted with
+/// `CHURN_CONNECTIONS` connections to them tracked (time from the
+/// deletions to an endpoint change sent after them being in force).
+fn tracked_table_rows(dataplane: &mut Dataplane, written: u32) -> anyhow::Result<String> {
+    let measured = written - 1;
+    let empty = dataplane.change(measured)?;
+    dataplane.track_connections(
+        &dataplane.node.services[measured as usize],
+        0,
+        MAX_SERVICE_FLOWS / 2,
+    )?;
+    let full = dataplane.change(measured)?;
+    let churned = CHURN_SERVICES.min(measured);
+    let per_service = CHURN_CONNECTIONS / churned.max(1);
+    for index in 0..churned {
+        dataplane.track_connections(
+            &dataplane.node.services[index as usize],
+            index * per_service,
+            per_service,
+        )?;
+    }
+    move_first_endpoint(&mut dataplane.node.services[measured as usize]);
+    let started = Instant::now();
+    for index in 0..churned {
+        dataplane
+            .kubernetes
+            .delete(Resource::Services, &format!("bench/svc{index}"));
+        dataplane
+            .kubernetes
+            .delete(Resource::EndpointSlices, &format!("bench/svc{index}-0"));
+    }
+    let service = &dataplane.node.services[measured as usize];
+    dataplane.apply_slices(service);
+    let catch_up = dataplane.until_programmed(service, started)?;
+    Ok(format!(
+        "Services with connections tracked, at {} Services: one endpoint change in force in \
+         {:.2} ms with the connection table full ({} halves), {:.2} ms with it empty; after \
+         deleting {churned} Services with {} connections to them tracked, an endpoint change \
+         sent right after was in force in {:.1} ms (the deletions included).",
+        thousands(written),
+        full * 1e3,
+        MAX_SERVICE_FLOWS,
+        empty * 1e3,
+        thousands(per_service * churned),
+        catch_up * 1e3,
+    ))
 }

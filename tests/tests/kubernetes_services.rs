@@ -627,3 +627,64 @@ fn an_endpoint_change_is_in_force_at_once_with_the_connection_table_full() -> an
     );
     Ok(())
 }
+
+#[test]
+fn topology_aware_routing_prefers_endpoints_hinted_for_the_nodes_zone() -> anyhow::Result<()> {
+    // trafficDistribution: PreferClose; the EndpointSlice controller hints
+    // each endpoint for a zone, and kube-proxy on a node of zone-a uses
+    // zone-a's only (all of them when any lacks a hint).
+    let lab = Lab::new(3, "")?;
+    let (client, near, far) = (lab.pod(0), lab.pod(1), lab.pod(2));
+    let node = lab.node();
+    lab.api.apply(
+        Resource::Nodes,
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n0", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+            "spec": {"podCIDR": node.pod_cidr.to_string(),
+                     "podCIDRs": [node.pod_cidr.to_string()]},
+            "status": {"addresses": [{"type": "InternalIP", "address": node.ip.to_string()}]},
+        }),
+    );
+    lab.api.apply(
+        Resource::Services,
+        service(
+            "shop",
+            "web",
+            CLUSTER_IP,
+            json!({"spec": {"trafficDistribution": "PreferClose"}}),
+        ),
+    );
+    let mut hinted = slice(
+        "shop",
+        "web",
+        &[(near.ip, Condition::Ready), (far.ip, Condition::Ready)],
+    );
+    hinted["endpoints"][0]["hints"] = json!({"forZones": [{"name": "zone-a"}]});
+    hinted["endpoints"][1]["hints"] = json!({"forZones": [{"name": "zone-b"}]});
+    lab.api.apply(Resource::EndpointSlices, hinted.clone());
+    let (near_backend, far_backend) = (
+        format!("{}:{BACKEND_PORT}", near.ip),
+        format!("{}:{BACKEND_PORT}", far.ip),
+    );
+    lab.until_programmed(|map| map.contains(&near_backend) && !map.contains(&far_backend))?;
+    let _servers: Vec<EchoServers> = [near, far]
+        .iter()
+        .map(|pod| EchoServers::start(&pod.netns, pod.ip, [BACKEND_PORT], 10, None))
+        .collect::<anyhow::Result<_>>()?;
+    let landed = where_new_connections_land(
+        &client.netns,
+        SocketAddr::from((CLUSTER_IP, 80)),
+        10,
+        &[near, far],
+    )?;
+    assert_eq!(landed, [10, 0], "all to the zone's endpoint");
+    // A hint missing: every endpoint serves.
+    hinted["endpoints"][1]
+        .as_object_mut()
+        .expect("an endpoint object")
+        .remove("hints");
+    lab.api.apply(Resource::EndpointSlices, hinted);
+    lab.until_programmed(|map| map.contains(&near_backend) && map.contains(&far_backend))?;
+    Ok(())
+}

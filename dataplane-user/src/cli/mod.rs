@@ -222,6 +222,7 @@ impl std::str::FromStr for PortArg {
             protocol,
             backends,
             terminating_backends: Vec::new(),
+            zone_hints: Default::default(),
             node_port,
         }))
     }

@@ -155,7 +155,11 @@ async fn watch(
     Ok(())
 }
 
-/// A remote node's name and spec; for this node, sends its pod CIDR instead.
+/// The zone a node is in (topology-aware routing prefers endpoints hinted for it).
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A remote node's name and spec; for this node, sends its pod CIDR and
+/// zone instead.
 async fn remote(
     state: &StateHandle,
     this_node: &ThisNode,
@@ -164,7 +168,17 @@ async fn remote(
     let name = node.metadata.name.clone()?;
     let spec = node_spec(node)?;
     if name == this_node.name || Some(spec.ip) == this_node.ip {
-        let _ = state.tell(Command::LocalPodCidr(spec.pod_cidr)).await;
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(ZONE_LABEL))
+            .cloned();
+        let local = Command::LocalNode {
+            pod_cidr: spec.pod_cidr,
+            zone,
+        };
+        let _ = state.tell(local).await;
         return None;
     }
     Some((name, spec))

@@ -83,12 +83,13 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
             // SCTP is not balanced: its frontend is not programmed.
             let protocol = protocol(port.protocol.as_deref())?;
             let port_name = port.name.as_deref().unwrap_or_default();
-            let (ready, terminating) = backends(slices, port_name, protocol, publish_not_ready);
+            let found = backends(slices, port_name, protocol, publish_not_ready);
             Some(ServicePort {
                 port: u16::try_from(port.port).ok()?,
                 protocol,
-                backends: at_most_max(&name, port.port, ready),
-                terminating_backends: at_most_max(&name, port.port, terminating),
+                backends: at_most_max(&name, port.port, found.ready),
+                terminating_backends: at_most_max(&name, port.port, found.terminating),
+                zone_hints: found.zone_hints,
                 // Set for NodePort and LoadBalancer Services (unless their
                 // node ports are switched off).
                 node_port: port.node_port.and_then(|port| u16::try_from(port).ok()),
@@ -128,7 +129,8 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
 /// The first `MAX_BACKENDS_PER_SERVICE` of `backends` (in address order):
 /// a Service larger than one frontend may be is served by that many, with a
 /// warning, never dropped.
-fn at_most_max(service: &str, port: i32, mut backends: Vec<SocketAddrV4>) -> Vec<SocketAddrV4> {
+fn at_most_max(service: &str, port: i32, backends: BTreeSet<SocketAddrV4>) -> Vec<SocketAddrV4> {
+    let mut backends: Vec<SocketAddrV4> = backends.into_iter().collect();
     let max = MAX_BACKENDS_PER_SERVICE as usize;
     if backends.len() > max {
         warn!(
@@ -174,15 +176,25 @@ fn protocol(name: Option<&str>) -> Option<Protocol> {
     }
 }
 
+/// The endpoints of one Service port, as the model takes them.
+#[derive(Default)]
+struct PortEndpoints {
+    ready: BTreeSet<SocketAddrV4>,
+    terminating: BTreeSet<SocketAddrV4>,
+    /// The zones each ready one is hinted for.
+    zone_hints: BTreeMap<SocketAddrV4, BTreeSet<String>>,
+}
+
 /// The backends of the Service port `port_name`: the ready endpoints (or
-/// all, to publish not-ready ones), and the serving terminating ones.
+/// all, to publish not-ready ones) with their zone hints, and the serving
+/// terminating ones.
 fn backends(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol_wanted: Protocol,
     publish_not_ready: bool,
-) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
-    let (mut ready, mut terminating) = (BTreeSet::new(), BTreeSet::new());
+) -> PortEndpoints {
+    let mut found = PortEndpoints::default();
     for slice in slices.iter().filter(|slice| slice.address_type == "IPv4") {
         let target = slice.ports.iter().flatten().find(|port| {
             port.name.as_deref().unwrap_or_default() == port_name
@@ -209,16 +221,19 @@ fn backends(
             let serving = conditions.serving.unwrap_or(true);
             let backend = SocketAddrV4::new(address, target);
             if is_ready || publish_not_ready {
-                ready.insert(backend);
+                found.ready.insert(backend);
+                let zones = endpoint
+                    .hints
+                    .iter()
+                    .flat_map(|hints| hints.for_zones.iter().flatten())
+                    .map(|zone| zone.name.clone());
+                found.zone_hints.entry(backend).or_default().extend(zones);
             } else if serving && conditions.terminating == Some(true) {
-                terminating.insert(backend);
+                found.terminating.insert(backend);
             }
         }
     }
-    (
-        ready.into_iter().collect(),
-        terminating.into_iter().collect(),
-    )
+    found
 }
 
 /// Follows the cluster's Services and EndpointSlices for as long as the agent runs.

@@ -69,13 +69,16 @@ pub struct HealthCheck {
 }
 
 /// What the Services' frontends depend on of the node they are served on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServingNode {
     /// Backends at it are this node's (hostNetwork pods).
     pub ip: Option<Ipv4Addr>,
     /// Backends in it (or at the node IP) are this node's, for the Local
     /// traffic policies.
     pub pod_cidr: Option<Ipv4Network>,
+    /// The node's `topology.kubernetes.io/zone`: endpoints hinted for it
+    /// are preferred (topology-aware routing).
+    pub zone: Option<String>,
 }
 
 impl ServingNode {
@@ -99,6 +102,11 @@ pub struct ServicePort {
     /// unreachable).
     #[serde(default)]
     pub backends: Vec<SocketAddrV4>,
+    /// The zones the EndpointSlice controller hinted each ready backend for
+    /// (`trafficDistribution: PreferClose`, topology-aware hints); from
+    /// Kubernetes only.
+    #[serde(skip)]
+    pub zone_hints: BTreeMap<SocketAddrV4, BTreeSet<String>>,
     /// Endpoints that still serve while terminating: given new connections
     /// only where no backend is ready (KEP-1669), across the cluster, or on
     /// this node for the Local traffic policies. Their connections under
@@ -109,6 +117,31 @@ pub struct ServicePort {
     /// for clients outside the cluster too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+}
+
+impl ServicePort {
+    /// The `ready` backends hinted for `zone`, as kube-proxy prefers them
+    /// for the Cluster traffic policies: only when the node's zone is known,
+    /// every ready backend has a hint and some are for the zone (otherwise
+    /// all of them, so a half-rolled-out hint set never strands a zone).
+    fn in_zone(&self, ready: Backends, zone: Option<&str>) -> Backends {
+        let Some(zone) = zone else {
+            return ready;
+        };
+        let hinted = |backend: &SocketAddrV4| self.zone_hints.get(backend);
+        if ready
+            .iter()
+            .any(|backend| hinted(backend).is_none_or(BTreeSet::is_empty))
+        {
+            return ready;
+        }
+        let close: Backends = ready
+            .iter()
+            .copied()
+            .filter(|backend| hinted(backend).is_some_and(|zones| zones.contains(zone)))
+            .collect();
+        if close.is_empty() { ready } else { close }
+    }
 }
 
 /// The transport protocols Services are balanced for (SCTP is refused).
@@ -219,10 +252,10 @@ impl ServiceSpec {
     /// node ports need one), and where each leads: every port on the
     /// Service address and each external address, and on the node IP at its
     /// node port.
-    pub fn frontends(
-        &self,
-        node: ServingNode,
-    ) -> impl Iterator<Item = (Frontend, FrontendTarget)> + '_ {
+    pub fn frontends<'a>(
+        &'a self,
+        node: &'a ServingNode,
+    ) -> impl Iterator<Item = (Frontend, FrontendTarget)> + 'a {
         self.ports.iter().flat_map(move |port| {
             let ready: Backends = port.backends.iter().copied().collect();
             let terminating: Backends = port.terminating_backends.iter().copied().collect();
@@ -238,7 +271,7 @@ impl ServiceSpec {
                 if ready.is_empty() { terminating } else { ready }
             };
             let local = or_terminating(on_node(&ready), on_node(&terminating));
-            let all = or_terminating(ready, terminating);
+            let all = or_terminating(port.in_zone(ready, node.zone.as_deref()), terminating);
             let target = |backends: &Backends, outside_local: bool| FrontendTarget {
                 backends: backends.clone(),
                 affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
@@ -450,6 +483,7 @@ impl Services {
             return Vec::new();
         }
         self.node = node;
+        let node = &self.node;
         let mut touched: Vec<Frontend> = self.effective.keys().copied().collect();
         for (source, services) in &self.contributed {
             let claimed = self.by_source.entry(*source).or_default();
@@ -514,7 +548,7 @@ impl Services {
             return Vec::new();
         };
         service
-            .frontends(self.node)
+            .frontends(&self.node)
             .filter_map(|(frontend, _)| {
                 let ((_, served), _) = claimed.get(&frontend)?.first_key_value()?;
                 (*served != service.name).then(|| (frontend, served.clone()))
@@ -564,7 +598,7 @@ impl Services {
         if let Some(claimed) = self.by_source.get(&source)
             && source != Source::Kubernetes
         {
-            for (frontend, _) in service.frontends(self.node) {
+            for (frontend, _) in service.frontends(&self.node) {
                 if let Some((_, owner)) = claimed
                     .get(&frontend)
                     .into_iter()
@@ -595,7 +629,7 @@ impl Services {
             if source == Source::Kubernetes {
                 continue;
             }
-            for (frontend, _) in service.frontends(self.node) {
+            for (frontend, _) in service.frontends(&self.node) {
                 if let Some(owner) = claimed.insert(frontend, &service.name) {
                     return Err(conflict(frontend, &service.name, owner));
                 }
@@ -644,7 +678,7 @@ impl Services {
         let claimed = self.by_source.entry(source).or_default();
         let seniority = service.seniority();
         service
-            .frontends(self.node)
+            .frontends(&self.node)
             .map(|(frontend, _)| {
                 if let Some(claims) = claimed.get_mut(&frontend) {
                     claims.remove(&seniority);
@@ -662,7 +696,7 @@ impl Services {
         let claimed = self.by_source.entry(source).or_default();
         let seniority = service.seniority();
         let frontends = service
-            .frontends(self.node)
+            .frontends(&self.node)
             .map(|(frontend, target)| {
                 claimed
                     .entry(frontend)

@@ -188,6 +188,7 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
                 .map(|backend| backend.parse().unwrap())
                 .collect(),
             terminating_backends: Vec::new(),
+            zone_hints: BTreeMap::new(),
             node_port: None,
         }],
         session_affinity_seconds: None,
@@ -216,8 +217,9 @@ fn node_ports_and_external_addresses_are_frontends_of_the_same_backends() {
     let node = ServingNode {
         ip: Some(node_ip),
         pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+        zone: None,
     };
-    let mut services = Services::on_node(node);
+    let mut services = Services::on_node(node.clone());
     let mut touched = services.upsert(Source::Api, web.clone()).unwrap();
     touched.sort();
     let every_node = Ipv4Addr::UNSPECIFIED;
@@ -256,7 +258,7 @@ fn node_ports_and_external_addresses_are_frontends_of_the_same_backends() {
     local.ports[0].node_port = Some(30081);
     local.external_traffic_local = true;
     local.internal_traffic_local = true;
-    let frontends: BTreeMap<Frontend, FrontendTarget> = local.frontends(node).collect();
+    let frontends: BTreeMap<Frontend, FrontendTarget> = local.frontends(&node).collect();
     let node_port = at(every_node, 30081);
     let outside = Frontend {
         scope: Scope::OutsideLocal,
@@ -271,7 +273,7 @@ fn node_ports_and_external_addresses_are_frontends_of_the_same_backends() {
     // A pod CIDR learned late moves the local backends.
     let mut services = Services::on_node(ServingNode {
         pod_cidr: None,
-        ..node
+        ..node.clone()
     });
     services.upsert(Source::Api, local).unwrap();
     assert!(services.frontends()[&outside].backends.is_empty());
@@ -398,6 +400,7 @@ fn health_checks_follow_the_services_that_ask_for_one() {
     let node = ServingNode {
         ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
         pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+        zone: None,
     };
     let checked = |name: &str, port: u16| {
         let mut spec = service(name, 80, &["10.244.0.2:8080", "10.244.1.2:8080"]);
@@ -517,6 +520,7 @@ fn terminating_endpoints_serve_where_none_is_ready_per_traffic_policy_and_are_no
     let node = ServingNode {
         ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
         pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+        zone: None,
     };
     // A ready endpoint on another node, a terminating one here.
     let mut spec = service("web", 80, &["10.244.1.2:8080"]);
@@ -562,4 +566,42 @@ fn terminating_endpoints_serve_where_none_is_ready_per_traffic_policy_and_are_no
         backends_at(&services, [0; 4], 30080, Scope::Everyone),
         ["10.244.0.2:8080"]
     );
+}
+
+#[test]
+fn endpoints_hinted_for_the_nodes_zone_are_preferred_where_every_one_has_a_hint() {
+    let in_zone = |zone: Option<&str>| ServingNode {
+        ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+        pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+        zone: zone.map(Into::into),
+    };
+    let mut spec = service("web", 80, &["10.244.1.2:8080", "10.244.2.2:8080"]);
+    let hint = |spec: &mut ServiceSpec, backend: &str, zone: &str| {
+        spec.ports[0]
+            .zone_hints
+            .entry(backend.parse().unwrap())
+            .or_default()
+            .insert(zone.to_string());
+    };
+    hint(&mut spec, "10.244.1.2:8080", "zone-a");
+    hint(&mut spec, "10.244.2.2:8080", "zone-b");
+    let mut services = Services::on_node(in_zone(Some("zone-a")));
+    services.upsert(Source::Kubernetes, spec.clone()).unwrap();
+    let served = |services: &Services| services.frontends()[&frontend(80)].backends.len();
+    assert_eq!(served(&services), 1, "only zone-a's");
+    // The node's zone changes: the frontends follow.
+    assert_eq!(
+        services.serve_on(in_zone(Some("zone-c"))),
+        vec![frontend(80)]
+    );
+    assert_eq!(served(&services), 2, "none for zone-c: all of them");
+    services.serve_on(in_zone(None));
+    assert_eq!(served(&services), 2, "zone unknown: all of them");
+    // One endpoint without a hint (a half-updated slice): all of them.
+    services.serve_on(in_zone(Some("zone-a")));
+    spec.ports[0]
+        .backends
+        .push("10.244.3.2:8080".parse().unwrap());
+    services.upsert(Source::Kubernetes, spec).unwrap();
+    assert_eq!(served(&services), 3);
 }

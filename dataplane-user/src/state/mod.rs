@@ -76,8 +76,11 @@ pub enum Command {
     Services(Reply<Vec<ServiceEntry>>),
     /// The frontends as programmed, and the connection entries tracked.
     ServiceMaps(Reply<(Vec<FrontendEntry>, usize)>),
-    /// This node's pod CIDR, learned from its Node object.
-    LocalPodCidr(Ipv4Network),
+    /// This node's pod CIDR and zone, learned from its Node object.
+    LocalNode {
+        pod_cidr: Ipv4Network,
+        zone: Option<String>,
+    },
     Status(Reply<Status>),
     Endpoints(Reply<Vec<EndpointEntry>>),
     Nodes(Reply<Vec<NodeEntry>>),

@@ -105,6 +105,7 @@ impl Owner {
         let node = ServingNode {
             ip: facts.settings.node_ip,
             pod_cidr: facts.settings.pod_cidr,
+            zone: None,
         };
         let services = pinned_services(&dataplane, node);
         // The MACs an earlier agent learned stand until the neighbour table
@@ -219,8 +220,8 @@ impl Owner {
             }
             Command::Services(reply) => answer(reply, Ok(self.service_entries())),
             Command::ServiceMaps(reply) => answer(reply, Ok(self.frontend_entries())),
-            Command::LocalPodCidr(pod_cidr) => {
-                if let Err(error) = self.set_local_pod_cidr(pod_cidr) {
+            Command::LocalNode { pod_cidr, zone } => {
+                if let Err(error) = self.set_local_node(pod_cidr, zone) {
                     warn!("applying this node's pod CIDR {pod_cidr}: {error:#}");
                 }
             }
@@ -667,18 +668,23 @@ impl Owner {
         self.dataplane.remove_stale_links()
     }
 
-    fn set_local_pod_cidr(&mut self, pod_cidr: Ipv4Network) -> anyhow::Result<()> {
-        if self.facts.settings.pod_cidr == Some(pod_cidr) {
-            return Ok(());
+    fn set_local_node(
+        &mut self,
+        pod_cidr: Ipv4Network,
+        zone: Option<String>,
+    ) -> anyhow::Result<()> {
+        if self.facts.settings.pod_cidr != Some(pod_cidr) {
+            self.facts.node_config.pod_cidr = ipv4_cidr(pod_cidr);
+            self.dataplane.set_node_config(self.facts.node_config)?;
+            self.facts.settings.pod_cidr = Some(pod_cidr);
+            info!(%pod_cidr, "this node's pod CIDR");
         }
-        self.facts.node_config.pod_cidr = ipv4_cidr(pod_cidr);
-        self.dataplane.set_node_config(self.facts.node_config)?;
-        self.facts.settings.pod_cidr = Some(pod_cidr);
-        info!(%pod_cidr, "this node's pod CIDR");
-        // Which backends are this node's (the Local traffic policies).
+        // Which backends are this node's (the Local traffic policies), and
+        // which are close (topology-aware routing).
         let changed = self.services.serve_on(ServingNode {
             ip: self.facts.settings.node_ip,
             pod_cidr: Some(pod_cidr),
+            zone,
         });
         self.program_services(&changed)
     }
@@ -739,6 +745,7 @@ fn pinned_services(dataplane: &Dataplane, node: ServingNode) -> Services {
                 protocol: frontend.protocol,
                 backends: programmed.backends.iter().map(backend_address).collect(),
                 terminating_backends: Vec::new(),
+                zone_hints: BTreeMap::new(),
             }],
             session_affinity_seconds: (programmed.affinity_seconds != 0)
                 .then_some(programmed.affinity_seconds),
