@@ -22,6 +22,7 @@ pub mod names {
     pub const SERVICES_MAP: &str = "SERVICES";
     pub const BACKENDS_MAP: &str = "BACKENDS";
     pub const SERVING_MAP: &str = "SERVING";
+    pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
     pub const SERVICE_FLOWS_MAP: &str = "SERVICE_FLOWS";
     pub const AFFINITY_MAP: &str = "AFFINITY";
     pub const SOCKET_FLOWS_MAP: &str = "SOCKET_FLOWS";
@@ -82,6 +83,10 @@ pub const MAX_BACKEND_SLOTS: u32 = 655_360;
 /// is 5,000 nodes of 110 pods, so more is a frontend taking a tenth of
 /// every slot there is).
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 65_536;
+
+/// Source ranges of all load balancer frontends together
+/// (`loadBalancerSourceRanges`).
+pub const MAX_SOURCE_RANGES: u32 = 65_536;
 
 /// Both halves of the connections to Services being tracked (LRU).
 pub const MAX_SERVICE_FLOWS: u32 = 262_144;
@@ -531,6 +536,20 @@ pub mod frontend_scope {
 pub mod service_flags {
     /// Outside clients are served by the frontend's `OUTSIDE_LOCAL` entry.
     pub const OUTSIDE_LOCAL: u8 = 1;
+    /// New connections only from clients in the frontend's `SOURCE_RANGES`
+    /// (a load balancer IP with `loadBalancerSourceRanges`).
+    pub const SOURCE_RANGES: u8 = 2;
+}
+
+/// A client range of a frontend: the data of a `SOURCE_RANGES` LPM key,
+/// whose prefix is 32 (the whole id) plus the range's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SourceRangeKey {
+    /// The frontend entry's `ServiceValue::id`, big-endian (prefix order).
+    pub service_id: [u8; 4],
+    pub address: Ipv4Octets,
 }
 
 /// A frontend's backends: `BACKENDS` entries `{id, 0..backend_count}`.
@@ -878,6 +897,9 @@ counters! {
     /// not on the uplink's network: another underlay host, or a node
     /// speaking for pods it does not own.
     drop DropDirectUnverified = "direct_unverified";
+    /// A new connection to a load balancer IP from a client outside the
+    /// Service's `loadBalancerSourceRanges` (kube-proxy drops these too).
+    drop DropServiceSourceRange = "service_source_range";
 }
 
 impl Counter {
@@ -907,6 +929,7 @@ mod user {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::ServiceFlow {}
     unsafe impl aya::Pod for super::ServingKey {}
+    unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::SocketFlowKey {}
     unsafe impl aya::Pod for super::Affinity {}
@@ -924,7 +947,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 51);
+        assert_eq!(Counter::COUNT, 52);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 

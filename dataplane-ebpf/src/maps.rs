@@ -13,8 +13,9 @@ use dataplane_common::{
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
     MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
-    MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat, RemoteNode,
-    ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, TAIL_CALL_SLOTS,
+    MAX_SOURCE_RANGES, MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat,
+    RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey,
+    TAIL_CALL_SLOTS,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -72,6 +73,12 @@ pub static BACKENDS: HashMap<BackendKey, Backend> =
 #[map(name = "SERVING")]
 pub static SERVING: HashMap<ServingKey, u8> =
     HashMap::pinned(MAX_BACKEND_SLOTS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The client ranges of frontends with `service_flags::SOURCE_RANGES`;
+/// written by the agent only.
+#[map(name = "SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::pinned(MAX_SOURCE_RANGES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Both halves of every connection to a Service. LRU: connections nobody
 /// uses any more give way to new ones without the agent's help.
@@ -165,6 +172,16 @@ pub fn is_serving(service_id: u32, backend: Backend) -> bool {
     };
     // SAFETY: only presence is read.
     unsafe { SERVING.get(key).is_some() }
+}
+
+/// Whether frontend `service_id` takes new connections from `client`.
+#[inline(always)]
+pub fn in_source_ranges(service_id: u32, client: Ipv4Octets) -> bool {
+    let key = SourceRangeKey {
+        service_id: service_id.to_be_bytes(),
+        address: client,
+    };
+    SOURCE_RANGES.get(Key::new(64, key)).is_some()
 }
 
 #[inline(always)]

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, FragmentKey, HAIRPIN_SOURCE,
     Ipv4Octets, NODE_PORT_ADDRESS, NodeConfig, ServiceFlow, ServiceKey, ServiceValue, conn_state,
-    frontend_scope, service_direction,
+    frontend_scope, service_direction, service_flags,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -37,8 +37,8 @@ use crate::{
     icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
     ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
     maps::{
-        AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, is_host_address, is_serving, node_config,
-        remote_node,
+        AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, in_source_ranges, is_host_address, is_serving,
+        node_config, remote_node,
     },
     packet::{IP_AT, L4_AT, header, load},
     rewrite::{
@@ -530,10 +530,14 @@ fn remember_affinity(service: &ServiceValue, client: Ipv4Octets, backend: Backen
     let _ = AFFINITY.insert(key, affinity, u64::from(BPF_ANY));
 }
 
-/// The backend for a new connection of `client` to `service`: its sticky
-/// one with session affinity, else one at random.
+/// The backend for a new connection of `client` to `service` (a client
+/// outside the frontend's source ranges has none): its sticky one with
+/// session affinity, else one at random.
 #[inline(always)]
 pub fn choose_backend(service: &ServiceValue, client: Ipv4Octets) -> Outcome<Backend> {
+    if service.flags & service_flags::SOURCE_RANGES != 0 && !in_source_ranges(service.id, client) {
+        return Err(Counter::DropServiceSourceRange);
+    }
     if service.backend_count == 0 {
         return Err(Counter::DropServiceNoBackend);
     }

@@ -688,3 +688,66 @@ fn topology_aware_routing_prefers_endpoints_hinted_for_the_nodes_zone() -> anyho
     lab.until_programmed(|map| map.contains(&near_backend) && map.contains(&far_backend))?;
     Ok(())
 }
+
+#[test]
+fn load_balancer_source_ranges_admit_only_the_clients_in_them() -> anyhow::Result<()> {
+    // "should only allow access from service loadbalancer source ranges":
+    // the load balancer's IP serves clients in the ranges; the node port
+    // and the ClusterIP are not limited by them.
+    let lab = Lab::new(2, "")?;
+    let (node, server) = (lab.node(), lab.pod(1));
+    let load_balancer = Ipv4Addr::new(198, 51, 100, 50);
+    let balanced = |ranges: Value| {
+        let mut object = service(
+            "shop",
+            "lb",
+            CLUSTER_IP,
+            json!({"spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ranges,
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP",
+                           "targetPort": "http", "nodePort": 30102}]}}),
+        );
+        object["status"] =
+            json!({"loadBalancer": {"ingress": [{"ip": load_balancer.to_string()}]}});
+        object
+    };
+    lab.api
+        .apply(Resource::Services, balanced(json!(["100.64.0.0/10"])));
+    lab.api.apply(
+        Resource::EndpointSlices,
+        slice("shop", "lb", &[(server.ip, Condition::Ready)]),
+    );
+    lab.until_programmed(|map| map.contains(&load_balancer.to_string()))?;
+    let _server = EchoServers::start(&server.netns, server.ip, [BACKEND_PORT], 8, None)?;
+    let cluster = &lab.cluster;
+    cluster.gateway.add_route(
+        Ipv4Network::new(load_balancer, 32)?,
+        NextHop::Gateway(node.ip),
+    )?;
+    let reaches = |frontend: SocketAddr| {
+        joined(in_netns(&cluster.external, move || {
+            Ok(TcpStream::connect_timeout(&frontend, Duration::from_secs(1)).is_ok())
+        }))
+    };
+    let at_load_balancer = SocketAddr::from((load_balancer, 80));
+    assert!(
+        !reaches(at_load_balancer)?,
+        "the outside host is not in 100.64.0.0/10"
+    );
+    assert!(
+        node.counter("drop_service_source_range")? >= 1,
+        "{:?}",
+        node.counters()?
+    );
+    assert!(
+        reaches(SocketAddr::from((node.ip, 30102)))?,
+        "the node port is not limited"
+    );
+    // Its range added: served.
+    lab.api.apply(
+        Resource::Services,
+        balanced(json!(["100.64.0.0/10", "203.0.113.0/24"])),
+    );
+    let admitted = eventually(WATCH_TIMEOUT, || reaches(at_load_balancer))?;
+    assert!(admitted, "{}", node.agent_log());
+    Ok(())
+}

@@ -15,6 +15,7 @@ use dataplane_common::{
     NodeConfig, ServiceFlow, ServiceKey, conn_state, frontend_scope, names, service_flags,
 };
 use dataplane_tests::test_run::*;
+use ipnetwork::Ipv4Network;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT_PORT: u16 = 40123;
@@ -906,4 +907,66 @@ fn an_outside_client_of_a_node_port_without_endpoints_is_refused_at_once() {
     assert_checksums_valid(&reply);
     assert_eq!(fixture.counter("drop_service_no_backend"), 1);
     assert_eq!(fixture.counter("masqueraded"), 0);
+}
+
+#[test]
+fn a_load_balancer_ip_with_source_ranges_takes_new_connections_only_from_them() {
+    let load_balancer = Ipv4Addr::new(203, 0, 113, 50);
+    let mut fixture = with_service(&[]);
+    let key = ServiceKey {
+        address: load_balancer.octets(),
+        ..frontend(80, 6)
+    };
+    let to_load_balancer = |port: u16| {
+        ipv4_packet(
+            POD_A_IP,
+            load_balancer,
+            6,
+            &tcp((POD_A_IP, port), (load_balancer, 80), TCP_SYN),
+        )
+    };
+    let elsewhere: Ipv4Network = "198.51.100.0/24".parse().unwrap();
+    let pods: Ipv4Network = "10.244.0.0/24".parse().unwrap();
+    let services = &mut fixture.maps.services;
+    services
+        .set_source_ranges(4, (&[], &[elsewhere]), true)
+        .unwrap();
+    services
+        .program(
+            key,
+            4,
+            (&[], &[backend(POD_B_IP, 8080)]),
+            0,
+            service_flags::SOURCE_RANGES,
+        )
+        .unwrap();
+    let (verdict, _) = fixture.run(&to_load_balancer(CLIENT_PORT));
+    assert_eq!(verdict, TC_ACT_SHOT, "pod A is outside the ranges");
+    assert_eq!(fixture.counter("drop_service_source_range"), 1);
+
+    fixture
+        .maps
+        .services
+        .set_source_ranges(4, (&[elsewhere], &[elsewhere, pods]), true)
+        .unwrap();
+    let (verdict, out) = fixture.run(&to_load_balancer(CLIENT_PORT + 1));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(addresses(&out).1, (POD_B_IP, 8080), "in a range: served");
+    // A range taken away keeps the connection under way (its flow is kept).
+    fixture
+        .maps
+        .services
+        .set_source_ranges(4, (&[elsewhere, pods], &[elsewhere]), false)
+        .unwrap();
+    let later = ipv4_packet(
+        POD_A_IP,
+        load_balancer,
+        6,
+        &tcp((POD_A_IP, CLIENT_PORT + 1), (load_balancer, 80), TCP_ACK),
+    );
+    assert_eq!(fixture.run(&later).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        fixture.run(&to_load_balancer(CLIENT_PORT + 2)).0,
+        TC_ACT_SHOT
+    );
 }

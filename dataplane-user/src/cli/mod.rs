@@ -153,6 +153,14 @@ enum ServiceCommand {
         /// cluster too (an external or load balancer IP; repeat for more).
         #[arg(long = "external-ip")]
         external_ips: Vec<Ipv4Addr>,
+        /// A load balancer IP the ports are served on (repeat for more):
+        /// as an external IP, limited by --source-range.
+        #[arg(long = "load-balancer-ip")]
+        load_balancer_ips: Vec<Ipv4Addr>,
+        /// loadBalancerSourceRanges: only clients in these ranges reach the
+        /// load balancer IPs (repeat for more; none: everyone).
+        #[arg(long = "source-range")]
+        source_ranges: Vec<ipnetwork::Ipv4Network>,
         /// externalTrafficPolicy Local: outside clients reach only this
         /// node's backends, with their address kept.
         #[arg(long)]
@@ -343,6 +351,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ip,
             ports,
             external_ips,
+            load_balancer_ips,
+            source_ranges,
             affinity_seconds,
             external_traffic_local,
             internal_traffic_local,
@@ -354,6 +364,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ports: ports.into_iter().map(|PortArg(port)| port).collect(),
                 session_affinity_seconds: affinity_seconds,
                 external_ips,
+                load_balancer_ips,
+                source_ranges,
                 external_traffic_local,
                 internal_traffic_local,
                 health_check_node_port,

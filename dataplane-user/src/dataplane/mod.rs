@@ -65,6 +65,18 @@ pub struct Dataplane {
     next_service_id: u32,
 }
 
+/// How a frontend serves, beside its backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontendSettings {
+    /// ClientIP session affinity (0: none).
+    pub affinity_seconds: u32,
+    /// `service_flags::*`.
+    pub flags: u8,
+    /// The clients new connections are taken from, with
+    /// `service_flags::SOURCE_RANGES`.
+    pub source_ranges: Vec<Ipv4Network>,
+}
+
 impl Dataplane {
     /// Wraps a loaded object. Endpoints and nodes already in the (pinned) maps
     /// are kept in the mirrors but not attached: the caller decides to adopt
@@ -289,8 +301,8 @@ impl Dataplane {
         Ok(self.maps.services.slots()?)
     }
 
-    /// Makes the frontend `key` lead to `backends` with session affinity of
-    /// `affinity_seconds` and `flags` (`None`: removes it), in the slots
+    /// Makes the frontend `key` lead to `backends` with `settings` (`None`:
+    /// removes it), in the slots
     /// `plan_slots` gives. Costs what changed: connections to a departed
     /// backend are judged by the programs when they are used, never
     /// walked here.
@@ -298,13 +310,24 @@ impl Dataplane {
         &mut self,
         key: ServiceKey,
         backends: Option<&BTreeSet<Backend>>,
-        (affinity_seconds, flags): (u32, u8),
+        settings: FrontendSettings,
     ) -> Result<(), DataplaneError> {
+        let FrontendSettings {
+            affinity_seconds,
+            flags,
+            source_ranges,
+        } = settings;
         let current = self.services.get(&key).cloned();
         let old: &[Backend] = current.as_ref().map_or(&[], |service| &service.backends);
+        let old_ranges: &[Ipv4Network] = current
+            .as_ref()
+            .map_or(&[], |service| &service.source_ranges);
         match (&current, backends) {
             (Some(service), None) => {
                 self.maps.services.remove(key, service.id, old)?;
+                self.maps
+                    .services
+                    .set_source_ranges(service.id, (old_ranges, &[]), false)?;
                 self.services.remove(&key);
                 self.outside_local_frontends -= usize::from(key.scope != 0);
             }
@@ -319,9 +342,12 @@ impl Dataplane {
                     }
                 };
                 let slots = plan_slots(old, wanted);
+                let ranges = (old_ranges, source_ranges.as_slice());
+                self.maps.services.set_source_ranges(id, ranges, true)?;
                 self.maps
                     .services
                     .program(key, id, (old, &slots), affinity_seconds, flags)?;
+                self.maps.services.set_source_ranges(id, ranges, false)?;
                 let added = self
                     .services
                     .insert(
@@ -331,6 +357,7 @@ impl Dataplane {
                             backends: slots,
                             affinity_seconds,
                             flags,
+                            source_ranges,
                         },
                     )
                     .is_none();

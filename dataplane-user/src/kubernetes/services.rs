@@ -22,6 +22,7 @@ use std::{
 use anyhow::Context as _;
 use dataplane_common::MAX_BACKENDS_PER_SERVICE;
 use futures::StreamExt as _;
+use ipnetwork::Ipv4Network;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client,
@@ -112,6 +113,8 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
                     .unwrap_or(DEFAULT_AFFINITY_SECONDS)
             },
         ),
+        load_balancer_ips: load_balancer_ips(service, &external_ips(service)),
+        source_ranges: source_ranges(service),
         external_ips: external_ips(service),
         external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
@@ -144,28 +147,53 @@ fn at_most_max(service: &str, port: i32, backends: BTreeSet<SocketAddrV4>) -> Ve
     backends
 }
 
-/// `spec.externalIPs` and the load balancer's ingress IPs (IPv4), as
-/// kube-proxy serves them; an ingress whose `ipMode` is `Proxy` is reached
-/// through the load balancer's own proxy, not at its IP (KEP-1860).
+/// `spec.externalIPs` (IPv4), as kube-proxy serves them.
 fn external_ips(service: &Service) -> Vec<Ipv4Addr> {
-    let listed = service
-        .spec
-        .iter()
-        .flat_map(|spec| spec.external_ips.iter().flatten());
-    let balanced = service
-        .status
-        .iter()
-        .filter_map(|status| status.load_balancer.as_ref()?.ingress.as_ref())
-        .flatten()
-        .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
-        .filter_map(|ingress| ingress.ip.as_ref());
-    let mut addresses: Vec<Ipv4Addr> = listed
-        .chain(balanced)
-        .filter_map(|ip| ip.parse().ok())
-        .collect();
+    sorted_addresses(
+        service
+            .spec
+            .iter()
+            .flat_map(|spec| spec.external_ips.iter().flatten()),
+    )
+}
+
+/// The load balancer's ingress IPs (IPv4) that are not external IPs too;
+/// an ingress whose `ipMode` is `Proxy` is reached through the load
+/// balancer's own proxy, not at its IP (KEP-1860).
+fn load_balancer_ips(service: &Service, external: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    let mut addresses = sorted_addresses(
+        service
+            .status
+            .iter()
+            .filter_map(|status| status.load_balancer.as_ref()?.ingress.as_ref())
+            .flatten()
+            .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|ingress| ingress.ip.as_ref()),
+    );
+    addresses.retain(|address| !external.contains(address));
+    addresses
+}
+
+fn sorted_addresses<'a>(listed: impl Iterator<Item = &'a String>) -> Vec<Ipv4Addr> {
+    let mut addresses: Vec<Ipv4Addr> = listed.filter_map(|ip| ip.parse().ok()).collect();
     addresses.sort_unstable();
     addresses.dedup();
     addresses
+}
+
+/// `spec.loadBalancerSourceRanges` (IPv4; what does not parse is left out,
+/// as kube-proxy leaves it out).
+fn source_ranges(service: &Service) -> Vec<Ipv4Network> {
+    let mut ranges: Vec<Ipv4Network> = service
+        .spec
+        .iter()
+        .flat_map(|spec| spec.load_balancer_source_ranges.iter().flatten())
+        .filter_map(|range| range.trim().parse::<Ipv4Network>().ok())
+        .filter_map(|range| Ipv4Network::new(range.network(), range.prefix()).ok())
+        .collect();
+    ranges.sort_unstable();
+    ranges.dedup();
+    ranges
 }
 
 fn protocol(name: Option<&str>) -> Option<Protocol> {

@@ -226,6 +226,8 @@ impl Maps {
                 HashMap::try_from(take(names::BACKENDS_MAP)?)
                     .map_err(access(names::BACKENDS_MAP))?,
                 HashMap::try_from(take(names::SERVING_MAP)?).map_err(access(names::SERVING_MAP))?,
+                LpmTrie::try_from(take(names::SOURCE_RANGES_MAP)?)
+                    .map_err(access(names::SOURCE_RANGES_MAP))?,
             ),
         })
     }

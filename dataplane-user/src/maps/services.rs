@@ -4,12 +4,15 @@
 //! walks them.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use aya::maps::{HashMap, MapData, MapError};
-use dataplane_common::{Backend, BackendKey, ServiceKey, ServiceValue, ServingKey, names};
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use dataplane_common::{
+    Backend, BackendKey, ServiceKey, ServiceValue, ServingKey, SourceRangeKey, names,
+};
+use ipnetwork::Ipv4Network;
 
 use super::{MapsError, access, is_errno, removed};
 use crate::model::{Frontend, Protocol, Scope};
@@ -18,10 +21,12 @@ pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
     serving: HashMap<MapData, ServingKey, u8>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
 }
 
 /// A frontend as programmed: its id, its backends by slot, its session
-/// affinity (0: none).
+/// affinity (0: none), the clients it takes new connections from (empty:
+/// everyone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgrammedService {
     pub id: u32,
@@ -29,6 +34,7 @@ pub struct ProgrammedService {
     pub affinity_seconds: u32,
     /// `service_flags::*`.
     pub flags: u8,
+    pub source_ranges: Vec<Ipv4Network>,
 }
 
 impl ServiceMaps {
@@ -36,20 +42,24 @@ impl ServiceMaps {
         services: HashMap<MapData, ServiceKey, ServiceValue>,
         backends: HashMap<MapData, BackendKey, Backend>,
         serving: HashMap<MapData, ServingKey, u8>,
+        source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     ) -> Self {
         Self {
             services,
             backends,
             serving,
+            source_ranges,
         }
     }
 
     /// Every frontend with its backends, as the maps hold them.
     pub fn programmed(&self) -> Result<Vec<(ServiceKey, ProgrammedService)>, MapsError> {
+        let mut ranges = self.source_ranges()?;
         let mut programmed = Vec::new();
         for entry in self.services.iter() {
             let (key, value) = entry.map_err(access(names::SERVICES_MAP))?;
-            programmed.push((key, self.programmed_service(value)?));
+            let of_it = ranges.remove(&value.id).unwrap_or_default();
+            programmed.push((key, self.programmed_service(value, of_it)?));
         }
         Ok(programmed)
     }
@@ -57,13 +67,76 @@ impl ServiceMaps {
     /// The frontend `key` as the maps hold it, if they do.
     pub fn get(&self, key: &ServiceKey) -> Result<Option<ProgrammedService>, MapsError> {
         match self.services.get(key, 0) {
-            Ok(value) => self.programmed_service(value).map(Some),
+            Ok(value) => {
+                let ranges = self.source_ranges()?.remove(&value.id).unwrap_or_default();
+                self.programmed_service(value, ranges).map(Some)
+            }
             Err(MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(access(names::SERVICES_MAP)(error)),
         }
     }
 
-    fn programmed_service(&self, value: ServiceValue) -> Result<ProgrammedService, MapsError> {
+    /// Every frontend's client ranges, by frontend id.
+    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<Ipv4Network>>, MapsError> {
+        let name = names::SOURCE_RANGES_MAP;
+        let mut ranges: BTreeMap<u32, Vec<Ipv4Network>> = BTreeMap::new();
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(access(name))?;
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(32) as u8;
+            let range =
+                Ipv4Network::new(Ipv4Addr::from(data.address), prefix).map_err(|error| {
+                    MapsError::Corrupt {
+                        name,
+                        detail: format!("a range of service id {:?}: {error}", data.service_id),
+                    }
+                })?;
+            ranges
+                .entry(u32::from_be_bytes(data.service_id))
+                .or_default()
+                .push(range);
+        }
+        Ok(ranges)
+    }
+
+    /// Makes frontend `id` take new connections from `new` ranges only,
+    /// where it took them from `old` (the frontend's flag says whether
+    /// they apply: the ranges go in before it is set, and come out after).
+    pub fn set_source_ranges(
+        &mut self,
+        id: u32,
+        (old, new): (&[Ipv4Network], &[Ipv4Network]),
+        adding: bool,
+    ) -> Result<(), MapsError> {
+        let name = names::SOURCE_RANGES_MAP;
+        let key = |range: &Ipv4Network| {
+            Key::new(
+                32 + u32::from(range.prefix()),
+                SourceRangeKey {
+                    service_id: id.to_be_bytes(),
+                    address: range.network().octets(),
+                },
+            )
+        };
+        if adding {
+            for range in new.iter().filter(|range| !old.contains(range)) {
+                self.source_ranges
+                    .insert(&key(range), 1, 0)
+                    .map_err(full(name))?;
+            }
+        } else {
+            for range in old.iter().filter(|range| !new.contains(range)) {
+                removed(self.source_ranges.remove(&key(range)), name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn programmed_service(
+        &self,
+        value: ServiceValue,
+        source_ranges: Vec<Ipv4Network>,
+    ) -> Result<ProgrammedService, MapsError> {
         let backends = (0..value.backend_count)
             .map(|slot| {
                 let slot_key = BackendKey {
@@ -83,6 +156,7 @@ impl ServiceMaps {
             backends,
             affinity_seconds: value.affinity_seconds,
             flags: value.flags,
+            source_ranges,
         })
     }
 

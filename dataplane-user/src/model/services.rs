@@ -27,9 +27,19 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity_seconds: Option<u32>,
     /// More addresses its ports are served on, for clients outside the
-    /// cluster too (Kubernetes' externalIPs and LoadBalancer ingress IPs).
+    /// cluster too (Kubernetes' externalIPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_ips: Vec<Ipv4Addr>,
+    /// Load balancer ingress IPs: served as external addresses are, but
+    /// with `source_ranges` to the clients in them only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `loadBalancerSourceRanges`: the clients the load balancer IPs take
+    /// new connections from (empty: everyone; others are dropped, as
+    /// kube-proxy's firewall chain drops them). Node ports and external
+    /// IPs are not limited by them, as with kube-proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<Ipv4Network>,
     /// `externalTrafficPolicy: Local`: outside clients at the node ports
     /// and external addresses reach only this node's backends, with their
     /// own address kept (a node without one drops them).
@@ -245,6 +255,8 @@ pub struct FrontendTarget {
     pub affinity_seconds: u32,
     /// Outside clients are served by the frontend's `OutsideLocal` entry.
     pub outside_local: bool,
+    /// New connections only from these clients (empty: everyone).
+    pub source_ranges: Vec<Ipv4Network>,
 }
 
 impl ServiceSpec {
@@ -272,10 +284,15 @@ impl ServiceSpec {
             };
             let local = or_terminating(on_node(&ready), on_node(&terminating));
             let all = or_terminating(port.in_zone(ready, node.zone.as_deref()), terminating);
-            let target = |backends: &Backends, outside_local: bool| FrontendTarget {
+            let target = |backends: &Backends, outside_local: bool, ranged: bool| FrontendTarget {
                 backends: backends.clone(),
                 affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
                 outside_local,
+                source_ranges: if ranged {
+                    self.source_ranges.clone()
+                } else {
+                    Vec::new()
+                },
             };
             let at = |ip: Ipv4Addr, number: u16, scope: Scope| Frontend {
                 ip,
@@ -292,25 +309,41 @@ impl ServiceSpec {
             if !self.address_is_external {
                 frontends.push((
                     at(self.ip, port.port, Scope::Everyone),
-                    target(inside, false),
+                    target(inside, false, false),
                 ));
             }
             // Every node address: the programs look it up by this one.
             let on_node = port
                 .node_port
                 .map(|node_port| (Ipv4Addr::from(NODE_PORT_ADDRESS), node_port));
-            let itself = self.address_is_external.then_some((self.ip, port.port));
+            // A pinned load balancer IP comes back with its ranges.
+            let itself = self.address_is_external.then_some((
+                self.ip,
+                port.port,
+                !self.source_ranges.is_empty(),
+            ));
             let external = self
                 .external_ips
                 .iter()
-                .map(|ip| (*ip, port.port))
-                .chain(on_node)
+                .map(|ip| (*ip, port.port, false))
+                .chain(
+                    self.load_balancer_ips
+                        .iter()
+                        .map(|ip| (*ip, port.port, true)),
+                )
+                .chain(on_node.map(|(ip, number)| (ip, number, false)))
                 .chain(itself);
             let local_policy = self.external_traffic_local;
-            for (ip, number) in external {
-                frontends.push((at(ip, number, Scope::Everyone), target(&all, local_policy)));
+            for (ip, number, ranged) in external {
+                frontends.push((
+                    at(ip, number, Scope::Everyone),
+                    target(&all, local_policy, ranged),
+                ));
                 if local_policy {
-                    frontends.push((at(ip, number, Scope::OutsideLocal), target(&local, false)));
+                    frontends.push((
+                        at(ip, number, Scope::OutsideLocal),
+                        target(&local, false, ranged),
+                    ));
                 }
             }
             frontends
@@ -360,25 +393,24 @@ impl ServiceSpec {
             return Err(("ip", format!("{ip} is inside the pod CIDR {cidr}")));
         }
         let mut external = BTreeSet::from([ip]);
-        for &address in &self.external_ips {
+        let listed = (self.external_ips.iter().map(|ip| ("external_ips", ip))).chain(
+            self.load_balancer_ips
+                .iter()
+                .map(|ip| ("load_balancer_ips", ip)),
+        );
+        for (field, &address) in listed {
             if address.is_unspecified()
                 || address.is_loopback()
                 || address.is_multicast()
                 || address.is_broadcast()
             {
-                return Err((
-                    "external_ips",
-                    format!("{address} is not a unicast address"),
-                ));
+                return Err((field, format!("{address} is not a unicast address")));
             }
             if let Some(cidr) = pod_cidrs.iter().find(|cidr| cidr.contains(address)) {
-                return Err((
-                    "external_ips",
-                    format!("{address} is inside the pod CIDR {cidr}"),
-                ));
+                return Err((field, format!("{address} is inside the pod CIDR {cidr}")));
             }
             if !external.insert(address) {
-                return Err(("external_ips", format!("{address} is listed twice")));
+                return Err((field, format!("{address} is listed twice")));
             }
         }
         if self.ports.is_empty() {

@@ -193,6 +193,8 @@ fn service(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
         }],
         session_affinity_seconds: None,
         external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        source_ranges: Vec::new(),
         external_traffic_local: false,
         internal_traffic_local: false,
         health_check_node_port: None,
@@ -604,4 +606,33 @@ fn endpoints_hinted_for_the_nodes_zone_are_preferred_where_every_one_has_a_hint(
         .push("10.244.3.2:8080".parse().unwrap());
     services.upsert(Source::Kubernetes, spec).unwrap();
     assert_eq!(served(&services), 3);
+}
+
+#[test]
+fn load_balancer_source_ranges_limit_the_load_balancer_ips_only() {
+    let node = ServingNode {
+        ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+        ..ServingNode::default()
+    };
+    let mut spec = service("lb", 80, &["10.244.1.2:8080"]);
+    spec.ports[0].node_port = Some(30080);
+    spec.external_ips = vec![Ipv4Addr::new(198, 51, 100, 1)];
+    spec.load_balancer_ips = vec![Ipv4Addr::new(203, 0, 113, 1)];
+    spec.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+    let ranged: Vec<(Ipv4Addr, bool)> = spec
+        .frontends(&node)
+        .map(|(frontend, target)| (frontend.ip, !target.source_ranges.is_empty()))
+        .collect();
+    assert_eq!(
+        ranged,
+        [
+            (Ipv4Addr::new(10, 96, 0, 10), false),
+            (Ipv4Addr::new(198, 51, 100, 1), false),
+            (Ipv4Addr::new(203, 0, 113, 1), true),
+            (Ipv4Addr::UNSPECIFIED, false),
+        ]
+    );
+    // An address listed as both is one frontend too many.
+    spec.load_balancer_ips.push(Ipv4Addr::new(198, 51, 100, 1));
+    assert_eq!(spec.validate(&[]).unwrap_err().0, "load_balancer_ips");
 }

@@ -731,14 +731,17 @@ fn pinned_services(dataplane: &Dataplane, node: ServingNode) -> Services {
             continue;
         }
         let outside_local = programmed.flags & service_flags::OUTSIDE_LOCAL != 0;
+        let ranged = programmed.flags & service_flags::SOURCE_RANGES != 0;
         let service = ServiceSpec {
             name: frontend.to_string(),
             ip: frontend.ip,
             external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: programmed.source_ranges.clone(),
             external_traffic_local: outside_local,
             internal_traffic_local: false,
             health_check_node_port: None,
-            address_is_external: outside_local,
+            address_is_external: outside_local || ranged,
             ports: vec![ServicePort {
                 node_port: None,
                 port: frontend.port,

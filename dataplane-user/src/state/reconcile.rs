@@ -12,7 +12,7 @@ use dataplane_common::{Backend, service_flags};
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, FrontendSettings},
     maps::{ProgrammedNode, backend_entry, service_key},
     model::{Frontend, LocalFacts, NodeSet, Services},
 };
@@ -87,13 +87,19 @@ impl Reconciler {
             let target = desired.frontends().get(frontend);
             let backends: Option<BTreeSet<Backend>> =
                 target.map(|target| target.backends.iter().copied().map(backend_entry).collect());
-            let settings = target.map_or((0, 0), |target| {
-                let flags = if target.outside_local {
-                    service_flags::OUTSIDE_LOCAL
-                } else {
-                    0
-                };
-                (target.affinity_seconds, flags)
+            let settings = target.map_or_else(FrontendSettings::default, |target| {
+                let mut flags = 0;
+                if target.outside_local {
+                    flags |= service_flags::OUTSIDE_LOCAL;
+                }
+                if !target.source_ranges.is_empty() {
+                    flags |= service_flags::SOURCE_RANGES;
+                }
+                FrontendSettings {
+                    affinity_seconds: target.affinity_seconds,
+                    flags,
+                    source_ranges: target.source_ranges.clone(),
+                }
             });
             match dataplane.program_service(service_key(frontend), backends.as_ref(), settings) {
                 Ok(()) => {
