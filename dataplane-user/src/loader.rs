@@ -333,7 +333,7 @@ mod tests {
     #[test]
     fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
         let layouts = expected_layouts().unwrap();
-        assert_eq!(layouts.len(), 22, "{layouts:?}");
+        assert_eq!(layouts.len(), 23, "{layouts:?}");
         let endpoints = layout(names::ENDPOINTS_MAP);
         assert_eq!(endpoints.key_size, 4);
         assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());
@@ -375,6 +375,13 @@ mod tests {
             size_of::<dataplane_common::ServingKey>()
         );
         assert_eq!(serving.max_entries, dataplane_common::MAX_BACKEND_SLOTS);
+        // An LPM key: the prefix length, then the id and the address.
+        let ranges = layout(names::SOURCE_RANGES_MAP);
+        assert_eq!(
+            ranges.key_size as usize,
+            4 + size_of::<dataplane_common::SourceRangeKey>()
+        );
+        assert_ne!(ranges.flags, 0);
         let sockets = layout(names::SOCKET_FLOWS_MAP);
         assert_eq!(
             sockets.key_size as usize,

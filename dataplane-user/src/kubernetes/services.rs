@@ -689,12 +689,23 @@ mod tests {
         assert_eq!(node_ports, [Some(30080), Some(30053)]);
         assert_eq!(
             spec.external_ips,
-            [
-                Ipv4Addr::new(198, 51, 100, 7),
-                Ipv4Addr::new(203, 0, 113, 9)
-            ],
-            "IPv4 external IPs and VIP-mode ingress IPs"
+            [Ipv4Addr::new(198, 51, 100, 7)],
+            "IPv4 external IPs"
         );
+        assert_eq!(
+            spec.load_balancer_ips,
+            [Ipv4Addr::new(203, 0, 113, 9)],
+            "VIP-mode ingress IPs"
+        );
+        let ranged = web(serde_json::json!({"spec": {"type": "LoadBalancer",
+            "loadBalancerSourceRanges": ["192.0.2.7/24", " 10.0.0.0/8", "2001:db8::/32", "nonsense"]}}));
+        let ranges: Vec<String> = service_spec(&ranged, &[])
+            .unwrap()
+            .source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ranges, ["10.0.0.0/8", "192.0.2.0/24"], "IPv4, normalised");
         let cluster_ip = service_spec(&web(serde_json::json!({})), &[]).unwrap();
         assert!(cluster_ip.ports.iter().all(|port| port.node_port.is_none()));
         assert!(cluster_ip.external_ips.is_empty());
