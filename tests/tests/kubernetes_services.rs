@@ -751,3 +751,56 @@ fn load_balancer_source_ranges_admit_only_the_clients_in_them() -> anyhow::Resul
     assert!(admitted, "{}", node.agent_log());
     Ok(())
 }
+
+#[test]
+fn a_port_with_more_endpoints_than_a_frontend_holds_is_served_by_the_first_65536()
+-> anyhow::Result<()> {
+    // A DaemonSet's Service on a large cluster: 70,000 endpoints in 70
+    // slices of 1,000 (the most one holds). Never dropped for its size:
+    // the first 65,536 serve.
+    let lab = Lab::new(1, "")?;
+    lab.api.apply(
+        Resource::Services,
+        service("kube-system", "big", CLUSTER_IP, json!({})),
+    );
+    let total: u32 = 70_000;
+    for first in (0..total).step_by(1000) {
+        let endpoints: Vec<(Ipv4Addr, Condition)> = (first..first + 1000)
+            .map(|index| {
+                let address = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + index);
+                (address, Condition::Ready)
+            })
+            .collect();
+        let mut object = slice("kube-system", "big", &endpoints);
+        object["metadata"]["name"] = json!(format!("big-{first}"));
+        lab.api.apply(Resource::EndpointSlices, object);
+    }
+    let node = lab.node();
+    let backend_slots = || -> anyhow::Result<u64> {
+        let status = node.status()?;
+        let maps = status["maps"].as_array().cloned().unwrap_or_default();
+        Ok(maps
+            .iter()
+            .find(|map| map["name"] == "BACKENDS")
+            .and_then(|map| map["entries"].as_u64())
+            .unwrap_or(0))
+    };
+    let max = u64::from(dataplane_common::MAX_BACKENDS_PER_SERVICE);
+    let served = eventually(Duration::from_secs(60), || Ok(backend_slots()? == max))?;
+    assert!(served, "{} slots; {}", backend_slots()?, node.agent_log());
+    assert!(
+        node.agent_log()
+            .contains("more endpoints than one frontend holds"),
+        "warned"
+    );
+    // Still followed: below the limit, every endpoint serves.
+    for first in (0..total - 60_000).step_by(1000) {
+        lab.api.delete(
+            Resource::EndpointSlices,
+            &format!("kube-system/big-{first}"),
+        );
+    }
+    let followed = eventually(Duration::from_secs(60), || Ok(backend_slots()? == 60_000))?;
+    assert!(followed, "{} slots", backend_slots()?);
+    Ok(())
+}

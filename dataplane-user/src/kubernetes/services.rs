@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::Context as _;
 use dataplane_common::MAX_BACKENDS_PER_SERVICE;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
@@ -250,12 +250,15 @@ fn backends(
             let backend = SocketAddrV4::new(address, target);
             if is_ready || publish_not_ready {
                 found.ready.insert(backend);
-                let zones = endpoint
+                let zones: BTreeSet<String> = endpoint
                     .hints
                     .iter()
                     .flat_map(|hints| hints.for_zones.iter().flatten())
-                    .map(|zone| zone.name.clone());
-                found.zone_hints.entry(backend).or_default().extend(zones);
+                    .map(|zone| zone.name.clone())
+                    .collect();
+                if !zones.is_empty() {
+                    found.zone_hints.entry(backend).or_default().extend(zones);
+                }
             } else if serving && conditions.terminating == Some(true) {
                 found.terminating.insert(backend);
             }
@@ -383,50 +386,77 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
     .boxed();
     let mut events = futures::stream::select(services, slices);
     let mut store = Store::default();
-    while let Some(event) = events.next().await {
-        let changed = match event {
-            Ok(Change::Service(event)) => store.service_event(*event),
-            Ok(Change::Slice(event)) => store.slice_event(*event),
-            Err(error) => {
-                warn!("Kubernetes watch: {error}; resuming");
-                continue;
-            }
-        };
-        match changed {
-            Changed::Nothing => {}
-            Changed::Listing => {
-                if store.listed() {
-                    let specs = store.all_specs();
-                    let count = specs.len();
-                    // Objects that break a rule are refused one by one; a
-                    // failure here is a write the agent retries by itself:
-                    // relisting would not help, so the watch goes on.
-                    if let Err(error) = state
-                        .ask(|reply| Command::ReplaceServices(Source::Kubernetes, specs, reply))
-                        .await
-                    {
-                        warn!("Kubernetes services: {error:#}");
-                    }
-                    if !*listed_before {
-                        // What an earlier run programmed and the cluster no longer lists goes.
-                        if let Err(error) = state
-                            .ask(|reply| {
-                                Command::ReplaceServices(Source::Pinned, Vec::new(), reply)
-                            })
-                            .await
-                        {
-                            warn!("services pinned by an earlier run: {error:#}");
-                        }
-                        *listed_before = true;
-                    }
-                    info!(services = count, "Kubernetes services listed");
+    let mut pending: BTreeSet<Key> = BTreeSet::new();
+    while let Some(first) = events.next().await {
+        // What the watches have ready is taken in before anything is
+        // applied: a burst (a large Service's slices, a namespace deleted)
+        // costs each Service it touches once.
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(event) = next {
+            let changed = match event {
+                Ok(Change::Service(event)) => store.service_event(*event),
+                Ok(Change::Slice(event)) => store.slice_event(*event),
+                Err(error) => {
+                    warn!("Kubernetes watch: {error}; resuming");
+                    Changed::Nothing
+                }
+            };
+            match changed {
+                Changed::Nothing => {}
+                Changed::Listing if store.listed() => {
+                    pending.clear();
+                    replace_all(state, &store, listed_before).await;
+                }
+                Changed::Listing => {}
+                Changed::Service(key) => {
+                    pending.insert(key);
                 }
             }
-            Changed::Service(key) if store.listed() => apply(state, &store, &key).await?,
-            Changed::Service(_) => {}
+            taken += 1;
+            next = if taken < MAX_EVENTS_AT_ONCE {
+                events.next().now_or_never().flatten()
+            } else {
+                None
+            };
+        }
+        if store.listed() {
+            for key in std::mem::take(&mut pending) {
+                apply(state, &store, &key).await?;
+            }
         }
     }
     Ok(())
+}
+
+/// Events taken in at most before the Services they touched are applied.
+const MAX_EVENTS_AT_ONCE: usize = 1_000;
+
+/// A complete listing: the Services as listed replace what this source
+/// contributed (and, the first time, what an earlier run left pinned).
+async fn replace_all(state: &StateHandle, store: &Store, listed_before: &mut bool) {
+    let specs = store.all_specs();
+    let count = specs.len();
+    // Objects that break a rule are refused one by one; a failure here is a
+    // write the agent retries by itself: relisting would not help, so the
+    // watch goes on.
+    if let Err(error) = state
+        .ask(|reply| Command::ReplaceServices(Source::Kubernetes, specs, reply))
+        .await
+    {
+        warn!("Kubernetes services: {error:#}");
+    }
+    if !*listed_before {
+        // What an earlier run programmed and the cluster no longer lists goes.
+        if let Err(error) = state
+            .ask(|reply| Command::ReplaceServices(Source::Pinned, Vec::new(), reply))
+            .await
+        {
+            warn!("services pinned by an earlier run: {error:#}");
+        }
+        *listed_before = true;
+    }
+    info!(services = count, "Kubernetes services listed");
 }
 
 /// What an event changed.

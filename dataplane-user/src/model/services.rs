@@ -244,6 +244,19 @@ impl Scope {
     }
 }
 
+/// Which of a port's backend sets a frontend leads to.
+#[derive(Debug, Clone, Copy)]
+enum Leads {
+    /// The Service address: all, or this node's with internal traffic
+    /// policy Local.
+    Inside,
+    /// An external address for everyone (outside clients go to the
+    /// `OutsideLocal` entry under external traffic policy Local).
+    Everyone { ranged: bool },
+    /// Outside clients under external traffic policy Local: this node's.
+    OutsideLocal { ranged: bool },
+}
+
 /// A frontend's backends, without repeats, in a stable order.
 pub type Backends = BTreeSet<SocketAddrV4>;
 
@@ -284,70 +297,87 @@ impl ServiceSpec {
             };
             let local = or_terminating(on_node(&ready), on_node(&terminating));
             let all = or_terminating(port.in_zone(ready, node.zone.as_deref()), terminating);
-            let target = |backends: &Backends, outside_local: bool, ranged: bool| FrontendTarget {
-                backends: backends.clone(),
-                affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
-                outside_local,
-                source_ranges: if ranged {
-                    self.source_ranges.clone()
-                } else {
-                    Vec::new()
-                },
-            };
-            let at = |ip: Ipv4Addr, number: u16, scope: Scope| Frontend {
-                ip,
-                port: number,
-                protocol: port.protocol,
-                scope,
-            };
-            let inside = if self.internal_traffic_local {
-                &local
-            } else {
-                &all
-            };
-            let mut frontends = Vec::new();
-            if !self.address_is_external {
-                frontends.push((
-                    at(self.ip, port.port, Scope::Everyone),
-                    target(inside, false, false),
-                ));
-            }
-            // Every node address: the programs look it up by this one.
-            let on_node = port
-                .node_port
-                .map(|node_port| (Ipv4Addr::from(NODE_PORT_ADDRESS), node_port));
-            // A pinned load balancer IP comes back with its ranges.
-            let itself = self.address_is_external.then_some((
-                self.ip,
-                port.port,
-                !self.source_ranges.is_empty(),
-            ));
-            let external = self
-                .external_ips
-                .iter()
-                .map(|ip| (*ip, port.port, false))
-                .chain(
-                    self.load_balancer_ips
-                        .iter()
-                        .map(|ip| (*ip, port.port, true)),
-                )
-                .chain(on_node.map(|(ip, number)| (ip, number, false)))
-                .chain(itself);
-            let local_policy = self.external_traffic_local;
-            for (ip, number, ranged) in external {
-                frontends.push((
-                    at(ip, number, Scope::Everyone),
-                    target(&all, local_policy, ranged),
-                ));
-                if local_policy {
-                    frontends.push((
-                        at(ip, number, Scope::OutsideLocal),
-                        target(&local, false, ranged),
-                    ));
-                }
-            }
-            frontends
+            self.port_frontends(port)
+                .map(|(frontend, leads)| {
+                    let (backends, outside_local, ranged) = match leads {
+                        Leads::Inside if self.internal_traffic_local => (&local, false, false),
+                        Leads::Inside => (&all, false, false),
+                        Leads::Everyone { ranged } => (&all, self.external_traffic_local, ranged),
+                        Leads::OutsideLocal { ranged } => (&local, false, ranged),
+                    };
+                    let target = FrontendTarget {
+                        backends: backends.clone(),
+                        affinity_seconds: self.session_affinity_seconds.unwrap_or(0),
+                        outside_local,
+                        source_ranges: if ranged {
+                            self.source_ranges.clone()
+                        } else {
+                            Vec::new()
+                        },
+                    };
+                    (frontend, target)
+                })
+                .collect::<Vec<_>>()
         })
+    }
+
+    /// The frontends of the Service, without working out their backends
+    /// (what a change that only needs to know which ones asks).
+    pub fn frontend_keys(&self) -> impl Iterator<Item = Frontend> + '_ {
+        self.ports
+            .iter()
+            .flat_map(|port| self.port_frontends(port).map(|(frontend, _)| frontend))
+    }
+
+    /// The frontends of one port and what each leads to: on the Service
+    /// address, each external and load balancer address, and every node
+    /// address at its node port.
+    fn port_frontends<'a>(
+        &'a self,
+        port: &'a ServicePort,
+    ) -> impl Iterator<Item = (Frontend, Leads)> + 'a {
+        let at = move |ip: Ipv4Addr, number: u16, scope: Scope| Frontend {
+            ip,
+            port: number,
+            protocol: port.protocol,
+            scope,
+        };
+        let inside = (!self.address_is_external)
+            .then(|| (at(self.ip, port.port, Scope::Everyone), Leads::Inside));
+        // Every node address: the programs look it up by this one.
+        let on_node = port
+            .node_port
+            .map(|node_port| (Ipv4Addr::from(NODE_PORT_ADDRESS), node_port, false));
+        // A pinned load balancer IP comes back with its ranges.
+        let itself = self.address_is_external.then_some((
+            self.ip,
+            port.port,
+            !self.source_ranges.is_empty(),
+        ));
+        let external = self
+            .external_ips
+            .iter()
+            .map(|ip| (*ip, port.port, false))
+            .chain(
+                self.load_balancer_ips
+                    .iter()
+                    .map(|ip| (*ip, port.port, true)),
+            )
+            .chain(on_node)
+            .chain(itself);
+        let local_policy = self.external_traffic_local;
+        inside
+            .into_iter()
+            .chain(external.flat_map(move |(ip, number, ranged)| {
+                let everyone = (at(ip, number, Scope::Everyone), Leads::Everyone { ranged });
+                let outside_local = local_policy.then(|| {
+                    (
+                        at(ip, number, Scope::OutsideLocal),
+                        Leads::OutsideLocal { ranged },
+                    )
+                });
+                std::iter::once(everyone).chain(outside_local)
+            }))
     }
 
     /// Checks that every node port is in `range` (the node's, where the
@@ -580,8 +610,8 @@ impl Services {
             return Vec::new();
         };
         service
-            .frontends(&self.node)
-            .filter_map(|(frontend, _)| {
+            .frontend_keys()
+            .filter_map(|frontend| {
                 let ((_, served), _) = claimed.get(&frontend)?.first_key_value()?;
                 (*served != service.name).then(|| (frontend, served.clone()))
             })
@@ -630,7 +660,7 @@ impl Services {
         if let Some(claimed) = self.by_source.get(&source)
             && source != Source::Kubernetes
         {
-            for (frontend, _) in service.frontends(&self.node) {
+            for frontend in service.frontend_keys() {
                 if let Some((_, owner)) = claimed
                     .get(&frontend)
                     .into_iter()
@@ -661,7 +691,7 @@ impl Services {
             if source == Source::Kubernetes {
                 continue;
             }
-            for (frontend, _) in service.frontends(&self.node) {
+            for frontend in service.frontend_keys() {
                 if let Some(owner) = claimed.insert(frontend, &service.name) {
                     return Err(conflict(frontend, &service.name, owner));
                 }
@@ -710,15 +740,14 @@ impl Services {
         let claimed = self.by_source.entry(source).or_default();
         let seniority = service.seniority();
         service
-            .frontends(&self.node)
-            .map(|(frontend, _)| {
-                if let Some(claims) = claimed.get_mut(&frontend) {
+            .frontend_keys()
+            .inspect(|frontend| {
+                if let Some(claims) = claimed.get_mut(frontend) {
                     claims.remove(&seniority);
                     if claims.is_empty() {
-                        claimed.remove(&frontend);
+                        claimed.remove(frontend);
                     }
                 }
-                frontend
             })
             .collect()
     }
