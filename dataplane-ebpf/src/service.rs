@@ -203,9 +203,14 @@ fn opens(flags: u8) -> bool {
 }
 
 /// The state a half moves to on a packet with `flags`: `seen` (what the
-/// packet shows of the connection), or closing on a FIN or RST.
+/// packet shows of the connection), or closing on a FIN or RST. A SYN (or
+/// SYN-ACK) starts a connection afresh: a port reused after a closed
+/// connection must not inherit its short closing timeout.
 #[inline(always)]
 fn advanced(state: u8, flags: u8, seen: u8) -> u8 {
+    if flags & SYN != 0 {
+        return seen;
+    }
     let now = if flags & CLOSE_FLAGS != 0 {
         conn_state::CLOSING
     } else {

@@ -289,6 +289,21 @@ impl Node {
         }
     }
 
+    /// Restarts the agent as node "n0" of the API server behind
+    /// `kubeconfig`; `nat` is more of the config's `[nat]` section (the
+    /// file ends in it).
+    pub fn follow_kubernetes(&mut self, kubeconfig: &Path, nat: &str) -> anyhow::Result<()> {
+        self.stop_agent(Signal::SIGTERM);
+        let config = std::fs::read_to_string(&self.config)?;
+        std::fs::write(
+            &self.config,
+            format!("{config}{nat}\n[kubernetes]\nenabled = true\nnode_name = \"n0\"\n"),
+        )?;
+        self.agent_environment
+            .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        self.start_agent()
+    }
+
     /// Stops the agent with SIGTERM (graceful) or SIGKILL (crash).
     pub fn stop_agent(&mut self, signal: Signal) {
         if let Some(agent) = self.agent.take() {

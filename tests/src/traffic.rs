@@ -153,8 +153,12 @@ pub fn tcp_echo_server(
     Ok((port, echo))
 }
 
-/// `GET /` to `address` from `netns`: the status code and the body.
-pub fn http_get(netns: &Netns, address: SocketAddr) -> anyhow::Result<(u16, String)> {
+/// `GET path` to `address` from `netns`: the status code and the body.
+pub fn http_get(
+    netns: &Netns,
+    address: SocketAddr,
+    path: &'static str,
+) -> anyhow::Result<(u16, String)> {
     joined(in_netns(netns, move || {
         // The port opens just after the Service is programmed.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -166,7 +170,8 @@ pub fn http_get(netns: &Netns, address: SocketAddr) -> anyhow::Result<(u16, Stri
                 connected => break connected?,
             }
         };
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let status = response

@@ -4,7 +4,6 @@
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
-    path::Path,
     time::Duration,
 };
 
@@ -13,7 +12,6 @@ use dataplane_tests::{
     kube_api::{FakeApiServer, Resource},
     traffic::{joined, tcp_echo_server, tcp_exchange},
 };
-use nix::sys::signal::Signal;
 use serde_json::json;
 
 /// How long a change in the API may take to reach the node map.
@@ -21,19 +19,6 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn nodes_of(node: &Node) -> anyhow::Result<String> {
     node.cli(&["node", "list"])
-}
-
-/// Restarts the node's agent as node "n0" of the API server behind `kubeconfig`.
-fn enable_kubernetes(node: &mut Node, kubeconfig: &Path) -> anyhow::Result<()> {
-    node.stop_agent(Signal::SIGTERM);
-    let config = std::fs::read_to_string(&node.config)?;
-    std::fs::write(
-        &node.config,
-        format!("{config}\n[kubernetes]\nenabled = true\nnode_name = \"n0\"\n"),
-    )?;
-    node.agent_environment
-        .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
-    node.start_agent()
 }
 
 #[test]
@@ -53,7 +38,7 @@ fn node_objects_drive_the_node_map() -> anyhow::Result<()> {
     api.write_kubeconfig(&kubeconfig)?;
     api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
     api.apply_node("n1", second_ip, &second_cidr);
-    enable_kubernetes(node, &kubeconfig)?;
+    node.follow_kubernetes(&kubeconfig, "")?;
 
     // Listed at start.
     assert!(
@@ -149,7 +134,7 @@ fn service_and_endpoint_slice_objects_drive_the_service_maps() -> anyhow::Result
     headless["spec"]["clusterIP"] = json!("None");
     headless["spec"]["clusterIPs"] = json!(["None"]);
     api.apply(Resource::Services, headless);
-    enable_kubernetes(node, &kubeconfig)?;
+    node.follow_kubernetes(&kubeconfig, "")?;
 
     // Listed at start: the Service works through its ClusterIP.
     let first_backend = format!("{first}:8080");

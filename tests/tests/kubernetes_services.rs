@@ -28,7 +28,6 @@ use dataplane_tests::{
     traffic::{EchoServers, http_get, in_netns, joined, udp_echo_server},
 };
 use ipnetwork::Ipv4Network;
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 /// How long a change in the API may take to reach the maps.
@@ -53,16 +52,7 @@ impl Lab {
         let api = FakeApiServer::start(&node.netns)?;
         api.write_kubeconfig(&kubeconfig)?;
         api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
-        node.stop_agent(Signal::SIGTERM);
-        // The file ends in its [nat] section.
-        let config = std::fs::read_to_string(&node.config)?;
-        std::fs::write(
-            &node.config,
-            format!("{config}{nat}\n[kubernetes]\nenabled = true\nnode_name = \"n0\"\n"),
-        )?;
-        node.agent_environment
-            .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
-        node.start_agent()?;
+        node.follow_kubernetes(&kubeconfig, nat)?;
         Ok(Self { cluster, api })
     }
 
@@ -363,7 +353,7 @@ fn should_fallback_to_local_terminating_endpoints_when_there_are_no_ready_endpoi
     let node_port = SocketAddr::from((node.ip, 30100));
     let landed = where_new_connections_land(&cluster.external, node_port, 3, &[terminating])?;
     assert_eq!(landed, [3], "outside clients too");
-    let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32100)))?;
+    let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32100)), "/")?;
     assert_eq!(status, 503, "no ready local endpoint: {body}");
     assert!(body.contains(r#""localEndpoints":0"#), "{body}");
     Ok(())
@@ -802,5 +792,27 @@ fn a_port_with_more_endpoints_than_a_frontend_holds_is_served_by_the_first_65536
     }
     let followed = eventually(Duration::from_secs(60), || Ok(backend_slots()? == 60_000))?;
     assert!(followed, "{} slots", backend_slots()?);
+    Ok(())
+}
+
+#[test]
+fn the_node_answers_kube_proxys_health_probe_for_load_balancers() -> anyhow::Result<()> {
+    // Cloud load balancers probe kube-proxy's port 10256 for Services with
+    // externalTrafficPolicy: Cluster.
+    let lab = Lab::new(1, "")?;
+    let (node, outside) = (lab.node(), &lab.cluster.external);
+    let healthz = SocketAddr::from((node.ip, 10256));
+    let (status, body) = http_get(outside, healthz, "/healthz")?;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body)?;
+    assert!(
+        answer["lastUpdated"]
+            .as_str()
+            .is_some_and(|at| !at.is_empty()),
+        "{body}"
+    );
+    assert_eq!(answer["nodeEligible"], json!(true));
+    assert_eq!(http_get(outside, healthz, "/livez")?.0, 200);
+    assert_eq!(http_get(outside, healthz, "/other")?.0, 404);
     Ok(())
 }

@@ -324,6 +324,12 @@ fn connection_halves_record_their_last_packet_and_state() {
     const TCP_FIN_ACK: u8 = 0x11;
     fixture.run(&from_a_to_vip(TCP_FIN_ACK));
     assert_eq!(halves(&flows)[0].1, conn_state::CLOSING);
+    // A new connection from the same port starts afresh: it does not
+    // inherit the closing timeout.
+    fixture.run(&from_a_to_vip(TCP_SYN));
+    assert_eq!(halves(&flows)[0].1, conn_state::NEW);
+    fixture.run(&answer);
+    assert_eq!(halves(&flows)[1].1, conn_state::ESTABLISHED);
 }
 
 #[test]
@@ -614,8 +620,8 @@ fn icmp_errors_about_a_service_packet_reach_the_client_about_the_frontend() {
 const NODE_PORT: u16 = 30080;
 const OUTSIDE_CLIENT_PORT: u16 = 51234;
 
-/// A fixture whose node serves `backend_at` at its node IP's NODE_PORT.
-fn with_node_port(backend_at: Backend) -> Fixture {
+/// A fixture whose node serves `backends` at its node IP's NODE_PORT.
+fn with_node_port(backends: &[Backend]) -> Fixture {
     let mut fixture = with_service(&[]);
     let key = ServiceKey {
         address: NODE_PORT_ADDRESS,
@@ -624,7 +630,7 @@ fn with_node_port(backend_at: Backend) -> Fixture {
     fixture
         .maps
         .services
-        .program(key, 3, (&[], &[backend_at]), 0, 0)
+        .program(key, 3, (&[], backends), 0, 0)
         .unwrap();
     fixture
 }
@@ -658,7 +664,7 @@ fn assert_answered_from_the_node_port(verdict: u32, out: &[u8]) {
 fn an_outside_client_reaches_a_node_port_and_its_answers_come_from_it() {
     // A backend on this node: the client is masqueraded to the node IP, so
     // the answer comes back here wherever the backend is.
-    let mut fixture = with_node_port(backend(POD_B_IP, 8080));
+    let mut fixture = with_node_port(&[backend(POD_B_IP, 8080)]);
     let (verdict, out) = fixture.run_program(
         names::FROM_UPLINK_PROGRAM,
         &from_outside_to_the_node_port(TCP_SYN),
@@ -684,7 +690,7 @@ fn an_outside_client_reaches_a_node_port_and_its_answers_come_from_it() {
 
     // A backend on another node: through the tunnel, and its answer back
     // through it.
-    let mut fixture = with_node_port(backend(REMOTE_POD_IP, 8080));
+    let mut fixture = with_node_port(&[backend(REMOTE_POD_IP, 8080)]);
     let (verdict, out) = fixture.run_program(
         names::FROM_UPLINK_PROGRAM,
         &from_outside_to_the_node_port(TCP_SYN),
@@ -733,7 +739,7 @@ fn an_outside_client_reaches_a_node_port_and_its_answers_come_from_it() {
 fn with_external_traffic_policy_local_outside_clients_keep_their_address() {
     // The node port's entry for everyone has a backend here and one on
     // another node; outside clients get only this node's, unmasqueraded.
-    let mut fixture = with_node_port(backend(REMOTE_POD_IP, 8080));
+    let mut fixture = with_node_port(&[backend(REMOTE_POD_IP, 8080)]);
     let everyone = ServiceKey {
         address: NODE_PORT_ADDRESS,
         ..frontend(NODE_PORT, 6)
@@ -874,16 +880,7 @@ fn a_fragmented_datagram_to_a_frontend_reaches_the_backend_whole_and_its_answer_
 fn an_outside_client_of_a_node_port_without_endpoints_is_refused_at_once() {
     // "should be rejected when no endpoints exist", for a client outside
     // the cluster: kube-proxy REJECTs at node ports and external IPs too.
-    let mut fixture = with_service(&[]);
-    let key = ServiceKey {
-        address: NODE_PORT_ADDRESS,
-        ..frontend(NODE_PORT, 6)
-    };
-    fixture
-        .maps
-        .services
-        .program(key, 3, (&[], &[]), 0, 0)
-        .unwrap();
+    let mut fixture = with_node_port(&[]);
     let packet = from_outside_to_the_node_port(TCP_SYN);
     let (verdict, reply) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &packet);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out of the uplink");

@@ -609,11 +609,11 @@ fn with_external_traffic_policy_local_outside_clients_reach_the_nodes_own_backen
     }
     // Load balancers' health checks, as kube-proxy answers them.
     for (node, first_only_status) in cluster.nodes.iter().zip([200, 503]) {
-        let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32000)))?;
+        let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32000)), "/")?;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(r#""localEndpoints":1"#), "{body}");
         assert!(body.contains(r#""name":"ingress""#), "{body}");
-        let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32001)))?;
+        let (status, body) = http_get(&cluster.external, SocketAddr::from((node.ip, 32001)), "/")?;
         assert_eq!(status, first_only_status, "{}: {body}", node.ip);
     }
     // Each node sends its outside clients to its own backend, which sees

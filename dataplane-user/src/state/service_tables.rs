@@ -10,6 +10,7 @@
 //! status and metrics read the last count.
 
 use std::{
+    collections::HashMap as StdHashMap,
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -140,8 +141,23 @@ impl ServiceTables {
             let halves: Vec<(FlowKey, ServiceFlow)> =
                 tables.flows.iter().filter_map(Result::ok).collect();
             let expired = nat::expired(&halves, nat::monotonic_now_ns(), &this.timeouts);
+            let seen: StdHashMap<FlowKey, u64> = halves
+                .iter()
+                .map(|(key, half)| (*key, half.last_seen_ns))
+                .collect();
             let mut removed = 0;
             for key in &expired {
+                // A packet since the walk (a port reused for a new
+                // connection) keeps the connection: both halves are read
+                // again right before the delete.
+                let used_since = |key: &FlowKey| match tables.flows.get(key, 0) {
+                    Ok(half) => seen.get(key) != Some(&half.last_seen_ns),
+                    Err(_) => false,
+                };
+                let partner = tables.flows.get(key, 0).ok().map(|half| half.partner(key));
+                if used_since(key) || partner.is_some_and(|partner| used_since(&partner)) {
+                    continue;
+                }
                 // One gone meanwhile was made room for by the LRU.
                 removed += usize::from(removed_entry(
                     tables.flows.remove(key),
