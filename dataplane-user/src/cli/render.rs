@@ -185,8 +185,6 @@ pub fn print_text(response: &Response) {
             for entry in services {
                 let service = &entry.service;
                 for port in &service.ports {
-                    let backends: Vec<String> =
-                        port.backends.iter().map(ToString::to_string).collect();
                     println!(
                         "{:<11} {:<24} {:<16} {:<16} {}",
                         format!("{:?}", entry.source).to_lowercase(),
@@ -197,49 +195,48 @@ pub fn print_text(response: &Response) {
                                 format!("{}/{}:{node_port}", port.port, port.protocol),
                             None => format!("{}/{}", port.port, port.protocol),
                         },
-                        if backends.is_empty() {
+                        if port.backends.is_empty() {
                             "(none: refused)".into()
                         } else {
-                            backends.join(",")
+                            listed(&port.backends, ",")
                         },
                     );
                 }
+                let more = |what: &str, text: String| {
+                    println!("{:<11} {:<24} {what}{text}", "", "");
+                };
                 if !service.external_ips.is_empty() {
-                    let addresses: Vec<String> = service
-                        .external_ips
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect();
-                    println!("{:<11} {:<24} also on {}", "", "", addresses.join(", "));
+                    more("also on ", listed(&service.external_ips, ", "));
+                }
+                if !service.load_balancer_ips.is_empty() {
+                    more(
+                        "load balancer IPs ",
+                        listed(&service.load_balancer_ips, ", "),
+                    );
+                }
+                if !service.source_ranges.is_empty() {
+                    more(
+                        "from source ranges only: ",
+                        listed(&service.source_ranges, ", "),
+                    );
                 }
                 if let Some(seconds) = service.session_affinity_seconds {
-                    println!(
-                        "{:<11} {:<24} session affinity ClientIP, {seconds} s",
-                        "", ""
-                    );
+                    more("session affinity ClientIP, ", format!("{seconds} s"));
                 }
                 for port in &service.ports {
                     if !port.terminating_backends.is_empty() {
-                        let terminating: Vec<String> = port
-                            .terminating_backends
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect();
-                        println!(
-                            "{:<11} {:<24} {}/{} terminating (serve where none is ready): {}",
-                            "",
-                            "",
-                            port.port,
-                            port.protocol,
-                            terminating.join(",")
+                        let what = format!(
+                            "{}/{} terminating (serve where none is ready): ",
+                            port.port, port.protocol
                         );
+                        more(&what, listed(&port.terminating_backends, ","));
                     }
                 }
                 for shadowed in &entry.shadowed {
-                    println!("{:<11} {:<24} not served at {shadowed}", "", "");
+                    more("not served at ", shadowed.clone());
                 }
                 if let Some(reason) = &entry.refused {
-                    println!("{:<11} {:<24} REFUSED, not programmed: {reason}", "", "");
+                    more("REFUSED, not programmed: ", reason.clone());
                 }
             }
         }
@@ -281,4 +278,13 @@ pub fn explain_counters() {
             .join(" ");
         println!("{:<28} {help}", counter.name());
     }
+}
+
+/// `items` as text, separated by `separator`.
+fn listed<T: std::fmt::Display>(items: &[T], separator: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(separator)
 }
