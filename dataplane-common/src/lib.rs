@@ -900,6 +900,10 @@ counters! {
     /// A new connection to a load balancer IP from a client outside the
     /// Service's `loadBalancerSourceRanges` (kube-proxy drops these too).
     drop DropServiceSourceRange = "service_source_range";
+    /// From outside to a Service frontend with a source no client has:
+    /// 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4, broadcast, or an
+    /// address of this node itself (never given a backend or NAT state).
+    drop DropMartianSource = "martian_source";
 }
 
 impl Counter {
@@ -947,7 +951,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 52);
+        assert_eq!(Counter::COUNT, 53);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 

@@ -15,16 +15,17 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::{
-    Counter, Ipv4Octets, NodeConfig, ServiceKey, TO_BACKEND_SLOT, frontend_scope, service_flags,
+    Counter, Ipv4Octets, NODE_PORT_ADDRESS, NodeConfig, ServiceKey, TO_BACKEND_SLOT,
+    frontend_scope, service_flags,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, PackedOutcome, finish},
     direct, icmp,
-    ipv4::forward_hop,
+    ipv4::{forward_hop, is_martian_source},
     local::{Redirect, deliver},
-    maps::{SERVICES, TAIL_CALLS, endpoint, node_config, node_route},
+    maps::{SERVICES, TAIL_CALLS, endpoint, is_host_address, node_config, node_route},
     nat,
     packet::{IP_AT, L4_AT, load},
     route::{Destination, lookup},
@@ -53,6 +54,15 @@ fn to_backend(ctx: &TcContext) -> Outcome {
         // Not a frontend: the node's own traffic.
         return Ok(TC_ACT_OK);
     };
+    // A node port is this node's to serve at its own addresses only (pods
+    // reach other nodes' node ports translated on their own node): a frame
+    // for another node's address is the kernel's to route or discard.
+    if key.address == NODE_PORT_ADDRESS && !is_host_address(&ip.dst_addr, config) {
+        return Ok(TC_ACT_OK);
+    }
+    if is_martian_source(ip.src_addr) || is_host_address(&ip.src_addr, config) {
+        return Err(Counter::DropMartianSource);
+    }
     if service.backend_count == 0 {
         // No endpoint anywhere: refused at once, as kube-proxy's REJECT
         // does (and as pods and the node's sockets are).

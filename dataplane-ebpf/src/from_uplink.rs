@@ -129,6 +129,7 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome 
     Ok(TC_ACT_OK)
 }
 
+const PACKET_HOST: u32 = 0;
 const PACKET_OTHERHOST: u32 = 3;
 
 #[inline(always)]
@@ -214,7 +215,10 @@ fn deliver_direct(
 /// masqueraded connection (those go to the NAT's port range).
 #[inline(always)]
 fn may_be_for_a_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> bool {
+    // Only frames addressed to this node (not a switch's flooding, not
+    // broadcast): the stack would discard the others, and so do Services.
     if config.services == 0
+        || pkt_type(ctx) != PACKET_HOST
         || (ip.proto != TCP && ip.proto != UDP)
         || ip.frag_offset() != 0
         || ip.vihl != PLAIN_VIHL

@@ -110,6 +110,13 @@ pub fn refused_destination(destination: Ipv4Octets) -> Option<Counter> {
     }
 }
 
+/// Whether no client can have `source`: this network, loopback,
+/// multicast, reserved and broadcast addresses.
+#[inline(always)]
+pub fn is_martian_source(source: Ipv4Octets) -> bool {
+    matches!(source[0], 0 | 127 | 224..=255)
+}
+
 /// Accounts for one routing hop: decrements the TTL and updates the header
 /// checksum for it (RFC 1624). A packet whose TTL would expire is dropped.
 /// Computed here rather than with `bpf_l3_csum_replace` (Cilium's

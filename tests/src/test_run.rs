@@ -483,9 +483,18 @@ pub fn addresses(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
     ((ip(26), port(34)), (ip(30), port(36)))
 }
 
-/// The same frame as if it arrived on the uplink (other MACs).
+/// The same frame as if it arrived on the uplink for this node: to the
+/// test runs' device (loopback, MAC all zero), from another MAC.
 pub fn on_uplink(mut frame: Vec<u8>) -> Vec<u8> {
-    frame[0..6].copy_from_slice(&UPLINK_MAC);
+    frame[0..6].fill(0);
     frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 2, 0x01]);
+    frame
+}
+
+/// `frame` as the uplink gets it when a switch floods a frame for another
+/// host (its destination MAC not the device's).
+pub fn for_another_host(frame: Vec<u8>) -> Vec<u8> {
+    let mut frame = on_uplink(frame);
+    frame[0..6].copy_from_slice(&UPLINK_MAC);
     frame
 }

@@ -59,14 +59,6 @@ fn a_direct_path_carries_the_uplinks_mtu() {
     assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), UPLINK_MTU as u16);
 }
 
-/// `frame` addressed to the test runs' device (loopback, MAC all zero), as
-/// a frame for this node is: others are the kernel's to discard.
-fn to_this_node(frame: Vec<u8>) -> Vec<u8> {
-    let mut frame = on_uplink(frame);
-    frame[0..6].fill(0);
-    frame
-}
-
 #[test]
 fn unencapsulated_pod_sources_without_their_nodes_mac_are_dropped() {
     let mut fixture = direct_fixture();
@@ -83,7 +75,7 @@ fn unencapsulated_pod_sources_without_their_nodes_mac_are_dropped() {
     ];
     for (source, destination, reason) in cases {
         let before = fixture.counter(reason);
-        let packet = to_this_node(ipv4_frame(source, destination, 64, 1));
+        let packet = on_uplink(ipv4_frame(source, destination, 64, 1));
         let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &packet);
         assert_eq!(verdict, TC_ACT_SHOT, "{source} -> {destination}");
         assert_eq!(fixture.counter(reason), before + 1, "{reason}");
@@ -91,11 +83,11 @@ fn unencapsulated_pod_sources_without_their_nodes_mac_are_dropped() {
     assert_eq!(fixture.counter("direct_to_pod"), 0);
     // A frame for another host (a switch flooding) is left to the kernel,
     // which discards it, uncounted.
-    let elsewhere = on_uplink(ipv4_frame(REMOTE_POD_IP, POD_A_IP, 64, 6));
+    let elsewhere = for_another_host(ipv4_frame(REMOTE_POD_IP, POD_A_IP, 64, 6));
     let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &elsewhere);
     assert_eq!((verdict, out), (TC_ACT_OK, elsewhere));
     // The remote node's own traffic to this node is the nodes' business.
-    let packet = to_this_node(ipv4_frame(REMOTE_NODE_IP, NODE_IP, 64, 5));
+    let packet = on_uplink(ipv4_frame(REMOTE_NODE_IP, NODE_IP, 64, 5));
     let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &packet);
     assert_eq!((verdict, out), (TC_ACT_OK, packet));
 }

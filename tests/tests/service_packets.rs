@@ -967,3 +967,73 @@ fn a_load_balancer_ip_with_source_ranges_takes_new_connections_only_from_them() 
         TC_ACT_SHOT
     );
 }
+
+#[test]
+fn node_ports_serve_only_frames_for_this_node_at_its_own_addresses() {
+    // A switch flooding a frame for another host, and a frame for another
+    // node's address sent to this node's MAC: the kernel's to discard,
+    // never served (before, both nodes answered the same SYN).
+    let mut fixture = with_node_port(&[backend(POD_B_IP, 8080)]);
+    let flooded = for_another_host(ipv4_packet(
+        EXTERNAL_IP,
+        NODE_IP,
+        6,
+        &tcp(
+            (EXTERNAL_IP, OUTSIDE_CLIENT_PORT),
+            (NODE_IP, NODE_PORT),
+            TCP_SYN,
+        ),
+    ));
+    let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &flooded);
+    assert_eq!((verdict, out), (TC_ACT_OK, flooded));
+    let to_another_node = on_uplink(ipv4_packet(
+        EXTERNAL_IP,
+        REMOTE_NODE_IP,
+        6,
+        &tcp(
+            (EXTERNAL_IP, OUTSIDE_CLIENT_PORT),
+            (REMOTE_NODE_IP, NODE_PORT),
+            TCP_SYN,
+        ),
+    ));
+    let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &to_another_node);
+    assert_eq!((verdict, out), (TC_ACT_OK, to_another_node));
+    assert_eq!(fixture.counter("service_to_backend"), 0);
+    assert_eq!(fixture.counter("masqueraded"), 0);
+    // The same SYN for this node is served.
+    let (verdict, _) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &from_outside_to_the_node_port(TCP_SYN),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn node_ports_give_martian_sources_no_backend_and_no_nat_state() {
+    let mut fixture = with_node_port(&[backend(POD_B_IP, 8080)]);
+    let martians = [
+        Ipv4Addr::new(0, 0, 0, 0),
+        Ipv4Addr::new(0, 1, 2, 3),
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(224, 0, 0, 1),
+        Ipv4Addr::new(240, 0, 0, 1),
+        Ipv4Addr::BROADCAST,
+        NODE_IP,
+    ];
+    for source in martians {
+        let syn = on_uplink(ipv4_packet(
+            source,
+            NODE_IP,
+            6,
+            &tcp((source, OUTSIDE_CLIENT_PORT), (NODE_IP, NODE_PORT), TCP_SYN),
+        ));
+        let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &syn);
+        assert_eq!(verdict, TC_ACT_SHOT, "{source}");
+    }
+    assert_eq!(
+        fixture.counter("drop_martian_source"),
+        martians.len() as u64
+    );
+    assert_eq!(fixture.counter("masqueraded"), 0);
+    assert_eq!(fixture.counter("service_to_backend"), 0);
+}
