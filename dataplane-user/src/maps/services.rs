@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use dataplane_common::{
-    Backend, BackendKey, ServiceKey, ServiceValue, ServingKey, SourceRangeKey, names,
+    Backend, BackendKey, ServiceKey, ServiceValue, ServingKey, SourceRangeKey, names, service_flags,
 };
 use ipnetwork::Ipv4Network;
 
@@ -68,7 +68,12 @@ impl ServiceMaps {
     pub fn get(&self, key: &ServiceKey) -> Result<Option<ProgrammedService>, MapsError> {
         match self.services.get(key, 0) {
             Ok(value) => {
-                let ranges = self.source_ranges()?.remove(&value.id).unwrap_or_default();
+                // The whole trie is walked only for a frontend that has ranges.
+                let ranges = if value.flags & service_flags::SOURCE_RANGES != 0 {
+                    self.source_ranges()?.remove(&value.id).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 self.programmed_service(value, ranges).map(Some)
             }
             Err(MapError::KeyNotFound) => Ok(None),

@@ -603,6 +603,11 @@ impl Services {
             .collect()
     }
 
+    /// `source`'s Service `name`, if it lists one.
+    pub fn service(&self, source: Source, name: &str) -> Option<&ServiceSpec> {
+        self.contributed.get(&source)?.get(name)
+    }
+
     /// The frontends of `source`'s `service` an older Service of the same
     /// source is served at instead, each with that Service's name.
     pub fn shadowed(&self, source: Source, service: &ServiceSpec) -> Vec<(Frontend, String)> {

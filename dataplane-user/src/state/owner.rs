@@ -459,35 +459,32 @@ impl Owner {
     /// breaks a rule is refused on its own (warned, counted, listed with
     /// the reason; what it had is withdrawn); from the others, the change is.
     fn upsert_service(&mut self, source: Source, service: ServiceSpec) -> anyhow::Result<()> {
-        let checked = self.checked_service(&service);
-        let changed = match checked {
-            Ok(()) => self
-                .services
-                .upsert(source, service.clone())
-                .map_err(refused_service),
-            Err(error) => Err(error),
-        };
-        let changed = match changed {
-            Ok(changed) => {
-                self.warn_shadowed(source, &service);
-                changed
-            }
-            Err(error) if source == Source::Kubernetes => {
+        if let Err(error) = self.checked_service(&service) {
+            if source == Source::Kubernetes {
                 warn!(service = service.name, "service refused: {error:#}");
                 let changed = self.services.refuse(source, service, format!("{error:#}"));
                 self.program_services(&changed)?;
-                return Err(error);
             }
-            Err(error) => return Err(error),
-        };
+            return Err(error);
+        }
+        let name = service.name.clone();
+        let changed = self
+            .services
+            .upsert(source, service)
+            .map_err(refused_service)?;
+        self.warn_shadowed(source, &name);
         self.program_services(&changed)
     }
 
-    /// Warns about the frontends of `service` an older Service is served at.
-    fn warn_shadowed(&self, source: Source, service: &ServiceSpec) {
+    /// Warns about the frontends of `source`'s Service `name` an older
+    /// Service is served at.
+    fn warn_shadowed(&self, source: Source, name: &str) {
+        let Some(service) = self.services.service(source, name) else {
+            return;
+        };
         for (frontend, served) in self.services.shadowed(source, service) {
             warn!(
-                service = service.name,
+                service = name,
                 %frontend,
                 served,
                 "two Services claim one frontend: the older is served there"
@@ -515,15 +512,16 @@ impl Owner {
                 Err(error) => return Err(error),
             }
         }
+        let names: Vec<String> = valid.iter().map(|service| service.name.clone()).collect();
         let mut changed = self
             .services
-            .replace(source, valid.clone())
+            .replace(source, valid)
             .map_err(refused_service)?;
         for (service, reason) in refused {
             changed.extend(self.services.refuse(source, service, reason));
         }
-        for service in &valid {
-            self.warn_shadowed(source, service);
+        for name in &names {
+            self.warn_shadowed(source, name);
         }
         self.program_services(&changed)
     }
