@@ -7,7 +7,7 @@
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 11;
+pub const MAP_LAYOUT_VERSION: u32 = 12;
 
 /// Map and program names as they appear in the eBPF object.
 pub mod names {
@@ -29,7 +29,7 @@ pub mod names {
     pub const TAIL_CALLS_MAP: &str = "TAIL_CALLS";
     pub const POD_NAT_MAP: &str = "POD_NAT";
     pub const POD_NAT_CLOSED_MAP: &str = "POD_NAT_CLOSED";
-    pub const UNANSWERED_MAP: &str = "UNANSWERED";
+    pub const UNASSURED_MAP: &str = "UNASSURED";
     pub const MONITOR_MAP: &str = "MONITOR";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
@@ -61,9 +61,15 @@ pub const MAX_NAT_ENTRIES: u32 = 262_144;
 /// Connections a pod may hold at most when its share of the table is 100%.
 pub const MAX_NAT_CONNECTIONS: u32 = MAX_NAT_ENTRIES / 2;
 
-/// Capacity of the queue of connections that have not been answered yet,
-/// the candidates for eviction when the table is full.
-pub const MAX_UNANSWERED: u32 = 65_536;
+/// Capacity of the queue of new connections, oldest first: the candidates
+/// for eviction when the table is full (those not established by then).
+/// As many as the table holds, so none falls out of it unseen.
+pub const MAX_UNASSURED: u32 = MAX_NAT_CONNECTIONS;
+
+/// The `POD_NAT` row all outside clients masqueraded on their way to a
+/// Service share (they hold one share of the table together: a flood from
+/// spoofed addresses never takes more, nor makes rows).
+pub const OUTSIDE_CLIENTS: Ipv4Octets = [0; 4];
 
 /// A share of the SNAT ports given as a fraction of this (so 100% fits).
 pub const PORT_SHARE_WHOLE: u32 = 1 << 16;
@@ -343,16 +349,18 @@ pub fn pod_may_use_port(pod: Ipv4Octets, port: u16, share: u32) -> bool {
     (hash & (PORT_SHARE_WHOLE - 1)) < share
 }
 
-/// What the programs count for one pod's masqueraded connections (written
-/// by the programs only, with atomic adds). The agent counts the ones it
-/// collected in `POD_NAT_CLOSED`: the pod holds `opened - evicted - closed`.
+/// What the programs count for one pod's masqueraded connections, or all
+/// outside clients' (key `OUTSIDE_CLIENTS`), written by the programs only,
+/// with atomic adds. The agent counts the ones it collected in
+/// `POD_NAT_CLOSED`: the pod holds `opened - evicted - closed`. The agent
+/// removes the rows of addresses that are no pod here and hold nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct PodNat {
     pub opened: u64,
-    /// Its connections that never got an answer, removed to make room when
-    /// the table was full.
+    /// Its connections that were never established, removed to make room
+    /// when the table or the ports toward a destination were full.
     pub evicted: u64,
     /// New connections refused because the pod held its share of the table.
     pub refused_share: u64,
@@ -436,30 +444,33 @@ pub struct FlowKey {
 /// Lifecycle of a connection, as far as timeouts care. Each half records what
 /// it saw; the connection is in the larger of its two states.
 pub mod conn_state {
-    /// Only the pod has spoken.
+    /// Only the side that opened it has spoken.
     pub const NEW: u8 = 0;
-    /// The other side answered.
-    pub const ESTABLISHED: u8 = 1;
+    /// The other side answered (a SYN-ACK included): half open until the
+    /// opener speaks again (NAT halves; Service flows go to ESTABLISHED).
+    pub const ANSWERED: u8 = 1;
+    /// The opener spoke after the answer: the handshake completed.
+    pub const ESTABLISHED: u8 = 2;
     /// FIN or RST seen.
-    pub const CLOSING: u8 = 2;
+    pub const CLOSING: u8 = 3;
 }
 
-/// What the pod side of a TCP connection last sent, kept in the egress half
-/// so that a FIN or RST in the reply direction is believed only when it fits
-/// the connection (the check Linux conntrack's `tcp_in_window` makes).
-/// Sequence numbers in host order.
+/// What one side of a TCP connection last sent, kept in the half its
+/// packets are keyed by, so that a FIN or RST from the other side is
+/// believed only when it fits the connection (the check Linux conntrack's
+/// `tcp_in_window` makes). Sequence numbers in host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct PodSegment {
-    /// The sequence number after the pod's furthest segment (its SYN and
+pub struct SentSegment {
+    /// The sequence number after the side's furthest segment (its SYN and
     /// FIN count one): what an answer to it acknowledges.
     pub next_seq: u32,
-    /// What the pod last acknowledged: where the other side's next segment starts.
+    /// What the side last acknowledged: where the other side's next segment starts.
     pub ack: u32,
-    /// The window the pod last offered, as on the wire (unscaled).
+    /// The window the side last offered, as on the wire (unscaled).
     pub window: u16,
-    /// 1 once the pod has sent an ACK (`ack` and `window` hold).
+    /// 1 once the side has sent an ACK (`ack` and `window` hold).
     pub acked: u8,
     pub _pad: u8,
 }
@@ -474,12 +485,17 @@ pub struct NatEntry {
     pub port: [u8; 2],
     /// A `conn_state` value.
     pub state: u8,
-    pub _pad: u8,
+    /// Egress halves: 1 once the connection was established. Never evicted
+    /// to make room, unlike connections that are not (conntrack's ASSURED).
+    pub assured: u8,
     /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet of this half.
     pub last_seen_ns: u64,
-    /// TCP egress halves only (zero elsewhere).
-    pub pod_segment: PodSegment,
-    pub _pad2: u32,
+    /// TCP: what the side whose packets key this half has sent (zero elsewhere).
+    pub sent: SentSegment,
+    /// Egress halves: 1 when the opener is an outside client of a Service
+    /// (its row in `POD_NAT` is `OUTSIDE_CLIENTS`), 0 for a pod.
+    pub outside_client: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A fragmented datagram, as its pieces all carry it: the first piece alone
@@ -1041,7 +1057,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<PodNat>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<NatEntry>(), 32);
-        assert_eq!(core::mem::size_of::<PodSegment>(), 12);
+        assert_eq!(core::mem::size_of::<SentSegment>(), 12);
         assert_eq!(core::mem::size_of::<FragmentKey>(), 12);
         assert_eq!(core::mem::size_of::<FragmentRecord>(), 16);
         assert_eq!(core::mem::size_of::<PacketEvent>(), 24);

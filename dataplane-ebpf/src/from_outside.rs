@@ -134,7 +134,7 @@ fn masquerade(
     client: Ipv4Octets,
     backend: Ipv4Octets,
 ) -> Outcome<()> {
-    nat::masquerade(ctx, config, client, backend)
+    nat::masquerade(ctx, config, (client, backend), true)
 }
 
 /// A backend's answer to the node IP, from a pod of this node or through

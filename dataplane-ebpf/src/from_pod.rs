@@ -187,7 +187,7 @@ fn outside(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octet
 // Out of line: the NAT's state stays out of the other paths' stack frames.
 #[inline(never)]
 fn masquerade(ctx: &TcContext, config: &NodeConfig, src: Ipv4Octets, dst: Ipv4Octets) -> i32 {
-    let outcome = nat::masquerade(ctx, config, src, dst)
+    let outcome = nat::masquerade(ctx, config, (src, dst), false)
         .and_then(|()| forward_hop(ctx))
         .and_then(|()| send_out_uplink(ctx, config, Counter::Masqueraded));
     finish(ctx, outcome)

@@ -13,7 +13,7 @@ use dataplane_common::{
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
     MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
-    MAX_SOURCE_RANGES, MAX_UNANSWERED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat,
+    MAX_SOURCE_RANGES, MAX_UNASSURED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat,
     RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey,
     TAIL_CALL_SLOTS,
 };
@@ -45,10 +45,10 @@ pub static POD_NAT: HashMap<Ipv4Octets, PodNat> = HashMap::pinned(MAX_ENDPOINTS,
 #[map(name = "POD_NAT_CLOSED")]
 pub static POD_NAT_CLOSED: HashMap<Ipv4Octets, u64> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// Egress keys of new connections, oldest first, the newest kept when full:
-/// where eviction looks for connections that were never answered.
-#[map(name = "UNANSWERED")]
-pub static UNANSWERED: Queue<FlowKey> = Queue::pinned(MAX_UNANSWERED, 0);
+/// Egress keys of new connections, oldest first: where eviction looks for
+/// connections that were never established.
+#[map(name = "UNASSURED")]
+pub static UNASSURED: Queue<FlowKey> = Queue::pinned(MAX_UNASSURED, 0);
 
 /// Where the later pieces of a fragmented reply to a masqueraded connection
 /// go (see nat.rs). LRU: a record nobody needs any more gives way.

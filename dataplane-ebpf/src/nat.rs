@@ -8,9 +8,14 @@
 //! the pod's packet, and the reply half, keyed by what the world sends back.
 //! The reply half is inserted first with BPF_NOEXIST, which is also how a port
 //! is found free; the egress half follows, and the reply half is removed again
-//! if it cannot be. The table is not LRU: nothing is evicted behind a live
-//! connection; when it is full, new connections fail (counted) and the agent's
-//! garbage collector frees expired pairs.
+//! if it cannot be. The table is not LRU: nothing is evicted behind an
+//! established connection. A connection is established as conntrack's
+//! ASSURED is: the other side answered and the opener spoke again (a
+//! SYN-ACK alone leaves it half open). Until then it is the first to go
+//! when the table or a port range is full (nat_share.rs); otherwise new
+//! connections fail (counted) and the agent's garbage collector frees
+//! expired pairs. FIN and RST move a connection to closing only when they
+//! fit what the other side sent, in either direction.
 
 use core::mem::offset_of;
 
@@ -20,7 +25,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, PodSegment, conn_state, nat_direction,
+    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, SentSegment, conn_state, nat_direction,
     pod_may_use_port,
 };
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
@@ -56,32 +61,32 @@ pub fn in_port_range(config: &NodeConfig, port: [u8; 2]) -> bool {
     port >= config.nat_port_min && port <= config.nat_port_max
 }
 
-/// What the pod side of a connection has sent, after its segment `segment`.
+/// What one side of a connection has sent, after its segment `segment`.
 #[inline(always)]
-fn pod_side_after(mut pod: PodSegment, segment: &Segment) -> PodSegment {
+fn side_after(mut side: SentSegment, segment: &Segment) -> SentSegment {
     // Sequence numbers wrap: "after" is within half the space ahead.
-    if pod.next_seq == 0 || (segment.end.wrapping_sub(pod.next_seq) as i32) > 0 {
-        pod.next_seq = segment.end;
+    if side.next_seq == 0 || (segment.end.wrapping_sub(side.next_seq) as i32) > 0 {
+        side.next_seq = segment.end;
     }
     if let Some(ack) = segment.ack {
-        pod.ack = ack;
-        pod.window = segment.window;
-        pod.acked = 1;
+        side.ack = ack;
+        side.window = segment.window;
+        side.acked = 1;
     }
-    pod
+    side
 }
 
-/// Whether a FIN or RST from the other side fits what the pod sent: it
-/// acknowledges exactly the pod's furthest segment (a refused SYN's reset
-/// does), or it starts within the window the pod offered from what it
+/// Whether a FIN or RST fits what the other side sent: it acknowledges
+/// exactly the other side's furthest segment (a refused SYN's reset does),
+/// or it starts within the window the other side offered from what it
 /// acknowledged last (the window as on the wire: its scale is not tracked,
 /// so a wide window is taken narrower, which a legitimate close, sent at
-/// the edge the pod acknowledged, does not need). A blind sender guesses a
-/// 32-bit number against either.
+/// the edge the other side acknowledged, does not need). A blind sender
+/// guesses a 32-bit number against either.
 #[inline(always)]
-fn fits_pod_side(segment: &Segment, pod: &PodSegment) -> bool {
-    segment.ack == Some(pod.next_seq)
-        || (pod.acked != 0 && segment.seq.wrapping_sub(pod.ack) <= u32::from(pod.window))
+fn fits(segment: &Segment, other: &SentSegment) -> bool {
+    segment.ack == Some(other.next_seq)
+        || (other.acked != 0 && segment.seq.wrapping_sub(other.ack) <= u32::from(other.window))
 }
 
 /// Brings one half up to date with a packet just seen.
@@ -98,8 +103,24 @@ fn refresh(entry: *mut NatEntry, state: u8, now: u64) {
     }
 }
 
+/// The key of the reply half of the connection `egress` on the node's `port`.
+#[inline(always)]
+fn reply_key(egress: &FlowKey, config: &NodeConfig, port: [u8; 2]) -> FlowKey {
+    FlowKey {
+        src: egress.dst,
+        dst: config.node_ip,
+        src_port: egress.dst_port,
+        dst_port: port,
+        protocol: egress.protocol,
+        direction: nat_direction::REPLY,
+        _pad: [0; 2],
+    }
+}
+
 /// Reserves a port for the connection `egress` and inserts both halves,
-/// within the pod's shares of the table and of the ports.
+/// within the shares of the table and of the ports of its row (the pod, or
+/// all outside clients). Every try is a free port; the later half of them
+/// also take a port from a connection that was never established.
 #[inline(always)]
 fn allocate(
     ctx: &TcContext,
@@ -107,10 +128,33 @@ fn allocate(
     config: &NodeConfig,
     transport: &Transport,
     now: u64,
+    outside_client: bool,
 ) -> Outcome<[u8; 2]> {
-    let pod = egress.src;
-    let counts = nat_share::admit(pod, config)?;
+    let counts = nat_share::admit(nat_share::row(egress, outside_client), config)?;
     let range = u32::from(config.nat_port_max.saturating_sub(config.nat_port_min)) + 1;
+    // A first packet opens a new connection (or a closing one), whatever
+    // else it says: nothing answered it yet.
+    let state = if transport.state == conn_state::CLOSING {
+        conn_state::CLOSING
+    } else {
+        conn_state::NEW
+    };
+    let to_pod = NatEntry {
+        addr: egress.src,
+        port: egress.src_port,
+        state,
+        last_seen_ns: now,
+        ..NatEntry::default()
+    };
+    let mut to_node = NatEntry {
+        addr: config.node_ip,
+        sent: transport
+            .segment
+            .map(|segment| side_after(SentSegment::default(), &segment))
+            .unwrap_or_default(),
+        outside_client: u8::from(outside_client),
+        ..to_pod
+    };
     let mut refused = Counter::DropNatExhausted;
     for attempt in 0..PORT_SEARCH_TRIES {
         let port = if attempt == 0 && in_port_range(config, egress.src_port) {
@@ -120,83 +164,109 @@ fn allocate(
             let random = unsafe { bpf_get_prandom_u32() };
             ((config.nat_port_min as u32 + random % range) as u16).to_be_bytes()
         };
-        if !pod_may_use_port(pod, u16::from_be_bytes(port), config.pod_port_share) {
+        if !pod_may_use_port(egress.src, u16::from_be_bytes(port), config.pod_port_share) {
             continue;
         }
-        match insert_pair(egress, config, transport, port, now) {
-            Ok(()) => {
-                nat_share::opened(counts, egress);
-                return Ok(port);
+        to_node.port = port;
+        let reply = reply_key(egress, config, port);
+        let inserted = match insert_pair(egress, &reply, &to_pod, &to_node) {
+            Ok(()) => true,
+            Err(error) if error == -EEXIST => {
+                attempt >= PORT_SEARCH_TRIES / 2
+                    && nat_share::evict_port_holder(ctx, &reply)
+                    && insert_pair(egress, &reply, &to_pod, &to_node).is_ok()
             }
-            Err(error) if error == -EEXIST => continue,
-            // Full: one connection that was never answered makes room.
+            // Full: the oldest connection never established makes room.
             Err(_) => {
-                if nat_share::evict_unanswered(ctx)
-                    && insert_pair(egress, config, transport, port, now).is_ok()
+                if !nat_share::evict_oldest_unassured(ctx)
+                    || insert_pair(egress, &reply, &to_pod, &to_node).is_err()
                 {
-                    nat_share::opened(counts, egress);
-                    return Ok(port);
+                    refused = Counter::DropNatTableFull;
+                    break;
                 }
-                refused = Counter::DropNatTableFull;
-                break;
+                true
             }
+        };
+        if inserted {
+            nat_share::opened(counts, egress);
+            return Ok(port);
         }
     }
     nat_share::refused(counts, refused);
     Err(refused)
 }
 
-/// Inserts both halves of the connection `egress` on the node's `port`: the
-/// reply half first (NOEXIST: `-EEXIST` when the port is taken toward this
-/// destination), then the egress half, or neither.
-#[inline(always)]
+/// Inserts both halves of the connection `egress`: the reply half first
+/// (NOEXIST: `-EEXIST` when the port is taken toward this destination),
+/// then the egress half, or neither.
+// Out of line: called from three places of the port search.
+#[inline(never)]
 fn insert_pair(
     egress: &FlowKey,
-    config: &NodeConfig,
-    transport: &Transport,
-    port: [u8; 2],
-    now: u64,
+    reply: &FlowKey,
+    to_pod: &NatEntry,
+    to_node: &NatEntry,
 ) -> Result<(), i32> {
-    let reply = FlowKey {
-        src: egress.dst,
-        dst: config.node_ip,
-        src_port: egress.dst_port,
-        dst_port: port,
-        protocol: egress.protocol,
-        direction: nat_direction::REPLY,
-        _pad: [0; 2],
-    };
-    let to_pod = NatEntry {
-        addr: egress.src,
-        port: egress.src_port,
-        state: transport.state,
-        last_seen_ns: now,
-        ..NatEntry::default()
-    };
     NAT.insert(reply, to_pod, u64::from(BPF_NOEXIST))?;
-    let to_node = NatEntry {
-        addr: config.node_ip,
-        port,
-        pod_segment: transport
-            .segment
-            .map(|segment| pod_side_after(PodSegment::default(), &segment))
-            .unwrap_or_default(),
-        ..to_pod
-    };
     NAT.insert(egress, to_node, u64::from(BPF_ANY))
         .inspect_err(|_| {
             let _ = NAT.remove(reply);
         })
 }
 
-/// Pod traffic leaving the cluster: the source becomes the node IP and a
-/// port of the SNAT range.
+/// The state the opener's packet moves the egress half `entry` to: a close
+/// only when it fits what the other side sent (an outside client's address
+/// is anyone's to spoof), established only once the other side answered
+/// (then never evicted).
+#[inline(never)]
+fn opener_state(
+    ctx: &TcContext,
+    egress: &FlowKey,
+    entry: *mut NatEntry,
+    transport: &Transport,
+) -> u8 {
+    // SAFETY: as in `refresh`.
+    let (current, to_node) = unsafe { ((*entry).state, *entry) };
+    let state = transport.state;
+    let wants_reply_half = match state {
+        conn_state::CLOSING => transport.segment.is_some(),
+        conn_state::ESTABLISHED => current < conn_state::ESTABLISHED,
+        _ => false,
+    };
+    if !wants_reply_half {
+        return state;
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(to_pod) = (unsafe { NAT.get(nat_share::reply_half(egress, &to_node)) }).copied()
+    else {
+        return current;
+    };
+    if state == conn_state::CLOSING {
+        if let Some(segment) = &transport.segment
+            && !fits(segment, &to_pod.sent)
+        {
+            count(ctx, Counter::NatCloseIgnored);
+            return current;
+        }
+        return state;
+    }
+    if to_pod.state < conn_state::ANSWERED {
+        return current;
+    }
+    // SAFETY: as in `refresh`.
+    unsafe { (*entry).assured = 1 };
+    state
+}
+
+/// Traffic leaving the cluster, from a pod or from an outside client on its
+/// way to a Service's backend (`outside_client`): the source becomes the
+/// node IP and a port of the SNAT range.
 #[inline(always)]
 pub fn masquerade(
     ctx: &TcContext,
     config: &NodeConfig,
-    src: Ipv4Octets,
-    dst: Ipv4Octets,
+    (src, dst): (Ipv4Octets, Ipv4Octets),
+    outside_client: bool,
 ) -> Outcome<()> {
     let ip: Ipv4Hdr = load(ctx, IP_AT)?;
     if ip.frag_offset() != 0 {
@@ -216,16 +286,16 @@ pub fn masquerade(
     let now = unsafe { bpf_ktime_get_ns() };
     let port = match NAT.get_ptr_mut(egress) {
         Some(entry) => {
-            refresh(entry, transport.state, now);
+            refresh(entry, opener_state(ctx, &egress, entry, &transport), now);
             // SAFETY: as in `refresh`.
             unsafe {
                 if let Some(segment) = &transport.segment {
-                    (*entry).pod_segment = pod_side_after((*entry).pod_segment, segment);
+                    (*entry).sent = side_after((*entry).sent, segment);
                 }
                 (*entry).port
             }
         }
-        None => allocate(ctx, &egress, config, &transport, now)?,
+        None => allocate(ctx, &egress, config, &transport, now, outside_client)?,
     };
     rewrite(
         ctx,
@@ -237,8 +307,8 @@ pub fn masquerade(
 }
 
 /// A packet to the node IP (its IPv4 header `ip`, as the hook read it) that
-/// may answer a masqueraded connection, translated back: the pod it is for,
-/// or `None` when it is not for NAT (the node's own traffic).
+/// may answer a masqueraded connection, translated back: the pod (or outside
+/// client) it is for, or `None` when it is not for NAT (the node's own traffic).
 #[inline(always)]
 pub fn translate_reply(
     ctx: &TcContext,
@@ -272,12 +342,13 @@ pub fn translate_reply(
     // SAFETY: as in `refresh`.
     let (pod, pod_port) = unsafe { ((*entry).addr, (*entry).port) };
     let mut state = transport.state;
-    if let Some(segment) = &transport.segment
-        && state == conn_state::CLOSING
-        && !closes_pod_side(&reply, pod, pod_port, segment)
-    {
-        count(ctx, Counter::NatCloseIgnored);
-        state = conn_state::ESTABLISHED;
+    if let Some(segment) = &transport.segment {
+        if state == conn_state::CLOSING && !closes_opener_side(&reply, pod, pod_port, segment) {
+            count(ctx, Counter::NatCloseIgnored);
+            state = conn_state::ANSWERED;
+        }
+        // SAFETY: as in `refresh`.
+        unsafe { (*entry).sent = side_after((*entry).sent, segment) };
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -297,9 +368,14 @@ pub fn translate_reply(
 }
 
 /// Whether the reply FIN or RST `segment` of the connection whose reply half
-/// is `reply` (to `pod`:`pod_port`) fits what the pod sent.
+/// is `reply` (to `pod`:`pod_port`) fits what the opener sent.
 #[inline(never)]
-fn closes_pod_side(reply: &FlowKey, pod: Ipv4Octets, pod_port: [u8; 2], segment: &Segment) -> bool {
+fn closes_opener_side(
+    reply: &FlowKey,
+    pod: Ipv4Octets,
+    pod_port: [u8; 2],
+    segment: &Segment,
+) -> bool {
     let egress = FlowKey {
         src: pod,
         dst: reply.src,
@@ -310,7 +386,7 @@ fn closes_pod_side(reply: &FlowKey, pod: Ipv4Octets, pod_port: [u8; 2], segment:
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once.
-    unsafe { NAT.get(egress) }.is_some_and(|egress| fits_pod_side(segment, &egress.pod_segment))
+    unsafe { NAT.get(egress) }.is_some_and(|egress| fits(segment, &egress.sent))
 }
 
 /// A later piece of a datagram to the node IP: to the pod its first piece

@@ -1,8 +1,11 @@
-//! Fair shares of the NAT table: what each pod holds, refusals counted per
-//! pod, and room made when the table is full by evicting connections that
-//! were never answered (Linux conntrack's early drop). Without it one pod
-//! opening flows fast takes every port toward a destination and then the
-//! whole table, and every other pod's new connections fail.
+//! Fair shares of the NAT table: what each pod holds (and all outside
+//! clients of Services together, in one row), refusals counted per pod,
+//! and room made by evicting connections that were never established
+//! (Linux conntrack's early drop of entries that are not ASSURED): the
+//! oldest of them when the table is full, the one holding a port when the
+//! ports toward a destination are. Without it one pod opening flows fast,
+//! or spoofed SYNs at a node port, take every port toward a destination and
+//! then the whole table, and every other new connection fails.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -11,16 +14,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    Counter, FlowKey, Ipv4Octets, NodeConfig, PodNat, conn_state, nat_direction,
+    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, OUTSIDE_CLIENTS, PodNat, nat_direction,
 };
 
 use crate::{
     counters::{Outcome, count},
-    maps::{NAT, POD_NAT, POD_NAT_CLOSED, UNANSWERED},
+    maps::{NAT, POD_NAT, POD_NAT_CLOSED, UNASSURED},
 };
 
-/// Queued connections looked at per eviction (answered ones are skipped).
-const EVICTION_CANDIDATES: u32 = 4;
+/// Queued connections looked at per eviction (established ones are
+/// dropped from the queue as they are passed).
+const EVICTION_CANDIDATES: u32 = 8;
 
 /// One of the counters in a pod's `PodNat`, incremented atomically.
 #[inline(always)]
@@ -31,27 +35,37 @@ pub fn bump(counter: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }
 
-/// The counts of `pod`, created at its first connection.
+/// The `POD_NAT` row the connection `egress` is counted in.
 #[inline(always)]
-fn pod_nat(pod: Ipv4Octets) -> Option<*mut PodNat> {
-    if let Some(counts) = POD_NAT.get_ptr_mut(pod) {
-        return Some(counts);
+pub fn row(egress: &FlowKey, outside_client: bool) -> Ipv4Octets {
+    if outside_client {
+        OUTSIDE_CLIENTS
+    } else {
+        egress.src
     }
-    let _ = POD_NAT.insert(pod, PodNat::default(), u64::from(BPF_NOEXIST));
-    POD_NAT.get_ptr_mut(pod)
 }
 
-/// The counts of `pod` when it may open one more connection; refused
+/// The counts of the row `row`, created at its first connection.
+#[inline(always)]
+fn pod_nat(row: Ipv4Octets) -> Option<*mut PodNat> {
+    if let Some(counts) = POD_NAT.get_ptr_mut(row) {
+        return Some(counts);
+    }
+    let _ = POD_NAT.insert(row, PodNat::default(), u64::from(BPF_NOEXIST));
+    POD_NAT.get_ptr_mut(row)
+}
+
+/// The counts of `row` when it may open one more connection; refused
 /// (counted) when it holds its share of the table.
 #[inline(always)]
-pub fn admit(pod: Ipv4Octets, config: &NodeConfig) -> Outcome<*mut PodNat> {
-    let counts = pod_nat(pod).ok_or(Counter::DropNatTableFull)?;
+pub fn admit(row: Ipv4Octets, config: &NodeConfig) -> Outcome<*mut PodNat> {
+    let counts = pod_nat(row).ok_or(Counter::DropNatTableFull)?;
     // SAFETY: values copied out of map values valid for this run.
     let (opened, evicted, closed) = unsafe {
         (
             (*counts).opened,
             (*counts).evicted,
-            POD_NAT_CLOSED.get(pod).copied().unwrap_or(0),
+            POD_NAT_CLOSED.get(row).copied().unwrap_or(0),
         )
     };
     let holds = opened.saturating_sub(evicted).saturating_sub(closed);
@@ -63,16 +77,16 @@ pub fn admit(pod: Ipv4Octets, config: &NodeConfig) -> Outcome<*mut PodNat> {
     Ok(counts)
 }
 
-/// Accounts for the new connection `egress` of the pod `counts` belongs to.
+/// Accounts for the new connection `egress` of the row `counts` is.
 #[inline(always)]
 pub fn opened(counts: *mut PodNat, egress: &FlowKey) {
     // SAFETY: as in `admit`.
     bump(unsafe { &raw mut (*counts).opened });
     // The oldest entry gives way when the queue is full.
-    let _ = UNANSWERED.push(egress, u64::from(BPF_EXIST));
+    let _ = UNASSURED.push(egress, u64::from(BPF_EXIST));
 }
 
-/// Counts a refused new connection of the pod `counts` belongs to.
+/// Counts a refused new connection of the row `counts` is.
 #[inline(always)]
 pub fn refused(counts: *mut PodNat, reason: Counter) {
     // SAFETY: as in `admit`.
@@ -85,42 +99,74 @@ pub fn refused(counts: *mut PodNat, reason: Counter) {
     bump(counter);
 }
 
-/// Removes the oldest queued connection that was never answered, if one of
-/// the next few is; whether one was removed.
+/// The key of the reply half of the connection `egress`, translated to
+/// the node's `to_node`.
+#[inline(always)]
+pub fn reply_half(egress: &FlowKey, to_node: &NatEntry) -> FlowKey {
+    FlowKey {
+        src: egress.dst,
+        dst: to_node.addr,
+        src_port: egress.dst_port,
+        dst_port: to_node.port,
+        protocol: egress.protocol,
+        direction: nat_direction::REPLY,
+        _pad: [0; 2],
+    }
+}
+
+/// Removes the connection whose egress half is `egress` unless it was
+/// established; whether it did.
+#[inline(always)]
+fn evict_unless_assured(ctx: &TcContext, egress: &FlowKey) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(to_node) = (unsafe { NAT.get(egress) }).copied() else {
+        return false;
+    };
+    // Removing the egress half succeeds once: the eviction counts once.
+    if to_node.assured != 0 || NAT.remove(egress).is_err() {
+        return false;
+    }
+    let _ = NAT.remove(reply_half(egress, &to_node));
+    if let Some(counts) = POD_NAT.get_ptr_mut(row(egress, to_node.outside_client != 0)) {
+        // SAFETY: as in `admit`.
+        bump(unsafe { &raw mut (*counts).evicted });
+    }
+    count(ctx, Counter::NatEvicted);
+    true
+}
+
+/// Removes the oldest queued connection that was never established, if
+/// one of the next few is; whether one was removed.
 // Out of line: its keys stay off the NAT path's stack.
 #[inline(never)]
-pub fn evict_unanswered(ctx: &TcContext) -> bool {
+pub fn evict_oldest_unassured(ctx: &TcContext) -> bool {
     for _ in 0..EVICTION_CANDIDATES {
-        let Ok(Some(egress)) = UNANSWERED.pop() else {
+        let Ok(Some(egress)) = UNASSURED.pop() else {
             return false;
         };
-        // SAFETY: the value is copied out at once.
-        let Some(to_node) = (unsafe { NAT.get(egress) }).copied() else {
-            continue;
-        };
-        let reply = FlowKey {
-            src: egress.dst,
-            dst: to_node.addr,
-            src_port: egress.dst_port,
-            dst_port: to_node.port,
-            protocol: egress.protocol,
-            direction: nat_direction::REPLY,
-            _pad: [0; 2],
-        };
-        // SAFETY: as above.
-        let answered =
-            unsafe { NAT.get(reply) }.is_none_or(|to_pod| to_pod.state != conn_state::NEW);
-        // Removing the egress half succeeds once: the eviction counts once.
-        if answered || NAT.remove(egress).is_err() {
-            continue;
+        if evict_unless_assured(ctx, &egress) {
+            return true;
         }
-        let _ = NAT.remove(reply);
-        if let Some(counts) = POD_NAT.get_ptr_mut(egress.src) {
-            // SAFETY: as in `admit`.
-            bump(unsafe { &raw mut (*counts).evicted });
-        }
-        count(ctx, Counter::NatEvicted);
-        return true;
     }
     false
+}
+
+/// Removes the connection whose reply half `reply` holds a node port
+/// toward a destination, unless it was established; whether it did.
+#[inline(never)]
+pub fn evict_port_holder(ctx: &TcContext, reply: &FlowKey) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(to_pod) = (unsafe { NAT.get(reply) }).copied() else {
+        return false;
+    };
+    let egress = FlowKey {
+        src: to_pod.addr,
+        dst: reply.src,
+        src_port: to_pod.port,
+        dst_port: reply.src_port,
+        protocol: reply.protocol,
+        direction: nat_direction::EGRESS,
+        _pad: [0; 2],
+    };
+    evict_unless_assured(ctx, &egress)
 }

@@ -62,16 +62,20 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
     if ip.vihl != PLAIN_VIHL {
         return None;
     }
-    let established = if egress {
-        conn_state::NEW
-    } else {
+    // What any packet but a close says: the opener's speaks of an
+    // established connection (once answered, as nat.rs checks), the other
+    // side's of an answer.
+    let carries_on = if egress {
         conn_state::ESTABLISHED
+    } else {
+        conn_state::ANSWERED
     };
     let protocol = ip.proto;
     match protocol {
         TCP => {
             let tcp: TcpHdr = ctx.load(L4_AT).ok()?;
             let closing = tcp.fin() != 0 || tcp.rst() != 0;
+            let opening = tcp.syn() != 0 && tcp.ack() == 0;
             let headers = Ipv4Hdr::LEN as u32 + u32::from(tcp.doff()) * 4;
             let payload = u32::from(ip.tot_len()).saturating_sub(headers);
             let seq = u32::from_be_bytes(tcp.seq);
@@ -85,8 +89,10 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
                 port_at: L4_AT + translated,
                 state: if closing {
                     conn_state::CLOSING
+                } else if opening {
+                    conn_state::NEW
                 } else {
-                    established
+                    carries_on
                 },
                 segment: Some(Segment {
                     seq,
@@ -106,7 +112,7 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
             };
             Some(Transport {
                 port_at: L4_AT + translated,
-                state: established,
+                state: carries_on,
                 ..ports_only(protocol, [udp.src, udp.dst])?
             })
         }
@@ -128,7 +134,7 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4Hdr, egress: bool) -> Option<Transpor
                 checksum_at: L4_AT + offset_of!(Icmpv4Hdr, check),
                 pseudo_header: false,
                 checksum_optional: false,
-                state: established,
+                state: carries_on,
                 segment: None,
             })
         }

@@ -71,7 +71,7 @@ fn pod_nat_families(
     encoder: &mut DescriptorEncoder,
     pods: &[PodNatUsage],
 ) -> Result<(), std::fmt::Error> {
-    let pod = |usage: &PodNatUsage| vec![("pod", usage.pod.to_string())];
+    let pod = |usage: &PodNatUsage| vec![("pod", usage.holder())];
     let held: Vec<(Labels, u64)> = pods
         .iter()
         .map(|usage| (pod(usage), usage.connections))
@@ -90,7 +90,7 @@ fn pod_nat_families(
     family(
         encoder,
         "dataplane_nat_pod_evicted",
-        "A pod's connections that were never answered, evicted when the table was full.",
+        "A pod's connections that were never established, evicted to make room (pod=\"outside\": outside clients of Services).",
         MetricType::Counter,
         &evicted,
     )?;

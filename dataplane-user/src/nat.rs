@@ -42,7 +42,8 @@ impl From<&NatSettings> for Timeouts {
 impl Timeouts {
     pub fn of(&self, protocol: u8, state: u8) -> Duration {
         match (protocol, state) {
-            (TCP, conn_state::NEW) => self.tcp_new,
+            // Half open too: conntrack's SYN_RECV is as short.
+            (TCP, conn_state::NEW | conn_state::ANSWERED) => self.tcp_new,
             (TCP, conn_state::ESTABLISHED) => self.tcp_established,
             (TCP, _) => self.tcp_closing,
             (UDP, _) => self.udp,
@@ -150,6 +151,7 @@ pub fn connections(entries: &[(FlowKey, NatEntry)], now_ns: u64) -> Vec<Connecti
                 remote: endpoint(key.dst, key.dst_port),
                 state: match state {
                     conn_state::NEW => ConnectionState::New,
+                    conn_state::ANSWERED => ConnectionState::Answered,
                     conn_state::ESTABLISHED => ConnectionState::Established,
                     _ => ConnectionState::Closing,
                 },
@@ -236,6 +238,8 @@ mod tests {
     fn tcp_timeouts_follow_the_most_advanced_state() {
         let new = connection(TCP, conn_state::NEW, conn_state::NEW, 0, 0);
         assert_eq!(expired(&new, 61 * SECOND, &timeouts()).len(), 2);
+        let half_open = connection(TCP, conn_state::NEW, conn_state::ANSWERED, 0, 0);
+        assert_eq!(expired(&half_open, 61 * SECOND, &timeouts()).len(), 2);
         let established = connection(TCP, conn_state::NEW, conn_state::ESTABLISHED, 0, 0);
         assert!(expired(&established, 3600 * SECOND, &timeouts()).is_empty());
         let closing = connection(TCP, conn_state::CLOSING, conn_state::ESTABLISHED, 0, 0);

@@ -5,9 +5,9 @@
 
 use std::net::Ipv4Addr;
 
+use dataplane_common::NatEntry;
 use dataplane_common::{
-    MAX_UNANSWERED, NodeConfig, PORT_SHARE_WHOLE, conn_state, names, nat_direction,
-    pod_may_use_port,
+    NodeConfig, PORT_SHARE_WHOLE, conn_state, names, nat_direction, pod_may_use_port,
 };
 use dataplane_tests::test_run::*;
 use dataplane_user::maps::NatMap;
@@ -167,13 +167,10 @@ fn icmp_errors_about_a_translated_packet_reach_the_pod_restored() {
 fn a_full_port_range_is_reported_as_exhaustion() {
     let mut fixture = Fixture::new().unwrap();
     let ports = usize::from(NAT_PORT_MAX - NAT_PORT_MIN + 1);
+    // Established flows: none gives its port up.
     for source_port in 0..ports as u16 {
-        let (verdict, _) = run_egress(
-            &mut fixture,
-            17,
-            &udp((POD_A_IP, 1000 + source_port), (EXTERNAL_IP, 53), true),
-        );
-        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let flow = ((POD_A_IP, 1000 + source_port), (EXTERNAL_IP, 53));
+        assert!(open_established_udp(&mut fixture, flow.0, flow.1).is_some());
     }
     let (verdict, _) = run_egress(
         &mut fixture,
@@ -330,7 +327,7 @@ fn a_reply_fin_or_reset_closes_only_when_it_fits_what_the_pod_sent() {
     from_pod(&mut fixture, TCP_SYN, (1000, 0));
     from_server(&mut fixture, TCP_SYN_ACK, (5000, 1001));
     from_pod(&mut fixture, TCP_ACK, (1001, 5009));
-    assert_eq!(reply_state(&nat, server, pod.1), conn_state::ESTABLISHED);
+    assert_eq!(reply_state(&nat, server, pod.1), conn_state::ANSWERED);
 
     // Blind: a sequence number outside the window, an acknowledgement that
     // is not what the pod sent.
@@ -342,7 +339,7 @@ fn a_reply_fin_or_reset_closes_only_when_it_fits_what_the_pod_sent() {
         from_server(&mut fixture, flags, numbers);
         assert_eq!(
             reply_state(&nat, server, pod.1),
-            conn_state::ESTABLISHED,
+            conn_state::ANSWERED,
             "flags {flags:#x} at {numbers:?}"
         );
     }
@@ -378,6 +375,18 @@ fn open_udp(fixture: &mut Fixture, pod: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -
     (verdict == TC_ACT_REDIRECT).then(|| addresses(&out).0.1)
 }
 
+/// A UDP flow from `pod` to `dst`, answered and spoken in again: established.
+fn open_established_udp(
+    fixture: &mut Fixture,
+    pod: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+) -> Option<u16> {
+    let port = open_udp(fixture, pod, dst)?;
+    answer_udp(fixture, dst, port);
+    assert_eq!(open_udp(fixture, pod, dst), Some(port));
+    Some(port)
+}
+
 /// Pod B moved onto the device test runs use, beside pod A.
 fn with_pod_b_on_the_test_device(fixture: &mut Fixture) {
     fixture
@@ -410,7 +419,7 @@ fn a_pod_gets_its_share_of_the_ports_toward_a_destination_and_others_the_rest() 
     // range: each is translated).
     let dns = (EXTERNAL_IP, 53);
     let taken: Vec<u16> = (0..400)
-        .filter_map(|flow| open_udp(&mut fixture, (POD_A_IP, 1000 + flow), dns))
+        .filter_map(|flow| open_established_udp(&mut fixture, (POD_A_IP, 1000 + flow), dns))
         .collect();
     assert!(
         taken.len() <= share_of(POD_A_IP) && taken.len() * 10 >= share_of(POD_A_IP) * 9,
@@ -478,8 +487,31 @@ fn a_pod_holding_its_share_of_the_table_is_refused_until_the_agent_collects() {
     assert_eq!((a.holds(), a.counts.refused_share), (3, 2));
 }
 
+/// The egress half of the connection `pod` opened to `remote`.
+fn egress_half(nat: &NatMap, pod: (Ipv4Addr, u16), remote: (Ipv4Addr, u16)) -> Option<NatEntry> {
+    nat.entries()
+        .unwrap()
+        .into_iter()
+        .find(|(key, _)| {
+            key.direction == nat_direction::EGRESS
+                && (key.src, key.src_port) == (pod.0.octets(), pod.1.to_be_bytes())
+                && (key.dst, key.dst_port) == (remote.0.octets(), remote.1.to_be_bytes())
+        })
+        .map(|(_, entry)| entry)
+}
+
+/// A UDP answer from `remote` to the node's `port`, as the uplink gets it.
+fn answer_udp(fixture: &mut Fixture, remote: (Ipv4Addr, u16), port: u16) {
+    let answer = udp(remote, (NODE_IP, port), true);
+    let (verdict, _) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &on_uplink(ipv4_packet(remote.0, NODE_IP, 17, &answer)),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+}
+
 #[test]
-fn a_full_table_evicts_the_oldest_connection_never_answered() {
+fn a_full_table_evicts_the_oldest_connection_never_established() {
     let mut fixture = Fixture::new().unwrap();
     with_pod_b_on_the_test_device(&mut fixture);
     fixture
@@ -490,22 +522,22 @@ fn a_full_table_evicts_the_oldest_connection_never_answered() {
             ..node_config()
         })
         .unwrap();
-    // Pod A's flows fill the table; the first is answered.
-    // (at most 20,000 per destination, so its ports do not run out first)
+    // Pod A's flows fill the table (at most 20,000 per destination, so its
+    // ports do not run out first). The first is established (answered, and
+    // the pod spoke again); the second only answered: half open.
     let flow = |index: u32| {
         let (source, destination) = (1 + index % 20_000, 1 + index / 20_000);
         ((POD_A_IP, source as u16), (EXTERNAL_IP, destination as u16))
     };
     let (pod, remote) = flow(0);
-    let first_port = open_udp(&mut fixture, pod, remote).unwrap();
-    let answer = udp(remote, (NODE_IP, first_port), true);
-    let (verdict, _) = fixture.run_program(
-        names::FROM_UPLINK_PROGRAM,
-        &on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 17, &answer)),
-    );
-    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let port = open_udp(&mut fixture, pod, remote).unwrap();
+    answer_udp(&mut fixture, remote, port);
+    assert_eq!(open_udp(&mut fixture, pod, remote), Some(port));
+    let (pod, remote) = flow(1);
+    let port = open_udp(&mut fixture, pod, remote).unwrap();
+    answer_udp(&mut fixture, remote, port);
     let connections = dataplane_common::MAX_NAT_CONNECTIONS;
-    for index in 1..connections {
+    for index in 2..connections {
         let (pod, remote) = flow(index);
         assert!(
             open_udp(&mut fixture, pod, remote).is_some(),
@@ -514,34 +546,207 @@ fn a_full_table_evicts_the_oldest_connection_never_answered() {
     }
     assert_eq!(fixture.counter("nat_evicted"), 0);
 
-    // Full: pod B's new connection takes the place of the oldest flow that
-    // was never answered among the newest MAX_UNANSWERED (the queue keeps
-    // those), not of an answered one.
-    assert!(open_udp(&mut fixture, (POD_B_IP, 1000), (EXTERNAL_IP, 53)).is_some());
-    assert_eq!(fixture.counter("nat_evicted"), 1);
+    // Full: each of pod B's new connections takes the place of the oldest
+    // flow never established, answered or not; the established one stays.
+    for flow in 0..2 {
+        assert!(open_udp(&mut fixture, (POD_B_IP, 1000 + flow), (EXTERNAL_IP, 53)).is_some());
+    }
+    assert_eq!(fixture.counter("nat_evicted"), 2);
     assert_eq!(fixture.counter("drop_nat_table_full"), 0);
     let nat = fixture.maps.take_nat().unwrap();
-    let entries = nat.entries().unwrap();
-    let tracked = |(pod, remote): ((Ipv4Addr, u16), (Ipv4Addr, u16))| {
-        entries.iter().any(|(key, _)| {
-            key.direction == nat_direction::EGRESS
-                && key.src_port == pod.1.to_be_bytes()
-                && key.dst_port == remote.1.to_be_bytes()
-                && key.src == pod.0.octets()
-        })
-    };
-    assert!(tracked(flow(0)), "the answered flow stays");
-    let oldest_queued = connections - MAX_UNANSWERED;
-    assert!(
-        !tracked(flow(oldest_queued)),
-        "the oldest queued flow is evicted"
-    );
-    assert!(tracked(flow(1)) && tracked(flow(oldest_queued + 1)));
+    let tracked = |(pod, remote)| egress_half(&nat, pod, remote).is_some();
+    assert!(tracked(flow(0)), "the established flow stays");
+    assert!(!tracked(flow(1)), "the half-open flow went first");
+    assert!(!tracked(flow(2)), "then the oldest unanswered one");
+    assert!(tracked(flow(3)));
     let a = nat
         .pods()
         .unwrap()
         .into_iter()
         .find(|totals| totals.pod == POD_A_IP)
         .unwrap();
-    assert_eq!(a.counts.evicted, 1);
+    assert_eq!(a.counts.evicted, 2);
+}
+
+#[test]
+fn a_connection_is_established_only_when_the_opener_speaks_after_the_answer() {
+    let mut fixture = Fixture::new().unwrap();
+    let nat = fixture.maps.take_nat().unwrap();
+    let (pod, server) = ((POD_A_IP, 40001), (EXTERNAL_IP, 443));
+    let state = |nat: &NatMap| {
+        let egress = egress_half(nat, pod, server).expect("tracked");
+        (
+            egress.state,
+            reply_state(nat, server, pod.1),
+            egress.assured,
+        )
+    };
+    run_egress(
+        &mut fixture,
+        6,
+        &tcp_segment(pod, server, TCP_SYN, (1000, 0), 1000),
+    );
+    assert_eq!(state(&nat), (conn_state::NEW, conn_state::NEW, 0));
+    // A retransmitted SYN and the answer: half open, still evictable.
+    run_egress(
+        &mut fixture,
+        6,
+        &tcp_segment(pod, server, TCP_SYN, (1000, 0), 1000),
+    );
+    let syn_ack = tcp_segment(server, (NODE_IP, pod.1), TCP_SYN_ACK, (5000, 1001), 0xffff);
+    fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 6, &syn_ack)),
+    );
+    assert_eq!(state(&nat), (conn_state::NEW, conn_state::ANSWERED, 0));
+    let listed = dataplane_user::nat::connections(&nat.entries().unwrap(), 0);
+    assert_eq!(
+        listed[0].state,
+        dataplane_user::api::ConnectionState::Answered
+    );
+    // The pod's ACK completes the handshake.
+    run_egress(
+        &mut fixture,
+        6,
+        &tcp_segment(pod, server, TCP_ACK, (1001, 5001), 1000),
+    );
+    assert_eq!(
+        state(&nat),
+        (conn_state::ESTABLISHED, conn_state::ANSWERED, 1)
+    );
+
+    // A pod's second datagram before any answer leaves its flow new.
+    let dns = (EXTERNAL_IP, 53);
+    let port = open_udp(&mut fixture, (POD_A_IP, 1053), dns).unwrap();
+    open_udp(&mut fixture, (POD_A_IP, 1053), dns).unwrap();
+    let udp_state = |nat: &NatMap| {
+        let egress = egress_half(nat, (POD_A_IP, 1053), dns).unwrap();
+        (egress.state, egress.assured)
+    };
+    assert_eq!(udp_state(&nat), (conn_state::NEW, 0));
+    answer_udp(&mut fixture, dns, port);
+    assert_eq!(udp_state(&nat), (conn_state::NEW, 0));
+    open_udp(&mut fixture, (POD_A_IP, 1053), dns).unwrap();
+    assert_eq!(udp_state(&nat), (conn_state::ESTABLISHED, 1));
+}
+
+#[test]
+fn an_openers_fin_or_reset_closes_only_when_it_fits_what_the_other_side_sent() {
+    let mut fixture = Fixture::new().unwrap();
+    let nat = fixture.maps.take_nat().unwrap();
+    let (pod, server) = ((POD_A_IP, 40001), (EXTERNAL_IP, 443));
+    let from_pod = |fixture: &mut Fixture, flags, numbers| {
+        let (verdict, _) = run_egress(fixture, 6, &tcp_segment(pod, server, flags, numbers, 1000));
+        // Sent on either way: the server's stack judges it too (RFC 5961).
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+    };
+    let egress_state = |nat: &NatMap| egress_half(nat, pod, server).unwrap().state;
+    // Handshake and 8 bytes each way: the server acknowledged up to 1009
+    // and offers a window of 2000.
+    from_pod(&mut fixture, TCP_SYN, (1000, 0));
+    let answer = |fixture: &mut Fixture, flags, numbers| {
+        let segment = tcp_segment(server, (NODE_IP, pod.1), flags, numbers, 2000);
+        fixture.run_program(
+            names::FROM_UPLINK_PROGRAM,
+            &on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 6, &segment)),
+        );
+    };
+    answer(&mut fixture, TCP_SYN_ACK, (5000, 1001));
+    from_pod(&mut fixture, TCP_ACK, (1001, 5009));
+    answer(&mut fixture, TCP_ACK, (5009, 1009));
+    assert_eq!(egress_state(&nat), conn_state::ESTABLISHED);
+
+    // Blind, in the pod's name (as anyone can send in an outside client's):
+    // outside the window, or acknowledging what the server never sent.
+    for (flags, numbers) in [
+        (TCP_RST, (1009 + 100_000, 0)),
+        (TCP_RST | TCP_ACK, (3_000_000_000, 12345)),
+        (TCP_FIN | TCP_ACK, (999, 7)),
+    ] {
+        from_pod(&mut fixture, flags, numbers);
+        assert_eq!(
+            egress_state(&nat),
+            conn_state::ESTABLISHED,
+            "flags {flags:#x} at {numbers:?}"
+        );
+    }
+    assert_eq!(fixture.counter("nat_close_ignored"), 3);
+    // Within the window the server offered: believed.
+    from_pod(&mut fixture, TCP_FIN | TCP_ACK, (1009 + 1500, 0));
+    assert_eq!(egress_state(&nat), conn_state::CLOSING);
+    assert_eq!(fixture.counter("nat_close_ignored"), 3);
+}
+
+/// Pod A's TCP connection from `source_port` to the server, answered (and
+/// completed when `complete`): the node port it got.
+fn open_tcp(fixture: &mut Fixture, source_port: u16, complete: bool) -> u16 {
+    let server = (EXTERNAL_IP, 80);
+    let (verdict, out) = run_egress(fixture, 6, &tcp((POD_A_IP, source_port), server, TCP_SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let ((_, port), _) = addresses(&out);
+    let syn_ack = tcp(server, (NODE_IP, port), TCP_SYN_ACK);
+    fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &on_uplink(ipv4_packet(EXTERNAL_IP, NODE_IP, 6, &syn_ack)),
+    );
+    if complete {
+        run_egress(fixture, 6, &tcp((POD_A_IP, source_port), server, TCP_ACK));
+    }
+    port
+}
+
+#[test]
+fn half_open_connections_give_up_their_ports_toward_a_destination() {
+    // The fixture's range has 4 ports. Half open connections hold them all:
+    // a new connection (a flood's SYNs do no more) takes one's port.
+    let mut fixture = Fixture::new().unwrap();
+    with_pod_b_on_the_test_device(&mut fixture);
+    for flow in 0..4 {
+        open_tcp(&mut fixture, 50_000 + flow, false);
+    }
+    let syn = tcp((POD_B_IP, 50_000), (EXTERNAL_IP, 80), TCP_SYN);
+    let (verdict, _) = fixture.run(&ipv4_packet(POD_B_IP, EXTERNAL_IP, 6, &syn));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(fixture.counter("nat_evicted"), 1);
+    assert_eq!(fixture.counter("drop_nat_exhausted"), 0);
+
+    // Established connections keep theirs: the range is exhausted.
+    let mut fixture = Fixture::new().unwrap();
+    with_pod_b_on_the_test_device(&mut fixture);
+    for flow in 0..4 {
+        open_tcp(&mut fixture, 50_000 + flow, true);
+    }
+    let (verdict, _) = fixture.run(&ipv4_packet(POD_B_IP, EXTERNAL_IP, 6, &syn));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("nat_evicted"), 0);
+    assert_eq!(fixture.counter("drop_nat_exhausted"), 1);
+}
+
+#[test]
+fn the_agent_forgets_the_rows_of_departed_pods_that_hold_nothing() {
+    let mut fixture = Fixture::new().unwrap();
+    with_pod_b_on_the_test_device(&mut fixture);
+    for pod in [POD_A_IP, POD_B_IP] {
+        assert!(open_udp(&mut fixture, (pod, 1000), (EXTERNAL_IP, 53)).is_some());
+    }
+    let table = dataplane_user::state::NatTable::new(
+        fixture.maps.take_nat().unwrap(),
+        dataplane_user::nat::Timeouts::from(&dataplane_user::config::NatSettings::default()),
+        u64::from(dataplane_common::MAX_NAT_CONNECTIONS),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let rows = |report: &dataplane_user::state::GcReport| -> Vec<Ipv4Addr> {
+        report.pods.iter().map(|usage| usage.pod).collect()
+    };
+    // Pod B is gone, but its connection is not yet: its row stays.
+    let only_a = || [POD_A_IP].into_iter().collect();
+    let report = runtime.block_on(table.collect_garbage(only_a())).unwrap();
+    assert_eq!(rows(&report), [POD_A_IP, POD_B_IP]);
+    // Once it holds nothing, the row goes; pod A's stays, with its counts.
+    assert_eq!(runtime.block_on(table.flush(only_a())).unwrap(), 4);
+    let report = runtime.block_on(table.collect_garbage(only_a())).unwrap();
+    assert_eq!(rows(&report), [POD_A_IP]);
+    assert_eq!((report.pods[0].opened, report.pods[0].connections), (1, 0));
 }

@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 use aya::maps::{HashMap, Map};
 use dataplane_common::{
     Affinity, AffinityKey, Backend, FlowKey, HAIRPIN_SOURCE, Ipv4Cidr, NODE_PORT_ADDRESS,
-    NodeConfig, ServiceFlow, ServiceKey, conn_state, frontend_scope, names, service_flags,
+    NodeConfig, OUTSIDE_CLIENTS, ServiceFlow, ServiceKey, conn_state, frontend_scope, names,
+    service_flags,
 };
 use dataplane_tests::test_run::*;
 use ipnetwork::Ipv4Network;
@@ -20,6 +21,7 @@ use ipnetwork::Ipv4Network;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT_PORT: u16 = 40123;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const TCP_SYN_ACK: u8 = 0x12;
 
@@ -1036,4 +1038,89 @@ fn node_ports_give_martian_sources_no_backend_and_no_nat_state() {
     );
     assert_eq!(fixture.counter("masqueraded"), 0);
     assert_eq!(fixture.counter("service_to_backend"), 0);
+}
+
+/// `client`'s TCP segment to the node port, as the uplink gets it.
+fn from_client_to_the_node_port(
+    client: (Ipv4Addr, u16),
+    flags: u8,
+    numbers: (u32, u32),
+) -> Vec<u8> {
+    on_uplink(ipv4_packet(
+        client.0,
+        NODE_IP,
+        6,
+        &tcp_segment(client, (NODE_IP, NODE_PORT), flags, numbers, 1000),
+    ))
+}
+
+#[test]
+fn spoofed_syns_at_a_node_port_hold_no_port_nor_row_a_client_needs() {
+    // The fixture's NAT range has 4 ports toward the backend.
+    let mut fixture = with_node_port(&[backend(POD_B_IP, 8080)]);
+    with_pod_b_on_the_test_device(&mut fixture);
+    let client = (EXTERNAL_IP, OUTSIDE_CLIENT_PORT);
+    let (verdict, out) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &from_client_to_the_node_port(client, TCP_SYN, (1000, 0)),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let ((_, port), _) = addresses(&out);
+    let answer = |fixture: &mut Fixture, flags, numbers| {
+        let segment = tcp_segment((POD_B_IP, 8080), (NODE_IP, port), flags, numbers, 1000);
+        let (verdict, _) = fixture.run(&ipv4_packet(POD_B_IP, NODE_IP, 6, &segment));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+    };
+    answer(&mut fixture, TCP_SYN_ACK, (5000, 1001));
+    let (verdict, _) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &from_client_to_the_node_port(client, TCP_ACK, (1001, 5001)),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+
+    // 200 spoofed sources, each a SYN the backend answers.
+    for index in 0..200u32 {
+        let spoofed = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 51, 100, 0)) + index);
+        let (verdict, out) = fixture.run_program(
+            names::FROM_UPLINK_PROGRAM,
+            &from_client_to_the_node_port((spoofed, 1024), TCP_SYN, (7, 0)),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT, "SYN {index}");
+        let ((_, spoofed_port), _) = addresses(&out);
+        let syn_ack = tcp((POD_B_IP, 8080), (NODE_IP, spoofed_port), TCP_SYN_ACK);
+        fixture.run(&ipv4_packet(POD_B_IP, NODE_IP, 6, &syn_ack));
+    }
+    assert_eq!(fixture.counter("drop_nat_exhausted"), 0);
+    // The established client kept its port, and one row counts every
+    // outside client.
+    let (verdict, out) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &from_client_to_the_node_port(client, TCP_ACK, (1001, 5001)),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(addresses(&out).0, (NODE_IP, port));
+    let nat = fixture.maps.take_nat().unwrap();
+    let rows = nat.pods().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].pod.octets(), OUTSIDE_CLIENTS);
+    assert_eq!(rows[0].counts.opened, 201);
+    assert_eq!(rows[0].counts.evicted, 201 - 4);
+
+    // Three forged resets in the client's name, off the window the backend
+    // offered, leave its connection established.
+    for seq in [123_456_789, 3_000_000_000, 1001 + 100_000] {
+        fixture.run_program(
+            names::FROM_UPLINK_PROGRAM,
+            &from_client_to_the_node_port(client, TCP_RST, (seq, 0)),
+        );
+    }
+    assert_eq!(fixture.counter("nat_close_ignored"), 3);
+    let egress = nat
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|(key, _)| key.src == EXTERNAL_IP.octets())
+        .unwrap()
+        .1;
+    assert_eq!((egress.state, egress.assured), (conn_state::ESTABLISHED, 1));
 }

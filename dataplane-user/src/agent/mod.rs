@@ -112,6 +112,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if masquerading {
         tokio::spawn(collect_nat_garbage_forever(
             nat,
+            state.clone(),
             Duration::from_secs(config.nat.gc_interval_seconds.max(1)),
         ));
     }
@@ -146,11 +147,15 @@ async fn collect_service_garbage_forever(tables: ServiceTables, interval: Durati
     }
 }
 
-async fn collect_nat_garbage_forever(nat: NatTable, interval: Duration) {
+async fn collect_nat_garbage_forever(nat: NatTable, state: StateHandle, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
-        match nat.collect_garbage().await {
+        let collected = match state.pod_addresses().await {
+            Ok(pods) => nat.collect_garbage(pods).await,
+            Err(error) => Err(error),
+        };
+        match collected {
             Ok(report) => {
                 if report.removed > 0 {
                     debug!(

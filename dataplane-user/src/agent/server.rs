@@ -167,7 +167,7 @@ async fn handle(state: &StateHandle, nat: &NatTable, request: Request) -> anyhow
             pods.retain(|usage| address.is_none_or(|address| usage.pod == address));
             Response::Nat { connections, pods }
         }
-        Request::FlushNat => done(nat.flush().await? > 0),
+        Request::FlushNat => done(nat.flush(state.pod_addresses().await?).await? > 0),
         Request::AddService { service } => {
             state
                 .ask(|reply| Command::UpsertService(Source::Api, service, reply))

@@ -342,15 +342,17 @@ pub struct CounterEntry {
     pub bytes: u64,
 }
 
-/// One pod's share of the NAT table: what it holds against its limit, and
-/// what it was refused or had evicted.
+/// One pod's share of the NAT table (or all outside clients' of Services,
+/// `pod` 0.0.0.0): what it holds against its limit, and what it was refused
+/// or had evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodNatUsage {
     pub pod: Ipv4Addr,
     pub connections: u64,
     pub limit: u64,
     pub opened: u64,
-    /// Never answered, removed to make room when the table was full.
+    /// Never established, removed to make room when the table or the ports
+    /// toward a destination were full.
     pub evicted: u64,
     /// Refused: the pod held its share of the table.
     pub refused_share: u64,
@@ -358,6 +360,17 @@ pub struct PodNatUsage {
     pub refused_ports: u64,
     /// Refused: the table was full and nothing could be evicted.
     pub refused_full: u64,
+}
+
+impl PodNatUsage {
+    /// Who the row is: a pod's address, or `outside` for all outside clients.
+    pub fn holder(&self) -> String {
+        if self.pod.octets() == dataplane_common::OUTSIDE_CLIENTS {
+            "outside".to_owned()
+        } else {
+            self.pod.to_string()
+        }
+    }
 }
 
 /// A masqueraded connection, from its pod's side.
@@ -384,6 +397,8 @@ impl Connection {
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionState {
     New,
+    /// The other side answered, the opener has not spoken since (half open).
+    Answered,
     Established,
     Closing,
 }
@@ -392,6 +407,7 @@ impl std::fmt::Display for ConnectionState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ConnectionState::New => "new",
+            ConnectionState::Answered => "answered",
             ConnectionState::Established => "established",
             ConnectionState::Closing => "closing",
         })

@@ -164,7 +164,7 @@ pub fn print_text(response: &Response) {
             for usage in pods {
                 println!(
                     "{:<15} {:>11} {:>7} {:>9} {:>8} {:>14} {:>14} {:>13}",
-                    usage.pod.to_string(),
+                    usage.holder(),
                     usage.connections,
                     usage.limit,
                     usage.opened,

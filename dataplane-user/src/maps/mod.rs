@@ -136,6 +136,14 @@ impl NatMap {
             .map_err(access(names::POD_NAT_CLOSED_MAP))
     }
 
+    /// Forgets the row of `pod` (the programs make it again at its next
+    /// connection).
+    pub fn remove_row(&mut self, pod: Ipv4Octets) -> Result<(), MapsError> {
+        removed(self.pod_nat.remove(&pod), names::POD_NAT_MAP)?;
+        removed(self.pod_closed.remove(&pod), names::POD_NAT_CLOSED_MAP)?;
+        Ok(())
+    }
+
     /// What the agent collected of `pod`'s connections.
     fn closed(&self, pod: Ipv4Octets) -> Result<u64, MapsError> {
         match self.pod_closed.get(&pod, 0) {

@@ -13,7 +13,7 @@ mod reconcile;
 mod report;
 mod service_tables;
 
-use std::net::Ipv4Addr;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use anyhow::anyhow;
 use ipnetwork::Ipv4Network;
@@ -123,6 +123,12 @@ impl StateHandle {
             .send(command)
             .await
             .map_err(|_| anyhow!("the state owner has stopped"))
+    }
+
+    /// The addresses of this node's pods.
+    pub async fn pod_addresses(&self) -> anyhow::Result<HashSet<Ipv4Addr>> {
+        let endpoints = self.ask(Command::Endpoints).await?;
+        Ok(endpoints.into_iter().map(|endpoint| endpoint.ip).collect())
     }
 
     pub async fn add_endpoint(&self, endpoint: EndpointSpec) -> anyhow::Result<()> {

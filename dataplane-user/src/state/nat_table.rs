@@ -4,12 +4,13 @@
 //! their own and never hold up the state owner, the API or the CNI plugin.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
     sync::{Arc, Mutex},
 };
 
 use anyhow::anyhow;
-use dataplane_common::{FlowKey, Ipv4Octets, nat_direction};
+use dataplane_common::{FlowKey, Ipv4Octets, NatEntry, OUTSIDE_CLIENTS, nat_direction};
 use tracing::info;
 
 use crate::{
@@ -36,24 +37,50 @@ struct Table {
     last_gc: Mutex<GcReport>,
 }
 
-/// Removes `keys`; counts each connection whose egress half it removed
-/// toward its pod's collected ones (the programs count what they evict).
+/// Removes the halves `entries`; counts each connection whose egress half it
+/// removed toward its row's collected ones (the programs count what they
+/// evict).
 fn remove_connections<'a>(
     map: &mut NatMap,
-    keys: impl IntoIterator<Item = &'a FlowKey>,
+    entries: impl IntoIterator<Item = &'a (FlowKey, NatEntry)>,
 ) -> anyhow::Result<usize> {
     let mut removed = 0;
     let mut closed: HashMap<Ipv4Octets, u64> = HashMap::new();
-    for key in keys {
+    for (key, entry) in entries {
         if map.remove(key)? {
             removed += 1;
             if key.direction == nat_direction::EGRESS {
-                *closed.entry(key.src).or_default() += 1;
+                *closed.entry(row(key, entry)).or_default() += 1;
             }
         }
     }
     for (pod, connections) in closed {
         map.add_closed(pod, connections)?;
+    }
+    Ok(removed)
+}
+
+/// The `POD_NAT` row the connection of the egress half `key` is counted in.
+fn row(key: &FlowKey, to_node: &NatEntry) -> Ipv4Octets {
+    if to_node.outside_client != 0 {
+        OUTSIDE_CLIENTS
+    } else {
+        key.src
+    }
+}
+
+/// Removes the rows of addresses that are no pod of this node (any more)
+/// and hold nothing: a pod's row lives while the pod does or its
+/// connections do, so the rows never outgrow the node's pods. Returns how
+/// many went.
+fn remove_idle_rows(map: &mut NatMap, pods: &HashSet<Ipv4Addr>) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for totals in map.pods()? {
+        let kept = pods.contains(&totals.pod) || totals.pod.octets() == OUTSIDE_CLIENTS;
+        if !kept && totals.holds() == 0 {
+            map.remove_row(totals.pod.octets())?;
+            removed += 1;
+        }
     }
     Ok(removed)
 }
@@ -122,12 +149,18 @@ impl NatTable {
         .await
     }
 
-    /// Removes expired connections; returns the report.
-    pub async fn collect_garbage(&self) -> anyhow::Result<GcReport> {
-        self.with_map(|map, table| {
+    /// Removes expired connections, and the rows of addresses that are not
+    /// among `pods` (this node's) and hold nothing; returns the report.
+    pub async fn collect_garbage(&self, pods: HashSet<Ipv4Addr>) -> anyhow::Result<GcReport> {
+        self.with_map(move |map, table| {
             let entries = map.entries()?;
-            let expired = nat::expired(&entries, nat::monotonic_now_ns(), &table.timeouts);
-            let removed = remove_connections(map, &expired)?;
+            let expired: HashSet<FlowKey> =
+                nat::expired(&entries, nat::monotonic_now_ns(), &table.timeouts)
+                    .into_iter()
+                    .collect();
+            let removed =
+                remove_connections(map, entries.iter().filter(|(key, _)| expired.contains(key)))?;
+            remove_idle_rows(map, &pods)?;
             let pods = pod_usage(map, table.pod_limit)?;
             let mut last = table.last_gc.lock().expect("no panics while held");
             *last = GcReport {
@@ -141,12 +174,14 @@ impl NatTable {
         .await
     }
 
-    /// Removes every entry; returns how many.
-    pub async fn flush(&self) -> anyhow::Result<usize> {
+    /// Removes every entry, and the rows of addresses that are not among
+    /// `pods`; returns how many entries.
+    pub async fn flush(&self, pods: HashSet<Ipv4Addr>) -> anyhow::Result<usize> {
         let removed = self
-            .with_map(|map, _| {
-                let keys: Vec<FlowKey> = map.entries()?.into_iter().map(|(key, _)| key).collect();
-                remove_connections(map, &keys)
+            .with_map(move |map, _| {
+                let removed = remove_connections(map, &map.entries()?)?;
+                remove_idle_rows(map, &pods)?;
+                Ok(removed)
             })
             .await?;
         info!(removed, "NAT table flushed");
