@@ -173,7 +173,7 @@ fn allocate(
             Ok(()) => true,
             Err(error) if error == -EEXIST => {
                 attempt >= PORT_SEARCH_TRIES / 2
-                    && nat_share::evict_port_holder(ctx, &reply)
+                    && nat_share::evict_port_holder(ctx, &reply, now)
                     && insert_pair(egress, &reply, &to_pod, &to_node).is_ok()
             }
             // Full: the oldest connection never established makes room.
@@ -218,7 +218,9 @@ fn insert_pair(
 /// only when it fits what the other side sent (an outside client's address
 /// is anyone's to spoof), established only once the other side answered
 /// (then never evicted).
-#[inline(never)]
+// Inline: a `Transport` passed by reference to a call is spilled whole,
+// the unset part of its `Option`s included, which the verifier refuses.
+#[inline(always)]
 fn opener_state(
     ctx: &TcContext,
     egress: &FlowKey,

@@ -22,6 +22,11 @@ use crate::{
     maps::{NAT, POD_NAT, POD_NAT_CLOSED, UNASSURED},
 };
 
+/// A connection this young keeps its port toward a destination: its
+/// handshake is under way (the answer passed, the opener's ACK not yet).
+/// Under a flood the ports cycle through older connections instead.
+const HANDSHAKE_GRACE_NS: u64 = 20_000_000;
+
 /// Queued connections looked at per eviction (established ones are
 /// dropped from the queue as they are passed).
 const EVICTION_CANDIDATES: u32 = 8;
@@ -152,13 +157,18 @@ pub fn evict_oldest_unassured(ctx: &TcContext) -> bool {
 }
 
 /// Removes the connection whose reply half `reply` holds a node port
-/// toward a destination, unless it was established; whether it did.
+/// toward a destination, unless it was established or opened less than
+/// `HANDSHAKE_GRACE_NS` before `now`; whether it did.
 #[inline(never)]
-pub fn evict_port_holder(ctx: &TcContext, reply: &FlowKey) -> bool {
+pub fn evict_port_holder(ctx: &TcContext, reply: &FlowKey, now: u64) -> bool {
     // SAFETY: the value is copied out at once.
     let Some(to_pod) = (unsafe { NAT.get(reply) }).copied() else {
         return false;
     };
+    // A half's time is its first packet's until a second later.
+    if now.saturating_sub(to_pod.last_seen_ns) < HANDSHAKE_GRACE_NS {
+        return false;
+    }
     let egress = FlowKey {
         src: to_pod.addr,
         dst: reply.src,

@@ -3,7 +3,7 @@
 //! port choice, exhaustion, unsolicited traffic, fragments, blind resets and
 //! each pod's share of the ports and of the table.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use dataplane_common::NatEntry;
 use dataplane_common::{
@@ -698,7 +698,8 @@ fn open_tcp(fixture: &mut Fixture, source_port: u16, complete: bool) -> u16 {
 #[test]
 fn half_open_connections_give_up_their_ports_toward_a_destination() {
     // The fixture's range has 4 ports. Half open connections hold them all:
-    // a new connection (a flood's SYNs do no more) takes one's port.
+    // a new connection (a flood's SYNs do no more) takes one's port, once
+    // its handshake had time to complete (20 ms).
     let mut fixture = Fixture::new().unwrap();
     with_pod_b_on_the_test_device(&mut fixture);
     for flow in 0..4 {
@@ -706,9 +707,13 @@ fn half_open_connections_give_up_their_ports_toward_a_destination() {
     }
     let syn = tcp((POD_B_IP, 50_000), (EXTERNAL_IP, 80), TCP_SYN);
     let (verdict, _) = fixture.run(&ipv4_packet(POD_B_IP, EXTERNAL_IP, 6, &syn));
+    assert_eq!(verdict, TC_ACT_SHOT, "young connections keep their ports");
+    assert_eq!(fixture.counter("drop_nat_exhausted"), 1);
+    std::thread::sleep(Duration::from_millis(25));
+    let (verdict, _) = fixture.run(&ipv4_packet(POD_B_IP, EXTERNAL_IP, 6, &syn));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(fixture.counter("nat_evicted"), 1);
-    assert_eq!(fixture.counter("drop_nat_exhausted"), 0);
+    assert_eq!(fixture.counter("drop_nat_exhausted"), 1);
 
     // Established connections keep theirs: the range is exhausted.
     let mut fixture = Fixture::new().unwrap();
@@ -716,6 +721,7 @@ fn half_open_connections_give_up_their_ports_toward_a_destination() {
     for flow in 0..4 {
         open_tcp(&mut fixture, 50_000 + flow, true);
     }
+    std::thread::sleep(Duration::from_millis(25));
     let (verdict, _) = fixture.run(&ipv4_packet(POD_B_IP, EXTERNAL_IP, 6, &syn));
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(fixture.counter("nat_evicted"), 0);
