@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use ipnetwork::Ipv4Network;
 use nix::{
     libc,
     sys::{
@@ -365,6 +366,25 @@ fn listener_on(
             TcpListener::bind(address).with_context(|| format!("listening on {address}"))?;
         setsockopt(&listener, ReceiveTimeout, &timeout)?;
         Ok(listener)
+    }))
+}
+
+/// One request and its answer over a fresh connection from `netns` to
+/// `address` (an `EchoServers` port), connecting within `timeout`.
+pub fn echo_once(netns: &Netns, address: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    joined(in_netns(netns, move || {
+        let mut stream = TcpStream::connect_timeout(&address, timeout)
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(&LAST_REQUEST)?;
+        let mut answer = [0u8; 64];
+        stream
+            .read_exact(&mut answer)
+            .with_context(|| format!("the answer from {address}"))?;
+        if answer != LAST_REQUEST {
+            bail!("{address} answered something else");
+        }
+        Ok(())
     }))
 }
 
@@ -798,4 +818,121 @@ impl Capture {
             .map(str::to_string)
             .collect())
     }
+}
+
+/// A TCP SYN flood from one thread: frames to `next_hop_mac` out of
+/// `interface`, from random addresses of `sources` (one address: that
+/// one, unspoofed) and random ports, to `destination`'s address at a port
+/// of `ports` (random when it is a range), sent as fast as the thread can
+/// until `duration` passed. Yields how many frames went out.
+pub struct SynFlood {
+    pub interface: &'static str,
+    pub next_hop_mac: [u8; 6],
+    pub sources: Ipv4Network,
+    pub destination: Ipv4Addr,
+    pub ports: std::ops::RangeInclusive<u16>,
+    pub duration: Duration,
+}
+
+impl SynFlood {
+    /// Starts the flood in `netns`.
+    pub fn start(self, netns: &Netns) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
+        let index = netns.index_of(self.interface)?;
+        let own_mac = netns.mac_of(self.interface)?;
+        Ok(in_netns(netns, move || {
+            let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
+            // SAFETY: as in `send_frames`.
+            let ((), device) = unsafe {
+                SockAddr::try_init(|storage, length| {
+                    let link = storage.cast::<libc::sockaddr_ll>();
+                    (*link).sll_family = libc::AF_PACKET as u16;
+                    (*link).sll_ifindex = index as i32;
+                    *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                    Ok(())
+                })
+            }?;
+            let mut frame = syn_template(self.next_hop_mac, own_mac.into_array(), self.destination);
+            let mut random = Xorshift(0x9e37_79b9_7f4a_7c15 ^ u64::from(index));
+            let (first, count) = (
+                u32::from(self.sources.network()),
+                u64::from(u32::MAX >> self.sources.prefix().min(31)) + 1,
+            );
+            let port_span = u64::from(self.ports.end() - self.ports.start()) + 1;
+            let deadline = Instant::now() + self.duration;
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                // A batch between clock reads.
+                for _ in 0..256 {
+                    let value = random.next();
+                    let source = if self.sources.prefix() == 32 {
+                        first
+                    } else {
+                        first + (value % count) as u32
+                    };
+                    let port = *self.ports.start() + ((value >> 32) % port_span) as u16;
+                    fill_syn(
+                        &mut frame,
+                        source,
+                        (value >> 48) as u16 | 1024,
+                        port,
+                        value as u32,
+                    );
+                    // A full queue drops the frame: what a flood is.
+                    if socket.send_to(&frame, &device).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            Ok(sent)
+        }))
+    }
+}
+
+/// xorshift64: fast and good enough for spoofed addresses and ports.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// An Ethernet frame holding an IPv4 TCP SYN to `destination` (no
+/// options), its source, ports and checksums filled by `fill_syn`.
+fn syn_template(dst_mac: [u8; 6], src_mac: [u8; 6], destination: Ipv4Addr) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(54);
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    // IPv4: version 4, IHL 5, total 40, DF, TTL 64, TCP.
+    frame.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&destination.octets());
+    // TCP: ports, sequence, acknowledgement, offset 5, SYN, window 64240.
+    frame.extend_from_slice(&[0; 12]);
+    frame.extend_from_slice(&[0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+    frame
+}
+
+/// Sets the source, the ports and the sequence number of a `syn_template`
+/// frame, and both checksums.
+fn fill_syn(frame: &mut [u8], source: u32, source_port: u16, port: u16, seq: u32) {
+    frame[26..30].copy_from_slice(&source.to_be_bytes());
+    frame[34..36].copy_from_slice(&source_port.to_be_bytes());
+    frame[36..38].copy_from_slice(&port.to_be_bytes());
+    frame[38..42].copy_from_slice(&seq.to_be_bytes());
+    frame[24..26].fill(0);
+    let ip = dataplane_common::checksum::internet(&frame[14..34]);
+    frame[24..26].copy_from_slice(&ip.to_be_bytes());
+    frame[50..52].fill(0);
+    let mut pseudo = [0u8; 32];
+    pseudo[0..8].copy_from_slice(&frame[26..34]);
+    pseudo[9] = 6;
+    pseudo[11] = 20;
+    pseudo[12..32].copy_from_slice(&frame[34..54]);
+    let tcp = dataplane_common::checksum::internet(&pseudo);
+    frame[50..52].copy_from_slice(&tcp.to_be_bytes());
 }
