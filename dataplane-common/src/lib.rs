@@ -920,6 +920,11 @@ counters! {
     /// 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4, broadcast, or an
     /// address of this node itself (never given a backend or NAT state).
     drop DropMartianSource = "martian_source";
+    /// From the underlay, unencapsulated, to a pod of this node while
+    /// masquerading: not a reply, not for a Service, not from a verified
+    /// node or an unmasqueraded destination. Nothing else has a reason to
+    /// address a pod from out there (the node's stack would forward it).
+    drop DropUplinkToPod = "uplink_to_pod";
 }
 
 impl Counter {
@@ -967,7 +972,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 53);
+        assert_eq!(Counter::COUNT, 54);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 

@@ -2,7 +2,9 @@
 //! here when it comes from a known node on our VNI, and dropped otherwise;
 //! unencapsulated packets from pods of other nodes (direct routing) are
 //! accepted only in frames from their node's MAC: nobody on the underlay
-//! can inject into pods. Everything else passes.
+//! can inject into pods. VLAN-tagged frames are the kernel's (a VLAN
+//! device's, or nobody's): delivered to a pod, the tag would go with them.
+//! Everything else passes.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use core::mem::offset_of;
@@ -24,7 +26,7 @@ use crate::{
         remote_node,
     },
     nat,
-    packet::{L4_AT, load},
+    packet::{L4_AT, load, vlan_tagged},
     service,
     tunnel::{self, VxlanPacket},
 };
@@ -49,7 +51,7 @@ struct IpPacket {
 
 pub fn handle(ctx: &TcContext) -> i32 {
     let config = node_config();
-    if !config.tunnel_enabled() {
+    if !config.tunnel_enabled() || vlan_tagged(ctx) {
         return TC_ACT_OK;
     }
     // Cheap test first: IPv4, UDP, to the VXLAN port of this node.
@@ -102,11 +104,12 @@ fn short_packet(ctx: &TcContext, config: &NodeConfig) -> i32 {
 fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     let (source, destination) = (ip.src_addr, ip.dst_addr);
     // Frames to other hosts (a switch flooding) are the kernel's to discard.
-    if pkt_type(ctx) != PACKET_OTHERHOST {
-        match direct_sender(config, source, destination)? {
-            NOT_FROM_A_NODE => {}
-            node_ip => return Ok(from_direct_node(ctx, config, node_ip, destination)),
-        }
+    if pkt_type(ctx) == PACKET_OTHERHOST {
+        return Ok(TC_ACT_OK);
+    }
+    match direct_sender(config, source, destination)? {
+        NOT_FROM_A_NODE => {}
+        node_ip => return Ok(from_direct_node(ctx, config, node_ip, destination)),
     }
     if may_be_for_a_service(ctx, config, ip) {
         // SAFETY: the slot holds a classifier; the call only returns when
@@ -125,6 +128,14 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome 
             None if is_host_address(&destination, config) => Ok(TC_ACT_OK),
             None => Err(Counter::DropUnknownEndpoint),
         };
+    }
+    // Pods are reached from out here only as above. (Without masquerading
+    // pod addresses are the world's to reach, as routed.)
+    if config.masquerade != 0
+        && config.pod_cidr.contains(destination)
+        && !is_host_address(&destination, config)
+    {
+        return Err(Counter::DropUplinkToPod);
     }
     Ok(TC_ACT_OK)
 }

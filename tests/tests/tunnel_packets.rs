@@ -276,3 +276,40 @@ fn the_node_reaches_remote_pods_only_from_addresses_they_can_answer() {
     assert_eq!(&out[14..], &answer[14..]);
     assert_eq!(fixture.counter("decapsulated_to_host"), 1);
 }
+
+#[test]
+fn unencapsulated_packets_from_the_underlay_reach_no_pod() {
+    let mut fixture = Fixture::new().unwrap();
+    // A ClusterIP, the hairpin address, an underlay host and an outside
+    // one: none answers a pod's connection, so none has a reason to send to
+    // one (the node's stack would forward it into the pod).
+    let sources = [
+        Ipv4Addr::new(10, 96, 0, 10),
+        Ipv4Addr::from(dataplane_common::HAIRPIN_SOURCE),
+        Ipv4Addr::new(192, 0, 2, 99),
+        EXTERNAL_IP,
+    ];
+    let datagram = |source| {
+        on_uplink(ipv4_packet(
+            source,
+            POD_A_IP,
+            17,
+            &udp((source, 7), (POD_A_IP, 7), true),
+        ))
+    };
+    for source in sources {
+        let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &datagram(source));
+        assert_eq!(verdict, TC_ACT_SHOT, "{source}");
+    }
+    assert_eq!(fixture.counter("drop_uplink_to_pod"), sources.len() as u64);
+    // Without masquerading pod addresses are routed to: the stack's to deliver.
+    fixture
+        .maps
+        .set_node_config(dataplane_common::NodeConfig {
+            masquerade: 0,
+            ..node_config()
+        })
+        .unwrap();
+    let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &datagram(EXTERNAL_IP));
+    assert_eq!(verdict, TC_ACT_OK);
+}
