@@ -49,7 +49,10 @@ pub fn neighbour_of(message: &NeighbourMessage) -> Option<(Ipv4Addr, Neighbour)>
         NeighbourState::None | NeighbourState::Incomplete | NeighbourState::Failed
     );
     let mut ip = None;
-    let mut neighbour = Neighbour::default();
+    let mut neighbour = Neighbour {
+        permanent: message.header.state == NeighbourState::Permanent,
+        ..Neighbour::default()
+    };
     for attribute in &message.attributes {
         match attribute {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => {
@@ -74,6 +77,8 @@ pub struct Neighbour {
     pub mac: Option<[u8; 6]>,
     /// Whether the kernel keeps it resolved on its own (`managed`).
     pub managed: bool,
+    /// Whether the entry is permanent (ARP never changes it).
+    pub permanent: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +185,25 @@ impl Interfaces {
             .attributes
             .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
         request
+            .replace()
+            .execute()
+            .await
+            .map_err(|error| InterfaceError::Request(format!("#{index} neighbour {ip}"), error))
+    }
+
+    /// Makes `ip`'s neighbour entry on interface `index` a permanent one at
+    /// `mac`: ARP (a forged reply included) no longer changes it.
+    pub async fn pin_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), InterfaceError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
             .replace()
             .execute()
             .await

@@ -218,6 +218,12 @@ impl Collector for Scrape {
             "Frontends a Service claims that an older Service is served at.",
             count(tables.services_shadowed),
         )?;
+        counter(
+            &mut encoder,
+            "dataplane_node_mac_changes",
+            "MAC changes of nodes reached directly: a node replaced, or a forged ARP reply.",
+            tables.node_mac_changes,
+        )?;
         gauge(
             &mut encoder,
             "dataplane_service_backends",
@@ -279,8 +285,12 @@ impl Collector for Scrape {
     }
 }
 
-/// Scrapes served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
+/// Scrapes served at once (more wait in the listen backlog), and from one
+/// address.
+const LIMITS: connections::Limits = connections::Limits {
+    total: 64,
+    per_source: 16,
+};
 
 /// Serves `GET /metrics` on `address` for as long as the agent runs.
 pub async fn serve(state: StateHandle, address: SocketAddr) -> anyhow::Result<()> {
@@ -288,7 +298,7 @@ pub async fn serve(state: StateHandle, address: SocketAddr) -> anyhow::Result<()
         .await
         .with_context(|| format!("binding the metrics address {address}"))?;
     info!(%address, "serving Prometheus metrics on /metrics");
-    connections::accept_forever("metrics", MAX_CONNECTIONS, listener, |stream| {
+    connections::accept_forever("metrics", LIMITS, listener, |stream| {
         serve_connection(stream, state.clone())
     })
     .await;

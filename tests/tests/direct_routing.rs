@@ -326,3 +326,84 @@ fn nodes_that_do_not_forward_route_directly_too() -> anyhow::Result<()> {
     assert_eq!(b.counter("drop_direct_unverified")?, 0);
     Ok(())
 }
+
+/// An ARP reply on the wire to `node` that says `claimed` is at `mac`.
+fn forged_arp_reply(node: &Node, mac: [u8; 6], claimed: Ipv4Addr) -> anyhow::Result<Vec<u8>> {
+    let node_mac = node.netns.mac_of("eth0")?.into_array();
+    let reply = etherparse::ArpEthIpv4Packet {
+        operation: etherparse::ArpOperation::REPLY,
+        sender_mac: mac,
+        sender_ipv4: claimed.octets(),
+        target_mac: node_mac,
+        target_ipv4: node.ip.octets(),
+    };
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(mac, node_mac)
+        .arp(reply.into())
+        .write(&mut frame)?;
+    Ok(frame)
+}
+
+/// The gateway, a host on the underlay, tells node a (a few times, past the
+/// kernel's one-second lock on a fresh entry) that node b is at its MAC.
+fn forge_b_at_the_gateway(cluster: &Cluster) -> anyhow::Result<()> {
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let frame = forged_arp_reply(a, cluster.gateway.mac_of("eth0")?.into_array(), b.ip)?;
+    for _ in 0..3 {
+        send_frames(&cluster.gateway, "eth0", frame.clone(), 1)?;
+        thread::sleep(Duration::from_millis(700));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_forged_arp_reply_for_a_node_is_seen_and_with_pinned_macs_refused() -> anyhow::Result<()> {
+    let mut cluster = build(ptp_cluster(2, Routing::Direct));
+    let b_mac = cluster.nodes[1].netns.mac_of("eth0")?.to_string();
+    let (b_ip, b_pod) = (cluster.nodes[1].ip, cluster.nodes[1].pods[0].ip);
+    cluster.nodes[0].pods[0].ping(b_pod, 1)?;
+    let gateway_mac = cluster.gateway.mac_of("eth0")?.to_string();
+
+    // Following ARP (the default), node a takes the gateway for b: the
+    // change is warned about, counted and listed.
+    forge_b_at_the_gateway(&cluster)?;
+    let a = &cluster.nodes[0];
+    let line = listed(a, b_ip)?;
+    assert!(
+        line.contains(&gateway_mac) && line.trim_end().ends_with(" 1"),
+        "{line}"
+    );
+    assert!(a.agent_log().contains("a node's MAC changed on the uplink"));
+
+    // Pinned: the MAC first learned stays, in the kernel's neighbour table
+    // too, so b's pods stay reached at b and the gateway gets nothing.
+    let a = &mut cluster.nodes[0];
+    a.stop_agent(Signal::SIGTERM);
+    let config = std::fs::read_to_string(&a.config)?;
+    std::fs::write(
+        &a.config,
+        config.replace("[node]\n", "[node]\npeer_macs = \"pinned\"\n"),
+    )?;
+    a.start_agent()?;
+    // What was learned before stays too, the forged MAC here: the node is
+    // removed and added to learn it afresh.
+    let a = &cluster.nodes[0];
+    let a_pod = &a.pods[0];
+    a.remove_remote_node(b_ip)?;
+    a.add_remote_node(&cluster.nodes[1])?;
+    a_pod.ping(b_pod, 1)?;
+    assert!(listed(a, b_ip)?.contains(&b_mac), "{}", listed(a, b_ip)?);
+    let capture = Capture::start(&cluster.gateway, "eth0")?;
+    forge_b_at_the_gateway(&cluster)?;
+    a_pod.ping(b_pod, 3)?;
+    let frames = capture.finish()?;
+    assert_eq!(echo_requests(&frames, a_pod.ip, b_pod), 0, "{frames:#?}");
+    let line = listed(a, b_ip)?;
+    assert!(line.contains(&b_mac), "{line}");
+    let neighbours = a.netns.exec(&["ip", "neigh", "show", &b_ip.to_string()])?;
+    assert!(
+        neighbours.contains(&b_mac.to_lowercase()) && neighbours.contains("PERMANENT"),
+        "{neighbours}"
+    );
+    Ok(())
+}

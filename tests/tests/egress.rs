@@ -499,7 +499,7 @@ fn a_flooding_pod_leaves_other_pods_their_new_connections() -> anyhow::Result<()
         connections,
         limit,
         _opened,
-        _evicted,
+        evicted,
         refused_share,
         refused_ports,
         _full,
@@ -509,7 +509,10 @@ fn a_flooding_pod_leaves_other_pods_their_new_connections() -> anyhow::Result<()
     };
     assert_eq!(limit, 2621);
     assert!(connections <= limit, "{flooder_row}");
-    assert!(refused_ports >= 6000 - 2400, "{flooder_row}");
+    // Beyond its share of the ports toward the first destination, each
+    // new flow either took the port of one of its own that was never
+    // established (answered once, never spoken in again) or was refused.
+    assert!(evicted + refused_ports >= 6000 - 2400, "{flooder_row}");
     assert!(refused_share > 0, "{flooder_row}");
     assert!(node.counter("drop_nat_exhausted")? >= refused_ports);
     assert!(node.counter("drop_nat_pod_share")? >= refused_share);

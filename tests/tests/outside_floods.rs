@@ -4,10 +4,12 @@
 //! SYNs to an outside host's every port, each at the highest rate one
 //! thread sends, for 30 s. Meanwhile and afterwards, without a restart, a
 //! pod opens connections to the outside, an outside client to the node
-//! port and a pod to the ClusterIP.
+//! port and a pod to the ClusterIP. And slow clients holding connections
+//! to a health check port while a load balancer probes it.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     thread,
     time::{Duration, Instant},
 };
@@ -18,7 +20,7 @@ use dataplane_tests::{
     Cluster, ClusterSpec, Netns,
     cluster::EXTERNAL_HOST_IP,
     cni::MainPlugin,
-    traffic::{EchoServers, SynFlood, echo_once, joined},
+    traffic::{EchoServers, SynFlood, echo_once, http_get, in_netns, joined},
 };
 use ipnetwork::Ipv4Network;
 
@@ -170,5 +172,61 @@ fn legitimate_clients_keep_connecting_through_spoofed_syn_floods() -> anyhow::Re
     }
     // Spoofed sources made no rows: the node's pods and one for outside clients.
     assert!(rows <= node.pods.len() + 1, "{rows} NAT rows");
+    Ok(())
+}
+
+#[test]
+fn slow_clients_keep_no_load_balancer_probe_from_a_health_check_port() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec::dataplane(1, 1))?;
+    let node = &cluster.nodes[0];
+    node.cli(&[
+        "service",
+        "add",
+        "--name",
+        "default/lb",
+        "--ip",
+        &CLUSTER_IP.to_string(),
+        "--port",
+        &format!("80/tcp:{NODE_PORT}={}:{BACKEND_PORT}", node.pods[0].ip),
+        "--external-traffic-local",
+        "--health-check-node-port",
+        "32000",
+    ])?;
+    let check = SocketAddr::from((node.ip, 32000));
+    assert_eq!(http_get(&cluster.gateway, check, "/")?.0, 200);
+    // An outside host opens 64 connections and sends each the start of a
+    // request, never its end, for as long as the probes run.
+    let hold = Duration::from_secs(8);
+    let slow = in_netns(&cluster.external, move || {
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            if let Ok(mut stream) = TcpStream::connect_timeout(&check, Duration::from_secs(1)) {
+                let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+                held.push(stream);
+            }
+        }
+        thread::sleep(hold);
+        Ok(held.len())
+    });
+    thread::sleep(Duration::from_millis(500));
+    // A load balancer's probes, from another host, every half second.
+    let mut answered = 0;
+    let started = Instant::now();
+    for _ in 0..12 {
+        let probe = Instant::now();
+        if http_get(&cluster.gateway, check, "/").is_ok_and(|(status, _)| status == 200)
+            && probe.elapsed() < Duration::from_secs(1)
+        {
+            answered += 1;
+        }
+        thread::sleep(Duration::from_millis(500).saturating_sub(probe.elapsed()));
+    }
+    assert!(
+        started.elapsed() < hold,
+        "the probes ran while the connections were held"
+    );
+    let opened = joined(slow)?;
+    assert!(opened > 0);
+    assert_eq!(answered, 12, "probes answered within a second");
     Ok(())
 }

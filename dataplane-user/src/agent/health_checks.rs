@@ -15,8 +15,13 @@ use tracing::{info, warn};
 
 use crate::{connections, model::HealthCheck};
 
-/// Load balancers' probes answered at once on one port; more wait.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once on one port (more wait), and from one
+/// address: a client holding connections open (slowloris) keeps no load
+/// balancer's probe waiting.
+pub const LIMITS: connections::Limits = connections::Limits {
+    total: 256,
+    per_source: 8,
+};
 
 type Checks = watch::Receiver<BTreeMap<u16, HealthCheck>>;
 
@@ -57,7 +62,7 @@ async fn listen(port: u16, checks: Checks) {
         }
     };
     info!(port, "answering health checks");
-    connections::accept_forever("health check", MAX_CONNECTIONS, listener, |stream| {
+    connections::accept_forever("health check", LIMITS, listener, |stream| {
         let checks = checks.clone();
         connections::serve_http("health check", stream, move |_request| {
             let answer = answer(checks.borrow().get(&port));

@@ -16,13 +16,11 @@ use hyper::{Response, StatusCode, body::Bytes};
 use tokio::net::TcpListener;
 use tracing::info;
 
+use super::health_checks;
 use crate::{
     connections,
     state::{Command, StateHandle},
 };
-
-/// Probes answered at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 16;
 
 /// An owner slower than this to answer is not healthy.
 const OWNER_DEADLINE: Duration = Duration::from_secs(2);
@@ -35,7 +33,8 @@ pub async fn serve(state: StateHandle, port: u16) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the health server's address {address}"))?;
     info!(%address, "answering proxy health probes on /healthz");
-    connections::accept_forever("healthz", MAX_CONNECTIONS, listener, |stream| {
+    // As the health check ports: probes from load balancers.
+    connections::accept_forever("healthz", health_checks::LIMITS, listener, |stream| {
         let state = state.clone();
         connections::serve_http("healthz", stream, move |request| {
             let state = state.clone();

@@ -19,7 +19,8 @@ use crate::{
     state::{Command, NatTable, StateHandle},
 };
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; more wait in the listen backlog. (Clients
+/// of a Unix socket are all this node's root: no share per client.)
 pub const MAX_CONNECTIONS: usize = 128;
 /// The longest request line accepted.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -51,7 +52,11 @@ pub async fn serve(
     nat: NatTable,
     events: broadcast::Sender<PacketReport>,
 ) {
-    connections::accept_forever("API", MAX_CONNECTIONS, listener, |stream| {
+    let limits = connections::Limits {
+        total: MAX_CONNECTIONS,
+        per_source: MAX_CONNECTIONS,
+    };
+    connections::accept_forever("API", limits, listener, |stream| {
         serve_connection(stream, state.clone(), nat.clone(), events.clone())
     })
     .await;

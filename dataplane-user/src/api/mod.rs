@@ -295,6 +295,10 @@ pub struct NodeEntry {
     /// (`None`: not learned yet, or a node behind a router).
     #[serde_as(as = "Option<DisplayFromStr>")]
     pub mac: Option<MacAddr6>,
+    /// How often the neighbour table gave it another MAC since the agent
+    /// started (a node replaced, or a forged ARP reply).
+    #[serde(default)]
+    pub mac_changes: u64,
 }
 
 #[serde_as]

@@ -59,7 +59,10 @@ pub fn print_text(response: &Response) {
             }
         }
         Response::Nodes { nodes } => {
-            println!("{:<16} {:<18} {:<7} MAC", "NODE IP", "POD CIDR", "PATH");
+            println!(
+                "{:<16} {:<18} {:<7} {:<18} MAC_CHANGES",
+                "NODE IP", "POD CIDR", "PATH", "MAC"
+            );
             for node in nodes {
                 // Known for every node on the uplink's network, whatever
                 // the path: direct packets from it are taken in any mode.
@@ -69,10 +72,11 @@ pub fn print_text(response: &Response) {
                     (NodePath::Tunnel, None) => "-".into(),
                 };
                 println!(
-                    "{:<16} {:<18} {:<7} {mac}",
+                    "{:<16} {:<18} {:<7} {mac:<18} {}",
                     node.ip,
                     node.pod_cidr.to_string(),
-                    node.path.to_string()
+                    node.path.to_string(),
+                    node.mac_changes
                 );
             }
         }

@@ -19,6 +19,7 @@
 //! vxlan_port = 4789                          # VXLAN UDP port
 //! node_port_range = "30000-32767"           # Services' node ports (as the API server's)
 //! service_cidr = "10.96.0.0/12"              # Service addresses: unknown ports refused (optional)
+//! peer_macs = "follow"                       # "pinned": a direct node's first learned MAC stays
 //!
 //! [nat]                                      # egress SNAT to the node IP (needs node.uplink)
 //! masquerade = true
@@ -54,7 +55,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    EndpointSpec, LocalFacts, NodeSet, NodeSpec, Routing, ServiceSpec, Services, Source,
+    EndpointSpec, LocalFacts, NodeSet, NodeSpec, PeerMacs, Routing, ServiceSpec, Services, Source,
     validate_endpoint,
 };
 
@@ -304,6 +305,11 @@ pub struct NodeSettings {
     /// has is refused instead of routed out. Optional.
     #[serde(default)]
     pub service_cidr: Option<Ipv4Network>,
+    /// Whether the MAC of a node reached directly follows ARP (a forged
+    /// reply from a host on the uplink's network redirects that node's pod
+    /// traffic to it) or stays as first learned.
+    #[serde(default)]
+    pub peer_macs: PeerMacs,
 }
 
 impl Default for NodeSettings {
@@ -318,6 +324,7 @@ impl Default for NodeSettings {
             vxlan_port: DEFAULT_VXLAN_PORT,
             node_port_range: default_node_port_range(),
             service_cidr: None,
+            peer_macs: PeerMacs::default(),
         }
     }
 }

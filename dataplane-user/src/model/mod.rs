@@ -78,6 +78,19 @@ impl std::fmt::Display for Routing {
     }
 }
 
+/// What a MAC change of a node reached directly does (`[node] peer_macs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerMacs {
+    /// The neighbour table's MAC is taken, as ARP changes it (a change is
+    /// warned about and counted).
+    #[default]
+    Follow,
+    /// The first MAC learned stays, in a permanent neighbour entry ARP
+    /// cannot change, until the node is removed.
+    Pinned,
+}
+
 /// How one remote node's pods (and the node itself) are reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,6 +9,7 @@ use std::{
 
 use dataplane_common::{NodeConfig, VXLAN_OVERHEAD, service_flags};
 use ipnetwork::Ipv4Network;
+use macaddr::MacAddr6;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -22,12 +23,12 @@ use crate::{
     api::{FrontendEntry, ServiceEntry},
     config::{NatSettings, NodeSettings},
     dataplane::{Dataplane, DataplaneError},
-    interfaces::Interfaces,
+    interfaces::{Interfaces, Neighbour},
     maps::{MapsError, backend_address, frontend_of, ipv4_cidr},
     model::{
         EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodePath, NodeSpec,
-        RemoteNodes, Routing, Scope, ServicePort, ServiceSpec, Services, ServingNode, Source,
-        Violation,
+        PeerMacs, RemoteNodes, Routing, Scope, ServicePort, ServiceSpec, Services, ServingNode,
+        Source, Violation,
     },
 };
 
@@ -76,6 +77,9 @@ pub struct Owner {
     /// (what direct packets from a node must come from). Kept when the
     /// entry goes: the kernel drops stale entries it still needs.
     pub(super) neighbour_macs: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// How often each node's MAC changed (in `neighbour_macs`, or refused
+    /// there while pinned).
+    pub(super) mac_changes: BTreeMap<Ipv4Addr, u64>,
 }
 
 impl Owner {
@@ -131,6 +135,7 @@ impl Owner {
             last_reconcile: Instant::now(),
             managed_neighbours: BTreeSet::new(),
             neighbour_macs,
+            mac_changes: BTreeMap::new(),
         }
     }
 
@@ -252,15 +257,67 @@ impl Owner {
     }
 
     /// The uplink's neighbour table says `ip` is at `mac` now: a node there
-    /// is written again if that is news.
+    /// is written again if that is news. A node's MAC that changes is warned
+    /// about and counted: the node was replaced, or a host on the uplink's
+    /// network forged an ARP reply (it then gets that node's pod traffic and
+    /// is believed sending in its name). With `peer_macs = "pinned"` the
+    /// MAC first learned stays, in a permanent neighbour entry.
     async fn neighbour_resolved(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> anyhow::Result<()> {
-        if self.neighbour_macs.insert(ip, mac) == Some(mac)
-            || self.remote_nodes.effective().get(ip).is_none()
-        {
+        if self.remote_nodes.effective().get(ip).is_none() {
+            self.neighbour_macs.insert(ip, mac);
             return Ok(());
         }
-        info!(%ip, mac = %macaddr::MacAddr6::from(mac), "a node's MAC learned");
-        self.program_nodes(&[ip]).await
+        let previous = self.neighbour_macs.get(&ip).copied();
+        if previous == Some(mac) {
+            return Ok(());
+        }
+        let pinned = self.facts.settings.peer_macs == PeerMacs::Pinned;
+        let (new, old) = (MacAddr6::from(mac), previous.map(MacAddr6::from));
+        match previous {
+            None => info!(%ip, mac = %new, "a node's MAC learned"),
+            Some(previous) => {
+                *self.mac_changes.entry(ip).or_default() += 1;
+                if pinned {
+                    warn!(
+                        %ip, kept = ?old, refused = %new,
+                        "a node's MAC changed on the uplink; the pinned one stays \
+                         (node.peer_macs = \"pinned\"): remove and add the node to take another"
+                    );
+                    self.pin_neighbour(ip, previous).await;
+                    return Ok(());
+                }
+                warn!(
+                    %ip, from = ?old, to = %new,
+                    "a node's MAC changed on the uplink: the node was replaced, or a host there \
+                     forged an ARP reply and now gets its pod traffic (node.peer_macs = \"pinned\" \
+                     keeps learned MACs)"
+                );
+            }
+        }
+        self.neighbour_macs.insert(ip, mac);
+        let written = self.program_nodes(&[ip]).await;
+        if pinned {
+            self.pin_neighbour(ip, mac).await;
+        }
+        written
+    }
+
+    /// Makes the neighbour entry of `ip`, a node reached directly, a
+    /// permanent one at `mac`. Failures are warned about: ARP may then
+    /// still change it.
+    async fn pin_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
+        let uplink = self.facts.node_config.uplink_ifindex;
+        let direct = self
+            .dataplane
+            .programmed_node(ip)
+            .is_some_and(|node| node.path == NodePath::Direct);
+        if uplink == 0 || !direct {
+            return;
+        }
+        self.managed_neighbours.insert(ip);
+        if let Err(error) = self.interfaces.pin_neighbour(uplink, ip, mac).await {
+            warn!(%ip, "pinning the node's neighbour entry: {error}");
+        }
     }
 
     /// Writes every node again where the maps differ from what it should
@@ -287,18 +344,32 @@ impl Owner {
         if uplink == 0 {
             return;
         }
+        let pinned = self.facts.settings.peer_macs == PeerMacs::Pinned;
         for &ip in ips {
             let direct = self
                 .dataplane
                 .programmed_node(ip)
                 .is_some_and(|node| node.path == NodePath::Direct);
-            let result = if direct {
-                self.managed_neighbours.insert(ip);
-                self.interfaces.manage_neighbour(uplink, ip).await
-            } else if self.managed_neighbours.remove(&ip) {
-                self.interfaces.remove_neighbour(uplink, ip).await
-            } else {
-                Ok(())
+            if self.remote_nodes.effective().get(ip).is_none() {
+                // A node added again later learns its MAC afresh.
+                self.mac_changes.remove(&ip);
+                if pinned {
+                    self.neighbour_macs.remove(&ip);
+                }
+            }
+            let result = match (direct, self.neighbour_macs.get(&ip)) {
+                (true, Some(&mac)) if pinned => {
+                    self.managed_neighbours.insert(ip);
+                    self.interfaces.pin_neighbour(uplink, ip, mac).await
+                }
+                (true, _) => {
+                    self.managed_neighbours.insert(ip);
+                    self.interfaces.manage_neighbour(uplink, ip).await
+                }
+                (false, _) if self.managed_neighbours.remove(&ip) => {
+                    self.interfaces.remove_neighbour(uplink, ip).await
+                }
+                (false, _) => Ok(()),
             };
             if let Err(error) = result {
                 warn!(%ip, "the node's managed neighbour entry: {error}");
@@ -320,20 +391,39 @@ impl Owner {
                 self.neighbour_resolved(*ip, mac).await?;
             }
         }
-        let managed: BTreeSet<Ipv4Addr> = neighbours
-            .into_iter()
-            .filter(|(_, neighbour)| neighbour.managed)
-            .map(|(ip, _)| ip)
-            .collect();
+        let pinned = self.facts.settings.peer_macs == PeerMacs::Pinned;
+        let entries = |wanted: fn(&Neighbour) -> bool| -> BTreeSet<Ipv4Addr> {
+            neighbours
+                .iter()
+                .filter(|(_, neighbour)| wanted(neighbour))
+                .map(|(ip, _)| *ip)
+                .collect()
+        };
+        // Ours: managed ones, and permanent ones when pinning.
+        let ours = if pinned {
+            entries(|neighbour| neighbour.managed || neighbour.permanent)
+        } else {
+            entries(|neighbour| neighbour.managed)
+        };
+        // As this mode keeps them.
+        let kept = if pinned {
+            entries(|neighbour| neighbour.permanent)
+        } else {
+            ours.clone()
+        };
         let direct: BTreeSet<Ipv4Addr> = self
             .dataplane
             .programmed_nodes()
             .filter(|(_, node)| node.path == NodePath::Direct)
             .map(|(ip, _)| ip)
             .collect();
-        // Only what differs: entries there are kept resolved by the kernel.
-        let differing: Vec<Ipv4Addr> = managed.symmetric_difference(&direct).copied().collect();
-        self.managed_neighbours = managed;
+        // Only what differs: entries there are kept by the kernel.
+        let differing: Vec<Ipv4Addr> = direct
+            .difference(&kept)
+            .chain(ours.difference(&direct))
+            .copied()
+            .collect();
+        self.managed_neighbours = ours;
         self.manage_neighbours(&differing).await;
         Ok(())
     }

@@ -27,6 +27,8 @@ pub struct TableSizes {
     pub services_refused: usize,
     /// Frontends claimed by a Service that an older one is served at.
     pub services_shadowed: usize,
+    /// MAC changes seen of nodes reached directly, since the agent started.
+    pub node_mac_changes: u64,
 }
 
 /// Connected `monitor` clients: all of them want drops, some also traces.
@@ -55,6 +57,7 @@ impl Owner {
             service_tables: self.service_tables.last(),
             services_refused: self.services.refused().count(),
             services_shadowed: self.services.shadowed_claims(),
+            node_mac_changes: self.mac_changes.values().sum(),
         }
     }
 
@@ -208,6 +211,7 @@ impl Owner {
                     .programmed_node(node.ip)
                     .and_then(|programmed| programmed.mac)
                     .map(MacAddr6::from),
+                mac_changes: self.mac_changes.get(&node.ip).copied().unwrap_or(0),
             })
             .collect()
     }
