@@ -512,13 +512,30 @@ pub struct FragmentKey {
     pub _pad: u8,
 }
 
-/// Where the later pieces of a translated reply go.
+/// What the later pieces of a datagram get, by what its first piece got.
+pub mod fragment_rewrite {
+    /// The destination becomes the record's address (a NAT reply's pod, a
+    /// Service's backend).
+    pub const DESTINATION: u8 = 0;
+    /// The source becomes the record's address (a backend's answer from
+    /// its frontend).
+    pub const SOURCE: u8 = 1;
+    /// An outside client's datagram to a Service: to the record's backend,
+    /// the client masqueraded to the node IP (from-outside).
+    pub const OUTSIDE_MASQUERADED: u8 = 2;
+    /// The same with external traffic policy Local: the client kept.
+    pub const OUTSIDE_LOCAL: u8 = 3;
+}
+
+/// Where the later pieces of a translated datagram go.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FragmentRecord {
-    pub pod: Ipv4Octets,
-    pub _pad: u32,
+    pub address: Ipv4Octets,
+    /// A `fragment_rewrite` value: which address becomes `address`.
+    pub rewrite: u8,
+    pub _pad: [u8; 3],
     /// bpf_ktime_get_ns when the first piece was translated; the record is
     /// used for as long as Linux waits for a datagram's pieces (30 s).
     pub first_seen_ns: u64,

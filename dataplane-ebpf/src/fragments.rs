@@ -16,29 +16,40 @@ use crate::maps::FRAGMENTS;
 /// as long as Linux keeps an incomplete datagram (`ipfrag_time`).
 const LIFETIME_NS: u64 = 30_000_000_000;
 
-/// Records `address` (what the translation put in the address it changed)
-/// for the later pieces of `datagram` (of its first piece as it arrived).
-/// Best effort: without it the later pieces are not translated.
+/// Records `address` (what the translation put in the address it changed,
+/// which `rewrite` says) for the later pieces of `datagram` (of its first
+/// piece as it arrived). Best effort: without it the later pieces are not
+/// translated.
 #[inline(never)]
-pub fn remember(datagram: &FragmentKey, address: Ipv4Octets) {
+pub fn remember(datagram: &FragmentKey, address: Ipv4Octets, rewrite: u8) {
     let record = FragmentRecord {
-        pod: address,
-        _pad: 0,
+        address,
+        rewrite,
+        _pad: [0; 3],
         // SAFETY: plain helper call.
         first_seen_ns: unsafe { bpf_ktime_get_ns() },
     };
     let _ = FRAGMENTS.insert(datagram, record, u64::from(BPF_ANY));
 }
 
-/// The address recorded for the datagram of the later piece `ip`, while
-/// its pieces may still come.
+/// The record of the datagram of the later piece `ip`, while its pieces
+/// may still come.
 #[inline(always)]
-pub fn recorded(ip: &Ipv4Hdr) -> Option<Ipv4Octets> {
+pub fn recorded(ip: &Ipv4Hdr) -> Option<FragmentRecord> {
     // SAFETY: the value is copied out at once.
     let record = (unsafe { FRAGMENTS.get(datagram(ip)) }).copied()?;
     // SAFETY: plain helper call.
     let age = unsafe { bpf_ktime_get_ns() }.saturating_sub(record.first_seen_ns);
-    (age <= LIFETIME_NS).then_some(record.pod)
+    (age <= LIFETIME_NS).then_some(record)
+}
+
+/// The address recorded for the later piece `ip` when its record rewrites
+/// `rewrite`.
+#[inline(always)]
+pub fn recorded_for(ip: &Ipv4Hdr, rewrite: u8) -> Option<Ipv4Octets> {
+    recorded(ip)
+        .filter(|record| record.rewrite == rewrite)
+        .map(|record| record.address)
 }
 
 /// The datagram the piece `ip` belongs to (read before anything rewrites it).

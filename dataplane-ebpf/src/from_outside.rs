@@ -11,23 +11,26 @@
 //! A frontend without any endpoint answers ICMP port unreachable; one whose
 //! external traffic policy is Local drops outside clients on a node
 //! without a local endpoint (the load balancer's health check steers them
-//! away), as kube-proxy does.
+//! away), as kube-proxy does. A fragmented datagram's first piece records
+//! where it went; from-uplink sends the later pieces here too, and they
+//! follow it.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::{
     Counter, Ipv4Octets, NODE_PORT_ADDRESS, NodeConfig, ServiceKey, TO_BACKEND_SLOT,
-    frontend_scope, service_flags,
+    fragment_rewrite, frontend_scope, service_flags,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, PackedOutcome, finish},
-    direct, icmp,
-    ipv4::{forward_hop, is_martian_source},
+    direct, fragments, icmp,
+    ipv4::{forward_hop, is_fragment, is_martian_source},
     local::{Redirect, deliver},
     maps::{SERVICES, TAIL_CALLS, endpoint, is_host_address, node_config, node_route},
     nat,
     packet::{IP_AT, L4_AT, load},
+    rewrite::{IP_DESTINATION_AT, IP_SOURCE_AT, rewrite_address},
     route::{Destination, lookup},
     service,
     tunnel::send_out_uplink,
@@ -40,6 +43,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn to_backend(ctx: &TcContext) -> Outcome {
     let ip: Ipv4Hdr = load(ctx, IP_AT)?;
+    if ip.frag_offset() != 0 {
+        return later_piece(ctx, &ip);
+    }
     let Ok([_, port]) = ctx.load::<[[u8; 2]; 2]>(L4_AT) else {
         return Ok(TC_ACT_OK);
     };
@@ -73,7 +79,8 @@ fn to_backend(ctx: &TcContext) -> Outcome {
         ));
     }
     if service.flags & service_flags::OUTSIDE_LOCAL == 0 {
-        service::from_outside_to_backend(ctx, &ip, &service).unpack()?;
+        let backend = service::from_outside_to_backend(ctx, &ip, &service).unpack()?;
+        remember_first_piece(&ip, backend, fragment_rewrite::OUTSIDE_MASQUERADED);
         // SAFETY: the slot holds a classifier; the call returns only while
         // an agent installs it.
         unsafe { TAIL_CALLS.tail_call(ctx, TO_BACKEND_SLOT) };
@@ -87,10 +94,9 @@ fn to_backend(ctx: &TcContext) -> Outcome {
     let local = local
         .filter(|local| local.backend_count != 0)
         .ok_or(Counter::DropServiceNoLocalBackend)?;
-    let backend = service::from_outside_to_backend(ctx, &ip, &local)
-        .unpack()?
-        .to_ne_bytes();
-    let pod = endpoint(&backend).ok_or(Counter::DropServiceExternalUnsupported)?;
+    let backend = service::from_outside_to_backend(ctx, &ip, &local).unpack()?;
+    remember_first_piece(&ip, backend, fragment_rewrite::OUTSIDE_LOCAL);
+    let pod = endpoint(&backend.to_ne_bytes()).ok_or(Counter::DropServiceExternalUnsupported)?;
     forward_hop(ctx)?;
     deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod)
 }
@@ -108,6 +114,14 @@ fn masquerade_and_forward(ctx: &TcContext) -> Outcome {
     let ip: Ipv4Hdr = load(ctx, IP_AT)?;
     let (client, backend) = (ip.src_addr, ip.dst_addr);
     // Checked before the NAT makes anything for the packet.
+    check_path(ctx, config, backend)?;
+    masquerade(ctx, config, client, backend)?;
+    forward(ctx, config, backend)
+}
+
+/// Whether the packet fits the path to `backend`.
+#[inline(always)]
+fn check_path(ctx: &TcContext, config: &NodeConfig, backend: Ipv4Octets) -> Outcome<()> {
     if endpoint(&backend).is_none() {
         let route = node_route(backend).ok_or(Counter::DropServiceExternalUnsupported)?;
         // No ICMP toward the outside yet: TCP's MSS keeps within the path.
@@ -115,13 +129,47 @@ fn masquerade_and_forward(ctx: &TcContext) -> Outcome {
             return Err(Counter::DropFragNeeded);
         }
     }
-    masquerade(ctx, config, client, backend)?;
+    Ok(())
+}
+
+/// The translated packet, routed on to `backend`.
+#[inline(always)]
+fn forward(ctx: &TcContext, config: &NodeConfig, backend: Ipv4Octets) -> Outcome {
     forward_hop(ctx)?;
     match lookup(backend, config) {
         Destination::LocalPod(pod) => deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod),
         Destination::RemotePod(route) => Ok(direct::to_node(ctx, config, &route)),
         _ => Err(Counter::DropServiceExternalUnsupported),
     }
+}
+
+/// Records where a datagram's first piece (its header as it came, `ip`)
+/// went, for its later pieces; nothing for a whole datagram.
+#[inline(always)]
+fn remember_first_piece(ip: &Ipv4Hdr, backend: u32, rewrite: u8) {
+    if is_fragment(ip) {
+        fragments::remember(&fragments::datagram(ip), backend.to_ne_bytes(), rewrite);
+    }
+}
+
+/// A later piece of an outside client's datagram to a Service (from-uplink
+/// found its first piece's record): to the same backend, its client
+/// masqueraded as the first piece's was (the NAT mapped the ports, which
+/// later pieces do not carry).
+// Out of line: the first pieces' frame stays off it.
+#[inline(never)]
+fn later_piece(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
+    let config = node_config();
+    let Some(record) = fragments::recorded(ip) else {
+        return Ok(TC_ACT_OK);
+    };
+    let backend = record.address;
+    check_path(ctx, config, backend)?;
+    rewrite_address(ctx, IP_DESTINATION_AT, (ip.dst_addr, backend))?;
+    if record.rewrite == fragment_rewrite::OUTSIDE_MASQUERADED {
+        rewrite_address(ctx, IP_SOURCE_AT, (ip.src_addr, config.node_ip))?;
+    }
+    forward(ctx, config, backend)
 }
 
 /// The client becomes the node IP and a port of the SNAT range.

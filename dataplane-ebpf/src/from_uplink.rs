@@ -9,7 +9,7 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use core::mem::offset_of;
 
-use dataplane_common::{Counter, FROM_OUTSIDE_SLOT, Ipv4Octets, NodeConfig};
+use dataplane_common::{Counter, FROM_OUTSIDE_SLOT, Ipv4Octets, NodeConfig, fragment_rewrite};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -18,7 +18,7 @@ use network_types::{
 
 use crate::{
     counters::{Outcome, finish, pass_to_host, verdict},
-    direct, from_outside,
+    direct, fragments, from_outside,
     ipv4::{PLAIN_VIHL, TCP, UDP, forward_hop, is_fragment},
     local::{Redirect, deliver},
     maps::{
@@ -26,7 +26,7 @@ use crate::{
         remote_node,
     },
     nat,
-    packet::{L4_AT, load, vlan_tagged},
+    packet::{IP_AT, L4_AT, load, vlan_tagged},
     service,
     tunnel::{self, VxlanPacket},
 };
@@ -222,8 +222,9 @@ fn deliver_direct(
 }
 
 /// Whether a packet from outside may be for a Service frontend: TCP or UDP
-/// (a first fragment or whole), not to a pod, and not an answer to a
-/// masqueraded connection (those go to the NAT's port range).
+/// (whole, a first piece, or a later one of a datagram whose first went to
+/// a backend), not to a pod, and not an answer to a masqueraded connection
+/// (those go to the NAT's port range).
 #[inline(always)]
 fn may_be_for_a_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> bool {
     // Only frames addressed to this node (not a switch's flooding, not
@@ -231,11 +232,13 @@ fn may_be_for_a_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> b
     if config.services == 0
         || pkt_type(ctx) != PACKET_HOST
         || (ip.proto != TCP && ip.proto != UDP)
-        || ip.frag_offset() != 0
         || ip.vihl != PLAIN_VIHL
         || config.pod_cidr.contains(ip.dst_addr)
     {
         return false;
+    }
+    if ip.frag_offset() != 0 {
+        return first_piece_went_to_a_backend(ctx);
     }
     let to_nat_range = ip.dst_addr == config.node_ip
         && config.masquerade != 0
@@ -243,6 +246,17 @@ fn may_be_for_a_service(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> b
             .load::<[u8; 2]>(L4_AT + offset_of!(UdpHdr, dst))
             .is_ok_and(|port| nat::in_port_range(config, port));
     !to_nat_range
+}
+
+/// Whether the datagram of a later piece had its first piece sent to a
+/// Service's backend by from-outside.
+// Out of line: the record stays off from-uplink's frame (the stack limit).
+#[inline(never)]
+fn first_piece_went_to_a_backend(ctx: &TcContext) -> bool {
+    load::<Ipv4Hdr>(ctx, IP_AT).is_ok_and(|ip| {
+        fragments::recorded(&ip)
+            .is_some_and(|record| record.rewrite >= fragment_rewrite::OUTSIDE_MASQUERADED)
+    })
 }
 
 /// What from-node and from-direct-node return for a packet from another

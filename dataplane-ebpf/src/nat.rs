@@ -25,8 +25,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, SentSegment, conn_state, nat_direction,
-    pod_may_use_port,
+    Counter, FlowKey, Ipv4Octets, NatEntry, NodeConfig, SentSegment, conn_state, fragment_rewrite,
+    nat_direction, pod_may_use_port,
 };
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 
@@ -364,7 +364,7 @@ pub fn translate_reply(
     )?;
     // `ip` is the header as it came (a copy), untouched by the rewrite.
     if is_fragment(ip) {
-        fragments::remember(&fragments::datagram(ip), pod);
+        fragments::remember(&fragments::datagram(ip), pod, fragment_rewrite::DESTINATION);
     }
     Ok(Some(pod))
 }
@@ -400,7 +400,7 @@ fn translate_later_fragment(
     config: &NodeConfig,
     ip: &Ipv4Hdr,
 ) -> Outcome<Option<Ipv4Octets>> {
-    let Some(pod) = fragments::recorded(ip) else {
+    let Some(pod) = fragments::recorded_for(ip, fragment_rewrite::DESTINATION) else {
         return Ok(None);
     };
     rewrite_address(ctx, IP_DESTINATION_AT, (config.node_ip, pod))?;

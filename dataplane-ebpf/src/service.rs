@@ -27,7 +27,7 @@ use aya_ebpf::{
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, FlowKey, FragmentKey, HAIRPIN_SOURCE,
     Ipv4Octets, NODE_PORT_ADDRESS, NodeConfig, ServiceFlow, ServiceKey, ServiceValue, conn_state,
-    frontend_scope, service_direction, service_flags,
+    fragment_rewrite, frontend_scope, service_direction, service_flags,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -112,7 +112,7 @@ fn translate_inline(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> Outco
             // A pod client's FIN or RST is its own (its source is checked).
             let backend = to_backend(ctx, &key, &service, flags)?;
             if let Some(datagram) = first_piece.filter(|datagram| datagram.src != backend) {
-                fragments::remember(datagram, backend);
+                fragments::remember(datagram, backend, fragment_rewrite::DESTINATION);
             }
             return Ok(u32::from_ne_bytes(backend));
         }
@@ -375,7 +375,7 @@ fn back_to_client(
     };
     to_client(ctx, key, frontend, client)?;
     if let Some(datagram) = first_piece {
-        fragments::remember(datagram, frontend.address);
+        fragments::remember(datagram, frontend.address, fragment_rewrite::SOURCE);
     }
     Ok(u32::from_ne_bytes(client))
 }
@@ -393,20 +393,24 @@ pub fn later_piece(ctx: &TcContext, config: &NodeConfig) -> PackedOutcome {
         Ok(ip) => ip,
         Err(reason) => return PackedOutcome::pack(Err(reason)),
     };
-    // To a pod: from a backend; to an outside address: maybe to one.
-    let toward_client = config.pod_cidr.contains(ip.dst_addr);
-    if !toward_client
-        && (ip.dst_addr == HAIRPIN_SOURCE || config.cluster_cidr.contains(ip.dst_addr))
-    {
-        return PackedOutcome::pack(Ok(UNTOUCHED));
-    }
-    let Some(recorded) = fragments::recorded(&ip) else {
-        return PackedOutcome::pack(Ok(UNTOUCHED));
-    };
-    let translated = if toward_client {
-        rewrite_address(ctx, IP_SOURCE_AT, (ip.src_addr, recorded)).map(|()| ip.dst_addr)
-    } else {
-        rewrite_address(ctx, IP_DESTINATION_AT, (ip.dst_addr, recorded)).map(|()| recorded)
+    let record = (ip.dst_addr != HAIRPIN_SOURCE)
+        .then(|| fragments::recorded(&ip))
+        .flatten();
+    let translated = match record {
+        // Toward the client (a pod here, or outside): from the frontend.
+        Some(record) if record.rewrite == fragment_rewrite::SOURCE => {
+            rewrite_address(ctx, IP_SOURCE_AT, (ip.src_addr, record.address)).map(|()| ip.dst_addr)
+        }
+        // Toward a backend: to it (a piece for a cluster address is for no
+        // frontend).
+        Some(record)
+            if record.rewrite == fragment_rewrite::DESTINATION
+                && !config.cluster_cidr.contains(ip.dst_addr) =>
+        {
+            rewrite_address(ctx, IP_DESTINATION_AT, (ip.dst_addr, record.address))
+                .map(|()| record.address)
+        }
+        _ => Ok(UNTOUCHED.to_ne_bytes()),
     };
     PackedOutcome::pack(translated.map(u32::from_ne_bytes))
 }

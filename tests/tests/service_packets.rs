@@ -1126,3 +1126,68 @@ fn spoofed_syns_at_a_node_port_hold_no_port_nor_row_a_client_needs() {
         .1;
     assert_eq!((egress.state, egress.assured), (conn_state::ESTABLISHED, 1));
 }
+
+#[test]
+fn a_fragmented_datagram_from_outside_to_a_node_port_reaches_the_backend_whole_and_its_answer_too()
+{
+    let mut fixture = with_service(&[]);
+    let key = ServiceKey {
+        address: NODE_PORT_ADDRESS,
+        ..frontend(NODE_PORT, 17)
+    };
+    fixture
+        .maps
+        .services
+        .program(key, 3, (&[], &[backend(POD_B_IP, 5353)]), 0, 0)
+        .unwrap();
+    let client = (EXTERNAL_IP, OUTSIDE_CLIENT_PORT);
+    let payload: Vec<u8> = (0..200u8).collect();
+    let datagram = ipv4_packet(
+        client.0,
+        NODE_IP,
+        17,
+        &udp_frame(client, (NODE_IP, NODE_PORT), &payload)[34..],
+    );
+    let pieces: Vec<Vec<u8>> = fragments(&datagram, 64, 0x4343)
+        .into_iter()
+        .map(on_uplink)
+        .collect();
+    assert_eq!(pieces.len(), 4);
+    let out = run_pieces(&mut fixture, names::FROM_UPLINK_PROGRAM, &pieces);
+    for piece in &out {
+        assert_eq!(
+            (&piece[26..30], &piece[30..34]),
+            (&NODE_IP.octets()[..], &POD_B_IP.octets()[..]),
+            "every piece to the backend, from the node"
+        );
+    }
+    let whole = reassembled(&out);
+    assert_checksums_valid(&whole);
+    let ((_, node_port), to) = addresses(&whole);
+    assert_eq!(to, (POD_B_IP, 5353));
+
+    // The backend's fragmented answer goes back to the client whole, from
+    // the node port.
+    with_pod_b_on_the_test_device(&mut fixture);
+    let answer = ipv4_packet(
+        POD_B_IP,
+        NODE_IP,
+        17,
+        &udp_frame((POD_B_IP, 5353), (NODE_IP, node_port), &payload)[34..],
+    );
+    let back = run_pieces(
+        &mut fixture,
+        names::FROM_POD_PROGRAM,
+        &fragments(&answer, 64, 0x0778),
+    );
+    for piece in &back {
+        assert_eq!(
+            (&piece[26..30], &piece[30..34]),
+            (&NODE_IP.octets()[..], &EXTERNAL_IP.octets()[..]),
+            "every piece from the node to the client"
+        );
+    }
+    let whole = reassembled(&back);
+    assert_checksums_valid(&whole);
+    assert_eq!(addresses(&whole), ((NODE_IP, NODE_PORT), client));
+}
