@@ -105,6 +105,15 @@ impl CniNetwork {
         })
     }
 
+    /// The same network with host-local also handing out IPv6 addresses
+    /// from `subnet` (dual stack).
+    pub fn with_ipv6_range(mut self, subnet: &str) -> Self {
+        if let Some(ranges) = self.conflist["plugins"][0]["ipam"]["ranges"].as_array_mut() {
+            ranges.push(json!([{"subnet": subnet}]));
+        }
+        self
+    }
+
     fn plugins(&self) -> Vec<Value> {
         self.conflist["plugins"]
             .as_array()

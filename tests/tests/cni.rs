@@ -239,6 +239,8 @@ fn status_gc_and_an_agent_that_is_down() -> anyhow::Result<()> {
     let mut gc = config_1_1(&network, None);
     gc["cni.dev/valid-attachments"] =
         serde_json::json!([{"containerID": kept.container_id, "ifname": "eth0"}]);
+    // What libcni 1.2.3 and later send beside it (refused before: GC never ran).
+    gc["cni.dev/attachments"] = gc["cni.dev/valid-attachments"].clone();
     network.dataplane_plugin(&[("CNI_COMMAND", "GC")], &gc.to_string())?;
     let endpoints = endpoint_ips(node)?;
     assert!(
@@ -447,14 +449,19 @@ fn gc_touches_only_its_own_network_and_gets_past_bad_records() -> anyhow::Result
         pods.dataplane_plugin(&[("CNI_COMMAND", "GC")], &gc.to_string()),
         5,
     )?;
+    // Both: a record that cannot be read says nothing of its endpoints
+    // (before, it was deleted and GC reported success).
     assert!(
-        error.msg.contains("stuck"),
-        "the failure is reported: {error}"
+        error.msg.contains("2 attachment") && error.msg.contains("broken"),
+        "the failures are reported: {error}"
     );
     let endpoints = endpoint_ips(node)?;
     assert!(!endpoints.contains(&stale.ip), "{endpoints:?}");
     assert!(endpoints.contains(&neighbour.ip), "{endpoints:?}");
-    assert!(!records.join("pods").join("broken:eth0.json").exists());
+    assert!(
+        records.join("pods").join("broken:eth0.json").exists(),
+        "kept to be looked at"
+    );
     assert_eq!(std::fs::read_dir(records.join("other"))?.count(), 1);
     Ok(())
 }
@@ -493,5 +500,59 @@ fn pods_can_be_deleted_while_the_agent_is_down() -> anyhow::Result<()> {
     node.start_agent()?;
     assert!(!endpoint_ips(node)?.contains(&deleted.ip));
     witness.netns.ping(node.ip, 1, &[])?;
+    Ok(())
+}
+
+#[test]
+fn dual_stack_results_and_the_nodes_own_addresses_are_refused() -> anyhow::Result<()> {
+    let cluster = cluster(1);
+    let node = &cluster.nodes[0];
+    // host-local with an IPv4 and an IPv6 range and the real ptp: the pod
+    // would get both, and every IPv6 packet would be dropped.
+    let dual = CniNetwork::chain(
+        MainPlugin::Ptp,
+        "dual",
+        &node.netns,
+        &node.pod_cidr.to_string(),
+        &node.socket,
+        &cluster.workdir().join("dual"),
+    )?
+    .with_ipv6_range("fd00:10:244::/64");
+    let netns = Netns::create(format!("{}dual", node.pod_prefix))?;
+    let error = expect_code(dual.add("dual", &netns, "eth0"), 7)?;
+    assert!(error.msg.contains("IPv6"), "{error}");
+    assert!(endpoint_ips(node)?.is_empty());
+    dual.del("dual", &netns.path(), "eth0", None)?;
+
+    // The pods' gateway (on every ptp host veth), the CIDR's network and
+    // broadcast addresses.
+    let network = network(&cluster, node);
+    let pod = create_pod(node, &network)?;
+    let gateway = Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 1);
+    let claims = [
+        (gateway, "an address of this node"),
+        (node.pod_cidr.network(), "network address"),
+        (node.pod_cidr.broadcast(), "broadcast address"),
+    ];
+    for (index, (address, reason)) in claims.into_iter().enumerate() {
+        let host = format!("vown{index}");
+        let intruder = bare_veth(node, &host)?;
+        let claim = claimed_result(&intruder, &host, &format!("{address}/24"));
+        let stdin = network.dataplane_config(Some(&claim)).to_string();
+        let error = expect_code(
+            network.dataplane_plugin(
+                &environment("ADD", &format!("own{index}"), &intruder.path(), "eth0"),
+                &stdin,
+            ),
+            7,
+        )?;
+        assert!(error.msg.contains(reason), "{address}: {error}");
+    }
+    assert_eq!(endpoint_ips(node)?, BTreeSet::from([pod.ip]));
+    // The node still reaches the pod from its gateway address, and the pod
+    // its gateway.
+    node.netns
+        .ping(pod.ip, 1, &["-q", "-I", &gateway.to_string()])?;
+    ping(&pod, gateway)?;
     Ok(())
 }

@@ -48,6 +48,18 @@ pub(super) fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniR
              plugin such as ptp or bridge in the conflist)",
         ));
     };
+    // A pod given an IPv6 address too would have every IPv6 packet dropped
+    // while ADD and CHECK succeed: refused until IPv6 is forwarded.
+    if let Some(ipv6) = result_addresses(prev_result).find(IpAddr::is_ipv6) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "prevResult gives the pod the IPv6 address {ipv6}: this dataplane forwards IPv4 \
+                 only so far, so its IPv6 traffic would be dropped; configure the IPAM plugin \
+                 with IPv4 ranges only"
+            ),
+        ));
+    }
     let ips = ipv4_addresses(prev_result);
     if ips.is_empty() {
         return Err(CniError::new(

@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{ErrorKind, Write as _},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
 };
@@ -201,14 +201,24 @@ pub fn run(environment: &HashMap<String, String>, stdin: &str) -> CniResult<Opti
 
 /// Not JSON is a decoding failure (6); JSON that is not a valid configuration
 /// for this plugin is an invalid configuration (7).
+/// The `cni.dev/` keys this plugin reads; the spec reserves the others for
+/// runtimes (libcni 1.2.3 and later add `cni.dev/attachments`), so they are
+/// ignored rather than refused.
+const CNI_DEV_KEYS_READ: &[&str] = &["cni.dev/valid-attachments"];
+
 fn parse_conf(stdin: &str) -> CniResult<NetConf> {
-    let value: Value = serde_json::from_str(stdin).map_err(|error| {
+    let mut value: Value = serde_json::from_str(stdin).map_err(|error| {
         CniError::new(
             code::DECODE_FAILURE,
             "cannot decode the network configuration on stdin",
         )
         .with_details(error)
     })?;
+    if let Some(keys) = value.as_object_mut() {
+        keys.retain(|key, _| {
+            !key.starts_with("cni.dev/") || CNI_DEV_KEYS_READ.contains(&key.as_str())
+        });
+    }
     let conf: NetConf = serde_json::from_value(value).map_err(|error| {
         CniError::new(
             code::INVALID_CONFIG,
@@ -295,12 +305,21 @@ fn version_output(stdin: &str) -> String {
 
 /// The IPv4 addresses of a CNI result (`"a.b.c.d/len"` strings).
 fn ipv4_addresses(result: &Value) -> Vec<Ipv4Addr> {
+    result_addresses(result)
+        .filter_map(|address| match address {
+            IpAddr::V4(address) => Some(address),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Every address of a result's `ips`, either family.
+fn result_addresses(result: &Value) -> impl Iterator<Item = IpAddr> + '_ {
     result["ips"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
 }
 
 /// A socket setting that can never work is a configuration error (7), not a

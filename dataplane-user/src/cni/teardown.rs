@@ -142,7 +142,7 @@ pub(super) fn collect_garbage(conf: &NetConf) -> CniResult<()> {
             .with_details(error));
         }
     };
-    let mut failures = Vec::new();
+    let (mut failures, mut failed) = (Vec::new(), Vec::new());
     for entry in entries {
         let name = match entry {
             Ok(entry) => entry.file_name().to_string_lossy().into_owned(),
@@ -157,8 +157,20 @@ pub(super) fn collect_garbage(conf: &NetConf) -> CniResult<()> {
         if valid.contains(&attachment) {
             continue;
         }
+        // Without a readable record (and no netns to look in) its endpoints
+        // cannot be known: reported, and kept to be looked at.
+        if let Record::Unreadable(error) = read_record(&record_path(conf, &attachment)) {
+            failures.push(format!(
+                "{name}: {} {}: its endpoints, if any, stay registered until their veth \
+                 goes; remove the record once checked",
+                error.msg, error.details
+            ));
+            failed.push(name);
+            continue;
+        }
         if let Err(error) = release(conf, &attachment, None) {
             failures.push(format!("{name}: {} {}", error.msg, error.details));
+            failed.push(name);
         }
     }
     if failures.is_empty() {
@@ -166,7 +178,11 @@ pub(super) fn collect_garbage(conf: &NetConf) -> CniResult<()> {
     } else {
         Err(CniError::new(
             code::IO_FAILURE,
-            format!("GC could not release {} attachment(s)", failures.len()),
+            format!(
+                "GC could not release {} attachment(s): {}",
+                failures.len(),
+                failed.join(", ")
+            ),
         )
         .with_details(failures.join("; ")))
     }

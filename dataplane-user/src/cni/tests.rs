@@ -208,3 +208,54 @@ fn addresses_come_from_the_previous_result() {
     .unwrap();
     assert_eq!(ipv4_addresses(&result), vec![Ipv4Addr::new(10, 244, 0, 5)]);
 }
+
+#[test]
+fn runtime_keys_under_cni_dev_are_ignored_and_own_misspellings_still_refused() {
+    // libcni 1.2.3 and later send cni.dev/attachments beside
+    // cni.dev/valid-attachments on GC.
+    let conf = r#"{"cniVersion":"1.1.0","name":"n","type":"dataplane-cni",
+        "cni.dev/attachments":[{"containerID":"c1","ifname":"eth0"}],
+        "cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}],
+        "cni.dev/some-future-key":true}"#;
+    let parsed = parse_conf(conf).expect("runtime keys are the runtime's");
+    assert_eq!(parsed.valid_attachments.map(|valid| valid.len()), Some(1));
+    let misspelled = r#"{"cniVersion":"1.1.0","name":"n","type":"dataplane-cni","sockett":"/x"}"#;
+    assert_eq!(
+        parse_conf(misspelled).expect_err("own key misspelled").code,
+        code::INVALID_CONFIG
+    );
+}
+
+#[test]
+fn a_result_with_an_ipv6_address_is_refused_until_ipv6_is_forwarded() {
+    let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni",
+        "prevResult":{"ips":[{"address":"10.244.0.5/24"},{"address":"fd00:10:244::5/64"}]}}"#;
+    let error = run(&environment(&ADD), conf).expect_err("dual stack");
+    assert_eq!(error.code, code::INVALID_CONFIG);
+    assert!(
+        error.msg.contains("fd00:10:244::5") && error.msg.contains("IPv6"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn gc_reports_an_unreadable_record_and_keeps_it() {
+    let data = tempfile::tempdir().unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"n","type":"dataplane-cni","dataDir":"{}",
+        "cni.dev/valid-attachments":[]}}"#,
+        data.path().display()
+    );
+    let conf = parse_conf(&conf).unwrap();
+    let attachment = Attachment {
+        container_id: "c9".into(),
+        ifname: "eth0".into(),
+    };
+    let path = record_path(&conf, &attachment);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    let error = collect_garbage(&conf).expect_err("an empty record is reported");
+    assert_eq!(error.code, code::IO_FAILURE);
+    assert!(error.details.contains("stay registered"), "{error:?}");
+    assert!(path.exists(), "kept to be looked at");
+}

@@ -149,13 +149,29 @@ pub fn validate_endpoint(
     endpoint: &EndpointSpec,
     pod_cidr: Option<Ipv4Network>,
 ) -> Result<(), Violation> {
-    if let Some(cidr) = pod_cidr
-        && !cidr.contains(endpoint.ip)
-    {
-        return Err((
-            "ip",
-            format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
-        ));
+    if let Some(cidr) = pod_cidr {
+        if !cidr.contains(endpoint.ip) {
+            return Err((
+                "ip",
+                format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
+            ));
+        }
+        // Static IPAM or another network's IPAM can hand these out.
+        let role = if endpoint.ip == cidr.network() {
+            "network"
+        } else {
+            "broadcast"
+        };
+        if cidr.prefix() < 31 && (endpoint.ip == cidr.network() || endpoint.ip == cidr.broadcast())
+        {
+            return Err((
+                "ip",
+                format!(
+                    "{} is the {role} address of the pod CIDR {cidr}",
+                    endpoint.ip
+                ),
+            ));
+        }
     }
     match &endpoint.interface {
         HostInterface::Name(name) if name.is_empty() || name.len() > 15 => {

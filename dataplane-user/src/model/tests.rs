@@ -636,3 +636,22 @@ fn load_balancer_source_ranges_limit_the_load_balancer_ips_only() {
     spec.load_balancer_ips.push(Ipv4Addr::new(198, 51, 100, 1));
     assert_eq!(spec.validate(&[]).unwrap_err().0, "load_balancer_ips");
 }
+
+#[test]
+fn a_pod_cidrs_network_and_broadcast_addresses_are_no_pods() {
+    let cidr = Some("10.244.0.0/24".parse().unwrap());
+    let endpoint = |ip: [u8; 4]| EndpointSpec {
+        ip: Ipv4Addr::from(ip),
+        interface: HostInterface::Name("veth0".into()),
+        mac: MacAddr6::new(0x02, 0, 0, 0, 0, 1),
+    };
+    for (ip, role) in [
+        ([10, 244, 0, 0], "network"),
+        ([10, 244, 0, 255], "broadcast"),
+    ] {
+        let (field, problem) = validate_endpoint(&endpoint(ip), cidr).expect_err(role);
+        assert_eq!(field, "ip");
+        assert!(problem.contains(role), "{problem}");
+    }
+    assert!(validate_endpoint(&endpoint([10, 244, 0, 254]), cidr).is_ok());
+}

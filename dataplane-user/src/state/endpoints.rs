@@ -60,6 +60,21 @@ impl Owner {
         if let Err((field, problem)) = validate_endpoint(endpoint, self.facts.settings.pod_cidr) {
             bail!("endpoint field `{field}`: {problem}");
         }
+        // The pods' gateway (`ptp` puts it on every host veth, `bridge` on
+        // its bridge) or any other: given to a pod, the node could no longer
+        // reach its pods from it, nor pods their gateway.
+        if self
+            .interfaces
+            .host_addresses()
+            .await?
+            .contains(&endpoint.ip)
+        {
+            bail!(
+                "endpoint field `ip`: {} is an address of this node (the pods' gateway, \
+                 say): no pod can have it",
+                endpoint.ip
+            );
+        }
         let interface = match &endpoint.interface {
             HostInterface::Name(name) => self.interfaces.by_name(name).await?,
             HostInterface::Index(index) => self.interfaces.by_index(*index).await?,
