@@ -556,3 +556,48 @@ fn dual_stack_results_and_the_nodes_own_addresses_are_refused() -> anyhow::Resul
     ping(&pod, gateway)?;
     Ok(())
 }
+
+#[test]
+fn a_container_id_as_long_as_the_spec_allows_is_added_collected_and_deleted() -> anyhow::Result<()>
+{
+    let cluster = cluster(1);
+    let node = &cluster.nodes[0];
+    let network = network(&cluster, node);
+    // 250 characters: with ":eth0.json" past the file system's 255.
+    let (kept_id, deleted_id) = ("k".repeat(250), "d".repeat(250));
+    let (kept_netns, deleted_netns) = (
+        Netns::create(format!("{}long0", node.pod_prefix))?,
+        Netns::create(format!("{}long1", node.pod_prefix))?,
+    );
+    let kept = pod_ip(&network.add(&kept_id, &kept_netns, "eth0")?)?;
+    let deleted_result = network.add(&deleted_id, &deleted_netns, "eth0")?;
+    let deleted = pod_ip(&deleted_result)?;
+    let mut gc = config_1_1(&network, None);
+    gc["cni.dev/valid-attachments"] = serde_json::json!([
+        {"containerID": kept_id, "ifname": "eth0"},
+        {"containerID": deleted_id, "ifname": "eth0"},
+    ]);
+    network.dataplane_plugin(&[("CNI_COMMAND", "GC")], &gc.to_string())?;
+    assert_eq!(endpoint_ips(node)?, BTreeSet::from([kept, deleted]));
+    network.del(
+        &deleted_id,
+        &deleted_netns.path(),
+        "eth0",
+        Some(&deleted_result),
+    )?;
+    assert_eq!(endpoint_ips(node)?, BTreeSet::from([kept]));
+
+    // A relative dataDir is refused before anything is written.
+    let mut relative = network.dataplane_config(None);
+    relative["dataDir"] = "records".into();
+    let error = expect_code(
+        network.dataplane_plugin(
+            &environment("DEL", &kept_id, &kept_netns.path(), "eth0"),
+            &relative.to_string(),
+        ),
+        7,
+    )?;
+    assert!(error.msg.contains("absolute"), "{error}");
+    assert_eq!(endpoint_ips(node)?, BTreeSet::from([kept]));
+    Ok(())
+}

@@ -225,6 +225,17 @@ fn parse_conf(stdin: &str) -> CniResult<NetConf> {
             format!("invalid network configuration: {error}"),
         )
     })?;
+    // Relative, records would land wherever the runtime runs, and a DEL
+    // from elsewhere would miss them.
+    if !conf.data_dir.is_absolute() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "dataDir {:?} must be an absolute path",
+                conf.data_dir.display().to_string()
+            ),
+        ));
+    }
     if !is_valid_identifier(&conf.name) {
         return Err(CniError::new(
             code::INVALID_CONFIG,

@@ -9,13 +9,28 @@ pub(super) fn network_dir(conf: &NetConf) -> PathBuf {
     conf.data_dir.join(&conf.name)
 }
 
-/// `<dataDir>/<network>/<containerID>:<ifname>.json`; neither part can hold
-/// a ':' or a '/' (both are validated).
+/// The longest file name Linux file systems take (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// `<dataDir>/<network>/<record_name>`.
 pub(super) fn record_path(conf: &NetConf, attachment: &Attachment) -> PathBuf {
-    network_dir(conf).join(format!(
-        "{}:{}.json",
-        attachment.container_id, attachment.ifname
-    ))
+    network_dir(conf).join(record_name(attachment))
+}
+
+/// `<containerID>:<ifname>.json`; neither part can hold a ':' or a '/'
+/// (both are validated). A container ID too long for a file name (the spec
+/// allows any length) is cut and followed by `~` and the CRC-32 of the whole
+/// ID ('~' is in no container ID): the name then stands for itself.
+pub(super) fn record_name(attachment: &Attachment) -> String {
+    let (id, ifname) = (&attachment.container_id, &attachment.ifname);
+    let name = format!("{id}:{ifname}.json");
+    if name.len() <= NAME_MAX {
+        return name;
+    }
+    // Container IDs are ASCII (validated): any byte is a character boundary.
+    let kept = NAME_MAX - ":.json".len() - ifname.len() - "~00000000".len();
+    let checksum = crc32fast::hash(id.as_bytes());
+    format!("{}~{checksum:08x}:{ifname}.json", &id[..kept.min(id.len())])
 }
 
 /// Where plugin versions before networks had directories kept the record.

@@ -154,7 +154,8 @@ pub(super) fn collect_garbage(conf: &NetConf) -> CniResult<()> {
         let Some(attachment) = attachment_of_record(&name) else {
             continue;
         };
-        if valid.contains(&attachment) {
+        // By name: a long container ID's record is named by its digest.
+        if valid.iter().any(|valid| record_name(valid) == name) {
             continue;
         }
         // Without a readable record (and no netns to look in) its endpoints

@@ -259,3 +259,30 @@ fn gc_reports_an_unreadable_record_and_keeps_it() {
     assert!(error.details.contains("stay registered"), "{error:?}");
     assert!(path.exists(), "kept to be looked at");
 }
+
+#[test]
+fn a_relative_data_dir_is_a_configuration_error() {
+    let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni","dataDir":"records"}"#;
+    let error = parse_conf(conf).expect_err("relative");
+    assert_eq!(error.code, code::INVALID_CONFIG);
+    assert!(error.msg.contains("absolute"), "{error:?}");
+}
+
+#[test]
+fn a_container_id_too_long_for_a_file_name_gets_a_record_name_that_fits() {
+    let long = |last: char| Attachment {
+        container_id: format!("{}{last}", "a".repeat(249)),
+        ifname: "eth0".into(),
+    };
+    let (one, other) = (record_name(&long('b')), record_name(&long('c')));
+    assert!(one.len() <= 255 && other.len() <= 255, "{one}");
+    assert_ne!(one, other, "IDs that differ only past the cut");
+    // The name stands for itself: GC finds the same record by it.
+    let parsed = attachment_of_record(&one).unwrap();
+    assert_eq!(record_name(&parsed), one);
+    let short = Attachment {
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    };
+    assert_eq!(record_name(&short), "c1:eth0.json");
+}
