@@ -249,3 +249,38 @@ fn traces_show_forwarded_packets_when_asked() -> anyhow::Result<()> {
     assert!(ends.contains(&Some(a.ip.to_string().as_str())), "{event}");
     Ok(())
 }
+
+#[test]
+fn monitors_that_went_away_leave_the_api_to_others() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec::dataplane(1, 1))?;
+    let node = &cluster.nodes[0];
+    // More than the API serves at once (128), each gone after a moment on
+    // a quiet node (no packet event would reveal them gone).
+    let mut monitors = Vec::new();
+    for _ in 0..140 {
+        monitors.push(
+            Command::new(dataplane_binary()?)
+                .arg("--socket")
+                .arg(&node.socket)
+                .arg("monitor")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for mut monitor in monitors {
+        let _ = monitor.kill();
+        let _ = monitor.wait();
+    }
+    let started = Instant::now();
+    node.status()?;
+    // Not a timing: before, the slots stayed taken until the next event,
+    // and status gave up after 30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "status waited {:?} for a connection slot",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -108,8 +108,11 @@ async fn serve_connection(
             Ok(Request::Monitor { traces, filter }) => {
                 match resolve_interfaces(filter) {
                     Ok(filter) => {
-                        stream_events(&mut writer, &state, events.subscribe(), traces, &filter)
-                            .await
+                        let client = Client {
+                            reader: &mut reader,
+                            writer: &mut writer,
+                        };
+                        stream_events(client, &state, events.subscribe(), traces, &filter).await
                     }
                     Err(message) => {
                         drop(write_line(&mut writer, &Response::Error { message }).await)
@@ -214,10 +217,23 @@ fn resolve_interfaces(mut filter: PacketFilter) -> Result<PacketFilter, String> 
     Ok(filter)
 }
 
+/// Both ends of a monitor client's connection.
+struct Client<'a> {
+    reader: &'a mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: &'a mut OwnedWriteHalf,
+}
+
+/// Returns once a monitor client closed its end (or sent more, which none
+/// does): its connection slot is free at once, not at the next event.
+async fn gone(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) {
+    let mut byte = [0u8; 1];
+    let _ = reader.read(&mut byte).await;
+}
+
 /// Writes events to a monitor client until it goes away: drops, and
 /// forwarded packets too when it asked for `traces`, those its filter admits.
 async fn stream_events(
-    writer: &mut OwnedWriteHalf,
+    Client { reader, writer }: Client<'_>,
     state: &StateHandle,
     mut events: broadcast::Receiver<PacketReport>,
     traces: bool,
@@ -231,7 +247,11 @@ async fn stream_events(
         return;
     }
     loop {
-        let event = match events.recv().await {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            () = gone(reader) => break,
+        };
+        let event = match received {
             Ok(event) => event,
             // A slow reader misses events rather than holding up the relay.
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
