@@ -1,15 +1,25 @@
 //! `dataplane`: the node agent and its command-line client.
 
+use std::process::ExitCode;
+
 use clap::Parser as _;
 use dataplane_user::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the program with status 1 and one line, the causes joined
+/// (no Rust backtrace, whatever `RUST_BACKTRACE` says: they are for users).
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("DATAPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    cli::run(Cli::parse())
+    match cli::run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

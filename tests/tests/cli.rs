@@ -122,3 +122,21 @@ fn install_cni_puts_a_working_plugin_and_a_conflist_in_place() {
         "{version}"
     );
 }
+
+#[test]
+fn errors_are_one_line_and_a_failure_status_whatever_rust_backtrace_says() {
+    let directory = tempfile::tempdir().unwrap();
+    let socket = directory.path().join("absent.sock");
+    let output = Command::new(dataplane_binary().unwrap())
+        .args(["--socket", socket.to_str().unwrap(), "status"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("running dataplane");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("absent.sock"),
+        "{stderr}"
+    );
+}

@@ -284,3 +284,18 @@ fn monitors_that_went_away_leave_the_api_to_others() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_monitor_the_agent_refuses_fails() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec::dataplane(1, 1))?;
+    let node = &cluster.nodes[0];
+    let output = Command::new(dataplane_binary()?)
+        .arg("--socket")
+        .arg(&node.socket)
+        .args(["monitor", "--interface", "nosuch"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("nosuch"), "{stderr}");
+    Ok(())
+}

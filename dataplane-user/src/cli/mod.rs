@@ -419,20 +419,29 @@ fn host_interface(interface: String) -> HostInterface {
     }
 }
 
-/// Prints events as the agent streams them, line by line.
+/// Prints events as the agent streams them, line by line; a refusal (an
+/// unknown interface, say) is an error.
 fn monitor(socket: &std::path::Path, output: Output, request: Request) -> anyhow::Result<()> {
+    let mut refused = None;
     api::stream(socket, &request, |response| {
-        match &response {
+        match response {
             Response::Event { event } => match output {
-                Output::Json => println!("{}", serde_json::to_string(event).expect("serializes")),
-                Output::Text => println!("{}", render::event_line(event)),
+                Output::Json => println!("{}", serde_json::to_string(&event).expect("serializes")),
+                Output::Text => println!("{}", render::event_line(&event)),
             },
-            Response::Error { message } => eprintln!("error: {message}"),
+            Response::Error { message } => {
+                refused = Some(message);
+                return false;
+            }
             _ => {}
         }
         // Flushed line by line, so pipes see events as they happen.
         std::io::Write::flush(&mut std::io::stdout()).is_ok()
-    })
+    })?;
+    match refused {
+        Some(message) => bail!("the agent refused the monitor: {message}"),
+        None => Ok(()),
+    }
 }
 
 fn list_request(map: MapName, address: Option<Ipv4Addr>) -> Request {
