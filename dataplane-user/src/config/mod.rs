@@ -47,6 +47,7 @@
 
 use std::{
     collections::HashMap,
+    io::Read as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -56,10 +57,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     EndpointSpec, LocalFacts, NodeSet, NodeSpec, PeerMacs, Routing, ServiceSpec, Services, Source,
-    validate_endpoint,
+    host_bits_problem, validate_endpoint,
 };
 
 pub const DEFAULT_API_SOCKET: &str = "/run/dataplane/agent.sock";
+
+/// The largest config file read: 16 MiB holds tens of thousands of nodes
+/// and Services (the file is reread on every change).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/dataplane";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -362,10 +367,22 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // Read up to the bound (a device such as /dev/zero says size 0).
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(read)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field: "(document)".into(),
+                problem: format!("longer than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
         Self::parse(&text, path)
     }
 
@@ -475,6 +492,7 @@ impl Config {
         for (index, service) in self.services.iter().enumerate() {
             service
                 .validate(&pod_cidrs)
+                .and_then(|()| service.validate_address(self.node.node_ip, self.node.service_cidr))
                 .and_then(|()| service.validate_node_ports(node_ports.clone()))
                 .map_err(|(name, problem)| (format!("services[{index}].{name}"), problem))?;
         }
@@ -499,6 +517,15 @@ impl NodeSettings {
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (field, cidr) in [
+            ("pod_cidr", self.pod_cidr),
+            ("cluster_cidr", self.cluster_cidr),
+            ("service_cidr", self.service_cidr),
+        ] {
+            if let Some(problem) = cidr.and_then(host_bits_problem) {
+                return Err((field, problem));
+            }
+        }
         if !(1..=MAX_VNI).contains(&self.vni) {
             return Err(("vni", format!("{} is not in 1..={MAX_VNI}", self.vni)));
         }

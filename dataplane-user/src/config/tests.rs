@@ -317,3 +317,34 @@ fn routing_modes_parse_and_need_an_uplink() {
     assert!(error.contains("node.routing"), "{error}");
     assert!(error.contains("set node.uplink"), "{error}");
 }
+
+#[test]
+fn cidrs_with_host_bits_and_oversized_files_are_refused() {
+    let error = error_of("[node]\npod_cidr = \"10.244.54.7/24\"\n");
+    assert!(
+        error.contains("node.pod_cidr") && error.contains("10.244.54.0/24"),
+        "{error}"
+    );
+    let error = error_of("[node]\nservice_cidr = \"10.96.3.1/12\"\n");
+    assert!(error.contains("node.service_cidr"), "{error}");
+    // /dev/zero says its size is 0: read to the bound, not to the end.
+    let error = Config::load(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("longer than"), "{error}");
+}
+
+#[test]
+fn a_services_address_must_not_be_the_nodes_nor_outside_the_service_cidr() {
+    let config = |ip: &str| {
+        format!(
+            "[node]\nnode_ip = \"192.0.2.10\"\nservice_cidr = \"10.96.0.0/12\"\n\
+             [[services]]\nname = \"web\"\nip = \"{ip}\"\nports = [{{ port = 80 }}]\n"
+        )
+    };
+    assert!(parse(&config("10.96.0.10")).is_ok());
+    for (ip, problem) in [("192.0.2.10", "own IP"), ("10.200.0.1", "service_cidr")] {
+        let error = error_of(&config(ip));
+        assert!(error.contains(problem), "{ip}: {error}");
+    }
+}

@@ -144,6 +144,18 @@ impl LocalFacts {
 /// A rule a change broke: the offending field and the problem.
 pub type Violation = (&'static str, String);
 
+/// What is wrong with `cidr` written with host bits (10.244.54.7/24 for
+/// 10.244.54.0/24): taken as written, it was matched as the wrong network.
+pub fn host_bits_problem(cidr: Ipv4Network) -> Option<String> {
+    (cidr.ip() != cidr.network()).then(|| {
+        format!(
+            "{cidr} has host bits set: write {}/{}",
+            cidr.network(),
+            cidr.prefix()
+        )
+    })
+}
+
 /// Checks one endpoint on its own.
 pub fn validate_endpoint(
     endpoint: &EndpointSpec,
@@ -238,6 +250,16 @@ impl NodeSet {
         }
         if local.node_ip == Some(node.ip) {
             return Err(("ip", format!("{} is this node's own IP", node.ip)));
+        }
+        let ip = node.ip;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+            return Err((
+                "ip",
+                format!("{ip} is not a unicast address a node can have"),
+            ));
+        }
+        if let Some(problem) = host_bits_problem(node.pod_cidr) {
+            return Err(("pod_cidr", problem));
         }
         if local.routing == Routing::Direct
             && !local.uplink_networks.is_empty()

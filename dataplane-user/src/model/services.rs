@@ -409,11 +409,40 @@ impl ServiceSpec {
         (self.created.unwrap_or(0), self.name.clone())
     }
 
+    /// Checks the Service's address against the node: never the node's own
+    /// IP (its port would take over the node's), and inside the Service
+    /// CIDR when one is set (as the API server allocates them).
+    pub fn validate_address(
+        &self,
+        node_ip: Option<Ipv4Addr>,
+        service_cidr: Option<Ipv4Network>,
+    ) -> Result<(), Violation> {
+        if node_ip == Some(self.ip) {
+            return Err(("ip", format!("{} is this node's own IP", self.ip)));
+        }
+        if let Some(cidr) = service_cidr
+            && !cidr.contains(self.ip)
+        {
+            return Err((
+                "ip",
+                format!("{} is outside node.service_cidr {cidr}", self.ip),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the Service on its own: `pod_cidrs` are address ranges a
     /// Service address must stay out of (it would hide pods).
     pub fn validate(&self, pod_cidrs: &[Ipv4Network]) -> Result<(), Violation> {
         if self.name.trim().is_empty() {
             return Err(("name", "must not be empty".into()));
+        }
+        // A namespace and a name as Kubernetes bounds them, with room.
+        if self.name.len() > MAX_NAME_LEN {
+            return Err((
+                "name",
+                format!("{} bytes: at most {MAX_NAME_LEN}", self.name.len()),
+            ));
         }
         let ip = self.ip;
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
@@ -807,6 +836,9 @@ impl Services {
         touched
     }
 }
+
+/// The longest Service name taken (a 63-byte namespace, '/', a 253-byte name).
+pub const MAX_NAME_LEN: usize = 317;
 
 fn conflict(frontend: Frontend, name: &str, owner: &str) -> Violation {
     (

@@ -655,3 +655,28 @@ fn a_pod_cidrs_network_and_broadcast_addresses_are_no_pods() {
     }
     assert!(validate_endpoint(&endpoint([10, 244, 0, 254]), cidr).is_ok());
 }
+
+#[test]
+fn nodes_need_a_unicast_address_and_a_pod_cidr_without_host_bits() {
+    let set = NodeSet::default();
+    for ip in [
+        [0, 0, 0, 0],
+        [224, 0, 0, 1],
+        [255, 255, 255, 255],
+        [127, 0, 0, 1],
+    ] {
+        let (field, _) = set.check(&node(ip, "10.244.9.0/24"), &local()).unwrap_err();
+        assert_eq!(field, "ip", "{ip:?}");
+    }
+    let (field, problem) = set
+        .check(&node([192, 0, 2, 20], "10.244.54.7/24"), &local())
+        .unwrap_err();
+    assert_eq!(field, "pod_cidr");
+    assert!(problem.contains("10.244.54.0/24"), "{problem}");
+}
+
+#[test]
+fn a_service_name_has_a_bound() {
+    let long = service(&"n".repeat(services::MAX_NAME_LEN + 1), 80, &[]);
+    assert_eq!(long.validate(&[]).unwrap_err().0, "name");
+}

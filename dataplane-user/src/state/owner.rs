@@ -539,6 +539,7 @@ impl Owner {
         let node_ports = settings.node_port_range.min..=settings.node_port_range.max;
         service
             .validate(&pod_cidrs)
+            .and_then(|()| service.validate_address(settings.node_ip, settings.service_cidr))
             .and_then(|()| service.validate_node_ports(node_ports))
             .map_err(|(field, problem)| {
                 anyhow::anyhow!("service {}: field `{field}`: {problem}", service.name)
