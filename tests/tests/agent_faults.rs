@@ -13,6 +13,7 @@ use std::{
 use dataplane_tests::{
     Cluster, ClusterSpec, Node, cluster::dataplane_binary, cni::MainPlugin, eventually,
 };
+use nix::sys::signal::Signal;
 
 /// Pods made by the real ptp plugin chain, IPv6 on, as on a user's node.
 fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
@@ -314,6 +315,49 @@ fn endpoints_the_config_file_drops_go_unless_another_source_lists_them() -> anyh
     assert!(
         listed(pod.ip)?,
         "the CNI plugin's endpoint went with the file's entry"
+    );
+    Ok(())
+}
+
+#[test]
+fn after_a_restart_the_config_file_still_owns_what_it_lists() -> anyhow::Result<()> {
+    let mut cluster = cluster(2, 1);
+    let second = (cluster.nodes[1].ip, cluster.nodes[1].pod_cidr);
+    let node = &mut cluster.nodes[0];
+    node.remove_remote_node(second.0)?;
+    let original = std::fs::read_to_string(&node.config)?;
+    let listed = format!(
+        "{original}\n[[nodes]]\nip = \"{}\"\npod_cidr = \"{}\"\n\n\
+         [[services]]\nname = \"default/filed\"\nip = \"10.96.0.77\"\nports = [{{ port = 80 }}]\n",
+        second.0, second.1
+    );
+    std::fs::write(&node.config, &listed)?;
+    let has = |node: &Node, what: &[&str], text: &str| -> anyhow::Result<bool> {
+        Ok(node.cli(what)?.contains(text))
+    };
+    let (node_ip, service) = (second.0.to_string(), "10.96.0.77");
+    assert!(eventually(Duration::from_secs(10), || has(
+        node,
+        &["node", "list"],
+        &node_ip
+    ))?);
+    // A restart pins both in the maps; then the file drops them.
+    node.stop_agent(Signal::SIGTERM);
+    node.start_agent()?;
+    assert!(has(node, &["service", "list"], service)?);
+    std::fs::write(&node.config, &original)?;
+    assert!(
+        eventually(Duration::from_secs(10), || Ok(!has(
+            node,
+            &["node", "list"],
+            &node_ip
+        )? && !has(
+            node,
+            &["service", "list"],
+            service
+        )?))?,
+        "the file's removals took no effect: {}",
+        node.agent_log()
     );
     Ok(())
 }

@@ -669,11 +669,31 @@ impl Owner {
     ) -> anyhow::Result<()> {
         // Every endpoint's veth must exist before anything changes.
         let resolved = self.checked_interfaces(endpoints).await?;
+        // The pinned copies are named by frontend (`pinned_services`).
+        let pinned_names: Vec<String> = services
+            .iter()
+            .flat_map(ServiceSpec::frontend_keys)
+            .map(|frontend| frontend.to_string())
+            .collect();
         self.replace_services(Source::ConfigFile, services)?;
-        let changed = self
+        let local = self.local_facts();
+        let mut changed = self
             .remote_nodes
-            .replace(Source::ConfigFile, &nodes, &self.local_facts())
+            .replace(Source::ConfigFile, &nodes, &local)
             .map_err(refused)?;
+        // What the file lists is the file's: an earlier agent's pinned copy
+        // of it must not outlive its removal from the file.
+        for node in &nodes {
+            changed.extend(
+                self.remote_nodes
+                    .withdraw(Some(Source::Pinned), node.ip, &local),
+            );
+        }
+        let unpinned: Vec<Frontend> = pinned_names
+            .iter()
+            .flat_map(|name| self.services.withdraw(Some(Source::Pinned), name))
+            .collect();
+        self.program_services(&unpinned)?;
         self.last_reconcile = Instant::now();
         self.program_nodes(&changed).await?;
         self.replace_file_endpoints(endpoints, resolved)
