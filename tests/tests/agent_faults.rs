@@ -49,8 +49,9 @@ fn failed_start(node: &Node, config: &Path) -> anyhow::Result<String> {
     Ok(stderr)
 }
 
-/// The node's config with `bpf_root` moved to a fresh directory and
-/// `from` replaced by `to`; written next to the original.
+/// The node's config with `from` replaced by `to`, then `bpf_root` and
+/// `api_socket` moved to fresh paths (unless `to` moved them); written next
+/// to the original.
 fn variant(node: &Node, name: &str, from: &str, to: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     let original = std::fs::read_to_string(&node.config)?;
     let bpf_root = node.bpf_root()?;
@@ -58,11 +59,18 @@ fn variant(node: &Node, name: &str, from: &str, to: &str) -> anyhow::Result<(Pat
         "{}-{name}",
         bpf_root.file_name().unwrap().to_string_lossy()
     ));
+    let fresh_socket = node.socket.with_file_name(format!("{name}.sock"));
     assert!(original.contains(from), "{original}");
-    let text = original.replace(from, to).replace(
-        &bpf_root.display().to_string(),
-        &fresh_root.display().to_string(),
-    );
+    let text = original
+        .replace(from, to)
+        .replace(
+            &bpf_root.display().to_string(),
+            &fresh_root.display().to_string(),
+        )
+        .replace(
+            &node.socket.display().to_string(),
+            &fresh_socket.display().to_string(),
+        );
     let path = node.config.with_file_name(format!("{name}.toml"));
     std::fs::write(&path, text)?;
     Ok((path, fresh_root))
@@ -102,6 +110,23 @@ fn a_second_agent_on_the_same_bpf_root_is_refused_and_the_first_keeps_serving() 
     std::fs::write(&second, config)?;
     let stderr = failed_start(node, &second)?;
     assert!(stderr.contains("another agent is running"), "{stderr}");
+    // Another bpf_root but the same API socket: refused before it attaches
+    // anything (before, it took the socket over and deleted it on exit).
+    let bpf_root = node.bpf_root()?;
+    let other_root = bpf_root.with_file_name("second-root");
+    let config = std::fs::read_to_string(&node.config)?.replace(
+        &bpf_root.display().to_string(),
+        &other_root.display().to_string(),
+    );
+    std::fs::write(&second, config)?;
+    let links_before = node.netns.links()?;
+    let stderr = failed_start(node, &second)?;
+    assert!(
+        stderr.contains("another agent serves the API socket"),
+        "{stderr}"
+    );
+    assert_eq!(pins_under(&other_root), Vec::<PathBuf>::new());
+    assert_eq!(node.netns.links()?, links_before);
     node.cli(&["status"])?;
     node.pods[0].ping(cluster.nodes[1].pods[0].ip, 2)?;
     Ok(())
@@ -111,6 +136,15 @@ fn a_second_agent_on_the_same_bpf_root_is_refused_and_the_first_keeps_serving() 
 fn a_start_that_fails_its_checks_changes_nothing() -> anyhow::Result<()> {
     let cluster = cluster(1, 0);
     let node = &cluster.nodes[0];
+    // One more than the node map holds, each valid on its own.
+    let too_many_nodes: String = (0..=dataplane_common::MAX_REMOTE_NODES)
+        .map(|index| {
+            let ip = std::net::Ipv4Addr::from(u32::from_be_bytes([172, 16, 0, 1]) + index);
+            let cidr = std::net::Ipv4Addr::from(u32::from_be_bytes([10, 244, 1, 0]) + 2 * index);
+            format!("[[nodes]]\nip = \"{ip}\"\npod_cidr = \"{cidr}/31\"\n")
+        })
+        .collect::<String>()
+        + "\n[nat]";
     let refused = [
         (
             "missing-uplink",
@@ -133,10 +167,33 @@ fn a_start_that_fails_its_checks_changes_nothing() -> anyhow::Result<()> {
             ),
             "this node's own IP",
         ),
+        (
+            "missing-endpoint-veth",
+            "[nat]",
+            "[[endpoints]]\nip = \"10.244.0.9\"\ninterface = \"nosuchveth0\"\n\
+             mac = \"02:00:00:00:00:09\"\n\n[nat]",
+            "nosuchveth0 does not exist",
+        ),
+        (
+            "api-socket-directory",
+            "[nat]",
+            // Replaced again below: a directory where the socket goes.
+            "[nat]",
+            "is a directory",
+        ),
+        (
+            "too-many-nodes",
+            "[nat]",
+            &too_many_nodes,
+            "the node map holds",
+        ),
     ];
     let links_before = node.netns.links()?;
     for (name, from, to, reason) in refused {
         let (config, root) = variant(node, name, from, to)?;
+        if name == "api-socket-directory" {
+            std::fs::create_dir_all(node.socket.with_file_name(format!("{name}.sock")))?;
+        }
         let stderr = failed_start(node, &config)?;
         assert!(stderr.contains(reason), "{name}: {stderr}");
         assert_eq!(pins_under(&root), Vec::<PathBuf>::new(), "{name}");

@@ -2,7 +2,7 @@
 //! programs are loaded and attached and the state owner takes over.
 
 use anyhow::{Context as _, bail};
-use dataplane_common::{NodeConfig, VXLAN_OVERHEAD};
+use dataplane_common::{MAX_REMOTE_NODES, NodeConfig, VXLAN_OVERHEAD};
 use tracing::{info, warn};
 
 use crate::{
@@ -11,7 +11,7 @@ use crate::{
     interfaces::{Interface, Interfaces, VXLAN_DEVICE, VxlanSettings},
     loader,
     maps::ipv4_cidr,
-    model::NodeSet,
+    model::{HostInterface, NodeSet},
     nat::Timeouts,
     state::{NatTable, NodeFacts, Owner, ServiceTables},
 };
@@ -92,7 +92,59 @@ pub async fn check(
             .insert(*remote, &facts.local_facts())
             .map_err(|(field, problem)| anyhow::anyhow!("nodes[{index}].{field}: {problem}"))?;
     }
+    if config.nodes.len() > MAX_REMOTE_NODES as usize {
+        bail!(
+            "nodes: {} listed, the node map holds {MAX_REMOTE_NODES}",
+            config.nodes.len()
+        );
+    }
+    // Each endpoint's veth: found missing after attaching, the start
+    // failed half done.
+    for (index, endpoint) in config.endpoints.iter().enumerate() {
+        let found = match &endpoint.interface {
+            HostInterface::Name(name) => interfaces.by_name(name).await?,
+            HostInterface::Index(index) => interfaces.by_index(*index).await?,
+        };
+        if found.is_none() {
+            bail!(
+                "endpoints[{index}].interface: {} does not exist",
+                endpoint.interface
+            );
+        }
+    }
     Ok((facts, tunnel))
+}
+
+/// Holds `<api_socket>.lock` for as long as the agent runs: a second agent
+/// given the same socket (whatever its `bpf_root`) is refused before it
+/// changes anything, instead of taking the socket over. Also finds a socket
+/// path that can never work (its directory not creatable, the path a
+/// directory) before anything is attached.
+pub fn lock_api_socket(socket: &std::path::Path) -> anyhow::Result<AgentLock> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("agent.api_socket: creating {}", parent.display()))?;
+    }
+    if socket.is_dir() {
+        bail!("agent.api_socket: {} is a directory", socket.display());
+    }
+    let mut lock_path = socket.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("agent.api_socket: opening {}", lock_path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            anyhow::anyhow!(
+                "another agent serves the API socket {} ({errno}): stop it first, or give \
+                 this one its own agent.api_socket",
+                socket.display()
+            )
+        },
+    )
 }
 
 async fn tunnel(config: &Config, interfaces: &Interfaces) -> anyhow::Result<Option<Tunnel>> {

@@ -49,6 +49,9 @@ pub async fn uninstall(config_path: &Path) -> anyhow::Result<()> {
         info!(device = VXLAN_DEVICE, "removed the VXLAN device");
     }
     let _ = std::fs::remove_file(&config.agent.api_socket);
+    let mut lock = config.agent.api_socket.clone().into_os_string();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(lock);
     Ok(())
 }
 
@@ -56,6 +59,7 @@ pub async fn uninstall(config_path: &Path) -> anyhow::Result<()> {
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let _lock = bootstrap::lock_bpf_root(&config.agent.bpf_root)?;
+    let _socket_lock = bootstrap::lock_api_socket(&config.agent.api_socket)?;
     let mut owner = bootstrap::start(&config).await?;
     let ring = owner.take_events();
     let masquerading = owner.masquerading();
