@@ -21,6 +21,11 @@ use crate::{
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause before subscribing again after a netlink failure.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// After the node's addresses were read on a change, further changes
+/// within this window are read once at its end: a burst (thousands of
+/// addresses added at once) costs a read per window, not one per address
+/// (each a full dump: quadratic, a CPU spinning for minutes).
+const ADDRESS_WINDOW: Duration = Duration::from_millis(50);
 
 /// Follows the node's addresses, links and neighbours for as long as the
 /// agent runs.
@@ -45,8 +50,18 @@ async fn watch(state: &StateHandle) -> anyhow::Result<()> {
     state.ask(Command::ResyncHost).await?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
+    // While a window is open, whether an address changed in it.
+    let mut window: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut changed_in_window = false;
     loop {
         tokio::select! {
+            () = async { window.as_mut().expect("guarded").await }, if window.is_some() => {
+                window = None;
+                if std::mem::take(&mut changed_in_window) {
+                    state.ask(Command::SyncHostAddresses).await?;
+                    window = Some(Box::pin(tokio::time::sleep(ADDRESS_WINDOW)));
+                }
+            }
             notification = notifications.next() => {
                 let Some((message, _)) = notification else {
                     bail!("the netlink notification socket closed");
@@ -57,7 +72,14 @@ async fn watch(state: &StateHandle) -> anyhow::Result<()> {
                     }
                     NetlinkPayload::InnerMessage(
                         RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
-                    ) => state.ask(Command::SyncHostAddresses).await?,
+                    ) => {
+                        if window.is_some() {
+                            changed_in_window = true;
+                        } else {
+                            state.ask(Command::SyncHostAddresses).await?;
+                            window = Some(Box::pin(tokio::time::sleep(ADDRESS_WINDOW)));
+                        }
+                    }
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(message)) => {
                         if let Some((ip, neighbour)) = neighbour_of(&message)
                             && let Some(mac) = neighbour.mac

@@ -418,3 +418,55 @@ fn after_a_restart_the_config_file_still_owns_what_it_lists() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[test]
+fn more_node_addresses_than_the_map_holds_leave_the_agent_idle() -> anyhow::Result<()> {
+    let cluster = cluster(1, 0);
+    let node = &cluster.nodes[0];
+    let extra = dataplane_common::MAX_HOST_ADDRESSES + 16;
+    node.netns.exec(&[
+        "ip", "link", "add", "many0", "type", "veth", "peer", "name", "many1",
+    ])?;
+    let batch: String = (0..extra)
+        .map(|index| {
+            let address = std::net::Ipv4Addr::from(u32::from_be_bytes([10, 99, 0, 0]) + index);
+            format!("address add {address}/32 dev many0\n")
+        })
+        .collect();
+    let batch_file = node.config.with_file_name("addresses.batch");
+    std::fs::write(&batch_file, batch)?;
+    node.netns
+        .exec(&["ip", "-batch", batch_file.to_str().unwrap()])?;
+    node.netns.exec(&["ip", "link", "set", "many0", "up"])?;
+    // The agent takes what fits, says so, and then rests (before, every
+    // notification redid the whole set and one CPU spun at 100%).
+    assert!(eventually(Duration::from_secs(20), || Ok(node
+        .agent_log()
+        .contains("the host address map is full")))?);
+    let pid = node.agent_pid().expect("the agent runs");
+    let cpu_ticks = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // utime and stime: fields 14 and 15, the 12th and 13th after the name.
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_ticks()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks()? - before;
+    assert!(used < 150, "{used} ticks of CPU in 3 s");
+    let status = node.status()?;
+    let held = status["maps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|map| map["name"] == "HOST_ADDRESSES")
+        .and_then(|map| map["entries"].as_u64());
+    assert!(held.is_some_and(|held| held > 16_000), "{status}");
+    Ok(())
+}

@@ -151,11 +151,13 @@ impl Dataplane {
             return Ok(false);
         }
         let applied = self.maps.set_host_addresses(&addresses);
-        // Whatever the outcome, the next call compares against the map again.
-        self.host_addresses = if applied.is_ok() {
-            addresses
-        } else {
-            BTreeSet::new()
+        // A full map holds what fit: the set is kept as wanted, so the next
+        // notification compares against it instead of redoing the whole set
+        // (before, every one did: a node with more addresses than the map
+        // holds spun a CPU). After any other failure the next call starts over.
+        self.host_addresses = match &applied {
+            Ok(()) | Err(MapsError::HostAddressesFull { .. }) => addresses,
+            Err(_) => BTreeSet::new(),
         };
         applied?;
         Ok(true)
