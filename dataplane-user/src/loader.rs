@@ -26,6 +26,13 @@ const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 pub enum LoadError {
     #[error("cannot mount bpffs at {BPFFS_MOUNT_POINT}: {0}")]
     MountBpffs(nix::Error),
+    #[error(
+        "{BPFFS_MOUNT_POINT} is no bpffs in this mount namespace but is in the host's (PID 1's): \
+         started under `ip netns exec`, which remounts /sys? Run the agent in the host's mount \
+         namespace (enter only the network namespace, e.g. `nsenter --net=/run/netns/NAME`), \
+         where its pins are"
+    )]
+    HostBpffsHidden,
     #[error("cannot install the tail-called programs: {0}")]
     TailCall(String),
     #[error("cannot find or mount the cgroup2 hierarchy (for the host socket hooks): {0}")]
@@ -90,11 +97,22 @@ pub fn remove_other_layout_versions(bpf_root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet.
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet, unless
+/// the host has one this mount namespace does not see.
 pub fn ensure_bpffs_mounted() -> Result<(), LoadError> {
     if is_bpffs(Path::new(BPFFS_MOUNT_POINT)) {
         return Ok(());
     }
+    // `ip netns exec` remounts /sys in a mount namespace of its own: a bpffs
+    // mounted there would hold none of the running agent's pins, and this
+    // one would attach a second program set beside it.
+    let host_bpffs = Path::new("/proc/1/root").join(BPFFS_MOUNT_POINT.trim_start_matches('/'));
+    if sys_mounted_by_ip_netns_exec()
+        || (in_a_mount_namespace_of_its_own() && is_bpffs(&host_bpffs))
+    {
+        return Err(LoadError::HostBpffsHidden);
+    }
+    tracing::info!("no bpffs at {BPFFS_MOUNT_POINT}: mounting one");
     mount(
         Some("bpf"),
         BPFFS_MOUNT_POINT,
@@ -103,6 +121,41 @@ pub fn ensure_bpffs_mounted() -> Result<(), LoadError> {
         None::<&str>,
     )
     .map_err(LoadError::MountBpffs)
+}
+
+/// Whether /sys is the sysfs `ip netns exec` mounts (its source is the
+/// network namespace's name, one of /run/netns): what is the case where
+/// PID 1's namespaces cannot be inspected.
+fn sys_mounted_by_ip_netns_exec() -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // `id parent major:minor root mountpoint options... - fstype source options`;
+    // the last mount at a point is the one seen.
+    let sys_source = mounts
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            let mut after = after.split_whitespace();
+            let (fstype, source) = (after.next()?, after.next()?);
+            (mount_point == "/sys" && fstype == "sysfs").then_some(source)
+        })
+        .last();
+    sys_source.is_some_and(|source| {
+        source != "sysfs" && !source.contains('/') && Path::new("/run/netns").join(source).exists()
+    })
+}
+
+/// Whether this process's mount namespace is not PID 1's.
+fn in_a_mount_namespace_of_its_own() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(own), Ok(host)) => own != host,
+        _ => false,
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {

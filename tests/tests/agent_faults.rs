@@ -24,11 +24,15 @@ fn cluster(nodes: usize, pods_per_node: usize) -> Cluster {
 /// Runs `dataplane agent` with `config` in the node's namespace until it
 /// exits (it is expected to refuse to start); returns its stderr.
 fn failed_start(node: &Node, config: &Path) -> anyhow::Result<String> {
-    let mut child = node
-        .netns
-        .command(dataplane_binary()?)?
-        .args(["agent", "--config"])
-        .arg(config)
+    let mut command = node.netns.command(dataplane_binary()?)?;
+    command.args(["agent", "--config"]).arg(config);
+    failed_run(command)
+}
+
+/// Runs `command` (an agent expected to refuse to start) until it exits,
+/// within 20 s; returns its stderr.
+fn failed_run(mut command: Command) -> anyhow::Result<String> {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -468,5 +472,28 @@ fn more_node_addresses_than_the_map_holds_leave_the_agent_idle() -> anyhow::Resu
         .find(|map| map["name"] == "HOST_ADDRESSES")
         .and_then(|map| map["entries"].as_u64());
     assert!(held.is_some_and(|held| held > 16_000), "{status}");
+    Ok(())
+}
+
+#[test]
+fn started_under_ip_netns_exec_the_agent_refuses_instead_of_a_second_program_set()
+-> anyhow::Result<()> {
+    let cluster = cluster(1, 0);
+    let node = &cluster.nodes[0];
+    let (config, root) = variant(node, "netns-exec", "[nat]", "[nat]")?;
+    let links_before = node.netns.links()?;
+    // `ip netns exec` gives the agent a mount namespace of its own, /sys
+    // remounted: the host's bpffs, with the running agent's pins, is not there.
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &node.netns.name()])
+        .arg(dataplane_binary()?)
+        .args(["agent", "--config"])
+        .arg(&config);
+    let stderr = failed_run(command)?;
+    assert!(stderr.contains("ip netns exec"), "{stderr}");
+    assert_eq!(pins_under(&root), Vec::<PathBuf>::new());
+    assert_eq!(node.netns.links()?, links_before, "nothing attached");
+    node.cli(&["status"])?;
     Ok(())
 }
