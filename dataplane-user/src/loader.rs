@@ -132,16 +132,13 @@ fn sys_mounted_by_ip_netns_exec() -> bool {
     };
     // `id parent major:minor root mountpoint options... - fstype source options`;
     // the last mount at a point is the one seen.
-    let sys_source = mounts
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            let mut after = after.split_whitespace();
-            let (fstype, source) = (after.next()?, after.next()?);
-            (mount_point == "/sys" && fstype == "sysfs").then_some(source)
-        })
-        .last();
+    let sys_source = mounts.lines().rev().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mount_point = before.split_whitespace().nth(4)?;
+        let mut after = after.split_whitespace();
+        let (fstype, source) = (after.next()?, after.next()?);
+        (mount_point == "/sys" && fstype == "sysfs").then_some(source)
+    });
     sys_source.is_some_and(|source| {
         source != "sysfs" && !source.contains('/') && Path::new("/run/netns").join(source).exists()
     })
