@@ -486,7 +486,7 @@ fn started_under_ip_netns_exec_the_agent_refuses_instead_of_a_second_program_set
     // remounted: the host's bpffs, with the running agent's pins, is not there.
     let mut command = Command::new("ip");
     command
-        .args(["netns", "exec", &node.netns.name()])
+        .args(["netns", "exec", node.netns.name()])
         .arg(dataplane_binary()?)
         .args(["agent", "--config"])
         .arg(&config);
