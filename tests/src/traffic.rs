@@ -715,6 +715,24 @@ fn received(json: &str) -> anyhow::Result<Iperf3Received> {
     })
 }
 
+/// A raw AF_PACKET socket of the calling thread's namespace and the
+/// address of interface `index` to send whole frames out of.
+fn packet_socket(index: u32) -> anyhow::Result<(Socket, SockAddr)> {
+    let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
+    // SAFETY: a zeroed sockaddr_ll with family and ifindex set is a valid
+    // address for an AF_PACKET socket, and fits the storage.
+    let ((), device) = unsafe {
+        SockAddr::try_init(|storage, length| {
+            let link = storage.cast::<libc::sockaddr_ll>();
+            (*link).sll_family = libc::AF_PACKET as u16;
+            (*link).sll_ifindex = index as i32;
+            *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            Ok(())
+        })
+    }?;
+    Ok((socket, device))
+}
+
 /// Sends `frame` `count` times out of `interface` as it is (AF_PACKET).
 pub fn send_frames(
     netns: &Netns,
@@ -724,18 +742,7 @@ pub fn send_frames(
 ) -> anyhow::Result<()> {
     let index = netns.index_of(interface)?;
     joined(in_netns(netns, move || {
-        let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
-        // SAFETY: a zeroed sockaddr_ll with family and ifindex set is a valid
-        // address for an AF_PACKET socket, and fits the storage.
-        let ((), device) = unsafe {
-            SockAddr::try_init(|storage, length| {
-                let link = storage.cast::<libc::sockaddr_ll>();
-                (*link).sll_family = libc::AF_PACKET as u16;
-                (*link).sll_ifindex = index as i32;
-                *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                Ok(())
-            })
-        }?;
+        let (socket, device) = packet_socket(index)?;
         for _ in 0..count {
             socket
                 .send_to(&frame, &device)
@@ -840,17 +847,7 @@ impl SynFlood {
         let index = netns.index_of(self.interface)?;
         let own_mac = netns.mac_of(self.interface)?;
         Ok(in_netns(netns, move || {
-            let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
-            // SAFETY: as in `send_frames`.
-            let ((), device) = unsafe {
-                SockAddr::try_init(|storage, length| {
-                    let link = storage.cast::<libc::sockaddr_ll>();
-                    (*link).sll_family = libc::AF_PACKET as u16;
-                    (*link).sll_ifindex = index as i32;
-                    *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                    Ok(())
-                })
-            }?;
+            let (socket, device) = packet_socket(index)?;
             let mut frame = syn_template(self.next_hop_mac, own_mac.into_array(), self.destination);
             let mut random = Xorshift(0x9e37_79b9_7f4a_7c15 ^ u64::from(index));
             let (first, count) = (
