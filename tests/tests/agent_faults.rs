@@ -131,6 +131,15 @@ fn a_second_agent_on_the_same_bpf_root_is_refused_and_the_first_keeps_serving() 
     );
     assert_eq!(pins_under(&other_root), Vec::<PathBuf>::new());
     assert_eq!(node.netns.links()?, links_before);
+    // Its own root and socket, the same uplink: refused before it attaches.
+    let (config, root) = variant(node, "same-uplink", "[nat]", "[nat]")?;
+    let stderr = failed_start(node, &config)?;
+    assert!(
+        stderr.contains("another agent runs on the uplink eth0"),
+        "{stderr}"
+    );
+    assert_eq!(pins_under(&root), Vec::<PathBuf>::new());
+    assert_eq!(node.netns.links()?, links_before);
     node.cli(&["status"])?;
     node.pods[0].ping(cluster.nodes[1].pods[0].ip, 2)?;
     Ok(())

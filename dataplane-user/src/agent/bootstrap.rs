@@ -115,6 +115,30 @@ pub async fn check(
     Ok((facts, tunnel))
 }
 
+/// One agent's claim on its uplink: an abstract Unix socket named by the
+/// uplink's index, which belongs to the network namespace and goes with the
+/// process (no file to leave behind).
+pub type UplinkClaim = std::os::unix::net::UnixListener;
+
+/// Claims `uplink` for this agent: a second agent on it, whatever its
+/// `bpf_root` and socket, would attach a second program set beside the
+/// first's. Refused before anything is attached.
+fn claim_uplink(uplink: &Interface) -> anyhow::Result<UplinkClaim> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let name = format!("dataplane-uplink-{}", uplink.index);
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    std::os::unix::net::UnixListener::bind_addr(&address).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "another agent runs on the uplink {} (it holds @{name}): stop it first",
+                uplink.name
+            )
+        } else {
+            anyhow::Error::new(error).context(format!("claiming the uplink {}", uplink.name))
+        }
+    })
+}
+
 /// Holds `<api_socket>.lock` for as long as the agent runs: a second agent
 /// given the same socket (whatever its `bpf_root`) is refused before it
 /// changes anything, instead of taking the socket over. Also finds a socket
@@ -222,10 +246,15 @@ pub fn lock_bpf_root(bpf_root: &std::path::Path) -> anyhow::Result<AgentLock> {
 
 /// Checks the config, then loads the programs, sets up the tunnel, adopts
 /// endpoints pinned by an earlier run and applies the config file's
-/// endpoints and nodes. Returns the owner, ready to serve.
-pub async fn start(config: &Config) -> anyhow::Result<Owner> {
+/// endpoints and nodes. Returns the owner, ready to serve, and the claim on
+/// the uplink, held for as long as the agent runs.
+pub async fn start(config: &Config) -> anyhow::Result<(Owner, Option<UplinkClaim>)> {
     let interfaces = Interfaces::connect()?;
     let (facts, tunnel) = check(config, &interfaces).await?;
+    let claim = tunnel
+        .as_ref()
+        .map(|tunnel| claim_uplink(&tunnel.uplink))
+        .transpose()?;
 
     let pin_dir = loader::pin_directory(&config.agent.bpf_root);
     let ebpf = loader::load(&pin_dir)?;
@@ -299,5 +328,5 @@ pub async fn start(config: &Config) -> anyhow::Result<Owner> {
              connections tracked there start afresh"
         );
     }
-    Ok(owner)
+    Ok((owner, claim))
 }

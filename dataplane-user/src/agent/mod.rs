@@ -60,7 +60,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let _lock = bootstrap::lock_bpf_root(&config.agent.bpf_root)?;
     let _socket_lock = bootstrap::lock_api_socket(&config.agent.api_socket)?;
-    let mut owner = bootstrap::start(&config).await?;
+    let (mut owner, _uplink_claim) = bootstrap::start(&config).await?;
     let ring = owner.take_events();
     let masquerading = owner.masquerading();
     let node_ip = owner.node_ip();
