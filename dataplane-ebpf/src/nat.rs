@@ -228,7 +228,7 @@ fn opener_state(
     transport: &Transport,
 ) -> u8 {
     // SAFETY: as in `refresh`.
-    let (current, to_node) = unsafe { ((*entry).state, *entry) };
+    let current = unsafe { (*entry).state };
     let state = transport.state;
     let wants_reply_half = match state {
         conn_state::CLOSING => transport.segment.is_some(),
@@ -238,6 +238,8 @@ fn opener_state(
     if !wants_reply_half {
         return state;
     }
+    // SAFETY: as in `refresh`; only the first packets and closes get here.
+    let to_node = unsafe { *entry };
     // SAFETY: the value is copied out at once.
     let Some(to_pod) = (unsafe { NAT.get(nat_share::reply_half(egress, &to_node)) }).copied()
     else {
