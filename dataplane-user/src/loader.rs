@@ -33,6 +33,12 @@ pub enum LoadError {
          where its pins are"
     )]
     HostBpffsHidden,
+    #[error(
+        "{bpf_root} holds the maps of map layout v{newer}, newer than this agent's \
+         v{MAP_LAYOUT_VERSION}: starting would remove them and every endpoint and connection \
+         they hold. Run the newer agent, or `dataplane uninstall` first to start afresh"
+    )]
+    NewerLayout { bpf_root: PathBuf, newer: u32 },
     #[error("cannot install the tail-called programs: {0}")]
     TailCall(String),
     #[error("cannot find or mount the cgroup2 hierarchy (for the host socket hooks): {0}")]
@@ -79,22 +85,49 @@ pub fn pin_directory(bpf_root: &Path) -> PathBuf {
 /// ours, and their maps cannot be read by this build. Called once this
 /// build's programs are attached. Returns the directories removed.
 pub fn remove_other_layout_versions(bpf_root: &Path) -> Vec<PathBuf> {
-    let current = pin_directory(bpf_root);
+    layout_versions(bpf_root)
+        .into_iter()
+        .filter(|(version, _)| *version != MAP_LAYOUT_VERSION)
+        .map(|(_, path)| path)
+        .filter(|path| std::fs::remove_dir_all(path).is_ok())
+        .collect()
+}
+
+/// The map layout versions pinned under `bpf_root` (`v<N>` directories).
+fn layout_versions(bpf_root: &Path) -> Vec<(u32, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(bpf_root) else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| *path != current)
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .and_then(|name| name.strip_prefix('v'))
-                .is_some_and(|version| version.parse::<u32>().is_ok())
+        .filter_map(|path| {
+            let version = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix('v')?
+                .parse::<u32>()
+                .ok()?;
+            Some((version, path))
         })
-        .filter(|path| std::fs::remove_dir_all(path).is_ok())
         .collect()
+}
+
+/// Refuses to start over the maps of a newer layout (a downgrade): this
+/// agent would remove them, and their endpoints and connections with them.
+pub fn refuse_newer_layouts(bpf_root: &Path) -> Result<(), LoadError> {
+    match layout_versions(bpf_root)
+        .into_iter()
+        .map(|(version, _)| version)
+        .filter(|version| *version > MAP_LAYOUT_VERSION)
+        .max()
+    {
+        Some(newer) => Err(LoadError::NewerLayout {
+            bpf_root: bpf_root.to_owned(),
+            newer,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet, unless

@@ -506,3 +506,18 @@ fn started_under_ip_netns_exec_the_agent_refuses_instead_of_a_second_program_set
     node.cli(&["status"])?;
     Ok(())
 }
+
+#[test]
+fn a_downgrade_over_a_newer_map_layout_is_refused_and_removes_nothing() -> anyhow::Result<()> {
+    let cluster = cluster(1, 0);
+    let node = &cluster.nodes[0];
+    let (config, root) = variant(node, "downgrade", "[nat]", "[nat]")?;
+    let newer = root.join(format!("v{}", dataplane_common::MAP_LAYOUT_VERSION + 1));
+    std::fs::create_dir_all(&newer)?;
+    let stderr = failed_start(node, &config)?;
+    assert!(stderr.contains("newer than this agent's"), "{stderr}");
+    assert!(newer.is_dir(), "the newer layout's pins are kept");
+    assert_eq!(pins_under(&root), Vec::<PathBuf>::new());
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}

@@ -251,6 +251,7 @@ pub fn lock_bpf_root(bpf_root: &std::path::Path) -> anyhow::Result<AgentLock> {
 pub async fn start(config: &Config) -> anyhow::Result<(Owner, Option<UplinkClaim>)> {
     let interfaces = Interfaces::connect()?;
     let (facts, tunnel) = check(config, &interfaces).await?;
+    loader::refuse_newer_layouts(&config.agent.bpf_root)?;
     let claim = tunnel
         .as_ref()
         .map(|tunnel| claim_uplink(&tunnel.uplink))
