@@ -103,20 +103,6 @@ fn refresh(entry: *mut NatEntry, state: u8, now: u64) {
     }
 }
 
-/// The key of the reply half of the connection `egress` on the node's `port`.
-#[inline(always)]
-fn reply_key(egress: &FlowKey, config: &NodeConfig, port: [u8; 2]) -> FlowKey {
-    FlowKey {
-        src: egress.dst,
-        dst: config.node_ip,
-        src_port: egress.dst_port,
-        dst_port: port,
-        protocol: egress.protocol,
-        direction: nat_direction::REPLY,
-        _pad: [0; 2],
-    }
-}
-
 /// Reserves a port for the connection `egress` and inserts both halves,
 /// within the shares of the table and of the ports of its row (the pod, or
 /// all outside clients). Every try is a free port; the later half of them
@@ -168,7 +154,7 @@ fn allocate(
             continue;
         }
         to_node.port = port;
-        let reply = reply_key(egress, config, port);
+        let reply = nat_share::reply_half(egress, &to_node);
         let inserted = match insert_pair(egress, &reply, &to_pod, &to_node) {
             Ok(()) => true,
             Err(error) if error == -EEXIST => {
@@ -380,15 +366,7 @@ fn closes_opener_side(
     pod_port: [u8; 2],
     segment: &Segment,
 ) -> bool {
-    let egress = FlowKey {
-        src: pod,
-        dst: reply.src,
-        src_port: pod_port,
-        dst_port: reply.src_port,
-        protocol: reply.protocol,
-        direction: nat_direction::EGRESS,
-        _pad: [0; 2],
-    };
+    let egress = nat_share::egress_half(reply, pod, pod_port);
     // SAFETY: the value is copied out at once.
     unsafe { NAT.get(egress) }.is_some_and(|egress| fits(segment, &egress.sent))
 }

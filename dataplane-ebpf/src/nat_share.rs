@@ -119,6 +119,21 @@ pub fn reply_half(egress: &FlowKey, to_node: &NatEntry) -> FlowKey {
     }
 }
 
+/// The key of the egress half of the connection whose reply half is
+/// `reply`, opened from `pod`:`pod_port`.
+#[inline(always)]
+pub fn egress_half(reply: &FlowKey, pod: Ipv4Octets, pod_port: [u8; 2]) -> FlowKey {
+    FlowKey {
+        src: pod,
+        dst: reply.src,
+        src_port: pod_port,
+        dst_port: reply.src_port,
+        protocol: reply.protocol,
+        direction: nat_direction::EGRESS,
+        _pad: [0; 2],
+    }
+}
+
 /// Removes the connection whose egress half is `egress` unless it was
 /// established; whether it did.
 #[inline(always)]
@@ -169,14 +184,6 @@ pub fn evict_port_holder(ctx: &TcContext, reply: &FlowKey, now: u64) -> bool {
     if now.saturating_sub(to_pod.last_seen_ns) < HANDSHAKE_GRACE_NS {
         return false;
     }
-    let egress = FlowKey {
-        src: to_pod.addr,
-        dst: reply.src,
-        src_port: to_pod.port,
-        dst_port: reply.src_port,
-        protocol: reply.protocol,
-        direction: nat_direction::EGRESS,
-        _pad: [0; 2],
-    };
+    let egress = egress_half(reply, to_pod.addr, to_pod.port);
     evict_unless_assured(ctx, &egress)
 }
