@@ -646,16 +646,18 @@ fn with_external_traffic_policy_local_outside_clients_reach_the_nodes_own_backen
     assert!(refused, "no backend of port 81 on the second node");
     assert!(second_node.counter("drop_service_no_local_backend")? >= 1);
     // Pods still reach the other node's backend at the node port of their
-    // own node (the Local policy is for outside clients).
+    // own node (the Local policy is for outside clients). 16 connections,
+    // each to a random backend: all to one of the two 1 time in 32,768.
+    let connections = 16;
     let address = SocketAddrV4::new(second.ip, BACKEND_PORT);
-    let (_, server) = tcp_echo_server(&second.netns, address, 8, Duration::from_secs(2))?;
+    let (_, server) = tcp_echo_server(&second.netns, address, connections, Duration::from_secs(2))?;
     let (_, local_server) = tcp_echo_server(
         &first.netns,
         SocketAddrV4::new(first.ip, BACKEND_PORT),
-        8,
+        connections,
         Duration::from_secs(2),
     )?;
-    for _ in 0..8 {
+    for _ in 0..connections {
         tcp_exchange(
             &cluster.nodes[0].pods[0].netns,
             SocketAddr::from((cluster.nodes[0].ip, 30081)),
