@@ -18,6 +18,7 @@ pub mod model;
 pub mod nat;
 pub mod netns;
 pub mod state;
+pub mod upgrade;
 
 /// The compiled eBPF object with every program of the dataplane.
 pub static EBPF_OBJECT: &[u8] =

@@ -1,6 +1,6 @@
 //! `dataplane`: the node agent and its command-line client.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use dataplane_user::cli::{self, Cli};
@@ -14,6 +14,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("DATAPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -99,6 +99,26 @@ pub struct ClusterSpec {
     /// How many of the last nodes sit behind the gateway as a router, each
     /// on a network of its own, instead of on the underlay bridge.
     pub routed_nodes: usize,
+    /// Which build the nodes' agents (and CNI plugins) start as.
+    pub build: Build,
+}
+
+/// A build of the dataplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// The one under test.
+    Current,
+    /// The previous map layout's (what an upgrade starts from).
+    PreviousLayout,
+}
+
+impl Build {
+    pub fn binary(self) -> anyhow::Result<PathBuf> {
+        match self {
+            Self::Current => dataplane_binary(),
+            Self::PreviousLayout => previous_layout_binary(),
+        }
+    }
 }
 
 impl ClusterSpec {
@@ -116,7 +136,13 @@ impl ClusterSpec {
             pods: PodWiring::Handmade,
             routing: Routing::Tunnel,
             routed_nodes: 0,
+            build: Build::Current,
         }
+    }
+
+    /// Nodes started as the previous map layout's build.
+    pub fn starting_as(self, build: Build) -> Self {
+        Self { build, ..self }
     }
 
     /// Dataplane nodes routing as `routing` says.
@@ -159,6 +185,20 @@ pub fn dataplane_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The previous map layout's `dataplane`: `$DATAPLANE_PREVIOUS_BIN`, which
+/// `cargo xtask test` builds from git (`cargo xtask build --previous-layout`).
+pub fn previous_layout_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("DATAPLANE_PREVIOUS_BIN").map(PathBuf::from);
+    match path {
+        Some(path) if path.exists() => Ok(path),
+        _ => bail!(
+            "the previous map layout's dataplane binary is not at $DATAPLANE_PREVIOUS_BIN ({path:?}): \
+             run the tests with `cargo xtask test`, or build it with `cargo xtask build \
+             --previous-layout` and set DATAPLANE_PREVIOUS_BIN"
+        ),
+    }
 }
 
 pub struct Pod {
@@ -227,6 +267,8 @@ pub struct Node {
     pub agent_environment: Vec<(String, String)>,
     /// The CNI chain pods are made with, for `PodWiring::Cni`.
     pub cni: Option<CniNetwork>,
+    /// The build its agent and CLI run as.
+    pub build: Build,
 }
 
 impl Node {
@@ -242,7 +284,7 @@ impl Node {
             .open(&self.log)?;
         let child = self
             .netns
-            .command(dataplane_binary()?)?
+            .command(self.build.binary()?)?
             .args(["agent", "--config"])
             .arg(&self.config)
             .env("DATAPLANE_LOG", "debug")
@@ -304,6 +346,20 @@ impl Node {
         self.start_agent()
     }
 
+    /// Stops the agent (SIGTERM), then starts the build under test in its
+    /// place, plugins included, as an upgrade does; returns how long the
+    /// node was without an answering agent.
+    pub fn upgrade_agent(&mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.stop_agent(Signal::SIGTERM);
+        self.build = Build::Current;
+        if let Some(cni) = self.cni.take() {
+            self.cni = Some(cni.with_plugins_of(&dataplane_binary()?)?);
+        }
+        self.start_agent()?;
+        Ok(started.elapsed())
+    }
+
     /// Stops the agent with SIGTERM (graceful) or SIGKILL (crash).
     pub fn stop_agent(&mut self, signal: Signal) {
         if let Some(agent) = self.agent.take() {
@@ -324,7 +380,7 @@ impl Node {
 
     /// Runs `dataplane uninstall` for this node's config, in its namespace.
     pub fn uninstall(&self) -> anyhow::Result<String> {
-        let binary = dataplane_binary()?.display().to_string();
+        let binary = self.build.binary()?.display().to_string();
         let config = self.config.display().to_string();
         self.netns
             .exec(&[&binary, "uninstall", "--config", &config])
@@ -342,7 +398,12 @@ impl Node {
 
     /// Runs the `dataplane` CLI against this node's agent.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let binary = dataplane_binary()?;
+        self.cli_as(self.build, args)
+    }
+
+    /// Runs `build`'s `dataplane` CLI against this node's agent.
+    pub fn cli_as(&self, build: Build, args: &[&str]) -> anyhow::Result<String> {
+        let binary = build.binary()?;
         let socket = self.socket.display().to_string();
         let mut full = vec!["--socket", socket.as_str()];
         full.extend_from_slice(args);
@@ -657,6 +718,7 @@ impl Cluster {
             pod_prefix: format!("{prefix}-n{index}c"),
             agent_environment: Vec::new(),
             cni: None,
+            build: spec.build,
         };
         if spec.forwarding == Forwarding::Bridge {
             let gateway = Ipv4Network::new(bridge_gateway(pod_cidr), pod_cidr.prefix())?;
@@ -690,7 +752,8 @@ impl Cluster {
                         &pod_cidr.to_string(),
                         &node.socket,
                         &self.workdir.path().join(format!("n{index}-cni")),
-                    )?);
+                    )?
+                    .with_plugins_of(&spec.build.binary()?)?);
                     for _ in 0..spec.pods_per_node {
                         node.add_cni_pod()?;
                     }

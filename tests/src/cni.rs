@@ -105,6 +105,16 @@ impl CniNetwork {
         })
     }
 
+    /// The same network with `dataplane-cni` taken from beside `binary`
+    /// (another build's).
+    pub fn with_plugins_of(mut self, binary: &Path) -> anyhow::Result<Self> {
+        let plugin_dir = binary
+            .parent()
+            .context("the dataplane binary has a directory")?;
+        self.cni_path = format!("{REFERENCE_PLUGINS}:{}", plugin_dir.display());
+        Ok(self)
+    }
+
     /// The same network with host-local also handing out IPv6 addresses
     /// from `subnet` (dual stack).
     pub fn with_ipv6_range(mut self, subnet: &str) -> Self {

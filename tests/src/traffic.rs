@@ -933,3 +933,145 @@ fn fill_syn(frame: &mut [u8], source: u32, source_port: u16, port: u16, seq: u32
     let tcp = dataplane_common::checksum::internet(&pseudo);
     frame[50..52].copy_from_slice(&tcp.to_be_bytes());
 }
+
+/// How often a steady flow exchanges a request.
+pub const STEADY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What a steady flow saw: its answered requests, the longest time between
+/// two answers (the forwarding gap it lived through), unanswered datagrams
+/// and the first error that ended a TCP flow.
+#[derive(Debug, Default)]
+pub struct Steady {
+    pub answered: usize,
+    pub longest_gap: Duration,
+    pub unanswered: usize,
+    pub error: Option<String>,
+}
+
+impl Steady {
+    fn answered_at(&mut self, last: &mut Option<Instant>) {
+        let now = Instant::now();
+        if let Some(previous) = last.replace(now) {
+            self.longest_gap = self.longest_gap.max(now - previous);
+        }
+        self.answered += 1;
+    }
+}
+
+/// One TCP connection from `client` to `address` (an `EchoServers` port)
+/// exchanging a 64-byte request every `STEADY_INTERVAL` until `stop`.
+/// Connected before this returns.
+pub fn steady_tcp(
+    client: &Netns,
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<Steady>>> {
+    let (connected, is_connected) = mpsc::channel();
+    let flow = in_netns(client, move || {
+        let mut stream = TcpStream::connect_timeout(&address, TCP_TIMEOUT)
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(TCP_TIMEOUT))?;
+        connected.send(())?;
+        let (request, mut answer) = ([1u8; 64], [0u8; 64]);
+        let (mut steady, mut last) = (Steady::default(), None);
+        while !stop.load(Ordering::Relaxed) {
+            let exchanged = stream
+                .write_all(&request)
+                .and_then(|()| stream.read_exact(&mut answer));
+            match exchanged {
+                Ok(()) if answer == request => steady.answered_at(&mut last),
+                Ok(()) => bail!("{address} answered something else"),
+                Err(error) => {
+                    steady.error = Some(format!("after {} answers: {error}", steady.answered));
+                    break;
+                }
+            }
+            thread::sleep(STEADY_INTERVAL);
+        }
+        Ok(steady)
+    });
+    if is_connected.recv_timeout(TCP_TIMEOUT * 2).is_err() {
+        joined(flow)?;
+        bail!("the flow to {address} ended before it connected");
+    }
+    Ok(flow)
+}
+
+/// One UDP flow (one source port) from `client` to `address` (a
+/// `UdpEcho`): a datagram every `STEADY_INTERVAL` until `stop`, each
+/// waited for at most 200 ms.
+pub fn steady_udp(
+    client: &Netns,
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<anyhow::Result<Steady>> {
+    in_netns(client, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(address)?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let (mut steady, mut last) = (Steady::default(), None);
+        let mut answer = [0u8; 64];
+        let mut sequence = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            sequence += 1;
+            socket.send(&sequence.to_be_bytes())?;
+            // Late answers to earlier datagrams are read past.
+            let answered = loop {
+                match socket.recv(&mut answer) {
+                    Ok(8) if answer[..8] == sequence.to_be_bytes() => break true,
+                    Ok(_) => {}
+                    Err(_) => break false,
+                }
+            };
+            if answered {
+                steady.answered_at(&mut last);
+            } else {
+                steady.unanswered += 1;
+            }
+            thread::sleep(STEADY_INTERVAL);
+        }
+        Ok(steady)
+    })
+}
+
+/// A UDP echo server on `address` of `netns` until dropped.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    worker: Option<thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl UdpEcho {
+    pub fn start(netns: &Netns, address: SocketAddrV4) -> anyhow::Result<Self> {
+        let socket = joined(in_netns(netns, move || {
+            let socket =
+                UdpSocket::bind(address).with_context(|| format!("binding {address}"))?;
+            socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(socket)
+        }))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let worker = thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((length, source)) = socket.recv_from(&mut buffer) {
+                    socket.send_to(&buffer[..length], source)?;
+                }
+            }
+            Ok(())
+        });
+        Ok(Self {
+            stop,
+            worker: Some(worker),
+        })
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}

@@ -71,8 +71,9 @@ pub fn dataplane(profile: Profile) -> anyhow::Result<PathBuf> {
         .join("dataplane"))
 }
 
-/// Formatting, lints, then every test of the workspace.
-pub fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
+/// Formatting, lints, then every test of the workspace; the upgrade tests
+/// start from `previous_layout`'s agent.
+pub fn test(cargo_test_args: &[String], previous_layout: &Path) -> anyhow::Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     status(fmt, "cargo fmt --check")?;
@@ -105,7 +106,8 @@ pub fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
     let mut test = cargo();
     test.args(["test", "--workspace", "--exclude", EBPF_PACKAGE])
         .args(cargo_test_args)
-        .env("DATAPLANE_BIN", &binary);
+        .env("DATAPLANE_BIN", &binary)
+        .env("DATAPLANE_PREVIOUS_BIN", previous_layout);
     status(
         test,
         "cargo test --workspace (unit, BPF_PROG_TEST_RUN and end-to-end)",

@@ -1,6 +1,7 @@
 //! Build, run, test and benchmark orchestration: `cargo xtask <command>`.
 
 mod build;
+mod previous;
 mod setup;
 
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ enum Command {
     Build {
         #[arg(long)]
         release: bool,
+        /// Build the previous map layout's release from git instead (what
+        /// the upgrade tests start from) and print its path.
+        #[arg(long, conflicts_with = "release")]
+        previous_layout: bool,
     },
     /// Without arguments: a local demo cluster in network namespaces.
     /// With --config: the agent on this node.
@@ -51,8 +56,15 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
-        Command::Build { release } => {
+        Command::Build {
+            release,
+            previous_layout,
+        } => {
             setup::run()?;
+            if previous_layout {
+                println!("{}", previous::build()?.display());
+                return Ok(());
+            }
             build::dataplane(build::profile(release)).map(drop)
         }
         Command::Run { config } => {
@@ -65,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_test_args } => {
             setup::run()?;
-            build::test(&cargo_test_args)
+            build::test(&cargo_test_args, &previous::build()?)
         }
         Command::Bench { quick, bench_args } => {
             setup::run()?;

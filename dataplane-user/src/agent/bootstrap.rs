@@ -1,8 +1,10 @@
 //! Start-up: everything the config asks for is checked first, then the
 //! programs are loaded and attached and the state owner takes over.
 
+use std::time::Instant;
+
 use anyhow::{Context as _, bail};
-use dataplane_common::{MAX_REMOTE_NODES, NodeConfig, VXLAN_OVERHEAD};
+use dataplane_common::{MAX_REMOTE_NODES, NodeConfig, VXLAN_OVERHEAD, names};
 use tracing::{info, warn};
 
 use crate::{
@@ -14,6 +16,7 @@ use crate::{
     model::{HostInterface, NodeSet},
     nat::Timeouts,
     state::{NatTable, NodeFacts, Owner, ServiceTables},
+    upgrade::{self, PreviousLayout},
 };
 
 /// The smallest MTU IPv4 allows (RFC 791).
@@ -258,9 +261,26 @@ pub async fn start(config: &Config) -> anyhow::Result<(Owner, Option<UplinkClaim
         .transpose()?;
 
     let pin_dir = loader::pin_directory(&config.agent.bpf_root);
+    let previous = PreviousLayout::find(&config.agent.bpf_root);
+    let fresh = !pin_dir.join(names::ENDPOINTS_MAP).exists();
     let ebpf = loader::load(&pin_dir)?;
     info!(pin_dir = %pin_dir.display(), "eBPF programs loaded");
+    // Make before break: the previous layout's state first, then its links.
+    if let Some(previous) = &previous {
+        upgrade::carry_state(previous, &pin_dir, fresh).with_context(|| {
+            format!("carrying map layout v{}'s state", previous.version)
+        })?;
+    }
     let mut dataplane = Dataplane::new(ebpf, &pin_dir)?;
+    let swapping = Instant::now();
+    let taken_over = dataplane.take_over_links(previous.as_ref().map(|p| p.links_dir()).as_deref());
+    info!(links = taken_over, took_ms = swapping.elapsed().as_secs_f64() * 1000.0,
+          "this build's programs swapped into the pinned links");
+    if let Some(previous) = &previous {
+        upgrade::carry_connections(previous, &pin_dir).with_context(|| {
+            format!("carrying map layout v{}'s newest connections", previous.version)
+        })?;
+    }
     if let Some(Tunnel { uplink, settings }) = tunnel {
         let (vxlan, created) = interfaces.ensure_vxlan(VXLAN_DEVICE, settings).await?;
         dataplane.attach_tunnel(&vxlan, &uplink)?;

@@ -12,7 +12,7 @@ use std::{
 use aya::programs::{
     TcAttachType,
     links::{CgroupAttachMode, FdLink, PinnedLink},
-    tc::SchedClassifierLink,
+    tc::{SchedClassifierLink, SchedClassifierLinkId},
 };
 use dataplane_common::names;
 use tracing::{debug, warn};
@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::{Dataplane, DataplaneError};
 use crate::{
     interfaces::Interface,
-    loader::{SOCKET_PROGRAMS, classifier, socket_hook},
+    loader::{PROGRAMS, SOCKET_PROGRAMS, classifier, socket_hook},
 };
 
 /// A program attached to an interface in one direction.
@@ -138,20 +138,8 @@ impl Dataplane {
             path: pin.clone(),
             detail,
         };
-        let classifier = classifier(&mut self.ebpf, program);
         let adopted = if pin.exists() {
-            let adoption = PinnedLink::from_pin(&pin)
-                .map_err(|error| error.to_string())
-                .and_then(|pinned| {
-                    SchedClassifierLink::try_from(FdLink::from(pinned))
-                        .map_err(|error| error.to_string())
-                })
-                .and_then(|link| {
-                    classifier
-                        .attach_to_link(link)
-                        .map_err(|error| error.to_string())
-                });
-            match adoption {
+            match self.adopt(program, &pin) {
                 Ok(link) => Some(link),
                 Err(cause) => {
                     // A link whose interface was deleted (its index now
@@ -166,6 +154,7 @@ impl Dataplane {
         } else {
             None
         };
+        let classifier = classifier(&mut self.ebpf, program);
         let replaces_pin = adopted.is_none() && pin.exists();
         let link = match adopted {
             Some(link) => link,
@@ -201,6 +190,76 @@ impl Dataplane {
         Ok(true)
     }
 
+    /// This build's `program` swapped into the link pinned at `pin`
+    /// (BPF_LINK_UPDATE: atomic, the interface never without a program).
+    fn adopt(&mut self, program: &str, pin: &Path) -> Result<SchedClassifierLinkId, String> {
+        let link = PinnedLink::from_pin(pin)
+            .map_err(|error| error.to_string())
+            .and_then(|pinned| {
+                SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|error| error.to_string())
+            })?;
+        classifier(&mut self.ebpf, program)
+            .attach_to_link(link)
+            .map_err(|error| error.to_string())
+    }
+
+    /// Takes over every interface link pinned in the links directory,
+    /// having first moved there those `previous` (the previous map layout's
+    /// links directory) holds: one program swap per link, back to back, so
+    /// the interfaces change programs within moments of each other instead
+    /// of as the agent's start reaches each. Links that cannot be taken
+    /// over are left to [`Self::attach`] and [`Self::remove_stale_links`].
+    /// Returns how many were taken over.
+    pub fn take_over_links(&mut self, previous: Option<&Path>) -> usize {
+        let pins_in = |directory: &Path| -> Vec<(Attachment, PathBuf)> {
+            let Ok(entries) = std::fs::read_dir(directory) else {
+                return Vec::new();
+            };
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| {
+                    let attachment = pinned_attachment(entry.file_name().to_str()?)?;
+                    Some((attachment, entry.path()))
+                })
+                .collect()
+        };
+        for (attachment, from) in previous.map(pins_in).unwrap_or_default() {
+            let to = self.pin_path(&attachment);
+            // One of this layout's own (an earlier attempt's) wins; the
+            // other goes with the previous layout's pins.
+            if !to.exists()
+                && let Err(error) = std::fs::rename(&from, &to)
+            {
+                warn!(from = %from.display(), %error, "cannot move the previous layout's link");
+            }
+        }
+        let mut taken = 0;
+        for (attachment, pin) in pins_in(&self.links_dir.clone()) {
+            if self.attached.contains(&attachment) {
+                continue;
+            }
+            let held = self.adopt(attachment.program, &pin).and_then(|link| {
+                let link: FdLink = classifier(&mut self.ebpf, attachment.program)
+                    .take_link(link)
+                    .map_err(|error| error.to_string())?
+                    .try_into()
+                    .map_err(|error: aya::programs::links::LinkError| error.to_string())?;
+                // The pin keeps holding it.
+                drop(link);
+                Ok(())
+            });
+            match held {
+                Ok(()) => {
+                    self.attached.insert(attachment);
+                    taken += 1;
+                }
+                Err(cause) => debug!(pin = %pin.display(), cause, "not taken over now"),
+            }
+        }
+        taken
+    }
+
     pub(super) fn detach(&mut self, attachment: &Attachment) {
         if self.attached.remove(attachment)
             && let Err(error) = std::fs::remove_file(self.pin_path(attachment))
@@ -234,6 +293,25 @@ impl Dataplane {
     }
 }
 
+/// The attachment a link pin's name (`<program>-<ifindex>-<direction>`)
+/// stands for, if it is an interface link of one of this build's programs.
+fn pinned_attachment(name: &str) -> Option<Attachment> {
+    let mut parts = name.rsplitn(3, '-');
+    let egress = match parts.next()? {
+        "egress" => true,
+        "ingress" => false,
+        _ => return None,
+    };
+    let ifindex = parts.next()?.parse().ok()?;
+    let program = parts.next()?;
+    let program = PROGRAMS.into_iter().find(|known| *known == program)?;
+    Some(Attachment {
+        program,
+        ifindex,
+        egress,
+    })
+}
+
 pub(super) fn from_pod_on(ifindex: u32) -> Attachment {
     Attachment {
         program: names::FROM_POD_PROGRAM,
@@ -247,5 +325,33 @@ pub(super) fn to_pod_on(ifindex: u32) -> Attachment {
         program: names::TO_POD_PROGRAM,
         ifindex,
         egress: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_name_their_program_interface_and_direction() {
+        let to_pod = to_pod_on(17);
+        let name = format!("{}-17-egress", to_pod.program);
+        assert_eq!(pinned_attachment(&name), Some(to_pod));
+        assert_eq!(
+            pinned_attachment(&format!("{}-3-ingress", names::FROM_UPLINK_PROGRAM)),
+            Some(Attachment {
+                program: names::FROM_UPLINK_PROGRAM,
+                ifindex: 3,
+                egress: false,
+            })
+        );
+        for other in [
+            format!("{}-cgroup", names::HOST_CONNECT_PROGRAM),
+            "retired_program-3-ingress".into(),
+            format!("{}-x-ingress", names::FROM_POD_PROGRAM),
+            format!("{}-3-sideways", names::FROM_POD_PROGRAM),
+        ] {
+            assert_eq!(pinned_attachment(&other), None, "{other}");
+        }
     }
 }

@@ -1,0 +1,233 @@
+//! Pinned maps of either layout opened by path, and entries carried from
+//! one into the other without overwriting what the other has.
+
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+use aya::{
+    Pod,
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, Queue, lpm_trie::Key,
+    },
+};
+
+/// BPF_NOEXIST: an entry is only created, never replaces one.
+const ONLY_NEW: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CarryError {
+    #[error("cannot open the pinned map {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: MapError,
+    },
+    #[error("cannot read {map} of the previous map layout: {source}")]
+    Read { map: &'static str, source: MapError },
+}
+
+/// What became of one map's entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub map: &'static str,
+    pub carried: u64,
+    /// Entries this layout already had under the same key (newer), kept.
+    pub kept: u64,
+    /// Entries that could not be carried, and why (the last reason).
+    pub lost: u64,
+    pub why_lost: String,
+}
+
+impl Carried {
+    pub fn new(map: &'static str) -> Self {
+        Self {
+            map,
+            ..Self::default()
+        }
+    }
+
+    /// Counts the outcome of one insertion.
+    pub fn count(&mut self, inserted: Result<(), MapError>) {
+        match inserted {
+            Ok(()) => self.carried += 1,
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(Errno::EEXIST as i32) =>
+            {
+                self.kept += 1;
+            }
+            Err(error) => self.lose(1, full_or(&error)),
+        }
+    }
+
+    pub fn lose(&mut self, entries: u64, why: String) {
+        self.lost += entries;
+        self.why_lost = why;
+    }
+}
+
+fn full_or(error: &MapError) -> String {
+    match error {
+        MapError::SyscallError(error)
+            if matches!(
+                error.io_error.raw_os_error(),
+                Some(code) if [Errno::E2BIG, Errno::ENOMEM, Errno::ENOSPC].contains(&Errno::from_raw(code))
+            ) =>
+        {
+            "the map is full".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A pinned map directory of one layout.
+pub struct Pins(pub PathBuf);
+
+impl Pins {
+    fn open(&self, name: &str) -> Result<Map, CarryError> {
+        let path = self.0.join(name);
+        MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .map_err(|source| CarryError::Open { path, source })
+    }
+
+    pub fn hash<K: Pod, V: Pod>(&self, name: &str) -> Result<HashMap<MapData, K, V>, CarryError> {
+        let path = self.0.join(name);
+        HashMap::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
+    }
+
+    pub fn lpm<K: Pod, V: Pod>(&self, name: &str) -> Result<LpmTrie<MapData, K, V>, CarryError> {
+        let path = self.0.join(name);
+        LpmTrie::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
+    }
+
+    pub fn array<V: Pod>(&self, name: &str) -> Result<Array<MapData, V>, CarryError> {
+        let path = self.0.join(name);
+        Array::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
+    }
+
+    pub fn per_cpu_array<V: Pod>(
+        &self,
+        name: &str,
+    ) -> Result<PerCpuArray<MapData, V>, CarryError> {
+        let path = self.0.join(name);
+        PerCpuArray::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
+    }
+
+    pub fn queue<V: Pod>(&self, name: &str) -> Result<Queue<MapData, V>, CarryError> {
+        let path = self.0.join(name);
+        Queue::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
+    }
+}
+
+/// A map entries can be read from and carried into.
+pub trait Table<K, V> {
+    /// Every entry; keys removed during the walk are skipped.
+    fn entries(&self, map: &'static str) -> Result<Vec<(K, V)>, CarryError>;
+    /// Creates the entry unless the key has one.
+    fn insert_new(&mut self, key: &K, value: &V) -> Result<(), MapError>;
+}
+
+/// More entries than any map holds: a walk that keeps restarting (its key
+/// removed under it each time) is cut there.
+const WALK_LIMIT: usize = 1 << 24;
+
+/// Walks a hash map's or trie's iterator (entries removed meanwhile are
+/// skipped by aya).
+fn walk<T>(
+    map: &'static str,
+    entries: impl Iterator<Item = Result<T, MapError>>,
+) -> Result<Vec<T>, CarryError> {
+    entries
+        .take(WALK_LIMIT)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| CarryError::Read { map, source })
+}
+
+impl<K: Pod, V: Pod> Table<K, V> for HashMap<MapData, K, V> {
+    fn entries(&self, map: &'static str) -> Result<Vec<(K, V)>, CarryError> {
+        walk(map, self.iter())
+    }
+
+    fn insert_new(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, ONLY_NEW)
+    }
+}
+
+impl<K: Pod, V: Pod> Table<Key<K>, V> for LpmTrie<MapData, K, V> {
+    fn entries(&self, map: &'static str) -> Result<Vec<(Key<K>, V)>, CarryError> {
+        walk(map, self.iter())
+    }
+
+    fn insert_new(&mut self, key: &Key<K>, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, ONLY_NEW)
+    }
+}
+
+/// Carries `entries` (read from `map` of the previous layout) into `into`,
+/// each as `convert` makes it; an entry `into` has already is kept.
+pub fn carry<K, V, K2, V2>(
+    map: &'static str,
+    entries: &[(K, V)],
+    into: &mut impl Table<K2, V2>,
+    convert: impl Fn(&K, &V) -> (K2, V2),
+) -> Carried {
+    let mut carried = Carried::new(map);
+    for (key, value) in entries {
+        let (key, value) = convert(key, value);
+        carried.count(into.insert_new(&key, &value));
+    }
+    carried
+}
+
+/// Copies a map whose layout did not change, entry by entry.
+pub fn copy<K: Pod, V: Pod, T>(
+    map: &'static str,
+    from: &Pins,
+    into: &Pins,
+    open: impl Fn(&Pins, &str) -> Result<T, CarryError>,
+) -> Result<Carried, CarryError>
+where
+    T: Table<K, V>,
+{
+    let entries = open(from, map)?.entries(map)?;
+    Ok(carry(map, &entries, &mut open(into, map)?, |key, value| {
+        (*key, *value)
+    }))
+}
+
+/// Copies an array whose element layout did not change, the indices both
+/// have (an array only grows at its end).
+pub fn copy_array<V: Pod>(
+    map: &'static str,
+    from: &Pins,
+    into: &Pins,
+) -> Result<Carried, CarryError> {
+    let old = from.array::<V>(map)?;
+    let mut new = into.array::<V>(map)?;
+    let mut carried = Carried::new(map);
+    for index in 0..old.len().min(new.len()) {
+        let value = old
+            .get(&index, 0)
+            .map_err(|source| CarryError::Read { map, source })?;
+        carried.count(new.set(index, value, 0));
+    }
+    Ok(carried)
+}
+
+/// Copies a per-CPU array the same way, every CPU's value.
+pub fn copy_per_cpu_array<V: Pod>(
+    map: &'static str,
+    from: &Pins,
+    into: &Pins,
+) -> Result<Carried, CarryError> {
+    let old = from.per_cpu_array::<V>(map)?;
+    let mut new = into.per_cpu_array::<V>(map)?;
+    let mut carried = Carried::new(map);
+    for index in 0..old.len().min(new.len()) {
+        let values = old
+            .get(&index, 0)
+            .map_err(|source| CarryError::Read { map, source })?;
+        carried.count(new.set(index, values, 0));
+    }
+    Ok(carried)
+}
