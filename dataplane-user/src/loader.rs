@@ -194,7 +194,7 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// What a pinned map must match to be reused by this build's programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct MapLayout {
+pub(crate) struct MapLayout {
     map_type: u32,
     key_size: u32,
     value_size: u32,
@@ -217,7 +217,7 @@ impl MapLayout {
 /// The layout of every pinned map, as the eBPF object built with this agent
 /// defines it: one definition (the eBPF crate's map declarations), nothing
 /// restated here.
-fn expected_layouts() -> Result<Vec<(String, MapLayout)>, LoadError> {
+pub(crate) fn expected_layouts() -> Result<Vec<(String, MapLayout)>, LoadError> {
     let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(LoadError::ParseObject)?;
     let mut layouts: Vec<(String, MapLayout)> = object
         .maps

@@ -745,15 +745,17 @@ impl Cluster {
                     node.register(pod)?;
                 }
                 if let PodWiring::Cni(main) = spec.pods {
-                    node.cni = Some(CniNetwork::chain(
-                        main,
-                        "pods",
-                        &node.netns,
-                        &pod_cidr.to_string(),
-                        &node.socket,
-                        &self.workdir.path().join(format!("n{index}-cni")),
-                    )?
-                    .with_plugins_of(&spec.build.binary()?)?);
+                    node.cni = Some(
+                        CniNetwork::chain(
+                            main,
+                            "pods",
+                            &node.netns,
+                            &pod_cidr.to_string(),
+                            &node.socket,
+                            &self.workdir.path().join(format!("n{index}-cni")),
+                        )?
+                        .with_plugins_of(&spec.build.binary()?)?,
+                    );
                     for _ in 0..spec.pods_per_node {
                         node.add_cni_pod()?;
                     }

@@ -1044,8 +1044,7 @@ pub struct UdpEcho {
 impl UdpEcho {
     pub fn start(netns: &Netns, address: SocketAddrV4) -> anyhow::Result<Self> {
         let socket = joined(in_netns(netns, move || {
-            let socket =
-                UdpSocket::bind(address).with_context(|| format!("binding {address}"))?;
+            let socket = UdpSocket::bind(address).with_context(|| format!("binding {address}"))?;
             socket.set_read_timeout(Some(Duration::from_millis(100)))?;
             Ok(socket)
         }))?;

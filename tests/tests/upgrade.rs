@@ -15,8 +15,9 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{FlowKey, MAP_LAYOUT_VERSION, NatEntry, nat_direction};
 use dataplane_tests::{
-    Cluster, ClusterSpec, MainPlugin, Netns, Node, eventually,
+    Cluster, ClusterSpec, MainPlugin, Netns, Node,
     cluster::{Build, EXTERNAL_HOST_IP},
+    eventually,
     traffic::{EchoServers, Steady, UdpEcho, joined, steady_tcp, steady_udp},
 };
 use dataplane_user::{
@@ -40,20 +41,19 @@ fn served(netns: &Netns) -> anyhow::Result<usize> {
         "established",
         &format!("( sport = :{ECHO_PORT} )"),
     ])?;
-    Ok(listed.lines().filter(|line| !line.trim().is_empty()).count())
+    Ok(listed
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .count())
 }
 
 /// What the operator compares: the node's endpoints, nodes and Services,
 /// as the build under test's CLI lists them (before the upgrade too).
 fn listings(node: &Node) -> anyhow::Result<Vec<String>> {
-    [
-        ["endpoint", "list"],
-        ["node", "list"],
-        ["service", "list"],
-    ]
-    .iter()
-    .map(|args| node.cli_as(Build::Current, args))
-    .collect()
+    [["endpoint", "list"], ["node", "list"], ["service", "list"]]
+        .iter()
+        .map(|args| node.cli_as(Build::Current, args))
+        .collect()
 }
 
 fn pin_dir(node: &Node, version: u32) -> anyhow::Result<std::path::PathBuf> {
@@ -61,8 +61,7 @@ fn pin_dir(node: &Node, version: u32) -> anyhow::Result<std::path::PathBuf> {
 }
 
 #[test]
-fn upgrading_both_nodes_across_a_map_layout_change_keeps_every_connection() -> anyhow::Result<()>
-{
+fn upgrading_both_nodes_across_a_map_layout_change_keeps_every_connection() -> anyhow::Result<()> {
     let mut cluster = Cluster::new(
         ClusterSpec::dataplane(2, 2)
             .with_real_plugin(MainPlugin::Ptp)
@@ -179,21 +178,25 @@ fn upgrading_both_nodes_across_a_map_layout_change_keeps_every_connection() -> a
     );
     for (name, flow) in &steady {
         assert_eq!(flow.error, None, "{name} broke");
+        assert_eq!(flow.unanswered, 0, "{name} lost datagrams");
         assert!(flow.answered > 100, "{name}: {flow:?}");
     }
     // Affinity carried: new connections from the client keep its backend.
     let landed_before = [served(&near.netns)?, served(&far.netns)?];
-    let held = joined(dataplane_tests::traffic::in_netns(&client.netns, move || {
-        let mut held = Vec::new();
-        for _ in 0..6 {
-            held.push(std::net::TcpStream::connect_timeout(
-                &vip,
-                Duration::from_secs(5),
-            )?);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(held)
-    }))?;
+    let held = joined(dataplane_tests::traffic::in_netns(
+        &client.netns,
+        move || {
+            let mut held = Vec::new();
+            for _ in 0..6 {
+                held.push(std::net::TcpStream::connect_timeout(
+                    &vip,
+                    Duration::from_secs(5),
+                )?);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(held)
+        },
+    ))?;
     let landed = [served(&near.netns)?, served(&far.netns)?];
     drop(held);
     assert_eq!(
@@ -263,7 +266,10 @@ fn a_hundred_thousand_connections_of_the_previous_layout_are_carried() -> anyhow
             old.insert(key, half, 0)?;
         }
     }
-    println!("{CONNECTIONS} connections pinned in v{FROM_VERSION} in {:?}", filling.elapsed());
+    println!(
+        "{CONNECTIONS} connections pinned in v{FROM_VERSION} in {:?}",
+        filling.elapsed()
+    );
 
     node.upgrade_agent()?;
     let new: HashMap<MapData, FlowKey, NatEntry> = HashMap::try_from(Map::from_map_data(
@@ -276,11 +282,18 @@ fn a_hundred_thousand_connections_of_the_previous_layout_are_carried() -> anyhow
         "carried {halves} NAT halves ({CONNECTIONS} connections) from v{FROM_VERSION} to \
          v{MAP_LAYOUT_VERSION}: the whole state in {took:?} ms"
     );
-    assert!(halves >= 2 * CONNECTIONS as usize, "{halves} halves carried");
+    assert!(
+        halves >= 2 * CONNECTIONS as usize,
+        "{halves} halves carried"
+    );
     assert!(took.is_some(), "{log}");
     assert!(!log.contains("not carried"), "{log}");
     // Carried as established: the agent lists them, none expired.
     let listed = node.cli(&["nat", "list"])?;
-    assert!(listed.contains("198.51.100.5:80"), "{}", &listed[..listed.len().min(2000)]);
+    assert!(
+        listed.contains("198.51.100.5:80"),
+        "{}",
+        &listed[..listed.len().min(2000)]
+    );
     Ok(())
 }

@@ -32,7 +32,12 @@ fn current_version() -> anyhow::Result<u32> {
     let source = std::fs::read_to_string(workspace_root().join(LAYOUT_SOURCE))?;
     source
         .lines()
-        .find_map(|line| line.strip_prefix(LAYOUT_LINE)?.strip_suffix(';')?.parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(LAYOUT_LINE)?
+                .strip_suffix(';')?
+                .parse()
+                .ok()
+        })
         .with_context(|| format!("no `{LAYOUT_LINE}N;` line in {LAYOUT_SOURCE}"))
 }
 
@@ -40,14 +45,7 @@ fn current_version() -> anyhow::Result<u32> {
 /// introduced the current version's line.
 fn previous_commit(version: u32) -> anyhow::Result<String> {
     let line = format!("{LAYOUT_LINE}{version};");
-    let bump = git(&[
-        "log",
-        "--format=%H",
-        "-S",
-        &line,
-        "--",
-        LAYOUT_SOURCE,
-    ])?;
+    let bump = git(&["log", "--format=%H", "-S", &line, "--", LAYOUT_SOURCE])?;
     let bump = bump.lines().last().with_context(|| {
         format!(
             "no commit in this clone's history introduces `{line}` (a shallow clone? \

@@ -267,18 +267,31 @@ pub async fn start(config: &Config) -> anyhow::Result<(Owner, Option<UplinkClaim
     info!(pin_dir = %pin_dir.display(), "eBPF programs loaded");
     // Make before break: the previous layout's state first, then its links.
     if let Some(previous) = &previous {
-        upgrade::carry_state(previous, &pin_dir, fresh).with_context(|| {
-            format!("carrying map layout v{}'s state", previous.version)
-        })?;
+        upgrade::carry_state(previous, &pin_dir, fresh)
+            .with_context(|| format!("carrying map layout v{}'s state", previous.version))?;
     }
     let mut dataplane = Dataplane::new(ebpf, &pin_dir)?;
+    // This build's config before its programs run: they read it from their
+    // first packet. Services an earlier agent programmed keep being
+    // translated meanwhile.
+    let mut facts = facts;
+    facts.node_config.host_netns_cookie = crate::netns::current_cookie()
+        .context("reading the node namespace's cookie (SO_NETNS_COOKIE)")?;
+    facts.node_config.services = u8::from(!dataplane.programmed_services().is_empty());
+    dataplane.set_node_config(facts.node_config)?;
     let swapping = Instant::now();
     let taken_over = dataplane.take_over_links(previous.as_ref().map(|p| p.links_dir()).as_deref());
-    info!(links = taken_over, took_ms = swapping.elapsed().as_secs_f64() * 1000.0,
-          "this build's programs swapped into the pinned links");
+    info!(
+        links = taken_over,
+        took_ms = swapping.elapsed().as_secs_f64() * 1000.0,
+        "this build's programs swapped into the pinned links"
+    );
     if let Some(previous) = &previous {
         upgrade::carry_connections(previous, &pin_dir).with_context(|| {
-            format!("carrying map layout v{}'s newest connections", previous.version)
+            format!(
+                "carrying map layout v{}'s newest connections",
+                previous.version
+            )
         })?;
     }
     if let Some(Tunnel { uplink, settings }) = tunnel {
@@ -308,12 +321,6 @@ pub async fn start(config: &Config) -> anyhow::Result<(Owner, Option<UplinkClaim
         ),
     }
     dataplane.set_no_masquerade(&config.nat.no_masquerade_cidrs)?;
-    // Services an earlier agent programmed keep being translated meanwhile.
-    let mut facts = facts;
-    facts.node_config.host_netns_cookie = crate::netns::current_cookie()
-        .context("reading the node namespace's cookie (SO_NETNS_COOKIE)")?;
-    facts.node_config.services = u8::from(!dataplane.programmed_services().is_empty());
-    dataplane.set_node_config(facts.node_config)?;
 
     let nat = NatTable::new(
         dataplane

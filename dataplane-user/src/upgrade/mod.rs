@@ -67,15 +67,31 @@ impl CarryReport {
 
     fn log(&self, from: u32, pass: &str) {
         let carried: u64 = self.maps.iter().map(|map| map.carried).sum();
-        info!(from = format!("v{from}"), to = format!("v{MAP_LAYOUT_VERSION}"), pass,
-              carried, lost = self.lost(), took_ms = self.took.as_secs_f64() * 1000.0,
-              "carried the previous map layout's state");
+        info!(
+            from = format!("v{from}"),
+            to = format!("v{MAP_LAYOUT_VERSION}"),
+            pass,
+            carried,
+            lost = self.lost(),
+            took_ms = self.took.as_secs_f64() * 1000.0,
+            "carried the previous map layout's state"
+        );
         for map in &self.maps {
             if map.lost > 0 {
-                warn!(map = map.map, carried = map.carried, lost = map.lost, reason = map.why_lost,
-                      "entries of the previous map layout not carried");
+                warn!(
+                    map = map.map,
+                    carried = map.carried,
+                    lost = map.lost,
+                    reason = map.why_lost,
+                    "entries of the previous map layout not carried"
+                );
             } else if map.carried > 0 || map.kept > 0 {
-                info!(map = map.map, carried = map.carried, kept_newer = map.kept, "carried");
+                info!(
+                    map = map.map,
+                    carried = map.carried,
+                    kept_newer = map.kept,
+                    "carried"
+                );
             }
         }
     }
@@ -116,4 +132,26 @@ pub fn carry_connections(
     };
     report.log(previous.version, "after the programs were swapped");
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_map_this_layout_pins_is_carried_or_said_not_to_be() {
+        let pinned: BTreeSet<String> = crate::loader::expected_layouts()
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let handled: BTreeSet<String> = HANDLED_MAPS
+            .iter()
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        assert_eq!(pinned, handled);
+        assert_eq!(FROM_VERSION + 1, MAP_LAYOUT_VERSION);
+    }
 }

@@ -26,9 +26,7 @@ use dataplane_common::{
     SourceRangeKey, conn_state, fragment_rewrite, names, nat_direction,
 };
 
-use super::tables::{
-    Carried, CarryError, Pins, Table, carry, copy, copy_array, copy_per_cpu_array,
-};
+use super::tables::{Carried, CarryError, Pins, Table, carry, copy, copy_per_cpu_array};
 use crate::nat::partner;
 
 /// The layout converted from.
@@ -38,7 +36,10 @@ pub const FROM_VERSION: u32 = 11;
 /// holds this to the eBPF object's maps).
 pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::ENDPOINTS_MAP, "copied"),
-    (names::NODE_CONFIG_MAP, "copied (then rewritten by the agent)"),
+    (
+        names::NODE_CONFIG_MAP,
+        "copied (then rewritten by the agent)",
+    ),
     (names::NODE_ROUTES_MAP, "copied"),
     (names::REMOTE_NODES_MAP, "copied"),
     (names::NAT_MAP, "converted"),
@@ -223,8 +224,6 @@ pub fn carry_state(old: &Path, new: &Path, fresh: bool) -> Result<Vec<Carried>, 
         carry_pod_nat_closed(&old, &new, &pods)?,
     ];
     if fresh {
-        // Before the swap: the programs read it from their first packet.
-        carried.push(copy_array::<NodeConfig>(names::NODE_CONFIG_MAP, &old, &new)?);
         carried.push(copy_per_cpu_array::<CounterValue>(
             names::COUNTERS_MAP,
             &old,
@@ -243,11 +242,7 @@ pub fn carry_connections(old: &Path, new: &Path) -> Result<Vec<Carried>, CarryEr
     carry_connection_maps(&old, &new, &pods)
 }
 
-fn carry_connection_maps(
-    old: &Pins,
-    new: &Pins,
-    pods: &Pods,
-) -> Result<Vec<Carried>, CarryError> {
+fn carry_connection_maps(old: &Pins, new: &Pins, pods: &Pods) -> Result<Vec<Carried>, CarryError> {
     let (nat, unassured) = carry_nat(old, new, pods)?;
     Ok(vec![
         nat,
@@ -261,11 +256,7 @@ fn carry_connection_maps(
 
 /// NAT connections, both halves or neither; then the queue of those never
 /// established, oldest first.
-fn carry_nat(
-    old: &Pins,
-    new: &Pins,
-    pods: &Pods,
-) -> Result<(Carried, Carried), CarryError> {
+fn carry_nat(old: &Pins, new: &Pins, pods: &Pods) -> Result<(Carried, Carried), CarryError> {
     let map = names::NAT_MAP;
     let halves: HashMap<FlowKey, v11::NatEntry> = old
         .hash::<FlowKey, v11::NatEntry>(map)?
@@ -326,7 +317,9 @@ fn carry_nat(
 
 fn carry_fragments(old: &Pins, new: &Pins) -> Result<Carried, CarryError> {
     let map = names::FRAGMENTS_MAP;
-    let entries = old.hash::<FragmentKey, v11::FragmentRecord>(map)?.entries(map)?;
+    let entries = old
+        .hash::<FragmentKey, v11::FragmentRecord>(map)?
+        .entries(map)?;
     Ok(carry(
         map,
         &entries,
@@ -374,11 +367,7 @@ fn carry_pod_nat(old: &Pins, new: &Pins, pods: &Pods) -> Result<Carried, CarryEr
     ))
 }
 
-fn carry_pod_nat_closed(
-    old: &Pins,
-    new: &Pins,
-    pods: &Pods,
-) -> Result<Carried, CarryError> {
+fn carry_pod_nat_closed(old: &Pins, new: &Pins, pods: &Pods) -> Result<Carried, CarryError> {
     let map = names::POD_NAT_CLOSED_MAP;
     let rows = old.hash::<Ipv4Octets, u64>(map)?.entries(map)?;
     let merged = merged_rows(rows, pods, |sum, row| *sum += row);
@@ -421,11 +410,17 @@ mod tests {
     #[test]
     fn answered_connections_stay_established_and_are_never_evicted() {
         let (egress, reply) = convert_pair(&half(0), &half(v11::ESTABLISHED), false);
-        assert_eq!((egress.state, reply.state), (conn_state::NEW, conn_state::ESTABLISHED));
+        assert_eq!(
+            (egress.state, reply.state),
+            (conn_state::NEW, conn_state::ESTABLISHED)
+        );
         assert_eq!(egress.assured, 1);
         assert_eq!(egress.sent, half(0).pod_segment, "the pod's segment kept");
         assert_eq!(reply.sent, SentSegment::default());
-        assert_eq!((egress.last_seen_ns, egress.port), (7, 40_000u16.to_be_bytes()));
+        assert_eq!(
+            (egress.last_seen_ns, egress.port),
+            (7, 40_000u16.to_be_bytes())
+        );
     }
 
     #[test]
@@ -452,7 +447,11 @@ mod tests {
         let merged = merged_rows(rows, &pods, |sum, row| *sum += row);
         assert_eq!(
             merged,
-            vec![(OUTSIDE_CLIENTS, 9), ([10, 1, 1, 1], 6), ([10, 244, 0, 2], 3)]
+            vec![
+                (OUTSIDE_CLIENTS, 9),
+                ([10, 1, 1, 1], 6),
+                ([10, 244, 0, 2], 3)
+            ]
         );
     }
 }

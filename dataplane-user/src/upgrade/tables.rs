@@ -7,9 +7,7 @@ use nix::errno::Errno;
 
 use aya::{
     Pod,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, Queue, lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, Queue, lpm_trie::Key},
 };
 
 /// BPF_NOEXIST: an entry is only created, never replaces one.
@@ -105,10 +103,7 @@ impl Pins {
         Array::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
     }
 
-    pub fn per_cpu_array<V: Pod>(
-        &self,
-        name: &str,
-    ) -> Result<PerCpuArray<MapData, V>, CarryError> {
+    pub fn per_cpu_array<V: Pod>(&self, name: &str) -> Result<PerCpuArray<MapData, V>, CarryError> {
         let path = self.0.join(name);
         PerCpuArray::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
     }
@@ -195,26 +190,8 @@ where
     }))
 }
 
-/// Copies an array whose element layout did not change, the indices both
-/// have (an array only grows at its end).
-pub fn copy_array<V: Pod>(
-    map: &'static str,
-    from: &Pins,
-    into: &Pins,
-) -> Result<Carried, CarryError> {
-    let old = from.array::<V>(map)?;
-    let mut new = into.array::<V>(map)?;
-    let mut carried = Carried::new(map);
-    for index in 0..old.len().min(new.len()) {
-        let value = old
-            .get(&index, 0)
-            .map_err(|source| CarryError::Read { map, source })?;
-        carried.count(new.set(index, value, 0));
-    }
-    Ok(carried)
-}
-
-/// Copies a per-CPU array the same way, every CPU's value.
+/// Copies a per-CPU array whose element layout did not change, every
+/// CPU's value, at the indices both have (it only grows at its end).
 pub fn copy_per_cpu_array<V: Pod>(
     map: &'static str,
     from: &Pins,
