@@ -2,26 +2,59 @@
 //! bpffs, so it keeps forwarding while the agent is down. A restarted agent
 //! takes a pinned link over by swapping its own program in (BPF_LINK_UPDATE);
 //! when that is impossible it attaches anew beside it before removing the
-//! old pin (make before break). Detaching is removing the pin.
+//! old pin (make before break). Detaching is removing the pin. The
+//! [`Attachments`] trait is the seam unit tests replace.
 
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
 };
 
-use aya::programs::{
-    TcAttachType,
-    links::{CgroupAttachMode, FdLink, PinnedLink},
-    tc::{SchedClassifierLink, SchedClassifierLinkId},
+use aya::{
+    Ebpf,
+    programs::{
+        TcAttachType,
+        links::{CgroupAttachMode, FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
+    },
 };
 use dataplane_common::names;
 use tracing::{debug, warn};
 
-use super::{Dataplane, DataplaneError};
+use super::DataplaneError;
 use crate::{
     interfaces::Interface,
     loader::{PROGRAMS, SOCKET_PROGRAMS, classifier, socket_hook},
 };
+
+/// Where the programs are attached: the kernel's pinned links ([`Links`]),
+/// or a record of them in unit tests.
+pub trait Attachments: Send + Sync {
+    /// Attaches `program` to `interface` unless it already is; `Ok(true)`
+    /// if it was not.
+    fn attach(
+        &mut self,
+        program: &'static str,
+        interface: &Interface,
+        egress: bool,
+    ) -> Result<bool, DataplaneError>;
+    fn detach(&mut self, attachment: &Attachment);
+    fn attached(&self) -> &HashSet<Attachment>;
+    fn attach_host_sockets(&mut self, cgroup: &Path) -> Result<(), DataplaneError>;
+    fn host_sockets(&self) -> Option<&Path>;
+    fn take_over_links(&mut self, previous: Option<&Path>) -> usize;
+    fn remove_stale_links(&mut self) -> Vec<PathBuf>;
+}
+
+/// The programs of a loaded object and their pinned links.
+pub struct Links {
+    ebpf: Ebpf,
+    /// Where the pinned links live.
+    links_dir: PathBuf,
+    attached: HashSet<Attachment>,
+    /// The cgroup the host socket hooks are attached to.
+    host_sockets: Option<PathBuf>,
+}
 
 /// A program attached to an interface in one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,19 +64,22 @@ pub struct Attachment {
     pub egress: bool,
 }
 
-impl Dataplane {
-    /// Attaches the tunnel programs: decapsulation on the uplink's ingress,
-    /// the node's own pod-bound traffic on its egress, and the guard on the
-    /// VXLAN device.
-    pub fn attach_tunnel(
-        &mut self,
-        vxlan: &Interface,
-        uplink: &Interface,
-    ) -> Result<(), DataplaneError> {
-        self.attach(names::FROM_TUNNEL_PROGRAM, vxlan, false)?;
-        self.attach(names::FROM_UPLINK_PROGRAM, uplink, false)?;
-        self.attach(names::FROM_HOST_PROGRAM, uplink, true)?;
-        Ok(())
+impl Links {
+    /// The programs of `ebpf`, their links pinned under `pin_dir/links`.
+    pub fn new(ebpf: Ebpf, pin_dir: &Path) -> Result<Self, DataplaneError> {
+        let links_dir = pin_dir.join("links");
+        std::fs::create_dir_all(&links_dir).map_err(|error| DataplaneError::Pin {
+            program: "(all)",
+            interface: String::new(),
+            path: links_dir.clone(),
+            detail: error.to_string(),
+        })?;
+        Ok(Self {
+            ebpf,
+            links_dir,
+            attached: HashSet::new(),
+            host_sockets: None,
+        })
     }
 
     /// Attaches the socket hooks to the root of the cgroup2 hierarchy at
@@ -52,7 +88,7 @@ impl Dataplane {
     /// (links never exclude each other), and beside a hook an earlier agent pinned until the
     /// new one is pinned in its place (make before break: both look at the
     /// same maps, and a translated address is no frontend).
-    pub fn attach_host_sockets(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+    fn sockets_attached(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
         let target = format!("cgroup {}", cgroup.display());
         let directory = std::fs::File::open(cgroup).map_err(|error| DataplaneError::Pin {
             program: "(socket hooks)",
@@ -93,11 +129,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The cgroup the socket hooks are attached to, if they are.
-    pub fn host_sockets(&self) -> Option<&Path> {
-        self.host_sockets.as_deref()
-    }
-
     fn socket_pin_path(&self, program: &str) -> PathBuf {
         self.links_dir.join(format!("{program}-cgroup"))
     }
@@ -117,7 +148,7 @@ impl Dataplane {
     /// Attaches `program` to `interface` unless it already is; `Ok(true)` if it
     /// was not. A link pinned by an earlier agent is adopted: this build's
     /// program replaces the old one on it atomically.
-    pub(super) fn attach(
+    fn attached_now(
         &mut self,
         program: &'static str,
         interface: &Interface,
@@ -209,9 +240,9 @@ impl Dataplane {
     /// links directory) holds: one program swap per link, back to back, so
     /// the interfaces change programs within moments of each other instead
     /// of as the agent's start reaches each. Links that cannot be taken
-    /// over are left to [`Self::attach`] and [`Self::remove_stale_links`].
+    /// over are left to `attach` and `remove_stale_links`.
     /// Returns how many were taken over.
-    pub fn take_over_links(&mut self, previous: Option<&Path>) -> usize {
+    fn links_taken_over(&mut self, previous: Option<&Path>) -> usize {
         let pins_in = |directory: &Path| -> Vec<(Attachment, PathBuf)> {
             let Ok(entries) = std::fs::read_dir(directory) else {
                 return Vec::new();
@@ -260,7 +291,7 @@ impl Dataplane {
         taken
     }
 
-    pub(super) fn detach(&mut self, attachment: &Attachment) {
+    fn detached(&mut self, attachment: &Attachment) {
         if self.attached.remove(attachment)
             && let Err(error) = std::fs::remove_file(self.pin_path(attachment))
         {
@@ -270,7 +301,7 @@ impl Dataplane {
 
     /// Removes pinned links this agent did not attach or adopt: left behind for
     /// interfaces that are gone, or for endpoints removed while it was down.
-    pub fn remove_stale_links(&mut self) -> Vec<PathBuf> {
+    fn stale_links_removed(&mut self) -> Vec<PathBuf> {
         let sockets = self
             .host_sockets
             .iter()
@@ -310,6 +341,41 @@ fn pinned_attachment(name: &str) -> Option<Attachment> {
         ifindex,
         egress,
     })
+}
+
+impl Attachments for Links {
+    fn attach(
+        &mut self,
+        program: &'static str,
+        interface: &Interface,
+        egress: bool,
+    ) -> Result<bool, DataplaneError> {
+        self.attached_now(program, interface, egress)
+    }
+
+    fn detach(&mut self, attachment: &Attachment) {
+        self.detached(attachment);
+    }
+
+    fn attached(&self) -> &HashSet<Attachment> {
+        &self.attached
+    }
+
+    fn attach_host_sockets(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+        self.sockets_attached(cgroup)
+    }
+
+    fn host_sockets(&self) -> Option<&Path> {
+        self.host_sockets.as_deref()
+    }
+
+    fn take_over_links(&mut self, previous: Option<&Path>) -> usize {
+        self.links_taken_over(previous)
+    }
+
+    fn remove_stale_links(&mut self) -> Vec<PathBuf> {
+        self.stale_links_removed()
+    }
 }
 
 pub(super) fn from_pod_on(ifindex: u32) -> Attachment {

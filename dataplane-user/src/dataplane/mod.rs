@@ -4,7 +4,7 @@
 //! How programs are attached and pinned: [`links`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -13,9 +13,13 @@ use aya::Ebpf;
 use dataplane_common::{Backend, Endpoint, NodeConfig, ServiceKey, names};
 use ipnetwork::Ipv4Network;
 
+#[cfg(test)]
+mod fake;
 mod links;
+#[cfg(test)]
+mod tests;
 
-pub use links::Attachment;
+pub use links::{Attachment, Attachments, Links};
 use links::{from_pod_on, to_pod_on};
 
 use crate::{
@@ -43,13 +47,8 @@ pub enum DataplaneError {
 }
 
 pub struct Dataplane {
-    ebpf: Ebpf,
     maps: Maps,
-    /// Where the pinned links live.
-    links_dir: PathBuf,
-    attached: HashSet<Attachment>,
-    /// The cgroup the host socket hooks are attached to.
-    host_sockets: Option<PathBuf>,
+    links: Box<dyn Attachments>,
     endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// The endpoints behind each host veth: detaching and a veth's removal
     /// look up one veth instead of scanning every endpoint.
@@ -83,6 +82,11 @@ impl Dataplane {
     /// or drop them.
     pub fn new(mut ebpf: Ebpf, pin_dir: &Path) -> Result<Self, DataplaneError> {
         let maps = Maps::take_from(&mut ebpf)?;
+        Self::with(maps, Box::new(Links::new(ebpf, pin_dir)?))
+    }
+
+    /// The same over any maps and attachments (unit tests: fakes).
+    pub fn with(maps: Maps, links: Box<dyn Attachments>) -> Result<Self, DataplaneError> {
         let endpoints: BTreeMap<Ipv4Addr, Endpoint> = maps.endpoints()?.into_iter().collect();
         let mut behind: HashMap<u32, BTreeSet<Ipv4Addr>> = HashMap::new();
         for (ip, endpoint) in &endpoints {
@@ -97,19 +101,9 @@ impl Dataplane {
             .max()
             .unwrap_or(0);
         let outside_local_frontends = services.keys().filter(|key| key.scope != 0).count();
-        let links_dir = pin_dir.join("links");
-        std::fs::create_dir_all(&links_dir).map_err(|error| DataplaneError::Pin {
-            program: "(all)",
-            interface: String::new(),
-            path: links_dir.clone(),
-            detail: error.to_string(),
-        })?;
         Ok(Self {
-            ebpf,
             maps,
-            links_dir,
-            attached: HashSet::new(),
-            host_sockets: None,
+            links,
             endpoints,
             behind,
             remote_nodes,
@@ -118,6 +112,44 @@ impl Dataplane {
             outside_local_frontends,
             next_service_id,
         })
+    }
+
+    /// Attaches the tunnel programs: decapsulation on the uplink's ingress,
+    /// the node's own pod-bound traffic on its egress, and the guard on the
+    /// VXLAN device.
+    pub fn attach_tunnel(
+        &mut self,
+        vxlan: &Interface,
+        uplink: &Interface,
+    ) -> Result<(), DataplaneError> {
+        self.links
+            .attach(names::FROM_TUNNEL_PROGRAM, vxlan, false)?;
+        self.links
+            .attach(names::FROM_UPLINK_PROGRAM, uplink, false)?;
+        self.links.attach(names::FROM_HOST_PROGRAM, uplink, true)?;
+        Ok(())
+    }
+
+    /// Attaches the socket hooks to the root of the cgroup2 hierarchy at
+    /// `cgroup` (see [`Attachments::attach_host_sockets`]).
+    pub fn attach_host_sockets(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+        self.links.attach_host_sockets(cgroup)
+    }
+
+    /// The cgroup the socket hooks are attached to, if they are.
+    pub fn host_sockets(&self) -> Option<&Path> {
+        self.links.host_sockets()
+    }
+
+    /// Takes over every pinned interface link back to back (see
+    /// [`Attachments::take_over_links`]); how many.
+    pub fn take_over_links(&mut self, previous: Option<&Path>) -> usize {
+        self.links.take_over_links(previous)
+    }
+
+    /// Removes pinned links this agent did not attach or adopt.
+    pub fn remove_stale_links(&mut self) -> Vec<PathBuf> {
+        self.links.remove_stale_links()
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), DataplaneError> {
@@ -209,13 +241,13 @@ impl Dataplane {
 
     /// Where the programs are attached now.
     pub fn attachments(&self) -> Vec<Attachment> {
-        let mut attachments: Vec<Attachment> = self.attached.iter().copied().collect();
+        let mut attachments: Vec<Attachment> = self.links.attached().iter().copied().collect();
         attachments.sort_by_key(|attachment| (attachment.program, attachment.ifindex));
         attachments
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.attached.contains(&from_pod_on(ifindex))
+        self.links.attached().contains(&from_pod_on(ifindex))
     }
 
     /// Registers (or replaces) the endpoint `ip` behind host veth `interface`.
@@ -382,12 +414,14 @@ impl Dataplane {
     /// Attaches both programs of a pod's host veth (what the pod sends; what
     /// the node's stack sends it); `Ok(true)` if either was not attached.
     fn attach_pod_programs(&mut self, interface: &Interface) -> Result<bool, DataplaneError> {
-        let from_pod = self.attach(names::FROM_POD_PROGRAM, interface, false)?;
-        match self.attach(names::TO_POD_PROGRAM, interface, true) {
+        let from_pod = self
+            .links
+            .attach(names::FROM_POD_PROGRAM, interface, false)?;
+        match self.links.attach(names::TO_POD_PROGRAM, interface, true) {
             Ok(to_pod) => Ok(from_pod || to_pod),
             Err(error) => {
                 if from_pod {
-                    self.detach(&from_pod_on(interface.index));
+                    self.links.detach(&from_pod_on(interface.index));
                 }
                 Err(error)
             }
@@ -396,8 +430,8 @@ impl Dataplane {
 
     fn detach_from_pod_if_unused(&mut self, ifindex: u32) {
         if !self.behind.contains_key(&ifindex) {
-            self.detach(&from_pod_on(ifindex));
-            self.detach(&to_pod_on(ifindex));
+            self.links.detach(&from_pod_on(ifindex));
+            self.links.detach(&to_pod_on(ifindex));
         }
     }
 }

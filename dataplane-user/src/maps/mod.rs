@@ -1,6 +1,9 @@
-//! Typed access to the dataplane's maps.
+//! Typed access to the dataplane's maps, over the [`table::Table`] seam.
 
+#[cfg(test)]
+pub mod fake;
 mod services;
+pub mod table;
 
 pub use services::{
     ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, plan_slots,
@@ -11,7 +14,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
     Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
@@ -21,6 +24,7 @@ use dataplane_common::{
 use ipnetwork::Ipv4Network;
 
 use crate::model::NodePath;
+use table::{BoxedTable, CounterSums};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -70,18 +74,18 @@ fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 }
 
 pub struct Maps {
-    endpoints: HashMap<MapData, Ipv4Octets, Endpoint>,
-    node_config: Array<MapData, NodeConfig>,
-    node_routes: LpmTrie<MapData, Ipv4Octets, NodeRoute>,
-    remote_nodes: HashMap<MapData, Ipv4Octets, RemoteNode>,
+    endpoints: BoxedTable<Ipv4Octets, Endpoint>,
+    node_config: BoxedTable<u32, NodeConfig>,
+    node_routes: BoxedTable<Key<Ipv4Octets>, NodeRoute>,
+    remote_nodes: BoxedTable<Ipv4Octets, RemoteNode>,
     /// The connection table, until the NAT table task takes it.
     nat: Option<NatMap>,
-    no_masquerade: LpmTrie<MapData, Ipv4Octets, u8>,
-    host_addresses: HashMap<MapData, Ipv4Octets, u8>,
-    monitor: Array<MapData, MonitorConfig>,
+    no_masquerade: BoxedTable<Key<Ipv4Octets>, u8>,
+    host_addresses: BoxedTable<Ipv4Octets, u8>,
+    monitor: BoxedTable<u32, MonitorConfig>,
     /// Drop events, until the agent's monitor task takes them.
     events: Option<RingBuf<MapData>>,
-    counters: PerCpuArray<MapData, CounterValue>,
+    counters: BoxedTable<u32, CounterValue>,
     pub services: ServiceMaps,
 }
 
@@ -199,56 +203,116 @@ fn route_key(pod_cidr: Ipv4Network) -> Key<Ipv4Octets> {
 impl Maps {
     /// Takes ownership of the maps of a loaded object.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        fn table<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, MapsError> {
+            let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
+            T::try_from(map).map_err(access(name))
+        }
+        fn hash<K: aya::Pod + Send + Sync + 'static, V: aya::Pod + Send + Sync + 'static>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<BoxedTable<K, V>, MapsError> {
+            Ok(Box::new(table::<HashMap<MapData, K, V>>(ebpf, name)?))
+        }
         Ok(Self {
-            endpoints: HashMap::try_from(take(names::ENDPOINTS_MAP)?)
-                .map_err(access(names::ENDPOINTS_MAP))?,
-            node_config: Array::try_from(take(names::NODE_CONFIG_MAP)?)
-                .map_err(access(names::NODE_CONFIG_MAP))?,
-            node_routes: LpmTrie::try_from(take(names::NODE_ROUTES_MAP)?)
-                .map_err(access(names::NODE_ROUTES_MAP))?,
-            remote_nodes: HashMap::try_from(take(names::REMOTE_NODES_MAP)?)
-                .map_err(access(names::REMOTE_NODES_MAP))?,
+            endpoints: hash(ebpf, names::ENDPOINTS_MAP)?,
+            node_config: Box::new(table::<Array<MapData, _>>(ebpf, names::NODE_CONFIG_MAP)?),
+            node_routes: Box::new(table::<LpmTrie<MapData, _, _>>(
+                ebpf,
+                names::NODE_ROUTES_MAP,
+            )?),
+            remote_nodes: hash(ebpf, names::REMOTE_NODES_MAP)?,
             nat: Some(NatMap {
-                connections: HashMap::try_from(take(names::NAT_MAP)?)
-                    .map_err(access(names::NAT_MAP))?,
-                pod_nat: HashMap::try_from(take(names::POD_NAT_MAP)?)
-                    .map_err(access(names::POD_NAT_MAP))?,
-                pod_closed: HashMap::try_from(take(names::POD_NAT_CLOSED_MAP)?)
-                    .map_err(access(names::POD_NAT_CLOSED_MAP))?,
+                connections: table(ebpf, names::NAT_MAP)?,
+                pod_nat: table(ebpf, names::POD_NAT_MAP)?,
+                pod_closed: table(ebpf, names::POD_NAT_CLOSED_MAP)?,
             }),
-            no_masquerade: LpmTrie::try_from(take(names::NO_MASQUERADE_MAP)?)
-                .map_err(access(names::NO_MASQUERADE_MAP))?,
-            host_addresses: HashMap::try_from(take(names::HOST_ADDRESSES_MAP)?)
-                .map_err(access(names::HOST_ADDRESSES_MAP))?,
-            monitor: Array::try_from(take(names::MONITOR_MAP)?)
-                .map_err(access(names::MONITOR_MAP))?,
-            events: Some(
-                RingBuf::try_from(take(names::EVENTS_MAP)?).map_err(access(names::EVENTS_MAP))?,
-            ),
-            counters: PerCpuArray::try_from(take(names::COUNTERS_MAP)?)
-                .map_err(access(names::COUNTERS_MAP))?,
-            services: ServiceMaps::new(
-                HashMap::try_from(take(names::SERVICES_MAP)?)
-                    .map_err(access(names::SERVICES_MAP))?,
-                HashMap::try_from(take(names::BACKENDS_MAP)?)
-                    .map_err(access(names::BACKENDS_MAP))?,
-                HashMap::try_from(take(names::SERVING_MAP)?).map_err(access(names::SERVING_MAP))?,
-                LpmTrie::try_from(take(names::SOURCE_RANGES_MAP)?)
-                    .map_err(access(names::SOURCE_RANGES_MAP))?,
-            ),
+            no_masquerade: Box::new(table::<LpmTrie<MapData, _, _>>(
+                ebpf,
+                names::NO_MASQUERADE_MAP,
+            )?),
+            host_addresses: hash(ebpf, names::HOST_ADDRESSES_MAP)?,
+            monitor: Box::new(table::<Array<MapData, _>>(ebpf, names::MONITOR_MAP)?),
+            events: Some(table(ebpf, names::EVENTS_MAP)?),
+            counters: Box::new(CounterSums(table(ebpf, names::COUNTERS_MAP)?)),
+            services: ServiceMaps {
+                services: hash(ebpf, names::SERVICES_MAP)?,
+                backends: hash(ebpf, names::BACKENDS_MAP)?,
+                serving: hash(ebpf, names::SERVING_MAP)?,
+                source_ranges: Box::new(table::<LpmTrie<MapData, _, _>>(
+                    ebpf,
+                    names::SOURCE_RANGES_MAP,
+                )?),
+            },
         })
+    }
+
+    /// The maps in memory, as large as the programs' (unit tests).
+    #[cfg(test)]
+    pub fn fake(faults: &fake::Faults) -> Self {
+        use dataplane_common::{
+            MAX_BACKEND_SLOTS, MAX_NO_MASQUERADE, MAX_SERVICES, MAX_SOURCE_RANGES,
+        };
+        use fake::FakeTable;
+        Self {
+            endpoints: Box::new(FakeTable::new(names::ENDPOINTS_MAP, MAX_ENDPOINTS, faults)),
+            node_config: Box::new(FakeTable::new(names::NODE_CONFIG_MAP, 1, faults)),
+            node_routes: Box::new(FakeTable::new(
+                names::NODE_ROUTES_MAP,
+                MAX_REMOTE_NODES,
+                faults,
+            )),
+            remote_nodes: Box::new(FakeTable::new(
+                names::REMOTE_NODES_MAP,
+                MAX_REMOTE_NODES,
+                faults,
+            )),
+            nat: None,
+            no_masquerade: Box::new(FakeTable::new(
+                names::NO_MASQUERADE_MAP,
+                MAX_NO_MASQUERADE,
+                faults,
+            )),
+            host_addresses: Box::new(FakeTable::new(
+                names::HOST_ADDRESSES_MAP,
+                MAX_HOST_ADDRESSES,
+                faults,
+            )),
+            monitor: Box::new(FakeTable::new(names::MONITOR_MAP, 1, faults)),
+            events: None,
+            counters: Box::new(FakeTable::new(names::COUNTERS_MAP, Counter::COUNT, faults)),
+            services: ServiceMaps {
+                services: Box::new(FakeTable::new(names::SERVICES_MAP, MAX_SERVICES, faults)),
+                backends: Box::new(FakeTable::new(
+                    names::BACKENDS_MAP,
+                    MAX_BACKEND_SLOTS,
+                    faults,
+                )),
+                serving: Box::new(FakeTable::new(
+                    names::SERVING_MAP,
+                    MAX_BACKEND_SLOTS,
+                    faults,
+                )),
+                source_ranges: Box::new(FakeTable::new(
+                    names::SOURCE_RANGES_MAP,
+                    MAX_SOURCE_RANGES,
+                    faults,
+                )),
+            },
+        }
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), MapsError> {
         self.node_config
-            .set(0, config, 0)
+            .insert(&0, &config)
             .map_err(access(names::NODE_CONFIG_MAP))
     }
 
     pub fn insert_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), MapsError> {
         self.endpoints
-            .insert(ip.octets(), endpoint, 0)
+            .insert(&ip.octets(), &endpoint)
             .map_err(|source| {
                 if is_errno(&source, nix::libc::E2BIG) {
                     MapsError::EndpointsFull
@@ -292,7 +356,7 @@ impl Maps {
             mac_known: u8::from(mac.is_some()),
         };
         self.remote_nodes
-            .insert(node_ip.octets(), node, 0)
+            .insert(&node_ip.octets(), &node)
             .map_err(full(names::REMOTE_NODES_MAP))?;
         let route = NodeRoute {
             node_ip: node_ip.octets(),
@@ -301,7 +365,7 @@ impl Maps {
         };
         if let Err(error) = self
             .node_routes
-            .insert(&route_key(pod_cidr), route, 0)
+            .insert(&route_key(pod_cidr), &route)
             .map_err(full(names::NODE_ROUTES_MAP))
         {
             let _ = self.remote_nodes.remove(&node_ip.octets());
@@ -329,9 +393,10 @@ impl Maps {
 
     pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, ProgrammedNode)>, MapsError> {
         self.remote_nodes
-            .iter()
-            .map(|entry| {
-                let (ip, node) = entry.map_err(access(names::REMOTE_NODES_MAP))?;
+            .entries()
+            .map_err(access(names::REMOTE_NODES_MAP))?
+            .into_iter()
+            .map(|(ip, node)| {
                 let cidr = Ipv4Network::new(node.pod_cidr.addr.into(), node.pod_cidr.prefix_len)
                     .map_err(|_| MapsError::Corrupt {
                         name: names::REMOTE_NODES_MAP,
@@ -356,11 +421,13 @@ impl Maps {
     }
 
     pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>, MapsError> {
-        self.endpoints
-            .iter()
-            .map(|entry| entry.map(|(ip, endpoint)| (Ipv4Addr::from(ip), endpoint)))
-            .collect::<Result<_, _>>()
-            .map_err(access(names::ENDPOINTS_MAP))
+        Ok(self
+            .endpoints
+            .entries()
+            .map_err(access(names::ENDPOINTS_MAP))?
+            .into_iter()
+            .map(|(ip, endpoint)| (Ipv4Addr::from(ip), endpoint))
+            .collect())
     }
 
     /// Makes `cidrs` the complete list of non-masquerade destinations, without
@@ -373,10 +440,10 @@ impl Maps {
             .collect();
         let stale: Vec<Key<Ipv4Octets>> = self
             .no_masquerade
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
+            .entries()
             .map_err(access(name))?
             .into_iter()
+            .map(|(key, _)| key)
             .filter(|key| !wanted.contains(&(key.prefix_len(), key.data())))
             .collect();
         for key in stale {
@@ -384,7 +451,7 @@ impl Maps {
         }
         for cidr in cidrs {
             self.no_masquerade
-                .insert(&route_key(*cidr), 1, 0)
+                .insert(&route_key(*cidr), &1)
                 .map_err(access(name))?;
         }
         Ok(())
@@ -397,17 +464,18 @@ impl Maps {
         let name = names::HOST_ADDRESSES_MAP;
         let present: BTreeSet<Ipv4Addr> = self
             .host_addresses
-            .keys()
-            .map(|key| key.map(Ipv4Addr::from))
-            .collect::<Result<_, _>>()
-            .map_err(access(name))?;
+            .entries()
+            .map_err(access(name))?
+            .into_iter()
+            .map(|(key, _)| Ipv4Addr::from(key))
+            .collect();
         for stale in present.difference(addresses) {
             removed(self.host_addresses.remove(&stale.octets()), name)?;
         }
         let new: Vec<&Ipv4Addr> = addresses.difference(&present).collect();
         for (inserted, address) in new.iter().enumerate() {
             self.host_addresses
-                .insert(address.octets(), 1, 0)
+                .insert(&address.octets(), &1)
                 .map_err(|source| {
                     if is_errno(&source, nix::libc::E2BIG) {
                         MapsError::HostAddressesFull {
@@ -439,7 +507,7 @@ impl Maps {
             _pad: 0,
         };
         self.monitor
-            .set(0, config, 0)
+            .insert(&0, &config)
             .map_err(access(names::MONITOR_MAP))
     }
 
@@ -452,16 +520,11 @@ impl Maps {
         Counter::ALL
             .iter()
             .map(|&counter| {
-                let per_cpu = self
+                let value = self
                     .counters
-                    .get(&(counter as u32), 0)
-                    .map_err(access(names::COUNTERS_MAP))?;
-                let value = per_cpu
-                    .iter()
-                    .fold(CounterValue::default(), |sum, cpu| CounterValue {
-                        packets: sum.packets + cpu.packets,
-                        bytes: sum.bytes + cpu.bytes,
-                    });
+                    .get(&(counter as u32))
+                    .map_err(access(names::COUNTERS_MAP))?
+                    .unwrap_or_default();
                 Ok(CounterTotal { counter, value })
             })
             .collect()

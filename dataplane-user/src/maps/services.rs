@@ -8,20 +8,20 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{MapError, lpm_trie::Key};
 use dataplane_common::{
     Backend, BackendKey, ServiceKey, ServiceValue, ServingKey, SourceRangeKey, names, service_flags,
 };
 use ipnetwork::Ipv4Network;
 
-use super::{MapsError, access, is_errno, removed};
+use super::{MapsError, access, is_errno, removed, table::BoxedTable};
 use crate::model::{Frontend, Protocol, Scope};
 
 pub struct ServiceMaps {
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, BackendKey, Backend>,
-    serving: HashMap<MapData, ServingKey, u8>,
-    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub(super) services: BoxedTable<ServiceKey, ServiceValue>,
+    pub(super) backends: BoxedTable<BackendKey, Backend>,
+    pub(super) serving: BoxedTable<ServingKey, u8>,
+    pub(super) source_ranges: BoxedTable<Key<SourceRangeKey>, u8>,
 }
 
 /// A frontend as programmed: its id, its backends by slot, its session
@@ -38,26 +38,15 @@ pub struct ProgrammedService {
 }
 
 impl ServiceMaps {
-    pub fn new(
-        services: HashMap<MapData, ServiceKey, ServiceValue>,
-        backends: HashMap<MapData, BackendKey, Backend>,
-        serving: HashMap<MapData, ServingKey, u8>,
-        source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
-    ) -> Self {
-        Self {
-            services,
-            backends,
-            serving,
-            source_ranges,
-        }
-    }
-
     /// Every frontend with its backends, as the maps hold them.
     pub fn programmed(&self) -> Result<Vec<(ServiceKey, ProgrammedService)>, MapsError> {
         let mut ranges = self.source_ranges()?;
         let mut programmed = Vec::new();
-        for entry in self.services.iter() {
-            let (key, value) = entry.map_err(access(names::SERVICES_MAP))?;
+        for (key, value) in self
+            .services
+            .entries()
+            .map_err(access(names::SERVICES_MAP))?
+        {
             let of_it = ranges.remove(&value.id).unwrap_or_default();
             programmed.push((key, self.programmed_service(value, of_it)?));
         }
@@ -66,27 +55,27 @@ impl ServiceMaps {
 
     /// The frontend `key` as the maps hold it, if they do.
     pub fn get(&self, key: &ServiceKey) -> Result<Option<ProgrammedService>, MapsError> {
-        match self.services.get(key, 0) {
-            Ok(value) => {
-                // The whole trie is walked only for a frontend that has ranges.
-                let ranges = if value.flags & service_flags::SOURCE_RANGES != 0 {
-                    self.source_ranges()?.remove(&value.id).unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                self.programmed_service(value, ranges).map(Some)
-            }
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(access(names::SERVICES_MAP)(error)),
-        }
+        let Some(value) = self
+            .services
+            .get(key)
+            .map_err(access(names::SERVICES_MAP))?
+        else {
+            return Ok(None);
+        };
+        // The whole trie is walked only for a frontend that has ranges.
+        let ranges = if value.flags & service_flags::SOURCE_RANGES != 0 {
+            self.source_ranges()?.remove(&value.id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.programmed_service(value, ranges).map(Some)
     }
 
     /// Every frontend's client ranges, by frontend id.
     fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<Ipv4Network>>, MapsError> {
         let name = names::SOURCE_RANGES_MAP;
         let mut ranges: BTreeMap<u32, Vec<Ipv4Network>> = BTreeMap::new();
-        for key in self.source_ranges.keys() {
-            let key = key.map_err(access(name))?;
+        for (key, _) in self.source_ranges.entries().map_err(access(name))? {
             let data = key.data();
             let prefix = key.prefix_len().saturating_sub(32) as u8;
             let range =
@@ -126,7 +115,7 @@ impl ServiceMaps {
         if adding {
             for range in new.iter().filter(|range| !old.contains(range)) {
                 self.source_ranges
-                    .insert(&key(range), 1, 0)
+                    .insert(&key(range), &1)
                     .map_err(full(name))?;
             }
         } else {
@@ -148,12 +137,14 @@ impl ServiceMaps {
                     service_id: value.id,
                     slot,
                 };
-                self.backends
-                    .get(&slot_key, 0)
-                    .map_err(|error| MapsError::Corrupt {
+                match self.backends.get(&slot_key) {
+                    Ok(Some(backend)) => Ok(backend),
+                    Ok(None) => Err(MapsError::Corrupt {
                         name: names::BACKENDS_MAP,
-                        detail: format!("slot {slot} of service id {}: {error}", value.id),
-                    })
+                        detail: format!("slot {slot} of service id {} is missing", value.id),
+                    }),
+                    Err(error) => Err(access(names::BACKENDS_MAP)(error)),
+                }
             })
             .collect::<Result<_, _>>()?;
         Ok(ProgrammedService {
@@ -167,10 +158,7 @@ impl ServiceMaps {
 
     /// Every backend slot, for listing.
     pub fn slots(&self) -> Result<Vec<(BackendKey, Backend)>, MapsError> {
-        self.backends
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(access(names::BACKENDS_MAP))
+        self.backends.entries().map_err(access(names::BACKENDS_MAP))
     }
 
     /// Makes the frontend `key` lead to `new` (slots in order, with session
@@ -191,7 +179,7 @@ impl ServiceMaps {
         let (arriving, leaving) = differences(old, new);
         for backend in arriving {
             self.serving
-                .insert(serving_key(id, backend), 1, 0)
+                .insert(&serving_key(id, backend), &1)
                 .map_err(full(names::SERVING_MAP))?;
         }
         for (slot, backend) in new.iter().enumerate() {
@@ -201,7 +189,7 @@ impl ServiceMaps {
                     slot: slot as u32,
                 };
                 self.backends
-                    .insert(slot_key, *backend, 0)
+                    .insert(&slot_key, backend)
                     .map_err(full(names::BACKENDS_MAP))?;
             }
         }
@@ -213,7 +201,7 @@ impl ServiceMaps {
             _pad: [0; 3],
         };
         self.services
-            .insert(key, value, 0)
+            .insert(&key, &value)
             .map_err(full(names::SERVICES_MAP))?;
         for slot in new.len()..old.len() {
             let slot_key = BackendKey {

@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use nat_table::{GcReport, NatTable};
 pub use owner::{NodeFacts, Owner};
+#[cfg(test)]
+pub(crate) use reconcile::{DesiredNodes, Reconciler};
 pub use report::TableSizes;
 pub use service_tables::{ServiceTables, ServiceTablesFill};
 

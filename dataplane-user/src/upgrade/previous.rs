@@ -26,7 +26,8 @@ use dataplane_common::{
     SourceRangeKey, conn_state, fragment_rewrite, names, nat_direction,
 };
 
-use super::tables::{Carried, CarryError, Pins, Table, carry, copy, copy_per_cpu_array};
+use super::tables::{Carried, CarryError, Pins, carry, copy, copy_per_cpu_array, entries_of};
+use crate::maps::table::Table as _;
 use crate::nat::partner;
 
 /// The layout converted from.
@@ -186,7 +187,11 @@ impl Pods {
             .unwrap_or_default();
         let endpoints = old
             .hash::<Ipv4Octets, Endpoint>(names::ENDPOINTS_MAP)?
-            .entries(names::ENDPOINTS_MAP)?
+            .entries()
+            .map_err(|source| CarryError::Read {
+                map: names::ENDPOINTS_MAP,
+                source,
+            })?
             .into_iter()
             .map(|(ip, _)| ip)
             .collect();
@@ -258,11 +263,10 @@ fn carry_connection_maps(old: &Pins, new: &Pins, pods: &Pods) -> Result<Vec<Carr
 /// established, oldest first.
 fn carry_nat(old: &Pins, new: &Pins, pods: &Pods) -> Result<(Carried, Carried), CarryError> {
     let map = names::NAT_MAP;
-    let halves: HashMap<FlowKey, v11::NatEntry> = old
-        .hash::<FlowKey, v11::NatEntry>(map)?
-        .entries(map)?
-        .into_iter()
-        .collect();
+    let halves: HashMap<FlowKey, v11::NatEntry> =
+        entries_of(map, &old.hash::<FlowKey, v11::NatEntry>(map)?)?
+            .into_iter()
+            .collect();
     let mut into = new.hash::<FlowKey, NatEntry>(map)?;
     let mut carried = Carried::new(map);
     let mut unassured = Vec::new();
@@ -317,9 +321,7 @@ fn carry_nat(old: &Pins, new: &Pins, pods: &Pods) -> Result<(Carried, Carried), 
 
 fn carry_fragments(old: &Pins, new: &Pins) -> Result<Carried, CarryError> {
     let map = names::FRAGMENTS_MAP;
-    let entries = old
-        .hash::<FragmentKey, v11::FragmentRecord>(map)?
-        .entries(map)?;
+    let entries = entries_of(map, &old.hash::<FragmentKey, v11::FragmentRecord>(map)?)?;
     Ok(carry(
         map,
         &entries,
@@ -351,7 +353,7 @@ fn merged_rows<V: Copy + Default>(
 
 fn carry_pod_nat(old: &Pins, new: &Pins, pods: &Pods) -> Result<Carried, CarryError> {
     let map = names::POD_NAT_MAP;
-    let rows = old.hash::<Ipv4Octets, PodNat>(map)?.entries(map)?;
+    let rows = entries_of(map, &old.hash::<Ipv4Octets, PodNat>(map)?)?;
     let merged = merged_rows(rows, pods, |sum, row| {
         sum.opened += row.opened;
         sum.evicted += row.evicted;
@@ -369,7 +371,7 @@ fn carry_pod_nat(old: &Pins, new: &Pins, pods: &Pods) -> Result<Carried, CarryEr
 
 fn carry_pod_nat_closed(old: &Pins, new: &Pins, pods: &Pods) -> Result<Carried, CarryError> {
     let map = names::POD_NAT_CLOSED_MAP;
-    let rows = old.hash::<Ipv4Octets, u64>(map)?.entries(map)?;
+    let rows = entries_of(map, &old.hash::<Ipv4Octets, u64>(map)?)?;
     let merged = merged_rows(rows, pods, |sum, row| *sum += row);
     Ok(carry(
         map,

@@ -5,13 +5,12 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 
+use crate::maps::table::Table;
+
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, Queue, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, Queue},
 };
-
-/// BPF_NOEXIST: an entry is only created, never replaces one.
-const ONLY_NEW: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CarryError {
@@ -114,48 +113,14 @@ impl Pins {
     }
 }
 
-/// A map entries can be read from and carried into.
-pub trait Table<K, V> {
-    /// Every entry; keys removed during the walk are skipped.
-    fn entries(&self, map: &'static str) -> Result<Vec<(K, V)>, CarryError>;
-    /// Creates the entry unless the key has one.
-    fn insert_new(&mut self, key: &K, value: &V) -> Result<(), MapError>;
-}
-
-/// More entries than any map holds: a walk that keeps restarting (its key
-/// removed under it each time) is cut there.
-const WALK_LIMIT: usize = 1 << 24;
-
-/// Walks a hash map's or trie's iterator (entries removed meanwhile are
-/// skipped by aya).
-fn walk<T>(
+/// Every entry of `table`, read as map `map` of the previous layout.
+pub fn entries_of<K, V>(
     map: &'static str,
-    entries: impl Iterator<Item = Result<T, MapError>>,
-) -> Result<Vec<T>, CarryError> {
-    entries
-        .take(WALK_LIMIT)
-        .collect::<Result<Vec<_>, _>>()
+    table: &impl Table<K, V>,
+) -> Result<Vec<(K, V)>, CarryError> {
+    table
+        .entries()
         .map_err(|source| CarryError::Read { map, source })
-}
-
-impl<K: Pod, V: Pod> Table<K, V> for HashMap<MapData, K, V> {
-    fn entries(&self, map: &'static str) -> Result<Vec<(K, V)>, CarryError> {
-        walk(map, self.iter())
-    }
-
-    fn insert_new(&mut self, key: &K, value: &V) -> Result<(), MapError> {
-        self.insert(key, value, ONLY_NEW)
-    }
-}
-
-impl<K: Pod, V: Pod> Table<Key<K>, V> for LpmTrie<MapData, K, V> {
-    fn entries(&self, map: &'static str) -> Result<Vec<(Key<K>, V)>, CarryError> {
-        walk(map, self.iter())
-    }
-
-    fn insert_new(&mut self, key: &Key<K>, value: &V) -> Result<(), MapError> {
-        self.insert(key, value, ONLY_NEW)
-    }
 }
 
 /// Carries `entries` (read from `map` of the previous layout) into `into`,
@@ -184,7 +149,7 @@ pub fn copy<K: Pod, V: Pod, T>(
 where
     T: Table<K, V>,
 {
-    let entries = open(from, map)?.entries(map)?;
+    let entries = entries_of(map, &open(from, map)?)?;
     Ok(carry(map, &entries, &mut open(into, map)?, |key, value| {
         (*key, *value)
     }))

@@ -1,0 +1,112 @@
+//! In-memory tables for unit tests: as many entries as the BPF map holds
+//! (E2BIG past that, as the kernel answers), and writes that fail when a
+//! test injects a fault, so the code above the seam is tested without root.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    sync::{Arc, Mutex},
+};
+
+use aya::{Pod, maps::MapError, sys::SyscallError};
+
+use super::table::Table;
+
+/// Faults shared by a set of fake tables: the next writes of a map fail.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<Mutex<HashMap<&'static str, u32>>>);
+
+impl Faults {
+    /// Makes the next `writes` inserts or removals of map `name` fail.
+    pub fn fail_writes(&self, name: &'static str, writes: u32) {
+        self.0
+            .lock()
+            .expect("no panics while held")
+            .insert(name, writes);
+    }
+
+    fn take(&self, name: &'static str) -> bool {
+        let mut faults = self.0.lock().expect("no panics while held");
+        match faults.get_mut(name) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn errno(call: &'static str, code: i32) -> MapError {
+    MapError::SyscallError(SyscallError {
+        call,
+        io_error: io::Error::from_raw_os_error(code),
+    })
+}
+
+/// The bytes of a plain-old-data value: keys compare as the kernel's do.
+fn bytes<T: Pod>(value: &T) -> Vec<u8> {
+    // SAFETY: `Pod` values are plain bytes (no pointers, explicit padding).
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+/// One fake map.
+pub struct FakeTable<K, V> {
+    name: &'static str,
+    capacity: usize,
+    entries: BTreeMap<Vec<u8>, (K, V)>,
+    faults: Faults,
+}
+
+impl<K, V> FakeTable<K, V> {
+    pub fn new(name: &'static str, capacity: u32, faults: &Faults) -> Self {
+        Self {
+            name,
+            capacity: capacity as usize,
+            entries: BTreeMap::new(),
+            faults: faults.clone(),
+        }
+    }
+
+    fn fault(&self, call: &'static str) -> Result<(), MapError> {
+        if self.faults.take(self.name) {
+            return Err(errno(call, nix::libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+impl<K: Pod + Send + Sync, V: Pod + Send + Sync> Table<K, V> for FakeTable<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>, MapError> {
+        Ok(self.entries.get(&bytes(key)).map(|(_, value)| *value))
+    }
+
+    fn insert(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        self.fault("bpf_map_update_elem")?;
+        let key_bytes = bytes(key);
+        if !self.entries.contains_key(&key_bytes) && self.entries.len() >= self.capacity {
+            return Err(errno("bpf_map_update_elem", nix::libc::E2BIG));
+        }
+        self.entries.insert(key_bytes, (*key, *value));
+        Ok(())
+    }
+
+    fn insert_new(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        if self.entries.contains_key(&bytes(key)) {
+            return Err(errno("bpf_map_update_elem", nix::libc::EEXIST));
+        }
+        self.insert(key, value)
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), MapError> {
+        self.fault("bpf_map_delete_elem")?;
+        match self.entries.remove(&bytes(key)) {
+            Some(_) => Ok(()),
+            None => Err(MapError::KeyNotFound),
+        }
+    }
+
+    fn entries(&self) -> Result<Vec<(K, V)>, MapError> {
+        Ok(self.entries.values().copied().collect())
+    }
+}
