@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use dataplane_common::{MAX_REMOTE_NODES, NodeConfig, VXLAN_OVERHEAD, names};
+use dataplane_common::{MAX_REMOTE_NODES, VXLAN_OVERHEAD, names};
 use tracing::{info, warn};
 
 use crate::{
@@ -12,10 +12,9 @@ use crate::{
     dataplane::Dataplane,
     interfaces::{Interface, Interfaces, VXLAN_DEVICE, VxlanSettings},
     loader,
-    maps::ipv4_cidr,
     model::{HostInterface, NodeSet},
     nat::Timeouts,
-    state::{NatTable, NodeFacts, Owner, ServiceTables},
+    state::{NatTable, NodeFacts, Owner, ServiceTables, UplinkFacts},
     upgrade::{self, PreviousLayout},
 };
 
@@ -36,43 +35,30 @@ pub async fn check(
     interfaces: &Interfaces,
 ) -> anyhow::Result<(NodeFacts, Option<Tunnel>)> {
     let mut node = config.node.clone();
-    let mut node_config = NodeConfig {
-        pod_cidr: node.pod_cidr.map(ipv4_cidr).unwrap_or_default(),
-        cluster_cidr: node.cluster_cidr.map(ipv4_cidr).unwrap_or_default(),
-        vni: node.vni,
-        service_cidr: node.service_cidr.map(ipv4_cidr).unwrap_or_default(),
-        node_port_min: node.node_port_range.min,
-        node_port_max: node.node_port_range.max,
-        ..NodeConfig::default()
-    };
-    let mut uplink_mtu = None;
+    let mut uplink = None;
     let mut uplink_networks = Vec::new();
     let tunnel = tunnel(config, interfaces).await?;
     if let Some(tunnel) = &tunnel {
         node.node_ip = Some(tunnel.settings.local);
-        node_config.node_ip = tunnel.settings.local.octets();
-        node_config.uplink_ifindex = tunnel.uplink.index;
-        node_config.tunnel_mtu = tunnel.settings.mtu;
-        node_config.uplink_mtu = tunnel.uplink.mtu;
-        node_config.vxlan_port = node.vxlan_port;
-        uplink_mtu = Some(tunnel.uplink.mtu);
+        uplink = Some(UplinkFacts {
+            ifindex: tunnel.uplink.index,
+            mtu: tunnel.uplink.mtu,
+            tunnel_mtu: tunnel.settings.mtu,
+        });
         uplink_networks = interfaces.ipv4_networks(tunnel.uplink.index).await?;
     }
     let masquerading = config.nat.masquerade && node.uplink.is_some();
     if masquerading {
         check_port_range(config.nat.port_range)?;
-        node_config.masquerade = 1;
-        node_config.nat_port_min = config.nat.port_range.min;
-        node_config.nat_port_max = config.nat.port_range.max;
-        node_config.pod_port_share = config.nat.pod_port_share();
-        node_config.pod_connection_limit = config.nat.pod_connection_limit();
     }
     let facts = NodeFacts {
         settings: node,
-        uplink_mtu,
+        uplink,
         uplink_networks,
         masquerading,
         nat: config.nat.clone(),
+        host_netns_cookie: crate::netns::current_cookie()
+            .context("reading the node namespace's cookie (SO_NETNS_COOKIE)")?,
         sources: [
             Some("config file (watched)".to_string()),
             Some("local API (CLI, CNI plugin)".to_string()),
@@ -85,7 +71,6 @@ pub async fn check(
         .into_iter()
         .flatten()
         .collect(),
-        node_config,
     };
     // The file was checked when parsed, but not against a node IP taken
     // from the uplink, nor against the uplink's networks.
@@ -274,11 +259,10 @@ pub async fn start(config: &Config) -> anyhow::Result<(Owner, Option<UplinkClaim
     // This build's config before its programs run: they read it from their
     // first packet. Services an earlier agent programmed keep being
     // translated meanwhile.
-    let mut facts = facts;
-    facts.node_config.host_netns_cookie = crate::netns::current_cookie()
-        .context("reading the node namespace's cookie (SO_NETNS_COOKIE)")?;
-    facts.node_config.services = u8::from(!dataplane.programmed_services().is_empty());
-    dataplane.set_node_config(facts.node_config)?;
+    dataplane.set_node_config(facts.node_config(
+        !dataplane.programmed_services().is_empty(),
+        dataplane.serves_outside_local(),
+    ))?;
     let swapping = Instant::now();
     let taken_over = dataplane.take_over_links(previous.as_ref().map(|p| p.links_dir()).as_deref());
     info!(

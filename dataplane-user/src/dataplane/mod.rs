@@ -14,7 +14,7 @@ use dataplane_common::{Backend, Endpoint, NodeConfig, ServiceKey, names};
 use ipnetwork::Ipv4Network;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod links;
 #[cfg(test)]
 mod tests;

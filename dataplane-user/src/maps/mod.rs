@@ -92,11 +92,11 @@ pub struct Maps {
 /// The connection table (written by the programs; the agent only lists and
 /// removes entries), with each pod's share of it.
 pub struct NatMap {
-    connections: HashMap<MapData, FlowKey, NatEntry>,
+    connections: BoxedTable<FlowKey, NatEntry>,
     /// Written by the programs.
-    pod_nat: HashMap<MapData, Ipv4Octets, PodNat>,
+    pod_nat: BoxedTable<Ipv4Octets, PodNat>,
     /// Written by the agent: connections it collected, per pod.
-    pod_closed: HashMap<MapData, Ipv4Octets, u64>,
+    pod_closed: BoxedTable<Ipv4Octets, u64>,
 }
 
 /// One pod's share of the NAT table.
@@ -120,10 +120,7 @@ impl PodNatTotals {
 impl NatMap {
     /// Every half of every tracked connection.
     pub fn entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, MapsError> {
-        self.connections
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(access(names::NAT_MAP))
+        self.connections.entries().map_err(access(names::NAT_MAP))
     }
 
     /// Removes one half; `Ok(false)` when it was gone already.
@@ -136,7 +133,7 @@ impl NatMap {
     pub fn add_closed(&mut self, pod: Ipv4Octets, connections: u64) -> Result<(), MapsError> {
         let before = self.closed(pod)?;
         self.pod_closed
-            .insert(pod, before + connections, 0)
+            .insert(&pod, &(before + connections))
             .map_err(access(names::POD_NAT_CLOSED_MAP))
     }
 
@@ -150,18 +147,17 @@ impl NatMap {
 
     /// What the agent collected of `pod`'s connections.
     fn closed(&self, pod: Ipv4Octets) -> Result<u64, MapsError> {
-        match self.pod_closed.get(&pod, 0) {
-            Ok(closed) => Ok(closed),
-            Err(MapError::KeyNotFound) => Ok(0),
-            Err(source) => Err(access(names::POD_NAT_CLOSED_MAP)(source)),
-        }
+        Ok(self
+            .pod_closed
+            .get(&pod)
+            .map_err(access(names::POD_NAT_CLOSED_MAP))?
+            .unwrap_or(0))
     }
 
     /// Every pod that has opened a masqueraded connection, by address.
     pub fn pods(&self) -> Result<Vec<PodNatTotals>, MapsError> {
         let mut pods = Vec::new();
-        for item in self.pod_nat.iter() {
-            let (pod, counts) = item.map_err(access(names::POD_NAT_MAP))?;
+        for (pod, counts) in self.pod_nat.entries().map_err(access(names::POD_NAT_MAP))? {
             pods.push(PodNatTotals {
                 pod: Ipv4Addr::from(pod),
                 counts,
@@ -225,9 +221,9 @@ impl Maps {
             )?),
             remote_nodes: hash(ebpf, names::REMOTE_NODES_MAP)?,
             nat: Some(NatMap {
-                connections: table(ebpf, names::NAT_MAP)?,
-                pod_nat: table(ebpf, names::POD_NAT_MAP)?,
-                pod_closed: table(ebpf, names::POD_NAT_CLOSED_MAP)?,
+                connections: hash(ebpf, names::NAT_MAP)?,
+                pod_nat: hash(ebpf, names::POD_NAT_MAP)?,
+                pod_closed: hash(ebpf, names::POD_NAT_CLOSED_MAP)?,
             }),
             no_masquerade: Box::new(table::<LpmTrie<MapData, _, _>>(
                 ebpf,
@@ -253,7 +249,7 @@ impl Maps {
     #[cfg(test)]
     pub fn fake(faults: &fake::Faults) -> Self {
         use dataplane_common::{
-            MAX_BACKEND_SLOTS, MAX_NO_MASQUERADE, MAX_SERVICES, MAX_SOURCE_RANGES,
+            MAX_BACKEND_SLOTS, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_SERVICES, MAX_SOURCE_RANGES,
         };
         use fake::FakeTable;
         Self {
@@ -269,7 +265,15 @@ impl Maps {
                 MAX_REMOTE_NODES,
                 faults,
             )),
-            nat: None,
+            nat: Some(NatMap {
+                connections: Box::new(FakeTable::new(names::NAT_MAP, MAX_NAT_ENTRIES, faults)),
+                pod_nat: Box::new(FakeTable::new(names::POD_NAT_MAP, MAX_ENDPOINTS, faults)),
+                pod_closed: Box::new(FakeTable::new(
+                    names::POD_NAT_CLOSED_MAP,
+                    MAX_ENDPOINTS,
+                    faults,
+                )),
+            }),
             no_masquerade: Box::new(FakeTable::new(
                 names::NO_MASQUERADE_MAP,
                 MAX_NO_MASQUERADE,

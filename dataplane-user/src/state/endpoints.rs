@@ -10,11 +10,12 @@ use tracing::{info, warn};
 use super::Owner;
 use crate::{
     dataplane::DataplaneError,
+    interfaces::HostLinks,
     interfaces::Interface,
     model::{EndpointSpec, HostInterface, Source, validate_endpoint},
 };
 
-impl Owner {
+impl<L: HostLinks> Owner<L> {
     /// The host veths of `endpoints`, each checked; an error for the first
     /// that fails, before anything changed.
     pub(super) async fn checked_interfaces(

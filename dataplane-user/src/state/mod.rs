@@ -7,11 +7,16 @@
 //! and nothing else writes the forwarding maps.
 
 mod endpoints;
+mod facts;
+#[cfg(test)]
+mod fake_host;
 mod nat_table;
 mod owner;
 mod reconcile;
 mod report;
 mod service_tables;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
@@ -19,15 +24,17 @@ use anyhow::anyhow;
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, oneshot};
 
+pub use facts::{NodeFacts, UplinkFacts};
 pub use nat_table::{GcReport, NatTable};
-pub use owner::{NodeFacts, Owner};
+pub use owner::Owner;
 #[cfg(test)]
 pub(crate) use reconcile::{DesiredNodes, Reconciler};
 pub use report::TableSizes;
-pub use service_tables::{ServiceTables, ServiceTablesFill};
+pub use service_tables::{ServiceTables, ServiceTablesFill, Tables};
 
 use crate::{
     api::{CounterEntry, EndpointEntry, FrontendEntry, NodeEntry, ServiceEntry, Status},
+    interfaces::HostLinks,
     model::{EndpointSpec, NodeSpec, ServiceSpec, Source},
 };
 
@@ -104,7 +111,7 @@ const QUEUE: usize = 1024;
 
 impl StateHandle {
     /// Starts the owner task; it runs while any handle exists.
-    pub fn spawn(owner: Owner) -> Self {
+    pub fn spawn<L: HostLinks>(owner: Owner<L>) -> Self {
         let (commands, queue) = mpsc::channel(QUEUE);
         tokio::spawn(owner.run(queue));
         Self { commands }

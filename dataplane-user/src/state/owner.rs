@@ -13,6 +13,7 @@ use macaddr::MacAddr6;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::NodeFacts;
 use super::{
     Command, Reply, ServiceTables,
     nat_table::NatTable,
@@ -21,10 +22,9 @@ use super::{
 };
 use crate::{
     api::{FrontendEntry, ServiceEntry},
-    config::{NatSettings, NodeSettings},
     dataplane::{Dataplane, DataplaneError},
-    interfaces::{Interfaces, Neighbour},
-    maps::{MapsError, backend_address, frontend_of, ipv4_cidr},
+    interfaces::{HostLinks, Interfaces, Neighbour},
+    maps::{MapsError, backend_address, frontend_of},
     model::{
         EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodePath, NodeSpec,
         PeerMacs, RemoteNodes, Routing, Scope, ServicePort, ServiceSpec, Services, ServingNode,
@@ -32,29 +32,9 @@ use crate::{
     },
 };
 
-/// The node's facts, fixed at start-up (the pod CIDR may still come from
-/// Kubernetes).
-#[derive(Debug, Clone)]
-pub struct NodeFacts {
-    /// The node settings with `node_ip` resolved.
-    pub settings: NodeSettings,
-    /// The uplink's MTU; `None` without an uplink.
-    pub uplink_mtu: Option<u32>,
-    /// The networks of the uplink's addresses (followed): nodes there are
-    /// reached without a router.
-    pub uplink_networks: Vec<Ipv4Network>,
-    /// Whether pod traffic leaving the cluster is masqueraded.
-    pub masquerading: bool,
-    pub nat: NatSettings,
-    /// Where nodes and endpoints come from, for `status`.
-    pub sources: Vec<String>,
-    /// What NODE_CONFIG holds.
-    pub node_config: NodeConfig,
-}
-
-pub struct Owner {
+pub struct Owner<L: HostLinks = Interfaces> {
     pub(super) facts: NodeFacts,
-    pub(super) interfaces: Interfaces,
+    pub(super) interfaces: L,
     pub(super) dataplane: Dataplane,
     pub(super) reconciler: Reconciler,
     pub(super) remote_nodes: RemoteNodes,
@@ -80,14 +60,16 @@ pub struct Owner {
     /// How often each node's MAC changed (in `neighbour_macs`, or refused
     /// there while pinned).
     pub(super) mac_changes: BTreeMap<Ipv4Addr, u64>,
+    /// What NODE_CONFIG holds (written when the facts make it differ).
+    pub(super) node_config: NodeConfig,
 }
 
-impl Owner {
+impl<L: HostLinks> Owner<L> {
     /// Takes over a loaded dataplane. Nodes already in the pinned maps are
     /// kept (as [`Source::Pinned`]) until a source says otherwise.
     pub fn new(
         facts: NodeFacts,
-        interfaces: Interfaces,
+        interfaces: L,
         dataplane: Dataplane,
         nat: NatTable,
         service_tables: ServiceTables,
@@ -119,6 +101,11 @@ impl Owner {
             .programmed_nodes()
             .filter_map(|(ip, node)| Some((ip, node.mac?)))
             .collect();
+        // As the agent's start wrote it.
+        let node_config = facts.node_config(
+            !dataplane.programmed_services().is_empty(),
+            dataplane.serves_outside_local(),
+        );
         Self {
             facts,
             interfaces,
@@ -136,7 +123,21 @@ impl Owner {
             managed_neighbours: BTreeSet::new(),
             neighbour_macs,
             mac_changes: BTreeMap::new(),
+            node_config,
         }
+    }
+
+    /// Writes NODE_CONFIG when what it should hold changed.
+    fn write_node_config(&mut self) -> anyhow::Result<()> {
+        let wanted = self.facts.node_config(
+            !self.dataplane.programmed_services().is_empty(),
+            self.dataplane.serves_outside_local(),
+        );
+        if wanted != self.node_config {
+            self.dataplane.set_node_config(wanted)?;
+            self.node_config = wanted;
+        }
+        Ok(())
     }
 
     pub(super) fn local_facts(&self) -> LocalFacts {
@@ -177,7 +178,7 @@ impl Owner {
             }
             Command::SyncHostAddresses(reply) => answer(reply, self.sync_host_addresses().await),
             Command::NeighbourResolved { ifindex, ip, mac } => {
-                if ifindex == self.facts.node_config.uplink_ifindex
+                if ifindex == self.facts.uplink_ifindex()
                     && let Err(error) = self.neighbour_resolved(ip, mac).await
                 {
                     warn!(%ip, "writing a node's learned MAC: {error:#}");
@@ -306,7 +307,7 @@ impl Owner {
     /// permanent one at `mac`. Failures are warned about: ARP may then
     /// still change it.
     async fn pin_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
-        let uplink = self.facts.node_config.uplink_ifindex;
+        let uplink = self.facts.uplink_ifindex();
         let direct = self
             .dataplane
             .programmed_node(ip)
@@ -340,7 +341,7 @@ impl Owner {
     /// to it does not wait for ARP. Failures are warned about: the paths
     /// work without, resolving on demand.
     async fn manage_neighbours(&mut self, ips: &[Ipv4Addr]) {
-        let uplink = self.facts.node_config.uplink_ifindex;
+        let uplink = self.facts.uplink_ifindex();
         if uplink == 0 {
             return;
         }
@@ -381,7 +382,7 @@ impl Owner {
     /// neighbour entries brought in line with the nodes reached directly:
     /// an earlier agent's for nodes since removed go, missing ones are made.
     async fn sync_neighbours(&mut self) -> anyhow::Result<()> {
-        let uplink = self.facts.node_config.uplink_ifindex;
+        let uplink = self.facts.uplink_ifindex();
         if uplink == 0 {
             return Ok(());
         }
@@ -431,7 +432,7 @@ impl Owner {
     /// The MTU pods must use: the smallest of the paths this node sends on
     /// (without remote nodes yet, the one its routing takes on its own network).
     pub(super) fn pod_mtu(&self) -> Option<u32> {
-        let uplink_mtu = self.facts.uplink_mtu?;
+        let uplink_mtu = self.facts.uplink?.mtu;
         let local = self.local_facts();
         let tunnelled = match local.routing {
             Routing::Tunnel => true,
@@ -518,13 +519,7 @@ impl Owner {
             *current = checks;
             changed
         });
-        let any = u8::from(!self.dataplane.programmed_services().is_empty());
-        let outside_local = u8::from(self.dataplane.serves_outside_local());
-        let config = &mut self.facts.node_config;
-        if (config.services, config.outside_local) != (any, outside_local) {
-            (config.services, config.outside_local) = (any, outside_local);
-            self.dataplane.set_node_config(self.facts.node_config)?;
-        }
+        self.write_node_config()?;
         written
     }
 
@@ -722,7 +717,7 @@ impl Owner {
     /// The uplink's networks as they are now; nodes whose path they change
     /// are written again.
     async fn sync_uplink_networks(&mut self) -> anyhow::Result<()> {
-        let uplink = self.facts.node_config.uplink_ifindex;
+        let uplink = self.facts.uplink_ifindex();
         if uplink == 0 {
             return Ok(());
         }
@@ -783,9 +778,8 @@ impl Owner {
         zone: Option<String>,
     ) -> anyhow::Result<()> {
         if self.facts.settings.pod_cidr != Some(pod_cidr) {
-            self.facts.node_config.pod_cidr = ipv4_cidr(pod_cidr);
-            self.dataplane.set_node_config(self.facts.node_config)?;
             self.facts.settings.pod_cidr = Some(pod_cidr);
+            self.write_node_config()?;
             info!(%pod_cidr, "this node's pod CIDR");
         }
         // Which backends are this node's (the Local traffic policies), and
@@ -801,16 +795,6 @@ impl Owner {
 
 /// How often writes that failed are tried again.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl NodeFacts {
-    /// What remote nodes are checked against and reached by.
-    pub fn local_facts(&self) -> LocalFacts {
-        LocalFacts {
-            uplink_networks: self.uplink_networks.clone(),
-            ..self.settings.local_facts()
-        }
-    }
-}
 
 /// A node change the rules refused, as the error of the source that asked.
 fn refused((ip, (field, problem)): (Ipv4Addr, Violation)) -> anyhow::Error {

@@ -8,6 +8,7 @@ use tracing::warn;
 use super::{GcReport, Owner, ServiceTablesFill};
 use crate::{
     api::{CounterEntry, CounterName, EndpointEntry, MapFill, NodeEntry, Status},
+    interfaces::HostLinks,
     interfaces::VXLAN_DEVICE,
     model::NodePath,
 };
@@ -41,7 +42,7 @@ pub struct Watchers {
 /// At most this many drop events per second and CPU reach the monitor.
 const MONITOR_EVENTS_PER_SECOND: u32 = 1000;
 
-impl Owner {
+impl<L: HostLinks> Owner<L> {
     pub(super) fn table_sizes(&self) -> TableSizes {
         TableSizes {
             endpoints: self.dataplane.programmed_endpoints().count(),

@@ -23,7 +23,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    maps::removed as removed_entry,
+    maps::{removed as removed_entry, table::BoxedTable},
     nat::{self, Half, Timeouts},
 };
 
@@ -87,9 +87,10 @@ impl Half for ServiceFlow {
     }
 }
 
-struct Tables {
-    flows: HashMap<MapData, FlowKey, ServiceFlow>,
-    sockets: HashMap<MapData, SocketFlowKey, Backend>,
+/// The connection halves, and what the node's sockets were given.
+pub struct Tables {
+    pub flows: BoxedTable<FlowKey, ServiceFlow>,
+    pub sockets: BoxedTable<SocketFlowKey, Backend>,
 }
 
 /// Shared access to the tables. Cheap to clone.
@@ -100,14 +101,16 @@ pub struct ServiceTables {
     last: Arc<Mutex<ServiceTablesFill>>,
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(
+fn open<K: aya::Pod + Send + Sync + 'static, V: aya::Pod + Send + Sync + 'static>(
     pin_dir: &Path,
     name: &str,
-) -> anyhow::Result<HashMap<MapData, K, V>> {
+) -> anyhow::Result<BoxedTable<K, V>> {
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
-    HashMap::try_from(map).with_context(|| format!("map {name}"))
+    Ok(Box::new(
+        HashMap::<MapData, K, V>::try_from(map).with_context(|| format!("map {name}"))?,
+    ))
 }
 
 impl ServiceTables {
@@ -118,11 +121,16 @@ impl ServiceTables {
             flows: open(pin_dir, names::SERVICE_FLOWS_MAP)?,
             sockets: open(pin_dir, names::SOCKET_FLOWS_MAP)?,
         };
-        Ok(Self {
+        Ok(Self::with(tables, timeouts))
+    }
+
+    /// The same over any tables (unit tests: fakes).
+    pub fn with(tables: Tables, timeouts: Timeouts) -> Self {
+        Self {
             tables: Arc::new(Mutex::new(tables)),
             timeouts,
             last: Arc::default(),
-        })
+        }
     }
 
     /// The last count (no walk).
@@ -139,7 +147,13 @@ impl ServiceTables {
             // An entry evicted during the walk ends it early or is skipped:
             // what is left is found at the next pass.
             let halves: Vec<(FlowKey, ServiceFlow)> =
-                tables.flows.iter().filter_map(Result::ok).collect();
+                tables
+                    .flows
+                    .entries()
+                    .map_err(|source| crate::maps::MapsError::Access {
+                        name: names::SERVICE_FLOWS_MAP,
+                        source,
+                    })?;
             let expired = nat::expired(&halves, nat::monotonic_now_ns(), &this.timeouts);
             let seen: StdHashMap<FlowKey, u64> = halves
                 .iter()
@@ -150,11 +164,16 @@ impl ServiceTables {
                 // A packet since the walk (a port reused for a new
                 // connection) keeps the connection: both halves are read
                 // again right before the delete.
-                let used_since = |key: &FlowKey| match tables.flows.get(key, 0) {
-                    Ok(half) => seen.get(key) != Some(&half.last_seen_ns),
-                    Err(_) => false,
+                let used_since = |key: &FlowKey| match tables.flows.get(key) {
+                    Ok(Some(half)) => seen.get(key) != Some(&half.last_seen_ns),
+                    _ => false,
                 };
-                let partner = tables.flows.get(key, 0).ok().map(|half| half.partner(key));
+                let partner = tables
+                    .flows
+                    .get(key)
+                    .ok()
+                    .flatten()
+                    .map(|half| half.partner(key));
                 if used_since(key) || partner.is_some_and(|partner| used_since(&partner)) {
                     continue;
                 }
@@ -167,7 +186,7 @@ impl ServiceTables {
             let mut last = this.last.lock().expect("no panics while held");
             *last = ServiceTablesFill {
                 connection_halves: halves.len() - removed,
-                socket_entries: tables.sockets.keys().filter(Result::is_ok).count(),
+                socket_entries: tables.sockets.entries().map_or(0, |entries| entries.len()),
                 expired_total: last.expired_total + removed as u64,
             };
             Ok::<_, crate::maps::MapsError>(*last)
