@@ -8,6 +8,7 @@ mod health_checks;
 mod healthz;
 mod reload;
 mod server;
+mod supervise;
 
 use std::{path::Path, time::Duration};
 
@@ -24,6 +25,7 @@ use crate::{
     kubernetes, metrics,
     state::{NatTable, ServiceTables, StateHandle},
 };
+use supervise::Supervisor;
 
 /// Removes what agents with this config created: the whole bpf_root (pinned
 /// links, which detaches the programs, and maps of every layout version),
@@ -67,70 +69,123 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let nat = owner.nat_table();
     let service_tables = owner.service_tables();
     let checks = owner.health_checks();
-    let state = StateHandle::spawn(owner);
+    let mut tasks = Supervisor::new();
+    let (state, owner) = StateHandle::start(owner);
+    tasks.essential("state owner", async move {
+        owner.await;
+        Ok(())
+    });
     let listener = server::bind(&config.agent.api_socket)?;
     info!(socket = %config.agent.api_socket.display(), "agent ready");
 
     let packet_events = tokio::sync::broadcast::channel(4096).0;
     if let Some(ring) = ring {
-        tokio::spawn(events::relay(ring, packet_events.clone()));
+        let events = packet_events.clone();
+        tasks.essential("packet event relay", async move {
+            events::relay(ring, events).await;
+            Ok(())
+        });
     }
-    tokio::spawn(server::serve(
-        listener,
-        state.clone(),
-        nat.clone(),
-        packet_events,
-    ));
-    tokio::spawn(reload::follow_config_file(
-        state.clone(),
-        config_path.to_owned(),
-        config.clone(),
-    ));
+    let api = server::serve(listener, state.clone(), nat.clone(), packet_events);
+    tasks.essential("API server", async move {
+        api.await;
+        Ok(())
+    });
+    {
+        let (state, path, config) = (state.clone(), config_path.to_owned(), config.clone());
+        tasks.restarting("config file source", move || {
+            let reload = reload::follow_config_file(state.clone(), path.clone(), config.clone());
+            async move {
+                reload.await;
+                Ok(())
+            }
+        });
+    }
     if let Some(address) = config.agent.metrics_address {
         let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(error) = metrics::serve(state, address).await {
-                warn!("metrics: {error:#}");
+        tasks.restarting("metrics server", move || {
+            metrics::serve(state.clone(), address)
+        });
+    }
+    {
+        let state = state.clone();
+        tasks.restarting("node links and addresses source", move || {
+            let follow = host::follow(state.clone());
+            async move {
+                follow.await;
+                Ok(())
             }
         });
     }
-    tokio::spawn(host::follow(state.clone()));
     if config.kubernetes.enabled {
         let node_name = kubernetes::node_name(&config.kubernetes)?;
-        tokio::spawn(kubernetes::follow_nodes(state.clone(), node_name, node_ip));
-        tokio::spawn(kubernetes::follow_services(state.clone()));
-    }
-    tokio::spawn(health_checks::serve(checks));
-    if config.agent.healthz_port != 0 {
-        let (state, port) = (state.clone(), config.agent.healthz_port);
-        tokio::spawn(async move {
-            if let Err(error) = healthz::serve(state, port).await {
-                warn!("proxy health server: {error:#}");
+        let state_for_nodes = state.clone();
+        tasks.restarting("Kubernetes Nodes source", move || {
+            let follow =
+                kubernetes::follow_nodes(state_for_nodes.clone(), node_name.clone(), node_ip);
+            async move {
+                follow.await;
+                Ok(())
+            }
+        });
+        let state = state.clone();
+        tasks.restarting("Kubernetes Services source", move || {
+            let follow = kubernetes::follow_services(state.clone());
+            async move {
+                follow.await;
+                Ok(())
             }
         });
     }
-    tokio::spawn(collect_service_garbage_forever(
-        service_tables,
-        Duration::from_secs(config.nat.gc_interval_seconds.max(1)),
-    ));
+    tasks.restarting("load balancer health checks", move || {
+        let serve = health_checks::serve(checks.clone());
+        async move {
+            serve.await;
+            Ok(())
+        }
+    });
+    if config.agent.healthz_port != 0 {
+        let (state, port) = (state.clone(), config.agent.healthz_port);
+        tasks.restarting("proxy health server", move || {
+            healthz::serve(state.clone(), port)
+        });
+    }
+    let gc_interval = Duration::from_secs(config.nat.gc_interval_seconds.max(1));
+    tasks.restarting("Service connection expiry", move || {
+        let collect = collect_service_garbage_forever(service_tables.clone(), gc_interval);
+        async move {
+            collect.await;
+            Ok(())
+        }
+    });
     if masquerading {
-        tokio::spawn(collect_nat_garbage_forever(
-            nat,
-            state.clone(),
-            Duration::from_secs(config.nat.gc_interval_seconds.max(1)),
-        ));
+        let state = state.clone();
+        tasks.restarting("NAT garbage collection", move || {
+            let collect = collect_nat_garbage_forever(nat.clone(), state.clone(), gc_interval);
+            async move {
+                collect.await;
+                Ok(())
+            }
+        });
     }
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    let ended = tokio::select! {
+        _ = terminate.recv() => None,
+        _ = interrupt.recv() => None,
+        why = tasks.ended() => Some(why),
+    };
     info!("agent stopping");
     // The socket path is ours; a failure to remove it only leaves a stale file.
     let _ = std::fs::remove_file(&config.agent.api_socket);
-    Ok(())
+    match ended {
+        None => Ok(()),
+        Some(why) => Err(why.context(
+            "an essential task of the agent ended (the pinned programs keep forwarding \
+             until it is started again)",
+        )),
+    }
 }
 
 /// Expires Service connections as often as the NAT table is collected,

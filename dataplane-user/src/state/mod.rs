@@ -110,11 +110,19 @@ pub struct StateHandle {
 const QUEUE: usize = 1024;
 
 impl StateHandle {
-    /// Starts the owner task; it runs while any handle exists.
-    pub fn spawn<L: HostLinks>(owner: Owner<L>) -> Self {
+    /// A handle on `owner`, and the owner's task to run (it ends when every
+    /// handle is gone).
+    pub fn start<L: HostLinks>(owner: Owner<L>) -> (Self, impl Future<Output = ()> + Send) {
         let (commands, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(owner.run(queue));
-        Self { commands }
+        (Self { commands }, owner.run(queue))
+    }
+
+    /// Starts the owner task; it runs while any handle exists.
+    #[cfg(test)]
+    pub fn spawn<L: HostLinks>(owner: Owner<L>) -> Self {
+        let (handle, owner) = Self::start(owner);
+        tokio::spawn(owner);
+        handle
     }
 
     /// Sends a command and waits for its outcome.
