@@ -147,7 +147,7 @@ impl Lab {
 
     fn call(&self, request: &Request) -> anyhow::Result<Response> {
         match api::call(&self.socket, request)? {
-            Response::Error { message } => bail!("the agent refused {request:?}: {message}"),
+            Response::Error { message, .. } => bail!("the agent refused {request:?}: {message}"),
             response => Ok(response),
         }
     }

@@ -13,10 +13,10 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, Envelope, PacketFilter, PacketReport, Request, Response},
+    api::{self, Envelope, ErrorKind, PacketFilter, PacketReport, Request, Response},
     connections,
     model::{HostInterface, Source},
-    state::{Command, NatTable, StateHandle},
+    state::{Command, NatTable, StateHandle, error_kind},
 };
 
 /// Connections served at once; more wait in the listen backlog. (Clients
@@ -79,14 +79,19 @@ async fn next_request(
     match read {
         Ok(Ok(0)) | Err(_) | Ok(Err(_)) => None,
         Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => {
-            let refusal = Response::Error {
-                message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
-            };
+            let refusal = Response::error(
+                ErrorKind::Refused,
+                format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            );
             let _ = write_line(writer, &refusal).await;
             None
         }
         Ok(Ok(_)) => Some(api::decode::<Request>(&line)),
     }
+}
+
+fn error_response(error: &anyhow::Error) -> Response {
+    Response::error(error_kind(error), format!("{error:#}"))
 }
 
 async fn write_line(writer: &mut OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
@@ -114,20 +119,17 @@ async fn serve_connection(
                         };
                         stream_events(client, &state, events.subscribe(), traces, &filter).await
                     }
-                    Err(message) => {
-                        drop(write_line(&mut writer, &Response::Error { message }).await)
-                    }
+                    Err(message) => drop(
+                        write_line(&mut writer, &Response::error(ErrorKind::Refused, message))
+                            .await,
+                    ),
                 }
                 return;
             }
-            Ok(request) => {
-                handle(&state, &nat, request)
-                    .await
-                    .unwrap_or_else(|error| Response::Error {
-                        message: format!("{error:#}"),
-                    })
-            }
-            Err(message) => Response::Error { message },
+            Ok(request) => handle(&state, &nat, request)
+                .await
+                .unwrap_or_else(|error| error_response(&error)),
+            Err(message) => Response::error(ErrorKind::Refused, message),
         };
         if write_line(&mut writer, &response).await.is_err() {
             break;
@@ -240,10 +242,7 @@ async fn stream_events(
     filter: &PacketFilter,
 ) {
     if let Err(error) = state.ask(|reply| Command::Watch(traces, reply)).await {
-        let refusal = Response::Error {
-            message: format!("{error:#}"),
-        };
-        let _ = write_line(writer, &refusal).await;
+        let _ = write_line(writer, &error_response(&error)).await;
         return;
     }
     loop {

@@ -164,7 +164,37 @@ pub enum Response {
     },
     Error {
         message: String,
+        /// What kind of failure it is (agents before it was added: failed).
+        #[serde(default)]
+        kind: ErrorKind,
     },
+}
+
+/// What kind of failure an error is, for clients to act on: the CNI plugin
+/// gives each its own CNI code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request breaks a rule (a field and its problem); sending it
+    /// again will not help.
+    Refused,
+    /// A map is full: it may succeed once entries go.
+    Full,
+    /// The agent cannot answer now (its state owner has stopped).
+    Unavailable,
+    /// Anything else went wrong (a map write, netlink).
+    #[default]
+    Failed,
+}
+
+impl Response {
+    /// An error response of `kind`.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Error {
+            message: message.into(),
+            kind,
+        }
+    }
 }
 
 /// A dropped (or traced) packet.

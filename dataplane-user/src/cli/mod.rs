@@ -393,7 +393,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => Request::Status,
     };
     let response = api::call(&cli.socket, &request)?;
-    if let Response::Error { message } = &response {
+    if let Response::Error { message, .. } = &response {
         bail!("the agent refused the request: {message}");
     }
     match cli.output {
@@ -429,7 +429,7 @@ fn monitor(socket: &std::path::Path, output: Output, request: Request) -> anyhow
                 Output::Json => println!("{}", serde_json::to_string(&event).expect("serializes")),
                 Output::Text => println!("{}", render::event_line(&event)),
             },
-            Response::Error { message } => {
+            Response::Error { message, .. } => {
                 refused = Some(message);
                 return false;
             }

@@ -180,7 +180,7 @@ pub fn print_text(response: &Response) {
             }
         }
         Response::Event { event } => println!("{}", event_line(event)),
-        Response::Error { message } => println!("error: {message}"),
+        Response::Error { message, .. } => println!("error: {message}"),
         Response::Services { services } => {
             println!(
                 "{:<11} {:<24} {:<16} {:<16} BACKENDS",

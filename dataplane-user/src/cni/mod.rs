@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    api::{self, EndpointEntry, Request, Response},
+    api::{self, EndpointEntry, ErrorKind as AgentErrorKind, Request, Response},
     config::DEFAULT_API_SOCKET,
     interfaces::{Interface, Interfaces},
     model::{EndpointSpec, HostInterface},
@@ -371,11 +371,25 @@ fn agent_call(conf: &NetConf, request: &Request) -> CniResult<Response> {
         .with_details(format!("{error:#}"))
     })?;
     match response {
-        Response::Error { message } => Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!("the dataplane agent refused: {message}"),
+        Response::Error { message, kind } => Err(CniError::new(
+            code_for(kind),
+            match kind {
+                AgentErrorKind::Refused => format!("the dataplane agent refused: {message}"),
+                _ => format!("the dataplane agent failed: {message}"),
+            },
         )),
         response => Ok(response),
+    }
+}
+
+/// The CNI code for an agent error of `kind`: a request that breaks a rule
+/// is invalid config (7); a full map or an agent that cannot answer now is
+/// worth trying again later (11); anything else failed (5).
+pub fn code_for(kind: AgentErrorKind) -> u32 {
+    match kind {
+        AgentErrorKind::Refused => code::INVALID_CONFIG,
+        AgentErrorKind::Full | AgentErrorKind::Unavailable => code::TRY_AGAIN_LATER,
+        AgentErrorKind::Failed => code::IO_FAILURE,
     }
 }
 

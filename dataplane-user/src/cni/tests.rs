@@ -286,3 +286,24 @@ fn a_container_id_too_long_for_a_file_name_gets_a_record_name_that_fits() {
     };
     assert_eq!(record_name(&short), "c1:eth0.json");
 }
+
+#[test]
+fn agent_errors_get_the_cni_code_of_their_kind() {
+    use crate::api::ErrorKind;
+    assert_eq!(code_for(ErrorKind::Refused), code::INVALID_CONFIG);
+    // A full map or an agent that cannot answer now is worth a retry, not
+    // "invalid config".
+    assert_eq!(code_for(ErrorKind::Full), code::TRY_AGAIN_LATER);
+    assert_eq!(code_for(ErrorKind::Unavailable), code::TRY_AGAIN_LATER);
+    assert_eq!(code_for(ErrorKind::Failed), code::IO_FAILURE);
+    // An agent from before the kind was sent: failed.
+    let old: crate::api::Response = serde_json::from_str(r#"{"response":"error","message":"x"}"#)
+        .expect("an old agent's error");
+    assert!(matches!(
+        old,
+        crate::api::Response::Error {
+            kind: ErrorKind::Failed,
+            ..
+        }
+    ));
+}

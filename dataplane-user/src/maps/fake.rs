@@ -12,27 +12,38 @@ use aya::{Pod, maps::MapError, sys::SyscallError};
 
 use super::table::Table;
 
-/// Faults shared by a set of fake tables: the next writes of a map fail.
+/// Faults shared by a set of fake tables: the next writes of a map fail,
+/// with an errno.
 #[derive(Clone, Default)]
-pub struct Faults(Arc<Mutex<HashMap<&'static str, u32>>>);
+pub struct Faults(Arc<Mutex<HashMap<&'static str, (u32, i32)>>>);
 
 impl Faults {
-    /// Makes the next `writes` inserts or removals of map `name` fail.
+    /// Makes the next `writes` inserts or removals of map `name` fail (EIO).
     pub fn fail_writes(&self, name: &'static str, writes: u32) {
+        self.fail_writes_with(name, writes, nix::libc::EIO);
+    }
+
+    /// The same, as the kernel answers a full map (E2BIG).
+    pub fn fill(&self, name: &'static str, writes: u32) {
+        self.fail_writes_with(name, writes, nix::libc::E2BIG);
+    }
+
+    fn fail_writes_with(&self, name: &'static str, writes: u32, errno: i32) {
         self.0
             .lock()
             .expect("no panics while held")
-            .insert(name, writes);
+            .insert(name, (writes, errno));
     }
 
-    fn take(&self, name: &'static str) -> bool {
+    /// The errno the next write of `name` fails with, if it does.
+    fn take(&self, name: &'static str) -> Option<i32> {
         let mut faults = self.0.lock().expect("no panics while held");
         match faults.get_mut(name) {
-            Some(left) if *left > 0 => {
+            Some((left, errno)) if *left > 0 => {
                 *left -= 1;
-                true
+                Some(*errno)
             }
-            _ => false,
+            _ => None,
         }
     }
 }
@@ -69,10 +80,10 @@ impl<K, V> FakeTable<K, V> {
     }
 
     fn fault(&self, call: &'static str) -> Result<(), MapError> {
-        if self.faults.take(self.name) {
-            return Err(errno(call, nix::libc::EIO));
+        match self.faults.take(self.name) {
+            Some(code) => Err(errno(call, code)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

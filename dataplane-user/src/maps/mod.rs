@@ -50,6 +50,19 @@ pub enum MapsError {
     Corrupt { name: &'static str, detail: String },
 }
 
+impl MapsError {
+    /// Whether a map is full (it may take the entry once others go).
+    pub fn is_full(&self) -> bool {
+        matches!(
+            self,
+            Self::EndpointsFull
+                | Self::NodesFull
+                | Self::HostAddressesFull { .. }
+                | Self::ServicesFull { .. }
+        )
+    }
+}
+
 fn is_errno(error: &MapError, errno: i32) -> bool {
     matches!(error, MapError::SyscallError(error) if error.io_error.raw_os_error() == Some(errno))
 }

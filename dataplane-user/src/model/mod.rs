@@ -144,6 +144,20 @@ impl LocalFacts {
 /// A rule a change broke: the offending field and the problem.
 pub type Violation = (&'static str, String);
 
+/// A change refused because it breaks a rule (as opposed to one that
+/// failed): what clients are told as `ErrorKind::Refused`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// Refuses with `message` (`bail!` for rule violations).
+#[macro_export]
+macro_rules! refuse {
+    ($($message:tt)*) => {
+        return Err(anyhow::Error::new($crate::model::Refusal(format!($($message)*))))
+    };
+}
+
 /// What is wrong with `cidr` written with host bits (10.244.54.7/24 for
 /// 10.244.54.0/24): taken as written, it was matched as the wrong network.
 pub fn host_bits_problem(cidr: Ipv4Network) -> Option<String> {

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tracing::{info, warn};
 
 use super::Owner;
@@ -59,7 +59,7 @@ impl<L: HostLinks> Owner<L> {
     /// other live veth has its address.
     async fn checked_interface(&self, endpoint: &EndpointSpec) -> anyhow::Result<Interface> {
         if let Err((field, problem)) = validate_endpoint(endpoint, self.facts.settings.pod_cidr) {
-            bail!("endpoint field `{field}`: {problem}");
+            crate::refuse!("endpoint field `{field}`: {problem}");
         }
         // The pods' gateway (`ptp` puts it on every host veth, `bridge` on
         // its bridge) or any other: given to a pod, the node could no longer
@@ -70,7 +70,7 @@ impl<L: HostLinks> Owner<L> {
             .await?
             .contains(&endpoint.ip)
         {
-            bail!(
+            crate::refuse!(
                 "endpoint field `ip`: {} is an address of this node (the pods' gateway, \
                  say): no pod can have it",
                 endpoint.ip
@@ -81,7 +81,7 @@ impl<L: HostLinks> Owner<L> {
             HostInterface::Index(index) => self.interfaces.by_index(*index).await?,
         };
         let Some(interface) = interface else {
-            bail!(
+            crate::refuse!(
                 "interface {} does not exist in the agent's network namespace",
                 endpoint.interface
             );
@@ -94,7 +94,7 @@ impl<L: HostLinks> Owner<L> {
             .filter(|other| other.host_ifindex != interface.index)
             && let Some(owner) = self.interfaces.by_index(registered.host_ifindex).await?
         {
-            bail!(
+            crate::refuse!(
                 "{} is already the address of the pod behind {} (ifindex {}); remove that \
                  endpoint first",
                 endpoint.ip,

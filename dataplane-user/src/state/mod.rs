@@ -20,7 +20,6 @@ mod tests;
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
-use anyhow::anyhow;
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,10 +32,40 @@ pub use report::TableSizes;
 pub use service_tables::{ServiceTables, ServiceTablesFill, Tables};
 
 use crate::{
-    api::{CounterEntry, EndpointEntry, FrontendEntry, NodeEntry, ServiceEntry, Status},
+    api::{CounterEntry, EndpointEntry, ErrorKind, FrontendEntry, NodeEntry, ServiceEntry, Status},
+    dataplane::DataplaneError,
     interfaces::HostLinks,
-    model::{EndpointSpec, NodeSpec, ServiceSpec, Source},
+    maps::MapsError,
+    model::{EndpointSpec, NodeSpec, Refusal, ServiceSpec, Source},
 };
+
+/// The state owner is not there to answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the state owner {0}")]
+pub struct OwnerGone(&'static str);
+
+/// What kind of failure `error` (a command's) is, by the errors in its
+/// chain: what the API tells clients.
+pub fn error_kind(error: &anyhow::Error) -> ErrorKind {
+    for cause in error.chain() {
+        if cause.is::<Refusal>() {
+            return ErrorKind::Refused;
+        }
+        let maps = cause.downcast_ref::<MapsError>().or_else(|| {
+            match cause.downcast_ref::<DataplaneError>() {
+                Some(DataplaneError::Maps(maps)) => Some(maps),
+                _ => None,
+            }
+        });
+        if maps.is_some_and(MapsError::is_full) {
+            return ErrorKind::Full;
+        }
+        if cause.is::<OwnerGone>() {
+            return ErrorKind::Unavailable;
+        }
+    }
+    ErrorKind::Failed
+}
 
 /// Where a command's outcome goes.
 type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
@@ -131,7 +160,7 @@ impl StateHandle {
         self.tell(command(reply)).await?;
         outcome
             .await
-            .map_err(|_| anyhow!("the state owner dropped the request"))?
+            .map_err(|_| anyhow::Error::new(OwnerGone("dropped the request")))?
     }
 
     /// Sends a command that has no answer.
@@ -139,7 +168,7 @@ impl StateHandle {
         self.commands
             .send(command)
             .await
-            .map_err(|_| anyhow!("the state owner has stopped"))
+            .map_err(|_| anyhow::Error::new(OwnerGone("has stopped")))
     }
 
     /// The addresses of this node's pods.

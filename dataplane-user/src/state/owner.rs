@@ -27,8 +27,8 @@ use crate::{
     maps::{MapsError, backend_address, frontend_of},
     model::{
         EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodePath, NodeSpec,
-        PeerMacs, RemoteNodes, Routing, Scope, ServicePort, ServiceSpec, Services, ServingNode,
-        Source, Violation,
+        PeerMacs, Refusal, RemoteNodes, Routing, Scope, ServicePort, ServiceSpec, Services,
+        ServingNode, Source, Violation,
     },
 };
 
@@ -537,7 +537,11 @@ impl<L: HostLinks> Owner<L> {
             .and_then(|()| service.validate_address(settings.node_ip, settings.service_cidr))
             .and_then(|()| service.validate_node_ports(node_ports))
             .map_err(|(field, problem)| {
-                anyhow::anyhow!("service {}: field `{field}`: {problem}", service.name)
+                Refusal(format!(
+                    "service {}: field `{field}`: {problem}",
+                    service.name
+                ))
+                .into()
             })
     }
 
@@ -798,12 +802,12 @@ const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A node change the rules refused, as the error of the source that asked.
 fn refused((ip, (field, problem)): (Ipv4Addr, Violation)) -> anyhow::Error {
-    anyhow::anyhow!("node {ip}: field `{field}`: {problem}")
+    Refusal(format!("node {ip}: field `{field}`: {problem}")).into()
 }
 
 /// A Service change the rules refused.
 fn refused_service((field, problem): Violation) -> anyhow::Error {
-    anyhow::anyhow!("field `{field}`: {problem}")
+    Refusal(format!("field `{field}`: {problem}")).into()
 }
 
 /// The frontends an earlier agent programmed, kept (as [`Source::Pinned`],

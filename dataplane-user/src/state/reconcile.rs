@@ -66,7 +66,8 @@ impl Reconciler {
                 Err(error) => {
                     self.failed_nodes.insert(ip);
                     first_failure.get_or_insert_with(|| {
-                        anyhow::anyhow!("node {ip} is not programmed yet (retried): {error}")
+                        anyhow::Error::new(error)
+                            .context(format!("node {ip} is not programmed yet (retried)"))
                     });
                 }
             }
@@ -114,9 +115,9 @@ impl Reconciler {
                 Err(error) => {
                     self.failed_frontends.insert(*frontend);
                     first_failure.get_or_insert_with(|| {
-                        anyhow::anyhow!(
-                            "service {frontend} is not programmed yet (retried): {error}"
-                        )
+                        anyhow::Error::new(error).context(format!(
+                            "service {frontend} is not programmed yet (retried)"
+                        ))
                     });
                 }
             }

@@ -8,9 +8,10 @@ use macaddr::MacAddr6;
 
 use super::{
     Command, NatTable, NodeFacts, Owner, ServiceTables, StateHandle, Tables, UplinkFacts,
-    fake_host::FakeHost,
+    error_kind, fake_host::FakeHost,
 };
 use crate::{
+    api::ErrorKind,
     config::Config,
     dataplane::{
         Dataplane,
@@ -174,6 +175,16 @@ async fn endpoints_are_added_listed_and_removed_only_from_their_own_veth() {
         .await
         .unwrap_err();
     assert!(format!("{unknown:#}").contains("nope"), "{unknown:#}");
+    assert_eq!(error_kind(&unknown), ErrorKind::Refused);
+    // A full map is no refusal: the CNI plugin says "try again later".
+    lab.host.add_link(5, "veth5");
+    lab.faults.fill(names::ENDPOINTS_MAP, 1);
+    let full = lab
+        .state
+        .add_endpoint(endpoint(Ipv4Addr::new(10, 244, 0, 5), "veth5"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_kind(&full), ErrorKind::Full, "{full:#}");
     // The address is behind a live veth: another veth cannot take it.
     lab.host.add_link(8, "veth8");
     assert!(
@@ -250,12 +261,12 @@ async fn nodes_come_and_go_per_source_and_a_broken_one_is_refused_alone() {
     assert_eq!(lab.nodes().await, vec![first.ip]);
     // Another node claiming the same pod CIDR breaks a rule.
     let overlapping = node(13, "10.244.1.0/24");
-    assert!(
-        lab.state
-            .upsert_node(Source::Api, overlapping)
-            .await
-            .is_err()
-    );
+    let refused = lab
+        .state
+        .upsert_node(Source::Api, overlapping)
+        .await
+        .unwrap_err();
+    assert_eq!(error_kind(&refused), ErrorKind::Refused, "{refused:#}");
 
     lab.state
         .replace_nodes(Source::Kubernetes, vec![second])
@@ -282,8 +293,13 @@ async fn a_node_whose_write_fails_is_programmed_by_the_retry_and_learns_its_mac(
     let lab = lab("direct");
     let remote = node(11, "10.244.1.0/24");
     lab.faults.fail_writes(names::REMOTE_NODES_MAP, 1);
-    let refused = lab.state.upsert_node(Source::Api, remote).await;
-    assert!(format!("{refused:?}").contains("retried"), "{refused:?}");
+    let refused = lab
+        .state
+        .upsert_node(Source::Api, remote)
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("retried"), "{refused:#}");
+    assert_eq!(error_kind(&refused), ErrorKind::Failed);
     let programmed = |lab: &Lab| {
         let state = lab.state.clone();
         async move { state.ask(Command::Status).await.unwrap().direct_nodes }
