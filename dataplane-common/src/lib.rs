@@ -953,31 +953,40 @@ impl Counter {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all are #[repr(C)] structs of integers and byte arrays with
-    // no implicit padding (bytemuck::Pod derive checks this at compile time).
-    unsafe impl aya::Pod for super::Endpoint {}
-    unsafe impl aya::Pod for super::NodeConfig {}
-    unsafe impl aya::Pod for super::NodeRoute {}
-    unsafe impl aya::Pod for super::RemoteNode {}
-    unsafe impl aya::Pod for super::CounterValue {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::NatEntry {}
-    unsafe impl aya::Pod for super::FragmentKey {}
-    unsafe impl aya::Pod for super::FragmentRecord {}
-    unsafe impl aya::Pod for super::PodNat {}
-    unsafe impl aya::Pod for super::ServiceKey {}
-    unsafe impl aya::Pod for super::ServiceValue {}
-    unsafe impl aya::Pod for super::BackendKey {}
-    unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::ServiceFlow {}
-    unsafe impl aya::Pod for super::ServingKey {}
-    unsafe impl aya::Pod for super::SourceRangeKey {}
-    unsafe impl aya::Pod for super::AffinityKey {}
-    unsafe impl aya::Pod for super::SocketFlowKey {}
-    unsafe impl aya::Pod for super::Affinity {}
-    unsafe impl aya::Pod for super::MonitorConfig {}
-    unsafe impl aya::Pod for super::EventBudget {}
-    unsafe impl aya::Pod for super::PacketEvent {}
+    /// Marks shared layouts as map keys and values for aya.
+    macro_rules! map_layouts {
+        ($($layout:ident),* $(,)?) => {$(
+            // SAFETY: #[repr(C)] plain data whose padding is explicit fields
+            // (bytemuck's Pod derive on each refuses implicit padding).
+            unsafe impl aya::Pod for super::$layout {}
+        )*};
+    }
+
+    map_layouts!(
+        Endpoint,
+        NodeConfig,
+        NodeRoute,
+        RemoteNode,
+        CounterValue,
+        FlowKey,
+        NatEntry,
+        FragmentKey,
+        FragmentRecord,
+        PodNat,
+        ServiceKey,
+        ServiceValue,
+        BackendKey,
+        Backend,
+        ServiceFlow,
+        ServingKey,
+        SourceRangeKey,
+        AffinityKey,
+        SocketFlowKey,
+        Affinity,
+        MonitorConfig,
+        EventBudget,
+        PacketEvent,
+    );
 }
 
 #[cfg(test)]
@@ -1068,23 +1077,23 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<Endpoint>(), 16);
-        assert_eq!(core::mem::size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 80);
-        assert_eq!(core::mem::size_of::<ServiceKey>(), 8);
-        assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
-        assert_eq!(core::mem::size_of::<ServiceFlow>(), 24);
-        assert_eq!(core::mem::size_of::<ServingKey>(), 12);
-        assert_eq!(core::mem::size_of::<SocketFlowKey>(), 16);
-        assert_eq!(core::mem::size_of::<PodNat>(), 40);
-        assert_eq!(core::mem::size_of::<FlowKey>(), 16);
-        assert_eq!(core::mem::size_of::<NatEntry>(), 32);
-        assert_eq!(core::mem::size_of::<SentSegment>(), 12);
-        assert_eq!(core::mem::size_of::<FragmentKey>(), 12);
-        assert_eq!(core::mem::size_of::<FragmentRecord>(), 16);
-        assert_eq!(core::mem::size_of::<PacketEvent>(), 24);
-        assert_eq!(core::mem::size_of::<NodeRoute>(), 8);
-        assert_eq!(core::mem::size_of::<RemoteNode>(), 16);
-        assert_eq!(core::mem::size_of::<CounterValue>(), 16);
+        assert_eq!(size_of::<Endpoint>(), 16);
+        assert_eq!(size_of::<Ipv4Cidr>(), 8);
+        assert_eq!(size_of::<NodeConfig>(), 80);
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(size_of::<ServiceFlow>(), 24);
+        assert_eq!(size_of::<ServingKey>(), 12);
+        assert_eq!(size_of::<SocketFlowKey>(), 16);
+        assert_eq!(size_of::<PodNat>(), 40);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<NatEntry>(), 32);
+        assert_eq!(size_of::<SentSegment>(), 12);
+        assert_eq!(size_of::<FragmentKey>(), 12);
+        assert_eq!(size_of::<FragmentRecord>(), 16);
+        assert_eq!(size_of::<PacketEvent>(), 24);
+        assert_eq!(size_of::<NodeRoute>(), 8);
+        assert_eq!(size_of::<RemoteNode>(), 16);
+        assert_eq!(size_of::<CounterValue>(), 16);
     }
 }

@@ -58,7 +58,7 @@ fn family(
         let encoder = family.encode_family(labels)?;
         match metric_type {
             MetricType::Gauge => {
-                ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(encoder)?
+                ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(encoder)?;
             }
             _ => ConstCounter::new(*value).encode(encoder)?,
         }
@@ -129,7 +129,7 @@ fn gauge(
         name,
         help,
         None,
-        prometheus_client::metrics::MetricType::Gauge,
+        MetricType::Gauge,
     )?)
 }
 
@@ -143,7 +143,7 @@ fn counter(
         name,
         help,
         None,
-        prometheus_client::metrics::MetricType::Counter,
+        MetricType::Counter,
     )?)
 }
 

@@ -26,7 +26,7 @@ pub fn current_cookie() -> nix::Result<u64> {
         None,
     )?;
     let mut cookie: u64 = 0;
-    let mut length = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    let mut length = size_of::<u64>() as nix::libc::socklen_t;
     // SAFETY: the kernel writes at most `length` bytes into `cookie`.
     let result = unsafe {
         nix::libc::getsockopt(

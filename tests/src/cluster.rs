@@ -671,7 +671,7 @@ impl Cluster {
                 }
             }
             Forwarding::KernelRoutes | Forwarding::Bridge if spec.nodes > 1 => {
-                connect_nodes_like_flannel(&cluster.nodes)?
+                connect_nodes_like_flannel(&cluster.nodes)?;
             }
             Forwarding::KernelRoutes | Forwarding::Bridge => {}
         }

@@ -364,7 +364,7 @@ impl Netns {
         for attribute in routes.iter().flat_map(|route| &route.attributes) {
             match attribute {
                 RouteAttribute::PrefSource(RouteAddress::Inet(source)) => {
-                    lookup.source = Some(*source)
+                    lookup.source = Some(*source);
                 }
                 RouteAttribute::Metrics(metrics) => {
                     for metric in metrics {
@@ -470,12 +470,12 @@ impl Netns {
                 for attribute in message.attributes {
                     match attribute {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => {
-                            ip = Some(address)
+                            ip = Some(address);
                         }
                         NeighbourAttribute::LinkLayerAddress(bytes) => {
                             mac = <[u8; 6]>::try_from(bytes.as_slice())
                                 .ok()
-                                .map(MacAddr6::from)
+                                .map(MacAddr6::from);
                         }
                         _ => {}
                     }

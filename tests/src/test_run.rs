@@ -455,21 +455,21 @@ pub fn assert_checksums_valid(frame: &[u8]) {
                 Ok(tcp.checksum),
                 tcp.calc_checksum_ipv4(ip, payload),
                 "TCP checksum"
-            )
+            );
         }
         Some(TransportHeader::Udp(udp)) if udp.checksum != 0 => {
             assert_eq!(
                 Ok(udp.checksum),
                 udp.calc_checksum_ipv4(ip, payload),
                 "UDP checksum"
-            )
+            );
         }
         Some(TransportHeader::Icmpv4(icmp)) => {
             assert_eq!(
                 icmp.checksum,
                 icmp.icmp_type.calc_checksum(payload),
                 "ICMP checksum"
-            )
+            );
         }
         _ => {}
     }

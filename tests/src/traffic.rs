@@ -56,7 +56,7 @@ fn pin_thread(cpu: Option<usize>) -> anyhow::Result<()> {
     };
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    nix::sched::sched_setaffinity(Pid::from_raw(0), &set)
         .with_context(|| format!("pinning a thread to CPU {cpu}"))
 }
 
@@ -77,7 +77,7 @@ pub fn in_netns<T: Send + 'static>(
 ) -> thread::JoinHandle<anyhow::Result<T>> {
     let path = netns.path();
     thread::spawn(move || {
-        dataplane_user::netns::enter(std::path::Path::new(&path))?;
+        dataplane_user::netns::enter(Path::new(&path))?;
         work()
     })
 }
@@ -164,9 +164,9 @@ pub fn http_get(
         // The port opens just after the Service is programmed.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut stream = loop {
-            match std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+            match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
                 Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
+                    thread::sleep(Duration::from_millis(50));
                 }
                 connected => break connected?,
             }
@@ -670,7 +670,7 @@ pub fn wait_until_listening(netns: &Netns, port: &str) -> anyhow::Result<()> {
         {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(20));
     }
     bail!(
         "nothing listens on port {port} in {} after 10 s",
@@ -685,7 +685,7 @@ fn reap(process: &mut Child, grace: Duration) {
         if let Ok(Some(_)) = process.try_wait() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(20));
     }
     let _ = process.kill();
     let _ = process.wait();
@@ -726,7 +726,7 @@ fn packet_socket(index: u32) -> anyhow::Result<(Socket, SockAddr)> {
             let link = storage.cast::<libc::sockaddr_ll>();
             (*link).sll_family = libc::AF_PACKET as u16;
             (*link).sll_ifindex = index as i32;
-            *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            *length = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
             Ok(())
         })
     }?;

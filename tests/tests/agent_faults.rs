@@ -369,14 +369,14 @@ fn endpoints_the_config_file_drops_go_unless_another_source_lists_them() -> anyh
             endpoint(pod.ip, &pod.host_interface, &pod.mac.to_string())
         ),
     )?;
-    node.signal_agent(nix::sys::signal::Signal::SIGHUP)?;
+    node.signal_agent(Signal::SIGHUP)?;
     assert!(
         eventually(Duration::from_secs(10), || listed(extra))?,
         "{}",
         node.agent_log()
     );
     std::fs::write(&node.config, &base)?;
-    node.signal_agent(nix::sys::signal::Signal::SIGHUP)?;
+    node.signal_agent(Signal::SIGHUP)?;
     assert!(
         eventually(Duration::from_secs(10), || Ok(!listed(extra)?))?,
         "the endpoint only the file listed stays: {}",

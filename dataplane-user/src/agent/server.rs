@@ -117,7 +117,7 @@ async fn serve_connection(
                             reader: &mut reader,
                             writer: &mut writer,
                         };
-                        stream_events(client, &state, events.subscribe(), traces, &filter).await
+                        stream_events(client, &state, events.subscribe(), traces, &filter).await;
                     }
                     Err(message) => drop(
                         write_line(&mut writer, &Response::error(ErrorKind::Refused, message))

@@ -160,7 +160,7 @@ enum ServiceCommand {
         /// loadBalancerSourceRanges: only clients in these ranges reach the
         /// load balancer IPs (repeat for more; none: everyone).
         #[arg(long = "source-range")]
-        source_ranges: Vec<ipnetwork::Ipv4Network>,
+        source_ranges: Vec<Ipv4Network>,
         /// externalTrafficPolicy Local: outside clients reach only this
         /// node's backends, with their address kept.
         #[arg(long)]

@@ -297,11 +297,11 @@ fn agent_errors_get_the_cni_code_of_their_kind() {
     assert_eq!(code_for(ErrorKind::Unavailable), code::TRY_AGAIN_LATER);
     assert_eq!(code_for(ErrorKind::Failed), code::IO_FAILURE);
     // An agent from before the kind was sent: failed.
-    let old: crate::api::Response = serde_json::from_str(r#"{"response":"error","message":"x"}"#)
+    let old: Response = serde_json::from_str(r#"{"response":"error","message":"x"}"#)
         .expect("an old agent's error");
     assert!(matches!(
         old,
-        crate::api::Response::Error {
+        Response::Error {
             kind: ErrorKind::Failed,
             ..
         }

@@ -107,7 +107,7 @@ impl Reconciler {
                     self.failed_frontends.remove(frontend);
                     match backends {
                         Some(backends) => {
-                            info!(%frontend, backends = backends.len(), "service programmed")
+                            info!(%frontend, backends = backends.len(), "service programmed");
                         }
                         None => info!(%frontend, "service removed"),
                     }

@@ -95,6 +95,7 @@ mod v11 {
 
     // SAFETY: plain old data with explicit padding, as the v11 programs wrote it.
     unsafe impl aya::Pod for NatEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FragmentRecord {}
 }
 

@@ -16,7 +16,7 @@ use aya::{
 pub enum CarryError {
     #[error("cannot open the pinned map {path}: {source}")]
     Open {
-        path: std::path::PathBuf,
+        path: PathBuf,
         source: MapError,
     },
     #[error("cannot read {map} of the previous map layout: {source}")]
