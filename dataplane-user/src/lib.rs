@@ -7,6 +7,8 @@ pub mod cni;
 pub mod config;
 pub mod connections;
 pub mod dataplane;
+#[cfg(test)]
+mod docs_check;
 pub mod host;
 pub mod install;
 pub mod interfaces;
