@@ -75,12 +75,13 @@ fn the_documents_name_only_maps_the_programs_pin() {
         .map(|(name, _)| name)
         .collect();
     for (path, text) in documents() {
-        let unknown: Vec<String> =
-            quoted(&text, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-                .into_iter()
-                .filter(|word| word.len() > 2 && word.contains(|c: char| c.is_ascii_uppercase()))
-                .filter(|word| !maps.contains(word) && !NOT_MAPS.contains(&word.as_str()))
-                .collect();
+        let unknown: Vec<String> = quoted(&text, |c| {
+            c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'
+        })
+        .into_iter()
+        .filter(|word| word.len() > 2 && word.contains(|c: char| c.is_ascii_uppercase()))
+        .filter(|word| !maps.contains(word) && !NOT_MAPS.contains(&word.as_str()))
+        .collect();
         assert!(
             unknown.is_empty(),
             "{} names maps the programs do not have: {unknown:?}",
@@ -93,11 +94,12 @@ fn the_documents_name_only_maps_the_programs_pin() {
 fn the_documents_name_only_drop_reasons_that_are_counted() {
     let counters: BTreeSet<&str> = Counter::ALL.iter().map(|counter| counter.name()).collect();
     for (path, text) in documents() {
-        let unknown: Vec<String> =
-            quoted(&text, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                .into_iter()
-                .filter(|word| word.starts_with("drop_") && !counters.contains(word.as_str()))
-                .collect();
+        let unknown: Vec<String> = quoted(&text, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+        })
+        .into_iter()
+        .filter(|word| word.starts_with("drop_") && !counters.contains(word.as_str()))
+        .collect();
         assert!(
             unknown.is_empty(),
             "{} names drop counters that do not exist: {unknown:?}",

@@ -125,12 +125,7 @@ fn gauge(
     value: i64,
 ) -> Result<(), std::fmt::Error> {
     let gauge = ConstGauge::new(value);
-    gauge.encode(encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        MetricType::Gauge,
-    )?)
+    gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
 fn counter(

@@ -10,11 +10,14 @@ mod endpoints;
 mod facts;
 #[cfg(test)]
 mod fake_host;
+mod host;
 mod nat_table;
+mod nodes;
 mod owner;
 mod reconcile;
 mod report;
 mod service_tables;
+mod services;
 #[cfg(test)]
 mod tests;
 

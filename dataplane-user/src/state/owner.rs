@@ -7,28 +7,23 @@ use std::{
     time::Instant,
 };
 
-use dataplane_common::{NodeConfig, VXLAN_OVERHEAD, service_flags};
-use ipnetwork::Ipv4Network;
-use macaddr::MacAddr6;
+use dataplane_common::NodeConfig;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::NodeFacts;
 use super::{
     Command, Reply, ServiceTables,
     nat_table::NatTable,
     reconcile::{DesiredNodes, Reconciler},
     report::Watchers,
 };
+use super::{NodeFacts, nodes::refused, services::pinned_services};
 use crate::{
-    api::{FrontendEntry, ServiceEntry},
-    dataplane::{Dataplane, DataplaneError},
-    interfaces::{HostLinks, Interfaces, Neighbour},
-    maps::{MapsError, backend_address, frontend_of},
+    dataplane::Dataplane,
+    interfaces::{HostLinks, Interfaces},
     model::{
-        EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodePath, NodeSpec,
-        PeerMacs, Refusal, RemoteNodes, Routing, Scope, ServicePort, ServiceSpec, Services,
-        ServingNode, Source, Violation,
+        EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodeSpec, RemoteNodes,
+        ServiceSpec, Services, ServingNode, Source,
     },
 };
 
@@ -128,7 +123,7 @@ impl<L: HostLinks> Owner<L> {
     }
 
     /// Writes NODE_CONFIG when what it should hold changed.
-    fn write_node_config(&mut self) -> anyhow::Result<()> {
+    pub(super) fn write_node_config(&mut self) -> anyhow::Result<()> {
         let wanted = self.facts.node_config(
             !self.dataplane.programmed_services().is_empty(),
             self.dataplane.serves_outside_local(),
@@ -241,241 +236,6 @@ impl<L: HostLinks> Owner<L> {
         }
     }
 
-    /// Writes the nodes whose desired entry changed, then their neighbour
-    /// entries.
-    async fn program_nodes(&mut self, changed: &[Ipv4Addr]) -> anyhow::Result<()> {
-        let local = self.local_facts();
-        let desired = DesiredNodes {
-            nodes: self.remote_nodes.effective(),
-            local: &local,
-            macs: &self.neighbour_macs,
-        };
-        let written = self
-            .reconciler
-            .write_nodes(&mut self.dataplane, &desired, changed);
-        self.manage_neighbours(changed).await;
-        written
-    }
-
-    /// The uplink's neighbour table says `ip` is at `mac` now: a node there
-    /// is written again if that is news. A node's MAC that changes is warned
-    /// about and counted: the node was replaced, or a host on the uplink's
-    /// network forged an ARP reply (it then gets that node's pod traffic and
-    /// is believed sending in its name). With `peer_macs = "pinned"` the
-    /// MAC first learned stays, in a permanent neighbour entry.
-    async fn neighbour_resolved(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> anyhow::Result<()> {
-        if self.remote_nodes.effective().get(ip).is_none() {
-            self.neighbour_macs.insert(ip, mac);
-            return Ok(());
-        }
-        let previous = self.neighbour_macs.get(&ip).copied();
-        if previous == Some(mac) {
-            return Ok(());
-        }
-        let pinned = self.facts.settings.peer_macs == PeerMacs::Pinned;
-        let (new, old) = (MacAddr6::from(mac), previous.map(MacAddr6::from));
-        match previous {
-            None => info!(%ip, mac = %new, "a node's MAC learned"),
-            Some(previous) => {
-                *self.mac_changes.entry(ip).or_default() += 1;
-                if pinned {
-                    warn!(
-                        %ip, kept = ?old, refused = %new,
-                        "a node's MAC changed on the uplink; the pinned one stays \
-                         (node.peer_macs = \"pinned\"): remove and add the node to take another"
-                    );
-                    self.pin_neighbour(ip, previous).await;
-                    return Ok(());
-                }
-                warn!(
-                    %ip, from = ?old, to = %new,
-                    "a node's MAC changed on the uplink: the node was replaced, or a host there \
-                     forged an ARP reply and now gets its pod traffic (node.peer_macs = \"pinned\" \
-                     keeps learned MACs)"
-                );
-            }
-        }
-        self.neighbour_macs.insert(ip, mac);
-        let written = self.program_nodes(&[ip]).await;
-        if pinned {
-            self.pin_neighbour(ip, mac).await;
-        }
-        written
-    }
-
-    /// Makes the neighbour entry of `ip`, a node reached directly, a
-    /// permanent one at `mac`. Failures are warned about: ARP may then
-    /// still change it.
-    async fn pin_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
-        let uplink = self.facts.uplink_ifindex();
-        let direct = self
-            .dataplane
-            .programmed_node(ip)
-            .is_some_and(|node| node.path == NodePath::Direct);
-        if uplink == 0 || !direct {
-            return;
-        }
-        self.managed_neighbours.insert(ip);
-        if let Err(error) = self.interfaces.pin_neighbour(uplink, ip, mac).await {
-            warn!(%ip, "pinning the node's neighbour entry: {error}");
-        }
-    }
-
-    /// Writes every node again where the maps differ from what it should
-    /// be: at start-up, nodes an earlier agent pinned may be reached
-    /// another way now (`node.routing` changed across the restart).
-    pub async fn reprogram_nodes(&mut self) -> anyhow::Result<()> {
-        let all: Vec<Ipv4Addr> = self
-            .remote_nodes
-            .effective()
-            .iter()
-            .map(|node| node.ip)
-            .collect();
-        self.program_nodes(&all).await
-    }
-
-    /// Keeps a managed neighbour entry for every node reached directly (as
-    /// programmed): the kernel resolves and probes it on its own, so the
-    /// receive check always finds the node's MAC (an unmanaged entry can be
-    /// garbage-collected while the node keeps sending) and the first packet
-    /// to it does not wait for ARP. Failures are warned about: the paths
-    /// work without, resolving on demand.
-    async fn manage_neighbours(&mut self, ips: &[Ipv4Addr]) {
-        let uplink = self.facts.uplink_ifindex();
-        if uplink == 0 {
-            return;
-        }
-        let pinned = self.facts.settings.peer_macs == PeerMacs::Pinned;
-        for &ip in ips {
-            let direct = self
-                .dataplane
-                .programmed_node(ip)
-                .is_some_and(|node| node.path == NodePath::Direct);
-            if self.remote_nodes.effective().get(ip).is_none() {
-                // A node added again later learns its MAC afresh.
-                self.mac_changes.remove(&ip);
-                if pinned {
-                    self.neighbour_macs.remove(&ip);
-                }
-            }
-            let result = match (direct, self.neighbour_macs.get(&ip)) {
-                (true, Some(&mac)) if pinned => {
-                    self.managed_neighbours.insert(ip);
-                    self.interfaces.pin_neighbour(uplink, ip, mac).await
-                }
-                (true, _) => {
-                    self.managed_neighbours.insert(ip);
-                    self.interfaces.manage_neighbour(uplink, ip).await
-                }
-                (false, _) if self.managed_neighbours.remove(&ip) => {
-                    self.interfaces.remove_neighbour(uplink, ip).await
-                }
-                (false, _) => Ok(()),
-            };
-            if let Err(error) = result {
-                warn!(%ip, "the node's managed neighbour entry: {error}");
-            }
-        }
-    }
-
-    /// The MACs of the uplink's neighbours learned again, and its managed
-    /// neighbour entries brought in line with the nodes reached directly:
-    /// an earlier agent's for nodes since removed go, missing ones are made.
-    async fn sync_neighbours(&mut self) -> anyhow::Result<()> {
-        let uplink = self.facts.uplink_ifindex();
-        if uplink == 0 {
-            return Ok(());
-        }
-        let neighbours = self.interfaces.neighbours(uplink).await?;
-        for (ip, neighbour) in &neighbours {
-            if let Some(mac) = neighbour.mac {
-                self.neighbour_resolved(*ip, mac).await?;
-            }
-        }
-        let pinned = self.facts.settings.peer_macs == PeerMacs::Pinned;
-        let entries = |wanted: fn(&Neighbour) -> bool| -> BTreeSet<Ipv4Addr> {
-            neighbours
-                .iter()
-                .filter(|(_, neighbour)| wanted(neighbour))
-                .map(|(ip, _)| *ip)
-                .collect()
-        };
-        // Ours: managed ones, and permanent ones when pinning.
-        let ours = if pinned {
-            entries(|neighbour| neighbour.managed || neighbour.permanent)
-        } else {
-            entries(|neighbour| neighbour.managed)
-        };
-        // As this mode keeps them.
-        let kept = if pinned {
-            entries(|neighbour| neighbour.permanent)
-        } else {
-            ours.clone()
-        };
-        let direct: BTreeSet<Ipv4Addr> = self
-            .dataplane
-            .programmed_nodes()
-            .filter(|(_, node)| node.path == NodePath::Direct)
-            .map(|(ip, _)| ip)
-            .collect();
-        // Only what differs: entries there are kept by the kernel.
-        let differing: Vec<Ipv4Addr> = direct
-            .difference(&kept)
-            .chain(ours.difference(&direct))
-            .copied()
-            .collect();
-        self.managed_neighbours = ours;
-        self.manage_neighbours(&differing).await;
-        Ok(())
-    }
-
-    /// The MTU pods must use: the smallest of the paths this node sends on
-    /// (without remote nodes yet, the one its routing takes on its own network).
-    pub(super) fn pod_mtu(&self) -> Option<u32> {
-        let uplink_mtu = self.facts.uplink?.mtu;
-        let local = self.local_facts();
-        let tunnelled = match local.routing {
-            Routing::Tunnel => true,
-            Routing::Direct => false,
-            Routing::Auto => self
-                .remote_nodes
-                .effective()
-                .iter()
-                .any(|node| local.path_to(node.ip) == NodePath::Tunnel),
-        };
-        Some(if tunnelled {
-            uplink_mtu - VXLAN_OVERHEAD
-        } else {
-            uplink_mtu
-        })
-    }
-
-    /// `source` lists exactly `nodes`, except those breaking a rule, which
-    /// are skipped with a warning (one bad Node object must not hold up
-    /// the cluster's other nodes).
-    async fn replace_nodes_skipping_invalid(
-        &mut self,
-        source: Source,
-        mut nodes: Vec<NodeSpec>,
-    ) -> anyhow::Result<()> {
-        let local = self.local_facts();
-        let changed = loop {
-            match self.remote_nodes.replace(source, &nodes, &local) {
-                Ok(changed) => break changed,
-                Err(refusal) => {
-                    let listed = nodes.len();
-                    nodes.retain(|node| node.ip != refusal.0);
-                    if nodes.len() == listed {
-                        return Err(refused(refusal));
-                    }
-                    warn!(?source, "node skipped: {:#}", refused(refusal));
-                }
-            }
-        };
-        self.last_reconcile = Instant::now();
-        self.program_nodes(&changed).await
-    }
-
     pub fn nat_table(&self) -> NatTable {
         self.nat.clone()
     }
@@ -505,159 +265,6 @@ impl<L: HostLinks> Owner<L> {
         self.manage_neighbours(&failed).await;
         self.reconciler
             .retry_services(&mut self.dataplane, &self.services);
-    }
-
-    /// Writes the frontends whose backends changed, and tells the programs
-    /// whether to look at Services at all.
-    fn program_services(&mut self, changed: &[Frontend]) -> anyhow::Result<()> {
-        let written = self
-            .reconciler
-            .write_services(&mut self.dataplane, &self.services, changed);
-        let checks = self.services.health_checks();
-        self.health_checks.send_if_modified(|current| {
-            let changed = *current != checks;
-            *current = checks;
-            changed
-        });
-        self.write_node_config()?;
-        written
-    }
-
-    /// A Service's own rules: its address stays out of the pod addresses.
-    fn checked_service(&self, service: &ServiceSpec) -> anyhow::Result<()> {
-        let settings = &self.facts.settings;
-        let pod_cidrs: Vec<Ipv4Network> = settings
-            .cluster_cidr
-            .into_iter()
-            .chain(settings.pod_cidr)
-            .collect();
-        let node_ports = settings.node_port_range.min..=settings.node_port_range.max;
-        service
-            .validate(&pod_cidrs)
-            .and_then(|()| service.validate_address(settings.node_ip, settings.service_cidr))
-            .and_then(|()| service.validate_node_ports(node_ports))
-            .map_err(|(field, problem)| {
-                Refusal(format!(
-                    "service {}: field `{field}`: {problem}",
-                    service.name
-                ))
-                .into()
-            })
-    }
-
-    /// `source` lists `service` (too). From Kubernetes, a Service that
-    /// breaks a rule is refused on its own (warned, counted, listed with
-    /// the reason; what it had is withdrawn); from the others, the change is.
-    fn upsert_service(&mut self, source: Source, service: ServiceSpec) -> anyhow::Result<()> {
-        if let Err(error) = self.checked_service(&service) {
-            if source == Source::Kubernetes {
-                warn!(service = service.name, "service refused: {error:#}");
-                let changed = self.services.refuse(source, service, format!("{error:#}"));
-                self.program_services(&changed)?;
-            }
-            return Err(error);
-        }
-        let name = service.name.clone();
-        let changed = self
-            .services
-            .upsert(source, service)
-            .map_err(refused_service)?;
-        self.warn_shadowed(source, &name);
-        self.program_services(&changed)
-    }
-
-    /// Warns about the frontends of `source`'s Service `name` an older
-    /// Service is served at.
-    fn warn_shadowed(&self, source: Source, name: &str) {
-        let Some(service) = self.services.service(source, name) else {
-            return;
-        };
-        for (frontend, served) in self.services.shadowed(source, service) {
-            warn!(
-                service = name,
-                %frontend,
-                served,
-                "two Services claim one frontend: the older is served there"
-            );
-        }
-    }
-
-    /// `source` lists exactly `services`. A Service that breaks a rule
-    /// refuses the whole list, except from Kubernetes, where it is refused
-    /// on its own (one bad object must not hold up the others).
-    fn replace_services(
-        &mut self,
-        source: Source,
-        services: Vec<ServiceSpec>,
-    ) -> anyhow::Result<()> {
-        let mut valid = Vec::with_capacity(services.len());
-        let mut refused = Vec::new();
-        for service in services {
-            match self.checked_service(&service) {
-                Ok(()) => valid.push(service),
-                Err(error) if source == Source::Kubernetes => {
-                    warn!(service = service.name, "service refused: {error:#}");
-                    refused.push((service, format!("{error:#}")));
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        let names: Vec<String> = valid.iter().map(|service| service.name.clone()).collect();
-        let mut changed = self
-            .services
-            .replace(source, valid)
-            .map_err(refused_service)?;
-        for (service, reason) in refused {
-            changed.extend(self.services.refuse(source, service, reason));
-        }
-        for name in &names {
-            self.warn_shadowed(source, name);
-        }
-        self.program_services(&changed)
-    }
-
-    fn service_entries(&self) -> Vec<ServiceEntry> {
-        let listed = self
-            .services
-            .list()
-            .into_iter()
-            .map(|(source, service)| ServiceEntry {
-                source,
-                service: service.clone(),
-                shadowed: self
-                    .services
-                    .shadowed(source, service)
-                    .into_iter()
-                    .map(|(frontend, served)| format!("{frontend}: Service {served}'s (older)"))
-                    .collect(),
-                refused: None,
-            });
-        let refused = self
-            .services
-            .refused()
-            .map(|(source, service, reason)| ServiceEntry {
-                source,
-                service: service.clone(),
-                shadowed: Vec::new(),
-                refused: Some(reason.to_string()),
-            });
-        listed.chain(refused).collect()
-    }
-
-    fn frontend_entries(&self) -> (Vec<FrontendEntry>, usize) {
-        let frontends = self
-            .dataplane
-            .programmed_services()
-            .iter()
-            .filter_map(|(key, programmed)| {
-                Some(FrontendEntry {
-                    frontend: frontend_of(key)?,
-                    id: programmed.id,
-                    backends: programmed.backends.iter().map(backend_address).collect(),
-                })
-            })
-            .collect();
-        (frontends, self.service_tables.last().connection_halves)
     }
 
     pub async fn apply_config_file(
@@ -698,70 +305,6 @@ impl<L: HostLinks> Owner<L> {
         self.replace_file_endpoints(endpoints, resolved)
     }
 
-    /// Puts every address of the node in the host address map (a node with
-    /// more addresses than the map holds keeps working on the ones that fit,
-    /// warned about), and follows the uplink's networks: in auto routing,
-    /// which nodes are reached directly. Only a failure to read or write is
-    /// an error.
-    async fn sync_host_addresses(&mut self) -> anyhow::Result<()> {
-        self.sync_uplink_networks().await?;
-        let addresses = self.interfaces.host_addresses().await?;
-        let count = addresses.len();
-        match self.dataplane.set_host_addresses(addresses) {
-            Ok(true) => info!(addresses = count, "the node's own addresses changed"),
-            Ok(false) => {}
-            Err(DataplaneError::Maps(full @ MapsError::HostAddressesFull { .. })) => {
-                warn!("{full}");
-            }
-            Err(error) => return Err(error.into()),
-        }
-        Ok(())
-    }
-
-    /// The uplink's networks as they are now; nodes whose path they change
-    /// are written again.
-    async fn sync_uplink_networks(&mut self) -> anyhow::Result<()> {
-        let uplink = self.facts.uplink_ifindex();
-        if uplink == 0 {
-            return Ok(());
-        }
-        let networks = self.interfaces.ipv4_networks(uplink).await?;
-        if networks == self.facts.uplink_networks {
-            return Ok(());
-        }
-        let before = self.local_facts();
-        self.facts.uplink_networks = networks;
-        let after = self.local_facts();
-        let moved: Vec<Ipv4Addr> = self
-            .remote_nodes
-            .effective()
-            .iter()
-            .map(|node| node.ip)
-            .filter(|ip| before.path_to(*ip) != after.path_to(*ip))
-            .collect();
-        info!(networks = ?self.facts.uplink_networks, nodes_moved = moved.len(), "the uplink's networks changed");
-        self.program_nodes(&moved).await
-    }
-
-    /// Full resynchronisation with the node: its addresses, its managed
-    /// neighbours, and endpoints whose veth vanished while no notification
-    /// could tell.
-    pub async fn resync_host(&mut self) -> anyhow::Result<()> {
-        self.sync_host_addresses().await?;
-        self.sync_neighbours().await?;
-        let ifindexes: BTreeSet<u32> = self
-            .dataplane
-            .programmed_endpoints()
-            .map(|(_, endpoint)| endpoint.host_ifindex)
-            .collect();
-        for ifindex in ifindexes {
-            if self.interfaces.by_index(ifindex).await?.is_none() {
-                self.interface_removed(ifindex)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The packet event ring, for the relay (once).
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
         self.dataplane.take_events()
@@ -775,87 +318,10 @@ impl<L: HostLinks> Owner<L> {
     pub fn remove_stale_links(&mut self) -> Vec<std::path::PathBuf> {
         self.dataplane.remove_stale_links()
     }
-
-    fn set_local_node(
-        &mut self,
-        pod_cidr: Ipv4Network,
-        zone: Option<String>,
-    ) -> anyhow::Result<()> {
-        if self.facts.settings.pod_cidr != Some(pod_cidr) {
-            self.facts.settings.pod_cidr = Some(pod_cidr);
-            self.write_node_config()?;
-            info!(%pod_cidr, "this node's pod CIDR");
-        }
-        // Which backends are this node's (the Local traffic policies), and
-        // which are close (topology-aware routing).
-        let changed = self.services.serve_on(ServingNode {
-            ip: self.facts.settings.node_ip,
-            pod_cidr: Some(pod_cidr),
-            zone,
-        });
-        self.program_services(&changed)
-    }
 }
 
 /// How often writes that failed are tried again.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A node change the rules refused, as the error of the source that asked.
-fn refused((ip, (field, problem)): (Ipv4Addr, Violation)) -> anyhow::Error {
-    Refusal(format!("node {ip}: field `{field}`: {problem}")).into()
-}
-
-/// A Service change the rules refused.
-fn refused_service((field, problem): Violation) -> anyhow::Error {
-    Refusal(format!("field `{field}`: {problem}")).into()
-}
-
-/// The frontends an earlier agent programmed, kept (as [`Source::Pinned`],
-/// one Service per frontend) until a source names them: connections to
-/// Services keep working across a restart.
-fn pinned_services(dataplane: &Dataplane, node: ServingNode) -> Services {
-    let mut services = Services::on_node(node);
-    for (key, programmed) in dataplane.programmed_services() {
-        let Some(frontend) = frontend_of(key) else {
-            warn!(
-                ?key,
-                "pinned service map: a protocol no agent writes; dropped"
-            );
-            continue;
-        };
-        // An outside-local entry comes back with its frontend's.
-        if frontend.scope != Scope::Everyone {
-            continue;
-        }
-        let outside_local = programmed.flags & service_flags::OUTSIDE_LOCAL != 0;
-        let ranged = programmed.flags & service_flags::SOURCE_RANGES != 0;
-        let service = ServiceSpec {
-            name: frontend.to_string(),
-            ip: frontend.ip,
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            source_ranges: programmed.source_ranges.clone(),
-            external_traffic_local: outside_local,
-            internal_traffic_local: false,
-            health_check_node_port: None,
-            address_is_external: outside_local || ranged,
-            ports: vec![ServicePort {
-                node_port: None,
-                port: frontend.port,
-                protocol: frontend.protocol,
-                backends: programmed.backends.iter().map(backend_address).collect(),
-                terminating_backends: Vec::new(),
-                zone_hints: BTreeMap::new(),
-            }],
-            session_affinity_seconds: (programmed.affinity_seconds != 0)
-                .then_some(programmed.affinity_seconds),
-            created: None,
-        };
-        // One frontend per Service, each named by it: they cannot collide.
-        let _ = services.upsert(Source::Pinned, service);
-    }
-    services
-}
 
 /// Hands an outcome back; a requester that stopped waiting is no error.
 fn answer<T>(reply: Reply<T>, outcome: anyhow::Result<T>) {

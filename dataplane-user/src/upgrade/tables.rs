@@ -15,10 +15,7 @@ use aya::{
 #[derive(Debug, thiserror::Error)]
 pub enum CarryError {
     #[error("cannot open the pinned map {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: MapError,
-    },
+    Open { path: PathBuf, source: MapError },
     #[error("cannot read {map} of the previous map layout: {source}")]
     Read { map: &'static str, source: MapError },
 }
