@@ -18,9 +18,11 @@ use kube::{
 };
 use tracing::{info, warn};
 
+mod service_watch;
 mod services;
 
-pub use services::{follow_services, service_spec};
+pub use service_watch::follow_services;
+pub use services::service_spec;
 
 use crate::{
     config::KubernetesSettings,
