@@ -42,6 +42,10 @@ struct Cli {
     /// sets); no traffic clusters are built.
     #[arg(long, conflicts_with_all = ["paths", "programming_only"])]
     services_only: bool,
+    /// Only the agent's footprint (resident memory, BPF maps) with
+    /// --services-max Services from Kubernetes; no kube-proxy peers.
+    #[arg(long, conflicts_with_all = ["paths", "programming_only", "services_only"])]
+    footprint_only: bool,
     /// The largest number of Services measured (of 1, 1,000, 10,000, 30,000).
     #[arg(long, default_value_t = 30_000)]
     services_max: u32,
@@ -182,6 +186,10 @@ fn main() -> anyhow::Result<()> {
         progress.expect(programming::steps(&settings));
         let comparisons = programming::run(&settings, &mut progress)?;
         (comparisons, Vec::new(), Vec::new())
+    } else if cli.footprint_only {
+        progress.expect(1);
+        let note = services::footprint_only(cli.services_max, &mut progress)?;
+        (Vec::new(), Vec::new(), vec![note])
     } else if cli.services_only {
         progress.expect(services::steps(&settings));
         let (comparisons, notes) = services::run(&settings, &mut progress)?;

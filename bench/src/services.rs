@@ -625,16 +625,36 @@ pub fn run(
     }
     let tracked = tracked_table_rows(&mut dataplane, written)?;
     progress.step("Services with connections tracked", &tracked);
+    let note = footprint_note(&dataplane, written)?;
+    progress.step("Services footprint", &note);
+    Ok((comparisons, vec![tracked, note]))
+}
+
+/// The agent's resident memory and maps with `written` Services.
+fn footprint_note(dataplane: &Dataplane, written: u32) -> anyhow::Result<String> {
     let (rss, map_bytes) = dataplane.footprint()?;
-    let note = format!(
+    Ok(format!(
         "Services footprint at {} Services x {ENDPOINTS} endpoints: the agent's resident memory \
          {:.1} MB, its BPF maps {:.1} MB (memlock, all maps of the dataplane, at their fixed sizes).",
         thousands(written),
         rss as f64 / 1e6,
         map_bytes as f64 / 1e6
-    );
+    ))
+}
+
+/// This dataplane alone, `count` Services from Kubernetes written in
+/// batches as `run` writes them: its footprint.
+pub fn footprint_only(count: u32, progress: &mut Progress) -> anyhow::Result<String> {
+    let mut dataplane = Dataplane::new(None)?;
+    let mut written = 0;
+    while written < count {
+        let to = (written + BATCH).min(count);
+        dataplane.add(written..to)?;
+        written = to;
+    }
+    let note = footprint_note(&dataplane, written)?;
     progress.step("Services footprint", &note);
-    Ok((comparisons, vec![tracked, note]))
+    Ok(note)
 }
 
 /// What a change costs with connections tracked (this dataplane only:
