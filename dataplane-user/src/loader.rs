@@ -238,6 +238,17 @@ pub(crate) fn expected_layouts() -> Result<Vec<(String, MapLayout)>, LoadError> 
     Ok(layouts)
 }
 
+/// The names of the maps the eBPF object pins (for tests that hold lists
+/// to them).
+#[cfg(test)]
+pub(crate) fn pinned_map_names() -> std::collections::BTreeSet<String> {
+    expected_layouts()
+        .expect("the object built with this agent parses")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
 fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
     for (name, expected) in expected_layouts()? {
         let path = pin_dir.join(&name);
