@@ -10,7 +10,12 @@ use std::{
 
 use aya::{Pod, maps::MapError, sys::SyscallError};
 
-use super::table::Table;
+use dataplane_common::{
+    Counter, MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
+    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICES, MAX_SOURCE_RANGES, names,
+};
+
+use super::{Maps, NatMap, ServiceMaps, table::Table};
 
 /// Faults shared by a set of fake tables: the next writes of a map fail,
 /// with an errno.
@@ -119,5 +124,65 @@ impl<K: Pod + Send + Sync, V: Pod + Send + Sync> Table<K, V> for FakeTable<K, V>
 
     fn entries(&self) -> Result<Vec<(K, V)>, MapError> {
         Ok(self.entries.values().copied().collect())
+    }
+}
+
+impl Maps {
+    /// The maps in memory, as large as the programs' (unit tests).
+    pub fn fake(faults: &Faults) -> Self {
+        Self {
+            endpoints: Box::new(FakeTable::new(names::ENDPOINTS_MAP, MAX_ENDPOINTS, faults)),
+            node_config: Box::new(FakeTable::new(names::NODE_CONFIG_MAP, 1, faults)),
+            node_routes: Box::new(FakeTable::new(
+                names::NODE_ROUTES_MAP,
+                MAX_REMOTE_NODES,
+                faults,
+            )),
+            remote_nodes: Box::new(FakeTable::new(
+                names::REMOTE_NODES_MAP,
+                MAX_REMOTE_NODES,
+                faults,
+            )),
+            nat: Some(NatMap {
+                connections: Box::new(FakeTable::new(names::NAT_MAP, MAX_NAT_ENTRIES, faults)),
+                pod_nat: Box::new(FakeTable::new(names::POD_NAT_MAP, MAX_ENDPOINTS, faults)),
+                pod_closed: Box::new(FakeTable::new(
+                    names::POD_NAT_CLOSED_MAP,
+                    MAX_ENDPOINTS,
+                    faults,
+                )),
+            }),
+            no_masquerade: Box::new(FakeTable::new(
+                names::NO_MASQUERADE_MAP,
+                MAX_NO_MASQUERADE,
+                faults,
+            )),
+            host_addresses: Box::new(FakeTable::new(
+                names::HOST_ADDRESSES_MAP,
+                MAX_HOST_ADDRESSES,
+                faults,
+            )),
+            monitor: Box::new(FakeTable::new(names::MONITOR_MAP, 1, faults)),
+            events: None,
+            counters: Box::new(FakeTable::new(names::COUNTERS_MAP, Counter::COUNT, faults)),
+            services: ServiceMaps {
+                services: Box::new(FakeTable::new(names::SERVICES_MAP, MAX_SERVICES, faults)),
+                backends: Box::new(FakeTable::new(
+                    names::BACKENDS_MAP,
+                    MAX_BACKEND_SLOTS,
+                    faults,
+                )),
+                serving: Box::new(FakeTable::new(
+                    names::SERVING_MAP,
+                    MAX_BACKEND_SLOTS,
+                    faults,
+                )),
+                source_ranges: Box::new(FakeTable::new(
+                    names::SOURCE_RANGES_MAP,
+                    MAX_SOURCE_RANGES,
+                    faults,
+                )),
+            },
+        }
     }
 }

@@ -2,9 +2,11 @@
 
 #[cfg(test)]
 pub mod fake;
+mod nat;
 mod services;
 pub mod table;
 
+pub use nat::{NatMap, PodNatTotals};
 pub use services::{
     ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, plan_slots,
     service_key,
@@ -17,9 +19,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, FlowKey, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS,
-    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat,
-    RemoteNode, names, node_path,
+    Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS, MAX_HOST_ADDRESSES,
+    MAX_REMOTE_NODES, MonitorConfig, NodeConfig, NodeRoute, RemoteNode, names, node_path,
 };
 use ipnetwork::Ipv4Network;
 
@@ -102,86 +103,6 @@ pub struct Maps {
     pub services: ServiceMaps,
 }
 
-/// The connection table (written by the programs; the agent only lists and
-/// removes entries), with each pod's share of it.
-pub struct NatMap {
-    connections: BoxedTable<FlowKey, NatEntry>,
-    /// Written by the programs.
-    pod_nat: BoxedTable<Ipv4Octets, PodNat>,
-    /// Written by the agent: connections it collected, per pod.
-    pod_closed: BoxedTable<Ipv4Octets, u64>,
-}
-
-/// One pod's share of the NAT table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PodNatTotals {
-    pub pod: Ipv4Addr,
-    pub counts: PodNat,
-    pub closed: u64,
-}
-
-impl PodNatTotals {
-    /// Connections the pod holds, as the programs judge its share.
-    pub fn holds(&self) -> u64 {
-        self.counts
-            .opened
-            .saturating_sub(self.counts.evicted)
-            .saturating_sub(self.closed)
-    }
-}
-
-impl NatMap {
-    /// Every half of every tracked connection.
-    pub fn entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, MapsError> {
-        self.connections.entries().map_err(access(names::NAT_MAP))
-    }
-
-    /// Removes one half; `Ok(false)` when it was gone already.
-    pub fn remove(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
-        removed(self.connections.remove(key), names::NAT_MAP)
-    }
-
-    /// Adds `connections` to what the agent collected of `pod`'s (only the
-    /// agent writes these, so reading and writing back loses nothing).
-    pub fn add_closed(&mut self, pod: Ipv4Octets, connections: u64) -> Result<(), MapsError> {
-        let before = self.closed(pod)?;
-        self.pod_closed
-            .insert(&pod, &(before + connections))
-            .map_err(access(names::POD_NAT_CLOSED_MAP))
-    }
-
-    /// Forgets the row of `pod` (the programs make it again at its next
-    /// connection).
-    pub fn remove_row(&mut self, pod: Ipv4Octets) -> Result<(), MapsError> {
-        removed(self.pod_nat.remove(&pod), names::POD_NAT_MAP)?;
-        removed(self.pod_closed.remove(&pod), names::POD_NAT_CLOSED_MAP)?;
-        Ok(())
-    }
-
-    /// What the agent collected of `pod`'s connections.
-    fn closed(&self, pod: Ipv4Octets) -> Result<u64, MapsError> {
-        Ok(self
-            .pod_closed
-            .get(&pod)
-            .map_err(access(names::POD_NAT_CLOSED_MAP))?
-            .unwrap_or(0))
-    }
-
-    /// Every pod that has opened a masqueraded connection, by address.
-    pub fn pods(&self) -> Result<Vec<PodNatTotals>, MapsError> {
-        let mut pods = Vec::new();
-        for (pod, counts) in self.pod_nat.entries().map_err(access(names::POD_NAT_MAP))? {
-            pods.push(PodNatTotals {
-                pod: Ipv4Addr::from(pod),
-                counts,
-                closed: self.closed(pod)?,
-            });
-        }
-        pods.sort_by_key(|totals| totals.pod);
-        Ok(pods)
-    }
-}
-
 /// One counter summed over all CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterTotal {
@@ -256,69 +177,6 @@ impl Maps {
                 )?),
             },
         })
-    }
-
-    /// The maps in memory, as large as the programs' (unit tests).
-    #[cfg(test)]
-    pub fn fake(faults: &fake::Faults) -> Self {
-        use dataplane_common::{
-            MAX_BACKEND_SLOTS, MAX_NAT_ENTRIES, MAX_NO_MASQUERADE, MAX_SERVICES, MAX_SOURCE_RANGES,
-        };
-        use fake::FakeTable;
-        Self {
-            endpoints: Box::new(FakeTable::new(names::ENDPOINTS_MAP, MAX_ENDPOINTS, faults)),
-            node_config: Box::new(FakeTable::new(names::NODE_CONFIG_MAP, 1, faults)),
-            node_routes: Box::new(FakeTable::new(
-                names::NODE_ROUTES_MAP,
-                MAX_REMOTE_NODES,
-                faults,
-            )),
-            remote_nodes: Box::new(FakeTable::new(
-                names::REMOTE_NODES_MAP,
-                MAX_REMOTE_NODES,
-                faults,
-            )),
-            nat: Some(NatMap {
-                connections: Box::new(FakeTable::new(names::NAT_MAP, MAX_NAT_ENTRIES, faults)),
-                pod_nat: Box::new(FakeTable::new(names::POD_NAT_MAP, MAX_ENDPOINTS, faults)),
-                pod_closed: Box::new(FakeTable::new(
-                    names::POD_NAT_CLOSED_MAP,
-                    MAX_ENDPOINTS,
-                    faults,
-                )),
-            }),
-            no_masquerade: Box::new(FakeTable::new(
-                names::NO_MASQUERADE_MAP,
-                MAX_NO_MASQUERADE,
-                faults,
-            )),
-            host_addresses: Box::new(FakeTable::new(
-                names::HOST_ADDRESSES_MAP,
-                MAX_HOST_ADDRESSES,
-                faults,
-            )),
-            monitor: Box::new(FakeTable::new(names::MONITOR_MAP, 1, faults)),
-            events: None,
-            counters: Box::new(FakeTable::new(names::COUNTERS_MAP, Counter::COUNT, faults)),
-            services: ServiceMaps {
-                services: Box::new(FakeTable::new(names::SERVICES_MAP, MAX_SERVICES, faults)),
-                backends: Box::new(FakeTable::new(
-                    names::BACKENDS_MAP,
-                    MAX_BACKEND_SLOTS,
-                    faults,
-                )),
-                serving: Box::new(FakeTable::new(
-                    names::SERVING_MAP,
-                    MAX_BACKEND_SLOTS,
-                    faults,
-                )),
-                source_ranges: Box::new(FakeTable::new(
-                    names::SOURCE_RANGES_MAP,
-                    MAX_SOURCE_RANGES,
-                    faults,
-                )),
-            },
-        }
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), MapsError> {
