@@ -27,6 +27,14 @@ pub use services::*;
 /// never silently reused by newer programs.
 pub const MAP_LAYOUT_VERSION: u32 = 12;
 
+/// IP protocol numbers, as headers carry them (defined here once for the
+/// programs, the agent and the tests).
+pub mod ip_protocol {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
 /// An IPv4 address as it appears on the wire (network byte order).
 pub type Ipv4Octets = [u8; 4];
 

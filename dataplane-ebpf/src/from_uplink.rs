@@ -19,14 +19,14 @@ use network_types::{
 use crate::{
     counters::{Outcome, finish, pass_to_host, verdict},
     direct, fragments, from_outside,
-    ipv4::{PLAIN_VIHL, TCP, UDP, forward_hop, is_fragment},
+    ipv4::{forward_hop, is_fragment},
     local::{Redirect, deliver},
     maps::{
         TAIL_CALLS, endpoint, is_host_address, is_unmasqueraded, node_config, node_route,
         remote_node,
     },
     nat,
-    packet::{IP_AT, L4_AT, load, vlan_tagged},
+    packet::{IP_AT, L4_AT, PLAIN_VIHL, TCP, UDP, load, vlan_tagged},
     service,
     tunnel::{self, VxlanPacket},
 };

@@ -21,8 +21,8 @@ use dataplane_common::{
 
 use crate::{
     counters::{Outcome, count_event},
-    ipv4::{TCP, UDP},
     maps::{SOCKET_FLOWS, is_serving, node_config},
+    packet::{TCP, UDP},
     service::{choose_backend, frontend_entry},
 };
 

@@ -21,9 +21,7 @@ use network_types::{
 
 use crate::{
     counters::{Outcome, finish, verdict},
-    ipv4::PLAIN_VIHL,
-    packet::{IP_AT, L4_AT, bytes_of, header, ingress_ifindex, load},
-    rewrite::{raw2, raw4},
+    packet::{IP_AT, L4_AT, PLAIN_VIHL, bytes_of, header, ingress_ifindex, load, raw2, raw4},
 };
 
 pub const ECHO_REPLY: u8 = 0;

@@ -2,25 +2,12 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{Counter, Ipv4Octets, checksum};
-use network_types::{
-    ip::{IpProto, Ipv4Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
-};
+use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     counters::Outcome,
-    packet::{IP_AT, L4_AT, header, load},
+    packet::{IP_AT, L4_AT, TCP, UDP, header, load},
 };
-
-/// Transport protocols the programs look into, as `Ipv4Hdr::proto` holds them.
-pub const TCP: u8 = IpProto::Tcp as u8;
-pub const UDP: u8 = IpProto::Udp as u8;
-pub const ICMP: u8 = IpProto::Icmp as u8;
-
-/// Version 4 with a 20-byte header: the only IPv4 headers the programs
-/// translate, build or read past.
-pub const PLAIN_VIHL: u8 = 0x45;
 
 /// The "more fragments" flag, as `Ipv4Hdr::frag_flags` returns the flags.
 const MORE_FRAGMENTS: u8 = 0b001;

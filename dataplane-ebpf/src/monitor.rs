@@ -12,9 +12,8 @@ use network_types::{
 };
 
 use crate::{
-    ipv4::{PLAIN_VIHL, TCP, UDP},
     maps::{EVENT_BUDGET, EVENTS, MONITOR},
-    packet::{IP_AT, L4_AT, ingress_ifindex},
+    packet::{IP_AT, L4_AT, PLAIN_VIHL, TCP, UDP, ingress_ifindex},
 };
 
 const ONE_SECOND_NS: u64 = 1_000_000_000;

@@ -37,10 +37,10 @@ use crate::{
         ECHO_ID_OFFSET, ECHO_REQUEST, QUOTE_PAYLOAD_AT, QuotedHeader, echo_id, quoted_header,
         rewrite_quote,
     },
-    ipv4::{ICMP, TCP, UDP, is_fragment},
+    ipv4::is_fragment,
     maps::NAT,
     nat_share,
-    packet::{IP_AT, load},
+    packet::{ICMP, IP_AT, TCP, UDP, load},
     rewrite::{
         IP_DESTINATION_AT, IP_SOURCE_AT, Segment, Transport, rewrite, rewrite_address, transport,
     },

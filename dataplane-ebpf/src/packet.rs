@@ -10,6 +10,12 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
+pub use dataplane_common::ip_protocol::{ICMP, TCP, UDP};
+
+/// Version 4 with a 20-byte header: the only IPv4 headers the programs
+/// translate, build or read past.
+pub const PLAIN_VIHL: u8 = 0x45;
+
 /// The IPv4 header, after the Ethernet header.
 pub const IP_AT: usize = EthHdr::LEN;
 /// The transport header of an IPv4 packet without options (the only ones
@@ -105,4 +111,15 @@ pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
 pub fn made_by_the_node(ctx: &TcContext) -> bool {
     // SAFETY: the context pointer is valid for the program's whole run.
     unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
+}
+
+/// `bytes` as the raw value the checksum helpers diff (network order in memory).
+#[inline(always)]
+pub fn raw4(bytes: dataplane_common::Ipv4Octets) -> u64 {
+    u64::from(u32::from_ne_bytes(bytes))
+}
+
+#[inline(always)]
+pub fn raw2(bytes: [u8; 2]) -> u64 {
+    u64::from(u16::from_ne_bytes(bytes))
 }

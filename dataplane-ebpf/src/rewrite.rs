@@ -14,8 +14,7 @@ use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use crate::{
     counters::Outcome,
     icmp::{ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, echo_id},
-    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP},
-    packet::{IP_AT, L4_AT},
+    packet::{ICMP, IP_AT, L4_AT, PLAIN_VIHL, TCP, UDP, raw2, raw4},
 };
 
 pub const IP_CHECKSUM_AT: usize = IP_AT + offset_of!(Ipv4Hdr, check);
@@ -164,17 +163,6 @@ pub fn ports_only(protocol: u8, [src_port, dst_port]: [[u8; 2]; 2]) -> Option<Tr
         state: conn_state::ESTABLISHED,
         segment: None,
     })
-}
-
-/// `bytes` as the raw value the checksum helpers diff (network order in memory).
-#[inline(always)]
-pub fn raw4(bytes: Ipv4Octets) -> u64 {
-    u64::from(u32::from_ne_bytes(bytes))
-}
-
-#[inline(always)]
-pub fn raw2(bytes: [u8; 2]) -> u64 {
-    u64::from(u16::from_ne_bytes(bytes))
 }
 
 /// Replaces the address at `address_at`, keeping the IPv4 checksum right:

@@ -35,12 +35,12 @@ use crate::{
     counters::{Outcome, PackedOutcome, count, note},
     fragments,
     icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
-    ipv4::{ICMP, PLAIN_VIHL, TCP, UDP, is_fragment},
+    ipv4::is_fragment,
     maps::{
         AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, in_source_ranges, is_host_address, is_serving,
         node_config, remote_node,
     },
-    packet::{IP_AT, L4_AT, header, load},
+    packet::{ICMP, IP_AT, L4_AT, PLAIN_VIHL, TCP, UDP, header, load},
     rewrite::{
         DESTINATION_PORT_AT, IP_DESTINATION_AT, IP_SOURCE_AT, SOURCE_PORT_AT, Transport,
         ports_only, rewrite_address, rewrite_port, rewrite_transport_address,

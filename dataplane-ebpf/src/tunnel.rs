@@ -25,8 +25,7 @@ use network_types::{
 
 use crate::{
     counters::{Outcome, finish, verdict},
-    ipv4::PLAIN_VIHL,
-    packet::{bytes_of, load, own_header},
+    packet::{PLAIN_VIHL, bytes_of, load, own_header},
 };
 
 /// What encapsulation inserts after the outer Ethernet header.

@@ -12,10 +12,11 @@ use crate::{
     api::{Connection, ConnectionState, IpProtocol},
     config::NatSettings,
 };
-use dataplane_common::{FlowKey, NatEntry, conn_state, nat_direction};
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+use dataplane_common::{
+    FlowKey, NatEntry, conn_state,
+    ip_protocol::{TCP, UDP},
+    nat_direction,
+};
 
 /// How long a connection may stay idle, by protocol and state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -927,7 +927,7 @@ fn fill_syn(frame: &mut [u8], source: u32, source_port: u16, port: u16, seq: u32
     frame[50..52].fill(0);
     let mut pseudo = [0u8; 32];
     pseudo[0..8].copy_from_slice(&frame[26..34]);
-    pseudo[9] = 6;
+    pseudo[9] = dataplane_common::ip_protocol::TCP;
     pseudo[11] = 20;
     pseudo[12..32].copy_from_slice(&frame[34..54]);
     let tcp = dataplane_common::checksum::internet(&pseudo);

@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use dataplane_common::Counter;
+use dataplane_common::{Counter, ip_protocol};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 /// A path or drop reason, written as its stable name (`drop_spoofed_source`).
@@ -36,7 +36,11 @@ impl FromStr for CounterName {
 pub struct IpProtocol(pub u8);
 
 impl IpProtocol {
-    const NAMED: [(u8, &'static str); 3] = [(1, "icmp"), (6, "tcp"), (17, "udp")];
+    const NAMED: [(u8, &'static str); 3] = [
+        (ip_protocol::ICMP, "icmp"),
+        (ip_protocol::TCP, "tcp"),
+        (ip_protocol::UDP, "udp"),
+    ];
 }
 
 impl fmt::Display for IpProtocol {

@@ -169,15 +169,15 @@ impl Protocol {
     /// The IPv4 protocol number.
     pub const fn number(self) -> u8 {
         match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
+            Protocol::Tcp => dataplane_common::ip_protocol::TCP,
+            Protocol::Udp => dataplane_common::ip_protocol::UDP,
         }
     }
 
     pub fn from_number(number: u8) -> Option<Self> {
         match number {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
+            dataplane_common::ip_protocol::TCP => Some(Protocol::Tcp),
+            dataplane_common::ip_protocol::UDP => Some(Protocol::Udp),
             _ => None,
         }
     }
