@@ -5,17 +5,10 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod arp;
 mod counters;
 mod direct;
 mod fragments;
-mod from_host;
-mod from_outside;
-mod from_pod;
-mod from_tunnel;
-mod from_uplink;
-mod host_socket;
-mod icmp;
+mod hooks;
 mod ipv4;
 mod local;
 mod maps;
@@ -26,7 +19,6 @@ mod packet;
 mod rewrite;
 mod route;
 mod service;
-mod to_pod;
 mod tunnel;
 
 use aya_ebpf::{
@@ -37,68 +29,68 @@ use aya_ebpf::{
 /// TC ingress on the host side of every pod veth: everything a pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    from_pod::handle(&ctx)
+    hooks::from_pod::handle(&ctx)
 }
 
 /// TC ingress on the VXLAN device: only what the uplink program let pass.
 #[classifier]
 pub fn from_tunnel(ctx: TcContext) -> i32 {
-    from_tunnel::handle(&ctx)
+    hooks::from_tunnel::handle(&ctx)
 }
 
 /// TC ingress on the uplink: VXLAN from other nodes, decapsulated in BPF.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    from_uplink::handle(&ctx)
+    hooks::from_uplink::handle(&ctx)
 }
 
 /// TC egress on the uplink: the node's own packets for pod addresses.
 #[classifier]
 pub fn from_host(ctx: TcContext) -> i32 {
-    from_host::handle(&ctx)
+    hooks::from_host::handle(&ctx)
 }
 
 /// Entered by tail call from from-uplink: outside clients of Services.
 #[classifier]
 pub fn from_outside(ctx: TcContext) -> i32 {
-    from_outside::handle(&ctx)
+    hooks::from_outside::handle(&ctx)
 }
 
 /// Entered by tail call from from-outside: the translated packet, its client
 /// masqueraded, to its backend.
 #[classifier]
 pub fn outside_to_backend(ctx: TcContext) -> i32 {
-    from_outside::masquerade_to_backend(&ctx)
+    hooks::from_outside::masquerade_to_backend(&ctx)
 }
 
 /// TC egress on the host side of every pod veth: the node's stack to a pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    to_pod::handle(&ctx)
+    hooks::to_pod::handle(&ctx)
 }
 
 /// cgroup connect4 of the node: a host socket connecting to a Service.
 #[cgroup_sock_addr(connect4)]
 pub fn host_connect(ctx: SockAddrContext) -> i32 {
-    host_socket::to_backend(&ctx)
+    hooks::host_socket::to_backend(&ctx)
 }
 
 /// cgroup sendmsg4: a host socket's datagram addressed to a Service.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn host_sendmsg(ctx: SockAddrContext) -> i32 {
-    host_socket::to_backend(&ctx)
+    hooks::host_socket::to_backend(&ctx)
 }
 
 /// cgroup recvmsg4: a datagram from a backend, shown as the frontend's.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn host_recvmsg(ctx: SockAddrContext) -> i32 {
-    host_socket::to_client(&ctx)
+    hooks::host_socket::to_client(&ctx)
 }
 
 /// cgroup getpeername4: a host socket connected to a Service names it.
 #[cgroup_sock_addr(getpeername4)]
 pub fn host_getpeername(ctx: SockAddrContext) -> i32 {
-    host_socket::to_client(&ctx)
+    hooks::host_socket::to_client(&ctx)
 }
 
 #[cfg(not(test))]

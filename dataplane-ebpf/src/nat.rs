@@ -33,7 +33,7 @@ use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 use crate::{
     counters::{Outcome, count},
     fragments,
-    icmp::{
+    ipv4::icmp::{
         ECHO_ID_OFFSET, ECHO_REQUEST, QUOTE_PAYLOAD_AT, QuotedHeader, echo_id, quoted_header,
         rewrite_quote,
     },

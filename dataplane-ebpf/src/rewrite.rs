@@ -13,7 +13,7 @@ use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     counters::Outcome,
-    icmp::{ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, echo_id},
+    ipv4::icmp::{ECHO_ID_OFFSET, ECHO_REPLY, ECHO_REQUEST, echo_id},
     packet::{ICMP, IP_AT, L4_AT, PLAIN_VIHL, TCP, UDP, raw2, raw4},
 };
 

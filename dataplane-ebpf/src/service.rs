@@ -34,7 +34,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     counters::{Outcome, PackedOutcome, count, note},
     fragments,
-    icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
+    ipv4::icmp::{QUOTE_PAYLOAD_AT, quoted_header, rewrite_quote},
     ipv4::is_fragment,
     maps::{
         AFFINITY, BACKENDS, SERVICE_FLOWS, SERVICES, in_source_ranges, is_host_address, is_serving,

@@ -1,4 +1,8 @@
-//! IPv4 header handling shared by the hooks.
+//! The IPv4 family's own code: header checks and the TTL here, ARP and
+//! ICMP in their modules (IPv6 gets a folder beside it).
+
+pub mod arp;
+pub mod icmp;
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{Counter, Ipv4Octets, checksum};

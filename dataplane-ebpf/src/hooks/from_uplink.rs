@@ -18,7 +18,8 @@ use network_types::{
 
 use crate::{
     counters::{Outcome, finish, pass_to_host, verdict},
-    direct, fragments, from_outside,
+    direct, fragments,
+    hooks::from_outside,
     ipv4::{forward_hop, is_fragment},
     local::{Redirect, deliver},
     maps::{

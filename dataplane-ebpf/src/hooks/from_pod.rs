@@ -8,9 +8,11 @@ use network_types::{
 };
 
 use crate::{
-    arp,
     counters::{Outcome, drop, finish, pass_to_host},
-    direct, from_outside, icmp,
+    direct,
+    hooks::from_outside,
+    ipv4::arp,
+    ipv4::icmp,
     ipv4::{check_transport, checked_header, forward_hop, refused_destination},
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},

@@ -24,7 +24,8 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, PackedOutcome, finish},
-    direct, fragments, icmp,
+    direct, fragments,
+    ipv4::icmp,
     ipv4::{forward_hop, is_fragment, is_martian_source},
     local::{Redirect, deliver},
     maps::{SERVICES, TAIL_CALLS, endpoint, is_host_address, node_config, node_route},
