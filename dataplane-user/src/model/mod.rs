@@ -549,11 +549,14 @@ impl EndpointSources {
     }
 }
 
+mod service_rules;
+mod service_set;
 mod services;
 
+pub use service_set::Services;
 pub use services::{
     Backends, Frontend, FrontendTarget, HealthCheck, MAX_AFFINITY_SECONDS, Protocol, Scope,
-    ServicePort, ServiceSpec, Services, ServingNode,
+    ServicePort, ServiceSpec, ServingNode,
 };
 
 #[cfg(test)]

@@ -677,6 +677,6 @@ fn nodes_need_a_unicast_address_and_a_pod_cidr_without_host_bits() {
 
 #[test]
 fn a_service_name_has_a_bound() {
-    let long = service(&"n".repeat(services::MAX_NAME_LEN + 1), 80, &[]);
+    let long = service(&"n".repeat(service_rules::MAX_NAME_LEN + 1), 80, &[]);
     assert_eq!(long.validate(&[]).unwrap_err().0, "name");
 }
