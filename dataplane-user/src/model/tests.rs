@@ -1,5 +1,12 @@
 //! The rules and the per-source bookkeeping of remote nodes.
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use macaddr::MacAddr6;
+
 use super::*;
 
 fn node(ip: [u8; 4], cidr: &str) -> NodeSpec {

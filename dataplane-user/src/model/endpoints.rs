@@ -1,0 +1,132 @@
+//! Pods on this node: their specs, the rules an endpoint keeps, and which
+//! sources list each.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnetwork::Ipv4Network;
+use macaddr::MacAddr6;
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
+
+use super::{Source, Violation};
+
+/// A pod attached to this node: what the CNI plugin or the config file says.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The pod's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The host side of the pod's veth, in the node's namespace.
+    pub interface: HostInterface,
+    /// MAC address of the pod's own interface.
+    #[serde_as(as = "DisplayFromStr")]
+    pub mac: MacAddr6,
+}
+
+/// A host veth: by name (config file, CLI: what people type) or by index
+/// (the CNI plugin, which has it; names can be reused, indexes are not
+/// until the counter wraps).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum HostInterface {
+    Index(u32),
+    Name(String),
+}
+
+impl std::fmt::Display for HostInterface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostInterface::Index(index) => write!(f, "ifindex {index}"),
+            HostInterface::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Checks one endpoint on its own.
+pub fn validate_endpoint(
+    endpoint: &EndpointSpec,
+    pod_cidr: Option<Ipv4Network>,
+) -> Result<(), Violation> {
+    if let Some(cidr) = pod_cidr {
+        if !cidr.contains(endpoint.ip) {
+            return Err((
+                "ip",
+                format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
+            ));
+        }
+        // Static IPAM or another network's IPAM can hand these out.
+        let role = if endpoint.ip == cidr.network() {
+            "network"
+        } else {
+            "broadcast"
+        };
+        if cidr.prefix() < 31 && (endpoint.ip == cidr.network() || endpoint.ip == cidr.broadcast())
+        {
+            return Err((
+                "ip",
+                format!(
+                    "{} is the {role} address of the pod CIDR {cidr}",
+                    endpoint.ip
+                ),
+            ));
+        }
+    }
+    match &endpoint.interface {
+        HostInterface::Name(name) if name.is_empty() || name.len() > 15 => {
+            return Err((
+                "interface",
+                format!("{name:?} is not a valid interface name (1 to 15 characters)"),
+            ));
+        }
+        HostInterface::Index(0) => {
+            return Err(("interface", "0 is not an interface index".into()));
+        }
+        _ => {}
+    }
+    let mac = endpoint.mac.as_bytes();
+    if mac[0] & 1 == 1 || mac.iter().all(|byte| *byte == 0) {
+        return Err((
+            "mac",
+            format!("{} is not a unicast MAC address", endpoint.mac),
+        ));
+    }
+    Ok(())
+}
+
+/// Which sources list each endpoint: an endpoint stays while any of them
+/// does. (Its value is the latest registration's: a pod has one veth.)
+#[derive(Debug, Default)]
+pub struct EndpointSources(BTreeMap<Ipv4Addr, BTreeSet<Source>>);
+
+impl EndpointSources {
+    /// `source` lists `ip`.
+    pub fn list(&mut self, ip: Ipv4Addr, source: Source) {
+        self.0.entry(ip).or_default().insert(source);
+    }
+
+    /// The endpoint is gone, whoever listed it.
+    pub fn forget(&mut self, ip: Ipv4Addr) {
+        self.0.remove(&ip);
+    }
+
+    /// `source` lists exactly `listed` now; returns the endpoints no source
+    /// lists any more (forgotten here, to be removed from the maps).
+    pub fn withdraw(&mut self, source: Source, listed: &BTreeSet<Ipv4Addr>) -> Vec<Ipv4Addr> {
+        let mut unlisted = Vec::new();
+        self.0.retain(|ip, sources| {
+            if !listed.contains(ip) {
+                sources.remove(&source);
+            }
+            let keep = !sources.is_empty();
+            if !keep {
+                unlisted.push(*ip);
+            }
+            keep
+        });
+        unlisted
+    }
+}
