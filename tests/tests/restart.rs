@@ -254,3 +254,41 @@ fn pins_of_another_layout_version_are_removed_once_the_new_programs_run() -> any
     node.pods[0].ping(node.pods[1].ip, 1)?;
     Ok(())
 }
+
+#[test]
+fn a_pinned_link_no_endpoint_claims_is_removed_when_the_agent_starts() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 2))?;
+    let node = &mut cluster.nodes[0];
+    node.stop_agent(Signal::SIGKILL);
+    // What an agent killed between removing an endpoint and its links leaves.
+    let gone = node.pods[1].ip;
+    let path = node
+        .bpf_root()?
+        .join(format!("v{}", dataplane_common::MAP_LAYOUT_VERSION))
+        .join(dataplane_common::names::ENDPOINTS_MAP);
+    let mut endpoints: aya::maps::HashMap<aya::maps::MapData, [u8; 4], dataplane_common::Endpoint> =
+        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(
+            aya::maps::MapData::from_pin(&path)?,
+        )?)?;
+    endpoints.remove(&gone.octets())?;
+    node.start_agent()?;
+    let status = node.status()?;
+    let attached: Vec<String> = status["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.as_str().map(ToOwned::to_owned))
+        .collect();
+    let stale = &node.pods[1].host_interface;
+    assert!(
+        !attached.iter().any(|entry| entry.contains(stale.as_str())),
+        "programs left on {stale}: {attached:?}"
+    );
+    let kept = &node.pods[0].host_interface;
+    assert!(
+        attached.iter().any(|entry| entry.contains(kept.as_str())),
+        "{attached:?}"
+    );
+    node.pods[0].ping(node.ip, 1)?;
+    Ok(())
+}

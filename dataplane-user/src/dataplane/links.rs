@@ -239,9 +239,10 @@ impl Links {
     /// having first moved there those `previous` (the previous map layout's
     /// links directory) holds: one program swap per link, back to back, so
     /// the interfaces change programs within moments of each other instead
-    /// of as the agent's start reaches each. Links that cannot be taken
-    /// over are left to `attach` and `remove_stale_links`.
-    /// Returns how many were taken over.
+    /// of as the agent's start reaches each. Which links stay is still
+    /// `attach`'s to say (it adopts the swapped link again, at no cost to
+    /// traffic) and `remove_stale_links`'s: a link no endpoint claims any
+    /// more goes then, as before. Returns how many were swapped.
     fn links_taken_over(&mut self, previous: Option<&Path>) -> usize {
         let pins_in = |directory: &Path| -> Vec<(Attachment, PathBuf)> {
             let Ok(entries) = std::fs::read_dir(directory) else {
@@ -267,9 +268,6 @@ impl Links {
         }
         let mut taken = 0;
         for (attachment, pin) in pins_in(&self.links_dir.clone()) {
-            if self.attached.contains(&attachment) {
-                continue;
-            }
             let held = self.adopt(attachment.program, &pin).and_then(|link| {
                 let link: FdLink = classifier(&mut self.ebpf, attachment.program)
                     .take_link(link)
@@ -281,10 +279,7 @@ impl Links {
                 Ok(())
             });
             match held {
-                Ok(()) => {
-                    self.attached.insert(attachment);
-                    taken += 1;
-                }
+                Ok(()) => taken += 1,
                 Err(cause) => debug!(pin = %pin.display(), cause, "not taken over now"),
             }
         }
