@@ -267,9 +267,7 @@ fn a_pinned_link_no_endpoint_claims_is_removed_when_the_agent_starts() -> anyhow
         .join(format!("v{}", dataplane_common::MAP_LAYOUT_VERSION))
         .join(dataplane_common::names::ENDPOINTS_MAP);
     let mut endpoints: aya::maps::HashMap<aya::maps::MapData, [u8; 4], dataplane_common::Endpoint> =
-        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(
-            aya::maps::MapData::from_pin(&path)?,
-        )?)?;
+        dataplane_user::maps::table::open_pinned(&path)?;
     endpoints.remove(&gone.octets())?;
     node.start_agent()?;
     let status = node.status()?;

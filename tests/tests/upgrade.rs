@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use dataplane_common::{FlowKey, MAP_LAYOUT_VERSION, NatEntry, nat_direction};
 use dataplane_tests::{
     Cluster, ClusterSpec, MainPlugin, Netns, Node,
@@ -21,6 +21,7 @@ use dataplane_tests::{
     traffic::{EchoServers, Steady, UdpEcho, joined, steady_tcp, steady_udp},
 };
 use dataplane_user::{
+    maps::table::open_pinned,
     nat::monotonic_now_ns,
     upgrade::{FROM_VERSION, PreviousNatEntry, previous_nat_connection},
 };
@@ -248,8 +249,7 @@ fn a_hundred_thousand_connections_of_the_previous_layout_are_carried() -> anyhow
     let node_ip = node.ip.octets();
     let now = monotonic_now_ns();
     let path = pin_dir(node, FROM_VERSION)?.join("NAT");
-    let mut old: HashMap<MapData, FlowKey, PreviousNatEntry> =
-        HashMap::try_from(Map::from_map_data(MapData::from_pin(&path)?)?)?;
+    let mut old: HashMap<MapData, FlowKey, PreviousNatEntry> = open_pinned(&path)?;
     let filling = Instant::now();
     for index in 0..CONNECTIONS {
         let egress = FlowKey {
@@ -272,9 +272,8 @@ fn a_hundred_thousand_connections_of_the_previous_layout_are_carried() -> anyhow
     );
 
     node.upgrade_agent()?;
-    let new: HashMap<MapData, FlowKey, NatEntry> = HashMap::try_from(Map::from_map_data(
-        MapData::from_pin(pin_dir(node, MAP_LAYOUT_VERSION)?.join("NAT"))?,
-    )?)?;
+    let new: HashMap<MapData, FlowKey, NatEntry> =
+        open_pinned(&pin_dir(node, MAP_LAYOUT_VERSION)?.join("NAT"))?;
     let halves = new.keys().filter(Result::is_ok).count();
     let log = node.agent_log();
     let took = carrying_took_ms(&log);

@@ -4,11 +4,11 @@
 //! so (`maps::fake`). Everything above it (the typed map access, the
 //! mirrors, the reconciler) runs the same code either way.
 
-use std::io;
+use std::{io, path::Path};
 
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use dataplane_common::CounterValue;
 
@@ -27,6 +27,11 @@ pub trait Table<K, V>: Send + Sync {
     fn remove(&mut self, key: &K) -> Result<(), MapError>;
     /// Every entry; keys removed during the walk are skipped.
     fn entries(&self) -> Result<Vec<(K, V)>, MapError>;
+}
+
+/// The map pinned at `path`, as the typed map `T`.
+pub fn open_pinned<T: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<T, MapError> {
+    T::try_from(Map::from_map_data(MapData::from_pin(path)?)?)
 }
 
 /// A boxed table, as the typed map access holds them.

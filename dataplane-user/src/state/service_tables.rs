@@ -16,14 +16,17 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use dataplane_common::{
     Backend, FlowKey, HAIRPIN_SOURCE, MAX_SERVICE_FLOWS, MAX_SOCKET_FLOWS, ServiceFlow,
     SocketFlowKey, names, service_direction,
 };
 
 use crate::{
-    maps::{removed as removed_entry, table::BoxedTable},
+    maps::{
+        removed as removed_entry,
+        table::{BoxedTable, open_pinned},
+    },
     nat::{self, Half, Timeouts},
 };
 
@@ -106,11 +109,9 @@ fn open<K: aya::Pod + Send + Sync + 'static, V: aya::Pod + Send + Sync + 'static
     name: &str,
 ) -> anyhow::Result<BoxedTable<K, V>> {
     let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
-    Ok(Box::new(
-        HashMap::<MapData, K, V>::try_from(map).with_context(|| format!("map {name}"))?,
-    ))
+    let map: HashMap<MapData, K, V> =
+        open_pinned(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Box::new(map))
 }
 
 impl ServiceTables {

@@ -18,7 +18,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, MapData, Queue, lpm_trie::Key};
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, CounterValue, Endpoint, FlowKey, FragmentKey,
     FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, NodeRoute, OUTSIDE_CLIENTS, PodNat,
@@ -183,7 +183,7 @@ struct Pods {
 impl Pods {
     fn read(old: &Pins) -> Result<Self, CarryError> {
         let config = old
-            .array::<NodeConfig>(names::NODE_CONFIG_MAP)?
+            .typed::<Array<MapData, NodeConfig>>(names::NODE_CONFIG_MAP)?
             .get(&0, 0)
             .unwrap_or_default();
         let endpoints = old
@@ -312,7 +312,7 @@ fn carry_nat(old: &Pins, new: &Pins, pods: &Pods) -> Result<(Carried, Carried), 
         carried.lose(orphans, "a half without its other half".into());
     }
     unassured.sort_by_key(|(last_seen_ns, _)| *last_seen_ns);
-    let mut queue = new.queue::<FlowKey>(names::UNASSURED_MAP)?;
+    let mut queue: Queue<MapData, FlowKey> = new.typed(names::UNASSURED_MAP)?;
     let mut queued = Carried::new(names::UNASSURED_MAP);
     for (_, key) in unassured {
         queued.count(queue.push(key, 0));

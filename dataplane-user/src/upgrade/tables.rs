@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 
-use crate::maps::table::Table;
+use crate::maps::table::{Table, open_pinned};
 
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, Queue},
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -77,36 +77,18 @@ fn full_or(error: &MapError) -> String {
 pub struct Pins(pub PathBuf);
 
 impl Pins {
-    fn open(&self, name: &str) -> Result<Map, CarryError> {
+    /// The map `name` pinned here, as the typed map `T`.
+    pub fn typed<T: TryFrom<Map, Error = MapError>>(&self, name: &str) -> Result<T, CarryError> {
         let path = self.0.join(name);
-        MapData::from_pin(&path)
-            .and_then(Map::from_map_data)
-            .map_err(|source| CarryError::Open { path, source })
+        open_pinned(&path).map_err(|source| CarryError::Open { path, source })
     }
 
     pub fn hash<K: Pod, V: Pod>(&self, name: &str) -> Result<HashMap<MapData, K, V>, CarryError> {
-        let path = self.0.join(name);
-        HashMap::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
+        self.typed(name)
     }
 
     pub fn lpm<K: Pod, V: Pod>(&self, name: &str) -> Result<LpmTrie<MapData, K, V>, CarryError> {
-        let path = self.0.join(name);
-        LpmTrie::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
-    }
-
-    pub fn array<V: Pod>(&self, name: &str) -> Result<Array<MapData, V>, CarryError> {
-        let path = self.0.join(name);
-        Array::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
-    }
-
-    pub fn per_cpu_array<V: Pod>(&self, name: &str) -> Result<PerCpuArray<MapData, V>, CarryError> {
-        let path = self.0.join(name);
-        PerCpuArray::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
-    }
-
-    pub fn queue<V: Pod>(&self, name: &str) -> Result<Queue<MapData, V>, CarryError> {
-        let path = self.0.join(name);
-        Queue::try_from(self.open(name)?).map_err(|source| CarryError::Open { path, source })
+        self.typed(name)
     }
 }
 
@@ -159,8 +141,8 @@ pub fn copy_per_cpu_array<V: Pod>(
     from: &Pins,
     into: &Pins,
 ) -> Result<Carried, CarryError> {
-    let old = from.per_cpu_array::<V>(map)?;
-    let mut new = into.per_cpu_array::<V>(map)?;
+    let old: PerCpuArray<MapData, V> = from.typed(map)?;
+    let mut new: PerCpuArray<MapData, V> = into.typed(map)?;
     let mut carried = Carried::new(map);
     for index in 0..old.len().min(new.len()) {
         let values = old
