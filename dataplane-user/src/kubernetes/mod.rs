@@ -22,7 +22,6 @@ mod service_watch;
 mod services;
 
 pub use service_watch::follow_services;
-pub use services::service_spec;
 
 use crate::{
     config::KubernetesSettings,

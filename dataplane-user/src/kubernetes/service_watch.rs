@@ -1,6 +1,7 @@
 //! Kubernetes Services and EndpointSlices followed: both watched, what the
-//! dataplane reads of them kept (the rest of each object dropped as it
-//! arrives: managed fields and annotations are most of an object), each
+//! dataplane reads of them kept (`ServiceFacts`, `SliceFacts`: the objects
+//! themselves are dropped as they arrive, they would be 90% of the agent's
+//! memory with many Services), each
 //! complete listing replacing what this source contributed, and every
 //! change applied for the Services it touches.
 
@@ -18,7 +19,7 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use super::services::{SERVICE_NAME_LABEL, service_spec};
+use super::services::{ServiceFacts, SliceFacts, service_facts, slice_facts};
 use crate::{
     model::{ServiceSpec, Source},
     state::{Command, StateHandle},
@@ -29,37 +30,6 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
 /// A namespaced object: (namespace, name).
 type Key = (String, String);
-
-/// What the dataplane reads of a Service; the rest goes.
-fn compact_service(service: &mut Service) {
-    let metadata = &mut service.metadata;
-    metadata.managed_fields = None;
-    metadata.annotations = None;
-    metadata.owner_references = None;
-    metadata.finalizers = None;
-    if let Some(status) = &mut service.status {
-        status.conditions = None;
-    }
-}
-
-/// What the dataplane reads of an EndpointSlice: its Service's label, the
-/// ports, and per endpoint the first address, conditions and zone hints.
-fn compact_slice(slice: &mut EndpointSlice) {
-    let metadata = &mut slice.metadata;
-    metadata.managed_fields = None;
-    metadata.annotations = None;
-    metadata.owner_references = None;
-    if let Some(labels) = &mut metadata.labels {
-        labels.retain(|key, _| key == SERVICE_NAME_LABEL);
-    }
-    for endpoint in &mut slice.endpoints {
-        endpoint.addresses.truncate(1);
-        endpoint.target_ref = None;
-        endpoint.hostname = None;
-        endpoint.node_name = None;
-        endpoint.deprecated_topology = None;
-    }
-}
 
 /// Follows the cluster's Services and EndpointSlices for as long as the agent runs.
 pub async fn follow_services(state: StateHandle) {
@@ -83,12 +53,13 @@ enum Change {
 /// What the watches have told, with each Service's slices indexed.
 #[derive(Default)]
 struct Store {
-    services: BTreeMap<Key, Service>,
-    slices: BTreeMap<Key, EndpointSlice>,
+    /// The Services the dataplane programs (not those it leaves alone).
+    services: BTreeMap<Key, ServiceFacts>,
+    slices: BTreeMap<Key, SliceFacts>,
     slices_of: BTreeMap<Key, BTreeSet<Key>>,
     /// Listings in progress.
-    listing_services: BTreeMap<Key, Service>,
-    listing_slices: BTreeMap<Key, EndpointSlice>,
+    listing_services: BTreeMap<Key, ServiceFacts>,
+    listing_slices: BTreeMap<Key, SliceFacts>,
     services_listed: bool,
     slices_listed: bool,
 }
@@ -100,20 +71,15 @@ fn key_of(metadata: &kube::api::ObjectMeta) -> Key {
     )
 }
 
-/// The Service a slice belongs to.
-fn owner_of(slice: &EndpointSlice) -> Option<Key> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some((
-        slice.metadata.namespace.clone().unwrap_or_default(),
-        name.clone(),
-    ))
+/// The Service of the slice `key`.
+fn owner_of(key: &Key, slice: &SliceFacts) -> Option<Key> {
+    Some((key.0.clone(), slice.service.clone()?))
 }
 
 impl Store {
-    fn insert_slice(&mut self, slice: EndpointSlice) -> Option<Key> {
-        let key = key_of(&slice.metadata);
+    fn insert_slice(&mut self, key: Key, slice: SliceFacts) -> Option<Key> {
         let before = self.remove_slice(&key);
-        let owner = owner_of(&slice);
+        let owner = owner_of(&key, &slice);
         if let Some(owner) = &owner {
             self.slices_of
                 .entry(owner.clone())
@@ -126,7 +92,7 @@ impl Store {
 
     /// Returns the Service the slice belonged to.
     fn remove_slice(&mut self, key: &Key) -> Option<Key> {
-        let owner = owner_of(&self.slices.remove(key)?)?;
+        let owner = owner_of(key, &self.slices.remove(key)?)?;
         if let Some(slices) = self.slices_of.get_mut(&owner) {
             slices.remove(key);
             if slices.is_empty() {
@@ -138,14 +104,14 @@ impl Store {
 
     fn spec_of(&self, key: &Key) -> Option<ServiceSpec> {
         let service = self.services.get(key)?;
-        let slices: Vec<&EndpointSlice> = self
+        let slices: Vec<&SliceFacts> = self
             .slices_of
             .get(key)
             .into_iter()
             .flatten()
             .filter_map(|slice| self.slices.get(slice))
             .collect();
-        service_spec(service, &slices)
+        Some(service.spec(&slices))
     }
 
     fn listed(&self) -> bool {
@@ -169,7 +135,6 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(compact_service)
     .map(|event| event.map(|event| Change::Service(Box::new(event))))
     .boxed();
     let slices = watcher(
@@ -177,7 +142,6 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(compact_slice)
     .map(|event| event.map(|event| Change::Slice(Box::new(event))))
     .boxed();
     let mut events = futures::stream::select(services, slices);
@@ -271,8 +235,10 @@ impl Store {
                 Changed::Nothing
             }
             watcher::Event::InitApply(service) => {
-                self.listing_services
-                    .insert(key_of(&service.metadata), service);
+                if let Some(facts) = service_facts(&service) {
+                    self.listing_services
+                        .insert(key_of(&service.metadata), facts);
+                }
                 Changed::Nothing
             }
             watcher::Event::InitDone => {
@@ -282,7 +248,11 @@ impl Store {
             }
             watcher::Event::Apply(service) => {
                 let key = key_of(&service.metadata);
-                self.services.insert(key.clone(), service);
+                match service_facts(&service) {
+                    Some(facts) => self.services.insert(key.clone(), facts),
+                    // Now one to leave alone: withdrawn.
+                    None => self.services.remove(&key),
+                };
                 Changed::Service(key)
             }
             watcher::Event::Delete(service) => {
@@ -300,22 +270,25 @@ impl Store {
                 Changed::Nothing
             }
             watcher::Event::InitApply(slice) => {
-                self.listing_slices.insert(key_of(&slice.metadata), slice);
+                self.listing_slices
+                    .insert(key_of(&slice.metadata), slice_facts(&slice));
                 Changed::Nothing
             }
             watcher::Event::InitDone => {
                 self.slices.clear();
                 self.slices_of.clear();
-                for (_, slice) in std::mem::take(&mut self.listing_slices) {
-                    self.insert_slice(slice);
+                for (key, slice) in std::mem::take(&mut self.listing_slices) {
+                    self.insert_slice(key, slice);
                 }
                 self.slices_listed = true;
                 Changed::Listing
             }
-            watcher::Event::Apply(slice) => match self.insert_slice(slice) {
-                Some(owner) => Changed::Service(owner),
-                None => Changed::Nothing,
-            },
+            watcher::Event::Apply(slice) => {
+                match self.insert_slice(key_of(&slice.metadata), slice_facts(&slice)) {
+                    Some(owner) => Changed::Service(owner),
+                    None => Changed::Nothing,
+                }
+            }
             watcher::Event::Delete(slice) => match self.remove_slice(&key_of(&slice.metadata)) {
                 Some(owner) => Changed::Service(owner),
                 None => Changed::Nothing,

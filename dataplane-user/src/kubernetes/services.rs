@@ -12,7 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
 };
 
 use dataplane_common::MAX_BACKENDS_PER_SERVICE;
@@ -31,9 +31,20 @@ const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
-/// The Service as the dataplane programs it, given its EndpointSlices;
-/// `None` for a Service the dataplane leaves alone.
-pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<ServiceSpec> {
+/// What the dataplane reads of a Service, taken as it arrives (the object
+/// itself is not kept: whole, a Service is about 2 KB here): the Service
+/// with its backends still to come from its EndpointSlices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFacts {
+    /// Everything but the backends.
+    spec: ServiceSpec,
+    /// The name of each of `spec.ports`, which the slices' ports carry.
+    port_names: Vec<String>,
+    publish_not_ready: bool,
+}
+
+/// What the dataplane reads of a Service; `None` for one it leaves alone.
+pub fn service_facts(service: &Service) -> Option<ServiceFacts> {
     let metadata = &service.metadata;
     if metadata.labels.as_ref().is_some_and(|labels| {
         labels.contains_key(PROXY_NAME_LABEL) || labels.contains_key(HEADLESS_LABEL)
@@ -51,69 +62,163 @@ pub fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<Serv
         .flatten()
         .chain(spec.cluster_ip.iter())
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
-    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
     let name = format!(
         "{}/{}",
         metadata.namespace.as_deref().unwrap_or("default"),
         metadata.name.as_deref()?
     );
-    let ports: Vec<ServicePort> = spec
+    let (port_names, ports): (Vec<String>, Vec<ServicePort>) = spec
         .ports
         .iter()
         .flatten()
         .filter_map(|port| {
             // SCTP is not balanced: its frontend is not programmed.
             let protocol = protocol(port.protocol.as_deref())?;
-            let port_name = port.name.as_deref().unwrap_or_default();
-            let found = backends(slices, port_name, protocol, publish_not_ready);
-            Some(ServicePort {
+            let service_port = ServicePort {
                 port: u16::try_from(port.port).ok()?,
                 protocol,
-                backends: at_most_max(&name, port.port, found.ready),
-                terminating_backends: at_most_max(&name, port.port, found.terminating),
-                zone_hints: found.zone_hints,
+                backends: Vec::new(),
+                terminating_backends: Vec::new(),
+                zone_hints: BTreeMap::new(),
                 // Set for NodePort and LoadBalancer Services (unless their
                 // node ports are switched off).
                 node_port: port.node_port.and_then(|port| u16::try_from(port).ok()),
-            })
+            };
+            Some((port.name.clone().unwrap_or_default(), service_port))
         })
-        .collect();
+        .unzip();
     if ports.is_empty() {
         return None;
     }
-    Some(ServiceSpec {
-        name,
-        ip,
-        ports,
-        session_affinity_seconds: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
-            || {
-                spec.session_affinity_config
-                    .as_ref()
-                    .and_then(|config| config.client_ip.as_ref()?.timeout_seconds)
-                    .and_then(|seconds| u32::try_from(seconds).ok())
-                    .unwrap_or(DEFAULT_AFFINITY_SECONDS)
-            },
-        ),
-        load_balancer_ips: load_balancer_ips(service, &external_ips(service)),
-        source_ranges: source_ranges(service),
-        external_ips: external_ips(service),
-        external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-        internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        health_check_node_port: spec
-            .health_check_node_port
-            .and_then(|port| u16::try_from(port).ok()),
-        address_is_external: false,
-        created: metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|created| created.0.as_second()),
+    let external_ips = external_ips(service);
+    Some(ServiceFacts {
+        spec: ServiceSpec {
+            name,
+            ip,
+            ports,
+            session_affinity_seconds: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
+                || {
+                    spec.session_affinity_config
+                        .as_ref()
+                        .and_then(|config| config.client_ip.as_ref()?.timeout_seconds)
+                        .and_then(|seconds| u32::try_from(seconds).ok())
+                        .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+                },
+            ),
+            load_balancer_ips: load_balancer_ips(service, &external_ips),
+            source_ranges: source_ranges(service),
+            external_ips,
+            external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            health_check_node_port: spec
+                .health_check_node_port
+                .and_then(|port| u16::try_from(port).ok()),
+            address_is_external: false,
+            created: metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|created| created.0.as_second()),
+        },
+        port_names,
+        publish_not_ready: spec.publish_not_ready_addresses == Some(true),
     })
+}
+
+impl ServiceFacts {
+    /// The Service as the dataplane programs it, given its EndpointSlices.
+    pub fn spec(&self, slices: &[&SliceFacts]) -> ServiceSpec {
+        let mut spec = self.spec.clone();
+        for (port, port_name) in spec.ports.iter_mut().zip(&self.port_names) {
+            let found = backends(slices, port_name, port.protocol, self.publish_not_ready);
+            port.backends = at_most_max(&spec.name, port.port, found.ready);
+            port.terminating_backends = at_most_max(&spec.name, port.port, found.terminating);
+            port.zone_hints = found.zone_hints;
+        }
+        spec
+    }
+}
+
+/// What the dataplane reads of an EndpointSlice, taken as it arrives (whole,
+/// a slice of 10 endpoints is about 6 KB here; this, a tenth of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceFacts {
+    /// The name of its Service (label `kubernetes.io/service-name`).
+    pub service: Option<String>,
+    /// The ports of the endpoints (TCP and UDP ones with a number).
+    ports: Vec<SlicePort>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlicePort {
+    /// The Service port's name it serves.
+    name: String,
+    protocol: Protocol,
+    port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SliceEndpoint {
+    /// The first address (the API says only it counts).
+    address: IpAddr,
+    /// Unset conditions mean ready and serving, as kube-proxy reads them.
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    /// The zones it is hinted for.
+    zones: Vec<String>,
+}
+
+/// What the dataplane reads of an EndpointSlice.
+pub fn slice_facts(slice: &EndpointSlice) -> SliceFacts {
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| {
+            Some(SlicePort {
+                name: port.name.clone().unwrap_or_default(),
+                protocol: protocol(port.protocol.as_deref())?,
+                port: u16::try_from(port.port?).ok()?,
+            })
+        })
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .filter_map(|endpoint| {
+            let address = endpoint.addresses.first()?.parse::<IpAddr>().ok()?;
+            let conditions = endpoint.conditions.as_ref();
+            Some(SliceEndpoint {
+                address,
+                ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+                terminating: conditions.and_then(|c| c.terminating) == Some(true),
+                zones: endpoint
+                    .hints
+                    .iter()
+                    .flat_map(|hints| hints.for_zones.iter().flatten())
+                    .map(|zone| zone.name.clone())
+                    .collect(),
+            })
+        })
+        .collect();
+    SliceFacts {
+        service: slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+            .cloned(),
+        ports,
+        endpoints,
+    }
 }
 
 /// The first `MAX_BACKENDS_PER_SERVICE` of `backends` (in address order):
 /// a Service larger than one frontend may be is served by that many, with a
 /// warning, never dropped.
-fn at_most_max(service: &str, port: i32, backends: BTreeSet<SocketAddrV4>) -> Vec<SocketAddrV4> {
+fn at_most_max(service: &str, port: u16, backends: BTreeSet<SocketAddrV4>) -> Vec<SocketAddrV4> {
     let mut backends: Vec<SocketAddrV4> = backends.into_iter().collect();
     let max = MAX_BACKENDS_PER_SERVICE as usize;
     if backends.len() > max {
@@ -196,51 +301,37 @@ struct PortEndpoints {
 
 /// The backends of the Service port `port_name`: the ready endpoints (or
 /// all, to publish not-ready ones) with their zone hints, and the serving
-/// terminating ones.
+/// terminating ones; those of the Service's family only.
 fn backends(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceFacts],
     port_name: &str,
     protocol_wanted: Protocol,
     publish_not_ready: bool,
 ) -> PortEndpoints {
     let mut found = PortEndpoints::default();
-    for slice in slices.iter().filter(|slice| slice.address_type == "IPv4") {
-        let target = slice.ports.iter().flatten().find(|port| {
-            port.name.as_deref().unwrap_or_default() == port_name
-                && protocol(port.protocol.as_deref()) == Some(protocol_wanted)
-        });
-        let Some(target) = target
-            .and_then(|port| port.port)
-            .and_then(|port| u16::try_from(port).ok())
+    for slice in slices {
+        let Some(target) = slice
+            .ports
+            .iter()
+            .find(|port| port.name == port_name && port.protocol == protocol_wanted)
         else {
             continue;
         };
         for endpoint in &slice.endpoints {
-            // Only the first address counts (the API says so).
-            let Some(address) = endpoint
-                .addresses
-                .first()
-                .and_then(|address| address.parse::<Ipv4Addr>().ok())
-            else {
+            let IpAddr::V4(address) = endpoint.address else {
                 continue;
             };
-            let conditions = endpoint.conditions.clone().unwrap_or_default();
-            // Unset conditions mean ready and serving, as kube-proxy reads them.
-            let is_ready = conditions.ready.unwrap_or(true);
-            let serving = conditions.serving.unwrap_or(true);
-            let backend = SocketAddrV4::new(address, target);
-            if is_ready || publish_not_ready {
+            let backend = SocketAddrV4::new(address, target.port);
+            if endpoint.ready || publish_not_ready {
                 found.ready.insert(backend);
-                let zones: BTreeSet<String> = endpoint
-                    .hints
-                    .iter()
-                    .flat_map(|hints| hints.for_zones.iter().flatten())
-                    .map(|zone| zone.name.clone())
-                    .collect();
-                if !zones.is_empty() {
-                    found.zone_hints.entry(backend).or_default().extend(zones);
+                if !endpoint.zones.is_empty() {
+                    found
+                        .zone_hints
+                        .entry(backend)
+                        .or_default()
+                        .extend(endpoint.zones.iter().cloned());
                 }
-            } else if serving && conditions.terminating == Some(true) {
+            } else if endpoint.serving && endpoint.terminating {
                 found.terminating.insert(backend);
             }
         }

@@ -1,5 +1,12 @@
 use super::*;
 
+/// The Service as programmed from these objects, as the watch builds it.
+fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<ServiceSpec> {
+    let slices: Vec<SliceFacts> = slices.iter().map(|slice| slice_facts(slice)).collect();
+    let slices: Vec<&SliceFacts> = slices.iter().collect();
+    Some(service_facts(service)?.spec(&slices))
+}
+
 fn service(json: serde_json::Value) -> Service {
     serde_json::from_value(json).unwrap()
 }
