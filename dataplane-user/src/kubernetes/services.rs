@@ -17,7 +17,10 @@ use std::{
 
 use dataplane_common::MAX_BACKENDS_PER_SERVICE;
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use tracing::warn;
 
 use crate::model::{Protocol, ServicePort, ServiceSpec};
@@ -28,7 +31,7 @@ const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// skips them too; upstream e2e "should implement service.kubernetes.io/headless").
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// An EndpointSlice's Service.
-pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 /// What the dataplane reads of a Service, taken as it arrives (the object
@@ -39,8 +42,17 @@ pub struct ServiceFacts {
     /// Everything but the backends.
     spec: ServiceSpec,
     /// The name of each of `spec.ports`, which the slices' ports carry.
-    port_names: Vec<String>,
+    port_names: Box<[String]>,
     publish_not_ready: bool,
+}
+
+/// A namespaced object's name as Services are named here: "namespace/name".
+pub fn object_key(metadata: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        metadata.namespace.as_deref().unwrap_or("default"),
+        metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// What the dataplane reads of a Service; `None` for one it leaves alone.
@@ -62,12 +74,8 @@ pub fn service_facts(service: &Service) -> Option<ServiceFacts> {
         .flatten()
         .chain(spec.cluster_ip.iter())
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
-    let name = format!(
-        "{}/{}",
-        metadata.namespace.as_deref().unwrap_or("default"),
-        metadata.name.as_deref()?
-    );
-    let (port_names, ports): (Vec<String>, Vec<ServicePort>) = spec
+    metadata.name.as_ref()?;
+    let (port_names, mut ports): (Vec<String>, Vec<ServicePort>) = spec
         .ports
         .iter()
         .flatten()
@@ -90,10 +98,12 @@ pub fn service_facts(service: &Service) -> Option<ServiceFacts> {
     if ports.is_empty() {
         return None;
     }
+    ports.shrink_to_fit();
     let external_ips = external_ips(service);
     Some(ServiceFacts {
         spec: ServiceSpec {
-            name,
+            // The store's key (`object_key`): not kept twice.
+            name: String::new(),
             ip,
             ports,
             session_affinity_seconds: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
@@ -119,16 +129,18 @@ pub fn service_facts(service: &Service) -> Option<ServiceFacts> {
                 .as_ref()
                 .map(|created| created.0.as_second()),
         },
-        port_names,
+        port_names: port_names.into(),
         publish_not_ready: spec.publish_not_ready_addresses == Some(true),
     })
 }
 
 impl ServiceFacts {
-    /// The Service as the dataplane programs it, given its EndpointSlices.
-    pub fn spec(&self, slices: &[&SliceFacts]) -> ServiceSpec {
+    /// The Service `name` (its `object_key`) as the dataplane programs it,
+    /// given its EndpointSlices.
+    pub fn spec(&self, name: &str, slices: &[&SliceFacts]) -> ServiceSpec {
         let mut spec = self.spec.clone();
-        for (port, port_name) in spec.ports.iter_mut().zip(&self.port_names) {
+        spec.name = name.to_string();
+        for (port, port_name) in spec.ports.iter_mut().zip(self.port_names.iter()) {
             let found = backends(slices, port_name, port.protocol, self.publish_not_ready);
             port.backends = at_most_max(&spec.name, port.port, found.ready);
             port.terminating_backends = at_most_max(&spec.name, port.port, found.terminating);
@@ -142,11 +154,9 @@ impl ServiceFacts {
 /// a slice of 10 endpoints is about 6 KB here; this, a tenth of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceFacts {
-    /// The name of its Service (label `kubernetes.io/service-name`).
-    pub service: Option<String>,
     /// The ports of the endpoints (TCP and UDP ones with a number).
-    ports: Vec<SlicePort>,
-    endpoints: Vec<SliceEndpoint>,
+    ports: Box<[SlicePort]>,
+    endpoints: Box<[SliceEndpoint]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,8 +175,8 @@ struct SliceEndpoint {
     ready: bool,
     serving: bool,
     terminating: bool,
-    /// The zones it is hinted for.
-    zones: Vec<String>,
+    /// The zones it is hinted for (no allocation when there are none).
+    zones: Box<[String]>,
 }
 
 /// What the dataplane reads of an EndpointSlice.
@@ -203,16 +213,17 @@ pub fn slice_facts(slice: &EndpointSlice) -> SliceFacts {
             })
         })
         .collect();
-    SliceFacts {
-        service: slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-            .cloned(),
-        ports,
-        endpoints,
-    }
+    SliceFacts { ports, endpoints }
+}
+
+/// The `object_key` of a slice's Service (label `kubernetes.io/service-name`).
+pub fn owner_of(slice: &EndpointSlice) -> Option<String> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(object_key(&ObjectMeta {
+        namespace: slice.metadata.namespace.clone(),
+        name: Some(service.clone()),
+        ..ObjectMeta::default()
+    }))
 }
 
 /// The first `MAX_BACKENDS_PER_SERVICE` of `backends` (in address order):

@@ -14,7 +14,7 @@ fn a_service_changed_to_one_left_alone_is_withdrawn() {
         slices_listed: true,
         ..Store::default()
     };
-    let key = ("shop".to_string(), "web".to_string());
+    let key = "shop/web".to_string();
     store.service_event(watcher::Event::Apply(service(serde_json::json!({}))));
     assert!(store.spec_of(&key).is_some());
     // Another proxy's now: this dataplane stops programming it.
@@ -22,4 +22,86 @@ fn a_service_changed_to_one_left_alone_is_withdrawn() {
         "service.kubernetes.io/service-proxy-name": "other"
     }))));
     assert!(store.spec_of(&key).is_none());
+}
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]},
+    }))
+    .unwrap()
+}
+
+fn slice(service: &str, address: &str) -> EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "custom", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": [address]}],
+    }))
+    .unwrap()
+}
+
+fn backends(store: &Store, service: &str) -> Vec<std::net::SocketAddrV4> {
+    store.spec_of(&service.to_string()).unwrap().ports[0]
+        .backends
+        .clone()
+}
+
+#[test]
+fn a_relabelled_slice_moves_to_its_new_service() {
+    let mut store = Store::default();
+    store.service_event(watcher::Event::Apply(service("web")));
+    store.service_event(watcher::Event::Apply(service("api")));
+    let changed = store.slice_event(watcher::Event::Apply(slice("web", "10.244.1.2")));
+    assert!(matches!(changed, Changed::Services(ref keys) if keys == &["shop/web"]));
+    assert_eq!(
+        backends(&store, "shop/web"),
+        ["10.244.1.2:8080".parse().unwrap()]
+    );
+    // A tenant relabels its own slice: both Services change.
+    let changed = store.slice_event(watcher::Event::Apply(slice("api", "10.244.1.3")));
+    assert!(matches!(changed, Changed::Services(ref keys) if keys == &["shop/web", "shop/api"]));
+    assert!(backends(&store, "shop/web").is_empty());
+    assert_eq!(
+        backends(&store, "shop/api"),
+        ["10.244.1.3:8080".parse().unwrap()]
+    );
+    store.slice_event(watcher::Event::Delete(slice("api", "10.244.1.3")));
+    assert!(backends(&store, "shop/api").is_empty());
+    // A Service deleted while its slice stays: gone, the slice kept for
+    // when it comes back.
+    store.slice_event(watcher::Event::Apply(slice("web", "10.244.1.4")));
+    store.service_event(watcher::Event::Delete(service("web")));
+    assert!(store.spec_of(&"shop/web".to_string()).is_none());
+    store.service_event(watcher::Event::Apply(service("web")));
+    assert_eq!(
+        backends(&store, "shop/web"),
+        ["10.244.1.4:8080".parse().unwrap()]
+    );
+}
+
+#[test]
+fn a_relisting_replaces_what_was_known() {
+    let mut store = Store::default();
+    store.service_event(watcher::Event::Apply(service("web")));
+    store.slice_event(watcher::Event::Apply(slice("web", "10.244.1.2")));
+    store.service_event(watcher::Event::Init);
+    store.service_event(watcher::Event::InitApply(service("api")));
+    store.service_event(watcher::Event::InitDone);
+    store.slice_event(watcher::Event::Init);
+    store.slice_event(watcher::Event::InitApply(slice("api", "10.244.1.3")));
+    store.slice_event(watcher::Event::InitDone);
+    let names: Vec<String> = store
+        .all_specs()
+        .into_iter()
+        .map(|spec| spec.name)
+        .collect();
+    assert_eq!(names, ["shop/api"]);
+    assert_eq!(
+        backends(&store, "shop/api"),
+        ["10.244.1.3:8080".parse().unwrap()]
+    );
+    assert!(store.services.keys().all(|key| key == "shop/api"));
 }

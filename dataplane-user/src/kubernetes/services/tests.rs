@@ -4,7 +4,7 @@ use super::*;
 fn service_spec(service: &Service, slices: &[&EndpointSlice]) -> Option<ServiceSpec> {
     let slices: Vec<SliceFacts> = slices.iter().map(|slice| slice_facts(slice)).collect();
     let slices: Vec<&SliceFacts> = slices.iter().collect();
-    Some(service_facts(service)?.spec(&slices))
+    Some(service_facts(service)?.spec(&object_key(&service.metadata), &slices))
 }
 
 fn service(json: serde_json::Value) -> Service {
