@@ -7,7 +7,7 @@
 mod client;
 mod wire;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
@@ -19,6 +19,7 @@ pub use wire::{CounterName, IpProtocol};
 
 use crate::model::{
     EndpointSpec, Frontend, HostInterface, NodePath, NodeSpec, Routing, ServiceSpec, Source,
+    family::AnyFamily,
 };
 
 /// The version of this protocol. 1 was the unversioned protocol before it.
@@ -64,6 +65,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, String> {
         .map_err(|error| format!("malformed line: {error}"))
 }
 
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
@@ -71,6 +73,7 @@ pub enum Request {
         endpoint: EndpointSpec,
     },
     RemoveEndpoint {
+        #[serde_as(as = "AnyFamily")]
         ip: Ipv4Addr,
         /// Only while `ip` is registered behind this host veth.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,26 +82,27 @@ pub enum Request {
     /// Registered pods; with `address`, only that pod.
     ListEndpoints {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        address: Option<Ipv4Addr>,
+        address: Option<IpAddr>,
     },
     Counters,
     AddNode {
         node: NodeSpec,
     },
     RemoveNode {
+        #[serde_as(as = "AnyFamily")]
         ip: Ipv4Addr,
     },
     /// Remote nodes; with `address`, only that node.
     ListNodes {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        address: Option<Ipv4Addr>,
+        address: Option<IpAddr>,
     },
     Status,
     /// Tracked connections; with `address`, those of the pod, node address
     /// or remote with that IP.
     ListNat {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        address: Option<Ipv4Addr>,
+        address: Option<IpAddr>,
     },
     /// Streams drop events (and forwarded packets with `traces`) that pass
     /// `filter`, one `Response::Event` per line, until disconnected.
@@ -121,7 +125,7 @@ pub enum Request {
     /// Services as the sources list them; with `address`, those with that IP.
     ListServices {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        address: Option<Ipv4Addr>,
+        address: Option<IpAddr>,
     },
     /// The Service frontends and backend slots as the maps hold them.
     ListServiceMaps,
@@ -240,7 +244,7 @@ pub struct PacketFilter {
     pub reasons: Vec<CounterName>,
     /// Source or destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     /// Source or destination port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
@@ -254,8 +258,8 @@ impl PacketFilter {
     pub fn admits(&self, event: &PacketReport) -> bool {
         (self.reasons.is_empty() || self.reasons.contains(&event.reason))
             && (self.addresses.is_empty()
-                || self.addresses.contains(&event.source)
-                || self.addresses.contains(&event.destination))
+                || self.addresses.contains(&event.source.into())
+                || self.addresses.contains(&event.destination.into()))
             && (self.ports.is_empty()
                 || [event.source_port, event.destination_port]
                     .into_iter()
@@ -420,10 +424,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn involves(&self, address: Ipv4Addr) -> bool {
+    pub fn involves(&self, address: IpAddr) -> bool {
         [self.pod, self.node, self.remote]
             .iter()
-            .any(|end| *end.ip() == address)
+            .any(|end| IpAddr::V4(*end.ip()) == address)
     }
 }
 
@@ -495,13 +499,13 @@ mod tests {
         assert!(PacketFilter::default().admits(&event));
         let by = |filter: PacketFilter| filter.admits(&event);
         assert!(by(PacketFilter {
-            addresses: vec![Ipv4Addr::new(10, 244, 0, 3)],
+            addresses: vec![Ipv4Addr::new(10, 244, 0, 3).into()],
             ports: vec![80],
             interfaces: vec![HostInterface::Index(9)],
             reasons: vec!["drop_spoofed_source".parse().unwrap()],
         }));
         assert!(!by(PacketFilter {
-            addresses: vec![Ipv4Addr::new(10, 244, 0, 4)],
+            addresses: vec![Ipv4Addr::new(10, 244, 0, 4).into()],
             ..Default::default()
         }));
         assert!(!by(PacketFilter {

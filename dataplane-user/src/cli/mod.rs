@@ -3,7 +3,10 @@
 
 mod render;
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,7 +18,7 @@ use crate::{
     api::{self, CounterName, PacketFilter, Request, Response},
     config::DEFAULT_API_SOCKET,
     install,
-    model::{EndpointSpec, HostInterface, NodeSpec, Protocol, ServicePort, ServiceSpec},
+    model::{EndpointSpec, HostInterface, NodeSpec, Protocol, ServicePort, ServiceSpec, family},
 };
 
 #[derive(Parser)]
@@ -70,7 +73,7 @@ enum Command {
         traces: bool,
         /// Only packets from or to these addresses; all when none given.
         #[arg(long)]
-        address: Vec<Ipv4Addr>,
+        address: Vec<IpAddr>,
         /// Only packets from or to these ports; all when none given.
         #[arg(long)]
         port: Vec<u16>,
@@ -101,7 +104,7 @@ enum Command {
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
         /// The node's pod CIDR, for writing a configuration when none exists.
-        #[arg(long)]
+        #[arg(value_parser = family::parse::<Ipv4Network>, long)]
         pod_cidr: Option<Ipv4Network>,
     },
 }
@@ -122,7 +125,7 @@ enum MapCommand {
     /// Every entry of a map.
     List { map: MapName },
     /// The entries of a map that involve an address (pod, node or remote IP).
-    Get { map: MapName, address: Ipv4Addr },
+    Get { map: MapName, address: IpAddr },
     /// Empty a map; only the NAT table (connections start afresh).
     Flush { map: MapName },
 }
@@ -142,7 +145,7 @@ enum ServiceCommand {
         #[arg(long)]
         name: String,
         /// The address clients connect to.
-        #[arg(long)]
+        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
         ip: Ipv4Addr,
         /// A port and its backends: PORT[/tcp|/udp][:NODE_PORT]=ADDRESS:PORT,...
         /// (repeat for more ports; nothing after `=`: clients are refused;
@@ -151,15 +154,15 @@ enum ServiceCommand {
         ports: Vec<PortArg>,
         /// Another address the ports are served on, for clients outside the
         /// cluster too (an external or load balancer IP; repeat for more).
-        #[arg(long = "external-ip")]
+        #[arg(value_parser = family::parse::<Ipv4Addr>, long = "external-ip")]
         external_ips: Vec<Ipv4Addr>,
         /// A load balancer IP the ports are served on (repeat for more):
         /// as an external IP, limited by --source-range.
-        #[arg(long = "load-balancer-ip")]
+        #[arg(value_parser = family::parse::<Ipv4Addr>, long = "load-balancer-ip")]
         load_balancer_ips: Vec<Ipv4Addr>,
         /// loadBalancerSourceRanges: only clients in these ranges reach the
         /// load balancer IPs (repeat for more; none: everyone).
-        #[arg(long = "source-range")]
+        #[arg(value_parser = family::parse::<Ipv4Network>, long = "source-range")]
         source_ranges: Vec<Ipv4Network>,
         /// externalTrafficPolicy Local: outside clients reach only this
         /// node's backends, with their address kept.
@@ -220,9 +223,8 @@ impl std::str::FromStr for PortArg {
             .split(',')
             .filter(|backend| !backend.is_empty())
             .map(|backend| {
-                backend
-                    .parse()
-                    .map_err(|_| format!("backend {backend:?} is not ADDRESS:PORT"))
+                family::parse::<SocketAddrV4>(backend)
+                    .map_err(|error| format!("backend (ADDRESS:PORT) {error}"))
             })
             .collect::<Result<_, _>>()?;
         Ok(PortArg(ServicePort {
@@ -241,15 +243,15 @@ enum NodeCommand {
     /// Make a node's pods reachable through the tunnel (replaces what was known of it).
     Add {
         /// The node's underlay IP.
-        #[arg(long)]
+        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
         ip: Ipv4Addr,
         /// The node's pod CIDR.
-        #[arg(long)]
+        #[arg(value_parser = family::parse::<Ipv4Network>, long)]
         pod_cidr: Ipv4Network,
     },
     /// Forget a node (succeeds if it is not known).
     Del {
-        #[arg(long)]
+        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
         ip: Ipv4Addr,
     },
     /// List the nodes the tunnel maps hold.
@@ -260,7 +262,7 @@ enum NodeCommand {
 enum EndpointCommand {
     /// Register a pod: its IP, the host side of its veth, and its own MAC.
     Add {
-        #[arg(long)]
+        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
         ip: Ipv4Addr,
         /// Host-side veth (name or index) in the node's network namespace.
         #[arg(long)]
@@ -271,7 +273,7 @@ enum EndpointCommand {
     },
     /// Remove a pod (succeeds if it is not registered).
     Del {
-        #[arg(long)]
+        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
         ip: Ipv4Addr,
     },
     /// List registered pods as the endpoints map holds them.
@@ -444,7 +446,7 @@ fn monitor(socket: &std::path::Path, output: Output, request: Request) -> anyhow
     }
 }
 
-fn list_request(map: MapName, address: Option<Ipv4Addr>) -> Request {
+fn list_request(map: MapName, address: Option<IpAddr>) -> Request {
     match map {
         MapName::Endpoints => Request::ListEndpoints { address },
         MapName::Nodes => Request::ListNodes { address },

@@ -54,10 +54,11 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
+use serde_with::serde_as;
 
 use crate::model::{
     EndpointSpec, LocalFacts, NodeSet, NodeSpec, PeerMacs, Routing, ServiceSpec, Services, Source,
-    host_bits_problem, validate_endpoint,
+    family::AnyFamily, host_bits_problem, validate_endpoint,
 };
 
 pub const DEFAULT_API_SOCKET: &str = "/run/dataplane/agent.sock";
@@ -97,6 +98,7 @@ pub struct KubernetesSettings {
 }
 
 /// Egress SNAT to the node IP for pod traffic leaving the cluster.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatSettings {
@@ -106,6 +108,7 @@ pub struct NatSettings {
     /// the node's net.ipv4.ip_local_port_range.
     pub port_range: PortRange,
     /// Destinations reached with the pod's own address (like ip-masq-agent).
+    #[serde_as(as = "Vec<AnyFamily>")]
     pub no_masquerade_cidrs: Vec<Ipv4Network>,
     pub tcp_new_timeout_seconds: u64,
     pub tcp_established_timeout_seconds: u64,
@@ -280,13 +283,16 @@ pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 const MAX_VNI: u32 = (1 << 24) - 1;
 
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSettings {
     /// Pod CIDR of this node. Addresses in it without an endpoint are dropped.
+    #[serde_as(as = "Option<AnyFamily>")]
     pub pod_cidr: Option<Ipv4Network>,
     /// All pod addresses of the cluster. Addresses in it that no node owns
     /// are dropped.
+    #[serde_as(as = "Option<AnyFamily>")]
     pub cluster_cidr: Option<Ipv4Network>,
     /// Interface toward the other nodes. Setting it enables the VXLAN tunnel.
     pub uplink: Option<String>,
@@ -295,6 +301,7 @@ pub struct NodeSettings {
     #[serde(default)]
     pub routing: Routing,
     /// This node's underlay IP; by default the uplink's first IPv4 address.
+    #[serde_as(as = "Option<AnyFamily>")]
     pub node_ip: Option<Ipv4Addr>,
     #[serde(default = "default_vni")]
     pub vni: u32,
@@ -308,7 +315,7 @@ pub struct NodeSettings {
     /// Where Service addresses are (the API server's
     /// `--service-cluster-ip-range`): an address in it at a port no Service
     /// has is refused instead of routed out. Optional.
-    #[serde(default)]
+    #[serde_as(as = "Option<AnyFamily>")]
     pub service_cidr: Option<Ipv4Network>,
     /// Whether the MAC of a node reached directly follows ARP (a forged
     /// reply from a host on the uplink's network redirects that node's pod

@@ -348,3 +348,37 @@ fn a_services_address_must_not_be_the_nodes_nor_outside_the_service_cidr() {
         assert!(error.contains(problem), "{ip}: {error}");
     }
 }
+
+#[test]
+fn ipv6_values_are_read_and_refused_as_not_supported_yet() {
+    for (text, field) in [
+        ("[node]\npod_cidr = \"fd00:10:244:1::/64\"\n", "pod_cidr"),
+        ("[node]\nnode_ip = \"fd00::1\"\n", "node_ip"),
+        (
+            "[nat]\nno_masquerade_cidrs = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+            "no_masquerade_cidrs",
+        ),
+        (
+            "[[endpoints]]\nip = \"fd00:10:244:1::5\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"\n",
+            "ip",
+        ),
+        (
+            "[[nodes]]\nip = \"192.168.1.2\"\npod_cidr = \"fd00:10:244:2::/64\"\n",
+            "pod_cidr",
+        ),
+        (
+            "[[services]]\nname = \"web\"\nip = \"10.96.0.10\"\n\
+             [[services.ports]]\nport = 80\nbackends = [\"[fd00::5]:8080\"]\n",
+            "backends",
+        ),
+    ] {
+        let error = error_of(text);
+        assert!(
+            error.contains(crate::model::family::IPV6_NOT_SUPPORTED) && error.contains(field),
+            "{text}: {error}"
+        );
+    }
+    // Syntax errors stay syntax errors.
+    let error = error_of("[node]\nnode_ip = \"10.0.0.300\"\n");
+    assert!(error.contains("invalid"), "{error}");
+}

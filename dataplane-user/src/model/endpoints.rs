@@ -11,7 +11,7 @@ use macaddr::MacAddr6;
 use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 
-use super::{Source, Violation};
+use super::{Source, Violation, family::AnyFamily};
 
 /// A pod attached to this node: what the CNI plugin or the config file says.
 #[serde_as]
@@ -19,6 +19,7 @@ use super::{Source, Violation};
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// The pod's IPv4 address.
+    #[serde_as(as = "AnyFamily")]
     pub ip: Ipv4Addr,
     /// The host side of the pod's veth, in the node's namespace.
     pub interface: HostInterface,

@@ -59,6 +59,7 @@ impl Source {
 }
 
 mod endpoints;
+pub mod family;
 mod nodes;
 mod service_rules;
 

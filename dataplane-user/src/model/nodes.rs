@@ -5,16 +5,20 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
+use serde_with::serde_as;
 
-use super::{Source, Violation, host_bits_problem};
+use super::{Source, Violation, family::AnyFamily, host_bits_problem};
 
 /// Another node of the cluster: where its pods are reached.
+#[serde_as]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// The node's underlay IP (outer destination of the tunnel).
+    #[serde_as(as = "AnyFamily")]
     pub ip: Ipv4Addr,
     /// The node's pod CIDR (`Node.spec.podCIDR`).
+    #[serde_as(as = "AnyFamily")]
     pub pod_cidr: Ipv4Network,
 }
 

@@ -10,14 +10,19 @@ use std::{
 use dataplane_common::NODE_PORT_ADDRESS;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
+use serde_with::serde_as;
+
+use super::family::AnyFamily;
 
 /// A Service: an address clients use, its ports and each port's backends.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unique per source ("namespace/name" for Kubernetes Services).
     pub name: String,
     /// The address clients connect to (the ClusterIP).
+    #[serde_as(as = "AnyFamily")]
     pub ip: Ipv4Addr,
     pub ports: Vec<ServicePort>,
     /// ClientIP session affinity: a client's new connections go to the
@@ -27,16 +32,19 @@ pub struct ServiceSpec {
     /// More addresses its ports are served on, for clients outside the
     /// cluster too (Kubernetes' externalIPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde_as(as = "Vec<AnyFamily>")]
     pub external_ips: Vec<Ipv4Addr>,
     /// Load balancer ingress IPs: served as external addresses are, but
     /// with `source_ranges` to the clients in them only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde_as(as = "Vec<AnyFamily>")]
     pub load_balancer_ips: Vec<Ipv4Addr>,
     /// `loadBalancerSourceRanges`: the clients the load balancer IPs take
     /// new connections from (empty: everyone; others are dropped, as
     /// kube-proxy's firewall chain drops them). Node ports and external
     /// IPs are not limited by them, as with kube-proxy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde_as(as = "Vec<AnyFamily>")]
     pub source_ranges: Vec<Ipv4Network>,
     /// `externalTrafficPolicy: Local`: outside clients at the node ports
     /// and external addresses reach only this node's backends, with their
@@ -99,6 +107,7 @@ impl ServingNode {
 /// The longest session affinity Kubernetes allows (a day).
 pub const MAX_AFFINITY_SECONDS: u32 = 86_400;
 
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePort {
@@ -109,6 +118,7 @@ pub struct ServicePort {
     /// None (and none terminating): clients are refused at once (ICMP port
     /// unreachable).
     #[serde(default)]
+    #[serde_as(as = "Vec<AnyFamily>")]
     pub backends: Vec<SocketAddrV4>,
     /// The zones the EndpointSlice controller hinted each ready backend for
     /// (`trafficDistribution: PreferClose`, topology-aware hints); from
@@ -120,6 +130,7 @@ pub struct ServicePort {
     /// this node for the Local traffic policies. Their connections under
     /// way drain either way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde_as(as = "Vec<AnyFamily>")]
     pub terminating_backends: Vec<SocketAddrV4>,
     /// NodePort: the port is also served on the node's IP at this port,
     /// for clients outside the cluster too.

@@ -687,3 +687,36 @@ fn a_service_name_has_a_bound() {
     let long = service(&"n".repeat(service_rules::MAX_NAME_LEN + 1), 80, &[]);
     assert_eq!(long.validate(&[]).unwrap_err().0, "name");
 }
+
+#[test]
+fn addresses_of_either_family_are_read_and_ipv6_refused_in_one_place() {
+    use super::family::{IPV6_NOT_SUPPORTED, parse};
+    assert_eq!(
+        parse::<Ipv4Addr>("10.0.0.1"),
+        Ok(Ipv4Addr::new(10, 0, 0, 1))
+    );
+    assert_eq!(
+        parse::<std::net::SocketAddrV4>("10.0.0.1:80")
+            .unwrap()
+            .port(),
+        80
+    );
+    for refused in [
+        parse::<Ipv4Addr>("fd00::1").unwrap_err(),
+        parse::<Ipv4Network>("fd00::/64").unwrap_err(),
+        parse::<std::net::SocketAddrV4>("[fd00::1]:80").unwrap_err(),
+    ] {
+        assert!(refused.ends_with(IPV6_NOT_SUPPORTED), "{refused}");
+    }
+    assert!(
+        !parse::<Ipv4Addr>("example")
+            .unwrap_err()
+            .contains(IPV6_NOT_SUPPORTED)
+    );
+    // The API reads them the same way (a request naming an IPv6 pod).
+    let error = serde_json::from_value::<EndpointSpec>(serde_json::json!({
+        "ip": "fd00::5", "interface": "veth1", "mac": "02:00:00:00:00:01"
+    }))
+    .unwrap_err();
+    assert!(error.to_string().contains(IPV6_NOT_SUPPORTED), "{error}");
+}
