@@ -1,49 +1,7 @@
-//! The agent's configuration file (TOML).
-//!
-//! ```toml
-//! [agent]
-//! api_socket = "/run/dataplane/agent.sock"   # local API used by the CLI and CNI plugin
-//! bpf_root = "/sys/fs/bpf/dataplane"         # maps are pinned under <bpf_root>/v<layout>
-//! metrics_address = "127.0.0.1:9650"         # Prometheus metrics on /metrics (off by default)
-//! healthz_port = 10256                        # kube-proxy's /healthz for load balancers (0: off)
-//! cgroup_root = "/sys/fs/cgroup"              # cgroup2 root for the host socket hooks (default: found)
-//!
-//! [node]
-//! pod_cidr = "10.244.1.0/24"                 # this node's pod CIDR
-//! cluster_cidr = "10.244.0.0/16"             # all pod CIDRs of the cluster
-//! uplink = "eth0"                            # the interface toward the other nodes
-//! routing = "tunnel"                         # "direct": unencapsulated (nodes on the uplink's
-//!                                            # network); "auto": direct there, VXLAN elsewhere
-//! node_ip = "192.0.2.10"                     # default: the uplink's first IPv4 address
-//! vni = 1                                    # VXLAN network identifier
-//! vxlan_port = 4789                          # VXLAN UDP port
-//! node_port_range = "30000-32767"           # Services' node ports (as the API server's)
-//! service_cidr = "10.96.0.0/12"              # Service addresses: unknown ports refused (optional)
-//! peer_macs = "follow"                       # "pinned": a direct node's first learned MAC stays
-//!
-//! [nat]                                      # egress SNAT to the node IP (needs node.uplink)
-//! masquerade = true
-//! port_range = "61000-65535"                 # must not overlap ip_local_port_range
-//! no_masquerade_cidrs = ["192.168.0.0/16"]   # reached with the pod's own address
-//! pod_port_share_percent = 90                # of the ports toward one destination, per pod
-//! pod_table_share_percent = 50               # of the NAT table, per pod
-//!
-//! [[nodes]]                                  # remote nodes known at start-up
-//! ip = "192.0.2.11"
-//! pod_cidr = "10.244.2.0/24"
-//!
-//! [[endpoints]]                              # pods known at start-up (optional)
-//! ip = "10.244.1.2"
-//! interface = "veth1a2b3c"                   # host side of the pod's veth
-//! mac = "02:00:0a:f4:01:02"                  # the pod's own interface MAC
-//!
-//! [[services]]                               # Services (ClusterIPs) without Kubernetes
-//! name = "default/web"
-//! ip = "10.96.0.10"
-//! ports = [
-//!   { port = 80, protocol = "tcp", backends = ["10.244.1.2:8080", "10.244.2.7:8080"] },
-//! ]
-//! ```
+//! The agent's configuration file (TOML): the settings (`Config`), read
+//! whole and checked whole (`validate.rs`) before anything is applied. The
+//! reference with a complete example is `docs/configuration.md`, whose
+//! example a test parses.
 
 use std::{
     collections::HashMap,
@@ -170,63 +128,6 @@ impl Default for NatSettings {
             pod_port_share_percent: 90,
             pod_table_share_percent: 50,
         }
-    }
-}
-
-/// An inclusive port range, written `"min-max"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub min: u16,
-    pub max: u16,
-}
-
-impl PortRange {
-    pub fn overlaps(self, other: PortRange) -> bool {
-        self.min <= other.max && other.min <= self.max
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.min, self.max)
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (min, max) = text
-            .split_once('-')
-            .ok_or_else(|| format!("{text:?} is not a range like \"61000-65535\""))?;
-        let port = |value: &str| {
-            value
-                .trim()
-                .parse::<u16>()
-                .map_err(|_| format!("{value:?} is not a port number"))
-        };
-        let range = PortRange {
-            min: port(min)?,
-            max: port(max)?,
-        };
-        if range.min == 0 || range.min > range.max {
-            return Err(format!("{text:?} is empty or starts at port 0"));
-        }
-        Ok(range)
-    }
-}
-
-impl Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -411,103 +312,6 @@ impl Config {
             .map_err(|(field, problem)| invalid(field, problem))?;
         Ok(config)
     }
-
-    fn validate(&self) -> Result<(), (String, String)> {
-        self.node
-            .validate()
-            .map_err(|(name, problem)| (format!("node.{name}"), problem))?;
-        self.nat.validate()?;
-        if let (Some(services), Some(cluster)) = (self.node.service_cidr, self.node.cluster_cidr)
-            && services.overlaps(cluster)
-        {
-            return Err((
-                "node.service_cidr".into(),
-                format!("{services} overlaps the cluster CIDR {cluster}"),
-            ));
-        }
-        if self.nat.masquerade && self.nat.port_range.overlaps(self.node.node_port_range) {
-            return Err((
-                "node.node_port_range".into(),
-                format!(
-                    "{} overlaps nat.port_range {}: a node port would be taken for a \
-                     masqueraded connection's",
-                    self.node.node_port_range, self.nat.port_range
-                ),
-            ));
-        }
-        if let Some(index) = self.nat.no_masquerade_cidrs.iter().position(|cidr| {
-            self.node
-                .cluster_cidr
-                .is_some_and(|cluster| cidr.overlaps(cluster))
-        }) {
-            return Err((
-                format!("nat.no_masquerade_cidrs[{index}]"),
-                "overlaps the cluster CIDR, which is never masqueraded anyway".into(),
-            ));
-        }
-        if self.kubernetes.enabled && self.node.uplink.is_none() {
-            return Err((
-                "kubernetes.enabled".into(),
-                "nodes from Kubernetes are reached through the uplink: set node.uplink".into(),
-            ));
-        }
-        if !self.nodes.is_empty() && self.node.uplink.is_none() {
-            return Err((
-                "nodes".into(),
-                "remote nodes are reached through the uplink: set node.uplink".into(),
-            ));
-        }
-        if self.node.routing != Routing::Tunnel && self.node.uplink.is_none() {
-            return Err((
-                "node.routing".into(),
-                "direct routing sends through the uplink: set node.uplink".into(),
-            ));
-        }
-        let mut nodes = NodeSet::default();
-        let mut positions: HashMap<Ipv4Addr, usize> = HashMap::new();
-        for (index, node) in self.nodes.iter().enumerate() {
-            let field = |name: &str| format!("nodes[{index}].{name}");
-            if let Some(first) = positions.insert(node.ip, index) {
-                return Err((
-                    field("ip"),
-                    format!("{} is already nodes[{first}]", node.ip),
-                ));
-            }
-            nodes
-                .insert(*node, &self.node.local_facts())
-                .map_err(|(name, problem)| (field(name), problem))?;
-        }
-        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
-        for (index, endpoint) in self.endpoints.iter().enumerate() {
-            let field = |name: &str| format!("endpoints[{index}].{name}");
-            validate_endpoint(endpoint, self.node.pod_cidr)
-                .map_err(|(name, problem)| (field(name), problem))?;
-            if let Some(first) = seen.insert(endpoint.ip, index) {
-                return Err((
-                    field("ip"),
-                    format!("{} is already used by endpoints[{first}]", endpoint.ip),
-                ));
-            }
-        }
-        let pod_cidrs: Vec<Ipv4Network> = self
-            .node
-            .cluster_cidr
-            .into_iter()
-            .chain(self.node.pod_cidr)
-            .collect();
-        let node_ports = self.node.node_port_range.min..=self.node.node_port_range.max;
-        for (index, service) in self.services.iter().enumerate() {
-            service
-                .validate(&pod_cidrs)
-                .and_then(|()| service.validate_address(self.node.node_ip, self.node.service_cidr))
-                .and_then(|()| service.validate_node_ports(node_ports.clone()))
-                .map_err(|(name, problem)| (format!("services[{index}].{name}"), problem))?;
-        }
-        Services::default()
-            .replace(Source::ConfigFile, self.services.clone())
-            .map_err(|(name, problem)| (format!("services.{name}"), problem))?;
-        Ok(())
-    }
 }
 
 impl NodeSettings {
@@ -522,34 +326,12 @@ impl NodeSettings {
             uplink_networks: Vec::new(),
         }
     }
-
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        for (field, cidr) in [
-            ("pod_cidr", self.pod_cidr),
-            ("cluster_cidr", self.cluster_cidr),
-            ("service_cidr", self.service_cidr),
-        ] {
-            if let Some(problem) = cidr.and_then(host_bits_problem) {
-                return Err((field, problem));
-            }
-        }
-        if !(1..=MAX_VNI).contains(&self.vni) {
-            return Err(("vni", format!("{} is not in 1..={MAX_VNI}", self.vni)));
-        }
-        if self.vxlan_port == 0 {
-            return Err(("vxlan_port", "0 is not a usable UDP port".into()));
-        }
-        if let (Some(pod_cidr), Some(cluster_cidr)) = (self.pod_cidr, self.cluster_cidr)
-            && !pod_cidr.is_subnet_of(cluster_cidr)
-        {
-            return Err((
-                "pod_cidr",
-                format!("{pod_cidr} is not inside cluster_cidr {cluster_cidr}"),
-            ));
-        }
-        Ok(())
-    }
 }
+
+mod port_range;
+mod validate;
+
+pub use port_range::PortRange;
 
 #[cfg(test)]
 mod tests;
