@@ -1,24 +1,27 @@
 //! The `dataplane` command line: the agent, and the clients of its API.
 //! The agent filters listings and the monitor stream; the CLI only renders.
 
+mod endpoints;
+mod nodes;
 mod render;
+mod services;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-};
+use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnetwork::Ipv4Network;
-use macaddr::MacAddr6;
+
+use endpoints::EndpointCommand;
+use nodes::NodeCommand;
+use services::ServiceCommand;
 
 use crate::{
     agent,
     api::{self, CounterName, PacketFilter, Request, Response},
     config::DEFAULT_API_SOCKET,
     install,
-    model::{EndpointSpec, HostInterface, NodeSpec, Protocol, ServicePort, ServiceSpec, family},
+    model::{HostInterface, family},
 };
 
 #[derive(Parser)]
@@ -137,149 +140,6 @@ enum NatCommand {
     List,
 }
 
-#[derive(Subcommand)]
-enum ServiceCommand {
-    /// Add a Service, or replace the one of that name.
-    Add {
-        /// Unique name (e.g. namespace/name).
-        #[arg(long)]
-        name: String,
-        /// The address clients connect to.
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
-        ip: Ipv4Addr,
-        /// A port and its backends: PORT[/tcp|/udp][:NODE_PORT]=ADDRESS:PORT,...
-        /// (repeat for more ports; nothing after `=`: clients are refused;
-        /// a node port serves the port on the node's IP too).
-        #[arg(long = "port", required = true)]
-        ports: Vec<PortArg>,
-        /// Another address the ports are served on, for clients outside the
-        /// cluster too (an external or load balancer IP; repeat for more).
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long = "external-ip")]
-        external_ips: Vec<Ipv4Addr>,
-        /// A load balancer IP the ports are served on (repeat for more):
-        /// as an external IP, limited by --source-range.
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long = "load-balancer-ip")]
-        load_balancer_ips: Vec<Ipv4Addr>,
-        /// loadBalancerSourceRanges: only clients in these ranges reach the
-        /// load balancer IPs (repeat for more; none: everyone).
-        #[arg(value_parser = family::parse::<Ipv4Network>, long = "source-range")]
-        source_ranges: Vec<Ipv4Network>,
-        /// externalTrafficPolicy Local: outside clients reach only this
-        /// node's backends, with their address kept.
-        #[arg(long)]
-        external_traffic_local: bool,
-        /// internalTrafficPolicy Local: the Service address leads only to
-        /// this node's backends.
-        #[arg(long)]
-        internal_traffic_local: bool,
-        /// With --external-traffic-local: the port this node answers load
-        /// balancers' health checks on (HTTP, 200 with its local endpoints).
-        #[arg(long, requires = "external_traffic_local")]
-        health_check_node_port: Option<u16>,
-        /// ClientIP session affinity: a client's new connections go to the
-        /// backend of its last one for this many seconds after it.
-        #[arg(long)]
-        affinity_seconds: Option<u32>,
-    },
-    /// Remove a Service (succeeds if it is not known).
-    Del {
-        #[arg(long)]
-        name: String,
-    },
-    /// List Services as the sources list them.
-    List,
-}
-
-/// `80/tcp:30080=10.244.1.5:8080,10.244.2.7:8080`, as typed.
-#[derive(Clone)]
-struct PortArg(ServicePort);
-
-impl std::str::FromStr for PortArg {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (port, backends) = text.split_once('=').unwrap_or((text, ""));
-        let (port, node_port) = match port.split_once(':') {
-            Some((port, node_port)) => (
-                port,
-                Some(
-                    node_port
-                        .parse()
-                        .map_err(|_| format!("node port {node_port:?} is not a port number"))?,
-                ),
-            ),
-            None => (port, None),
-        };
-        let (number, protocol) = match port.split_once('/') {
-            Some((number, "tcp")) => (number, Protocol::Tcp),
-            Some((number, "udp")) => (number, Protocol::Udp),
-            Some((_, other)) => return Err(format!("protocol {other:?}: only tcp and udp")),
-            None => (port, Protocol::Tcp),
-        };
-        let port = number
-            .parse()
-            .map_err(|_| format!("{number:?} is not a port number"))?;
-        let backends = backends
-            .split(',')
-            .filter(|backend| !backend.is_empty())
-            .map(|backend| {
-                family::parse::<SocketAddrV4>(backend)
-                    .map_err(|error| format!("backend (ADDRESS:PORT) {error}"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(PortArg(ServicePort {
-            port,
-            protocol,
-            backends,
-            terminating_backends: Vec::new(),
-            zone_hints: Default::default(),
-            node_port,
-        }))
-    }
-}
-
-#[derive(Subcommand)]
-enum NodeCommand {
-    /// Make a node's pods reachable through the tunnel (replaces what was known of it).
-    Add {
-        /// The node's underlay IP.
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
-        ip: Ipv4Addr,
-        /// The node's pod CIDR.
-        #[arg(value_parser = family::parse::<Ipv4Network>, long)]
-        pod_cidr: Ipv4Network,
-    },
-    /// Forget a node (succeeds if it is not known).
-    Del {
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
-        ip: Ipv4Addr,
-    },
-    /// List the nodes the tunnel maps hold.
-    List,
-}
-
-#[derive(Subcommand)]
-enum EndpointCommand {
-    /// Register a pod: its IP, the host side of its veth, and its own MAC.
-    Add {
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
-        ip: Ipv4Addr,
-        /// Host-side veth (name or index) in the node's network namespace.
-        #[arg(long)]
-        interface: String,
-        /// MAC address of the pod's interface.
-        #[arg(long)]
-        mac: MacAddr6,
-    },
-    /// Remove a pod (succeeds if it is not registered).
-    Del {
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
-        ip: Ipv4Addr,
-    },
-    /// List registered pods as the endpoints map holds them.
-    List,
-}
-
 /// Runs the command line `cli` describes.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Agent { .. }) {
@@ -331,52 +191,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             return monitor(&cli.socket, cli.output, Request::Monitor { traces, filter });
         }
-        Command::Endpoint(EndpointCommand::Add { ip, interface, mac }) => Request::AddEndpoint {
-            endpoint: EndpointSpec {
-                ip,
-                interface: host_interface(interface),
-                mac,
-            },
-        },
-        Command::Endpoint(EndpointCommand::Del { ip }) => Request::RemoveEndpoint {
-            ip,
-            host_ifindex: None,
-        },
-        Command::Endpoint(EndpointCommand::List) => Request::ListEndpoints { address: None },
-        Command::Node(NodeCommand::Add { ip, pod_cidr }) => Request::AddNode {
-            node: NodeSpec { ip, pod_cidr },
-        },
-        Command::Node(NodeCommand::Del { ip }) => Request::RemoveNode { ip },
-        Command::Node(NodeCommand::List) => Request::ListNodes { address: None },
-        Command::Service(ServiceCommand::Add {
-            name,
-            ip,
-            ports,
-            external_ips,
-            load_balancer_ips,
-            source_ranges,
-            affinity_seconds,
-            external_traffic_local,
-            internal_traffic_local,
-            health_check_node_port,
-        }) => Request::AddService {
-            service: ServiceSpec {
-                name,
-                ip,
-                ports: ports.into_iter().map(|PortArg(port)| port).collect(),
-                session_affinity_seconds: affinity_seconds,
-                external_ips,
-                load_balancer_ips,
-                source_ranges,
-                external_traffic_local,
-                internal_traffic_local,
-                health_check_node_port,
-                address_is_external: false,
-                created: None,
-            },
-        },
-        Command::Service(ServiceCommand::Del { name }) => Request::RemoveService { name },
-        Command::Service(ServiceCommand::List) => Request::ListServices { address: None },
+        Command::Endpoint(command) => command.request(),
+        Command::Node(command) => command.request(),
+        Command::Service(command) => command.request(),
         Command::Nat(NatCommand::List) => Request::ListNat { address: None },
         Command::Map(MapCommand::List { map }) => list_request(map, None),
         Command::Map(MapCommand::Get { map, address }) => list_request(map, Some(address)),
@@ -414,7 +231,7 @@ fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()
 
 /// An interface as typed: a number is an index, anything else a name (the
 /// agent resolves it in its own network namespace).
-fn host_interface(interface: String) -> HostInterface {
+pub(super) fn host_interface(interface: String) -> HostInterface {
     match interface.parse() {
         Ok(index) => HostInterface::Index(index),
         Err(_) => HostInterface::Name(interface),
