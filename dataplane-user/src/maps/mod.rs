@@ -3,10 +3,12 @@
 #[cfg(test)]
 pub mod fake;
 mod nat;
+mod nodes;
 mod services;
 pub mod table;
 
 pub use nat::{NatMap, PodNatTotals};
+pub use nodes::ProgrammedNode;
 pub use services::{
     ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, plan_slots,
     service_key,
@@ -110,22 +112,7 @@ pub struct CounterTotal {
     pub value: CounterValue,
 }
 
-/// A remote node as the maps hold it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProgrammedNode {
-    pub pod_cidr: Ipv4Network,
-    pub path: NodePath,
-    /// Its MAC on the uplink, once learned (nodes on the uplink's network).
-    pub mac: Option<[u8; 6]>,
-}
-
-fn path_value(path: NodePath) -> u8 {
-    match path {
-        NodePath::Tunnel => node_path::TUNNEL,
-        NodePath::Direct => node_path::DIRECT,
-    }
-}
-
+/// The LPM key of a CIDR (node routes, no-masquerade destinations).
 fn route_key(pod_cidr: Ipv4Network) -> Key<Ipv4Octets> {
     Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets())
 }
@@ -200,99 +187,6 @@ impl Maps {
     /// Removes an endpoint; `Ok(false)` when it was not there.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, MapsError> {
         removed(self.endpoints.remove(&ip.octets()), names::ENDPOINTS_MAP)
-    }
-
-    /// Makes `node.pod_cidr` reachable at `node_ip` by `node.path`. The node
-    /// entry goes first: tunnel traffic from a node is accepted before any of
-    /// ours is sent to it. On failure nothing is left half-inserted.
-    pub fn insert_remote_node(
-        &mut self,
-        node_ip: Ipv4Addr,
-        node: ProgrammedNode,
-    ) -> Result<(), MapsError> {
-        let ProgrammedNode {
-            pod_cidr,
-            path,
-            mac,
-        } = node;
-        let full = |name: &'static str| {
-            move |source: MapError| {
-                if is_errno(&source, nix::libc::E2BIG) || is_errno(&source, nix::libc::ENOSPC) {
-                    MapsError::NodesFull
-                } else {
-                    access(name)(source)
-                }
-            }
-        };
-        let node = RemoteNode {
-            pod_cidr: ipv4_cidr(pod_cidr),
-            mac: mac.unwrap_or_default(),
-            path: path_value(path),
-            mac_known: u8::from(mac.is_some()),
-        };
-        self.remote_nodes
-            .insert(&node_ip.octets(), &node)
-            .map_err(full(names::REMOTE_NODES_MAP))?;
-        let route = NodeRoute {
-            node_ip: node_ip.octets(),
-            path: path_value(path),
-            _pad: [0; 3],
-        };
-        if let Err(error) = self
-            .node_routes
-            .insert(&route_key(pod_cidr), &route)
-            .map_err(full(names::NODE_ROUTES_MAP))
-        {
-            let _ = self.remote_nodes.remove(&node_ip.octets());
-            return Err(error);
-        }
-        Ok(())
-    }
-
-    /// Removes a node's route, then the node itself (so replies still
-    /// in flight from it are accepted until the last moment).
-    pub fn remove_remote_node(
-        &mut self,
-        node_ip: Ipv4Addr,
-        pod_cidr: Ipv4Network,
-    ) -> Result<bool, MapsError> {
-        removed(
-            self.node_routes.remove(&route_key(pod_cidr)),
-            names::NODE_ROUTES_MAP,
-        )?;
-        removed(
-            self.remote_nodes.remove(&node_ip.octets()),
-            names::REMOTE_NODES_MAP,
-        )
-    }
-
-    pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, ProgrammedNode)>, MapsError> {
-        self.remote_nodes
-            .entries()
-            .map_err(access(names::REMOTE_NODES_MAP))?
-            .into_iter()
-            .map(|(ip, node)| {
-                let cidr = Ipv4Network::new(node.pod_cidr.addr.into(), node.pod_cidr.prefix_len)
-                    .map_err(|_| MapsError::Corrupt {
-                        name: names::REMOTE_NODES_MAP,
-                        detail: format!(
-                            "prefix length {} for node {ip:?}",
-                            node.pod_cidr.prefix_len
-                        ),
-                    })?;
-                let path = if node.path == node_path::DIRECT {
-                    NodePath::Direct
-                } else {
-                    NodePath::Tunnel
-                };
-                let node = ProgrammedNode {
-                    pod_cidr: cidr,
-                    path,
-                    mac: (node.mac_known != 0).then_some(node.mac),
-                };
-                Ok((Ipv4Addr::from(ip), node))
-            })
-            .collect()
     }
 
     pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>, MapsError> {
