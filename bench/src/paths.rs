@@ -1,3 +1,4 @@
+// Above 400 lines: one benchmark family with its baselines; setup and rows read together.
 //! Traffic on every path: pod to pod on one node, across nodes, to the
 //! outside; this dataplane and the kernel designs it replaces, interleaved.
 

@@ -1,3 +1,4 @@
+// Above 400 lines: one benchmark family with its baselines; setup and rows read together.
 //! Programming cost through the agent's real paths, from the event to the
 //! maps: a config file reload (SIGHUP), an API call (what the CLI and the CNI
 //! plugin send), a Kubernetes Node event. Each change is timed until the

@@ -1,3 +1,4 @@
+// Above 400 lines: one benchmark family with its baselines (kube-proxy's rule sets); setup and rows read together.
 //! Services against kube-proxy: this dataplane, fed by its Kubernetes
 //! source (Service and EndpointSlice objects from a local API server), and
 //! kube-proxy's iptables and nftables rule sets, written as kube-proxy

@@ -1,3 +1,4 @@
+// Above 400 lines: one SNAT connection's whole life (open, track, translate, close) read in one place; hooks call its entry points only.
 //! Egress SNAT to the node IP with connection tracking, and the reverse
 //! translation of replies (including ICMP errors about a translated packet).
 //! This module translates and says what came of it; the hooks decide where

@@ -1,3 +1,4 @@
+// Above 400 lines: one Service connection's whole life (choose, track, translate, close) read in one place; hooks call its entry points only.
 //! Services (kube-proxy's job, per packet at TC): a pod's connection to a
 //! Service frontend (address, port, protocol) is translated to one of its
 //! backends, chosen on the connection's first packet (at random, or with

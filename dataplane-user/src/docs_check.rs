@@ -118,3 +118,33 @@ fn every_configuration_example_in_the_documents_parses() {
     }
     assert!(examples >= 2, "the README's and the reference's examples");
 }
+
+/// Every Rust file of the workspace under `directory`.
+fn rust_files(directory: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(directory).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.ends_with("target") && !path.ends_with(".git") {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+/// The layout rule: a file read at a glance, or one that says why not.
+#[test]
+fn files_above_400_lines_say_why_on_their_first_line() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(files.len() > 100, "found only {} files", files.len());
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(path).ok()?;
+            (text.lines().count() > 400 && !text.starts_with("// Above 400 lines: "))
+                .then(|| path.display().to_string())
+        })
+        .collect();
+    assert!(long.is_empty(), "above 400 lines, no reason given: {long:?}");
+}

@@ -1,3 +1,4 @@
+// Above 400 lines: the cluster builder: nodes, agents and their clean-up in one lifecycle.
 //! A cluster in network namespaces.
 //!
 //! ```text

@@ -1,3 +1,4 @@
+// Above 400 lines: one request builder per kind of kernel object, shared by tests and the bench.
 //! Links, addresses, routes and neighbours of a test namespace, over
 //! rtnetlink as the agent and flannel program them (one request at a time,
 //! each acknowledged). The bench builds flannel's and Calico's kernel state

@@ -1,3 +1,4 @@
+// Above 400 lines: one packet builder and runner for every BPF_PROG_TEST_RUN suite and the benchmark.
 //! The eBPF programs under BPF_PROG_TEST_RUN, for the packet suites and the
 //! benchmark's run-time rows: a freshly loaded object with a pin directory
 //! of its own, configured as a node with pods A and B and one remote node,

@@ -1,3 +1,4 @@
+// Above 400 lines: one generator per kind of traffic (round trips, iperf3, rates, steady flows), shared by tests and the bench.
 //! Traffic generators between namespaces: TCP round trips, iperf3 runs,
 //! connection rates and request/response latency.
 

@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own (built, linked, run apart): one per feature.
 //! The agent under faults: a second agent, start-ups that must fail before
 //! changing anything, config edits that must not half-apply, clients that
 //! hold connections or send too much, and a CLI whose reader goes away.

@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own (built, linked, run apart): one per feature.
 //! `dataplane-cni` chained after Debian's real ptp + host-local plugins,
 //! executed the way a container runtime does it (env + stdin, prevResult).
 

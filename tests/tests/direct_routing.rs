@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own (built, linked, run apart): one per feature.
 //! Direct routing (`node.routing`): pod packets to nodes on the uplink's
 //! network leave unencapsulated, that node's IP the next hop, and are taken
 //! on arrival only in frames from the owning node's MAC; in auto mode a node

@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own (built, linked, run apart): one per feature.
 //! Egress SNAT to the node IP with connection tracking in BPF, end to end:
 //! pods reach the external host behind the gateway, which sees node IPs only.
 

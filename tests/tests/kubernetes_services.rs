@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own; the upstream cases over one API server fixture.
 //! Services as kube-proxy does them, driven the way a cluster drives them:
 //! Service and EndpointSlice objects from a Kubernetes API server (a local
 //! one speaking real Kubernetes JSON), pods made by the real `ptp` plugin,

@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own; one packet case per test, fixtures shared.
 //! Egress SNAT and reverse translation run by the kernel on hand-built
 //! packets (BPF_PROG_TEST_RUN): rewritten addresses and ports, every checksum,
 //! port choice, exhaustion, unsolicited traffic, fragments, blind resets and

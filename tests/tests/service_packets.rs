@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own; one packet case per test, fixtures shared.
 //! Services run by the kernel on hand-built packets (BPF_PROG_TEST_RUN): a
 //! connection to a frontend goes to one backend and stays there, replies
 //! come back from the frontend (locally, through the tunnel, hairpin), a

@@ -1,3 +1,4 @@
+// Above 400 lines: each file under tests/ is a binary of its own (built, linked, run apart): one per feature.
 //! Services end to end, on pods made by the real `ptp` plugin across two
 //! nodes running the agent: what Kubernetes' `[sig-network] Services`
 //! conformance tests check of a ClusterIP, replicated in namespaces

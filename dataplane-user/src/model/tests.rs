@@ -1,3 +1,4 @@
+// Above 400 lines: the model's unit tests, one per rule, over shared builders.
 //! The rules and the per-source bookkeeping of remote nodes.
 
 use std::{

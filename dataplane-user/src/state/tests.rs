@@ -1,3 +1,4 @@
+// Above 400 lines: one unit test per state owner command, over shared fakes.
 //! The state owner over fake maps, links and host: every command through
 //! the handle the sources use, injected write failures and their retries.
 
