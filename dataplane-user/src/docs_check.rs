@@ -146,5 +146,8 @@ fn files_above_400_lines_say_why_on_their_first_line() {
                 .then(|| path.display().to_string())
         })
         .collect();
-    assert!(long.is_empty(), "above 400 lines, no reason given: {long:?}");
+    assert!(
+        long.is_empty(),
+        "above 400 lines, no reason given: {long:?}"
+    );
 }
