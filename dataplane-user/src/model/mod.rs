@@ -61,6 +61,7 @@ impl Source {
 mod endpoints;
 pub mod family;
 mod nodes;
+pub mod policy;
 mod service_rules;
 
 mod service_set;

@@ -1,0 +1,477 @@
+//! The upstream method (`test/e2e/network/netpol`) on the model: namespaces
+//! x, y, z with pods a, b, c serving 80 and 81 (named `serve-80-tcp`, ...),
+//! every ordered pair probed, the truth table compared whole and printed
+//! whole on failure. Cases named after their upstream titles.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+
+fn address(namespace: usize, pod: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 244, namespace as u8 + 1, pod as u8 + 10))
+}
+
+/// The upstream model: namespaces labelled `ns=<name>`, pods `pod=<name>`.
+fn world() -> PolicyWorld {
+    let mut world = PolicyWorld::default();
+    for (n, namespace) in NAMESPACES.iter().enumerate() {
+        world.set_namespace(
+            namespace,
+            Labels::from([("ns".into(), namespace.to_string())]),
+        );
+        for (p, pod) in PODS.iter().enumerate() {
+            let ports = [80, 81]
+                .into_iter()
+                .flat_map(|port| {
+                    [
+                        (PolicyProtocol::Tcp, "tcp"),
+                        (PolicyProtocol::Udp, "udp"),
+                        (PolicyProtocol::Sctp, "sctp"),
+                    ]
+                    .map(|(protocol, name)| (format!("serve-{port}-{name}"), protocol, port))
+                })
+                .collect();
+            world.set_pod(PodFacts {
+                namespace: namespace.to_string(),
+                name: pod.to_string(),
+                labels: Labels::from([("pod".into(), pod.to_string())]),
+                ips: vec![address(n, p)],
+                host_network: false,
+                ports,
+            });
+        }
+    }
+    world
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Selector {
+    Selector {
+        match_labels: pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+        match_expressions: Vec::new(),
+    }
+}
+
+fn policy(namespace: &str, name: &str, pod_selector: Selector) -> PolicySpec {
+    PolicySpec {
+        namespace: namespace.into(),
+        name: name.into(),
+        pod_selector,
+        policy_types: Vec::new(),
+        ingress: Vec::new(),
+        egress: Vec::new(),
+    }
+}
+
+fn tcp(port: PortRef) -> PortMatch {
+    PortMatch {
+        protocol: PolicyProtocol::Tcp,
+        port: Some(port),
+        end_port: None,
+    }
+}
+
+/// "x/a" style names of the nine pods, in table order.
+fn names() -> Vec<String> {
+    NAMESPACES
+        .iter()
+        .flat_map(|namespace| PODS.iter().map(move |pod| format!("{namespace}/{pod}")))
+        .collect()
+}
+
+/// Every ordered pair probed on `port`/`protocol`: `table[from][to]`.
+fn probe(world: &PolicyWorld, protocol: PolicyProtocol, port: u16) -> Vec<Vec<bool>> {
+    let all: Vec<IpAddr> = (0..3)
+        .flat_map(|n| (0..3).map(move |p| address(n, p)))
+        .collect();
+    all.iter()
+        .map(|from| {
+            all.iter()
+                .map(|to| {
+                    world
+                        .verdict(&Connection {
+                            from: *from,
+                            to: *to,
+                            protocol,
+                            port,
+                        })
+                        .allowed()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The expected table: everything allowed but what `denied(from, to)` says.
+fn expect(denied: impl Fn(&str, &str) -> bool) -> Vec<Vec<bool>> {
+    let names = names();
+    names
+        .iter()
+        .map(|from| names.iter().map(|to| !denied(from, to)).collect())
+        .collect()
+}
+
+fn show(table: &[Vec<bool>]) -> String {
+    let names = names();
+    let header: Vec<String> = names.iter().map(|name| format!("{name:^5}")).collect();
+    let mut text = format!("{:>5} {}\n", "", header.join(" "));
+    for (from, row) in names.iter().zip(table) {
+        let cells: Vec<&str> = row
+            .iter()
+            .map(|allowed| if *allowed { "  .  " } else { "  X  " })
+            .collect();
+        text += &format!("{from:>5} {}\n", cells.join(" "));
+    }
+    text
+}
+
+fn assert_table(world: &PolicyWorld, protocol: PolicyProtocol, port: u16, wanted: Vec<Vec<bool>>) {
+    let got = probe(world, protocol, port);
+    assert!(
+        got == wanted,
+        "{protocol:?}/{port}: expected\n{}got\n{}",
+        show(&wanted),
+        show(&got)
+    );
+}
+
+#[test]
+fn should_support_a_default_deny_ingress_policy() {
+    let mut world = world();
+    world.set_policy(policy("x", "deny-ingress", Selector::default()));
+    let wanted = expect(|_, to| to.starts_with("x/"));
+    assert_table(&world, PolicyProtocol::Tcp, 80, wanted.clone());
+    assert_table(&world, PolicyProtocol::Udp, 81, wanted);
+}
+
+#[test]
+fn should_support_a_default_deny_all_policy() {
+    let mut world = world();
+    let mut deny_all = policy("x", "deny-all", Selector::default());
+    deny_all.policy_types = vec![Direction::Ingress, Direction::Egress];
+    world.set_policy(deny_all);
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|from, to| from.starts_with("x/") || to.starts_with("x/")),
+    );
+}
+
+#[test]
+fn should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_based_on_pod_selector()
+{
+    let mut world = world();
+    let mut allow = policy("x", "allow-b", labels(&[("pod", "a")]));
+    allow.ingress = vec![Rule {
+        peers: vec![Peer::Pods {
+            namespace_selector: None,
+            pod_selector: Some(labels(&[("pod", "b")])),
+        }],
+        ports: Vec::new(),
+    }];
+    world.set_policy(allow);
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|from, to| to == "x/a" && from != "x/b"),
+    );
+}
+
+#[test]
+fn should_enforce_policy_based_on_pod_selector_and_namespace_selector() {
+    let mut world = world();
+    let mut allow = policy("x", "allow-y-or-z-b", labels(&[("pod", "a")]));
+    allow.ingress = vec![Rule {
+        peers: vec![Peer::Pods {
+            namespace_selector: Some(Selector {
+                match_labels: Labels::new(),
+                match_expressions: vec![Requirement {
+                    key: "ns".into(),
+                    operator: Operator::NotIn,
+                    values: vec!["x".into()],
+                }],
+            }),
+            pod_selector: Some(labels(&[("pod", "b")])),
+        }],
+        ports: Vec::new(),
+    }];
+    world.set_policy(allow);
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|from, to| to == "x/a" && !["y/b", "z/b"].contains(&from)),
+    );
+}
+
+#[test]
+fn should_allow_ingress_access_on_one_named_port() {
+    let mut world = world();
+    let mut allow = policy("x", "allow-81", Selector::default());
+    allow.ingress = vec![Rule {
+        peers: Vec::new(),
+        ports: vec![tcp(PortRef::Name("serve-81-tcp".into()))],
+    }];
+    world.set_policy(allow);
+    assert_table(&world, PolicyProtocol::Tcp, 81, expect(|_, _| false));
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|_, to| to.starts_with("x/")),
+    );
+    // The name is the TCP port's: UDP 81 stays isolated.
+    assert_table(
+        &world,
+        PolicyProtocol::Udp,
+        81,
+        expect(|_, to| to.starts_with("x/")),
+    );
+}
+
+#[test]
+fn should_enforce_policy_based_on_any_port_from_80_to_81_with_end_port() {
+    let mut world = world();
+    let mut allow = policy("x", "range", Selector::default());
+    allow.ingress = vec![Rule {
+        peers: Vec::new(),
+        ports: vec![PortMatch {
+            protocol: PolicyProtocol::Tcp,
+            port: Some(PortRef::Number(80)),
+            end_port: Some(81),
+        }],
+    }];
+    world.set_policy(allow);
+    assert_table(&world, PolicyProtocol::Tcp, 80, expect(|_, _| false));
+    assert_table(&world, PolicyProtocol::Tcp, 81, expect(|_, _| false));
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        82,
+        expect(|_, to| to.starts_with("x/")),
+    );
+}
+
+#[test]
+fn should_not_allow_access_by_tcp_when_a_policy_specifies_only_sctp() {
+    let mut world = world();
+    let mut allow = policy("x", "sctp-only", labels(&[("pod", "a")]));
+    allow.ingress = vec![Rule {
+        peers: Vec::new(),
+        ports: vec![PortMatch {
+            protocol: PolicyProtocol::Sctp,
+            port: Some(PortRef::Number(80)),
+            end_port: None,
+        }],
+    }];
+    world.set_policy(allow);
+    assert_table(&world, PolicyProtocol::Sctp, 80, expect(|_, _| false));
+    assert_table(&world, PolicyProtocol::Tcp, 80, expect(|_, to| to == "x/a"));
+}
+
+#[test]
+fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
+    let mut world = world();
+    let mut allow = policy("x", "egress-block", labels(&[("pod", "a")]));
+    // Without policyTypes, egress rules make it isolate both directions.
+    allow.policy_types = vec![Direction::Egress];
+    allow.egress = vec![Rule {
+        peers: vec![Peer::Block {
+            cidr: "10.244.0.0/16".parse().unwrap(),
+            except: vec!["10.244.2.11/32".parse().unwrap()],
+        }],
+        ports: Vec::new(),
+    }];
+    world.set_policy(allow);
+    // 10.244.2.11 is y/b.
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|from, to| from == "x/a" && to == "y/b"),
+    );
+}
+
+#[test]
+fn should_enforce_updated_policy_and_stop_enforcing_policies_after_they_are_deleted() {
+    let mut world = world();
+    world.set_policy(policy("x", "deny", Selector::default()));
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|_, to| to.starts_with("x/")),
+    );
+    // Updated: now only x/c is isolated.
+    world.set_policy(policy("x", "deny", labels(&[("pod", "c")])));
+    assert_table(&world, PolicyProtocol::Tcp, 80, expect(|_, to| to == "x/c"));
+    world.remove_policy("x", "deny");
+    assert_table(&world, PolicyProtocol::Tcp, 80, expect(|_, _| false));
+}
+
+#[test]
+fn pod_and_namespace_label_changes_are_followed() {
+    let mut world = world();
+    let mut allow = policy("x", "from-team", Selector::default());
+    allow.ingress = vec![Rule {
+        peers: vec![Peer::Pods {
+            namespace_selector: Some(labels(&[("team", "blue")])),
+            pod_selector: None,
+        }],
+        ports: Vec::new(),
+    }];
+    world.set_policy(allow);
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|_, to| to.starts_with("x/")),
+    );
+    world.set_namespace(
+        "y",
+        Labels::from([("ns".into(), "y".into()), ("team".into(), "blue".into())]),
+    );
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|from, to| to.starts_with("x/") && !from.starts_with("y/")),
+    );
+    // The namespace's own name label is always there.
+    let mut by_name = policy("z", "from-x", Selector::default());
+    by_name.ingress = vec![Rule {
+        peers: vec![Peer::Pods {
+            namespace_selector: Some(labels(&[(NAMESPACE_NAME_LABEL, "x")])),
+            pod_selector: None,
+        }],
+        ports: Vec::new(),
+    }];
+    world.set_policy(by_name);
+    let verdict = world.verdict(&Connection {
+        from: address(0, 0),
+        to: address(2, 0),
+        protocol: PolicyProtocol::Tcp,
+        port: 80,
+    });
+    assert_eq!(
+        verdict.ingress,
+        Decision::Allowed {
+            policy: "z/from-x".into(),
+            rule: 0
+        }
+    );
+}
+
+#[test]
+fn the_node_reaches_its_pods_and_host_network_pods_are_never_selected() {
+    let mut world = world();
+    world.set_policy(policy("x", "deny", Selector::default()));
+    let node: IpAddr = "192.0.2.10".parse().unwrap();
+    let to_a = |from| Connection {
+        from,
+        to: address(0, 0),
+        protocol: PolicyProtocol::Tcp,
+        port: 80,
+    };
+    assert!(!world.verdict(&to_a(node)).allowed());
+    world.set_node_addresses(vec![node]);
+    assert!(world.verdict(&to_a(node)).allowed());
+    // A hostNetwork pod at the node's address is not a pod to selectors.
+    world.set_pod(PodFacts {
+        namespace: "x".into(),
+        name: "agent".into(),
+        host_network: true,
+        ips: vec![node],
+        ..PodFacts::default()
+    });
+    assert!(world.pod(node).is_none());
+    assert!(world.verdict(&to_a(node)).allowed());
+}
+
+#[test]
+fn egress_rules_without_policy_types_isolate_both_directions() {
+    let mut world = world();
+    let mut allow = policy("x", "egress-only-rules", labels(&[("pod", "a")]));
+    allow.egress = vec![Rule::default()];
+    world.set_policy(allow);
+    assert_table(&world, PolicyProtocol::Tcp, 80, expect(|_, to| to == "x/a"));
+}
+
+#[test]
+fn the_deciding_policy_and_rule_are_named() {
+    let mut world = world();
+    world.set_policy(policy("x", "deny", Selector::default()));
+    let verdict = world.verdict(&Connection {
+        from: address(1, 0),
+        to: address(0, 0),
+        protocol: PolicyProtocol::Tcp,
+        port: 80,
+    });
+    assert_eq!(verdict.egress, Decision::NotIsolated);
+    assert_eq!(
+        verdict.ingress,
+        Decision::Denied {
+            policies: vec!["x/deny".into()]
+        }
+    );
+}
+
+#[test]
+fn what_the_api_server_refuses_is_refused() {
+    let mut bad_selector = policy("x", "bad", Selector::default());
+    bad_selector.pod_selector.match_expressions = vec![Requirement {
+        key: "pod".into(),
+        operator: Operator::In,
+        values: Vec::new(),
+    }];
+    assert!(bad_selector.problem().unwrap().contains("need values"));
+    let mut outside = policy("x", "outside", Selector::default());
+    outside.egress = vec![Rule {
+        peers: vec![Peer::Block {
+            cidr: "10.0.0.0/16".parse().unwrap(),
+            except: vec!["10.1.0.0/24".parse().unwrap()],
+        }],
+        ports: Vec::new(),
+    }];
+    assert!(outside.problem().unwrap().contains("not within"));
+    let mut named_range = policy("x", "range", Selector::default());
+    named_range.ingress = vec![Rule {
+        peers: Vec::new(),
+        ports: vec![PortMatch {
+            protocol: PolicyProtocol::Tcp,
+            port: Some(PortRef::Name("http".into())),
+            end_port: Some(90),
+        }],
+    }];
+    assert!(named_range.problem().unwrap().contains("numeric"));
+    assert_eq!(policy("x", "fine", Selector::default()).problem(), None);
+}
+
+#[test]
+fn ipv6_peers_are_matched_by_family() {
+    let mut world = world();
+    let mut allow = policy("x", "v6", Selector::default());
+    allow.ingress = vec![Rule {
+        peers: vec![Peer::Block {
+            cidr: "fd00::/8".parse().unwrap(),
+            except: Vec::new(),
+        }],
+        ports: Vec::new(),
+    }];
+    world.set_policy(allow);
+    let from = |ip: &str| Connection {
+        from: ip.parse().unwrap(),
+        to: address(0, 1),
+        protocol: PolicyProtocol::Tcp,
+        port: 80,
+    };
+    assert!(world.verdict(&from("fd00::5")).allowed());
+    assert!(!world.verdict(&from("10.0.0.5")).allowed());
+}
