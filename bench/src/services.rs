@@ -530,6 +530,9 @@ fn traffic(
     ])
 }
 
+/// The peers in the order each repetition measures them.
+const PEER_NAMES: [&str; 3] = ["this dataplane", "kube-proxy iptables", "kube-proxy nftables"];
+
 const BASELINES: [&str; 2] = [
     "kube-proxy iptables mode (iptables-restore, nf_tables backend)",
     "kube-proxy nftables mode (nft -f)",
@@ -601,8 +604,11 @@ pub fn run(
             let mut measured: Vec<Vec<(Measure, f64)>> = Vec::new();
             let mut changes = [0.0; 3];
             let peers: [&mut dyn Peer; 3] = [&mut dataplane, &mut iptables, &mut nftables];
-            for (change, peer) in changes.iter_mut().zip(peers) {
-                measured.push(traffic(peer, frontend, settings, pinning.client)?);
+            for ((change, peer), name) in changes.iter_mut().zip(peers).zip(PEER_NAMES) {
+                measured.push(
+                    traffic(peer, frontend, settings, pinning.client)
+                        .with_context(|| format!("{scenario}, run {repetition}: {name}"))?,
+                );
                 *change = peer.change(level - 1)?;
             }
             for (position, &(measure, _)) in measured[0].iter().enumerate() {

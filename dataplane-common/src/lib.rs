@@ -33,6 +33,7 @@ pub mod ip_protocol {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
 }
 
 /// An IPv4 address as it appears on the wire (network byte order).

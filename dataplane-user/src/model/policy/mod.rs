@@ -4,6 +4,7 @@
 //! data: the maps the programs judge packets by are compiled from this, and
 //! `policy explain` reads it. Either address family.
 
+mod compile;
 mod selector;
 mod verdict;
 
@@ -12,6 +13,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+pub use compile::{ANY_PEER, ANY_PROTOCOL, Allowed, CompiledPolicy, Subject, WORLD};
 pub use selector::{Labels, Operator, Requirement, Selector};
 pub use verdict::{Connection, Decision, Verdict};
 

@@ -84,11 +84,15 @@ fn names() -> Vec<String> {
         .collect()
 }
 
+fn all_addresses() -> Vec<IpAddr> {
+    (0..3)
+        .flat_map(|n| (0..3).map(move |p| address(n, p)))
+        .collect()
+}
+
 /// Every ordered pair probed on `port`/`protocol`: `table[from][to]`.
 fn probe(world: &PolicyWorld, protocol: PolicyProtocol, port: u16) -> Vec<Vec<bool>> {
-    let all: Vec<IpAddr> = (0..3)
-        .flat_map(|n| (0..3).map(move |p| address(n, p)))
-        .collect();
+    let all = all_addresses();
     all.iter()
         .map(|from| {
             all.iter()
@@ -130,6 +134,8 @@ fn show(table: &[Vec<bool>]) -> String {
     text
 }
 
+/// Checks the model's table, and that the compiled policy (every pod
+/// local) decides each pair as the model does.
 fn assert_table(world: &PolicyWorld, protocol: PolicyProtocol, port: u16, wanted: Vec<Vec<bool>>) {
     let got = probe(world, protocol, port);
     assert!(
@@ -137,6 +143,29 @@ fn assert_table(world: &PolicyWorld, protocol: PolicyProtocol, port: u16, wanted
         "{protocol:?}/{port}: expected\n{}got\n{}",
         show(&wanted),
         show(&got)
+    );
+    let compiled = world.compile(&all_addresses());
+    let by_lookups: Vec<Vec<bool>> = all_addresses()
+        .iter()
+        .map(|from| {
+            all_addresses()
+                .iter()
+                .map(|to| {
+                    compiled.allows(&Connection {
+                        from: *from,
+                        to: *to,
+                        protocol,
+                        port,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    assert!(
+        by_lookups == got,
+        "{protocol:?}/{port}: the model says\n{}the compiled lookups say\n{}{compiled:#?}",
+        show(&got),
+        show(&by_lookups)
     );
 }
 
@@ -474,4 +503,52 @@ fn ipv6_peers_are_matched_by_family() {
     };
     assert!(world.verdict(&from("fd00::5")).allowed());
     assert!(!world.verdict(&from("10.0.0.5")).allowed());
+}
+
+#[test]
+fn port_ranges_become_the_fewest_prefixes() {
+    assert_eq!(compile::port_prefixes(80, 80), [(80, 16)]);
+    assert_eq!(compile::port_prefixes(80, 81), [(80, 15)]);
+    assert_eq!(compile::port_prefixes(0, 65535), [(0, 0)]);
+    assert_eq!(
+        compile::port_prefixes(81, 84),
+        [(81, 16), (82, 15), (84, 16)]
+    );
+    let covered: u32 = compile::port_prefixes(1000, 33000)
+        .iter()
+        .map(|(_, bits)| 1u32 << (16 - bits))
+        .sum();
+    assert_eq!(covered, 32001);
+}
+
+#[test]
+fn egress_to_a_named_port_resolves_on_each_destination() {
+    let mut world = world();
+    // y/b serves its "serve-80-tcp" on 8080 instead.
+    let mut moved = world.pod(address(1, 1)).unwrap().clone();
+    for port in &mut moved.ports {
+        if port.0 == "serve-80-tcp" {
+            port.2 = 8080;
+        }
+    }
+    world.set_pod(moved);
+    let mut allow = policy("x", "egress-named", labels(&[("pod", "a")]));
+    allow.policy_types = vec![Direction::Egress];
+    allow.egress = vec![Rule {
+        peers: Vec::new(),
+        ports: vec![tcp(PortRef::Name("serve-80-tcp".into()))],
+    }];
+    world.set_policy(allow);
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|from, to| from == "x/a" && to == "y/b"),
+    );
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        8080,
+        expect(|from, to| from == "x/a" && to != "y/b"),
+    );
 }

@@ -116,7 +116,7 @@ impl PolicyWorld {
     }
 
     /// Whether the address `ip` is `peer` of `policy`.
-    fn is(&self, ip: IpAddr, peer: &Peer, policy: &PolicySpec) -> bool {
+    pub(super) fn is(&self, ip: IpAddr, peer: &Peer, policy: &PolicySpec) -> bool {
         match peer {
             Peer::Block { cidr, except } => {
                 cidr.contains(ip) && !except.iter().any(|except| except.contains(ip))
