@@ -531,7 +531,11 @@ fn traffic(
 }
 
 /// The peers in the order each repetition measures them.
-const PEER_NAMES: [&str; 3] = ["this dataplane", "kube-proxy iptables", "kube-proxy nftables"];
+const PEER_NAMES: [&str; 3] = [
+    "this dataplane",
+    "kube-proxy iptables",
+    "kube-proxy nftables",
+];
 
 const BASELINES: [&str; 2] = [
     "kube-proxy iptables mode (iptables-restore, nf_tables backend)",

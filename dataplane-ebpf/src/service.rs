@@ -451,6 +451,12 @@ fn to_backend(
         ..*key
     };
     let backend = match kept_backend(&forward, service, flags) {
+        // A SYN keeping its backend (retransmitted, or a port reused while
+        // that backend serves) records both halves again: the reply half
+        // may be gone (the agent collects the halves of a closed
+        // connection one at a time, the LRU evicts them one at a time), and
+        // without it the backend's answer is not the frontend's.
+        Some(backend) if opens(flags) => record(&forward, backend)?,
         Some(backend) => backend,
         None => open(&forward, service)?,
     };
@@ -565,8 +571,15 @@ pub fn choose_backend(service: &ServiceValue, client: Ipv4Octets) -> Outcome<Bac
 /// one with session affinity, else at random) and records both halves.
 #[inline(always)]
 fn open(forward: &FlowKey, service: &ServiceValue) -> Outcome<Backend> {
+    let backend = choose_backend(service, forward.src)?;
+    record(forward, backend)
+}
+
+/// Records both halves of the new connection `forward` to `backend`, the
+/// reply half first (the backend's first answer must find it).
+#[inline(always)]
+fn record(forward: &FlowKey, backend: Backend) -> Outcome<Backend> {
     let client = forward.src;
-    let backend = choose_backend(service, client)?;
     let reply = FlowKey {
         src: backend.address,
         dst: if backend.address == client {

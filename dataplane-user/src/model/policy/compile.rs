@@ -17,9 +17,7 @@ use std::{
 use dataplane_common::ip_protocol;
 use ipnetwork::IpNetwork;
 
-use super::{
-    Connection, Direction, Peer, PodFacts, PolicyProtocol, PolicySpec, PolicyWorld, PortRef,
-};
+use super::{Direction, Peer, PodFacts, PolicyProtocol, PolicySpec, PolicyWorld, PortRef, Rule};
 
 /// The class of addresses no peer matches (absent from the trie).
 pub const WORLD: u32 = 0;
@@ -84,6 +82,18 @@ struct ClassKey {
     named_ports: Vec<Option<u16>>,
 }
 
+/// One compilation: the policies that matter to this node's pods, split
+/// into atoms, and the classes found so far.
+struct Compiler<'a> {
+    world: &'a PolicyWorld,
+    atoms: Vec<Atom<'a>>,
+    /// Egress rules' port names, resolved per destination pod.
+    names: Vec<(String, PolicyProtocol)>,
+    /// Every prefix an ipBlock names, normalized.
+    prefixes: BTreeSet<IpNetwork>,
+    classes: BTreeMap<ClassKey, u32>,
+}
+
 impl PolicyWorld {
     /// Compiles the policies of the pods at `local` (this node's).
     pub fn compile(&self, local: &[IpAddr]) -> CompiledPolicy {
@@ -91,10 +101,44 @@ impl PolicyWorld {
             .iter()
             .filter_map(|ip| Some((*ip, self.pod(*ip)?)))
             .collect();
-        let mut relevant: Vec<&PolicySpec> = Vec::new();
-        for (_, pod) in &local_pods {
+        let mut compiler = Compiler::new(self, &local_pods);
+        let mut compiled = CompiledPolicy {
+            node_addresses: self.node_addresses.clone(),
+            ..CompiledPolicy::default()
+        };
+        compiler.classify(&mut compiled);
+        for (id, (ip, pod)) in local_pods.iter().enumerate() {
+            let subject = Subject {
+                id: id as u32 + 1,
+                ingress: !self.isolating(pod, Direction::Ingress).is_empty(),
+                egress: !self.isolating(pod, Direction::Egress).is_empty(),
+            };
+            compiled.subjects.insert(*ip, subject);
             for direction in [Direction::Ingress, Direction::Egress] {
                 for policy in self.isolating(pod, direction) {
+                    for rule in policy.rules(direction) {
+                        compiler.allow(
+                            &mut compiled.allowed,
+                            subject.id,
+                            pod,
+                            direction,
+                            policy,
+                            rule,
+                        );
+                    }
+                }
+            }
+        }
+        compiled
+    }
+}
+
+impl<'a> Compiler<'a> {
+    fn new(world: &'a PolicyWorld, local_pods: &[(IpAddr, &PodFacts)]) -> Self {
+        let mut relevant: Vec<&PolicySpec> = Vec::new();
+        for (_, pod) in local_pods {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for policy in world.isolating(pod, direction) {
                     if !relevant.iter().any(|known| std::ptr::eq(*known, policy)) {
                         relevant.push(policy);
                     }
@@ -112,7 +156,6 @@ impl PolicyWorld {
                     .map(move |peer| Atom { policy, peer })
             })
             .collect();
-        // Egress rules' port names, resolved per destination pod.
         let mut names: Vec<(String, PolicyProtocol)> = Vec::new();
         for policy in &relevant {
             for port in policy.egress.iter().flat_map(|rule| &rule.ports) {
@@ -123,7 +166,7 @@ impl PolicyWorld {
                 }
             }
         }
-        let prefixes: BTreeSet<IpNetwork> = atoms
+        let prefixes = atoms
             .iter()
             .filter_map(|atom| match atom.peer {
                 Peer::Block { cidr, except } => Some(std::iter::once(cidr).chain(except)),
@@ -132,171 +175,175 @@ impl PolicyWorld {
             .flatten()
             .map(|prefix| IpNetwork::new(prefix.network(), prefix.prefix()).expect("valid prefix"))
             .collect();
-        let block_atoms = |address: IpAddr, exact: Option<IpNetwork>| -> BTreeSet<usize> {
-            let chain: Vec<&IpNetwork> = prefixes
-                .iter()
-                .filter(|prefix| {
-                    Some(**prefix) == exact
-                        || (prefix.contains(address)
-                            && exact.is_none_or(|exact| prefix.prefix() <= exact.prefix()))
-                })
-                .collect();
-            let in_chain = |prefix: &IpNetwork| {
-                chain.iter().any(|known| {
-                    known.network() == prefix.network() && known.prefix() == prefix.prefix()
-                })
-            };
-            atoms
-                .iter()
-                .enumerate()
-                .filter(|(_, atom)| match atom.peer {
-                    Peer::Block { cidr, except } => {
-                        in_chain(cidr) && !except.iter().any(&in_chain)
-                    }
-                    Peer::Pods { .. } => false,
-                })
-                .map(|(index, _)| index)
-                .collect()
-        };
-        let mut interned: BTreeMap<ClassKey, u32> = BTreeMap::new();
-        let mut intern = |key: ClassKey| -> u32 {
-            if key.atoms.is_empty() && key.named_ports.iter().all(Option::is_none) {
-                return WORLD;
-            }
-            let next = interned.len() as u32 + 1;
-            *interned.entry(key).or_insert(next)
-        };
-        let mut compiled = CompiledPolicy {
-            node_addresses: self.node_addresses.clone(),
-            ..CompiledPolicy::default()
-        };
-        let no_names = vec![None; names.len()];
-        for prefix in &prefixes {
-            let key = ClassKey {
-                atoms: block_atoms(prefix.network(), Some(*prefix)),
-                named_ports: no_names.clone(),
-            };
-            compiled.classes.insert(*prefix, intern(key));
+        Self {
+            world,
+            atoms,
+            names,
+            prefixes,
+            classes: BTreeMap::new(),
         }
-        for pod in &self.pods {
-            if pod.host_network {
-                continue;
-            }
+    }
+
+    /// The id of the class `key` (new ones numbered from 1; none: `WORLD`).
+    fn intern(&mut self, key: ClassKey) -> u32 {
+        if key.atoms.is_empty() && key.named_ports.iter().all(Option::is_none) {
+            return WORLD;
+        }
+        let next = self.classes.len() as u32 + 1;
+        *self.classes.entry(key).or_insert(next)
+    }
+
+    /// The ipBlock atoms an address satisfies, given the prefixes that
+    /// hold it (they are nested, so in or out of each except is known).
+    fn block_atoms(&self, holds: impl Fn(&IpNetwork) -> bool) -> BTreeSet<usize> {
+        let chain: Vec<&IpNetwork> = self
+            .prefixes
+            .iter()
+            .filter(|prefix| holds(prefix))
+            .collect();
+        let in_chain = |prefix: &IpNetwork| {
+            chain.iter().any(|known| {
+                (known.network(), known.prefix()) == (prefix.network(), prefix.prefix())
+            })
+        };
+        self.atoms
+            .iter()
+            .enumerate()
+            .filter(|(_, atom)| match atom.peer {
+                Peer::Block { cidr, except } => in_chain(cidr) && !except.iter().any(&in_chain),
+                Peer::Pods { .. } => false,
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    /// The trie: each named prefix's class, and each pod's where it differs
+    /// from its prefix's.
+    fn classify(&mut self, compiled: &mut CompiledPolicy) {
+        let no_names = vec![None; self.names.len()];
+        for prefix in self.prefixes.clone() {
+            let atoms = self.block_atoms(|held| {
+                *held == prefix
+                    || (held.contains(prefix.network()) && held.prefix() <= prefix.prefix())
+            });
+            let class = self.intern(ClassKey {
+                atoms,
+                named_ports: no_names.clone(),
+            });
+            compiled.classes.insert(prefix, class);
+        }
+        let world = self.world;
+        for pod in world.pods.iter().filter(|pod| !pod.host_network) {
             for ip in &pod.ips {
-                let mut key = ClassKey {
-                    atoms: block_atoms(*ip, None),
-                    named_ports: names
-                        .iter()
-                        .map(|(name, protocol)| named_port(pod, name, *protocol))
-                        .collect(),
-                };
-                key.atoms.extend(
-                    atoms
+                let mut atoms = self.block_atoms(|held| held.contains(*ip));
+                atoms.extend(
+                    self.atoms
                         .iter()
                         .enumerate()
                         .filter(|(_, atom)| {
                             matches!(atom.peer, Peer::Pods { .. })
-                                && self.is(*ip, atom.peer, atom.policy)
+                                && world.is(*ip, atom.peer, atom.policy)
                         })
                         .map(|(index, _)| index),
                 );
-                let class = intern(key);
+                let named_ports = self
+                    .names
+                    .iter()
+                    .map(|(name, protocol)| named_port(pod, name, *protocol))
+                    .collect();
+                let class = self.intern(ClassKey { atoms, named_ports });
                 // Where the trie would give the same class, no entry.
                 if class != compiled.class_of(*ip) {
                     compiled.classes.insert(IpNetwork::from(*ip), class);
                 }
             }
         }
-        let classes: Vec<(&ClassKey, u32)> = interned.iter().map(|(key, id)| (key, *id)).collect();
-        for (id, (ip, pod)) in local_pods.iter().enumerate() {
-            let subject = Subject {
-                id: id as u32 + 1,
-                ingress: !self.isolating(pod, Direction::Ingress).is_empty(),
-                egress: !self.isolating(pod, Direction::Egress).is_empty(),
+    }
+
+    /// The classes a rule of `policy` allows: those holding one of its
+    /// peers (none listed: any, and for egress to named ports each class,
+    /// whose pods resolve the names).
+    fn peer_classes(&self, policy: &PolicySpec, rule: &Rule) -> Vec<u32> {
+        if rule.peers.is_empty() {
+            let named = rule
+                .ports
+                .iter()
+                .any(|port| matches!(port.port, Some(PortRef::Name(_))));
+            let each = named.then(|| self.classes.values().copied());
+            return std::iter::once(ANY_PEER)
+                .chain(each.into_iter().flatten())
+                .collect();
+        }
+        self.classes
+            .iter()
+            .filter(|(key, _)| {
+                key.atoms.iter().any(|atom| {
+                    let atom = &self.atoms[*atom];
+                    std::ptr::eq(atom.policy, policy)
+                        && rule.peers.iter().any(|peer| std::ptr::eq(peer, atom.peer))
+                })
+            })
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// The entries `rule` of `policy` gives `subject` (the local `pod`).
+    fn allow(
+        &self,
+        allowed: &mut BTreeSet<Allowed>,
+        subject: u32,
+        pod: &PodFacts,
+        direction: Direction,
+        policy: &PolicySpec,
+        rule: &Rule,
+    ) {
+        for class in self.peer_classes(policy, rule) {
+            let mut entry = |protocol: u8, (port, port_bits): (u16, u8)| {
+                allowed.insert(Allowed {
+                    subject,
+                    direction,
+                    class,
+                    protocol,
+                    port,
+                    port_bits,
+                });
             };
-            compiled.subjects.insert(*ip, subject);
-            for direction in [Direction::Ingress, Direction::Egress] {
-                for policy in self.isolating(pod, direction) {
-                    for rule in policy.rules(direction) {
-                        // The classes of the rule's peers (none listed: any,
-                        // and each class for the port names its pods resolve).
-                        let named = rule
-                            .ports
-                            .iter()
-                            .any(|port| matches!(port.port, Some(PortRef::Name(_))));
-                        let peer_classes: Vec<u32> = if rule.peers.is_empty() {
-                            let each = (direction == Direction::Egress && named)
-                                .then(|| classes.iter().map(|(_, id)| *id))
-                                .into_iter()
-                                .flatten();
-                            std::iter::once(ANY_PEER).chain(each).collect()
-                        } else {
-                            classes
-                                .iter()
-                                .filter(|(key, _)| {
-                                    key.atoms.iter().any(|atom| {
-                                        std::ptr::eq(atoms[*atom].policy, policy)
-                                            && rule
-                                                .peers
-                                                .iter()
-                                                .any(|peer| std::ptr::eq(peer, atoms[*atom].peer))
-                                    })
-                                })
-                                .map(|(_, id)| *id)
-                                .collect()
+            if rule.ports.is_empty() {
+                entry(ANY_PROTOCOL, (0, 0));
+            }
+            for port in &rule.ports {
+                let protocol = port.protocol.number();
+                match &port.port {
+                    None => entry(protocol, (0, 0)),
+                    Some(PortRef::Number(start)) => {
+                        let end = port.end_port.unwrap_or(*start).max(*start);
+                        for prefix in port_prefixes(*start, end) {
+                            entry(protocol, prefix);
+                        }
+                    }
+                    Some(PortRef::Name(name)) => {
+                        let number = match direction {
+                            // The subject is the destination.
+                            Direction::Ingress => named_port(pod, name, port.protocol),
+                            Direction::Egress => self.class_port(class, name, port.protocol),
                         };
-                        for class in peer_classes {
-                            let key = classes
-                                .iter()
-                                .find(|(_, id)| *id == class)
-                                .map(|(key, _)| *key);
-                            let mut allow = |protocol: u8, (port, port_bits): (u16, u8)| {
-                                compiled.allowed.insert(Allowed {
-                                    subject: subject.id,
-                                    direction,
-                                    class,
-                                    protocol,
-                                    port,
-                                    port_bits,
-                                });
-                            };
-                            if rule.ports.is_empty() {
-                                allow(ANY_PROTOCOL, (0, 0));
-                            }
-                            for port in &rule.ports {
-                                let protocol = port.protocol.number();
-                                match &port.port {
-                                    None => allow(protocol, (0, 0)),
-                                    Some(PortRef::Number(start)) => {
-                                        let end = port.end_port.unwrap_or(*start).max(*start);
-                                        for prefix in port_prefixes(*start, end) {
-                                            allow(protocol, prefix);
-                                        }
-                                    }
-                                    Some(PortRef::Name(name)) => {
-                                        let number = match direction {
-                                            Direction::Ingress => {
-                                                named_port(pod, name, port.protocol)
-                                            }
-                                            Direction::Egress => key.and_then(|key| {
-                                                let slot = names.iter().position(|known| {
-                                                    *known == (name.clone(), port.protocol)
-                                                })?;
-                                                key.named_ports[slot]
-                                            }),
-                                        };
-                                        if let Some(number) = number {
-                                            allow(protocol, (number, 16));
-                                        }
-                                    }
-                                }
-                            }
+                        if let Some(number) = number {
+                            entry(protocol, (number, 16));
                         }
                     }
                 }
             }
         }
-        compiled
+    }
+
+    /// The number the pods of `class` give the port `name`.
+    fn class_port(&self, class: u32, name: &str, protocol: PolicyProtocol) -> Option<u16> {
+        let slot = self
+            .names
+            .iter()
+            .position(|(known, of)| known == name && *of == protocol)?;
+        let (key, _) = self.classes.iter().find(|(_, id)| **id == class)?;
+        key.named_ports[slot]
     }
 }
 
@@ -321,64 +368,4 @@ pub fn port_prefixes(start: u16, end: u16) -> Vec<(u16, u8)> {
         from += size;
     }
     prefixes
-}
-
-impl CompiledPolicy {
-    /// The class of `ip`: its longest prefix's.
-    pub fn class_of(&self, ip: IpAddr) -> u32 {
-        self.classes
-            .iter()
-            .filter(|(prefix, _)| prefix.contains(ip))
-            .max_by_key(|(prefix, _)| prefix.prefix())
-            .map_or(WORLD, |(_, class)| *class)
-    }
-
-    /// What the programs decide of a new connection, by their lookups.
-    pub fn allows(&self, connection: &Connection) -> bool {
-        let side = |subject: IpAddr, peer: IpAddr, direction: Direction| {
-            let Some(subject) = self.subjects.get(&subject) else {
-                return true;
-            };
-            let isolated = match direction {
-                Direction::Ingress => subject.ingress,
-                Direction::Egress => subject.egress,
-            };
-            !isolated || self.lookup(subject.id, direction, self.class_of(peer), connection)
-        };
-        side(connection.from, connection.to, Direction::Egress)
-            && (self.node_addresses.contains(&connection.from)
-                || side(connection.to, connection.from, Direction::Ingress))
-    }
-
-    fn lookup(
-        &self,
-        subject: u32,
-        direction: Direction,
-        class: u32,
-        connection: &Connection,
-    ) -> bool {
-        let protocol = connection.protocol.number();
-        [class, ANY_PEER].into_iter().any(|class| {
-            self.allowed
-                .range(
-                    Allowed {
-                        subject,
-                        direction,
-                        class,
-                        protocol: 0,
-                        port: 0,
-                        port_bits: 0,
-                    }..,
-                )
-                .take_while(|entry| {
-                    (entry.subject, entry.direction, entry.class) == (subject, direction, class)
-                })
-                .any(|entry| {
-                    entry.protocol == ANY_PROTOCOL
-                        || (entry.protocol == protocol
-                            && (entry.port_bits == 0
-                                || (entry.port ^ connection.port) >> (16 - entry.port_bits) == 0))
-                })
-        })
-    }
 }

@@ -5,6 +5,7 @@
 //! `policy explain` reads it. Either address family.
 
 mod compile;
+mod lookup;
 mod selector;
 mod verdict;
 

@@ -1,3 +1,4 @@
+// Above 400 lines: the upstream cases, one test each, over one shared model of the cluster.
 //! The upstream method (`test/e2e/network/netpol`) on the model: namespaces
 //! x, y, z with pods a, b, c serving 80 and 81 (named `serve-80-tcp`, ...),
 //! every ordered pair probed, the truth table compared whole and printed
