@@ -69,6 +69,29 @@ fn policy(namespace: &str, name: &str, pod_selector: Selector) -> PolicySpec {
     }
 }
 
+/// One rule allowing `peers` on every port.
+fn from_peers(peers: Vec<Peer>) -> Vec<Rule> {
+    vec![Rule {
+        peers,
+        ports: Vec::new(),
+    }]
+}
+
+/// One rule allowing everyone on `ports`.
+fn on_ports(ports: Vec<PortMatch>) -> Vec<Rule> {
+    vec![Rule {
+        peers: Vec::new(),
+        ports,
+    }]
+}
+
+fn pods(namespace_selector: Option<Selector>, pod_selector: Option<Selector>) -> Peer {
+    Peer::Pods {
+        namespace_selector,
+        pod_selector,
+    }
+}
+
 fn tcp(port: PortRef) -> PortMatch {
     PortMatch {
         protocol: PolicyProtocol::Tcp,
@@ -198,13 +221,7 @@ fn should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_base
 {
     let mut world = world();
     let mut allow = policy("x", "allow-b", labels(&[("pod", "a")]));
-    allow.ingress = vec![Rule {
-        peers: vec![Peer::Pods {
-            namespace_selector: None,
-            pod_selector: Some(labels(&[("pod", "b")])),
-        }],
-        ports: Vec::new(),
-    }];
+    allow.ingress = from_peers(vec![pods(None, Some(labels(&[("pod", "b")])))]);
     world.set_policy(allow);
     assert_table(
         &world,
@@ -218,20 +235,17 @@ fn should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_base
 fn should_enforce_policy_based_on_pod_selector_and_namespace_selector() {
     let mut world = world();
     let mut allow = policy("x", "allow-y-or-z-b", labels(&[("pod", "a")]));
-    allow.ingress = vec![Rule {
-        peers: vec![Peer::Pods {
-            namespace_selector: Some(Selector {
-                match_labels: Labels::new(),
-                match_expressions: vec![Requirement {
-                    key: "ns".into(),
-                    operator: Operator::NotIn,
-                    values: vec!["x".into()],
-                }],
-            }),
-            pod_selector: Some(labels(&[("pod", "b")])),
-        }],
-        ports: Vec::new(),
-    }];
+    allow.ingress = from_peers(vec![pods(
+        Some(Selector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement {
+                key: "ns".into(),
+                operator: Operator::NotIn,
+                values: vec!["x".into()],
+            }],
+        }),
+        Some(labels(&[("pod", "b")])),
+    )]);
     world.set_policy(allow);
     assert_table(
         &world,
@@ -245,10 +259,7 @@ fn should_enforce_policy_based_on_pod_selector_and_namespace_selector() {
 fn should_allow_ingress_access_on_one_named_port() {
     let mut world = world();
     let mut allow = policy("x", "allow-81", Selector::default());
-    allow.ingress = vec![Rule {
-        peers: Vec::new(),
-        ports: vec![tcp(PortRef::Name("serve-81-tcp".into()))],
-    }];
+    allow.ingress = on_ports(vec![tcp(PortRef::Name("serve-81-tcp".into()))]);
     world.set_policy(allow);
     assert_table(&world, PolicyProtocol::Tcp, 81, expect(|_, _| false));
     assert_table(
@@ -270,14 +281,11 @@ fn should_allow_ingress_access_on_one_named_port() {
 fn should_enforce_policy_based_on_any_port_from_80_to_81_with_end_port() {
     let mut world = world();
     let mut allow = policy("x", "range", Selector::default());
-    allow.ingress = vec![Rule {
-        peers: Vec::new(),
-        ports: vec![PortMatch {
-            protocol: PolicyProtocol::Tcp,
-            port: Some(PortRef::Number(80)),
-            end_port: Some(81),
-        }],
-    }];
+    allow.ingress = on_ports(vec![PortMatch {
+        protocol: PolicyProtocol::Tcp,
+        port: Some(PortRef::Number(80)),
+        end_port: Some(81),
+    }]);
     world.set_policy(allow);
     assert_table(&world, PolicyProtocol::Tcp, 80, expect(|_, _| false));
     assert_table(&world, PolicyProtocol::Tcp, 81, expect(|_, _| false));
@@ -293,14 +301,11 @@ fn should_enforce_policy_based_on_any_port_from_80_to_81_with_end_port() {
 fn should_not_allow_access_by_tcp_when_a_policy_specifies_only_sctp() {
     let mut world = world();
     let mut allow = policy("x", "sctp-only", labels(&[("pod", "a")]));
-    allow.ingress = vec![Rule {
-        peers: Vec::new(),
-        ports: vec![PortMatch {
-            protocol: PolicyProtocol::Sctp,
-            port: Some(PortRef::Number(80)),
-            end_port: None,
-        }],
-    }];
+    allow.ingress = on_ports(vec![PortMatch {
+        protocol: PolicyProtocol::Sctp,
+        port: Some(PortRef::Number(80)),
+        end_port: None,
+    }]);
     world.set_policy(allow);
     assert_table(&world, PolicyProtocol::Sctp, 80, expect(|_, _| false));
     assert_table(&world, PolicyProtocol::Tcp, 80, expect(|_, to| to == "x/a"));
@@ -312,13 +317,10 @@ fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
     let mut allow = policy("x", "egress-block", labels(&[("pod", "a")]));
     // Without policyTypes, egress rules make it isolate both directions.
     allow.policy_types = vec![Direction::Egress];
-    allow.egress = vec![Rule {
-        peers: vec![Peer::Block {
-            cidr: "10.244.0.0/16".parse().unwrap(),
-            except: vec!["10.244.2.11/32".parse().unwrap()],
-        }],
-        ports: Vec::new(),
-    }];
+    allow.egress = from_peers(vec![Peer::Block {
+        cidr: "10.244.0.0/16".parse().unwrap(),
+        except: vec!["10.244.2.11/32".parse().unwrap()],
+    }]);
     world.set_policy(allow);
     // 10.244.2.11 is y/b.
     assert_table(
@@ -350,13 +352,7 @@ fn should_enforce_updated_policy_and_stop_enforcing_policies_after_they_are_dele
 fn pod_and_namespace_label_changes_are_followed() {
     let mut world = world();
     let mut allow = policy("x", "from-team", Selector::default());
-    allow.ingress = vec![Rule {
-        peers: vec![Peer::Pods {
-            namespace_selector: Some(labels(&[("team", "blue")])),
-            pod_selector: None,
-        }],
-        ports: Vec::new(),
-    }];
+    allow.ingress = from_peers(vec![pods(Some(labels(&[("team", "blue")])), None)]);
     world.set_policy(allow);
     assert_table(
         &world,
@@ -376,13 +372,10 @@ fn pod_and_namespace_label_changes_are_followed() {
     );
     // The namespace's own name label is always there.
     let mut by_name = policy("z", "from-x", Selector::default());
-    by_name.ingress = vec![Rule {
-        peers: vec![Peer::Pods {
-            namespace_selector: Some(labels(&[(NAMESPACE_NAME_LABEL, "x")])),
-            pod_selector: None,
-        }],
-        ports: Vec::new(),
-    }];
+    by_name.ingress = from_peers(vec![pods(
+        Some(labels(&[(NAMESPACE_NAME_LABEL, "x")])),
+        None,
+    )]);
     world.set_policy(by_name);
     let verdict = world.verdict(&Connection {
         from: address(0, 0),
@@ -463,23 +456,17 @@ fn what_the_api_server_refuses_is_refused() {
     }];
     assert!(bad_selector.problem().unwrap().contains("need values"));
     let mut outside = policy("x", "outside", Selector::default());
-    outside.egress = vec![Rule {
-        peers: vec![Peer::Block {
-            cidr: "10.0.0.0/16".parse().unwrap(),
-            except: vec!["10.1.0.0/24".parse().unwrap()],
-        }],
-        ports: Vec::new(),
-    }];
+    outside.egress = from_peers(vec![Peer::Block {
+        cidr: "10.0.0.0/16".parse().unwrap(),
+        except: vec!["10.1.0.0/24".parse().unwrap()],
+    }]);
     assert!(outside.problem().unwrap().contains("not within"));
     let mut named_range = policy("x", "range", Selector::default());
-    named_range.ingress = vec![Rule {
-        peers: Vec::new(),
-        ports: vec![PortMatch {
-            protocol: PolicyProtocol::Tcp,
-            port: Some(PortRef::Name("http".into())),
-            end_port: Some(90),
-        }],
-    }];
+    named_range.ingress = on_ports(vec![PortMatch {
+        protocol: PolicyProtocol::Tcp,
+        port: Some(PortRef::Name("http".into())),
+        end_port: Some(90),
+    }]);
     assert!(named_range.problem().unwrap().contains("numeric"));
     assert_eq!(policy("x", "fine", Selector::default()).problem(), None);
 }
@@ -488,13 +475,10 @@ fn what_the_api_server_refuses_is_refused() {
 fn ipv6_peers_are_matched_by_family() {
     let mut world = world();
     let mut allow = policy("x", "v6", Selector::default());
-    allow.ingress = vec![Rule {
-        peers: vec![Peer::Block {
-            cidr: "fd00::/8".parse().unwrap(),
-            except: Vec::new(),
-        }],
-        ports: Vec::new(),
-    }];
+    allow.ingress = from_peers(vec![Peer::Block {
+        cidr: "fd00::/8".parse().unwrap(),
+        except: Vec::new(),
+    }]);
     world.set_policy(allow);
     let from = |ip: &str| Connection {
         from: ip.parse().unwrap(),
@@ -535,10 +519,7 @@ fn egress_to_a_named_port_resolves_on_each_destination() {
     world.set_pod(moved);
     let mut allow = policy("x", "egress-named", labels(&[("pod", "a")]));
     allow.policy_types = vec![Direction::Egress];
-    allow.egress = vec![Rule {
-        peers: Vec::new(),
-        ports: vec![tcp(PortRef::Name("serve-80-tcp".into()))],
-    }];
+    allow.egress = on_ports(vec![tcp(PortRef::Name("serve-80-tcp".into()))]);
     world.set_policy(allow);
     assert_table(
         &world,
