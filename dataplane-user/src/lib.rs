@@ -15,6 +15,7 @@ pub mod interfaces;
 pub mod kubernetes;
 pub mod loader;
 pub mod maps;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod nat;

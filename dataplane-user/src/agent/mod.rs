@@ -195,7 +195,9 @@ async fn collect_service_garbage_forever(tables: ServiceTables, interval: Durati
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
-        match tables.collect_garbage().await {
+        let collected = tables.collect_garbage().await;
+        crate::memory::release_free_memory();
+        match collected {
             Ok(fill) if fill.under_pressure() => warn!(
                 ?fill,
                 "a Service connection table is over 90% full; idle connections are forgotten first"
@@ -214,6 +216,7 @@ async fn collect_nat_garbage_forever(nat: NatTable, state: StateHandle, interval
             Ok(pods) => nat.collect_garbage(pods).await,
             Err(error) => Err(error),
         };
+        crate::memory::release_free_memory();
         match collected {
             Ok(report) => {
                 if report.removed > 0 {

@@ -226,6 +226,7 @@ async fn replace_all(state: &StateHandle, store: &Store, listed_before: &mut boo
         }
         *listed_before = true;
     }
+    crate::memory::release_free_memory();
     info!(services = count, "Kubernetes services listed");
 }
 
