@@ -74,6 +74,7 @@ pub fn service_facts(service: &Service) -> Option<ServiceFacts> {
         .flatten()
         .chain(spec.cluster_ip.iter())
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
+    // Named by its object key (`object_key`); a Service without a name is none.
     metadata.name.as_ref()?;
     let (port_names, mut ports): (Vec<String>, Vec<ServicePort>) = spec
         .ports
