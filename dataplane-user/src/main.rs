@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 /// Errors end the program with status 1 and one line, the causes joined
 /// (no Rust backtrace, whatever `RUST_BACKTRACE` says: they are for users).
 fn main() -> ExitCode {
+    dataplane_user::memory::configure_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("DATAPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

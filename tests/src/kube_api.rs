@@ -67,6 +67,9 @@ struct State {
     events: Vec<(u64, Resource, Value)>,
     /// Bumped to end every open watch.
     watch_generation: u64,
+    /// Watches resuming from before this version are answered 410 Gone (the
+    /// history was compacted), so the watcher lists everything again.
+    compacted_before: u64,
 }
 
 /// The state, and a signal to open watches that it changed.
@@ -195,6 +198,17 @@ impl FakeApiServer {
         self.shared.state.lock().unwrap().watch_generation += 1;
         self.shared.changed.send_replace(());
     }
+
+    /// Ends every watch and forgets the history, as kube-apiserver's
+    /// compaction does: every watcher relists.
+    pub fn expire_history(&self) {
+        let mut state = self.shared.state.lock().unwrap();
+        // A listing from now on is at a version no watch has seen.
+        state.version += 1;
+        state.compacted_before = state.version;
+        drop(state);
+        self.drop_watches();
+    }
 }
 
 impl Drop for FakeApiServer {
@@ -237,21 +251,46 @@ async fn respond(
         let from = parameter("resourceVersion")
             .and_then(|version| version.parse().ok())
             .unwrap_or(0);
+        if from < shared.state.lock().unwrap().compacted_before {
+            let gone = json!({"type": "ERROR", "object": {
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410,
+            }});
+            return Ok(json_response(
+                Full::new(Bytes::from(format!("{gone}\n"))).boxed(),
+            ));
+        }
         return Ok(json_response(watch_events(shared, resource, from)));
     }
+    // Pages as kube-apiserver serves them (`limit`, then `continue` with
+    // the offset reached); without `limit`, everything.
+    let offset: usize = parameter("continue")
+        .and_then(|token| token.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = parameter("limit")
+        .and_then(|limit| limit.parse().ok())
+        .unwrap_or(usize::MAX);
     let list = {
         let state = shared.state.lock().unwrap();
         let (api_version, kind) = resource.list();
-        let items: Vec<Value> = state
+        let mut of_kind = state
             .objects
-            .iter()
-            .filter(|((of, _), _)| *of == resource)
+            .range((resource, String::new())..)
+            .take_while(|((of, _), _)| *of == resource)
+            .skip(offset);
+        let items: Vec<Value> = of_kind
+            .by_ref()
+            .take(limit)
             .map(|(_, object)| object.clone())
             .collect();
+        let mut metadata = json!({"resourceVersion": state.version.to_string()});
+        if of_kind.next().is_some() {
+            metadata["continue"] = json!((offset + items.len()).to_string());
+        }
         json!({
             "apiVersion": api_version,
             "kind": kind,
-            "metadata": {"resourceVersion": state.version.to_string()},
+            "metadata": metadata,
             "items": items,
         })
     };
@@ -279,8 +318,12 @@ fn watch_events(shared: Arc<Shared>, resource: Resource, from: u64) -> Body {
         let shared = Arc::clone(&shared);
         async move {
             loop {
-                let (lines, dropped) = {
+                let lines = {
                     let state = shared.state.lock().unwrap();
+                    if state.watch_generation != generation {
+                        // Dropped: what came since is for the next watch.
+                        return None;
+                    }
                     let mut lines = String::new();
                     // Events are in version order: skip those seen by search,
                     // not by a walk (tens of thousands of objects are applied).
@@ -293,13 +336,13 @@ fn watch_events(shared: Arc<Shared>, resource: Resource, from: u64) -> Body {
                         }
                         from = *version;
                     }
-                    (lines, state.watch_generation != generation)
+                    lines
                 };
                 if !lines.is_empty() {
                     let frame = Ok(Frame::data(Bytes::from(lines)));
                     return Some((frame, (from, changed)));
                 }
-                if dropped || changed.changed().await.is_err() {
+                if changed.changed().await.is_err() {
                     return None;
                 }
             }

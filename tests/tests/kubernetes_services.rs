@@ -506,6 +506,51 @@ fn one_tenants_conflicting_or_invalid_services_never_hold_up_the_others() -> any
 }
 
 #[test]
+fn what_changed_while_the_watches_were_expired_is_applied_by_the_relisting() -> anyhow::Result<()> {
+    let lab = Lab::new(3, "")?;
+    let (first, second) = (lab.pod(1), lab.pod(2));
+    let other_ip = Ipv4Addr::new(10, 96, 0, 11);
+    for (name, ip) in [("web", CLUSTER_IP), ("api", other_ip)] {
+        lab.api
+            .apply(Resource::Services, service("shop", name, ip, json!({})));
+        lab.api.apply(
+            Resource::EndpointSlices,
+            slice("shop", name, &[(first.ip, Condition::Ready)]),
+        );
+    }
+    lab.until_programmed(|map| map.contains("10.96.0.10") && map.contains("10.96.0.11"))?;
+    // The API server's history compacted: no watch can resume, every one
+    // lists again and finds one Service gone and another's endpoint moved.
+    lab.api.expire_history();
+    lab.api.delete(Resource::Services, "shop/api");
+    lab.api.apply(
+        Resource::EndpointSlices,
+        slice("shop", "web", &[(second.ip, Condition::Ready)]),
+    );
+    let moved = format!("{}:{BACKEND_PORT}", second.ip);
+    lab.until_programmed(|map| !map.contains("10.96.0.11") && map.contains(&moved))?;
+    let _servers: Vec<EchoServers> = [first, second]
+        .iter()
+        .map(|pod| EchoServers::start(&pod.netns, pod.ip, [BACKEND_PORT], 4, None))
+        .collect::<anyhow::Result<_>>()?;
+    let frontend = SocketAddr::from((CLUSTER_IP, 80));
+    let landed = where_new_connections_land(&lab.pod(0).netns, frontend, 4, &[first, second])?;
+    assert_eq!(
+        landed,
+        [0, 4],
+        "new connections reach the moved endpoint only"
+    );
+    let log = lab.node().agent_log();
+    assert!(log.contains("Kubernetes services relisted"), "{log}");
+    assert_eq!(
+        log.matches("Kubernetes services listed").count(),
+        1,
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_datagram_flows_reply_half_goes_with_the_flow() -> anyhow::Result<()> {
     // kube-proxy's conntrack entry of a UDP flow is gone 30 s after its
     // last datagram; then the same client port talking to the backend

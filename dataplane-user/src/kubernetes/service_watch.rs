@@ -1,9 +1,9 @@
 //! Kubernetes Services and EndpointSlices followed: both watched, what the
 //! dataplane reads of them kept (`ServiceFacts`, `SliceFacts`: the objects
 //! themselves are dropped as they arrive, they would be 90% of the agent's
-//! memory with many Services), each
-//! complete listing replacing what this source contributed, and every
-//! change applied for the Services it touches.
+//! memory with many Services). A watch's first complete listing replaces
+//! what this source contributed; later ones (a watch expired) update the
+//! store in place and apply what they changed, like every other change.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,7 +25,8 @@ use crate::{
     state::{Command, StateHandle},
 };
 
-/// How often both kinds are relisted and reconciled even without errors.
+/// How often both kinds are relisted even without errors (in place: what
+/// the listing changed is applied).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
 /// A namespaced object: "namespace/name".
@@ -33,10 +34,11 @@ type Key = String;
 
 /// Follows the cluster's Services and EndpointSlices for as long as the agent runs.
 pub async fn follow_services(state: StateHandle) {
-    let mut listed_before = false;
+    // Kept across watches: a new watch's listing updates it in place.
+    let mut store = Store::default();
     loop {
         if let Ok(Err(error)) =
-            tokio::time::timeout(RESYNC_INTERVAL, watch(&state, &mut listed_before)).await
+            tokio::time::timeout(RESYNC_INTERVAL, watch(&state, &mut store)).await
         {
             warn!("Kubernetes service source: {error:#}");
         }
@@ -58,11 +60,17 @@ struct Store {
     services: BTreeMap<Key, Entry>,
     /// The Service of each slice, for the slice's next change.
     owners: BTreeMap<Key, Key>,
-    /// Listings in progress.
-    listing_services: BTreeMap<Key, ServiceFacts>,
-    listing_slices: BTreeMap<Key, (Option<Key>, SliceFacts)>,
+    /// What listings in progress have named so far (`None`: no listing).
+    /// A listing updates the store in place, as it goes: a second copy of
+    /// every fact would double the agent at its peak.
+    listing_services: Option<BTreeSet<Key>>,
+    listing_slices: Option<BTreeSet<Key>>,
     services_listed: bool,
     slices_listed: bool,
+    /// Services changed and not applied yet (kept when a watch ends).
+    pending: BTreeSet<Key>,
+    /// Whether the first complete listing was sent whole.
+    sent_whole: bool,
 }
 
 /// One Service's name: what the dataplane reads of the Service, once one
@@ -120,6 +128,18 @@ impl Store {
         Some(owner)
     }
 
+    /// The slice `key`: its Service and facts.
+    fn slice(&self, key: &Key) -> Option<(&Key, &SliceFacts)> {
+        let owner = self.owners.get(key)?;
+        let (_, facts) = self
+            .services
+            .get(owner)?
+            .slices
+            .iter()
+            .find(|(slice, _)| slice == key)?;
+        Some((owner, facts))
+    }
+
     fn spec_of(&self, key: &Key) -> Option<ServiceSpec> {
         let entry = self.services.get(key)?;
         let slices: Vec<&SliceFacts> = entry.slices.iter().map(|(_, slice)| slice).collect();
@@ -138,7 +158,7 @@ impl Store {
     }
 }
 
-async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<()> {
+async fn watch(state: &StateHandle, store: &mut Store) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -157,8 +177,6 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
     .map(|event| event.map(|event| Change::Slice(Box::new(event))))
     .boxed();
     let mut events = futures::stream::select(services, slices);
-    let mut store = Store::default();
-    let mut pending: BTreeSet<Key> = BTreeSet::new();
     while let Some(first) = events.next().await {
         // What the watches have ready is taken in before anything is
         // applied: a burst (a large Service's slices, a namespace deleted)
@@ -171,17 +189,14 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
                 Ok(Change::Slice(event)) => store.slice_event(*event),
                 Err(error) => {
                     warn!("Kubernetes watch: {error}; resuming");
-                    Changed::Nothing
+                    Vec::new()
                 }
             };
-            match changed {
-                Changed::Nothing => {}
-                Changed::Listing if store.listed() => {
-                    pending.clear();
-                    replace_all(state, &store, listed_before).await;
-                }
-                Changed::Listing => {}
-                Changed::Services(keys) => pending.extend(keys),
+            store.pending.extend(changed);
+            if store.listed() && !store.sent_whole {
+                store.pending.clear();
+                send_whole(state, store).await;
+                store.sent_whole = true;
             }
             taken += 1;
             next = if taken < MAX_EVENTS_AT_ONCE {
@@ -191,8 +206,11 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
             };
         }
         if store.listed() {
-            for key in std::mem::take(&mut pending) {
-                apply(state, &store, &key).await?;
+            // Each taken out once applied: a watch ended meanwhile (the
+            // resync's timeout) leaves the rest for the next.
+            while let Some(key) = store.pending.first().cloned() {
+                apply(state, store, &key).await?;
+                store.pending.remove(&key);
             }
         }
     }
@@ -202,9 +220,9 @@ async fn watch(state: &StateHandle, listed_before: &mut bool) -> anyhow::Result<
 /// Events taken in at most before the Services they touched are applied.
 const MAX_EVENTS_AT_ONCE: usize = 1_000;
 
-/// A complete listing: the Services as listed replace what this source
-/// contributed (and, the first time, what an earlier run left pinned).
-async fn replace_all(state: &StateHandle, store: &Store, listed_before: &mut bool) {
+/// The first complete listing: the Services as listed replace what this
+/// source contributed and what an earlier run left pinned.
+async fn send_whole(state: &StateHandle, store: &Store) {
     let specs = store.all_specs();
     let count = specs.len();
     // Objects that break a rule are refused one by one; a failure here is a
@@ -216,102 +234,124 @@ async fn replace_all(state: &StateHandle, store: &Store, listed_before: &mut boo
     {
         warn!("Kubernetes services: {error:#}");
     }
-    if !*listed_before {
-        // What an earlier run programmed and the cluster no longer lists goes.
-        if let Err(error) = state
-            .ask(|reply| Command::ReplaceServices(Source::Pinned, Vec::new(), reply))
-            .await
-        {
-            warn!("services pinned by an earlier run: {error:#}");
-        }
-        *listed_before = true;
+    // What an earlier run programmed and the cluster no longer lists goes.
+    if let Err(error) = state
+        .ask(|reply| Command::ReplaceServices(Source::Pinned, Vec::new(), reply))
+        .await
+    {
+        warn!("services pinned by an earlier run: {error:#}");
     }
     crate::memory::release_free_memory();
     info!(services = count, "Kubernetes services listed");
 }
 
-/// What an event changed.
-enum Changed {
-    Nothing,
-    /// A listing completed.
-    Listing,
-    Services(Vec<Key>),
-}
-
 impl Store {
-    fn service_event(&mut self, event: watcher::Event<Service>) -> Changed {
+    /// Returns the Services the event changed.
+    fn service_event(&mut self, event: watcher::Event<Service>) -> Vec<Key> {
         match event {
             watcher::Event::Init => {
-                self.listing_services.clear();
-                Changed::Nothing
+                self.listing_services = Some(BTreeSet::new());
+                Vec::new()
             }
             watcher::Event::InitApply(service) => {
-                if let Some(facts) = service_facts(&service) {
-                    self.listing_services
-                        .insert(object_key(&service.metadata), facts);
+                let key = object_key(&service.metadata);
+                let facts = service_facts(&service);
+                self.listing_services
+                    .get_or_insert_default()
+                    .insert(key.clone());
+                let known = self
+                    .services
+                    .get(&key)
+                    .and_then(|entry| entry.facts.as_deref());
+                if known == facts.as_ref() {
+                    return Vec::new();
                 }
-                Changed::Nothing
+                self.set_facts(key.clone(), facts);
+                vec![key]
             }
             watcher::Event::InitDone => {
-                let listed = std::mem::take(&mut self.listing_services);
-                self.services.retain(|key, entry| {
-                    entry.facts = None;
-                    !entry.slices.is_empty() || listed.contains_key(key)
-                });
-                for (key, facts) in listed {
-                    self.set_facts(key, Some(facts));
+                let listed = self.listing_services.take().unwrap_or_default();
+                let gone: Vec<Key> = self
+                    .services
+                    .iter()
+                    .filter(|(key, entry)| entry.facts.is_some() && !listed.contains(*key))
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in &gone {
+                    self.set_facts(key.clone(), None);
+                }
+                if self.sent_whole {
+                    info!(
+                        services = listed.len(),
+                        gone = gone.len(),
+                        "Kubernetes services relisted"
+                    );
                 }
                 self.services_listed = true;
-                Changed::Listing
+                gone
             }
             watcher::Event::Apply(service) => {
                 let key = object_key(&service.metadata);
                 // One now left alone is withdrawn.
                 self.set_facts(key.clone(), service_facts(&service));
-                Changed::Services(vec![key])
+                vec![key]
             }
             watcher::Event::Delete(service) => {
                 let key = object_key(&service.metadata);
                 self.set_facts(key.clone(), None);
-                Changed::Services(vec![key])
+                vec![key]
             }
         }
     }
 
-    fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> Changed {
+    /// Returns the Services the event changed.
+    fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> Vec<Key> {
         match event {
             watcher::Event::Init => {
-                self.listing_slices.clear();
-                Changed::Nothing
+                self.listing_slices = Some(BTreeSet::new());
+                Vec::new()
             }
             watcher::Event::InitApply(slice) => {
-                self.listing_slices.insert(
-                    object_key(&slice.metadata),
-                    (owner_of(&slice), slice_facts(&slice)),
-                );
-                Changed::Nothing
+                let key = object_key(&slice.metadata);
+                let (owner, facts) = (owner_of(&slice), slice_facts(&slice));
+                self.listing_slices
+                    .get_or_insert_default()
+                    .insert(key.clone());
+                let unchanged = match (&owner, self.slice(&key)) {
+                    (Some(owner), Some((known_owner, known))) => {
+                        owner == known_owner && *known == facts
+                    }
+                    (None, None) => true,
+                    _ => false,
+                };
+                if unchanged {
+                    return Vec::new();
+                }
+                self.insert_slice(key, owner, facts)
             }
             watcher::Event::InitDone => {
-                self.owners.clear();
-                self.services.retain(|_, entry| {
-                    entry.slices.clear();
-                    entry.facts.is_some()
-                });
-                for (key, (owner, slice)) in std::mem::take(&mut self.listing_slices) {
-                    self.insert_slice(key, owner, slice);
-                }
+                let listed = self.listing_slices.take().unwrap_or_default();
+                let gone: Vec<Key> = self
+                    .owners
+                    .keys()
+                    .filter(|key| !listed.contains(*key))
+                    .cloned()
+                    .collect();
+                let changed = gone
+                    .iter()
+                    .filter_map(|key| self.remove_slice(key))
+                    .collect();
                 self.slices_listed = true;
-                Changed::Listing
+                changed
             }
             watcher::Event::Apply(slice) => {
                 let key = object_key(&slice.metadata);
-                Changed::Services(self.insert_slice(key, owner_of(&slice), slice_facts(&slice)))
+                self.insert_slice(key, owner_of(&slice), slice_facts(&slice))
             }
-            watcher::Event::Delete(slice) => Changed::Services(
-                self.remove_slice(&object_key(&slice.metadata))
-                    .into_iter()
-                    .collect(),
-            ),
+            watcher::Event::Delete(slice) => self
+                .remove_slice(&object_key(&slice.metadata))
+                .into_iter()
+                .collect(),
         }
     }
 }

@@ -217,17 +217,25 @@ impl Services {
             }
         }
         self.refused.retain(|(from, _), _| *from != source);
-        let listed: Vec<String> = self
+        let gone: Vec<String> = self
             .contributed
             .get(&source)
-            .map(|services| services.keys().cloned().collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flat_map(BTreeMap::keys)
+            .filter(|name| !names.contains(name.as_str()))
+            .cloned()
+            .collect();
         let mut touched = Vec::new();
-        for name in listed {
+        for name in gone {
             touched.extend(self.take_out(source, &name));
         }
+        // Unchanged Services stay as they are: a relisting of thousands
+        // rebuilds nothing (time, and memory churned into fragments).
         for service in services {
-            touched.extend(self.put_in(source, service));
+            if self.service(source, &service.name) != Some(&service) {
+                touched.extend(self.take_out(source, &service.name));
+                touched.extend(self.put_in(source, service));
+            }
         }
         Ok(self.settle(touched))
     }

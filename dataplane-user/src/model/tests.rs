@@ -352,6 +352,34 @@ fn two_services_of_one_source_cannot_share_a_frontend() {
 }
 
 #[test]
+fn a_replacement_touches_only_what_changed() {
+    let mut services = Services::default();
+    let web = service("web", 80, &["10.244.0.2:8080"]);
+    let api = service("api", 81, &["10.244.0.3:8080"]);
+    services
+        .replace(Source::Kubernetes, vec![web.clone(), api.clone()])
+        .unwrap();
+    assert!(
+        services
+            .replace(Source::Kubernetes, vec![web.clone(), api])
+            .unwrap()
+            .is_empty()
+    );
+    let moved = service("api", 81, &["10.244.0.4:8080"]);
+    assert_eq!(
+        services
+            .replace(Source::Kubernetes, vec![web.clone(), moved])
+            .unwrap(),
+        vec![frontend(81)]
+    );
+    assert_eq!(
+        services.replace(Source::Kubernetes, vec![web]).unwrap(),
+        vec![frontend(81)]
+    );
+    assert_eq!(services.list().len(), 1);
+}
+
+#[test]
 fn a_frontend_is_taken_from_its_highest_ranking_source() {
     let mut services = Services::default();
     services

@@ -55,14 +55,14 @@ fn a_relabelled_slice_moves_to_its_new_service() {
     store.service_event(watcher::Event::Apply(service("web")));
     store.service_event(watcher::Event::Apply(service("api")));
     let changed = store.slice_event(watcher::Event::Apply(slice("web", "10.244.1.2")));
-    assert!(matches!(changed, Changed::Services(ref keys) if keys == &["shop/web"]));
+    assert_eq!(changed, ["shop/web"]);
     assert_eq!(
         backends(&store, "shop/web"),
         ["10.244.1.2:8080".parse().unwrap()]
     );
     // A tenant relabels its own slice: both Services change.
     let changed = store.slice_event(watcher::Event::Apply(slice("api", "10.244.1.3")));
-    assert!(matches!(changed, Changed::Services(ref keys) if keys == &["shop/web", "shop/api"]));
+    assert_eq!(changed, ["shop/web", "shop/api"]);
     assert!(backends(&store, "shop/web").is_empty());
     assert_eq!(
         backends(&store, "shop/api"),
@@ -88,10 +88,13 @@ fn a_relisting_replaces_what_was_known() {
     store.service_event(watcher::Event::Apply(service("web")));
     store.slice_event(watcher::Event::Apply(slice("web", "10.244.1.2")));
     store.service_event(watcher::Event::Init);
-    store.service_event(watcher::Event::InitApply(service("api")));
-    store.service_event(watcher::Event::InitDone);
+    let added = store.service_event(watcher::Event::InitApply(service("api")));
+    assert_eq!(added, ["shop/api"]);
+    let ended = store.service_event(watcher::Event::InitDone);
+    assert_eq!(ended, ["shop/web"]);
     store.slice_event(watcher::Event::Init);
-    store.slice_event(watcher::Event::InitApply(slice("api", "10.244.1.3")));
+    let moved = store.slice_event(watcher::Event::InitApply(slice("api", "10.244.1.3")));
+    assert_eq!(moved, ["shop/web", "shop/api"]);
     store.slice_event(watcher::Event::InitDone);
     let names: Vec<String> = store
         .all_specs()
@@ -104,4 +107,23 @@ fn a_relisting_replaces_what_was_known() {
         ["10.244.1.3:8080".parse().unwrap()]
     );
     assert!(store.services.keys().all(|key| key == "shop/api"));
+}
+
+#[test]
+fn a_relisting_of_what_is_known_changes_nothing_and_names_what_went() {
+    let mut store = Store::default();
+    store.service_event(watcher::Event::Apply(service("web")));
+    store.slice_event(watcher::Event::Apply(slice("web", "10.244.1.2")));
+    store.service_event(watcher::Event::Init);
+    let same = store.service_event(watcher::Event::InitApply(service("web")));
+    assert!(same.is_empty());
+    assert!(store.service_event(watcher::Event::InitDone).is_empty());
+    store.slice_event(watcher::Event::Init);
+    let same = store.slice_event(watcher::Event::InitApply(slice("web", "10.244.1.2")));
+    assert!(same.is_empty());
+    assert!(store.slice_event(watcher::Event::InitDone).is_empty());
+    // A slice deleted while the watch was down: its Service changes.
+    store.slice_event(watcher::Event::Init);
+    assert_eq!(store.slice_event(watcher::Event::InitDone), ["shop/web"]);
+    assert!(backends(&store, "shop/web").is_empty());
 }
