@@ -18,6 +18,7 @@ use kube::{
 };
 use tracing::{info, warn};
 
+pub mod policies;
 mod service_watch;
 mod services;
 
