@@ -1,7 +1,8 @@
 //! A stand-in for kube-apiserver on hyper (there is none on these machines):
-//! real Kubernetes JSON for list and watch of Nodes, Services and
-//! EndpointSlices, watches resumable from a resourceVersion, and the power
-//! to drop them.
+//! real Kubernetes JSON for list (in pages) and watch of Nodes, Services,
+//! EndpointSlices, Namespaces, Pods and NetworkPolicies, watches resumable
+//! from a resourceVersion, and the power to drop them or expire their
+//! history.
 
 use std::{
     collections::BTreeMap,
@@ -32,13 +33,19 @@ pub enum Resource {
     Nodes,
     Services,
     EndpointSlices,
+    Namespaces,
+    Pods,
+    NetworkPolicies,
 }
 
 impl Resource {
-    const ALL: [Resource; 3] = [
+    const ALL: [Resource; 6] = [
         Resource::Nodes,
         Resource::Services,
         Resource::EndpointSlices,
+        Resource::Namespaces,
+        Resource::Pods,
+        Resource::NetworkPolicies,
     ];
 
     fn path(self) -> &'static str {
@@ -46,6 +53,9 @@ impl Resource {
             Resource::Nodes => "/api/v1/nodes",
             Resource::Services => "/api/v1/services",
             Resource::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
+            Resource::Namespaces => "/api/v1/namespaces",
+            Resource::Pods => "/api/v1/pods",
+            Resource::NetworkPolicies => "/apis/networking.k8s.io/v1/networkpolicies",
         }
     }
 
@@ -54,6 +64,9 @@ impl Resource {
             Resource::Nodes => ("v1", "NodeList"),
             Resource::Services => ("v1", "ServiceList"),
             Resource::EndpointSlices => ("discovery.k8s.io/v1", "EndpointSliceList"),
+            Resource::Namespaces => ("v1", "NamespaceList"),
+            Resource::Pods => ("v1", "PodList"),
+            Resource::NetworkPolicies => ("networking.k8s.io/v1", "NetworkPolicyList"),
         }
     }
 }

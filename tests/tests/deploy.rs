@@ -73,7 +73,10 @@ fn rbac_allows_reading_nodes_services_and_endpoint_slices_and_nothing_else() {
     let wanted = [
         ("", "nodes"),
         ("", "services"),
+        ("", "namespaces"),
+        ("", "pods"),
         ("discovery.k8s.io", "endpointslices"),
+        ("networking.k8s.io", "networkpolicies"),
     ]
     .map(|(group, resource)| (group.to_string(), resource.to_string()));
     assert_eq!(readable, wanted);

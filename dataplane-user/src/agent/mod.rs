@@ -69,6 +69,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let nat = owner.nat_table();
     let service_tables = owner.service_tables();
     let checks = owner.health_checks();
+    let policies = owner.policies();
     let mut tasks = Supervisor::new();
     let (state, owner) = StateHandle::start(owner);
     tasks.essential("state owner", async move {
@@ -131,6 +132,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let state = state.clone();
         tasks.restarting("Kubernetes Services source", move || {
             let follow = kubernetes::follow_services(state.clone());
+            async move {
+                follow.await;
+                Ok(())
+            }
+        });
+        tasks.restarting("Kubernetes NetworkPolicy source", move || {
+            let follow = kubernetes::follow_policies(policies.clone());
             async move {
                 follow.await;
                 Ok(())

@@ -15,7 +15,7 @@ use tokio::{
 use crate::{
     api::{self, Envelope, ErrorKind, PacketFilter, PacketReport, Request, Response},
     connections,
-    model::{HostInterface, Source},
+    model::{HostInterface, Source, policy::Connection},
     state::{Command, NatTable, StateHandle, error_kind},
 };
 
@@ -200,6 +200,27 @@ async fn handle(state: &StateHandle, nat: &NatTable, request: Request) -> anyhow
             Response::ServiceMaps {
                 frontends,
                 connection_entries,
+            }
+        }
+        Request::ListPolicies => Response::Policies {
+            report: state.ask(Command::Policies).await?,
+        },
+        Request::ExplainPolicy {
+            from,
+            to,
+            protocol,
+            port,
+        } => {
+            let connection = Connection {
+                from,
+                to,
+                protocol,
+                port,
+            };
+            Response::PolicyVerdict {
+                verdict: state
+                    .ask(|reply| Command::ExplainPolicy(connection, reply))
+                    .await?,
             }
         }
         Request::Monitor { .. } => anyhow::bail!("monitor is a stream of its own"),

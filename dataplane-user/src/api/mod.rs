@@ -16,11 +16,15 @@ use serde_with::serde_as;
 pub use client::{call, stream};
 pub use reports::{
     Connection, ConnectionState, CounterEntry, EndpointEntry, FrontendEntry, MapFill, NodeEntry,
-    PacketFilter, PacketReport, PodNatUsage, ServiceEntry, Status,
+    PacketFilter, PacketReport, PodNatUsage, PodPolicies, PolicyReport, ServiceEntry, Status,
 };
 pub use wire::{CounterName, IpProtocol};
 
-use crate::model::{EndpointSpec, NodeSpec, ServiceSpec, family::AnyFamily};
+use crate::model::{
+    EndpointSpec, NodeSpec, ServiceSpec,
+    family::AnyFamily,
+    policy::{PolicyProtocol, Verdict},
+};
 
 /// The version of this protocol. 1 was the unversioned protocol before it.
 pub const API_VERSION: u32 = 2;
@@ -129,6 +133,16 @@ pub enum Request {
     },
     /// The Service frontends and backend slots as the maps hold them.
     ListServiceMaps,
+    /// This node's pods and the NetworkPolicies isolating them.
+    ListPolicies,
+    /// The verdict NetworkPolicy gives a new connection (to a backend:
+    /// policy judges after Service translation).
+    ExplainPolicy {
+        from: IpAddr,
+        to: IpAddr,
+        protocol: PolicyProtocol,
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +179,12 @@ pub enum Response {
         frontends: Vec<FrontendEntry>,
         /// Halves of connections to Services the programs track.
         connection_entries: usize,
+    },
+    Policies {
+        report: PolicyReport,
+    },
+    PolicyVerdict {
+        verdict: Verdict,
     },
     Error {
         message: String,

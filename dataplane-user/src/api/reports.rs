@@ -261,3 +261,27 @@ impl std::fmt::Display for ConnectionState {
         })
     }
 }
+
+/// One of this node's pods and the NetworkPolicies isolating it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPolicies {
+    pub ip: IpAddr,
+    /// "namespace/name"; none when the policy source does not know the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The policies isolating it in each direction ("namespace/name"), and
+    /// their rules for that direction.
+    pub ingress: Vec<String>,
+    pub ingress_rules: usize,
+    pub egress: Vec<String>,
+    pub egress_rules: usize,
+}
+
+/// `policy list`: this node's pods, the policies refused (name, reason),
+/// and whether the programs enforce them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    pub pods: Vec<PodPolicies>,
+    pub refused: Vec<(String, String)>,
+    pub enforced: bool,
+}

@@ -3,6 +3,7 @@
 
 mod endpoints;
 mod nodes;
+mod policy;
 mod render;
 mod services;
 
@@ -14,6 +15,7 @@ use ipnetwork::Ipv4Network;
 
 use endpoints::EndpointCommand;
 use nodes::NodeCommand;
+use policy::PolicyCommand;
 use services::ServiceCommand;
 
 use crate::{
@@ -57,6 +59,10 @@ enum Command {
     /// Add, remove or list the other nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// NetworkPolicy as the agent has it (from Kubernetes): per pod, and the
+    /// verdict on one connection.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Add, remove or list Services (ClusterIPs) on a node without Kubernetes.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -193,6 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Endpoint(command) => command.request(),
         Command::Node(command) => command.request(),
+        Command::Policy(command) => command.request(),
         Command::Service(command) => command.request(),
         Command::Nat(NatCommand::List) => Request::ListNat { address: None },
         Command::Map(MapCommand::List { map }) => list_request(map, None),

@@ -3,8 +3,8 @@
 use dataplane_common::Counter;
 
 use crate::{
-    api::{PacketReport, Response},
-    model::NodePath,
+    api::{PacketReport, PolicyReport, Response},
+    model::{NodePath, policy::Decision},
 };
 
 /// `address` or `address:port`.
@@ -269,6 +269,64 @@ pub fn print_text(response: &Response) {
             }
             println!("connection entries tracked: {connection_entries}");
         }
+        Response::Policies { report } => print_policies(report),
+        Response::PolicyVerdict { verdict } => {
+            let allowed = if verdict.allowed() {
+                "allowed"
+            } else {
+                "denied"
+            };
+            println!("{allowed}");
+            println!(
+                "egress (the source's policies):       {}",
+                decision(&verdict.egress)
+            );
+            println!(
+                "ingress (the destination's policies): {}",
+                decision(&verdict.ingress)
+            );
+        }
+    }
+}
+
+fn decision(decision: &Decision) -> String {
+    match decision {
+        Decision::NotIsolated => "not isolated".into(),
+        Decision::Allowed { policy, rule } => format!("allowed by {policy}, rule {rule}"),
+        Decision::Denied { policies } => {
+            format!(
+                "denied: isolated by {}, no rule allows it",
+                policies.join(", ")
+            )
+        }
+    }
+}
+
+fn print_policies(report: &PolicyReport) {
+    println!("{:<16} {:<32} {:<40} EGRESS", "POD IP", "POD", "INGRESS");
+    let isolation = |policies: &[String], rules: usize| {
+        if policies.is_empty() {
+            "not isolated".to_string()
+        } else {
+            format!("{} ({rules} rules)", policies.join(","))
+        }
+    };
+    for pod in &report.pods {
+        println!(
+            "{:<16} {:<32} {:<40} {}",
+            pod.ip.to_string(),
+            pod.pod
+                .as_deref()
+                .unwrap_or("(unknown to the policy source)"),
+            isolation(&pod.ingress, pod.ingress_rules),
+            isolation(&pod.egress, pod.egress_rules),
+        );
+    }
+    for (policy, reason) in &report.refused {
+        println!("REFUSED {policy}: {reason}");
+    }
+    if !report.enforced {
+        println!("not enforced yet: the programs do not judge packets by these policies");
     }
 }
 

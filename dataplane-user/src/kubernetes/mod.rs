@@ -18,10 +18,13 @@ use kube::{
 };
 use tracing::{info, warn};
 
-pub mod policies;
+mod policies;
+mod policy_store;
+mod policy_watch;
 mod service_watch;
 mod services;
 
+pub use policy_watch::follow_policies;
 pub use service_watch::follow_services;
 
 use crate::{

@@ -14,6 +14,7 @@ mod host;
 mod nat_table;
 mod nodes;
 mod owner;
+mod policy;
 mod reconcile;
 mod report;
 mod service_tables;
@@ -35,11 +36,17 @@ pub use report::TableSizes;
 pub use service_tables::{ServiceTables, ServiceTablesFill, Tables};
 
 use crate::{
-    api::{CounterEntry, EndpointEntry, ErrorKind, FrontendEntry, NodeEntry, ServiceEntry, Status},
+    api::{
+        CounterEntry, EndpointEntry, ErrorKind, FrontendEntry, NodeEntry, PolicyReport,
+        ServiceEntry, Status,
+    },
     dataplane::DataplaneError,
     interfaces::HostLinks,
     maps::MapsError,
-    model::{EndpointSpec, NodeSpec, Refusal, ServiceSpec, Source},
+    model::{
+        EndpointSpec, NodeSpec, Refusal, ServiceSpec, Source,
+        policy::{Connection, Verdict},
+    },
 };
 
 /// The state owner is not there to answer.
@@ -127,6 +134,10 @@ pub enum Command {
     Nodes(Reply<Vec<NodeEntry>>),
     Counters(Reply<Vec<CounterEntry>>),
     Tables(Reply<TableSizes>),
+    /// This node's pods and the policies isolating them.
+    Policies(Reply<PolicyReport>),
+    /// The verdict the policies give a connection.
+    ExplainPolicy(Connection, Reply<Verdict>),
     /// A monitor client arrived (`true`: it wants forwarded packets too).
     Watch(bool, Reply<()>),
     Unwatch(bool),

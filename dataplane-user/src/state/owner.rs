@@ -23,7 +23,7 @@ use crate::{
     interfaces::{HostLinks, Interfaces},
     model::{
         EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodeSpec, RemoteNodes,
-        ServiceSpec, Services, ServingNode, Source,
+        ServiceSpec, Services, ServingNode, Source, policy::SharedPolicies,
     },
 };
 
@@ -57,6 +57,8 @@ pub struct Owner<L: HostLinks = Interfaces> {
     pub(super) mac_changes: BTreeMap<Ipv4Addr, u64>,
     /// What NODE_CONFIG holds (written when the facts make it differ).
     pub(super) node_config: NodeConfig,
+    /// NetworkPolicy as its source has it (empty without one).
+    pub(super) policies: SharedPolicies,
 }
 
 impl<L: HostLinks> Owner<L> {
@@ -119,6 +121,7 @@ impl<L: HostLinks> Owner<L> {
             neighbour_macs,
             mac_changes: BTreeMap::new(),
             node_config,
+            policies: SharedPolicies::default(),
         }
     }
 
@@ -232,8 +235,17 @@ impl<L: HostLinks> Owner<L> {
             Command::Counters(reply) => answer(reply, self.counter_entries()),
             Command::Tables(reply) => answer(reply, Ok(self.table_sizes())),
             Command::Watch(traces, reply) => answer(reply, self.watch(traces)),
+            Command::Policies(reply) => answer(reply, Ok(self.policy_report())),
+            Command::ExplainPolicy(connection, reply) => {
+                answer(reply, Ok(self.explain_policy(&connection)));
+            }
             Command::Unwatch(traces) => self.unwatch(traces),
         }
+    }
+
+    /// The policy model, for its source to write.
+    pub fn policies(&self) -> SharedPolicies {
+        self.policies.clone()
     }
 
     pub fn nat_table(&self) -> NatTable {

@@ -233,7 +233,7 @@ impl<'a> Compiler<'a> {
             compiled.classes.insert(prefix, class);
         }
         let world = self.world;
-        for pod in world.pods.iter().filter(|pod| !pod.host_network) {
+        for pod in world.pods().filter(|pod| !pod.host_network) {
             for ip in &pod.ips {
                 let mut atoms = self.block_atoms(|held| held.contains(*ip));
                 atoms.extend(

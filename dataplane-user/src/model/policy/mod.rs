@@ -9,7 +9,11 @@ mod lookup;
 mod selector;
 mod verdict;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -130,14 +134,31 @@ pub struct PodFacts {
     pub ports: Vec<(String, PolicyProtocol, u16)>,
 }
 
+/// A namespaced object's namespace and name.
+pub type ObjectName = (String, String);
+
+/// The policy model as its sources left it, and the policies they could not
+/// give it (with the reason).
+#[derive(Debug, Default)]
+pub struct Policies {
+    pub world: PolicyWorld,
+    pub refused: BTreeMap<ObjectName, String>,
+}
+
+/// Written by the Kubernetes source, read by the owner.
+pub type SharedPolicies = Arc<RwLock<Policies>>;
+
 /// The policies, pods and namespaces of the cluster, and the node
 /// addresses whose traffic to pods is always allowed (kubelet probes).
+/// Every change costs its object only (a cluster's pods relisted one by
+/// one stay linear).
 #[derive(Debug, Clone, Default)]
 pub struct PolicyWorld {
     namespaces: BTreeMap<String, Labels>,
-    pods: Vec<PodFacts>,
-    pod_at: BTreeMap<IpAddr, usize>,
-    policies: Vec<PolicySpec>,
+    pods: BTreeMap<ObjectName, PodFacts>,
+    /// Pods not on the host network, by address.
+    pod_at: BTreeMap<IpAddr, ObjectName>,
+    policies: BTreeMap<ObjectName, PolicySpec>,
     node_addresses: Vec<IpAddr>,
 }
 
@@ -148,48 +169,70 @@ impl PolicyWorld {
         self.namespaces.insert(name.into(), labels);
     }
 
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
     /// Adds a pod, or replaces the one of that namespace and name.
     pub fn set_pod(&mut self, pod: PodFacts) {
-        self.pods
-            .retain(|known| (&known.namespace, &known.name) != (&pod.namespace, &pod.name));
-        self.pods.push(pod);
-        self.index();
+        let key = (pod.namespace.clone(), pod.name.clone());
+        self.remove_pod(&key.0, &key.1);
+        if !pod.host_network {
+            for ip in &pod.ips {
+                self.pod_at.insert(*ip, key.clone());
+            }
+        }
+        self.pods.insert(key, pod);
     }
 
     pub fn remove_pod(&mut self, namespace: &str, name: &str) {
-        self.pods
-            .retain(|known| (known.namespace.as_str(), known.name.as_str()) != (namespace, name));
-        self.index();
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(gone) = self.pods.remove(&key) {
+            for ip in &gone.ips {
+                // A new pod may hold the address already.
+                if self.pod_at.get(ip) == Some(&key) {
+                    self.pod_at.remove(ip);
+                }
+            }
+        }
     }
 
     /// Adds a policy, or replaces the one of that namespace and name.
     pub fn set_policy(&mut self, policy: PolicySpec) {
-        self.remove_policy(&policy.namespace.clone(), &policy.name.clone());
-        self.policies.push(policy);
+        let key = (policy.namespace.clone(), policy.name.clone());
+        self.policies.insert(key, policy);
     }
 
     pub fn remove_policy(&mut self, namespace: &str, name: &str) {
         self.policies
-            .retain(|known| (known.namespace.as_str(), known.name.as_str()) != (namespace, name));
+            .remove(&(namespace.to_string(), name.to_string()));
     }
 
     pub fn set_node_addresses(&mut self, addresses: Vec<IpAddr>) {
         self.node_addresses = addresses;
     }
 
-    fn index(&mut self) {
-        self.pod_at = self
-            .pods
-            .iter()
-            .enumerate()
-            .filter(|(_, pod)| !pod.host_network)
-            .flat_map(|(position, pod)| pod.ips.iter().map(move |ip| (*ip, position)))
-            .collect();
+    /// The names of the namespaces, pods and policies known.
+    pub fn namespace_names(&self) -> impl Iterator<Item = &String> {
+        self.namespaces.keys()
+    }
+
+    pub fn pod_names(&self) -> impl Iterator<Item = &ObjectName> {
+        self.pods.keys()
+    }
+
+    pub fn policy_names(&self) -> impl Iterator<Item = &ObjectName> {
+        self.policies.keys()
+    }
+
+    /// Every pod, host network ones included.
+    pub fn pods(&self) -> impl Iterator<Item = &PodFacts> {
+        self.pods.values()
     }
 
     /// The pod (not on the host network) with address `ip`.
     pub fn pod(&self, ip: IpAddr) -> Option<&PodFacts> {
-        self.pod_at.get(&ip).map(|position| &self.pods[*position])
+        self.pods.get(self.pod_at.get(&ip)?)
     }
 
     /// The labels of namespace `name` (only its name label when unknown).
@@ -206,7 +249,7 @@ impl PolicyWorld {
             return Vec::new();
         }
         self.policies
-            .iter()
+            .values()
             .filter(|policy| {
                 policy.namespace == pod.namespace
                     && policy.pod_selector.matches(&pod.labels)

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     Direction, Peer, PodFacts, PolicyProtocol, PolicySpec, PolicyWorld, PortMatch, PortRef, Rule,
 };
@@ -21,7 +23,8 @@ pub struct Connection {
 }
 
 /// What one side's policies say.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
     /// No policy isolates that side in this direction (or it is no pod).
     NotIsolated,
@@ -33,7 +36,7 @@ pub enum Decision {
 }
 
 /// Both sides' decisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Verdict {
     pub egress: Decision,
     pub ingress: Decision,

@@ -1,0 +1,79 @@
+//! Kubernetes Namespaces, Pods and NetworkPolicies followed into the shared
+//! policy model (what `policy list` and `policy explain` read). Only what
+//! policy reads of each object is kept (`policies.rs`), the objects are
+//! dropped as they arrive; a relisting updates the model in place.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use tracing::warn;
+
+use super::policy_store::PolicyStore;
+use crate::model::policy::SharedPolicies;
+
+/// How often every kind is relisted even without errors.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// An event of one of the watches (boxed: a Pod is large).
+enum Change {
+    Namespace(Box<watcher::Event<Namespace>>),
+    Pod(Box<watcher::Event<Pod>>),
+    Policy(Box<watcher::Event<NetworkPolicy>>),
+}
+
+/// Follows the cluster's Namespaces, Pods and NetworkPolicies into `shared`
+/// for as long as the agent runs.
+pub async fn follow_policies(shared: SharedPolicies) {
+    // Kept across watches: a new watch's listing updates it in place.
+    let mut store = PolicyStore::new(shared);
+    loop {
+        if let Ok(Err(error)) = tokio::time::timeout(RESYNC_INTERVAL, watch(&mut store)).await {
+            warn!("Kubernetes policy source: {error:#}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn watch(store: &mut PolicyStore) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let namespaces = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|event| event.map(|event| Change::Namespace(Box::new(event))));
+    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map(|event| event.map(|event| Change::Pod(Box::new(event))));
+    let policies = watcher(
+        Api::<NetworkPolicy>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|event| event.map(|event| Change::Policy(Box::new(event))));
+    let mut events =
+        futures::stream::select_all([namespaces.boxed(), pods.boxed(), policies.boxed()]);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Change::Namespace(event)) => store.namespace_event(*event),
+            Ok(Change::Pod(event)) => store.pod_event(*event),
+            Ok(Change::Policy(event)) => store.policy_event(*event),
+            Err(error) => {
+                warn!("Kubernetes policy watch: {error}; resuming");
+                false
+            }
+        };
+    }
+    Ok(())
+}
