@@ -22,7 +22,10 @@ use crate::{
         Maps,
         fake::{FakeTable, Faults},
     },
-    model::{EndpointSpec, HostInterface, NodeSpec, ServiceSpec, Source},
+    model::{
+        EndpointSpec, HostInterface, NodeSpec, ServiceSpec, Source,
+        policy::{Connection, Decision, PodFacts, PolicyProtocol, SharedPolicies},
+    },
     nat::Timeouts,
 };
 
@@ -34,6 +37,8 @@ struct Lab {
     state: StateHandle,
     host: FakeHost,
     faults: Faults,
+    /// The policy model, as its source writes it.
+    policies: SharedPolicies,
 }
 
 fn config(routing: &str) -> Config {
@@ -97,10 +102,12 @@ fn lab(routing: &str) -> Lab {
         nat,
         ServiceTables::with(tables, timeouts),
     );
+    let policies = owner.policies();
     Lab {
         state: StateHandle::spawn(owner),
         host,
         faults,
+        policies,
     }
 }
 
@@ -440,4 +447,70 @@ async fn this_nodes_pod_cidr_learned_late_is_used_and_the_readers_are_answered()
     lab.state.tell(Command::Unwatch(true)).await.unwrap();
     // Still answering after the monitor went.
     assert!(lab.state.ask(Command::Tables).await.is_ok());
+}
+
+#[tokio::test]
+async fn policies_are_reported_per_pod_and_explained_per_connection() {
+    let lab = lab("tunnel");
+    lab.host.add_link(7, "veth7");
+    lab.state
+        .add_endpoint(endpoint(POD, "veth7"))
+        .await
+        .unwrap();
+    let stranger = Ipv4Addr::new(10, 244, 0, 3);
+    lab.host.add_link(8, "veth8");
+    lab.state
+        .add_endpoint(endpoint(stranger, "veth8"))
+        .await
+        .unwrap();
+    {
+        let mut model = lab.policies.write().unwrap();
+        model.world.set_pod(PodFacts {
+            namespace: "x".into(),
+            name: "a".into(),
+            ips: vec![POD.into()],
+            ..PodFacts::default()
+        });
+        // Default deny ingress for every pod of x.
+        model.world.set_policy(
+            serde_json::from_value(serde_json::json!({"namespace": "x", "name": "deny"})).unwrap(),
+        );
+        model
+            .refused
+            .insert(("x".into(), "icmp".into()), "unknown protocol".into());
+    }
+    let report = lab.state.ask(Command::Policies).await.unwrap();
+    assert!(!report.enforced);
+    assert_eq!(
+        report.refused,
+        [("x/icmp".into(), "unknown protocol".into())]
+    );
+    let pod = report.pods.iter().find(|pod| pod.ip == POD).unwrap();
+    assert_eq!(pod.pod.as_deref(), Some("x/a"));
+    assert_eq!(
+        (pod.ingress.as_slice(), pod.egress.len()),
+        (&["x/deny".to_string()][..], 0)
+    );
+    let unknown = report.pods.iter().find(|pod| pod.ip == stranger).unwrap();
+    assert_eq!(unknown.pod, None, "a pod the policy source does not know");
+    let connection = Connection {
+        from: stranger.into(),
+        to: POD.into(),
+        protocol: PolicyProtocol::Tcp,
+        port: 80,
+    };
+    let verdict = lab
+        .state
+        .ask(|reply| Command::ExplainPolicy(connection, reply))
+        .await
+        .unwrap();
+    assert_eq!(
+        (verdict.egress, verdict.ingress),
+        (
+            Decision::NotIsolated,
+            Decision::Denied {
+                policies: vec!["x/deny".into()]
+            }
+        )
+    );
 }
