@@ -27,6 +27,22 @@ mod services;
 pub use policy_watch::follow_policies;
 pub use service_watch::follow_services;
 
+/// Every object of kind `K` in the cluster, watched (relisted after errors,
+/// with backoff), each event boxed into `C` by `wrap`.
+fn followed<K, C: 'static>(
+    client: &Client,
+    wrap: fn(Box<watcher::Event<K>>) -> C,
+) -> futures::stream::BoxStream<'static, Result<C, watcher::Error>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map(move |event| event.map(|event| wrap(Box::new(event))))
+        .boxed()
+}
+
 use crate::{
     config::KubernetesSettings,
     model::{NodeSpec, Source},

@@ -11,10 +11,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
 };
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt as _, watcher},
-};
+use kube::{Client, runtime::watcher};
 use tracing::warn;
 
 use super::policy_store::PolicyStore;
@@ -47,23 +44,11 @@ async fn watch(store: &mut PolicyStore) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let namespaces = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|event| event.map(|event| Change::Namespace(Box::new(event))));
-    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .map(|event| event.map(|event| Change::Pod(Box::new(event))));
-    let policies = watcher(
-        Api::<NetworkPolicy>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|event| event.map(|event| Change::Policy(Box::new(event))));
-    let mut events =
-        futures::stream::select_all([namespaces.boxed(), pods.boxed(), policies.boxed()]);
+    let mut events = futures::stream::select_all([
+        super::followed(&client, Change::Namespace),
+        super::followed(&client, Change::Pod),
+        super::followed(&client, Change::Policy),
+    ]);
     while let Some(event) = events.next().await {
         match event {
             Ok(Change::Namespace(event)) => store.namespace_event(*event),

@@ -13,10 +13,7 @@ use std::{
 use anyhow::Context as _;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt as _, watcher},
-};
+use kube::{Client, runtime::watcher};
 use tracing::{info, warn};
 
 use super::services::{ServiceFacts, SliceFacts, object_key, owner_of, service_facts, slice_facts};
@@ -162,20 +159,8 @@ async fn watch(state: &StateHandle, store: &mut Store) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let services = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|event| event.map(|event| Change::Service(Box::new(event))))
-    .boxed();
-    let slices = watcher(
-        Api::<EndpointSlice>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|event| event.map(|event| Change::Slice(Box::new(event))))
-    .boxed();
+    let services = super::followed(&client, Change::Service);
+    let slices = super::followed(&client, Change::Slice);
     let mut events = futures::stream::select(services, slices);
     while let Some(first) = events.next().await {
         // What the watches have ready is taken in before anything is
