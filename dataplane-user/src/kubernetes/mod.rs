@@ -83,7 +83,9 @@ pub fn node_spec(node: &Node) -> Option<NodeSpec> {
     Some(NodeSpec { ip, pod_cidr })
 }
 
-/// How often the Nodes are relisted and reconciled even without errors.
+/// How often every watch is started afresh, relisting its kind even
+/// without errors (Nodes reconciled whole; Services and policy updated in
+/// place with what the listing changed).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Follows the cluster's Nodes for as long as the agent runs. This node's

@@ -17,9 +17,6 @@ use tracing::warn;
 use super::policy_store::PolicyStore;
 use crate::model::policy::SharedPolicies;
 
-/// How often every kind is relisted even without errors.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
-
 /// An event of one of the watches (boxed: a Pod is large).
 enum Change {
     Namespace(Box<watcher::Event<Namespace>>),
@@ -33,7 +30,9 @@ pub async fn follow_policies(shared: SharedPolicies) {
     // Kept across watches: a new watch's listing updates it in place.
     let mut store = PolicyStore::new(shared);
     loop {
-        if let Ok(Err(error)) = tokio::time::timeout(RESYNC_INTERVAL, watch(&mut store)).await {
+        if let Ok(Err(error)) =
+            tokio::time::timeout(super::RESYNC_INTERVAL, watch(&mut store)).await
+        {
             warn!("Kubernetes policy source: {error:#}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -22,10 +22,6 @@ use crate::{
     state::{Command, StateHandle},
 };
 
-/// How often both kinds are relisted even without errors (in place: what
-/// the listing changed is applied).
-const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
-
 /// A namespaced object: "namespace/name".
 type Key = String;
 
@@ -35,7 +31,7 @@ pub async fn follow_services(state: StateHandle) {
     let mut store = Store::default();
     loop {
         if let Ok(Err(error)) =
-            tokio::time::timeout(RESYNC_INTERVAL, watch(&state, &mut store)).await
+            tokio::time::timeout(super::RESYNC_INTERVAL, watch(&state, &mut store)).await
         {
             warn!("Kubernetes service source: {error:#}");
         }
