@@ -233,6 +233,14 @@ counters! {
     /// node or an unmasqueraded destination. Nothing else has a reason to
     /// address a pod from out there (the node's stack would forward it).
     drop DropUplinkToPod = "uplink_to_pod";
+    /// To a pod isolated for ingress by a NetworkPolicy, a new connection
+    /// no policy selecting the pod allows (or any packet while the pod's
+    /// policy could not be programmed whole).
+    drop DropPolicyIngress = "policy_ingress";
+    /// From a pod isolated for egress by a NetworkPolicy, a new connection
+    /// no policy selecting the pod allows (or any packet while the pod's
+    /// policy could not be programmed whole).
+    drop DropPolicyEgress = "policy_egress";
 }
 
 impl Counter {

@@ -14,18 +14,20 @@ mod monitor;
 pub mod names;
 mod nat;
 mod node;
+mod policy;
 mod services;
 
 pub use counters::*;
 pub use monitor::*;
 pub use nat::*;
 pub use node::*;
+pub use policy::*;
 pub use services::*;
 
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 12;
+pub const MAP_LAYOUT_VERSION: u32 = 13;
 
 /// IP protocol numbers, as headers carry them (defined here once for the
 /// programs, the agent and the tests).
@@ -74,6 +76,11 @@ mod user {
         MonitorConfig,
         EventBudget,
         PacketEvent,
+        PolicyClassKey,
+        PolicySubjectKey,
+        PolicySubject,
+        PolicyRuleKey,
+        PolicyFlow,
     );
 }
 
@@ -86,7 +93,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 54);
+        assert_eq!(Counter::COUNT, 56);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 

@@ -110,7 +110,9 @@ pub struct NodeConfig {
     /// traffic policy Local): pods' packets to outside addresses are then
     /// checked for answers to them.
     pub outside_local: u8,
-    pub _pad: u8,
+    /// 1 when a NetworkPolicy isolates a pod of this node: pods' packets
+    /// are then checked against `POLICY_SUBJECTS`.
+    pub policy: u8,
     /// Where node ports are, inclusive: a packet to a node's address at a
     /// port in it is looked up as a node port (key address `NODE_PORT_ADDRESS`).
     pub node_port_min: u16,
@@ -122,7 +124,9 @@ pub struct NodeConfig {
     pub service_cidr: Ipv4Cidr,
     /// The uplink's MTU: the largest IPv4 packet sent to a node directly.
     pub uplink_mtu: u32,
-    pub _pad_mtu: u32,
+    /// Changed with every change of policy: connections allowed under an
+    /// earlier one are judged again on their next packet.
+    pub policy_generation: u32,
 }
 
 impl NodeConfig {

@@ -16,6 +16,7 @@ mod monitor;
 mod nat;
 mod nat_share;
 mod packet;
+mod policy;
 mod rewrite;
 mod route;
 mod service;

@@ -12,8 +12,9 @@ use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint,
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
+    MAX_NO_MASQUERADE, MAX_POLICY_CLASSES, MAX_POLICY_FLOWS, MAX_POLICY_RULES, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
     MAX_SOURCE_RANGES, MAX_UNASSURED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat,
+    PolicyClassKey, PolicyFlow, PolicyRuleKey, PolicySubject, PolicySubjectKey,
     RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey,
     TAIL_CALL_SLOTS,
 };
@@ -124,6 +125,31 @@ pub static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
 
 #[map(name = "EVENT_BUDGET")]
 pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+
+/// Every address's peer class, per table (see `policy.rs`); written by
+/// the agent only.
+#[map(name = "POLICY_CLASSES")]
+pub static POLICY_CLASSES: LpmTrie<PolicyClassKey, u32> =
+    LpmTrie::pinned(MAX_POLICY_CLASSES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The local pods policy isolates, per table; written by the agent only.
+#[map(name = "POLICY_SUBJECTS")]
+pub static POLICY_SUBJECTS: HashMap<PolicySubjectKey, PolicySubject> =
+    HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// What the policies of those pods allow; written by the agent only.
+#[map(name = "POLICY_RULES")]
+pub static POLICY_RULES: LpmTrie<PolicyRuleKey, u8> =
+    LpmTrie::pinned(MAX_POLICY_RULES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Connections isolated pods were allowed. LRU: connections nobody uses
+/// any more give way to new ones.
+#[map(name = "POLICY_FLOWS")]
+pub static POLICY_FLOWS: LruHashMap<FlowKey, PolicyFlow> = LruHashMap::pinned(MAX_POLICY_FLOWS, 0);
+
+/// Where a policy verdict keeps its keys (one per CPU; not pinned).
+#[map(name = "POLICY_SCRATCH")]
+pub static POLICY_SCRATCH: PerCpuArray<crate::policy::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);

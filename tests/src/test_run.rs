@@ -183,13 +183,13 @@ pub fn node_config() -> NodeConfig {
         // No socket is in this namespace: the fixture loads no socket hook.
         host_netns_cookie: 0,
         outside_local: 0,
-        _pad: 0,
+        policy: 0,
         node_port_min: NODE_PORT_MIN,
         node_port_max: NODE_PORT_MAX,
         _pad_end: [0; 2],
         service_cidr: Ipv4Cidr::default(),
         uplink_mtu: UPLINK_MTU,
-        _pad_mtu: 0,
+        policy_generation: 0,
     }
 }
 

@@ -99,7 +99,7 @@ fn to_backend(ctx: &TcContext) -> Outcome {
     remember_first_piece(&ip, backend, fragment_rewrite::OUTSIDE_LOCAL);
     let pod = endpoint(&backend.to_ne_bytes()).ok_or(Counter::DropServiceExternalUnsupported)?;
     forward_hop(ctx)?;
-    deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod)
+    deliver(ctx, &pod, Redirect::into_pod(config), Counter::RoutedToPod)
 }
 
 /// Slot `TO_BACKEND_SLOT`: the translated packet (to its backend), its
@@ -138,7 +138,7 @@ fn check_path(ctx: &TcContext, config: &NodeConfig, backend: Ipv4Octets) -> Outc
 fn forward(ctx: &TcContext, config: &NodeConfig, backend: Ipv4Octets) -> Outcome {
     forward_hop(ctx)?;
     match lookup(backend, config) {
-        Destination::LocalPod(pod) => deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod),
+        Destination::LocalPod(pod) => deliver(ctx, &pod, Redirect::into_pod(config), Counter::RoutedToPod),
         Destination::RemotePod(route) => Ok(direct::to_node(ctx, config, &route)),
         _ => Err(Counter::DropServiceExternalUnsupported),
     }

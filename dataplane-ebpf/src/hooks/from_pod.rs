@@ -17,6 +17,7 @@ use crate::{
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
+    policy,
     packet::{IP_AT, header, ingress_ifindex, linearize_headers, vlan_tagged},
     route::{Destination, lookup},
     service,
@@ -70,6 +71,8 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
     }
 
     let config = node_config();
+    // As the pod sent it, for its policy (read before a translation).
+    let judged = policy::note_sent(ctx, config);
     let dst = match to_or_from_service(ctx, config, ip) {
         Ok(service::UNTOUCHED) => dst,
         Ok(translated) => translated.to_ne_bytes(),
@@ -78,6 +81,9 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
         }
         Err(refused) => return Err(refused),
     };
+    if judged {
+        policy::egress(ctx)?;
+    }
     let destination = lookup(dst, config);
     // A packet this node would forward with its last hop used up is answered
     // as a router answers it, before anything (a NAT entry) is made for it.
@@ -87,7 +93,7 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
     match destination {
         Destination::LocalPod(destination) => {
             forward_hop(ctx)?;
-            deliver(ctx, &destination, Redirect::Peer, Counter::ForwardedLocal)
+            deliver(ctx, &destination, Redirect::into_pod(config), Counter::ForwardedLocal)
         }
         Destination::RemotePod(route) => to_node(ctx, config, &route),
         // The node itself: kubelet, node-local DNS, the gateway address.

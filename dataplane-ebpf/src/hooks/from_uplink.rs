@@ -124,7 +124,7 @@ fn not_tunnelled(ctx: &TcContext, config: &NodeConfig, ip: &Ipv4Hdr) -> Outcome 
         return match endpoint(&destination) {
             Some(pod) => {
                 forward_hop(ctx)?;
-                deliver(ctx, &pod, Redirect::Peer, Counter::RoutedToPod)
+                deliver(ctx, &pod, Redirect::into_pod(config), Counter::RoutedToPod)
             }
             None if is_host_address(&destination, config) => Ok(TC_ACT_OK),
             None => Err(Counter::DropUnknownEndpoint),
@@ -207,7 +207,7 @@ fn deliver_direct(
             service::translate_reply(ctx)?;
         }
         forward_hop(ctx)?;
-        return deliver(ctx, &pod, Redirect::Peer, Counter::DirectToPod);
+        return deliver(ctx, &pod, Redirect::into_pod(config), Counter::DirectToPod);
     }
     if destination == config.node_ip && config.services != 0 && config.masquerade != 0 {
         return Ok(FOR_NODE_IP_FROM_A_NODE);
@@ -302,7 +302,7 @@ fn to_translated_pod(ctx: &TcContext, config: &NodeConfig, pod: Ipv4Octets) -> O
         service::translate_reply(ctx)?;
     }
     forward_hop(ctx)?;
-    deliver(ctx, &destination, Redirect::Peer, Counter::NatReplyToPod)
+    deliver(ctx, &destination, Redirect::into_pod(config), Counter::NatReplyToPod)
 }
 
 /// VXLAN to this node: ours to deliver or to drop. VXLAN with IPv4 options or
@@ -365,7 +365,7 @@ fn accept_from_node(ctx: &TcContext, config: &NodeConfig) -> Outcome {
             deliver(
                 ctx,
                 &destination,
-                Redirect::Peer,
+                Redirect::into_pod(config),
                 Counter::DecapsulatedToPod,
             )
         }

@@ -4,7 +4,8 @@
 //! (the API server behind `kubernetes.default` on a control-plane node, a
 //! hostNetwork pod) answers a pod's Service connection through the host
 //! stack, and no other program sees that reply; it is translated back to
-//! the frontend here. Everything passes.
+//! the frontend here. And the pod's ingress policy judges what the stack
+//! routes to it from elsewhere (the node's own packets always pass).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 
@@ -12,7 +13,7 @@ use crate::{
     counters::{Outcome, finish},
     maps::node_config,
     packet::is_ipv4,
-    service,
+    policy, service,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -21,8 +22,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn from_host_backend(ctx: &TcContext) -> Outcome {
-    if is_ipv4(ctx) && node_config().services != 0 {
+    if !is_ipv4(ctx) {
+        return Ok(TC_ACT_OK);
+    }
+    if node_config().services != 0 {
         service::translate_reply(ctx)?;
     }
+    policy::ingress(ctx)?;
     Ok(TC_ACT_OK)
 }

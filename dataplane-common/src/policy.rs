@@ -1,0 +1,117 @@
+//! NetworkPolicy as the programs judge it: every address's peer class (an
+//! LPM trie), each local pod's isolation, the allowed {subject, peer class,
+//! direction, protocol, port prefix} entries (an LPM trie too: `endPort`
+//! ranges are port prefixes), and the connections allowed so far (replies
+//! and later packets pass without a rule lookup). Compiled by the agent
+//! (`model/policy/compile.rs`), so a new connection costs the same with 10
+//! rules or 10,000.
+
+use crate::Ipv4Octets;
+
+/// Prefixes the policies of this node's pods name (ipBlocks, pods).
+pub const MAX_POLICY_CLASSES: u32 = 65_536;
+
+/// Allowed entries of this node's pods together.
+pub const MAX_POLICY_RULES: u32 = 65_536;
+
+/// Connections of isolated pods being tracked (LRU; both ends of a
+/// connection within the node share one entry).
+pub const MAX_POLICY_FLOWS: u32 = 262_144;
+
+/// The class of addresses no peer matches (absent from the trie).
+pub const POLICY_WORLD: u32 = 0;
+/// The class of an entry that allows every peer.
+pub const POLICY_ANY_PEER: u32 = u32::MAX;
+/// The protocol of an entry that allows every protocol and port.
+pub const POLICY_ANY_PROTOCOL: u8 = 0;
+
+/// `PolicyRuleKey::direction`.
+pub mod policy_direction {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+}
+
+/// The bits of a `PolicyRuleKey` before its port: always matched whole.
+pub const POLICY_RULE_FIXED_BITS: u32 = 80;
+
+/// Policy is written in two tables, the programs reading the one
+/// `NodeConfig::policy_generation`'s lowest bit names: a change fills the
+/// other table whole, then switches (never a packet judged half by the
+/// old policy, half by the new), then empties the old one.
+pub const fn policy_table(generation: u32) -> u8 {
+    (generation & 1) as u8
+}
+
+/// The highest bit of a subject's id: its table.
+pub const POLICY_TABLE_BIT: u32 = 1 << 31;
+
+/// Key of `POLICY_CLASSES` (the data of an LPM key whose prefix is 8 plus
+/// the address prefix's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyClassKey {
+    pub table: u8,
+    pub address: Ipv4Octets,
+}
+
+/// Key of `POLICY_SUBJECTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicySubjectKey {
+    pub address: Ipv4Octets,
+    pub table: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A local pod a policy isolates: value of `POLICY_SUBJECTS`, keyed by the
+/// pod's address. A pod without an entry is isolated in neither direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicySubject {
+    /// What its `POLICY_RULES` entries carry (its table's bit included).
+    pub id: u32,
+    /// 1 when isolated in that direction: only what an entry allows passes.
+    pub ingress: u8,
+    pub egress: u8,
+    pub _pad: [u8; 2],
+}
+
+/// An allowed entry of `POLICY_RULES` (the data of an LPM key whose prefix
+/// covers `POLICY_RULE_FIXED_BITS` plus the port's leading bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyRuleKey {
+    /// Big-endian, as an LPM key compares bytes in order.
+    pub subject: [u8; 4],
+    /// The peer's class (`POLICY_ANY_PEER`: every peer), big-endian.
+    pub class: [u8; 4],
+    /// `policy_direction::*`.
+    pub direction: u8,
+    /// `POLICY_ANY_PROTOCOL`: every protocol and port.
+    pub protocol: u8,
+    /// The destination port, network byte order.
+    pub port: [u8; 2],
+}
+
+/// A connection an isolated pod was allowed: value of `POLICY_FLOWS`, keyed
+/// by the `FlowKey` of its first packet (direction 0) as it reached the pod
+/// or left it, a Service's translation done.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyFlow {
+    /// `NodeConfig::policy_generation` when it was last judged: a policy
+    /// change judges it again on its next packet.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// The prefix length of an allowed entry whose port has its leading
+/// `port_bits` bits fixed (0: every port).
+pub const fn policy_rule_prefix(port_bits: u8) -> u32 {
+    POLICY_RULE_FIXED_BITS + port_bits as u32
+}
