@@ -74,6 +74,7 @@ fn lab_endpoint(index: u32) -> EndpointSpec {
         ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + index),
         interface: HostInterface::Name(format!("lab{veth}")),
         mac: MacAddr6::new(0x02, 0, 0, 0, 0, veth as u8 + 1),
+        pod: None,
     }
 }
 

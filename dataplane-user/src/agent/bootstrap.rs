@@ -259,9 +259,11 @@ pub async fn start(config: &Config) -> anyhow::Result<(Owner, Option<UplinkClaim
     // This build's config before its programs run: they read it from their
     // first packet. Services an earlier agent programmed keep being
     // translated meanwhile.
+    // Policy stays as pinned until the agent's sources have it whole.
     dataplane.set_node_config(facts.node_config(
         !dataplane.programmed_services().is_empty(),
         dataplane.serves_outside_local(),
+        dataplane.policy_switch(),
     ))?;
     let swapping = Instant::now();
     let taken_over = dataplane.take_over_links(previous.as_ref().map(|p| p.links_dir()).as_deref());

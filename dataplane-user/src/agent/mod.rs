@@ -129,16 +129,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 Ok(())
             }
         });
-        let state = state.clone();
+        let services_state = state.clone();
         tasks.restarting("Kubernetes Services source", move || {
-            let follow = kubernetes::follow_services(state.clone());
+            let follow = kubernetes::follow_services(services_state.clone());
             async move {
                 follow.await;
                 Ok(())
             }
         });
+        let policy_state = state.clone();
         tasks.restarting("Kubernetes NetworkPolicy source", move || {
-            let follow = kubernetes::follow_policies(policies.clone());
+            let follow = kubernetes::follow_policies(policies.clone(), policy_state.clone());
             async move {
                 follow.await;
                 Ok(())

@@ -278,10 +278,16 @@ pub struct PodPolicies {
 }
 
 /// `policy list`: this node's pods, the policies refused (name, reason),
-/// and whether the programs enforce them.
+/// whether the programs enforce them (once the source has listed
+/// everything), and the pods whose policy is not in the maps whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyReport {
     pub pods: Vec<PodPolicies>,
     pub refused: Vec<(String, String)>,
     pub enforced: bool,
+    /// They deny what their policy's missing entries would allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partial: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }

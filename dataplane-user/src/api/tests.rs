@@ -8,6 +8,7 @@ fn requests_round_trip_as_versioned_tagged_json() {
             ip: Ipv4Addr::new(10, 244, 0, 2),
             interface: HostInterface::Index(7),
             mac: "02:00:00:00:00:01".parse().unwrap(),
+            pod: None,
         },
     };
     let json = serde_json::to_string(&Envelope::new(request.clone())).unwrap();

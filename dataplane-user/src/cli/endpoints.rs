@@ -8,8 +8,19 @@ use macaddr::MacAddr6;
 use super::host_interface;
 use crate::{
     api::Request,
-    model::{EndpointSpec, family},
+    model::{EndpointSpec, PodName, family},
 };
+
+/// NAMESPACE/NAME.
+fn pod_name(text: &str) -> Result<PodName, String> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(PodName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
+}
 
 #[derive(Subcommand)]
 pub(super) enum EndpointCommand {
@@ -23,6 +34,10 @@ pub(super) enum EndpointCommand {
         /// MAC address of the pod's interface.
         #[arg(long)]
         mac: MacAddr6,
+        /// The Kubernetes pod it is, as NAMESPACE/NAME: its NetworkPolicy
+        /// applies at once.
+        #[arg(long, value_parser = pod_name)]
+        pod: Option<PodName>,
     },
     /// Remove a pod (succeeds if it is not registered).
     Del {
@@ -36,11 +51,17 @@ pub(super) enum EndpointCommand {
 impl EndpointCommand {
     pub(super) fn request(self) -> Request {
         match self {
-            EndpointCommand::Add { ip, interface, mac } => Request::AddEndpoint {
+            EndpointCommand::Add {
+                ip,
+                interface,
+                mac,
+                pod,
+            } => Request::AddEndpoint {
                 endpoint: EndpointSpec {
                     ip,
                     interface: host_interface(interface),
                     mac,
+                    pod,
                 },
             },
             EndpointCommand::Del { ip } => Request::RemoveEndpoint {

@@ -312,8 +312,13 @@ fn print_policies(report: &PolicyReport) {
         }
     };
     for pod in &report.pods {
+        let partial = if report.partial.contains(&pod.ip) {
+            "  NOT PROGRAMMED WHOLE: allows less"
+        } else {
+            ""
+        };
         println!(
-            "{:<16} {:<32} {:<40} {}",
+            "{:<16} {:<32} {:<40} {}{partial}",
             pod.ip.to_string(),
             pod.pod
                 .as_deref()
@@ -325,8 +330,14 @@ fn print_policies(report: &PolicyReport) {
     for (policy, reason) in &report.refused {
         println!("REFUSED {policy}: {reason}");
     }
+    if let Some(problem) = &report.problem {
+        println!("PROBLEM {problem}");
+    }
     if !report.enforced {
-        println!("not enforced yet: the programs do not judge packets by these policies");
+        println!(
+            "not enforced yet: the policy source has not listed everything once (the programs \
+             keep what they enforced before)"
+        );
     }
 }
 

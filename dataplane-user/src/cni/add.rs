@@ -80,7 +80,8 @@ pub(super) fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniR
         host_ifindex: veth.host.index,
         ..Changes::default()
     };
-    let applied = apply(conf, &veth, &ips, status.pod_mtu, &mut changes).and_then(|mtus| {
+    let pod = pod_name(environment);
+    let applied = apply(conf, &veth, &ips, pod, status.pod_mtu, &mut changes).and_then(|mtus| {
         write_record(
             &record_path,
             &AttachmentRecord {
@@ -107,12 +108,29 @@ pub(super) fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniR
     Ok(result.to_string())
 }
 
+/// The Kubernetes pod the runtime names in `CNI_ARGS`
+/// (`K8S_POD_NAMESPACE=...;K8S_POD_NAME=...`), if it does.
+pub(super) fn pod_name(environment: &HashMap<String, String>) -> Option<PodName> {
+    let args = environment.get("CNI_ARGS")?;
+    let arg = |wanted: &str| {
+        args.split(';')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, value)| *key == wanted && !value.is_empty())
+            .map(|(_, value)| value.to_string())
+    };
+    Some(PodName {
+        namespace: arg("K8S_POD_NAMESPACE")?,
+        name: arg("K8S_POD_NAME")?,
+    })
+}
+
 /// Registers the endpoints, then lowers the MTUs; every change is noted in
 /// `changes` as it is made. Returns the pod's and the host veth's MTU.
 pub(super) fn apply(
     conf: &NetConf,
     veth: &PodVeth,
     ips: &[Ipv4Addr],
+    pod: Option<PodName>,
     pod_mtu: Option<u32>,
     changes: &mut Changes,
 ) -> CniResult<(u32, u32)> {
@@ -123,6 +141,7 @@ pub(super) fn apply(
             // name up again, and a name reused meanwhile cannot mislead it.
             interface: HostInterface::Index(veth.host.index),
             mac: MacAddr6::from(veth.pod.mac),
+            pod: pod.clone(),
         };
         agent_call(conf, &Request::AddEndpoint { endpoint })?;
         changes.registered.push(*ip);

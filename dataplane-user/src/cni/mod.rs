@@ -27,7 +27,7 @@ use crate::{
     api::{self, EndpointEntry, ErrorKind as AgentErrorKind, Request, Response},
     config::DEFAULT_API_SOCKET,
     interfaces::{Interface, Interfaces},
-    model::{EndpointSpec, HostInterface},
+    model::{EndpointSpec, HostInterface, PodName},
     netns::NetnsError,
 };
 

@@ -16,17 +16,22 @@ use ipnetwork::Ipv4Network;
 #[cfg(test)]
 pub(crate) mod fake;
 mod links;
+mod policy;
 mod services;
 #[cfg(test)]
 mod tests;
 
 pub use links::{Attachment, Attachments, Links};
 use links::{from_pod_on, to_pod_on};
+pub use policy::PolicySwitch;
 pub use services::FrontendSettings;
 
 use crate::{
     interfaces::Interface,
-    maps::{CounterTotal, Maps, MapsError, NatMap, ProgrammedNode, ProgrammedService, plan_slots},
+    maps::{
+        CounterTotal, Maps, MapsError, NatMap, PolicyTable, ProgrammedNode, ProgrammedService,
+        plan_slots,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,10 @@ pub struct Dataplane {
     outside_local_frontends: usize,
     /// The id the next new frontend gets (ids are not reused in a run).
     next_service_id: u32,
+    /// What each policy table holds (index: the table).
+    policy_tables: [PolicyTable; 2],
+    /// Which table the programs read, and whether a pod is isolated.
+    policy_switch: PolicySwitch,
 }
 
 impl Dataplane {
@@ -91,6 +100,12 @@ impl Dataplane {
             .max()
             .unwrap_or(0);
         let outside_local_frontends = services.keys().filter(|key| key.scope != 0).count();
+        let policy_tables = maps.policy.programmed()?;
+        let pinned_config = maps.node_config()?;
+        let policy_switch = PolicySwitch {
+            isolating: pinned_config.policy != 0,
+            generation: pinned_config.policy_generation,
+        };
         Ok(Self {
             maps,
             links,
@@ -101,6 +116,8 @@ impl Dataplane {
             services,
             outside_local_frontends,
             next_service_id,
+            policy_tables,
+            policy_switch,
         })
     }
 
@@ -143,7 +160,12 @@ impl Dataplane {
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), DataplaneError> {
-        Ok(self.maps.set_node_config(config)?)
+        self.maps.set_node_config(config)?;
+        self.policy_switch = PolicySwitch {
+            isolating: config.policy != 0,
+            generation: config.policy_generation,
+        };
+        Ok(())
     }
 
     /// Endpoints as the map holds them now.

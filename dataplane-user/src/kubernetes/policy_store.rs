@@ -21,6 +21,9 @@ use kube::runtime::watcher;
 use super::policies::{namespace_labels, pod_facts, policy_spec};
 use crate::model::policy::{ObjectName, Policies, SharedPolicies};
 
+/// How many kinds are followed.
+const KINDS: usize = 3;
+
 /// The kinds followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -37,6 +40,8 @@ pub struct PolicyStore {
     pub shared: SharedPolicies,
     /// What listings in progress have named so far, by kind.
     listing: BTreeMap<Kind, BTreeSet<ObjectName>>,
+    /// The kinds listed whole at least once.
+    listed: BTreeSet<Kind>,
 }
 
 /// A namespaced object's name (a namespace's: its name, no namespace).
@@ -53,6 +58,7 @@ impl PolicyStore {
         Self {
             shared,
             listing: BTreeMap::new(),
+            listed: BTreeSet::new(),
         }
     }
 
@@ -98,6 +104,10 @@ impl PolicyStore {
                     .collect();
                 for name in &gone {
                     <Self as Follows<K>>::remove(self, name);
+                }
+                self.listed.insert(kind);
+                if self.listed.len() == KINDS {
+                    self.model().synced = true;
                 }
                 true
             }

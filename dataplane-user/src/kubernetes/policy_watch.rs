@@ -12,10 +12,14 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{Client, runtime::watcher};
+use tokio::sync::watch;
 use tracing::warn;
 
 use super::policy_store::PolicyStore;
-use crate::model::policy::SharedPolicies;
+use crate::{
+    model::policy::SharedPolicies,
+    state::{Command, StateHandle},
+};
 
 /// An event of one of the watches (boxed: a Pod is large).
 enum Change {
@@ -25,13 +29,22 @@ enum Change {
 }
 
 /// Follows the cluster's Namespaces, Pods and NetworkPolicies into `shared`
-/// for as long as the agent runs.
-pub async fn follow_policies(shared: SharedPolicies) {
+/// for as long as the agent runs, telling `state` when the model changed
+/// (a burst of changes, such as a listing, is told once it has passed).
+pub async fn follow_policies(shared: SharedPolicies, state: StateHandle) {
+    let (changed, mut told) = watch::channel(());
+    tokio::spawn(async move {
+        while told.changed().await.is_ok() {
+            if state.tell(Command::PoliciesChanged).await.is_err() {
+                break;
+            }
+        }
+    });
     // Kept across watches: a new watch's listing updates it in place.
     let mut store = PolicyStore::new(shared);
     loop {
         if let Ok(Err(error)) =
-            tokio::time::timeout(super::RESYNC_INTERVAL, watch(&mut store)).await
+            tokio::time::timeout(super::RESYNC_INTERVAL, follow(&mut store, &changed)).await
         {
             warn!("Kubernetes policy source: {error:#}");
         }
@@ -39,7 +52,7 @@ pub async fn follow_policies(shared: SharedPolicies) {
     }
 }
 
-async fn watch(store: &mut PolicyStore) -> anyhow::Result<()> {
+async fn follow(store: &mut PolicyStore, changed: &watch::Sender<()>) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -49,7 +62,7 @@ async fn watch(store: &mut PolicyStore) -> anyhow::Result<()> {
         super::followed(&client, Change::Policy),
     ]);
     while let Some(event) = events.next().await {
-        match event {
+        let changes = match event {
             Ok(Change::Namespace(event)) => store.namespace_event(*event),
             Ok(Change::Pod(event)) => store.pod_event(*event),
             Ok(Change::Policy(event)) => store.policy_event(*event),
@@ -58,6 +71,9 @@ async fn watch(store: &mut PolicyStore) -> anyhow::Result<()> {
                 false
             }
         };
+        if changes {
+            changed.send_replace(());
+        }
     }
     Ok(())
 }

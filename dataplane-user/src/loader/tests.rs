@@ -19,7 +19,34 @@ fn layout(name: &str) -> MapLayout {
 #[test]
 fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
     let layouts = expected_layouts().unwrap();
-    assert_eq!(layouts.len(), 23, "{layouts:?}");
+    assert_eq!(layouts.len(), 27, "{layouts:?}");
+    // Policy: LPM keys (prefix length, then the data), the subjects by
+    // address and table, the allowed connections as NAT keys them.
+    let classes = layout(names::POLICY_CLASSES_MAP);
+    assert_eq!(
+        classes.key_size as usize,
+        4 + size_of::<dataplane_common::PolicyClassKey>()
+    );
+    let rules = layout(names::POLICY_RULES_MAP);
+    assert_eq!(
+        rules.key_size as usize,
+        4 + size_of::<dataplane_common::PolicyRuleKey>()
+    );
+    assert_eq!(
+        rules.key_size * 8,
+        32 + dataplane_common::policy_rule_prefix(16)
+    );
+    let subjects = layout(names::POLICY_SUBJECTS_MAP);
+    assert_eq!(
+        subjects.key_size as usize,
+        size_of::<dataplane_common::PolicySubjectKey>()
+    );
+    let policy_flows = layout(names::POLICY_FLOWS_MAP);
+    assert_eq!(policy_flows.key_size as usize, size_of::<FlowKey>());
+    assert_eq!(
+        policy_flows.map_type,
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32
+    );
     let endpoints = layout(names::ENDPOINTS_MAP);
     assert_eq!(endpoints.key_size, 4);
     assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());

@@ -12,10 +12,11 @@ use aya::{Pod, maps::MapError, sys::SyscallError};
 
 use dataplane_common::{
     Counter, MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_REMOTE_NODES, MAX_SERVICES, MAX_SOURCE_RANGES, names,
+    MAX_NO_MASQUERADE, MAX_POLICY_CLASSES, MAX_POLICY_RULES, MAX_REMOTE_NODES, MAX_SERVICES,
+    MAX_SOURCE_RANGES, names,
 };
 
-use super::{Maps, NatMap, ServiceMaps, table::Table};
+use super::{Maps, NatMap, PolicyMaps, ServiceMaps, table::Table};
 
 /// Faults shared by a set of fake tables: the next writes of a map fail,
 /// with an errno.
@@ -180,6 +181,23 @@ impl Maps {
                 source_ranges: Box::new(FakeTable::new(
                     names::SOURCE_RANGES_MAP,
                     MAX_SOURCE_RANGES,
+                    faults,
+                )),
+            },
+            policy: PolicyMaps {
+                classes: Box::new(FakeTable::new(
+                    names::POLICY_CLASSES_MAP,
+                    MAX_POLICY_CLASSES,
+                    faults,
+                )),
+                subjects: Box::new(FakeTable::new(
+                    names::POLICY_SUBJECTS_MAP,
+                    MAX_ENDPOINTS,
+                    faults,
+                )),
+                rules: Box::new(FakeTable::new(
+                    names::POLICY_RULES_MAP,
+                    MAX_POLICY_RULES,
                     faults,
                 )),
             },

@@ -4,11 +4,13 @@
 pub mod fake;
 mod nat;
 mod nodes;
+mod policy;
 mod services;
 pub mod table;
 
 pub use nat::{NatMap, PodNatTotals};
 pub use nodes::ProgrammedNode;
+pub use policy::{PartialTable, PolicyMaps, PolicyTable};
 pub use services::{
     ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, plan_slots,
     service_key,
@@ -49,6 +51,8 @@ pub enum MapsError {
     HostAddressesFull { missing: usize },
     #[error("map {name} is full; remove Services or backends first")]
     ServicesFull { name: &'static str },
+    #[error("map {name} is full: the policies of this node's pods need more entries than it has")]
+    PolicyFull { name: &'static str },
     #[error("map {name} holds an entry no agent writes: {detail}")]
     Corrupt { name: &'static str, detail: String },
 }
@@ -62,6 +66,7 @@ impl MapsError {
                 | Self::NodesFull
                 | Self::HostAddressesFull { .. }
                 | Self::ServicesFull { .. }
+                | Self::PolicyFull { .. }
         )
     }
 }
@@ -103,6 +108,7 @@ pub struct Maps {
     events: Option<RingBuf<MapData>>,
     counters: BoxedTable<u32, CounterValue>,
     pub services: ServiceMaps,
+    pub policy: PolicyMaps,
 }
 
 /// One counter summed over all CPUs.
@@ -163,7 +169,27 @@ impl Maps {
                     names::SOURCE_RANGES_MAP,
                 )?),
             },
+            policy: PolicyMaps {
+                classes: Box::new(table::<LpmTrie<MapData, _, _>>(
+                    ebpf,
+                    names::POLICY_CLASSES_MAP,
+                )?),
+                subjects: hash(ebpf, names::POLICY_SUBJECTS_MAP)?,
+                rules: Box::new(table::<LpmTrie<MapData, _, _>>(
+                    ebpf,
+                    names::POLICY_RULES_MAP,
+                )?),
+            },
         })
+    }
+
+    /// What NODE_CONFIG holds now (all zero before anything wrote it).
+    pub fn node_config(&self) -> Result<NodeConfig, MapsError> {
+        Ok(self
+            .node_config
+            .get(&0)
+            .map_err(access(names::NODE_CONFIG_MAP))?
+            .unwrap_or_default())
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), MapsError> {

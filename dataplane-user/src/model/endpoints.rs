@@ -26,6 +26,19 @@ pub struct EndpointSpec {
     /// MAC address of the pod's own interface.
     #[serde_as(as = "DisplayFromStr")]
     pub mac: MacAddr6,
+    /// The Kubernetes pod it is (the CNI plugin has it from the runtime):
+    /// its NetworkPolicy applies from its first packet, before the API
+    /// server has its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
+}
+
+/// A Kubernetes pod's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// A host veth: by name (config file, CLI: what people type) or by index

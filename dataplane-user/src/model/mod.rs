@@ -68,7 +68,7 @@ mod service_set;
 
 mod services;
 
-pub use endpoints::{EndpointSources, EndpointSpec, HostInterface, validate_endpoint};
+pub use endpoints::{EndpointSources, EndpointSpec, HostInterface, PodName, validate_endpoint};
 pub use nodes::{LocalFacts, NodePath, NodeSet, NodeSpec, PeerMacs, RemoteNodes, Routing};
 pub use service_set::Services;
 

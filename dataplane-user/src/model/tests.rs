@@ -680,6 +680,7 @@ fn a_pod_cidrs_network_and_broadcast_addresses_are_no_pods() {
         ip: Ipv4Addr::from(ip),
         interface: HostInterface::Name("veth0".into()),
         mac: MacAddr6::new(0x02, 0, 0, 0, 0, 1),
+        pod: None,
     };
     for (ip, role) in [
         ([10, 244, 0, 0], "network"),

@@ -107,6 +107,10 @@ impl<L: HostLinks> Owner<L> {
 
     pub(super) async fn add_endpoint(&mut self, endpoint: &EndpointSpec) -> anyhow::Result<()> {
         let interface = self.checked_interface(endpoint).await?;
+        // Its policy is in force before anything can reach it.
+        self.bind_pod(endpoint.ip, endpoint.pod.as_ref());
+        self.program_policies(Some(endpoint.ip))
+            .context("programming the pod's NetworkPolicy")?;
         self.register(endpoint, &interface)?;
         self.endpoint_sources.list(endpoint.ip, Source::Api);
         info!(ip = %endpoint.ip, interface = %endpoint.interface, mac = %endpoint.mac, "endpoint added");
@@ -140,6 +144,8 @@ impl<L: HostLinks> Owner<L> {
         }
         let removed = self.dataplane.remove_endpoint(ip)?;
         self.endpoint_sources.forget(ip);
+        self.bind_pod(ip, None);
+        self.program_policies_or_retry();
         info!(%ip, removed, "endpoint removed");
         Ok(removed)
     }
@@ -148,8 +154,10 @@ impl<L: HostLinks> Owner<L> {
         for ip in self.dataplane.endpoints_behind(ifindex) {
             self.dataplane.remove_endpoint(ip)?;
             self.endpoint_sources.forget(ip);
+            self.bind_pod(ip, None);
             info!(%ip, ifindex, "endpoint removed: its veth is gone");
         }
+        self.program_policies_or_retry();
         Ok(())
     }
 

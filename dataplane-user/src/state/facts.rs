@@ -6,6 +6,7 @@ use ipnetwork::Ipv4Network;
 
 use crate::{
     config::{NatSettings, NodeSettings},
+    dataplane::PolicySwitch,
     maps::ipv4_cidr,
     model::LocalFacts,
 };
@@ -53,8 +54,14 @@ impl NodeFacts {
     }
 
     /// What NODE_CONFIG holds, given whether any Service frontend is
-    /// programmed and whether any is for outside clients of a Local one.
-    pub fn node_config(&self, services: bool, outside_local: bool) -> NodeConfig {
+    /// programmed, whether any is for outside clients of a Local one, and
+    /// the policy table the programs read.
+    pub fn node_config(
+        &self,
+        services: bool,
+        outside_local: bool,
+        policy: PolicySwitch,
+    ) -> NodeConfig {
         let node = &self.settings;
         let mut config = NodeConfig {
             pod_cidr: node.pod_cidr.map(ipv4_cidr).unwrap_or_default(),
@@ -66,6 +73,8 @@ impl NodeFacts {
             host_netns_cookie: self.host_netns_cookie,
             services: u8::from(services),
             outside_local: u8::from(outside_local),
+            policy: u8::from(policy.isolating),
+            policy_generation: policy.generation,
             ..NodeConfig::default()
         };
         if let Some(uplink) = self.uplink {

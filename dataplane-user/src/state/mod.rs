@@ -138,6 +138,9 @@ pub enum Command {
     Policies(Reply<PolicyReport>),
     /// The verdict the policies give a connection.
     ExplainPolicy(Connection, Reply<Verdict>),
+    /// The policy model changed: this node's pods' policy is compiled and
+    /// programmed again.
+    PoliciesChanged,
     /// A monitor client arrived (`true`: it wants forwarded packets too).
     Watch(bool, Reply<()>),
     Unwatch(bool),

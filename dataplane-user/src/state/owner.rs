@@ -14,12 +14,13 @@ use tracing::warn;
 use super::{
     Command, Reply, ServiceTables,
     nat_table::NatTable,
+    policy::PolicyHealth,
     reconcile::{DesiredNodes, Reconciler},
     report::Watchers,
 };
 use super::{NodeFacts, nodes::refused, services::pinned_services};
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, PolicySwitch},
     interfaces::{HostLinks, Interfaces},
     model::{
         EndpointSources, EndpointSpec, Frontend, HealthCheck, LocalFacts, NodeSpec, RemoteNodes,
@@ -59,6 +60,8 @@ pub struct Owner<L: HostLinks = Interfaces> {
     pub(super) node_config: NodeConfig,
     /// NetworkPolicy as its source has it (empty without one).
     pub(super) policies: SharedPolicies,
+    /// How this node's policy stands in the maps.
+    pub(super) policy_health: PolicyHealth,
 }
 
 impl<L: HostLinks> Owner<L> {
@@ -102,6 +105,7 @@ impl<L: HostLinks> Owner<L> {
         let node_config = facts.node_config(
             !dataplane.programmed_services().is_empty(),
             dataplane.serves_outside_local(),
+            dataplane.policy_switch(),
         );
         Self {
             facts,
@@ -122,14 +126,21 @@ impl<L: HostLinks> Owner<L> {
             mac_changes: BTreeMap::new(),
             node_config,
             policies: SharedPolicies::default(),
+            policy_health: PolicyHealth::default(),
         }
     }
 
     /// Writes NODE_CONFIG when what it should hold changed.
     pub(super) fn write_node_config(&mut self) -> anyhow::Result<()> {
+        self.write_node_config_with(self.dataplane.policy_switch())
+    }
+
+    /// Writes NODE_CONFIG with the policy switch `policy`, when it differs.
+    pub(super) fn write_node_config_with(&mut self, policy: PolicySwitch) -> anyhow::Result<()> {
         let wanted = self.facts.node_config(
             !self.dataplane.programmed_services().is_empty(),
             self.dataplane.serves_outside_local(),
+            policy,
         );
         if wanted != self.node_config {
             self.dataplane.set_node_config(wanted)?;
@@ -239,6 +250,7 @@ impl<L: HostLinks> Owner<L> {
             Command::ExplainPolicy(connection, reply) => {
                 answer(reply, Ok(self.explain_policy(&connection)));
             }
+            Command::PoliciesChanged => self.program_policies_or_retry(),
             Command::Unwatch(traces) => self.unwatch(traces),
         }
     }
@@ -277,6 +289,9 @@ impl<L: HostLinks> Owner<L> {
         self.manage_neighbours(&failed).await;
         self.reconciler
             .retry_services(&mut self.dataplane, &self.services);
+        if self.policy_health.pending {
+            self.program_policies_or_retry();
+        }
     }
 
     pub async fn apply_config_file(

@@ -1,16 +1,38 @@
-//! The owner's view of NetworkPolicy: the shared model its source writes,
-//! read for `policy list` (this node's pods, the policies isolating each)
-//! and `policy explain` (the verdict on one connection). Nothing is
-//! enforced from it yet: the programs' verdict comes with the policy maps.
+//! The owner's NetworkPolicy: the shared model its source writes, compiled
+//! for this node's pods into the policy maps (the idle table written, then
+//! the programs switched to it), read for `policy list` (this node's pods,
+//! the policies isolating each, programmed whole or not) and `policy
+//! explain` (the verdict on one connection).
 
-use std::{net::IpAddr, sync::PoisonError};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    sync::PoisonError,
+};
+
+use dataplane_common::policy_table;
+use tracing::{info, warn};
 
 use super::Owner;
 use crate::{
     api::{PodPolicies, PolicyReport},
     interfaces::HostLinks,
-    model::policy::{Connection, Direction, PolicySpec, Verdict},
+    maps::PolicyTable,
+    model::{
+        PodName,
+        policy::{Connection, Direction, PolicySpec, Verdict},
+    },
 };
+
+/// How this node's policy stands in the maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyHealth {
+    /// A change not programmed yet (retried).
+    pub pending: bool,
+    /// Pods whose policy is not in the maps whole (they allow less), and why.
+    pub partial: BTreeSet<IpAddr>,
+    pub problem: Option<String>,
+}
 
 /// "namespace/name" of each policy, and their rules in `direction` counted.
 fn named(policies: &[&PolicySpec], direction: Direction) -> (Vec<String>, usize) {
@@ -26,6 +48,77 @@ fn named(policies: &[&PolicySpec], direction: Direction) -> (Vec<String>, usize)
 }
 
 impl<L: HostLinks> Owner<L> {
+    /// Binds the pod at `ip` to its Kubernetes name (its policy applies
+    /// before the API server has its address), or forgets its binding.
+    pub(super) fn bind_pod(&mut self, ip: Ipv4Addr, pod: Option<&PodName>) {
+        let mut model = self.policies.write().unwrap_or_else(PoisonError::into_inner);
+        match pod {
+            Some(pod) => model
+                .world
+                .bind(IpAddr::V4(ip), (pod.namespace.clone(), pod.name.clone())),
+            None => model.world.unbind(IpAddr::V4(ip)),
+        }
+    }
+
+    /// Programs the policy of this node's pods (and `joining`, a pod about
+    /// to be registered) when it changed: the idle table written, then the
+    /// programs switched to it. Until the sources have given everything
+    /// once, the maps keep what they hold.
+    pub(super) fn program_policies(&mut self, joining: Option<Ipv4Addr>) -> anyhow::Result<()> {
+        let compiled = {
+            let model = self.policies.read().unwrap_or_else(PoisonError::into_inner);
+            if !model.synced {
+                return Ok(());
+            }
+            let local: Vec<IpAddr> = self
+                .dataplane
+                .programmed_endpoints()
+                .map(|(ip, _)| ip)
+                .chain(joining)
+                .map(IpAddr::V4)
+                .collect();
+            model.world.compile(&local)
+        };
+        let switch = self.dataplane.policy_switch();
+        let active = policy_table(switch.generation);
+        if PolicyTable::of(&compiled, active) == *self.dataplane.active_policy() {
+            self.policy_health.pending = false;
+            return Ok(());
+        }
+        let wanted = PolicyTable::of(&compiled, active ^ 1);
+        let written = self.dataplane.write_idle_policy(&wanted);
+        let next = switch.next(&wanted);
+        self.write_node_config_with(next)?;
+        self.policy_health = match written {
+            Ok(()) => PolicyHealth::default(),
+            Err(partial) => {
+                warn!(pods = ?partial.pods, "NetworkPolicy not programmed whole: {}; these pods \
+                      allow less than their policies until it is", partial.error);
+                PolicyHealth {
+                    pending: true,
+                    partial: partial.pods.into_iter().collect(),
+                    problem: Some(partial.error.to_string()),
+                }
+            }
+        };
+        info!(
+            isolated = wanted.subjects.len(),
+            entries = wanted.rules.len(),
+            classes = wanted.classes.len(),
+            generation = next.generation,
+            "NetworkPolicy programmed"
+        );
+        Ok(())
+    }
+
+    /// `program_policies`, its failure logged and retried.
+    pub(super) fn program_policies_or_retry(&mut self) {
+        if let Err(error) = self.program_policies(None) {
+            self.policy_health.pending = true;
+            warn!("programming NetworkPolicy (retried): {error:#}");
+        }
+    }
+
     pub(super) fn policy_report(&self) -> PolicyReport {
         let model = self.policies.read().unwrap_or_else(PoisonError::into_inner);
         let pods = self
@@ -69,7 +162,9 @@ impl<L: HostLinks> Owner<L> {
         PolicyReport {
             pods,
             refused,
-            enforced: false,
+            enforced: model.synced,
+            partial: self.policy_health.partial.iter().copied().collect(),
+            problem: self.policy_health.problem.clone(),
         }
     }
 

@@ -116,6 +116,7 @@ fn endpoint(ip: Ipv4Addr, veth: &str) -> EndpointSpec {
         ip,
         interface: HostInterface::Name(veth.into()),
         mac: MacAddr6::new(2, 1, 1, 1, 1, 1),
+        pod: None,
     }
 }
 

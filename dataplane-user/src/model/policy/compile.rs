@@ -107,6 +107,20 @@ impl PolicyWorld {
             ..CompiledPolicy::default()
         };
         compiler.classify(&mut compiled);
+        // Pods the API server has not told about yet, in a namespace with
+        // policies: isolated both ways, nothing allowed, until they are known.
+        let awaited = local.iter().filter(|ip| {
+            self.awaited(**ip)
+                .is_some_and(|(namespace, _)| self.has_policies_in(namespace))
+        });
+        for (index, ip) in awaited.enumerate() {
+            let subject = Subject {
+                id: (local_pods.len() + index) as u32 + 1,
+                ingress: true,
+                egress: true,
+            };
+            compiled.subjects.insert(*ip, subject);
+        }
         for (id, (ip, pod)) in local_pods.iter().enumerate() {
             let subject = Subject {
                 id: id as u32 + 1,

@@ -10,7 +10,7 @@ mod selector;
 mod verdict;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::{Arc, RwLock},
 };
@@ -143,6 +143,9 @@ pub type ObjectName = (String, String);
 pub struct Policies {
     pub world: PolicyWorld,
     pub refused: BTreeMap<ObjectName, String>,
+    /// Whether the sources have given everything once (until then the
+    /// maps keep what they hold: an agent's restart never opens a pod).
+    pub synced: bool,
 }
 
 /// Written by the Kubernetes source, read by the owner.
@@ -160,6 +163,9 @@ pub struct PolicyWorld {
     pod_at: BTreeMap<IpAddr, ObjectName>,
     policies: BTreeMap<ObjectName, PolicySpec>,
     node_addresses: Vec<IpAddr>,
+    /// This node's pods by the name the CNI plugin gave with their address:
+    /// known (and isolated) before the API server has their address.
+    bound: BTreeMap<ObjectName, BTreeSet<IpAddr>>,
 }
 
 impl PolicyWorld {
@@ -173,10 +179,16 @@ impl PolicyWorld {
         self.namespaces.remove(name);
     }
 
-    /// Adds a pod, or replaces the one of that namespace and name.
-    pub fn set_pod(&mut self, pod: PodFacts) {
+    /// Adds a pod, or replaces the one of that namespace and name (with
+    /// the addresses bound to its name).
+    pub fn set_pod(&mut self, mut pod: PodFacts) {
         let key = (pod.namespace.clone(), pod.name.clone());
         self.remove_pod(&key.0, &key.1);
+        for ip in self.bound.get(&key).into_iter().flatten() {
+            if !pod.ips.contains(ip) {
+                pod.ips.push(*ip);
+            }
+        }
         if !pod.host_network {
             for ip in &pod.ips {
                 self.pod_at.insert(*ip, key.clone());
@@ -195,6 +207,45 @@ impl PolicyWorld {
                 }
             }
         }
+    }
+
+    /// Binds this node's pod at `ip` to its name, as its CNI ADD gave it.
+    pub fn bind(&mut self, ip: IpAddr, name: ObjectName) {
+        self.unbind(ip);
+        self.bound.entry(name.clone()).or_default().insert(ip);
+        if let Some(pod) = self.pods.get_mut(&name) {
+            if !pod.ips.contains(&ip) {
+                pod.ips.push(ip);
+            }
+            if !pod.host_network {
+                self.pod_at.insert(ip, name);
+            }
+        }
+    }
+
+    /// Forgets the binding of `ip` (its endpoint is gone).
+    pub fn unbind(&mut self, ip: IpAddr) {
+        self.bound.retain(|_, ips| {
+            ips.remove(&ip);
+            !ips.is_empty()
+        });
+    }
+
+    /// The name `ip` is bound to while no pod of that name is known: a pod
+    /// of this node the API server has not told about yet.
+    pub fn awaited(&self, ip: IpAddr) -> Option<&ObjectName> {
+        self.bound
+            .iter()
+            .find(|(name, ips)| ips.contains(&ip) && !self.pods.contains_key(*name))
+            .map(|(name, _)| name)
+    }
+
+    /// Whether a policy of `namespace` exists (one may select any pod of it).
+    pub fn has_policies_in(&self, namespace: &str) -> bool {
+        self.policies
+            .range((namespace.to_string(), String::new())..)
+            .next()
+            .is_some_and(|((of, _), _)| of == namespace)
     }
 
     /// Adds a policy, or replaces the one of that namespace and name.

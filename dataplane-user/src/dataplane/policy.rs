@@ -1,0 +1,47 @@
+//! The policy tables in the maps, with their mirror: a change is written
+//! into the table the programs do not read; NODE_CONFIG (the owner's)
+//! switches them to it.
+
+use dataplane_common::policy_table;
+
+use super::Dataplane;
+use crate::maps::{PartialTable, PolicyTable};
+
+/// Which policy table the programs read (`generation`'s lowest bit), and
+/// whether a pod of the node is isolated (else they look nothing up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicySwitch {
+    pub isolating: bool,
+    pub generation: u32,
+}
+
+impl PolicySwitch {
+    /// The switch to the other table, holding `table`.
+    pub fn next(self, table: &PolicyTable) -> Self {
+        Self {
+            isolating: table.isolates(),
+            generation: self.generation.wrapping_add(1),
+        }
+    }
+}
+
+impl Dataplane {
+    /// What NODE_CONFIG says of policy now.
+    pub fn policy_switch(&self) -> PolicySwitch {
+        self.policy_switch
+    }
+
+    /// The table the programs read now.
+    pub fn active_policy(&self) -> &PolicyTable {
+        &self.policy_tables[usize::from(policy_table(self.policy_switch.generation))]
+    }
+
+    /// Writes `wanted` into the table the programs do not read (its keys
+    /// carry that table): everything that fits, see `PolicyMaps::write`.
+    pub fn write_idle_policy(&mut self, wanted: &PolicyTable) -> Result<(), PartialTable> {
+        let idle = usize::from(policy_table(self.policy_switch.generation.wrapping_add(1)));
+        self.maps
+            .policy
+            .write(&mut self.policy_tables[idle], wanted)
+    }
+}
