@@ -97,9 +97,17 @@ pub struct PolicyRuleKey {
     pub port: [u8; 2],
 }
 
+/// Which end of a `POLICY_FLOWS` key the pod whose record it is has (its
+/// `direction` field): pods of one node judge a connection between them
+/// each by their own records.
+pub mod policy_flow_end {
+    pub const SOURCE: u8 = 1;
+    pub const DESTINATION: u8 = 2;
+}
+
 /// A connection an isolated pod was allowed: value of `POLICY_FLOWS`, keyed
-/// by the `FlowKey` of its first packet (direction 0) as it reached the pod
-/// or left it, a Service's translation done.
+/// by the `FlowKey` of its packets (`direction`: `policy_flow_end`) as they
+/// reached the pod or left it, a Service's translation done.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]

@@ -20,7 +20,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
     Counter, FlowKey, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL, POLICY_RULE_FIXED_BITS,
     POLICY_WORLD, PolicyClassKey, PolicyFlow, PolicyRuleKey, PolicySubjectKey, ip_protocol,
-    policy_direction, policy_table,
+    policy_direction, policy_flow_end as flow_end, policy_table,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -180,11 +180,14 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
     let generation = node_config().policy_generation;
     let table = policy_table(generation);
     let egress = direction == policy_direction::EGRESS;
-    let key = scratch.after.key;
-    let (pod, peer) = if egress {
-        (key.src, key.dst)
+    // Records are the pod's own (another pod of the node judges the same
+    // connection by its own): marked by the pod's end of their key.
+    let (pod, peer, own_end, other_end) = if egress {
+        let key = &scratch.after.key;
+        (key.src, key.dst, flow_end::SOURCE, flow_end::DESTINATION)
     } else {
-        (key.dst, key.src)
+        let key = &scratch.after.key;
+        (key.dst, key.src, flow_end::DESTINATION, flow_end::SOURCE)
     };
     scratch.subject = PolicySubjectKey {
         address: pod,
@@ -195,11 +198,18 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
     let Some(subject) = (unsafe { POLICY_SUBJECTS.get(&scratch.subject).copied() }) else {
         return Ok(());
     };
+    scratch.after.key.direction = own_end;
+    scratch.before.key.direction = own_end;
     scratch.reply = reversed(&scratch.before.key);
+    scratch.reply.direction = other_end;
     // The direction and port the connection was opened with, whether the
     // verdict is recorded, and whether under the reply's key.
-    let (mut judged, mut port, mut record, mut as_reply) =
-        (direction, key.dst_port, scratch.before.opening, false);
+    let (mut judged, mut port, mut record, mut as_reply) = (
+        direction,
+        scratch.after.key.dst_port,
+        scratch.before.opening,
+        false,
+    );
     // SAFETY: the records are read in place once, plain integers.
     if let Some(flow) = unsafe { POLICY_FLOWS.get(&scratch.after.key) } {
         if flow.generation == generation {
@@ -238,7 +248,7 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
             let _ = POLICY_FLOWS.insert(&scratch.reply, &scratch.flow, 0);
         } else {
             let _ = POLICY_FLOWS.insert(&scratch.after.key, &scratch.flow, 0);
-            if scratch.before.key != key {
+            if scratch.before.key != scratch.after.key {
                 let _ = POLICY_FLOWS.insert(&scratch.before.key, &scratch.flow, 0);
             }
         }
