@@ -12,11 +12,11 @@ use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint,
     EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
-    MAX_NO_MASQUERADE, MAX_POLICY_CLASSES, MAX_POLICY_FLOWS, MAX_POLICY_RULES, MAX_REMOTE_NODES, MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS,
-    MAX_SOURCE_RANGES, MAX_UNASSURED, MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat,
-    PolicyClassKey, PolicyFlow, PolicyRuleKey, PolicySubject, PolicySubjectKey,
-    RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey,
-    TAIL_CALL_SLOTS,
+    MAX_NO_MASQUERADE, MAX_POLICY_CLASSES, MAX_POLICY_FLOWS, MAX_POLICY_RULES, MAX_REMOTE_NODES,
+    MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS, MAX_SOURCE_RANGES, MAX_UNASSURED,
+    MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat, PolicyClassKey, PolicyFlow,
+    PolicyRuleKey, PolicySubject, PolicySubjectKey, RemoteNode, ServiceFlow, ServiceKey,
+    ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey, TAIL_CALL_SLOTS,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -149,7 +149,8 @@ pub static POLICY_FLOWS: LruHashMap<FlowKey, PolicyFlow> = LruHashMap::pinned(MA
 
 /// Where a policy verdict keeps its keys (one per CPU; not pinned).
 #[map(name = "POLICY_SCRATCH")]
-pub static POLICY_SCRATCH: PerCpuArray<crate::policy::Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static POLICY_SCRATCH: PerCpuArray<crate::policy::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);

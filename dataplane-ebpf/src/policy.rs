@@ -16,6 +16,10 @@
 //! before the pod was isolated) is judged in its own direction and never
 //! recorded: policy never allows more than its rules.
 
+// The keys stay in the scratch map: passed by value, as clippy would have
+// it, they would be copied onto the stack the delivery paths lack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
     Counter, FlowKey, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL, POLICY_RULE_FIXED_BITS,
@@ -27,8 +31,8 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     counters::{Outcome, PackedOutcome},
     maps::{
-        POLICY_CLASSES, POLICY_FLOWS, POLICY_RULES, POLICY_SCRATCH, POLICY_SUBJECTS, is_host_address,
-        node_config,
+        POLICY_CLASSES, POLICY_FLOWS, POLICY_RULES, POLICY_SCRATCH, POLICY_SUBJECTS,
+        is_host_address, node_config,
     },
     packet::{IP_AT, header},
 };
@@ -67,7 +71,9 @@ pub struct Scratch {
 #[inline(always)]
 fn scratch() -> Option<&'static mut Scratch> {
     // SAFETY: per-CPU; a program runs to its end on one CPU.
-    POLICY_SCRATCH.get_ptr_mut(0).map(|scratch| unsafe { &mut *scratch })
+    POLICY_SCRATCH
+        .get_ptr_mut(0)
+        .map(|scratch| unsafe { &mut *scratch })
 }
 
 /// Reads the IPv4 packet at `IP_AT` into `into`; false for what passes
@@ -216,14 +222,14 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
             return Ok(());
         }
         record = true;
+    // SAFETY: as above.
     } else if let Some(flow) = unsafe { POLICY_FLOWS.get(&scratch.reply) } {
         if flow.generation == generation {
             return Ok(());
         }
         // A reply under a changed policy: judged as its connection was
         // opened (by the peer, to the pod's port, or the other way round).
-        (judged, port, record, as_reply) =
-            (direction ^ 1, scratch.before.key.src_port, true, true);
+        (judged, port, record, as_reply) = (direction ^ 1, scratch.before.key.src_port, true, true);
     }
     let isolated = if judged == policy_direction::EGRESS {
         subject.egress

@@ -74,9 +74,8 @@ fn allow_named_port_from_y() -> Value {
 
 impl Lab {
     fn new() -> anyhow::Result<Self> {
-        let mut cluster = Cluster::new(
-            ClusterSpec::dataplane(1, PODS.len()).with_real_plugin(MainPlugin::Ptp),
-        )?;
+        let mut cluster =
+            Cluster::new(ClusterSpec::dataplane(1, PODS.len()).with_real_plugin(MainPlugin::Ptp))?;
         let kubeconfig: PathBuf = cluster.workdir().join("kubeconfig");
         let node = &mut cluster.nodes[0];
         let api = FakeApiServer::start(&node.netns)?;
@@ -112,7 +111,11 @@ impl Lab {
     /// (X: reached, .: not).
     fn truth_table(&self, port: u16) -> Vec<Vec<bool>> {
         (0..PODS.len())
-            .map(|from| (0..PODS.len()).map(|to| self.reaches(from, to, port)).collect())
+            .map(|from| {
+                (0..PODS.len())
+                    .map(|to| self.reaches(from, to, port))
+                    .collect()
+            })
             .collect()
     }
 
@@ -259,11 +262,19 @@ fn should_support_a_default_deny_ingress_policy() -> anyhow::Result<()> {
     lab.until_reachability(80, ALL)?;
     lab.api.apply(
         Resource::NetworkPolicies,
-        policy("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]})),
+        policy(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
     );
     // Nothing reaches x's pods (x/a, x/c), not even from their own
     // namespace or themselves through their veth; y/b is reached by all.
-    let into_y_only = [[true, true, false], [false, true, false], [false, true, true]];
+    let into_y_only = [
+        [true, true, false],
+        [false, true, false],
+        [false, true, true],
+    ];
     lab.until_reachability(80, into_y_only)?;
     lab.until_reachability(81, into_y_only)?;
     // The node itself always reaches them (kubelet's probes).
@@ -280,9 +291,20 @@ fn should_stop_enforcing_policies_after_they_are_deleted() -> anyhow::Result<()>
     let lab = Lab::new()?;
     lab.api.apply(
         Resource::NetworkPolicies,
-        policy("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]})),
+        policy(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
     );
-    lab.until_reachability(80, [[true, true, false], [false, true, false], [false, true, true]])?;
+    lab.until_reachability(
+        80,
+        [
+            [true, true, false],
+            [false, true, false],
+            [false, true, true],
+        ],
+    )?;
     lab.api.delete(Resource::NetworkPolicies, "x/deny-ingress");
     lab.until_reachability(80, ALL)
 }
@@ -295,8 +317,14 @@ fn should_allow_ingress_access_on_one_named_port() -> anyhow::Result<()> {
     // x/a takes serve-80-tcp from y/b only (and itself: a pod's traffic to
     // its own address never leaves it, as upstream's AllowLoopback has it);
     // nothing at 81; x/c is open.
-    lab.until_reachability(80, [[true, true, true], [true, true, true], [false, true, true]])?;
-    lab.until_reachability(81, [[true, true, true], [false, true, true], [false, true, true]])
+    lab.until_reachability(
+        80,
+        [[true, true, true], [true, true, true], [false, true, true]],
+    )?;
+    lab.until_reachability(
+        81,
+        [[true, true, true], [false, true, true], [false, true, true]],
+    )
 }
 
 #[test]
@@ -306,23 +334,40 @@ fn should_enforce_egress_policy_and_let_replies_through() -> anyhow::Result<()> 
     // replies leave a pod isolated for egress).
     lab.api.apply(
         Resource::NetworkPolicies,
-        policy("y", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress"]})),
+        policy(
+            "y",
+            "deny-egress",
+            json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+        ),
     );
-    lab.until_reachability(80, [[true, true, true], [false, true, false], [true, true, true]])?;
+    lab.until_reachability(
+        80,
+        [[true, true, true], [false, true, false], [true, true, true]],
+    )?;
     // Egress to x's pods at 81 allowed again, by podSelector and
     // namespaceSelector together.
     lab.api.apply(
         Resource::NetworkPolicies,
-        policy("y", "allow-to-x-81", json!({
-            "podSelector": {"matchLabels": {"pod": "b"}},
-            "policyTypes": ["Egress"],
-            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
-                                "podSelector": {"matchLabels": {"pod": "a"}}}],
-                        "ports": [{"port": 81, "protocol": "TCP"}]}],
-        })),
+        policy(
+            "y",
+            "allow-to-x-81",
+            json!({
+                "podSelector": {"matchLabels": {"pod": "b"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
+                                    "podSelector": {"matchLabels": {"pod": "a"}}}],
+                            "ports": [{"port": 81, "protocol": "TCP"}]}],
+            }),
+        ),
     );
-    lab.until_reachability(81, [[true, true, true], [true, true, false], [true, true, true]])?;
-    lab.until_reachability(80, [[true, true, true], [false, true, false], [true, true, true]])
+    lab.until_reachability(
+        81,
+        [[true, true, true], [true, true, false], [true, true, true]],
+    )?;
+    lab.until_reachability(
+        80,
+        [[true, true, true], [false, true, false], [true, true, true]],
+    )
 }
 
 #[test]
@@ -344,13 +389,26 @@ fn should_enforce_updated_policy_on_established_connections() -> anyhow::Result<
     });
     lab.api.apply(
         Resource::NetworkPolicies,
-        policy("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]})),
+        policy(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
     );
-    lab.until_reachability(80, [[true, true, false], [false, true, false], [false, true, true]])?;
+    lab.until_reachability(
+        80,
+        [
+            [true, true, false],
+            [false, true, false],
+            [false, true, true],
+        ],
+    )?;
     go_on.send(())?;
     let answered = joined(connection)?;
     // Cut, as Cilium cuts them: a connection is judged again after a change.
-    assert!(!answered, "an established connection outlived the policy denying it");
+    assert!(
+        !answered,
+        "an established connection outlived the policy denying it"
+    );
     Ok(())
 }
-

@@ -138,7 +138,9 @@ fn check_path(ctx: &TcContext, config: &NodeConfig, backend: Ipv4Octets) -> Outc
 fn forward(ctx: &TcContext, config: &NodeConfig, backend: Ipv4Octets) -> Outcome {
     forward_hop(ctx)?;
     match lookup(backend, config) {
-        Destination::LocalPod(pod) => deliver(ctx, &pod, Redirect::into_pod(config), Counter::RoutedToPod),
+        Destination::LocalPod(pod) => {
+            deliver(ctx, &pod, Redirect::into_pod(config), Counter::RoutedToPod)
+        }
         Destination::RemotePod(route) => Ok(direct::to_node(ctx, config, &route)),
         _ => Err(Counter::DropServiceExternalUnsupported),
     }

@@ -17,8 +17,8 @@ use crate::{
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
-    policy,
     packet::{IP_AT, header, ingress_ifindex, linearize_headers, vlan_tagged},
+    policy,
     route::{Destination, lookup},
     service,
     tunnel::send_out_uplink,
@@ -93,7 +93,12 @@ fn ipv4(ctx: &TcContext, first_mac_octet: u8) -> Outcome {
     match destination {
         Destination::LocalPod(destination) => {
             forward_hop(ctx)?;
-            deliver(ctx, &destination, Redirect::into_pod(config), Counter::ForwardedLocal)
+            deliver(
+                ctx,
+                &destination,
+                Redirect::into_pod(config),
+                Counter::ForwardedLocal,
+            )
         }
         Destination::RemotePod(route) => to_node(ctx, config, &route),
         // The node itself: kubelet, node-local DNS, the gateway address.

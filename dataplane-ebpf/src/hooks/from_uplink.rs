@@ -302,7 +302,12 @@ fn to_translated_pod(ctx: &TcContext, config: &NodeConfig, pod: Ipv4Octets) -> O
         service::translate_reply(ctx)?;
     }
     forward_hop(ctx)?;
-    deliver(ctx, &destination, Redirect::into_pod(config), Counter::NatReplyToPod)
+    deliver(
+        ctx,
+        &destination,
+        Redirect::into_pod(config),
+        Counter::NatReplyToPod,
+    )
 }
 
 /// VXLAN to this node: ours to deliver or to drop. VXLAN with IPv4 options or

@@ -289,9 +289,7 @@ impl PolicyMaps {
         let name = names::POLICY_SUBJECTS_MAP;
         for (key, subject) in &wanted.subjects {
             if current.subjects.get(key) != Some(subject) {
-                self.subjects
-                    .insert(key, subject)
-                    .map_err(full_or(name))?;
+                self.subjects.insert(key, subject).map_err(full_or(name))?;
                 current.subjects.insert(*key, *subject);
             }
         }

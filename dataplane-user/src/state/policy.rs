@@ -51,7 +51,10 @@ impl<L: HostLinks> Owner<L> {
     /// Binds the pod at `ip` to its Kubernetes name (its policy applies
     /// before the API server has its address), or forgets its binding.
     pub(super) fn bind_pod(&mut self, ip: Ipv4Addr, pod: Option<&PodName>) {
-        let mut model = self.policies.write().unwrap_or_else(PoisonError::into_inner);
+        let mut model = self
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         match pod {
             Some(pod) => model
                 .world
