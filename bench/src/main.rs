@@ -7,6 +7,7 @@ mod chart;
 mod kube_proxy;
 mod measure;
 mod paths;
+mod policy;
 mod programming;
 mod report;
 mod scale;
@@ -46,6 +47,10 @@ struct Cli {
     /// --services-max Services from Kubernetes; no kube-proxy peers.
     #[arg(long, conflicts_with_all = ["paths", "programming_only", "services_only"])]
     footprint_only: bool,
+    /// Only the NetworkPolicy rows (the verdict's cost as entries grow,
+    /// `BPF_PROG_TEST_RUN`); no clusters are built.
+    #[arg(long, conflicts_with_all = ["paths", "programming_only", "services_only", "footprint_only"])]
+    policy_only: bool,
     /// The largest number of Services measured (of 1, 1,000, 10,000, 30,000).
     #[arg(long, default_value_t = 30_000)]
     services_max: u32,
@@ -190,6 +195,10 @@ fn main() -> anyhow::Result<()> {
         progress.expect(1);
         let note = services::footprint_only(cli.services_max, &mut progress)?;
         (Vec::new(), Vec::new(), vec![note])
+    } else if cli.policy_only {
+        progress.expect(policy::steps(&settings));
+        let (comparisons, note) = policy::run(&settings, &mut progress)?;
+        (comparisons, Vec::new(), vec![note])
     } else if cli.services_only {
         progress.expect(services::steps(&settings));
         let (comparisons, notes) = services::run(&settings, &mut progress)?;
@@ -232,17 +241,23 @@ fn traffic_and_scale(
     let path_filter = cli.paths.as_deref().unwrap_or_default();
     if with_scale {
         progress.expect(
-            scale::steps(settings) + programming::steps(settings) + services::steps(settings),
+            scale::steps(settings)
+                + policy::steps(settings)
+                + programming::steps(settings)
+                + services::steps(settings),
         );
     }
     let (mut comparisons, breakdown) = paths::run(&clusters, settings, path_filter, progress)?;
+    let mut notes = Vec::new();
     if with_scale {
         comparisons.extend(scale::run(&clusters, settings, progress)?);
+        let (policy, note) = policy::run(settings, progress)?;
+        comparisons.extend(policy);
+        notes.push(note);
     }
     // The programming lab and the Services nodes are clusters of their own:
     // the others go first.
     drop(clusters);
-    let mut notes = Vec::new();
     if with_scale {
         comparisons.extend(programming::run(settings, progress)?);
         let (services, footprint) = services::run(settings, progress)?;

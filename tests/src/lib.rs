@@ -15,6 +15,7 @@ pub mod cni;
 pub mod kube_api;
 pub mod netlink;
 pub mod netns;
+pub mod netpol;
 pub mod test_run;
 pub mod traffic;
 

@@ -275,6 +275,9 @@ pub struct PodPolicies {
     pub ingress_rules: usize,
     pub egress: Vec<String>,
     pub egress_rules: usize,
+    /// Whether the programs isolate it (it is in the policy table they read).
+    #[serde(default)]
+    pub programmed: bool,
 }
 
 /// `policy list`: this node's pods, the policies refused (name, reason),
@@ -285,6 +288,9 @@ pub struct PolicyReport {
     pub pods: Vec<PodPolicies>,
     pub refused: Vec<(String, String)>,
     pub enforced: bool,
+    /// Changed at every switch of the policy table the programs read.
+    #[serde(default)]
+    pub generation: u32,
     /// They deny what their policy's missing entries would allow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partial: Vec<IpAddr>,

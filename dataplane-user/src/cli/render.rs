@@ -314,6 +314,8 @@ fn print_policies(report: &PolicyReport) {
     for pod in &report.pods {
         let partial = if report.partial.contains(&pod.ip) {
             "  NOT PROGRAMMED WHOLE: allows less"
+        } else if pod.programmed {
+            "  programmed"
         } else {
             ""
         };

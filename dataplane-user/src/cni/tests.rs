@@ -307,3 +307,22 @@ fn agent_errors_get_the_cni_code_of_their_kind() {
         }
     ));
 }
+
+#[test]
+fn the_pod_name_comes_from_the_runtimes_cni_args() {
+    let args = |value: &str| environment(&[("CNI_ARGS", value)]);
+    let named = pod_name(&args(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a-7f9;K8S_POD_INFRA_CONTAINER_ID=c9",
+    ));
+    assert_eq!(
+        named,
+        Some(PodName {
+            namespace: "x".into(),
+            name: "a-7f9".into()
+        })
+    );
+    // Outside Kubernetes, or half given: no name (policy by address then).
+    assert_eq!(pod_name(&environment(&[])), None);
+    assert_eq!(pod_name(&args("K8S_POD_NAMESPACE=x")), None);
+    assert_eq!(pod_name(&args("K8S_POD_NAMESPACE=x;K8S_POD_NAME=")), None);
+}

@@ -246,3 +246,75 @@ fn a_frontend_whose_slots_fail_to_write_is_written_whole_on_the_next_try() {
     assert!(dataplane.programmed_services().is_empty());
     assert!(dataplane.backend_slots().unwrap().is_empty());
 }
+
+/// A policy world where x's pods take ingress from y's pods at TCP 80 only.
+fn policy_world() -> crate::model::policy::PolicyWorld {
+    use crate::model::policy::{PodFacts, PolicyWorld};
+    let mut world = PolicyWorld::default();
+    for (namespace, name, last) in [("x", "a", 2), ("y", "b", 3)] {
+        world.set_pod(PodFacts {
+            namespace: namespace.into(),
+            name: name.into(),
+            ips: vec![Ipv4Addr::new(10, 244, 0, last).into()],
+            ..PodFacts::default()
+        });
+    }
+    world.set_policy(
+        serde_json::from_value(serde_json::json!({
+            "namespace": "x", "name": "from-y",
+            "ingress": [{"peers": [{"pods": {"namespace_selector": {}}}],
+                         "ports": [{"protocol": "TCP", "port": 80}]}],
+        }))
+        .unwrap(),
+    );
+    world
+}
+
+#[test]
+fn policy_goes_into_the_idle_table_whole_and_a_full_map_only_ever_allows_less() {
+    use crate::maps::PolicyTable;
+    use dataplane_common::{POLICY_TABLE_BIT, policy_table};
+    let mut fixture = fixture();
+    let dataplane = &mut fixture.dataplane;
+    let compiled = policy_world().compile(&[POD.into()]);
+    assert_eq!(dataplane.policy_switch().generation, 0);
+    // The programs read table 0: the change goes into table 1, its ids
+    // tagged with it, and the active table is untouched.
+    let idle = policy_table(1);
+    let wanted = PolicyTable::of(&compiled, idle);
+    assert_eq!(wanted.subjects.len(), 1, "{wanted:?}");
+    assert!(
+        wanted
+            .subjects
+            .values()
+            .all(|s| s.id & POLICY_TABLE_BIT != 0)
+    );
+    assert!(!wanted.rules.is_empty() && !wanted.classes.is_empty());
+    dataplane.write_idle_policy(&wanted).unwrap();
+    assert_eq!(*dataplane.active_policy(), PolicyTable::default());
+    // Written again unchanged: nothing to write, nothing fails.
+    fixture.faults.fail_writes(names::POLICY_RULES_MAP, 100);
+    fixture.dataplane.write_idle_policy(&wanted).unwrap();
+    // Its entries do not fit: the pod is isolated with what did (less).
+    let mut fixture = self::fixture();
+    fixture.faults.fill(names::POLICY_RULES_MAP, 100);
+    let partial = fixture.dataplane.write_idle_policy(&wanted).unwrap_err();
+    assert!(partial.error.is_full(), "{}", partial.error);
+    assert_eq!(partial.pods, BTreeSet::from([POD.into()]));
+    let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];
+    assert_eq!(written.subjects, wanted.subjects, "isolated all the same");
+    assert!(written.rules.is_empty());
+    // Its classes do not fit: every isolated pod denies everything.
+    let mut fixture = self::fixture();
+    fixture.faults.fill(names::POLICY_CLASSES_MAP, 1);
+    let partial = fixture.dataplane.write_idle_policy(&wanted).unwrap_err();
+    assert_eq!(partial.pods, BTreeSet::from([POD.into()]));
+    let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];
+    assert_eq!(*written, wanted.denying_all());
+    assert!(
+        written
+            .subjects
+            .values()
+            .all(|s| s.ingress == 1 && s.egress == 1)
+    );
+}

@@ -124,6 +124,14 @@ impl<L: HostLinks> Owner<L> {
 
     pub(super) fn policy_report(&self) -> PolicyReport {
         let model = self.policies.read().unwrap_or_else(PoisonError::into_inner);
+        // The pods the programs isolate now.
+        let isolated: BTreeSet<IpAddr> = self
+            .dataplane
+            .active_policy()
+            .subjects
+            .keys()
+            .map(|key| IpAddr::from(key.address))
+            .collect();
         let pods = self
             .dataplane
             .programmed_endpoints()
@@ -137,6 +145,7 @@ impl<L: HostLinks> Owner<L> {
                         ingress_rules: 0,
                         egress: Vec::new(),
                         egress_rules: 0,
+                        programmed: isolated.contains(&ip),
                     };
                 };
                 let (ingress, ingress_rules) = named(
@@ -154,6 +163,7 @@ impl<L: HostLinks> Owner<L> {
                     ingress_rules,
                     egress,
                     egress_rules,
+                    programmed: isolated.contains(&ip),
                 }
             })
             .collect();
@@ -166,6 +176,7 @@ impl<L: HostLinks> Owner<L> {
             pods,
             refused,
             enforced: model.synced,
+            generation: self.dataplane.policy_switch().generation,
             partial: self.policy_health.partial.iter().copied().collect(),
             problem: self.policy_health.problem.clone(),
         }

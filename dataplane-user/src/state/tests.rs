@@ -23,7 +23,7 @@ use crate::{
         fake::{FakeTable, Faults},
     },
     model::{
-        EndpointSpec, HostInterface, NodeSpec, ServiceSpec, Source,
+        EndpointSpec, HostInterface, NodeSpec, PodName, ServiceSpec, Source,
         policy::{Connection, Decision, PodFacts, PolicyProtocol, SharedPolicies},
     },
     nat::Timeouts,
@@ -514,4 +514,66 @@ async fn policies_are_reported_per_pod_and_explained_per_connection() {
             }
         )
     );
+}
+
+#[tokio::test]
+async fn a_pod_is_isolated_before_it_is_registered_and_a_failed_switch_is_retried() {
+    let lab = lab("tunnel");
+    {
+        let mut model = lab.policies.write().unwrap();
+        // Default deny ingress in x, and the listing complete.
+        model.world.set_policy(
+            serde_json::from_value(serde_json::json!({"namespace": "x", "name": "deny"})).unwrap(),
+        );
+        model.synced = true;
+    }
+    // x/a registered by its CNI ADD before the API server has its address:
+    // bound by name, it is unknown yet, so isolated both ways.
+    lab.host.add_link(7, "veth7");
+    let mut pod = endpoint(POD, "veth7");
+    pod.pod = Some(PodName {
+        namespace: "x".into(),
+        name: "a".into(),
+    });
+    lab.state.add_endpoint(pod).await.unwrap();
+    let report = lab.state.ask(Command::Policies).await.unwrap();
+    assert!(report.enforced);
+    assert_eq!(report.generation, 1, "switched once, before the reply");
+    let listed = report.pods.iter().find(|pod| pod.ip == POD).unwrap();
+    assert!(listed.programmed, "{report:?}");
+    // Its facts arrive: isolated for ingress only now, in the other table.
+    lab.policies.write().unwrap().world.set_pod(PodFacts {
+        namespace: "x".into(),
+        name: "a".into(),
+        ..PodFacts::default()
+    });
+    lab.state.tell(Command::PoliciesChanged).await.unwrap();
+    let report = lab.state.ask(Command::Policies).await.unwrap();
+    assert_eq!(report.generation, 2);
+    let listed = report.pods.iter().find(|pod| pod.ip == POD).unwrap();
+    assert_eq!(listed.pod.as_deref(), Some("x/a"), "bound by name");
+    assert_eq!(listed.ingress, ["x/deny"]);
+    // Nothing changed: no switch (connections are not judged again).
+    lab.state.tell(Command::PoliciesChanged).await.unwrap();
+    assert_eq!(
+        lab.state.ask(Command::Policies).await.unwrap().generation,
+        2
+    );
+    // The switch fails: nothing switched, retried until it is.
+    lab.policies
+        .write()
+        .unwrap()
+        .world
+        .remove_policy("x", "deny");
+    lab.faults.fail_writes(names::NODE_CONFIG_MAP, 1);
+    lab.state.tell(Command::PoliciesChanged).await.unwrap();
+    assert_eq!(
+        lab.state.ask(Command::Policies).await.unwrap().generation,
+        2
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let report = lab.state.ask(Command::Policies).await.unwrap();
+    assert_eq!(report.generation, 3, "switched by the retry");
+    let listed = report.pods.iter().find(|pod| pod.ip == POD).unwrap();
+    assert!(listed.ingress.is_empty() && !listed.programmed);
 }

@@ -534,3 +534,45 @@ fn egress_to_a_named_port_resolves_on_each_destination() {
         expect(|from, to| from == "x/a" && to != "y/b"),
     );
 }
+
+#[test]
+fn a_pod_bound_by_name_is_isolated_before_its_address_is_known() {
+    let mut world = world();
+    world.set_policy(PolicySpec {
+        policy_types: vec![Direction::Ingress],
+        ..policy("x", "deny", Selector::default())
+    });
+    let joining: IpAddr = Ipv4Addr::new(10, 244, 9, 9).into();
+    // Not known to the API server yet, in a namespace with policies:
+    // isolated both ways with nothing allowed.
+    world.bind(joining, ("x".into(), "late".into()));
+    assert_eq!(world.awaited(joining), Some(&("x".into(), "late".into())));
+    let compiled = world.compile(&[joining]);
+    let subject = compiled.subjects[&joining];
+    assert!(subject.ingress && subject.egress);
+    assert!(
+        !compiled
+            .allowed
+            .iter()
+            .any(|entry| entry.subject == subject.id)
+    );
+    // In a namespace without policies: not isolated.
+    world.bind(joining, ("z".into(), "late".into()));
+    assert!(!world.compile(&[joining]).subjects.contains_key(&joining));
+    // Known (its status without an address yet): the bound address is its.
+    world.bind(joining, ("x".into(), "late".into()));
+    world.set_pod(PodFacts {
+        namespace: "x".into(),
+        name: "late".into(),
+        ..PodFacts::default()
+    });
+    assert_eq!(world.awaited(joining), None);
+    assert_eq!(
+        world.pod(joining).map(|pod| pod.name.as_str()),
+        Some("late")
+    );
+    let subject = world.compile(&[joining]).subjects[&joining];
+    assert!(subject.ingress && !subject.egress);
+    world.unbind(joining);
+    assert_eq!(world.awaited(joining), None);
+}

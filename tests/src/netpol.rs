@@ -1,0 +1,191 @@
+//! The upstream NetworkPolicy e2e method (kubernetes
+//! `test/e2e/network/netpol`) on one node: namespaces x and y, pods a, b, c
+//! from the real `ptp` chain (IPv6 left on) each serving TCP `PORTS`,
+//! followed by the agent through a Kubernetes API server; probes of every
+//! ordered pair compared to a truth table, printed whole when they differ.
+
+use std::{net::Ipv4Addr, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::{
+    Cluster, ClusterSpec,
+    cluster::Node,
+    cni::MainPlugin,
+    eventually,
+    kube_api::{FakeApiServer, Resource},
+    traffic::{EchoServers, echo_once},
+};
+
+/// How long a change in the API may take to reach the agent.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a probe waits for its connection (a denied one never gets it).
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// The ports every pod serves.
+pub const PORTS: [u16; 2] = [80, 81];
+
+/// The pods, as (namespace, name): pod i of the node.
+pub const PODS: [(&str, &str); 3] = [("x", "a"), ("y", "b"), ("x", "c")];
+
+/// One node following a Kubernetes API server; pod 0 is x/a (pod=a), pod 1
+/// y/b, pod 2 x/c, from the real `ptp` chain, each serving `PORTS`.
+pub struct Lab {
+    pub cluster: Cluster,
+    pub api: FakeApiServer,
+    _servers: Vec<EchoServers>,
+}
+
+pub fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "labels": {"ns": name}}})
+}
+
+pub fn pod(namespace: &str, name: &str, ip: Ipv4Addr) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"pod": name}},
+        "spec": {"nodeName": "n0", "containers": [{"name": "c", "ports": [
+            {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"}]}]},
+        "status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
+    })
+}
+
+/// "should allow ingress access on one named port": pods labelled pod=a in
+/// x take connections to `serve-80-tcp` from namespace y only.
+pub fn allow_named_port_from_y() -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-y-named", "namespace": "x"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                         "ports": [{"port": "serve-80-tcp"}]}],
+        },
+    })
+}
+
+impl Lab {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut cluster =
+            Cluster::new(ClusterSpec::dataplane(1, PODS.len()).with_real_plugin(MainPlugin::Ptp))?;
+        let kubeconfig: PathBuf = cluster.workdir().join("kubeconfig");
+        let node = &mut cluster.nodes[0];
+        let api = FakeApiServer::start(&node.netns)?;
+        api.write_kubeconfig(&kubeconfig)?;
+        api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
+        for name in ["x", "y"] {
+            api.apply(Resource::Namespaces, namespace(name));
+        }
+        for ((namespace, name), pod_of_node) in PODS.iter().zip(&node.pods) {
+            api.apply(Resource::Pods, pod(namespace, name, pod_of_node.ip));
+        }
+        let servers = node
+            .pods
+            .iter()
+            .map(|pod| EchoServers::start(&pod.netns, pod.ip, PORTS, 1, None))
+            .collect::<anyhow::Result<_>>()?;
+        node.follow_kubernetes(&kubeconfig, "")?;
+        Ok(Self {
+            cluster,
+            api,
+            _servers: servers,
+        })
+    }
+
+    /// Whether pod `from` gets an answer from pod `to` at `port` over TCP.
+    pub fn reaches(&self, from: usize, to: usize, port: u16) -> bool {
+        let pods = &self.node().pods;
+        let address = SocketAddr::from((pods[to].ip, port));
+        echo_once(&pods[from].netns, address, PROBE_TIMEOUT).is_ok()
+    }
+
+    /// Every ordered pair of pods at `port`, as the upstream suite prints it
+    /// (X: reached, .: not).
+    pub fn truth_table(&self, port: u16) -> Vec<Vec<bool>> {
+        (0..PODS.len())
+            .map(|from| {
+                (0..PODS.len())
+                    .map(|to| self.reaches(from, to, port))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Waits until the truth table at `port` is `wanted` (rows: from, in
+    /// `PODS` order); both tables printed whole if it never is.
+    pub fn until_reachability(&self, port: u16, wanted: [[bool; 3]; 3]) -> anyhow::Result<()> {
+        let wanted: Vec<Vec<bool>> = wanted.iter().map(|row| row.to_vec()).collect();
+        let matched = eventually(WATCH_TIMEOUT, || Ok(self.truth_table(port) == wanted))?;
+        if !matched {
+            let print = |table: &[Vec<bool>]| {
+                let mut text = String::from("      x/a y/b x/c\n");
+                for ((namespace, name), row) in PODS.iter().zip(table) {
+                    text.push_str(&format!("{namespace}/{name}  "));
+                    for cell in row {
+                        text.push_str(if *cell { " X  " } else { " .  " });
+                    }
+                    text.push('\n');
+                }
+                text
+            };
+            anyhow::bail!(
+                "reachability at port {port} not as expected in {WATCH_TIMEOUT:?}\nexpected:\n{}\
+                 observed:\n{}\npolicy list:\n{}\n{}",
+                print(&wanted),
+                print(&self.truth_table(port)),
+                self.node().cli(&["policy", "list"])?,
+                self.node().agent_log()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.cluster.nodes[0]
+    }
+
+    pub fn explain(&self, from: usize, to: usize, port: &str) -> anyhow::Result<String> {
+        let pods = &self.node().pods;
+        self.node().cli(&[
+            "policy",
+            "explain",
+            "--from",
+            &pods[from].ip.to_string(),
+            "--to",
+            &pods[to].ip.to_string(),
+            "--port",
+            port,
+        ])
+    }
+
+    /// Waits until `explain` from pod `from` to pod `to` at `port`
+    /// satisfies `wanted`.
+    pub fn until_explained(
+        &self,
+        (from, to, port): (usize, usize, &str),
+        wanted: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<()> {
+        let reached = eventually(WATCH_TIMEOUT, || Ok(wanted(&self.explain(from, to, port)?)))?;
+        anyhow::ensure!(
+            reached,
+            "not in {WATCH_TIMEOUT:?}: {}\n{}",
+            self.explain(from, to, port)?,
+            self.node().agent_log()
+        );
+        Ok(())
+    }
+}
+
+/// Every pod reaches every pod.
+pub const ALL: [[bool; 3]; 3] = [[true; 3]; 3];
+
+/// A NetworkPolicy of `namespace` with `spec`.
+pub fn policy(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    })
+}

@@ -1,0 +1,174 @@
+//! NetworkPolicy enforced by the programs, probed as the upstream e2e suite
+//! probes it (`dataplane_tests::netpol`): real TCP between pods from the
+//! real `ptp` chain, each test named after the upstream case it ports.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::mpsc,
+    time::Duration,
+};
+
+use dataplane_tests::{
+    kube_api::Resource,
+    netpol::{ALL, Lab, PROBE_TIMEOUT, allow_named_port_from_y, policy},
+    traffic::{echo_once, in_netns, joined},
+};
+use serde_json::json;
+
+#[test]
+fn should_support_a_default_deny_ingress_policy() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.until_reachability(80, ALL)?;
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+    );
+    // Nothing reaches x's pods (x/a, x/c), not even from their own
+    // namespace or themselves through their veth; y/b is reached by all.
+    let into_y_only = [
+        [true, true, false],
+        [false, true, false],
+        [false, true, true],
+    ];
+    lab.until_reachability(80, into_y_only)?;
+    lab.until_reachability(81, into_y_only)?;
+    // The node itself always reaches them (kubelet's probes).
+    let node = lab.node();
+    let to_a = SocketAddr::from((node.pods[0].ip, 80));
+    echo_once(&node.netns, to_a, PROBE_TIMEOUT)?;
+    let counters = node.cli(&["counters"])?;
+    assert!(counters.contains("policy_ingress"), "{counters}");
+    Ok(())
+}
+
+#[test]
+fn should_stop_enforcing_policies_after_they_are_deleted() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+    );
+    lab.until_reachability(
+        80,
+        [
+            [true, true, false],
+            [false, true, false],
+            [false, true, true],
+        ],
+    )?;
+    lab.api.delete(Resource::NetworkPolicies, "x/deny-ingress");
+    lab.until_reachability(80, ALL)
+}
+
+#[test]
+fn should_allow_ingress_access_on_one_named_port() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.api
+        .apply(Resource::NetworkPolicies, allow_named_port_from_y());
+    // x/a takes serve-80-tcp from y/b only (and itself: a pod's traffic to
+    // its own address never leaves it, as upstream's AllowLoopback has it);
+    // nothing at 81; x/c is open.
+    lab.until_reachability(
+        80,
+        [[true, true, true], [true, true, true], [false, true, true]],
+    )?;
+    lab.until_reachability(
+        81,
+        [[true, true, true], [false, true, true], [false, true, true]],
+    )
+}
+
+#[test]
+fn should_enforce_egress_policy_and_let_replies_through() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    // y/b may open nothing; what others open to it is answered (the
+    // replies leave a pod isolated for egress).
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "y",
+            "deny-egress",
+            json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+        ),
+    );
+    lab.until_reachability(
+        80,
+        [[true, true, true], [false, true, false], [true, true, true]],
+    )?;
+    // Egress to x's pods at 81 allowed again, by podSelector and
+    // namespaceSelector together.
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "y",
+            "allow-to-x-81",
+            json!({
+                "podSelector": {"matchLabels": {"pod": "b"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
+                                    "podSelector": {"matchLabels": {"pod": "a"}}}],
+                            "ports": [{"port": 81, "protocol": "TCP"}]}],
+            }),
+        ),
+    );
+    lab.until_reachability(
+        81,
+        [[true, true, true], [true, true, false], [true, true, true]],
+    )?;
+    lab.until_reachability(
+        80,
+        [[true, true, true], [false, true, false], [true, true, true]],
+    )
+}
+
+#[test]
+fn should_enforce_updated_policy_on_established_connections() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.until_reachability(80, ALL)?;
+    // y/b holds a connection to x/a, answered once before the policy.
+    let (go_on, told) = mpsc::channel::<()>();
+    let to_a = SocketAddr::from((lab.node().pods[0].ip, 80));
+    let connection = in_netns(&lab.node().pods[1].netns, move || {
+        let mut stream = TcpStream::connect_timeout(&to_a, PROBE_TIMEOUT)?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut answer = [0u8; 64];
+        stream.write_all(&[1; 64])?;
+        stream.read_exact(&mut answer)?;
+        told.recv()?;
+        stream.write_all(&[1; 64])?;
+        Ok(stream.read_exact(&mut answer).is_ok())
+    });
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+    );
+    lab.until_reachability(
+        80,
+        [
+            [true, true, false],
+            [false, true, false],
+            [false, true, true],
+        ],
+    )?;
+    go_on.send(())?;
+    let answered = joined(connection)?;
+    // Cut, as Cilium cuts them: a connection is judged again after a change.
+    assert!(
+        !answered,
+        "an established connection outlived the policy denying it"
+    );
+    Ok(())
+}
