@@ -22,7 +22,7 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
-    Counter, FlowKey, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL, POLICY_RULE_FIXED_BITS,
+    Counter, FlowKey, HAIRPIN_SOURCE, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL, POLICY_RULE_FIXED_BITS,
     POLICY_WORLD, PolicyClassKey, PolicyFlow, PolicyRuleKey, PolicySubjectKey, ip_protocol,
     policy_direction, policy_flow_end as flow_end, policy_table,
 };
@@ -188,13 +188,19 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
     let egress = direction == policy_direction::EGRESS;
     // Records are the pod's own (another pod of the node judges the same
     // connection by its own): marked by the pod's end of their key.
+    // The pod as it sent the packet (a connection to itself through a
+    // Service leaves with the hairpin source), the peer as it is now.
     let (pod, peer, own_end, other_end) = if egress {
-        let key = &scratch.after.key;
-        (key.src, key.dst, flow_end::SOURCE, flow_end::DESTINATION)
+        let (sent, now) = (&scratch.before.key, &scratch.after.key);
+        (sent.src, now.dst, flow_end::SOURCE, flow_end::DESTINATION)
     } else {
         let key = &scratch.after.key;
         (key.dst, key.src, flow_end::DESTINATION, flow_end::SOURCE)
     };
+    // A pod's connections to itself (through its Service) follow no
+    // policy, as its loopback traffic does not (upstream's AllowLoopback);
+    // they are recorded all the same, for their replies.
+    let loopback = peer == pod || peer == HAIRPIN_SOURCE;
     scratch.subject = PolicySubjectKey {
         address: pod,
         table,
@@ -236,7 +242,7 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
     } else {
         subject.ingress
     };
-    if isolated != 0 && !allows(scratch, subject.id, judged, peer, port) {
+    if isolated != 0 && !loopback && !allows(scratch, subject.id, judged, peer, port) {
         return Err(if egress {
             Counter::DropPolicyEgress
         } else {

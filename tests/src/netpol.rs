@@ -1,6 +1,7 @@
 //! The upstream NetworkPolicy e2e method (kubernetes
 //! `test/e2e/network/netpol`) on one node: namespaces x and y, pods a, b, c
-//! from the real `ptp` chain (IPv6 left on) each serving TCP `PORTS`,
+//! from the real `ptp` chain (IPv6 left on) each serving TCP `PORTS`, each
+//! behind its own ClusterIP Service,
 //! followed by the agent through a Kubernetes API server; probes of every
 //! ordered pair compared to a truth table, printed whole when they differ.
 
@@ -78,8 +79,11 @@ impl Lab {
         for name in ["x", "y"] {
             api.apply(Resource::Namespaces, namespace(name));
         }
-        for ((namespace, name), pod_of_node) in PODS.iter().zip(&node.pods) {
+        for (index, ((namespace, name), pod_of_node)) in PODS.iter().zip(&node.pods).enumerate() {
             api.apply(Resource::Pods, pod(namespace, name, pod_of_node.ip));
+            let (service, slice) = service(index, pod_of_node.ip);
+            api.apply(Resource::Services, service);
+            api.apply(Resource::EndpointSlices, slice);
         }
         let servers = node
             .pods
@@ -94,20 +98,24 @@ impl Lab {
         })
     }
 
-    /// Whether pod `from` gets an answer from pod `to` at `port` over TCP.
-    pub fn reaches(&self, from: usize, to: usize, port: u16) -> bool {
+    /// Whether pod `from` gets an answer from pod `to` (or its Service) at
+    /// `port` over TCP.
+    pub fn reaches(&self, from: usize, (to, via): (usize, Via), port: u16) -> bool {
         let pods = &self.node().pods;
-        let address = SocketAddr::from((pods[to].ip, port));
+        let address = match via {
+            Via::Pod => SocketAddr::from((pods[to].ip, port)),
+            Via::Service => SocketAddr::from((cluster_ip(to), port)),
+        };
         echo_once(&pods[from].netns, address, PROBE_TIMEOUT).is_ok()
     }
 
     /// Every ordered pair of pods at `port`, as the upstream suite prints it
     /// (X: reached, .: not).
-    pub fn truth_table(&self, port: u16) -> Vec<Vec<bool>> {
+    pub fn truth_table(&self, via: Via, port: u16) -> Vec<Vec<bool>> {
         (0..PODS.len())
             .map(|from| {
                 (0..PODS.len())
-                    .map(|to| self.reaches(from, to, port))
+                    .map(|to| self.reaches(from, (to, via), port))
                     .collect()
             })
             .collect()
@@ -116,8 +124,18 @@ impl Lab {
     /// Waits until the truth table at `port` is `wanted` (rows: from, in
     /// `PODS` order); both tables printed whole if it never is.
     pub fn until_reachability(&self, port: u16, wanted: [[bool; 3]; 3]) -> anyhow::Result<()> {
+        self.until_reachability_via(Via::Pod, port, wanted)
+    }
+
+    /// As `until_reachability`, to each pod `via` its address or Service.
+    pub fn until_reachability_via(
+        &self,
+        via: Via,
+        port: u16,
+        wanted: [[bool; 3]; 3],
+    ) -> anyhow::Result<()> {
         let wanted: Vec<Vec<bool>> = wanted.iter().map(|row| row.to_vec()).collect();
-        let matched = eventually(WATCH_TIMEOUT, || Ok(self.truth_table(port) == wanted))?;
+        let matched = eventually(WATCH_TIMEOUT, || Ok(self.truth_table(via, port) == wanted))?;
         if !matched {
             let print = |table: &[Vec<bool>]| {
                 let mut text = String::from("      x/a y/b x/c\n");
@@ -131,10 +149,10 @@ impl Lab {
                 text
             };
             anyhow::bail!(
-                "reachability at port {port} not as expected in {WATCH_TIMEOUT:?}\nexpected:\n{}\
-                 observed:\n{}\npolicy list:\n{}\n{}",
+                "reachability ({via:?}) at port {port} not as expected in {WATCH_TIMEOUT:?}\n\
+                 expected:\n{}observed:\n{}\npolicy list:\n{}\n{}",
                 print(&wanted),
-                print(&self.truth_table(port)),
+                print(&self.truth_table(via, port)),
                 self.node().cli(&["policy", "list"])?,
                 self.node().agent_log()
             );
@@ -176,6 +194,53 @@ impl Lab {
         );
         Ok(())
     }
+}
+
+/// How a probe addresses its destination pod.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// Its address.
+    Pod,
+    /// Its own ClusterIP Service (`cluster_ip`), as upstream's probes do.
+    Service,
+}
+
+/// The ClusterIP of pod `index`'s Service.
+pub fn cluster_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, 0, 10 + index as u8)
+}
+
+/// Pod `index`'s Service (`s-<pod>` in its namespace: every port of
+/// `PORTS`, to the same port of the pod) and its EndpointSlice.
+fn service(index: usize, ip: Ipv4Addr) -> (Value, Value) {
+    let (namespace, name) = PODS[index];
+    let service_name = format!("s-{name}");
+    let ports: Vec<Value> = PORTS
+        .iter()
+        .map(|port| json!({"name": format!("p{port}"), "port": port, "protocol": "TCP",
+                           "targetPort": port}))
+        .collect();
+    let slice_ports: Vec<Value> = PORTS
+        .iter()
+        .map(|port| json!({"name": format!("p{port}"), "port": port, "protocol": "TCP"}))
+        .collect();
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": service_name, "namespace": namespace,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip(index).to_string(),
+                 "clusterIPs": [cluster_ip(index).to_string()], "ports": ports},
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service_name}-a"), "namespace": namespace,
+                     "labels": {"kubernetes.io/service-name": service_name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip.to_string()],
+                       "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": slice_ports,
+    });
+    (service, slice)
 }
 
 /// Every pod reaches every pod.

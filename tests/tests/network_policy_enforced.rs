@@ -11,7 +11,7 @@ use std::{
 
 use dataplane_tests::{
     kube_api::Resource,
-    netpol::{ALL, Lab, PROBE_TIMEOUT, allow_named_port_from_y, policy},
+    netpol::{ALL, Lab, PROBE_TIMEOUT, Via, allow_named_port_from_y, policy},
     traffic::{echo_once, in_netns, joined},
 };
 use serde_json::json;
@@ -171,4 +171,38 @@ fn should_enforce_updated_policy_on_established_connections() -> anyhow::Result<
         "an established connection outlived the policy denying it"
     );
     Ok(())
+}
+
+#[test]
+fn should_enforce_policies_on_the_backend_a_service_translates_to() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.until_reachability_via(Via::Service, 80, ALL)?;
+    // x/a takes connections at 80 from y/b only; y/b may open connections
+    // to x/a at 80 only: to the ClusterIP of x/a's Service, judged on the
+    // backend (x/a, port 80) on both sides.
+    lab.api
+        .apply(Resource::NetworkPolicies, allow_named_port_from_y());
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy("y", "to-a-80", json!({
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
+                                "podSelector": {"matchLabels": {"pod": "a"}}}],
+                        "ports": [{"port": 80, "protocol": "TCP"}]}],
+        })),
+    );
+    // A pod reaches itself through its own Service (a hairpin) whatever
+    // its policies, as it reaches its own address (upstream's
+    // AllowLoopback).
+    lab.until_reachability_via(
+        Via::Service,
+        80,
+        [[true, true, true], [true, true, false], [false, true, true]],
+    )?;
+    lab.until_reachability_via(
+        Via::Service,
+        81,
+        [[true, true, true], [false, true, false], [false, true, true]],
+    )
 }
