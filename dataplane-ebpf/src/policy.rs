@@ -22,9 +22,9 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
-    Counter, FlowKey, HAIRPIN_SOURCE, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL, POLICY_RULE_FIXED_BITS,
-    POLICY_WORLD, PolicyClassKey, PolicyFlow, PolicyRuleKey, PolicySubjectKey, ip_protocol,
-    policy_direction, policy_flow_end as flow_end, policy_table,
+    Counter, FlowKey, HAIRPIN_SOURCE, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL,
+    POLICY_RULE_FIXED_BITS, POLICY_WORLD, PolicyClassKey, PolicyFlow, PolicyRuleKey,
+    PolicySubjectKey, ip_protocol, policy_direction, policy_flow_end as flow_end, policy_table,
 };
 use network_types::ip::Ipv4Hdr;
 

@@ -43,12 +43,15 @@ pub fn namespace(name: &str) -> Value {
            "metadata": {"name": name, "labels": {"ns": name}}})
 }
 
+/// Pod `namespace/name` at `ip`, labelled pod=`name`, its container ports
+/// named as upstream names them (serve-80-tcp, serve-81-tcp).
 pub fn pod(namespace: &str, name: &str, ip: Ipv4Addr) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"pod": name}},
         "spec": {"nodeName": "n0", "containers": [{"name": "c", "ports": [
-            {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"}]}]},
+            {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
+            {"name": "serve-81-tcp", "containerPort": 81, "protocol": "TCP"}]}]},
         "status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
     })
 }
@@ -160,6 +163,25 @@ impl Lab {
         Ok(())
     }
 
+    /// Pod `index` with `labels` besides its pod=<name>.
+    pub fn relabel_pod(&self, index: usize, labels: Value) {
+        let (namespace, name) = PODS[index];
+        let mut object = pod(namespace, name, self.node().pods[index].ip);
+        for (key, value) in labels.as_object().into_iter().flatten() {
+            object["metadata"]["labels"][key] = value.clone();
+        }
+        self.api.apply(Resource::Pods, object);
+    }
+
+    /// Namespace `name` with `labels` besides its ns=<name>.
+    pub fn relabel_namespace(&self, name: &str, labels: Value) {
+        let mut object = namespace(name);
+        for (key, value) in labels.as_object().into_iter().flatten() {
+            object["metadata"]["labels"][key] = value.clone();
+        }
+        self.api.apply(Resource::Namespaces, object);
+    }
+
     pub fn node(&self) -> &Node {
         &self.cluster.nodes[0]
     }
@@ -217,8 +239,10 @@ fn service(index: usize, ip: Ipv4Addr) -> (Value, Value) {
     let service_name = format!("s-{name}");
     let ports: Vec<Value> = PORTS
         .iter()
-        .map(|port| json!({"name": format!("p{port}"), "port": port, "protocol": "TCP",
-                           "targetPort": port}))
+        .map(|port| {
+            json!({"name": format!("p{port}"), "port": port, "protocol": "TCP",
+                           "targetPort": port})
+        })
         .collect();
     let slice_ports: Vec<Value> = PORTS
         .iter()

@@ -184,13 +184,17 @@ fn should_enforce_policies_on_the_backend_a_service_translates_to() -> anyhow::R
         .apply(Resource::NetworkPolicies, allow_named_port_from_y());
     lab.api.apply(
         Resource::NetworkPolicies,
-        policy("y", "to-a-80", json!({
-            "podSelector": {},
-            "policyTypes": ["Egress"],
-            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
-                                "podSelector": {"matchLabels": {"pod": "a"}}}],
-                        "ports": [{"port": 80, "protocol": "TCP"}]}],
-        })),
+        policy(
+            "y",
+            "to-a-80",
+            json!({
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
+                                    "podSelector": {"matchLabels": {"pod": "a"}}}],
+                            "ports": [{"port": 80, "protocol": "TCP"}]}],
+            }),
+        ),
     );
     // A pod reaches itself through its own Service (a hairpin) whatever
     // its policies, as it reaches its own address (upstream's
@@ -203,6 +207,10 @@ fn should_enforce_policies_on_the_backend_a_service_translates_to() -> anyhow::R
     lab.until_reachability_via(
         Via::Service,
         81,
-        [[true, true, true], [false, true, false], [false, true, true]],
+        [
+            [true, true, true],
+            [false, true, false],
+            [false, true, true],
+        ],
     )
 }
