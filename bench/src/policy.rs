@@ -5,17 +5,13 @@
 //! judged in full (a class lookup, the entry lookups) at every run, and
 //! allowed by the last entry, so it is forwarded as before.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::bail;
-use dataplane_common::{
-    POLICY_TABLE_BIT, PolicyClassKey, PolicyRuleKey, PolicySubject, PolicySubjectKey, ip_protocol,
-    names, policy_direction, policy_rule_prefix,
-};
-use dataplane_tests::test_run::{
-    Fixture, POD_A_IP, POD_B_IP, TC_ACT_REDIRECT, ipv4_packet, node_config, tcp,
-};
-use dataplane_user::maps::PolicyTable;
+use dataplane_common::{ip_protocol, names};
+use dataplane_tests::test_run::{Fixture, POD_A_IP, POD_B_IP, TC_ACT_REDIRECT, ipv4_packet, tcp};
+use dataplane_user::model::policy::{Allowed, CompiledPolicy, Direction, Subject};
+use ipnetwork::IpNetwork;
 
 use crate::{
     Progress, Settings,
@@ -108,63 +104,38 @@ const TCP_ACK: u8 = 0x10;
 /// Pod A isolated for egress with `entries` allowed entries (the last one
 /// allowing pod B at `PORT`), or no pod isolated.
 fn set_policy(fixture: &mut Fixture, entries: Option<u32>) -> anyhow::Result<()> {
-    let mut config = node_config();
-    let wanted = entries.map_or_else(PolicyTable::default, policy_table);
-    config.policy = u8::from(wanted.isolates());
-    let mut current = fixture.maps.policy.programmed()?[0].clone();
-    if let Err(partial) = fixture.maps.policy.write(&mut current, &wanted) {
-        bail!("the benchmark's policy does not fit: {}", partial.error);
-    }
-    fixture.maps.set_node_config(config)?;
-    Ok(())
+    fixture.set_policy(&entries.map_or_else(CompiledPolicy::default, isolating_pod_a))
 }
 
-/// Table 0 of a policy isolating pod A for egress with `entries` entries,
-/// each to its own /32 peer (its own class); the last is pod B's.
-fn policy_table(entries: u32) -> PolicyTable {
-    let mut table = PolicyTable::default();
-    let subject = 1u32 & !POLICY_TABLE_BIT;
-    table.subjects.insert(
-        PolicySubjectKey {
-            address: POD_A_IP.octets(),
-            table: 0,
-            _pad: [0; 3],
-        },
-        PolicySubject {
-            id: subject,
-            ingress: 0,
-            egress: 1,
-            _pad: [0; 2],
-        },
-    );
+/// Pod A isolated for egress with `entries` entries, each to its own /32
+/// peer (its own class); the last is pod B's.
+fn isolating_pod_a(entries: u32) -> CompiledPolicy {
+    let mut compiled = CompiledPolicy::default();
+    let subject = Subject {
+        id: 1,
+        ingress: false,
+        egress: true,
+    };
+    compiled.subjects.insert(POD_A_IP.into(), subject);
     for class in 1..=entries {
         let peer = if class == entries {
             POD_B_IP
         } else {
             Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + class)
         };
-        table.classes.insert(
-            (
-                8 + 32,
-                PolicyClassKey {
-                    table: 0,
-                    address: peer.octets(),
-                },
-            ),
+        compiled
+            .classes
+            .insert(IpNetwork::from(IpAddr::from(peer)), class);
+        compiled.allowed.insert(Allowed {
+            subject: subject.id,
+            direction: Direction::Egress,
             class,
-        );
-        table.rules.insert((
-            policy_rule_prefix(16),
-            PolicyRuleKey {
-                subject: subject.to_be_bytes(),
-                class: class.to_be_bytes(),
-                direction: policy_direction::EGRESS,
-                protocol: ip_protocol::TCP,
-                port: PORT.to_be_bytes(),
-            },
-        ));
+            protocol: ip_protocol::TCP,
+            port: PORT,
+            port_bits: 16,
+        });
     }
-    table
+    compiled
 }
 
 /// The from-pod program's average run time on `packet`, in nanoseconds.

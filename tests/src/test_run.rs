@@ -12,12 +12,12 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use dataplane_common::{
-    Endpoint, Ipv4Cidr, MAX_NAT_CONNECTIONS, NodeConfig, PORT_SHARE_WHOLE, names,
+    Endpoint, Ipv4Cidr, MAX_NAT_CONNECTIONS, NodeConfig, PORT_SHARE_WHOLE, names, policy_table,
 };
 use dataplane_user::{
     loader::{self, classifier},
-    maps::{Maps, ProgrammedNode},
-    model::NodePath,
+    maps::{Maps, PolicyTable, ProgrammedNode},
+    model::{NodePath, policy::CompiledPolicy},
 };
 use etherparse::{
     ArpEthIpv4Packet, ArpOperation, Icmpv4Header, Icmpv4Type, IpHeaders, IpNumber, Ipv4Header,
@@ -143,6 +143,31 @@ impl Fixture {
     pub fn pinned_map(&self, name: &str) -> anyhow::Result<aya::maps::MapData> {
         let path = loader::pin_directory(&self.pin_root).join(name);
         aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// Writes `compiled` into the policy table the programs do not read,
+    /// then switches them to it, as the agent does.
+    pub fn set_policy(&mut self, compiled: &CompiledPolicy) -> anyhow::Result<()> {
+        let config = self.maps.node_config()?;
+        let generation = config.policy_generation.wrapping_add(1);
+        let idle = policy_table(generation);
+        let wanted = PolicyTable::of(compiled, idle);
+        self.write_policy_table(idle, &wanted)?;
+        self.maps.set_node_config(NodeConfig {
+            policy: u8::from(wanted.isolates()),
+            policy_generation: generation,
+            ..config
+        })?;
+        Ok(())
+    }
+
+    /// Brings policy table `table` to `wanted` (the switch left alone).
+    pub fn write_policy_table(&mut self, table: u8, wanted: &PolicyTable) -> anyhow::Result<()> {
+        let mut current = self.maps.policy.programmed()?[usize::from(table)].clone();
+        self.maps
+            .policy
+            .write(&mut current, wanted)
+            .map_err(|partial| anyhow::anyhow!("policy not written whole: {}", partial.error))
     }
 
     pub fn counter(&self, name: &str) -> u64 {
