@@ -4,11 +4,10 @@
 //! protocol and port, replies on records, a change judging connections
 //! again, the table switch.
 
-use std::net::Ipv4Addr;
-
 use dataplane_common::{ip_protocol, names};
 use dataplane_tests::test_run::{
-    Fixture, POD_A_IP, POD_B_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, ipv4_packet, tcp, udp,
+    Fixture, NODE_IP, POD_A_IP, POD_B_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, ipv4_packet,
+    tcp, udp,
 };
 use dataplane_user::model::policy::{CompiledPolicy, PodFacts, PolicyWorld};
 use serde_json::json;
@@ -130,10 +129,10 @@ fn replies_pass_on_records_and_a_change_judges_connections_again() -> anyhow::Re
     assert_eq!(fixture.counter("drop_policy_ingress"), drops + 1);
     // The node's own packets always reach it (kubelet's probes).
     let probe = ipv4_packet(
-        Ipv4Addr::new(192, 0, 2, 10),
+        NODE_IP,
         POD_A_IP,
         ip_protocol::TCP,
-        &tcp((Ipv4Addr::new(192, 0, 2, 10), 33_000), (POD_A_IP, 80), SYN),
+        &tcp((NODE_IP, 33_000), (POD_A_IP, 80), SYN),
     );
     assert_eq!(fixture.run_program(to_pod, &probe).0, TC_ACT_OK);
     Ok(())
