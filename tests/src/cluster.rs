@@ -529,13 +529,19 @@ impl Node {
 
     /// Adds a pod through the node's CNI chain, as a runtime would.
     pub fn add_cni_pod(&mut self) -> anyhow::Result<&Pod> {
+        self.add_kubernetes_pod(None)
+    }
+
+    /// As `add_cni_pod`, the runtime naming the Kubernetes pod (namespace,
+    /// name) it is.
+    pub fn add_kubernetes_pod(&mut self, name: Option<(&str, &str)>) -> anyhow::Result<&Pod> {
         let network = self
             .cni
             .as_ref()
             .context("this node makes its pods by hand, not through CNI")?;
         let number = self.pods.len();
         let netns = Netns::create(format!("{}{number}", self.pod_prefix))?;
-        let result = network.add(&format!("pod{number}"), &netns, "eth0")?;
+        let result = network.add_named(&format!("pod{number}"), &netns, "eth0", name)?;
         let ip = cni::pod_ip(&result)?;
         let mac = netns.mac_of("eth0")?;
         self.pods.push(Pod {

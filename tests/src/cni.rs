@@ -200,12 +200,30 @@ impl CniNetwork {
     /// ADD through the whole chain, as a runtime does; on failure the chain
     /// is deleted again. Returns the final result.
     pub fn add(&self, container_id: &str, pod: &Netns, ifname: &str) -> anyhow::Result<Value> {
+        self.add_named(container_id, pod, ifname, None)
+    }
+
+    /// As `add`, naming the Kubernetes pod (namespace, name) in CNI_ARGS as
+    /// kubelet's runtimes do.
+    pub fn add_named(
+        &self,
+        container_id: &str,
+        pod: &Netns,
+        ifname: &str,
+        kubernetes_pod: Option<(&str, &str)>,
+    ) -> anyhow::Result<Value> {
         let netns = pod.path();
+        let args = kubernetes_pod.map(|(namespace, name)| {
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}")
+        });
         let mut result: Option<Value> = None;
         for plugin in self.plugins() {
             let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
             let stdin = self.plugin_config(&plugin, result.as_ref()).to_string();
-            let environment = environment("ADD", container_id, &netns, ifname);
+            let mut environment = environment("ADD", container_id, &netns, ifname).to_vec();
+            if let Some(args) = &args {
+                environment.push(("CNI_ARGS", args));
+            }
             match self.exec(&plugin_type, &environment, &stdin) {
                 Ok(output) => result = Some(output),
                 Err(error) => {

@@ -10,9 +10,10 @@ use std::{
 };
 
 use dataplane_tests::{
+    eventually,
     kube_api::Resource,
-    netpol::{ALL, Lab, PROBE_TIMEOUT, Via, allow_named_port_from_y, policy},
-    traffic::{echo_once, in_netns, joined},
+    netpol::{ALL, Lab, PROBE_TIMEOUT, Via, WATCH_TIMEOUT, allow_named_port_from_y, pod, policy},
+    traffic::{EchoServers, echo_once, in_netns, joined},
 };
 use serde_json::json;
 
@@ -213,4 +214,61 @@ fn should_enforce_policies_on_the_backend_a_service_translates_to() -> anyhow::R
             [false, true, true],
         ],
     )
+}
+
+#[test]
+fn a_new_pod_a_policy_selects_is_isolated_from_its_first_packet() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+    );
+    lab.until_reachability(
+        80,
+        [
+            [true, true, false],
+            [false, true, false],
+            [false, true, true],
+        ],
+    )?;
+    // x/late's runtime names it at ADD; the API server has not told about
+    // it yet (its object, let alone its address): isolated both ways.
+    let node = &mut lab.cluster.nodes[0];
+    let late_ip = node.add_kubernetes_pod(Some(("x", "late")))?.ip;
+    let late_netns_index = node.pods.len() - 1;
+    let _late_server =
+        EchoServers::start(&node.pods[late_netns_index].netns, late_ip, [80], 1, None)?;
+    let node = lab.node();
+    let (b, late) = (&node.pods[1], &node.pods[late_netns_index]);
+    let to_late = SocketAddr::from((late_ip, 80));
+    let to_b = SocketAddr::from((b.ip, 80));
+    let drops = node.counter("drop_policy_ingress")?;
+    assert!(
+        echo_once(&b.netns, to_late, PROBE_TIMEOUT).is_err(),
+        "x/late was open at its first packet"
+    );
+    assert!(
+        node.counter("drop_policy_ingress")? > drops,
+        "not refused by its policy"
+    );
+    assert!(echo_once(&late.netns, to_b, PROBE_TIMEOUT).is_err());
+    // Known now: isolated for ingress only, as x's policy says.
+    lab.api.apply(Resource::Pods, pod("x", "late", late_ip));
+    let opened = eventually(WATCH_TIMEOUT, || {
+        Ok(echo_once(&late.netns, to_b, PROBE_TIMEOUT).is_ok())
+    })?;
+    assert!(opened, "{}", node.cli(&["policy", "list"])?);
+    assert!(echo_once(&b.netns, to_late, PROBE_TIMEOUT).is_err());
+    // A new pod of a namespace without policies is open at once.
+    let node = &mut lab.cluster.nodes[0];
+    let free = node.add_kubernetes_pod(Some(("y", "free")))?;
+    let free_ip = free.ip;
+    let _free_server = EchoServers::start(&free.netns, free_ip, [80], 1, None)?;
+    let b = &lab.node().pods[1];
+    echo_once(&b.netns, SocketAddr::from((free_ip, 80)), PROBE_TIMEOUT)?;
+    Ok(())
 }
