@@ -336,11 +336,21 @@ impl Node {
     /// `kubeconfig`; `nat` is more of the config's `[nat]` section (the
     /// file ends in it).
     pub fn follow_kubernetes(&mut self, kubeconfig: &Path, nat: &str) -> anyhow::Result<()> {
+        self.follow_kubernetes_as("n0", kubeconfig, nat)
+    }
+
+    /// As `follow_kubernetes`, the agent being the node `node_name`.
+    pub fn follow_kubernetes_as(
+        &mut self,
+        node_name: &str,
+        kubeconfig: &Path,
+        nat: &str,
+    ) -> anyhow::Result<()> {
         self.stop_agent(Signal::SIGTERM);
         let config = std::fs::read_to_string(&self.config)?;
         std::fs::write(
             &self.config,
-            format!("{config}{nat}\n[kubernetes]\nenabled = true\nnode_name = \"n0\"\n"),
+            format!("{config}{nat}\n[kubernetes]\nenabled = true\nnode_name = \"{node_name}\"\n"),
         )?;
         self.agent_environment
             .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));

@@ -234,7 +234,7 @@ pub fn cluster_ip(index: usize) -> Ipv4Addr {
 
 /// Pod `index`'s Service (`s-<pod>` in its namespace: every port of
 /// `PORTS`, to the same port of the pod) and its EndpointSlice.
-fn service(index: usize, ip: Ipv4Addr) -> (Value, Value) {
+pub fn service(index: usize, ip: Ipv4Addr) -> (Value, Value) {
     let (namespace, name) = PODS[index];
     let service_name = format!("s-{name}");
     let ports: Vec<Value> = PORTS
