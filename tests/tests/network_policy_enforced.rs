@@ -44,6 +44,8 @@ fn should_support_a_default_deny_ingress_policy() -> anyhow::Result<()> {
     echo_once(&node.netns, to_a, PROBE_TIMEOUT)?;
     let counters = node.cli(&["counters"])?;
     assert!(counters.contains("policy_ingress"), "{counters}");
+    let status = node.cli(&["status"])?;
+    assert!(status.contains("enforced: 2 pods isolated"), "{status}");
     Ok(())
 }
 

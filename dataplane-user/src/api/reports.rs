@@ -118,6 +118,9 @@ pub struct Status {
     pub uptime_seconds: u64,
     /// Seconds since the node map was last reconciled with a source.
     pub last_reconcile_seconds_ago: u64,
+    /// How NetworkPolicy stands (none without a policy source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -120,6 +120,9 @@ pub fn print_text(response: &Response) {
                 None => println!("masquerade:    off"),
             }
             println!("sources:       {}", status.sources.join(", "));
+            if let Some(policy) = &status.policy {
+                println!("policy:        {policy}");
+            }
             println!(
                 "agent:         up {} s, node map reconciled {} s ago",
                 status.uptime_seconds, status.last_reconcile_seconds_ago

@@ -36,6 +36,17 @@ impl Dataplane {
         &self.policy_tables[usize::from(policy_table(self.policy_switch.generation))]
     }
 
+    /// Entries of both tables together: classes, isolated pods, allowed
+    /// entries (what fills the maps).
+    pub fn policy_entries(&self) -> [usize; 3] {
+        let [first, second] = &self.policy_tables;
+        [
+            first.classes.len() + second.classes.len(),
+            first.subjects.len() + second.subjects.len(),
+            first.rules.len() + second.rules.len(),
+        ]
+    }
+
     /// Writes `wanted` into the table the programs do not read (its keys
     /// carry that table): everything that fits, see `PolicyMaps::write`.
     pub fn write_idle_policy(&mut self, wanted: &PolicyTable) -> Result<(), PartialTable> {

@@ -114,6 +114,34 @@ impl<L: HostLinks> Owner<L> {
         Ok(())
     }
 
+    /// One line for `status`: how NetworkPolicy stands (none while no
+    /// source has given any and no pod is isolated).
+    pub(super) fn policy_status(&self) -> Option<String> {
+        let synced = self
+            .policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .synced;
+        let switch = self.dataplane.policy_switch();
+        let isolated = self.dataplane.active_policy().subjects.len();
+        let health = &self.policy_health;
+        Some(match (&health.problem, synced) {
+            (Some(problem), _) => format!(
+                "NOT PROGRAMMED WHOLE: {} pods allow less than their policies ({problem}); retried",
+                health.partial.len()
+            ),
+            (None, true) => format!(
+                "enforced: {isolated} pods isolated (table generation {})",
+                switch.generation
+            ),
+            (None, false) if switch.isolating => format!(
+                "as pinned: {isolated} pods isolated until the policy source has listed \
+                 everything"
+            ),
+            (None, false) => return None,
+        })
+    }
+
     /// `program_policies`, its failure logged and retried.
     pub(super) fn program_policies_or_retry(&mut self) {
         if let Err(error) = self.program_policies(None) {

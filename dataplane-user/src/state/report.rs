@@ -106,6 +106,7 @@ impl<L: HostLinks> Owner<L> {
             entries,
             capacity: capacity as usize,
         };
+        let [policy_classes, _, policy_rules] = dataplane.policy_entries();
         let direct_nodes = dataplane
             .programmed_nodes()
             .filter(|(_, node)| node.path == NodePath::Direct)
@@ -172,10 +173,21 @@ impl<L: HostLinks> Owner<L> {
                     dataplane.host_addresses().len(),
                     dataplane_common::MAX_HOST_ADDRESSES,
                 ),
+                fill(
+                    "POLICY_CLASSES",
+                    policy_classes,
+                    dataplane_common::MAX_POLICY_CLASSES,
+                ),
+                fill(
+                    "POLICY_RULES",
+                    policy_rules,
+                    dataplane_common::MAX_POLICY_RULES,
+                ),
             ],
             sources: self.facts.sources.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
             last_reconcile_seconds_ago: self.last_reconcile.elapsed().as_secs(),
+            policy: self.policy_status(),
         })
     }
 
