@@ -81,6 +81,7 @@ mod user {
         PolicySubject,
         PolicyRuleKey,
         PolicyFlow,
+        PolicyDrops,
     );
 }
 

@@ -118,6 +118,16 @@ pub struct PolicyFlow {
     pub _pad: u32,
 }
 
+/// Each local pod's packets its policy dropped, by direction: value of
+/// `POLICY_DROPS`, keyed by the pod's address (added to atomically).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyDrops {
+    pub ingress: u64,
+    pub egress: u64,
+}
+
 /// The prefix length of an allowed entry whose port has its leading
 /// `port_bits` bits fixed (0: every port).
 pub const fn policy_rule_prefix(port_bits: u8) -> u32 {

@@ -14,9 +14,9 @@ use dataplane_common::{
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
     MAX_NO_MASQUERADE, MAX_POLICY_CLASSES, MAX_POLICY_FLOWS, MAX_POLICY_RULES, MAX_REMOTE_NODES,
     MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS, MAX_SOURCE_RANGES, MAX_UNASSURED,
-    MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat, PolicyClassKey, PolicyFlow,
-    PolicyRuleKey, PolicySubject, PolicySubjectKey, RemoteNode, ServiceFlow, ServiceKey,
-    ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey, TAIL_CALL_SLOTS,
+    MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat, PolicyClassKey, PolicyDrops,
+    PolicyFlow, PolicyRuleKey, PolicySubject, PolicySubjectKey, RemoteNode, ServiceFlow,
+    ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey, TAIL_CALL_SLOTS,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -146,6 +146,10 @@ pub static POLICY_RULES: LpmTrie<PolicyRuleKey, u8> =
 /// any more give way to new ones.
 #[map(name = "POLICY_FLOWS")]
 pub static POLICY_FLOWS: LruHashMap<FlowKey, PolicyFlow> = LruHashMap::pinned(MAX_POLICY_FLOWS, 0);
+
+/// Each local pod's packets its policy dropped (per-pod metrics).
+#[map(name = "POLICY_DROPS")]
+pub static POLICY_DROPS: HashMap<Ipv4Octets, PolicyDrops> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// Where a policy verdict keeps its keys (one per CPU; not pinned).
 #[map(name = "POLICY_SCRATCH")]

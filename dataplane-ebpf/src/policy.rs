@@ -20,10 +20,10 @@
 // it, they would be copied onto the stack the delivery paths lack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
     Counter, FlowKey, HAIRPIN_SOURCE, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL,
-    POLICY_RULE_FIXED_BITS, POLICY_WORLD, PolicyClassKey, PolicyFlow, PolicyRuleKey,
+    POLICY_RULE_FIXED_BITS, POLICY_WORLD, PolicyClassKey, PolicyDrops, PolicyFlow, PolicyRuleKey,
     PolicySubjectKey, ip_protocol, policy_direction, policy_flow_end as flow_end, policy_table,
 };
 use network_types::ip::Ipv4Hdr;
@@ -31,9 +31,10 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     counters::{Outcome, PackedOutcome},
     maps::{
-        POLICY_CLASSES, POLICY_FLOWS, POLICY_RULES, POLICY_SCRATCH, POLICY_SUBJECTS,
+        POLICY_CLASSES, POLICY_DROPS, POLICY_FLOWS, POLICY_RULES, POLICY_SCRATCH, POLICY_SUBJECTS,
         is_host_address, node_config,
     },
+    nat_share::bump,
     packet::{IP_AT, header},
 };
 
@@ -243,6 +244,7 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
         subject.ingress
     };
     if isolated != 0 && !loopback && !allows(scratch, subject.id, judged, peer, port) {
+        count_drop(pod, egress);
         return Err(if egress {
             Counter::DropPolicyEgress
         } else {
@@ -266,6 +268,30 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
         }
     }
     Ok(())
+}
+
+/// Counts a packet `pod`'s policy dropped, in its row (made at its first).
+#[inline(always)]
+fn count_drop(pod: [u8; 4], egress: bool) {
+    let row = match POLICY_DROPS.get_ptr_mut(pod) {
+        Some(row) => row,
+        None => {
+            let _ = POLICY_DROPS.insert(pod, PolicyDrops::default(), u64::from(BPF_NOEXIST));
+            match POLICY_DROPS.get_ptr_mut(pod) {
+                Some(row) => row,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: a map value valid for this run; fields are aligned u64s.
+    let counter = unsafe {
+        if egress {
+            &raw mut (*row).egress
+        } else {
+            &raw mut (*row).ingress
+        }
+    };
+    bump(counter);
 }
 
 /// Whether an allowed entry of subject `id` matches `peer` and the

@@ -15,6 +15,8 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tracing::info;
 
+use dataplane_common::PolicyDrops;
+
 use crate::{
     api::{CounterEntry, PodNatUsage},
     connections,
@@ -115,6 +117,31 @@ fn pod_nat_families(
         "A pod's new masqueraded connections refused, by reason.",
         MetricType::Counter,
         &refused,
+    )
+}
+
+/// Each pod's packets its NetworkPolicy dropped, by direction.
+fn policy_drop_family(
+    encoder: &mut DescriptorEncoder,
+    pods: &[(String, PolicyDrops)],
+) -> Result<(), std::fmt::Error> {
+    let series: Vec<(Labels, u64)> = pods
+        .iter()
+        .flat_map(|(pod, drops)| {
+            [("ingress", drops.ingress), ("egress", drops.egress)].map(|(direction, value)| {
+                (
+                    vec![("pod", pod.clone()), ("direction", direction.to_string())],
+                    value,
+                )
+            })
+        })
+        .collect();
+    family(
+        encoder,
+        "dataplane_policy_pod_dropped_packets",
+        "Packets a pod's NetworkPolicy dropped, by direction (pod: namespace/name, or its address).",
+        MetricType::Counter,
+        &series,
     )
 }
 
@@ -276,7 +303,8 @@ impl Collector for Scrape {
             "Halves of connections to Services removed by garbage collection.",
             tables.service_tables.expired_total,
         )?;
-        pod_nat_families(&mut encoder, &tables.nat.pods)
+        pod_nat_families(&mut encoder, &tables.nat.pods)?;
+        policy_drop_family(&mut encoder, &tables.policy_drops)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     cni::MainPlugin,
     eventually,
     kube_api::{FakeApiServer, Resource},
-    traffic::{EchoServers, echo_once},
+    traffic::{EchoServers, echo_once, http_get},
 };
 
 /// How long a change in the API may take to reach the agent.
@@ -23,6 +23,9 @@ pub const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a probe waits for its connection (a denied one never gets it).
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// Where the agent serves its metrics, in the node's namespace.
+const METRICS: &str = "127.0.0.1:9464";
 
 /// The ports every pod serves.
 pub const PORTS: [u16; 2] = [80, 81];
@@ -93,6 +96,9 @@ impl Lab {
             .iter()
             .map(|pod| EchoServers::start(&pod.netns, pod.ip, PORTS, 1, None))
             .collect::<anyhow::Result<_>>()?;
+        let config = std::fs::read_to_string(&node.config)?;
+        let with_metrics = format!("[agent]\nmetrics_address = \"{METRICS}\"\n");
+        std::fs::write(&node.config, config.replacen("[agent]\n", &with_metrics, 1))?;
         node.follow_kubernetes(&kubeconfig, "")?;
         Ok(Self {
             cluster,
@@ -161,6 +167,13 @@ impl Lab {
             );
         }
         Ok(())
+    }
+
+    /// The agent's Prometheus metrics, as text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = http_get(&self.node().netns, METRICS.parse()?, "/metrics")?;
+        anyhow::ensure!(status == 200, "metrics answered {status}: {body}");
+        Ok(body)
     }
 
     /// Pod `index` with `labels` besides its pod=<name>.

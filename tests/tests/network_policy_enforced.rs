@@ -46,6 +46,23 @@ fn should_support_a_default_deny_ingress_policy() -> anyhow::Result<()> {
     assert!(counters.contains("policy_ingress"), "{counters}");
     let status = node.cli(&["status"])?;
     assert!(status.contains("enforced: 2 pods isolated"), "{status}");
+    // Per pod, by direction, as metrics.
+    let metrics = lab.metrics()?;
+    let x_a = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("dataplane_policy_pod_dropped_packets_total{")
+                && line.contains("pod=\"x/a\"")
+                && line.contains("direction=\"ingress\"")
+        })
+        .unwrap_or_default();
+    let dropped: u64 = x_a
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    assert!(dropped > 0, "{metrics}");
     Ok(())
 }
 

@@ -94,7 +94,7 @@ fn replies_pass_on_records_and_a_change_judges_connections_again() -> anyhow::Re
     let mut fixture = Fixture::new()?;
     // x/a opens nothing; what others open to it is open.
     let deny_egress = json!({"namespace": "x", "name": "no-egress", "policy_types": ["Egress"]});
-    fixture.set_policy(&compiled(&[deny_egress.clone()]))?;
+    fixture.set_policy(&compiled(std::slice::from_ref(&deny_egress)))?;
     assert_eq!(fixture.run(&tcp_a_to_b(SYN, 80)).0, TC_ACT_SHOT);
     // B opens a connection to A at 80 (at to-pod): recorded; A's answer
     // passes A's egress isolation on that record.

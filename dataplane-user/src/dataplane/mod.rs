@@ -295,6 +295,7 @@ impl Dataplane {
     /// Removes the endpoint `ip`; `Ok(false)` when it was not registered.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, DataplaneError> {
         let removed = self.maps.remove_endpoint(ip)?;
+        self.maps.policy.forget_drops(ip)?;
         if let Some(previous) = self.endpoints.remove(&ip) {
             self.forget_behind(ip, previous.host_ifindex);
             self.detach_from_pod_if_unused(previous.host_ifindex);

@@ -2,10 +2,10 @@
 //! into the table the programs do not read; NODE_CONFIG (the owner's)
 //! switches them to it.
 
-use dataplane_common::policy_table;
+use dataplane_common::{PolicyDrops, policy_table};
 
 use super::Dataplane;
-use crate::maps::{PartialTable, PolicyTable};
+use crate::maps::{MapsError, PartialTable, PolicyTable};
 
 /// Which policy table the programs read (`generation`'s lowest bit), and
 /// whether a pod of the node is isolated (else they look nothing up).
@@ -34,6 +34,11 @@ impl Dataplane {
     /// The table the programs read now.
     pub fn active_policy(&self) -> &PolicyTable {
         &self.policy_tables[usize::from(policy_table(self.policy_switch.generation))]
+    }
+
+    /// Each pod's packets its policy dropped.
+    pub fn policy_drops(&self) -> Result<Vec<(std::net::Ipv4Addr, PolicyDrops)>, MapsError> {
+        self.maps.policy.drops()
     }
 
     /// Entries of both tables together: classes, isolated pods, allowed

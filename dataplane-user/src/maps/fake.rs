@@ -200,6 +200,11 @@ impl Maps {
                     MAX_POLICY_RULES,
                     faults,
                 )),
+                drops: Box::new(FakeTable::new(
+                    names::POLICY_DROPS_MAP,
+                    MAX_ENDPOINTS,
+                    faults,
+                )),
             },
         }
     }

@@ -179,6 +179,7 @@ impl Maps {
                     ebpf,
                     names::POLICY_RULES_MAP,
                 )?),
+                drops: hash(ebpf, names::POLICY_DROPS_MAP)?,
             },
         })
     }

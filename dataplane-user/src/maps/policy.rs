@@ -5,13 +5,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use aya::maps::lpm_trie::Key;
 use dataplane_common::{
-    POLICY_TABLE_BIT, PolicyClassKey, PolicyRuleKey, PolicySubject, PolicySubjectKey, names,
-    policy_direction, policy_rule_prefix,
+    Ipv4Octets, POLICY_TABLE_BIT, PolicyClassKey, PolicyDrops, PolicyRuleKey, PolicySubject,
+    PolicySubjectKey, names, policy_direction, policy_rule_prefix,
 };
 
 use super::{MapsError, access, is_errno, removed, table::BoxedTable};
@@ -21,6 +21,8 @@ pub struct PolicyMaps {
     pub(super) classes: BoxedTable<Key<PolicyClassKey>, u32>,
     pub(super) subjects: BoxedTable<PolicySubjectKey, PolicySubject>,
     pub(super) rules: BoxedTable<Key<PolicyRuleKey>, u8>,
+    /// Written by the programs; a pod's row goes with the pod.
+    pub(super) drops: BoxedTable<Ipv4Octets, PolicyDrops>,
 }
 
 /// One table's entries, as the maps hold them (keys carry the table).
@@ -143,6 +145,22 @@ fn full_or(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError 
 }
 
 impl PolicyMaps {
+    /// Each pod's packets its policy dropped, by direction.
+    pub fn drops(&self) -> Result<Vec<(Ipv4Addr, PolicyDrops)>, MapsError> {
+        Ok(self
+            .drops
+            .entries()
+            .map_err(access(names::POLICY_DROPS_MAP))?
+            .into_iter()
+            .map(|(pod, drops)| (Ipv4Addr::from(pod), drops))
+            .collect())
+    }
+
+    /// Forgets the drops of the pod at `ip` (it is gone).
+    pub fn forget_drops(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        removed(self.drops.remove(&ip.octets()), names::POLICY_DROPS_MAP).map(|_| ())
+    }
+
     /// Both tables, as the maps hold them (index: the table).
     pub fn programmed(&self) -> Result<[PolicyTable; 2], MapsError> {
         let mut tables = [PolicyTable::default(), PolicyTable::default()];

@@ -10,7 +10,7 @@ use std::{
     sync::PoisonError,
 };
 
-use dataplane_common::policy_table;
+use dataplane_common::{PolicyDrops, policy_table};
 use tracing::{info, warn};
 
 use super::Owner;
@@ -112,6 +112,27 @@ impl<L: HostLinks> Owner<L> {
             "NetworkPolicy programmed"
         );
         Ok(())
+    }
+
+    /// Each pod's policy drops, named as `TableSizes::policy_drops` says.
+    pub(super) fn policy_drops(&self) -> Vec<(String, PolicyDrops)> {
+        let rows = match self.dataplane.policy_drops() {
+            Ok(rows) => rows,
+            Err(error) => {
+                warn!("reading the policy drops: {error}");
+                return Vec::new();
+            }
+        };
+        let model = self.policies.read().unwrap_or_else(PoisonError::into_inner);
+        rows.into_iter()
+            .map(|(ip, drops)| {
+                let pod = model.world.pod(IpAddr::V4(ip)).map_or_else(
+                    || ip.to_string(),
+                    |pod| format!("{}/{}", pod.namespace, pod.name),
+                );
+                (pod, drops)
+            })
+            .collect()
     }
 
     /// One line for `status`: how NetworkPolicy stands (none while no

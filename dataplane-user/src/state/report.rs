@@ -1,7 +1,7 @@
 //! What the owner answers about the state: status, listings, counters, the
 //! NAT table, and which monitor events are on.
 
-use dataplane_common::MAX_NAT_ENTRIES;
+use dataplane_common::{MAX_NAT_ENTRIES, PolicyDrops};
 use macaddr::MacAddr6;
 use tracing::warn;
 
@@ -30,6 +30,10 @@ pub struct TableSizes {
     pub services_shadowed: usize,
     /// MAC changes seen of nodes reached directly, since the agent started.
     pub node_mac_changes: u64,
+    /// Each of this node's pods' packets its NetworkPolicy dropped (the pod
+    /// as "namespace/name", or its address when the policy source does not
+    /// know it).
+    pub policy_drops: Vec<(String, PolicyDrops)>,
 }
 
 /// Connected `monitor` clients: all of them want drops, some also traces.
@@ -59,6 +63,7 @@ impl<L: HostLinks> Owner<L> {
             services_refused: self.services.refused().count(),
             services_shadowed: self.services.shadowed_claims(),
             node_mac_changes: self.mac_changes.values().sum(),
+            policy_drops: self.policy_drops(),
         }
     }
 

@@ -4,6 +4,7 @@
 //!   the agent from its policy sources once it has them whole.
 //! - `POLICY_FLOWS`: new; connections of isolated pods are judged again at
 //!   their next packet.
+//! - `POLICY_DROPS`: new, each pod's policy drops.
 //! - `NODE_CONFIG`: `policy` and `policy_generation` where v12 had padding
 //!   (rewritten by the agent).
 //! - `COUNTERS`: two more, at the end.
@@ -59,6 +60,7 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
         names::POLICY_FLOWS_MAP,
         "new: connections judged at their next packet",
     ),
+    (names::POLICY_DROPS_MAP, "new: counted by the programs"),
     (names::TAIL_CALLS_MAP, "not carried: this build's programs"),
     (names::EVENTS_MAP, "not carried: a monitor reconnects"),
     (names::MONITOR_MAP, "not carried: a monitor reconnects"),
