@@ -752,7 +752,11 @@ fn load_balancer_source_ranges_admit_only_the_clients_in_them() -> anyhow::Resul
         Resource::EndpointSlices,
         slice("shop", "lb", &[(server.ip, Condition::Ready)]),
     );
-    lab.until_programmed(|map| map.contains(&load_balancer.to_string()))?;
+    // The frontend with its backend: the Service and its slice are two
+    // events, and a frontend without a backend refuses for that reason.
+    lab.until_programmed(|map| {
+        map.contains(&load_balancer.to_string()) && map.contains(&server.ip.to_string())
+    })?;
     let _server = EchoServers::start(&server.netns, server.ip, [BACKEND_PORT], 8, None)?;
     let cluster = &lab.cluster;
     cluster.gateway.add_route(
