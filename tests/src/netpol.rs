@@ -283,6 +283,23 @@ pub fn service(index: usize, ip: Ipv4Addr) -> (Value, Value) {
 /// Every pod reaches every pod.
 pub const ALL: [[bool; 3]; 3] = [[true; 3]; 3];
 
+/// "default-deny-ingress" in x: x/a and x/c take nothing.
+pub fn deny_ingress_in_x() -> Value {
+    policy(
+        "x",
+        "deny-ingress",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    )
+}
+
+/// What `deny_ingress_in_x` leaves: only y/b is reached (and every pod
+/// reaches itself).
+pub const X_ISOLATED: [[bool; 3]; 3] = [
+    [true, true, false],
+    [false, true, false],
+    [false, true, true],
+];
+
 /// A NetworkPolicy of `namespace` with `spec`.
 pub fn policy(namespace: &str, name: &str, spec: Value) -> Value {
     json!({

@@ -12,7 +12,10 @@ use std::{
 use dataplane_tests::{
     eventually,
     kube_api::Resource,
-    netpol::{ALL, Lab, PROBE_TIMEOUT, Via, WATCH_TIMEOUT, allow_named_port_from_y, pod, policy},
+    netpol::{
+        ALL, Lab, PROBE_TIMEOUT, Via, WATCH_TIMEOUT, X_ISOLATED, allow_named_port_from_y,
+        deny_ingress_in_x, pod, policy,
+    },
     traffic::{EchoServers, echo_once, in_netns, joined},
 };
 use serde_json::json;
@@ -21,23 +24,12 @@ use serde_json::json;
 fn should_support_a_default_deny_ingress_policy() -> anyhow::Result<()> {
     let lab = Lab::new()?;
     lab.until_reachability(80, ALL)?;
-    lab.api.apply(
-        Resource::NetworkPolicies,
-        policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        ),
-    );
-    // Nothing reaches x's pods (x/a, x/c), not even from their own
-    // namespace or themselves through their veth; y/b is reached by all.
-    let into_y_only = [
-        [true, true, false],
-        [false, true, false],
-        [false, true, true],
-    ];
-    lab.until_reachability(80, into_y_only)?;
-    lab.until_reachability(81, into_y_only)?;
+    lab.api
+        .apply(Resource::NetworkPolicies, deny_ingress_in_x());
+    // Nothing reaches x's pods (x/a, x/c) but themselves, not even from
+    // their own namespace; y/b is reached by all.
+    lab.until_reachability(80, X_ISOLATED)?;
+    lab.until_reachability(81, X_ISOLATED)?;
     // The node itself always reaches them (kubelet's probes).
     let node = lab.node();
     let to_a = SocketAddr::from((node.pods[0].ip, 80));
@@ -69,22 +61,9 @@ fn should_support_a_default_deny_ingress_policy() -> anyhow::Result<()> {
 #[test]
 fn should_stop_enforcing_policies_after_they_are_deleted() -> anyhow::Result<()> {
     let lab = Lab::new()?;
-    lab.api.apply(
-        Resource::NetworkPolicies,
-        policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        ),
-    );
-    lab.until_reachability(
-        80,
-        [
-            [true, true, false],
-            [false, true, false],
-            [false, true, true],
-        ],
-    )?;
+    lab.api
+        .apply(Resource::NetworkPolicies, deny_ingress_in_x());
+    lab.until_reachability(80, X_ISOLATED)?;
     lab.api.delete(Resource::NetworkPolicies, "x/deny-ingress");
     lab.until_reachability(80, ALL)
 }
@@ -167,22 +146,9 @@ fn should_enforce_updated_policy_on_established_connections() -> anyhow::Result<
         stream.write_all(&[1; 64])?;
         Ok(stream.read_exact(&mut answer).is_ok())
     });
-    lab.api.apply(
-        Resource::NetworkPolicies,
-        policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        ),
-    );
-    lab.until_reachability(
-        80,
-        [
-            [true, true, false],
-            [false, true, false],
-            [false, true, true],
-        ],
-    )?;
+    lab.api
+        .apply(Resource::NetworkPolicies, deny_ingress_in_x());
+    lab.until_reachability(80, X_ISOLATED)?;
     go_on.send(())?;
     let answered = joined(connection)?;
     // Cut, as Cilium cuts them: a connection is judged again after a change.
@@ -238,22 +204,9 @@ fn should_enforce_policies_on_the_backend_a_service_translates_to() -> anyhow::R
 #[test]
 fn a_new_pod_a_policy_selects_is_isolated_from_its_first_packet() -> anyhow::Result<()> {
     let mut lab = Lab::new()?;
-    lab.api.apply(
-        Resource::NetworkPolicies,
-        policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        ),
-    );
-    lab.until_reachability(
-        80,
-        [
-            [true, true, false],
-            [false, true, false],
-            [false, true, true],
-        ],
-    )?;
+    lab.api
+        .apply(Resource::NetworkPolicies, deny_ingress_in_x());
+    lab.until_reachability(80, X_ISOLATED)?;
     // x/late's runtime names it at ADD; the API server has not told about
     // it yet (its object, let alone its address): isolated both ways.
     let node = &mut lab.cluster.nodes[0];
