@@ -1,6 +1,6 @@
 //! The upstream NetworkPolicy e2e method (kubernetes
 //! `test/e2e/network/netpol`) on one node: namespaces x and y, pods a, b, c
-//! from the real `ptp` chain (IPv6 left on) each serving TCP `PORTS`, each
+//! from the real `ptp` chain (IPv6 left on) each serving TCP and UDP `PORTS`, each
 //! behind its own ClusterIP Service,
 //! followed by the agent through a Kubernetes API server; probes of every
 //! ordered pair compared to a truth table, printed whole when they differ.
@@ -15,7 +15,7 @@ use crate::{
     cni::MainPlugin,
     eventually,
     kube_api::{FakeApiServer, Resource},
-    traffic::{EchoServers, echo_once, http_get},
+    traffic::{EchoServers, echo_once, http_get, udp_echo_once},
 };
 
 /// How long a change in the API may take to reach the agent.
@@ -91,11 +91,11 @@ impl Lab {
             api.apply(Resource::Services, service);
             api.apply(Resource::EndpointSlices, slice);
         }
-        let servers = node
-            .pods
-            .iter()
-            .map(|pod| EchoServers::start(&pod.netns, pod.ip, PORTS, 1, None))
-            .collect::<anyhow::Result<_>>()?;
+        let mut servers = Vec::new();
+        for pod in &node.pods {
+            servers.push(EchoServers::start(&pod.netns, pod.ip, PORTS, 1, None)?);
+            servers.push(EchoServers::start_udp(&pod.netns, pod.ip, PORTS)?);
+        }
         let config = std::fs::read_to_string(&node.config)?;
         let with_metrics = format!("[agent]\nmetrics_address = \"{METRICS}\"\n");
         std::fs::write(&node.config, config.replacen("[agent]\n", &with_metrics, 1))?;
@@ -108,14 +108,20 @@ impl Lab {
     }
 
     /// Whether pod `from` gets an answer from pod `to` (or its Service) at
-    /// `port` over TCP.
+    /// `port`, over TCP or (to the pod) UDP.
     pub fn reaches(&self, from: usize, (to, via): (usize, Via), port: u16) -> bool {
         let pods = &self.node().pods;
-        let address = match via {
-            Via::Pod => SocketAddr::from((pods[to].ip, port)),
-            Via::Service => SocketAddr::from((cluster_ip(to), port)),
-        };
-        echo_once(&pods[from].netns, address, PROBE_TIMEOUT).is_ok()
+        let (client, pod) = (&pods[from].netns, SocketAddr::from((pods[to].ip, port)));
+        match via {
+            Via::Pod => echo_once(client, pod, PROBE_TIMEOUT).is_ok(),
+            Via::Service => echo_once(
+                client,
+                SocketAddr::from((cluster_ip(to), port)),
+                PROBE_TIMEOUT,
+            )
+            .is_ok(),
+            Via::PodOverUdp => udp_echo_once(client, pod, PROBE_TIMEOUT).is_ok(),
+        }
     }
 
     /// Every ordered pair of pods at `port`, as the upstream suite prints it
@@ -136,7 +142,8 @@ impl Lab {
         self.until_reachability_via(Via::Pod, port, wanted)
     }
 
-    /// As `until_reachability`, to each pod `via` its address or Service.
+    /// As `until_reachability`, to each pod `via` its address (over TCP or
+    /// UDP) or Service.
     pub fn until_reachability_via(
         &self,
         via: Via,
@@ -234,10 +241,13 @@ impl Lab {
 /// How a probe addresses its destination pod.
 #[derive(Debug, Clone, Copy)]
 pub enum Via {
-    /// Its address.
+    /// Its address, over TCP.
     Pod,
-    /// Its own ClusterIP Service (`cluster_ip`), as upstream's probes do.
+    /// Its own ClusterIP Service (`cluster_ip`), over TCP, as upstream's
+    /// probes do.
     Service,
+    /// Its address, over UDP.
+    PodOverUdp,
 }
 
 /// The ClusterIP of pod `index`'s Service.

@@ -432,6 +432,58 @@ impl EchoServers {
     }
 }
 
+impl EchoServers {
+    /// UDP echo servers on `ports` of `ip` in `netns`: every datagram is
+    /// sent back to its source.
+    pub fn start_udp(
+        netns: &Netns,
+        ip: Ipv4Addr,
+        ports: impl IntoIterator<Item = u16>,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for port in ports {
+            let address = SocketAddrV4::new(ip, port);
+            let socket = joined(in_netns(netns, move || {
+                let socket =
+                    UdpSocket::bind(address).with_context(|| format!("binding {address}"))?;
+                // recv_from gives up after 100 ms, so the worker notices when to stop.
+                socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+                Ok(socket)
+            }))?;
+            let stop = Arc::clone(&stop);
+            workers.push(thread::spawn(move || {
+                let mut buffer = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((length, source)) = socket.recv_from(&mut buffer) {
+                        socket.send_to(&buffer[..length], source)?;
+                    }
+                }
+                Ok(())
+            }));
+        }
+        Ok(Self { stop, workers })
+    }
+}
+
+/// One datagram from `netns` to `address` (an `EchoServers::start_udp`
+/// port) and its echo within `timeout`.
+pub fn udp_echo_once(netns: &Netns, address: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    joined(in_netns(netns, move || {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.send_to(&LAST_REQUEST, address)?;
+        let mut answer = [0u8; 64];
+        let (length, source) = socket
+            .recv_from(&mut answer)
+            .with_context(|| format!("no echo from {address}"))?;
+        if source != address || answer[..length] != LAST_REQUEST {
+            bail!("{address} answered something else");
+        }
+        Ok(())
+    }))
+}
+
 impl Drop for EchoServers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -244,3 +244,60 @@ fn a_new_pod_a_policy_selects_is_isolated_from_its_first_packet() -> anyhow::Res
     echo_once(&b.netns, SocketAddr::from((free_ip, 80)), PROBE_TIMEOUT)?;
     Ok(())
 }
+
+// The upstream UDP cases ("NetworkPolicy between server and client using
+// UDP"), probed with datagrams echoed back.
+
+#[test]
+fn should_support_a_default_deny_ingress_policy_over_udp() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.until_reachability_via(Via::PodOverUdp, 80, ALL)?;
+    lab.api
+        .apply(Resource::NetworkPolicies, deny_ingress_in_x());
+    lab.until_reachability_via(Via::PodOverUdp, 80, X_ISOLATED)
+}
+
+#[test]
+fn should_enforce_policy_based_on_ports_over_udp() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "x",
+            "a-udp-81",
+            json!({
+                "podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"ports": [{"port": 81, "protocol": "UDP"}]}],
+            }),
+        ),
+    );
+    let a_closed = [[true, true, true], [false, true, true], [false, true, true]];
+    lab.until_reachability_via(Via::PodOverUdp, 80, a_closed)?;
+    lab.until_reachability_via(Via::PodOverUdp, 81, ALL)?;
+    // UDP's rule opens no TCP.
+    lab.until_reachability(81, a_closed)
+}
+
+#[test]
+fn should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_over_udp()
+-> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    lab.api.apply(
+        Resource::NetworkPolicies,
+        policy(
+            "x",
+            "a-from-y-b",
+            json!({
+                "podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
+                                       "podSelector": {"matchLabels": {"pod": "b"}}}],
+                             "ports": [{"port": 80, "protocol": "UDP"}]}],
+            }),
+        ),
+    );
+    lab.until_reachability_via(
+        Via::PodOverUdp,
+        80,
+        [[true, true, true], [true, true, true], [false, true, true]],
+    )
+}

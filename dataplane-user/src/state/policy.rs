@@ -73,6 +73,14 @@ impl<L: HostLinks> Owner<L> {
             if !model.synced {
                 return Ok(());
             }
+            // No policy anywhere and none programmed: nothing to compile (a
+            // pod's registration on a node of 50,000 costs no walk of them).
+            if !model.world.has_policies()
+                && *self.dataplane.active_policy() == PolicyTable::default()
+            {
+                self.policy_health.pending = false;
+                return Ok(());
+            }
             let local: Vec<IpAddr> = self
                 .dataplane
                 .programmed_endpoints()

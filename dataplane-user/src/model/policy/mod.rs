@@ -240,6 +240,11 @@ impl PolicyWorld {
             .map(|(name, _)| name)
     }
 
+    /// Whether any policy exists.
+    pub fn has_policies(&self) -> bool {
+        !self.policies.is_empty()
+    }
+
     /// Whether a policy of `namespace` exists (one may select any pod of it).
     pub fn has_policies_in(&self, namespace: &str) -> bool {
         self.policies
