@@ -24,6 +24,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const POLICY_CLASSES_MAP: &str = "POLICY_CLASSES";
+pub const POLICY_HOSTS_MAP: &str = "POLICY_HOSTS";
 pub const POLICY_SUBJECTS_MAP: &str = "POLICY_SUBJECTS";
 pub const POLICY_RULES_MAP: &str = "POLICY_RULES";
 pub const POLICY_FLOWS_MAP: &str = "POLICY_FLOWS";

@@ -45,8 +45,14 @@ pub const fn policy_table(generation: u32) -> u8 {
 /// The highest bit of a subject's id: its table.
 pub const POLICY_TABLE_BIT: u32 = 1 << 31;
 
+/// The prefix length of a single address's class in `POLICY_CLASSES`:
+/// such classes are kept in `POLICY_HOSTS` instead, a hash looked up
+/// first (a /32 is always the longest prefix, and most classes are pods'
+/// own addresses: the trie stays shallow however many pods policy names).
+pub const POLICY_HOST_PREFIX: u32 = 8 + 32;
+
 /// Key of `POLICY_CLASSES` (the data of an LPM key whose prefix is 8 plus
-/// the address prefix's).
+/// the address prefix's) and of `POLICY_HOSTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]

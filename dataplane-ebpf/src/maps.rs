@@ -132,6 +132,11 @@ pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 pub static POLICY_CLASSES: LpmTrie<PolicyClassKey, u32> =
     LpmTrie::pinned(MAX_POLICY_CLASSES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+/// Single addresses' classes, per table, looked up before the trie;
+/// written by the agent only.
+#[map(name = "POLICY_HOSTS")]
+pub static POLICY_HOSTS: HashMap<PolicyClassKey, u32> = HashMap::pinned(MAX_POLICY_CLASSES, 0);
+
 /// The local pods policy isolates, per table; written by the agent only.
 #[map(name = "POLICY_SUBJECTS")]
 pub static POLICY_SUBJECTS: HashMap<PolicySubjectKey, PolicySubject> =

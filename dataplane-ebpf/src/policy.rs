@@ -23,16 +23,17 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
     Counter, FlowKey, HAIRPIN_SOURCE, NodeConfig, POLICY_ANY_PEER, POLICY_ANY_PROTOCOL,
-    POLICY_RULE_FIXED_BITS, POLICY_WORLD, PolicyClassKey, PolicyDrops, PolicyFlow, PolicyRuleKey,
-    PolicySubjectKey, ip_protocol, policy_direction, policy_flow_end as flow_end, policy_table,
+    POLICY_HOST_PREFIX, POLICY_RULE_FIXED_BITS, POLICY_WORLD, PolicyClassKey, PolicyDrops,
+    PolicyFlow, PolicyRuleKey, PolicySubjectKey, ip_protocol, policy_direction,
+    policy_flow_end as flow_end, policy_table,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, PackedOutcome},
     maps::{
-        POLICY_CLASSES, POLICY_DROPS, POLICY_FLOWS, POLICY_RULES, POLICY_SCRATCH, POLICY_SUBJECTS,
-        is_host_address, node_config,
+        POLICY_CLASSES, POLICY_DROPS, POLICY_FLOWS, POLICY_HOSTS, POLICY_RULES, POLICY_SCRATCH,
+        POLICY_SUBJECTS, is_host_address, node_config,
     },
     nat_share::bump,
     packet::{IP_AT, header},
@@ -300,16 +301,20 @@ fn count_drop(pod: [u8; 4], egress: bool) {
 fn allows(scratch: &mut Scratch, id: u32, direction: u8, peer: [u8; 4], port: [u8; 2]) -> bool {
     let protocol = scratch.after.key.protocol;
     scratch.class = Key::new(
-        8 + 32,
+        POLICY_HOST_PREFIX,
         PolicyClassKey {
             table: scratch.subject.table,
             address: peer,
         },
     );
-    let class = POLICY_CLASSES
-        .get(&scratch.class)
-        .copied()
-        .unwrap_or(POLICY_WORLD);
+    // SAFETY: copied out at once; the agent writes whole entries.
+    let class = match unsafe { POLICY_HOSTS.get(&scratch.class.data).copied() } {
+        Some(class) => class,
+        None => POLICY_CLASSES
+            .get(&scratch.class)
+            .copied()
+            .unwrap_or(POLICY_WORLD),
+    };
     for peer_class in [class, POLICY_ANY_PEER] {
         scratch.rule = Key::new(
             POLICY_RULE_FIXED_BITS + 16,

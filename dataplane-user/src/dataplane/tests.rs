@@ -304,9 +304,10 @@ fn policy_goes_into_the_idle_table_whole_and_a_full_map_only_ever_allows_less() 
     let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];
     assert_eq!(written.subjects, wanted.subjects, "isolated all the same");
     assert!(written.rules.is_empty());
-    // Its classes do not fit: every isolated pod denies everything.
+    // Its classes (the pods' own addresses', in the hash) do not fit: every
+    // isolated pod denies everything.
     let mut fixture = self::fixture();
-    fixture.faults.fill(names::POLICY_CLASSES_MAP, 1);
+    fixture.faults.fill(names::POLICY_HOSTS_MAP, 1);
     let partial = fixture.dataplane.write_idle_policy(&wanted).unwrap_err();
     assert_eq!(partial.pods, BTreeSet::from([POD.into()]));
     let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];

@@ -190,6 +190,11 @@ impl Maps {
                     MAX_POLICY_CLASSES,
                     faults,
                 )),
+                hosts: Box::new(FakeTable::new(
+                    names::POLICY_HOSTS_MAP,
+                    MAX_POLICY_CLASSES,
+                    faults,
+                )),
                 subjects: Box::new(FakeTable::new(
                     names::POLICY_SUBJECTS_MAP,
                     MAX_ENDPOINTS,

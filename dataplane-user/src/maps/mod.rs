@@ -174,6 +174,7 @@ impl Maps {
                     ebpf,
                     names::POLICY_CLASSES_MAP,
                 )?),
+                hosts: hash(ebpf, names::POLICY_HOSTS_MAP)?,
                 subjects: hash(ebpf, names::POLICY_SUBJECTS_MAP)?,
                 rules: Box::new(table::<LpmTrie<MapData, _, _>>(
                     ebpf,

@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use dataplane_common::{
-    Ipv4Octets, POLICY_TABLE_BIT, PolicyClassKey, PolicyDrops, PolicyRuleKey, PolicySubject,
-    PolicySubjectKey, names, policy_direction, policy_rule_prefix,
+    Ipv4Octets, POLICY_HOST_PREFIX, POLICY_TABLE_BIT, PolicyClassKey, PolicyDrops, PolicyRuleKey,
+    PolicySubject, PolicySubjectKey, names, policy_direction, policy_rule_prefix,
 };
 
 use super::{MapsError, access, is_errno, removed, table::BoxedTable};
@@ -19,6 +19,8 @@ use crate::model::policy::{ANY_PROTOCOL, CompiledPolicy, Direction};
 
 pub struct PolicyMaps {
     pub(super) classes: BoxedTable<Key<PolicyClassKey>, u32>,
+    /// The classes of single addresses (`POLICY_HOST_PREFIX`), a hash.
+    pub(super) hosts: BoxedTable<PolicyClassKey, u32>,
     pub(super) subjects: BoxedTable<PolicySubjectKey, PolicySubject>,
     pub(super) rules: BoxedTable<Key<PolicyRuleKey>, u8>,
     /// Written by the programs; a pod's row goes with the pod.
@@ -28,7 +30,8 @@ pub struct PolicyMaps {
 /// One table's entries, as the maps hold them (keys carry the table).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyTable {
-    /// (prefix length, key) -> class.
+    /// (prefix length, key) -> class (those of `POLICY_HOST_PREFIX` in
+    /// `POLICY_HOSTS`).
     pub classes: BTreeMap<(u32, PolicyClassKey), u32>,
     pub subjects: BTreeMap<PolicySubjectKey, PolicySubject>,
     /// (prefix length, key).
@@ -174,6 +177,15 @@ impl PolicyMaps {
                 .classes
                 .insert((key.prefix_len(), key.data()), class);
         }
+        for (key, class) in self
+            .hosts
+            .entries()
+            .map_err(access(names::POLICY_HOSTS_MAP))?
+        {
+            tables[of(key.table)]
+                .classes
+                .insert((POLICY_HOST_PREFIX, key), class);
+        }
         for (key, subject) in self
             .subjects
             .entries()
@@ -245,13 +257,21 @@ impl PolicyMaps {
         current: &mut PolicyTable,
         wanted: &PolicyTable,
     ) -> Result<(), MapsError> {
-        let name = names::POLICY_CLASSES_MAP;
         let mut first_error = None;
         for (&(prefix, key), &class) in &wanted.classes {
             if current.classes.get(&(prefix, key)) == Some(&class) {
                 continue;
             }
-            match self.classes.insert(&Key::new(prefix, key), &class) {
+            let (name, written) = if prefix == POLICY_HOST_PREFIX {
+                (names::POLICY_HOSTS_MAP, self.hosts.insert(&key, &class))
+            } else {
+                let trie = &mut self.classes;
+                (
+                    names::POLICY_CLASSES_MAP,
+                    trie.insert(&Key::new(prefix, key), &class),
+                )
+            };
+            match written {
                 Ok(()) => {
                     current.classes.insert((prefix, key), class);
                 }
@@ -267,7 +287,15 @@ impl PolicyMaps {
             .copied()
             .collect();
         for (prefix, key) in gone {
-            removed(self.classes.remove(&Key::new(prefix, key)), name)?;
+            if prefix == POLICY_HOST_PREFIX {
+                removed(self.hosts.remove(&key), names::POLICY_HOSTS_MAP)?;
+            } else {
+                let trie = &mut self.classes;
+                removed(
+                    trie.remove(&Key::new(prefix, key)),
+                    names::POLICY_CLASSES_MAP,
+                )?;
+            }
             current.classes.remove(&(prefix, key));
         }
         first_error.map_or(Ok(()), Err)

@@ -1,6 +1,6 @@
 //! The conversion from map layout v12, the layout this one replaces. What
 //! v13 changed:
-//! - `POLICY_CLASSES`, `POLICY_SUBJECTS`, `POLICY_RULES`: new, written by
+//! - `POLICY_CLASSES`, `POLICY_HOSTS`, `POLICY_SUBJECTS`, `POLICY_RULES`: new, written by
 //!   the agent from its policy sources once it has them whole.
 //! - `POLICY_FLOWS`: new; connections of isolated pods are judged again at
 //!   their next packet.
@@ -54,6 +54,7 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::HOST_ADDRESSES_MAP, "copied"),
     (names::COUNTERS_MAP, "copied into a new layout's maps"),
     (names::POLICY_CLASSES_MAP, "new: written by the agent"),
+    (names::POLICY_HOSTS_MAP, "new: written by the agent"),
     (names::POLICY_SUBJECTS_MAP, "new: written by the agent"),
     (names::POLICY_RULES_MAP, "new: written by the agent"),
     (
