@@ -1,7 +1,8 @@
 //! NetworkPolicy: the verdict on a local pod's packets where they leave it
 //! (from-pod, after a Service's translation: judged on the backend) and
-//! where they are handed to it (the delivery funnel, and to-pod for what
-//! the node's stack routes). Only pods a policy isolates have an entry in
+//! where they are handed to it (to-pod: the delivery funnel hands pods their
+//! packets through it while a pod is isolated, and the node's stack routes
+//! through it). Only pods a policy isolates have an entry in
 //! `POLICY_SUBJECTS`; nothing is looked up while `NodeConfig::policy` says
 //! no pod of the node is isolated.
 //!
@@ -54,8 +55,7 @@ struct Packet {
 }
 
 /// What a verdict works on, in a per-CPU map rather than on the stack:
-/// the delivery funnel runs deep in the hooks' call chains, where the
-/// stack's 512 bytes are spoken for.
+/// from-pod's frame leaves little of the stack's 512 bytes.
 #[repr(C)]
 pub struct Scratch {
     /// As the pod sent it (egress; for ingress the same as `after`).
@@ -153,9 +153,9 @@ fn judged_egress(ctx: &TcContext) -> PackedOutcome {
     PackedOutcome::pack(judge(scratch, policy_direction::EGRESS).map(|()| 0))
 }
 
-/// A packet to a local pod, at to-pod (what the funnel delivers to a pod
-/// policy selects, and what the node's stack routes to pods): judged as it
-/// is now, its translations done. The node's own packets always pass
+/// A packet to a local pod, at to-pod (what the funnel delivers while a pod
+/// of the node is isolated, and what the node's stack routes to pods):
+/// judged as it is now, its translations done. The node's own packets always pass
 /// (kubelet's probes).
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> Outcome<()> {
@@ -165,8 +165,7 @@ pub fn ingress(ctx: &TcContext) -> Outcome<()> {
     judged_ingress(ctx).unpack().map(|_| ())
 }
 
-/// Out of line, its keys in the scratch: the delivery funnel is as deep in
-/// the hooks' call chains as the stack allows.
+/// Out of line, as `judged_egress`: one copy of the verdict per program.
 #[inline(never)]
 fn judged_ingress(ctx: &TcContext) -> PackedOutcome {
     let Some(scratch) = scratch() else {
