@@ -197,21 +197,40 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Says once when a table crosses 90% full and once when it is back under
+/// (collections every second would repeat it every second).
+#[derive(Default)]
+struct FillWarning {
+    full: bool,
+}
+
+impl FillWarning {
+    fn update(&mut self, full: bool, table: &str, consequence: &str) {
+        match (self.full, full) {
+            (false, true) => warn!("the {table} is over 90% full; {consequence}"),
+            (true, false) => info!("the {table} is under 90% full again"),
+            _ => {}
+        }
+        self.full = full;
+    }
+}
+
 /// Expires Service connections as often as the NAT table is collected,
 /// warning when a table is nearly full (an LRU map forgets its least
 /// recently used connections then).
 async fn collect_service_garbage_forever(tables: ServiceTables, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
+    let mut warning = FillWarning::default();
     loop {
         ticks.tick().await;
         let collected = tables.collect_garbage().await;
         crate::memory::release_free_memory();
         match collected {
-            Ok(fill) if fill.under_pressure() => warn!(
-                ?fill,
-                "a Service connection table is over 90% full; idle connections are forgotten first"
+            Ok(fill) => warning.update(
+                fill.under_pressure(),
+                "Service connection table",
+                "idle connections are forgotten first",
             ),
-            Ok(_) => {}
             Err(error) => warn!("counting the Service connection tables: {error:#}"),
         }
     }
@@ -219,6 +238,7 @@ async fn collect_service_garbage_forever(tables: ServiceTables, interval: Durati
 
 async fn collect_nat_garbage_forever(nat: NatTable, state: StateHandle, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
+    let mut warning = FillWarning::default();
     loop {
         ticks.tick().await;
         let collected = match state.pod_addresses().await {
@@ -235,9 +255,11 @@ async fn collect_nat_garbage_forever(nat: NatTable, state: StateHandle, interval
                         "NAT garbage collected"
                     );
                 }
-                if report.entries * 10 > MAX_NAT_ENTRIES as usize * 9 {
-                    warn!("the NAT table is over 90% full; new connections will start failing");
-                }
+                warning.update(
+                    report.entries * 10 > MAX_NAT_ENTRIES as usize * 9,
+                    "NAT table",
+                    "new connections will start failing",
+                );
             }
             Err(error) => warn!("NAT garbage collection: {error:#}"),
         }

@@ -90,7 +90,8 @@ pub fn ipv4_cidr(cidr: Ipv4Network) -> Ipv4Cidr {
     Ipv4Cidr::new(cidr.network().octets(), cidr.prefix())
 }
 
-fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+/// A map's error, named.
+pub fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Access { name, source }
 }
 

@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use dataplane_common::{FlowKey, Ipv4Octets, NatEntry, PodNat, names};
 
-use super::{MapsError, access, removed, table::BoxedTable};
+use super::{
+    MapsError, access, removed,
+    table::{BoxedTable, Table},
+};
 
 /// The connection table (written by the programs; the agent only lists and
 /// removes entries), with each pod's share of it.
@@ -39,6 +42,11 @@ impl NatMap {
     /// Every half of every tracked connection.
     pub fn entries(&self) -> Result<Vec<(FlowKey, NatEntry)>, MapsError> {
         self.connections.entries().map_err(access(names::NAT_MAP))
+    }
+
+    /// The halves, for walks that keep little of what they see.
+    pub fn halves(&self) -> &dyn Table<FlowKey, NatEntry> {
+        &*self.connections
     }
 
     /// Removes one half; `Ok(false)` when it was gone already.

@@ -27,6 +27,14 @@ pub trait Table<K, V>: Send + Sync {
     fn remove(&mut self, key: &K) -> Result<(), MapError>;
     /// Every entry; keys removed during the walk are skipped.
     fn entries(&self) -> Result<Vec<(K, V)>, MapError>;
+    /// Every entry handed to `visit` as the walk reaches it, nothing held:
+    /// for walks of large tables that keep little of what they see.
+    fn visit(&self, visit: &mut dyn FnMut(&K, &V)) -> Result<(), MapError> {
+        for (key, value) in self.entries()? {
+            visit(&key, &value);
+        }
+        Ok(())
+    }
 }
 
 /// The map pinned at `path`, as the typed map `T`.
@@ -68,6 +76,14 @@ impl<K: Pod + Send + Sync, V: Pod + Send + Sync> Table<K, V> for HashMap<MapData
 
     fn entries(&self) -> Result<Vec<(K, V)>, MapError> {
         self.iter().take(WALK_LIMIT).collect()
+    }
+
+    fn visit(&self, visit: &mut dyn FnMut(&K, &V)) -> Result<(), MapError> {
+        for entry in self.iter().take(WALK_LIMIT) {
+            let (key, value) = entry?;
+            visit(&key, &value);
+        }
+        Ok(())
     }
 }
 

@@ -345,7 +345,11 @@ impl Claims {
         let target = Arc::new(target);
         match self.0.binary_search_by(|(claim, _)| claim.cmp(&seniority)) {
             Ok(position) => self.0[position].1 = target,
-            Err(position) => self.0.insert(position, (seniority, target)),
+            Err(position) => {
+                // One claim is the rule: no room for four.
+                self.0.reserve_exact(1);
+                self.0.insert(position, (seniority, target));
+            }
         }
     }
 

@@ -10,12 +10,12 @@ use std::{
 };
 
 use anyhow::anyhow;
-use dataplane_common::{FlowKey, Ipv4Octets, NatEntry, OUTSIDE_CLIENTS, nat_direction};
+use dataplane_common::{FlowKey, Ipv4Octets, NatEntry, OUTSIDE_CLIENTS, names, nat_direction};
 use tracing::info;
 
 use crate::{
     api::{Connection, PodNatUsage},
-    maps::NatMap,
+    maps::{self, NatMap},
     nat::{self, Timeouts},
 };
 
@@ -153,18 +153,14 @@ impl NatTable {
     /// among `pods` (this node's) and hold nothing; returns the report.
     pub async fn collect_garbage(&self, pods: HashSet<Ipv4Addr>) -> anyhow::Result<GcReport> {
         self.with_map(move |map, table| {
-            let entries = map.entries()?;
-            let expired: HashSet<FlowKey> =
-                nat::expired(&entries, nat::monotonic_now_ns(), &table.timeouts)
-                    .into_iter()
-                    .collect();
-            let removed =
-                remove_connections(map, entries.iter().filter(|(key, _)| expired.contains(key)))?;
+            let walked = nat::expired(map.halves(), nat::monotonic_now_ns(), &table.timeouts)
+                .map_err(maps::access(names::NAT_MAP))?;
+            let removed = remove_connections(map, &walked.expired)?;
             remove_idle_rows(map, &pods)?;
             let pods = pod_usage(map, table.pod_limit)?;
             let mut last = table.last_gc.lock().expect("no panics while held");
             *last = GcReport {
-                entries: entries.len() - removed,
+                entries: walked.halves - removed,
                 removed,
                 removed_total: last.removed_total + removed as u64,
                 pods,

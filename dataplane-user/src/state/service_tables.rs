@@ -25,7 +25,7 @@ use dataplane_common::{
 use crate::{
     maps::{
         removed as removed_entry,
-        table::{BoxedTable, open_pinned},
+        table::{BoxedTable, Table, open_pinned},
     },
     nat::{self, Half, Timeouts},
 };
@@ -114,6 +114,15 @@ fn open<K: aya::Pod + Send + Sync + 'static, V: aya::Pod + Send + Sync + 'static
     Ok(Box::new(map))
 }
 
+/// Entries of `table`, counted in a walk (none kept); 0 when it cannot
+/// be walked.
+fn count<K, V>(table: &dyn Table<K, V>) -> usize {
+    let mut entries = 0;
+    table
+        .visit(&mut |_, _| entries += 1)
+        .map_or(0, |()| entries)
+}
+
 impl ServiceTables {
     /// Opens the pinned tables under `pin_dir` (the loaded programs' own);
     /// connections expire after `timeouts`.
@@ -147,21 +156,17 @@ impl ServiceTables {
             let mut tables = this.tables.lock().expect("no panics while held");
             // An entry evicted during the walk ends it early or is skipped:
             // what is left is found at the next pass.
-            let halves: Vec<(FlowKey, ServiceFlow)> =
-                tables
-                    .flows
-                    .entries()
-                    .map_err(|source| crate::maps::MapsError::Access {
-                        name: names::SERVICE_FLOWS_MAP,
-                        source,
-                    })?;
-            let expired = nat::expired(&halves, nat::monotonic_now_ns(), &this.timeouts);
-            let seen: StdHashMap<FlowKey, u64> = halves
+            let walked = nat::expired(&*tables.flows, nat::monotonic_now_ns(), &this.timeouts)
+                .map_err(crate::maps::access(names::SERVICE_FLOWS_MAP))?;
+            // Both halves of an expired connection are among the expired
+            // (a connection is as recent as its most recent half).
+            let seen: StdHashMap<FlowKey, u64> = walked
+                .expired
                 .iter()
                 .map(|(key, half)| (*key, half.last_seen_ns))
                 .collect();
             let mut removed = 0;
-            for key in &expired {
+            for (key, half) in &walked.expired {
                 // A packet since the walk (a port reused for a new
                 // connection) keeps the connection: both halves are read
                 // again right before the delete.
@@ -169,13 +174,7 @@ impl ServiceTables {
                     Ok(Some(half)) => seen.get(key) != Some(&half.last_seen_ns),
                     _ => false,
                 };
-                let partner = tables
-                    .flows
-                    .get(key)
-                    .ok()
-                    .flatten()
-                    .map(|half| half.partner(key));
-                if used_since(key) || partner.is_some_and(|partner| used_since(&partner)) {
+                if used_since(key) || used_since(&half.partner(key)) {
                     continue;
                 }
                 // One gone meanwhile was made room for by the LRU.
@@ -186,8 +185,8 @@ impl ServiceTables {
             }
             let mut last = this.last.lock().expect("no panics while held");
             *last = ServiceTablesFill {
-                connection_halves: halves.len() - removed,
-                socket_entries: tables.sockets.entries().map_or(0, |entries| entries.len()),
+                connection_halves: walked.halves - removed,
+                socket_entries: count(&*tables.sockets),
                 expired_total: last.expired_total + removed as u64,
             };
             Ok::<_, crate::maps::MapsError>(*last)
@@ -203,7 +202,7 @@ mod tests {
     use dataplane_common::conn_state;
 
     use super::*;
-    use crate::config::NatSettings;
+    use crate::nat::tests::expired_count;
 
     const SECOND: u64 = 1_000_000_000;
 
@@ -252,10 +251,6 @@ mod tests {
         vec![(forward, to_backend), (reply, to_client)]
     }
 
-    fn timeouts() -> Timeouts {
-        Timeouts::from(&NatSettings::default())
-    }
-
     #[test]
     fn halves_pair_up_hairpin_included() {
         let pod = [10, 244, 0, 2];
@@ -270,8 +265,8 @@ mod tests {
         let (pod, server) = ([10, 244, 0, 2], [10, 244, 0, 3]);
         let udp = connection(pod, server, 17, (0, 1), (0, 50 * SECOND));
         let now = 100 * SECOND;
-        assert!(nat::expired(&udp, now, &timeouts()).is_empty());
-        assert_eq!(nat::expired(&udp, 111 * SECOND, &timeouts()).len(), 2);
+        assert_eq!(expired_count(&udp, now), 0);
+        assert_eq!(expired_count(&udp, 111 * SECOND), 2);
         let established = connection(
             pod,
             server,
@@ -279,9 +274,9 @@ mod tests {
             (conn_state::NEW, conn_state::ESTABLISHED),
             (0, 0),
         );
-        assert!(nat::expired(&established, 3600 * SECOND, &timeouts()).is_empty());
+        assert_eq!(expired_count(&established, 3600 * SECOND), 0);
         let unanswered = connection(pod, server, 6, (conn_state::NEW, conn_state::NEW), (0, 0));
-        assert_eq!(nat::expired(&unanswered, 61 * SECOND, &timeouts()).len(), 2);
+        assert_eq!(expired_count(&unanswered, 61 * SECOND), 2);
         let closed = connection(
             pod,
             server,
@@ -289,6 +284,6 @@ mod tests {
             (conn_state::CLOSING, conn_state::ESTABLISHED),
             (0, 0),
         );
-        assert_eq!(nat::expired(&closed, 11 * SECOND, &timeouts()).len(), 2);
+        assert_eq!(expired_count(&closed, 11 * SECOND), 2);
     }
 }
