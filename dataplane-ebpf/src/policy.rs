@@ -32,12 +32,13 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::{Outcome, PackedOutcome},
+    ipv4::icmp::{QUOTE_PAYLOAD_AT, quoted_header},
     maps::{
         POLICY_CLASSES, POLICY_DROPS, POLICY_FLOWS, POLICY_HOSTS, POLICY_RULES, POLICY_SCRATCH,
         POLICY_SUBJECTS, is_host_address, node_config,
     },
     nat_share::bump,
-    packet::{IP_AT, header},
+    packet::{IP_AT, L4_AT, header},
 };
 
 const TCP_SYN: u8 = 0x02;
@@ -46,12 +47,15 @@ const TCP_ACK: u8 = 0x10;
 const TCP_FLAGS_AT: usize = 13;
 
 /// A packet as policy sees it: its connection (direction 0; ports zero for
-/// protocols without them) and whether it may open one.
+/// protocols without them), whether it may open one, and for an ICMP error
+/// the connection of the packet it quotes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Packet {
     key: FlowKey,
+    about: FlowKey,
     opening: bool,
+    error: bool,
 }
 
 /// What a verdict works on, in a per-CPU map rather than on the stack:
@@ -119,7 +123,37 @@ fn read_packet(ctx: &TcContext, into: &mut Packet) -> bool {
         };
         into.opening = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     }
+    into.error = false;
+    if ip.proto == ip_protocol::ICMP && l4 == L4_AT {
+        read_quote(ctx, into);
+    }
     true
+}
+
+/// For an ICMP error: the connection of the packet it quotes (an error
+/// opens nothing).
+#[inline(always)]
+fn read_quote(ctx: &TcContext, into: &mut Packet) {
+    let Some(quoted) = quoted_header(ctx) else {
+        return;
+    };
+    into.opening = false;
+    into.error = true;
+    into.about = FlowKey {
+        src: quoted.src,
+        dst: quoted.dst,
+        src_port: [0; 2],
+        dst_port: [0; 2],
+        protocol: quoted.protocol,
+        direction: 0,
+        _pad: [0; 2],
+    };
+    if let ip_protocol::TCP | ip_protocol::UDP | ip_protocol::SCTP = quoted.protocol
+        && let Ok(ports) = ctx.load::<[[u8; 2]; 2]>(QUOTE_PAYLOAD_AT)
+    {
+        into.about.src_port = ports[0];
+        into.about.dst_port = ports[1];
+    }
 }
 
 /// Notes a pod's packet as it was sent, before a translation; true when it
@@ -211,6 +245,13 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
     let Some(subject) = (unsafe { POLICY_SUBJECTS.get(&scratch.subject).copied() }) else {
         return Ok(());
     };
+    // An ICMP error about a connection the pod has passes as the
+    // connection's packets do; any other is judged as the ICMP it is.
+    if (scratch.before.error || scratch.after.error)
+        && error_about_recorded(scratch, own_end, other_end)
+    {
+        return Ok(());
+    }
     scratch.after.key.direction = own_end;
     scratch.before.key.direction = own_end;
     scratch.reply = reversed(&scratch.before.key);
@@ -268,6 +309,35 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the quoted packet of the scratch's ICMP error (as the pod sent
+/// or received it, and as translated) belongs to a connection the pod has
+/// a record of: the error travels as the quoted packet's answer, so the
+/// record is the quote's own (the pod sent it) or its reverse's (the peer
+/// did), either generation.
+#[inline(always)]
+fn error_about_recorded(scratch: &mut Scratch, own_end: u8, other_end: u8) -> bool {
+    for translated in [false, true] {
+        let about = if translated {
+            scratch.after.about
+        } else {
+            scratch.before.about
+        };
+        scratch.reply = about;
+        scratch.reply.direction = other_end;
+        // SAFETY: only whether the record exists is read.
+        if unsafe { POLICY_FLOWS.get(&scratch.reply) }.is_some() {
+            return true;
+        }
+        scratch.reply = reversed(&about);
+        scratch.reply.direction = own_end;
+        // SAFETY: as above.
+        if unsafe { POLICY_FLOWS.get(&scratch.reply) }.is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Counts a packet `pod`'s policy dropped, in its row (made at its first).

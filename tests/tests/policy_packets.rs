@@ -2,12 +2,14 @@
 //! compiled from the model as the agent compiles it: egress at from-pod
 //! (pod A's packets), ingress at to-pod (pod B's packets to pod A), per
 //! protocol and port, replies on records, a change judging connections
-//! again, the table switch.
+//! again, ICMP errors about allowed connections, the table switch.
 
 use dataplane_common::{ip_protocol, names};
+use std::net::Ipv4Addr;
+
 use dataplane_tests::test_run::{
-    Fixture, NODE_IP, POD_A_IP, POD_B_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, ipv4_packet,
-    tcp, udp,
+    Fixture, NODE_IP, POD_A_IP, POD_B_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, icmp,
+    ipv4_packet, tcp, udp,
 };
 use dataplane_user::model::policy::{CompiledPolicy, PodFacts, PolicyWorld};
 use serde_json::json;
@@ -153,5 +155,97 @@ fn the_programs_read_the_table_the_switch_names_and_nothing_while_no_pod_is_isol
     // Switched to an empty table: nothing is isolated, nothing looked up.
     fixture.set_policy(&CompiledPolicy::default())?;
     assert_eq!(fixture.run(&tcp_a_to_b(SYN, 81)).0, TC_ACT_REDIRECT);
+    Ok(())
+}
+
+/// An ICMP error of `kind` and `code` from `from` to `to` quoting `quoted`
+/// (a frame: its IPv4 header and the first 8 bytes after it).
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, (kind, code): (u8, u8), quoted: &[u8]) -> Vec<u8> {
+    const ETHERNET: usize = 14;
+    const QUOTED: usize = 20 + 8;
+    let body = &quoted[ETHERNET..ETHERNET + QUOTED];
+    ipv4_packet(from, to, ip_protocol::ICMP, &icmp(kind, code, [0; 4], body))
+}
+
+const UNREACHABLE: u8 = 3;
+const FRAGMENTATION_NEEDED: u8 = 4;
+const PORT_UNREACHABLE: u8 = 3;
+/// A router between the pods and the world: no address of the node.
+const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+#[test]
+fn icmp_errors_about_allowed_connections_pass_and_others_are_judged() -> anyhow::Result<()> {
+    let mut fixture = Fixture::new()?;
+    // x/a: nothing may reach it, nothing may leave it but TCP to B's 80.
+    fixture.set_policy(&compiled(&[json!({
+        "namespace": "x", "name": "only-b-80", "policy_types": ["Ingress", "Egress"],
+        "egress": [{"ports": [{"protocol": "TCP", "port": 80}]}],
+    })]))?;
+    let to_pod = names::TO_POD_PROGRAM;
+    // A's connection to B's 80 is allowed and recorded; a router on the way
+    // says the path's MTU is smaller: A must hear it.
+    let opened = tcp_a_to_b(SYN, 80);
+    assert_eq!(fixture.run(&opened).0, TC_ACT_REDIRECT);
+    let too_big = icmp_error(
+        ROUTER_IP,
+        POD_A_IP,
+        (UNREACHABLE, FRAGMENTATION_NEEDED),
+        &opened,
+    );
+    assert_eq!(fixture.run_program(to_pod, &too_big).0, TC_ACT_OK);
+    // The same error about a connection A never had is judged as the ICMP
+    // packet it is: nothing reaches A.
+    let drops = fixture.counter("drop_policy_ingress");
+    let unknown = icmp_error(
+        ROUTER_IP,
+        POD_A_IP,
+        (UNREACHABLE, FRAGMENTATION_NEEDED),
+        &tcp_a_to_b(SYN, 81),
+    );
+    assert_eq!(fixture.run_program(to_pod, &unknown).0, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("drop_policy_ingress"), drops + 1);
+    Ok(())
+}
+
+#[test]
+fn a_pods_own_icmp_errors_about_allowed_connections_leave_it() -> anyhow::Result<()> {
+    let mut fixture = Fixture::new()?;
+    // x/a may send nothing; anything may reach it.
+    fixture.set_policy(&compiled(&[
+        json!({"namespace": "x", "name": "no-egress", "policy_types": ["Egress"]}),
+    ]))?;
+    // B's datagram to A's 5353 is recorded at to-pod; nothing listens, and
+    // A's port unreachable about it leaves A.
+    let datagram = ipv4_packet(
+        POD_B_IP,
+        POD_A_IP,
+        ip_protocol::UDP,
+        &udp((POD_B_IP, 6000), (POD_A_IP, 5353), true),
+    );
+    assert_eq!(
+        fixture.run_program(names::TO_POD_PROGRAM, &datagram).0,
+        TC_ACT_OK
+    );
+    let refused = icmp_error(
+        POD_A_IP,
+        POD_B_IP,
+        (UNREACHABLE, PORT_UNREACHABLE),
+        &datagram,
+    );
+    assert_eq!(fixture.run(&refused).0, TC_ACT_REDIRECT);
+    // An error about a datagram A never received does not.
+    let never_received = ipv4_packet(
+        POD_B_IP,
+        POD_A_IP,
+        ip_protocol::UDP,
+        &udp((POD_B_IP, 6000), (POD_A_IP, 5354), true),
+    );
+    let unprompted = icmp_error(
+        POD_A_IP,
+        POD_B_IP,
+        (UNREACHABLE, PORT_UNREACHABLE),
+        &never_received,
+    );
+    assert_eq!(fixture.run(&unprompted).0, TC_ACT_SHOT);
     Ok(())
 }
