@@ -1,5 +1,6 @@
 //! The upstream NetworkPolicy e2e method (kubernetes
-//! `test/e2e/network/netpol`) on one node: namespaces x and y, pods a, b, c
+//! `test/e2e/network/netpol`) on one node: namespaces x and y (and z for
+//! the cases that need a third), pods a, b, c
 //! from the real `ptp` chain (IPv6 left on) each serving TCP and UDP `PORTS`, each
 //! behind its own ClusterIP Service,
 //! followed by the agent through a Kubernetes API server; probes of every
@@ -33,11 +34,16 @@ pub const PORTS: [u16; 2] = [80, 81];
 /// The pods, as (namespace, name): pod i of the node.
 pub const PODS: [(&str, &str); 3] = [("x", "a"), ("y", "b"), ("x", "c")];
 
+/// `PODS` and a pod of a third namespace, z/b (labelled pod=b, as y/b).
+pub const PODS_WITH_Z: [(&str, &str); 4] = [("x", "a"), ("y", "b"), ("x", "c"), ("z", "b")];
+
 /// One node following a Kubernetes API server; pod 0 is x/a (pod=a), pod 1
-/// y/b, pod 2 x/c, from the real `ptp` chain, each serving `PORTS`.
+/// y/b, pod 2 x/c (and pod 3 z/b in `Lab::with_z`), from the real `ptp`
+/// chain, each serving `PORTS`.
 pub struct Lab {
     pub cluster: Cluster,
     pub api: FakeApiServer,
+    pods: &'static [(&'static str, &'static str)],
     _servers: Vec<EchoServers>,
 }
 
@@ -74,20 +80,33 @@ pub fn allow_named_port_from_y() -> Value {
 }
 
 impl Lab {
+    /// The lab of `PODS`.
     pub fn new() -> anyhow::Result<Self> {
+        Self::of(&PODS)
+    }
+
+    /// The lab of `PODS_WITH_Z`.
+    pub fn with_z() -> anyhow::Result<Self> {
+        Self::of(&PODS_WITH_Z)
+    }
+
+    fn of(pods: &'static [(&'static str, &'static str)]) -> anyhow::Result<Self> {
         let mut cluster =
-            Cluster::new(ClusterSpec::dataplane(1, PODS.len()).with_real_plugin(MainPlugin::Ptp))?;
+            Cluster::new(ClusterSpec::dataplane(1, pods.len()).with_real_plugin(MainPlugin::Ptp))?;
         let kubeconfig: PathBuf = cluster.workdir().join("kubeconfig");
         let node = &mut cluster.nodes[0];
         let api = FakeApiServer::start(&node.netns)?;
         api.write_kubeconfig(&kubeconfig)?;
         api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
-        for name in ["x", "y"] {
+        let mut namespaces: Vec<&str> = pods.iter().map(|(namespace, _)| *namespace).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for name in namespaces {
             api.apply(Resource::Namespaces, namespace(name));
         }
-        for (index, ((namespace, name), pod_of_node)) in PODS.iter().zip(&node.pods).enumerate() {
+        for (index, (&(namespace, name), pod_of_node)) in pods.iter().zip(&node.pods).enumerate() {
             api.apply(Resource::Pods, pod(namespace, name, pod_of_node.ip));
-            let (service, slice) = service(index, pod_of_node.ip);
+            let (service, slice) = service((index, namespace, name), pod_of_node.ip);
             api.apply(Resource::Services, service);
             api.apply(Resource::EndpointSlices, slice);
         }
@@ -103,6 +122,7 @@ impl Lab {
         Ok(Self {
             cluster,
             api,
+            pods,
             _servers: servers,
         })
     }
@@ -125,37 +145,62 @@ impl Lab {
     }
 
     /// Every ordered pair of pods at `port`, as the upstream suite prints it
-    /// (X: reached, .: not).
+    /// (X: reached, .: not), probed at once (a denied probe waits out its
+    /// timeout).
     pub fn truth_table(&self, via: Via, port: u16) -> Vec<Vec<bool>> {
-        (0..PODS.len())
-            .map(|from| {
-                (0..PODS.len())
-                    .map(|to| self.reaches(from, (to, via), port))
-                    .collect()
-            })
-            .collect()
+        let count = self.pods.len();
+        std::thread::scope(|scope| {
+            let probes: Vec<Vec<_>> = (0..count)
+                .map(|from| {
+                    (0..count)
+                        .map(|to| scope.spawn(move || self.reaches(from, (to, via), port)))
+                        .collect()
+                })
+                .collect();
+            probes
+                .into_iter()
+                .map(|row| {
+                    row.into_iter()
+                        .map(|probe| probe.join().expect("a probe never panics"))
+                        .collect()
+                })
+                .collect()
+        })
     }
 
     /// Waits until the truth table at `port` is `wanted` (rows: from, in
-    /// `PODS` order); both tables printed whole if it never is.
-    pub fn until_reachability(&self, port: u16, wanted: [[bool; 3]; 3]) -> anyhow::Result<()> {
+    /// the lab's pod order); both tables printed whole if it never is.
+    pub fn until_reachability<const N: usize>(
+        &self,
+        port: u16,
+        wanted: [[bool; N]; N],
+    ) -> anyhow::Result<()> {
         self.until_reachability_via(Via::Pod, port, wanted)
     }
 
     /// As `until_reachability`, to each pod `via` its address (over TCP or
     /// UDP) or Service.
-    pub fn until_reachability_via(
+    pub fn until_reachability_via<const N: usize>(
         &self,
         via: Via,
         port: u16,
-        wanted: [[bool; 3]; 3],
+        wanted: [[bool; N]; N],
     ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            N == self.pods.len(),
+            "a table of {N} pods for a lab of {}",
+            self.pods.len()
+        );
         let wanted: Vec<Vec<bool>> = wanted.iter().map(|row| row.to_vec()).collect();
         let matched = eventually(WATCH_TIMEOUT, || Ok(self.truth_table(via, port) == wanted))?;
         if !matched {
             let print = |table: &[Vec<bool>]| {
-                let mut text = String::from("      x/a y/b x/c\n");
-                for ((namespace, name), row) in PODS.iter().zip(table) {
+                let mut text = String::from("     ");
+                for (namespace, name) in self.pods {
+                    text.push_str(&format!(" {namespace}/{name}"));
+                }
+                text.push('\n');
+                for ((namespace, name), row) in self.pods.iter().zip(table) {
                     text.push_str(&format!("{namespace}/{name}  "));
                     for cell in row {
                         text.push_str(if *cell { " X  " } else { " .  " });
@@ -185,7 +230,7 @@ impl Lab {
 
     /// Pod `index` with `labels` besides its pod=<name>.
     pub fn relabel_pod(&self, index: usize, labels: Value) {
-        let (namespace, name) = PODS[index];
+        let (namespace, name) = self.pods[index];
         let mut object = pod(namespace, name, self.node().pods[index].ip);
         for (key, value) in labels.as_object().into_iter().flatten() {
             object["metadata"]["labels"][key] = value.clone();
@@ -255,10 +300,10 @@ pub fn cluster_ip(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, 0, 10 + index as u8)
 }
 
-/// Pod `index`'s Service (`s-<pod>` in its namespace: every port of
-/// `PORTS`, to the same port of the pod) and its EndpointSlice.
-pub fn service(index: usize, ip: Ipv4Addr) -> (Value, Value) {
-    let (namespace, name) = PODS[index];
+/// The Service of pod `index`, `namespace/name` (`s-<pod>` in its
+/// namespace: every port of `PORTS`, to the same port of the pod) and its
+/// EndpointSlice.
+pub fn service((index, namespace, name): (usize, &str, &str), ip: Ipv4Addr) -> (Value, Value) {
     let service_name = format!("s-{name}");
     let ports: Vec<Value> = PORTS
         .iter()

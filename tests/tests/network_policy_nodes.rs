@@ -47,7 +47,7 @@ impl TwoNodes {
                 api.apply_node(&format!("n{index}"), node.ip, &node.pod_cidr.to_string());
                 api.apply(Resource::Namespaces, namespace(namespace_name));
                 api.apply(Resource::Pods, pod(namespace_name, name, pod_of_node.ip));
-                let (service, slice) = service(index, pod_of_node.ip);
+                let (service, slice) = service((index, namespace_name, name), pod_of_node.ip);
                 api.apply(Resource::Services, service);
                 api.apply(Resource::EndpointSlices, slice);
             }
