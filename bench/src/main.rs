@@ -8,6 +8,7 @@ mod kube_proxy;
 mod measure;
 mod paths;
 mod policy;
+mod policy_traffic;
 mod programming;
 mod report;
 mod scale;
@@ -48,7 +49,8 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["paths", "programming_only", "services_only"])]
     footprint_only: bool,
     /// Only the NetworkPolicy rows (the verdict's cost as entries grow,
-    /// `BPF_PROG_TEST_RUN`); no clusters are built.
+    /// `BPF_PROG_TEST_RUN`; connections/s and p99 to a policed pod against
+    /// Calico-shaped iptables, on two one-node clusters of their own).
     #[arg(long, conflicts_with_all = ["paths", "programming_only", "services_only", "footprint_only"])]
     policy_only: bool,
     /// The largest number of Services measured (of 1, 1,000, 10,000, 30,000).
@@ -196,8 +198,9 @@ fn main() -> anyhow::Result<()> {
         let note = services::footprint_only(cli.services_max, &mut progress)?;
         (Vec::new(), Vec::new(), vec![note])
     } else if cli.policy_only {
-        progress.expect(policy::steps(&settings));
-        let (comparisons, note) = policy::run(&settings, &mut progress)?;
+        progress.expect(policy::steps(&settings) + policy_traffic::steps(&settings));
+        let (mut comparisons, note) = policy::run(&settings, &mut progress)?;
+        comparisons.extend(policy_traffic::run(&settings, &mut progress)?);
         (comparisons, Vec::new(), vec![note])
     } else if cli.services_only {
         progress.expect(services::steps(&settings));
@@ -243,6 +246,7 @@ fn traffic_and_scale(
         progress.expect(
             scale::steps(settings)
                 + policy::steps(settings)
+                + policy_traffic::steps(settings)
                 + programming::steps(settings)
                 + services::steps(settings),
         );
@@ -259,6 +263,7 @@ fn traffic_and_scale(
     // the others go first.
     drop(clusters);
     if with_scale {
+        comparisons.extend(policy_traffic::run(settings, progress)?);
         comparisons.extend(programming::run(settings, progress)?);
         let (services, footprint) = services::run(settings, progress)?;
         comparisons.extend(services);

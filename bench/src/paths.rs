@@ -223,7 +223,7 @@ const RUNS: [Run; 5] = [
 ];
 
 const UDP_PAYLOAD: u32 = 64;
-const CONNECTING_CLIENTS: usize = 4;
+pub const CONNECTING_CLIENTS: usize = 4;
 
 pub fn run(
     clusters: &Clusters,

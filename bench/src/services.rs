@@ -10,10 +10,8 @@
 //! same node, and one of its endpoints is changed.
 
 use std::{
-    io::Write as _,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     ops::Range,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -440,34 +438,13 @@ impl KubeProxy {
     /// Feeds `rules` to `iptables-restore --noflush` or `nft -f` in the
     /// node's namespace, as kube-proxy does each sync; seconds it took.
     fn load(&self, rules: &str) -> anyhow::Result<f64> {
-        let (program, args): (&str, &[&str]) = match self.rule_set {
-            RuleSet::Iptables => ("iptables-restore", &["--noflush"]),
-            RuleSet::Nftables => ("nft", &["-f", "-"]),
+        let args: &[&str] = match self.rule_set {
+            RuleSet::Iptables => &["iptables-restore", "--noflush"],
+            RuleSet::Nftables => &["nft", "-f", "-"],
         };
         let started = Instant::now();
-        let mut child = self.node.cluster.nodes[0]
-            .netns
-            .command(program)?
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {program}"))?;
-        child
-            .stdin
-            .take()
-            .context("no stdin")?
-            .write_all(rules.as_bytes())?;
-        let output = child.wait_with_output()?;
+        self.node.cluster.nodes[0].netns.feed(args, rules)?;
         let seconds = started.elapsed().as_secs_f64();
-        if !output.status.success() {
-            bail!(
-                "{program} failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
         Ok(seconds)
     }
 }

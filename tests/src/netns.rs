@@ -4,6 +4,7 @@
 
 use std::{
     fs::File,
+    io::Write as _,
     os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -169,6 +170,33 @@ impl Netns {
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
         output_of(self.command_of(args)?)
             .with_context(|| format!("in network namespace {}", self.name))
+    }
+
+    /// Runs a program inside the namespace with `input` on its stdin (a
+    /// rule set to `iptables-restore`, `nft -f -`, `ipset restore`), to
+    /// completion.
+    pub fn feed(&self, args: &[&str], input: &str) -> anyhow::Result<()> {
+        let mut child = self
+            .command_of(args)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {args:?} in {}", self.name))?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(input.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "{args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// Starts a program inside the namespace without waiting for it.

@@ -15,7 +15,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests, demo and benchmarks run: probes and traffic
 /// (`ss` from iproute2, `ping`, `iperf3` under util-linux's `taskset`,
 /// `tcpdump` for captures on the underlay), the
-/// kernel baselines' firewalls, and the real CNI reference plugins. The
+/// kernel baselines' firewalls (with `ipset`, as Calico's iptables dataplane
+/// writes selectors), and the real CNI reference plugins. The
 /// namespaces themselves are made over netlink and system calls.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
@@ -25,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "iptables",
     "nftables",
+    "ipset",
     "containernetworking-plugins",
 ];
 
