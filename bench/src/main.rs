@@ -8,6 +8,7 @@ mod kube_proxy;
 mod measure;
 mod paths;
 mod policy;
+mod policy_propagation;
 mod policy_traffic;
 mod programming;
 mod report;
@@ -198,10 +199,15 @@ fn main() -> anyhow::Result<()> {
         let note = services::footprint_only(cli.services_max, &mut progress)?;
         (Vec::new(), Vec::new(), vec![note])
     } else if cli.policy_only {
-        progress.expect(policy::steps(&settings) + policy_traffic::steps(&settings));
+        progress.expect(
+            policy::steps(&settings)
+                + policy_traffic::steps(&settings)
+                + policy_propagation::steps(&settings),
+        );
         let (mut comparisons, note) = policy::run(&settings, &mut progress)?;
         comparisons.extend(policy_traffic::run(&settings, &mut progress)?);
-        (comparisons, Vec::new(), vec![note])
+        let propagation = policy_propagation::run(&settings, &mut progress)?;
+        (comparisons, Vec::new(), vec![note, propagation])
     } else if cli.services_only {
         progress.expect(services::steps(&settings));
         let (comparisons, notes) = services::run(&settings, &mut progress)?;
@@ -247,6 +253,7 @@ fn traffic_and_scale(
             scale::steps(settings)
                 + policy::steps(settings)
                 + policy_traffic::steps(settings)
+                + policy_propagation::steps(settings)
                 + programming::steps(settings)
                 + services::steps(settings),
         );
@@ -264,6 +271,7 @@ fn traffic_and_scale(
     drop(clusters);
     if with_scale {
         comparisons.extend(policy_traffic::run(settings, progress)?);
+        notes.push(policy_propagation::run(settings, progress)?);
         comparisons.extend(programming::run(settings, progress)?);
         let (services, footprint) = services::run(settings, progress)?;
         comparisons.extend(services);

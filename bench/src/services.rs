@@ -337,19 +337,7 @@ impl Dataplane {
         let pid = self.node.cluster.nodes[0]
             .agent_pid()
             .context("the agent is not running")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .context("no VmRSS in the agent's status")?;
+        let rss = resident_bytes(pid)?;
         let mut maps = std::collections::BTreeMap::new();
         for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
             let info = std::fs::read_to_string(fd?.path()).unwrap_or_default();
@@ -362,7 +350,7 @@ impl Dataplane {
                 maps.insert(id, memlock);
             }
         }
-        Ok((rss * 1024, maps.values().sum()))
+        Ok((rss, maps.values().sum()))
     }
 }
 
@@ -520,6 +508,24 @@ const BASELINES: [&str; 2] = [
     "kube-proxy iptables mode (iptables-restore, nf_tables backend)",
     "kube-proxy nftables mode (nft -f)",
 ];
+
+/// The resident memory of process `pid`, in bytes.
+pub fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kilobytes = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .context("no VmRSS in the process's status")?;
+    Ok(kilobytes * 1024)
+}
 
 /// The Services rows, and a note on the dataplane's footprint at the
 /// largest size.

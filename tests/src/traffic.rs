@@ -376,17 +376,24 @@ pub fn echo_once(netns: &Netns, address: SocketAddr, timeout: Duration) -> anyho
     joined(in_netns(netns, move || {
         let mut stream = TcpStream::connect_timeout(&address, timeout)
             .with_context(|| format!("connecting to {address}"))?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.write_all(&LAST_REQUEST)?;
-        let mut answer = [0u8; 64];
-        stream
-            .read_exact(&mut answer)
-            .with_context(|| format!("the answer from {address}"))?;
-        if answer != LAST_REQUEST {
-            bail!("{address} answered something else");
-        }
-        Ok(())
+        echo_over(&mut stream, timeout)
     }))
+}
+
+/// One request answered on `stream` (connected to `EchoServers`), which
+/// the server then closes.
+pub fn echo_over(stream: &mut TcpStream, timeout: Duration) -> anyhow::Result<()> {
+    let address = stream.peer_addr()?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(&LAST_REQUEST)?;
+    let mut answer = [0u8; 64];
+    stream
+        .read_exact(&mut answer)
+        .with_context(|| format!("the answer from {address}"))?;
+    if answer != LAST_REQUEST {
+        bail!("{address} answered something else");
+    }
+    Ok(())
 }
 
 /// Echo servers on several ports of one address (a Service's backends),

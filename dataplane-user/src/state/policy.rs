@@ -68,6 +68,7 @@ impl<L: HostLinks> Owner<L> {
     /// programs switched to it. Until the sources have given everything
     /// once, the maps keep what they hold.
     pub(super) fn program_policies(&mut self, joining: Option<Ipv4Addr>) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let compiled = {
             let model = self.policies.read().unwrap_or_else(PoisonError::into_inner);
             if !model.synced {
@@ -97,6 +98,7 @@ impl<L: HostLinks> Owner<L> {
             return Ok(());
         }
         let wanted = PolicyTable::of(&compiled, active ^ 1);
+        let compiled_in = started.elapsed();
         let written = self.dataplane.write_idle_policy(&wanted);
         let next = switch.next(&wanted);
         self.write_node_config_with(next)?;
@@ -117,6 +119,8 @@ impl<L: HostLinks> Owner<L> {
             entries = wanted.rules.len(),
             classes = wanted.classes.len(),
             generation = next.generation,
+            compiled_ms = compiled_in.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
             "NetworkPolicy programmed"
         );
         Ok(())

@@ -10,14 +10,17 @@
 //! `PolicyWorld::verdict` on every case.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
 use dataplane_common::ip_protocol;
 use ipnetwork::IpNetwork;
 
-use super::{Direction, Peer, PodFacts, PolicyProtocol, PolicySpec, PolicyWorld, PortRef, Rule};
+use super::{
+    Direction, Peer, PodFacts, PolicyProtocol, PolicySpec, PolicyWorld, PortRef, Rule,
+    verdict::selects,
+};
 
 /// The class of addresses no peer matches (absent from the trie).
 pub const WORLD: u32 = 0;
@@ -82,11 +85,21 @@ struct ClassKey {
     named_ports: Vec<Option<u16>>,
 }
 
+/// Pod atoms that select alike (one peer, written into several policies
+/// of a namespace, or with a namespace selector into any): each pod is
+/// matched against a group once, not against each of its atoms.
+struct PeerGroup<'a> {
+    peer: &'a Peer,
+    namespace: &'a str,
+    atoms: Vec<usize>,
+}
+
 /// One compilation: the policies that matter to this node's pods, split
 /// into atoms, and the classes found so far.
 struct Compiler<'a> {
     world: &'a PolicyWorld,
     atoms: Vec<Atom<'a>>,
+    groups: Vec<PeerGroup<'a>>,
     /// Egress rules' port names, resolved per destination pod.
     names: Vec<(String, PolicyProtocol)>,
     /// Every prefix an ipBlock names, normalized.
@@ -189,9 +202,11 @@ impl<'a> Compiler<'a> {
             .flatten()
             .map(|prefix| IpNetwork::new(prefix.network(), prefix.prefix()).expect("valid prefix"))
             .collect();
+        let groups = peer_groups(&atoms);
         Self {
             world,
             atoms,
+            groups,
             names,
             prefixes,
             classes: BTreeMap::new(),
@@ -248,18 +263,16 @@ impl<'a> Compiler<'a> {
         }
         let world = self.world;
         for pod in world.pods().filter(|pod| !pod.host_network) {
+            let namespace_labels = world.namespace_labels(&pod.namespace);
+            let selecting: Vec<usize> = self
+                .groups
+                .iter()
+                .filter(|group| selects(group.peer, group.namespace, pod, &namespace_labels))
+                .flat_map(|group| group.atoms.iter().copied())
+                .collect();
             for ip in &pod.ips {
                 let mut atoms = self.block_atoms(|held| held.contains(*ip));
-                atoms.extend(
-                    self.atoms
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, atom)| {
-                            matches!(atom.peer, Peer::Pods { .. })
-                                && world.is(*ip, atom.peer, atom.policy)
-                        })
-                        .map(|(index, _)| index),
-                );
+                atoms.extend(selecting.iter().copied());
                 let named_ports = self
                     .names
                     .iter()
@@ -359,6 +372,35 @@ impl<'a> Compiler<'a> {
         let (key, _) = self.classes.iter().find(|(_, id)| **id == class)?;
         key.named_ports[slot]
     }
+}
+
+/// The pod atoms grouped by what they select.
+fn peer_groups<'a>(atoms: &[Atom<'a>]) -> Vec<PeerGroup<'a>> {
+    let mut groups: Vec<PeerGroup<'a>> = Vec::new();
+    let mut index: HashMap<(&Peer, &str), usize> = HashMap::new();
+    for (position, atom) in atoms.iter().enumerate() {
+        let Peer::Pods {
+            namespace_selector, ..
+        } = atom.peer
+        else {
+            continue;
+        };
+        // Only a peer without a namespace selector reads the policy's.
+        let namespace = match namespace_selector {
+            None => atom.policy.namespace.as_str(),
+            Some(_) => "",
+        };
+        let group = *index.entry((atom.peer, namespace)).or_insert_with(|| {
+            groups.push(PeerGroup {
+                peer: atom.peer,
+                namespace,
+                atoms: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[group].atoms.push(position);
+    }
+    groups
 }
 
 /// The number of `pod`'s container port `name` over `protocol`.

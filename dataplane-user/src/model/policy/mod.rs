@@ -10,6 +10,7 @@ mod selector;
 mod verdict;
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::{Arc, RwLock},
@@ -65,7 +66,7 @@ pub struct Rule {
 }
 
 /// Who a rule allows.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Peer {
     /// Pods by label: `pod_selector` alone, in the policy's namespace;
@@ -292,11 +293,14 @@ impl PolicyWorld {
     }
 
     /// The labels of namespace `name` (only its name label when unknown).
-    fn namespace_labels(&self, name: &str) -> Labels {
-        self.namespaces
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]))
+    fn namespace_labels(&self, name: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(labels) => Cow::Borrowed(labels),
+            None => Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                name.to_string(),
+            )])),
+        }
     }
 
     /// The policies selecting `pod` that isolate it in `direction`.

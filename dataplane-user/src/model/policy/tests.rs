@@ -576,3 +576,21 @@ fn a_pod_bound_by_name_is_isolated_before_its_address_is_known() {
     world.unbind(joining);
     assert_eq!(world.awaited(joining), None);
 }
+
+#[test]
+fn one_peer_written_into_policies_of_two_namespaces_selects_in_each_its_own() {
+    // The compiler matches pods once per distinct peer: a pod selector
+    // alone reads its policy's namespace, so x's and y's copies differ.
+    let mut world = world();
+    for namespace in ["x", "y"] {
+        let mut allow = policy(namespace, "allow-b", labels(&[("pod", "a")]));
+        allow.ingress = from_peers(vec![pods(None, Some(labels(&[("pod", "b")])))]);
+        world.set_policy(allow);
+    }
+    assert_table(
+        &world,
+        PolicyProtocol::Tcp,
+        80,
+        expect(|from, to| (to == "x/a" && from != "x/b") || (to == "y/a" && from != "y/b")),
+    );
+}

@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Direction, Peer, PodFacts, PolicyProtocol, PolicySpec, PolicyWorld, PortMatch, PortRef, Rule,
+    Direction, Labels, Peer, PodFacts, PolicyProtocol, PolicySpec, PolicyWorld, PortMatch, PortRef,
+    Rule,
 };
 
 /// A new connection as policy judges it: from the client's address to the
@@ -124,24 +125,41 @@ impl PolicyWorld {
             Peer::Block { cidr, except } => {
                 cidr.contains(ip) && !except.iter().any(|except| except.contains(ip))
             }
-            Peer::Pods {
-                namespace_selector,
-                pod_selector,
-            } => {
-                let Some(pod) = self.pod(ip) else {
-                    return false;
-                };
-                let namespace = match namespace_selector {
-                    None => pod.namespace == policy.namespace,
-                    Some(selector) => selector.matches(&self.namespace_labels(&pod.namespace)),
-                };
-                namespace
-                    && pod_selector
-                        .as_ref()
-                        .is_none_or(|selector| selector.matches(&pod.labels))
-            }
+            Peer::Pods { .. } => self.pod(ip).is_some_and(|pod| {
+                selects(
+                    peer,
+                    &policy.namespace,
+                    pod,
+                    &self.namespace_labels(&pod.namespace),
+                )
+            }),
         }
     }
+}
+
+/// Whether the pod selectors of `peer`, of a policy of namespace
+/// `namespace`, select `pod` (its namespace labelled `namespace_labels`).
+pub(super) fn selects(
+    peer: &Peer,
+    namespace: &str,
+    pod: &PodFacts,
+    namespace_labels: &Labels,
+) -> bool {
+    let Peer::Pods {
+        namespace_selector,
+        pod_selector,
+    } = peer
+    else {
+        return false;
+    };
+    let in_namespace = match namespace_selector {
+        None => pod.namespace == namespace,
+        Some(selector) => selector.matches(namespace_labels),
+    };
+    in_namespace
+        && pod_selector
+            .as_ref()
+            .is_none_or(|selector| selector.matches(&pod.labels))
 }
 
 /// Whether `connection` is on `port`: its protocol, and its number, in the
