@@ -1,3 +1,4 @@
+// Above 400 lines: the verdict, its records and ICMP errors read as one path (split, they would pass the scratch around).
 //! NetworkPolicy: the verdict on a local pod's packets where they leave it
 //! (from-pod, after a Service's translation: judged on the backend) and
 //! where they are handed to it (to-pod: the delivery funnel hands pods their

@@ -7,7 +7,7 @@
 
 use dataplane_tests::{
     kube_api::Resource,
-    netpol::{ALL, Lab, policy},
+    netpol::{ALL, Lab, X_ISOLATED, deny_ingress_in_x, policy},
 };
 use serde_json::{Value, json};
 
@@ -278,13 +278,16 @@ fn should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp() -> anyhow::
 }
 
 #[test]
-fn should_not_allow_access_by_tcp_when_a_policy_specifies_only_sctp() -> anyhow::Result<()> {
-    let lab = lab_with(&[a_takes(
-        "sctp-only",
-        json!([{"ports": [
-        {"port": 80, "protocol": "SCTP"}]}]),
-    )])?;
-    lab.until_reachability(80, A_CLOSED)
+fn should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_doesnt_support_sctp()
+-> anyhow::Result<()> {
+    let lab = lab_with(&[
+        deny_ingress_in_x(),
+        a_takes(
+            "allow-only-sctp-ingress-on-port-81",
+            json!([{"ports": [{"port": 81, "protocol": "SCTP"}]}]),
+        ),
+    ])?;
+    lab.until_reachability(81, X_ISOLATED)
 }
 
 #[test]

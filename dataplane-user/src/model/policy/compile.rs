@@ -1,3 +1,4 @@
+// Above 400 lines: one compiler (classes, peer groups, entries, port prefixes) whose steps read together.
 //! Policy compiled into what the programs look up, so a new connection
 //! costs the same with 10 rules or 10,000: the address space split into
 //! peer classes (an LPM trie: prefix -> class, every address's class the
