@@ -8,7 +8,6 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -16,7 +15,7 @@ use anyhow::Context as _;
 use dataplane_tests::{
     Cluster, ClusterSpec,
     kube_api::{FakeApiServer, Resource},
-    netpol::{namespace, pod, policy},
+    netpol::{followed_node, pod, policy},
     traffic::{EchoServers, echo_over, in_netns, joined},
 };
 use serde_json::{Value, json};
@@ -138,16 +137,10 @@ struct Lab {
 
 impl Lab {
     fn new() -> anyhow::Result<Self> {
-        let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 2))
-            .context("dataplane cluster for policy propagation")?;
-        let kubeconfig: PathBuf = cluster.workdir().join("kubeconfig");
+        let (mut cluster, api, kubeconfig) =
+            followed_node(ClusterSpec::dataplane(1, 2), &["x", "y"])
+                .context("dataplane cluster for policy propagation")?;
         let node = &mut cluster.nodes[0];
-        let api = FakeApiServer::start(&node.netns)?;
-        api.write_kubeconfig(&kubeconfig)?;
-        api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
-        for name in ["x", "y"] {
-            api.apply(Resource::Namespaces, namespace(name));
-        }
         api.apply(Resource::Pods, pod("x", "client", node.pods[0].ip));
         api.apply(Resource::Pods, pod("x", "server", node.pods[1].ip));
         for index in 0..PODS {

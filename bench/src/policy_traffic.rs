@@ -6,7 +6,7 @@
 //! workload and per policy, an ipset per selector, established connections
 //! accepted by conntrack first, so only new connections walk the chains.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Context as _;
 use dataplane_tests::{
@@ -14,7 +14,7 @@ use dataplane_tests::{
     cluster::{Forwarding, Node},
     eventually,
     kube_api::{FakeApiServer, Resource},
-    netpol::{namespace, pod, policy},
+    netpol::{followed_node, pod, policy},
     traffic::connection_rate,
 };
 use serde_json::{Value, json};
@@ -131,14 +131,9 @@ struct PolicedNode {
 
 impl PolicedNode {
     fn new() -> anyhow::Result<Self> {
-        let mut cluster = Cluster::new(ClusterSpec::dataplane(1, 2))
+        let (mut cluster, api, kubeconfig) = followed_node(ClusterSpec::dataplane(1, 2), &["x"])
             .context("dataplane cluster for the policy rows")?;
-        let kubeconfig: PathBuf = cluster.workdir().join("kubeconfig");
         let node = &mut cluster.nodes[0];
-        let api = FakeApiServer::start(&node.netns)?;
-        api.write_kubeconfig(&kubeconfig)?;
-        api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
-        api.apply(Resource::Namespaces, namespace("x"));
         for (name, pod_of_node) in ["client", "server"].into_iter().zip(&node.pods) {
             api.apply(Resource::Pods, pod("x", name, pod_of_node.ip));
         }

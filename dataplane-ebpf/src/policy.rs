@@ -99,15 +99,7 @@ fn read_packet(ctx: &TcContext, into: &mut Packet) -> bool {
     }
     let l4 = IP_AT + usize::from(ip.vihl & 0x0f) * 4;
     into.opening = true;
-    into.key = FlowKey {
-        src: ip.src_addr,
-        dst: ip.dst_addr,
-        src_port: [0; 2],
-        dst_port: [0; 2],
-        protocol: ip.proto,
-        direction: 0,
-        _pad: [0; 2],
-    };
+    into.key = portless(ip.src_addr, ip.dst_addr, ip.proto);
     match ip.proto {
         ip_protocol::TCP | ip_protocol::UDP | ip_protocol::SCTP => {
             let Ok(ports) = ctx.load::<[[u8; 2]; 2]>(l4) else {
@@ -131,6 +123,20 @@ fn read_packet(ctx: &TcContext, into: &mut Packet) -> bool {
     true
 }
 
+/// A connection's key before its ports are read (direction 0).
+#[inline(always)]
+fn portless(src: [u8; 4], dst: [u8; 4], protocol: u8) -> FlowKey {
+    FlowKey {
+        src,
+        dst,
+        src_port: [0; 2],
+        dst_port: [0; 2],
+        protocol,
+        direction: 0,
+        _pad: [0; 2],
+    }
+}
+
 /// For an ICMP error: the connection of the packet it quotes (an error
 /// opens nothing).
 #[inline(always)]
@@ -140,15 +146,7 @@ fn read_quote(ctx: &TcContext, into: &mut Packet) {
     };
     into.opening = false;
     into.error = true;
-    into.about = FlowKey {
-        src: quoted.src,
-        dst: quoted.dst,
-        src_port: [0; 2],
-        dst_port: [0; 2],
-        protocol: quoted.protocol,
-        direction: 0,
-        _pad: [0; 2],
-    };
+    into.about = portless(quoted.src, quoted.dst, quoted.protocol);
     if let ip_protocol::TCP | ip_protocol::UDP | ip_protocol::SCTP = quoted.protocol
         && let Ok(ports) = ctx.load::<[[u8; 2]; 2]>(QUOTE_PAYLOAD_AT)
     {

@@ -91,19 +91,14 @@ impl Lab {
     }
 
     fn of(pods: &'static [(&'static str, &'static str)]) -> anyhow::Result<Self> {
-        let mut cluster =
-            Cluster::new(ClusterSpec::dataplane(1, pods.len()).with_real_plugin(MainPlugin::Ptp))?;
-        let kubeconfig: PathBuf = cluster.workdir().join("kubeconfig");
-        let node = &mut cluster.nodes[0];
-        let api = FakeApiServer::start(&node.netns)?;
-        api.write_kubeconfig(&kubeconfig)?;
-        api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
         let mut namespaces: Vec<&str> = pods.iter().map(|(namespace, _)| *namespace).collect();
         namespaces.sort_unstable();
         namespaces.dedup();
-        for name in namespaces {
-            api.apply(Resource::Namespaces, namespace(name));
-        }
+        let (mut cluster, api, kubeconfig) = followed_node(
+            ClusterSpec::dataplane(1, pods.len()).with_real_plugin(MainPlugin::Ptp),
+            &namespaces,
+        )?;
+        let node = &mut cluster.nodes[0];
         for (index, (&(namespace, name), pod_of_node)) in pods.iter().zip(&node.pods).enumerate() {
             api.apply(Resource::Pods, pod(namespace, name, pod_of_node.ip));
             let (service, slice) = service((index, namespace, name), pod_of_node.ip);
@@ -125,6 +120,17 @@ impl Lab {
             pods,
             _servers: servers,
         })
+    }
+
+    /// Waits until every pod reaches every pod at 80, then applies
+    /// `policies`.
+    pub fn apply_once_open(&self, policies: &[Value]) -> anyhow::Result<()> {
+        let count = self.pods.len();
+        self.until_table(Via::Pod, 80, vec![vec![true; count]; count])?;
+        for policy in policies {
+            self.api.apply(Resource::NetworkPolicies, policy.clone());
+        }
+        Ok(())
     }
 
     /// Whether pod `from` gets an answer from pod `to` (or its Service) at
@@ -191,7 +197,10 @@ impl Lab {
             "a table of {N} pods for a lab of {}",
             self.pods.len()
         );
-        let wanted: Vec<Vec<bool>> = wanted.iter().map(|row| row.to_vec()).collect();
+        self.until_table(via, port, wanted.iter().map(|row| row.to_vec()).collect())
+    }
+
+    fn until_table(&self, via: Via, port: u16, wanted: Vec<Vec<bool>>) -> anyhow::Result<()> {
         let matched = eventually(WATCH_TIMEOUT, || Ok(self.truth_table(via, port) == wanted))?;
         if !matched {
             let print = |table: &[Vec<bool>]| {
@@ -362,4 +371,36 @@ pub fn policy(namespace: &str, name: &str, spec: Value) -> Value {
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     })
+}
+
+/// A one-node cluster of `spec` and a fake API server in its node's
+/// namespace holding the node and `namespaces`, with a kubeconfig for it
+/// (the agent is not following it yet: `Node::follow_kubernetes`).
+pub fn followed_node(
+    spec: ClusterSpec,
+    namespaces: &[&str],
+) -> anyhow::Result<(Cluster, FakeApiServer, PathBuf)> {
+    let cluster = Cluster::new(spec)?;
+    let kubeconfig: PathBuf = cluster.workdir().join("kubeconfig");
+    let node = &cluster.nodes[0];
+    let api = FakeApiServer::start(&node.netns)?;
+    api.write_kubeconfig(&kubeconfig)?;
+    api.apply_node("n0", node.ip, &node.pod_cidr.to_string());
+    for name in namespaces {
+        api.apply(Resource::Namespaces, namespace(name));
+    }
+    Ok((cluster, api, kubeconfig))
+}
+
+/// x/a (pod=a) isolated for ingress, taking what `ingress` allows.
+pub fn a_takes(name: &str, ingress: Value) -> Value {
+    policy(
+        "x",
+        name,
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        }),
+    )
 }

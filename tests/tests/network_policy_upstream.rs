@@ -7,7 +7,7 @@
 
 use dataplane_tests::{
     kube_api::Resource,
-    netpol::{ALL, Lab, X_ISOLATED, deny_ingress_in_x, policy},
+    netpol::{ALL, Lab, X_ISOLATED, a_takes, deny_ingress_in_x, policy},
 };
 use serde_json::{Value, json};
 
@@ -17,24 +17,8 @@ const F: bool = false;
 /// A lab with `policies` applied.
 fn lab_with(policies: &[Value]) -> anyhow::Result<Lab> {
     let lab = Lab::new()?;
-    lab.until_reachability(80, ALL)?;
-    for policy in policies {
-        lab.api.apply(Resource::NetworkPolicies, policy.clone());
-    }
+    lab.apply_once_open(policies)?;
     Ok(lab)
-}
-
-/// x/a isolated for ingress, taking what `ingress` allows.
-fn a_takes(name: &str, ingress: Value) -> Value {
-    policy(
-        "x",
-        name,
-        json!({
-            "podSelector": {"matchLabels": {"pod": "a"}},
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        }),
-    )
 }
 
 /// Only x/a's ingress cut, from everyone but itself.

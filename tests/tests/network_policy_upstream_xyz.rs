@@ -8,7 +8,7 @@
 
 use dataplane_tests::{
     kube_api::Resource,
-    netpol::{Lab, policy},
+    netpol::{Lab, a_takes, policy},
 };
 use serde_json::{Value, json};
 
@@ -21,24 +21,8 @@ const ALL: [[bool; 4]; 4] = [[T; 4]; 4];
 /// A lab with `policies` applied.
 fn lab_with(policies: &[Value]) -> anyhow::Result<Lab> {
     let lab = Lab::with_z()?;
-    lab.until_reachability(80, ALL)?;
-    for policy in policies {
-        lab.api.apply(Resource::NetworkPolicies, policy.clone());
-    }
+    lab.apply_once_open(policies)?;
     Ok(lab)
-}
-
-/// x/a isolated for ingress, taking what `ingress` allows.
-fn a_takes(name: &str, ingress: Value) -> Value {
-    policy(
-        "x",
-        name,
-        json!({
-            "podSelector": {"matchLabels": {"pod": "a"}},
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        }),
-    )
 }
 
 /// x/a isolated for egress, sending what `egress` allows.
