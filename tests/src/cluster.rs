@@ -407,6 +407,35 @@ impl Node {
         Ok(PathBuf::from(root.trim_matches('"')))
     }
 
+    /// Starts `dataplane monitor --output json` against the agent with
+    /// `args`; its events arrive on the receiver once it has subscribed.
+    pub fn monitor(
+        &self,
+        args: &[&str],
+    ) -> anyhow::Result<(Child, std::sync::mpsc::Receiver<serde_json::Value>)> {
+        let mut monitor = std::process::Command::new(self.build.binary()?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--output", "json", "monitor"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let output = monitor.stdout.take().context("no stdout")?;
+        let (events, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(output)).map_while(Result::ok)
+            {
+                if let Ok(event) = serde_json::from_str(&line) {
+                    let _ = events.send(event);
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        Ok((monitor, received))
+    }
+
     /// Runs the `dataplane` CLI against this node's agent.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         self.cli_as(self.build, args)

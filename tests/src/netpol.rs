@@ -1,3 +1,4 @@
+// Above 400 lines: the upstream lab, the objects it applies and its probes read together.
 //! The upstream NetworkPolicy e2e method (kubernetes
 //! `test/e2e/network/netpol`) on one node: namespaces x and y (and z for
 //! the cases that need a third), pods a, b, c

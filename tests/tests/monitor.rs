@@ -1,64 +1,32 @@
 //! `dataplane monitor`: drops appear live with their reason and addresses.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::Ipv4Addr,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use dataplane_tests::{Cluster, ClusterSpec, cluster::dataplane_binary};
 use serde_json::Value;
 
-/// Starts `dataplane monitor` against `node` with `args`; its JSON events
-/// arrive on the receiver once it has subscribed.
-fn watch(
-    node: &dataplane_tests::Node,
-    args: &[&str],
-) -> anyhow::Result<(Child, mpsc::Receiver<Value>)> {
-    let mut monitor = Command::new(dataplane_binary()?)
-        .arg("--socket")
-        .arg(&node.socket)
-        .args(["--output", "json", "monitor"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let output = monitor.stdout.take().expect("piped stdout");
-    let (events, received) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str(&line) {
-                let _ = events.send(event);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    Ok((monitor, received))
-}
-
 #[test]
 fn spoofing_unknown_pods_and_foreign_vxlan_show_up_with_their_reasons() -> anyhow::Result<()> {
     let cluster = Cluster::new(ClusterSpec::dataplane(1, 2))?;
     let node = &cluster.nodes[0];
     let (attacker, victim) = (&node.pods[0], &node.pods[1]);
-    let (mut monitor, received) = watch(node, &[])?;
+    let (mut monitor, received) = node.monitor(&[])?;
     // The agent filters: this client asks for one reason, address and
     // interface, and must see nothing else.
     let unknown = Ipv4Addr::new(10, 244, 0, 200);
     let unknown_text = unknown.to_string();
-    let (mut filtered, filtered_events) = watch(
-        node,
-        &[
-            "--reason",
-            "drop_unknown_endpoint",
-            "--address",
-            &unknown_text,
-            "--interface",
-            &attacker.host_interface,
-        ],
-    )?;
+    let (mut filtered, filtered_events) = node.monitor(&[
+        "--reason",
+        "drop_unknown_endpoint",
+        "--address",
+        &unknown_text,
+        "--interface",
+        &attacker.host_interface,
+    ])?;
 
     // A spoofed source, an unknown pod, VXLAN from a host that is not a node.
     let spoofed = Ipv4Addr::new(10, 244, 0, 99);
@@ -228,16 +196,13 @@ fn traces_show_forwarded_packets_when_asked() -> anyhow::Result<()> {
     let node = &cluster.nodes[0];
     let (a, b) = (&node.pods[0], &node.pods[1]);
     let address = a.ip.to_string();
-    let (mut monitor, received) = watch(
-        node,
-        &[
-            "--traces",
-            "--reason",
-            "forwarded_local",
-            "--address",
-            &address,
-        ],
-    )?;
+    let (mut monitor, received) = node.monitor(&[
+        "--traces",
+        "--reason",
+        "forwarded_local",
+        "--address",
+        &address,
+    ])?;
     a.ping(b.ip, 3)?;
     let traced = received.recv_timeout(Duration::from_secs(5));
     let _ = monitor.kill();

@@ -32,6 +32,17 @@ fn should_support_a_default_deny_ingress_policy() -> anyhow::Result<()> {
     lab.until_reachability(81, X_ISOLATED)?;
     // The node itself always reaches them (kubelet's probes).
     let node = lab.node();
+    // The monitor names the pod a drop was judged for and its policies.
+    let (mut monitor, events) = node.monitor(&["--reason", "drop_policy_ingress"])?;
+    assert!(!lab.reaches(1, (0, Via::Pod), 80), "y/b reached x/a");
+    let event = events.recv_timeout(Duration::from_secs(5));
+    let _ = monitor.kill();
+    let event = event?;
+    assert_eq!(event["policy"]["pod"], "x/a", "{event}");
+    assert_eq!(
+        event["policy"]["isolated_by"][0], "x/deny-ingress",
+        "{event}"
+    );
     let to_a = SocketAddr::from((node.pods[0].ip, 80));
     echo_once(&node.netns, to_a, PROBE_TIMEOUT)?;
     let counters = node.cli(&["counters"])?;

@@ -82,8 +82,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let packet_events = tokio::sync::broadcast::channel(4096).0;
     if let Some(ring) = ring {
         let events = packet_events.clone();
+        let policies = policies.clone();
         tasks.essential("packet event relay", async move {
-            events::relay(ring, events).await;
+            events::relay(ring, events, policies).await;
             Ok(())
         });
     }

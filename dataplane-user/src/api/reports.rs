@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 
 use super::{CounterName, IpProtocol};
-use crate::model::{Frontend, HostInterface, NodePath, Routing, ServiceSpec, Source};
+use crate::model::{
+    Frontend, HostInterface, NodePath, Routing, ServiceSpec, Source,
+    policy::{Direction, PolicyWorld},
+};
+use dataplane_common::Counter;
 
 /// A dropped (or traced) packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,13 +30,25 @@ pub struct PacketReport {
     pub destination: Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u16>,
+    /// For a NetworkPolicy drop: the pod whose policy dropped it, as the
+    /// agent knew it when the drop was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyDrop>,
+}
+
+/// The pod a NetworkPolicy drop was judged for ("namespace/name") and the
+/// policies isolating it in that direction: none of them allowed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDrop {
+    pub pod: String,
+    pub isolated_by: Vec<String>,
 }
 
 impl PacketReport {
     /// `None` for a reason this build does not know (a program from another
     /// build still attached).
     pub fn from_event(event: &dataplane_common::PacketEvent) -> Option<Self> {
-        let counter = dataplane_common::Counter::from_index(event.reason)?;
+        let counter = Counter::from_index(event.reason)?;
         let port = |port: [u8; 2]| Some(u16::from_be_bytes(port)).filter(|port| *port != 0);
         Some(Self {
             reason: CounterName(counter),
@@ -43,7 +59,22 @@ impl PacketReport {
             source_port: port(event.src_port),
             destination: event.dst.into(),
             destination_port: port(event.dst_port),
+            policy: None,
         })
+    }
+
+    /// Names the pod and the policies behind a NetworkPolicy drop (left
+    /// as it is for any other report, or a pod `world` does not know).
+    pub fn with_policy(mut self, world: &PolicyWorld) -> Self {
+        let (pod, direction) = match self.reason.0 {
+            Counter::DropPolicyIngress => (self.destination, Direction::Ingress),
+            Counter::DropPolicyEgress => (self.source, Direction::Egress),
+            _ => return self,
+        };
+        self.policy = world
+            .isolation_of(IpAddr::V4(pod), direction)
+            .map(|(pod, isolated_by)| PolicyDrop { pod, isolated_by });
+        self
     }
 }
 

@@ -41,6 +41,7 @@ fn packet_filter_matches_on_every_field_it_names() {
         source_port: Some(40000),
         destination: Ipv4Addr::new(10, 244, 0, 3),
         destination_port: Some(80),
+        policy: None,
     };
     assert!(PacketFilter::default().admits(&event));
     let by = |filter: PacketFilter| filter.admits(&event);
@@ -66,4 +67,44 @@ fn packet_filter_matches_on_every_field_it_names() {
         reasons: vec!["drop_malformed".parse().unwrap()],
         ..Default::default()
     }));
+}
+
+#[test]
+fn a_policy_drop_names_its_pod_and_the_policies_isolating_it() {
+    use crate::model::policy::{PodFacts, PolicyWorld};
+    let mut world = PolicyWorld::default();
+    let (client, server) = (Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 0, 3));
+    for (name, ip) in [("client", client), ("server", server)] {
+        world.set_pod(PodFacts {
+            namespace: "x".into(),
+            name: name.into(),
+            ips: vec![ip.into()],
+            ..PodFacts::default()
+        });
+    }
+    world.set_policy(
+        serde_json::from_value(serde_json::json!({"namespace": "x", "name": "deny-all"}))
+            .expect("a valid policy"),
+    );
+    let dropped = |reason| PacketReport {
+        reason: CounterName(reason),
+        drop: true,
+        ifindex: 9,
+        protocol: IpProtocol(6),
+        source: client,
+        source_port: Some(40000),
+        destination: server,
+        destination_port: Some(80),
+        policy: None,
+    };
+    let ingress = dropped(dataplane_common::Counter::DropPolicyIngress).with_policy(&world);
+    let named = ingress.policy.expect("a policy drop is named");
+    assert_eq!(named.pod, "x/server");
+    assert_eq!(named.isolated_by, ["x/deny-all"]);
+    // deny-all isolates ingress only: the client's egress drop names it
+    // with no policy; any other drop is left as it is.
+    let egress = dropped(dataplane_common::Counter::DropPolicyEgress).with_policy(&world);
+    assert_eq!(egress.policy.map(|drop| drop.pod), Some("x/client".into()));
+    let other = dropped(dataplane_common::Counter::DropSpoofedSource).with_policy(&world);
+    assert_eq!(other.policy, None);
 }

@@ -16,14 +16,22 @@ fn end(address: std::net::Ipv4Addr, port: Option<u16>) -> String {
 }
 
 pub fn event_line(event: &PacketReport) -> String {
-    format!(
+    let line = format!(
         "{:<28} ifindex {:<5} {:<5} {} -> {}",
         event.reason.to_string(),
         event.ifindex,
         event.protocol.to_string(),
         end(event.source, event.source_port),
         end(event.destination, event.destination_port)
-    )
+    );
+    match &event.policy {
+        Some(drop) => format!(
+            "{line}  pod {} isolated by {}",
+            drop.pod,
+            drop.isolated_by.join(",")
+        ),
+        None => line,
+    }
 }
 
 pub fn print_text(response: &Response) {

@@ -303,6 +303,18 @@ impl PolicyWorld {
         }
     }
 
+    /// The pod at `ip` ("namespace/name") and the policies isolating it in
+    /// `direction` ("namespace/name" each), for a drop the programs report.
+    pub fn isolation_of(&self, ip: IpAddr, direction: Direction) -> Option<(String, Vec<String>)> {
+        let pod = self.pod(ip)?;
+        let policies = self
+            .isolating(pod, direction)
+            .iter()
+            .map(|policy| format!("{}/{}", policy.namespace, policy.name))
+            .collect();
+        Some((format!("{}/{}", pod.namespace, pod.name), policies))
+    }
+
     /// The policies selecting `pod` that isolate it in `direction`.
     pub fn isolating(&self, pod: &PodFacts, direction: Direction) -> Vec<&PolicySpec> {
         if pod.host_network {
