@@ -247,7 +247,7 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
     // An ICMP error about a connection the pod has passes as the
     // connection's packets do; any other is judged as the ICMP it is.
     if (scratch.before.error || scratch.after.error)
-        && error_about_recorded(scratch, own_end, other_end)
+        && error_about_recorded(scratch, pod, own_end, other_end)
     {
         return Ok(());
     }
@@ -314,9 +314,21 @@ fn judge(scratch: &mut Scratch, direction: u8) -> Outcome<()> {
 /// or received it, and as translated) belongs to a connection the pod has
 /// a record of: the error travels as the quoted packet's answer, so the
 /// record is the quote's own (the pod sent it) or its reverse's (the peer
-/// did), either generation.
+/// did), either generation. The quote must be `pod`'s own packet: one it
+/// received, for an error it sends (a pod cannot pass its isolation with
+/// an error about another pod's connection), one it sent, for an error it
+/// is handed.
 #[inline(always)]
-fn error_about_recorded(scratch: &mut Scratch, own_end: u8, other_end: u8) -> bool {
+fn error_about_recorded(scratch: &mut Scratch, pod: [u8; 4], own_end: u8, other_end: u8) -> bool {
+    let quoted = &scratch.before.about;
+    let pods_own = if own_end == flow_end::SOURCE {
+        quoted.dst == pod
+    } else {
+        quoted.src == pod
+    };
+    if !pods_own {
+        return false;
+    }
     for translated in [false, true] {
         let about = if translated {
             scratch.after.about

@@ -249,3 +249,33 @@ fn a_pods_own_icmp_errors_about_allowed_connections_leave_it() -> anyhow::Result
     assert_eq!(fixture.run(&unprompted).0, TC_ACT_SHOT);
     Ok(())
 }
+
+#[test]
+fn a_pod_cannot_pass_its_isolation_with_an_error_about_another_pods_connection()
+-> anyhow::Result<()> {
+    let mut fixture = Fixture::new()?;
+    // x/a may send nothing; y/b takes anything (isolated, so its
+    // connections are recorded).
+    fixture.set_policy(&compiled(&[
+        json!({"namespace": "x", "name": "no-egress", "policy_types": ["Egress"]}),
+        json!({"namespace": "y", "name": "all-in", "ingress": [{}]}),
+    ]))?;
+    let to_b = ipv4_packet(
+        ROUTER_IP,
+        POD_B_IP,
+        ip_protocol::TCP,
+        &tcp((ROUTER_IP, 50_000), (POD_B_IP, 80), SYN),
+    );
+    assert_eq!(
+        fixture.run_program(names::TO_POD_PROGRAM, &to_b).0,
+        TC_ACT_OK
+    );
+    // x/a forges a port unreachable about y/b's connection (to y/b, which
+    // would take it): x/a's isolation still holds, as it never received
+    // that packet.
+    let drops = fixture.counter("drop_policy_egress");
+    let forged = icmp_error(POD_A_IP, POD_B_IP, (UNREACHABLE, PORT_UNREACHABLE), &to_b);
+    assert_eq!(fixture.run(&forged).0, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("drop_policy_egress"), drops + 1);
+    Ok(())
+}
