@@ -223,7 +223,7 @@ const RUNS: [Run; 5] = [
 ];
 
 const UDP_PAYLOAD: u32 = 64;
-pub const CONNECTING_CLIENTS: usize = 4;
+const CONNECTING_CLIENTS: usize = 4;
 
 pub fn run(
     clusters: &Clusters,
@@ -431,19 +431,23 @@ fn sample(
                 (Measure::LatencyP99, latency.1),
             ]
         }
-        Run::Connections => {
-            let duration = Duration::from_secs_f64(settings.connection_seconds);
-            let rate = connection_rate(
-                path.server,
-                path.server_ip,
-                path.client,
-                duration,
-                CONNECTING_CLIENTS,
-                pinning,
-            )?;
-            vec![(Measure::ConnectionsPerSecond, rate)]
-        }
+        Run::Connections => vec![(
+            Measure::ConnectionsPerSecond,
+            connections(path, settings, placement)?,
+        )],
     })
+}
+
+/// New connections/s on `path`, `CONNECTING_CLIENTS` clients at once.
+pub fn connections(path: &Path, settings: &Settings, placement: Placement) -> anyhow::Result<f64> {
+    connection_rate(
+        path.server,
+        path.server_ip,
+        path.client,
+        Duration::from_secs_f64(settings.connection_seconds),
+        CONNECTING_CLIENTS,
+        placement.pinning(),
+    )
 }
 
 /// Request/response p50 and p99 on `path`, in microseconds.

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::{
     Progress, Settings,
     measure::{Comparison, Measure},
-    paths::{CONNECTING_CLIENTS, Path, Placement, latency, pod_to_pod},
+    paths::{Placement, connections, latency, pod_to_pod},
     scale::thousands,
 };
 
@@ -109,17 +109,6 @@ pub fn run(settings: &Settings, progress: &mut Progress) -> anyhow::Result<Vec<C
         comparisons.extend([rate, p99]);
     }
     Ok(comparisons)
-}
-
-fn connections(path: &Path, settings: &Settings, placement: Placement) -> anyhow::Result<f64> {
-    connection_rate(
-        path.server,
-        path.server_ip,
-        path.client,
-        Duration::from_secs_f64(settings.connection_seconds),
-        CONNECTING_CLIENTS,
-        placement.pinning(),
-    )
 }
 
 /// One node of this dataplane following a Kubernetes API server, its pod 0
