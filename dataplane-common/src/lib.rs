@@ -27,7 +27,7 @@ pub use services::*;
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 13;
+pub const MAP_LAYOUT_VERSION: u32 = 14;
 
 /// IP protocol numbers, as headers carry them (defined here once for the
 /// programs, the agent and the tests).

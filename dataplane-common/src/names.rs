@@ -27,6 +27,7 @@ pub const POLICY_CLASSES_MAP: &str = "POLICY_CLASSES";
 pub const POLICY_HOSTS_MAP: &str = "POLICY_HOSTS";
 pub const POLICY_SUBJECTS_MAP: &str = "POLICY_SUBJECTS";
 pub const POLICY_RULES_MAP: &str = "POLICY_RULES";
+pub const POLICY_PORTS_MAP: &str = "POLICY_PORTS";
 pub const POLICY_FLOWS_MAP: &str = "POLICY_FLOWS";
 pub const POLICY_DROPS_MAP: &str = "POLICY_DROPS";
 pub const FROM_POD_PROGRAM: &str = "from_pod";

@@ -1,7 +1,8 @@
 //! NetworkPolicy as the programs judge it: every address's peer class (an
 //! LPM trie), each local pod's isolation, the allowed {subject, peer class,
 //! direction, protocol, port prefix} entries (an LPM trie too: `endPort`
-//! ranges are port prefixes), and the connections allowed so far (replies
+//! ranges are port prefixes; single ports, the most common, in a hash
+//! looked up first), and the connections allowed so far (replies
 //! and later packets pass without a rule lookup). Compiled by the agent
 //! (`model/policy/compile.rs`), so a new connection costs the same with 10
 //! rules or 10,000.
@@ -11,7 +12,8 @@ use crate::Ipv4Octets;
 /// Prefixes the policies of this node's pods name (ipBlocks, pods).
 pub const MAX_POLICY_CLASSES: u32 = 65_536;
 
-/// Allowed entries of this node's pods together.
+/// Allowed entries of this node's pods together (in each of
+/// `POLICY_RULES` and `POLICY_PORTS`).
 pub const MAX_POLICY_RULES: u32 = 65_536;
 
 /// Connections of isolated pods being tracked (LRU; both ends of a
@@ -86,7 +88,8 @@ pub struct PolicySubject {
 }
 
 /// An allowed entry of `POLICY_RULES` (the data of an LPM key whose prefix
-/// covers `POLICY_RULE_FIXED_BITS` plus the port's leading bits).
+/// covers `POLICY_RULE_FIXED_BITS` plus the port's leading bits) or, when
+/// it is of one port (`POLICY_PORT_PREFIX`), the key of `POLICY_PORTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -139,3 +142,10 @@ pub struct PolicyDrops {
 pub const fn policy_rule_prefix(port_bits: u8) -> u32 {
     POLICY_RULE_FIXED_BITS + port_bits as u32
 }
+
+/// The prefix length of an allowed entry of one port: such entries are
+/// kept in `POLICY_PORTS` instead, a hash looked up first (a whole port
+/// is always the longest prefix, and most entries are of one port: the
+/// trie keeps only ranges and whole protocols, however many ports policy
+/// names).
+pub const POLICY_PORT_PREFIX: u32 = policy_rule_prefix(16);

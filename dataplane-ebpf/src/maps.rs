@@ -142,10 +142,16 @@ pub static POLICY_HOSTS: HashMap<PolicyClassKey, u32> = HashMap::pinned(MAX_POLI
 pub static POLICY_SUBJECTS: HashMap<PolicySubjectKey, PolicySubject> =
     HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// What the policies of those pods allow; written by the agent only.
+/// What the policies of those pods allow, single ports aside; written by
+/// the agent only.
 #[map(name = "POLICY_RULES")]
 pub static POLICY_RULES: LpmTrie<PolicyRuleKey, u8> =
     LpmTrie::pinned(MAX_POLICY_RULES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// What those pods' policies allow at single ports, looked up before the
+/// trie; written by the agent only.
+#[map(name = "POLICY_PORTS")]
+pub static POLICY_PORTS: HashMap<PolicyRuleKey, u8> = HashMap::pinned(MAX_POLICY_RULES, 0);
 
 /// Connections isolated pods were allowed. LRU: connections nobody uses
 /// any more give way to new ones.

@@ -7,9 +7,11 @@
 //! `POLICY_SUBJECTS`; nothing is looked up while `NodeConfig::policy` says
 //! no pod of the node is isolated.
 //!
-//! A connection is judged at its first packet: the peer's class (one trie
-//! lookup), then at most four allowed entries (this class or any peer,
-//! this protocol and port or any protocol). Allowed, it is recorded in
+//! A connection is judged at its first packet: the peer's class (a hash of
+//! single addresses, then the trie of prefixes), then at most four allowed
+//! entries (this class or any peer, this protocol and port or any
+//! protocol; a single port's entry in a hash before the trie of ranges).
+//! Allowed, it is recorded in
 //! `POLICY_FLOWS` under the generation of policy that allowed it; its
 //! later packets and replies pass on that record. After a policy change
 //! (a new generation) a recorded connection is judged again, as it was
@@ -35,8 +37,8 @@ use crate::{
     counters::{Outcome, PackedOutcome},
     ipv4::icmp::{QUOTE_PAYLOAD_AT, quoted_header},
     maps::{
-        POLICY_CLASSES, POLICY_DROPS, POLICY_FLOWS, POLICY_HOSTS, POLICY_RULES, POLICY_SCRATCH,
-        POLICY_SUBJECTS, is_host_address, node_config,
+        POLICY_CLASSES, POLICY_DROPS, POLICY_FLOWS, POLICY_HOSTS, POLICY_PORTS, POLICY_RULES,
+        POLICY_SCRATCH, POLICY_SUBJECTS, is_host_address, node_config,
     },
     nat_share::bump,
     packet::{IP_AT, L4_AT, header},
@@ -406,7 +408,10 @@ fn allows(scratch: &mut Scratch, id: u32, direction: u8, peer: [u8; 4], port: [u
                 port,
             },
         );
-        if POLICY_RULES.get(&scratch.rule).is_some() {
+        // SAFETY: only whether it is there is read.
+        if unsafe { POLICY_PORTS.get(&scratch.rule.data) }.is_some()
+            || POLICY_RULES.get(&scratch.rule).is_some()
+        {
             return true;
         }
         scratch.rule.data.protocol = POLICY_ANY_PROTOCOL;

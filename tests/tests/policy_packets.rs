@@ -92,6 +92,45 @@ fn ports_are_judged_per_protocol_sctp_included() -> anyhow::Result<()> {
 }
 
 #[test]
+fn single_ports_ranges_and_whole_protocols_are_each_found() -> anyhow::Result<()> {
+    // One port (the hash), a range (port prefixes in the trie), a whole
+    // protocol (the trie too): each allows what it names and no more.
+    let mut fixture = Fixture::new()?;
+    fixture.set_policy(&compiled(&[json!({
+        "namespace": "x", "name": "mixed", "policy_types": ["Egress"],
+        "egress": [{"ports": [{"protocol": "TCP", "port": 80},
+                              {"protocol": "TCP", "port": 8000, "end_port": 8003},
+                              {"protocol": "UDP"}]}],
+    })]))?;
+    let udp_to = |port| {
+        from_a(
+            ip_protocol::UDP,
+            &udp((POD_A_IP, 5000), (POD_B_IP, port), true),
+        )
+    };
+    for port in [80, 8000, 8001, 8003] {
+        assert_eq!(
+            fixture.run(&tcp_a_to_b(SYN, port)).0,
+            TC_ACT_REDIRECT,
+            "{port}"
+        );
+    }
+    for port in [53, 65_535] {
+        assert_eq!(fixture.run(&udp_to(port)).0, TC_ACT_REDIRECT, "udp {port}");
+    }
+    let drops = fixture.counter("drop_policy_egress");
+    for port in [79, 81, 7999, 8004] {
+        assert_eq!(fixture.run(&tcp_a_to_b(SYN, port)).0, TC_ACT_SHOT, "{port}");
+    }
+    assert_eq!(
+        fixture.run(&from_a(ip_protocol::SCTP, &sctp(5000, 80))).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(fixture.counter("drop_policy_egress"), drops + 5);
+    Ok(())
+}
+
+#[test]
 fn replies_pass_on_records_and_a_change_judges_connections_again() -> anyhow::Result<()> {
     let mut fixture = Fixture::new()?;
     // x/a opens nothing; what others open to it is open.

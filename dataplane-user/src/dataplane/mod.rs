@@ -23,7 +23,7 @@ mod tests;
 
 pub use links::{Attachment, Attachments, Links};
 use links::{from_pod_on, to_pod_on};
-pub use policy::PolicySwitch;
+pub use policy::{PolicyEntries, PolicySwitch};
 pub use services::FrontendSettings;
 
 use crate::{

@@ -2,7 +2,7 @@
 //! into the table the programs do not read; NODE_CONFIG (the owner's)
 //! switches them to it.
 
-use dataplane_common::{PolicyDrops, policy_table};
+use dataplane_common::{POLICY_HOST_PREFIX, POLICY_PORT_PREFIX, PolicyDrops, policy_table};
 
 use super::Dataplane;
 use crate::maps::{MapsError, PartialTable, PolicyTable};
@@ -25,6 +25,15 @@ impl PolicySwitch {
     }
 }
 
+/// How full each policy map is (both tables together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyEntries {
+    pub classes: usize,
+    pub hosts: usize,
+    pub rules: usize,
+    pub ports: usize,
+}
+
 impl Dataplane {
     /// What NODE_CONFIG says of policy now.
     pub fn policy_switch(&self) -> PolicySwitch {
@@ -41,15 +50,28 @@ impl Dataplane {
         self.maps.policy.drops()
     }
 
-    /// Entries of both tables together: classes, isolated pods, allowed
-    /// entries (what fills the maps).
-    pub fn policy_entries(&self) -> [usize; 3] {
-        let [first, second] = &self.policy_tables;
-        [
-            first.classes.len() + second.classes.len(),
-            first.subjects.len() + second.subjects.len(),
-            first.rules.len() + second.rules.len(),
-        ]
+    /// Entries of both tables together, map by map: the classes of
+    /// prefixes, of single addresses, the allowed entries of ranges and
+    /// whole protocols, of single ports (what fills the maps).
+    pub fn policy_entries(&self) -> PolicyEntries {
+        let mut entries = PolicyEntries::default();
+        for table in &self.policy_tables {
+            let hosts = table
+                .classes
+                .keys()
+                .filter(|(prefix, _)| *prefix == POLICY_HOST_PREFIX)
+                .count();
+            let ports = table
+                .rules
+                .iter()
+                .filter(|(prefix, _)| *prefix == POLICY_PORT_PREFIX)
+                .count();
+            entries.classes += table.classes.len() - hosts;
+            entries.hosts += hosts;
+            entries.rules += table.rules.len() - ports;
+            entries.ports += ports;
+        }
+        entries
     }
 
     /// Writes `wanted` into the table the programs do not read (its keys

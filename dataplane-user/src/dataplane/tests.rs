@@ -263,7 +263,8 @@ fn policy_world() -> crate::model::policy::PolicyWorld {
         serde_json::from_value(serde_json::json!({
             "namespace": "x", "name": "from-y",
             "ingress": [{"peers": [{"pods": {"namespace_selector": {}}}],
-                         "ports": [{"protocol": "TCP", "port": 80}]}],
+                         "ports": [{"protocol": "TCP", "port": 80},
+                                   {"protocol": "UDP", "port": 8000, "end_port": 8003}]}],
         }))
         .unwrap(),
     );
@@ -273,7 +274,9 @@ fn policy_world() -> crate::model::policy::PolicyWorld {
 #[test]
 fn policy_goes_into_the_idle_table_whole_and_a_full_map_only_ever_allows_less() {
     use crate::maps::PolicyTable;
-    use dataplane_common::{POLICY_TABLE_BIT, policy_table};
+    use dataplane_common::{
+        POLICY_PORT_PREFIX, POLICY_TABLE_BIT, policy_rule_prefix, policy_table,
+    };
     let mut fixture = fixture();
     let dataplane = &mut fixture.dataplane;
     let compiled = policy_world().compile(&[POD.into()]);
@@ -290,20 +293,32 @@ fn policy_goes_into_the_idle_table_whole_and_a_full_map_only_ever_allows_less() 
             .all(|s| s.id & POLICY_TABLE_BIT != 0)
     );
     assert!(!wanted.rules.is_empty() && !wanted.classes.is_empty());
+    // The single port in the hash, the range (a port prefix) in the trie:
+    // read back whole, as one table.
+    let prefixes: BTreeSet<u32> = wanted.rules.iter().map(|(prefix, _)| *prefix).collect();
+    assert_eq!(
+        prefixes,
+        BTreeSet::from([policy_rule_prefix(14), POLICY_PORT_PREFIX])
+    );
     dataplane.write_idle_policy(&wanted).unwrap();
     assert_eq!(*dataplane.active_policy(), PolicyTable::default());
+    assert_eq!(dataplane.maps.policy.programmed().unwrap()[1], wanted);
     // Written again unchanged: nothing to write, nothing fails.
     fixture.faults.fail_writes(names::POLICY_RULES_MAP, 100);
+    fixture.faults.fail_writes(names::POLICY_PORTS_MAP, 100);
     fixture.dataplane.write_idle_policy(&wanted).unwrap();
-    // Its entries do not fit: the pod is isolated with what did (less).
-    let mut fixture = self::fixture();
-    fixture.faults.fill(names::POLICY_RULES_MAP, 100);
-    let partial = fixture.dataplane.write_idle_policy(&wanted).unwrap_err();
-    assert!(partial.error.is_full(), "{}", partial.error);
-    assert_eq!(partial.pods, BTreeSet::from([POD.into()]));
-    let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];
-    assert_eq!(written.subjects, wanted.subjects, "isolated all the same");
-    assert!(written.rules.is_empty());
+    // Its entries do not fit (either map): the pod is isolated with what
+    // did (less).
+    for map in [names::POLICY_RULES_MAP, names::POLICY_PORTS_MAP] {
+        let mut fixture = self::fixture();
+        fixture.faults.fill(map, 100);
+        let partial = fixture.dataplane.write_idle_policy(&wanted).unwrap_err();
+        assert!(partial.error.is_full(), "{map}: {}", partial.error);
+        assert_eq!(partial.pods, BTreeSet::from([POD.into()]));
+        let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];
+        assert_eq!(written.subjects, wanted.subjects, "isolated all the same");
+        assert_eq!(written.rules.len(), wanted.rules.len() - 1, "{map}");
+    }
     // Its classes (the pods' own addresses', in the hash) do not fit: every
     // isolated pod denies everything.
     let mut fixture = self::fixture();

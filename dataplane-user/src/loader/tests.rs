@@ -19,7 +19,7 @@ fn layout(name: &str) -> MapLayout {
 #[test]
 fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
     let layouts = expected_layouts().unwrap();
-    assert_eq!(layouts.len(), 29, "{layouts:?}");
+    assert_eq!(layouts.len(), 30, "{layouts:?}");
     // Policy: LPM keys (prefix length, then the data), the subjects by
     // address and table, the allowed connections as NAT keys them.
     let classes = layout(names::POLICY_CLASSES_MAP);
@@ -35,6 +35,11 @@ fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
     assert_eq!(
         rules.key_size * 8,
         32 + dataplane_common::policy_rule_prefix(16)
+    );
+    let ports = layout(names::POLICY_PORTS_MAP);
+    assert_eq!(
+        ports.key_size as usize,
+        size_of::<dataplane_common::PolicyRuleKey>()
     );
     let subjects = layout(names::POLICY_SUBJECTS_MAP);
     assert_eq!(

@@ -205,6 +205,11 @@ impl Maps {
                     MAX_POLICY_RULES,
                     faults,
                 )),
+                ports: Box::new(FakeTable::new(
+                    names::POLICY_PORTS_MAP,
+                    MAX_POLICY_RULES,
+                    faults,
+                )),
                 drops: Box::new(FakeTable::new(
                     names::POLICY_DROPS_MAP,
                     MAX_ENDPOINTS,

@@ -181,6 +181,7 @@ impl Maps {
                     ebpf,
                     names::POLICY_RULES_MAP,
                 )?),
+                ports: hash(ebpf, names::POLICY_PORTS_MAP)?,
                 drops: hash(ebpf, names::POLICY_DROPS_MAP)?,
             },
         })

@@ -10,8 +10,9 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use dataplane_common::{
-    Ipv4Octets, POLICY_HOST_PREFIX, POLICY_TABLE_BIT, PolicyClassKey, PolicyDrops, PolicyRuleKey,
-    PolicySubject, PolicySubjectKey, names, policy_direction, policy_rule_prefix,
+    Ipv4Octets, POLICY_HOST_PREFIX, POLICY_PORT_PREFIX, POLICY_TABLE_BIT, PolicyClassKey,
+    PolicyDrops, PolicyRuleKey, PolicySubject, PolicySubjectKey, names, policy_direction,
+    policy_rule_prefix,
 };
 
 use super::{MapsError, access, is_errno, removed, table::BoxedTable};
@@ -23,6 +24,8 @@ pub struct PolicyMaps {
     pub(super) hosts: BoxedTable<PolicyClassKey, u32>,
     pub(super) subjects: BoxedTable<PolicySubjectKey, PolicySubject>,
     pub(super) rules: BoxedTable<Key<PolicyRuleKey>, u8>,
+    /// The entries of single ports (`POLICY_PORT_PREFIX`), a hash.
+    pub(super) ports: BoxedTable<PolicyRuleKey, u8>,
     /// Written by the programs; a pod's row goes with the pod.
     pub(super) drops: BoxedTable<Ipv4Octets, PolicyDrops>,
 }
@@ -34,7 +37,8 @@ pub struct PolicyTable {
     /// `POLICY_HOSTS`).
     pub classes: BTreeMap<(u32, PolicyClassKey), u32>,
     pub subjects: BTreeMap<PolicySubjectKey, PolicySubject>,
-    /// (prefix length, key).
+    /// (prefix length, key) (those of `POLICY_PORT_PREFIX` in
+    /// `POLICY_PORTS`).
     pub rules: BTreeSet<(u32, PolicyRuleKey)>,
 }
 
@@ -198,10 +202,18 @@ impl PolicyMaps {
             .entries()
             .map_err(access(names::POLICY_RULES_MAP))?
         {
-            let table = u32::from_be_bytes(key.data().subject) & POLICY_TABLE_BIT != 0;
-            tables[usize::from(table)]
+            tables[of_rule(&key.data())]
                 .rules
                 .insert((key.prefix_len(), key.data()));
+        }
+        for (key, _) in self
+            .ports
+            .entries()
+            .map_err(access(names::POLICY_PORTS_MAP))?
+        {
+            tables[of_rule(&key)]
+                .rules
+                .insert((POLICY_PORT_PREFIX, key));
         }
         Ok(tables)
     }
@@ -306,10 +318,18 @@ impl PolicyMaps {
         current: &mut PolicyTable,
         wanted: &PolicyTable,
     ) -> Result<(), MapsError> {
-        let name = names::POLICY_RULES_MAP;
         let mut first_error = None;
         for &(prefix, key) in wanted.rules.difference(&current.rules.clone()) {
-            match self.rules.insert(&Key::new(prefix, key), &1) {
+            let (name, written) = if prefix == POLICY_PORT_PREFIX {
+                (names::POLICY_PORTS_MAP, self.ports.insert(&key, &1))
+            } else {
+                let trie = &mut self.rules;
+                (
+                    names::POLICY_RULES_MAP,
+                    trie.insert(&Key::new(prefix, key), &1),
+                )
+            };
+            match written {
                 Ok(()) => {
                     current.rules.insert((prefix, key));
                 }
@@ -321,7 +341,12 @@ impl PolicyMaps {
         let gone: Vec<(u32, PolicyRuleKey)> =
             current.rules.difference(&wanted.rules).copied().collect();
         for (prefix, key) in gone {
-            removed(self.rules.remove(&Key::new(prefix, key)), name)?;
+            if prefix == POLICY_PORT_PREFIX {
+                removed(self.ports.remove(&key), names::POLICY_PORTS_MAP)?;
+            } else {
+                let trie = &mut self.rules;
+                removed(trie.remove(&Key::new(prefix, key)), names::POLICY_RULES_MAP)?;
+            }
             current.rules.remove(&(prefix, key));
         }
         first_error.map_or(Ok(()), Err)
@@ -351,6 +376,11 @@ impl PolicyMaps {
         }
         Ok(())
     }
+}
+
+/// The table an allowed entry is of (its subject carries it).
+fn of_rule(key: &PolicyRuleKey) -> usize {
+    usize::from(u32::from_be_bytes(key.subject) & POLICY_TABLE_BIT != 0)
 }
 
 fn pod_address(key: &PolicySubjectKey) -> IpAddr {

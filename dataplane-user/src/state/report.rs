@@ -111,7 +111,7 @@ impl<L: HostLinks> Owner<L> {
             entries,
             capacity: capacity as usize,
         };
-        let [policy_classes, _, policy_rules] = dataplane.policy_entries();
+        let policy = dataplane.policy_entries();
         let direct_nodes = dataplane
             .programmed_nodes()
             .filter(|(_, node)| node.path == NodePath::Direct)
@@ -180,12 +180,22 @@ impl<L: HostLinks> Owner<L> {
                 ),
                 fill(
                     "POLICY_CLASSES",
-                    policy_classes,
+                    policy.classes,
+                    dataplane_common::MAX_POLICY_CLASSES,
+                ),
+                fill(
+                    "POLICY_HOSTS",
+                    policy.hosts,
                     dataplane_common::MAX_POLICY_CLASSES,
                 ),
                 fill(
                     "POLICY_RULES",
-                    policy_rules,
+                    policy.rules,
+                    dataplane_common::MAX_POLICY_RULES,
+                ),
+                fill(
+                    "POLICY_PORTS",
+                    policy.ports,
                     dataplane_common::MAX_POLICY_RULES,
                 ),
             ],

@@ -1,32 +1,35 @@
-//! The conversion from map layout v12, the layout this one replaces. What
-//! v13 changed:
-//! - `POLICY_CLASSES`, `POLICY_HOSTS`, `POLICY_SUBJECTS`, `POLICY_RULES`: new, written by
-//!   the agent from its policy sources once it has them whole.
-//! - `POLICY_FLOWS`: new; connections of isolated pods are judged again at
-//!   their next packet.
-//! - `POLICY_DROPS`: new, each pod's policy drops.
-//! - `NODE_CONFIG`: `policy` and `policy_generation` where v12 had padding
-//!   (rewritten by the agent).
-//! - `COUNTERS`: two more, at the end.
+//! The conversion from map layout v13, the layout this one replaces. What
+//! v14 changed:
+//! - `POLICY_PORTS`: new, a hash of the allowed entries of single ports,
+//!   looked up before `POLICY_RULES`; v13's `POLICY_RULES` entries of one
+//!   port are carried into it, the others stay in the trie.
 //!
-//! Every other pinned map kept its layout and is copied entry by entry; the
-//! queue of connections never established is rebuilt from the carried NAT
-//! (a queue cannot be read without emptying it).
+//! Every other pinned map kept its layout and is copied entry by entry,
+//! policy included (an isolated pod stays isolated from the first packet
+//! this build's programs see, before the agent's sources have policy whole);
+//! `NODE_CONFIG` is copied into a new layout's maps (the programs read its
+//! policy switch before the agent writes it); the queue of connections never
+//! established is rebuilt from the carried NAT (a queue cannot be read
+//! without emptying it).
 
 use std::path::Path;
 
 use aya::maps::{MapData, Queue, lpm_trie::Key};
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, CounterValue, Endpoint, FlowKey, FragmentKey,
-    FragmentRecord, Ipv4Octets, NatEntry, NodeRoute, PodNat, RemoteNode, ServiceFlow, ServiceKey,
-    ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey, conn_state, names, nat_direction,
+    FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, NodeRoute, POLICY_PORT_PREFIX, PodNat,
+    PolicyClassKey, PolicyDrops, PolicyFlow, PolicyRuleKey, PolicySubject, PolicySubjectKey,
+    RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey,
+    conn_state, names, nat_direction,
 };
 
-use super::tables::{Carried, CarryError, Pins, carry, copy, copy_per_cpu_array, entries_of};
+use super::tables::{
+    Carried, CarryError, Pins, carry, copy, copy_array, copy_per_cpu_array, entries_of,
+};
 use crate::nat::partner;
 
 /// The layout converted from.
-pub const FROM_VERSION: u32 = 12;
+pub const FROM_VERSION: u32 = 13;
 
 /// Every map this layout pins, and what an upgrade does with it (a test
 /// holds this to the eBPF object's maps).
@@ -53,22 +56,26 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::NO_MASQUERADE_MAP, "copied"),
     (names::HOST_ADDRESSES_MAP, "copied"),
     (names::COUNTERS_MAP, "copied into a new layout's maps"),
-    (names::POLICY_CLASSES_MAP, "new: written by the agent"),
-    (names::POLICY_HOSTS_MAP, "new: written by the agent"),
-    (names::POLICY_SUBJECTS_MAP, "new: written by the agent"),
-    (names::POLICY_RULES_MAP, "new: written by the agent"),
+    (names::POLICY_CLASSES_MAP, "copied"),
+    (names::POLICY_HOSTS_MAP, "copied"),
+    (names::POLICY_SUBJECTS_MAP, "copied"),
     (
-        names::POLICY_FLOWS_MAP,
-        "new: connections judged at their next packet",
+        names::POLICY_RULES_MAP,
+        "copied, entries of one port into POLICY_PORTS",
     ),
-    (names::POLICY_DROPS_MAP, "new: counted by the programs"),
+    (
+        names::POLICY_PORTS_MAP,
+        "new: POLICY_RULES' entries of one port",
+    ),
+    (names::POLICY_FLOWS_MAP, "copied"),
+    (names::POLICY_DROPS_MAP, "copied"),
     (names::TAIL_CALLS_MAP, "not carried: this build's programs"),
     (names::EVENTS_MAP, "not carried: a monitor reconnects"),
     (names::MONITOR_MAP, "not carried: a monitor reconnects"),
     (names::EVENT_BUDGET_MAP, "not carried: a monitor reconnects"),
 ];
 
-/// A NAT half as the previous layout pins it (unchanged in v13).
+/// A NAT half as the previous layout pins it (unchanged in v14).
 pub type PreviousNatEntry = NatEntry;
 
 /// An established connection as the previous layout's programs pin it: its
@@ -120,7 +127,13 @@ pub fn carry_state(old: &Path, new: &Path, fresh: bool) -> Result<Vec<Carried>, 
             &old,
             &new,
         )?);
+        carried.push(copy_array::<NodeConfig>(
+            names::NODE_CONFIG_MAP,
+            &old,
+            &new,
+        )?);
     }
+    carried.extend(carry_policy(&old, &new)?);
     carried.extend(carry_connection_maps(&old, &new)?);
     Ok(carried)
 }
@@ -141,6 +154,44 @@ fn carry_connection_maps(old: &Pins, new: &Pins) -> Result<Vec<Carried>, CarryEr
         copy::<AffinityKey, Affinity, _>(names::AFFINITY_MAP, old, new, Pins::hash)?,
         copy::<SocketFlowKey, Backend, _>(names::SOCKET_FLOWS_MAP, old, new, Pins::hash)?,
         copy::<FragmentKey, FragmentRecord, _>(names::FRAGMENTS_MAP, old, new, Pins::hash)?,
+        copy::<FlowKey, PolicyFlow, _>(names::POLICY_FLOWS_MAP, old, new, Pins::hash)?,
+    ])
+}
+
+/// Both policy tables as pinned, the entries of one port moved from the
+/// trie to `POLICY_PORTS`, and each pod's drops.
+fn carry_policy(old: &Pins, new: &Pins) -> Result<Vec<Carried>, CarryError> {
+    let map = names::POLICY_RULES_MAP;
+    let rules = entries_of(map, &old.lpm::<PolicyRuleKey, u8>(map)?)?;
+    let (ports, ranges): (Vec<_>, Vec<_>) = rules
+        .into_iter()
+        .partition(|(key, _)| key.prefix_len() == POLICY_PORT_PREFIX);
+    let ports: Vec<(PolicyRuleKey, u8)> = ports
+        .into_iter()
+        .map(|(key, allowed)| (key.data(), allowed))
+        .collect();
+    Ok(vec![
+        copy::<Key<PolicyClassKey>, u32, _>(names::POLICY_CLASSES_MAP, old, new, Pins::lpm)?,
+        copy::<PolicyClassKey, u32, _>(names::POLICY_HOSTS_MAP, old, new, Pins::hash)?,
+        copy::<PolicySubjectKey, PolicySubject, _>(
+            names::POLICY_SUBJECTS_MAP,
+            old,
+            new,
+            Pins::hash,
+        )?,
+        carry(
+            map,
+            &ranges,
+            &mut new.lpm::<PolicyRuleKey, u8>(map)?,
+            |key, allowed| (Key::new(key.prefix_len(), key.data()), *allowed),
+        ),
+        carry(
+            names::POLICY_PORTS_MAP,
+            &ports,
+            &mut new.hash::<PolicyRuleKey, u8>(names::POLICY_PORTS_MAP)?,
+            |key, allowed| (*key, *allowed),
+        ),
+        copy::<Ipv4Octets, PolicyDrops, _>(names::POLICY_DROPS_MAP, old, new, Pins::hash)?,
     ])
 }
 
