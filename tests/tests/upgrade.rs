@@ -18,7 +18,9 @@ use dataplane_tests::{
     Cluster, ClusterSpec, MainPlugin, Netns, Node,
     cluster::{Build, EXTERNAL_HOST_IP},
     eventually,
-    traffic::{EchoServers, Steady, UdpEcho, joined, steady_tcp, steady_udp},
+    kube_api::Resource,
+    netpol::{self, PROBE_TIMEOUT, WATCH_TIMEOUT, followed_node},
+    traffic::{EchoServers, Steady, UdpEcho, echo_once, joined, steady_tcp, steady_udp},
 };
 use dataplane_user::{
     maps::table::open_pinned,
@@ -294,5 +296,81 @@ fn a_hundred_thousand_connections_of_the_previous_layout_are_carried() -> anyhow
         "{}",
         &listed[..listed.len().min(2000)]
     );
+    Ok(())
+}
+
+#[test]
+fn an_isolated_pod_stays_isolated_across_the_upgrade_with_its_api_server_gone() -> anyhow::Result<()>
+{
+    let (mut cluster, api, kubeconfig) = followed_node(
+        ClusterSpec::dataplane(1, 3)
+            .with_real_plugin(MainPlugin::Ptp)
+            .starting_as(Build::PreviousLayout),
+        &["x"],
+    )?;
+    let pods = std::mem::take(&mut cluster.nodes[0].pods);
+    let node = &mut cluster.nodes[0];
+    for (name, pod) in ["a", "b", "c"].iter().zip(&pods) {
+        api.apply(Resource::Pods, netpol::pod("x", name, pod.ip));
+    }
+    let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
+    let _echo = EchoServers::start(&a.netns, a.ip, [ECHO_PORT], 4, None)?;
+    node.follow_kubernetes(&kubeconfig, "")?;
+    // One port: an entry of v13's trie, of v14's POLICY_PORTS.
+    api.apply(
+        Resource::NetworkPolicies,
+        netpol::a_takes(
+            "from-c",
+            serde_json::json!([{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}],
+                                "ports": [{"protocol": "TCP", "port": ECHO_PORT}]}]),
+        ),
+    );
+    let to_a = SocketAddr::from((a.ip, ECHO_PORT));
+    let enforced = || {
+        Ok(echo_once(&b.netns, to_a, PROBE_TIMEOUT).is_err()
+            && echo_once(&c.netns, to_a, PROBE_TIMEOUT).is_ok())
+    };
+    assert!(
+        eventually(WATCH_TIMEOUT, enforced)?,
+        "the previous layout's agent does not enforce the policy: {}",
+        node.agent_log()
+    );
+
+    // The new agent starts with no source of policy: only what was pinned
+    // can hold x/a's isolation, from the first packet its programs see.
+    drop(api);
+    let stop = Arc::new(AtomicBool::new(false));
+    let allowed = steady_tcp(&c.netns, to_a, stop.clone())?;
+    let (attempts, through) = std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            let (mut attempts, mut through) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                attempts += 1;
+                if echo_once(&b.netns, to_a, Duration::from_millis(200)).is_ok() {
+                    through += 1;
+                }
+            }
+            (attempts, through)
+        });
+        let upgraded = node.upgrade_agent();
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        upgraded.map(|_| prober.join().expect("the prober never panics"))
+    })?;
+    let allowed = joined(allowed)?;
+    println!(
+        "x/b's {attempts} attempts through the upgrade: {through} reached x/a; x/c's connection: {allowed:?}"
+    );
+    assert_eq!(through, 0, "x/a was open during the upgrade");
+    assert!(attempts >= 5, "{attempts} attempts");
+    assert_eq!(allowed.error, None, "x/c's allowed connection broke");
+    assert!(allowed.answered > 100, "{allowed:?}");
+    assert!(enforced()?, "not enforced after the upgrade");
+    let log = node.agent_log();
+    assert!(
+        log.contains("carried the previous map layout's state"),
+        "{log}"
+    );
+    assert!(!log.contains("not carried"), "{log}");
     Ok(())
 }
