@@ -140,9 +140,7 @@ counters! {
     /// node cannot answer through the tunnel (neither the node IP nor in
     /// this node's pod CIDR).
     drop DropHostSourceUnroutable = "host_source_unroutable";
-    /// From a pod, neither IPv4 nor ARP (IPv6 included, until the dataplane
-    /// forwards it): never handed to the node, so a pod's router
-    /// advertisements or neighbour discovery cannot change its routing.
+    /// From a pod, neither IPv4, IPv6 nor ARP: never handed to the node.
     drop DropPodNotIpv4 = "pod_not_ipv4";
     /// From a pod with an 802.1Q or 802.1ad tag: a pod does not choose the
     /// underlay's VLAN, nor another pod's.
@@ -241,6 +239,22 @@ counters! {
     /// no policy selecting the pod allows (or any packet while the pod's
     /// policy could not be programmed whole).
     drop DropPolicyEgress = "policy_egress";
+    /// A pod's IPv6 neighbour solicitation (for its gateway, or any
+    /// address but its own) answered with its host veth MAC.
+    path NdpAnswered = "ndp_answered";
+    /// Neighbour discovery from a pod that is not answered nor passed on:
+    /// duplicate address detection (source `::`), router solicitations,
+    /// router advertisements and redirects (a pod never routes the node),
+    /// a solicitation from an address not the pod's own.
+    drop DropNdpIgnored = "ndp_ignored";
+    /// A pod's IPv6 packet to neither a pod of this node nor an address of
+    /// the node: IPv6 is forwarded on the node only so far (other nodes'
+    /// pods and the world over IPv6 come with the IPv6 issue's next paths).
+    drop DropIpv6NotForwarded = "ipv6_not_forwarded";
+    /// A pod's IPv6 packet while a pod of the node is isolated by a
+    /// NetworkPolicy: policy does not judge IPv6 yet, so no IPv6 passes
+    /// between pods (fail closed).
+    drop DropPolicyIpv6Unjudged = "policy_ipv6_unjudged";
 }
 
 impl Counter {

@@ -41,6 +41,9 @@ pub mod ip_protocol {
 /// An IPv4 address as it appears on the wire (network byte order).
 pub type Ipv4Octets = [u8; 4];
 
+/// An IPv6 address as it appears in a packet (network byte order).
+pub type Ipv6Octets = [u8; 16];
+
 #[cfg(feature = "user")]
 mod user {
     /// Marks shared layouts as map keys and values for aya.

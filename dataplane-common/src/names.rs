@@ -1,12 +1,14 @@
 //! Map and program names as they appear in the eBPF object.
 
 pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
+pub const ENDPOINTS6_MAP: &str = "ENDPOINTS6";
 pub const NODE_CONFIG_MAP: &str = "NODE_CONFIG";
 pub const NODE_ROUTES_MAP: &str = "NODE_ROUTES";
 pub const REMOTE_NODES_MAP: &str = "REMOTE_NODES";
 pub const NAT_MAP: &str = "NAT";
 pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";
 pub const HOST_ADDRESSES_MAP: &str = "HOST_ADDRESSES";
+pub const HOST_ADDRESSES6_MAP: &str = "HOST_ADDRESSES6";
 pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
 pub const SERVICES_MAP: &str = "SERVICES";
 pub const BACKENDS_MAP: &str = "BACKENDS";

@@ -10,6 +10,7 @@ mod direct;
 mod fragments;
 mod hooks;
 mod ipv4;
+mod ipv6;
 mod local;
 mod maps;
 mod monitor;

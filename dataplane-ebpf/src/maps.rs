@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, Counter, CounterValue, EVENTS_RING_BYTES, Endpoint,
-    EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, MAX_AFFINITIES,
+    EventBudget, FlowKey, FragmentKey, FragmentRecord, Ipv4Octets, Ipv6Octets, MAX_AFFINITIES,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRESSES, MAX_NAT_ENTRIES,
     MAX_NO_MASQUERADE, MAX_POLICY_CLASSES, MAX_POLICY_FLOWS, MAX_POLICY_RULES, MAX_REMOTE_NODES,
     MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS, MAX_SOURCE_RANGES, MAX_UNASSURED,
@@ -21,6 +21,10 @@ use dataplane_common::{
 
 #[map(name = "ENDPOINTS")]
 pub static ENDPOINTS: HashMap<Ipv4Octets, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// The pods' IPv6 addresses, as `ENDPOINTS` holds their IPv4 ones.
+#[map(name = "ENDPOINTS6")]
+pub static ENDPOINTS6: HashMap<Ipv6Octets, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 #[map(name = "NODE_CONFIG")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
@@ -116,6 +120,10 @@ pub static NO_MASQUERADE: LpmTrie<Ipv4Octets, u8> =
 #[map(name = "HOST_ADDRESSES")]
 pub static HOST_ADDRESSES: HashMap<Ipv4Octets, u8> = HashMap::pinned(MAX_HOST_ADDRESSES, 0);
 
+/// The node's own IPv6 addresses, as `HOST_ADDRESSES` holds its IPv4 ones.
+#[map(name = "HOST_ADDRESSES6")]
+pub static HOST_ADDRESSES6: HashMap<Ipv6Octets, u8> = HashMap::pinned(MAX_HOST_ADDRESSES, 0);
+
 /// Drop events for `dataplane monitor`; written only while it is enabled.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
@@ -174,6 +182,19 @@ pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::CO
 pub fn endpoint(addr: &Ipv4Octets) -> Option<Endpoint> {
     // SAFETY: the value is copied out at once; the agent only replaces whole entries.
     unsafe { ENDPOINTS.get(addr).copied() }
+}
+
+#[inline(always)]
+pub fn endpoint6(addr: &Ipv6Octets) -> Option<Endpoint> {
+    // SAFETY: as for `endpoint`.
+    unsafe { ENDPOINTS6.get(addr).copied() }
+}
+
+/// Whether `addr` is one of the node's own IPv6 addresses.
+#[inline(always)]
+pub fn is_host_address6(addr: &Ipv6Octets) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { HOST_ADDRESSES6.get(addr).is_some() }
 }
 
 /// The node's settings, read in place: a copy would take 64 bytes of each

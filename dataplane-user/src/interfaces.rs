@@ -9,7 +9,7 @@ use messages::{has_vxlan_settings, interface_of};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use futures::TryStreamExt as _;
@@ -232,11 +232,18 @@ impl Interfaces {
 
     /// Every IPv4 address of every interface but loopback's: the addresses
     /// the node answers on.
-    pub async fn host_addresses(&self) -> Result<BTreeSet<Ipv4Addr>, InterfaceError> {
-        let all = self.dump_ipv4_addresses(None).await?;
+    pub async fn host_addresses(&self) -> Result<BTreeSet<IpAddr>, InterfaceError> {
+        let all = self.dump_addresses(None).await?;
+        // IPv6 link-local addresses are the programs' to recognise (every
+        // veth has one); they never leave their link.
+        let link_local =
+            |address: &Ipv6Addr| address.segments()[0] & 0xffc0 == 0xfe80;
         Ok(all
             .into_iter()
-            .filter(|address| !address.is_loopback())
+            .filter(|address| match address {
+                IpAddr::V4(address) => !address.is_loopback(),
+                IpAddr::V6(address) => !address.is_loopback() && !link_local(address),
+            })
             .collect())
     }
 
@@ -245,6 +252,19 @@ impl Interfaces {
         &self,
         index: Option<u32>,
     ) -> Result<Vec<Ipv4Addr>, InterfaceError> {
+        Ok(self
+            .dump_addresses(index)
+            .await?
+            .into_iter()
+            .filter_map(|address| match address {
+                IpAddr::V4(address) => Some(address),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Addresses of both families of interface `index`, or of all of them.
+    async fn dump_addresses(&self, index: Option<u32>) -> Result<Vec<IpAddr>, InterfaceError> {
         let mut request = self.handle.address().get();
         if let Some(index) = index {
             request = request.set_link_index_filter(index);
@@ -259,7 +279,9 @@ impl Interfaces {
             .into_iter()
             .flat_map(|message| message.attributes)
             .filter_map(|attribute| match attribute {
-                AddressAttribute::Local(IpAddr::V4(address)) => Some(address),
+                AddressAttribute::Local(address) => Some(address),
+                // IPv6 addresses carry Address only (Local is IPv4's).
+                AddressAttribute::Address(address @ IpAddr::V6(_)) => Some(address),
                 _ => None,
             })
             .collect())

@@ -14,6 +14,7 @@ use crate::{
     ipv4::arp,
     ipv4::icmp,
     ipv4::{check_transport, checked_header, forward_hop, refused_destination},
+    ipv6,
     local::{Redirect, deliver},
     maps::{endpoint, is_unmasqueraded, node_config, remote_node},
     nat,
@@ -39,12 +40,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
     } else if ether_type == EtherType::Ipv4 as u16 {
         // SAFETY: bounds checked by `header`.
         finish(ctx, ipv4(ctx, unsafe { (*eth).dst_addr[0] }))
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        // SAFETY: bounds checked by `header`.
+        let first_mac_octet = unsafe { (*eth).dst_addr[0] };
+        finish(ctx, ipv6::from_pod(ctx, node_config(), first_mac_octet))
     } else if ether_type == EtherType::Arp as u16 {
         finish(ctx, arp::answer_request(ctx))
     } else {
-        // Nothing else reaches the node or anyone else: the host veth would
-        // otherwise learn routes and addresses from a pod's IPv6 router
-        // advertisements (CVE-2020-10749's class) and answer its probes.
+        // Nothing else reaches the node or anyone else.
         drop(ctx, Counter::DropPodNotIpv4)
     }
 }

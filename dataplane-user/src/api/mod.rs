@@ -77,8 +77,7 @@ pub enum Request {
         endpoint: EndpointSpec,
     },
     RemoveEndpoint {
-        #[serde_as(as = "AnyFamily")]
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// Only while `ip` is registered behind this host veth.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host_ifindex: Option<u32>,

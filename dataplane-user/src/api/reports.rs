@@ -182,7 +182,7 @@ pub struct NodeEntry {
 #[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointEntry {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub host_ifindex: u32,
     /// Name of the host veth; `None` if it no longer exists.
     pub interface: Option<String>,

@@ -5,7 +5,7 @@ use crate::model::HostInterface;
 fn requests_round_trip_as_versioned_tagged_json() {
     let request = Request::AddEndpoint {
         endpoint: EndpointSpec {
-            ip: Ipv4Addr::new(10, 244, 0, 2),
+            ip: Ipv4Addr::new(10, 244, 0, 2).into(),
             interface: HostInterface::Index(7),
             mac: "02:00:00:00:00:01".parse().unwrap(),
             pod: None,

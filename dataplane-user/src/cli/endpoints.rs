@@ -1,6 +1,6 @@
 //! `dataplane endpoint`: this node's pods through the API.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use clap::Subcommand;
 use macaddr::MacAddr6;
@@ -8,7 +8,7 @@ use macaddr::MacAddr6;
 use super::host_interface;
 use crate::{
     api::Request,
-    model::{EndpointSpec, PodName, family},
+    model::{EndpointSpec, PodName},
 };
 
 /// NAMESPACE/NAME.
@@ -26,8 +26,10 @@ fn pod_name(text: &str) -> Result<PodName, String> {
 pub(super) enum EndpointCommand {
     /// Register a pod: its IP, the host side of its veth, and its own MAC.
     Add {
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
-        ip: Ipv4Addr,
+        /// One of the pod's addresses, of either family (a dual-stack pod
+        /// is registered once per address).
+        #[arg(long)]
+        ip: IpAddr,
         /// Host-side veth (name or index) in the node's network namespace.
         #[arg(long)]
         interface: String,
@@ -41,8 +43,8 @@ pub(super) enum EndpointCommand {
     },
     /// Remove a pod (succeeds if it is not registered).
     Del {
-        #[arg(value_parser = family::parse::<Ipv4Addr>, long)]
-        ip: Ipv4Addr,
+        #[arg(long)]
+        ip: IpAddr,
     },
     /// List registered pods as the endpoints map holds them.
     List,

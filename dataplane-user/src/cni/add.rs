@@ -25,7 +25,7 @@ impl Changes {
             let _ = agent_call(
                 conf,
                 &Request::RemoveEndpoint {
-                    ip,
+                    ip: ip.into(),
                     host_ifindex: Some(self.host_ifindex),
                 },
             );
@@ -136,7 +136,7 @@ pub(super) fn apply(
 ) -> CniResult<(u32, u32)> {
     for ip in ips {
         let endpoint = EndpointSpec {
-            ip: *ip,
+            ip: IpAddr::V4(*ip),
             // The index the plugin already has: the agent need not look the
             // name up again, and a name reused meanwhile cannot mislead it.
             interface: HostInterface::Index(veth.host.index),

@@ -359,10 +359,6 @@ fn ipv6_values_are_read_and_refused_as_not_supported_yet() {
             "no_masquerade_cidrs",
         ),
         (
-            "[[endpoints]]\nip = \"fd00:10:244:1::5\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"\n",
-            "ip",
-        ),
-        (
             "[[nodes]]\nip = \"192.168.1.2\"\npod_cidr = \"fd00:10:244:2::/64\"\n",
             "pod_cidr",
         ),
@@ -378,6 +374,16 @@ fn ipv6_values_are_read_and_refused_as_not_supported_yet() {
             "{text}: {error}"
         );
     }
+    // A pod's IPv6 address is read (and checked: never link-local).
+    let config = parse(
+        "[[endpoints]]\nip = \"fd00:10:244:1::5\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"\n",
+    )
+    .unwrap();
+    assert!(config.endpoints[0].ip.is_ipv6());
+    let error = error_of(
+        "[[endpoints]]\nip = \"fe80::5\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"\n",
+    );
+    assert!(error.contains("endpoints[0].ip") && error.contains("link-local"), "{error}");
     // Syntax errors stay syntax errors.
     let error = error_of("[node]\nnode_ip = \"10.0.0.300\"\n");
     assert!(error.contains("invalid"), "{error}");

@@ -69,7 +69,7 @@ impl Config {
                 .insert(*node, &self.node.local_facts())
                 .map_err(|(name, problem)| (field(name), problem))?;
         }
-        let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut seen: HashMap<std::net::IpAddr, usize> = HashMap::new();
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let field = |name: &str| format!("endpoints[{index}].{name}");
             validate_endpoint(endpoint, self.node.pod_cidr)

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -56,13 +56,13 @@ pub enum DataplaneError {
 pub struct Dataplane {
     maps: Maps,
     links: Box<dyn Attachments>,
-    endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    endpoints: BTreeMap<IpAddr, Endpoint>,
     /// The endpoints behind each host veth: detaching and a veth's removal
     /// look up one veth instead of scanning every endpoint.
-    behind: HashMap<u32, BTreeSet<Ipv4Addr>>,
+    behind: HashMap<u32, BTreeSet<IpAddr>>,
     remote_nodes: BTreeMap<Ipv4Addr, ProgrammedNode>,
     /// What the host address map holds.
-    host_addresses: BTreeSet<Ipv4Addr>,
+    host_addresses: BTreeSet<IpAddr>,
     /// The Service frontends programmed (the mirror of the Service maps).
     services: BTreeMap<ServiceKey, ProgrammedService>,
     /// How many of them are for outside clients of a Local frontend.
@@ -86,8 +86,8 @@ impl Dataplane {
 
     /// The same over any maps and attachments (unit tests: fakes).
     pub fn with(maps: Maps, links: Box<dyn Attachments>) -> Result<Self, DataplaneError> {
-        let endpoints: BTreeMap<Ipv4Addr, Endpoint> = maps.endpoints()?.into_iter().collect();
-        let mut behind: HashMap<u32, BTreeSet<Ipv4Addr>> = HashMap::new();
+        let endpoints: BTreeMap<IpAddr, Endpoint> = maps.endpoints()?.into_iter().collect();
+        let mut behind: HashMap<u32, BTreeSet<IpAddr>> = HashMap::new();
         for (ip, endpoint) in &endpoints {
             behind.entry(endpoint.host_ifindex).or_default().insert(*ip);
         }
@@ -169,17 +169,17 @@ impl Dataplane {
     }
 
     /// Endpoints as the map holds them now.
-    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>, DataplaneError> {
+    pub fn endpoints(&self) -> Result<Vec<(IpAddr, Endpoint)>, DataplaneError> {
         Ok(self.maps.endpoints()?)
     }
 
     /// The endpoint registered for `ip`, if any.
-    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint> {
+    pub fn endpoint(&self, ip: IpAddr) -> Option<Endpoint> {
         self.endpoints.get(&ip).copied()
     }
 
     /// The endpoints behind host veth `ifindex`.
-    pub fn endpoints_behind(&self, ifindex: u32) -> Vec<Ipv4Addr> {
+    pub fn endpoints_behind(&self, ifindex: u32) -> Vec<IpAddr> {
         self.behind
             .get(&ifindex)
             .map_or_else(Vec::new, |ips| ips.iter().copied().collect())
@@ -189,7 +189,7 @@ impl Dataplane {
     /// that changed anything.
     pub fn set_host_addresses(
         &mut self,
-        addresses: BTreeSet<Ipv4Addr>,
+        addresses: BTreeSet<IpAddr>,
     ) -> Result<bool, DataplaneError> {
         if addresses == self.host_addresses {
             return Ok(false);
@@ -207,7 +207,7 @@ impl Dataplane {
         Ok(true)
     }
 
-    pub fn host_addresses(&self) -> &BTreeSet<Ipv4Addr> {
+    pub fn host_addresses(&self) -> &BTreeSet<IpAddr> {
         &self.host_addresses
     }
 
@@ -221,7 +221,7 @@ impl Dataplane {
     }
 
     /// The endpoints programmed (the mirror of the map).
-    pub fn programmed_endpoints(&self) -> impl Iterator<Item = (Ipv4Addr, Endpoint)> + '_ {
+    pub fn programmed_endpoints(&self) -> impl Iterator<Item = (IpAddr, Endpoint)> + '_ {
         self.endpoints.iter().map(|(ip, endpoint)| (*ip, *endpoint))
     }
 
@@ -266,7 +266,7 @@ impl Dataplane {
     /// On failure nothing is left half-programmed.
     pub fn add_endpoint(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         interface: &Interface,
         pod_mac: [u8; 6],
     ) -> Result<(), DataplaneError> {
@@ -293,9 +293,11 @@ impl Dataplane {
     }
 
     /// Removes the endpoint `ip`; `Ok(false)` when it was not registered.
-    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, DataplaneError> {
+    pub fn remove_endpoint(&mut self, ip: IpAddr) -> Result<bool, DataplaneError> {
         let removed = self.maps.remove_endpoint(ip)?;
-        self.maps.policy.forget_drops(ip)?;
+        if let IpAddr::V4(ip) = ip {
+            self.maps.policy.forget_drops(ip)?;
+        }
         if let Some(previous) = self.endpoints.remove(&ip) {
             self.forget_behind(ip, previous.host_ifindex);
             self.detach_from_pod_if_unused(previous.host_ifindex);
@@ -330,7 +332,7 @@ impl Dataplane {
         Ok(self.maps.remove_remote_node(ip, node.pod_cidr)?)
     }
 
-    fn forget_behind(&mut self, ip: Ipv4Addr, ifindex: u32) {
+    fn forget_behind(&mut self, ip: IpAddr, ifindex: u32) {
         if let Some(ips) = self.behind.get_mut(&ifindex) {
             ips.remove(&ip);
             if ips.is_empty() {

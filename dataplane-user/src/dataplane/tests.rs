@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
 };
 
 use dataplane_common::{MAX_HOST_ADDRESSES, names};
@@ -47,7 +47,7 @@ fn veth(index: u32) -> Interface {
     }
 }
 
-const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+const POD: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 2));
 
 #[test]
 fn an_endpoint_attaches_both_programs_and_a_failed_write_leaves_nothing_attached() {
@@ -59,7 +59,7 @@ fn an_endpoint_attaches_both_programs_and_a_failed_write_leaves_nothing_attached
     assert_eq!(dataplane.endpoints().unwrap().len(), 1);
 
     fixture.faults.fail_writes(names::ENDPOINTS_MAP, 1);
-    let other = Ipv4Addr::new(10, 244, 0, 3);
+    let other = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 3));
     assert!(dataplane.add_endpoint(other, &veth(8), [1; 6]).is_err());
     assert!(!dataplane.is_attached(8), "rolled back");
     assert_eq!(dataplane.endpoint(other), None);
@@ -76,7 +76,7 @@ fn an_endpoint_moved_to_another_veth_leaves_the_old_one_without_programs() {
     dataplane.add_endpoint(POD, &veth(9), [1; 6]).unwrap();
     assert!(!dataplane.is_attached(7));
     assert!(dataplane.is_attached(9));
-    assert_eq!(dataplane.endpoints_behind(7), Vec::<Ipv4Addr>::new());
+    assert_eq!(dataplane.endpoints_behind(7), Vec::<IpAddr>::new());
     assert!(dataplane.remove_endpoint(POD).unwrap());
     assert!(dataplane.attachments().is_empty());
     assert!(!dataplane.remove_endpoint(POD).unwrap(), "idempotent");
@@ -101,8 +101,8 @@ fn a_veth_that_cannot_take_the_second_program_keeps_neither() {
 fn the_host_address_set_keeps_what_fit_when_the_map_is_full_and_retries_other_failures() {
     let mut fixture = fixture();
     let dataplane = &mut fixture.dataplane;
-    let too_many: BTreeSet<Ipv4Addr> = (0..=MAX_HOST_ADDRESSES)
-        .map(|index| Ipv4Addr::from(0x0a00_0000 + index))
+    let too_many: BTreeSet<IpAddr> = (0..=MAX_HOST_ADDRESSES)
+        .map(|index| Ipv4Addr::from(0x0a00_0000 + index).into())
         .collect();
     match dataplane.set_host_addresses(too_many.clone()) {
         Err(super::DataplaneError::Maps(MapsError::HostAddressesFull { missing })) => {
@@ -113,7 +113,7 @@ fn the_host_address_set_keeps_what_fit_when_the_map_is_full_and_retries_other_fa
     // Kept as wanted: the same set again writes nothing (no spinning).
     assert!(!dataplane.set_host_addresses(too_many).unwrap());
 
-    let few: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(192, 0, 2, 10)].into();
+    let few: BTreeSet<IpAddr> = [Ipv4Addr::new(192, 0, 2, 10).into()].into();
     fixture.faults.fail_writes(names::HOST_ADDRESSES_MAP, 1);
     assert!(dataplane.set_host_addresses(few.clone()).is_err());
     assert!(dataplane.set_host_addresses(few).unwrap(), "tried again");
@@ -314,7 +314,7 @@ fn policy_goes_into_the_idle_table_whole_and_a_full_map_only_ever_allows_less() 
         fixture.faults.fill(map, 100);
         let partial = fixture.dataplane.write_idle_policy(&wanted).unwrap_err();
         assert!(partial.error.is_full(), "{map}: {}", partial.error);
-        assert_eq!(partial.pods, BTreeSet::from([POD.into()]));
+        assert_eq!(partial.pods, BTreeSet::from([POD]));
         let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];
         assert_eq!(written.subjects, wanted.subjects, "isolated all the same");
         assert_eq!(written.rules.len(), wanted.rules.len() - 1, "{map}");
@@ -324,7 +324,7 @@ fn policy_goes_into_the_idle_table_whole_and_a_full_map_only_ever_allows_less() 
     let mut fixture = self::fixture();
     fixture.faults.fill(names::POLICY_HOSTS_MAP, 1);
     let partial = fixture.dataplane.write_idle_policy(&wanted).unwrap_err();
-    assert_eq!(partial.pods, BTreeSet::from([POD.into()]));
+    assert_eq!(partial.pods, BTreeSet::from([POD]));
     let written = &fixture.dataplane.maps.policy.programmed().unwrap()[1];
     assert_eq!(*written, wanted.denying_all());
     assert!(

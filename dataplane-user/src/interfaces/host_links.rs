@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use ipnetwork::Ipv4Network;
@@ -47,7 +47,7 @@ pub trait HostLinks: Send + Sync + 'static {
     ) -> impl Future<Output = Result<BTreeMap<Ipv4Addr, Neighbour>, InterfaceError>> + Send;
     fn host_addresses(
         &self,
-    ) -> impl Future<Output = Result<BTreeSet<Ipv4Addr>, InterfaceError>> + Send;
+    ) -> impl Future<Output = Result<BTreeSet<IpAddr>, InterfaceError>> + Send;
 }
 
 impl HostLinks for Interfaces {
@@ -106,7 +106,7 @@ impl HostLinks for Interfaces {
 
     fn host_addresses(
         &self,
-    ) -> impl Future<Output = Result<BTreeSet<Ipv4Addr>, InterfaceError>> + Send {
+    ) -> impl Future<Output = Result<BTreeSet<IpAddr>, InterfaceError>> + Send {
         Interfaces::host_addresses(self)
     }
 }

@@ -133,6 +133,7 @@ impl Maps {
     pub fn fake(faults: &Faults) -> Self {
         Self {
             endpoints: Box::new(FakeTable::new(names::ENDPOINTS_MAP, MAX_ENDPOINTS, faults)),
+            endpoints6: Box::new(FakeTable::new(names::ENDPOINTS6_MAP, MAX_ENDPOINTS, faults)),
             node_config: Box::new(FakeTable::new(names::NODE_CONFIG_MAP, 1, faults)),
             node_routes: Box::new(FakeTable::new(
                 names::NODE_ROUTES_MAP,
@@ -160,6 +161,11 @@ impl Maps {
             )),
             host_addresses: Box::new(FakeTable::new(
                 names::HOST_ADDRESSES_MAP,
+                MAX_HOST_ADDRESSES,
+                faults,
+            )),
+            host_addresses6: Box::new(FakeTable::new(
+                names::HOST_ADDRESSES6_MAP,
                 MAX_HOST_ADDRESSES,
                 faults,
             )),

@@ -16,14 +16,18 @@ pub use services::{
     service_key,
 };
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, MAX_ENDPOINTS, MAX_HOST_ADDRESSES,
+    Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, Ipv6Octets, MAX_ENDPOINTS,
+    MAX_HOST_ADDRESSES,
     MAX_REMOTE_NODES, MonitorConfig, NodeConfig, NodeRoute, RemoteNode, names, node_path,
 };
 use ipnetwork::Ipv4Network;
@@ -85,6 +89,36 @@ pub(crate) fn removed(result: Result<(), MapError>, name: &'static str) -> Resul
     }
 }
 
+/// Makes the keys of `table` exactly `wanted`, stale ones out first.
+fn set_members<K: Ord + Copy>(
+    table: &mut BoxedTable<K, u8>,
+    name: &'static str,
+    wanted: BTreeSet<K>,
+) -> Result<(), MapsError> {
+    let present: BTreeSet<K> = table
+        .entries()
+        .map_err(access(name))?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    for stale in present.difference(&wanted) {
+        removed(table.remove(stale), name)?;
+    }
+    let new: Vec<&K> = wanted.difference(&present).collect();
+    for (inserted, key) in new.iter().enumerate() {
+        table.insert(key, &1).map_err(|source| {
+            if is_errno(&source, nix::libc::E2BIG) {
+                MapsError::HostAddressesFull {
+                    missing: new.len() - inserted,
+                }
+            } else {
+                access(name)(source)
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// The prefix of `cidr` in the map layout.
 pub fn ipv4_cidr(cidr: Ipv4Network) -> Ipv4Cidr {
     Ipv4Cidr::new(cidr.network().octets(), cidr.prefix())
@@ -97,6 +131,7 @@ pub fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 
 pub struct Maps {
     endpoints: BoxedTable<Ipv4Octets, Endpoint>,
+    endpoints6: BoxedTable<Ipv6Octets, Endpoint>,
     node_config: BoxedTable<u32, NodeConfig>,
     node_routes: BoxedTable<Key<Ipv4Octets>, NodeRoute>,
     remote_nodes: BoxedTable<Ipv4Octets, RemoteNode>,
@@ -104,6 +139,7 @@ pub struct Maps {
     nat: Option<NatMap>,
     no_masquerade: BoxedTable<Key<Ipv4Octets>, u8>,
     host_addresses: BoxedTable<Ipv4Octets, u8>,
+    host_addresses6: BoxedTable<Ipv6Octets, u8>,
     monitor: BoxedTable<u32, MonitorConfig>,
     /// Drop events, until the agent's monitor task takes them.
     events: Option<RingBuf<MapData>>,
@@ -142,6 +178,7 @@ impl Maps {
         }
         Ok(Self {
             endpoints: hash(ebpf, names::ENDPOINTS_MAP)?,
+            endpoints6: hash(ebpf, names::ENDPOINTS6_MAP)?,
             node_config: Box::new(table::<Array<MapData, _>>(ebpf, names::NODE_CONFIG_MAP)?),
             node_routes: Box::new(table::<LpmTrie<MapData, _, _>>(
                 ebpf,
@@ -158,6 +195,7 @@ impl Maps {
                 names::NO_MASQUERADE_MAP,
             )?),
             host_addresses: hash(ebpf, names::HOST_ADDRESSES_MAP)?,
+            host_addresses6: hash(ebpf, names::HOST_ADDRESSES6_MAP)?,
             monitor: Box::new(table::<Array<MapData, _>>(ebpf, names::MONITOR_MAP)?),
             events: Some(table(ebpf, names::EVENTS_MAP)?),
             counters: Box::new(CounterSums(table(ebpf, names::COUNTERS_MAP)?)),
@@ -202,30 +240,54 @@ impl Maps {
             .map_err(access(names::NODE_CONFIG_MAP))
     }
 
-    pub fn insert_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), MapsError> {
-        self.endpoints
-            .insert(&ip.octets(), &endpoint)
-            .map_err(|source| {
-                if is_errno(&source, nix::libc::E2BIG) {
-                    MapsError::EndpointsFull
-                } else {
-                    access(names::ENDPOINTS_MAP)(source)
-                }
-            })
+    pub fn insert_endpoint(&mut self, ip: IpAddr, endpoint: Endpoint) -> Result<(), MapsError> {
+        let (name, inserted) = match ip {
+            IpAddr::V4(ip) => (
+                names::ENDPOINTS_MAP,
+                self.endpoints.insert(&ip.octets(), &endpoint),
+            ),
+            IpAddr::V6(ip) => (
+                names::ENDPOINTS6_MAP,
+                self.endpoints6.insert(&ip.octets(), &endpoint),
+            ),
+        };
+        inserted.map_err(|source| {
+            if is_errno(&source, nix::libc::E2BIG) {
+                MapsError::EndpointsFull
+            } else {
+                access(name)(source)
+            }
+        })
     }
 
     /// Removes an endpoint; `Ok(false)` when it was not there.
-    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, MapsError> {
-        removed(self.endpoints.remove(&ip.octets()), names::ENDPOINTS_MAP)
+    pub fn remove_endpoint(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
+        match ip {
+            IpAddr::V4(ip) => removed(self.endpoints.remove(&ip.octets()), names::ENDPOINTS_MAP),
+            IpAddr::V6(ip) => removed(
+                self.endpoints6.remove(&ip.octets()),
+                names::ENDPOINTS6_MAP,
+            ),
+        }
     }
 
-    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>, MapsError> {
-        Ok(self
+    /// The endpoints of both families.
+    pub fn endpoints(&self) -> Result<Vec<(IpAddr, Endpoint)>, MapsError> {
+        let ipv4 = self
             .endpoints
             .entries()
-            .map_err(access(names::ENDPOINTS_MAP))?
+            .map_err(access(names::ENDPOINTS_MAP))?;
+        let ipv6 = self
+            .endpoints6
+            .entries()
+            .map_err(access(names::ENDPOINTS6_MAP))?;
+        Ok(ipv4
             .into_iter()
-            .map(|(ip, endpoint)| (Ipv4Addr::from(ip), endpoint))
+            .map(|(ip, endpoint)| (IpAddr::from(ip), endpoint))
+            .chain(
+                ipv6.into_iter()
+                    .map(|(ip, endpoint)| (IpAddr::from(ip), endpoint)),
+            )
             .collect())
     }
 
@@ -256,36 +318,30 @@ impl Maps {
         Ok(())
     }
 
-    /// Makes the host address set exactly `addresses`: stale ones out first,
-    /// then the new ones, so an address never misses while it exists. A
-    /// set beyond the map's capacity fills it and reports what did not fit.
-    pub fn set_host_addresses(&mut self, addresses: &BTreeSet<Ipv4Addr>) -> Result<(), MapsError> {
-        let name = names::HOST_ADDRESSES_MAP;
-        let present: BTreeSet<Ipv4Addr> = self
-            .host_addresses
-            .entries()
-            .map_err(access(name))?
-            .into_iter()
-            .map(|(key, _)| Ipv4Addr::from(key))
-            .collect();
-        for stale in present.difference(addresses) {
-            removed(self.host_addresses.remove(&stale.octets()), name)?;
-        }
-        let new: Vec<&Ipv4Addr> = addresses.difference(&present).collect();
-        for (inserted, address) in new.iter().enumerate() {
-            self.host_addresses
-                .insert(&address.octets(), &1)
-                .map_err(|source| {
-                    if is_errno(&source, nix::libc::E2BIG) {
-                        MapsError::HostAddressesFull {
-                            missing: new.len() - inserted,
-                        }
-                    } else {
-                        access(name)(source)
-                    }
-                })?;
-        }
-        Ok(())
+    /// Makes the host address set exactly `addresses` (both families):
+    /// stale ones out first, then the new ones, so an address never misses
+    /// while it exists. A set beyond a map's capacity fills it and reports
+    /// what did not fit.
+    pub fn set_host_addresses(&mut self, addresses: &BTreeSet<IpAddr>) -> Result<(), MapsError> {
+        let ipv4 = addresses.iter().filter_map(|address| match address {
+            IpAddr::V4(address) => Some(address.octets()),
+            IpAddr::V6(_) => None,
+        });
+        let ipv6 = addresses.iter().filter_map(|address| match address {
+            IpAddr::V6(address) => Some(address.octets()),
+            IpAddr::V4(_) => None,
+        });
+        let first = set_members(
+            &mut self.host_addresses,
+            names::HOST_ADDRESSES_MAP,
+            ipv4.collect(),
+        );
+        let second = set_members(
+            &mut self.host_addresses6,
+            names::HOST_ADDRESSES6_MAP,
+            ipv6.collect(),
+        );
+        first.and(second)
     }
 
     pub fn take_nat(&mut self) -> Option<NatMap> {

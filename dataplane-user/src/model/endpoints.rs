@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv6Addr},
 };
 
 use ipnetwork::Ipv4Network;
@@ -11,16 +11,16 @@ use macaddr::MacAddr6;
 use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 
-use super::{Source, Violation, family::AnyFamily};
+use super::{Source, Violation};
 
 /// A pod attached to this node: what the CNI plugin or the config file says.
 #[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
-    /// The pod's IPv4 address.
-    #[serde_as(as = "AnyFamily")]
-    pub ip: Ipv4Addr,
+    /// One of the pod's addresses (a dual-stack pod has one endpoint per
+    /// family).
+    pub ip: IpAddr,
     /// The host side of the pod's veth, in the node's namespace.
     pub interface: HostInterface,
     /// MAC address of the pod's own interface.
@@ -65,28 +65,33 @@ pub fn validate_endpoint(
     endpoint: &EndpointSpec,
     pod_cidr: Option<Ipv4Network>,
 ) -> Result<(), Violation> {
-    if let Some(cidr) = pod_cidr {
-        if !cidr.contains(endpoint.ip) {
-            return Err((
-                "ip",
-                format!("{} is outside the node's pod CIDR {cidr}", endpoint.ip),
-            ));
+    match endpoint.ip {
+        IpAddr::V4(ip) => {
+            if let Some(cidr) = pod_cidr {
+                if !cidr.contains(ip) {
+                    return Err(("ip", format!("{ip} is outside the node's pod CIDR {cidr}")));
+                }
+                // Static IPAM or another network's IPAM can hand these out.
+                let role = if ip == cidr.network() {
+                    "network"
+                } else {
+                    "broadcast"
+                };
+                if cidr.prefix() < 31 && (ip == cidr.network() || ip == cidr.broadcast()) {
+                    return Err((
+                        "ip",
+                        format!("{ip} is the {role} address of the pod CIDR {cidr}"),
+                    ));
+                }
+            }
         }
-        // Static IPAM or another network's IPAM can hand these out.
-        let role = if endpoint.ip == cidr.network() {
-            "network"
-        } else {
-            "broadcast"
-        };
-        if cidr.prefix() < 31 && (endpoint.ip == cidr.network() || endpoint.ip == cidr.broadcast())
-        {
-            return Err((
-                "ip",
-                format!(
-                    "{} is the {role} address of the pod CIDR {cidr}",
-                    endpoint.ip
-                ),
-            ));
+        IpAddr::V6(ip) => {
+            if let Some(kind) = not_a_pod_address(ip) {
+                return Err((
+                    "ip",
+                    format!("{ip} is {kind}: a pod's IPv6 address is a unicast address of scope global"),
+                ));
+            }
         }
     }
     match &endpoint.interface {
@@ -111,25 +116,43 @@ pub fn validate_endpoint(
     Ok(())
 }
 
+/// What kind of IPv6 address `ip` is when no pod can have it.
+fn not_a_pod_address(ip: Ipv6Addr) -> Option<&'static str> {
+    let [first, second, ..] = ip.octets();
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("the loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if first == 0xfe && second & 0xc0 == 0x80 {
+        Some("a link-local address")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("an IPv4-mapped address")
+    } else {
+        None
+    }
+}
+
 /// Which sources list each endpoint: an endpoint stays while any of them
 /// does. (Its value is the latest registration's: a pod has one veth.)
 #[derive(Debug, Default)]
-pub struct EndpointSources(BTreeMap<Ipv4Addr, BTreeSet<Source>>);
+pub struct EndpointSources(BTreeMap<IpAddr, BTreeSet<Source>>);
 
 impl EndpointSources {
     /// `source` lists `ip`.
-    pub fn list(&mut self, ip: Ipv4Addr, source: Source) {
+    pub fn list(&mut self, ip: IpAddr, source: Source) {
         self.0.entry(ip).or_default().insert(source);
     }
 
     /// The endpoint is gone, whoever listed it.
-    pub fn forget(&mut self, ip: Ipv4Addr) {
+    pub fn forget(&mut self, ip: IpAddr) {
         self.0.remove(&ip);
     }
 
     /// `source` lists exactly `listed` now; returns the endpoints no source
     /// lists any more (forgotten here, to be removed from the maps).
-    pub fn withdraw(&mut self, source: Source, listed: &BTreeSet<Ipv4Addr>) -> Vec<Ipv4Addr> {
+    pub fn withdraw(&mut self, source: Source, listed: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
         let mut unlisted = Vec::new();
         self.0.retain(|ip, sources| {
             if !listed.contains(ip) {

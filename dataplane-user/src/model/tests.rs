@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use macaddr::MacAddr6;
@@ -166,7 +166,10 @@ fn each_source_withdraws_only_what_it_contributed() {
 
 #[test]
 fn an_endpoint_stays_while_any_source_lists_it() {
-    let (file_only, both) = (Ipv4Addr::new(10, 244, 0, 5), Ipv4Addr::new(10, 244, 0, 6));
+    let (file_only, both) = (
+        IpAddr::V4(Ipv4Addr::new(10, 244, 0, 5)),
+        IpAddr::V4(Ipv4Addr::new(10, 244, 0, 6)),
+    );
     let mut sources = EndpointSources::default();
     sources.list(file_only, Source::ConfigFile);
     sources.list(both, Source::ConfigFile);
@@ -677,7 +680,7 @@ fn load_balancer_source_ranges_limit_the_load_balancer_ips_only() {
 fn a_pod_cidrs_network_and_broadcast_addresses_are_no_pods() {
     let cidr = Some("10.244.0.0/24".parse().unwrap());
     let endpoint = |ip: [u8; 4]| EndpointSpec {
-        ip: Ipv4Addr::from(ip),
+        ip: Ipv4Addr::from(ip).into(),
         interface: HostInterface::Name("veth0".into()),
         mac: MacAddr6::new(0x02, 0, 0, 0, 0, 1),
         pod: None,
@@ -743,10 +746,25 @@ fn addresses_of_either_family_are_read_and_ipv6_refused_in_one_place() {
             .unwrap_err()
             .contains(IPV6_NOT_SUPPORTED)
     );
-    // The API reads them the same way (a request naming an IPv6 pod).
-    let error = serde_json::from_value::<EndpointSpec>(serde_json::json!({
+    // A pod's addresses are of either family: one endpoint each.
+    let endpoint = serde_json::from_value::<EndpointSpec>(serde_json::json!({
         "ip": "fd00::5", "interface": "veth1", "mac": "02:00:00:00:00:01"
     }))
-    .unwrap_err();
-    assert!(error.to_string().contains(IPV6_NOT_SUPPORTED), "{error}");
+    .unwrap();
+    assert_eq!(validate_endpoint(&endpoint, None), Ok(()));
+    for (no_pod, kind) in [
+        ("fe80::5", "link-local"),
+        ("ff02::1", "multicast"),
+        ("::1", "loopback"),
+        ("::", "unspecified"),
+        ("::ffff:10.0.0.1", "IPv4-mapped"),
+    ] {
+        let endpoint = EndpointSpec {
+            ip: no_pod.parse().unwrap(),
+            ..endpoint.clone()
+        };
+        let (field, problem) = validate_endpoint(&endpoint, None).unwrap_err();
+        assert_eq!(field, "ip");
+        assert!(problem.contains(kind), "{problem}");
+    }
 }

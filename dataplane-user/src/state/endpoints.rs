@@ -2,7 +2,7 @@
 //! in the config file, or found in the pinned map at start-up. Each source
 //! owns what it listed; an endpoint stays while any source lists it.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::Context as _;
 use tracing::{info, warn};
@@ -46,7 +46,7 @@ impl<L: HostLinks> Owner<L> {
                 .with_context(|| format!("endpoint {}", endpoint.ip))?;
             self.endpoint_sources.list(endpoint.ip, Source::ConfigFile);
         }
-        let listed: std::collections::BTreeSet<Ipv4Addr> =
+        let listed: std::collections::BTreeSet<IpAddr> =
             endpoints.iter().map(|endpoint| endpoint.ip).collect();
         for ip in self.endpoint_sources.withdraw(Source::ConfigFile, &listed) {
             self.dataplane.remove_endpoint(ip)?;
@@ -130,7 +130,7 @@ impl<L: HostLinks> Owner<L> {
     /// An operator's or the CNI plugin's removal: whichever source listed it.
     pub(super) fn remove_endpoint(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         host_ifindex: Option<u32>,
     ) -> anyhow::Result<bool> {
         if let Some(expected) = host_ifindex

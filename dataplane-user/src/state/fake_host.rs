@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
 };
 
@@ -107,8 +107,8 @@ impl HostLinks for FakeHost {
 
     fn host_addresses(
         &self,
-    ) -> impl Future<Output = Result<BTreeSet<Ipv4Addr>, InterfaceError>> + Send {
-        let addresses = self.with(|host| host.addresses.clone());
+    ) -> impl Future<Output = Result<BTreeSet<IpAddr>, InterfaceError>> + Send {
+        let addresses = self.with(|host| host.addresses.iter().copied().map(IpAddr::V4).collect());
         async move { Ok(addresses) }
     }
 }

@@ -22,7 +22,10 @@ mod services;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, oneshot};
@@ -86,7 +89,7 @@ pub enum Command {
     AddEndpoint(EndpointSpec, Reply<()>),
     /// With `host_ifindex`: only while the address is still behind that veth.
     RemoveEndpoint {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         host_ifindex: Option<u32>,
         reply: Reply<bool>,
     },
@@ -188,10 +191,16 @@ impl StateHandle {
             .map_err(|_| anyhow::Error::new(OwnerGone("has stopped")))
     }
 
-    /// The addresses of this node's pods.
+    /// The IPv4 addresses of this node's pods.
     pub async fn pod_addresses(&self) -> anyhow::Result<HashSet<Ipv4Addr>> {
         let endpoints = self.ask(Command::Endpoints).await?;
-        Ok(endpoints.into_iter().map(|endpoint| endpoint.ip).collect())
+        Ok(endpoints
+            .into_iter()
+            .filter_map(|endpoint| match endpoint.ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
     }
 
     pub async fn add_endpoint(&self, endpoint: EndpointSpec) -> anyhow::Result<()> {
@@ -201,7 +210,7 @@ impl StateHandle {
 
     pub async fn remove_endpoint(
         &self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         host_ifindex: Option<u32>,
     ) -> anyhow::Result<bool> {
         self.ask(|reply| Command::RemoveEndpoint {

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::PoisonError,
 };
 
@@ -50,7 +50,7 @@ fn named(policies: &[&PolicySpec], direction: Direction) -> (Vec<String>, usize)
 impl<L: HostLinks> Owner<L> {
     /// Binds the pod at `ip` to its Kubernetes name (its policy applies
     /// before the API server has its address), or forgets its binding.
-    pub(super) fn bind_pod(&mut self, ip: Ipv4Addr, pod: Option<&PodName>) {
+    pub(super) fn bind_pod(&mut self, ip: IpAddr, pod: Option<&PodName>) {
         let mut model = self
             .policies
             .write()
@@ -58,8 +58,8 @@ impl<L: HostLinks> Owner<L> {
         match pod {
             Some(pod) => model
                 .world
-                .bind(IpAddr::V4(ip), (pod.namespace.clone(), pod.name.clone())),
-            None => model.world.unbind(IpAddr::V4(ip)),
+                .bind(ip, (pod.namespace.clone(), pod.name.clone())),
+            None => model.world.unbind(ip),
         }
     }
 
@@ -67,7 +67,7 @@ impl<L: HostLinks> Owner<L> {
     /// to be registered) when it changed: the idle table written, then the
     /// programs switched to it. Until the sources have given everything
     /// once, the maps keep what they hold.
-    pub(super) fn program_policies(&mut self, joining: Option<Ipv4Addr>) -> anyhow::Result<()> {
+    pub(super) fn program_policies(&mut self, joining: Option<IpAddr>) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let compiled = {
             let model = self.policies.read().unwrap_or_else(PoisonError::into_inner);
@@ -87,7 +87,6 @@ impl<L: HostLinks> Owner<L> {
                 .programmed_endpoints()
                 .map(|(ip, _)| ip)
                 .chain(joining)
-                .map(IpAddr::V4)
                 .collect();
             model.world.compile(&local)
         };
@@ -197,7 +196,6 @@ impl<L: HostLinks> Owner<L> {
             .dataplane
             .programmed_endpoints()
             .map(|(ip, _)| {
-                let ip = IpAddr::V4(ip);
                 let Some(pod) = model.world.pod(ip) else {
                     return PodPolicies {
                         ip,

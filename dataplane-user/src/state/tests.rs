@@ -113,7 +113,7 @@ fn lab(routing: &str) -> Lab {
 
 fn endpoint(ip: Ipv4Addr, veth: &str) -> EndpointSpec {
     EndpointSpec {
-        ip,
+        ip: ip.into(),
         interface: HostInterface::Name(veth.into()),
         mac: MacAddr6::new(2, 1, 1, 1, 1, 1),
         pod: None,
@@ -140,7 +140,7 @@ fn web(backends: &[&str]) -> ServiceSpec {
 }
 
 impl Lab {
-    async fn endpoints(&self) -> Vec<(Ipv4Addr, bool)> {
+    async fn endpoints(&self) -> Vec<(std::net::IpAddr, bool)> {
         self.state
             .ask(Command::Endpoints)
             .await
@@ -176,7 +176,7 @@ async fn endpoints_are_added_listed_and_removed_only_from_their_own_veth() {
         .add_endpoint(endpoint(POD, "veth7"))
         .await
         .unwrap();
-    assert_eq!(lab.endpoints().await, vec![(POD, true)]);
+    assert_eq!(lab.endpoints().await, vec![(POD.into(), true)]);
 
     let unknown = lab
         .state
@@ -203,7 +203,7 @@ async fn endpoints_are_added_listed_and_removed_only_from_their_own_veth() {
             .is_err()
     );
 
-    assert!(!lab.state.remove_endpoint(POD, Some(8)).await.unwrap());
+    assert!(!lab.state.remove_endpoint(POD.into(), Some(8)).await.unwrap());
     assert_eq!(
         lab.endpoints().await.len(),
         1,
@@ -211,7 +211,7 @@ async fn endpoints_are_added_listed_and_removed_only_from_their_own_veth() {
     );
     assert!(
         lab.state
-            .remove_endpoint(POD, Some(veth.index))
+            .remove_endpoint(POD.into(), Some(veth.index))
             .await
             .unwrap()
     );
@@ -237,7 +237,7 @@ async fn a_deleted_veth_takes_its_endpoints_and_a_resync_finds_one_missed() {
 
     lab.host.remove_link(7);
     lab.state.tell(Command::InterfaceRemoved(7)).await.unwrap();
-    assert_eq!(lab.endpoints().await, vec![(other, true)]);
+    assert_eq!(lab.endpoints().await, vec![(other.into(), true)]);
 
     // Gone without a notification: the resync notices.
     lab.host.remove_link(9);
@@ -403,7 +403,7 @@ async fn the_config_file_is_applied_as_a_whole_or_not_at_all() {
         .await
         .unwrap();
     assert_eq!(lab.nodes().await.len(), 1);
-    assert_eq!(lab.endpoints().await, vec![(POD, true)]);
+    assert_eq!(lab.endpoints().await, vec![(POD.into(), true)]);
     let listed = lab.state.ask(Command::Services).await.unwrap();
     assert_eq!(listed[0].source, Source::ConfigFile);
 

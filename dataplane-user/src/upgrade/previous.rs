@@ -3,6 +3,10 @@
 //! - `POLICY_PORTS`: new, a hash of the allowed entries of single ports,
 //!   looked up before `POLICY_RULES`; v13's `POLICY_RULES` entries of one
 //!   port are carried into it, the others stay in the trie.
+//! - `ENDPOINTS6`, `HOST_ADDRESSES6`: new, the pods' and the node's IPv6
+//!   addresses (v13 forwarded no IPv6: nothing to carry; the agent writes
+//!   the node's at start).
+//! - `COUNTERS`: four more, at the end.
 //!
 //! Every other pinned map kept its layout and is copied entry by entry,
 //! policy included (an isolated pod stays isolated from the first packet
@@ -35,6 +39,7 @@ pub const FROM_VERSION: u32 = 13;
 /// holds this to the eBPF object's maps).
 pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::ENDPOINTS_MAP, "copied"),
+    (names::ENDPOINTS6_MAP, "new: v13 had no IPv6 endpoints"),
     (
         names::NODE_CONFIG_MAP,
         "copied (then rewritten by the agent)",
@@ -55,6 +60,7 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::SOCKET_FLOWS_MAP, "copied"),
     (names::NO_MASQUERADE_MAP, "copied"),
     (names::HOST_ADDRESSES_MAP, "copied"),
+    (names::HOST_ADDRESSES6_MAP, "new: written by the agent"),
     (names::COUNTERS_MAP, "copied into a new layout's maps"),
     (names::POLICY_CLASSES_MAP, "copied"),
     (names::POLICY_HOSTS_MAP, "copied"),

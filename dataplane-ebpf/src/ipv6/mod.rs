@@ -1,0 +1,143 @@
+//! The IPv6 family's own code: a pod's packets at from-pod (its neighbour
+//! discovery in `ndp`), the header checks and the hop limit. So far IPv6
+//! is forwarded on the node: between its pods, and to the node's own
+//! addresses (the pods' gateway, kubelet's probes answered).
+
+pub mod ndp;
+
+use aya_ebpf::programs::TcContext;
+use dataplane_common::{Counter, Ipv6Octets, NodeConfig};
+use network_types::ip::Ipv6Hdr;
+
+use crate::{
+    counters::{Outcome, pass_to_host},
+    local::{Redirect, deliver},
+    maps::{endpoint6, is_host_address6},
+    packet::{IP_AT, header, ingress_ifindex},
+};
+
+/// ICMPv6's next header value.
+pub const ICMPV6: u8 = 58;
+
+/// Where an IPv6 packet's next header starts (the fixed header's end).
+pub const L4_AT6: usize = IP_AT + Ipv6Hdr::LEN;
+
+/// A pod's IPv6 packet. `first_mac_octet`: of the frame's destination MAC.
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Outcome {
+    // The headers read below (neighbour discovery's included) in the
+    // linear part; before any packet pointer is taken.
+    let want = ctx.len().min(ndp::HEADERS_END as u32);
+    if ctx.data() + want as usize > ctx.data_end() {
+        let _ = ctx.pull_data(want);
+    }
+    let ip = checked_header(ctx).ok_or(Counter::DropMalformed)?;
+    let (src, dst, next_header) = (ip.src_addr, ip.dst_addr, ip.next_hdr);
+    if next_header == ICMPV6
+        && let Some(kind) = ndp::message_kind(ctx)
+    {
+        return ndp::from_pod(ctx, kind, &src);
+    }
+    // The group bit: multicast frames and addresses (ff00::/8) carry no
+    // unicast packet.
+    if first_mac_octet & 1 != 0 || dst[0] == 0xff {
+        return Err(Counter::DropNotUnicast);
+    }
+    if is_martian(&dst) {
+        return Err(Counter::DropMartianDestination);
+    }
+    // From a link-local address, only to the link (the host veth): such a
+    // source names no pod, and a packet from it can be answered on the
+    // link only.
+    if is_link_local(&src) {
+        return if is_link_local(&dst) {
+            Ok(pass_to_host(ctx))
+        } else {
+            Err(Counter::DropSpoofedSource)
+        };
+    }
+    // A pod may only send from its own address, and only through its own veth.
+    match endpoint6(&src) {
+        Some(source) if source.host_ifindex == ingress_ifindex(ctx) => {}
+        _ => return Err(Counter::DropSpoofedSource),
+    }
+    if let Some(destination) = endpoint6(&dst) {
+        // Fail closed: no policy judges IPv6 yet.
+        if config.policy != 0 {
+            return Err(Counter::DropPolicyIpv6Unjudged);
+        }
+        forward_hop(ctx)?;
+        return deliver(
+            ctx,
+            &destination,
+            Redirect::into_pod(config),
+            Counter::ForwardedLocal,
+        );
+    }
+    // The node itself: the pods' gateway, kubelet, node-local services.
+    if is_link_local(&dst) || is_host_address6(&dst) {
+        return Ok(pass_to_host(ctx));
+    }
+    Err(Counter::DropIpv6NotForwarded)
+}
+
+/// The IPv6 header after the Ethernet header, in place (valid until the
+/// packet is changed), when it is well formed as `ipv6_rcv` checks it:
+/// version 6 and a payload length that fits in the packet.
+#[inline(always)]
+pub fn checked_header(ctx: &TcContext) -> Option<&Ipv6Hdr> {
+    let ip = header::<Ipv6Hdr>(ctx, IP_AT)?;
+    // SAFETY: bounds checked by `header`; read before anything changes the packet.
+    let ip = unsafe { &*ip };
+    let payload = u32::from(u16::from_be_bytes(ip.payload_len));
+    let carried = ctx.len().checked_sub(L4_AT6 as u32)?;
+    // GSO packets of more than 64 KB (BIG TCP) carry a payload length of 0.
+    let fits = if payload == 0 {
+        carried == 0 || carried > u32::from(u16::MAX)
+    } else {
+        payload <= carried
+    };
+    (ip.version() == 6 && fits).then_some(ip)
+}
+
+/// Decrements the hop limit of a packet this node forwards; one that would
+/// reach zero is dropped. (IPv6 has no header checksum to follow.)
+#[inline(always)]
+pub fn forward_hop(ctx: &TcContext) -> Outcome<()> {
+    let ip = header::<Ipv6Hdr>(ctx, IP_AT).ok_or(Counter::DropMalformed)?;
+    // SAFETY: bounds checked by `header`.
+    let ip = unsafe { &mut *ip };
+    if ip.hop_limit <= 1 {
+        return Err(Counter::DropTtlExceeded);
+    }
+    ip.hop_limit -= 1;
+    Ok(())
+}
+
+/// fe80::/10: an address valid on one link only.
+#[inline(always)]
+pub fn is_link_local(address: &Ipv6Octets) -> bool {
+    address[0] == 0xfe && address[1] & 0xc0 == 0x80
+}
+
+/// An address nothing may be sent to: unspecified (`::`), loopback
+/// (`::1`), or IPv4-mapped (`::ffff:0:0/96`, never on the wire).
+#[inline(always)]
+pub fn is_martian(address: &Ipv6Octets) -> bool {
+    let mut leading_zeros = true;
+    let mut index = 0;
+    while index < 10 {
+        leading_zeros &= address[index] == 0;
+        index += 1;
+    }
+    if !leading_zeros {
+        return false;
+    }
+    let mapped = address[10] == 0xff && address[11] == 0xff;
+    let low_zero = address[10] == 0
+        && address[11] == 0
+        && address[12] == 0
+        && address[13] == 0
+        && address[14] == 0;
+    mapped || (low_zero && address[15] <= 1)
+}
