@@ -71,7 +71,7 @@ fn lab_node(index: u32) -> NodeSpec {
 fn lab_endpoint(index: u32) -> EndpointSpec {
     let veth = index % LAB_VETHS;
     EndpointSpec {
-        ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + index),
+        ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + index).into(),
         interface: HostInterface::Name(format!("lab{veth}")),
         mac: MacAddr6::new(0x02, 0, 0, 0, 0, veth as u8 + 1),
         pod: None,
@@ -406,7 +406,7 @@ mod tests {
         }
         assert_ne!(lab_node(0).pod_cidr, lab_node(256).pod_cidr);
         for index in [0, ENDPOINTS - 1] {
-            assert!(pod_cidr.contains(lab_endpoint(index).ip));
+            assert!(ipnetwork::IpNetwork::V4(pod_cidr).contains(lab_endpoint(index).ip));
         }
     }
 }

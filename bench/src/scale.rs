@@ -245,7 +245,7 @@ fn fill(maps: &mut Maps, filled: &mut Filled, target: Filled) -> anyhow::Result<
             pod_mac: [0x02, 0xfd, 0, 0, 0, 1],
             host_mac: [0x02, 0xfd, 0, 0, 0, 2],
         };
-        maps.insert_endpoint(fake_endpoint(index), fake)?;
+        maps.insert_endpoint(fake_endpoint(index).into(), fake)?;
     }
     for index in filled.nodes..target.nodes {
         let (ip, pod_cidr, _) = fake_node(index);

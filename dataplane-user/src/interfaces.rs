@@ -236,8 +236,7 @@ impl Interfaces {
         let all = self.dump_addresses(None).await?;
         // IPv6 link-local addresses are the programs' to recognise (every
         // veth has one); they never leave their link.
-        let link_local =
-            |address: &Ipv6Addr| address.segments()[0] & 0xffc0 == 0xfe80;
+        let link_local = |address: &Ipv6Addr| address.segments()[0] & 0xffc0 == 0xfe80;
         Ok(all
             .into_iter()
             .filter(|address| match address {

@@ -16,6 +16,7 @@ pub mod kube_api;
 pub mod netlink;
 pub mod netns;
 pub mod netpol;
+pub mod packets6;
 pub mod test_run;
 pub mod traffic;
 

@@ -92,8 +92,11 @@ impl Fixture {
             mac: None,
         };
         maps.insert_remote_node(REMOTE_NODE_IP, remote)?;
-        maps.insert_endpoint(POD_A_IP, endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC))?;
-        maps.insert_endpoint(POD_B_IP, endpoint(4242, POD_B_MAC, HOST_B_MAC))?;
+        maps.insert_endpoint(
+            POD_A_IP.into(),
+            endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC),
+        )?;
+        maps.insert_endpoint(POD_B_IP.into(), endpoint(4242, POD_B_MAC, HOST_B_MAC))?;
         Ok(fixture)
     }
 

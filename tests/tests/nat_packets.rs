@@ -392,7 +392,10 @@ fn open_established_udp(
 fn with_pod_b_on_the_test_device(fixture: &mut Fixture) {
     fixture
         .maps
-        .insert_endpoint(POD_B_IP, endpoint(LOOPBACK_IFINDEX, POD_B_MAC, HOST_B_MAC))
+        .insert_endpoint(
+            POD_B_IP.into(),
+            endpoint(LOOPBACK_IFINDEX, POD_B_MAC, HOST_B_MAC),
+        )
         .unwrap();
 }
 

@@ -70,7 +70,10 @@ fn with_sticky_service(backends: &[Backend], affinity_seconds: u32) -> Fixture {
 fn with_pod_b_on_the_test_device(fixture: &mut Fixture) {
     fixture
         .maps
-        .insert_endpoint(POD_B_IP, endpoint(LOOPBACK_IFINDEX, POD_B_MAC, HOST_B_MAC))
+        .insert_endpoint(
+            POD_B_IP.into(),
+            endpoint(LOOPBACK_IFINDEX, POD_B_MAC, HOST_B_MAC),
+        )
         .unwrap();
 }
 

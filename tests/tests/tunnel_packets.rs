@@ -249,7 +249,7 @@ fn the_node_reaches_remote_pods_only_from_addresses_they_can_answer() {
     let other = Ipv4Addr::new(198, 51, 100, 7);
     fixture
         .maps
-        .set_host_addresses(&[gateway, other, NODE_IP].into())
+        .set_host_addresses(&[gateway, other, NODE_IP].map(std::net::IpAddr::V4).into())
         .unwrap();
     for source in [NODE_IP, gateway] {
         let (verdict, out) = fixture.run_program(

@@ -7,8 +7,12 @@
 //! from them: CVE-2020-10749's class), nor does duplicate address
 //! detection get an answer (it would make the pod give its address up).
 
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect, programs::TcContext};
-use dataplane_common::{Counter, Ipv6Octets, checksum};
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT,
+    helpers::{bpf_csum_diff, bpf_redirect},
+    programs::TcContext,
+};
+use dataplane_common::{Counter, Ipv6Octets};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use super::{L4_AT6, is_link_local};
@@ -71,12 +75,54 @@ pub fn message_kind(ctx: &TcContext) -> Option<u8> {
         .then_some(kind)
 }
 
+/// The ICMPv6 checksum field of `message` (`len` bytes, its checksum field
+/// zero) under `ip`, summed by the kernel's helper over the packet itself:
+/// the pseudo-header's addresses (contiguous in the header), its length
+/// and next header, then the message.
+#[inline(always)]
+fn icmpv6_sum(ip: &mut Ipv6Hdr, message: &mut NeighborMessage, len: usize) -> Option<[u8; 2]> {
+    let addresses = (&raw mut ip.src_addr).cast::<u32>();
+    let mut rest = [(len as u32).to_be(), u32::from(super::ICMPV6).to_be()];
+    let message = (&raw mut *message).cast::<u32>();
+    // SAFETY: plain helper calls over memory checked to hold these sizes
+    // (the addresses in the header, the message in the packet).
+    let sum = unsafe {
+        let sum = bpf_csum_diff(core::ptr::null_mut(), 0, addresses, 32, 0);
+        let sum = bpf_csum_diff(core::ptr::null_mut(), 0, rest.as_mut_ptr(), 8, sum as u32);
+        if len == MESSAGE_LEN + OPTION_LEN {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                message,
+                (MESSAGE_LEN + OPTION_LEN) as u32,
+                sum as u32,
+            )
+        } else {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                message,
+                MESSAGE_LEN as u32,
+                sum as u32,
+            )
+        }
+    };
+    if sum < 0 {
+        return None;
+    }
+    let sum = sum as u32;
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    // Summed as memory holds the words: stored as it came out.
+    Some((!(folded as u16)).to_ne_bytes())
+}
+
 /// A pod's neighbour discovery message `kind`, from `src`.
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext, kind: u8, src: &Ipv6Octets) -> Outcome {
     let ifindex = ingress_ifindex(ctx);
-    let from_pod = is_link_local(src)
-        || endpoint6(src).is_some_and(|pod| pod.host_ifindex == ifindex);
+    let from_pod =
+        is_link_local(src) || endpoint6(src).is_some_and(|pod| pod.host_ifindex == ifindex);
     match kind {
         NEIGHBOR_SOLICITATION if from_pod => answer_solicitation(ctx, ifindex),
         // Answers to the node's own solicitations (it reaches the pod).
@@ -90,13 +136,9 @@ pub fn from_pod(ctx: &TcContext, kind: u8, src: &Ipv6Octets) -> Outcome {
 // Out of line: its addresses stay out of from-pod's stack frame.
 #[inline(never)]
 fn answer_solicitation(ctx: &TcContext, ifindex: u32) -> Outcome {
-    let (Some(eth), Some(ip), Some(message)) = (
-        header::<EthHdr>(ctx, 0),
-        header::<Ipv6Hdr>(ctx, IP_AT),
-        header::<NeighborMessage>(ctx, L4_AT6),
-    ) else {
-        return Err(Counter::DropMalformed);
-    };
+    let eth = header::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
+    let ip = header::<Ipv6Hdr>(ctx, IP_AT).ok_or(Counter::DropMalformed)?;
+    let message = header::<NeighborMessage>(ctx, L4_AT6).ok_or(Counter::DropMalformed)?;
     // SAFETY: all three bounds checked above; they do not overlap.
     let (eth, ip, message) = unsafe { (&mut *eth, &mut *ip, &mut *message) };
     let payload = usize::from(u16::from_be_bytes(ip.payload_len));
@@ -118,49 +160,25 @@ fn answer_solicitation(ctx: &TcContext, ifindex: u32) -> Outcome {
         None if eth.dst_addr[0] & 1 == 0 => eth.dst_addr,
         None => return Err(Counter::DropNdpIgnored),
     };
-    let mut sum = u16::from_be_bytes(message.checksum);
-    // The pseudo-header's addresses go from (pod, D) to (target, pod): D
-    // is replaced by the target in the sum.
-    let (asked, target) = (ip.dst_addr, message.target);
-    let mut word = 0;
-    while word < 4 {
-        let at = word * 4;
-        let old = [asked[at], asked[at + 1], asked[at + 2], asked[at + 3]];
-        let new = [target[at], target[at + 1], target[at + 2], target[at + 3]];
-        sum = checksum::replace4(sum, old, new);
-        word += 1;
-    }
-    sum = checksum::replace2(sum, [message.kind, message.code], [NEIGHBOR_ADVERTISEMENT, 0]);
-    sum = checksum::replace4(sum, message.flags, [ADVERTISED_FLAGS, 0, 0, 0]);
     message.kind = NEIGHBOR_ADVERTISEMENT;
     message.flags = [ADVERTISED_FLAGS, 0, 0, 0];
     if with_option {
-        let option = header::<LinkLayerOption>(ctx, L4_AT6 + MESSAGE_LEN)
-            .ok_or(Counter::DropMalformed)?;
+        let option =
+            header::<LinkLayerOption>(ctx, L4_AT6 + MESSAGE_LEN).ok_or(Counter::DropMalformed)?;
         // SAFETY: bounds checked above.
         let option = unsafe { &mut *option };
         if option.kind != SOURCE_LINK_LAYER || option.len != 1 {
             return Err(Counter::DropNdpIgnored);
         }
-        sum = checksum::replace2(sum, [option.kind, option.len], [TARGET_LINK_LAYER, 1]);
-        let mut pair = 0;
-        while pair < 3 {
-            let at = pair * 2;
-            sum = checksum::replace2(
-                sum,
-                [option.mac[at], option.mac[at + 1]],
-                [host_mac[at], host_mac[at + 1]],
-            );
-            pair += 1;
-        }
         option.kind = TARGET_LINK_LAYER;
         option.mac = host_mac;
     }
-    message.checksum = sum.to_be_bytes();
     ip.dst_addr = ip.src_addr;
-    ip.src_addr = target;
+    ip.src_addr = message.target;
     eth.dst_addr = eth.src_addr;
     eth.src_addr = host_mac;
+    message.checksum = [0, 0];
+    message.checksum = icmpv6_sum(ip, message, payload).ok_or(Counter::DropMalformed)?;
 
     // SAFETY: plain helper call; the answer leaves through the veth it came in on.
     let action = unsafe { bpf_redirect(ifindex, 0) } as i32;

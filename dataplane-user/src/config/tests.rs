@@ -383,7 +383,10 @@ fn ipv6_values_are_read_and_refused_as_not_supported_yet() {
     let error = error_of(
         "[[endpoints]]\nip = \"fe80::5\"\ninterface = \"v\"\nmac = \"02:00:00:00:00:01\"\n",
     );
-    assert!(error.contains("endpoints[0].ip") && error.contains("link-local"), "{error}");
+    assert!(
+        error.contains("endpoints[0].ip") && error.contains("link-local"),
+        "{error}"
+    );
     // Syntax errors stay syntax errors.
     let error = error_of("[node]\nnode_ip = \"10.0.0.300\"\n");
     assert!(error.contains("invalid"), "{error}");

@@ -279,7 +279,7 @@ fn policy_goes_into_the_idle_table_whole_and_a_full_map_only_ever_allows_less() 
     };
     let mut fixture = fixture();
     let dataplane = &mut fixture.dataplane;
-    let compiled = policy_world().compile(&[POD.into()]);
+    let compiled = policy_world().compile(&[POD]);
     assert_eq!(dataplane.policy_switch().generation, 0);
     // The programs read table 0: the change goes into table 1, its ids
     // tagged with it, and the active table is untouched.

@@ -27,8 +27,8 @@ use aya::{
 };
 use dataplane_common::{
     Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, Ipv6Octets, MAX_ENDPOINTS,
-    MAX_HOST_ADDRESSES,
-    MAX_REMOTE_NODES, MonitorConfig, NodeConfig, NodeRoute, RemoteNode, names, node_path,
+    MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NodeConfig, NodeRoute, RemoteNode, names,
+    node_path,
 };
 use ipnetwork::Ipv4Network;
 
@@ -264,10 +264,7 @@ impl Maps {
     pub fn remove_endpoint(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
         match ip {
             IpAddr::V4(ip) => removed(self.endpoints.remove(&ip.octets()), names::ENDPOINTS_MAP),
-            IpAddr::V6(ip) => removed(
-                self.endpoints6.remove(&ip.octets()),
-                names::ENDPOINTS6_MAP,
-            ),
+            IpAddr::V6(ip) => removed(self.endpoints6.remove(&ip.octets()), names::ENDPOINTS6_MAP),
         }
     }
 

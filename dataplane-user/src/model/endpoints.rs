@@ -89,7 +89,9 @@ pub fn validate_endpoint(
             if let Some(kind) = not_a_pod_address(ip) {
                 return Err((
                     "ip",
-                    format!("{ip} is {kind}: a pod's IPv6 address is a unicast address of scope global"),
+                    format!(
+                        "{ip} is {kind}: a pod's IPv6 address is a unicast address of scope global"
+                    ),
                 ));
             }
         }

@@ -4,11 +4,7 @@
 //! the policies isolating each, programmed whole or not) and `policy
 //! explain` (the verdict on one connection).
 
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    sync::PoisonError,
-};
+use std::{collections::BTreeSet, net::IpAddr, sync::PoisonError};
 
 use dataplane_common::{PolicyDrops, policy_table};
 use tracing::{info, warn};

@@ -203,7 +203,12 @@ async fn endpoints_are_added_listed_and_removed_only_from_their_own_veth() {
             .is_err()
     );
 
-    assert!(!lab.state.remove_endpoint(POD.into(), Some(8)).await.unwrap());
+    assert!(
+        !lab.state
+            .remove_endpoint(POD.into(), Some(8))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         lab.endpoints().await.len(),
         1,

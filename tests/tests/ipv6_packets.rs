@@ -1,0 +1,221 @@
+//! IPv6 at from-pod under BPF_PROG_TEST_RUN: neighbour discovery answered
+//! or refused, forwarding between the node's pods with the hop limit,
+//! the node's own addresses, and everything else dropped with its reason.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv6Addr},
+};
+
+use dataplane_tests::{
+    packets6::*,
+    test_run::{
+        Fixture, HOST_A_MAC, HOST_B_MAC, LOOPBACK_IFINDEX, POD_A_MAC, POD_B_MAC, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint,
+    },
+};
+use serde_json::json;
+
+/// Pods A and B with an IPv6 address each (A on the device test runs use).
+fn fixture() -> anyhow::Result<Fixture> {
+    let mut fixture = Fixture::new()?;
+    let maps = &mut fixture.maps;
+    maps.insert_endpoint(
+        POD_A_IP6.into(),
+        endpoint(LOOPBACK_IFINDEX, POD_A_MAC, HOST_A_MAC),
+    )?;
+    maps.insert_endpoint(POD_B_IP6.into(), endpoint(4242, POD_B_MAC, HOST_B_MAC))?;
+    Ok(fixture)
+}
+
+/// The addresses of an IPv6 frame.
+fn addresses(frame: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
+    let at = |start: usize| -> Ipv6Addr {
+        <[u8; 16]>::try_from(&frame[start..start + 16])
+            .unwrap()
+            .into()
+    };
+    (at(IP6_AT + 8), at(IP6_AT + 24))
+}
+
+#[test]
+fn a_pods_solicitation_for_its_gateway_is_answered_with_the_host_veth_mac() -> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let (verdict, answer) = fixture.run(&solicitation(POD_A_IP6, GATEWAY6));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&answer[0..6], &POD_A_MAC, "to the pod");
+    assert_eq!(&answer[6..12], &HOST_A_MAC, "from its host veth");
+    assert_eq!(addresses(&answer), (GATEWAY6, POD_A_IP6));
+    assert_eq!(answer[IP6_AT + 7], 255, "hop limit of the link");
+    let message = &answer[L4_AT6..];
+    assert_eq!(message[0], NEIGHBOR_ADVERTISEMENT);
+    assert_eq!(message[4], 0xe0, "router, solicited, override");
+    assert_eq!(&message[8..24], &GATEWAY6.octets(), "the target");
+    assert_eq!(&message[24..26], &[2, 1], "a target link-layer option");
+    assert_eq!(&message[26..32], &HOST_A_MAC);
+    assert!(icmpv6_checksum_holds(&answer), "{answer:02x?}");
+    assert_eq!(fixture.counter("ndp_answered"), 1);
+
+    // A unicast probe from the pod's link-local address, without an option
+    // (neighbour unreachability detection): answered from the MAC it was
+    // sent to.
+    let probe = neighbor_message(
+        NEIGHBOR_SOLICITATION,
+        (POD_A_LINK_LOCAL, GATEWAY6),
+        HOST_A_MAC,
+        GATEWAY6,
+        None,
+    );
+    let (verdict, answer) = fixture.run(&probe);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&answer[6..12], &HOST_A_MAC);
+    assert_eq!(addresses(&answer), (GATEWAY6, POD_A_LINK_LOCAL));
+    assert_eq!(answer.len(), L4_AT6 + 24, "no option added");
+    assert!(icmpv6_checksum_holds(&answer));
+    Ok(())
+}
+
+#[test]
+fn duplicate_address_detection_router_messages_and_strangers_get_no_answer() -> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let (dad_group, dad_mac) = solicited_node(POD_A_IP6);
+    let mut refused = vec![
+        // Duplicate address detection: from `::`, for the pod's own address.
+        neighbor_message(
+            NEIGHBOR_SOLICITATION,
+            (Ipv6Addr::UNSPECIFIED, dad_group),
+            dad_mac,
+            POD_A_IP6,
+            None,
+        ),
+        // For its own address from its own address.
+        solicitation(POD_A_IP6, POD_A_IP6),
+        // From an address that is not the pod's.
+        solicitation(POD_B_IP6, GATEWAY6),
+        // A multicast solicitation from a link-local address: no MAC to answer from.
+        solicitation(POD_A_LINK_LOCAL, GATEWAY6),
+    ];
+    // Router solicitation, advertisement and redirect: never from a pod.
+    for kind in [133, 134, 137] {
+        refused.push(neighbor_message(
+            kind,
+            (POD_A_LINK_LOCAL, "ff02::2".parse()?),
+            [0x33, 0x33, 0, 0, 0, 2],
+            GATEWAY6,
+            Some(POD_A_MAC),
+        ));
+    }
+    // Not from the link (hop limit below 255).
+    let mut forwarded = solicitation(POD_A_IP6, GATEWAY6);
+    forwarded[IP6_AT + 7] = 64;
+    refused.push(forwarded);
+    let before = fixture.counter("drop_ndp_ignored");
+    for (index, packet) in refused.iter().enumerate() {
+        assert_eq!(fixture.run(packet).0, TC_ACT_SHOT, "message {index}");
+    }
+    assert_eq!(
+        fixture.counter("drop_ndp_ignored"),
+        before + refused.len() as u64
+    );
+    assert_eq!(fixture.counter("ndp_answered"), 0);
+
+    // An advertisement answering the node's own solicitation goes up to it.
+    let advertisement = neighbor_message(
+        NEIGHBOR_ADVERTISEMENT,
+        (POD_A_IP6, POD_A_LINK_LOCAL),
+        HOST_A_MAC,
+        POD_A_IP6,
+        None,
+    );
+    assert_eq!(fixture.run(&advertisement).0, TC_ACT_OK);
+    Ok(())
+}
+
+#[test]
+fn ipv6_between_pods_is_redirected_with_the_hop_limit_decremented() -> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let (verdict, delivered) = fixture.run(&tcp6_syn((POD_A_IP6, POD_B_IP6), 64));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&delivered[0..6], &POD_B_MAC);
+    assert_eq!(&delivered[6..12], &HOST_B_MAC);
+    assert_eq!(delivered[IP6_AT + 7], 63);
+    assert_eq!(addresses(&delivered), (POD_A_IP6, POD_B_IP6));
+    assert_eq!(fixture.counter("forwarded_local"), 1);
+
+    // The node's own addresses (the gateway included) and link-local ones.
+    let gateway: BTreeSet<IpAddr> = [IpAddr::V6(GATEWAY6)].into();
+    fixture.maps.set_host_addresses(&gateway)?;
+    for to_node in [
+        tcp6_syn((POD_A_IP6, GATEWAY6), 64),
+        tcp6_syn((POD_A_LINK_LOCAL, "fe80::1".parse()?), 64),
+    ] {
+        assert_eq!(fixture.run(&to_node).0, TC_ACT_OK);
+    }
+
+    for (packet, reason) in [
+        (tcp6_syn((POD_A_IP6, POD_B_IP6), 1), "drop_ttl_exceeded"),
+        (tcp6_syn((POD_B_IP6, POD_A_IP6), 64), "drop_spoofed_source"),
+        (
+            tcp6_syn((POD_A_LINK_LOCAL, POD_B_IP6), 64),
+            "drop_spoofed_source",
+        ),
+        (
+            tcp6_syn((POD_A_IP6, "ff05::2".parse()?), 64),
+            "drop_not_unicast",
+        ),
+        (
+            tcp6_syn((POD_A_IP6, Ipv6Addr::LOCALHOST), 64),
+            "drop_martian_destination",
+        ),
+        (
+            tcp6_syn((POD_A_IP6, "::ffff:10.244.0.3".parse()?), 64),
+            "drop_martian_destination",
+        ),
+        (
+            tcp6_syn((POD_A_IP6, "2001:db8::1".parse()?), 64),
+            "drop_ipv6_not_forwarded",
+        ),
+    ] {
+        let before = fixture.counter(reason);
+        assert_eq!(fixture.run(&packet).0, TC_ACT_SHOT, "{reason}");
+        assert_eq!(fixture.counter(reason), before + 1, "{reason}");
+    }
+    // Truncated: a payload length beyond the packet.
+    let mut truncated = tcp6_syn((POD_A_IP6, POD_B_IP6), 64);
+    truncated[IP6_AT + 4..IP6_AT + 6].copy_from_slice(&1000u16.to_be_bytes());
+    assert_eq!(fixture.run(&truncated).0, TC_ACT_SHOT);
+    Ok(())
+}
+
+#[test]
+fn no_ipv6_passes_between_pods_while_a_pod_of_the_node_is_isolated() -> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let model: dataplane_user::model::policy::PolicyWorld = {
+        let mut world = dataplane_user::model::policy::PolicyWorld::default();
+        world.set_pod(dataplane_user::model::policy::PodFacts {
+            namespace: "x".into(),
+            name: "a".into(),
+            ips: vec![dataplane_tests::test_run::POD_A_IP.into()],
+            ..Default::default()
+        });
+        world.set_policy(serde_json::from_value(json!({
+            "namespace": "x", "name": "deny-all", "policy_types": ["Ingress"],
+        }))?);
+        world
+    };
+    fixture.set_policy(&model.compile(&[dataplane_tests::test_run::POD_A_IP.into()]))?;
+    let before = fixture.counter("drop_policy_ipv6_unjudged");
+    assert_eq!(
+        fixture.run(&tcp6_syn((POD_A_IP6, POD_B_IP6), 64)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(fixture.counter("drop_policy_ipv6_unjudged"), before + 1);
+    // The node's own traffic is never policy's.
+    let gateway: BTreeSet<IpAddr> = [IpAddr::V6(GATEWAY6)].into();
+    fixture.maps.set_host_addresses(&gateway)?;
+    assert_eq!(
+        fixture.run(&tcp6_syn((POD_A_IP6, GATEWAY6), 64)).0,
+        TC_ACT_OK
+    );
+    Ok(())
+}
