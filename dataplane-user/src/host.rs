@@ -1,5 +1,5 @@
-//! The node itself as a source of truth: its IPv4 addresses (pods reach the
-//! node on any of them), its links (a pod veth deleted without a CNI DEL
+//! The node itself as a source of truth: its addresses of both families
+//! (pods reach the node on any of them), its links (a pod veth deleted without a CNI DEL
 //! takes its endpoints with it) and its neighbours (the MACs direct packets
 //! from other nodes must come from). Followed through rtnetlink notifications,
 //! with a full resynchronisation when subscribing, after any netlink error
@@ -42,6 +42,7 @@ async fn watch(state: &StateHandle) -> anyhow::Result<()> {
     let (connection, _, mut notifications) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
         MulticastGroup::Neigh,
     ])
     .context("subscribing to link, address and neighbour notifications")?;

@@ -34,6 +34,7 @@ impl std::fmt::Display for PluginError {
 
 impl std::error::Error for PluginError {}
 
+#[derive(Clone)]
 pub struct CniNetwork {
     /// `/run/netns/<node>`: plugins run in the node's network namespace.
     node_netns: String,
@@ -116,10 +117,24 @@ impl CniNetwork {
     }
 
     /// The same network with host-local also handing out IPv6 addresses
-    /// from `subnet` (dual stack).
+    /// from `subnet`, and an IPv6 default route (dual stack, as clusters
+    /// configure it).
     pub fn with_ipv6_range(mut self, subnet: &str) -> Self {
-        if let Some(ranges) = self.conflist["plugins"][0]["ipam"]["ranges"].as_array_mut() {
+        let ipam = &mut self.conflist["plugins"][0]["ipam"];
+        if let Some(ranges) = ipam["ranges"].as_array_mut() {
             ranges.push(json!([{"subnet": subnet}]));
+        }
+        if let Some(routes) = ipam["routes"].as_array_mut() {
+            routes.push(json!({"dst": "::/0"}));
+        }
+        self
+    }
+
+    /// The same network with its main plugin alone: pods get their veths
+    /// and addresses and are registered by nobody.
+    pub fn main_plugin_only(mut self) -> Self {
+        if let Some(plugins) = self.conflist["plugins"].as_array_mut() {
+            plugins.truncate(1);
         }
         self
     }

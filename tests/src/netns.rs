@@ -262,16 +262,17 @@ impl Netns {
         self.snmp_counter("Ip", "InReceives")
     }
 
-    /// Pings `destination` `count` times (50 ms apart, 1 s wait) with `options`;
-    /// an error, carrying ping's output, unless every reply came back.
+    /// Pings `destination` (either family) `count` times (50 ms apart, 1 s
+    /// wait) with `options`; an error, carrying ping's output, unless every
+    /// reply came back.
     pub fn ping(
         &self,
-        destination: std::net::Ipv4Addr,
+        destination: impl Into<std::net::IpAddr>,
         count: u32,
         options: &[&str],
     ) -> anyhow::Result<()> {
         let count = count.to_string();
-        let destination = destination.to_string();
+        let destination = destination.into().to_string();
         let mut args = vec!["ping", "-c", &count, "-i", "0.05", "-W", "1"];
         args.extend_from_slice(options);
         args.push(&destination);

@@ -4,7 +4,9 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+    },
     path::Path,
     process::{Child, Stdio},
     sync::{
@@ -351,14 +353,14 @@ fn listener_in(
     ip: Ipv4Addr,
     accept_timeout: Duration,
 ) -> anyhow::Result<TcpListener> {
-    listener_on(netns, SocketAddrV4::new(ip, 0), accept_timeout)
+    listener_on(netns, SocketAddrV4::new(ip, 0).into(), accept_timeout)
 }
 
 /// A TCP listener on `address` in `netns` whose accept() gives up after
 /// `accept_timeout`.
 fn listener_on(
     netns: &Netns,
-    address: SocketAddrV4,
+    address: SocketAddr,
     accept_timeout: Duration,
 ) -> anyhow::Result<TcpListener> {
     let timeout = TimeVal::microseconds(i64::try_from(accept_timeout.as_micros())?);
@@ -407,23 +409,22 @@ pub struct EchoServers {
 }
 
 impl EchoServers {
-    /// `workers` threads per port (connections served at once), pinned to `cpu`.
+    /// `workers` threads per port (connections served at once), pinned to
+    /// `cpu`, on `ip` of either family.
     pub fn start(
         netns: &Netns,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         ports: impl IntoIterator<Item = u16>,
         workers: usize,
         cpu: Option<usize>,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
+        let ip = ip.into();
         for port in ports {
             // accept() gives up after 100 ms, so workers notice when to stop.
-            let listener = listener_on(
-                netns,
-                SocketAddrV4::new(ip, port),
-                Duration::from_millis(100),
-            )?;
+            let listener =
+                listener_on(netns, SocketAddr::new(ip, port), Duration::from_millis(100))?;
             for _ in 0..workers {
                 let (listener, stop) = (listener.try_clone()?, Arc::clone(&stop));
                 handles.push(thread::spawn(move || {

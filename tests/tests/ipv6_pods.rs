@@ -1,0 +1,144 @@
+//! IPv6 on one node, end to end: pods from the real `ptp` plugin with a
+//! dual-stack host-local (an IPv4 and an IPv6 range), each address
+//! registered through the agent's CLI (the CNI plugin still refuses IPv6:
+//! beyond the node it is not forwarded yet). Neighbour discovery for the
+//! gateway answered by the programs, pods reaching each other, their
+//! gateway and the node over IPv6, and nothing else.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use dataplane_tests::{
+    Cluster, ClusterSpec, MainPlugin, Netns, Node,
+    cni::host_interface,
+    eventually,
+    netns::unique_prefix,
+    traffic::{EchoServers, echo_once},
+};
+use serde_json::Value;
+
+const IPV6_RANGE: &str = "fd00:10:244::/64";
+const GATEWAY6: &str = "fd00:10:244::1";
+const ECHO_PORT: u16 = 8080;
+
+/// A pod of the real chain with both families, registered by address.
+struct DualStackPod {
+    netns: Netns,
+    ipv4: IpAddr,
+    ipv6: IpAddr,
+}
+
+/// The addresses of a CNI result, by family.
+fn addresses(result: &Value) -> anyhow::Result<(IpAddr, IpAddr)> {
+    let ips: Vec<IpAddr> = result["ips"]
+        .as_array()
+        .context("a result with ips")?
+        .iter()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect();
+    let ipv4 = ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .context("an IPv4 address")?;
+    let ipv6 = ips
+        .iter()
+        .find(|ip| ip.is_ipv6())
+        .context("an IPv6 address")?;
+    Ok((*ipv4, *ipv6))
+}
+
+/// A pod made by `ptp` alone (dual-stack host-local), then each of its
+/// addresses registered through `dataplane endpoint add`.
+fn dual_stack_pod(node: &Node, name: &str) -> anyhow::Result<DualStackPod> {
+    let network = node
+        .cni
+        .clone()
+        .context("the node makes its pods through CNI")?
+        .with_ipv6_range(IPV6_RANGE)
+        .main_plugin_only();
+    let netns = Netns::create(format!("{}{name}", unique_prefix()))?;
+    let result = network.add(name, &netns, "eth0")?;
+    let (ipv4, ipv6) = addresses(&result)?;
+    let interface = host_interface(&result)?;
+    let mac = netns.mac_of("eth0")?.to_string();
+    for ip in [ipv4, ipv6] {
+        node.cli(&[
+            "endpoint",
+            "add",
+            "--ip",
+            &ip.to_string(),
+            "--interface",
+            &interface,
+            "--mac",
+            &mac,
+        ])?;
+    }
+    Ok(DualStackPod { netns, ipv4, ipv6 })
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> anyhow::Result<()> {
+    let cluster = Cluster::new(ClusterSpec::dataplane(1, 0).with_real_plugin(MainPlugin::Ptp))?;
+    let node = &cluster.nodes[0];
+    let a = dual_stack_pod(node, "v6a")?;
+    let b = dual_stack_pod(node, "v6b")?;
+    let listed = node.cli(&["endpoint", "list"])?;
+    for pod in [&a, &b] {
+        for ip in [pod.ipv4, pod.ipv6] {
+            assert!(
+                listed.contains(&ip.to_string()),
+                "{ip} not listed: {listed}"
+            );
+        }
+    }
+
+    // The gateway: its neighbour solicitation answered by from-pod, its
+    // echo request handed to the node (the gateway is the node's address).
+    let gateway: IpAddr = GATEWAY6.parse()?;
+    assert!(
+        eventually(Duration::from_secs(10), || Ok(a
+            .netns
+            .ping(gateway, 3, &[])
+            .is_ok()))?,
+        "pod A cannot ping its IPv6 gateway: {}",
+        node.agent_log()
+    );
+    assert!(node.counter("ndp_answered")? > 0);
+
+    // Pod to pod over IPv6, the hop limit decremented once, and TCP.
+    let forwarded = node.counter("forwarded_local")?;
+    let output = a
+        .netns
+        .exec(&["ping", "-c", "3", "-W", "1", &b.ipv6.to_string()])?;
+    assert!(output.contains("ttl=63"), "{output}");
+    assert!(node.counter("forwarded_local")? >= forwarded + 6);
+    let _echo = EchoServers::start(&b.netns, b.ipv6, [ECHO_PORT], 2, None)?;
+    echo_once(
+        &a.netns,
+        SocketAddr::new(b.ipv6, ECHO_PORT),
+        Duration::from_secs(3),
+    )?;
+    // And over IPv4 as before, the same pods.
+    a.netns.ping(b.ipv4, 3, &[])?;
+
+    // The node reaches its pods over IPv6 (kubelet's probes).
+    node.netns.ping(a.ipv6, 3, &[])?;
+
+    // Beyond the node, IPv6 is not forwarded yet: dropped, and counted.
+    let not_forwarded = node.counter("drop_ipv6_not_forwarded")?;
+    assert!(
+        a.netns
+            .ping("2001:db8::1".parse::<IpAddr>()?, 1, &[])
+            .is_err()
+    );
+    assert!(node.counter("drop_ipv6_not_forwarded")? > not_forwarded);
+
+    // An address removed is no pod's any more: B's IPv6 stops, IPv4 stays.
+    node.cli(&["endpoint", "del", "--ip", &b.ipv6.to_string()])?;
+    assert!(a.netns.ping(b.ipv6, 1, &[]).is_err());
+    a.netns.ping(b.ipv4, 1, &[])?;
+    Ok(())
+}
