@@ -60,11 +60,11 @@ pub fn steps(settings: &Settings) -> usize {
 /// Remote node `index`: IP in 198.18.0.0/15, a /24 in 10.16.0.0/12.
 fn lab_node(index: u32) -> NodeSpec {
     let [_, _, high, low] = index.to_be_bytes();
-    NodeSpec {
-        ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + index),
-        pod_cidr: Ipv4Network::new(Ipv4Addr::new(10, 16 + high, low, 0), 24)
+    NodeSpec::ipv4(
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + index),
+        Ipv4Network::new(Ipv4Addr::new(10, 16 + high, low, 0), 24)
             .expect("a /24 is a valid prefix"),
-    }
+    )
 }
 
 /// Endpoint `index`: 10.0.0.1 onwards, behind one of the lab's veths.
@@ -182,7 +182,7 @@ impl Lab {
         let node = &self.cluster.nodes[0];
         let mut config = self.base_config.clone();
         for index in 0..count {
-            let NodeSpec { ip, pod_cidr } = lab_node(index);
+            let NodeSpec { ip, pod_cidr, .. } = lab_node(index);
             config.push_str(&format!(
                 "\n[[nodes]]\nip = \"{ip}\"\npod_cidr = \"{pod_cidr}\"\n"
             ));

@@ -251,6 +251,7 @@ fn fill(maps: &mut Maps, filled: &mut Filled, target: Filled) -> anyhow::Result<
         let (ip, pod_cidr, _) = fake_node(index);
         let node = ProgrammedNode {
             pod_cidr,
+            pod_cidr_ipv6: None,
             path: NodePath::Tunnel,
             mac: None,
         };

@@ -4,6 +4,7 @@ pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
 pub const ENDPOINTS6_MAP: &str = "ENDPOINTS6";
 pub const NODE_CONFIG_MAP: &str = "NODE_CONFIG";
 pub const NODE_ROUTES_MAP: &str = "NODE_ROUTES";
+pub const NODE_ROUTES6_MAP: &str = "NODE_ROUTES6";
 pub const REMOTE_NODES_MAP: &str = "REMOTE_NODES";
 pub const NAT_MAP: &str = "NAT";
 pub const NO_MASQUERADE_MAP: &str = "NO_MASQUERADE";

@@ -34,6 +34,11 @@ pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 pub static NODE_ROUTES: LpmTrie<Ipv4Octets, NodeRoute> =
     LpmTrie::pinned(MAX_REMOTE_NODES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+/// Remote nodes' IPv6 pod CIDRs, as `NODE_ROUTES` holds their IPv4 ones.
+#[map(name = "NODE_ROUTES6")]
+pub static NODE_ROUTES6: LpmTrie<Ipv6Octets, NodeRoute> =
+    LpmTrie::pinned(MAX_REMOTE_NODES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
 #[map(name = "REMOTE_NODES")]
 pub static REMOTE_NODES: HashMap<Ipv4Octets, RemoteNode> = HashMap::pinned(MAX_REMOTE_NODES, 0);
 
@@ -211,6 +216,12 @@ static UNCONFIGURED: NodeConfig = unsafe { core::mem::zeroed() };
 #[inline(always)]
 pub fn node_route(addr: Ipv4Octets) -> Option<NodeRoute> {
     NODE_ROUTES.get(Key::new(32, addr)).copied()
+}
+
+/// The node whose IPv6 pod CIDR holds `addr`, by longest prefix.
+#[inline(always)]
+pub fn node_route6(addr: Ipv6Octets) -> Option<NodeRoute> {
+    NODE_ROUTES6.get(Key::new(128, addr)).copied()
 }
 
 #[inline(always)]

@@ -8,16 +8,16 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-        bpf_redir_neigh,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_redir_neigh,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
 };
 use dataplane_common::{Counter, Ipv4Octets, NodeConfig, VXLAN_OVERHEAD, checksum};
 use network_types::{
-    eth::EthHdr,
+    eth::{EthHdr, EtherType},
     ip::{IpProto, Ipv4Hdr},
     udp::UdpHdr,
     vxlan::VxlanHdr,
@@ -103,6 +103,16 @@ fn try_encapsulate(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) ->
     };
     ctx.store(EthHdr::LEN, &headers, 0)
         .map_err(|_| Counter::DropUplinkError)?;
+    // An IPv6 pod's packet: the outer frame is IPv4 now (the kernel's
+    // protocol followed the encapsulation flags).
+    if inner_eth.ether_type != EtherType::Ipv4 as u16 {
+        ctx.store(
+            core::mem::offset_of!(EthHdr, ether_type),
+            &(EtherType::Ipv4 as u16),
+            0,
+        )
+        .map_err(|_| Counter::DropUplinkError)?;
+    }
     send_out_uplink(ctx, config, Counter::Encapsulated)
 }
 
@@ -145,6 +155,23 @@ pub fn decapsulate(ctx: &TcContext) -> Outcome<()> {
         -(VXLAN_OVERHEAD as i32),
         BPF_ADJ_ROOM_MAC,
         BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+    )
+    .map_err(|_| Counter::DropUplinkError)
+}
+
+/// As `decapsulate`, for an inner IPv6 packet: the packet's protocol (the
+/// kernel's, and the Ethernet header's left in front) becomes IPv6.
+pub fn decapsulate_ipv6(ctx: &TcContext) -> Outcome<()> {
+    ctx.adjust_room(
+        -(VXLAN_OVERHEAD as i32),
+        BPF_ADJ_ROOM_MAC,
+        (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6) as u64,
+    )
+    .map_err(|_| Counter::DropUplinkError)?;
+    ctx.store(
+        core::mem::offset_of!(EthHdr, ether_type),
+        &(EtherType::Ipv6 as u16),
+        0,
     )
     .map_err(|_| Counter::DropUplinkError)
 }

@@ -44,6 +44,8 @@ pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 pub const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 pub const REMOTE_POD_CIDR: &str = "10.244.1.0/24";
+/// The remote node's IPv6 pod CIDR (dual stack).
+pub const REMOTE_POD_CIDR6: &str = "fd00:10:244:1::/64";
 pub const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 pub const VNI: u32 = 7;
 pub const VXLAN_PORT: u16 = 4789;
@@ -88,6 +90,7 @@ impl Fixture {
         maps.set_node_config(node_config())?;
         let remote = ProgrammedNode {
             pod_cidr: REMOTE_POD_CIDR.parse()?,
+            pod_cidr_ipv6: Some(REMOTE_POD_CIDR6.parse()?),
             path: NodePath::Tunnel,
             mac: None,
         };

@@ -16,6 +16,7 @@ fn direct_fixture() -> Fixture {
     let mut fixture = Fixture::new().unwrap();
     let node = ProgrammedNode {
         pod_cidr: REMOTE_POD_CIDR.parse().unwrap(),
+        pod_cidr_ipv6: None,
         path: NodePath::Direct,
         mac: None,
     };

@@ -7,11 +7,13 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
+use dataplane_common::{VXLAN_OVERHEAD, checksum, names};
 use dataplane_tests::{
     packets6::*,
     test_run::{
-        Fixture, HOST_A_MAC, HOST_B_MAC, LOOPBACK_IFINDEX, POD_A_MAC, POD_B_MAC, TC_ACT_OK,
-        TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint,
+        Fixture, HOST_A_MAC, HOST_B_MAC, LOOPBACK_IFINDEX, NODE_IP, POD_A_MAC, POD_B_MAC,
+        REMOTE_NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TUNNEL_MTU, VNI, VXLAN_PORT,
+        endpoint, vxlan_frame,
     },
 };
 use serde_json::json;
@@ -217,5 +219,105 @@ fn no_ipv6_passes_between_pods_while_a_pod_of_the_node_is_isolated() -> anyhow::
         fixture.run(&tcp6_syn((POD_A_IP6, GATEWAY6), 64)).0,
         TC_ACT_OK
     );
+    Ok(())
+}
+
+/// A pod of the remote node (in `REMOTE_POD_CIDR6`).
+const REMOTE_POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
+
+#[test]
+fn ipv6_to_another_nodes_pod_leaves_in_vxlan_to_that_node() -> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let packet = tcp6_syn((POD_A_IP6, REMOTE_POD_IP6), 64);
+    let (verdict, out) = fixture.run(&packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let outer_ip = &out[14..34];
+    assert_eq!(&out[12..14], &[0x08, 0x00], "an IPv4 underlay");
+    assert_eq!(&outer_ip[12..16], &NODE_IP.octets());
+    assert_eq!(&outer_ip[16..20], &REMOTE_NODE_IP.octets());
+    assert_eq!(checksum::internet(outer_ip), 0);
+    assert_eq!(
+        u16::from_be_bytes([out[36], out[37]]),
+        VXLAN_PORT,
+        "to the VXLAN port"
+    );
+    // The inner frame: after the outer Ethernet, IPv4, UDP and VXLAN headers.
+    let inner = &out[14 + VXLAN_OVERHEAD as usize - 14..];
+    assert_eq!(&inner[12..14], &ETHERTYPE_IPV6);
+    assert_eq!(inner[IP6_AT + 7], 63, "the hop limit decremented");
+    assert_eq!(
+        &inner[IP6_AT..],
+        &{
+            let mut sent = packet[IP6_AT..].to_vec();
+            sent[7] = 63;
+            sent
+        }[..]
+    );
+    assert_eq!(fixture.counter("encapsulated"), 1);
+
+    // Too big for the tunnel (IPv6 routers never fragment), or its last hop.
+    let big = ipv6_frame(
+        HOST_A_MAC,
+        (POD_A_IP6, REMOTE_POD_IP6),
+        TCP,
+        64,
+        &vec![0; TUNNEL_MTU as usize],
+    );
+    for (packet, reason) in [
+        (big, "drop_frag_needed"),
+        (
+            tcp6_syn((POD_A_IP6, REMOTE_POD_IP6), 1),
+            "drop_ttl_exceeded",
+        ),
+    ] {
+        let before = fixture.counter(reason);
+        assert_eq!(fixture.run(&packet).0, TC_ACT_SHOT, "{reason}");
+        assert_eq!(fixture.counter(reason), before + 1, "{reason}");
+    }
+    Ok(())
+}
+
+#[test]
+fn ipv6_from_another_nodes_pod_is_decapsulated_into_the_pod_and_nothing_else_is()
+-> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let inner = tcp6_syn((REMOTE_POD_IP6, POD_A_IP6), 63);
+    let (verdict, out) = fixture.run_program(
+        names::FROM_UPLINK_PROGRAM,
+        &vxlan_frame(REMOTE_NODE_IP, VNI, &inner),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), inner.len(), "the outer headers gone");
+    assert_eq!(&out[0..6], &POD_A_MAC);
+    assert_eq!(&out[6..12], &HOST_A_MAC);
+    assert_eq!(&out[12..14], &ETHERTYPE_IPV6, "an IPv6 frame again");
+    assert_eq!(out[IP6_AT + 7], 62);
+    assert_eq!(addresses(&out), (REMOTE_POD_IP6, POD_A_IP6));
+    assert_eq!(fixture.counter("decapsulated_to_pod"), 1);
+
+    let elsewhere: Ipv6Addr = "fd00:10:244:2::5".parse()?;
+    for (inner, reason) in [
+        // The remote node speaking for a pod it does not own.
+        (tcp6_syn((elsewhere, POD_A_IP6), 63), "drop_spoofed_source"),
+        (tcp6_syn((POD_B_IP6, POD_A_IP6), 63), "drop_spoofed_source"),
+        // To no pod of this node.
+        (
+            tcp6_syn((REMOTE_POD_IP6, "fd00:10:244::99".parse()?), 63),
+            "drop_unknown_endpoint",
+        ),
+        // Its last hop.
+        (
+            tcp6_syn((REMOTE_POD_IP6, POD_A_IP6), 1),
+            "drop_ttl_exceeded",
+        ),
+    ] {
+        let before = fixture.counter(reason);
+        let (verdict, _) = fixture.run_program(
+            names::FROM_UPLINK_PROGRAM,
+            &vxlan_frame(REMOTE_NODE_IP, VNI, &inner),
+        );
+        assert_eq!(verdict, TC_ACT_SHOT, "{reason}");
+        assert_eq!(fixture.counter(reason), before + 1, "{reason}");
+    }
     Ok(())
 }

@@ -21,6 +21,7 @@ use crate::{
     direct, fragments,
     hooks::from_outside,
     ipv4::{forward_hop, is_fragment},
+    ipv6,
     local::{Redirect, deliver},
     maps::{
         TAIL_CALLS, endpoint, is_host_address, is_unmasqueraded, node_config, node_route,
@@ -70,6 +71,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if is_vxlan_to_us {
         match from_node(ctx, config) {
             FOR_NODE_IP_FROM_A_NODE => to_node_ip(ctx, config, Counter::DecapsulatedToHost),
+            IPV6_FROM_A_NODE => ipv6_from_node(ctx, config),
             action => action,
         }
     } else {
@@ -265,6 +267,19 @@ fn first_piece_went_to_a_backend(ctx: &TcContext) -> bool {
 /// client (never a TC action).
 const FOR_NODE_IP_FROM_A_NODE: i32 = i32::MIN;
 
+/// What from-node returns for VXLAN from a known node on our VNI that
+/// carries IPv6 (never a TC action): taken on after it returned, its frame
+/// gone from the stack.
+const IPV6_FROM_A_NODE: i32 = i32::MIN + 1;
+
+/// VXLAN from a known node carrying IPv6, its outer headers checked.
+#[inline(always)]
+fn ipv6_from_node(ctx: &TcContext, config: &NodeConfig) -> i32 {
+    let outcome = load::<Ipv4Octets>(ctx, IP_AT + offset_of!(Ipv4Hdr, src_addr))
+        .and_then(|node_ip| ipv6::from_node(ctx, config, node_ip));
+    finish(ctx, outcome)
+}
+
 /// From another node for the node IP: a backend on the sender answering an
 /// outside client's connection to a Service goes to the client; the rest
 /// up the stack, counted under `counter`. (After from-node returned: the
@@ -332,6 +347,9 @@ fn accept_from_node(ctx: &TcContext, config: &NodeConfig) -> Outcome {
     let sender = remote_node(&source).ok_or(Counter::DropUnknownTunnelSource)?;
     if !outer.vxlan.vni_present() || outer.vxlan.vni() != config.vni {
         return Err(Counter::DropWrongVni);
+    }
+    if outer.inner_eth.ether_type == EtherType::Ipv6 as u16 {
+        return Ok(IPV6_FROM_A_NODE);
     }
     let inner = &packet.inner_ip;
     if outer.inner_eth.ether_type != EtherType::Ipv4 as u16

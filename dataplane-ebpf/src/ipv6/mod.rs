@@ -1,19 +1,21 @@
 //! The IPv6 family's own code: a pod's packets at from-pod (its neighbour
-//! discovery in `ndp`), the header checks and the hop limit. So far IPv6
-//! is forwarded on the node: between its pods, and to the node's own
+//! discovery in `ndp`), other nodes' pods' packets out of the tunnel, the
+//! header checks and the hop limit. So far IPv6 is forwarded between pods
+//! (of this node, and of nodes through the tunnel) and to the node's own
 //! addresses (the pods' gateway, kubelet's probes answered).
 
 pub mod ndp;
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Counter, Ipv6Octets, NodeConfig};
-use network_types::ip::Ipv6Hdr;
+use dataplane_common::{Counter, Ipv4Octets, Ipv6Octets, NodeConfig, VXLAN_OVERHEAD};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     counters::{Outcome, pass_to_host},
     local::{Redirect, deliver},
-    maps::{endpoint6, is_host_address6},
-    packet::{IP_AT, header, ingress_ifindex},
+    maps::{endpoint6, is_host_address6, node_route6},
+    packet::{IP_AT, header, ingress_ifindex, load},
+    tunnel,
 };
 
 /// ICMPv6's next header value.
@@ -22,8 +24,13 @@ pub const ICMPV6: u8 = 58;
 /// Where an IPv6 packet's next header starts (the fixed header's end).
 pub const L4_AT6: usize = IP_AT + Ipv6Hdr::LEN;
 
+/// Where the inner IPv6 header of a VXLAN packet starts.
+const INNER_IP6_AT: usize = IP_AT + VXLAN_OVERHEAD as usize;
+
 /// A pod's IPv6 packet. `first_mac_octet`: of the frame's destination MAC.
-#[inline(always)]
+// Out of line: its addresses stay off from-pod's frame, which the IPv4
+// paths' deepest call chains share.
+#[inline(never)]
 pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Outcome {
     // The headers read below (neighbour discovery's included) in the
     // linear part; before any packet pointer is taken.
@@ -78,7 +85,59 @@ pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Ou
     if is_link_local(&dst) || is_host_address6(&dst) {
         return Ok(pass_to_host(ctx));
     }
+    // Another node's pod: through the tunnel, whatever the node's path
+    // (direct routing is IPv4's so far).
+    if config.tunnel_enabled()
+        && let Some(route) = node_route6(dst)
+    {
+        if config.policy != 0 {
+            return Err(Counter::DropPolicyIpv6Unjudged);
+        }
+        if exceeds_mtu(ctx, config.tunnel_mtu) {
+            return Err(Counter::DropFragNeeded);
+        }
+        forward_hop(ctx)?;
+        return Ok(tunnel::encapsulate(ctx, config, route.node_ip));
+    }
     Err(Counter::DropIpv6NotForwarded)
+}
+
+/// An IPv6 packet a known node sent through the tunnel (its outer headers
+/// checked by from-uplink): from a pod of that node, to a pod here.
+// Out of line: the addresses stay off from-uplink's frame.
+#[inline(never)]
+pub fn from_node(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcome {
+    let version: u8 = load(ctx, INNER_IP6_AT)?;
+    if version >> 4 != 6 {
+        return Err(Counter::DropMalformed);
+    }
+    let [source, destination]: [Ipv6Octets; 2] =
+        load(ctx, INNER_IP6_AT + core::mem::offset_of!(Ipv6Hdr, src_addr))?;
+    // A node speaks for its own pods, never for another node's.
+    if node_route6(source).is_none_or(|route| route.node_ip != node_ip) {
+        return Err(Counter::DropSpoofedSource);
+    }
+    let destination = endpoint6(&destination).ok_or(Counter::DropUnknownEndpoint)?;
+    if config.policy != 0 {
+        return Err(Counter::DropPolicyIpv6Unjudged);
+    }
+    tunnel::decapsulate_ipv6(ctx)?;
+    forward_hop(ctx)?;
+    deliver(
+        ctx,
+        &destination,
+        Redirect::into_pod(config),
+        Counter::DecapsulatedToPod,
+    )
+}
+
+/// Whether the packet (not a GSO aggregate, whose segments are sized by
+/// the sender) exceeds `mtu`. IPv6 routers never fragment.
+#[inline(always)]
+fn exceeds_mtu(ctx: &TcContext, mtu: u32) -> bool {
+    // SAFETY: the context pointer is valid for the program's whole run.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    gso_size == 0 && ctx.len() > mtu + EthHdr::LEN as u32
 }
 
 /// The IPv6 header after the Ethernet header, in place (valid until the

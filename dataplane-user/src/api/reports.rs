@@ -167,6 +167,9 @@ pub struct MapFill {
 pub struct NodeEntry {
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Network,
+    /// Its IPv6 pod CIDR (dual stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_ipv6: Option<ipnetwork::Ipv6Network>,
     pub path: NodePath,
     /// Nodes on the uplink's network: the MAC learned for it from the
     /// neighbour table, which its unencapsulated packets must come from

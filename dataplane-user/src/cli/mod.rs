@@ -198,7 +198,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             return monitor(&cli.socket, cli.output, Request::Monitor { traces, filter });
         }
         Command::Endpoint(command) => command.request(),
-        Command::Node(command) => command.request(),
+        Command::Node(command) => command.request().map_err(anyhow::Error::msg)?,
         Command::Policy(command) => command.request(),
         Command::Service(command) => command.request(),
         Command::Nat(NatCommand::List) => Request::ListNat { address: None },

@@ -69,7 +69,7 @@ pub fn print_text(response: &Response) {
         Response::Nodes { nodes } => {
             println!(
                 "{:<16} {:<18} {:<7} {:<18} MAC_CHANGES",
-                "NODE IP", "POD CIDR", "PATH", "MAC"
+                "NODE IP", "POD CIDRS", "PATH", "MAC"
             );
             for node in nodes {
                 // Known for every node on the uplink's network, whatever
@@ -79,10 +79,13 @@ pub fn print_text(response: &Response) {
                     (NodePath::Direct, None) => "(not learned yet)".into(),
                     (NodePath::Tunnel, None) => "-".into(),
                 };
+                let cidrs = match node.pod_cidr_ipv6 {
+                    Some(ipv6) => format!("{},{ipv6}", node.pod_cidr),
+                    None => node.pod_cidr.to_string(),
+                };
                 println!(
-                    "{:<16} {:<18} {:<7} {mac:<18} {}",
+                    "{:<16} {cidrs:<18} {:<7} {mac:<18} {}",
                     node.ip,
-                    node.pod_cidr.to_string(),
                     node.path.to_string(),
                     node.mac_changes
                 );

@@ -314,9 +314,9 @@ impl Dataplane {
         node: ProgrammedNode,
     ) -> Result<(), DataplaneError> {
         if let Some(previous) = self.remote_nodes.get(&ip).copied()
-            && previous.pod_cidr != node.pod_cidr
+            && (previous.pod_cidr != node.pod_cidr || previous.pod_cidr_ipv6 != node.pod_cidr_ipv6)
         {
-            self.maps.remove_remote_node(ip, previous.pod_cidr)?;
+            self.maps.remove_remote_node(ip, &previous)?;
             self.remote_nodes.remove(&ip);
         }
         self.maps.insert_remote_node(ip, node)?;
@@ -329,7 +329,7 @@ impl Dataplane {
         let Some(node) = self.remote_nodes.remove(&ip) else {
             return Ok(false);
         };
-        Ok(self.maps.remove_remote_node(ip, node.pod_cidr)?)
+        Ok(self.maps.remove_remote_node(ip, &node)?)
     }
 
     fn forget_behind(&mut self, ip: IpAddr, ifindex: u32) {

@@ -120,10 +120,7 @@ fn the_host_address_set_keeps_what_fit_when_the_map_is_full_and_retries_other_fa
 }
 
 fn node(ip: [u8; 4], pod_cidr: &str) -> NodeSpec {
-    NodeSpec {
-        ip: Ipv4Addr::from(ip),
-        pod_cidr: pod_cidr.parse().unwrap(),
-    }
+    NodeSpec::ipv4(Ipv4Addr::from(ip), pod_cidr.parse().unwrap())
 }
 
 #[test]
@@ -161,6 +158,7 @@ fn node_writes_that_fail_are_retried_and_a_new_pod_cidr_replaces_the_route() {
         fixture.dataplane.programmed_node(spec.ip),
         Some(ProgrammedNode {
             pod_cidr: spec.pod_cidr,
+            pod_cidr_ipv6: None,
             path: NodePath::Tunnel,
             mac: None,
         })

@@ -63,7 +63,8 @@ pub fn node_name(settings: &KubernetesSettings) -> anyhow::Result<String> {
     Ok(hostname.to_string_lossy().into_owned())
 }
 
-/// What the dataplane needs of a Node: its InternalIP and IPv4 pod CIDR.
+/// What the dataplane needs of a Node: its InternalIP and pod CIDRs (an
+/// IPv4 one, and an IPv6 one on a dual-stack cluster).
 pub fn node_spec(node: &Node) -> Option<NodeSpec> {
     let ip = node
         .status
@@ -74,13 +75,14 @@ pub fn node_spec(node: &Node) -> Option<NodeSpec> {
         .filter(|address| address.type_ == "InternalIP")
         .find_map(|address| address.address.parse::<Ipv4Addr>().ok())?;
     let spec = node.spec.as_ref()?;
-    let pod_cidr = spec
-        .pod_cidrs
-        .iter()
-        .flatten()
-        .chain(spec.pod_cidr.iter())
-        .find_map(|cidr| cidr.parse::<Ipv4Network>().ok())?;
-    Some(NodeSpec { ip, pod_cidr })
+    let cidrs = || spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
+    let pod_cidr = cidrs().find_map(|cidr| cidr.parse::<Ipv4Network>().ok())?;
+    let pod_cidr_ipv6 = cidrs().find_map(|cidr| cidr.parse::<ipnetwork::Ipv6Network>().ok());
+    Some(NodeSpec {
+        ip,
+        pod_cidr,
+        pod_cidr_ipv6,
+    })
 }
 
 /// How often every watch is started afresh, relisting its kind even
@@ -216,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_gives_its_internal_ip_and_ipv4_pod_cidr() {
+    fn a_node_gives_its_internal_ip_and_pod_cidrs_of_both_families() {
         let spec = node_spec(&node(
             r#"{"metadata":{"name":"n1"},
                 "spec":{"podCIDR":"fd00::/64","podCIDRs":["fd00::/64","10.244.1.0/24"]},
@@ -229,6 +231,7 @@ mod tests {
             spec.pod_cidr,
             "10.244.1.0/24".parse::<Ipv4Network>().unwrap()
         );
+        assert_eq!(spec.pod_cidr_ipv6, Some("fd00::/64".parse().unwrap()));
     }
 
     #[test]

@@ -140,6 +140,11 @@ impl Maps {
                 MAX_REMOTE_NODES,
                 faults,
             )),
+            node_routes6: Box::new(FakeTable::new(
+                names::NODE_ROUTES6_MAP,
+                MAX_REMOTE_NODES,
+                faults,
+            )),
             remote_nodes: Box::new(FakeTable::new(
                 names::REMOTE_NODES_MAP,
                 MAX_REMOTE_NODES,

@@ -30,7 +30,7 @@ use dataplane_common::{
     MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NodeConfig, NodeRoute, RemoteNode, names,
     node_path,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::model::NodePath;
 use table::{BoxedTable, CounterSums};
@@ -134,6 +134,7 @@ pub struct Maps {
     endpoints6: BoxedTable<Ipv6Octets, Endpoint>,
     node_config: BoxedTable<u32, NodeConfig>,
     node_routes: BoxedTable<Key<Ipv4Octets>, NodeRoute>,
+    node_routes6: BoxedTable<Key<Ipv6Octets>, NodeRoute>,
     remote_nodes: BoxedTable<Ipv4Octets, RemoteNode>,
     /// The connection table, until the NAT table task takes it.
     nat: Option<NatMap>,
@@ -160,6 +161,11 @@ fn route_key(pod_cidr: Ipv4Network) -> Key<Ipv4Octets> {
     Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets())
 }
 
+/// The LPM key of an IPv6 pod CIDR.
+fn route_key6(pod_cidr: Ipv6Network) -> Key<Ipv6Octets> {
+    Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets())
+}
+
 impl Maps {
     /// Takes ownership of the maps of a loaded object.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
@@ -183,6 +189,10 @@ impl Maps {
             node_routes: Box::new(table::<LpmTrie<MapData, _, _>>(
                 ebpf,
                 names::NODE_ROUTES_MAP,
+            )?),
+            node_routes6: Box::new(table::<LpmTrie<MapData, _, _>>(
+                ebpf,
+                names::NODE_ROUTES6_MAP,
             )?),
             remote_nodes: hash(ebpf, names::REMOTE_NODES_MAP)?,
             nat: Some(NatMap {

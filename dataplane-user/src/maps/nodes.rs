@@ -1,5 +1,6 @@
 //! Remote nodes in the maps: each node's entry (`REMOTE_NODES`) and the
-//! route to its pod CIDR (`NODE_ROUTES`), written and removed together.
+//! routes to its pod CIDRs (`NODE_ROUTES`, `NODE_ROUTES6`), written and
+//! removed together.
 
 use super::*;
 
@@ -7,6 +8,8 @@ use super::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProgrammedNode {
     pub pod_cidr: Ipv4Network,
+    /// Its IPv6 pod CIDR (dual stack).
+    pub pod_cidr_ipv6: Option<Ipv6Network>,
     pub path: NodePath,
     /// Its MAC on the uplink, once learned (nodes on the uplink's network).
     pub mac: Option<[u8; 6]>,
@@ -30,6 +33,7 @@ impl Maps {
     ) -> Result<(), MapsError> {
         let ProgrammedNode {
             pod_cidr,
+            pod_cidr_ipv6,
             path,
             mac,
         } = node;
@@ -56,11 +60,21 @@ impl Maps {
             path: path_value(path),
             _pad: [0; 3],
         };
-        if let Err(error) = self
+        let routed = self
             .node_routes
             .insert(&route_key(pod_cidr), &route)
-            .map_err(full(names::NODE_ROUTES_MAP))
-        {
+            .map_err(full(names::NODE_ROUTES_MAP));
+        let routed6 = routed.and_then(|()| match pod_cidr_ipv6 {
+            Some(cidr) => self
+                .node_routes6
+                .insert(&route_key6(cidr), &route)
+                .map_err(full(names::NODE_ROUTES6_MAP))
+                .inspect_err(|_| {
+                    let _ = self.node_routes.remove(&route_key(pod_cidr));
+                }),
+            None => Ok(()),
+        });
+        if let Err(error) = routed6 {
             let _ = self.remote_nodes.remove(&node_ip.octets());
             return Err(error);
         }
@@ -72,10 +86,16 @@ impl Maps {
     pub fn remove_remote_node(
         &mut self,
         node_ip: Ipv4Addr,
-        pod_cidr: Ipv4Network,
+        node: &ProgrammedNode,
     ) -> Result<bool, MapsError> {
+        if let Some(cidr) = node.pod_cidr_ipv6 {
+            removed(
+                self.node_routes6.remove(&route_key6(cidr)),
+                names::NODE_ROUTES6_MAP,
+            )?;
+        }
         removed(
-            self.node_routes.remove(&route_key(pod_cidr)),
+            self.node_routes.remove(&route_key(node.pod_cidr)),
             names::NODE_ROUTES_MAP,
         )?;
         removed(
@@ -84,7 +104,19 @@ impl Maps {
         )
     }
 
+    /// The nodes as the maps hold them, their IPv6 pod CIDRs found by the
+    /// routes to them.
     pub fn remote_nodes(&self) -> Result<Vec<(Ipv4Addr, ProgrammedNode)>, MapsError> {
+        let ipv6: std::collections::BTreeMap<Ipv4Octets, Ipv6Network> = self
+            .node_routes6
+            .entries()
+            .map_err(access(names::NODE_ROUTES6_MAP))?
+            .into_iter()
+            .filter_map(|(key, route)| {
+                let cidr = Ipv6Network::new(key.data().into(), key.prefix_len() as u8).ok()?;
+                Some((route.node_ip, cidr))
+            })
+            .collect();
         self.remote_nodes
             .entries()
             .map_err(access(names::REMOTE_NODES_MAP))?
@@ -105,6 +137,7 @@ impl Maps {
                 };
                 let node = ProgrammedNode {
                     pod_cidr: cidr,
+                    pod_cidr_ipv6: ipv6.get(&ip).copied(),
                     path,
                     mac: (node.mac_known != 0).then_some(node.mac),
                 };

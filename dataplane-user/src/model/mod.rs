@@ -60,6 +60,7 @@ impl Source {
 
 mod endpoints;
 pub mod family;
+mod node_set;
 mod nodes;
 pub mod policy;
 mod service_rules;
@@ -69,7 +70,8 @@ mod service_set;
 mod services;
 
 pub use endpoints::{EndpointSources, EndpointSpec, HostInterface, PodName, validate_endpoint};
-pub use nodes::{LocalFacts, NodePath, NodeSet, NodeSpec, PeerMacs, RemoteNodes, Routing};
+pub use node_set::NodeSet;
+pub use nodes::{LocalFacts, NodePath, NodeSpec, PeerMacs, RemoteNodes, Routing};
 pub use service_set::Services;
 
 pub use services::{

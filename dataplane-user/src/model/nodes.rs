@@ -3,11 +3,11 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 
-use super::{Source, Violation, family::AnyFamily, host_bits_problem};
+use super::{NodeSet, Source, Violation, family::AnyFamily};
 
 /// Another node of the cluster: where its pods are reached.
 #[serde_as]
@@ -20,6 +20,20 @@ pub struct NodeSpec {
     /// The node's pod CIDR (`Node.spec.podCIDR`).
     #[serde_as(as = "AnyFamily")]
     pub pod_cidr: Ipv4Network,
+    /// Its IPv6 pod CIDR, on a dual-stack cluster (`Node.spec.podCIDRs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_ipv6: Option<Ipv6Network>,
+}
+
+impl NodeSpec {
+    /// A node of an IPv4 cluster.
+    pub fn ipv4(ip: Ipv4Addr, pod_cidr: Ipv4Network) -> Self {
+        Self {
+            ip,
+            pod_cidr,
+            pod_cidr_ipv6: None,
+        }
+    }
 }
 
 /// How this node sends pod packets to other nodes (`[node] routing`).
@@ -108,150 +122,11 @@ impl LocalFacts {
     }
 }
 
-/// A set of remote nodes whose pod CIDRs never overlap, indexed by CIDR so
-/// that checking one more node costs O(log n), not a scan of all of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeSet {
-    by_ip: BTreeMap<Ipv4Addr, Ipv4Network>,
-    /// First address of each pod CIDR -> the node owning it.
-    by_cidr_start: BTreeMap<u32, Ipv4Addr>,
-}
-
-fn span(cidr: Ipv4Network) -> (u32, u32) {
-    (u32::from(cidr.network()), u32::from(cidr.broadcast()))
-}
-
-impl NodeSet {
-    pub fn get(&self, ip: Ipv4Addr) -> Option<Ipv4Network> {
-        self.by_ip.get(&ip).copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_ip.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_ip.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = NodeSpec> + '_ {
-        self.by_ip
-            .iter()
-            .map(|(&ip, &pod_cidr)| NodeSpec { ip, pod_cidr })
-    }
-
-    /// Checks `node` against this node and the others (its own current
-    /// entry, being replaced, excepted).
-    pub fn check(&self, node: &NodeSpec, local: &LocalFacts) -> Result<(), Violation> {
-        if !local.tunnel {
-            return Err((
-                "ip",
-                "remote nodes are reached through the VXLAN tunnel: set node.uplink".into(),
-            ));
-        }
-        if local.node_ip == Some(node.ip) {
-            return Err(("ip", format!("{} is this node's own IP", node.ip)));
-        }
-        let ip = node.ip;
-        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
-            return Err((
-                "ip",
-                format!("{ip} is not a unicast address a node can have"),
-            ));
-        }
-        if let Some(problem) = host_bits_problem(node.pod_cidr) {
-            return Err(("pod_cidr", problem));
-        }
-        if local.routing == Routing::Direct
-            && !local.uplink_networks.is_empty()
-            && !local.on_uplink_network(node.ip)
-        {
-            let networks: Vec<String> = local
-                .uplink_networks
-                .iter()
-                .map(|n| n.to_string())
-                .collect();
-            return Err((
-                "ip",
-                format!(
-                    "{} is not on the uplink's network ({}): routing = \"direct\" reaches only \
-                     nodes there; routing = \"auto\" tunnels to the others",
-                    node.ip,
-                    networks.join(", ")
-                ),
-            ));
-        }
-        if let Some(cluster_cidr) = local.cluster_cidr
-            && !node.pod_cidr.is_subnet_of(cluster_cidr)
-        {
-            return Err((
-                "pod_cidr",
-                format!(
-                    "{} is not inside cluster_cidr {cluster_cidr}",
-                    node.pod_cidr
-                ),
-            ));
-        }
-        if let Some(pod_cidr) = local.pod_cidr
-            && node.pod_cidr.overlaps(pod_cidr)
-        {
-            return Err((
-                "pod_cidr",
-                format!("{} overlaps this node's pod CIDR {pod_cidr}", node.pod_cidr),
-            ));
-        }
-        // The CIDRs held are disjoint, so only the last one starting at or
-        // before this one's end can overlap it.
-        let (start, end) = span(node.pod_cidr);
-        let nearest = self
-            .by_cidr_start
-            .range(..=end)
-            .rev()
-            .map(|(_, ip)| *ip)
-            .find(|ip| *ip != node.ip);
-        if let Some(other) = nearest {
-            let other_cidr = self.by_ip[&other];
-            if span(other_cidr).1 >= start {
-                return Err((
-                    "pod_cidr",
-                    format!("{} overlaps {other_cidr} of node {other}", node.pod_cidr),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds or replaces `node` after checking it; returns whether anything changed.
-    pub fn insert(&mut self, node: NodeSpec, local: &LocalFacts) -> Result<bool, Violation> {
-        if self.get(node.ip) == Some(node.pod_cidr) {
-            return Ok(false);
-        }
-        self.check(&node, local)?;
-        self.remove(node.ip);
-        self.put_back(node);
-        Ok(true)
-    }
-
-    /// Re-inserts a node that was in the set, unchecked (it was checked then).
-    fn put_back(&mut self, node: NodeSpec) {
-        self.by_ip.insert(node.ip, node.pod_cidr);
-        self.by_cidr_start.insert(span(node.pod_cidr).0, node.ip);
-    }
-
-    pub fn remove(&mut self, ip: Ipv4Addr) -> bool {
-        let Some(cidr) = self.by_ip.remove(&ip) else {
-            return false;
-        };
-        self.by_cidr_start.remove(&span(cidr).0);
-        true
-    }
-}
-
 /// The remote nodes each source contributed, and the effective set they
 /// make together.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteNodes {
-    contributed: BTreeMap<Source, BTreeMap<Ipv4Addr, Ipv4Network>>,
+    contributed: BTreeMap<Source, BTreeMap<Ipv4Addr, NodeSpec>>,
     effective: NodeSet,
 }
 
@@ -262,10 +137,9 @@ impl RemoteNodes {
 
     /// The node `ip` as its highest-ranking source says.
     fn winner(&self, ip: Ipv4Addr) -> Option<NodeSpec> {
-        Source::ALL.iter().find_map(|source| {
-            let pod_cidr = *self.contributed.get(source)?.get(&ip)?;
-            Some(NodeSpec { ip, pod_cidr })
-        })
+        Source::ALL
+            .iter()
+            .find_map(|source| self.contributed.get(source)?.get(&ip).copied())
     }
 
     /// Recomputes the effective entry of `ips` after their contributions
@@ -281,10 +155,10 @@ impl RemoteNodes {
         // Out first, so that two nodes trading CIDRs are not in each other's way.
         for &ip in ips {
             let current = self.effective.get(ip);
-            if current != self.winner(ip).map(|node| node.pod_cidr) {
-                if let Some(pod_cidr) = current {
+            if current != self.winner(ip) {
+                if let Some(node) = current {
                     self.effective.remove(ip);
-                    taken_out.push(NodeSpec { ip, pod_cidr });
+                    taken_out.push(node);
                 }
                 changed.push(ip);
             }
@@ -315,8 +189,8 @@ impl RemoteNodes {
         nodes: &[NodeSpec],
         local: &LocalFacts,
     ) -> Result<Vec<Ipv4Addr>, (Ipv4Addr, Violation)> {
-        let listed: BTreeMap<Ipv4Addr, Ipv4Network> =
-            nodes.iter().map(|node| (node.ip, node.pod_cidr)).collect();
+        let listed: BTreeMap<Ipv4Addr, NodeSpec> =
+            nodes.iter().map(|node| (node.ip, *node)).collect();
         let before = self.contributed.insert(source, listed.clone());
         let mut touched: Vec<Ipv4Addr> = listed.keys().copied().collect();
         touched.extend(before.iter().flat_map(|old| old.keys().copied()));
@@ -339,12 +213,12 @@ impl RemoteNodes {
         // Only this node's earlier entry is kept for the undo: copying the
         // source's whole set would make every event cost O(nodes).
         let listed = self.contributed.entry(source).or_default();
-        let before = listed.insert(node.ip, node.pod_cidr);
+        let before = listed.insert(node.ip, node);
         let settled = self.settle(&[node.ip], local);
         if settled.is_err() {
             let listed = self.contributed.entry(source).or_default();
             match before {
-                Some(pod_cidr) => listed.insert(node.ip, pod_cidr),
+                Some(before) => listed.insert(node.ip, before),
                 None => listed.remove(&node.ip),
             };
         }
@@ -372,7 +246,7 @@ impl RemoteNodes {
         })
     }
 
-    fn restore(&mut self, source: Source, before: Option<BTreeMap<Ipv4Addr, Ipv4Network>>) {
+    fn restore(&mut self, source: Source, before: Option<BTreeMap<Ipv4Addr, NodeSpec>>) {
         match before {
             Some(nodes) => self.contributed.insert(source, nodes),
             None => self.contributed.remove(&source),

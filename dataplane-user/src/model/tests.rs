@@ -11,10 +11,7 @@ use macaddr::MacAddr6;
 use super::*;
 
 fn node(ip: [u8; 4], cidr: &str) -> NodeSpec {
-    NodeSpec {
-        ip: Ipv4Addr::from(ip),
-        pod_cidr: cidr.parse().unwrap(),
-    }
+    NodeSpec::ipv4(Ipv4Addr::from(ip), cidr.parse().unwrap())
 }
 
 fn local() -> LocalFacts {

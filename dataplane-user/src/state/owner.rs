@@ -80,6 +80,7 @@ impl<L: HostLinks> Owner<L> {
             .map(|(ip, node)| NodeSpec {
                 ip,
                 pod_cidr: node.pod_cidr,
+                pod_cidr_ipv6: node.pod_cidr_ipv6,
             })
             .collect();
         // What an earlier agent programmed obeyed the rules then; a node that

@@ -27,9 +27,10 @@ pub struct DesiredNodes<'a> {
 
 impl DesiredNodes<'_> {
     pub fn get(&self, ip: Ipv4Addr) -> Option<ProgrammedNode> {
-        let pod_cidr = self.nodes.get(ip)?;
+        let node = self.nodes.get(ip)?;
         Some(ProgrammedNode {
-            pod_cidr,
+            pod_cidr: node.pod_cidr,
+            pod_cidr_ipv6: node.pod_cidr_ipv6,
             path: self.local.path_to(ip),
             mac: self
                 .macs

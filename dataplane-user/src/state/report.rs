@@ -233,6 +233,7 @@ impl<L: HostLinks> Owner<L> {
             .map(|node| NodeEntry {
                 ip: node.ip,
                 pod_cidr: node.pod_cidr,
+                pod_cidr_ipv6: node.pod_cidr_ipv6,
                 path: local.path_to(node.ip),
                 mac: self
                     .dataplane

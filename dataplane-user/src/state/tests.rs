@@ -121,10 +121,7 @@ fn endpoint(ip: Ipv4Addr, veth: &str) -> EndpointSpec {
 }
 
 fn node(last: u8, pod_cidr: &str) -> NodeSpec {
-    NodeSpec {
-        ip: Ipv4Addr::new(192, 0, 2, last),
-        pod_cidr: pod_cidr.parse().unwrap(),
-    }
+    NodeSpec::ipv4(Ipv4Addr::new(192, 0, 2, last), pod_cidr.parse().unwrap())
 }
 
 fn service(json: serde_json::Value) -> ServiceSpec {

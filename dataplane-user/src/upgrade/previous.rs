@@ -3,9 +3,9 @@
 //! - `POLICY_PORTS`: new, a hash of the allowed entries of single ports,
 //!   looked up before `POLICY_RULES`; v13's `POLICY_RULES` entries of one
 //!   port are carried into it, the others stay in the trie.
-//! - `ENDPOINTS6`, `HOST_ADDRESSES6`: new, the pods' and the node's IPv6
-//!   addresses (v13 forwarded no IPv6: nothing to carry; the agent writes
-//!   the node's at start).
+//! - `ENDPOINTS6`, `HOST_ADDRESSES6`, `NODE_ROUTES6`: new, the pods', the
+//!   node's IPv6 addresses and other nodes' IPv6 pod CIDRs (v13 forwarded
+//!   no IPv6: nothing to carry; the agent writes the node's at start).
 //! - `COUNTERS`: four more, at the end.
 //!
 //! Every other pinned map kept its layout and is copied entry by entry,
@@ -45,6 +45,7 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
         "copied (then rewritten by the agent)",
     ),
     (names::NODE_ROUTES_MAP, "copied"),
+    (names::NODE_ROUTES6_MAP, "new: v13 had no IPv6 node routes"),
     (names::REMOTE_NODES_MAP, "copied"),
     (names::NAT_MAP, "copied"),
     (names::POD_NAT_MAP, "copied"),
