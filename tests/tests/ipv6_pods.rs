@@ -20,9 +20,19 @@ use dataplane_tests::{
 };
 use serde_json::Value;
 
-const IPV6_RANGE: &str = "fd00:10:244::/64";
-const GATEWAY6: &str = "fd00:10:244::1";
 const ECHO_PORT: u16 = 8080;
+
+/// Node `index`'s IPv6 pod CIDR, and the gateway host-local gives its pods.
+fn ipv6_range(index: usize) -> (String, IpAddr) {
+    let range: ipnetwork::Ipv6Network = format!("fd00:10:244:{index:x}::/64")
+        .parse()
+        .expect("a network");
+    let gateway = format!("fd00:10:244:{index:x}::1")
+        .parse()
+        .expect("an address");
+    // As the agent writes it back (`node list`).
+    (range.to_string(), gateway)
+}
 
 /// A pod of the real chain with both families, registered by address.
 struct DualStackPod {
@@ -50,14 +60,14 @@ fn addresses(result: &Value) -> anyhow::Result<(IpAddr, IpAddr)> {
     Ok((*ipv4, *ipv6))
 }
 
-/// A pod made by `ptp` alone (dual-stack host-local), then each of its
-/// addresses registered through `dataplane endpoint add`.
-fn dual_stack_pod(node: &Node, name: &str) -> anyhow::Result<DualStackPod> {
+/// A pod made by `ptp` alone (dual-stack host-local, IPv6 from `range`),
+/// then each of its addresses registered through `dataplane endpoint add`.
+fn dual_stack_pod(node: &Node, name: &str, range: &str) -> anyhow::Result<DualStackPod> {
     let network = node
         .cni
         .clone()
         .context("the node makes its pods through CNI")?
-        .with_ipv6_range(IPV6_RANGE)
+        .with_ipv6_range(range)
         .main_plugin_only();
     let netns = Netns::create(format!("{}{name}", unique_prefix()))?;
     let result = network.add(name, &netns, "eth0")?;
@@ -83,8 +93,9 @@ fn dual_stack_pod(node: &Node, name: &str) -> anyhow::Result<DualStackPod> {
 fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> anyhow::Result<()> {
     let cluster = Cluster::new(ClusterSpec::dataplane(1, 0).with_real_plugin(MainPlugin::Ptp))?;
     let node = &cluster.nodes[0];
-    let a = dual_stack_pod(node, "v6a")?;
-    let b = dual_stack_pod(node, "v6b")?;
+    let (range, gateway) = ipv6_range(0);
+    let a = dual_stack_pod(node, "v6a", &range)?;
+    let b = dual_stack_pod(node, "v6b", &range)?;
     let listed = node.cli(&["endpoint", "list"])?;
     for pod in [&a, &b] {
         for ip in [pod.ipv4, pod.ipv6] {
@@ -97,7 +108,6 @@ fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> an
 
     // The gateway: its neighbour solicitation answered by from-pod, its
     // echo request handed to the node (the gateway is the node's address).
-    let gateway: IpAddr = GATEWAY6.parse()?;
     assert!(
         eventually(Duration::from_secs(10), || Ok(a
             .netns
@@ -138,6 +148,71 @@ fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> an
 
     // An address removed is no pod's any more: B's IPv6 stops, IPv4 stays.
     node.cli(&["endpoint", "del", "--ip", &b.ipv6.to_string()])?;
+    assert!(a.netns.ping(b.ipv6, 1, &[]).is_err());
+    a.netns.ping(b.ipv4, 1, &[])?;
+    Ok(())
+}
+
+#[test]
+fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() -> anyhow::Result<()>
+{
+    let cluster = Cluster::new(ClusterSpec::dataplane(2, 0).with_real_plugin(MainPlugin::Ptp))?;
+    // Each node told the other's IPv6 pod CIDR too (`--pod-cidr` twice).
+    for (index, node) in cluster.nodes.iter().enumerate() {
+        let other = 1 - index;
+        let (range, _) = ipv6_range(other);
+        let peer = &cluster.nodes[other];
+        node.cli(&[
+            "node",
+            "add",
+            "--ip",
+            &peer.ip.to_string(),
+            "--pod-cidr",
+            &peer.pod_cidr.to_string(),
+            "--pod-cidr",
+            &range,
+        ])?;
+        let listed = node.cli(&["node", "list"])?;
+        assert!(listed.contains(&range), "{listed}");
+    }
+    let a = dual_stack_pod(&cluster.nodes[0], "x6a", &ipv6_range(0).0)?;
+    let b = dual_stack_pod(&cluster.nodes[1], "x6b", &ipv6_range(1).0)?;
+
+    // Through the tunnel: one hop on each node.
+    let reached = eventually(Duration::from_secs(10), || {
+        Ok(a.netns.ping(b.ipv6, 1, &[]).is_ok())
+    })?;
+    assert!(
+        reached,
+        "pod A cannot reach pod B on the other node over IPv6: {}",
+        cluster.nodes[0].agent_log()
+    );
+    let output = a
+        .netns
+        .exec(&["ping", "-c", "3", "-W", "1", &b.ipv6.to_string()])?;
+    assert!(output.contains("ttl=62"), "{output}");
+    assert!(cluster.nodes[0].counter("encapsulated")? >= 3);
+    assert!(cluster.nodes[1].counter("decapsulated_to_pod")? >= 3);
+    let _echo = EchoServers::start(&b.netns, b.ipv6, [ECHO_PORT], 2, None)?;
+    echo_once(
+        &a.netns,
+        SocketAddr::new(b.ipv6, ECHO_PORT),
+        Duration::from_secs(3),
+    )?;
+    // And IPv4 between the same pods, as before.
+    a.netns.ping(b.ipv4, 3, &[])?;
+
+    // The node forgets the other's IPv6 CIDR (`--pod-cidr` once): IPv6 to
+    // its pods stops, IPv4 goes on.
+    let peer = &cluster.nodes[1];
+    cluster.nodes[0].cli(&[
+        "node",
+        "add",
+        "--ip",
+        &peer.ip.to_string(),
+        "--pod-cidr",
+        &peer.pod_cidr.to_string(),
+    ])?;
     assert!(a.netns.ping(b.ipv6, 1, &[]).is_err());
     a.netns.ping(b.ipv4, 1, &[])?;
     Ok(())
