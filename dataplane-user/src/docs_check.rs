@@ -13,6 +13,7 @@ use crate::config::Config;
 /// Upper-case names in backticks that are no map of ours: kernel and CNI
 /// names, environment variables, columns.
 const NOT_MAPS: &[&str] = &[
+    "BPF_F_ADJ_ROOM_DECAP_L3_IPV6",
     "BPF_LINK_UPDATE",
     "BPF_NOEXIST",
     "BPF_PROG_TEST_RUN",
