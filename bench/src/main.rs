@@ -247,6 +247,13 @@ fn traffic_and_scale(
         kernel: Cluster::new(spec(Forwarding::KernelRoutes)).context("kernel-routes cluster")?,
         bridge: Cluster::new(spec(Forwarding::Bridge)).context("bridge cluster")?,
     };
+    for (cluster, forwarding) in [
+        (&clusters.dataplane, Forwarding::Dataplane),
+        (&clusters.kernel, Forwarding::KernelRoutes),
+    ] {
+        dataplane_tests::ipv6::wire_pods(cluster, forwarding)
+            .with_context(|| format!("IPv6 on the {forwarding:?} cluster's pods"))?;
+    }
     let path_filter = cli.paths.as_deref().unwrap_or_default();
     if with_scale {
         progress.expect(

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, UdpSocket},
     path::Path as FilePath,
     process::{Command, Stdio},
     sync::{
@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use dataplane_tests::{
     Cluster,
     cluster::{EXTERNAL_HOST_IP, dataplane_binary},
+    ipv6::pod_ip6,
     netns::Netns,
     traffic::{
         Iperf3Load, Pinning, connection_rate, in_netns, iperf3, iperf3_tcp, joined,
@@ -87,7 +88,7 @@ pub struct Path<'a> {
     pub label: &'static str,
     pub client: &'a Netns,
     pub server: &'a Netns,
-    pub server_ip: Ipv4Addr,
+    pub server_ip: IpAddr,
 }
 
 /// Pod `from` to pod `to` of `cluster`, as `(node, pod)` indices.
@@ -102,7 +103,20 @@ pub fn pod_to_pod<'a>(
         label,
         client: &cluster.nodes[from.0].pods[from.1].netns,
         server: &server.netns,
-        server_ip: server.ip,
+        server_ip: server.ip.into(),
+    }
+}
+
+/// As `pod_to_pod`, to the server's IPv6 address (`ipv6::wire_pods`).
+fn pod_to_pod6<'a>(
+    label: &'static str,
+    cluster: &'a Cluster,
+    from: (usize, usize),
+    to: (usize, usize),
+) -> Path<'a> {
+    Path {
+        server_ip: pod_ip6(to.0, to.1).into(),
+        ..pod_to_pod(label, cluster, from, to)
     }
 }
 
@@ -116,7 +130,7 @@ fn pod_to_external<'a>(label: &'static str, cluster: &'a Cluster) -> Path<'a> {
         label,
         client: &cluster.nodes[0].pods[0].netns,
         server: &cluster.external,
-        server_ip: EXTERNAL_HOST_IP,
+        server_ip: EXTERNAL_HOST_IP.into(),
     }
 }
 
@@ -148,15 +162,34 @@ fn paths(clusters: &Clusters) -> Vec<Path<'_>> {
             label: "node-to-node",
             client: &node0.netns,
             server: &node1.netns,
-            server_ip: node1.ip,
+            server_ip: node1.ip.into(),
         },
         pod_to_external("egress dataplane", &clusters.dataplane),
         pod_to_external("egress masquerade", &clusters.kernel),
+        pod_to_pod6(
+            "same-node dataplane IPv6",
+            &clusters.dataplane,
+            (0, 0),
+            SAME_NODE,
+        ),
+        pod_to_pod6("same-node routes IPv6", &clusters.kernel, (0, 0), SAME_NODE),
+        pod_to_pod6(
+            "cross-node dataplane IPv6",
+            &clusters.dataplane,
+            (0, 0),
+            OTHER_NODE,
+        ),
+        pod_to_pod6(
+            "cross-node flannel IPv6",
+            &clusters.kernel,
+            (0, 0),
+            OTHER_NODE,
+        ),
     ]
 }
 
 /// Which path is compared with which, and how the baseline is described.
-const COMPARISONS: [(&str, &str, &str, &str); 6] = [
+const COMPARISONS: [(&str, &str, &str, &str); 8] = [
     (
         "same-node pod-to-pod",
         "same-node dataplane",
@@ -192,6 +225,18 @@ const COMPARISONS: [(&str, &str, &str, &str); 6] = [
         "egress dataplane",
         "egress masquerade",
         "iptables MASQUERADE + conntrack",
+    ),
+    (
+        "same-node pod-to-pod, IPv6",
+        "same-node dataplane IPv6",
+        "same-node routes IPv6",
+        "/128 routes, the gateway on each host veth (ptp-style)",
+    ),
+    (
+        "cross-node pod-to-pod, IPv6",
+        "cross-node dataplane IPv6",
+        "cross-node flannel IPv6",
+        "kernel vxlan carrying IPv6 + routes/neigh/fdb (flannel)",
     ),
 ];
 

@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod ipv6;
 pub mod kube_api;
 pub mod netlink;
 pub mod netns;

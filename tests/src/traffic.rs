@@ -276,12 +276,13 @@ pub fn udp_exchange(
 /// again at once.
 pub fn connection_rate(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client: &Netns,
     duration: Duration,
     clients: usize,
     pinning: Pinning,
 ) -> anyhow::Result<f64> {
+    let server_ip = server_ip.into();
     // accept() gives up after 100 ms, so workers notice when to stop.
     let listener = listener_in(server, server_ip, Duration::from_millis(100))?;
     let address = SocketAddr::from((server_ip, listener.local_addr()?.port()));
@@ -348,12 +349,8 @@ pub fn connection_rate_to(
 
 /// A TCP listener on an ephemeral port of `ip` in `netns` whose accept()
 /// gives up after `accept_timeout`.
-fn listener_in(
-    netns: &Netns,
-    ip: Ipv4Addr,
-    accept_timeout: Duration,
-) -> anyhow::Result<TcpListener> {
-    listener_on(netns, SocketAddrV4::new(ip, 0).into(), accept_timeout)
+fn listener_in(netns: &Netns, ip: IpAddr, accept_timeout: Duration) -> anyhow::Result<TcpListener> {
+    listener_on(netns, SocketAddr::new(ip, 0), accept_timeout)
 }
 
 /// A TCP listener on `address` in `netns` whose accept() gives up after
@@ -535,11 +532,12 @@ const LATENCY_WARM_UP: Duration = Duration::from_millis(200);
 /// Request/response latency from `client` to an echo server in `server`.
 pub fn request_response_latency(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client: &Netns,
     duration: Duration,
     pinning: Pinning,
 ) -> anyhow::Result<Latency> {
+    let server_ip = server_ip.into();
     let listener = listener_in(server, server_ip, TCP_TIMEOUT)?;
     let address = SocketAddr::from((server_ip, listener.local_addr()?.port()));
     let echo = thread::spawn(move || -> anyhow::Result<()> {
@@ -658,7 +656,7 @@ pub struct Iperf3Received {
 /// `server_ip`; returns what the server received.
 pub fn iperf3(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client: &Netns,
     seconds: u32,
     load: Iperf3Load,
@@ -672,7 +670,7 @@ pub fn iperf3(
         server_cpu.as_deref(),
         &["iperf3", "--server", "--one-off", "--port", IPERF3_PORT],
     ))?;
-    let (seconds, server_ip) = (seconds.to_string(), server_ip.to_string());
+    let (seconds, server_ip) = (seconds.to_string(), server_ip.into().to_string());
     let mut args = vec![
         "iperf3",
         "--client",
@@ -705,7 +703,7 @@ pub fn iperf3(
 /// Runs a single iperf3 TCP stream; the received rate in bit/s.
 pub fn iperf3_tcp(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client: &Netns,
     seconds: u32,
 ) -> anyhow::Result<f64> {
