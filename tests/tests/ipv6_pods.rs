@@ -156,7 +156,7 @@ fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> an
 #[test]
 fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() -> anyhow::Result<()>
 {
-    let cluster = Cluster::new(ClusterSpec::dataplane(2, 0).with_real_plugin(MainPlugin::Ptp))?;
+    let mut cluster = Cluster::new(ClusterSpec::dataplane(2, 0).with_real_plugin(MainPlugin::Ptp))?;
     // Each node told the other's IPv6 pod CIDR too (`--pod-cidr` twice).
     for (index, node) in cluster.nodes.iter().enumerate() {
         let other = 1 - index;
@@ -201,6 +201,25 @@ fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() 
     )?;
     // And IPv4 between the same pods, as before.
     a.netns.ping(b.ipv4, 3, &[])?;
+
+    // Agents killed and started again adopt what they pinned: the pods'
+    // IPv6 addresses, the other node's IPv6 CIDR.
+    let listed_before: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.cli(&["node", "list"]))
+        .collect::<anyhow::Result<_>>()?;
+    for node in &mut cluster.nodes {
+        node.stop_agent(nix::sys::signal::Signal::SIGKILL);
+        a.netns.ping(b.ipv6, 1, &[])?;
+        node.start_agent()?;
+    }
+    for (node, before) in cluster.nodes.iter().zip(&listed_before) {
+        assert_eq!(&node.cli(&["node", "list"])?, before);
+        let endpoints = node.cli(&["endpoint", "list"])?;
+        assert!(endpoints.contains("fd00:10:244:"), "{endpoints}");
+    }
+    a.netns.ping(b.ipv6, 3, &[])?;
 
     // The node forgets the other's IPv6 CIDR (`--pod-cidr` once): IPv6 to
     // its pods stops, IPv4 goes on.

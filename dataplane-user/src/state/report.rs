@@ -112,6 +112,19 @@ impl<L: HostLinks> Owner<L> {
             capacity: capacity as usize,
         };
         let policy = dataplane.policy_entries();
+        let ipv6_endpoints = dataplane
+            .programmed_endpoints()
+            .filter(|(ip, _)| ip.is_ipv6())
+            .count();
+        let ipv6_host_addresses = dataplane
+            .host_addresses()
+            .iter()
+            .filter(|ip| ip.is_ipv6())
+            .count();
+        let ipv6_routes = dataplane
+            .programmed_nodes()
+            .filter(|(_, node)| node.pod_cidr_ipv6.is_some())
+            .count();
         let direct_nodes = dataplane
             .programmed_nodes()
             .filter(|(_, node)| node.path == NodePath::Direct)
@@ -141,7 +154,16 @@ impl<L: HostLinks> Owner<L> {
             nat_expired_total: gc.removed_total,
             attachments,
             maps: vec![
-                fill("ENDPOINTS", endpoints, dataplane_common::MAX_ENDPOINTS),
+                fill(
+                    "ENDPOINTS",
+                    endpoints - ipv6_endpoints,
+                    dataplane_common::MAX_ENDPOINTS,
+                ),
+                fill(
+                    "ENDPOINTS6",
+                    ipv6_endpoints,
+                    dataplane_common::MAX_ENDPOINTS,
+                ),
                 fill(
                     "REMOTE_NODES",
                     remote_nodes,
@@ -150,6 +172,11 @@ impl<L: HostLinks> Owner<L> {
                 fill(
                     "NODE_ROUTES",
                     remote_nodes,
+                    dataplane_common::MAX_REMOTE_NODES,
+                ),
+                fill(
+                    "NODE_ROUTES6",
+                    ipv6_routes,
                     dataplane_common::MAX_REMOTE_NODES,
                 ),
                 fill("NAT", gc.entries, MAX_NAT_ENTRIES),
@@ -175,7 +202,12 @@ impl<L: HostLinks> Owner<L> {
                 ),
                 fill(
                     "HOST_ADDRESSES",
-                    dataplane.host_addresses().len(),
+                    dataplane.host_addresses().len() - ipv6_host_addresses,
+                    dataplane_common::MAX_HOST_ADDRESSES,
+                ),
+                fill(
+                    "HOST_ADDRESSES6",
+                    ipv6_host_addresses,
                     dataplane_common::MAX_HOST_ADDRESSES,
                 ),
                 fill(
