@@ -451,11 +451,16 @@ impl Node {
     }
 
     pub fn register(&self, pod: &Pod) -> anyhow::Result<()> {
+        self.register_address(pod, pod.ip.into())
+    }
+
+    /// Registers `ip` (of either family) as an address of `pod`.
+    pub fn register_address(&self, pod: &Pod, ip: std::net::IpAddr) -> anyhow::Result<()> {
         self.cli(&[
             "endpoint",
             "add",
             "--ip",
-            &pod.ip.to_string(),
+            &ip.to_string(),
             "--interface",
             &pod.host_interface,
             "--mac",
@@ -493,15 +498,22 @@ impl Node {
 
     /// Tells this node's agent where `other`'s pods are.
     pub fn add_remote_node(&self, other: &Node) -> anyhow::Result<()> {
-        self.cli(&[
-            "node",
-            "add",
-            "--ip",
-            &other.ip.to_string(),
-            "--pod-cidr",
-            &other.pod_cidr.to_string(),
-        ])
-        .map(drop)
+        self.add_remote_dual_stack_node(other, None)
+    }
+
+    /// As `add_remote_node`, with `other`'s IPv6 pod CIDR too when given
+    /// (`--pod-cidr` twice).
+    pub fn add_remote_dual_stack_node(
+        &self,
+        other: &Node,
+        pod_cidr6: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let (ip, pod_cidr) = (other.ip.to_string(), other.pod_cidr.to_string());
+        let mut args = vec!["node", "add", "--ip", &ip, "--pod-cidr", &pod_cidr];
+        if let Some(pod_cidr6) = pod_cidr6 {
+            args.extend(["--pod-cidr", pod_cidr6]);
+        }
+        self.cli(&args).map(drop)
     }
 
     pub fn remove_remote_node(&self, ip: Ipv4Addr) -> anyhow::Result<()> {

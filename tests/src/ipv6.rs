@@ -12,7 +12,7 @@ use std::net::Ipv6Addr;
 use anyhow::Context as _;
 use ipnetwork::Ipv6Network;
 
-use crate::{Cluster, Forwarding, Node};
+use crate::{Cluster, Forwarding, Netns, Node};
 
 /// Node `node`'s IPv6 pod CIDR.
 pub fn pod_cidr6(node: usize) -> Ipv6Network {
@@ -42,90 +42,38 @@ pub fn wire_pods(cluster: &Cluster, forwarding: Forwarding) -> anyhow::Result<()
             .context("IPv6 forwarding on the node")?;
         for (number, pod) in node.pods.iter().enumerate() {
             let (ip, gateway) = (pod_ip6(index, number), gateway6(index));
-            let (ip, gateway) = (ip.to_string(), gateway.to_string());
-            for args in [
-                vec![
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{ip}/128"),
-                    "dev",
-                    "eth0",
-                    "nodad",
+            run_all(
+                &pod.netns,
+                &[
+                    format!("ip -6 addr add {ip}/128 dev eth0 nodad"),
+                    format!("ip -6 route add {gateway} dev eth0"),
+                    format!("ip -6 route add default via {gateway} dev eth0"),
                 ],
-                vec!["ip", "-6", "route", "add", &gateway, "dev", "eth0"],
-                vec![
-                    "ip", "-6", "route", "add", "default", "via", &gateway, "dev", "eth0",
-                ],
-            ] {
-                pod.netns.exec(&args)?;
-            }
+            )?;
+            let host = &pod.host_interface;
             match forwarding {
-                Forwarding::Dataplane => {
-                    node.cli(&[
-                        "endpoint",
-                        "add",
-                        "--ip",
-                        &ip,
-                        "--interface",
-                        &pod.host_interface,
-                        "--mac",
-                        &pod.mac.to_string(),
-                    ])?;
-                }
-                Forwarding::KernelRoutes | Forwarding::Bridge => {
-                    let host = pod.host_interface.as_str();
-                    for args in [
-                        vec![
-                            "ip",
-                            "-6",
-                            "addr",
-                            "add",
-                            &format!("{gateway}/128"),
-                            "dev",
-                            host,
-                            "nodad",
-                        ],
-                        vec![
-                            "ip",
-                            "-6",
-                            "route",
-                            "add",
-                            &format!("{ip}/128"),
-                            "dev",
-                            host,
-                        ],
-                    ] {
-                        node.netns.exec(&args)?;
-                    }
-                }
+                Forwarding::Dataplane => node.register_address(pod, ip.into())?,
+                Forwarding::KernelRoutes | Forwarding::Bridge => run_all(
+                    &node.netns,
+                    &[
+                        format!("ip -6 addr add {gateway}/128 dev {host} nodad"),
+                        format!("ip -6 route add {ip}/128 dev {host}"),
+                    ],
+                )?,
             }
         }
     }
     match forwarding {
-        Forwarding::Dataplane => connect_dataplane_nodes(cluster),
+        Forwarding::Dataplane => {
+            for node in &cluster.nodes {
+                for (index, other) in others(cluster, node) {
+                    node.add_remote_dual_stack_node(other, Some(&pod_cidr6(index).to_string()))?;
+                }
+            }
+            Ok(())
+        }
         Forwarding::KernelRoutes | Forwarding::Bridge => connect_flannel_nodes(cluster),
     }
-}
-
-/// Each node told the others' IPv6 pod CIDRs through its API.
-fn connect_dataplane_nodes(cluster: &Cluster) -> anyhow::Result<()> {
-    for node in &cluster.nodes {
-        for (index, other) in others(cluster, node) {
-            node.cli(&[
-                "node",
-                "add",
-                "--ip",
-                &other.ip.to_string(),
-                "--pod-cidr",
-                &other.pod_cidr.to_string(),
-                "--pod-cidr",
-                &pod_cidr6(index).to_string(),
-            ])?;
-        }
-    }
-    Ok(())
 }
 
 /// flannel's dual stack on its VXLAN device: the node's IPv6 range's
@@ -134,45 +82,33 @@ fn connect_dataplane_nodes(cluster: &Cluster) -> anyhow::Result<()> {
 /// that MAC to the other node already).
 fn connect_flannel_nodes(cluster: &Cluster) -> anyhow::Result<()> {
     for (index, node) in cluster.nodes.iter().enumerate() {
-        let own = format!("{}/128", pod_cidr6(index).network());
-        node.netns
-            .exec(&["ip", "-6", "addr", "add", &own, "dev", "flannel.1", "nodad"])?;
+        let own = pod_cidr6(index).network();
+        run_all(
+            &node.netns,
+            &[format!("ip -6 addr add {own}/128 dev flannel.1 nodad")],
+        )?;
     }
     for node in &cluster.nodes {
         for (index, other) in others(cluster, node) {
             let (range, vtep) = (pod_cidr6(index), pod_cidr6(index).network());
-            let (range, vtep) = (range.to_string(), vtep.to_string());
-            let mac = other.netns.mac_of("flannel.1")?.to_string();
-            for args in [
-                vec![
-                    "ip",
-                    "-6",
-                    "neigh",
-                    "add",
-                    &vtep,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    "flannel.1",
-                    "nud",
-                    "permanent",
+            let mac = other.netns.mac_of("flannel.1")?;
+            run_all(
+                &node.netns,
+                &[
+                    format!("ip -6 neigh add {vtep} lladdr {mac} dev flannel.1 nud permanent"),
+                    format!("ip -6 route add {range} via {vtep} dev flannel.1 onlink"),
                 ],
-                vec![
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    &range,
-                    "via",
-                    &vtep,
-                    "dev",
-                    "flannel.1",
-                    "onlink",
-                ],
-            ] {
-                node.netns.exec(&args)?;
-            }
+            )?;
         }
+    }
+    Ok(())
+}
+
+/// Runs each command line (words split on spaces) in `netns`, in order.
+fn run_all(netns: &Netns, commands: &[String]) -> anyhow::Result<()> {
+    for command in commands {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        netns.exec(&args)?;
     }
     Ok(())
 }

@@ -89,6 +89,18 @@ fn dual_stack_pod(node: &Node, name: &str, range: &str) -> anyhow::Result<DualSt
     Ok(DualStackPod { netns, ipv4, ipv6 })
 }
 
+/// A TCP exchange from `a` to `b` over IPv6, and `b` pinged over IPv4 as
+/// before.
+fn tcp_over_ipv6_and_ipv4_as_before(a: &DualStackPod, b: &DualStackPod) -> anyhow::Result<()> {
+    let _echo = EchoServers::start(&b.netns, b.ipv6, [ECHO_PORT], 2, None)?;
+    echo_once(
+        &a.netns,
+        SocketAddr::new(b.ipv6, ECHO_PORT),
+        Duration::from_secs(3),
+    )?;
+    a.netns.ping(b.ipv4, 3, &[])
+}
+
 #[test]
 fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> anyhow::Result<()> {
     let cluster = Cluster::new(ClusterSpec::dataplane(1, 0).with_real_plugin(MainPlugin::Ptp))?;
@@ -125,14 +137,7 @@ fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> an
         .exec(&["ping", "-c", "3", "-W", "1", &b.ipv6.to_string()])?;
     assert!(output.contains("ttl=63"), "{output}");
     assert!(node.counter("forwarded_local")? >= forwarded + 6);
-    let _echo = EchoServers::start(&b.netns, b.ipv6, [ECHO_PORT], 2, None)?;
-    echo_once(
-        &a.netns,
-        SocketAddr::new(b.ipv6, ECHO_PORT),
-        Duration::from_secs(3),
-    )?;
-    // And over IPv4 as before, the same pods.
-    a.netns.ping(b.ipv4, 3, &[])?;
+    tcp_over_ipv6_and_ipv4_as_before(&a, &b)?;
 
     // The node reaches its pods over IPv6 (kubelet's probes).
     node.netns.ping(a.ipv6, 3, &[])?;
@@ -162,16 +167,7 @@ fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() 
         let other = 1 - index;
         let (range, _) = ipv6_range(other);
         let peer = &cluster.nodes[other];
-        node.cli(&[
-            "node",
-            "add",
-            "--ip",
-            &peer.ip.to_string(),
-            "--pod-cidr",
-            &peer.pod_cidr.to_string(),
-            "--pod-cidr",
-            &range,
-        ])?;
+        node.add_remote_dual_stack_node(peer, Some(&range))?;
         let listed = node.cli(&["node", "list"])?;
         assert!(listed.contains(&range), "{listed}");
     }
@@ -193,14 +189,7 @@ fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() 
     assert!(output.contains("ttl=62"), "{output}");
     assert!(cluster.nodes[0].counter("encapsulated")? >= 3);
     assert!(cluster.nodes[1].counter("decapsulated_to_pod")? >= 3);
-    let _echo = EchoServers::start(&b.netns, b.ipv6, [ECHO_PORT], 2, None)?;
-    echo_once(
-        &a.netns,
-        SocketAddr::new(b.ipv6, ECHO_PORT),
-        Duration::from_secs(3),
-    )?;
-    // And IPv4 between the same pods, as before.
-    a.netns.ping(b.ipv4, 3, &[])?;
+    tcp_over_ipv6_and_ipv4_as_before(&a, &b)?;
 
     // Agents killed and started again adopt what they pinned: the pods'
     // IPv6 addresses, the other node's IPv6 CIDR.
@@ -223,15 +212,7 @@ fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() 
 
     // The node forgets the other's IPv6 CIDR (`--pod-cidr` once): IPv6 to
     // its pods stops, IPv4 goes on.
-    let peer = &cluster.nodes[1];
-    cluster.nodes[0].cli(&[
-        "node",
-        "add",
-        "--ip",
-        &peer.ip.to_string(),
-        "--pod-cidr",
-        &peer.pod_cidr.to_string(),
-    ])?;
+    cluster.nodes[0].add_remote_node(&cluster.nodes[1])?;
     assert!(a.netns.ping(b.ipv6, 1, &[]).is_err());
     a.netns.ping(b.ipv4, 1, &[])?;
     Ok(())
