@@ -247,13 +247,14 @@ counters! {
     /// router advertisements and redirects (a pod never routes the node),
     /// a solicitation from an address not the pod's own.
     drop DropNdpIgnored = "ndp_ignored";
-    /// A pod's IPv6 packet to neither a pod of this node nor an address of
-    /// the node: IPv6 is forwarded on the node only so far (other nodes'
-    /// pods and the world over IPv6 come with the IPv6 issue's next paths).
+    /// A pod's IPv6 packet to neither a pod (of this node or, through the
+    /// tunnel, of another) nor an address of the node: IPv6 to the world
+    /// is not forwarded yet.
     drop DropIpv6NotForwarded = "ipv6_not_forwarded";
-    /// A pod's IPv6 packet while a pod of the node is isolated by a
-    /// NetworkPolicy: policy does not judge IPv6 yet, so no IPv6 passes
-    /// between pods (fail closed).
+    /// A pod's IPv6 packet in a direction a NetworkPolicy isolates it in
+    /// (or from or to a pod the policy model does not know, while a pod of
+    /// the node is isolated): policy does not judge IPv6 yet, so none
+    /// passes there (fail closed).
     drop DropPolicyIpv6Unjudged = "policy_ipv6_unjudged";
 }
 

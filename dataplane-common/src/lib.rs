@@ -82,6 +82,8 @@ mod user {
         PolicyClassKey,
         PolicySubjectKey,
         PolicySubject,
+        PolicyOpenKey6,
+        PolicyOpen6,
         PolicyRuleKey,
         PolicyFlow,
         PolicyDrops,

@@ -29,6 +29,7 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const POLICY_CLASSES_MAP: &str = "POLICY_CLASSES";
 pub const POLICY_HOSTS_MAP: &str = "POLICY_HOSTS";
 pub const POLICY_SUBJECTS_MAP: &str = "POLICY_SUBJECTS";
+pub const POLICY_OPEN6_MAP: &str = "POLICY_OPEN6";
 pub const POLICY_RULES_MAP: &str = "POLICY_RULES";
 pub const POLICY_PORTS_MAP: &str = "POLICY_PORTS";
 pub const POLICY_FLOWS_MAP: &str = "POLICY_FLOWS";

@@ -63,6 +63,29 @@ pub struct PolicyClassKey {
     pub address: Ipv4Octets,
 }
 
+/// Key of `POLICY_OPEN6`: an IPv6 address of a local pod the policy model
+/// knows, per table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyOpenKey6 {
+    pub address: crate::Ipv6Octets,
+    pub table: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `POLICY_OPEN6`: the directions in which that pod is isolated
+/// by no policy (1: open). NetworkPolicy does not judge IPv6 yet: while a
+/// pod of the node is isolated, a pod's IPv6 passes only where its entry
+/// says it is open (absent: closed both ways).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyOpen6 {
+    pub ingress: u8,
+    pub egress: u8,
+}
+
 /// Key of `POLICY_SUBJECTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -15,8 +15,9 @@ use dataplane_common::{
     MAX_NO_MASQUERADE, MAX_POLICY_CLASSES, MAX_POLICY_FLOWS, MAX_POLICY_RULES, MAX_REMOTE_NODES,
     MAX_SERVICE_FLOWS, MAX_SERVICES, MAX_SOCKET_FLOWS, MAX_SOURCE_RANGES, MAX_UNASSURED,
     MonitorConfig, NatEntry, NodeConfig, NodeRoute, PodNat, PolicyClassKey, PolicyDrops,
-    PolicyFlow, PolicyRuleKey, PolicySubject, PolicySubjectKey, RemoteNode, ServiceFlow,
-    ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey, TAIL_CALL_SLOTS,
+    PolicyFlow, PolicyOpen6, PolicyOpenKey6, PolicyRuleKey, PolicySubject, PolicySubjectKey,
+    RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey,
+    TAIL_CALL_SLOTS,
 };
 
 #[map(name = "ENDPOINTS")]
@@ -155,6 +156,11 @@ pub static POLICY_HOSTS: HashMap<PolicyClassKey, u32> = HashMap::pinned(MAX_POLI
 pub static POLICY_SUBJECTS: HashMap<PolicySubjectKey, PolicySubject> =
     HashMap::pinned(MAX_ENDPOINTS, 0);
 
+/// The local pods' IPv6 addresses and the directions no policy isolates
+/// them in, per table; written by the agent only.
+#[map(name = "POLICY_OPEN6")]
+pub static POLICY_OPEN6: HashMap<PolicyOpenKey6, PolicyOpen6> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
 /// What the policies of those pods allow, single ports aside; written by
 /// the agent only.
 #[map(name = "POLICY_RULES")]
@@ -193,6 +199,19 @@ pub fn endpoint(addr: &Ipv4Octets) -> Option<Endpoint> {
 pub fn endpoint6(addr: &Ipv6Octets) -> Option<Endpoint> {
     // SAFETY: as for `endpoint`.
     unsafe { ENDPOINTS6.get(addr).copied() }
+}
+
+/// The directions the local pod at `addr` is open in under the policy
+/// table `table` (closed both ways when the agent wrote nothing for it).
+#[inline(always)]
+pub fn policy_open6(addr: Ipv6Octets, table: u8) -> PolicyOpen6 {
+    let key = PolicyOpenKey6 {
+        address: addr,
+        table,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once; the agent writes whole entries.
+    unsafe { POLICY_OPEN6.get(&key).copied() }.unwrap_or_default()
 }
 
 /// Whether `addr` is one of the node's own IPv6 addresses.

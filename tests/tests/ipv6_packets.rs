@@ -190,34 +190,90 @@ fn ipv6_between_pods_is_redirected_with_the_hop_limit_decremented() -> anyhow::R
 }
 
 #[test]
-fn no_ipv6_passes_between_pods_while_a_pod_of_the_node_is_isolated() -> anyhow::Result<()> {
+fn ipv6_passes_only_where_no_policy_isolates_the_pod() -> anyhow::Result<()> {
+    use dataplane_tests::test_run::{POD_A_IP, POD_B_IP};
+    use dataplane_user::model::policy::{PodFacts, PolicyWorld};
     let mut fixture = fixture()?;
-    let model: dataplane_user::model::policy::PolicyWorld = {
-        let mut world = dataplane_user::model::policy::PolicyWorld::default();
-        world.set_pod(dataplane_user::model::policy::PodFacts {
-            namespace: "x".into(),
-            name: "a".into(),
-            ips: vec![dataplane_tests::test_run::POD_A_IP.into()],
+    // x/a isolated for ingress (its IPv4 and IPv6 addresses), y/b by nothing.
+    let mut world = PolicyWorld::default();
+    for (namespace, name, ips) in [
+        ("x", "a", [IpAddr::from(POD_A_IP), POD_A_IP6.into()]),
+        ("y", "b", [IpAddr::from(POD_B_IP), POD_B_IP6.into()]),
+    ] {
+        world.set_pod(PodFacts {
+            namespace: namespace.into(),
+            name: name.into(),
+            ips: ips.to_vec(),
             ..Default::default()
         });
-        world.set_policy(serde_json::from_value(json!({
-            "namespace": "x", "name": "deny-all", "policy_types": ["Ingress"],
-        }))?);
-        world
-    };
-    fixture.set_policy(&model.compile(&[dataplane_tests::test_run::POD_A_IP.into()]))?;
-    let before = fixture.counter("drop_policy_ipv6_unjudged");
+    }
+    world.set_policy(serde_json::from_value(json!({
+        "namespace": "x", "name": "deny-ingress", "policy_types": ["Ingress"],
+    }))?);
+    let local = [
+        POD_A_IP.into(),
+        POD_A_IP6.into(),
+        POD_B_IP.into(),
+        POD_B_IP6.into(),
+    ];
+    fixture.set_policy(&world.compile(&local))?;
+
+    // a may send (egress is open) to b (ingress is open).
     assert_eq!(
         fixture.run(&tcp6_syn((POD_A_IP6, POD_B_IP6), 64)).0,
+        TC_ACT_REDIRECT
+    );
+    // Nothing is handed to a (ingress isolated), from here or another node;
+    // b is handed what comes.
+    let remote_pod: Ipv6Addr = "fd00:10:244:1::5".parse()?;
+    let from_remote = |to| vxlan_frame(REMOTE_NODE_IP, VNI, &tcp6_syn((remote_pod, to), 63));
+    let before = fixture.counter("drop_policy_ipv6_unjudged");
+    let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &from_remote(POD_A_IP6));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("drop_policy_ipv6_unjudged"), before + 1);
+    let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &from_remote(POD_B_IP6));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+
+    // A pod the model does not know is closed both ways (fail closed).
+    let unknown: Ipv6Addr = "fd00:10:244::77".parse()?;
+    fixture
+        .maps
+        .insert_endpoint(unknown.into(), endpoint(4243, POD_B_MAC, HOST_B_MAC))?;
+    assert_eq!(
+        fixture.run(&tcp6_syn((POD_A_IP6, unknown), 64)).0,
         TC_ACT_SHOT
     );
-    assert_eq!(fixture.counter("drop_policy_ipv6_unjudged"), before + 1);
+    assert_eq!(fixture.counter("drop_policy_ipv6_unjudged"), before + 2);
+
     // The node's own traffic is never policy's.
     let gateway: BTreeSet<IpAddr> = [IpAddr::V6(GATEWAY6)].into();
     fixture.maps.set_host_addresses(&gateway)?;
     assert_eq!(
         fixture.run(&tcp6_syn((POD_A_IP6, GATEWAY6), 64)).0,
         TC_ACT_OK
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pod_isolated_only_by_its_ipv6_address_isolates_the_node() -> anyhow::Result<()> {
+    use dataplane_user::model::policy::{PodFacts, PolicyWorld};
+    let mut fixture = fixture()?;
+    // An IPv6-only pod a policy isolates: the programs look policy up.
+    let mut world = PolicyWorld::default();
+    world.set_pod(PodFacts {
+        namespace: "x".into(),
+        name: "a".into(),
+        ips: vec![POD_A_IP6.into()],
+        ..Default::default()
+    });
+    world.set_policy(serde_json::from_value(json!({
+        "namespace": "x", "name": "deny-egress", "policy_types": ["Egress"],
+    }))?);
+    fixture.set_policy(&world.compile(&[POD_A_IP6.into()]))?;
+    assert_eq!(
+        fixture.run(&tcp6_syn((POD_A_IP6, POD_B_IP6), 64)).0,
+        TC_ACT_SHOT
     );
     Ok(())
 }

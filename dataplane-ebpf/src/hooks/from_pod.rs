@@ -43,7 +43,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     } else if ether_type == EtherType::Ipv6 as u16 {
         // SAFETY: bounds checked by `header`.
         let first_mac_octet = unsafe { (*eth).dst_addr[0] };
-        finish(ctx, ipv6::from_pod(ctx, node_config(), first_mac_octet))
+        ipv6::from_pod(ctx, node_config(), first_mac_octet)
     } else if ether_type == EtherType::Arp as u16 {
         finish(ctx, arp::answer_request(ctx))
     } else {

@@ -275,9 +275,10 @@ const IPV6_FROM_A_NODE: i32 = i32::MIN + 1;
 /// VXLAN from a known node carrying IPv6, its outer headers checked.
 #[inline(always)]
 fn ipv6_from_node(ctx: &TcContext, config: &NodeConfig) -> i32 {
-    let outcome = load::<Ipv4Octets>(ctx, IP_AT + offset_of!(Ipv4Hdr, src_addr))
-        .and_then(|node_ip| ipv6::from_node(ctx, config, node_ip));
-    finish(ctx, outcome)
+    match load::<Ipv4Octets>(ctx, IP_AT + offset_of!(Ipv4Hdr, src_addr)) {
+        Ok(node_ip) => ipv6::from_node(ctx, config, node_ip),
+        Err(reason) => finish(ctx, Err(reason)),
+    }
 }
 
 /// From another node for the node IP: a backend on the sender answering an

@@ -7,13 +7,13 @@
 pub mod ndp;
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Counter, Ipv4Octets, Ipv6Octets, NodeConfig, VXLAN_OVERHEAD};
+use dataplane_common::{Counter, Ipv4Octets, Ipv6Octets, NodeConfig, VXLAN_OVERHEAD, policy_table};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    counters::{Outcome, pass_to_host},
+    counters::{Outcome, finish, pass_to_host},
     local::{Redirect, deliver},
-    maps::{endpoint6, is_host_address6, node_route6},
+    maps::{endpoint6, is_host_address6, node_route6, policy_open6},
     packet::{IP_AT, header, ingress_ifindex, load},
     tunnel,
 };
@@ -29,9 +29,15 @@ const INNER_IP6_AT: usize = IP_AT + VXLAN_OVERHEAD as usize;
 
 /// A pod's IPv6 packet. `first_mac_octet`: of the frame's destination MAC.
 // Out of line: its addresses stay off from-pod's frame, which the IPv4
-// paths' deepest call chains share.
+// paths' deepest call chains share. (A verdict, not an `Outcome`: returned
+// through the stack, the verifier refuses it.)
 #[inline(never)]
-pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Outcome {
+pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> i32 {
+    finish(ctx, judge_from_pod(ctx, config, first_mac_octet))
+}
+
+#[inline(always)]
+fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Outcome {
     // The headers read below (neighbour discovery's included) in the
     // linear part; before any packet pointer is taken.
     let want = ctx.len().min(ndp::HEADERS_END as u32);
@@ -69,8 +75,7 @@ pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Ou
         _ => return Err(Counter::DropSpoofedSource),
     }
     if let Some(destination) = endpoint6(&dst) {
-        // Fail closed: no policy judges IPv6 yet.
-        if config.policy != 0 {
+        if !open(config, src, Direction::Egress) || !open(config, dst, Direction::Ingress) {
             return Err(Counter::DropPolicyIpv6Unjudged);
         }
         forward_hop(ctx)?;
@@ -90,7 +95,7 @@ pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Ou
     if config.tunnel_enabled()
         && let Some(route) = node_route6(dst)
     {
-        if config.policy != 0 {
+        if !open(config, src, Direction::Egress) {
             return Err(Counter::DropPolicyIpv6Unjudged);
         }
         if exceeds_mtu(ctx, config.tunnel_mtu) {
@@ -106,7 +111,12 @@ pub fn from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> Ou
 /// checked by from-uplink): from a pod of that node, to a pod here.
 // Out of line: the addresses stay off from-uplink's frame.
 #[inline(never)]
-pub fn from_node(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcome {
+pub fn from_node(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> i32 {
+    finish(ctx, judge_from_node(ctx, config, node_ip))
+}
+
+#[inline(always)]
+fn judge_from_node(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> Outcome {
     let version: u8 = load(ctx, INNER_IP6_AT)?;
     if version >> 4 != 6 {
         return Err(Counter::DropMalformed);
@@ -117,18 +127,40 @@ pub fn from_node(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) -> O
     if node_route6(source).is_none_or(|route| route.node_ip != node_ip) {
         return Err(Counter::DropSpoofedSource);
     }
-    let destination = endpoint6(&destination).ok_or(Counter::DropUnknownEndpoint)?;
-    if config.policy != 0 {
+    let pod = endpoint6(&destination).ok_or(Counter::DropUnknownEndpoint)?;
+    if !open(config, destination, Direction::Ingress) {
         return Err(Counter::DropPolicyIpv6Unjudged);
     }
     tunnel::decapsulate_ipv6(ctx)?;
     forward_hop(ctx)?;
     deliver(
         ctx,
-        &destination,
+        &pod,
         Redirect::into_pod(config),
         Counter::DecapsulatedToPod,
     )
+}
+
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Whether the local pod at `pod` may send (egress) or be sent (ingress)
+/// IPv6: NetworkPolicy does not judge IPv6 yet, so while a pod of the node
+/// is isolated a pod's IPv6 passes only in a direction no policy isolates
+/// it in, as the agent wrote for the table in force (fail closed: a pod
+/// it wrote nothing for is closed).
+#[inline(always)]
+fn open(config: &NodeConfig, pod: Ipv6Octets, direction: Direction) -> bool {
+    if config.policy == 0 {
+        return true;
+    }
+    let open = policy_open6(pod, policy_table(config.policy_generation));
+    match direction {
+        Direction::Ingress => open.ingress != 0,
+        Direction::Egress => open.egress != 0,
+    }
 }
 
 /// Whether the packet (not a GSO aggregate, whose segments are sized by

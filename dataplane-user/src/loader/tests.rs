@@ -19,7 +19,7 @@ fn layout(name: &str) -> MapLayout {
 #[test]
 fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
     let layouts = expected_layouts().unwrap();
-    assert_eq!(layouts.len(), 33, "{layouts:?}");
+    assert_eq!(layouts.len(), 34, "{layouts:?}");
     // Policy: LPM keys (prefix length, then the data), the subjects by
     // address and table, the allowed connections as NAT keys them.
     let classes = layout(names::POLICY_CLASSES_MAP);

@@ -211,6 +211,11 @@ impl Maps {
                     MAX_ENDPOINTS,
                     faults,
                 )),
+                open6: Box::new(FakeTable::new(
+                    names::POLICY_OPEN6_MAP,
+                    MAX_ENDPOINTS,
+                    faults,
+                )),
                 rules: Box::new(FakeTable::new(
                     names::POLICY_RULES_MAP,
                     MAX_POLICY_RULES,

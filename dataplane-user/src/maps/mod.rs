@@ -5,6 +5,7 @@ pub mod fake;
 mod nat;
 mod nodes;
 mod policy;
+mod policy_table;
 mod services;
 pub mod table;
 
@@ -225,6 +226,7 @@ impl Maps {
                 )?),
                 hosts: hash(ebpf, names::POLICY_HOSTS_MAP)?,
                 subjects: hash(ebpf, names::POLICY_SUBJECTS_MAP)?,
+                open6: hash(ebpf, names::POLICY_OPEN6_MAP)?,
                 rules: Box::new(table::<LpmTrie<MapData, _, _>>(
                     ebpf,
                     names::POLICY_RULES_MAP,

@@ -11,35 +11,25 @@ use std::{
 use aya::maps::lpm_trie::Key;
 use dataplane_common::{
     Ipv4Octets, POLICY_HOST_PREFIX, POLICY_PORT_PREFIX, POLICY_TABLE_BIT, PolicyClassKey,
-    PolicyDrops, PolicyRuleKey, PolicySubject, PolicySubjectKey, names, policy_direction,
-    policy_rule_prefix,
+    PolicyDrops, PolicyOpen6, PolicyOpenKey6, PolicyRuleKey, PolicySubject, PolicySubjectKey,
+    names,
 };
 
+pub use super::policy_table::PolicyTable;
 use super::{MapsError, access, is_errno, removed, table::BoxedTable};
-use crate::model::policy::{ANY_PROTOCOL, CompiledPolicy, Direction};
 
 pub struct PolicyMaps {
     pub(super) classes: BoxedTable<Key<PolicyClassKey>, u32>,
     /// The classes of single addresses (`POLICY_HOST_PREFIX`), a hash.
     pub(super) hosts: BoxedTable<PolicyClassKey, u32>,
     pub(super) subjects: BoxedTable<PolicySubjectKey, PolicySubject>,
+    /// The local pods' IPv6 addresses, open where no policy isolates them.
+    pub(super) open6: BoxedTable<PolicyOpenKey6, PolicyOpen6>,
     pub(super) rules: BoxedTable<Key<PolicyRuleKey>, u8>,
     /// The entries of single ports (`POLICY_PORT_PREFIX`), a hash.
     pub(super) ports: BoxedTable<PolicyRuleKey, u8>,
     /// Written by the programs; a pod's row goes with the pod.
     pub(super) drops: BoxedTable<Ipv4Octets, PolicyDrops>,
-}
-
-/// One table's entries, as the maps hold them (keys carry the table).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolicyTable {
-    /// (prefix length, key) -> class (those of `POLICY_HOST_PREFIX` in
-    /// `POLICY_HOSTS`).
-    pub classes: BTreeMap<(u32, PolicyClassKey), u32>,
-    pub subjects: BTreeMap<PolicySubjectKey, PolicySubject>,
-    /// (prefix length, key) (those of `POLICY_PORT_PREFIX` in
-    /// `POLICY_PORTS`).
-    pub rules: BTreeSet<(u32, PolicyRuleKey)>,
 }
 
 /// A write of a table that did not go through whole: what failed first,
@@ -48,97 +38,6 @@ pub struct PolicyTable {
 pub struct PartialTable {
     pub error: MapsError,
     pub pods: BTreeSet<IpAddr>,
-}
-
-impl PolicyTable {
-    /// `compiled` as table `table` holds it: the pods it isolates, their
-    /// entries, the classes (IPv4 only: IPv6 pods are not supported yet).
-    pub fn of(compiled: &CompiledPolicy, table: u8) -> Self {
-        let mut entries = Self::default();
-        let tagged = |id: u32| id | if table == 1 { POLICY_TABLE_BIT } else { 0 };
-        for (prefix, class) in &compiled.classes {
-            if let ipnetwork::IpNetwork::V4(prefix) = prefix {
-                let key = PolicyClassKey {
-                    table,
-                    address: prefix.network().octets(),
-                };
-                entries
-                    .classes
-                    .insert((8 + u32::from(prefix.prefix()), key), *class);
-            }
-        }
-        let mut isolated = BTreeSet::new();
-        for (ip, subject) in &compiled.subjects {
-            let IpAddr::V4(ip) = ip else { continue };
-            if !subject.ingress && !subject.egress {
-                continue;
-            }
-            isolated.insert(subject.id);
-            let key = PolicySubjectKey {
-                address: ip.octets(),
-                table,
-                _pad: [0; 3],
-            };
-            let value = PolicySubject {
-                id: tagged(subject.id),
-                ingress: u8::from(subject.ingress),
-                egress: u8::from(subject.egress),
-                _pad: [0; 2],
-            };
-            entries.subjects.insert(key, value);
-        }
-        for allowed in compiled
-            .allowed
-            .iter()
-            .filter(|allowed| isolated.contains(&allowed.subject))
-        {
-            let any_protocol = allowed.protocol == ANY_PROTOCOL;
-            let port_bits = if any_protocol { 0 } else { allowed.port_bits };
-            let key = PolicyRuleKey {
-                subject: tagged(allowed.subject).to_be_bytes(),
-                class: allowed.class.to_be_bytes(),
-                direction: match allowed.direction {
-                    Direction::Ingress => policy_direction::INGRESS,
-                    Direction::Egress => policy_direction::EGRESS,
-                },
-                protocol: allowed.protocol,
-                port: if any_protocol || port_bits == 0 {
-                    [0; 2]
-                } else {
-                    // Bits past the prefix are not compared: kept zero.
-                    (allowed.port & (u16::MAX << (16 - port_bits))).to_be_bytes()
-                },
-            };
-            entries.rules.insert((policy_rule_prefix(port_bits), key));
-        }
-        entries
-    }
-
-    /// Whether a pod is isolated in it.
-    pub fn isolates(&self) -> bool {
-        !self.subjects.is_empty()
-    }
-
-    /// The same pods isolated both ways with nothing allowed: what a table
-    /// whose classes could not be written holds instead.
-    pub fn denying_all(&self) -> Self {
-        let subjects = self
-            .subjects
-            .iter()
-            .map(|(key, subject)| {
-                let denied = PolicySubject {
-                    ingress: 1,
-                    egress: 1,
-                    ..*subject
-                };
-                (*key, denied)
-            })
-            .collect();
-        Self {
-            subjects,
-            ..Self::default()
-        }
-    }
 }
 
 fn full_or(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
@@ -196,6 +95,13 @@ impl PolicyMaps {
             .map_err(access(names::POLICY_SUBJECTS_MAP))?
         {
             tables[of(key.table)].subjects.insert(key, subject);
+        }
+        for (key, open) in self
+            .open6
+            .entries()
+            .map_err(access(names::POLICY_OPEN6_MAP))?
+        {
+            tables[of(key.table)].open6.insert(key, open);
         }
         for (key, _) in self
             .rules
@@ -352,30 +258,51 @@ impl PolicyMaps {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The isolated pods, and the IPv6 addresses' openings (both as many
+    /// as the node's pods: never full).
     fn write_subjects(
         &mut self,
         current: &mut PolicyTable,
         wanted: &PolicyTable,
     ) -> Result<(), MapsError> {
-        let name = names::POLICY_SUBJECTS_MAP;
-        for (key, subject) in &wanted.subjects {
-            if current.subjects.get(key) != Some(subject) {
-                self.subjects.insert(key, subject).map_err(full_or(name))?;
-                current.subjects.insert(*key, *subject);
-            }
-        }
-        let gone: Vec<PolicySubjectKey> = current
-            .subjects
-            .keys()
-            .filter(|key| !wanted.subjects.contains_key(key))
-            .copied()
-            .collect();
-        for key in gone {
-            removed(self.subjects.remove(&key), name)?;
-            current.subjects.remove(&key);
-        }
-        Ok(())
+        sync(
+            &mut self.subjects,
+            names::POLICY_SUBJECTS_MAP,
+            &mut current.subjects,
+            &wanted.subjects,
+        )?;
+        sync(
+            &mut self.open6,
+            names::POLICY_OPEN6_MAP,
+            &mut current.open6,
+            &wanted.open6,
+        )
     }
+}
+
+/// Brings hash `table` (mirrored by `current`) to `wanted`.
+fn sync<K: Ord + Copy, V: PartialEq + Copy>(
+    table: &mut BoxedTable<K, V>,
+    name: &'static str,
+    current: &mut BTreeMap<K, V>,
+    wanted: &BTreeMap<K, V>,
+) -> Result<(), MapsError> {
+    for (key, value) in wanted {
+        if current.get(key) != Some(value) {
+            table.insert(key, value).map_err(full_or(name))?;
+            current.insert(*key, *value);
+        }
+    }
+    let gone: Vec<K> = current
+        .keys()
+        .filter(|key| !wanted.contains_key(key))
+        .copied()
+        .collect();
+    for key in gone {
+        removed(table.remove(&key), name)?;
+        current.remove(&key);
+    }
+    Ok(())
 }
 
 /// The table an allowed entry is of (its subject carries it).

@@ -3,9 +3,10 @@
 //! - `POLICY_PORTS`: new, a hash of the allowed entries of single ports,
 //!   looked up before `POLICY_RULES`; v13's `POLICY_RULES` entries of one
 //!   port are carried into it, the others stay in the trie.
-//! - `ENDPOINTS6`, `HOST_ADDRESSES6`, `NODE_ROUTES6`: new, the pods', the
-//!   node's IPv6 addresses and other nodes' IPv6 pod CIDRs (v13 forwarded
-//!   no IPv6: nothing to carry; the agent writes the node's at start).
+//! - `ENDPOINTS6`, `HOST_ADDRESSES6`, `NODE_ROUTES6`, `POLICY_OPEN6`: new,
+//!   the pods', the node's IPv6 addresses, other nodes' IPv6 pod CIDRs and
+//!   the pods' IPv6 openings under policy (v13 forwarded no IPv6: nothing
+//!   to carry; the agent writes the node's at start).
 //! - `COUNTERS`: four more, at the end.
 //!
 //! Every other pinned map kept its layout and is copied entry by entry,
@@ -66,6 +67,10 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::POLICY_CLASSES_MAP, "copied"),
     (names::POLICY_HOSTS_MAP, "copied"),
     (names::POLICY_SUBJECTS_MAP, "copied"),
+    (
+        names::POLICY_OPEN6_MAP,
+        "new: v13 forwarded no IPv6 (written by the agent)",
+    ),
     (
         names::POLICY_RULES_MAP,
         "copied, entries of one port into POLICY_PORTS",
