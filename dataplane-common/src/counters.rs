@@ -256,6 +256,13 @@ counters! {
     /// the node is isolated): policy does not judge IPv6 yet, so none
     /// passes there (fail closed).
     drop DropPolicyIpv6Unjudged = "policy_ipv6_unjudged";
+    /// A pod's IPv6 packet with more extension headers than the programs
+    /// walk (4), or one they do not walk (mobility, HIP, shim6,
+    /// experimental): what follows could not be told.
+    drop DropIpv6ExtensionHeaders = "ipv6_extension_headers";
+    /// A DHCPv6 server's or relay's message (to UDP port 546) from a pod:
+    /// a pod configures no one.
+    drop DropPodDhcpv6Server = "pod_dhcpv6_server";
 }
 
 impl Counter {

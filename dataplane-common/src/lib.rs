@@ -99,7 +99,7 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
-        assert_eq!(Counter::COUNT, 60);
+        assert_eq!(Counter::COUNT, 62);
         assert_eq!(Counter::DropTunnelFragment as u32, 33);
     }
 

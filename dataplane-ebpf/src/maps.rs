@@ -211,7 +211,7 @@ pub fn policy_open6(addr: Ipv6Octets, table: u8) -> PolicyOpen6 {
         _pad: [0; 3],
     };
     // SAFETY: copied out at once; the agent writes whole entries.
-    unsafe { POLICY_OPEN6.get(&key).copied() }.unwrap_or_default()
+    unsafe { POLICY_OPEN6.get(key).copied() }.unwrap_or_default()
 }
 
 /// Whether `addr` is one of the node's own IPv6 addresses.

@@ -377,3 +377,85 @@ fn ipv6_from_another_nodes_pod_is_decapsulated_into_the_pod_and_nothing_else_is(
     }
     Ok(())
 }
+
+/// `upper` (a transport header of protocol `protocol`) behind extension
+/// headers of the kinds in `chain`, each 8 bytes padded out (PadN).
+fn behind(chain: &[u8], protocol: u8, upper: &[u8]) -> (u8, Vec<u8>) {
+    let mut payload = Vec::new();
+    let nexts = chain.iter().skip(1).copied().chain([protocol]);
+    for next in nexts.take(chain.len()) {
+        payload.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    payload.extend_from_slice(upper);
+    (chain.first().copied().unwrap_or(protocol), payload)
+}
+
+const HOP_BY_HOP: u8 = 0;
+const DESTINATION_OPTIONS: u8 = 60;
+const UDP: u8 = 17;
+
+#[test]
+fn extension_headers_are_walked_within_a_bound_and_dhcpv6_answers_go_nowhere() -> anyhow::Result<()>
+{
+    let mut fixture = fixture()?;
+    let tcp = &tcp6_syn((POD_A_IP6, POD_B_IP6), 64)[L4_AT6..];
+    let frame = |(first, payload): (u8, Vec<u8>), dst| {
+        ipv6_frame(HOST_A_MAC, (POD_A_IP6, dst), first, 64, &payload)
+    };
+    // One hop-by-hop header, or four: forwarded.
+    for chain in [
+        &[HOP_BY_HOP][..],
+        &[
+            HOP_BY_HOP,
+            DESTINATION_OPTIONS,
+            DESTINATION_OPTIONS,
+            DESTINATION_OPTIONS,
+        ],
+    ] {
+        let packet = frame(behind(chain, TCP, tcp), POD_B_IP6);
+        assert_eq!(fixture.run(&packet).0, TC_ACT_REDIRECT, "{chain:?}");
+    }
+    let udp = |port: u16| {
+        let mut header = vec![0u8; 8];
+        header[0..2].copy_from_slice(&547u16.to_be_bytes());
+        header[2..4].copy_from_slice(&port.to_be_bytes());
+        header[4..6].copy_from_slice(&8u16.to_be_bytes());
+        header
+    };
+    // A DHCPv6 request (to servers) goes on; an answer (to clients) does not.
+    assert_eq!(
+        fixture
+            .run(&frame(behind(&[], UDP, &udp(547)), POD_B_IP6))
+            .0,
+        TC_ACT_REDIRECT
+    );
+    let router_advertisement = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let link: Ipv6Addr = "fe80::1".parse()?;
+    for (packet, reason) in [
+        (
+            frame(behind(&[DESTINATION_OPTIONS; 5], TCP, tcp), POD_B_IP6),
+            "drop_ipv6_extension_headers",
+        ),
+        (
+            frame(behind(&[253], TCP, tcp), POD_B_IP6),
+            "drop_ipv6_extension_headers",
+        ),
+        (
+            frame(behind(&[HOP_BY_HOP], ICMPV6, &router_advertisement), link),
+            "drop_ndp_ignored",
+        ),
+        (
+            frame(behind(&[], UDP, &udp(546)), link),
+            "drop_pod_dhcpv6_server",
+        ),
+        (
+            frame(behind(&[HOP_BY_HOP], UDP, &udp(546)), POD_B_IP6),
+            "drop_pod_dhcpv6_server",
+        ),
+    ] {
+        let before = fixture.counter(reason);
+        assert_eq!(fixture.run(&packet).0, TC_ACT_SHOT, "{reason}");
+        assert_eq!(fixture.counter(reason), before + 1, "{reason}");
+    }
+    Ok(())
+}

@@ -14,7 +14,7 @@ use crate::{
     counters::{Outcome, finish, pass_to_host},
     local::{Redirect, deliver},
     maps::{endpoint6, is_host_address6, node_route6, policy_open6},
-    packet::{IP_AT, header, ingress_ifindex, load},
+    packet::{IP_AT, UDP, header, ingress_ifindex, load},
     tunnel,
 };
 
@@ -50,6 +50,15 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
         && let Some(kind) = ndp::message_kind(ctx)
     {
         return ndp::from_pod(ctx, kind, &src);
+    }
+    let (protocol, at) = upper_layer(ctx, next_header)?;
+    // Neighbour discovery behind extension headers is no pod's to send.
+    if protocol == ICMPV6 && load::<u8>(ctx, at).is_ok_and(ndp::is_message) {
+        return Err(Counter::DropNdpIgnored);
+    }
+    // A DHCPv6 server's (or relay's) answer: a pod never configures anyone.
+    if protocol == UDP && load::<[u8; 2]>(ctx, at + 2) == Ok(DHCPV6_CLIENT_PORT.to_be_bytes()) {
+        return Err(Counter::DropPodDhcpv6Server);
     }
     // The group bit: multicast frames and addresses (ff00::/8) carry no
     // unicast packet.
@@ -170,6 +179,54 @@ fn exceeds_mtu(ctx: &TcContext, mtu: u32) -> bool {
     // SAFETY: the context pointer is valid for the program's whole run.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     gso_size == 0 && ctx.len() > mtu + EthHdr::LEN as u32
+}
+
+/// Where DHCPv6 servers and relays send their answers (RFC 8415).
+const DHCPV6_CLIENT_PORT: u16 = 546;
+
+/// Extension headers walked past before the upper layer: more is no
+/// packet a pod's stack sends (RFC 8200 orders at most 6 kinds, and Linux
+/// sends one or two).
+const MAX_EXTENSION_HEADERS: usize = 4;
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTHENTICATION: u8 = 51;
+const DESTINATION_OPTIONS: u8 = 60;
+/// Mobility, HIP, shim6 and the experimental values: extension headers no
+/// pod needs, which would hide what follows them.
+const UNWALKED: [u8; 5] = [135, 139, 140, 253, 254];
+
+/// The upper-layer protocol of a pod's IPv6 packet (`first`: its fixed
+/// header's next header) and where its header starts, past at most
+/// `MAX_EXTENSION_HEADERS` extension headers; a longer chain, or one with
+/// an extension header not walked, is dropped.
+#[inline(always)]
+fn upper_layer(ctx: &TcContext, first: u8) -> Outcome<(u8, usize)> {
+    let (mut next, mut at) = (first, L4_AT6);
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        let [following, length]: [u8; 2] = match next {
+            HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS | FRAGMENT | AUTHENTICATION => {
+                load(ctx, at)?
+            }
+            _ => break,
+        };
+        at += match next {
+            FRAGMENT => 8,
+            AUTHENTICATION => (usize::from(length) + 2) * 4,
+            _ => (usize::from(length) + 1) * 8,
+        };
+        next = following;
+    }
+    if matches!(
+        next,
+        HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS | FRAGMENT | AUTHENTICATION
+    ) || UNWALKED.contains(&next)
+    {
+        return Err(Counter::DropIpv6ExtensionHeaders);
+    }
+    Ok((next, at))
 }
 
 /// The IPv6 header after the Ethernet header, in place (valid until the

@@ -70,9 +70,13 @@ pub fn message_kind(ctx: &TcContext) -> Option<u8> {
     let kind = header::<u8>(ctx, L4_AT6)?;
     // SAFETY: bounds checked by `header`.
     let kind = unsafe { *kind };
-    (ROUTER_SOLICITATION..=REDIRECT)
-        .contains(&kind)
-        .then_some(kind)
+    is_message(kind).then_some(kind)
+}
+
+/// Whether ICMPv6 type `kind` is neighbour discovery's.
+#[inline(always)]
+pub fn is_message(kind: u8) -> bool {
+    (ROUTER_SOLICITATION..=REDIRECT).contains(&kind)
 }
 
 /// The ICMPv6 checksum field of `message` (`len` bytes, its checksum field

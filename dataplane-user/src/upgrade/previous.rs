@@ -7,7 +7,7 @@
 //!   the pods', the node's IPv6 addresses, other nodes' IPv6 pod CIDRs and
 //!   the pods' IPv6 openings under policy (v13 forwarded no IPv6: nothing
 //!   to carry; the agent writes the node's at start).
-//! - `COUNTERS`: four more, at the end.
+//! - `COUNTERS`: six more, at the end.
 //!
 //! Every other pinned map kept its layout and is copied entry by entry,
 //! policy included (an isolated pod stays isolated from the first packet
