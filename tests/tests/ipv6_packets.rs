@@ -1,3 +1,4 @@
+// Above 400 lines: every IPv6 decision of from-pod and from-uplink on crafted packets, over one fixture.
 //! IPv6 at from-pod under BPF_PROG_TEST_RUN: neighbour discovery answered
 //! or refused, forwarding between the node's pods with the hop limit,
 //! the node's own addresses, and everything else dropped with its reason.
