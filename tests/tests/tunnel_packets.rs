@@ -188,7 +188,8 @@ fn vxlan_that_fails_a_check_is_dropped_with_its_reason() {
             vxlan_frame(
                 REMOTE_NODE_IP,
                 VNI,
-                &ethernet([2; 6], [4; 6], 0x86dd, &[0x60; 40]),
+                // An IPv6 frame whose header says version 4.
+                &ethernet([2; 6], [4; 6], 0x86dd, &[0x40; 40]),
             ),
             "drop_malformed",
         ),
