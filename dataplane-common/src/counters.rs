@@ -113,7 +113,8 @@ counters! {
     drop DropUnknownNode = "unknown_node";
     /// Encapsulation, decapsulation or the redirect out of the uplink failed.
     drop DropUplinkError = "uplink_error";
-    /// Too big for the tunnel with DF set: answered with ICMP fragmentation-needed.
+    /// Too big for the tunnel with DF set: answered with ICMP fragmentation-needed
+    /// (an IPv6 packet too big for it is dropped: packet too big is not sent yet).
     drop DropFragNeeded = "frag_needed";
     /// VXLAN the uplink program did not take, decapsulated by the kernel's
     /// device instead: never delivered.

@@ -271,7 +271,7 @@ pub fn is_link_local(address: &Ipv6Octets) -> bool {
 /// An address nothing may be sent to: unspecified (`::`), loopback
 /// (`::1`), or IPv4-mapped (`::ffff:0:0/96`, never on the wire).
 #[inline(always)]
-pub fn is_martian(address: &Ipv6Octets) -> bool {
+fn is_martian(address: &Ipv6Octets) -> bool {
     let mut leading_zeros = true;
     let mut index = 0;
     while index < 10 {
