@@ -27,7 +27,7 @@ pub use services::*;
 /// Bumped whenever a map's key/value layout or meaning changes. The agent pins
 /// maps under `<bpf root>/v<MAP_LAYOUT_VERSION>`, so maps of an older layout are
 /// never silently reused by newer programs.
-pub const MAP_LAYOUT_VERSION: u32 = 14;
+pub const MAP_LAYOUT_VERSION: u32 = 15;
 
 /// IP protocol numbers, as headers carry them (defined here once for the
 /// programs, the agent and the tests).
@@ -177,10 +177,35 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_cidr_contains_its_addresses_only() {
+        let fd00 = |tail: [u8; 2], third: u8| {
+            let mut address = [0; 16];
+            address[..3].copy_from_slice(&[0xfd, 0x00, third]);
+            address[14..].copy_from_slice(&tail);
+            address
+        };
+        // fd00:a0::/44: the prefix ends inside the sixth octet.
+        let mut base = fd00([0, 0], 0xa0);
+        let cidr = Ipv6Cidr::new(base, 44);
+        assert!(cidr.contains(fd00([0, 5], 0xa0)));
+        base[5] = 0x0f;
+        assert!(cidr.contains(base));
+        base[5] = 0x10;
+        assert!(!cidr.contains(base));
+        assert!(!cidr.contains(fd00([0, 5], 0xa1)));
+        assert!(Ipv6Cidr::new([0; 16], 0).contains(fd00([1, 1], 1)));
+        let host = Ipv6Cidr::new(fd00([0, 5], 0xa0), 128);
+        assert!(host.contains(fd00([0, 5], 0xa0)) && !host.contains(fd00([0, 6], 0xa0)));
+        assert!(!Ipv6Cidr::default().contains([0; 16]));
+        assert!(!Ipv6Cidr::new(base, 129).contains(base));
+    }
+
+    #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<Endpoint>(), 16);
         assert_eq!(size_of::<Ipv4Cidr>(), 8);
-        assert_eq!(size_of::<NodeConfig>(), 80);
+        assert_eq!(size_of::<Ipv6Cidr>(), 20);
+        assert_eq!(size_of::<NodeConfig>(), 120);
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<ServiceFlow>(), 24);

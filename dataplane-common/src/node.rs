@@ -1,7 +1,7 @@
 //! This node and the others: endpoints (pods), remote nodes and their
 //! routes, the node's own config the programs read.
 
-use crate::Ipv4Octets;
+use crate::{Ipv4Octets, Ipv6Octets};
 
 /// Capacity of the endpoints map (pods on one node, with ample headroom).
 pub const MAX_ENDPOINTS: u32 = 65_536;
@@ -33,19 +33,43 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
-/// An IPv4 prefix; `prefix_len` 0 with `is_set` 0 means "not configured".
+/// A prefix of either family (`N` octets of address); `prefix_len` 0 with
+/// `is_set` 0 means "not configured".
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Octets,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr<const N: usize> {
+    pub addr: [u8; N],
     pub prefix_len: u8,
     pub is_set: u8,
     pub _pad: [u8; 2],
 }
 
-impl Ipv4Cidr {
-    pub const fn new(addr: Ipv4Octets, prefix_len: u8) -> Self {
+/// An IPv4 prefix.
+pub type Ipv4Cidr = Cidr<4>;
+
+/// An IPv6 prefix.
+pub type Ipv6Cidr = Cidr<16>;
+
+// SAFETY: #[repr(C)], alignment 1 and no padding: plain bytes.
+#[cfg(feature = "user")]
+unsafe impl<const N: usize> bytemuck::Zeroable for Cidr<N> {}
+// SAFETY: as above; every bit pattern is a value.
+#[cfg(feature = "user")]
+unsafe impl<const N: usize> bytemuck::Pod for Cidr<N> {}
+
+impl<const N: usize> Default for Cidr<N> {
+    fn default() -> Self {
+        Self {
+            addr: [0; N],
+            prefix_len: 0,
+            is_set: 0,
+            _pad: [0; 2],
+        }
+    }
+}
+
+impl<const N: usize> Cidr<N> {
+    pub const fn new(addr: [u8; N], prefix_len: u8) -> Self {
         Self {
             addr,
             prefix_len,
@@ -56,14 +80,22 @@ impl Ipv4Cidr {
 
     /// Whether `addr` lies inside this prefix (never, when not configured).
     #[inline(always)]
-    pub fn contains(&self, addr: Ipv4Octets) -> bool {
-        if self.is_set == 0 || self.prefix_len > 32 {
+    pub fn contains(&self, addr: [u8; N]) -> bool {
+        if self.is_set == 0 || usize::from(self.prefix_len) > N * 8 {
             return false;
         }
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        (u32::from_be_bytes(addr) ^ u32::from_be_bytes(self.addr)) & mask == 0
+        let mut index = 0;
+        while index < N {
+            let bits = usize::from(self.prefix_len)
+                .saturating_sub(index * 8)
+                .min(8);
+            let mask = (0xff00_u16 >> bits) as u8;
+            if (addr[index] ^ self.addr[index]) & mask != 0 {
+                return false;
+            }
+            index += 1;
+        }
+        true
     }
 }
 
@@ -127,6 +159,13 @@ pub struct NodeConfig {
     /// Changed with every change of policy: connections allowed under an
     /// earlier one are judged again on their next packet.
     pub policy_generation: u32,
+    /// The node's IPv6 address the ICMPv6 errors it sends as a router come
+    /// from (all zero: it has none, and sends none).
+    pub node_ipv6: Ipv6Octets,
+    /// This node's IPv6 pod CIDR: addresses inside it that are no endpoint
+    /// are dropped.
+    pub pod_cidr6: Ipv6Cidr,
+    pub _pad_tail: [u8; 4],
 }
 
 impl NodeConfig {

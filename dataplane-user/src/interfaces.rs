@@ -14,6 +14,8 @@ use std::{
 
 use futures::TryStreamExt as _;
 use ipnetwork::Ipv4Network;
+
+use crate::model::not_a_unicast_address;
 use rtnetlink::{
     Handle, LinkGetRequest, LinkUnspec, LinkVxlan,
     packet_route::{
@@ -236,12 +238,25 @@ impl Interfaces {
         let all = self.dump_addresses(None).await?;
         // IPv6 link-local addresses are the programs' to recognise (every
         // veth has one); they never leave their link.
-        let link_local = |address: &Ipv6Addr| address.segments()[0] & 0xffc0 == 0xfe80;
         Ok(all
             .into_iter()
             .filter(|address| match address {
                 IpAddr::V4(address) => !address.is_loopback(),
-                IpAddr::V6(address) => !address.is_loopback() && !link_local(address),
+                IpAddr::V6(address) => not_a_unicast_address(*address).is_none(),
+            })
+            .collect())
+    }
+
+    /// Global unicast IPv6 addresses of the interface `index` (no
+    /// link-local, loopback or multicast one), in the kernel's order.
+    pub async fn global_ipv6_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, InterfaceError> {
+        Ok(self
+            .dump_addresses(Some(index))
+            .await?
+            .into_iter()
+            .filter_map(|address| match address {
+                IpAddr::V6(address) if not_a_unicast_address(address).is_none() => Some(address),
+                _ => None,
             })
             .collect())
     }

@@ -46,6 +46,20 @@ pub async fn check(
             tunnel_mtu: tunnel.settings.mtu,
         });
         uplink_networks = interfaces.ipv4_networks(tunnel.uplink.index).await?;
+        if node.node_ipv6.is_none() {
+            node.node_ipv6 = interfaces
+                .global_ipv6_addresses(tunnel.uplink.index)
+                .await?
+                .first()
+                .copied();
+        }
+    }
+    if node.pod_cidr_ipv6.is_some() && node.node_ipv6.is_none() {
+        warn!(
+            "node.pod_cidr_ipv6 is set but the node has no global IPv6 address on its uplink \
+             (nor node.node_ipv6): pods' IPv6 packets the node cannot forward are dropped \
+             without an ICMPv6 error"
+        );
     }
     let masquerading = config.nat.masquerade && node.uplink.is_some();
     if masquerading {

@@ -117,7 +117,14 @@ impl PacketFilter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub node_ip: Option<Ipv4Addr>,
+    /// The source of the ICMPv6 errors the node sends pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ipv6: Option<std::net::Ipv6Addr>,
     pub pod_cidr: Option<Ipv4Network>,
+    /// The IPv6 pod CIDR (dual stack): the CNI plugin registers pods'
+    /// IPv6 addresses in it, and refuses the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_ipv6: Option<ipnetwork::Ipv6Network>,
     pub cluster_cidr: Option<Ipv4Network>,
     pub uplink: Option<String>,
     pub tunnel_interface: Option<String>,

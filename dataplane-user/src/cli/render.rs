@@ -97,9 +97,19 @@ pub fn print_text(response: &Response) {
                 "node IP:       {}",
                 show(status.node_ip.map(|ip| ip.to_string()))
             );
+            if let Some(ip) = status.node_ipv6 {
+                println!("node IPv6:     {ip}");
+            }
+            let pod_cidrs: Vec<String> = [
+                status.pod_cidr.map(|cidr| cidr.to_string()),
+                status.pod_cidr_ipv6.map(|cidr| cidr.to_string()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             println!(
                 "pod CIDR:      {}",
-                show(status.pod_cidr.map(|cidr| cidr.to_string()))
+                show((!pod_cidrs.is_empty()).then(|| pod_cidrs.join(",")))
             );
             println!(
                 "cluster CIDR:  {}",

@@ -6,17 +6,18 @@
 use std::{
     collections::HashMap,
     io::Read as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 
 use crate::model::{
-    EndpointSpec, LocalFacts, NodeSet, NodeSpec, PeerMacs, Routing, ServiceSpec, Services, Source,
-    family::AnyFamily, host_bits_problem, validate_endpoint,
+    EndpointSpec, LocalFacts, NodeSet, NodeSpec, PeerMacs, PodCidrs, Routing, ServiceSpec,
+    Services, Source, family::AnyFamily, host_bits_problem, not_a_unicast_address,
+    validate_endpoint,
 };
 
 pub const DEFAULT_API_SOCKET: &str = "/run/dataplane/agent.sock";
@@ -191,6 +192,11 @@ pub struct NodeSettings {
     /// Pod CIDR of this node. Addresses in it without an endpoint are dropped.
     #[serde_as(as = "Option<AnyFamily>")]
     pub pod_cidr: Option<Ipv4Network>,
+    /// This node's IPv6 pod CIDR (a dual-stack or IPv6 node): pods' IPv6
+    /// addresses come from it; addresses in it without an endpoint are
+    /// dropped.
+    #[serde(default)]
+    pub pod_cidr_ipv6: Option<Ipv6Network>,
     /// All pod addresses of the cluster. Addresses in it that no node owns
     /// are dropped.
     #[serde_as(as = "Option<AnyFamily>")]
@@ -204,6 +210,10 @@ pub struct NodeSettings {
     /// This node's underlay IP; by default the uplink's first IPv4 address.
     #[serde_as(as = "Option<AnyFamily>")]
     pub node_ip: Option<Ipv4Addr>,
+    /// The node's IPv6 address the ICMPv6 errors it sends pods as their
+    /// router come from; by default the uplink's first global IPv6 address.
+    #[serde(default)]
+    pub node_ipv6: Option<Ipv6Addr>,
     #[serde(default = "default_vni")]
     pub vni: u32,
     #[serde(default = "default_vxlan_port")]
@@ -229,10 +239,12 @@ impl Default for NodeSettings {
     fn default() -> Self {
         Self {
             pod_cidr: None,
+            pod_cidr_ipv6: None,
             cluster_cidr: None,
             uplink: None,
             routing: Routing::default(),
             node_ip: None,
+            node_ipv6: None,
             vni: DEFAULT_VNI,
             vxlan_port: DEFAULT_VXLAN_PORT,
             node_port_range: default_node_port_range(),
@@ -315,12 +327,21 @@ impl Config {
 }
 
 impl NodeSettings {
+    /// The node's pod CIDRs, each family's.
+    pub fn pod_cidrs(&self) -> PodCidrs {
+        PodCidrs {
+            ipv4: self.pod_cidr,
+            ipv6: self.pod_cidr_ipv6,
+        }
+    }
+
     /// What remote nodes are checked against.
     pub fn local_facts(&self) -> LocalFacts {
         LocalFacts {
             tunnel: self.uplink.is_some(),
             node_ip: self.node_ip,
             pod_cidr: self.pod_cidr,
+            pod_cidr_ipv6: self.pod_cidr_ipv6,
             cluster_cidr: self.cluster_cidr,
             routing: self.routing,
             uplink_networks: Vec::new(),

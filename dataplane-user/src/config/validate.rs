@@ -72,7 +72,7 @@ impl Config {
         let mut seen: HashMap<std::net::IpAddr, usize> = HashMap::new();
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let field = |name: &str| format!("endpoints[{index}].{name}");
-            validate_endpoint(endpoint, self.node.pod_cidr)
+            validate_endpoint(endpoint, &self.node.pod_cidrs())
                 .map_err(|(name, problem)| (field(name), problem))?;
             if let Some(first) = seen.insert(endpoint.ip, index) {
                 return Err((
@@ -112,6 +112,17 @@ impl NodeSettings {
             if let Some(problem) = cidr.and_then(host_bits_problem) {
                 return Err((field, problem));
             }
+        }
+        if let Some(problem) = self.pod_cidr_ipv6.and_then(host_bits_problem) {
+            return Err(("pod_cidr_ipv6", problem));
+        }
+        if let Some(ip) = self.node_ipv6
+            && let Some(kind) = not_a_unicast_address(ip)
+        {
+            return Err((
+                "node_ipv6",
+                format!("{ip} is {kind}: the node's IPv6 address is a global unicast one"),
+            ));
         }
         if !(1..=MAX_VNI).contains(&self.vni) {
             return Err(("vni", format!("{} is not in 1..={MAX_VNI}", self.vni)));

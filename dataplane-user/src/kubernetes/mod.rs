@@ -201,6 +201,7 @@ async fn remote(
             .cloned();
         let local = Command::LocalNode {
             pod_cidr: spec.pod_cidr,
+            pod_cidr_ipv6: spec.pod_cidr_ipv6,
             zone,
         };
         let _ = state.tell(local).await;

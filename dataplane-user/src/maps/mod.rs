@@ -27,7 +27,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, Ipv6Octets, MAX_ENDPOINTS,
+    Counter, CounterValue, Endpoint, Ipv4Cidr, Ipv4Octets, Ipv6Cidr, Ipv6Octets, MAX_ENDPOINTS,
     MAX_HOST_ADDRESSES, MAX_REMOTE_NODES, MonitorConfig, NodeConfig, NodeRoute, RemoteNode, names,
     node_path,
 };
@@ -123,6 +123,11 @@ fn set_members<K: Ord + Copy>(
 /// The prefix of `cidr` in the map layout.
 pub fn ipv4_cidr(cidr: Ipv4Network) -> Ipv4Cidr {
     Ipv4Cidr::new(cidr.network().octets(), cidr.prefix())
+}
+
+/// An IPv6 network as the programs read it.
+pub fn ipv6_cidr(cidr: Ipv6Network) -> Ipv6Cidr {
+    Ipv6Cidr::new(cidr.network().octets(), cidr.prefix())
 }
 
 /// A map's error, named.

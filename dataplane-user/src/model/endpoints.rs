@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use macaddr::MacAddr6;
 use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
@@ -60,14 +60,18 @@ impl std::fmt::Display for HostInterface {
     }
 }
 
-/// Checks one endpoint on its own.
-pub fn validate_endpoint(
-    endpoint: &EndpointSpec,
-    pod_cidr: Option<Ipv4Network>,
-) -> Result<(), Violation> {
+/// This node's pod CIDRs, per family (each optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodCidrs {
+    pub ipv4: Option<Ipv4Network>,
+    pub ipv6: Option<Ipv6Network>,
+}
+
+/// Checks one endpoint on its own, against the node's pod CIDR of its family.
+pub fn validate_endpoint(endpoint: &EndpointSpec, pod_cidrs: &PodCidrs) -> Result<(), Violation> {
     match endpoint.ip {
         IpAddr::V4(ip) => {
-            if let Some(cidr) = pod_cidr {
+            if let Some(cidr) = pod_cidrs.ipv4 {
                 if !cidr.contains(ip) {
                     return Err(("ip", format!("{ip} is outside the node's pod CIDR {cidr}")));
                 }
@@ -86,12 +90,20 @@ pub fn validate_endpoint(
             }
         }
         IpAddr::V6(ip) => {
-            if let Some(kind) = not_a_pod_address(ip) {
+            if let Some(kind) = not_a_unicast_address(ip) {
                 return Err((
                     "ip",
                     format!(
                         "{ip} is {kind}: a pod's IPv6 address is a unicast address of scope global"
                     ),
+                ));
+            }
+            if let Some(cidr) = pod_cidrs.ipv6
+                && !cidr.contains(ip)
+            {
+                return Err((
+                    "ip",
+                    format!("{ip} is outside the node's IPv6 pod CIDR {cidr}"),
                 ));
             }
         }
@@ -118,8 +130,9 @@ pub fn validate_endpoint(
     Ok(())
 }
 
-/// What kind of IPv6 address `ip` is when no pod can have it.
-fn not_a_pod_address(ip: Ipv6Addr) -> Option<&'static str> {
+/// What kind of IPv6 address `ip` is when it is no global unicast one (no
+/// pod, nor the node as a router, can have it).
+pub fn not_a_unicast_address(ip: Ipv6Addr) -> Option<&'static str> {
     let [first, second, ..] = ip.octets();
     if ip.is_unspecified() {
         Some("the unspecified address")

@@ -4,7 +4,7 @@
 //! source that contributed it, and the rules it must obey. Plain data and
 //! checks; nothing here touches the kernel.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 /// A rule a change broke: the offending field and the problem.
@@ -26,7 +26,8 @@ macro_rules! refuse {
 
 /// What is wrong with `cidr` written with host bits (10.244.54.7/24 for
 /// 10.244.54.0/24): taken as written, it was matched as the wrong network.
-pub fn host_bits_problem(cidr: Ipv4Network) -> Option<String> {
+pub fn host_bits_problem(cidr: impl Into<IpNetwork>) -> Option<String> {
+    let cidr = cidr.into();
     (cidr.ip() != cidr.network()).then(|| {
         format!(
             "{cidr} has host bits set: write {}/{}",
@@ -69,7 +70,10 @@ mod service_set;
 
 mod services;
 
-pub use endpoints::{EndpointSources, EndpointSpec, HostInterface, PodName, validate_endpoint};
+pub use endpoints::{
+    EndpointSources, EndpointSpec, HostInterface, PodCidrs, PodName, not_a_unicast_address,
+    validate_endpoint,
+};
 pub use node_set::NodeSet;
 pub use nodes::{LocalFacts, NodePath, NodeSpec, PeerMacs, RemoteNodes, Routing};
 pub use service_set::Services;

@@ -144,14 +144,15 @@ impl NodeSet {
             ));
         }
         if let Some(cidr) = node.pod_cidr_ipv6 {
-            if cidr.ip() != cidr.network() {
+            if let Some(problem) = host_bits_problem(cidr) {
+                return Err(("pod_cidr_ipv6", problem));
+            }
+            if let Some(own) = local.pod_cidr_ipv6
+                && cidr.overlaps(own)
+            {
                 return Err((
                     "pod_cidr_ipv6",
-                    format!(
-                        "{cidr} has host bits set: write {}/{}",
-                        cidr.network(),
-                        cidr.prefix()
-                    ),
+                    format!("{cidr} overlaps this node's IPv6 pod CIDR {own}"),
                 ));
             }
             let end_of =

@@ -96,6 +96,7 @@ pub struct LocalFacts {
     pub tunnel: bool,
     pub node_ip: Option<Ipv4Addr>,
     pub pod_cidr: Option<Ipv4Network>,
+    pub pod_cidr_ipv6: Option<Ipv6Network>,
     pub cluster_cidr: Option<Ipv4Network>,
     pub routing: Routing,
     /// The networks of the uplink's addresses: nodes there are reached

@@ -19,6 +19,7 @@ fn local() -> LocalFacts {
         tunnel: true,
         node_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
         pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+        pod_cidr_ipv6: Some("fd00:10:244::/64".parse().unwrap()),
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         routing: Routing::Tunnel,
         uplink_networks: vec!["192.0.2.0/24".parse().unwrap()],
@@ -675,7 +676,10 @@ fn load_balancer_source_ranges_limit_the_load_balancer_ips_only() {
 
 #[test]
 fn a_pod_cidrs_network_and_broadcast_addresses_are_no_pods() {
-    let cidr = Some("10.244.0.0/24".parse().unwrap());
+    let cidrs = PodCidrs {
+        ipv4: Some("10.244.0.0/24".parse().unwrap()),
+        ipv6: None,
+    };
     let endpoint = |ip: [u8; 4]| EndpointSpec {
         ip: Ipv4Addr::from(ip).into(),
         interface: HostInterface::Name("veth0".into()),
@@ -686,11 +690,11 @@ fn a_pod_cidrs_network_and_broadcast_addresses_are_no_pods() {
         ([10, 244, 0, 0], "network"),
         ([10, 244, 0, 255], "broadcast"),
     ] {
-        let (field, problem) = validate_endpoint(&endpoint(ip), cidr).expect_err(role);
+        let (field, problem) = validate_endpoint(&endpoint(ip), &cidrs).expect_err(role);
         assert_eq!(field, "ip");
         assert!(problem.contains(role), "{problem}");
     }
-    assert!(validate_endpoint(&endpoint([10, 244, 0, 254]), cidr).is_ok());
+    assert!(validate_endpoint(&endpoint([10, 244, 0, 254]), &cidrs).is_ok());
 }
 
 #[test]
@@ -748,7 +752,7 @@ fn addresses_of_either_family_are_read_and_ipv6_refused_in_one_place() {
         "ip": "fd00::5", "interface": "veth1", "mac": "02:00:00:00:00:01"
     }))
     .unwrap();
-    assert_eq!(validate_endpoint(&endpoint, None), Ok(()));
+    assert_eq!(validate_endpoint(&endpoint, &PodCidrs::default()), Ok(()));
     for (no_pod, kind) in [
         ("fe80::5", "link-local"),
         ("ff02::1", "multicast"),
@@ -760,8 +764,24 @@ fn addresses_of_either_family_are_read_and_ipv6_refused_in_one_place() {
             ip: no_pod.parse().unwrap(),
             ..endpoint.clone()
         };
-        let (field, problem) = validate_endpoint(&endpoint, None).unwrap_err();
+        let (field, problem) = validate_endpoint(&endpoint, &PodCidrs::default()).unwrap_err();
         assert_eq!(field, "ip");
         assert!(problem.contains(kind), "{problem}");
     }
+    // With an IPv6 pod CIDR, a pod's IPv6 address is in it.
+    let cidrs = PodCidrs {
+        ipv4: None,
+        ipv6: Some("fd00::/64".parse().unwrap()),
+    };
+    assert_eq!(validate_endpoint(&endpoint, &cidrs), Ok(()));
+    let outside = EndpointSpec {
+        ip: "fd00:1::5".parse().unwrap(),
+        ..endpoint
+    };
+    let (field, problem) = validate_endpoint(&outside, &cidrs).unwrap_err();
+    assert_eq!(field, "ip");
+    assert!(
+        problem.contains("outside the node's IPv6 pod CIDR fd00::/64"),
+        "{problem}"
+    );
 }

@@ -58,7 +58,8 @@ impl<L: HostLinks> Owner<L> {
     /// The host veth of `endpoint`, after checking the endpoint and that no
     /// other live veth has its address.
     async fn checked_interface(&self, endpoint: &EndpointSpec) -> anyhow::Result<Interface> {
-        if let Err((field, problem)) = validate_endpoint(endpoint, self.facts.settings.pod_cidr) {
+        if let Err((field, problem)) = validate_endpoint(endpoint, &self.facts.settings.pod_cidrs())
+        {
             crate::refuse!("endpoint field `{field}`: {problem}");
         }
         // The pods' gateway (`ptp` puts it on every host veth, `bridge` on

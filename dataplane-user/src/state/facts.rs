@@ -7,7 +7,7 @@ use ipnetwork::Ipv4Network;
 use crate::{
     config::{NatSettings, NodeSettings},
     dataplane::PolicySwitch,
-    maps::ipv4_cidr,
+    maps::{ipv4_cidr, ipv6_cidr},
     model::LocalFacts,
 };
 
@@ -22,7 +22,7 @@ pub struct UplinkFacts {
 
 #[derive(Debug, Clone)]
 pub struct NodeFacts {
-    /// The node settings with `node_ip` resolved.
+    /// The node settings with `node_ip` and `node_ipv6` resolved.
     pub settings: NodeSettings,
     /// `None` without an uplink (no tunnel, no masquerading).
     pub uplink: Option<UplinkFacts>,
@@ -65,6 +65,8 @@ impl NodeFacts {
         let node = &self.settings;
         let mut config = NodeConfig {
             pod_cidr: node.pod_cidr.map(ipv4_cidr).unwrap_or_default(),
+            pod_cidr6: node.pod_cidr_ipv6.map(ipv6_cidr).unwrap_or_default(),
+            node_ipv6: node.node_ipv6.map(|ip| ip.octets()).unwrap_or_default(),
             cluster_cidr: node.cluster_cidr.map(ipv4_cidr).unwrap_or_default(),
             vni: node.vni,
             service_cidr: node.service_cidr.map(ipv4_cidr).unwrap_or_default(),

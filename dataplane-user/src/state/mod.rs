@@ -27,7 +27,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tokio::sync::{mpsc, oneshot};
 
 pub use facts::{NodeFacts, UplinkFacts};
@@ -127,9 +127,10 @@ pub enum Command {
     Services(Reply<Vec<ServiceEntry>>),
     /// The frontends as programmed, and the connection entries tracked.
     ServiceMaps(Reply<(Vec<FrontendEntry>, usize)>),
-    /// This node's pod CIDR and zone, learned from its Node object.
+    /// This node's pod CIDRs and zone, learned from its Node object.
     LocalNode {
         pod_cidr: Ipv4Network,
+        pod_cidr_ipv6: Option<Ipv6Network>,
         zone: Option<String>,
     },
     Status(Reply<Status>),

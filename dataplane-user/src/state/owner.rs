@@ -236,8 +236,12 @@ impl<L: HostLinks> Owner<L> {
             }
             Command::Services(reply) => answer(reply, Ok(self.service_entries())),
             Command::ServiceMaps(reply) => answer(reply, Ok(self.frontend_entries())),
-            Command::LocalNode { pod_cidr, zone } => {
-                if let Err(error) = self.set_local_node(pod_cidr, zone) {
+            Command::LocalNode {
+                pod_cidr,
+                pod_cidr_ipv6,
+                zone,
+            } => {
+                if let Err(error) = self.set_local_node(pod_cidr, pod_cidr_ipv6, zone) {
                     warn!("applying this node's pod CIDR {pod_cidr}: {error:#}");
                 }
             }

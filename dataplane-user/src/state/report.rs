@@ -132,7 +132,9 @@ impl<L: HostLinks> Owner<L> {
         let node = &self.facts.settings;
         Ok(Status {
             node_ip: node.node_ip,
+            node_ipv6: node.node_ipv6,
             pod_cidr: node.pod_cidr,
+            pod_cidr_ipv6: node.pod_cidr_ipv6,
             cluster_cidr: node.cluster_cidr,
             uplink: node.uplink.clone(),
             tunnel_interface: node.uplink.as_ref().map(|_| VXLAN_DEVICE.to_string()),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use dataplane_common::service_flags;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tracing::{info, warn};
 
 use super::Owner;
@@ -180,12 +180,18 @@ impl<L: HostLinks> Owner<L> {
     pub(super) fn set_local_node(
         &mut self,
         pod_cidr: Ipv4Network,
+        pod_cidr_ipv6: Option<Ipv6Network>,
         zone: Option<String>,
     ) -> anyhow::Result<()> {
-        if self.facts.settings.pod_cidr != Some(pod_cidr) {
-            self.facts.settings.pod_cidr = Some(pod_cidr);
+        let settings = &mut self.facts.settings;
+        // A Node's pod CIDRs never change once given; an IPv6 one the
+        // config gave stays when the Node has none.
+        let pod_cidr_ipv6 = pod_cidr_ipv6.or(settings.pod_cidr_ipv6);
+        if settings.pod_cidr != Some(pod_cidr) || settings.pod_cidr_ipv6 != pod_cidr_ipv6 {
+            settings.pod_cidr = Some(pod_cidr);
+            settings.pod_cidr_ipv6 = pod_cidr_ipv6;
             self.write_node_config()?;
-            info!(%pod_cidr, "this node's pod CIDR");
+            info!(%pod_cidr, pod_cidr_ipv6 = ?pod_cidr_ipv6, "this node's pod CIDRs");
         }
         // Which backends are this node's (the Local traffic policies), and
         // which are close (topology-aware routing).

@@ -432,12 +432,17 @@ async fn this_nodes_pod_cidr_learned_late_is_used_and_the_readers_are_answered()
     lab.state
         .tell(Command::LocalNode {
             pod_cidr: "10.244.5.0/24".parse().unwrap(),
+            pod_cidr_ipv6: Some("fd00:10:244:5::/64".parse().unwrap()),
             zone: Some("zone-a".into()),
         })
         .await
         .unwrap();
     let status = lab.state.ask(Command::Status).await.unwrap();
     assert_eq!(status.pod_cidr, Some("10.244.5.0/24".parse().unwrap()));
+    assert_eq!(
+        status.pod_cidr_ipv6,
+        Some("fd00:10:244:5::/64".parse().unwrap())
+    );
     assert_eq!(status.pod_mtu, Some(1450));
 
     let counters = lab.state.ask(Command::Counters).await.unwrap();

@@ -1,52 +1,44 @@
-//! The conversion from map layout v13, the layout this one replaces. What
-//! v14 changed:
-//! - `POLICY_PORTS`: new, a hash of the allowed entries of single ports,
-//!   looked up before `POLICY_RULES`; v13's `POLICY_RULES` entries of one
-//!   port are carried into it, the others stay in the trie.
-//! - `ENDPOINTS6`, `HOST_ADDRESSES6`, `NODE_ROUTES6`, `POLICY_OPEN6`: new,
-//!   the pods', the node's IPv6 addresses, other nodes' IPv6 pod CIDRs and
-//!   the pods' IPv6 openings under policy (v13 forwarded no IPv6: nothing
-//!   to carry; the agent writes the node's at start).
-//! - `COUNTERS`: six more, at the end.
+//! The conversion from map layout v14, the layout this one replaces. What
+//! v15 changed:
+//! - `NODE_CONFIG`: the node's IPv6 address (the source of the ICMPv6
+//!   errors it sends) and its IPv6 pod CIDR, at the end; v14's settings are
+//!   carried into the start of the new layout's, the new fields zero until
+//!   the agent writes them (the programs send no ICMPv6 error meanwhile).
 //!
 //! Every other pinned map kept its layout and is copied entry by entry,
 //! policy included (an isolated pod stays isolated from the first packet
 //! this build's programs see, before the agent's sources have policy whole);
-//! `NODE_CONFIG` is copied into a new layout's maps (the programs read its
-//! policy switch before the agent writes it); the queue of connections never
-//! established is rebuilt from the carried NAT (a queue cannot be read
-//! without emptying it).
+//! the queue of connections never established is rebuilt from the carried
+//! NAT (a queue cannot be read without emptying it).
 
 use std::path::Path;
 
-use aya::maps::{MapData, Queue, lpm_trie::Key};
+use aya::maps::{Array, MapData, Queue, lpm_trie::Key};
 use dataplane_common::{
     Affinity, AffinityKey, Backend, BackendKey, CounterValue, Endpoint, FlowKey, FragmentKey,
-    FragmentRecord, Ipv4Octets, NatEntry, NodeConfig, NodeRoute, POLICY_PORT_PREFIX, PodNat,
-    PolicyClassKey, PolicyDrops, PolicyFlow, PolicyRuleKey, PolicySubject, PolicySubjectKey,
-    RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey, SocketFlowKey, SourceRangeKey,
-    conn_state, names, nat_direction,
+    FragmentRecord, Ipv4Octets, Ipv6Octets, NatEntry, NodeConfig, NodeRoute, PodNat,
+    PolicyClassKey, PolicyDrops, PolicyFlow, PolicyOpen6, PolicyOpenKey6, PolicyRuleKey,
+    PolicySubject, PolicySubjectKey, RemoteNode, ServiceFlow, ServiceKey, ServiceValue, ServingKey,
+    SocketFlowKey, SourceRangeKey, conn_state, names, nat_direction,
 };
 
-use super::tables::{
-    Carried, CarryError, Pins, carry, copy, copy_array, copy_per_cpu_array, entries_of,
-};
+use super::tables::{Carried, CarryError, Pins, carry, copy, copy_per_cpu_array, entries_of};
 use crate::nat::partner;
 
 /// The layout converted from.
-pub const FROM_VERSION: u32 = 13;
+pub const FROM_VERSION: u32 = 14;
 
 /// Every map this layout pins, and what an upgrade does with it (a test
 /// holds this to the eBPF object's maps).
 pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::ENDPOINTS_MAP, "copied"),
-    (names::ENDPOINTS6_MAP, "new: v13 had no IPv6 endpoints"),
+    (names::ENDPOINTS6_MAP, "copied"),
     (
         names::NODE_CONFIG_MAP,
-        "copied (then rewritten by the agent)",
+        "carried into the start of the new layout (then rewritten by the agent)",
     ),
     (names::NODE_ROUTES_MAP, "copied"),
-    (names::NODE_ROUTES6_MAP, "new: v13 had no IPv6 node routes"),
+    (names::NODE_ROUTES6_MAP, "copied"),
     (names::REMOTE_NODES_MAP, "copied"),
     (names::NAT_MAP, "copied"),
     (names::POD_NAT_MAP, "copied"),
@@ -62,23 +54,14 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::SOCKET_FLOWS_MAP, "copied"),
     (names::NO_MASQUERADE_MAP, "copied"),
     (names::HOST_ADDRESSES_MAP, "copied"),
-    (names::HOST_ADDRESSES6_MAP, "new: written by the agent"),
+    (names::HOST_ADDRESSES6_MAP, "copied"),
     (names::COUNTERS_MAP, "copied into a new layout's maps"),
     (names::POLICY_CLASSES_MAP, "copied"),
     (names::POLICY_HOSTS_MAP, "copied"),
     (names::POLICY_SUBJECTS_MAP, "copied"),
-    (
-        names::POLICY_OPEN6_MAP,
-        "new: v13 forwarded no IPv6 (written by the agent)",
-    ),
-    (
-        names::POLICY_RULES_MAP,
-        "copied, entries of one port into POLICY_PORTS",
-    ),
-    (
-        names::POLICY_PORTS_MAP,
-        "new: POLICY_RULES' entries of one port",
-    ),
+    (names::POLICY_OPEN6_MAP, "copied"),
+    (names::POLICY_RULES_MAP, "copied"),
+    (names::POLICY_PORTS_MAP, "copied"),
     (names::POLICY_FLOWS_MAP, "copied"),
     (names::POLICY_DROPS_MAP, "copied"),
     (names::TAIL_CALLS_MAP, "not carried: this build's programs"),
@@ -87,7 +70,7 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::EVENT_BUDGET_MAP, "not carried: a monitor reconnects"),
 ];
 
-/// A NAT half as the previous layout pins it (unchanged in v14).
+/// A NAT half as the previous layout pins it (unchanged in v15).
 pub type PreviousNatEntry = NatEntry;
 
 /// An established connection as the previous layout's programs pin it: its
@@ -122,14 +105,17 @@ pub fn carry_state(old: &Path, new: &Path, fresh: bool) -> Result<Vec<Carried>, 
     let (old, new) = (Pins(old.to_owned()), Pins(new.to_owned()));
     let mut carried = vec![
         copy::<Ipv4Octets, Endpoint, _>(names::ENDPOINTS_MAP, &old, &new, Pins::hash)?,
+        copy::<Ipv6Octets, Endpoint, _>(names::ENDPOINTS6_MAP, &old, &new, Pins::hash)?,
         copy::<Ipv4Octets, RemoteNode, _>(names::REMOTE_NODES_MAP, &old, &new, Pins::hash)?,
         copy::<Key<Ipv4Octets>, NodeRoute, _>(names::NODE_ROUTES_MAP, &old, &new, Pins::lpm)?,
+        copy::<Key<Ipv6Octets>, NodeRoute, _>(names::NODE_ROUTES6_MAP, &old, &new, Pins::lpm)?,
         copy::<ServiceKey, ServiceValue, _>(names::SERVICES_MAP, &old, &new, Pins::hash)?,
         copy::<BackendKey, Backend, _>(names::BACKENDS_MAP, &old, &new, Pins::hash)?,
         copy::<ServingKey, u8, _>(names::SERVING_MAP, &old, &new, Pins::hash)?,
         copy::<Key<SourceRangeKey>, u8, _>(names::SOURCE_RANGES_MAP, &old, &new, Pins::lpm)?,
         copy::<Key<Ipv4Octets>, u8, _>(names::NO_MASQUERADE_MAP, &old, &new, Pins::lpm)?,
         copy::<Ipv4Octets, u8, _>(names::HOST_ADDRESSES_MAP, &old, &new, Pins::hash)?,
+        copy::<Ipv6Octets, u8, _>(names::HOST_ADDRESSES6_MAP, &old, &new, Pins::hash)?,
         copy::<Ipv4Octets, PodNat, _>(names::POD_NAT_MAP, &old, &new, Pins::hash)?,
         copy::<Ipv4Octets, u64, _>(names::POD_NAT_CLOSED_MAP, &old, &new, Pins::hash)?,
     ];
@@ -139,11 +125,7 @@ pub fn carry_state(old: &Path, new: &Path, fresh: bool) -> Result<Vec<Carried>, 
             &old,
             &new,
         )?);
-        carried.push(copy_array::<NodeConfig>(
-            names::NODE_CONFIG_MAP,
-            &old,
-            &new,
-        )?);
+        carried.push(carry_node_config(&old, &new)?);
     }
     carried.extend(carry_policy(&old, &new)?);
     carried.extend(carry_connection_maps(&old, &new)?);
@@ -170,18 +152,8 @@ fn carry_connection_maps(old: &Pins, new: &Pins) -> Result<Vec<Carried>, CarryEr
     ])
 }
 
-/// Both policy tables as pinned, the entries of one port moved from the
-/// trie to `POLICY_PORTS`, and each pod's drops.
+/// Both policy tables as pinned, and each pod's drops.
 fn carry_policy(old: &Pins, new: &Pins) -> Result<Vec<Carried>, CarryError> {
-    let map = names::POLICY_RULES_MAP;
-    let rules = entries_of(map, &old.lpm::<PolicyRuleKey, u8>(map)?)?;
-    let (ports, ranges): (Vec<_>, Vec<_>) = rules
-        .into_iter()
-        .partition(|(key, _)| key.prefix_len() == POLICY_PORT_PREFIX);
-    let ports: Vec<(PolicyRuleKey, u8)> = ports
-        .into_iter()
-        .map(|(key, allowed)| (key.data(), allowed))
-        .collect();
     Ok(vec![
         copy::<Key<PolicyClassKey>, u32, _>(names::POLICY_CLASSES_MAP, old, new, Pins::lpm)?,
         copy::<PolicyClassKey, u32, _>(names::POLICY_HOSTS_MAP, old, new, Pins::hash)?,
@@ -191,20 +163,34 @@ fn carry_policy(old: &Pins, new: &Pins) -> Result<Vec<Carried>, CarryError> {
             new,
             Pins::hash,
         )?,
-        carry(
-            map,
-            &ranges,
-            &mut new.lpm::<PolicyRuleKey, u8>(map)?,
-            |key, allowed| (Key::new(key.prefix_len(), key.data()), *allowed),
-        ),
-        carry(
-            names::POLICY_PORTS_MAP,
-            &ports,
-            &mut new.hash::<PolicyRuleKey, u8>(names::POLICY_PORTS_MAP)?,
-            |key, allowed| (*key, *allowed),
-        ),
+        copy::<PolicyOpenKey6, PolicyOpen6, _>(names::POLICY_OPEN6_MAP, old, new, Pins::hash)?,
+        copy::<Key<PolicyRuleKey>, u8, _>(names::POLICY_RULES_MAP, old, new, Pins::lpm)?,
+        copy::<PolicyRuleKey, u8, _>(names::POLICY_PORTS_MAP, old, new, Pins::hash)?,
         copy::<Ipv4Octets, PolicyDrops, _>(names::POLICY_DROPS_MAP, old, new, Pins::hash)?,
     ])
+}
+
+/// v14's `NODE_CONFIG` as bytes: v15's starts with them.
+const PREVIOUS_NODE_CONFIG_LEN: usize = 80;
+
+/// The node's settings, v14's fields into the start of v15's.
+fn carry_node_config(old: &Pins, new: &Pins) -> Result<Carried, CarryError> {
+    let map = names::NODE_CONFIG_MAP;
+    let previous: Array<MapData, [u8; PREVIOUS_NODE_CONFIG_LEN]> = old.typed(map)?;
+    let mut config: Array<MapData, NodeConfig> = new.typed(map)?;
+    let settings = previous
+        .get(&0, 0)
+        .map_err(|source| CarryError::Read { map, source })?;
+    let mut carried = Carried::new(map);
+    carried.count(config.set(0, widened_node_config(&settings), 0));
+    Ok(carried)
+}
+
+/// v14's settings as v15's: the same fields, the new ones zero.
+fn widened_node_config(previous: &[u8; PREVIOUS_NODE_CONFIG_LEN]) -> NodeConfig {
+    let mut config = NodeConfig::default();
+    bytemuck::bytes_of_mut(&mut config)[..PREVIOUS_NODE_CONFIG_LEN].copy_from_slice(previous);
+    config
 }
 
 /// NAT halves, copied; then the queue of connections never established,

@@ -9,7 +9,7 @@ use crate::maps::table::{Table, open_pinned};
 
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -149,24 +149,6 @@ pub fn copy_per_cpu_array<V: Pod>(
             .get(&index, 0)
             .map_err(|source| CarryError::Read { map, source })?;
         carried.count(new.set(index, values, 0));
-    }
-    Ok(carried)
-}
-
-/// Copies an array's entries (a layout's settings) index by index.
-pub fn copy_array<V: Pod>(
-    map: &'static str,
-    from: &Pins,
-    into: &Pins,
-) -> Result<Carried, CarryError> {
-    let old: Array<MapData, V> = from.typed(map)?;
-    let mut new: Array<MapData, V> = into.typed(map)?;
-    let mut carried = Carried::new(map);
-    for index in 0..old.len().min(new.len()) {
-        let value = old
-            .get(&index, 0)
-            .map_err(|source| CarryError::Read { map, source })?;
-        carried.count(new.set(index, value, 0));
     }
     Ok(carried)
 }

@@ -19,3 +19,28 @@ fn a_previous_connection_is_an_established_pair_whose_egress_half_is_assured() {
     assert_eq!(to_pod.addr, egress.src);
     assert_eq!(to_node.state, conn_state::ESTABLISHED);
 }
+
+#[test]
+fn the_previous_settings_are_carried_and_the_new_ones_start_zero() {
+    let previous = NodeConfig {
+        node_ip: [192, 0, 2, 1],
+        vni: 7,
+        policy: 1,
+        policy_generation: 9,
+        uplink_mtu: 1500,
+        ..NodeConfig::default()
+    };
+    let bytes: [u8; PREVIOUS_NODE_CONFIG_LEN] = bytemuck::bytes_of(&previous)
+        [..PREVIOUS_NODE_CONFIG_LEN]
+        .try_into()
+        .unwrap();
+    let widened = widened_node_config(&bytes);
+    assert_eq!(widened, previous);
+    assert_eq!(widened.node_ipv6, [0; 16]);
+    assert_eq!(widened.pod_cidr6.is_set, 0);
+    // v14's layout ended with the policy generation.
+    assert_eq!(
+        core::mem::offset_of!(NodeConfig, node_ipv6),
+        PREVIOUS_NODE_CONFIG_LEN
+    );
+}
