@@ -84,6 +84,16 @@ impl<const N: usize> Cidr<N> {
         if self.is_set == 0 || usize::from(self.prefix_len) > N * 8 {
             return false;
         }
+        // IPv4's in one word, as the hot paths want it.
+        if let (Ok(addr), Ok(base)) = (
+            <[u8; 4]>::try_from(&addr[..]),
+            <[u8; 4]>::try_from(&self.addr[..]),
+        ) {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0);
+            return (u32::from_be_bytes(addr) ^ u32::from_be_bytes(base)) & mask == 0;
+        }
         let mut index = 0;
         while index < N {
             let bits = usize::from(self.prefix_len)

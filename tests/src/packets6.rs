@@ -46,8 +46,7 @@ pub fn ipv6_frame(
 /// `message` (its checksum field zero) with its ICMPv6 checksum set.
 pub fn icmpv6((src, dst): (Ipv6Addr, Ipv6Addr), mut message: Vec<u8>) -> Vec<u8> {
     message[2..4].copy_from_slice(&[0, 0]);
-    let sum =
-        checksum::internet(&[pseudo_header(src, dst, message.len()), message.clone()].concat());
+    let sum = checksum::ipv6_upper_layer(&src.octets(), &dst.octets(), ICMPV6, &message);
     message[2..4].copy_from_slice(&sum.to_be_bytes());
     message
 }
@@ -56,16 +55,7 @@ pub fn icmpv6((src, dst): (Ipv6Addr, Ipv6Addr), mut message: Vec<u8>) -> Vec<u8>
 pub fn icmpv6_checksum_holds(frame: &[u8]) -> bool {
     let src: [u8; 16] = frame[IP6_AT + 8..IP6_AT + 24].try_into().unwrap();
     let dst: [u8; 16] = frame[IP6_AT + 24..IP6_AT + 40].try_into().unwrap();
-    let message = &frame[L4_AT6..];
-    let pseudo = pseudo_header(src.into(), dst.into(), message.len());
-    checksum::internet(&[pseudo.as_slice(), message].concat()) == 0
-}
-
-fn pseudo_header(src: Ipv6Addr, dst: Ipv6Addr, len: usize) -> Vec<u8> {
-    let mut pseudo = [src.octets(), dst.octets()].concat();
-    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, ICMPV6]);
-    pseudo
+    checksum::ipv6_upper_layer(&src, &dst, ICMPV6, &frame[L4_AT6..]) == 0
 }
 
 /// The solicited-node multicast address of `target`, and its MAC.

@@ -12,7 +12,8 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use dataplane_common::{
-    Endpoint, Ipv4Cidr, MAX_NAT_CONNECTIONS, NodeConfig, PORT_SHARE_WHOLE, names, policy_table,
+    Endpoint, Ipv4Cidr, Ipv6Cidr, MAX_NAT_CONNECTIONS, NodeConfig, PORT_SHARE_WHOLE, names,
+    policy_table,
 };
 use dataplane_user::{
     loader::{self, classifier},
@@ -221,6 +222,10 @@ pub fn node_config() -> NodeConfig {
         service_cidr: Ipv4Cidr::default(),
         uplink_mtu: UPLINK_MTU,
         policy_generation: 0,
+        // No IPv6 address: the suites that test ICMPv6 errors set one.
+        node_ipv6: [0; 16],
+        pod_cidr6: Ipv6Cidr::default(),
+        _pad_tail: [0; 4],
     }
 }
 

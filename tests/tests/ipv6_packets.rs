@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use dataplane_common::{VXLAN_OVERHEAD, checksum, names};
+use dataplane_common::{Ipv6Cidr, NodeConfig, VXLAN_OVERHEAD, checksum, names};
 use dataplane_tests::{
     packets6::*,
     test_run::{
@@ -326,6 +326,92 @@ fn ipv6_to_another_nodes_pod_leaves_in_vxlan_to_that_node() -> anyhow::Result<()
             tcp6_syn((POD_A_IP6, REMOTE_POD_IP6), 1),
             "drop_ttl_exceeded",
         ),
+    ] {
+        let before = fixture.counter(reason);
+        assert_eq!(fixture.run(&packet).0, TC_ACT_SHOT, "{reason}");
+        assert_eq!(fixture.counter(reason), before + 1, "{reason}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_router_s_icmpv6_errors_go_back_to_the_pod_from_the_node_ipv6_address() -> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let node_ipv6: Ipv6Addr = "fd00:192::10".parse()?;
+    let config = fixture.maps.node_config()?;
+    fixture.maps.set_node_config(NodeConfig {
+        node_ipv6: node_ipv6.octets(),
+        pod_cidr6: Ipv6Cidr::new(POD_A_IP6.octets(), 64),
+        ..config
+    })?;
+    let world: Ipv6Addr = "2001:db8::1".parse()?;
+    let big = ipv6_frame(
+        HOST_A_MAC,
+        (POD_A_IP6, REMOTE_POD_IP6),
+        TCP,
+        64,
+        &vec![0; TUNNEL_MTU as usize],
+    );
+    let echo = |dst| {
+        let message = icmpv6((POD_A_IP6, dst), vec![128, 0, 0, 0, 0, 7, 0, 1]);
+        ipv6_frame(HOST_A_MAC, (POD_A_IP6, dst), ICMPV6, 64, &message)
+    };
+    // (offending packet, ICMPv6 type, code, data, counter, bytes quoted)
+    for (packet, kind, code, data, counter, quoted) in [
+        (
+            tcp6_syn((POD_A_IP6, POD_B_IP6), 1),
+            3,
+            0,
+            [0; 4],
+            "drop_ttl_exceeded",
+            48,
+        ),
+        (
+            tcp6_syn((POD_A_IP6, REMOTE_POD_IP6), 1),
+            3,
+            0,
+            [0; 4],
+            "drop_ttl_exceeded",
+            48,
+        ),
+        (big, 2, 0, TUNNEL_MTU.to_be_bytes(), "drop_frag_needed", 104),
+        (
+            tcp6_syn((POD_A_IP6, world), 64),
+            1,
+            0,
+            [0; 4],
+            "drop_ipv6_not_forwarded",
+            48,
+        ),
+        (echo(world), 1, 0, [0; 4], "drop_ipv6_not_forwarded", 48),
+    ] {
+        let before = fixture.counter(counter);
+        let (verdict, error) = fixture.run(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{counter}");
+        assert_eq!(fixture.counter(counter), before + 1, "{counter}");
+        assert_eq!(&error[0..6], &POD_A_MAC, "back to the pod");
+        assert_eq!(&error[6..12], &HOST_A_MAC, "from its gateway's MAC");
+        assert_eq!(&error[12..14], &ETHERTYPE_IPV6);
+        assert_eq!(addresses(&error), (node_ipv6, POD_A_IP6), "{counter}");
+        assert_eq!(error[IP6_AT + 6], ICMPV6);
+        assert_eq!(error.len(), L4_AT6 + 8 + quoted, "{counter}");
+        let message = &error[L4_AT6..];
+        assert_eq!((message[0], message[1]), (kind, code), "{counter}");
+        assert_eq!(&message[4..8], &data, "{counter}");
+        assert_eq!(&message[8..], &packet[IP6_AT..IP6_AT + quoted], "the quote");
+        assert!(icmpv6_checksum_holds(&error), "{counter}: {error:02x?}");
+    }
+
+    // Never an error about an error; a gone pod of the node is dropped
+    // (no route would be a lie), as for IPv4.
+    let error_from_pod = {
+        let message = icmpv6((POD_A_IP6, world), vec![1, 4, 0, 0, 0, 0, 0, 0]);
+        ipv6_frame(HOST_A_MAC, (POD_A_IP6, world), ICMPV6, 64, &message)
+    };
+    let gone: Ipv6Addr = "fd00:10:244::99".parse()?;
+    for (packet, reason) in [
+        (error_from_pod, "drop_ipv6_not_forwarded"),
+        (tcp6_syn((POD_A_IP6, gone), 64), "drop_unknown_endpoint"),
     ] {
         let before = fixture.counter(reason);
         assert_eq!(fixture.run(&packet).0, TC_ACT_SHOT, "{reason}");

@@ -1,12 +1,14 @@
 //! The IPv6 family's own code: a pod's packets at from-pod (its neighbour
 //! discovery in `ndp`), other nodes' pods' packets out of the tunnel, the
-//! header checks and the hop limit. So far IPv6 is forwarded between pods
-//! (of this node, and of nodes through the tunnel) and to the node's own
-//! addresses (the pods' gateway, kubelet's probes answered).
+//! header checks and the hop limit, the ICMPv6 errors a router sends
+//! (`icmp`). So far IPv6 is forwarded between pods (of this node, and of
+//! nodes through the tunnel) and to the node's own addresses (the pods'
+//! gateway, kubelet's probes answered).
 
+pub mod icmp;
 pub mod ndp;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
 use dataplane_common::{Counter, Ipv4Octets, Ipv6Octets, NodeConfig, VXLAN_OVERHEAD, policy_table};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -52,6 +54,7 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
         return ndp::from_pod(ctx, kind, &src);
     }
     let (protocol, at) = upper_layer(ctx, next_header)?;
+    let offending = icmp::Offending { protocol, at };
     // Neighbour discovery behind extension headers is no pod's to send.
     if protocol == ICMPV6 && load::<u8>(ctx, at).is_ok_and(ndp::is_message) {
         return Err(Counter::DropNdpIgnored);
@@ -87,6 +90,9 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
         if !open(config, src, Direction::Egress) || !open(config, dst, Direction::Ingress) {
             return Err(Counter::DropPolicyIpv6Unjudged);
         }
+        if last_hop(ctx) {
+            return Ok(icmp::time_exceeded(ctx, config, offending));
+        }
         forward_hop(ctx)?;
         return deliver(
             ctx,
@@ -107,13 +113,28 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
         if !open(config, src, Direction::Egress) {
             return Err(Counter::DropPolicyIpv6Unjudged);
         }
+        if last_hop(ctx) {
+            return Ok(icmp::time_exceeded(ctx, config, offending));
+        }
         if exceeds_mtu(ctx, config.tunnel_mtu) {
-            return Err(Counter::DropFragNeeded);
+            return Ok(icmp::packet_too_big(
+                ctx,
+                config,
+                offending,
+                config.tunnel_mtu,
+            ));
         }
         forward_hop(ctx)?;
         return Ok(tunnel::encapsulate(ctx, config, route.node_ip));
     }
-    Err(Counter::DropIpv6NotForwarded)
+    // A pod of this node that is gone, or never was: no error, as for IPv4.
+    if config.pod_cidr6.contains(dst) {
+        return Err(Counter::DropUnknownEndpoint);
+    }
+    if !open(config, src, Direction::Egress) {
+        return Err(Counter::DropPolicyIpv6Unjudged);
+    }
+    Ok(icmp::no_route(ctx, config, offending))
 }
 
 /// An IPv6 packet a known node sent through the tunnel (its outer headers
@@ -248,6 +269,13 @@ pub fn checked_header(ctx: &TcContext) -> Option<&Ipv6Hdr> {
     (ip.version() == 6 && fits).then_some(ip)
 }
 
+/// Whether the packet's hop limit runs out at this node (forwarded, it
+/// would reach zero).
+#[inline(always)]
+fn last_hop(ctx: &TcContext) -> bool {
+    load::<u8>(ctx, IP_AT + core::mem::offset_of!(Ipv6Hdr, hop_limit)).is_ok_and(|hops| hops <= 1)
+}
+
 /// Decrements the hop limit of a packet this node forwards; one that would
 /// reach zero is dropped. (IPv6 has no header checksum to follow.)
 #[inline(always)]
@@ -260,6 +288,34 @@ pub fn forward_hop(ctx: &TcContext) -> Outcome<()> {
     }
     ip.hop_limit -= 1;
     Ok(())
+}
+
+/// The ICMPv6 checksum of the packet's message (the `LEN` bytes after the
+/// fixed header, its checksum field zero), summed by the kernel's helper
+/// over the packet: the pseudo-header's addresses (contiguous in the
+/// header), its length and next header, then the message. (`LEN`: a
+/// multiple of 4, at most 512.)
+#[inline(always)]
+pub fn icmpv6_checksum<const LEN: usize>(ctx: &TcContext) -> Option<[u8; 2]> {
+    let addresses = header::<[u32; 8]>(ctx, IP_AT + core::mem::offset_of!(Ipv6Hdr, src_addr))?;
+    let message = header::<[u8; LEN]>(ctx, L4_AT6)?;
+    let mut rest = [(LEN as u32).to_be(), u32::from(ICMPV6).to_be()];
+    let null = core::ptr::null_mut();
+    // SAFETY: plain helper calls over memory checked to hold these sizes
+    // (the addresses and the message in the packet, the rest on the stack).
+    let sum = unsafe {
+        let sum = bpf_csum_diff(null, 0, addresses.cast(), 32, 0);
+        let sum = bpf_csum_diff(null, 0, rest.as_mut_ptr(), 8, sum as u32);
+        bpf_csum_diff(null, 0, message.cast(), LEN as u32, sum as u32)
+    };
+    if sum < 0 {
+        return None;
+    }
+    let sum = sum as u32;
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    // Summed as memory holds the words: stored as it came out.
+    Some((!(folded as u16)).to_ne_bytes())
 }
 
 /// fe80::/10: an address valid on one link only.

@@ -7,15 +7,11 @@
 //! from them: CVE-2020-10749's class), nor does duplicate address
 //! detection get an answer (it would make the pod give its address up).
 
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_csum_diff, bpf_redirect},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect, programs::TcContext};
 use dataplane_common::{Counter, Ipv6Octets};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
-use super::{L4_AT6, is_link_local};
+use super::{L4_AT6, icmpv6_checksum, is_link_local};
 use crate::{
     counters::{Outcome, pass_to_host, verdict},
     maps::endpoint6,
@@ -79,48 +75,6 @@ pub fn is_message(kind: u8) -> bool {
     (ROUTER_SOLICITATION..=REDIRECT).contains(&kind)
 }
 
-/// The ICMPv6 checksum field of `message` (`len` bytes, its checksum field
-/// zero) under `ip`, summed by the kernel's helper over the packet itself:
-/// the pseudo-header's addresses (contiguous in the header), its length
-/// and next header, then the message.
-#[inline(always)]
-fn icmpv6_sum(ip: &mut Ipv6Hdr, message: &mut NeighborMessage, len: usize) -> Option<[u8; 2]> {
-    let addresses = (&raw mut ip.src_addr).cast::<u32>();
-    let mut rest = [(len as u32).to_be(), u32::from(super::ICMPV6).to_be()];
-    let message = (&raw mut *message).cast::<u32>();
-    // SAFETY: plain helper calls over memory checked to hold these sizes
-    // (the addresses in the header, the message in the packet).
-    let sum = unsafe {
-        let sum = bpf_csum_diff(core::ptr::null_mut(), 0, addresses, 32, 0);
-        let sum = bpf_csum_diff(core::ptr::null_mut(), 0, rest.as_mut_ptr(), 8, sum as u32);
-        if len == MESSAGE_LEN + OPTION_LEN {
-            bpf_csum_diff(
-                core::ptr::null_mut(),
-                0,
-                message,
-                (MESSAGE_LEN + OPTION_LEN) as u32,
-                sum as u32,
-            )
-        } else {
-            bpf_csum_diff(
-                core::ptr::null_mut(),
-                0,
-                message,
-                MESSAGE_LEN as u32,
-                sum as u32,
-            )
-        }
-    };
-    if sum < 0 {
-        return None;
-    }
-    let sum = sum as u32;
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    // Summed as memory holds the words: stored as it came out.
-    Some((!(folded as u16)).to_ne_bytes())
-}
-
 /// A pod's neighbour discovery message `kind`, from `src`.
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext, kind: u8, src: &Ipv6Octets) -> Outcome {
@@ -182,7 +136,12 @@ fn answer_solicitation(ctx: &TcContext, ifindex: u32) -> Outcome {
     eth.dst_addr = eth.src_addr;
     eth.src_addr = host_mac;
     message.checksum = [0, 0];
-    message.checksum = icmpv6_sum(ip, message, payload).ok_or(Counter::DropMalformed)?;
+    let checksum = if with_option {
+        icmpv6_checksum::<{ MESSAGE_LEN + OPTION_LEN }>(ctx)
+    } else {
+        icmpv6_checksum::<MESSAGE_LEN>(ctx)
+    };
+    message.checksum = checksum.ok_or(Counter::DropMalformed)?;
 
     // SAFETY: plain helper call; the answer leaves through the veth it came in on.
     let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
