@@ -10,7 +10,7 @@ mod services;
 pub mod table;
 
 pub use nat::{NatMap, PodNatTotals};
-pub use nodes::ProgrammedNode;
+pub use nodes::{ProgrammedNode, ipv4_cidr, ipv6_cidr};
 pub use policy::{PartialTable, PolicyMaps, PolicyTable};
 pub use services::{
     ProgrammedService, ServiceMaps, backend_address, backend_entry, frontend_of, plan_slots,
@@ -118,16 +118,6 @@ fn set_members<K: Ord + Copy>(
         })?;
     }
     Ok(())
-}
-
-/// The prefix of `cidr` in the map layout.
-pub fn ipv4_cidr(cidr: Ipv4Network) -> Ipv4Cidr {
-    Ipv4Cidr::new(cidr.network().octets(), cidr.prefix())
-}
-
-/// An IPv6 network as the programs read it.
-pub fn ipv6_cidr(cidr: Ipv6Network) -> Ipv6Cidr {
-    Ipv6Cidr::new(cidr.network().octets(), cidr.prefix())
 }
 
 /// A map's error, named.

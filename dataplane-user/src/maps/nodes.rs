@@ -15,6 +15,16 @@ pub struct ProgrammedNode {
     pub mac: Option<[u8; 6]>,
 }
 
+/// The prefix of `cidr` in the map layout.
+pub fn ipv4_cidr(cidr: Ipv4Network) -> Ipv4Cidr {
+    Ipv4Cidr::new(cidr.network().octets(), cidr.prefix())
+}
+
+/// An IPv6 network as the programs read it.
+pub fn ipv6_cidr(cidr: Ipv6Network) -> Ipv6Cidr {
+    Ipv6Cidr::new(cidr.network().octets(), cidr.prefix())
+}
+
 fn path_value(path: NodePath) -> u8 {
     match path {
         NodePath::Tunnel => node_path::TUNNEL,

@@ -6,6 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use ipnetwork::Ipv4Network;
 use macaddr::MacAddr6;
 
 use super::*;
