@@ -15,14 +15,14 @@
 use std::{
     collections::BTreeMap,
     fs::OpenOptions,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use macaddr::MacAddr6;
 use nix::{
     sys::signal::{Signal, kill},
@@ -102,6 +102,10 @@ pub struct ClusterSpec {
     pub routed_nodes: usize,
     /// Which build the nodes' agents (and CNI plugins) start as.
     pub build: Build,
+    /// Dual stack: each dataplane node has an IPv6 pod CIDR
+    /// (`node.pod_cidr_ipv6`), an IPv6 address on its uplink, the others'
+    /// IPv6 CIDRs, and a CNI chain giving pods both families.
+    pub ipv6: bool,
 }
 
 /// A build of the dataplane.
@@ -138,7 +142,13 @@ impl ClusterSpec {
             routing: Routing::Tunnel,
             routed_nodes: 0,
             build: Build::Current,
+            ipv6: false,
         }
+    }
+
+    /// Dual-stack dataplane nodes (see `ipv6`).
+    pub fn with_ipv6(self) -> Self {
+        Self { ipv6: true, ..self }
     }
 
     /// Nodes started as the previous map layout's build.
@@ -259,6 +269,10 @@ pub struct Node {
     pub netns: Netns,
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Network,
+    /// Its IPv6 pod CIDR, on a dual-stack cluster.
+    pub pod_cidr6: Option<Ipv6Network>,
+    /// Its IPv6 address on the uplink, on a dual-stack cluster.
+    pub ip6: Option<Ipv6Addr>,
     pub socket: PathBuf,
     pub config: PathBuf,
     log: PathBuf,
@@ -724,7 +738,8 @@ impl Cluster {
             Forwarding::Dataplane => {
                 for node in &cluster.nodes {
                     for other in cluster.nodes.iter().filter(|other| other.ip != node.ip) {
-                        node.add_remote_node(other)?;
+                        let pod_cidr6 = other.pod_cidr6.map(|cidr| cidr.to_string());
+                        node.add_remote_dual_stack_node(other, pod_cidr6.as_deref())?;
                     }
                 }
             }
@@ -749,6 +764,18 @@ impl Cluster {
         netns.add_route(DEFAULT_ROUTE, NextHop::Gateway(gateway))?;
         netns.sysctl("net.ipv4.ip_local_port_range", NODE_LOCAL_PORT_RANGE)?;
         let pod_cidr = Ipv4Network::new(Ipv4Addr::new(10, 244, octet, 0), 24)?;
+        let (pod_cidr6, ip6) = if spec.ipv6 {
+            let ip6 = Ipv6Addr::new(0xfd00, 0x192, 0, 0, 0, 0, 0, 10 + u16::from(octet));
+            netns.sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
+            netns.add_address6("eth0", Ipv6Network::new(ip6, 64)?)?;
+            let cidr = Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(octet), 0, 0, 0, 0);
+            (Some(Ipv6Network::new(cidr, 64)?), Some(ip6))
+        } else {
+            (None, None)
+        };
+        let ipv6_setting = pod_cidr6
+            .map(|cidr| format!("pod_cidr_ipv6 = \"{cidr}\"\n"))
+            .unwrap_or_default();
 
         let socket = self.workdir.path().join(format!("n{index}.sock"));
         let config = self.workdir.path().join(format!("n{index}.toml"));
@@ -757,7 +784,7 @@ impl Cluster {
             &config,
             format!(
                 "[agent]\napi_socket = \"{}\"\nbpf_root = \"{}\"\n\n[node]\npod_cidr = \"{pod_cidr}\"\n\
-                 cluster_cidr = \"{CLUSTER_CIDR}\"\nuplink = \"eth0\"\nrouting = \"{}\"\n\n\
+                 {ipv6_setting}cluster_cidr = \"{CLUSTER_CIDR}\"\nuplink = \"eth0\"\nrouting = \"{}\"\n\n\
                  [nat]\nport_range = \"{NAT_PORT_RANGE}\"\ngc_interval_seconds = 1\n",
                 socket.display(),
                 bpf_root.display(),
@@ -770,6 +797,8 @@ impl Cluster {
             netns,
             ip,
             pod_cidr,
+            pod_cidr6,
+            ip6,
             socket,
             config,
             log: self.workdir.path().join(format!("n{index}.log")),
@@ -803,17 +832,19 @@ impl Cluster {
                     node.register(pod)?;
                 }
                 if let PodWiring::Cni(main) = spec.pods {
-                    node.cni = Some(
-                        CniNetwork::chain(
-                            main,
-                            "pods",
-                            &node.netns,
-                            &pod_cidr.to_string(),
-                            &node.socket,
-                            &self.workdir.path().join(format!("n{index}-cni")),
-                        )?
-                        .with_plugins_of(&spec.build.binary()?)?,
-                    );
+                    let mut network = CniNetwork::chain(
+                        main,
+                        "pods",
+                        &node.netns,
+                        &pod_cidr.to_string(),
+                        &node.socket,
+                        &self.workdir.path().join(format!("n{index}-cni")),
+                    )?
+                    .with_plugins_of(&spec.build.binary()?)?;
+                    if let Some(cidr) = pod_cidr6 {
+                        network = network.with_ipv6_range(&cidr.to_string());
+                    }
+                    node.cni = Some(network);
                     for _ in 0..spec.pods_per_node {
                         node.add_cni_pod()?;
                     }

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use dataplane_user::interfaces::{Interface, Interfaces};
 use futures::{Stream, TryStreamExt as _};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use macaddr::MacAddr6;
 use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVlan, LinkVxlan, RouteMessageBuilder,
@@ -241,14 +241,18 @@ impl Netns {
     }
 
     pub fn add_address(&self, name: &str, address: Ipv4Network) -> anyhow::Result<()> {
+        self.add_ip(name, IpAddr::V4(address.ip()), address.prefix())
+    }
+
+    pub fn add_address6(&self, name: &str, address: Ipv6Network) -> anyhow::Result<()> {
+        self.add_ip(name, IpAddr::V6(address.ip()), address.prefix())
+    }
+
+    fn add_ip(&self, name: &str, ip: IpAddr, prefix: u8) -> anyhow::Result<()> {
         let index = self.index_of(name)?;
-        let request = self
-            .handle()
-            .address()
-            .add(index, IpAddr::V4(address.ip()), address.prefix())
-            .execute();
+        let request = self.handle().address().add(index, ip, prefix).execute();
         self.request(request)
-            .with_context(|| format!("address {address} on {name}"))
+            .with_context(|| format!("address {ip}/{prefix} on {name}"))
     }
 
     pub fn delete_address(&self, name: &str, address: Ipv4Addr) -> anyhow::Result<()> {

@@ -378,12 +378,21 @@ fn a_router_s_icmpv6_errors_go_back_to_the_pod_from_the_node_ipv6_address() -> a
         (
             tcp6_syn((POD_A_IP6, world), 64),
             1,
-            0,
+            1,
             [0; 4],
             "drop_ipv6_not_forwarded",
             48,
         ),
-        (echo(world), 1, 0, [0; 4], "drop_ipv6_not_forwarded", 48),
+        (echo(world), 1, 1, [0; 4], "drop_ipv6_not_forwarded", 48),
+        // A SYN with its options (40 bytes of TCP) quoted whole.
+        (
+            ipv6_frame(HOST_A_MAC, (POD_A_IP6, world), TCP, 64, &[6; 40]),
+            1,
+            1,
+            [0; 4],
+            "drop_ipv6_not_forwarded",
+            80,
+        ),
     ] {
         let before = fixture.counter(counter);
         let (verdict, error) = fixture.run(&packet);

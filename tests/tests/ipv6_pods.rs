@@ -1,9 +1,11 @@
-//! IPv6 on one node, end to end: pods from the real `ptp` plugin with a
-//! dual-stack host-local (an IPv4 and an IPv6 range), each address
-//! registered through the agent's CLI (the CNI plugin still refuses IPv6:
-//! beyond the node it is not forwarded yet). Neighbour discovery for the
-//! gateway answered by the programs, pods reaching each other, their
-//! gateway and the node over IPv6, and nothing else.
+//! IPv6 end to end on dual-stack nodes (`node.pod_cidr_ipv6`, an IPv6
+//! address on the uplink): pods from the real chain, `ptp` with a
+//! dual-stack host-local (an IPv4 and an IPv6 range) then `dataplane-cni`,
+//! which registers both addresses. Neighbour discovery for the gateway
+//! answered by the programs, pods reaching each other (on one node and
+//! through the tunnel), their gateway and the node over IPv6, the ICMPv6
+//! errors a router sends (time exceeded, packet too big, no route) from
+//! the node's IPv6 address, and nothing else.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -22,21 +24,18 @@ use serde_json::Value;
 
 const ECHO_PORT: u16 = 8080;
 
-/// Node `index`'s IPv6 pod CIDR, and the gateway host-local gives its pods.
-fn ipv6_range(index: usize) -> (String, IpAddr) {
-    let range: ipnetwork::Ipv6Network = format!("fd00:10:244:{index:x}::/64")
-        .parse()
-        .expect("a network");
-    let gateway = format!("fd00:10:244:{index:x}::1")
-        .parse()
-        .expect("an address");
-    // As the agent writes it back (`node list`).
-    (range.to_string(), gateway)
+/// The gateway host-local gives the pods of `node` (its IPv6 range's first
+/// address).
+fn ipv6_gateway(node: &Node) -> anyhow::Result<IpAddr> {
+    let cidr = node.pod_cidr6.context("a dual-stack node")?;
+    Ok(IpAddr::V6((u128::from(cidr.network()) + 1).into()))
 }
 
-/// A pod of the real chain with both families, registered by address.
+/// A pod of the real chain with both families.
 struct DualStackPod {
     netns: Netns,
+    /// Its veth's peer on the node.
+    host_interface: String,
     ipv4: IpAddr,
     ipv6: IpAddr,
 }
@@ -60,33 +59,33 @@ fn addresses(result: &Value) -> anyhow::Result<(IpAddr, IpAddr)> {
     Ok((*ipv4, *ipv6))
 }
 
-/// A pod made by `ptp` alone (dual-stack host-local, IPv6 from `range`),
-/// then each of its addresses registered through `dataplane endpoint add`.
-fn dual_stack_pod(node: &Node, name: &str, range: &str) -> anyhow::Result<DualStackPod> {
+/// A pod made by the node's chain (dual-stack host-local, `ptp`, then
+/// `dataplane-cni` registering both addresses).
+fn dual_stack_pod(node: &Node, name: &str) -> anyhow::Result<DualStackPod> {
     let network = node
         .cni
-        .clone()
-        .context("the node makes its pods through CNI")?
-        .with_ipv6_range(range)
-        .main_plugin_only();
+        .as_ref()
+        .context("the node makes its pods through CNI")?;
     let netns = Netns::create(format!("{}{name}", unique_prefix()))?;
     let result = network.add(name, &netns, "eth0")?;
     let (ipv4, ipv6) = addresses(&result)?;
-    let interface = host_interface(&result)?;
-    let mac = netns.mac_of("eth0")?.to_string();
-    for ip in [ipv4, ipv6] {
-        node.cli(&[
-            "endpoint",
-            "add",
-            "--ip",
-            &ip.to_string(),
-            "--interface",
-            &interface,
-            "--mac",
-            &mac,
-        ])?;
-    }
-    Ok(DualStackPod { netns, ipv4, ipv6 })
+    Ok(DualStackPod {
+        netns,
+        host_interface: host_interface(&result)?,
+        ipv4,
+        ipv6,
+    })
+}
+
+/// What `ping` prints from the pod (whether or not every reply came back).
+fn ping_output(pod: &DualStackPod, args: &[&str]) -> anyhow::Result<String> {
+    let output = pod
+        .netns
+        .command("ping")?
+        .args(["-c", "1", "-W", "1"])
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// A TCP exchange from `a` to `b` over IPv6, and `b` pinged over IPv4 as
@@ -101,13 +100,19 @@ fn tcp_over_ipv6_and_ipv4_as_before(a: &DualStackPod, b: &DualStackPod) -> anyho
     a.netns.ping(b.ipv4, 3, &[])
 }
 
-#[test]
-fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> anyhow::Result<()> {
-    let cluster = Cluster::new(ClusterSpec::dataplane(1, 0).with_real_plugin(MainPlugin::Ptp))?;
+/// One dual-stack node whose pods come from `main` (then `dataplane-cni`).
+fn pods_on_one_node_over_ipv6(main: MainPlugin) -> anyhow::Result<()> {
+    let cluster = Cluster::new(
+        ClusterSpec::dataplane(1, 0)
+            .with_real_plugin(main)
+            .with_ipv6(),
+    )?;
     let node = &cluster.nodes[0];
-    let (range, gateway) = ipv6_range(0);
-    let a = dual_stack_pod(node, "v6a", &range)?;
-    let b = dual_stack_pod(node, "v6b", &range)?;
+    let node_ipv6 = node.ip6.context("a dual-stack node")?.to_string();
+    let gateway = ipv6_gateway(node)?;
+    let a = dual_stack_pod(node, "v6a")?;
+    let b = dual_stack_pod(node, "v6b")?;
+    // "should create pod, add ipv6 and ipv4 ip to pod ips": both registered.
     let listed = node.cli(&["endpoint", "list"])?;
     for pod in [&a, &b] {
         for ip in [pod.ipv4, pod.ipv6] {
@@ -130,7 +135,8 @@ fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> an
     );
     assert!(node.counter("ndp_answered")? > 0);
 
-    // Pod to pod over IPv6, the hop limit decremented once, and TCP.
+    // "should be able to reach pod on ipv4 and ipv6 ip": the hop limit
+    // decremented once, and TCP.
     let forwarded = node.counter("forwarded_local")?;
     let output = a
         .netns
@@ -142,14 +148,31 @@ fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> an
     // The node reaches its pods over IPv6 (kubelet's probes).
     node.netns.ping(a.ipv6, 3, &[])?;
 
-    // Beyond the node, IPv6 is not forwarded yet: dropped, and counted.
-    let not_forwarded = node.counter("drop_ipv6_not_forwarded")?;
+    // The hop limit running out here: time exceeded, from the node's IPv6
+    // address (traceroute from a pod shows the node).
+    let output = ping_output(&a, &["-t", "1", &b.ipv6.to_string()])?;
     assert!(
-        a.netns
-            .ping("2001:db8::1".parse::<IpAddr>()?, 1, &[])
-            .is_err()
+        output.contains(&format!("From {node_ipv6}")) && output.contains("Time exceeded"),
+        "{output}"
+    );
+
+    // Beyond the node IPv6 is not forwarded yet: prohibited, answered at
+    // once (a connection fails instead of waiting out its retries).
+    let not_forwarded = node.counter("drop_ipv6_not_forwarded")?;
+    let output = ping_output(&a, &["2001:db8::1"])?;
+    assert!(
+        output.contains(&format!("From {node_ipv6}"))
+            && output.contains("Destination unreachable: Administratively prohibited"),
+        "{output}"
     );
     assert!(node.counter("drop_ipv6_not_forwarded")? > not_forwarded);
+    let world = SocketAddr::new("2001:db8::1".parse()?, 80);
+    let refused = echo_once(&a.netns, world, Duration::from_secs(5))
+        .expect_err("no route to the world over IPv6");
+    assert!(
+        format!("{refused:#}").contains("Permission denied"),
+        "{refused:#}"
+    );
 
     // An address removed is no pod's any more: B's IPv6 stops, IPv4 stays.
     node.cli(&["endpoint", "del", "--ip", &b.ipv6.to_string()])?;
@@ -159,20 +182,33 @@ fn dual_stack_pods_reach_each_other_their_gateway_and_the_node_over_ipv6() -> an
 }
 
 #[test]
+fn dual_stack_pods_of_ptp_reach_each_other_their_gateway_and_the_node_over_ipv6()
+-> anyhow::Result<()> {
+    pods_on_one_node_over_ipv6(MainPlugin::Ptp)
+}
+
+#[test]
+fn dual_stack_pods_of_bridge_reach_each_other_their_gateway_and_the_node_over_ipv6()
+-> anyhow::Result<()> {
+    pods_on_one_node_over_ipv6(MainPlugin::Bridge)
+}
+
+#[test]
 fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() -> anyhow::Result<()>
 {
-    let mut cluster = Cluster::new(ClusterSpec::dataplane(2, 0).with_real_plugin(MainPlugin::Ptp))?;
-    // Each node told the other's IPv6 pod CIDR too (`--pod-cidr` twice).
+    let mut cluster = Cluster::new(
+        ClusterSpec::dataplane(2, 0)
+            .with_real_plugin(MainPlugin::Ptp)
+            .with_ipv6(),
+    )?;
+    // Each node was told the other's IPv6 pod CIDR too (`--pod-cidr` twice).
     for (index, node) in cluster.nodes.iter().enumerate() {
-        let other = 1 - index;
-        let (range, _) = ipv6_range(other);
-        let peer = &cluster.nodes[other];
-        node.add_remote_dual_stack_node(peer, Some(&range))?;
+        let other = cluster.nodes[1 - index].pod_cidr6.context("dual stack")?;
         let listed = node.cli(&["node", "list"])?;
-        assert!(listed.contains(&range), "{listed}");
+        assert!(listed.contains(&other.to_string()), "{listed}");
     }
-    let a = dual_stack_pod(&cluster.nodes[0], "x6a", &ipv6_range(0).0)?;
-    let b = dual_stack_pod(&cluster.nodes[1], "x6b", &ipv6_range(1).0)?;
+    let a = dual_stack_pod(&cluster.nodes[0], "x6a")?;
+    let b = dual_stack_pod(&cluster.nodes[1], "x6b")?;
 
     // Through the tunnel: one hop on each node.
     let reached = eventually(Duration::from_secs(10), || {
@@ -190,6 +226,25 @@ fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() 
     assert!(cluster.nodes[0].counter("encapsulated")? >= 3);
     assert!(cluster.nodes[1].counter("decapsulated_to_pod")? >= 3);
     tcp_over_ipv6_and_ipv4_as_before(&a, &b)?;
+
+    // A pod whose link is larger than the tunnel (its MTU raised past what
+    // the CNI plugin set): a packet too big from the node (IPv6 routers
+    // never fragment), after which the pod's stack fits its packets to the
+    // path and they reach B.
+    let node = &cluster.nodes[0];
+    let node_ipv6 = node.ip6.context("a dual-stack node")?;
+    a.netns.set_mtu("eth0", 1500)?;
+    node.netns.set_mtu(&a.host_interface, 1500)?;
+    let b_ipv6 = b.ipv6.to_string();
+    let output = ping_output(&a, &["-s", "1452", "-M", "do", &b_ipv6])?;
+    assert!(
+        output.contains(&format!("From {node_ipv6}"))
+            && output.contains("Packet too big: mtu=1450"),
+        "{output}"
+    );
+    a.netns
+        .exec(&["ping", "-c", "2", "-W", "1", "-s", "1452", &b_ipv6])
+        .context("once the path MTU is learned")?;
 
     // Agents killed and started again adopt what they pinned: the pods'
     // IPv6 addresses, the other node's IPv6 CIDR.

@@ -2,9 +2,10 @@
 //! packets larger than the path to the destination's node (IPv6 routers
 //! never fragment: the pod learns the path MTU), "time exceeded" when the
 //! hop limit runs out (traceroute from a pod shows this node), and
-//! "destination unreachable, no route" for packets the node does not
-//! forward (a pod's connection fails at once instead of waiting out its
-//! retries). From the node's IPv6 address; none without one.
+//! "destination unreachable, administratively prohibited" for packets the
+//! node does not forward (an error stacks take as final: a pod's connection
+//! fails at once, where "no route" would leave it to its retries). From
+//! the node's IPv6 address; none without one.
 
 use core::mem::{offset_of, size_of};
 
@@ -27,8 +28,8 @@ const PACKET_TOO_BIG: u8 = 2;
 const TIME_EXCEEDED: u8 = 3;
 /// ICMPv6 types below this are errors, never answered with one.
 const FIRST_INFORMATIONAL: u8 = 128;
-/// Code of `DEST_UNREACH`: no route to the destination.
-const NO_ROUTE: u8 = 0;
+/// Code of `DEST_UNREACH`: communication administratively prohibited.
+const PROHIBITED: u8 = 1;
 /// Code of `TIME_EXCEEDED`: the hop limit ran out in transit.
 const HOP_LIMIT_EXCEEDED: u8 = 0;
 
@@ -39,9 +40,17 @@ const ERROR_HOP_LIMIT: u8 = 64;
 /// An error's message (its header, then the quote of the offending
 /// packet): the packet's fixed header and 64 bytes past it (past a
 /// fragment or other extension header to the transport header), or, of a
-/// shorter packet, 8 (its ports).
-const LONG_MESSAGE: usize = size_of::<ErrorHeader>() + Ipv6Hdr::LEN + 64;
-const SHORT_MESSAGE: usize = size_of::<ErrorHeader>() + Ipv6Hdr::LEN + 8;
+/// shorter packet, 40 (a TCP header with its options) or 8 (the ports).
+/// Never shorter than the packet allows: the kernel keeps a packet whose
+/// checksum is left to the device (a pod's TCP) long enough to hold it.
+const LONG_MESSAGE: usize = quoting(64);
+const MEDIUM_MESSAGE: usize = quoting(40);
+const SHORT_MESSAGE: usize = quoting(8);
+
+/// The length of an error message quoting the fixed header and `past` bytes.
+const fn quoting(past: usize) -> usize {
+    size_of::<ErrorHeader>() + Ipv6Hdr::LEN + past
+}
 
 /// An ICMPv6 error's header: type, code, checksum and the 4 bytes each
 /// type gives a meaning (the MTU of "packet too big", else zero).
@@ -95,10 +104,11 @@ pub fn time_exceeded(ctx: &TcContext, config: &NodeConfig, offending: Offending)
 }
 
 /// Turns the packet, which the node does not forward, into a "destination
-/// unreachable, no route" to its sender, sent back as `packet_too_big` does.
+/// unreachable, administratively prohibited" to its sender, sent back as
+/// `packet_too_big` does.
 #[inline(never)]
-pub fn no_route(ctx: &TcContext, config: &NodeConfig, offending: Offending) -> i32 {
-    let error = (DEST_UNREACH, NO_ROUTE, [0; 4]);
+pub fn prohibited(ctx: &TcContext, config: &NodeConfig, offending: Offending) -> i32 {
+    let error = (DEST_UNREACH, PROHIBITED, [0; 4]);
     finish(
         ctx,
         send(ctx, config, offending, error, Counter::DropIpv6NotForwarded),
@@ -120,8 +130,11 @@ fn send(
     if about_an_error || config.node_ipv6 == [0; 16] {
         return Err(counter);
     }
-    if ctx.len() as usize >= L4_AT6 + LONG_MESSAGE - size_of::<ErrorHeader>() {
+    let quotable = (ctx.len() as usize).saturating_sub(IP_AT) + size_of::<ErrorHeader>();
+    if quotable >= LONG_MESSAGE {
         send_quoting::<LONG_MESSAGE>(ctx, config, error, counter)
+    } else if quotable >= MEDIUM_MESSAGE {
+        send_quoting::<MEDIUM_MESSAGE>(ctx, config, error, counter)
     } else {
         send_quoting::<SHORT_MESSAGE>(ctx, config, error, counter)
     }

@@ -134,7 +134,7 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
     if !open(config, src, Direction::Egress) {
         return Err(Counter::DropPolicyIpv6Unjudged);
     }
-    Ok(icmp::no_route(ctx, config, offending))
+    Ok(icmp::prohibited(ctx, config, offending))
 }
 
 /// An IPv6 packet a known node sent through the tunnel (its outer headers

@@ -13,7 +13,7 @@ pub(super) struct PodVeth {
 /// Everything an ADD changed so far, to be undone if a later step fails.
 #[derive(Default)]
 pub(super) struct Changes {
-    registered: Vec<Ipv4Addr>,
+    registered: Vec<IpAddr>,
     host_ifindex: u32,
     /// (netns of the interface or `None` for the node's, interface, MTU before).
     mtus: Vec<(Option<String>, Interface, u32)>,
@@ -25,7 +25,7 @@ impl Changes {
             let _ = agent_call(
                 conf,
                 &Request::RemoveEndpoint {
-                    ip: ip.into(),
+                    ip,
                     host_ifindex: Some(self.host_ifindex),
                 },
             );
@@ -48,23 +48,11 @@ pub(super) fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniR
              plugin such as ptp or bridge in the conflist)",
         ));
     };
-    // A pod given an IPv6 address too would have every IPv6 packet dropped
-    // while ADD and CHECK succeed: refused until IPv6 is forwarded.
-    if let Some(ipv6) = result_addresses(prev_result).find(IpAddr::is_ipv6) {
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!(
-                "prevResult gives the pod the IPv6 address {ipv6}: this dataplane forwards IPv4 \
-                 only so far, so its IPv6 traffic would be dropped; configure the IPAM plugin \
-                 with IPv4 ranges only"
-            ),
-        ));
-    }
-    let ips = ipv4_addresses(prev_result);
+    let ips: Vec<IpAddr> = result_addresses(prev_result).collect();
     if ips.is_empty() {
         return Err(CniError::new(
             code::INVALID_CONFIG,
-            "prevResult has no IPv4 address for the pod",
+            "prevResult has no address for the pod",
         ));
     }
     let record_path = record_path(conf, &attachment);
@@ -74,6 +62,7 @@ pub(super) fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniR
             "unexpected answer to a status request",
         ));
     };
+    check_ipv6_served(&ips, status.pod_cidr_ipv6)?;
     let veth = find_veth(&netns, &attachment.ifname)?;
 
     let mut changes = Changes {
@@ -108,6 +97,34 @@ pub(super) fn add(environment: &HashMap<String, String>, conf: &NetConf) -> CniR
     Ok(result.to_string())
 }
 
+/// Refuses a pod an IPv6 address the node does not serve: outside its IPv6
+/// pod CIDR, or any when it has none (its IPv6 would be dropped while ADD
+/// and CHECK succeed: a pod half working, silently).
+pub(super) fn check_ipv6_served(
+    ips: &[IpAddr],
+    pod_cidr_ipv6: Option<ipnetwork::Ipv6Network>,
+) -> CniResult<()> {
+    for ip in ips {
+        let IpAddr::V6(ipv6) = ip else { continue };
+        let problem = match pod_cidr_ipv6 {
+            None => "this node has no IPv6 pod CIDR (node.pod_cidr_ipv6, or its Node's \
+                     spec.podCIDRs), so its IPv6 traffic would be dropped; give the node one, \
+                     or configure the IPAM plugin with IPv4 ranges only"
+                .to_string(),
+            Some(cidr) if !cidr.contains(*ipv6) => format!(
+                "it is outside this node's IPv6 pod CIDR {cidr}; configure the IPAM plugin's \
+                 IPv6 range inside it"
+            ),
+            Some(_) => continue,
+        };
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("prevResult gives the pod the IPv6 address {ipv6}: {problem}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The Kubernetes pod the runtime names in `CNI_ARGS`
 /// (`K8S_POD_NAMESPACE=...;K8S_POD_NAME=...`), if it does.
 pub(super) fn pod_name(environment: &HashMap<String, String>) -> Option<PodName> {
@@ -129,14 +146,14 @@ pub(super) fn pod_name(environment: &HashMap<String, String>) -> Option<PodName>
 pub(super) fn apply(
     conf: &NetConf,
     veth: &PodVeth,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     pod: Option<PodName>,
     pod_mtu: Option<u32>,
     changes: &mut Changes,
 ) -> CniResult<(u32, u32)> {
     for ip in ips {
         let endpoint = EndpointSpec {
-            ip: IpAddr::V4(*ip),
+            ip: *ip,
             // The index the plugin already has: the agent need not look the
             // name up again, and a name reused meanwhile cannot mislead it.
             interface: HostInterface::Index(veth.host.index),

@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{ErrorKind, Write as _},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
 };
@@ -134,7 +134,8 @@ struct Attachment {
 /// What one attachment programmed.
 #[derive(Debug, Serialize, Deserialize)]
 struct AttachmentRecord {
-    ips: Vec<Ipv4Addr>,
+    /// Both families' (records of earlier versions hold IPv4 ones only).
+    ips: Vec<IpAddr>,
     host_interface: String,
     /// The host veth's index: removals apply only while an address is still
     /// registered behind it. Absent in records of earlier versions.
@@ -182,16 +183,6 @@ pub fn run(environment: &HashMap<String, String>, stdin: &str) -> CniResult<Opti
             format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"),
         )),
     }
-}
-
-/// The IPv4 addresses of a CNI result (`"a.b.c.d/len"` strings).
-fn ipv4_addresses(result: &Value) -> Vec<Ipv4Addr> {
-    result_addresses(result)
-        .filter_map(|address| match address {
-            IpAddr::V4(address) => Some(address),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
 }
 
 /// Every address of a result's `ips`, either family.

@@ -33,7 +33,7 @@ pub(super) fn release(
         Record::Found(record) => {
             for ip in record.ips {
                 let removal = Request::RemoveEndpoint {
-                    ip: ip.into(),
+                    ip,
                     host_ifindex: record.host_ifindex,
                 };
                 ignore_agent_down(agent_call(conf, &removal))?;

@@ -125,8 +125,8 @@ fn unknown_keys_are_refused_by_name() {
     let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni",
         "runtimeConfig":{},"args":{},"capabilities":{},"dns":{},
         "prevResult":{"ips":[]}}"#;
-    let error = run(&environment(&ADD), conf).expect_err("no IPv4");
-    assert!(error.msg.contains("IPv4"), "{error:?}");
+    let error = run(&environment(&ADD), conf).expect_err("no address");
+    assert!(error.msg.contains("no address"), "{error:?}");
 }
 
 #[test]
@@ -206,7 +206,14 @@ fn addresses_come_from_the_previous_result() {
         r#"{"ips":[{"address":"10.244.0.5/24","gateway":"10.244.0.1"},{"address":"fd00::5/64"}]}"#,
     )
     .unwrap();
-    assert_eq!(ipv4_addresses(&result), vec![Ipv4Addr::new(10, 244, 0, 5)]);
+    let addresses: Vec<IpAddr> = result_addresses(&result).collect();
+    assert_eq!(
+        addresses,
+        vec![
+            IpAddr::from([10, 244, 0, 5]),
+            "fd00::5".parse::<IpAddr>().unwrap()
+        ]
+    );
 }
 
 #[test]
@@ -227,15 +234,27 @@ fn runtime_keys_under_cni_dev_are_ignored_and_own_misspellings_still_refused() {
 }
 
 #[test]
-fn a_result_with_an_ipv6_address_is_refused_until_ipv6_is_forwarded() {
-    let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"dataplane-cni",
-        "prevResult":{"ips":[{"address":"10.244.0.5/24"},{"address":"fd00:10:244::5/64"}]}}"#;
-    let error = run(&environment(&ADD), conf).expect_err("dual stack");
+fn an_ipv6_address_is_taken_only_inside_the_nodes_ipv6_pod_cidr() {
+    let ips: Vec<IpAddr> = ["10.244.0.5", "fd00:10:244::5"]
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    let error = check_ipv6_served(&ips, None).expect_err("no IPv6 pod CIDR");
     assert_eq!(error.code, code::INVALID_CONFIG);
     assert!(
-        error.msg.contains("fd00:10:244::5") && error.msg.contains("IPv6"),
+        error.msg.contains("fd00:10:244::5") && error.msg.contains("no IPv6 pod CIDR"),
         "{error:?}"
     );
+    let elsewhere = check_ipv6_served(&ips, Some("fd00:10:245::/64".parse().unwrap()))
+        .expect_err("outside the CIDR");
+    assert!(
+        elsewhere
+            .msg
+            .contains("outside this node's IPv6 pod CIDR fd00:10:245::/64")
+    );
+    assert!(check_ipv6_served(&ips, Some("fd00:10:244::/64".parse().unwrap())).is_ok());
+    // IPv4 alone needs no IPv6 CIDR.
+    assert!(check_ipv6_served(&ips[..1], None).is_ok());
 }
 
 #[test]
