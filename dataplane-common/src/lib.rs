@@ -205,7 +205,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 16);
         assert_eq!(size_of::<Ipv4Cidr>(), 8);
         assert_eq!(size_of::<Ipv6Cidr>(), 20);
-        assert_eq!(size_of::<NodeConfig>(), 120);
+        assert_eq!(size_of::<NodeConfig>(), 128);
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<ServiceFlow>(), 24);

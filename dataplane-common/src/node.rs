@@ -175,7 +175,10 @@ pub struct NodeConfig {
     /// This node's IPv6 pod CIDR: addresses inside it that are no endpoint
     /// are dropped.
     pub pod_cidr6: Ipv6Cidr,
-    pub _pad_tail: [u8; 4],
+    /// The uplink's MAC: the source of IPv6 frames sent directly to a node
+    /// (no neighbour lookup by an IPv4 next hop can address them).
+    pub uplink_mac: [u8; 6],
+    pub _pad_tail: [u8; 6],
 }
 
 impl NodeConfig {

@@ -8,7 +8,8 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
+    helpers::bpf_redirect,
     programs::TcContext,
 };
 use dataplane_common::{Counter, Ipv4Octets, NodeConfig, NodeRoute, node_path};
@@ -67,22 +68,47 @@ pub fn from_node_mac(ctx: &TcContext, node_ip: Ipv4Octets) -> bool {
     })
 }
 
+/// The MAC of the node of `route` when it is reached directly and its MAC
+/// was learned.
+#[inline(always)]
+pub fn node_mac(route: &NodeRoute) -> Option<[u8; 6]> {
+    // The path first: tunnelled nodes pay for no second lookup.
+    (route.path == node_path::DIRECT)
+        .then(|| remote_node(&route.node_ip))
+        .flatten()
+        .filter(|node| node.mac_known != 0)
+        .map(|node| node.mac)
+}
+
+/// Sends the frame out of the uplink to the node at `mac`, from the
+/// uplink's own MAC: how IPv6 reaches a node directly (the kernel's
+/// neighbour lookup by the node's IPv4 address cannot address an IPv6
+/// frame).
+#[inline(always)]
+pub fn send_to_mac(ctx: &TcContext, config: &NodeConfig, mac: [u8; 6]) -> Outcome {
+    let macs = [mac, config.uplink_mac];
+    ctx.store(offset_of!(EthHdr, dst_addr), &macs, 0)
+        .map_err(|_| Counter::DropUplinkError)?;
+    // SAFETY: plain helper call.
+    let action = unsafe { bpf_redirect(config.uplink_ifindex, 0) } as i32;
+    if action == TC_ACT_REDIRECT {
+        Ok(verdict(ctx, Counter::ForwardedDirect, action))
+    } else {
+        Err(Counter::DropUplinkError)
+    }
+}
+
 /// The node's own packet (already on its way out of the uplink, by the
 /// default route) to the node of `route`: addressed to that node's MAC and
 /// sent on as it is (a redirect would bring it back here). Through the
 /// tunnel while no MAC is known for it.
 #[inline(always)]
 pub fn from_host_to_node(ctx: &TcContext, config: &NodeConfig, route: &NodeRoute) -> i32 {
-    // The path first: tunnelled nodes pay for no second lookup.
-    let node = (route.path == node_path::DIRECT)
-        .then(|| remote_node(&route.node_ip))
-        .flatten()
-        .filter(|node| node.mac_known != 0);
-    let Some(node) = node else {
+    let Some(mac) = node_mac(route) else {
         return tunnel::encapsulate(ctx, config, route.node_ip);
     };
     let addressed = ctx
-        .store(offset_of!(EthHdr, dst_addr), &node.mac, 0)
+        .store(offset_of!(EthHdr, dst_addr), &mac, 0)
         .map(|()| verdict(ctx, Counter::ForwardedDirect, TC_ACT_OK))
         .map_err(|_| Counter::DropUplinkError);
     finish(ctx, addressed)

@@ -225,7 +225,8 @@ pub fn node_config() -> NodeConfig {
         // No IPv6 address: the suites that test ICMPv6 errors set one.
         node_ipv6: [0; 16],
         pod_cidr6: Ipv6Cidr::default(),
-        _pad_tail: [0; 4],
+        uplink_mac: UPLINK_MAC,
+        _pad_tail: [0; 6],
     }
 }
 

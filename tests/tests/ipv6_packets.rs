@@ -13,10 +13,11 @@ use dataplane_tests::{
     packets6::*,
     test_run::{
         Fixture, HOST_A_MAC, HOST_B_MAC, LOOPBACK_IFINDEX, NODE_IP, POD_A_MAC, POD_B_MAC,
-        REMOTE_NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TUNNEL_MTU, VNI, VXLAN_PORT,
-        endpoint, vxlan_frame,
+        REMOTE_NODE_IP, REMOTE_POD_CIDR, REMOTE_POD_CIDR6, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        TUNNEL_MTU, UPLINK_MAC, UPLINK_MTU, VNI, VXLAN_PORT, endpoint, on_uplink, vxlan_frame,
     },
 };
+use dataplane_user::{maps::ProgrammedNode, model::NodePath};
 use serde_json::json;
 
 /// Pods A and B with an IPv6 address each (A on the device test runs use).
@@ -426,6 +427,98 @@ fn a_router_s_icmpv6_errors_go_back_to_the_pod_from_the_node_ipv6_address() -> a
         assert_eq!(fixture.run(&packet).0, TC_ACT_SHOT, "{reason}");
         assert_eq!(fixture.counter(reason), before + 1, "{reason}");
     }
+    Ok(())
+}
+
+#[test]
+fn ipv6_to_a_node_reached_directly_goes_to_its_mac_and_is_taken_only_from_it() -> anyhow::Result<()>
+{
+    let mut fixture = fixture()?;
+    // The MAC `on_uplink` frames come from.
+    let node_mac = [0x02, 0, 0, 0, 2, 0x01];
+    let direct = ProgrammedNode {
+        pod_cidr: REMOTE_POD_CIDR.parse()?,
+        pod_cidr_ipv6: Some(REMOTE_POD_CIDR6.parse()?),
+        path: NodePath::Direct,
+        mac: Some(node_mac),
+    };
+    fixture.maps.insert_remote_node(REMOTE_NODE_IP, direct)?;
+    let node_ipv6: Ipv6Addr = "fd00:192::10".parse()?;
+    let config = fixture.maps.node_config()?;
+    fixture.maps.set_node_config(NodeConfig {
+        node_ipv6: node_ipv6.octets(),
+        pod_cidr6: Ipv6Cidr::new(POD_A_IP6.octets(), 64),
+        ..config
+    })?;
+
+    // Out: unencapsulated, to the node's MAC from the uplink's.
+    let packet = tcp6_syn((POD_A_IP6, REMOTE_POD_IP6), 64);
+    let (verdict, out) = fixture.run(&packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), packet.len(), "no header added");
+    assert_eq!((&out[0..6], &out[6..12]), (&node_mac[..], &UPLINK_MAC[..]));
+    assert_eq!(out[IP6_AT + 7], 63, "one routing hop");
+    assert_eq!(&out[IP6_AT + 8..], &packet[IP6_AT + 8..]);
+    assert_eq!(fixture.counter("forwarded_direct"), 1);
+    assert_eq!(fixture.counter("encapsulated"), 0);
+    // The uplink's MTU, not the tunnel's: larger is told so.
+    let payload = |len: usize| vec![0; len - 40];
+    let fits = ipv6_frame(
+        HOST_A_MAC,
+        (POD_A_IP6, REMOTE_POD_IP6),
+        TCP,
+        64,
+        &payload(UPLINK_MTU as usize),
+    );
+    assert_eq!(fixture.run(&fits).0, TC_ACT_REDIRECT);
+    let too_big = ipv6_frame(
+        HOST_A_MAC,
+        (POD_A_IP6, REMOTE_POD_IP6),
+        TCP,
+        64,
+        &payload(UPLINK_MTU as usize + 1),
+    );
+    let (verdict, error) = fixture.run(&too_big);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(error[L4_AT6], 2, "packet too big");
+    assert_eq!(&error[L4_AT6 + 4..L4_AT6 + 8], &UPLINK_MTU.to_be_bytes());
+
+    // In: a pod of that node to pod A, in a frame from its MAC.
+    let back = on_uplink(tcp6_syn((REMOTE_POD_IP6, POD_A_IP6), 64));
+    let (verdict, delivered) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &back);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&delivered[0..6], &POD_A_MAC);
+    assert_eq!(delivered[IP6_AT + 7], 63);
+    assert_eq!(fixture.counter("direct_to_pod"), 1);
+    // Anything else to a pod from the underlay is dropped.
+    let mut forged = back.clone();
+    forged[6..12].copy_from_slice(&[0x02, 0, 0, 0, 2, 0x99]);
+    let world: Ipv6Addr = "2001:db8::1".parse()?;
+    let gone: Ipv6Addr = "fd00:10:244::99".parse()?;
+    for (packet, reason) in [
+        (forged, "drop_direct_unverified"),
+        (
+            on_uplink(tcp6_syn((world, POD_A_IP6), 64)),
+            "drop_uplink_to_pod",
+        ),
+        (
+            on_uplink(tcp6_syn((POD_B_IP6, POD_A_IP6), 64)),
+            "drop_spoofed_source",
+        ),
+        (
+            on_uplink(tcp6_syn((REMOTE_POD_IP6, gone), 64)),
+            "drop_unknown_endpoint",
+        ),
+    ] {
+        let before = fixture.counter(reason);
+        let (verdict, _) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &packet);
+        assert_eq!(verdict, TC_ACT_SHOT, "{reason}");
+        assert_eq!(fixture.counter(reason), before + 1, "{reason}");
+    }
+    // The node's own IPv6 is its stack's, untouched.
+    let own = on_uplink(tcp6_syn((world, node_ipv6), 64));
+    let (verdict, out) = fixture.run_program(names::FROM_UPLINK_PROGRAM, &own);
+    assert_eq!((verdict, out), (TC_ACT_OK, own));
     Ok(())
 }
 

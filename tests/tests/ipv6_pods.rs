@@ -20,6 +20,7 @@ use dataplane_tests::{
     netns::unique_prefix,
     traffic::{EchoServers, echo_once},
 };
+use dataplane_user::model::Routing;
 use serde_json::Value;
 
 const ECHO_PORT: u16 = 8080;
@@ -270,5 +271,41 @@ fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() 
     cluster.nodes[0].add_remote_node(&cluster.nodes[1])?;
     assert!(a.netns.ping(b.ipv6, 1, &[]).is_err());
     a.netns.ping(b.ipv4, 1, &[])?;
+    Ok(())
+}
+
+#[test]
+fn dual_stack_pods_on_two_nodes_reached_directly_reach_each_other_over_ipv6_unencapsulated()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new(
+        ClusterSpec::dataplane(2, 0)
+            .with_real_plugin(MainPlugin::Ptp)
+            .with_routing(Routing::Direct)
+            .with_ipv6(),
+    )?;
+    let a = dual_stack_pod(&cluster.nodes[0], "d6a")?;
+    let b = dual_stack_pod(&cluster.nodes[1], "d6b")?;
+    let (sender, receiver) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // Each node learns the other's MAC from its neighbour table first
+    // (tunnelled meanwhile).
+    let reached = eventually(Duration::from_secs(10), || {
+        Ok(a.netns.ping(b.ipv6, 1, &[]).is_ok() && sender.counter("forwarded_direct")? > 0)
+    })?;
+    assert!(
+        reached,
+        "pod A does not reach pod B directly over IPv6: {}",
+        sender.agent_log()
+    );
+    let (encapsulated, direct_to_pod) = (
+        sender.counter("encapsulated")?,
+        receiver.counter("direct_to_pod")?,
+    );
+    let output = a
+        .netns
+        .exec(&["ping", "-c", "3", "-W", "1", &b.ipv6.to_string()])?;
+    assert!(output.contains("ttl=62"), "{output}");
+    assert_eq!(sender.counter("encapsulated")?, encapsulated, "no VXLAN");
+    assert!(receiver.counter("direct_to_pod")? >= direct_to_pod + 3);
+    tcp_over_ipv6_and_ipv4_as_before(&a, &b)?;
     Ok(())
 }

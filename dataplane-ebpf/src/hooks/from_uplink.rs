@@ -60,6 +60,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let Ok(outer) = ctx.load::<UdpPacket>(0) else {
         return short_packet(ctx, config);
     };
+    if outer.eth.ether_type == EtherType::Ipv6 as u16 && pkt_type(ctx) == PACKET_HOST {
+        return ipv6::from_direct_node(ctx, config);
+    }
     if outer.eth.ether_type != EtherType::Ipv4 as u16 {
         return TC_ACT_OK;
     }

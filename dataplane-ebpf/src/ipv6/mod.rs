@@ -1,19 +1,21 @@
 //! The IPv6 family's own code: a pod's packets at from-pod (its neighbour
-//! discovery in `ndp`), other nodes' pods' packets out of the tunnel, the
-//! header checks and the hop limit, the ICMPv6 errors a router sends
-//! (`icmp`). So far IPv6 is forwarded between pods (of this node, and of
-//! nodes through the tunnel) and to the node's own addresses (the pods'
-//! gateway, kubelet's probes answered).
+//! discovery in `ndp`), other nodes' pods' packets out of the tunnel or
+//! straight from a node reached directly, the header checks and the hop
+//! limit, the ICMPv6 errors a router sends (`icmp`). So far IPv6 is
+//! forwarded between pods (of this node, and of other nodes, tunnelled or
+//! direct) and to the node's own addresses (the pods' gateway, kubelet's
+//! probes answered).
 
 pub mod icmp;
 pub mod ndp;
 
-use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_csum_diff, programs::TcContext};
 use dataplane_common::{Counter, Ipv4Octets, Ipv6Octets, NodeConfig, VXLAN_OVERHEAD, policy_table};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     counters::{Outcome, finish, pass_to_host},
+    direct,
     local::{Redirect, deliver},
     maps::{endpoint6, is_host_address6, node_route6, policy_open6},
     packet::{IP_AT, UDP, header, ingress_ifindex, load},
@@ -105,8 +107,8 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
     if is_link_local(&dst) || is_host_address6(&dst) {
         return Ok(pass_to_host(ctx));
     }
-    // Another node's pod: through the tunnel, whatever the node's path
-    // (direct routing is IPv4's so far).
+    // Another node's pod: to its node's MAC when it is reached directly
+    // and its MAC is known, else through the tunnel.
     if config.tunnel_enabled()
         && let Some(route) = node_route6(dst)
     {
@@ -116,16 +118,19 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
         if last_hop(ctx) {
             return Ok(icmp::time_exceeded(ctx, config, offending));
         }
-        if exceeds_mtu(ctx, config.tunnel_mtu) {
-            return Ok(icmp::packet_too_big(
-                ctx,
-                config,
-                offending,
-                config.tunnel_mtu,
-            ));
+        let node_mac = direct::node_mac(&route);
+        let mtu = match node_mac {
+            Some(_) => config.uplink_mtu,
+            None => config.tunnel_mtu,
+        };
+        if exceeds_mtu(ctx, mtu) {
+            return Ok(icmp::packet_too_big(ctx, config, offending, mtu));
         }
         forward_hop(ctx)?;
-        return Ok(tunnel::encapsulate(ctx, config, route.node_ip));
+        return match node_mac {
+            Some(mac) => direct::send_to_mac(ctx, config, mac),
+            None => Ok(tunnel::encapsulate(ctx, config, route.node_ip)),
+        };
     }
     // A pod of this node that is gone, or never was: no error, as for IPv4.
     if config.pod_cidr6.contains(dst) {
@@ -169,6 +174,43 @@ fn judge_from_node(ctx: &TcContext, config: &NodeConfig, node_ip: Ipv4Octets) ->
         Redirect::into_pod(config),
         Counter::DecapsulatedToPod,
     )
+}
+
+/// An unencapsulated IPv6 frame from the uplink, addressed to this node:
+/// a pod of a node reached directly, to a pod here, is taken only in a
+/// frame from that node's MAC; the node's own IPv6 is its stack's.
+// Out of line: the addresses stay off from-uplink's frame.
+#[inline(never)]
+pub fn from_direct_node(ctx: &TcContext, config: &NodeConfig) -> i32 {
+    finish(ctx, judge_from_direct_node(ctx, config))
+}
+
+#[inline(always)]
+fn judge_from_direct_node(ctx: &TcContext, config: &NodeConfig) -> Outcome {
+    let [source, destination]: [Ipv6Octets; 2] =
+        load(ctx, IP_AT + core::mem::offset_of!(Ipv6Hdr, src_addr))?;
+    // This node's pods never send from outside it.
+    if config.pod_cidr6.contains(source) {
+        return Err(Counter::DropSpoofedSource);
+    }
+    let Some(pod) = endpoint6(&destination) else {
+        return if config.pod_cidr6.contains(destination) && !is_host_address6(&destination) {
+            Err(Counter::DropUnknownEndpoint)
+        } else {
+            Ok(TC_ACT_OK)
+        };
+    };
+    // Pods are reached from the underlay only by other nodes' pods, in
+    // frames from their node.
+    let route = node_route6(source).ok_or(Counter::DropUplinkToPod)?;
+    if !direct::from_node_mac(ctx, route.node_ip) {
+        return Err(Counter::DropDirectUnverified);
+    }
+    if !open(config, destination, Direction::Ingress) {
+        return Err(Counter::DropPolicyIpv6Unjudged);
+    }
+    forward_hop(ctx)?;
+    deliver(ctx, &pod, Redirect::into_pod(config), Counter::DirectToPod)
 }
 
 enum Direction {

@@ -42,6 +42,7 @@ pub async fn check(
         node.node_ip = Some(tunnel.settings.local);
         uplink = Some(UplinkFacts {
             ifindex: tunnel.uplink.index,
+            mac: tunnel.uplink.mac,
             mtu: tunnel.uplink.mtu,
             tunnel_mtu: tunnel.settings.mtu,
         });

@@ -15,6 +15,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UplinkFacts {
     pub ifindex: u32,
+    pub mac: [u8; 6],
     pub mtu: u32,
     /// What the tunnel leaves of `mtu`.
     pub tunnel_mtu: u32,
@@ -84,6 +85,7 @@ impl NodeFacts {
             config.uplink_ifindex = uplink.ifindex;
             config.tunnel_mtu = uplink.tunnel_mtu;
             config.uplink_mtu = uplink.mtu;
+            config.uplink_mac = uplink.mac;
             config.vxlan_port = node.vxlan_port;
         }
         if self.masquerading {

@@ -62,6 +62,7 @@ fn lab(routing: &str) -> Lab {
         settings,
         uplink: Some(UplinkFacts {
             ifindex: UPLINK,
+            mac: [0x02, 0, 0, 0, 2, 0x10],
             mtu: 1500,
             tunnel_mtu: 1450,
         }),

@@ -1,7 +1,7 @@
 //! The conversion from map layout v14, the layout this one replaces. What
 //! v15 changed:
 //! - `NODE_CONFIG`: the node's IPv6 address (the source of the ICMPv6
-//!   errors it sends) and its IPv6 pod CIDR, at the end; v14's settings are
+//!   errors it sends), its IPv6 pod CIDR and the uplink's MAC, at the end; v14's settings are
 //!   carried into the start of the new layout's, the new fields zero until
 //!   the agent writes them (the programs send no ICMPv6 error meanwhile).
 //!
