@@ -249,6 +249,7 @@ fn traffic_and_scale(
     };
     for (cluster, forwarding) in [
         (&clusters.dataplane, Forwarding::Dataplane),
+        (&clusters.direct, Forwarding::Dataplane),
         (&clusters.kernel, Forwarding::KernelRoutes),
     ] {
         dataplane_tests::ipv6::wire_pods(cluster, forwarding)

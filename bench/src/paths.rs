@@ -185,11 +185,17 @@ fn paths(clusters: &Clusters) -> Vec<Path<'_>> {
             (0, 0),
             OTHER_NODE,
         ),
+        pod_to_pod6(
+            "cross-node dataplane direct IPv6",
+            &clusters.direct,
+            (0, 0),
+            OTHER_NODE,
+        ),
     ]
 }
 
 /// Which path is compared with which, and how the baseline is described.
-const COMPARISONS: [(&str, &str, &str, &str); 8] = [
+const COMPARISONS: [(&str, &str, &str, &str); 10] = [
     (
         "same-node pod-to-pod",
         "same-node dataplane",
@@ -237,6 +243,18 @@ const COMPARISONS: [(&str, &str, &str, &str); 8] = [
         "cross-node dataplane IPv6",
         "cross-node flannel IPv6",
         "kernel vxlan carrying IPv6 + routes/neigh/fdb (flannel)",
+    ),
+    (
+        "cross-node pod-to-pod, IPv6, direct routing",
+        "cross-node dataplane direct IPv6",
+        "cross-node flannel IPv6",
+        "kernel vxlan carrying IPv6 + routes/neigh/fdb (flannel)",
+    ),
+    (
+        "cross-node pod-to-pod, IPv6, direct routing",
+        "cross-node dataplane direct IPv6",
+        "node-to-node",
+        "node-to-node, no overlay (physical limit)",
     ),
 ];
 
