@@ -580,6 +580,7 @@ fn behind(chain: &[u8], protocol: u8, upper: &[u8]) -> (u8, Vec<u8>) {
 }
 
 const HOP_BY_HOP: u8 = 0;
+const FRAGMENT: u8 = 44;
 const DESTINATION_OPTIONS: u8 = 60;
 const UDP: u8 = 17;
 
@@ -618,6 +619,26 @@ fn extension_headers_are_walked_within_a_bound_and_dhcpv6_answers_go_nowhere() -
             .0,
         TC_ACT_REDIRECT
     );
+    // A later piece of a fragmented datagram has no upper-layer header:
+    // payload that reads as a DHCPv6 answer or as neighbour discovery is
+    // forwarded; the first piece is judged by its header.
+    let fragment = |offset_and_flags: u16, upper: &[u8], protocol: u8| {
+        let mut payload = vec![protocol, 0];
+        payload.extend_from_slice(&offset_and_flags.to_be_bytes());
+        payload.extend_from_slice(&[0, 0, 0, 9]);
+        payload.extend_from_slice(upper);
+        (FRAGMENT, payload)
+    };
+    let later = 8 << 3;
+    for upper in [udp(546), vec![134, 0, 0, 0, 0, 0, 0, 0]] {
+        let packet = frame(fragment(later, &upper, UDP), POD_B_IP6);
+        assert_eq!(fixture.run(&packet).0, TC_ACT_REDIRECT, "{upper:?}");
+    }
+    let first_piece = frame(fragment(1, &udp(546), UDP), POD_B_IP6);
+    let before = fixture.counter("drop_pod_dhcpv6_server");
+    assert_eq!(fixture.run(&first_piece).0, TC_ACT_SHOT);
+    assert_eq!(fixture.counter("drop_pod_dhcpv6_server"), before + 1);
+
     let router_advertisement = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let link: Ipv6Addr = "fe80::1".parse()?;
     for (packet, reason) in [

@@ -113,16 +113,24 @@ fn pods_on_one_node_over_ipv6(main: MainPlugin) -> anyhow::Result<()> {
     let gateway = ipv6_gateway(node)?;
     let a = dual_stack_pod(node, "v6a")?;
     let b = dual_stack_pod(node, "v6b")?;
-    // "should create pod, add ipv6 and ipv4 ip to pod ips": both registered.
+    // "should create pod, add ipv6 and ipv4 ip to pod ips": both registered,
+    // and in the maps of their family.
     let listed = node.cli(&["endpoint", "list"])?;
+    let in_maps = node.cli(&["map", "list", "endpoints"])?;
     for pod in [&a, &b] {
         for ip in [pod.ipv4, pod.ipv6] {
             assert!(
-                listed.contains(&ip.to_string()),
-                "{ip} not listed: {listed}"
+                listed.contains(&ip.to_string()) && in_maps.contains(&ip.to_string()),
+                "{ip} not listed: {listed}\n{in_maps}"
             );
         }
     }
+    let status = node.cli(&["status"])?;
+    let pod_cidr6 = node.pod_cidr6.context("a dual-stack node")?.to_string();
+    assert!(
+        status.contains(&pod_cidr6) && status.contains(&node_ipv6),
+        "{status}"
+    );
 
     // The gateway: its neighbour solicitation answered by from-pod, its
     // echo request handed to the node (the gateway is the node's address).

@@ -261,20 +261,31 @@ const DESTINATION_OPTIONS: u8 = 60;
 /// pod needs, which would hide what follows them.
 const UNWALKED: [u8; 5] = [135, 139, 140, 253, 254];
 
+/// What `upper_layer` says of a later piece of a fragmented datagram: its
+/// upper-layer header is in the first piece ("no next header").
+pub const NO_UPPER_LAYER: u8 = 59;
+
 /// The upper-layer protocol of a pod's IPv6 packet (`first`: its fixed
 /// header's next header) and where its header starts, past at most
 /// `MAX_EXTENSION_HEADERS` extension headers; a longer chain, or one with
-/// an extension header not walked, is dropped.
+/// an extension header not walked, is dropped. A later piece of a
+/// fragmented datagram has none (`NO_UPPER_LAYER`): its payload is read
+/// as no header.
 #[inline(always)]
 fn upper_layer(ctx: &TcContext, first: u8) -> Outcome<(u8, usize)> {
     let (mut next, mut at) = (first, L4_AT6);
     for _ in 0..MAX_EXTENSION_HEADERS {
-        let [following, length]: [u8; 2] = match next {
+        // Every extension header has these 4 bytes: next header, length,
+        // and (of a fragment header) the offset with its flags.
+        let [following, length, offset_high, offset_low]: [u8; 4] = match next {
             HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS | FRAGMENT | AUTHENTICATION => {
                 load(ctx, at)?
             }
             _ => break,
         };
+        if next == FRAGMENT && u16::from_be_bytes([offset_high, offset_low]) >> 3 != 0 {
+            return Ok((NO_UPPER_LAYER, at + 8));
+        }
         at += match next {
             FRAGMENT => 8,
             AUTHENTICATION => (usize::from(length) + 2) * 4,
