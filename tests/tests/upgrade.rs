@@ -15,9 +15,9 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use dataplane_common::{FlowKey, MAP_LAYOUT_VERSION, NatEntry, nat_direction};
 use dataplane_tests::{
-    Cluster, ClusterSpec, MainPlugin, Netns, Node,
+    Cluster, ClusterSpec, Forwarding, MainPlugin, Netns, Node,
     cluster::{Build, EXTERNAL_HOST_IP},
-    eventually,
+    eventually, ipv6,
     kube_api::Resource,
     netpol::{self, PROBE_TIMEOUT, WATCH_TIMEOUT, followed_node},
     traffic::{EchoServers, Steady, UdpEcho, echo_once, joined, steady_tcp, steady_udp},
@@ -70,6 +70,9 @@ fn upgrading_both_nodes_across_a_map_layout_change_keeps_every_connection() -> a
             .with_real_plugin(MainPlugin::Ptp)
             .starting_as(Build::PreviousLayout),
     )?;
+    // IPv6 on every pod too, through the previous build's API.
+    ipv6::wire_pods(&cluster, Forwarding::Dataplane)?;
+    let remote_ipv6 = ipv6::pod_ip6(1, 1);
     // Taken out of the nodes, which are upgraded under them (dropped
     // before the cluster all the same).
     let (here, there) = (
@@ -81,6 +84,7 @@ fn upgrading_both_nodes_across_a_map_layout_change_keeps_every_connection() -> a
         EchoServers::start(&near.netns, near.ip, [ECHO_PORT], 8, None)?,
         EchoServers::start(&far.netns, far.ip, [ECHO_PORT], 8, None)?,
         EchoServers::start(&remote.netns, remote.ip, [ECHO_PORT], 2, None)?,
+        EchoServers::start(&remote.netns, remote_ipv6, [ECHO_PORT], 2, None)?,
         EchoServers::start(
             &cluster.external,
             EXTERNAL_HOST_IP,
@@ -135,6 +139,14 @@ fn upgrading_both_nodes_across_a_map_layout_change_keeps_every_connection() -> a
             steady_tcp(
                 &client.netns,
                 SocketAddr::from((remote.ip, ECHO_PORT)),
+                stop.clone(),
+            )?,
+        ),
+        (
+            "pod to pod across nodes over IPv6",
+            steady_tcp(
+                &client.netns,
+                SocketAddr::from((remote_ipv6, ECHO_PORT)),
                 stop.clone(),
             )?,
         ),
