@@ -59,7 +59,7 @@ pub async fn check(
         warn!(
             "node.pod_cidr_ipv6 is set but the node has no global IPv6 address on its uplink \
              (nor node.node_ipv6): pods' IPv6 packets the node cannot forward are dropped \
-             without an ICMPv6 error"
+             without an ICMPv6 error until the uplink has one"
         );
     }
     let masquerading = config.nat.masquerade && node.uplink.is_some();
@@ -68,6 +68,7 @@ pub async fn check(
     }
     let facts = NodeFacts {
         settings: node,
+        node_ipv6_configured: config.node.node_ipv6.is_some(),
         uplink,
         uplink_networks,
         masquerading,

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnetwork::Ipv4Network;
@@ -48,6 +48,10 @@ pub trait HostLinks: Send + Sync + 'static {
     fn host_addresses(
         &self,
     ) -> impl Future<Output = Result<BTreeSet<IpAddr>, InterfaceError>> + Send;
+    fn global_ipv6_addresses(
+        &self,
+        index: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv6Addr>, InterfaceError>> + Send;
 }
 
 impl HostLinks for Interfaces {
@@ -102,6 +106,13 @@ impl HostLinks for Interfaces {
         index: u32,
     ) -> impl Future<Output = Result<BTreeMap<Ipv4Addr, Neighbour>, InterfaceError>> + Send {
         Interfaces::neighbours(self, index)
+    }
+
+    fn global_ipv6_addresses(
+        &self,
+        index: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv6Addr>, InterfaceError>> + Send {
+        Interfaces::global_ipv6_addresses(self, index)
     }
 
     fn host_addresses(

@@ -25,6 +25,8 @@ pub struct UplinkFacts {
 pub struct NodeFacts {
     /// The node settings with `node_ip` and `node_ipv6` resolved.
     pub settings: NodeSettings,
+    /// Whether the config gave `node_ipv6` (else it follows the uplink's).
+    pub node_ipv6_configured: bool,
     /// `None` without an uplink (no tunnel, no masquerading).
     pub uplink: Option<UplinkFacts>,
     /// The networks of the uplink's addresses (followed): nodes there are

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
@@ -16,6 +16,7 @@ use crate::interfaces::{HostLinks, Interface, InterfaceError, Neighbour};
 struct Host {
     links: BTreeMap<u32, Interface>,
     addresses: BTreeSet<Ipv4Addr>,
+    uplink_ipv6: Vec<Ipv6Addr>,
     uplink_networks: Vec<Ipv4Network>,
     neighbours: BTreeMap<Ipv4Addr, Neighbour>,
 }
@@ -48,6 +49,11 @@ impl FakeHost {
 
     pub fn set_addresses(&self, addresses: &[Ipv4Addr]) {
         self.with(|host| host.addresses = addresses.iter().copied().collect());
+    }
+
+    /// The uplink's global IPv6 addresses, in the kernel's order.
+    pub fn set_uplink_ipv6(&self, addresses: &[Ipv6Addr]) {
+        self.with(|host| host.uplink_ipv6 = addresses.to_vec());
     }
 
     pub fn set_uplink_networks(&self, networks: &[Ipv4Network]) {
@@ -108,7 +114,19 @@ impl HostLinks for FakeHost {
     fn host_addresses(
         &self,
     ) -> impl Future<Output = Result<BTreeSet<IpAddr>, InterfaceError>> + Send {
-        let addresses = self.with(|host| host.addresses.iter().copied().map(IpAddr::V4).collect());
+        let addresses = self.with(|host| {
+            let ipv4 = host.addresses.iter().copied().map(IpAddr::V4);
+            ipv4.chain(host.uplink_ipv6.iter().copied().map(IpAddr::V6))
+                .collect()
+        });
+        async move { Ok(addresses) }
+    }
+
+    fn global_ipv6_addresses(
+        &self,
+        _: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv6Addr>, InterfaceError>> + Send {
+        let addresses = self.with(|host| host.uplink_ipv6.clone());
         async move { Ok(addresses) }
     }
 }

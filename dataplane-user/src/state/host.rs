@@ -16,6 +16,7 @@ impl<L: HostLinks> Owner<L> {
     /// an error.
     pub(super) async fn sync_host_addresses(&mut self) -> anyhow::Result<()> {
         self.sync_uplink_networks().await?;
+        self.sync_node_ipv6().await?;
         let addresses = self.interfaces.host_addresses().await?;
         let count = addresses.len();
         match self.dataplane.set_host_addresses(addresses) {
@@ -25,6 +26,28 @@ impl<L: HostLinks> Owner<L> {
                 warn!("{full}");
             }
             Err(error) => return Err(error.into()),
+        }
+        Ok(())
+    }
+
+    /// The node's IPv6 address the programs send ICMPv6 errors from, when
+    /// the config leaves it to the uplink: the one in use while the uplink
+    /// has it, else its first global IPv6 address now (an address that
+    /// comes after start, as SLAAC's does, is taken; one removed, given up).
+    pub(super) async fn sync_node_ipv6(&mut self) -> anyhow::Result<()> {
+        let uplink = self.facts.uplink_ifindex();
+        if uplink == 0 || self.facts.node_ipv6_configured {
+            return Ok(());
+        }
+        let addresses = self.interfaces.global_ipv6_addresses(uplink).await?;
+        let current = self.facts.settings.node_ipv6;
+        let wanted = current
+            .filter(|ip| addresses.contains(ip))
+            .or_else(|| addresses.first().copied());
+        if wanted != current {
+            self.facts.settings.node_ipv6 = wanted;
+            self.write_node_config()?;
+            info!(node_ipv6 = ?wanted, "the node's IPv6 address (the source of ICMPv6 errors)");
         }
         Ok(())
     }

@@ -2,7 +2,11 @@
 //! The state owner over fake maps, links and host: every command through
 //! the handle the sources use, injected write failures and their retries.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
 
 use dataplane_common::{MAX_SERVICE_FLOWS, MAX_SOCKET_FLOWS, names};
 use macaddr::MacAddr6;
@@ -60,6 +64,7 @@ fn lab(routing: &str) -> Lab {
     settings.node_ip = Some(NODE_IP);
     let facts = NodeFacts {
         settings,
+        node_ipv6_configured: false,
         uplink: Some(UplinkFacts {
             ifindex: UPLINK,
             mac: [0x02, 0, 0, 0, 2, 0x10],
@@ -263,6 +268,47 @@ async fn the_node_addresses_are_followed() {
             .map(|fill| fill.entries)
     };
     assert_eq!(fill("HOST_ADDRESSES"), Some(2), "{:?}", status.maps);
+}
+
+#[tokio::test]
+async fn the_node_ipv6_address_follows_the_uplinks() {
+    let lab = lab("tunnel");
+    let node_ipv6 = |status: &crate::api::Status| status.node_ipv6;
+    assert_eq!(
+        node_ipv6(&lab.state.ask(Command::Status).await.unwrap()),
+        None
+    );
+    // SLAAC done after start: taken.
+    let (first, second): (Ipv6Addr, Ipv6Addr) = (
+        "2001:db8::10".parse().unwrap(),
+        "2001:db8::11".parse().unwrap(),
+    );
+    lab.host.set_uplink_ipv6(&[first]);
+    lab.state.ask(Command::SyncHostAddresses).await.unwrap();
+    assert_eq!(
+        node_ipv6(&lab.state.ask(Command::Status).await.unwrap()),
+        Some(first)
+    );
+    // Kept while the uplink has it, even when another comes first.
+    lab.host.set_uplink_ipv6(&[second, first]);
+    lab.state.ask(Command::SyncHostAddresses).await.unwrap();
+    assert_eq!(
+        node_ipv6(&lab.state.ask(Command::Status).await.unwrap()),
+        Some(first)
+    );
+    // Removed: the next one; none left: none.
+    lab.host.set_uplink_ipv6(&[second]);
+    lab.state.ask(Command::SyncHostAddresses).await.unwrap();
+    assert_eq!(
+        node_ipv6(&lab.state.ask(Command::Status).await.unwrap()),
+        Some(second)
+    );
+    lab.host.set_uplink_ipv6(&[]);
+    lab.state.ask(Command::SyncHostAddresses).await.unwrap();
+    assert_eq!(
+        node_ipv6(&lab.state.ask(Command::Status).await.unwrap()),
+        None
+    );
 }
 
 #[tokio::test]
