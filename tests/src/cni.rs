@@ -116,6 +116,15 @@ impl CniNetwork {
         Ok(self)
     }
 
+    /// The same network handing out IPv6 addresses from `subnet` only, with
+    /// an IPv6 default route (an IPv6-only cluster).
+    pub fn ipv6_only(mut self, subnet: &str) -> Self {
+        let ipam = &mut self.conflist["plugins"][0]["ipam"];
+        ipam["ranges"] = json!([[{"subnet": subnet}]]);
+        ipam["routes"] = json!([{"dst": "::/0"}]);
+        self
+    }
+
     /// The same network with host-local also handing out IPv6 addresses
     /// from `subnet`, and an IPv6 default route (dual stack, as clusters
     /// configure it).

@@ -203,6 +203,50 @@ fn dual_stack_pods_of_bridge_reach_each_other_their_gateway_and_the_node_over_ip
 }
 
 #[test]
+fn ipv6_only_pods_reach_each_other_their_gateway_and_the_node() -> anyhow::Result<()> {
+    let cluster = Cluster::new(
+        ClusterSpec::dataplane(1, 0)
+            .with_real_plugin(MainPlugin::Ptp)
+            .with_ipv6(),
+    )?;
+    let node = &cluster.nodes[0];
+    let cidr = node.pod_cidr6.context("a dual-stack node")?;
+    let network = node
+        .cni
+        .clone()
+        .context("the node makes its pods through CNI")?
+        .ipv6_only(&cidr.to_string());
+    let mut pods = Vec::new();
+    for name in ["o6a", "o6b"] {
+        let netns = Netns::create(format!("{}{name}", unique_prefix()))?;
+        let result = network.add(name, &netns, "eth0")?;
+        let ips = result["ips"].as_array().context("a result with ips")?;
+        assert_eq!(ips.len(), 1, "one address: {result}");
+        let ip: IpAddr = ips[0]["address"]
+            .as_str()
+            .and_then(|address| address.split('/').next()?.parse().ok())
+            .context("an address")?;
+        assert!(ip.is_ipv6(), "{result}");
+        pods.push((netns, ip));
+    }
+    let ((a, _), (b, b_ip)) = (&pods[0], &pods[1]);
+    let listed = node.cli(&["endpoint", "list"])?;
+    assert!(listed.contains(&b_ip.to_string()), "{listed}");
+    assert!(
+        eventually(Duration::from_secs(10), || Ok(a
+            .ping(ipv6_gateway(node)?, 1, &[])
+            .is_ok()))?,
+        "an IPv6-only pod cannot ping its gateway: {}",
+        node.agent_log()
+    );
+    a.ping(*b_ip, 3, &[])?;
+    let _echo = EchoServers::start(b, *b_ip, [ECHO_PORT], 2, None)?;
+    echo_once(a, SocketAddr::new(*b_ip, ECHO_PORT), Duration::from_secs(3))?;
+    node.netns.ping(*b_ip, 3, &[])?;
+    Ok(())
+}
+
+#[test]
 fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() -> anyhow::Result<()>
 {
     let mut cluster = Cluster::new(
