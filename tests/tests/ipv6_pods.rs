@@ -18,7 +18,7 @@ use dataplane_tests::{
     cni::host_interface,
     eventually,
     netns::unique_prefix,
-    traffic::{EchoServers, echo_once},
+    traffic::{EchoServers, echo_once, iperf3_tcp},
 };
 use dataplane_user::model::Routing;
 use serde_json::Value;
@@ -157,6 +157,31 @@ fn pods_on_one_node_over_ipv6(main: MainPlugin) -> anyhow::Result<()> {
     // The node reaches its pods over IPv6 (kubelet's probes).
     node.netns.ping(a.ipv6, 3, &[])?;
 
+    // A pod sending from another pod's IPv6 address gets nothing through.
+    let b_ipv6 = b.ipv6.to_string();
+    a.netns.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{b_ipv6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    let spoofed = node.counter("drop_spoofed_source")?;
+    assert!(a.netns.ping(gateway, 1, &["-I", &b_ipv6]).is_err());
+    assert!(node.counter("drop_spoofed_source")? > spoofed);
+    a.netns.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "del",
+        &format!("{b_ipv6}/128"),
+        "dev",
+        "eth0",
+    ])?;
+
     // The hop limit running out here: time exceeded, from the node's IPv6
     // address (traceroute from a pod shows the node).
     let output = ping_output(&a, &["-t", "1", &b.ipv6.to_string()])?;
@@ -279,6 +304,9 @@ fn dual_stack_pods_on_two_nodes_reach_each_other_over_ipv6_through_the_tunnel() 
     assert!(cluster.nodes[0].counter("encapsulated")? >= 3);
     assert!(cluster.nodes[1].counter("decapsulated_to_pod")? >= 3);
     tcp_over_ipv6_and_ipv4_as_before(&a, &b)?;
+    // Bulk TCP over IPv6 through the tunnel (segmentation offloads on).
+    let rate = iperf3_tcp(&b.netns, b.ipv6, &a.netns, 2)?;
+    assert!(rate > 0.0, "iperf3 moved no data over IPv6");
 
     // A pod whose link is larger than the tunnel (its MTU raised past what
     // the CNI plugin set): a packet too big from the node (IPv6 routers
@@ -359,5 +387,8 @@ fn dual_stack_pods_on_two_nodes_reached_directly_reach_each_other_over_ipv6_unen
     assert_eq!(sender.counter("encapsulated")?, encapsulated, "no VXLAN");
     assert!(receiver.counter("direct_to_pod")? >= direct_to_pod + 3);
     tcp_over_ipv6_and_ipv4_as_before(&a, &b)?;
+    let rate = iperf3_tcp(&b.netns, b.ipv6, &a.netns, 2)?;
+    assert!(rate > 0.0, "iperf3 moved no data over IPv6");
+    assert_eq!(sender.counter("encapsulated")?, encapsulated, "no VXLAN");
     Ok(())
 }
