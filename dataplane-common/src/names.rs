@@ -2,6 +2,7 @@
 
 pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
 pub const ENDPOINTS6_MAP: &str = "ENDPOINTS6";
+pub const HOST_VETHS_MAP: &str = "HOST_VETHS";
 pub const NODE_CONFIG_MAP: &str = "NODE_CONFIG";
 pub const NODE_ROUTES_MAP: &str = "NODE_ROUTES";
 pub const NODE_ROUTES6_MAP: &str = "NODE_ROUTES6";

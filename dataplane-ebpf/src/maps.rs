@@ -27,6 +27,11 @@ pub static ENDPOINTS: HashMap<Ipv4Octets, Endpoint> = HashMap::pinned(MAX_ENDPOI
 #[map(name = "ENDPOINTS6")]
 pub static ENDPOINTS6: HashMap<Ipv6Octets, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
+/// Every host veth a pod is behind: its ifindex -> its MAC, which the
+/// pod's neighbour discovery from a link-local address is answered with.
+#[map(name = "HOST_VETHS")]
+pub static HOST_VETHS: HashMap<u32, [u8; 6]> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
 #[map(name = "NODE_CONFIG")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
@@ -199,6 +204,13 @@ pub fn endpoint(addr: &Ipv4Octets) -> Option<Endpoint> {
 pub fn endpoint6(addr: &Ipv6Octets) -> Option<Endpoint> {
     // SAFETY: as for `endpoint`.
     unsafe { ENDPOINTS6.get(addr).copied() }
+}
+
+/// The MAC of the host veth `ifindex`, when a pod is behind it.
+#[inline(always)]
+pub fn host_veth_mac(ifindex: u32) -> Option<[u8; 6]> {
+    // SAFETY: as for `endpoint`.
+    unsafe { HOST_VETHS.get(ifindex).copied() }
 }
 
 /// The directions the local pod at `addr` is open in under the policy

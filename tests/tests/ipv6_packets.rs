@@ -76,6 +76,21 @@ fn a_pods_solicitation_for_its_gateway_is_answered_with_the_host_veth_mac() -> a
     assert_eq!(addresses(&answer), (GATEWAY6, POD_A_LINK_LOCAL));
     assert_eq!(answer.len(), L4_AT6 + 24, "no option added");
     assert!(icmpv6_checksum_holds(&answer));
+
+    // A link-local gateway: solicited from the pod's link-local address to
+    // its solicited-node group, answered with the MAC of the veth it came
+    // in on.
+    fixture
+        .maps
+        .insert_host_veth(LOOPBACK_IFINDEX, HOST_A_MAC)?;
+    let link_gateway: Ipv6Addr = "fe80::1".parse()?;
+    let (verdict, answer) = fixture.run(&solicitation(POD_A_LINK_LOCAL, link_gateway));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&answer[0..6], &POD_A_MAC);
+    assert_eq!(&answer[6..12], &HOST_A_MAC);
+    assert_eq!(addresses(&answer), (link_gateway, POD_A_LINK_LOCAL));
+    assert_eq!(&answer[L4_AT6 + 26..L4_AT6 + 32], &HOST_A_MAC);
+    assert!(icmpv6_checksum_holds(&answer));
     Ok(())
 }
 
@@ -96,7 +111,8 @@ fn duplicate_address_detection_router_messages_and_strangers_get_no_answer() -> 
         solicitation(POD_A_IP6, POD_A_IP6),
         // From an address that is not the pod's.
         solicitation(POD_B_IP6, GATEWAY6),
-        // A multicast solicitation from a link-local address: no MAC to answer from.
+        // A multicast solicitation from a link-local address on a veth no
+        // pod is known behind: no MAC to answer from.
         solicitation(POD_A_LINK_LOCAL, GATEWAY6),
     ];
     // Router solicitation, advertisement and redirect: never from a pod.

@@ -182,6 +182,15 @@ fn pods_on_one_node_over_ipv6(main: MainPlugin) -> anyhow::Result<()> {
         "eth0",
     ])?;
 
+    // A link-local gateway (solicited from the pod's link-local address):
+    // answered by from-pod too, and B reached through it.
+    let via_link_local = [
+        "ip", "-6", "route", "replace", &b_ipv6, "via", "fe80::1", "dev", "eth0",
+    ];
+    a.netns.exec(&via_link_local)?;
+    a.netns.ping(b.ipv6, 3, &[])?;
+    a.netns.exec(&["ip", "-6", "route", "del", &b_ipv6])?;
+
     // The hop limit running out here: time exceeded, from the node's IPv6
     // address (traceroute from a pod shows the node).
     let output = ping_output(&a, &["-t", "1", &b.ipv6.to_string()])?;

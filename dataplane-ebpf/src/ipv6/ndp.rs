@@ -14,7 +14,7 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use super::{L4_AT6, icmpv6_checksum, is_link_local};
 use crate::{
     counters::{Outcome, pass_to_host, verdict},
-    maps::endpoint6,
+    maps::{endpoint6, host_veth_mac},
     packet::{IP_AT, header, ingress_ifindex},
 };
 
@@ -111,12 +111,16 @@ fn answer_solicitation(ctx: &TcContext, ifindex: u32) -> Outcome {
     {
         return Err(Counter::DropNdpIgnored);
     }
-    // The host veth's MAC: the pod's own endpoint has it; a link-local
-    // source's unicast probe was sent to it.
+    // The host veth's MAC: the pod's own endpoint has it; for a
+    // link-local source (a link-local gateway's solicitation), the veth's
+    // entry, or the MAC a unicast probe was sent to.
     let host_mac = match endpoint6(&ip.src_addr) {
         Some(pod) => pod.host_mac,
-        None if eth.dst_addr[0] & 1 == 0 => eth.dst_addr,
-        None => return Err(Counter::DropNdpIgnored),
+        None => match host_veth_mac(ifindex) {
+            Some(mac) => mac,
+            None if eth.dst_addr[0] & 1 == 0 => eth.dst_addr,
+            None => return Err(Counter::DropNdpIgnored),
+        },
     };
     message.kind = NEIGHBOR_ADVERTISEMENT;
     message.flags = [ADVERTISED_FLAGS, 0, 0, 0];

@@ -276,7 +276,11 @@ impl Dataplane {
             host_mac: interface.mac,
         };
         let newly_attached = self.attach_pod_programs(interface)?;
-        if let Err(error) = self.maps.insert_endpoint(ip, endpoint) {
+        let inserted = self
+            .maps
+            .insert_host_veth(interface.index, interface.mac)
+            .and_then(|()| self.maps.insert_endpoint(ip, endpoint));
+        if let Err(error) = inserted {
             if newly_attached {
                 self.detach_from_pod_if_unused(interface.index);
             }
@@ -362,6 +366,8 @@ impl Dataplane {
         if !self.behind.contains_key(&ifindex) {
             self.links.detach(&from_pod_on(ifindex));
             self.links.detach(&to_pod_on(ifindex));
+            // Best effort: a stale entry answers only a pod no longer there.
+            let _ = self.maps.remove_host_veth(ifindex);
         }
     }
 }

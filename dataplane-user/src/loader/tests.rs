@@ -19,7 +19,7 @@ fn layout(name: &str) -> MapLayout {
 #[test]
 fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
     let layouts = expected_layouts().unwrap();
-    assert_eq!(layouts.len(), 34, "{layouts:?}");
+    assert_eq!(layouts.len(), 35, "{layouts:?}");
     // Policy: LPM keys (prefix length, then the data), the subjects by
     // address and table, the allowed connections as NAT keys them.
     let classes = layout(names::POLICY_CLASSES_MAP);
@@ -56,6 +56,8 @@ fn pinned_layouts_come_from_the_object_and_match_the_shared_types() {
     assert_eq!(endpoints.key_size, 4);
     assert_eq!(endpoints.value_size as usize, size_of::<Endpoint>());
     assert_eq!(endpoints.max_entries, MAX_ENDPOINTS);
+    let host_veths = layout(names::HOST_VETHS_MAP);
+    assert_eq!((host_veths.key_size, host_veths.value_size), (4, 6));
     let nat = layout(names::NAT_MAP);
     assert_eq!(nat.key_size as usize, size_of::<FlowKey>());
     assert_eq!(nat.value_size as usize, size_of::<NatEntry>());

@@ -134,6 +134,7 @@ impl Maps {
         Self {
             endpoints: Box::new(FakeTable::new(names::ENDPOINTS_MAP, MAX_ENDPOINTS, faults)),
             endpoints6: Box::new(FakeTable::new(names::ENDPOINTS6_MAP, MAX_ENDPOINTS, faults)),
+            host_veths: Box::new(FakeTable::new(names::HOST_VETHS_MAP, MAX_ENDPOINTS, faults)),
             node_config: Box::new(FakeTable::new(names::NODE_CONFIG_MAP, 1, faults)),
             node_routes: Box::new(FakeTable::new(
                 names::NODE_ROUTES_MAP,

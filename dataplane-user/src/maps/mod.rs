@@ -1,5 +1,6 @@
 //! Typed access to the dataplane's maps, over the [`table::Table`] seam.
 
+mod endpoints;
 #[cfg(test)]
 pub mod fake;
 mod nat;
@@ -128,6 +129,7 @@ pub fn access(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 pub struct Maps {
     endpoints: BoxedTable<Ipv4Octets, Endpoint>,
     endpoints6: BoxedTable<Ipv6Octets, Endpoint>,
+    host_veths: BoxedTable<u32, [u8; 6]>,
     node_config: BoxedTable<u32, NodeConfig>,
     node_routes: BoxedTable<Key<Ipv4Octets>, NodeRoute>,
     node_routes6: BoxedTable<Key<Ipv6Octets>, NodeRoute>,
@@ -181,6 +183,7 @@ impl Maps {
         Ok(Self {
             endpoints: hash(ebpf, names::ENDPOINTS_MAP)?,
             endpoints6: hash(ebpf, names::ENDPOINTS6_MAP)?,
+            host_veths: hash(ebpf, names::HOST_VETHS_MAP)?,
             node_config: Box::new(table::<Array<MapData, _>>(ebpf, names::NODE_CONFIG_MAP)?),
             node_routes: Box::new(table::<LpmTrie<MapData, _, _>>(
                 ebpf,
@@ -245,54 +248,6 @@ impl Maps {
         self.node_config
             .insert(&0, &config)
             .map_err(access(names::NODE_CONFIG_MAP))
-    }
-
-    pub fn insert_endpoint(&mut self, ip: IpAddr, endpoint: Endpoint) -> Result<(), MapsError> {
-        let (name, inserted) = match ip {
-            IpAddr::V4(ip) => (
-                names::ENDPOINTS_MAP,
-                self.endpoints.insert(&ip.octets(), &endpoint),
-            ),
-            IpAddr::V6(ip) => (
-                names::ENDPOINTS6_MAP,
-                self.endpoints6.insert(&ip.octets(), &endpoint),
-            ),
-        };
-        inserted.map_err(|source| {
-            if is_errno(&source, nix::libc::E2BIG) {
-                MapsError::EndpointsFull
-            } else {
-                access(name)(source)
-            }
-        })
-    }
-
-    /// Removes an endpoint; `Ok(false)` when it was not there.
-    pub fn remove_endpoint(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
-        match ip {
-            IpAddr::V4(ip) => removed(self.endpoints.remove(&ip.octets()), names::ENDPOINTS_MAP),
-            IpAddr::V6(ip) => removed(self.endpoints6.remove(&ip.octets()), names::ENDPOINTS6_MAP),
-        }
-    }
-
-    /// The endpoints of both families.
-    pub fn endpoints(&self) -> Result<Vec<(IpAddr, Endpoint)>, MapsError> {
-        let ipv4 = self
-            .endpoints
-            .entries()
-            .map_err(access(names::ENDPOINTS_MAP))?;
-        let ipv6 = self
-            .endpoints6
-            .entries()
-            .map_err(access(names::ENDPOINTS6_MAP))?;
-        Ok(ipv4
-            .into_iter()
-            .map(|(ip, endpoint)| (IpAddr::from(ip), endpoint))
-            .chain(
-                ipv6.into_iter()
-                    .map(|(ip, endpoint)| (IpAddr::from(ip), endpoint)),
-            )
-            .collect())
     }
 
     /// Makes `cidrs` the complete list of non-masquerade destinations, without

@@ -4,6 +4,9 @@
 //!   errors it sends), its IPv6 pod CIDR and the uplink's MAC, at the end; v14's settings are
 //!   carried into the start of the new layout's, the new fields zero until
 //!   the agent writes them (the programs send no ICMPv6 error meanwhile).
+//! - `HOST_VETHS`: new, each host veth a pod is behind with its MAC (what a
+//!   pod's neighbour discovery from a link-local address is answered with),
+//!   rebuilt from the carried endpoints.
 //!
 //! Every other pinned map kept its layout and is copied entry by entry,
 //! policy included (an isolated pod stays isolated from the first packet
@@ -33,6 +36,10 @@ pub const FROM_VERSION: u32 = 14;
 pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::ENDPOINTS_MAP, "copied"),
     (names::ENDPOINTS6_MAP, "copied"),
+    (
+        names::HOST_VETHS_MAP,
+        "new: rebuilt from the carried endpoints",
+    ),
     (
         names::NODE_CONFIG_MAP,
         "carried into the start of the new layout (then rewritten by the agent)",
@@ -127,6 +134,7 @@ pub fn carry_state(old: &Path, new: &Path, fresh: bool) -> Result<Vec<Carried>, 
         )?);
         carried.push(carry_node_config(&old, &new)?);
     }
+    carried.push(rebuild_host_veths(&old, &new)?);
     carried.extend(carry_policy(&old, &new)?);
     carried.extend(carry_connection_maps(&old, &new)?);
     Ok(carried)
@@ -168,6 +176,36 @@ fn carry_policy(old: &Pins, new: &Pins) -> Result<Vec<Carried>, CarryError> {
         copy::<PolicyRuleKey, u8, _>(names::POLICY_PORTS_MAP, old, new, Pins::hash)?,
         copy::<Ipv4Octets, PolicyDrops, _>(names::POLICY_DROPS_MAP, old, new, Pins::hash)?,
     ])
+}
+
+/// Every host veth the previous layout's endpoints (both families) are
+/// behind, with its MAC.
+fn rebuild_host_veths(old: &Pins, new: &Pins) -> Result<Carried, CarryError> {
+    let mut veths: Vec<(u32, [u8; 6])> = entries_of(
+        names::ENDPOINTS_MAP,
+        &old.hash::<Ipv4Octets, Endpoint>(names::ENDPOINTS_MAP)?,
+    )?
+    .into_iter()
+    .map(|(_, endpoint)| endpoint)
+    .chain(
+        entries_of(
+            names::ENDPOINTS6_MAP,
+            &old.hash::<Ipv6Octets, Endpoint>(names::ENDPOINTS6_MAP)?,
+        )?
+        .into_iter()
+        .map(|(_, endpoint)| endpoint),
+    )
+    .map(|endpoint| (endpoint.host_ifindex, endpoint.host_mac))
+    .collect();
+    veths.sort_unstable();
+    veths.dedup();
+    let map = names::HOST_VETHS_MAP;
+    Ok(carry(
+        map,
+        &veths,
+        &mut new.hash::<u32, [u8; 6]>(map)?,
+        |ifindex, mac| (*ifindex, *mac),
+    ))
 }
 
 /// v14's `NODE_CONFIG` as bytes: v15's starts with them.
