@@ -2,7 +2,8 @@
 //! the funnel every verdict goes through (counting and monitoring).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::bpf_redirect,
     programs::TcContext,
 };
 use dataplane_common::Counter;
@@ -69,6 +70,19 @@ pub fn verdict(ctx: &TcContext, counter: Counter, action: i32) -> i32 {
     }
     count(ctx, counter);
     action
+}
+
+/// Sends the packet out of `ifindex`, counted under `counter`; dropped for
+/// `failed` when the kernel refuses (the device is gone).
+#[inline(always)]
+pub fn redirect_out(ctx: &TcContext, ifindex: u32, counter: Counter, failed: Counter) -> Outcome {
+    // SAFETY: plain helper call; no packet pointer is used after it.
+    let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
+    if action == TC_ACT_REDIRECT {
+        Ok(verdict(ctx, counter, action))
+    } else {
+        Err(failed)
+    }
 }
 
 /// Counts `counter` beside the verdict, and shows the packet as it is now to

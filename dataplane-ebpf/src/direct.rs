@@ -8,15 +8,14 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::bpf_redirect,
+    bindings::{TC_ACT_OK, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     programs::TcContext,
 };
 use dataplane_common::{Counter, Ipv4Octets, NodeConfig, NodeRoute, node_path};
 use network_types::eth::EthHdr;
 
 use crate::{
-    counters::{Outcome, finish, verdict},
+    counters::{Outcome, finish, redirect_out, verdict},
     maps::remote_node,
     tunnel,
 };
@@ -89,13 +88,12 @@ pub fn send_to_mac(ctx: &TcContext, config: &NodeConfig, mac: [u8; 6]) -> Outcom
     let macs = [mac, config.uplink_mac];
     ctx.store(offset_of!(EthHdr, dst_addr), &macs, 0)
         .map_err(|_| Counter::DropUplinkError)?;
-    // SAFETY: plain helper call.
-    let action = unsafe { bpf_redirect(config.uplink_ifindex, 0) } as i32;
-    if action == TC_ACT_REDIRECT {
-        Ok(verdict(ctx, Counter::ForwardedDirect, action))
-    } else {
-        Err(Counter::DropUplinkError)
-    }
+    redirect_out(
+        ctx,
+        config.uplink_ifindex,
+        Counter::ForwardedDirect,
+        Counter::DropUplinkError,
+    )
 }
 
 /// The node's own packet (already on its way out of the uplink, by the

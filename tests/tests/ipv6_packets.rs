@@ -351,9 +351,9 @@ fn ipv6_to_another_nodes_pod_leaves_in_vxlan_to_that_node() -> anyhow::Result<()
     Ok(())
 }
 
-#[test]
-fn a_router_s_icmpv6_errors_go_back_to_the_pod_from_the_node_ipv6_address() -> anyhow::Result<()> {
-    let mut fixture = fixture()?;
+/// Makes the fixture a dual-stack node (its IPv6 pod CIDR pod A's /64);
+/// its IPv6 address.
+fn dual_stack(fixture: &mut Fixture) -> anyhow::Result<Ipv6Addr> {
     let node_ipv6: Ipv6Addr = "fd00:192::10".parse()?;
     let config = fixture.maps.node_config()?;
     fixture.maps.set_node_config(NodeConfig {
@@ -361,6 +361,13 @@ fn a_router_s_icmpv6_errors_go_back_to_the_pod_from_the_node_ipv6_address() -> a
         pod_cidr6: Ipv6Cidr::new(POD_A_IP6.octets(), 64),
         ..config
     })?;
+    Ok(node_ipv6)
+}
+
+#[test]
+fn a_router_s_icmpv6_errors_go_back_to_the_pod_from_the_node_ipv6_address() -> anyhow::Result<()> {
+    let mut fixture = fixture()?;
+    let node_ipv6 = dual_stack(&mut fixture)?;
     let world: Ipv6Addr = "2001:db8::1".parse()?;
     let big = ipv6_frame(
         HOST_A_MAC,
@@ -459,13 +466,7 @@ fn ipv6_to_a_node_reached_directly_goes_to_its_mac_and_is_taken_only_from_it() -
         mac: Some(node_mac),
     };
     fixture.maps.insert_remote_node(REMOTE_NODE_IP, direct)?;
-    let node_ipv6: Ipv6Addr = "fd00:192::10".parse()?;
-    let config = fixture.maps.node_config()?;
-    fixture.maps.set_node_config(NodeConfig {
-        node_ipv6: node_ipv6.octets(),
-        pod_cidr6: Ipv6Cidr::new(POD_A_IP6.octets(), 64),
-        ..config
-    })?;
+    let node_ipv6 = dual_stack(&mut fixture)?;
 
     // Out: unencapsulated, to the node's MAC from the uplink's.
     let packet = tcp6_syn((POD_A_IP6, REMOTE_POD_IP6), 64);

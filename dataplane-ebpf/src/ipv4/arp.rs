@@ -1,12 +1,12 @@
 //! ARP responder: a pod's ARP for its gateway (whatever address it uses) is
 //! answered with the host veth MAC, so no proxy_arp or gateway address is needed.
 
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use dataplane_common::Counter;
 use network_types::{arp::ArpHdr, eth::EthHdr};
 
 use crate::{
-    counters::{Outcome, pass_to_host, verdict},
+    counters::{Outcome, pass_to_host, redirect_out},
     maps::endpoint,
     packet::{header, ingress_ifindex},
 };
@@ -53,11 +53,11 @@ pub fn answer_request(ctx: &TcContext) -> Outcome {
     arp.set_sha(requester.host_mac);
     arp.set_spa(target_ip);
 
-    // SAFETY: plain helper call; the reply leaves through the veth it came in on.
-    let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if action == TC_ACT_REDIRECT {
-        Ok(verdict(ctx, Counter::ArpReplied, action))
-    } else {
-        Err(Counter::DropStaleEndpoint)
-    }
+    // The reply leaves through the veth it came in on.
+    redirect_out(
+        ctx,
+        ifindex,
+        Counter::ArpReplied,
+        Counter::DropStaleEndpoint,
+    )
 }

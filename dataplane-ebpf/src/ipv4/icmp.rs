@@ -7,11 +7,7 @@
 
 use core::mem::{offset_of, size_of};
 
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_skb_change_tail, programs::TcContext};
 use dataplane_common::{Counter, Ipv4Octets, NodeConfig, checksum};
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -20,7 +16,7 @@ use network_types::{
 };
 
 use crate::{
-    counters::{Outcome, finish, verdict},
+    counters::{Outcome, finish, redirect_out},
     packet::{IP_AT, L4_AT, PLAIN_VIHL, bytes_of, header, ingress_ifindex, load, raw2, raw4},
 };
 
@@ -227,11 +223,5 @@ fn send_error(
     {
         return Err(counter);
     }
-    // SAFETY: plain helper call.
-    let action = unsafe { bpf_redirect(ingress_ifindex(ctx), 0) } as i32;
-    if action == TC_ACT_REDIRECT {
-        Ok(verdict(ctx, counter, action))
-    } else {
-        Err(counter)
-    }
+    redirect_out(ctx, ingress_ifindex(ctx), counter, counter)
 }

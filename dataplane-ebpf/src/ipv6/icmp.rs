@@ -10,8 +10,7 @@
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, helpers::bpf_skb_change_tail,
     programs::TcContext,
 };
 use dataplane_common::{Counter, Ipv6Octets, NodeConfig};
@@ -19,7 +18,7 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use super::{ICMPV6, L4_AT6, icmpv6_checksum};
 use crate::{
-    counters::{Outcome, finish, verdict},
+    counters::{Outcome, finish, redirect_out},
     packet::{IP_AT, header, ingress_ifindex, load},
 };
 
@@ -189,11 +188,5 @@ fn send_quoting<const M: usize>(
     if ctx.store(checksum_at, &checksum, 0).is_err() {
         return Err(counter);
     }
-    // SAFETY: plain helper call.
-    let action = unsafe { bpf_redirect(ingress_ifindex(ctx), 0) } as i32;
-    if action == TC_ACT_REDIRECT {
-        Ok(verdict(ctx, counter, action))
-    } else {
-        Err(counter)
-    }
+    redirect_out(ctx, ingress_ifindex(ctx), counter, counter)
 }

@@ -7,13 +7,13 @@
 //! from them: CVE-2020-10749's class), nor does duplicate address
 //! detection get an answer (it would make the pod give its address up).
 
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use dataplane_common::{Counter, Ipv6Octets};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use super::{L4_AT6, icmpv6_checksum, is_link_local};
 use crate::{
-    counters::{Outcome, pass_to_host, verdict},
+    counters::{Outcome, pass_to_host, redirect_out},
     maps::{endpoint6, host_veth_mac},
     packet::{IP_AT, header, ingress_ifindex},
 };
@@ -147,11 +147,11 @@ fn answer_solicitation(ctx: &TcContext, ifindex: u32) -> Outcome {
     };
     message.checksum = checksum.ok_or(Counter::DropMalformed)?;
 
-    // SAFETY: plain helper call; the answer leaves through the veth it came in on.
-    let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    if action == TC_ACT_REDIRECT {
-        Ok(verdict(ctx, Counter::NdpAnswered, action))
-    } else {
-        Err(Counter::DropStaleEndpoint)
-    }
+    // The answer leaves through the veth it came in on.
+    redirect_out(
+        ctx,
+        ifindex,
+        Counter::NdpAnswered,
+        Counter::DropStaleEndpoint,
+    )
 }
