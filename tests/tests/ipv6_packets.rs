@@ -299,6 +299,12 @@ fn a_pod_isolated_only_by_its_ipv6_address_isolates_the_node() -> anyhow::Result
 /// A pod of the remote node (in `REMOTE_POD_CIDR6`).
 const REMOTE_POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
 
+/// Pod A's packet to the remote pod, larger than the tunnel carries.
+fn too_big_for_the_tunnel() -> Vec<u8> {
+    let payload = vec![0; TUNNEL_MTU as usize];
+    ipv6_frame(HOST_A_MAC, (POD_A_IP6, REMOTE_POD_IP6), TCP, 64, &payload)
+}
+
 #[test]
 fn ipv6_to_another_nodes_pod_leaves_in_vxlan_to_that_node() -> anyhow::Result<()> {
     let mut fixture = fixture()?;
@@ -330,13 +336,7 @@ fn ipv6_to_another_nodes_pod_leaves_in_vxlan_to_that_node() -> anyhow::Result<()
     assert_eq!(fixture.counter("encapsulated"), 1);
 
     // Too big for the tunnel (IPv6 routers never fragment), or its last hop.
-    let big = ipv6_frame(
-        HOST_A_MAC,
-        (POD_A_IP6, REMOTE_POD_IP6),
-        TCP,
-        64,
-        &vec![0; TUNNEL_MTU as usize],
-    );
+    let big = too_big_for_the_tunnel();
     for (packet, reason) in [
         (big, "drop_frag_needed"),
         (
@@ -369,13 +369,7 @@ fn a_router_s_icmpv6_errors_go_back_to_the_pod_from_the_node_ipv6_address() -> a
     let mut fixture = fixture()?;
     let node_ipv6 = dual_stack(&mut fixture)?;
     let world: Ipv6Addr = "2001:db8::1".parse()?;
-    let big = ipv6_frame(
-        HOST_A_MAC,
-        (POD_A_IP6, REMOTE_POD_IP6),
-        TCP,
-        64,
-        &vec![0; TUNNEL_MTU as usize],
-    );
+    let big = too_big_for_the_tunnel();
     let echo = |dst| {
         let message = icmpv6((POD_A_IP6, dst), vec![128, 0, 0, 0, 0, 7, 0, 1]);
         ipv6_frame(HOST_A_MAC, (POD_A_IP6, dst), ICMPV6, 64, &message)
