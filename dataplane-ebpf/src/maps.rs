@@ -27,8 +27,9 @@ pub static ENDPOINTS: HashMap<Ipv4Octets, Endpoint> = HashMap::pinned(MAX_ENDPOI
 #[map(name = "ENDPOINTS6")]
 pub static ENDPOINTS6: HashMap<Ipv6Octets, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// Every host veth a pod is behind: its ifindex -> its MAC, which the
-/// pod's neighbour discovery from a link-local address is answered with.
+/// Every host veth a pod with an IPv6 address is behind: its ifindex -> its
+/// MAC, which the pod's neighbour discovery from its link-local address is
+/// answered with (a pod without IPv6 gets no answer there).
 #[map(name = "HOST_VETHS")]
 pub static HOST_VETHS: HashMap<u32, [u8; 6]> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
@@ -206,7 +207,7 @@ pub fn endpoint6(addr: &Ipv6Octets) -> Option<Endpoint> {
     unsafe { ENDPOINTS6.get(addr).copied() }
 }
 
-/// The MAC of the host veth `ifindex`, when a pod is behind it.
+/// The MAC of the host veth `ifindex`, when a pod with IPv6 is behind it.
 #[inline(always)]
 pub fn host_veth_mac(ifindex: u32) -> Option<[u8; 6]> {
     // SAFETY: as for `endpoint`.

@@ -276,11 +276,13 @@ impl Dataplane {
             host_mac: interface.mac,
         };
         let newly_attached = self.attach_pod_programs(interface)?;
-        let inserted = self
-            .maps
-            .insert_host_veth(interface.index, interface.mac)
-            .and_then(|()| self.maps.insert_endpoint(ip, endpoint));
-        if let Err(error) = inserted {
+        // A pod with an IPv6 address: its link-local neighbour discovery is
+        // answered too (a pod without one gets no IPv6 of the node's).
+        let noted = match ip {
+            IpAddr::V6(_) => self.maps.insert_host_veth(interface.index, interface.mac),
+            IpAddr::V4(_) => Ok(()),
+        };
+        if let Err(error) = noted.and_then(|()| self.maps.insert_endpoint(ip, endpoint)) {
             if newly_attached {
                 self.detach_from_pod_if_unused(interface.index);
             }
@@ -339,8 +341,13 @@ impl Dataplane {
     fn forget_behind(&mut self, ip: IpAddr, ifindex: u32) {
         if let Some(ips) = self.behind.get_mut(&ifindex) {
             ips.remove(&ip);
+            let ipv6_left = ips.iter().any(IpAddr::is_ipv6);
             if ips.is_empty() {
                 self.behind.remove(&ifindex);
+            }
+            // Best effort: a stale entry answers only a pod no longer there.
+            if !ipv6_left {
+                let _ = self.maps.remove_host_veth(ifindex);
             }
         }
     }
@@ -366,8 +373,6 @@ impl Dataplane {
         if !self.behind.contains_key(&ifindex) {
             self.links.detach(&from_pod_on(ifindex));
             self.links.detach(&to_pod_on(ifindex));
-            // Best effort: a stale entry answers only a pod no longer there.
-            let _ = self.maps.remove_host_veth(ifindex);
         }
     }
 }

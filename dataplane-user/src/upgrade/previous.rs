@@ -4,9 +4,9 @@
 //!   errors it sends), its IPv6 pod CIDR and the uplink's MAC, at the end; v14's settings are
 //!   carried into the start of the new layout's, the new fields zero until
 //!   the agent writes them (the programs send no ICMPv6 error meanwhile).
-//! - `HOST_VETHS`: new, each host veth a pod is behind with its MAC (what a
-//!   pod's neighbour discovery from a link-local address is answered with),
-//!   rebuilt from the carried endpoints.
+//! - `HOST_VETHS`: new, each host veth a pod with an IPv6 address is behind,
+//!   with its MAC (what the pod's neighbour discovery from its link-local
+//!   address is answered with), rebuilt from the carried IPv6 endpoints.
 //!
 //! Every other pinned map kept its layout and is copied entry by entry,
 //! policy included (an isolated pod stays isolated from the first packet
@@ -38,7 +38,7 @@ pub const HANDLED_MAPS: &[(&str, &str)] = &[
     (names::ENDPOINTS6_MAP, "copied"),
     (
         names::HOST_VETHS_MAP,
-        "new: rebuilt from the carried endpoints",
+        "new: rebuilt from the carried IPv6 endpoints",
     ),
     (
         names::NODE_CONFIG_MAP,
@@ -178,24 +178,15 @@ fn carry_policy(old: &Pins, new: &Pins) -> Result<Vec<Carried>, CarryError> {
     ])
 }
 
-/// Every host veth the previous layout's endpoints (both families) are
-/// behind, with its MAC.
+/// Every host veth the previous layout's IPv6 endpoints are behind, with
+/// its MAC.
 fn rebuild_host_veths(old: &Pins, new: &Pins) -> Result<Carried, CarryError> {
     let mut veths: Vec<(u32, [u8; 6])> = entries_of(
-        names::ENDPOINTS_MAP,
-        &old.hash::<Ipv4Octets, Endpoint>(names::ENDPOINTS_MAP)?,
+        names::ENDPOINTS6_MAP,
+        &old.hash::<Ipv6Octets, Endpoint>(names::ENDPOINTS6_MAP)?,
     )?
     .into_iter()
-    .map(|(_, endpoint)| endpoint)
-    .chain(
-        entries_of(
-            names::ENDPOINTS6_MAP,
-            &old.hash::<Ipv6Octets, Endpoint>(names::ENDPOINTS6_MAP)?,
-        )?
-        .into_iter()
-        .map(|(_, endpoint)| endpoint),
-    )
-    .map(|endpoint| (endpoint.host_ifindex, endpoint.host_mac))
+    .map(|(_, endpoint)| (endpoint.host_ifindex, endpoint.host_mac))
     .collect();
     veths.sort_unstable();
     veths.dedup();
