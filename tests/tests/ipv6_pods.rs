@@ -1,3 +1,4 @@
+// Above 400 lines: every IPv6 path end to end on dual-stack nodes, over one set of helpers.
 //! IPv6 end to end on dual-stack nodes (`node.pod_cidr_ipv6`, an IPv6
 //! address on the uplink): pods from the real chain, `ptp` with a
 //! dual-stack host-local (an IPv4 and an IPv6 range) then `dataplane-cni`,
