@@ -173,6 +173,11 @@ impl Dataplane {
         Ok(self.maps.endpoints()?)
     }
 
+    /// The host veths a pod with IPv6 is behind, as the map holds them now.
+    pub fn host_veths(&self) -> Result<Vec<(u32, [u8; 6])>, DataplaneError> {
+        Ok(self.maps.host_veths()?)
+    }
+
     /// The endpoint registered for `ip`, if any.
     pub fn endpoint(&self, ip: IpAddr) -> Option<Endpoint> {
         self.endpoints.get(&ip).copied()
@@ -283,6 +288,7 @@ impl Dataplane {
             IpAddr::V4(_) => Ok(()),
         };
         if let Err(error) = noted.and_then(|()| self.maps.insert_endpoint(ip, endpoint)) {
+            self.forget_host_veth_without_ipv6(interface.index);
             if newly_attached {
                 self.detach_from_pod_if_unused(interface.index);
             }
@@ -341,14 +347,23 @@ impl Dataplane {
     fn forget_behind(&mut self, ip: IpAddr, ifindex: u32) {
         if let Some(ips) = self.behind.get_mut(&ifindex) {
             ips.remove(&ip);
-            let ipv6_left = ips.iter().any(IpAddr::is_ipv6);
             if ips.is_empty() {
                 self.behind.remove(&ifindex);
             }
-            // Best effort: a stale entry answers only a pod no longer there.
-            if !ipv6_left {
-                let _ = self.maps.remove_host_veth(ifindex);
-            }
+            self.forget_host_veth_without_ipv6(ifindex);
+        }
+    }
+
+    /// Takes the host veth `ifindex` out of `HOST_VETHS` when no IPv6
+    /// endpoint is behind it (best effort: a stale entry only answers
+    /// neighbour discovery on that veth).
+    fn forget_host_veth_without_ipv6(&mut self, ifindex: u32) {
+        let ipv6_behind = self
+            .behind
+            .get(&ifindex)
+            .is_some_and(|ips| ips.iter().any(IpAddr::is_ipv6));
+        if !ipv6_behind {
+            let _ = self.maps.remove_host_veth(ifindex);
         }
     }
 

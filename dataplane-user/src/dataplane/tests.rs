@@ -50,6 +50,29 @@ fn veth(index: u32) -> Interface {
 const POD: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 2));
 
 #[test]
+fn only_veths_with_an_ipv6_endpoint_are_noted_for_link_local_answers() {
+    let mut fixture = fixture();
+    let ipv6: IpAddr = "fd00:10:244::2".parse().unwrap();
+    let dataplane = &mut fixture.dataplane;
+    dataplane.add_endpoint(POD, &veth(7), [1; 6]).unwrap();
+    assert_eq!(dataplane.host_veths().unwrap(), vec![]);
+    dataplane.add_endpoint(ipv6, &veth(7), [1; 6]).unwrap();
+    assert_eq!(dataplane.host_veths().unwrap(), vec![(7, veth(7).mac)]);
+    // The IPv6 address gone, the IPv4 one still there: no longer noted.
+    dataplane.remove_endpoint(ipv6).unwrap();
+    assert_eq!(dataplane.host_veths().unwrap(), vec![]);
+    // An IPv6 endpoint that cannot be written leaves no note behind.
+    fixture.faults.fail_writes(names::ENDPOINTS6_MAP, 1);
+    let dataplane = &mut fixture.dataplane;
+    assert!(dataplane.add_endpoint(ipv6, &veth(7), [1; 6]).is_err());
+    assert_eq!(dataplane.host_veths().unwrap(), vec![]);
+    assert!(
+        dataplane.is_attached(7),
+        "the IPv4 endpoint keeps its programs"
+    );
+}
+
+#[test]
 fn an_endpoint_attaches_both_programs_and_a_failed_write_leaves_nothing_attached() {
     let mut fixture = fixture();
     let dataplane = &mut fixture.dataplane;

@@ -59,6 +59,13 @@ impl Maps {
             .map_err(access(names::HOST_VETHS_MAP))
     }
 
+    /// The host veths noted, with their MACs.
+    pub fn host_veths(&self) -> Result<Vec<(u32, [u8; 6])>, MapsError> {
+        self.host_veths
+            .entries()
+            .map_err(access(names::HOST_VETHS_MAP))
+    }
+
     /// Forgets the host veth `ifindex` (no pod is behind it any more).
     pub fn remove_host_veth(&mut self, ifindex: u32) -> Result<bool, MapsError> {
         removed(self.host_veths.remove(&ifindex), names::HOST_VETHS_MAP)

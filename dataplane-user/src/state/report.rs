@@ -167,6 +167,11 @@ impl<L: HostLinks> Owner<L> {
                     dataplane_common::MAX_ENDPOINTS,
                 ),
                 fill(
+                    "HOST_VETHS",
+                    dataplane.host_veths()?.len(),
+                    dataplane_common::MAX_ENDPOINTS,
+                ),
+                fill(
                     "REMOTE_NODES",
                     remote_nodes,
                     dataplane_common::MAX_REMOTE_NODES,
