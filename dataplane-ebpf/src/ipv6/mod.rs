@@ -50,6 +50,8 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
     }
     let ip = checked_header(ctx).ok_or(Counter::DropMalformed)?;
     let (src, dst, next_header) = (ip.src_addr, ip.dst_addr, ip.next_hdr);
+    // Forwarded, its hop limit would reach zero here.
+    let last_hop = ip.hop_limit <= 1;
     if next_header == ICMPV6
         && let Some(kind) = ndp::message_kind(ctx)
     {
@@ -92,7 +94,7 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
         if !open(config, src, Direction::Egress) || !open(config, dst, Direction::Ingress) {
             return Err(Counter::DropPolicyIpv6Unjudged);
         }
-        if last_hop(ctx) {
+        if last_hop {
             return Ok(icmp::time_exceeded(ctx, config, offending));
         }
         forward_hop(ctx)?;
@@ -115,7 +117,7 @@ fn judge_from_pod(ctx: &TcContext, config: &NodeConfig, first_mac_octet: u8) -> 
         if !open(config, src, Direction::Egress) {
             return Err(Counter::DropPolicyIpv6Unjudged);
         }
-        if last_hop(ctx) {
+        if last_hop {
             return Ok(icmp::time_exceeded(ctx, config, offending));
         }
         let node_mac = direct::node_mac(&route);
@@ -320,13 +322,6 @@ pub fn checked_header(ctx: &TcContext) -> Option<&Ipv6Hdr> {
         payload <= carried
     };
     (ip.version() == 6 && fits).then_some(ip)
-}
-
-/// Whether the packet's hop limit runs out at this node (forwarded, it
-/// would reach zero).
-#[inline(always)]
-fn last_hop(ctx: &TcContext) -> bool {
-    load::<u8>(ctx, IP_AT + core::mem::offset_of!(Ipv6Hdr, hop_limit)).is_ok_and(|hops| hops <= 1)
 }
 
 /// Decrements the hop limit of a packet this node forwards; one that would
