@@ -265,7 +265,7 @@ const UNWALKED: [u8; 5] = [135, 139, 140, 253, 254];
 
 /// What `upper_layer` says of a later piece of a fragmented datagram: its
 /// upper-layer header is in the first piece ("no next header").
-pub const NO_UPPER_LAYER: u8 = 59;
+const NO_UPPER_LAYER: u8 = 59;
 
 /// The upper-layer protocol of a pod's IPv6 packet (`first`: its fixed
 /// header's next header) and where its header starts, past at most
